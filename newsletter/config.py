@@ -1,0 +1,223 @@
+"""Configuration, loaded once and passed down.
+
+Two sources with two jobs:
+
+* ``newsletter.toml`` in the publication root holds the publication's public
+  identity (name, From, Reply-To, base URL, colours). It belongs in git.
+  Any key can be overridden by ``NEWSLETTER_<KEY>`` in the environment.
+* The environment (and a ``.env`` file in the root, which never overrides the
+  real environment) holds secrets and transport settings.
+
+No other module reads ``os.environ``: they receive a :class:`Settings`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from newsletter.errors import ConfigError
+
+CONFIG_FILE = "newsletter.toml"
+
+
+class Secret(str):
+    """A string that never shows itself in reprs, logs or tracebacks."""
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+
+@dataclass(frozen=True)
+class Publication:
+    """Public identity of the newsletter; every field is overridable by NEWSLETTER_<KEY>."""
+
+    name: str = "My Newsletter"
+    tagline: str = ""
+    description: str = ""
+    from_email: str = "newsletter@example.org"
+    from_name: str = ""
+    reply_to: str = ""
+    base_url: str = ""
+    postal_address: str = ""
+    lang: str = "en"
+    logo_url: str = ""
+    logo_alt: str = ""
+    list_id: str = ""
+    feedback_id: str = ""
+    unsubscribe_mailto: str = ""
+    accent_color: str = "#9b1c1c"
+    text_color: str = "#1f2328"
+    background_color: str = "#f4f1ea"
+    paper_color: str = "#ffffff"
+    muted_color: str = "#57606a"
+
+    @property
+    def sender_domain(self) -> str:
+        return self.from_email.rpartition("@")[2].lower()
+
+    @property
+    def list_id_header(self) -> str:
+        """RFC 2919 List-Id: a phrase plus a dotted id under a domain the publisher controls."""
+        ident = self.list_id or f"newsletter.{self.sender_domain}"
+        return f"{self.name} <{ident}>"
+
+    @property
+    def reply_to_address(self) -> str:
+        return self.reply_to or self.from_email
+
+    @property
+    def unsubscribe_address(self) -> str:
+        return self.unsubscribe_mailto or self.reply_to_address
+
+
+# Environment names that differ from NEWSLETTER_<FIELD> because the shorter name is the convention.
+_ENV_ALIASES = {"from_email": ("NEWSLETTER_FROM", "NEWSLETTER_FROM_EMAIL")}
+
+
+def _env_names(name: str) -> tuple[str, ...]:
+    return _ENV_ALIASES.get(name, (f"NEWSLETTER_{name.upper()}",))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a command needs, resolved from the root, newsletter.toml and the environment."""
+
+    root: Path
+    publication: Publication
+    env: Mapping[str, str] = field(repr=False)
+
+    # ---- paths -------------------------------------------------------------------
+    @property
+    def issues_dir(self) -> Path:
+        return self.root / "issues"
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.root / "templates"
+
+    @property
+    def build_dir(self) -> Path:
+        return self.path("NEWSLETTER_BUILD_DIR", "build")
+
+    @property
+    def outbox(self) -> Path:
+        return self.path("NEWSLETTER_OUTBOX", "outbox")
+
+    @property
+    def db_path(self) -> Path:
+        return self.path("NEWSLETTER_DB", "newsletter.db")
+
+    def path(self, key: str, default: str) -> Path:
+        p = Path(self.get(key, default))
+        return p if p.is_absolute() else self.root / p
+
+    # ---- typed accessors ---------------------------------------------------------
+    def get(self, key: str, default: str = "") -> str:
+        value = self.env.get(key, "")
+        return value if value != "" else default
+
+    def secret(self, key: str) -> Secret | None:
+        value = self.env.get(key, "")
+        return Secret(value) if value else None
+
+    def require(self, key: str, why: str) -> str:
+        value = self.env.get(key, "")
+        if not value:
+            raise ConfigError(f"{key} is not set; it is needed {why} (see .env.example)")
+        return value
+
+    def number(self, key: str, default: float | None, *, minimum: float = 0) -> float | None:
+        raw = self.env.get(key, "")
+        if raw == "":
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{key}={raw!r} is not a number") from None
+        if value < minimum:
+            raise ConfigError(f"{key}={raw!r} must be at least {minimum:g}")
+        return value
+
+    def integer(self, key: str, default: int, *, minimum: int = 0) -> int:
+        value = self.number(key, default, minimum=minimum)
+        assert value is not None
+        if value != int(value):
+            raise ConfigError(f"{key} must be a whole number")
+        return int(value)
+
+    @property
+    def transport_name(self) -> str:
+        return self.get("NEWSLETTER_TRANSPORT", "dryrun").lower()
+
+    @property
+    def secret_key(self) -> Secret:
+        key = self.secret("NEWSLETTER_SECRET_KEY")
+        if key is None:
+            # A per-root development key keeps dry runs and tests working out of the box;
+            # real sends refuse to start without a configured key (see delivery.py).
+            return Secret("insecure-development-key:" + str(self.root.resolve()))
+        return key
+
+    @property
+    def has_secret_key(self) -> bool:
+        return self.secret("NEWSLETTER_SECRET_KEY") is not None
+
+
+def find_root(start: Path | None = None) -> Path:
+    """The publication root: ``start`` (or the cwd) itself; we do not walk upward.
+
+    Walking upward would silently pick another publication's files; explicit is safer.
+    """
+    return (start or Path.cwd()).resolve()
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML: {exc}", path=path) from None
+    except UnicodeDecodeError:
+        raise ConfigError("not UTF-8", path=path) from None
+    return data.get("publication", data)
+
+
+def _dotenv(root: Path) -> dict[str, str]:
+    path = root / ".env"
+    if not path.exists():
+        return {}
+    from dotenv import dotenv_values
+
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def load_settings(root: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Resolve settings; ``environ`` defaults to ``os.environ`` (tests pass their own)."""
+    root = find_root(root)
+    env = {**_dotenv(root), **(os.environ if environ is None else environ)}
+    raw = _read_toml(root / CONFIG_FILE)
+    known = {f.name for f in fields(Publication)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}",
+                          path=root / CONFIG_FILE)
+    values: dict[str, str] = {}
+    for name in known:
+        value = raw.get(name)
+        for env_name in _env_names(name):
+            if env.get(env_name):
+                value = env[env_name]
+                break
+        if value is not None:
+            if not isinstance(value, str):
+                raise ConfigError(f"setting {name!r} must be a string", path=root / CONFIG_FILE)
+            values[name] = value.strip()
+    if values.get("base_url"):
+        values["base_url"] = values["base_url"].rstrip("/")
+    return Settings(root=root, publication=Publication(**values), env=env)

@@ -1,0 +1,91 @@
+"""The transport interface, normalised statuses, and the null transport.
+
+A transport takes a batch of already-personalised messages and answers with one
+:class:`SendResult` per message. Providers differ only in how they post a batch
+and read the reply; statuses are normalised so the delivery ledger never needs
+to know which provider it talks to (after django-anymail).
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from newsletter.config import Settings
+    from newsletter.message import OutgoingMessage
+
+
+class Status(str, enum.Enum):
+    """What became of one message. Only the two failed-* states drive retries and bounces."""
+
+    SENT = "sent"                          # accepted for delivery by the server/provider
+    QUEUED = "queued"                      # accepted, will be sent later by the provider
+    REJECTED = "rejected"                  # provider refused this recipient (suppressed, invalid)
+    FAILED_TEMPORARY = "failed-temporary"  # try again later (SMTP 4xx, HTTP 429/5xx, timeouts)
+    FAILED_PERMANENT = "failed-permanent"  # do not retry (SMTP 5xx, HTTP 4xx)
+
+    @property
+    def delivered(self) -> bool:
+        return self in (Status.SENT, Status.QUEUED)
+
+    @property
+    def retryable(self) -> bool:
+        return self is Status.FAILED_TEMPORARY
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """One message's outcome. ``bounce`` marks "no such user" style refusals."""
+
+    recipient: str
+    status: Status
+    provider_id: str | None = None
+    error: str | None = None
+    retry_after: float | None = None
+    bounce: bool = False
+
+
+class Transport(ABC):
+    """Send batches of prepared messages. Implementations must never raise for a
+    per-recipient failure: they report it in the result list, in input order."""
+
+    #: The most messages one ``send`` call hands to the backend at once; larger
+    #: batches are split by the transport itself.
+    max_batch: int = 100
+    #: Name shown to the user in summaries.
+    name: str = "transport"
+    #: True if this transport talks to the network (a real send needs confirmation).
+    real: bool = True
+
+    @classmethod
+    def from_settings(cls, settings: "Settings", **options: object) -> "Transport":
+        return cls(**options)  # type: ignore[arg-type]
+
+    @abstractmethod
+    def send(self, messages: Sequence["OutgoingMessage"], idempotency_key: str | None = None) -> list[SendResult]:
+        """Send ``messages``; ``idempotency_key`` is stable across retries of the same batch."""
+
+    def close(self) -> None:
+        """Release connections. Safe to call more than once."""
+
+    def __enter__(self) -> "Transport":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class NullTransport(Transport):
+    """Accepts everything and keeps nothing: for benchmarks of the layers above."""
+
+    name = "null"
+    real = False
+    max_batch = 1000
+
+    def send(self, messages: Sequence["OutgoingMessage"], idempotency_key: str | None = None) -> list[SendResult]:
+        for m in messages:
+            m.as_bytes()  # do the per-recipient work a real transport would
+        return [SendResult(m.recipient, Status.SENT, provider_id=m.message_id) for m in messages]
