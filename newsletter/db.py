@@ -1,0 +1,62 @@
+"""SQLite connection and versioned migrations, shared by the store and the ledger.
+
+Each component (``subscribers``, ``delivery``, ...) owns an ordered list of
+migration scripts; the ``schema_migrations`` table records how far each has
+been applied, so components evolve independently in one database file.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Sequence
+
+from newsletter.errors import ConfigError
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+def connect(path: Path | str) -> sqlite3.Connection:
+    """Open the database in WAL mode with foreign keys on.
+
+    ``isolation_level=None`` puts transactions in our hands (``BEGIN IMMEDIATE``
+    where we write), so a crash never leaves a half-applied batch.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+                               check_same_thread=False)
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(f"cannot open database: {exc}", path=path) from None
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")  # durable at each WAL checkpoint; safe against process crashes
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+    )
+    return conn
+
+
+def migrate(conn: sqlite3.Connection, component: str, steps: Sequence[str]) -> None:
+    """Apply the not-yet-applied ``steps`` of ``component``, each in its own transaction."""
+    row = conn.execute("SELECT version FROM schema_migrations WHERE component=?", (component,)).fetchone()
+    current = row[0] if row else 0
+    if current > len(steps):
+        raise ConfigError(f"database schema for {component} is newer (v{current}) than this tool knows "
+                          f"(v{len(steps)}); upgrade newsletter")
+    for version, script in enumerate(steps[current:], start=current + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in script.split(";\n"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("INSERT INTO schema_migrations(component, version) VALUES(?, ?) "
+                         "ON CONFLICT(component) DO UPDATE SET version=excluded.version", (component, version))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
