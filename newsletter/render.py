@@ -1,12 +1,26 @@
-"""Rendering: a parsed issue becomes email HTML and plain text, once per issue.
+"""Rendering: an issue becomes email HTML and plain text, once per issue.
 
-(Work in progress: the pipeline lands in the next commit.)
+issue → Markdown (markdown-it-py) → Jinja2 → MJML → mjml-python → premailer → HTML,
+and from the same Markdown tokens, the plain text. The output keeps named
+per-recipient placeholders (:data:`PLACEHOLDERS`) that the message builder
+fills cheaply; nothing here knows about recipients or transports.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+
+from newsletter.errors import InputError
+
+if TYPE_CHECKING:
+    from newsletter.config import Settings
+    from newsletter.issue import Issue
 
 #: Named per-recipient placeholders left in the rendered output; the message
 #: builder substitutes them cheaply (HTML-escaped in the HTML part).
@@ -15,6 +29,7 @@ PLACEHOLDERS = {
     "email": "%%EMAIL%%",
     "name": "%%NAME%%",
 }
+DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 
 @dataclass(frozen=True)
@@ -32,3 +47,157 @@ class RenderedEmail:
     reply_to: str | None
     content_hash: str
     source: Path | None = None
+    timings: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
+
+
+def content_hash(*parts: str) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def default_templates_dir() -> Path:
+    """The templates shipped with the tool: package data when installed, else the checkout's."""
+    from importlib.util import find_spec
+
+    spec = find_spec("newsletter.default_templates")
+    if spec and spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0])
+    return DEFAULT_TEMPLATES
+
+
+def template_environment(templates_dir: Path) -> jinja2.Environment:
+    """Publication templates first, then the defaults shipped with the tool."""
+    loaders: list[jinja2.BaseLoader] = []
+    if templates_dir.is_dir():
+        loaders.append(jinja2.FileSystemLoader(templates_dir))
+    loaders.append(jinja2.FileSystemLoader(default_templates_dir()))
+    return jinja2.Environment(
+        loader=jinja2.ChoiceLoader(loaders),
+        autoescape=lambda name: not (name or "").endswith(".txt.j2"),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        auto_reload=True,
+    )
+
+
+def _template_error(exc: Exception, env: jinja2.Environment, name: str) -> InputError:
+    if isinstance(exc, jinja2.TemplateSyntaxError):
+        return InputError(f"template error: {exc.message}", path=exc.filename or exc.name or name, line=exc.lineno)
+    where = name
+    try:
+        source, filename, _ = env.loader.get_source(env, name)  # type: ignore[union-attr]
+        where = filename or name
+    except Exception:  # pragma: no cover - best effort only
+        pass
+    return InputError(f"template error: {exc}", path=where)
+
+
+class Renderer:
+    """Holds the parsed templates so a warm process (the live preview) re-renders fast."""
+
+    def __init__(self, settings: "Settings"):
+        self.settings = settings
+        self.env = template_environment(settings.templates_dir)
+
+    def _template(self, name: str, context: dict[str, Any]) -> str:
+        try:
+            return self.env.get_template(name).render(context)
+        except (jinja2.TemplateError, TypeError, ValueError, AttributeError) as exc:
+            raise _template_error(exc, self.env, name) from None
+
+    def render(self, issue: "Issue") -> RenderedEmail:
+        from newsletter.content import parse_body
+        from newsletter.inline import inline_css
+        from newsletter.plaintext import to_plain_text
+
+        timings: dict[str, float] = {}
+        pub = self.settings.publication
+        t = time.perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal t
+            now = time.perf_counter()
+            timings[stage] = now - t
+            t = now
+
+        parsed = parse_body(issue.body, path=issue.path, first_line=issue.body_line)
+        lap("markdown")
+        web_url = f"{pub.base_url}/issues/{issue.slug}/" if pub.base_url else ""
+        context = {
+            "pub": pub,
+            "issue": issue,
+            "blocks": [_markup_block(b) for b in parsed.blocks],
+            "credits": issue.credits,
+            "web_url": web_url,
+            "reply_to": issue.reply_to or pub.reply_to_address,
+            "placeholder": PLACEHOLDERS,
+            "lang": issue.lang or pub.lang,
+            "date_long": f"{issue.date.day} {issue.date:%B %Y}",
+        }
+        mjml_source = self._template("email.mjml.j2", context)
+        lap("jinja")
+        html = compile_mjml(mjml_source)
+        lap("mjml")
+        html = inline_css(html)
+        lap("inline")
+        text = self._template("email.txt.j2", {**context, "body_text": to_plain_text(parsed.tokens)})
+        # No trailing spaces, except in the conventional "-- " signature separator.
+        text = "\n".join(line.rstrip() for line in text.splitlines()).strip().replace("\n--\n", "\n-- \n") + "\n"
+        lap("text")
+        return RenderedEmail(
+            slug=issue.slug,
+            number=issue.number,
+            title=issue.title,
+            subject=issue.subject,
+            preheader=issue.preheader,
+            html=html,
+            text=text,
+            lang=context["lang"],
+            reply_to=issue.reply_to,
+            content_hash=content_hash(issue.subject, issue.preheader, html, text),
+            source=issue.path,
+            timings=timings,
+        )
+
+
+def _markup_block(block: Any) -> Any:
+    from markupsafe import Markup
+
+    return type(block)(block.kind, block.heading, block.anchor, Markup(block.html))
+
+
+def compile_mjml(source: str) -> str:
+    import mjml
+
+    try:
+        return mjml.mjml2html(source)
+    except Exception as exc:  # mrml raises a plain exception type with its parser message
+        raise InputError(f"MJML error in email.mjml.j2 output: {exc}", path="templates/email.mjml.j2") from None
+
+
+def render_issue(issue_or_path: "Issue | Path", settings: "Settings", renderer: Renderer | None = None) -> RenderedEmail:
+    """Parse (if given a path) and render one issue."""
+    from newsletter.issue import Issue, parse_issue
+
+    t = time.perf_counter()
+    issue = issue_or_path if isinstance(issue_or_path, Issue) else parse_issue(Path(issue_or_path))
+    parse_time = time.perf_counter() - t
+    rendered = (renderer or Renderer(settings)).render(issue)
+    rendered.timings["parse"] = parse_time
+    return rendered
+
+
+def write_build(rendered: RenderedEmail, out_dir: Path, preview_html: str | None = None) -> Path:
+    """Write ``email.html``, ``email.txt`` (and ``preview.html``) into ``out_dir/<slug>/``."""
+    target = out_dir / rendered.slug
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "email.html").write_text(rendered.html, encoding="utf-8")
+    (target / "email.txt").write_text(rendered.text, encoding="utf-8")
+    if preview_html is not None:
+        (target / "preview.html").write_text(preview_html, encoding="utf-8")
+    return target

@@ -1,0 +1,42 @@
+"""The CSS inliner seam.
+
+Everything else calls :func:`inline_css` only, so a faster maintained inliner
+can replace premailer (no release since 2021) without touching the rest.
+premailer is imported lazily: it costs ~0.2 s, which ``--help`` and
+``subscribers`` must not pay.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+_DOCTYPE = "<!doctype html>"
+_HEAD_DOCTYPE = re.compile(r"^\s*<!doctype[^>]*>\s*", re.IGNORECASE)
+
+
+def inline_css(html: str) -> str:
+    """Inline the document's CSS into ``style`` attributes, keeping what cannot be inlined.
+
+    * ``strip_important=False``: MJML's responsive rules and our dark-mode rules
+      depend on ``!important`` to beat the inline styles; premailer strips it by default.
+    * ``@media`` rules are left in a ``<style>`` block (premailer keeps rules it cannot inline).
+    * Classes stay, since the kept ``@media`` rules select by class.
+    * The lowercase HTML5 doctype MJML emits is restored (lxml drops it).
+    """
+    from premailer import Premailer
+
+    inliner = Premailer(
+        html,
+        strip_important=False,
+        keep_style_tags=False,
+        remove_classes=False,
+        disable_validation=True,
+        allow_network=False,
+        exclude_pseudoclasses=True,
+        cssutils_logging_level=logging.CRITICAL,
+        disable_link_rewrites=True,
+        cache_css_parsing=True,
+    )
+    out = inliner.transform(pretty_print=False)
+    return _DOCTYPE + _HEAD_DOCTYPE.sub("", out, count=1)

@@ -1,0 +1,344 @@
+"""The subscriber store: one SQLite table, and a suppression list nothing bypasses.
+
+A subscriber is ``active`` (receives sends) or suppressed: ``unsubscribed``,
+``bounced`` or ``complained``. Suppressed rows are kept on purpose — they are
+what stops a later import, a re-added address or a resumed delivery from
+mailing someone who asked not to be mailed. Only :meth:`SubscriberStore.add`
+(and :meth:`SubscriberStore.set_status`) with ``resubscribe=True`` reactivate
+one, for when the person themselves asked to come back.
+
+Addresses are stored as given, with the domain normalised (lower case) by
+:func:`newsletter.message.validate_address`, and are unique case-insensitively
+(``COLLATE NOCASE``): ``Sam@example.org`` and ``sam@example.org`` are one reader.
+
+The delivery ledger joins on ``subscribers(id, email, name, status)``; keep the
+v1 schema below stable and add columns only through new migrations.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from newsletter.db import connect, migrate
+from newsletter.errors import InputError
+from newsletter.message import check_header, validate_address
+
+COMPONENT = "subscribers"
+
+MIGRATIONS: list[str] = [
+    # v1
+    """CREATE TABLE subscribers (
+  id INTEGER PRIMARY KEY,
+  email TEXT NOT NULL COLLATE NOCASE UNIQUE,
+  name TEXT NOT NULL DEFAULT '',
+  status TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active','unsubscribed','bounced','complained')),
+  created_at TEXT NOT NULL,
+  changed_at TEXT NOT NULL,
+  source TEXT NOT NULL DEFAULT '',
+  consent TEXT NOT NULL DEFAULT '',
+  status_reason TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX subscribers_status ON subscribers(status, id)""",
+]
+
+ACTIVE = "active"
+UNSUBSCRIBED = "unsubscribed"
+BOUNCED = "bounced"
+COMPLAINED = "complained"
+STATUSES: tuple[str, ...] = (ACTIVE, UNSUBSCRIBED, BOUNCED, COMPLAINED)
+SUPPRESSED: frozenset[str] = frozenset({UNSUBSCRIBED, BOUNCED, COMPLAINED})
+
+_COLUMNS = "id, email, name, status, created_at, changed_at, source, consent"
+_SQL_PARAM_CHUNK = 500  # well under SQLite's host-parameter limit on every build
+
+
+def utcnow() -> str:
+    """The current time as ISO 8601 UTC, e.g. ``2025-03-01T09:30:00.123456Z``."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True)
+class Subscriber:
+    id: int
+    email: str
+    name: str
+    status: str
+    created_at: str
+    changed_at: str
+    source: str
+    consent: str
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == ACTIVE
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row | tuple) -> "Subscriber":
+        return cls(*tuple(row)[:8])
+
+
+def clean_text(value: str | None, what: str) -> str:
+    """A free-text field (name, source, consent): stripped, no line breaks or control characters.
+
+    The name ends up in the ``To`` header, so this is header-injection defence, not cosmetics.
+    """
+    value = (value or "").strip()
+    check_header(what, value)
+    return value
+
+
+def normalise_email(email: str) -> str:
+    """Validate and normalise an address (raises :class:`InputError`, incl. header injection)."""
+    if email is None or not str(email).strip():
+        raise InputError("empty email address")
+    return validate_address(str(email).strip(), "email")
+
+
+class SubscriberStore:
+    """Subscribers in SQLite. Construct with an open connection, or use :meth:`open`.
+
+    One store (one connection) per thread: the web app and the CLI each make their own.
+    """
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        self._tx_lock = threading.RLock()
+        self._tx_depth = 0
+        migrate(conn, COMPONENT, MIGRATIONS)
+
+    @classmethod
+    def open(cls, path: Path | str) -> "SubscriberStore":
+        return cls(connect(path))
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "SubscriberStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- transactions --------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` (or ``ROLLBACK`` on any exception). Nests: inner blocks join."""
+        with self._tx_lock:
+            if self._tx_depth:
+                self._tx_depth += 1
+                try:
+                    yield self.conn
+                finally:
+                    self._tx_depth -= 1
+                return
+            self.conn.execute("BEGIN IMMEDIATE")
+            self._tx_depth = 1
+            try:
+                yield self.conn
+            except BaseException:
+                self._tx_depth = 0
+                self.conn.execute("ROLLBACK")
+                raise
+            self._tx_depth = 0
+            self.conn.execute("COMMIT")
+
+    # ---- reads ---------------------------------------------------------------------
+    def get(self, id: int) -> Subscriber | None:
+        row = self.conn.execute(f"SELECT {_COLUMNS} FROM subscribers WHERE id=?", (int(id),)).fetchone()
+        return Subscriber.from_row(row) if row else None
+
+    def get_by_email(self, email: str) -> Subscriber | None:
+        try:
+            key = normalise_email(email)
+        except InputError:
+            key = (email or "").strip()
+        row = self.conn.execute(f"SELECT {_COLUMNS} FROM subscribers WHERE email=?", (key,)).fetchone()
+        return Subscriber.from_row(row) if row else None
+
+    def _resolve(self, id_or_email: int | str) -> Subscriber:
+        if isinstance(id_or_email, bool):
+            raise TypeError("expected a subscriber id or an email address")
+        sub = self.get(id_or_email) if isinstance(id_or_email, int) else self.get_by_email(id_or_email)
+        if sub is None:
+            raise InputError(f"no subscriber {id_or_email!r}")
+        return sub
+
+    def iter_subscribers(self, status: str | None = None, batch: int = 1000) -> Iterator[Subscriber]:
+        """Stream subscribers in ascending id order, ``batch`` rows per query (keyset pagination).
+
+        Never holds more than one batch in memory, and never holds a read transaction
+        open between batches, so writers (unsubscribes during a send) are not blocked.
+        """
+        if status is not None:
+            _check_status(status)
+        if batch < 1:
+            raise ValueError("batch must be at least 1")
+        last = 0
+        while True:
+            if status is None:
+                rows = self.conn.execute(
+                    f"SELECT {_COLUMNS} FROM subscribers WHERE id>? ORDER BY id LIMIT ?", (last, batch)).fetchall()
+            else:
+                rows = self.conn.execute(
+                    f"SELECT {_COLUMNS} FROM subscribers WHERE status=? AND id>? ORDER BY id LIMIT ?",
+                    (status, last, batch)).fetchall()
+            for row in rows:
+                yield Subscriber.from_row(row)
+            if len(rows) < batch:
+                return
+            last = rows[-1][0]
+
+    def count(self, status: str | None = None) -> int:
+        if status is None:
+            return self.conn.execute("SELECT COUNT(*) FROM subscribers").fetchone()[0]
+        _check_status(status)
+        return self.conn.execute("SELECT COUNT(*) FROM subscribers WHERE status=?", (status,)).fetchone()[0]
+
+    def counts(self) -> dict[str, int]:
+        """Rows per status; every status is present, zero when empty."""
+        out = dict.fromkeys(STATUSES, 0)
+        for status, n in self.conn.execute("SELECT status, COUNT(*) FROM subscribers GROUP BY status"):
+            out[status] = n
+        return out
+
+    def is_active(self, id: int) -> bool:
+        row = self.conn.execute("SELECT status FROM subscribers WHERE id=?", (int(id),)).fetchone()
+        return bool(row) and row[0] == ACTIVE
+
+    def statuses(self, ids: Sequence[int]) -> dict[int, str]:
+        """Current status of each id; ids that no longer exist (removed) are absent — treat as not active."""
+        out: dict[int, str] = {}
+        ids = [int(i) for i in ids]
+        for start in range(0, len(ids), _SQL_PARAM_CHUNK):
+            chunk = ids[start:start + _SQL_PARAM_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for sid, status in self.conn.execute(
+                    f"SELECT id, status FROM subscribers WHERE id IN ({marks})", chunk):
+                out[sid] = status
+        return out
+
+    # ---- writes --------------------------------------------------------------------
+    def add(self, email: str, name: str = "", *, source: str = "", consent: str = "",
+            resubscribe: bool = False) -> Subscriber:
+        """Add a reader, or return the existing one.
+
+        * new address → inserted as ``active``;
+        * existing active → returned, with its name updated when a different non-empty
+          ``name`` is given;
+        * existing unsubscribed/bounced/complained → :class:`InputError`, unless
+          ``resubscribe=True`` (only when the person asked to come back), which reactivates it.
+        """
+        email = normalise_email(email)
+        name = clean_text(name, "name")
+        source = clean_text(source, "source")
+        consent = clean_text(consent, "consent")
+        with self.transaction() as conn:
+            row = conn.execute(f"SELECT {_COLUMNS} FROM subscribers WHERE email=?", (email,)).fetchone()
+            now = utcnow()
+            if row is None:
+                cur = conn.execute(
+                    "INSERT INTO subscribers(email, name, status, created_at, changed_at, source, consent)"
+                    " VALUES(?, ?, 'active', ?, ?, ?, ?)", (email, name, now, now, source, consent))
+                sid = cur.lastrowid
+            else:
+                existing = Subscriber.from_row(row)
+                sid = existing.id
+                if existing.status in SUPPRESSED:
+                    if not resubscribe:
+                        raise InputError(f"{existing.email} is {existing.status}; it is not reactivated "
+                                         "unless you resubscribe it explicitly (resubscribe=True / --resubscribe)")
+                    conn.execute(
+                        "UPDATE subscribers SET status='active', status_reason='', changed_at=?,"
+                        " name=CASE WHEN ?<>'' THEN ? ELSE name END,"
+                        " source=CASE WHEN ?<>'' THEN ? ELSE source END,"
+                        " consent=CASE WHEN ?<>'' THEN ? ELSE consent END WHERE id=?",
+                        (now, name, name, source, source, consent, consent, sid))
+                elif name and name != existing.name:
+                    conn.execute("UPDATE subscribers SET name=?, changed_at=? WHERE id=?", (name, now, sid))
+                else:
+                    return existing
+        sub = self.get(sid)
+        assert sub is not None
+        return sub
+
+    def remove(self, email: str) -> bool:
+        """Delete the row entirely. Returns whether one existed.
+
+        This *forgets* the reader: they leave the suppression list too, so a later import
+        that contains them would mail them again. To stop mailing someone, prefer
+        :meth:`unsubscribe`, which keeps them suppressed. Use ``remove`` for erasure
+        requests (e.g. GDPR) where keeping the address is not allowed.
+        """
+        sub = self.get_by_email(email)
+        if sub is None:
+            return False
+        try:
+            with self.transaction() as conn:
+                conn.execute("DELETE FROM subscribers WHERE id=?", (sub.id,))
+        except sqlite3.IntegrityError:
+            raise InputError(f"{sub.email} has delivery records that reference it; "
+                             "unsubscribe it instead, or purge those records first") from None
+        return True
+
+    def set_status(self, id_or_email: int | str, status: str, reason: str = "", *,
+                   resubscribe: bool = False) -> Subscriber:
+        """Set a status exactly. Moving a suppressed reader back to ``active`` needs ``resubscribe=True``.
+
+        Setting the status a reader already has changes nothing (``changed_at`` is kept).
+        """
+        _check_status(status)
+        reason = _one_line(reason)
+        with self.transaction():
+            sub = self._resolve(id_or_email)
+            if sub.status == status:
+                return sub
+            if status == ACTIVE and sub.status in SUPPRESSED and not resubscribe:
+                raise InputError(f"{sub.email} is {sub.status}; it is not reactivated unless you "
+                                 "resubscribe it explicitly (resubscribe=True / --resubscribe)")
+            self.conn.execute("UPDATE subscribers SET status=?, status_reason=?, changed_at=? WHERE id=?",
+                              (status, reason, utcnow(), sub.id))
+            new = self.get(sub.id)
+        assert new is not None
+        return new
+
+    def unsubscribe(self, id_or_email: int | str, reason: str = "") -> Subscriber:
+        """Stop mailing a reader. Idempotent: an already suppressed reader is left as it is
+        (a complaint or bounce stays recorded as such)."""
+        with self.transaction():
+            sub = self._resolve(id_or_email)
+            if sub.status != ACTIVE:
+                return sub
+            return self.set_status(sub.id, UNSUBSCRIBED, reason)
+
+    def mark_bounced(self, id: int, reason: str) -> Subscriber:
+        """Record a hard bounce. A recorded complaint is kept (it is the stronger signal)."""
+        with self.transaction():
+            sub = self._resolve(int(id))
+            if sub.status in (BOUNCED, COMPLAINED):
+                return sub
+            return self.set_status(sub.id, BOUNCED, reason)
+
+    def status_reason(self, id: int) -> str | None:
+        """Why a reader has its status (e.g. the bounce diagnostic), or None when unknown id."""
+        row = self.conn.execute("SELECT status_reason FROM subscribers WHERE id=?", (int(id),)).fetchone()
+        return row[0] if row else None
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+def _one_line(text: str | None, limit: int = 1000) -> str:
+    """A reason (often a multi-line SMTP diagnostic) flattened to one line; never rejected."""
+    return _CONTROL.sub(" ", text or "").strip()[:limit]
+
+
+def _check_status(status: str) -> None:
+    if status not in STATUSES:
+        raise InputError(f"unknown status {status!r}; expected one of {', '.join(STATUSES)}")

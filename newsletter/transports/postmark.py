@@ -1,0 +1,73 @@
+"""Postmark: ``POST /email/batch``, up to 500 messages a request, on the broadcast stream.
+
+Docs: https://postmarkapp.com/developer/user-guide/send-email-with-api/batch-emails
+(request and response shape) and https://postmarkapp.com/developer/api/overview
+(auth header, error codes). The batch reply is HTTP 200 even when single messages
+fail: each entry carries its own ``ErrorCode``, in the order of the request.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence
+
+from newsletter.transports.http import HTTPTransport, Payload, address
+
+if TYPE_CHECKING:
+    import requests
+
+    from newsletter.config import Settings
+    from newsletter.message import OutgoingMessage
+    from newsletter.transports.base import SendResult
+
+#: ErrorCodes that say the address itself is bad: 300 invalid email request, 406 inactive recipient.
+BOUNCE_CODES = frozenset({300, 406})
+#: ErrorCodes worth retrying: 100 maintenance, 429 rate limit.
+TEMPORARY_CODES = frozenset({100, 429})
+
+
+class PostmarkTransport(HTTPTransport):
+    name = "postmark"
+    per_request = max_batch = 500
+    default_api_url = "https://api.postmarkapp.com"
+    path = "/email/batch"
+    api_key_setting = "POSTMARK_SERVER_TOKEN"
+
+    def __init__(self, *, message_stream: str = "broadcast", **kwargs: Any):
+        super().__init__(**kwargs)
+        self.message_stream = message_stream
+
+    @classmethod
+    def settings_options(cls, settings: "Settings") -> dict[str, Any]:
+        return {"message_stream": settings.get("POSTMARK_MESSAGE_STREAM", "broadcast")}
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"X-Postmark-Server-Token": self.api_key or ""}
+
+    def build_payload(self, chunk: Sequence["OutgoingMessage"], idempotency_key: str | None) -> Payload:
+        # Postmark has no idempotency key; a retried batch may be sent twice.
+        return Payload(json=[{
+            "From": address(m.from_name, m.from_email),
+            "To": address(m.recipient.name, m.to_email),
+            "Subject": m.subject,
+            "HtmlBody": m.html,
+            "TextBody": m.text,
+            "ReplyTo": m.reply_to,
+            "Headers": [{"Name": k, "Value": v} for k, v in m.extra_headers.items()],
+            "MessageStream": self.message_stream,
+        } for m in chunk])
+
+    def parse_response(self, chunk: Sequence["OutgoingMessage"], response: "requests.Response") -> list["SendResult"]:
+        return [self._result(m, entry) for m, entry in zip(chunk, response.json(), strict=True)]
+
+    def _result(self, msg: "OutgoingMessage", entry: dict[str, Any]) -> "SendResult":
+        code = int(entry["ErrorCode"])
+        if code == 0:
+            return self.accepted(msg, entry.get("MessageID"))
+        return self.rejected(msg, f"postmark ErrorCode {code}: {entry.get('Message', '')}",
+                             temporary=code in TEMPORARY_CODES, bounce=code in BOUNCE_CODES)
+
+    def describe_error(self, response: "requests.Response", body: Any) -> str | None:
+        message = super().describe_error(response, body)
+        if message and isinstance(body, dict) and "ErrorCode" in body:
+            return f"ErrorCode {body['ErrorCode']}: {message}"
+        return message

@@ -1,0 +1,378 @@
+"""SMTP transport: any SMTP submission server, through the standard library's smtplib.
+
+Settings (environment / .env):
+
+``SMTP_HOST``         server name (required)
+``SMTP_PORT``         default 587 for ``starttls``, 465 for ``ssl``, 25 for ``none``
+``SMTP_SECURITY``     ``starttls`` (default: required, never optional), ``ssl`` (TLS from
+                      the first byte, port 465), or ``none`` (plaintext, only if chosen)
+``SMTP_USERNAME``     login, optional; ``SMTP_PASSWORD`` its password (kept as a Secret)
+``SMTP_CA_FILE``      PEM bundle of extra CAs to trust, e.g. a private relay's CA
+``SMTP_TIMEOUT``      seconds per socket operation (default 30)
+``SMTP_ENVELOPE_FROM``  envelope sender (MAIL FROM); default: the publication's From
+``SMTP_HELO_NAME``    name given in EHLO; default: this machine's fully qualified name
+
+Certificates are always verified (``ssl.create_default_context``) and credentials
+never cross a plaintext connection unless ``SMTP_SECURITY=none`` was set.
+
+One connection carries many messages: it opens on the first :meth:`send` and stays
+open across calls until :meth:`close`. Each message is its own transaction
+(MAIL, RCPT, DATA) with one recipient, so every reply maps onto exactly one
+:class:`SendResult`. A dropped connection (or a 421 reply) is reopened and that
+one message is tried once more on the new connection.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import smtplib
+import socket
+import ssl
+from functools import lru_cache
+from typing import TYPE_CHECKING, Sequence
+
+from newsletter.errors import ConfigError, InputError, TransportError
+from newsletter.transports.base import SendResult, Status, Transport
+
+if TYPE_CHECKING:
+    from newsletter.config import Settings
+    from newsletter.message import OutgoingMessage
+
+SECURITY_MODES = ("starttls", "ssl", "none")
+DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
+DEFAULT_TIMEOUT = 30.0
+
+_ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+# Basic codes that mean "this mailbox does not exist / is unavailable" at RCPT time.
+_BOUNCE_CODES = frozenset({550, 551, 553})
+_MAX_ERROR = 300
+
+
+class _SenderRefused(Exception):
+    """MAIL FROM got a 5xx: a problem with our sender, not with this recipient."""
+
+    def __init__(self, code: int, text: str):
+        super().__init__(f"{code} {text}")
+        self.code, self.text = code, text
+
+
+@lru_cache(maxsize=1)
+def _fqdn() -> str:
+    # smtplib calls getfqdn() (a DNS lookup) for every new SMTP object; once is enough.
+    return socket.getfqdn()
+
+
+def _text(resp: bytes | str) -> str:
+    if isinstance(resp, bytes):
+        resp = resp.decode("utf-8", "replace")
+    return " ".join(resp.split())[:_MAX_ERROR]
+
+
+def classify(phase: str, code: int, resp: bytes | str) -> tuple[Status, bool]:
+    """Map one SMTP reply to (status, bounce).
+
+    2xx is sent, 4xx temporary, 5xx permanent. A permanent failure is a *bounce*
+    (the address is bad, stop mailing it) when the enhanced status code is 5.1.x
+    (bad mailbox/domain/syntax) or 5.2.1 (mailbox disabled), or, when the server
+    gives no enhanced code, for 550/551/553 at RCPT. A 550 after DATA without such
+    a code is usually a content/policy refusal, which says nothing about the address.
+    """
+    if 200 <= code < 300:
+        return Status.SENT, False
+    if phase == "RCPT" and code == 552:
+        # RFC 5321 4.5.3.1.10: 552 at RCPT is "too many recipients"; treat as 452.
+        return Status.FAILED_TEMPORARY, False
+    if not 500 <= code < 600:
+        return Status.FAILED_TEMPORARY, False
+    m = _ENHANCED.match(_text(resp))
+    if m and m.group(1) == "5":
+        subject, detail = m.group(2), m.group(3)
+        return Status.FAILED_PERMANENT, subject == "1" or (subject, detail) == ("2", "1")
+    return Status.FAILED_PERMANENT, phase == "RCPT" and code in _BOUNCE_CODES
+
+
+class SMTPTransport(Transport):
+    """Send through an SMTP server, one reused connection, one transaction per message."""
+
+    name = "smtp"
+    real = True
+    max_batch = 100
+
+    def __init__(
+        self,
+        host: str,
+        port: int | None = None,
+        *,
+        envelope_from: str,
+        security: str = "starttls",
+        username: str | None = None,
+        password: str | None = None,
+        ca_file: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        helo_name: str | None = None,
+    ):
+        security = security.lower()
+        if security not in SECURITY_MODES:
+            raise ConfigError(f"SMTP_SECURITY={security!r} is not one of: {', '.join(SECURITY_MODES)}")
+        if not host:
+            raise ConfigError("SMTP_HOST is not set; it is needed to send with NEWSLETTER_TRANSPORT=smtp")
+        if bool(username) != bool(password):
+            raise ConfigError("set both SMTP_USERNAME and SMTP_PASSWORD, or neither")
+        if not envelope_from or "@" not in envelope_from:
+            raise ConfigError(f"envelope sender {envelope_from!r} is not an address (set SMTP_ENVELOPE_FROM)")
+        self.host = host
+        self.port = int(port or DEFAULT_PORTS[security])
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"SMTP_PORT={self.port} is not a TCP port")
+        self.security = security
+        self.username = username or None
+        self._password = password or None
+        self.ca_file = ca_file or None
+        self.timeout = float(timeout)
+        self.envelope_from = envelope_from
+        self.helo_name = helo_name or None
+        self._smtp: smtplib.SMTP | None = None
+        self._tls_context: ssl.SSLContext | None = None
+        self._dirty = False  # a transaction was left half-done: RSET before the next one
+        #: Connections opened so far (for summaries and tests).
+        self.connections = 0
+
+    @classmethod
+    def from_settings(cls, settings: "Settings", **options: object) -> "SMTPTransport":
+        security = settings.get("SMTP_SECURITY", "starttls").strip().lower()
+        if security not in SECURITY_MODES:
+            raise ConfigError(f"SMTP_SECURITY={security!r} is not one of: {', '.join(SECURITY_MODES)}")
+        kwargs: dict[str, object] = dict(
+            host=settings.require("SMTP_HOST", "to send with NEWSLETTER_TRANSPORT=smtp"),
+            port=settings.integer("SMTP_PORT", DEFAULT_PORTS[security], minimum=1),
+            security=security,
+            username=settings.get("SMTP_USERNAME") or None,
+            password=settings.secret("SMTP_PASSWORD"),
+            ca_file=str(settings.path("SMTP_CA_FILE", "")) if settings.get("SMTP_CA_FILE") else None,
+            timeout=settings.number("SMTP_TIMEOUT", DEFAULT_TIMEOUT, minimum=0.001),
+            envelope_from=settings.get("SMTP_ENVELOPE_FROM") or settings.publication.from_email,
+            helo_name=settings.get("SMTP_HELO_NAME") or None,
+        )
+        kwargs.update(options)
+        return cls(**kwargs)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        user = f" as {self.username}" if self.username else ""
+        return f"<SMTPTransport {self.security}://{self.host}:{self.port}{user}>"
+
+    # ---- sending ---------------------------------------------------------------------
+    def send(self, messages: Sequence["OutgoingMessage"], idempotency_key: str | None = None) -> list[SendResult]:
+        results: list[SendResult] = []
+        for i, msg in enumerate(messages):
+            try:
+                results.append(self._send_one(msg))
+            except (TransportError, _SenderRefused) as exc:
+                if isinstance(exc, _SenderRefused):
+                    exc = TransportError(f"SMTP server {self._where} refused the envelope sender "
+                                         f"{self.envelope_from}: {exc.code} {exc.text}")
+                if i == 0:
+                    raise exc from None
+                # Earlier messages of this batch are already with the server: report them,
+                # and leave the rest to be retried (the next send() will raise if it persists).
+                results.extend(SendResult(m.to_email, Status.FAILED_TEMPORARY, error=f"not sent: {exc.message}")
+                               for m in messages[i:])
+                break
+        return results
+
+    def _send_one(self, msg: "OutgoingMessage") -> SendResult:
+        rcpt = msg.to_email
+        try:
+            data = msg.as_bytes()
+        except InputError as exc:  # e.g. a line break in this recipient's name or address
+            return SendResult(rcpt, Status.FAILED_PERMANENT, error=f"not sent: {exc.message}")
+        last: BaseException | None = None
+        for _attempt in range(2):
+            smtp = self._connection()
+            try:
+                return self._transaction(smtp, msg, rcpt, data)
+            except (smtplib.SMTPException, OSError) as exc:
+                # Dropped connection, timeout, 421, or a reply smtplib cannot parse:
+                # the connection is no longer trustworthy, so open a fresh one.
+                last = exc
+                self._discard()
+        return SendResult(rcpt, Status.FAILED_TEMPORARY,
+                          error=f"connection to {self._where} lost twice: {self._describe(last)}")
+
+    def _transaction(self, smtp: smtplib.SMTP, msg: "OutgoingMessage", rcpt: str, data: bytes) -> SendResult:
+        if self._dirty:
+            code, resp = smtp.rset()
+            self._check_closing(smtp, code, resp)
+            self._dirty = False
+        options = (f"SIZE={len(data)}",) if "size" in smtp.esmtp_features else ()
+        code, resp = smtp.mail(self.envelope_from, options)
+        if code != 250:
+            self._check_closing(smtp, code, resp)
+            self._dirty = True
+            if 500 <= code < 600:
+                raise _SenderRefused(code, _text(resp))
+            return self._result(rcpt, "MAIL", code, resp)
+        try:
+            code, resp = smtp.rcpt(rcpt)
+        except ValueError:  # a line break or non-ASCII character that smtplib refuses to send
+            self._dirty = True
+            return SendResult(rcpt, Status.FAILED_PERMANENT, error="RCPT: address cannot be sent over SMTP "
+                              "(control or non-ASCII characters)", bounce=False)
+        if code not in (250, 251):
+            self._check_closing(smtp, code, resp)
+            self._dirty = True
+            return self._result(rcpt, "RCPT", code, resp)
+        code, resp = self._data(smtp, data)
+        if code != 250:
+            self._check_closing(smtp, code, resp)
+            self._dirty = True
+            return self._result(rcpt, "DATA", code, resp)
+        return SendResult(rcpt, Status.SENT, provider_id=msg.message_id)
+
+    @staticmethod
+    def _data(smtp: smtplib.SMTP, data: bytes) -> tuple[int, bytes]:
+        """DATA and the message; like smtplib's, but dot-stuffs only when a line starts with '.'.
+
+        Our messages are CRLF, quoted-printable, ASCII: a leading dot is rare, and
+        scanning for one is far cheaper than running a regex substitution over 60 KB.
+        """
+        smtp.putcmd("data")
+        code, resp = smtp.getreply()
+        if code != 354:
+            return code, resp
+        if data[:1] == b"." or b"\n." in data:
+            data = _LEADING_DOT.sub(b"..", data)
+        if data[-2:] != b"\r\n":
+            data += b"\r\n"
+        smtp.send(data + b".\r\n")
+        return smtp.getreply()
+
+    def _check_closing(self, smtp: smtplib.SMTP, code: int, resp: bytes) -> None:
+        # 421: the server is closing the channel; treat it like a dropped connection.
+        if code == 421 or code == -1:
+            smtp.close()
+            raise smtplib.SMTPServerDisconnected(f"{code} {_text(resp)}")
+
+    def _result(self, rcpt: str, phase: str, code: int, resp: bytes) -> SendResult:
+        status, bounce = classify(phase, code, resp)
+        return SendResult(rcpt, status, error=f"{phase} {code} {self._scrub(_text(resp))}", bounce=bounce)
+
+    # ---- connection ------------------------------------------------------------------
+    @property
+    def _where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def _context(self) -> ssl.SSLContext:
+        if self._tls_context is None:
+            try:
+                self._tls_context = ssl.create_default_context(cafile=self.ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"SMTP_CA_FILE={self.ca_file!r} cannot be loaded: "
+                                  f"{getattr(exc, 'strerror', None) or exc}") from None
+        return self._tls_context
+
+    def _connection(self) -> smtplib.SMTP:
+        if self._smtp is None or self._smtp.sock is None:
+            self._smtp = self._open()
+            self._dirty = False
+        return self._smtp
+
+    def _discard(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is not None:
+            try:
+                smtp.close()
+            except OSError:
+                pass
+
+    def _open(self) -> smtplib.SMTP:
+        where = self._where
+        helo = self.helo_name or _fqdn()
+        smtp: smtplib.SMTP | None = None
+        try:
+            # Connecting in the constructor also records the host name that STARTTLS and
+            # SMTP_SSL check the certificate against; a greeting other than 220 raises.
+            if self.security == "ssl":
+                smtp = smtplib.SMTP_SSL(self.host, self.port, local_hostname=helo, timeout=self.timeout,
+                                        context=self._context())
+            else:
+                smtp = smtplib.SMTP(self.host, self.port, local_hostname=helo, timeout=self.timeout)
+            smtp.ehlo_or_helo_if_needed()
+            if self.security == "starttls":
+                if not smtp.has_extn("starttls"):
+                    raise TransportError(
+                        f"SMTP server {where} does not offer STARTTLS, and SMTP_SECURITY=starttls requires it "
+                        "(use SMTP_SECURITY=ssl for implicit TLS, or SMTP_SECURITY=none to allow plaintext)")
+                smtp.starttls(context=self._context())
+                smtp.ehlo()
+            if self.username:
+                if not smtp.has_extn("auth"):
+                    raise TransportError(f"SMTP server {where} does not offer AUTH; cannot log in as {self.username}")
+                smtp.login(self.username, self._password or "")
+        except TransportError:
+            self._close_quietly(smtp)
+            raise
+        except smtplib.SMTPAuthenticationError as exc:
+            self._close_quietly(smtp)
+            raise TransportError(f"SMTP server {where} refused the login for {self.username}: "
+                                 f"{exc.smtp_code} {self._scrub(_text(exc.smtp_error))}") from None
+        except ssl.SSLCertVerificationError as exc:
+            self._close_quietly(smtp)
+            raise TransportError(f"TLS certificate of SMTP server {where} failed verification "
+                                 f"({exc.verify_message}); to trust a private CA set SMTP_CA_FILE") from None
+        except (smtplib.SMTPException, OSError) as exc:
+            self._close_quietly(smtp)
+            raise TransportError(f"cannot use SMTP server {where}: {self._describe(exc)}") from None
+        self.connections += 1
+        return smtp
+
+    @staticmethod
+    def _close_quietly(smtp: smtplib.SMTP | None) -> None:
+        if smtp is not None:
+            try:
+                smtp.close()
+            except OSError:
+                pass
+
+    def _describe(self, exc: BaseException | None) -> str:
+        if exc is None:
+            return "unknown error"
+        if isinstance(exc, ConnectionRefusedError):
+            text = "connection refused"
+        elif isinstance(exc, socket.gaierror):
+            text = f"cannot resolve host ({exc.strerror})"
+        elif isinstance(exc, TimeoutError):
+            text = f"timed out after {self.timeout:g}s"
+        elif isinstance(exc, ssl.SSLError):
+            text = f"TLS error: {exc.reason or exc}"
+        elif isinstance(exc, smtplib.SMTPResponseException):
+            text = f"{exc.smtp_code} {_text(exc.smtp_error)}"
+        elif isinstance(exc, OSError) and exc.strerror:
+            text = exc.strerror
+        else:
+            text = str(exc) or type(exc).__name__
+        return self._scrub(" ".join(text.split()))
+
+    def _scrub(self, text: str) -> str:
+        """Never let the password (or its AUTH encodings) reach a message or log."""
+        pw = self._password
+        if not pw:
+            return text
+        user = self.username or ""
+        for form in (pw, base64.b64encode(pw.encode()).decode(),
+                     base64.b64encode(f"\0{user}\0{pw}".encode()).decode()):
+            text = text.replace(form, "***")
+        return text
+
+    def close(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is None:
+            return
+        try:
+            if smtp.sock is not None:
+                smtp.quit()
+        except (smtplib.SMTPException, OSError):
+            pass
+        finally:
+            self._close_quietly(smtp)

@@ -1,0 +1,233 @@
+"""The subscriber store, on real SQLite files."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from newsletter.db import connect
+from newsletter.errors import HeaderInjectionError, InputError
+from newsletter.store import MIGRATIONS, STATUSES, Subscriber, SubscriberStore
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = SubscriberStore.open(tmp_path / "news.db")
+    yield s
+    s.close()
+
+
+def test_add_and_get(store):
+    sub = store.add("Sam@Example.ORG", "Sam Li", source="form", consent="double opt-in 2025-01-02")
+    assert isinstance(sub, Subscriber)
+    assert sub.id >= 1
+    assert sub.email == "Sam@example.org"  # local part kept, domain normalised
+    assert (sub.name, sub.status, sub.source, sub.consent) == ("Sam Li", "active", "form", "double opt-in 2025-01-02")
+    assert sub.created_at.endswith("Z") and sub.created_at == sub.changed_at
+    assert store.get(sub.id) == sub
+    assert store.get(sub.id + 1000) is None
+    assert store.get_by_email("sam@example.org") == sub
+    assert store.get_by_email("SAM@EXAMPLE.ORG") == sub
+    assert store.get_by_email("nobody@example.org") is None
+
+
+def test_add_dedupes_case_insensitively(store):
+    first = store.add("sam@example.org", "Sam")
+    again = store.add("SAM@example.org")
+    assert again == first  # unchanged, no new row
+    renamed = store.add("Sam@EXAMPLE.org", "Samuel")
+    assert renamed.id == first.id and renamed.name == "Samuel"
+    assert renamed.email == "sam@example.org"  # stored address is not rewritten
+    assert store.count() == 1
+
+
+def test_unique_case_insensitive_at_the_sql_level(store):
+    store.add("sam@example.org")
+    with pytest.raises(sqlite3.IntegrityError):
+        store.conn.execute("INSERT INTO subscribers(email, created_at, changed_at) VALUES('SAM@example.org','x','x')")
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "not-an-address", "a@b", "a@b.c\r\nBcc: x@evil.example"])
+def test_add_rejects_invalid_addresses(store, bad):
+    with pytest.raises(InputError):
+        store.add(bad)
+    assert store.count() == 0
+
+
+def test_add_rejects_header_injection_in_name(store):
+    with pytest.raises(HeaderInjectionError):
+        store.add("sam@example.org", "Sam\r\nBcc: x@evil.example")
+    assert store.count() == 0
+
+
+@pytest.mark.parametrize("how", ["unsubscribe", "bounce", "complain"])
+def test_suppressed_never_reactivated_without_resubscribe(store, how):
+    sub = store.add("sam@example.org", "Sam")
+    if how == "unsubscribe":
+        store.unsubscribe("sam@example.org")
+    elif how == "bounce":
+        store.mark_bounced(sub.id, "550 5.1.1 user unknown")
+    else:
+        store.set_status(sub.id, "complained", "FBL report")
+    status = store.get(sub.id).status
+    assert status in ("unsubscribed", "bounced", "complained")
+    with pytest.raises(InputError, match="not reactivated"):
+        store.add("SAM@example.org", "Sam")
+    with pytest.raises(InputError, match="not reactivated"):
+        store.set_status(sub.id, "active")
+    assert store.get(sub.id).status == status
+    assert not store.is_active(sub.id)
+
+    back = store.add("sam@example.org", "Sam Again", resubscribe=True)
+    assert back.id == sub.id and back.status == "active" and back.name == "Sam Again"
+    assert store.is_active(sub.id)
+    assert store.status_reason(sub.id) == ""
+
+
+def test_unsubscribe_is_idempotent_and_keeps_stronger_status(store):
+    a = store.add("a@example.org")
+    first = store.unsubscribe(a.id, "link")
+    assert first.status == "unsubscribed"
+    second = store.unsubscribe("A@example.org", "link again")
+    assert second == first  # nothing changed, changed_at kept
+    assert store.status_reason(a.id) == "link"
+
+    b = store.add("b@example.org")
+    store.set_status(b.id, "complained", "abuse report")
+    assert store.unsubscribe(b.id).status == "complained"
+    assert store.mark_bounced(b.id, "550").status == "complained"
+
+    with pytest.raises(InputError, match="no subscriber"):
+        store.unsubscribe("ghost@example.org")
+
+
+def test_mark_bounced_flattens_multiline_reason(store):
+    sub = store.add("a@example.org")
+    store.mark_bounced(sub.id, "550-5.1.1 The email account does not exist.\r\n550 5.1.1 Try again")
+    assert store.get(sub.id).status == "bounced"
+    reason = store.status_reason(sub.id)
+    assert "\n" not in reason and "does not exist" in reason and "Try again" in reason
+
+
+def test_set_status_validates(store):
+    sub = store.add("a@example.org")
+    with pytest.raises(InputError, match="unknown status"):
+        store.set_status(sub.id, "paused")
+    assert store.get(sub.id).status == "active"
+    with pytest.raises(sqlite3.IntegrityError):  # the CHECK constraint holds even for raw SQL
+        store.conn.execute("UPDATE subscribers SET status='paused' WHERE id=?", (sub.id,))
+
+
+def test_remove_forgets(store):
+    sub = store.add("a@example.org")
+    store.unsubscribe(sub.id)
+    assert store.remove("A@example.org") is True
+    assert store.get(sub.id) is None
+    assert store.remove("a@example.org") is False
+    # Forgotten means no longer suppressed: adding again works without resubscribe.
+    assert store.add("a@example.org").status == "active"
+
+
+def test_streaming_iteration_in_batches(store):
+    store.conn.execute("BEGIN")
+    store.conn.executemany(
+        "INSERT INTO subscribers(email, created_at, changed_at, status) VALUES(?, 'x', 'x', ?)",
+        [(f"u{i}@example.org", "unsubscribed" if i % 5 == 0 else "active") for i in range(2500)])
+    store.conn.execute("COMMIT")
+
+    queries: list[str] = []
+    store.conn.set_trace_callback(queries.append)
+    subs = list(store.iter_subscribers(batch=1000))
+    store.conn.set_trace_callback(None)
+    ids = [s.id for s in subs]
+    assert len(ids) == 2500
+    assert ids == sorted(ids) and len(set(ids)) == 2500
+    selects = [q for q in queries if q.lstrip().upper().startswith("SELECT")]
+    assert len(selects) == 3  # 1000 + 1000 + 500: never one query for everything
+    assert all("LIMIT" in q for q in selects)
+
+    active = list(store.iter_subscribers(status="active", batch=300))
+    assert len(active) == 2000 and all(s.status == "active" for s in active)
+    assert [s.id for s in active] == sorted(s.id for s in active)
+    assert len(list(store.iter_subscribers(status="unsubscribed", batch=7))) == 500
+
+
+def test_iteration_survives_a_batch_size_multiple(store):
+    for i in range(4):
+        store.add(f"u{i}@example.org")
+    assert [s.email for s in store.iter_subscribers(batch=2)] == [f"u{i}@example.org" for i in range(4)]
+    assert [s.email for s in store.iter_subscribers(batch=1)] == [f"u{i}@example.org" for i in range(4)]
+
+
+def test_counts_and_statuses(store):
+    ids = [store.add(f"u{i}@example.org").id for i in range(6)]
+    store.unsubscribe(ids[0])
+    store.unsubscribe(ids[1])
+    store.mark_bounced(ids[2], "550")
+    store.set_status(ids[3], "complained")
+    assert store.counts() == {"active": 2, "unsubscribed": 2, "bounced": 1, "complained": 1}
+    assert set(store.counts()) == set(STATUSES)
+    assert store.count() == 6 and store.count("active") == 2 and store.count("bounced") == 1
+    assert store.is_active(ids[4]) and not store.is_active(ids[0]) and not store.is_active(9999)
+    got = store.statuses(ids + [9999])
+    assert got == {ids[0]: "unsubscribed", ids[1]: "unsubscribed", ids[2]: "bounced",
+                   ids[3]: "complained", ids[4]: "active", ids[5]: "active"}
+    with pytest.raises(InputError):
+        store.count("paused")
+
+
+def test_statuses_handles_more_ids_than_sql_parameters(store):
+    store.conn.execute("BEGIN")
+    store.conn.executemany("INSERT INTO subscribers(id, email, created_at, changed_at) VALUES(?, ?, 'x', 'x')",
+                           [(i, f"u{i}@example.org") for i in range(1, 1201)])
+    store.conn.execute("COMMIT")
+    got = store.statuses(list(range(1, 1201)))
+    assert len(got) == 1200 and set(got.values()) == {"active"}
+
+
+def test_wal_and_foreign_keys(store):
+    assert store.conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
+    assert store.conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+
+
+def test_schema_has_the_agreed_columns(store):
+    cols = [r[1] for r in store.conn.execute("PRAGMA table_info(subscribers)")]
+    assert cols == ["id", "email", "name", "status", "created_at", "changed_at", "source", "consent",
+                    "status_reason"]
+    indexes = {r[1] for r in store.conn.execute("PRAGMA index_list(subscribers)")}
+    assert "subscribers_status" in indexes
+
+
+def test_migrations_idempotent_on_reopen(tmp_path):
+    path = tmp_path / "news.db"
+    s1 = SubscriberStore.open(path)
+    sid = s1.add("a@example.org", "A").id
+    s1.close()
+    s2 = SubscriberStore.open(path)  # re-running migrations must neither fail nor wipe data
+    SubscriberStore(s2.conn)
+    assert s2.get(sid).name == "A"
+    version = s2.conn.execute("SELECT version FROM schema_migrations WHERE component='subscribers'").fetchone()[0]
+    assert version == len(MIGRATIONS) == 1
+    s2.close()
+
+
+def test_store_shares_a_connection_with_other_components(tmp_path):
+    conn = connect(tmp_path / "news.db")
+    store = SubscriberStore(conn)
+    conn.execute("CREATE TABLE ledger(subscriber_id INTEGER NOT NULL REFERENCES subscribers(id))")
+    sub = store.add("a@example.org")
+    conn.execute("INSERT INTO ledger VALUES(?)", (sub.id,))
+    with pytest.raises(InputError, match="unsubscribe it instead"):
+        store.remove("a@example.org")
+    assert store.get(sub.id) is not None  # rolled back
+
+
+def test_failed_write_rolls_back(store):
+    store.add("a@example.org")
+    with pytest.raises(RuntimeError):
+        with store.transaction() as conn:
+            conn.execute("UPDATE subscribers SET name='changed'")
+            raise RuntimeError("boom")
+    assert store.get_by_email("a@example.org").name == ""
+    assert not store.conn.in_transaction
