@@ -26,6 +26,7 @@ def inline_css(html: str) -> str:
     """
     from premailer import Premailer
 
+    _skip_inline_style_validation()
     inliner = Premailer(
         html,
         strip_important=False,
@@ -40,3 +41,23 @@ def inline_css(html: str) -> str:
     )
     out = inliner.transform(pretty_print=False)
     return _DOCTYPE + _HEAD_DOCTYPE.sub("", out, count=1)
+
+
+def _skip_inline_style_validation() -> None:
+    """premailer honours ``disable_validation`` for style sheets but not for the
+    ``style`` attributes MJML already wrote: ``merge_styles`` calls
+    ``csstext_to_pairs(style)`` with its default ``validate=True``, which makes
+    cssutils compile ~0.3 s of validation regexes in every fresh process. We pass
+    ``validate=False`` there too, as the documented option asks."""
+    import premailer.merge_style as merge_style
+
+    original = merge_style.csstext_to_pairs
+    if getattr(original, "_newsletter_unvalidated", False):
+        return
+
+    def unvalidated(csstext: str, validate: bool = False) -> list:
+        return original(csstext, validate=False)
+
+    unvalidated._newsletter_unvalidated = True  # type: ignore[attr-defined]
+    unvalidated._lock = original._lock  # type: ignore[attr-defined]  # the original looks its lock up by module name
+    merge_style.csstext_to_pairs = unvalidated

@@ -22,6 +22,16 @@ FILENAME_RE = re.compile(r"^(?P<number>\d{3,})-(?P<slug>[a-z0-9]+(?:-[a-z0-9]+)*
 SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that leaves dates as text, so a bad date gets our message, not a crash."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 @dataclass(frozen=True)
 class Person:
     name: str
@@ -189,8 +199,8 @@ def parse_issue(path: Path) -> Issue:
     text = text.replace("\r\n", "\n")
     front, body, body_line = _split_front_matter(path, text)
     try:
-        node = yaml.compose(front)
-        data = yaml.safe_load(front) or {}
+        node = yaml.compose(front, Loader=_Loader)
+        data = yaml.load(front, Loader=_Loader) or {}
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 2 if mark else None

@@ -129,9 +129,13 @@ class SubscriberStore:
     # ---- transactions --------------------------------------------------------------
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` … ``COMMIT`` (or ``ROLLBACK`` on any exception). Nests: inner blocks join."""
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` (or ``ROLLBACK`` on any exception).
+
+        Nests: an inner block, or a transaction the caller already opened on this
+        connection (e.g. the delivery ledger sharing it), is joined, not committed.
+        """
         with self._tx_lock:
-            if self._tx_depth:
+            if self._tx_depth or self.conn.in_transaction:
                 self._tx_depth += 1
                 try:
                     yield self.conn

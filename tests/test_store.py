@@ -231,3 +231,12 @@ def test_failed_write_rolls_back(store):
             raise RuntimeError("boom")
     assert store.get_by_email("a@example.org").name == ""
     assert not store.conn.in_transaction
+
+
+def test_store_writes_join_a_transaction_the_caller_opened(store):
+    store.conn.execute("BEGIN IMMEDIATE")
+    sub = store.add("a@example.org")
+    store.unsubscribe(sub.id)
+    assert store.conn.in_transaction  # the store did not commit the caller's transaction
+    store.conn.execute("ROLLBACK")
+    assert store.get_by_email("a@example.org") is None

@@ -1,0 +1,61 @@
+"""`newsletter init` and `newsletter new`: start a publication, start the next issue."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import shutil
+from pathlib import Path
+
+from newsletter.errors import InputError
+from newsletter.issue import FILENAME_RE, list_issues
+from newsletter.render import default_templates_dir
+
+INIT_DATA = Path(__file__).resolve().parent / "data" / "init"
+
+
+def slugify(title: str, max_words: int = 8) -> str:
+    words = re.findall(r"[a-z0-9]+", title.lower())
+    return "-".join(words[:max_words]) or "issue"
+
+
+def init_publication(target: Path) -> list[Path]:
+    """Copy the default templates, a sample newsletter.toml, .env.example and a first issue."""
+    target.mkdir(parents=True, exist_ok=True)
+    if (target / "newsletter.toml").exists():
+        raise InputError("already a publication (newsletter.toml exists); nothing changed", path=target)
+    created: list[Path] = []
+    templates = target / "templates"
+    templates.mkdir(exist_ok=True)
+    for src in sorted(default_templates_dir().glob("*.j2")):
+        dst = templates / src.name
+        shutil.copyfile(src, dst)
+        created.append(dst)
+    (target / "issues").mkdir(exist_ok=True)
+    for src, dst in ((INIT_DATA / "newsletter.toml", target / "newsletter.toml"),
+                     (INIT_DATA / "env.example", target / ".env.example"),
+                     (INIT_DATA / "001-hello-world.md", target / "issues" / "001-hello-world.md")):
+        shutil.copyfile(src, dst)
+        created.append(dst)
+    return created
+
+
+def new_issue(issues_dir: Path, title: str, today: dt.date | None = None) -> Path:
+    """Scaffold the next numbered issue file; refuses to overwrite."""
+    if not title.strip() or "\n" in title:
+        raise InputError("the title must be one non-empty line")
+    issues_dir.mkdir(parents=True, exist_ok=True)
+    numbers = [int(m.group("number")) for p in list_issues(issues_dir) if (m := FILENAME_RE.match(p.name))]
+    number = max(numbers, default=0) + 1
+    path = issues_dir / f"{number:03d}-{slugify(title)}.md"
+    if path.exists():
+        raise InputError("already exists", path=path)
+    date = (today or dt.date.today()).isoformat()
+    quoted = title.replace('"', '\\"')
+    path.write_text(
+        f'---\nnumber: {number}\ntitle: "{quoted}"\ndate: {date}\nsubtitle: ""\n---\n\n'
+        "Write the issue here in Markdown. Level-2 headings (##) start sections;\n"
+        "level-3 headings (###) start articles, set off as cards in the email.\n",
+        encoding="utf-8",
+    )
+    return path

@@ -1,0 +1,256 @@
+"""The unsubscribe app, through werkzeug's test client and once through a real loopback server."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import requests
+from werkzeug.serving import make_server
+from werkzeug.test import Client
+
+from newsletter.config import load_settings
+from newsletter.errors import ConfigError
+from newsletter.store import SubscriberStore
+from newsletter.tokens import make_token
+from newsletter.web import NOT_FOUND_BODY, create_app, make_app, mask_email
+
+SECRET = "test-secret-key-0123456789"
+
+
+@pytest.fixture
+def settings(tmp_path):
+    (tmp_path / "newsletter.toml").write_text('name = "The Tsinghua Letter"\nlang = "zh-Hans"\n')
+    return load_settings(tmp_path, environ={"NEWSLETTER_SECRET_KEY": SECRET})
+
+
+@pytest.fixture
+def db(tmp_path):
+    return tmp_path / "subs.db"
+
+
+@pytest.fixture
+def store(db):
+    s = SubscriberStore.open(db)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sub(store):
+    return store.add("sam.lee@tsinghua.edu.cn", "Sam")
+
+
+@pytest.fixture
+def client(settings, db, store):
+    return Client(make_app(settings, store_path=db))
+
+
+def token_for(sub, secret=SECRET):
+    return make_token(secret, sub.id, sub.email)
+
+
+def test_get_shows_confirmation_and_changes_nothing(client, store, sub):
+    before = store.get(sub.id)
+    r = client.get(f"/unsubscribe/{token_for(sub)}")
+    assert r.status_code == 200
+    page = r.get_data(as_text=True)
+    assert r.mimetype == "text/html"
+    assert '<html lang="zh-Hans">' in page
+    assert "The Tsinghua Letter" in page
+    assert "s***@tsinghua.edu.cn" in page
+    assert "sam.lee" not in page  # never the full address
+    assert '<form method="post"' in page and ">Unsubscribe</button>" in page
+    assert store.get(sub.id) == before  # GET unsubscribes nobody (status and changed_at unchanged)
+    r = client.head(f"/unsubscribe/{token_for(sub)}")
+    assert r.status_code == 200 and store.get(sub.id) == before
+
+
+def test_post_form_button_unsubscribes(client, store, sub):
+    r = client.post(f"/unsubscribe/{token_for(sub)}", data={"confirm": "yes"})
+    assert r.status_code == 200
+    page = r.get_data(as_text=True)
+    assert "You are unsubscribed" in page and "sam.lee" not in page
+    assert store.get(sub.id).status == "unsubscribed"
+    assert store.status_reason(sub.id) == "unsubscribe page"
+
+
+def test_rfc8058_one_click_body(client, store, sub):
+    r = client.post(f"/unsubscribe/{token_for(sub)}", data="List-Unsubscribe=One-Click",
+                    content_type="application/x-www-form-urlencoded")
+    assert r.status_code == 200
+    assert store.get(sub.id).status == "unsubscribed"
+    assert store.status_reason(sub.id) == "one-click (RFC 8058)"
+
+
+def test_post_twice_is_fine(client, store, sub):
+    url = f"/unsubscribe/{token_for(sub)}"
+    assert client.post(url, data="List-Unsubscribe=One-Click",
+                       content_type="application/x-www-form-urlencoded").status_code == 200
+    first = store.get(sub.id)
+    r = client.post(url, data={"confirm": "yes"})
+    assert r.status_code == 200 and "You are unsubscribed" in r.get_data(as_text=True)
+    assert store.get(sub.id) == first
+    # And the page now says so instead of offering the button again.
+    page = client.get(url).get_data(as_text=True)
+    assert "You are unsubscribed" in page and "<form" not in page
+
+
+def test_bounced_reader_stays_bounced(client, store, sub):
+    store.mark_bounced(sub.id, "550 user unknown")
+    assert client.post(f"/unsubscribe/{token_for(sub)}", data={"confirm": "yes"}).status_code == 200
+    assert store.get(sub.id).status == "bounced"
+
+
+def _failures(sub, other):
+    good = token_for(sub)
+    sid, sig = good.split(".")
+    flipped = sig[:-1] + ("A" if sig[-1] != "A" else "B")
+    return {
+        "forged with another key": token_for(sub, secret="attacker-key"),
+        "altered signature": f"{sid}.{flipped}",
+        "truncated signature": f"{sid}.{sig[:-2]}",
+        "other reader's id, this signature": f"{other.id:x}.{sig}" if other.id != sub.id else None,
+        "unknown id": make_token(SECRET, 99999, sub.email),
+        "malformed": "not-a-token",
+        "non-base36 id": f"%%%.{sig}",
+        "too long": "1." + "A" * 500,
+    }
+
+
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_every_failure_is_the_same_404(client, store, sub, method):
+    other = store.add("other@example.org")
+    bodies = set()
+    for what, token in _failures(sub, other).items():
+        if token is None:
+            continue
+        r = getattr(client, method)(f"/unsubscribe/{token}", data="List-Unsubscribe=One-Click",
+                                    content_type="application/x-www-form-urlencoded")
+        assert r.status_code == 404, what
+        bodies.add((r.get_data(), r.mimetype))
+        assert r.headers["Cache-Control"] == "no-store"
+    assert bodies == {(NOT_FOUND_BODY.encode(), "text/plain")}
+    assert store.get(sub.id).status == "active" and store.get(other.id).status == "active"
+
+
+def test_removed_reader_is_the_same_404(client, store, sub):
+    token = token_for(sub)
+    store.remove(sub.email)
+    r = client.get(f"/unsubscribe/{token}")
+    assert r.status_code == 404 and r.get_data() == NOT_FOUND_BODY.encode()
+
+
+def test_token_for_changed_address_no_longer_works(client, store, sub):
+    token = token_for(sub)
+    store.conn.execute("UPDATE subscribers SET email='new@example.org' WHERE id=?", (sub.id,))
+    assert client.get(f"/unsubscribe/{token}").status_code == 404
+
+
+def test_security_headers(client, sub):
+    r = client.get(f"/unsubscribe/{token_for(sub)}")
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+    assert r.headers["Referrer-Policy"] == "no-referrer"
+    assert r.headers["Cache-Control"] == "no-store"
+    csp = r.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "form-action 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert "unsafe-inline" not in csp
+    assert len(r.headers.getlist("Content-Security-Policy")) == 1
+
+
+def test_healthz(client):
+    r = client.get("/healthz")
+    assert r.status_code == 200 and r.get_data() == b"ok\n"
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+    assert "no-store" not in r.headers.get("Cache-Control", "")
+
+
+def test_unknown_route_is_404(client):
+    r = client.get("/admin")
+    assert r.status_code == 404 and r.get_data() == NOT_FOUND_BODY.encode()
+
+
+def test_oversized_post_is_refused(client, store, sub):
+    r = client.post(f"/unsubscribe/{token_for(sub)}", data={"x": "y" * 100_000})
+    assert r.status_code == 413
+    assert store.get(sub.id).status == "active"
+
+
+def test_serves_static_site(settings, db, store, sub, tmp_path):
+    site = tmp_path / "site"
+    (site / "2025" / "first-issue").mkdir(parents=True)
+    (site / "index.html").write_text("<h1>Archive</h1>")
+    (site / "2025" / "first-issue" / "index.html").write_text("<h1>First</h1>")
+    (site / "feed.xml").write_text("<feed/>")
+    (site / "unsubscribe").mkdir()
+    (site / "unsubscribe" / "index.html").write_text("shadow")
+    client = Client(make_app(settings, store_path=db, site_dir=site))
+    r = client.get("/")
+    assert r.status_code == 200 and r.get_data() == b"<h1>Archive</h1>"
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+    assert "script-src 'none'" in r.headers["Content-Security-Policy"]
+    assert client.get("/2025/first-issue/").get_data() == b"<h1>First</h1>"
+    r = client.get("/2025/first-issue")
+    assert r.status_code == 308 and r.headers["Location"].endswith("/2025/first-issue/")
+    assert client.get("/feed.xml").get_data() == b"<feed/>"
+    assert client.get("/missing.html").status_code == 404
+    assert client.get("/../subs.db").status_code == 404
+    # The app's own routes win over files in the archive.
+    r = client.get(f"/unsubscribe/{token_for(sub)}")
+    assert r.status_code == 200 and "s***@tsinghua.edu.cn" in r.get_data(as_text=True)
+    assert client.get("/healthz").get_data() == b"ok\n"
+
+
+def test_missing_site_dir_is_a_config_error(settings, db, tmp_path):
+    with pytest.raises(ConfigError):
+        make_app(settings, store_path=db, site_dir=tmp_path / "nope")
+
+
+def test_mask_email():
+    assert mask_email("sam@tsinghua.edu.cn") == "s***@tsinghua.edu.cn"
+    assert mask_email("s@example.org") == "s***@example.org"
+    assert mask_email("nonsense") == "***"
+
+
+def test_create_app_needs_a_secret_key(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for key in ("NEWSLETTER_SECRET_KEY", "NEWSLETTER_ROOT", "NEWSLETTER_DB", "NEWSLETTER_SITE_DIR"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(ConfigError, match="NEWSLETTER_SECRET_KEY"):
+        create_app()
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", SECRET)
+    monkeypatch.setenv("NEWSLETTER_ROOT", str(tmp_path))
+    monkeypatch.setenv("NEWSLETTER_DB", "prod.db")
+    store = SubscriberStore.open(tmp_path / "prod.db")
+    sub = store.add("a@example.org")
+    client = Client(create_app())
+    assert client.post(f"/unsubscribe/{token_for(sub)}", data={"confirm": "yes"}).status_code == 200
+    assert store.get(sub.id).status == "unsubscribed"
+    store.close()
+
+
+def test_real_server_on_loopback(settings, db, store, sub):
+    server = make_server("127.0.0.1", 0, make_app(settings, store_path=db), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    http = requests.Session()
+    http.trust_env = False  # never route loopback traffic through a configured proxy
+    try:
+        assert http.get(f"{base}/healthz", timeout=5).text == "ok\n"
+        url = f"{base}/unsubscribe/{token_for(sub)}"
+        r = http.get(url, timeout=5)
+        assert r.status_code == 200 and "s***@tsinghua.edu.cn" in r.text
+        assert store.get(sub.id).status == "active"
+        # What a mail client sends for RFC 8058 one-click.
+        r = http.post(url, data="List-Unsubscribe=One-Click", timeout=5,
+                      headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 200 and "You are unsubscribed" in r.text
+        assert r.headers["Cache-Control"] == "no-store"
+        assert store.get(sub.id).status == "unsubscribed"
+        bad = http.post(f"{base}/unsubscribe/1.forged", timeout=5)
+        assert bad.status_code == 404 and bad.text == NOT_FOUND_BODY
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
