@@ -242,10 +242,11 @@ def _send_test(settings: "Settings", rendered: "RenderedEmail", addresses: tuple
     suppressed = [a for a in recipients if (s := store.get_by_email(a)) is not None and s.status != "active"]
     if suppressed:
         raise InputError(f"{', '.join(suppressed)} unsubscribed or bounced; test sends respect the suppression list")
+    factory = _transport_factory(settings, dry_run)
     _confirm_real_send(settings, len(recipients), "a [TEST] copy", yes, dry_run)
     prepared = _prepare(settings, rendered, test=True)
     start = time.monotonic()
-    with _transport_factory(settings, dry_run)() as transport:
+    with factory() as transport:
         results = transport.send([prepared.personalise(Recipient(a)) for a in recipients])
     for r in results:
         click.echo(f"{r.status.value:>16}  {r.recipient}" + (f"  ({r.error})" if r.error else ""))

@@ -40,7 +40,7 @@ def inline_css(html: str) -> str:
         cache_css_parsing=True,
     )
     out = inliner.transform(pretty_print=False)
-    return _DOCTYPE + _HEAD_DOCTYPE.sub("", out, count=1)
+    return _DOCTYPE + _HEAD_DOCTYPE.sub("", out, count=1).rstrip("\n") + "\n"
 
 
 def _skip_inline_style_validation() -> None:

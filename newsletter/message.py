@@ -215,9 +215,18 @@ class PreparedIssue:
 
 def _fold(name: str, value: str) -> str:
     """One header, RFC 2047-encoded where needed and folded to 78 columns, CRLF-terminated."""
-    if value.isascii() and len(name) + len(value) + 2 <= 78:
-        return f"{name}: {value}{_EOL}"
-    return _SMTP.fold(name, value)
+    if not value.isascii():
+        return _SMTP.header_factory(name, value).fold(policy=_SMTP)
+    # ASCII: fold at spaces ourselves. The email package folds a long value right
+    # after the colon, which its own parser then reads back with a leading space.
+    lines, line = [], f"{name}:"
+    for word in value.split(" "):
+        if len(line) + 1 + len(word) > 78 and line != f"{name}:":
+            lines.append(line)
+            line = ""
+        line += " " + word
+    lines.append(line)
+    return _EOL.join(lines) + _EOL
 
 
 class OutgoingMessage:

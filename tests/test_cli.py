@@ -1,0 +1,179 @@
+"""The CLI end to end, in-process through click's CliRunner (and a few real subprocesses)."""
+
+from __future__ import annotations
+
+import email
+import json
+import os
+import subprocess
+import sys
+from email import policy
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from newsletter.cli import cli, main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+BASE_ENV = {"NEWSLETTER_TRANSPORT": "dryrun", "NEWSLETTER_SECRET_KEY": "test-secret"}
+
+
+class _Main:
+    """Lets CliRunner drive newsletter.cli.main, which maps errors to exit codes as for a user."""
+
+    name = "newsletter"
+
+    def main(self, args=None, prog_name=None, **extra):
+        main(list(args or []))
+
+
+def run(root: Path, *args: str, env: dict | None = None, input: str | None = None):
+    return CliRunner().invoke(_Main(), ["--root", str(root), *args], env={**BASE_ENV, **(env or {})}, input=input)
+
+
+def test_build_writes_three_files(publication_root):
+    result = run(publication_root, "build", "6")
+    assert result.exit_code == 0, result.output
+    out = publication_root / "build" / "global-governance-of-ai"
+    assert sorted(p.name for p in out.iterdir()) == ["email.html", "email.txt", "preview.html"]
+    assert "Welcome to the sixth edition" in (out / "email.txt").read_text(encoding="utf-8")
+    preview = (out / "preview.html").read_text(encoding="utf-8")
+    assert 'id="desktop"' in preview and 'id="phone"' in preview and 'id="text"' in preview
+
+
+def test_build_out_dir(publication_root, tmp_path):
+    result = run(publication_root, "build", "6", "--out", str(tmp_path / "o"))
+    assert result.exit_code == 0
+    assert (tmp_path / "o" / "global-governance-of-ai" / "email.html").exists()
+
+
+@pytest.mark.parametrize("front, needle", [
+    ("number: 7\ndate: 2025-04-01", "007-bad.md:1: missing required field 'title'"),
+    ("number: 7\ntitle: T\ndate: someday", "007-bad.md:4: 'date' must be a date"),
+])
+def test_bad_issue_is_one_line_exit_2(publication_root, front, needle):
+    (publication_root / "issues" / "007-bad.md").write_text(f"---\n{front}\n---\n\nBody\n", encoding="utf-8")
+    result = run(publication_root, "build", "7")
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in result.output
+
+
+def test_non_utf8_issue_exit_2(publication_root):
+    (publication_root / "issues" / "007-bad.md").write_bytes(b"---\nnumber: 7\ntitle: Caf\xe9\ndate: 2025-01-01\n---\n\nx\n")
+    result = run(publication_root, "build", "7")
+    assert result.exit_code == 2 and "not UTF-8" in result.output and "Traceback" not in result.output
+
+
+def test_broken_template_exit_2(publication_root):
+    (publication_root / "templates" / "email.mjml.j2").write_text("{{ nope(", encoding="utf-8")
+    result = run(publication_root, "build", "6")
+    assert result.exit_code == 2 and "email.mjml.j2:1: template error" in result.output
+
+
+def test_new_scaffolds_next_issue(publication_root):
+    result = run(publication_root, "new", "Trade and the Global South")
+    assert result.exit_code == 0, result.output
+    path = publication_root / "issues" / "007-trade-and-the-global-south.md"
+    assert path.exists()
+    assert run(publication_root, "build", "7").exit_code == 0
+
+
+def test_init_creates_a_working_publication(tmp_path):
+    target = tmp_path / "weekly"
+    assert run(tmp_path, "init", str(target)).exit_code == 0
+    assert (target / "templates" / "email.mjml.j2").exists() and (target / ".env.example").exists()
+    result = run(target, "build", "1")
+    assert result.exit_code == 0, result.output
+    assert "My Newsletter" in (target / "build" / "hello-world" / "email.html").read_text(encoding="utf-8")
+    again = run(tmp_path, "init", str(target))
+    assert again.exit_code == 2 and "already a publication" in again.output
+
+
+def test_env_example_shipped_with_init_matches_repo():
+    assert (REPO / ".env.example").read_text() == (REPO / "newsletter" / "data" / "init" / "env.example").read_text()
+
+
+def test_dry_run_send_writes_eml_that_round_trips(publication_root):
+    csv = publication_root / "subs.csv"
+    csv.write_text("email,name\nreader1@example.org,Reader One\nreader2@example.org,Zoë\n", encoding="utf-8")
+    assert run(publication_root, "subscribers", "import", str(csv)).exit_code == 0
+    result = run(publication_root, "send", "6", "--dry-run", "--skip-checks",
+                 env={"NEWSLETTER_BASE_URL": "https://chinaffairs.example"})
+    assert result.exit_code == 0, result.output
+    assert "2 message(s)" in result.output and "Nothing was sent" in result.output
+    outbox = publication_root / "outbox" / "global-governance-of-ai"
+    emls = sorted(outbox.glob("*.eml"))
+    assert len(emls) == 2
+    built = (publication_root / "build" / "global-governance-of-ai" / "email.html").read_text(encoding="utf-8")
+    for path in emls:
+        msg = email.message_from_bytes(path.read_bytes(), policy=policy.default)
+        to = msg["To"].addresses[0].addr_spec
+        html = msg.get_body(("html",)).get_content().replace("\r\n", "\n")
+        token = msg["List-Unsubscribe"].split("/unsubscribe/")[1].split(">")[0]
+        expected = (built.replace("%%UNSUBSCRIBE_URL%%", f"https://chinaffairs.example/unsubscribe/{token}")
+                    .replace("%%EMAIL%%", to))
+        assert html == expected
+        assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    # A dry run never touches the ledger: a later real send still owes everyone.
+    from newsletter.delivery import delivery_status, open_ledger
+
+    assert delivery_status(open_ledger(publication_root / "newsletter.db")) == []
+
+
+def test_test_send_goes_only_to_named_addresses(publication_root):
+    csv = publication_root / "subs.csv"
+    csv.write_text("email\nsubscriber@example.org\n", encoding="utf-8")
+    run(publication_root, "subscribers", "import", str(csv))
+    result = run(publication_root, "send", "6", "--test", "editor@example.org", "--test", "second@example.org",
+                 "--skip-checks")
+    assert result.exit_code == 0, result.output
+    emls = sorted((publication_root / "outbox" / "global-governance-of-ai").glob("*.eml"))
+    tos = sorted(email.message_from_bytes(p.read_bytes(), policy=policy.default)["To"] for p in emls)
+    assert tos == ["editor@example.org", "second@example.org"]
+    subject = email.message_from_bytes(emls[0].read_bytes(), policy=policy.default)["Subject"]
+    assert subject.startswith("[TEST] #6 China Scholar Insights")
+
+
+def test_test_send_refuses_injection_and_bad_addresses(publication_root):
+    result = run(publication_root, "send", "6", "--test", "a@example.org\r\nBcc: b@example.org", "--skip-checks")
+    assert result.exit_code == 2 and "line break" in result.output
+    result = run(publication_root, "send", "6", "--test", "not-an-address", "--skip-checks")
+    assert result.exit_code == 2 and "invalid --test address" in result.output
+    assert not (publication_root / "outbox").exists()
+
+
+def test_real_send_without_yes_and_without_a_terminal_refuses(publication_root):
+    result = run(publication_root, "send", "6", "--test", "a@example.org", "--skip-checks",
+                 env={"NEWSLETTER_TRANSPORT": "smtp", "SMTP_HOST": "127.0.0.1", "SMTP_PORT": "9",
+                      "SMTP_SECURITY": "none"})
+    assert result.exit_code == 2 and "--yes" in result.output
+
+
+def test_unknown_transport_is_a_config_error(publication_root):
+    result = run(publication_root, "send", "6", "--test", "a@example.org", "--skip-checks",
+                 env={"NEWSLETTER_TRANSPORT": "carrier-pigeon"})
+    assert result.exit_code == 3 and "carrier-pigeon" in result.output
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+
+
+def test_help_and_subscribers_do_not_import_the_renderer():
+    code = ("import sys\nfrom newsletter.cli import main\n"
+            "try:\n    main({args})\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('premailer', 'cssutils', 'mjml', 'markdown_it', 'jinja2', 'requests') if m in sys.modules]\n"
+            "print('HEAVY', heavy)")
+    for args in (["--help"], ["subscribers", "--help"], ["send", "--help"]):
+        out = _python(code.format(args=args)).stdout
+        assert "HEAVY []" in out, (args, out)
+
+
+def test_help_explains_commands():
+    out = _python("from newsletter.cli import main\nmain(['send', '--help'])").stdout
+    for words in ("--dry-run", "--test", "--yes", "resume", "ledger"):
+        assert words in out
