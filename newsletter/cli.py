@@ -163,6 +163,56 @@ def preview(ctx: click.Context, issue: str, port: int, no_open: bool, screenshot
         pass
 
 
+@cli.command()
+@click.argument("issue")
+@click.option("--online", is_flag=True, help="Also fetch every external link (HEAD/GET) and report broken ones.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.pass_context
+def check(ctx: click.Context, issue: str, online: bool, fmt: str) -> None:
+    """Pre-flight checks for ISSUE: size and clipping, links, images, accessibility,
+    client support, deliverability headers and the plain text.
+
+    One line per finding (error / warning / info) with file:line where it applies.
+    Exits non-zero on any error; `send` and `schedule` run these first.
+    """
+    import json
+
+    from newsletter.checks import run_checks
+    from newsletter.errors import ChecksFailedError
+
+    settings = _settings(ctx)
+    findings = run_checks(settings, _render(settings, issue), online=online)
+    if fmt == "json":
+        click.echo(json.dumps([f.as_dict() for f in findings], indent=2, ensure_ascii=False))
+    else:
+        for f in findings:
+            click.echo(f.format())
+    errors = sum(f.level == "error" for f in findings)
+    warnings = sum(f.level == "warning" for f in findings)
+    if fmt == "text":
+        click.echo(f"{errors} error(s), {warnings} warning(s), {len(findings) - errors - warnings} note(s).")
+    if errors:
+        raise ChecksFailedError(f"{errors} pre-flight error(s)")
+
+
+@cli.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("site"), show_default=True,
+              help="Folder for the static site.")
+@click.pass_context
+def archive(ctx: click.Context, out: Path) -> None:
+    """Build the public web archive: index, one page per issue, Atom and JSON feeds, sitemap.
+
+    Deploy the folder to any static host; set NEWSLETTER_BASE_URL so the emails'
+    "read in your browser" links point at it.
+    """
+    from newsletter.archive import build_archive
+
+    settings = _settings(ctx)
+    target = out if out.is_absolute() else settings.root / out
+    written = build_archive(settings, target)
+    click.echo(f"Wrote {len(written)} files to {target}/")
+
+
 # ---------------------------------------------------------------- sending -------------
 def _prepare(settings: "Settings", rendered: "RenderedEmail", *, test: bool = False) -> "PreparedIssue":
     from newsletter.message import PreparedIssue, dkim_signer
@@ -185,10 +235,7 @@ def _run_checks(settings: "Settings", rendered: "RenderedEmail", skip: bool) -> 
     if skip:
         _console(stderr=True).print("[bold red]WARNING: --skip-checks given; pre-flight checks were NOT run.[/]")
         return
-    try:
-        from newsletter.checks import run_checks
-    except ImportError:  # checks not installed in this build
-        return
+    from newsletter.checks import run_checks
     from newsletter.errors import ChecksFailedError
 
     findings = run_checks(settings, rendered)

@@ -15,8 +15,17 @@ _DOCTYPE = "<!doctype html>"
 _HEAD_DOCTYPE = re.compile(r"^\s*<!doctype[^>]*>\s*", re.IGNORECASE)
 
 
-def inline_css(html: str) -> str:
-    """Inline the document's CSS into ``style`` attributes, keeping what cannot be inlined.
+_STYLE_TAG = re.compile(r"<style(?=[\s>])", re.IGNORECASE)
+_IGNORE = ' data-premailer="ignore"'
+
+
+def inline_css(html: str, css: str) -> str:
+    """Inline ``css`` into ``style`` attributes; rules that cannot be inlined (``@media``)
+    go into a ``<style>`` block in the head.
+
+    The document's own ``<style>`` blocks (MJML's resets and responsive column
+    rules) are left exactly as MJML wrote them: MJML means them for the head, and
+    running them through the inliner would only bloat every ``<td>`` and cost time.
 
     * ``strip_important=False``: MJML's responsive rules and our dark-mode rules
       depend on ``!important`` to beat the inline styles; premailer strips it by default.
@@ -24,11 +33,10 @@ def inline_css(html: str) -> str:
     * Classes stay, since the kept ``@media`` rules select by class.
     * The lowercase HTML5 doctype MJML emits is restored (lxml drops it).
     """
-    from premailer import Premailer
-
     _skip_inline_style_validation()
-    inliner = Premailer(
-        html,
+    inliner = _premailer_class()(
+        _STYLE_TAG.sub("<style" + _IGNORE, html),
+        css_text=css,
         strip_important=False,
         keep_style_tags=False,
         remove_classes=False,
@@ -39,7 +47,7 @@ def inline_css(html: str) -> str:
         disable_link_rewrites=True,
         cache_css_parsing=True,
     )
-    out = inliner.transform(pretty_print=False)
+    out = inliner.transform(pretty_print=False).replace(_IGNORE, "")
     return _DOCTYPE + _HEAD_DOCTYPE.sub("", out, count=1).rstrip("\n") + "\n"
 
 
@@ -61,3 +69,58 @@ def _skip_inline_style_validation() -> None:
     unvalidated._newsletter_unvalidated = True  # type: ignore[attr-defined]
     unvalidated._lock = original._lock  # type: ignore[attr-defined]  # the original looks its lock up by module name
     merge_style.csstext_to_pairs = unvalidated
+
+
+_PREMAILER: type | None = None
+
+
+def _premailer_class() -> type:
+    """premailer re-parses and re-serialises the same style sheet on every call
+    (~40% of a warm rebuild). Our sheet only changes when a template does, so
+    this subclass memoises the parsed rules per sheet text."""
+    global _PREMAILER
+    if _PREMAILER is None:
+        _import_requests_lazily()
+        from premailer import Premailer
+
+        class CachingPremailer(Premailer):  # type: ignore[misc]
+            _rules: dict = {}
+            _leftover_css: dict = {}
+
+            def _parse_style_rules(self, css_body, ruleset_index):  # type: ignore[no-untyped-def]
+                key = (css_body, ruleset_index, self.exclude_pseudoclasses, self.include_star_selectors)
+                if key not in self._rules:
+                    self._rules[key] = super()._parse_style_rules(css_body, ruleset_index)
+                rules, leftover = self._rules[key]
+                return list(rules), leftover  # callers extend the rules; leftover is only read
+
+            def _css_rules_to_string(self, rules):  # type: ignore[no-untyped-def]
+                key = id(rules)
+                cached = self._leftover_css.get(key)
+                if cached is None or cached[0] is not rules:
+                    cached = self._leftover_css[key] = (rules, super()._css_rules_to_string(rules))
+                return cached[1]
+
+        _PREMAILER = CachingPremailer
+    return _PREMAILER
+
+
+def _import_requests_lazily() -> None:
+    """premailer imports ``requests`` at module level only to fetch remote CSS,
+    which we never allow (``allow_network=False``). Registering it with the
+    standard library's :class:`importlib.util.LazyLoader` defers the ~60 ms
+    import until something really uses it (the HTTP transports do, and get the
+    real module then)."""
+    import importlib.util
+    import sys
+
+    if "requests" in sys.modules:
+        return
+    spec = importlib.util.find_spec("requests")
+    if spec is None or spec.loader is None:
+        return
+    loader = importlib.util.LazyLoader(spec.loader)
+    spec.loader = loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["requests"] = module
+    loader.exec_module(module)

@@ -22,8 +22,9 @@ FILENAME_RE = re.compile(r"^(?P<number>\d{3,})-(?P<slug>[a-z0-9]+(?:-[a-z0-9]+)*
 SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that leaves dates as text, so a bad date gets our message, not a crash."""
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """SafeLoader (libyaml's when present) that leaves dates as text, so a bad
+    date gets our message, not a crash."""
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -200,7 +201,7 @@ def parse_issue(path: Path) -> Issue:
     front, body, body_line = _split_front_matter(path, text)
     try:
         node = yaml.compose(front, Loader=_Loader)
-        data = yaml.load(front, Loader=_Loader) or {}
+        data = _Loader(front).construct_document(node) if node is not None else {}
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 2 if mark else None

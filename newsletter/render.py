@@ -68,8 +68,13 @@ def default_templates_dir() -> Path:
     return DEFAULT_TEMPLATES
 
 
-def template_environment(templates_dir: Path) -> jinja2.Environment:
-    """Publication templates first, then the defaults shipped with the tool."""
+def template_environment(templates_dir: Path, cache_dir: Path | None = None) -> jinja2.Environment:
+    """Publication templates first, then the defaults shipped with the tool.
+
+    With ``cache_dir``, compiled templates are kept between runs (Jinja's
+    bytecode cache, checked against each template's mtime), which saves a fresh
+    ``newsletter build`` process most of its template compile time.
+    """
     loaders: list[jinja2.BaseLoader] = []
     if templates_dir.is_dir():
         loaders.append(jinja2.FileSystemLoader(templates_dir))
@@ -82,7 +87,18 @@ def template_environment(templates_dir: Path) -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
         auto_reload=True,
+        bytecode_cache=_bytecode_cache(cache_dir),
     )
+
+
+def _bytecode_cache(cache_dir: Path | None) -> jinja2.BytecodeCache | None:
+    if cache_dir is None:
+        return None
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None  # a read-only checkout still builds, just without the cache
+    return jinja2.FileSystemBytecodeCache(str(cache_dir))
 
 
 def _template_error(exc: Exception, env: jinja2.Environment, name: str) -> InputError:
@@ -102,7 +118,7 @@ class Renderer:
 
     def __init__(self, settings: "Settings"):
         self.settings = settings
-        self.env = template_environment(settings.templates_dir)
+        self.env = template_environment(settings.templates_dir, settings.build_dir / ".cache" / "jinja")
 
     def _template(self, name: str, context: dict[str, Any]) -> str:
         try:
@@ -140,10 +156,11 @@ class Renderer:
             "date_long": f"{issue.date.day} {issue.date:%B %Y}",
         }
         mjml_source = self._template("email.mjml.j2", context)
+        css = self._template("email.css.j2", context)
         lap("jinja")
         html = compile_mjml(mjml_source)
         lap("mjml")
-        html = inline_css(html)
+        html = inline_css(html, css)
         lap("inline")
         text = self._template("email.txt.j2", {**context, "body_text": to_plain_text(parsed.tokens)})
         # No trailing spaces, except in the conventional "-- " signature separator.

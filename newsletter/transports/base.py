@@ -88,4 +88,4 @@ class NullTransport(Transport):
     def send(self, messages: Sequence["OutgoingMessage"], idempotency_key: str | None = None) -> list[SendResult]:
         for m in messages:
             m.as_bytes()  # do the per-recipient work a real transport would
-        return [SendResult(m.recipient, Status.SENT, provider_id=m.message_id) for m in messages]
+        return [SendResult(m.to_email, Status.SENT, provider_id=m.message_id) for m in messages]

@@ -16,7 +16,7 @@ List-Unsubscribe and Message-ID: so one request per message.
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from newsletter.transports.http import HTTPTransport, Payload, mailbox, mailbox_from_header
 
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     import requests
 
     from newsletter.message import OutgoingMessage
-    from newsletter.transports.base import SendResult
 
 #: Fixed namespace so one per-request key always maps to the same UUID.
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c3b0e-8d5a-4f47-9a52-0e2b7c1d4a93")
@@ -32,16 +31,11 @@ IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c3b0e-8d5a-4f47-9a52-0e2b7c1d4a93")
 
 class BrevoTransport(HTTPTransport):
     name = "brevo"
-    per_request = 1
-    max_batch = 50
     default_api_url = "https://api.brevo.com"
     path = "/v3/smtp/email"
+    auth_header = ("api-key", "{key}")
 
-    def auth_headers(self) -> dict[str, str]:
-        return {"api-key": self.api_key or ""}
-
-    def build_payload(self, chunk: Sequence["OutgoingMessage"], idempotency_key: str | None) -> Payload:
-        (m,) = chunk
+    def message_payload(self, m: "OutgoingMessage", idempotency_key: str | None) -> Payload:
         headers = dict(m.extra_headers)
         if idempotency_key is not None:
             headers["idempotencyKey"] = str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, idempotency_key))
@@ -55,5 +49,5 @@ class BrevoTransport(HTTPTransport):
             "headers": headers,
         })
 
-    def parse_response(self, chunk: Sequence["OutgoingMessage"], response: "requests.Response") -> list["SendResult"]:
-        return [self.accepted(chunk[0], response.json()["messageId"])]
+    def provider_id(self, response: "requests.Response") -> str | None:
+        return response.json()["messageId"]

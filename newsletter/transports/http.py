@@ -21,6 +21,7 @@ endpoint, payload and response parsing. Secrets are held as
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from email.utils import formataddr, parseaddr, parsedate_to_datetime
@@ -94,9 +95,11 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
@@ -117,12 +120,16 @@ class HTTPTransport(Transport):
     name = "http"
     #: Messages per HTTP request: the provider's documented batch limit (1 for one-message APIs).
     per_request: ClassVar[int] = 1
+    #: Messages per ``send`` call; one-message APIs loop over them, one request each.
+    max_batch = 50
     #: Scheme and host of the public API; ``<NAME>_API_URL`` overrides it.
     default_api_url: ClassVar[str] = ""
     #: Path appended to the API URL (``str.format`` with the instance's attributes).
     path: ClassVar[str] = ""
     #: Setting holding the API key; default ``<NAME>_API_KEY``.
     api_key_setting: ClassVar[str] = ""
+    #: (header, value template) carrying the API key, e.g. ``("Authorization", "Bearer {key}")``.
+    auth_header: ClassVar[tuple[str, str] | None] = None
     #: HTTP header carrying a per-request idempotency key, if the provider has one.
     idempotency_header: ClassVar[str | None] = None
 
@@ -158,13 +165,27 @@ class HTTPTransport(Transport):
     # ---- provider hooks --------------------------------------------------------------
     def auth_headers(self) -> dict[str, str]:
         """Headers that authenticate a request (never logged or echoed)."""
-        return {}
+        if self.auth_header is None or self.api_key is None:
+            return {}
+        name, template = self.auth_header
+        return {name: template.format(key=self.api_key)}
 
     def build_payload(self, chunk: Sequence["OutgoingMessage"], idempotency_key: str | None) -> Payload:
+        """The request for ``chunk``; batch APIs override this, one-message APIs :meth:`message_payload`."""
+        (msg,) = chunk
+        return self.message_payload(msg, idempotency_key)
+
+    def message_payload(self, msg: "OutgoingMessage", idempotency_key: str | None) -> Payload:
         raise NotImplementedError
 
     def parse_response(self, chunk: Sequence["OutgoingMessage"], response: "requests.Response") -> list[SendResult]:
-        """Results for a 2xx reply, one per message of ``chunk`` in order."""
+        """Results for a 2xx reply, one per message of ``chunk`` in order; batch APIs override
+        this, one-message APIs :meth:`provider_id`."""
+        (msg,) = chunk
+        return [self.accepted(msg, self.provider_id(response))]
+
+    def provider_id(self, response: "requests.Response") -> str | None:
+        """The provider's id for the one message of a 2xx reply."""
         raise NotImplementedError
 
     def sign(self, request: "requests.PreparedRequest") -> None:
@@ -266,7 +287,7 @@ class HTTPTransport(Transport):
 
     def _failure(self, response: "requests.Response") -> Failure:
         body = _json_or_none(response)
-        detail = self.describe_error(response, body) or response.reason or ""
+        detail = self.describe_error(response, body) or _short_text(response) or response.reason or ""
         error = self.scrub(f"{self.name}: HTTP {response.status_code}: {detail}".rstrip(": "))
         if self.is_temporary(response, body):
             return Failure(Status.FAILED_TEMPORARY, error, parse_retry_after(response.headers.get("Retry-After")),
@@ -284,3 +305,11 @@ def _json_or_none(response: "requests.Response") -> Any:
         return response.json()
     except ValueError:
         return None
+
+
+def _short_text(response: "requests.Response") -> str | None:
+    """A plain-text error body such as Mailgun's ``Forbidden``; never an HTML page."""
+    if response.headers.get("Content-Type", "").startswith("text/plain"):
+        text = response.text.strip()
+        return text if 0 < len(text) <= MAX_ERROR else None
+    return None

@@ -10,7 +10,7 @@ Mailgun has no idempotency key.
 from __future__ import annotations
 
 import base64
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from newsletter.transports.http import HTTPTransport, Payload
 
@@ -19,13 +19,10 @@ if TYPE_CHECKING:
 
     from newsletter.config import Settings
     from newsletter.message import OutgoingMessage
-    from newsletter.transports.base import SendResult
 
 
 class MailgunTransport(HTTPTransport):
     name = "mailgun"
-    per_request = 1
-    max_batch = 50
     default_api_url = "https://api.mailgun.net"
     path = "/v3/{self.domain}/messages.mime"
 
@@ -41,12 +38,11 @@ class MailgunTransport(HTTPTransport):
         token = base64.b64encode(f"api:{self.api_key}".encode()).decode("ascii")
         return {"Authorization": f"Basic {token}"}
 
-    def build_payload(self, chunk: Sequence["OutgoingMessage"], idempotency_key: str | None) -> Payload:
-        (m,) = chunk
+    def message_payload(self, m: "OutgoingMessage", idempotency_key: str | None) -> Payload:
         return Payload(data={"to": m.to_email}, files={"message": ("message.mime", m.as_bytes(), "message/rfc822")})
 
-    def parse_response(self, chunk: Sequence["OutgoingMessage"], response: "requests.Response") -> list["SendResult"]:
-        return [self.accepted(chunk[0], response.json()["id"])]
+    def provider_id(self, response: "requests.Response") -> str | None:
+        return response.json()["id"]
 
     def secrets(self) -> tuple[str, ...]:
         # The basic-auth token is the key in base64; a server echoing it must not leak it either.

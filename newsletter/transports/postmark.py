@@ -31,6 +31,7 @@ class PostmarkTransport(HTTPTransport):
     default_api_url = "https://api.postmarkapp.com"
     path = "/email/batch"
     api_key_setting = "POSTMARK_SERVER_TOKEN"
+    auth_header = ("X-Postmark-Server-Token", "{key}")
 
     def __init__(self, *, message_stream: str = "broadcast", **kwargs: Any):
         super().__init__(**kwargs)
@@ -39,9 +40,6 @@ class PostmarkTransport(HTTPTransport):
     @classmethod
     def settings_options(cls, settings: "Settings") -> dict[str, Any]:
         return {"message_stream": settings.get("POSTMARK_MESSAGE_STREAM", "broadcast")}
-
-    def auth_headers(self) -> dict[str, str]:
-        return {"X-Postmark-Server-Token": self.api_key or ""}
 
     def build_payload(self, chunk: Sequence["OutgoingMessage"], idempotency_key: str | None) -> Payload:
         # Postmark has no idempotency key; a retried batch may be sent twice.

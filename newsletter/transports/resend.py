@@ -10,7 +10,7 @@ back in ``errors`` as ``{index, message}``, ``data`` lists the created ids).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from newsletter.transports.http import HTTPTransport, Payload, address
 
@@ -26,10 +26,8 @@ class ResendTransport(HTTPTransport):
     per_request = max_batch = 100
     default_api_url = "https://api.resend.com"
     path = "/emails/batch"
+    auth_header = ("Authorization", "Bearer {key}")
     idempotency_header = "Idempotency-Key"
-
-    def auth_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"}
 
     def build_payload(self, chunk: Sequence["OutgoingMessage"], idempotency_key: str | None) -> Payload:
         return Payload(headers={"x-batch-validation": "permissive"}, json=[{

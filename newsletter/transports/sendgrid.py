@@ -13,7 +13,7 @@ idempotency key.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from newsletter.transports.http import HTTPTransport, Payload, mailbox, mailbox_from_header
 
@@ -21,21 +21,15 @@ if TYPE_CHECKING:
     import requests
 
     from newsletter.message import OutgoingMessage
-    from newsletter.transports.base import SendResult
 
 
 class SendGridTransport(HTTPTransport):
     name = "sendgrid"
-    per_request = 1
-    max_batch = 50
     default_api_url = "https://api.sendgrid.com"
     path = "/v3/mail/send"
+    auth_header = ("Authorization", "Bearer {key}")
 
-    def auth_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"}
-
-    def build_payload(self, chunk: Sequence["OutgoingMessage"], idempotency_key: str | None) -> Payload:
-        (m,) = chunk
+    def message_payload(self, m: "OutgoingMessage", idempotency_key: str | None) -> Payload:
         return Payload(json={
             "personalizations": [{"to": [mailbox(m.recipient.name, m.to_email)]}],
             "from": mailbox(m.from_name, m.from_email),
@@ -46,5 +40,5 @@ class SendGridTransport(HTTPTransport):
             "headers": m.extra_headers,
         })
 
-    def parse_response(self, chunk: Sequence["OutgoingMessage"], response: "requests.Response") -> list["SendResult"]:
-        return [self.accepted(chunk[0], response.headers.get("X-Message-Id"))]
+    def provider_id(self, response: "requests.Response") -> str | None:
+        return response.headers.get("X-Message-Id")

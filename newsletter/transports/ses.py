@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from newsletter.config import Secret
 from newsletter.transports.http import HTTPTransport, Payload
@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 
     from newsletter.config import Settings
     from newsletter.message import OutgoingMessage
-    from newsletter.transports.base import SendResult
 
 #: Error types that mean "later", though SES answers them with HTTP 400 (sending quota).
 TEMPORARY_ERRORS = frozenset({"LimitExceededException", "TooManyRequestsException", "ThrottlingException"})
@@ -38,8 +37,6 @@ logging.getLogger("botocore.auth").addFilter(_hide_signing_debug)
 
 class SESTransport(HTTPTransport):
     name = "ses"
-    per_request = 1
-    max_batch = 50
     path = "/v2/email/outbound-emails"
 
     def __init__(self, *, access_key_id: str, secret_access_key: str, region: str,
@@ -66,8 +63,7 @@ class SESTransport(HTTPTransport):
     def secrets(self) -> tuple[str, ...]:
         return tuple(s for s in (self.secret_access_key, self.session_token) if s)
 
-    def build_payload(self, chunk: Sequence["OutgoingMessage"], idempotency_key: str | None) -> Payload:
-        (m,) = chunk
+    def message_payload(self, m: "OutgoingMessage", idempotency_key: str | None) -> Payload:
         return Payload(json={
             "FromEmailAddress": m.from_email,
             "Destination": {"ToAddresses": [m.to_email]},
@@ -99,5 +95,5 @@ class SESTransport(HTTPTransport):
         parts = (self.error_type(response, body), super().describe_error(response, body))
         return ": ".join(p for p in parts if p) or None
 
-    def parse_response(self, chunk: Sequence["OutgoingMessage"], response: "requests.Response") -> list["SendResult"]:
-        return [self.accepted(chunk[0], response.json()["MessageId"])]
+    def provider_id(self, response: "requests.Response") -> str | None:
+        return response.json()["MessageId"]

@@ -2,7 +2,8 @@
 
 The server listens on 127.0.0.1 only, on a free port. Each test programs it
 with a handler that asserts the request as the provider documents it and
-returns the provider's documented reply; every request is recorded. An
+returns the provider's documented reply as ``(status, body, headers)``; every
+request is recorded. An
 assertion that fails inside the server thread fails the test at teardown.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -54,22 +55,17 @@ class Recorded:
         return parts
 
 
-@dataclass
-class Reply:
-    status: int = 200
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-
-    def encode(self) -> tuple[bytes, str]:
-        if self.body is None:
-            return b"", "text/plain"
-        if isinstance(self.body, (bytes, str)):
-            raw = self.body.encode() if isinstance(self.body, str) else self.body
-            return raw, "text/plain; charset=utf-8"
-        return json.dumps(self.body).encode(), "application/json"
+def encode_body(body: Any) -> tuple[bytes, str]:
+    """A reply body as bytes and its Content-Type: JSON for dicts and lists, else text."""
+    if body is None:
+        return b"", "text/plain"
+    if isinstance(body, (bytes, str)):
+        return (body.encode() if isinstance(body, str) else body), "text/plain; charset=utf-8"
+    return json.dumps(body).encode(), "application/json"
 
 
-Handler = Callable[[Recorded], Reply]
+#: A handler gets the :class:`Recorded` request and returns ``(status, body, headers)``.
+Handler = Callable[[Recorded], tuple[int, Any, dict[str, str]]]
 
 
 class FakeAPI:
@@ -78,7 +74,7 @@ class FakeAPI:
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
         self.errors: list[BaseException] = []
-        self.handler: Handler = lambda req: Reply(500, {"message": "no handler programmed"})
+        self.handler: Handler = lambda req: (500, {"message": "no handler programmed"}, {})
         self._lock = threading.Lock()
         api = self
 
@@ -91,13 +87,13 @@ class FakeAPI:
                 with api._lock:
                     api.requests.append(req)
                 try:
-                    reply = api.handler(req)
+                    status, body, extra = api.handler(req)
                 except BaseException as exc:  # surfaced at teardown
                     api.errors.append(exc)
-                    reply = Reply(599, {"message": f"test handler failed: {exc!r}"})
-                raw, content_type = reply.encode()
-                self.send_response(reply.status)
-                headers = {"Content-Type": content_type, **reply.headers}
+                    status, body, extra = 599, {"message": f"test handler failed: {exc!r}"}, {}
+                raw, content_type = encode_body(body)
+                self.send_response(status)
+                headers = {"Content-Type": content_type, **extra}
                 for name, value in headers.items():
                     self.send_header(name, value)
                 self.send_header("Content-Length", str(len(raw)))

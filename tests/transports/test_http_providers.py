@@ -1,0 +1,739 @@
+"""The HTTP provider transports against a real local server that plays each provider.
+
+Each provider's checker asserts the request as that provider documents it (the
+doc section is cited above it) and answers with the documented reply shape.
+Behaviour shared by all providers (splitting, retries, error mapping, secrets)
+is tested once, parametrised over every provider.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from email import message_from_bytes, policy
+from email.utils import formatdate, parseaddr
+from typing import Any, Callable
+
+import pytest
+
+from newsletter.errors import ConfigError
+from newsletter.transports import get_transport
+from newsletter.transports.base import Status
+from newsletter.transports.brevo import BrevoTransport
+from newsletter.transports.http import HTTPTransport, parse_retry_after
+from newsletter.transports.mailgun import MailgunTransport
+from newsletter.transports.postmark import PostmarkTransport
+from newsletter.transports.resend import ResendTransport
+from newsletter.transports.sendgrid import SendGridTransport
+from newsletter.transports.ses import SESTransport
+
+KEY = "key-5ecret-9f8e7d6c5b4a3210"
+AWS = {
+    "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
+    "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+    "AWS_SESSION_TOKEN": "FwoGZXIvYXdzEXAMPLEsessionTOKEN",
+    "AWS_REGION": "eu-west-1",
+}
+MAILGUN_DOMAIN = "mg.example.org"
+
+
+# What the fake server (tests/transports/conftest.py) records and expects back.
+Recorded = Any  # .method, .path, .headers, .body, .json(), .form()
+Reply = tuple  # (status, body, headers): dict/list bodies go out as JSON, str/bytes as text
+
+
+def reply(status: int, body: Any = None, headers: dict[str, str] | None = None) -> Reply:
+    return (status, body, headers or {})
+
+
+def email_of(value: str) -> str:
+    return parseaddr(value)[1]
+
+
+def provider_id(recipient: str) -> str:
+    """The id the fake provider assigns, derived from the recipient so the mapping is checkable."""
+    return f"id-{recipient}"
+
+
+# ---- Postmark -------------------------------------------------------------------------
+# postmarkapp.com/developer/user-guide/send-email-with-api/batch-emails ("Send batch emails":
+# POST /email/batch, JSON array of at most 500 messages, X-Postmark-Server-Token; the reply
+# is a JSON array in request order with ErrorCode/Message/MessageID/SubmittedAt/To).
+POSTMARK_FIELDS = {"From", "To", "Subject", "HtmlBody", "TextBody", "ReplyTo", "Headers", "MessageStream"}
+
+
+def postmark_check(req: Recorded) -> list[dict[str, Any]]:
+    assert (req.method, req.path) == ("POST", "/email/batch")
+    assert req.headers["X-Postmark-Server-Token"] == KEY
+    assert req.headers["Accept"] == "application/json"
+    batch = req.json()
+    assert isinstance(batch, list) and 1 <= len(batch) <= 500
+    for item in batch:
+        assert set(item) == POSTMARK_FIELDS
+        assert all(set(h) == {"Name", "Value"} for h in item["Headers"])
+    return batch
+
+
+def postmark_ok(req: Recorded) -> Reply:
+    return reply(200, [{"ErrorCode": 0, "Message": "OK", "MessageID": provider_id(email_of(m["To"])),
+                        "SubmittedAt": "2010-11-26T12:01:05.1794748-05:00", "To": m["To"]}
+                       for m in postmark_check(req)])
+
+
+# ---- Resend ---------------------------------------------------------------------------
+# resend.com/docs/api-reference/emails/send-batch-emails (POST /emails/batch, Bearer key,
+# JSON array of at most 100 emails, reply {"data": [{"id"}]}) and
+# resend.com/docs/dashboard/emails/batch-validation-modes (x-batch-validation: permissive,
+# invalid emails come back in "errors" as {index, message}).
+RESEND_FIELDS = {"from", "to", "subject", "html", "text", "reply_to", "headers"}
+
+
+def resend_check(req: Recorded) -> list[dict[str, Any]]:
+    assert (req.method, req.path) == ("POST", "/emails/batch")
+    assert req.headers["Authorization"] == f"Bearer {KEY}"
+    assert req.headers["x-batch-validation"] == "permissive"
+    batch = req.json()
+    assert isinstance(batch, list) and 1 <= len(batch) <= 100
+    for item in batch:
+        assert set(item) == RESEND_FIELDS
+        assert isinstance(item["to"], list) and len(item["to"]) == 1
+    return batch
+
+
+def resend_ok(req: Recorded) -> Reply:
+    return reply(200, {"data": [{"id": provider_id(email_of(m["to"][0]))} for m in resend_check(req)]})
+
+
+# ---- SendGrid -------------------------------------------------------------------------
+# twilio.com/docs/sendgrid/api-reference/mail-send/mail-send (POST /v3/mail/send, Bearer key,
+# personalizations/from/reply_to/subject/content/headers; text/plain before text/html;
+# reply 202 Accepted, empty body, X-Message-Id header).
+SENDGRID_FIELDS = {"personalizations", "from", "reply_to", "subject", "content", "headers"}
+
+
+def sendgrid_check(req: Recorded) -> list[dict[str, Any]]:
+    assert (req.method, req.path) == ("POST", "/v3/mail/send")
+    assert req.headers["Authorization"] == f"Bearer {KEY}"
+    body = req.json()
+    assert set(body) == SENDGRID_FIELDS
+    assert len(body["personalizations"]) == 1 and len(body["personalizations"][0]["to"]) == 1
+    assert [c["type"] for c in body["content"]] == ["text/plain", "text/html"]
+    return [body]
+
+
+def sendgrid_ok(req: Recorded) -> Reply:
+    (body,) = sendgrid_check(req)
+    return reply(202, None, {"X-Message-Id": provider_id(body["personalizations"][0]["to"][0]["email"])})
+
+
+# ---- Mailgun --------------------------------------------------------------------------
+# documentation.mailgun.com/docs/mailgun/api-reference/send/mailgun/messages ("Send an email
+# in MIME format": POST /v3/{domain_name}/messages.mime, multipart/form-data with "to" and the
+# MIME as the "message" file, basic auth api:<key>; reply {"id", "message": "Queued. Thank you."}).
+def mailgun_check(req: Recorded) -> list[dict[str, Any]]:
+    assert (req.method, req.path) == ("POST", f"/v3/{MAILGUN_DOMAIN}/messages.mime")
+    scheme, _, token = req.headers["Authorization"].partition(" ")
+    assert scheme == "Basic" and base64.b64decode(token).decode() == f"api:{KEY}"
+    form = req.form()
+    assert set(form) == {"to", "message"}
+    assert form["message"][0].get_param("filename", header="content-disposition")
+    to = form["to"][1].decode()
+    raw = form["message"][1]
+    assert email_of(message_from_bytes(raw, policy=policy.SMTP)["To"]) == to
+    return [{"to": to, "message": raw}]
+
+
+def mailgun_ok(req: Recorded) -> Reply:
+    (item,) = mailgun_check(req)
+    return reply(200, {"id": provider_id(item["to"]), "message": "Queued. Thank you."})
+
+
+# ---- Brevo ----------------------------------------------------------------------------
+# developers.brevo.com/reference/sendtransacemail ("Send a transactional email": POST
+# /v3/smtp/email, api-key header, sender/to/subject/htmlContent/textContent/replyTo/headers;
+# reply 201 {"messageId"}).
+BREVO_FIELDS = {"sender", "to", "subject", "htmlContent", "textContent", "replyTo", "headers"}
+
+
+def brevo_check(req: Recorded) -> list[dict[str, Any]]:
+    assert (req.method, req.path) == ("POST", "/v3/smtp/email")
+    assert req.headers["api-key"] == KEY
+    body = req.json()
+    assert set(body) == BREVO_FIELDS
+    assert len(body["to"]) == 1 and "email" in body["to"][0]
+    return [body]
+
+
+def brevo_ok(req: Recorded) -> Reply:
+    (body,) = brevo_check(req)
+    return reply(201, {"messageId": provider_id(body["to"][0]["email"])})
+
+
+# ---- Amazon SES v2 --------------------------------------------------------------------
+# docs.aws.amazon.com/ses/latest/APIReference-V2/API_SendEmail.html (POST
+# /v2/email/outbound-emails, JSON with Content.Raw.Data base64 of the MIME, reply
+# {"MessageId"}) and the SigV4 "Authorization header" format of the IAM user guide.
+SIGV4 = re.compile(r"AWS4-HMAC-SHA256 Credential=(?P<akid>[A-Z0-9]+)/(?P<date>\d{8})/(?P<region>[a-z0-9-]+)"
+                   r"/ses/aws4_request, SignedHeaders=(?P<signed>[a-z0-9;-]+), Signature=(?P<sig>[0-9a-f]{64})")
+
+
+def sigv4_expected(req: Recorded, secret: str = AWS["AWS_SECRET_ACCESS_KEY"]) -> tuple[str, str]:
+    """(signature sent, signature botocore computes here from what was received)."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    match = SIGV4.fullmatch(req.headers["Authorization"])
+    assert match, req.headers["Authorization"]
+    assert match["akid"] == AWS["AWS_ACCESS_KEY_ID"] and match["region"] == AWS["AWS_REGION"]
+    names = match["signed"].split(";")
+    assert {"host", "x-amz-date", "x-amz-security-token", "content-type"} <= set(names)
+    received = AWSRequest(method=req.method, url=f"http://{req.headers['Host']}{req.path}", data=req.body,
+                          headers={n: req.headers[n] for n in names})
+    received.context["timestamp"] = req.headers["X-Amz-Date"]
+    assert req.headers["X-Amz-Date"][:8] == match["date"]
+    signer = SigV4Auth(Credentials(AWS["AWS_ACCESS_KEY_ID"], secret, AWS["AWS_SESSION_TOKEN"]), "ses",
+                       AWS["AWS_REGION"])
+    return match["sig"], signer.signature(signer.string_to_sign(received, signer.canonical_request(received)),
+                                          received)
+
+
+def ses_check(req: Recorded) -> list[dict[str, Any]]:
+    assert (req.method, req.path) == ("POST", "/v2/email/outbound-emails")
+    sent, expected = sigv4_expected(req)
+    assert sent == expected, "SigV4 signature does not verify"
+    assert req.headers["X-Amz-Security-Token"] == AWS["AWS_SESSION_TOKEN"]
+    body = req.json()
+    assert set(body) == {"FromEmailAddress", "Destination", "Content"}
+    assert set(body["Content"]) == {"Raw"} and len(body["Destination"]["ToAddresses"]) == 1
+    return [body]
+
+
+def ses_ok(req: Recorded) -> Reply:
+    (body,) = ses_check(req)
+    return reply(200, {"MessageId": provider_id(body["Destination"]["ToAddresses"][0])})
+
+
+# ---- the table ------------------------------------------------------------------------
+@dataclass
+class Spec:
+    cls: type[HTTPTransport]
+    env: Callable[[str], dict[str, str]]
+    ok: Callable[[Recorded], Reply]
+    recipients: Callable[[Recorded], list[str]]
+    #: A 401/403 as documented, echoing the secret so the test can catch a leak.
+    unauthorized: Reply
+    #: A validation error as documented, and a phrase of it the result must keep.
+    invalid: Reply
+    invalid_text: str
+    secret: str = KEY
+    reads_body: bool = True
+
+    @property
+    def name(self) -> str:
+        return self.cls.name
+
+
+SPECS = {s.name: s for s in [
+    Spec(PostmarkTransport, lambda url: {"POSTMARK_SERVER_TOKEN": KEY, "POSTMARK_API_URL": url}, postmark_ok,
+         lambda r: [email_of(m["To"]) for m in postmark_check(r)],
+         reply(401, {"ErrorCode": 10, "Message": f"Bad or missing API token {KEY}"}),
+         reply(422, {"ErrorCode": 402, "Message": "Received invalid JSON input."}), "ErrorCode 402: Received invalid"),
+    Spec(ResendTransport, lambda url: {"RESEND_API_KEY": KEY, "RESEND_API_URL": url}, resend_ok,
+         lambda r: [email_of(m["to"][0]) for m in resend_check(r)],
+         reply(401, {"statusCode": 401, "name": "missing_api_key", "message": f"API key is invalid: {KEY}"}),
+         reply(422, {"statusCode": 422, "name": "validation_error", "message": "Invalid `from` field."}),
+         "Invalid `from` field"),
+    Spec(SendGridTransport, lambda url: {"SENDGRID_API_KEY": KEY, "SENDGRID_API_URL": url}, sendgrid_ok,
+         lambda r: [p["to"][0]["email"] for b in sendgrid_check(r) for p in b["personalizations"]],
+         reply(401, {"errors": [{"field": None, "message": f"The provided authorization grant is invalid, "
+                                                            f"expired, or revoked ({KEY})"}]}),
+         reply(400, {"errors": [{"field": "from.email", "message": "The from email does not contain a valid "
+                                                                   "address.", "help": "http://sendgrid.com"}]}),
+         "does not contain a valid address", reads_body=False),
+    Spec(MailgunTransport, lambda url: {"MAILGUN_API_KEY": KEY, "MAILGUN_API_URL": url,
+                                        "MAILGUN_DOMAIN": MAILGUN_DOMAIN}, mailgun_ok,
+         lambda r: [m["to"] for m in mailgun_check(r)],
+         reply(401, "Forbidden " + base64.b64encode(f"api:{KEY}".encode()).decode()),
+         reply(400, {"message": "'to' parameter is not a valid address. please check documentation"}),
+         "not a valid address"),
+    Spec(BrevoTransport, lambda url: {"BREVO_API_KEY": KEY, "BREVO_API_URL": url}, brevo_ok,
+         lambda r: [b["to"][0]["email"] for b in brevo_check(r)],
+         reply(401, {"code": "unauthorized", "message": f"Key not found: {KEY}"}),
+         reply(400, {"code": "invalid_parameter", "message": "email is not valid in to"}), "email is not valid"),
+    Spec(SESTransport, lambda url: {**AWS, "SES_API_URL": url}, ses_ok,
+         lambda r: [b["Destination"]["ToAddresses"][0] for b in ses_check(r)],
+         reply(403, {"message": f"The request signature we calculated does not match ({AWS['AWS_SECRET_ACCESS_KEY']})"},
+               {"x-amzn-ErrorType": "InvalidSignatureException:http://internal.amazon.com/coral/com.amazon.coral/"}),
+         reply(400, {"message": "Email address is not verified. The following identities failed the check in "
+                                "region EU-WEST-1: news@example.org"}, {"x-amzn-ErrorType": "MessageRejected:"}),
+         "MessageRejected: Email address is not verified", secret=AWS["AWS_SECRET_ACCESS_KEY"]),
+]}
+
+each_provider = pytest.mark.parametrize("spec", list(SPECS.values()), ids=list(SPECS))
+
+
+@pytest.fixture
+def build(fake_api, make_settings):
+    """``build(spec, url=None, env=None, **options)``: the transport as ``from_settings`` makes it,
+    aimed at the fake API (or ``url``), with ``env`` added to the provider's settings."""
+    made: list[HTTPTransport] = []
+
+    def _build(spec: Spec, url: str | None = None, env: dict[str, str] | None = None,
+               **options: Any) -> HTTPTransport:
+        transport = spec.cls.from_settings(make_settings({**spec.env(url or fake_api.url), **(env or {})}),
+                                           **options)
+        made.append(transport)
+        return transport
+
+    yield _build
+    for transport in made:
+        transport.close()
+
+
+def two_chunks(spec: Spec) -> int:
+    """Messages that need exactly two requests: the documented limit plus one."""
+    return spec.cls.per_request + 1
+
+
+# ---- shared behaviour, every provider ---------------------------------------------------
+@each_provider
+def test_success_maps_provider_ids_in_order(spec, fake_api, build, make_messages):
+    # Each checker above asserts its provider's documented request; ids come from the documented reply.
+    fake_api.handler = spec.ok
+    messages = make_messages(3)
+    results = build(spec).send(messages)
+    assert [r.recipient for r in results] == [m.to_email for m in messages]
+    assert all(r.status is Status.SENT and r.error is None and not r.bounce for r in results)
+    assert [r.provider_id for r in results] == [provider_id(m.to_email) for m in messages]
+    assert len(fake_api.requests) == -(-3 // spec.cls.per_request)
+
+
+@each_provider
+def test_batch_is_split_at_the_documented_limit(spec, fake_api, build, make_messages):
+    # Limits: Postmark batch 500, Resend batch 100 (batch docs above); the others send one message a request.
+    fake_api.handler = spec.ok
+    messages = make_messages(two_chunks(spec))
+    results = build(spec).send(messages)
+    assert [len(spec.recipients(r)) for r in fake_api.requests] == [spec.cls.per_request, 1]
+    assert [e for r in fake_api.requests for e in spec.recipients(r)] == [m.to_email for m in messages]
+    assert [r.provider_id for r in results] == [provider_id(m.to_email) for m in messages]
+
+
+@each_provider
+def test_one_request_per_message_apis_still_take_a_batch(spec, fake_api, build, make_messages):
+    # SendGrid/Mailgun/Brevo/SES take one message a request (see each module's docstring for why).
+    fake_api.handler = spec.ok
+    transport = build(spec)
+    assert spec.cls.max_batch >= spec.cls.per_request
+    results = transport.send(make_messages(min(transport.max_batch, 7)))
+    assert all(r.status is Status.SENT for r in results)
+
+
+@each_provider
+def test_429_with_retry_after_seconds_is_temporary_and_stops_the_call(spec, fake_api, build, make_messages):
+    # RFC 9110 10.2.3 Retry-After (delay-seconds); rate limits: Postmark API overview "429", Resend
+    # "Rate limit", SendGrid errors "429", Mailgun response codes "429", SESv2 TooManyRequestsException.
+    fake_api.handler = lambda req: reply(429, {"message": "Too many requests"}, {"Retry-After": "30"})
+    results = build(spec).send(make_messages(two_chunks(spec)))
+    assert len(fake_api.requests) == 1  # the second request is not attempted
+    assert {r.status for r in results} == {Status.FAILED_TEMPORARY}
+    assert {r.retry_after for r in results} == {30.0}
+    assert "429" in results[0].error and "Too many requests" in results[0].error
+    assert "not attempted" in results[-1].error
+
+
+@each_provider
+def test_429_with_retry_after_http_date(spec, fake_api, build, make_messages):
+    # RFC 9110 10.2.3: Retry-After may be an HTTP-date instead of seconds.
+    when = formatdate(time.time() + 120, usegmt=True)
+    fake_api.handler = lambda req: reply(429, None, {"Retry-After": when})
+    (result,) = build(spec).send(make_messages(1))
+    assert result.status is Status.FAILED_TEMPORARY
+    assert 100 <= result.retry_after <= 121
+
+
+@each_provider
+@pytest.mark.parametrize("status", [500, 502, 503])
+def test_5xx_is_temporary(spec, status, fake_api, build, make_messages):
+    # Every provider's error docs: 5xx is a server-side error worth retrying (Mailgun: "Retries are recommended").
+    fake_api.handler = lambda req: reply(status, {"message": "Internal Server Error"})
+    results = build(spec).send(make_messages(2))
+    assert {r.status for r in results} == {Status.FAILED_TEMPORARY}
+    assert results[0].retry_after is None and f"HTTP {status}" in results[0].error
+
+
+@each_provider
+def test_unauthorized_is_permanent_and_never_shows_the_secret(spec, fake_api, build, make_messages):
+    # 401 bodies as documented (Postmark ErrorCode 10, SendGrid "authorization grant is invalid", Brevo
+    # "Key not found", Mailgun "Forbidden", SES InvalidSignatureException 403), here echoing the secret.
+    fake_api.handler = lambda req: spec.unauthorized
+    transport = build(spec)
+    results = transport.send(make_messages(two_chunks(spec)))
+    assert {r.status for r in results} == {Status.FAILED_PERMANENT}
+    assert len(fake_api.requests) == 1  # a refused login refuses the rest too
+    assert str(spec.unauthorized[0]) in results[0].error
+    for text in [r.error for r in results] + [repr(transport), repr(vars(transport))]:
+        assert spec.secret not in text
+    assert "***" in results[0].error  # the echoed secret was there, and was scrubbed
+
+
+@each_provider
+def test_validation_error_is_permanent_with_the_providers_message(spec, fake_api, build, make_messages):
+    # Validation errors as documented: Postmark 422 {ErrorCode, Message}, Resend 422 validation_error,
+    # SendGrid 400 {errors: [{field, message}]}, Mailgun 400 {message}, Brevo 400 {code, message}, SES MessageRejected.
+    fake_api.handler = lambda req: spec.invalid
+    results = build(spec).send(make_messages(two_chunks(spec)))
+    assert {r.status for r in results} == {Status.FAILED_PERMANENT}
+    assert spec.invalid_text in results[0].error
+    assert len(fake_api.requests) == 2  # a bad request says nothing about the next one
+    assert not any(r.bounce for r in results)
+
+
+@each_provider
+def test_timeout_is_temporary_and_bounded(spec, fake_api, build, make_messages):
+    # Not a provider's doc: our contract (connect 10 s, read 30 s by default; never hang a send).
+    def slow(req: Recorded) -> Reply:
+        time.sleep(0.1)
+        return spec.ok(req)
+
+    fake_api.handler = slow
+    started = time.monotonic()
+    results = build(spec, timeout=(1.0, 0.02)).send(make_messages(two_chunks(spec)))
+    assert time.monotonic() - started < 1.0
+    assert {r.status for r in results} == {Status.FAILED_TEMPORARY}
+    assert "timeout" in results[0].error
+    assert len(fake_api.requests) == 1
+
+
+@each_provider
+def test_connection_refused_is_temporary(spec, build, make_messages, closed_port_url):
+    # Not a provider's doc: a refused connection is a network failure, retried later.
+    results = build(spec, url=closed_port_url).send(make_messages(2))
+    assert {r.status for r in results} == {Status.FAILED_TEMPORARY}
+    assert "ConnectionError" in results[0].error and spec.secret not in results[0].error
+
+
+@each_provider
+def test_unreadable_success_reply_is_not_counted_as_sent(spec, fake_api, build, make_messages):
+    # Each provider documents a JSON 2xx reply; a proxy's HTML page in its place proves nothing was accepted.
+    if not spec.reads_body:
+        pytest.skip(f"{spec.name} reads its id from a header, not the body")
+    fake_api.handler = lambda req: reply(200, "<html>gateway says hi</html>")
+    results = build(spec).send(make_messages(2))
+    assert {r.status for r in results} == {Status.FAILED_TEMPORARY}
+    assert "unreadable" in results[0].error
+
+
+@each_provider
+def test_empty_batch_sends_nothing(spec, fake_api, build):
+    # Transport contract (base.py): one result per message, none for none.
+    assert build(spec).send([]) == []
+    assert fake_api.requests == []
+
+
+@each_provider
+def test_default_url_and_lookup_by_name(spec, make_settings):
+    # Base URLs: api.postmarkapp.com (Postmark API overview "Endpoint URL"), api.resend.com, api.sendgrid.com,
+    # api.mailgun.net (Mailgun "Servers"), api.brevo.com/v3, email.<region>.amazonaws.com (SES endpoints).
+    env = {k: v for k, v in spec.env("unused").items() if not k.endswith("_API_URL")}
+    transport = get_transport(make_settings(env), spec.name)
+    assert type(transport) is spec.cls
+    default = "https://email.eu-west-1.amazonaws.com" if spec.cls is SESTransport else spec.cls.default_api_url
+    assert transport.url == default + spec.cls.path.format(self=transport)
+    assert transport.url.startswith("https://")
+
+
+@each_provider
+def test_missing_secret_is_a_config_error_naming_the_setting(spec, make_settings):
+    # Our settings contract (config.Settings.require): name the key, never its value.
+    env = spec.env("http://127.0.0.1:9")
+    secret_setting = next(k for k, v in env.items() if v == spec.secret)
+    del env[secret_setting]
+    with pytest.raises(ConfigError, match=secret_setting):
+        spec.cls.from_settings(make_settings(env))
+
+
+def test_retry_after_parsing():
+    # RFC 9110 10.2.3 Retry-After: HTTP-date / delay-seconds.
+    assert parse_retry_after("120") == 120.0
+    assert parse_retry_after(" 0 ") == 0.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412480.0 - 60) == 60.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412480.0 + 60) == 0.0
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after("nan") is None and parse_retry_after("inf") is None
+    assert parse_retry_after(None) is None
+
+
+def send_with_keys(fake_api, build, make_messages, name: str, count: int, keys: list[str]) -> list[Recorded]:
+    """Send the same ``count`` messages once per idempotency key; the requests the server saw."""
+    spec = SPECS[name]
+    fake_api.handler = spec.ok
+    transport = build(spec)
+    messages = make_messages(count)
+    for key in keys:
+        transport.send(messages, idempotency_key=key)
+    return fake_api.requests
+
+
+# ---- Postmark ---------------------------------------------------------------------------
+def test_postmark_request_fields(fake_api, build, make_messages):
+    # Postmark "Send batch emails" request example: From/To/Subject/HtmlBody/TextBody/MessageStream;
+    # "Send a single email" body fields for ReplyTo and Headers [{Name, Value}].
+    fake_api.handler = postmark_ok
+    messages = make_messages(2)
+    build(SPECS["postmark"]).send(messages)
+    sent = fake_api.requests[0].json()
+    for item, m in zip(sent, messages, strict=True):
+        assert item == {
+            "From": "Test Weekly <news@example.org>",
+            "To": "Reader 1 <reader1@example.com>" if m.recipient.name else m.to_email,
+            "Subject": "First issue: hello",
+            "HtmlBody": m.html,
+            "TextBody": m.text,
+            "ReplyTo": "editor@example.org",
+            "Headers": [{"Name": k, "Value": v} for k, v in m.extra_headers.items()],
+            "MessageStream": "broadcast",
+        }
+        assert "https://news.example.org/unsubscribe/tok" in item["HtmlBody"]
+        assert {h["Name"] for h in item["Headers"]} >= {"Message-ID", "List-Unsubscribe", "List-Unsubscribe-Post"}
+
+
+def test_postmark_message_stream_setting(fake_api, build, make_messages):
+    # Postmark batch docs: "use the MessageStream field to set your sending Stream".
+    fake_api.handler = postmark_ok
+    build(SPECS["postmark"], env={"POSTMARK_MESSAGE_STREAM": "weekly-digest"}).send(make_messages(1))
+    assert fake_api.requests[0].json()[0]["MessageStream"] == "weekly-digest"
+
+
+def test_postmark_per_message_errors_in_a_200_reply(fake_api, build, make_messages):
+    # Batch docs: "the /batch endpoint will return a 200-level http status, even when validation
+    # for individual messages may fail"; API overview error codes: 300 Invalid email request,
+    # 406 Inactive recipient, 429 Rate limit exceeded, 405 Not allowed to send.
+    errors = {
+        1: {"ErrorCode": 406, "Message": "You tried to send to a recipient that has been marked as inactive. "
+                                         "Found inactive addresses: reader1@example.com."},
+        2: {"ErrorCode": 300, "Message": "Error parsing 'To': Illegal email address 'reader2@example'."},
+        3: {"ErrorCode": 429, "Message": "Rate limit exceeded."},
+        4: {"ErrorCode": 405, "Message": "Not allowed to send: account has run out of credits."},
+    }
+
+    def answer(req: Recorded) -> Reply:
+        ok = postmark_ok(req)[1]
+        return reply(200, [errors.get(i, entry) for i, entry in enumerate(ok)])
+
+    fake_api.handler = answer
+    results = build(SPECS["postmark"]).send(make_messages(6))
+    assert [r.status for r in results] == [Status.SENT, Status.FAILED_PERMANENT, Status.FAILED_PERMANENT,
+                                           Status.FAILED_TEMPORARY, Status.FAILED_PERMANENT, Status.SENT]
+    assert [r.bounce for r in results] == [False, True, True, False, False, False]
+    assert "ErrorCode 406" in results[1].error and "inactive" in results[1].error
+    assert [results[0].provider_id, results[5].provider_id] == [provider_id("reader0@example.com"),
+                                                                provider_id("reader5@example.com")]
+    assert all(results[i].provider_id is None for i in errors)
+
+
+def test_postmark_reply_of_the_wrong_length_is_not_trusted(fake_api, build, make_messages):
+    # Postmark batch docs: the reply is "a matching JSON array"; one that does not match is not trusted.
+    fake_api.handler = lambda req: reply(200, postmark_ok(req)[1][:-1])
+    results = build(SPECS["postmark"]).send(make_messages(3))
+    assert {r.status for r in results} == {Status.FAILED_TEMPORARY}
+
+
+# ---- Resend -----------------------------------------------------------------------------
+def test_resend_request_fields(fake_api, build, make_messages):
+    # Resend "Send Batch Emails" body parameters: from, to, subject, html, text, reply_to, headers.
+    fake_api.handler = resend_ok
+    messages = make_messages(2)
+    build(SPECS["resend"]).send(messages)
+    for item, m in zip(fake_api.requests[0].json(), messages, strict=True):
+        assert item == {
+            "from": "Test Weekly <news@example.org>",
+            "to": ["Reader 1 <reader1@example.com>" if m.recipient.name else m.to_email],
+            "subject": "First issue: hello",
+            "html": m.html,
+            "text": m.text,
+            "reply_to": "editor@example.org",
+            "headers": m.extra_headers,
+        }
+    assert "Idempotency-Key" not in fake_api.requests[0].headers
+
+
+def test_resend_idempotency_key_per_chunk_is_stable_across_retries(fake_api, build, make_messages):
+    # Resend "Idempotency Keys": Idempotency-Key header, up to 256 characters, POST /emails/batch too.
+    sent = send_with_keys(fake_api, build, make_messages, "resend", 101,
+                          ["issue-7/batch-3", "issue-7/batch-3", "issue-7/batch-4"])
+    keys = [r.headers["Idempotency-Key"] for r in sent]
+    assert keys == ["issue-7/batch-3-0", "issue-7/batch-3-1"] * 2 + ["issue-7/batch-4-0", "issue-7/batch-4-1"]
+
+
+def test_resend_permissive_errors_map_to_their_recipients(fake_api, build, make_messages):
+    # Batch validation modes, permissive: "data" holds the created emails, "errors" [{index, message}].
+    def answer(req: Recorded) -> Reply:
+        batch = resend_check(req)
+        return reply(200, {
+            "data": [{"id": provider_id(email_of(m["to"][0]))} for i, m in enumerate(batch) if i not in (1, 3)],
+            "errors": [{"index": 1, "message": "The `to` field must be a valid email address."},
+                       {"index": 3, "message": "The `html` field is too large."}],
+        })
+
+    fake_api.handler = answer
+    results = build(SPECS["resend"]).send(make_messages(5))
+    assert [r.status for r in results] == [Status.SENT, Status.FAILED_PERMANENT, Status.SENT,
+                                           Status.FAILED_PERMANENT, Status.SENT]
+    assert [r.provider_id for r in results] == [provider_id("reader0@example.com"), None,
+                                                provider_id("reader2@example.com"), None,
+                                                provider_id("reader4@example.com")]
+    assert "`to` field" in results[1].error and "`html` field" in results[3].error
+
+
+# ---- SendGrid ---------------------------------------------------------------------------
+def test_sendgrid_request_fields(fake_api, build, make_messages):
+    # SendGrid v3 Mail Send request body; Personalizations doc (to objects {email, name}).
+    fake_api.handler = sendgrid_ok
+    (m,) = make_messages(1, start=1)
+    (result,) = build(SPECS["sendgrid"]).send([m])
+    assert fake_api.requests[0].json() == {
+        "personalizations": [{"to": [{"email": "reader1@example.com", "name": "Reader 1"}]}],
+        "from": {"email": "news@example.org", "name": "Test Weekly"},
+        "reply_to": {"email": "editor@example.org"},
+        "subject": "First issue: hello",
+        "content": [{"type": "text/plain", "value": m.text}, {"type": "text/html", "value": m.html}],
+        "headers": m.extra_headers,
+    }
+    assert result.provider_id == provider_id("reader1@example.com")
+
+
+# ---- Mailgun ----------------------------------------------------------------------------
+def test_mailgun_sends_our_exact_mime_bytes(fake_api, build, make_messages):
+    # Mailgun "Send an email in MIME format": the "message" part is the MIME, sent as a file.
+    fake_api.handler = mailgun_ok
+    messages = make_messages(2)
+    build(SPECS["mailgun"]).send(messages)
+    for req, m in zip(fake_api.requests, messages, strict=True):
+        form = req.form()
+        assert form["to"][1] == m.to_email.encode()
+        assert form["message"][1] == m.as_bytes()
+        assert form["message"][0].get_content_type() == "message/rfc822"
+
+
+def test_mailgun_needs_its_domain(make_settings):
+    # Mailgun messages.mime path: /v3/{domain_name}/messages.mime needs the sending domain.
+    with pytest.raises(ConfigError, match="MAILGUN_DOMAIN"):
+        MailgunTransport.from_settings(make_settings({"MAILGUN_API_KEY": KEY}))
+
+
+# ---- Brevo ------------------------------------------------------------------------------
+def test_brevo_request_fields(fake_api, build, make_messages):
+    # Brevo "Send a transactional email" body parameters.
+    fake_api.handler = brevo_ok
+    (m,) = make_messages(1, start=1)
+    (result,) = build(SPECS["brevo"]).send([m])
+    assert fake_api.requests[0].json() == {
+        "sender": {"email": "news@example.org", "name": "Test Weekly"},
+        "to": [{"email": "reader1@example.com", "name": "Reader 1"}],
+        "subject": "First issue: hello",
+        "htmlContent": m.html,
+        "textContent": m.text,
+        "replyTo": {"email": "editor@example.org"},
+        "headers": m.extra_headers,
+    }
+    assert result.provider_id == provider_id("reader1@example.com")
+
+
+def test_brevo_idempotency_key_is_a_stable_uuid_per_request(fake_api, build, make_messages):
+    # Brevo "Idempotency for batch emails": an idempotencyKey entry in the JSON "headers",
+    # which must be a UUID; there is no idempotency HTTP header.
+    sent = send_with_keys(fake_api, build, make_messages, "brevo", 2, ["issue-7/batch-3", "issue-7/batch-3"])
+    keys = [r.json()["headers"]["idempotencyKey"] for r in sent]
+    assert all(str(uuid.UUID(k)) == k for k in keys)
+    assert keys[:2] == keys[2:] and keys[0] != keys[1]
+    assert not any(name.lower().startswith("idempotency") for name in fake_api.requests[0].headers.keys())
+
+
+# ---- Amazon SES -------------------------------------------------------------------------
+@pytest.fixture
+def fixed_clock(monkeypatch):
+    import botocore.auth
+
+    fixed = datetime(2024, 5, 17, 9, 30, 0, tzinfo=timezone.utc)
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda *a, **k: fixed.replace(tzinfo=None))
+    return fixed
+
+
+def test_ses_is_sigv4_signed_and_carries_our_raw_bytes(fake_api, build, make_messages, fixed_clock):
+    # SESv2 SendEmail "Request Syntax" (Content.Raw.Data, Destination.ToAddresses, FromEmailAddress);
+    # IAM user guide "Signature Version 4": Authorization and X-Amz-Date headers.
+    fake_api.handler = ses_ok
+    messages = make_messages(2)
+    results = build(SPECS["ses"]).send(messages)
+    assert [r.status for r in results] == [Status.SENT, Status.SENT]
+    for req, m in zip(fake_api.requests, messages, strict=True):
+        assert req.headers["X-Amz-Date"] == "20240517T093000Z"
+        assert "/20240517/eu-west-1/ses/aws4_request" in req.headers["Authorization"]
+        body = req.json()
+        assert base64.b64decode(body["Content"]["Raw"]["Data"]) == m.as_bytes()
+        assert body["Destination"] == {"ToAddresses": [m.to_email]}
+        assert body["FromEmailAddress"] == "news@example.org"
+
+
+def test_ses_signature_check_is_not_vacuous(fake_api, build, make_messages):
+    # The server-side SigV4 check must reject a changed body or a wrong secret.
+    fake_api.handler = ses_ok
+    build(SPECS["ses"]).send(make_messages(1))
+    (req,) = fake_api.requests
+    sent, expected = sigv4_expected(req)
+    assert sent == expected
+    tampered = replace(req, body=req.body.replace(b"reader0", b"reader9"))
+    assert sigv4_expected(tampered)[0] != sigv4_expected(tampered)[1]
+    assert sigv4_expected(req, secret="not-the-secret")[1] != sent
+
+
+def test_ses_debug_logs_do_not_show_credentials(fake_api, build, make_messages, caplog):
+    # botocore.auth logs the canonical request (with X-Amz-Security-Token) at DEBUG; we filter it.
+    fake_api.handler = ses_ok
+    with caplog.at_level(logging.DEBUG):
+        build(SPECS["ses"]).send(make_messages(1))
+    assert fake_api.requests and caplog.records  # debug logging really was on
+    assert AWS["AWS_SESSION_TOKEN"] not in caplog.text
+    assert AWS["AWS_SECRET_ACCESS_KEY"] not in caplog.text
+
+
+@pytest.mark.parametrize("error_type, status", [("LimitExceededException", Status.FAILED_TEMPORARY),
+                                                ("SendingPausedException", Status.FAILED_PERMANENT)])
+def test_ses_error_types(error_type, status, fake_api, build, make_messages):
+    # SESv2 SendEmail "Errors": both are HTTP 400; a quota is worth retrying, a paused account is not.
+    fake_api.handler = lambda req: reply(400, {"message": "Daily message quota exceeded."},
+                                         {"x-amzn-ErrorType": f"{error_type}:http://internal.amazon.com/"})
+    (result,) = build(SPECS["ses"]).send(make_messages(1))
+    assert result.status is status and error_type in result.error
+
+
+def test_ses_without_session_token_signs_without_it(fake_api, make_settings, make_messages):
+    # SigV4: X-Amz-Security-Token only with temporary credentials (AWS_SESSION_TOKEN).
+    env = {**AWS, "SES_API_URL": fake_api.url}
+    del env["AWS_SESSION_TOKEN"]
+    fake_api.handler = lambda req: reply(200, {"MessageId": "x"})
+    with SESTransport.from_settings(make_settings(env)) as transport:
+        (result,) = transport.send(make_messages(1))
+    assert result.status is Status.SENT
+    assert "X-Amz-Security-Token" not in fake_api.requests[0].headers
+    assert "x-amz-security-token" not in fake_api.requests[0].headers["Authorization"]
+
+
+def test_session_is_reused_across_requests(fake_api, build, make_messages):
+    # requests "Session Objects": connection pooling across requests; close() is safe twice.
+    fake_api.handler = ses_ok
+    transport = build(SPECS["ses"])
+    transport.send(make_messages(3))
+    session = transport.session
+    transport.send(make_messages(1))
+    assert transport.session is session
+    transport.close()
+    transport.close()  # safe twice
+    assert [r.status for r in transport.send(make_messages(1))] == [Status.SENT]  # a new session after close
