@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from newsletter.config import Settings
 from newsletter.errors import NewsletterError
@@ -148,12 +148,20 @@ class PreviewServer:
         start_response("200 OK", [("Content-Type", ctype), ("Cache-Control", "no-store")])
         return [body]
 
-    def serve(self, port: int = 8025, open_browser: bool = True, ready: Callable[[str], None] | None = None) -> None:
+    def make_server(self, port: int = 0) -> Any:
+        """A threaded WSGI server on 127.0.0.1 only (port 0 picks a free one), watcher started."""
         from werkzeug.serving import make_server
 
         server = make_server("127.0.0.1", port, self.wsgi, threaded=True)
-        url = f"http://127.0.0.1:{server.server_port}/"
         threading.Thread(target=self.watch, daemon=True).start()
+        return server
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def serve(self, port: int = 8025, open_browser: bool = True, ready: Callable[[str], None] | None = None) -> None:
+        server = self.make_server(port)
+        url = f"http://127.0.0.1:{server.server_port}/"
         (ready or self.log)(f"Previewing {self.issue_path.name} at {url} (Ctrl-C to stop)")
         if open_browser:
             import webbrowser
