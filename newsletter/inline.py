@@ -33,8 +33,9 @@ def inline_css(html: str, css: str) -> str:
     * Classes stay, since the kept ``@media`` rules select by class.
     * The lowercase HTML5 doctype MJML emits is restored (lxml drops it).
     """
+    premailer_class = _premailer_class()
     _skip_inline_style_validation()
-    inliner = _premailer_class()(
+    inliner = premailer_class(
         _STYLE_TAG.sub("<style" + _IGNORE, html),
         css_text=css,
         strip_important=False,
@@ -80,7 +81,6 @@ def _premailer_class() -> type:
     this subclass memoises the parsed rules per sheet text."""
     global _PREMAILER
     if _PREMAILER is None:
-        _import_requests_lazily()
         from premailer import Premailer
 
         class CachingPremailer(Premailer):  # type: ignore[misc]
@@ -104,23 +104,3 @@ def _premailer_class() -> type:
         _PREMAILER = CachingPremailer
     return _PREMAILER
 
-
-def _import_requests_lazily() -> None:
-    """premailer imports ``requests`` at module level only to fetch remote CSS,
-    which we never allow (``allow_network=False``). Registering it with the
-    standard library's :class:`importlib.util.LazyLoader` defers the ~60 ms
-    import until something really uses it (the HTTP transports do, and get the
-    real module then)."""
-    import importlib.util
-    import sys
-
-    if "requests" in sys.modules:
-        return
-    spec = importlib.util.find_spec("requests")
-    if spec is None or spec.loader is None:
-        return
-    loader = importlib.util.LazyLoader(spec.loader)
-    spec.loader = loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["requests"] = module
-    loader.exec_module(module)
