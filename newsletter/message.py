@@ -307,10 +307,14 @@ class OutgoingMessage:
         )
         text_values = self._values
         html_values = {k: htmllib.escape(v) for k, v in text_values.items()}
-        data = (
-            before + per_recipient + after + text_head + _join(p._text_segments, text_values)
-            + html_head + _join(p._html_segments, html_values) + tail
-        ).encode("ascii")
+        try:
+            data = (
+                before + per_recipient + after + text_head + _join(p._text_segments, text_values)
+                + html_head + _join(p._html_segments, html_values) + tail
+            ).encode("ascii")
+        except UnicodeEncodeError:
+            # Only an internationalised address can get here: names and subjects are RFC 2047-encoded.
+            raise InputError(f"{self.recipient.email!r} is not an ASCII address; SMTPUTF8 is not supported") from None
         if p.signer is not None:
             data = p.signer(data)
         self.__dict__["_bytes"] = data

@@ -407,7 +407,8 @@ class _Handler:
                 self.o.messages.append(ReceivedMessage(
                     mail_from=envelope.mail_from, rcpt_tos=list(envelope.rcpt_tos),
                     data=bytes(envelope.original_content), connection=server._nl_connection,
-                    tls=self.o.implicit_tls or session.ssl is not None, login=login, mail_options=list(envelope.mail_options)))
+                    tls=self.o.implicit_tls or session.ssl is not None, login=login,
+                    mail_options=list(envelope.mail_options)))
             queue_id = f"Q{self.o.count:06d}"
         server._nl_accepted += 1
         return f"250 2.0.0 Ok: queued as {queue_id}"

@@ -5,10 +5,12 @@ bytes an SMTP server would have received, so a dry run can be opened in any mail
 client. ``summary.json`` in the same folder (count, recipients, total bytes,
 subject, created time) is written on :meth:`close`.
 
-A transport instance starts each issue folder afresh: files from an earlier dry run
-(``NNNNN-*.eml`` and ``summary.json``, nothing else) are removed the first time the
-folder is written to, unless ``append=True``, which continues the numbering and the
-summary. This module never imports anything that talks to the network.
+A run starts each issue folder afresh: files from an earlier dry run (``NNNNN-*.eml``
+and ``summary.json``, nothing else) are removed the first time the folder is written
+to, unless ``append=True``, which continues the numbering and the summary. Several
+instances open at once in one process (one per worker thread) share the folder:
+one numbering, one summary, and none clears what another wrote. This module never
+imports anything that talks to the network.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import datetime as _dt
 import json
 import os
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -47,6 +50,8 @@ def _now() -> str:
 
 @dataclass
 class _Folder:
+    """One issue folder's state, shared by every open transport writing to it."""
+
     path: Path
     slug: str
     subject: str = ""
@@ -56,6 +61,8 @@ class _Folder:
     recipients: list[str] = field(default_factory=list)
     last_number: int = 0
     dirty: bool = False
+    users: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def summary(self) -> dict[str, object]:
         return {
@@ -63,15 +70,22 @@ class _Folder:
             "subject": self.subject,
             "count": self.count,
             "total_bytes": self.total_bytes,
-            "recipients": self.recipients,
+            "recipients": list(self.recipients),
             "created": self.created,
             "updated": _now(),
             "transport": "dryrun",
         }
 
 
+# Folders open in this process. A delivery with concurrency > 1 builds one transport
+# per worker thread; they must share numbering and the summary, and the second must
+# not clear what the first already wrote.
+_OPEN: dict[Path, _Folder] = {}
+_OPEN_LOCK = threading.Lock()
+
+
 class DryRunTransport(Transport):
-    """Writes .eml files; never opens a socket."""
+    """Writes .eml files; never opens a socket. Thread-safe across instances."""
 
     name = "dryrun"
     real = False
@@ -81,6 +95,7 @@ class DryRunTransport(Transport):
         self.outbox = Path(outbox)
         self.append = append
         self._folders: dict[str, _Folder] = {}
+        self._seen: set[Path] = set()  # folders this instance started: never cleared twice
 
     @classmethod
     def from_settings(cls, settings: "Settings", **options: object) -> "DryRunTransport":
@@ -94,11 +109,14 @@ class DryRunTransport(Transport):
             folder = self._folder(msg)
             try:
                 data = msg.as_bytes()
-            except InputError as exc:  # e.g. a line break in this recipient's name or address
-                results.append(SendResult(msg.to_email, Status.FAILED_PERMANENT, error=f"not sent: {exc.message}"))
+            except (InputError, UnicodeError) as exc:  # a line break or non-ASCII character in this address
+                reason = exc.message if isinstance(exc, InputError) else "the address is not ASCII"
+                results.append(SendResult(msg.to_email, Status.FAILED_PERMANENT, error=f"not sent: {reason}"))
                 continue
-            folder.last_number += 1
-            filename = f"{folder.last_number:05d}-{safe_name(msg.to_email, 'recipient')}.eml"
+            with folder.lock:
+                folder.last_number += 1
+                number = folder.last_number
+            filename = f"{number:05d}-{safe_name(msg.to_email, 'recipient')}.eml"
             target = folder.path / filename
             if target.parent != folder.path:  # defence in depth; safe_name already forbids separators
                 raise TransportError(f"refusing to write outside the outbox: {filename!r}")
@@ -107,11 +125,12 @@ class DryRunTransport(Transport):
             except OSError as exc:
                 raise TransportError(f"cannot write the dry-run outbox: {exc.strerror or exc}",
                                      path=target) from None
-            folder.count += 1
-            folder.total_bytes += len(data)
-            folder.recipients.append(msg.to_email)
-            folder.subject = msg.subject
-            folder.dirty = True
+            with folder.lock:
+                folder.count += 1
+                folder.total_bytes += len(data)
+                folder.recipients.append(msg.to_email)
+                folder.subject = msg.subject
+                folder.dirty = True
             results.append(SendResult(msg.to_email, Status.SENT, provider_id=msg.message_id))
         return results
 
@@ -125,15 +144,23 @@ class DryRunTransport(Transport):
         if folder is not None:
             return folder
         path = self.folder_for(slug)
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            folder = _Folder(path=path, slug=slug)
-            if self.append:
-                self._resume(folder)
-            else:
-                self._clear(folder)
-        except OSError as exc:
-            raise TransportError(f"cannot prepare the dry-run outbox: {exc.strerror or exc}", path=path) from None
+        with _OPEN_LOCK:
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+                key = path.resolve()
+                folder = _OPEN.get(key)
+                if folder is None:
+                    folder = _Folder(path=path, slug=slug)
+                    if self.append or key in self._seen:
+                        self._resume(folder)
+                    else:
+                        self._clear(folder)
+                    _OPEN[key] = folder
+                self._seen.add(key)
+            except OSError as exc:
+                raise TransportError(f"cannot prepare the dry-run outbox: {exc.strerror or exc}",
+                                     path=path) from None
+            folder.users += 1
         self._folders[slug] = folder
         return folder
 
@@ -160,10 +187,16 @@ class DryRunTransport(Transport):
             folder.subject = str(old.get("subject") or "")
 
     def close(self) -> None:
-        for folder in self._folders.values():
-            if not folder.dirty:
-                continue
-            tmp = folder.path / (SUMMARY + ".tmp")
-            tmp.write_text(json.dumps(folder.summary(), indent=2, ensure_ascii=False) + "\n", "utf-8")
-            os.replace(tmp, folder.path / SUMMARY)
-            folder.dirty = False
+        """Write each folder's summary.json (all instances' messages so far). Safe to call twice."""
+        folders, self._folders = self._folders, {}
+        for folder in folders.values():
+            with folder.lock:
+                if folder.dirty:
+                    tmp = folder.path / f"{SUMMARY}.{threading.get_ident()}.tmp"
+                    tmp.write_text(json.dumps(folder.summary(), indent=2, ensure_ascii=False) + "\n", "utf-8")
+                    os.replace(tmp, folder.path / SUMMARY)
+                    folder.dirty = False
+            with _OPEN_LOCK:
+                folder.users -= 1
+                if folder.users <= 0:
+                    _OPEN.pop(folder.path.resolve(), None)

@@ -7,10 +7,11 @@ Settings (environment / .env):
 ``SMTP_SECURITY``     ``starttls`` (default: required, never optional), ``ssl`` (TLS from
                       the first byte, port 465), or ``none`` (plaintext, only if chosen)
 ``SMTP_USERNAME``     login, optional; ``SMTP_PASSWORD`` its password (kept as a Secret)
-``SMTP_CA_FILE``      PEM bundle of extra CAs to trust, e.g. a private relay's CA
+``SMTP_CA_FILE``      PEM file of the CA(s) to trust *instead of* the system store (a private relay)
 ``SMTP_TIMEOUT``      seconds per socket operation (default 30)
 ``SMTP_ENVELOPE_FROM``  envelope sender (MAIL FROM); default: the publication's From
 ``SMTP_HELO_NAME``    name given in EHLO; default: this machine's fully qualified name
+``SMTP_PIPELINING``   ``on`` (default: used when the server offers it) or ``off``
 
 Certificates are always verified (``ssl.create_default_context``) and credentials
 never cross a plaintext connection unless ``SMTP_SECURITY=none`` was set.
@@ -18,8 +19,9 @@ never cross a plaintext connection unless ``SMTP_SECURITY=none`` was set.
 One connection carries many messages: it opens on the first :meth:`send` and stays
 open across calls until :meth:`close`. Each message is its own transaction
 (MAIL, RCPT, DATA) with one recipient, so every reply maps onto exactly one
-:class:`SendResult`. A dropped connection (or a 421 reply) is reopened and that
-one message is tried once more on the new connection.
+:class:`SendResult`; with PIPELINING those three commands share one round trip.
+A dropped connection (or a 421 reply) is reopened and that one message is tried
+once more on the new connection.
 """
 
 from __future__ import annotations
@@ -44,10 +46,10 @@ DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
 DEFAULT_TIMEOUT = 30.0
 
 _ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
-_LEADING_DOT = re.compile(rb"(?m)^\.")
 # Basic codes that mean "this mailbox does not exist / is unavailable" at RCPT time.
 _BOUNCE_CODES = frozenset({550, 551, 553})
 _MAX_ERROR = 300
+_UNSAFE_ADDRESS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class _SenderRefused(Exception):
@@ -93,6 +95,29 @@ def classify(phase: str, code: int, resp: bytes | str) -> tuple[Status, bool]:
     return Status.FAILED_PERMANENT, phase == "RCPT" and code in _BOUNCE_CODES
 
 
+def dot_stuff(data: bytes) -> bytes:
+    """Double a '.' at the start of any line (RFC 5321 4.5.2); same result as smtplib's.
+
+    smtplib uses ``re.sub(rb"(?m)^\\.", b"..", data)``, which costs about 1 ms on a
+    78 KB message; ``bytes.replace`` does the same job (a multiline ``^`` matches only
+    at the start and after ``\\n``) some fifty times faster.
+    """
+    if b"\n." in data:
+        data = data.replace(b"\n.", b"\n..")
+    if data[:1] == b".":
+        data = b"." + data
+    return data
+
+
+def _flag(value: str, key: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on", "auto"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{key}={value!r} is not on or off")
+
+
 class SMTPTransport(Transport):
     """Send through an SMTP server, one reused connection, one transaction per message."""
 
@@ -112,6 +137,7 @@ class SMTPTransport(Transport):
         ca_file: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         helo_name: str | None = None,
+        pipelining: bool = True,
     ):
         security = security.lower()
         if security not in SECURITY_MODES:
@@ -120,7 +146,8 @@ class SMTPTransport(Transport):
             raise ConfigError("SMTP_HOST is not set; it is needed to send with NEWSLETTER_TRANSPORT=smtp")
         if bool(username) != bool(password):
             raise ConfigError("set both SMTP_USERNAME and SMTP_PASSWORD, or neither")
-        if not envelope_from or "@" not in envelope_from:
+        quoted_from = smtplib.quoteaddr(envelope_from or "")
+        if "@" not in quoted_from or not quoted_from.isascii() or _UNSAFE_ADDRESS.search(quoted_from):
             raise ConfigError(f"envelope sender {envelope_from!r} is not an address (set SMTP_ENVELOPE_FROM)")
         self.host = host
         self.port = int(port or DEFAULT_PORTS[security])
@@ -132,6 +159,9 @@ class SMTPTransport(Transport):
         self.ca_file = ca_file or None
         self.timeout = float(timeout)
         self.envelope_from = envelope_from
+        self._quoted_from = quoted_from
+        #: Use PIPELINING (RFC 2920) when the server offers it.
+        self.pipelining = pipelining
         self.helo_name = helo_name or None
         self._smtp: smtplib.SMTP | None = None
         self._tls_context: ssl.SSLContext | None = None
@@ -154,6 +184,7 @@ class SMTPTransport(Transport):
             timeout=settings.number("SMTP_TIMEOUT", DEFAULT_TIMEOUT, minimum=0.001),
             envelope_from=settings.get("SMTP_ENVELOPE_FROM") or settings.publication.from_email,
             helo_name=settings.get("SMTP_HELO_NAME") or None,
+            pipelining=_flag(settings.get("SMTP_PIPELINING", "on"), "SMTP_PIPELINING"),
         )
         kwargs.update(options)
         return cls(**kwargs)  # type: ignore[arg-type]
@@ -185,8 +216,9 @@ class SMTPTransport(Transport):
         rcpt = msg.to_email
         try:
             data = msg.as_bytes()
-        except InputError as exc:  # e.g. a line break in this recipient's name or address
-            return SendResult(rcpt, Status.FAILED_PERMANENT, error=f"not sent: {exc.message}")
+        except (InputError, UnicodeError) as exc:  # a line break or non-ASCII character in this address
+            reason = exc.message if isinstance(exc, InputError) else "the address is not ASCII"
+            return SendResult(rcpt, Status.FAILED_PERMANENT, error=f"not sent: {reason}")
         last: BaseException | None = None
         for _attempt in range(2):
             smtp = self._connection()
@@ -201,28 +233,55 @@ class SMTPTransport(Transport):
                           error=f"connection to {self._where} lost twice: {self._describe(last)}")
 
     def _transaction(self, smtp: smtplib.SMTP, msg: "OutgoingMessage", rcpt: str, data: bytes) -> SendResult:
-        if self._dirty:
-            code, resp = smtp.rset()
-            self._check_closing(smtp, code, resp)
-            self._dirty = False
-        options = (f"SIZE={len(data)}",) if "size" in smtp.esmtp_features else ()
-        code, resp = smtp.mail(self.envelope_from, options)
+        """One MAIL/RCPT/DATA transaction. With PIPELINING (RFC 2920) the three commands
+        go out in one write and the replies are read together: two round trips per
+        message instead of four."""
+        quoted = smtplib.quoteaddr(rcpt)
+        if not quoted.isascii() or _UNSAFE_ADDRESS.search(quoted):
+            return SendResult(rcpt, Status.FAILED_PERMANENT, error="RCPT: address cannot be sent over SMTP "
+                              "(control or non-ASCII characters)")
+        size = f" SIZE={len(data)}" if "size" in smtp.esmtp_features else ""
+        mail_cmd = f"MAIL FROM:{self._quoted_from}{size}\r\n".encode("ascii")
+        rcpt_cmd = f"RCPT TO:{quoted}\r\n".encode("ascii")
+        reset, self._dirty = self._dirty, False
+        rcpt_reply = data_reply = None
+        if self.pipelining and "pipelining" in smtp.esmtp_features:
+            smtp.send((b"RSET\r\n" if reset else b"") + mail_cmd + rcpt_cmd + b"DATA\r\n")
+            if reset:
+                self._check_closing(smtp, *smtp.getreply())
+            mail_reply, rcpt_reply, data_reply = smtp.getreply(), smtp.getreply(), smtp.getreply()
+        else:
+            if reset:
+                smtp.send(b"RSET\r\n")
+                self._check_closing(smtp, *smtp.getreply())
+            smtp.send(mail_cmd)
+            mail_reply = smtp.getreply()
+            if mail_reply[0] == 250:
+                smtp.send(rcpt_cmd)
+                rcpt_reply = smtp.getreply()
+                if rcpt_reply[0] in (250, 251):
+                    smtp.send(b"DATA\r\n")
+                    data_reply = smtp.getreply()
+        for reply in (mail_reply, rcpt_reply, data_reply):
+            if reply is not None:
+                self._check_closing(smtp, *reply)
+
+        code, resp = mail_reply
         if code != 250:
-            self._check_closing(smtp, code, resp)
-            self._dirty = True
+            self._abandon(smtp, data_reply)
             if 500 <= code < 600:
                 raise _SenderRefused(code, _text(resp))
             return self._result(rcpt, "MAIL", code, resp)
-        try:
-            code, resp = smtp.rcpt(rcpt)
-        except ValueError:  # a line break or non-ASCII character that smtplib refuses to send
-            self._dirty = True
-            return SendResult(rcpt, Status.FAILED_PERMANENT, error="RCPT: address cannot be sent over SMTP "
-                              "(control or non-ASCII characters)", bounce=False)
+        assert rcpt_reply is not None
+        code, resp = rcpt_reply
         if code not in (250, 251):
-            self._check_closing(smtp, code, resp)
-            self._dirty = True
+            self._abandon(smtp, data_reply)
             return self._result(rcpt, "RCPT", code, resp)
+        assert data_reply is not None
+        code, resp = data_reply
+        if code != 354:
+            self._dirty = True
+            return self._result(rcpt, "DATA", code, resp)
         code, resp = self._data(smtp, data)
         if code != 250:
             self._check_closing(smtp, code, resp)
@@ -230,19 +289,18 @@ class SMTPTransport(Transport):
             return self._result(rcpt, "DATA", code, resp)
         return SendResult(rcpt, Status.SENT, provider_id=msg.message_id)
 
+    def _abandon(self, smtp: smtplib.SMTP, data_reply: tuple[int, bytes] | None) -> None:
+        """After a refused MAIL or RCPT: RSET before the next message, and if a pipelined
+        DATA was accepted anyway (RFC 2920 says it must not be), end it with no content."""
+        self._dirty = True
+        if data_reply is not None and data_reply[0] == 354:
+            smtp.send(b".\r\n")
+            self._check_closing(smtp, *smtp.getreply())
+
     @staticmethod
     def _data(smtp: smtplib.SMTP, data: bytes) -> tuple[int, bytes]:
-        """DATA and the message; like smtplib's, but dot-stuffs only when a line starts with '.'.
-
-        Our messages are CRLF, quoted-printable, ASCII: a leading dot is rare, and
-        scanning for one is far cheaper than running a regex substitution over 60 KB.
-        """
-        smtp.putcmd("data")
-        code, resp = smtp.getreply()
-        if code != 354:
-            return code, resp
-        if data[:1] == b"." or b"\n." in data:
-            data = _LEADING_DOT.sub(b"..", data)
+        """The message after a 354, as smtplib's ``data()`` but with faster dot-stuffing."""
+        data = dot_stuff(data)
         if data[-2:] != b"\r\n":
             data += b"\r\n"
         smtp.send(data + b".\r\n")
@@ -289,13 +347,14 @@ class SMTPTransport(Transport):
     def _open(self) -> smtplib.SMTP:
         where = self._where
         helo = self.helo_name or _fqdn()
+        context = self._context() if self.security != "none" else None  # a bad SMTP_CA_FILE fails first
         smtp: smtplib.SMTP | None = None
         try:
             # Connecting in the constructor also records the host name that STARTTLS and
             # SMTP_SSL check the certificate against; a greeting other than 220 raises.
             if self.security == "ssl":
                 smtp = smtplib.SMTP_SSL(self.host, self.port, local_hostname=helo, timeout=self.timeout,
-                                        context=self._context())
+                                        context=context)
             else:
                 smtp = smtplib.SMTP(self.host, self.port, local_hostname=helo, timeout=self.timeout)
             smtp.ehlo_or_helo_if_needed()
@@ -304,7 +363,7 @@ class SMTPTransport(Transport):
                     raise TransportError(
                         f"SMTP server {where} does not offer STARTTLS, and SMTP_SECURITY=starttls requires it "
                         "(use SMTP_SECURITY=ssl for implicit TLS, or SMTP_SECURITY=none to allow plaintext)")
-                smtp.starttls(context=self._context())
+                smtp.starttls(context=context)
                 smtp.ehlo()
             if self.username:
                 if not smtp.has_extn("auth"):
