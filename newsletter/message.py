@@ -165,6 +165,9 @@ class PreparedIssue:
 
     def to_header(self, recipient: Recipient) -> str:
         check_header("To", recipient.email)
+        if not recipient.email.isascii():
+            # RFC 2047 cannot encode an address; that needs SMTPUTF8, which we do not use.
+            raise InputError(f"{recipient.email!r} is not an ASCII address; internationalised addresses are not supported")
         return formataddr((check_header("name", recipient.name), recipient.email)) if recipient.name else recipient.email
 
     def values(self, recipient: Recipient) -> dict[str, str]:
@@ -307,14 +310,10 @@ class OutgoingMessage:
         )
         text_values = self._values
         html_values = {k: htmllib.escape(v) for k, v in text_values.items()}
-        try:
-            data = (
-                before + per_recipient + after + text_head + _join(p._text_segments, text_values)
-                + html_head + _join(p._html_segments, html_values) + tail
-            ).encode("ascii")
-        except UnicodeEncodeError:
-            # Only an internationalised address can get here: names and subjects are RFC 2047-encoded.
-            raise InputError(f"{self.recipient.email!r} is not an ASCII address; SMTPUTF8 is not supported") from None
+        data = (
+            before + per_recipient + after + text_head + _join(p._text_segments, text_values)
+            + html_head + _join(p._html_segments, html_values) + tail
+        ).encode("ascii")
         if p.signer is not None:
             data = p.signer(data)
         self.__dict__["_bytes"] = data

@@ -160,3 +160,8 @@ def test_dkim_signature_verifies(rendered6):
     tampered = data.replace(b"Subject: #6", b"Subject: #7", 1)
     assert tampered != data
     assert not dkim.verify(tampered, dnsfunc=dnsfunc)
+
+
+def test_internationalised_address_is_refused_not_mangled(rendered6):
+    with pytest.raises(InputError, match="not an ASCII address"):
+        prepared(rendered6).personalise(Recipient("zoë@exämple.org")).as_bytes()
