@@ -120,7 +120,7 @@ class Renderer:
         self.settings = settings
         self.env = template_environment(settings.templates_dir, settings.build_dir / ".cache" / "jinja")
 
-    def _template(self, name: str, context: dict[str, Any]) -> str:
+    def render_template(self, name: str, context: dict[str, Any]) -> str:
         try:
             return self.env.get_template(name).render(context)
         except (jinja2.TemplateError, TypeError, ValueError, AttributeError) as exc:
@@ -155,14 +155,14 @@ class Renderer:
             "lang": issue.lang or pub.lang,
             "date_long": f"{issue.date.day} {issue.date:%B %Y}",
         }
-        mjml_source = self._template("email.mjml.j2", context)
-        css = self._template("email.css.j2", context)
+        mjml_source = self.render_template("email.mjml.j2", context)
+        css = self.render_template("email.css.j2", context)
         lap("jinja")
         html = compile_mjml(mjml_source)
         lap("mjml")
         html = inline_css(html, css)
         lap("inline")
-        text = self._template("email.txt.j2", {**context, "body_text": to_plain_text(parsed.tokens)})
+        text = self.render_template("email.txt.j2", {**context, "body_text": to_plain_text(parsed.tokens)})
         # No trailing spaces, except in the conventional "-- " signature separator.
         text = "\n".join(line.rstrip() for line in text.splitlines()).strip().replace("\n--\n", "\n-- \n") + "\n"
         lap("text")

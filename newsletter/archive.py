@@ -1,0 +1,232 @@
+"""`newsletter archive`: the public web archive, a static site built from the issue files.
+
+* ``index.html``: every issue, newest first;
+* ``issues/<slug>/index.html``: one responsive page per issue (the email's
+  "read in your browser" link points here), built from the same Markdown
+  blocks as the email, with a permanent id and a ¶ link on every heading,
+  and Highwire Press ``citation_*`` metadata so Google Scholar and Zotero
+  can cite it;
+* ``feed.xml`` (Atom, RFC 4287) and ``feed.json`` (JSON Feed 1.1), full content;
+* ``sitemap.xml`` when a base URL is set (the sitemap protocol allows only absolute URLs);
+* ``style.css``.
+
+An issue dated in the future is a draft and is left out until its date.
+Absolute URLs use ``base_url``; without it, links between pages are relative.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lxml import etree
+from markupsafe import Markup
+
+from newsletter.config import Settings
+from newsletter.content import Block, parse_body
+from newsletter.errors import InputError
+from newsletter.issue import Issue, list_issues, parse_issue
+from newsletter.render import Renderer
+
+ATOM_NS = "http://www.w3.org/2005/Atom"
+SITEMAP_NS = "http://www.sitemaps.org/schemas/sitemap/0.9"
+JSON_FEED_VERSION = "https://jsonfeed.org/version/1.1"
+_HEADING = re.compile(r'<(h[2-6]) id="([^"]+)">(.*?)</\1>', re.S)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One published issue and what every output needs of it."""
+
+    issue: Issue
+    blocks: tuple[Block, ...]
+    path: str  # "issues/<slug>/", relative to the site root
+
+    @property
+    def body_html(self) -> str:
+        return "".join(b.html for b in self.blocks)
+
+    @property
+    def date_long(self) -> str:
+        return f"{self.issue.date.day} {self.issue.date:%B %Y}"
+
+    @property
+    def published(self) -> str:
+        """RFC 3339: the send time when the front matter has one, else midnight UTC of the date."""
+        when = self.issue.send_at or dt.datetime.combine(self.issue.date, dt.time(), dt.timezone.utc)
+        return when.isoformat().replace("+00:00", "Z")
+
+
+def with_permalinks(html: str) -> str:
+    """Give each heading a visible ¶ link to its own id, beside it (not inside, so the
+    heading's accessible name stays its text)."""
+    def add(m: re.Match[str]) -> str:
+        tag, ident, inner = m.groups()
+        label = re.sub(r"<[^>]+>", "", inner).replace('"', "&quot;")
+        return (f'<div class="heading">{m.group(0)}<a class="anchor" href="#{ident}" '
+                f'aria-label="Link to this section: {label}">¶</a></div>')
+
+    return _HEADING.sub(add, html)
+
+
+class Site:
+    """URLs for one build: absolute under ``base_url`` when set, else relative."""
+
+    def __init__(self, base_url: str):
+        self.base = base_url.rstrip("/")
+
+    def absolute(self, path: str) -> str:
+        return f"{self.base}/{path}" if self.base else path
+
+    def urls(self, page: str = "") -> dict[str, str]:
+        """Feed links as seen from ``page`` (a path relative to the root), plus canonical URLs."""
+        up = "../" * page.count("/")
+        return {
+            "atom": self.absolute("feed.xml") if self.base else up + "feed.xml",
+            "json": self.absolute("feed.json") if self.base else up + "feed.json",
+            "home": self.absolute("") if self.base else "",
+            "page": self.absolute(page) if self.base and page else "",
+        }
+
+    def entry_id(self, entry: Entry, domain: str) -> str:
+        """A permanent id: the page URL, or a tag: URI (RFC 4151) when there is no base URL."""
+        if self.base:
+            return self.absolute(entry.path)
+        return f"tag:{domain},{entry.issue.date.isoformat()}:{entry.path.rstrip('/')}"
+
+
+def load_entries(settings: Settings, today: dt.date | None = None) -> list[Entry]:
+    """Published issues, newest first; two issues with one slug would overwrite each other's page."""
+    today = today or dt.date.today()
+    entries: list[Entry] = []
+    by_slug: dict[str, Path] = {}
+    for path in list_issues(settings.issues_dir):
+        issue = parse_issue(path)
+        if issue.date > today:
+            continue
+        if issue.slug in by_slug:
+            raise InputError(f"slug '{issue.slug}' is also used by {by_slug[issue.slug].name}", path=path)
+        by_slug[issue.slug] = path
+        blocks = parse_body(issue.body, path=issue.path, first_line=issue.body_line).blocks
+        entries.append(Entry(issue, tuple(blocks), f"issues/{issue.slug}/"))
+    return sorted(entries, key=lambda e: (e.issue.date, e.issue.number), reverse=True)
+
+
+# ---- feeds --------------------------------------------------------------------------
+def _sub(parent: etree._Element, tag: str, text: str | None = None, **attrs: str) -> etree._Element:
+    element = etree.SubElement(parent, tag, attrs)
+    if text is not None:
+        element.text = text
+    return element
+
+
+def atom_feed(settings: Settings, site: Site, entries: list[Entry]) -> bytes:
+    pub = settings.publication
+    a = lambda tag: f"{{{ATOM_NS}}}{tag}"  # noqa: E731 - ElementTree's namespaced tag names
+    feed = etree.Element(a("feed"), {"{http://www.w3.org/XML/1998/namespace}lang": pub.lang}, nsmap={None: ATOM_NS})
+    _sub(feed, a("id"), site.absolute("") if site.base else f"tag:{pub.sender_domain},2000:newsletter")
+    _sub(feed, a("title"), pub.name)
+    if pub.tagline:
+        _sub(feed, a("subtitle"), pub.tagline)
+    _sub(feed, a("updated"), entries[0].published if entries else "1970-01-01T00:00:00Z")
+    _sub(feed, a("link"), rel="alternate", type="text/html", href=site.absolute("") or "./")
+    if site.base:
+        _sub(feed, a("link"), rel="self", type="application/atom+xml", href=site.absolute("feed.xml"))
+    _sub(_sub(feed, a("author")), a("name"), pub.name)
+    for entry in entries:
+        issue = entry.issue
+        node = _sub(feed, a("entry"))
+        _sub(node, a("id"), site.entry_id(entry, pub.sender_domain))
+        _sub(node, a("title"), issue.display_title)
+        _sub(node, a("link"), rel="alternate", type="text/html", href=site.absolute(entry.path))
+        _sub(node, a("published"), entry.published)
+        _sub(node, a("updated"), entry.published)
+        for writer in issue.writers:
+            _sub(_sub(node, a("author")), a("name"), writer.name)
+        if issue.subtitle:
+            _sub(node, a("summary"), issue.subtitle)
+        _sub(node, a("content"), entry.body_html, type="html")
+    return etree.tostring(feed, encoding="utf-8", xml_declaration=True) + b"\n"
+
+
+def json_feed(settings: Settings, site: Site, entries: list[Entry]) -> str:
+    pub = settings.publication
+    feed: dict[str, Any] = {"version": JSON_FEED_VERSION, "title": pub.name}
+    if site.base:
+        feed.update(home_page_url=site.absolute(""), feed_url=site.absolute("feed.json"))
+    if pub.description or pub.tagline:
+        feed["description"] = pub.description or pub.tagline
+    feed.update(language=pub.lang, authors=[{"name": pub.name}], items=[])
+    for entry in entries:
+        issue = entry.issue
+        item: dict[str, Any] = {"id": site.entry_id(entry, pub.sender_domain), "title": issue.display_title,
+                                "content_html": entry.body_html, "date_published": entry.published}
+        if site.base:
+            item["url"] = site.absolute(entry.path)
+        if issue.subtitle:
+            item["summary"] = issue.subtitle
+        if issue.writers:
+            item["authors"] = [{"name": w.name} for w in issue.writers]
+        if issue.lang:
+            item["language"] = issue.lang
+        feed["items"].append(item)
+    return json.dumps(feed, indent=2, ensure_ascii=False) + "\n"
+
+
+def sitemap(site: Site, entries: list[Entry]) -> bytes:
+    s = lambda tag: f"{{{SITEMAP_NS}}}{tag}"  # noqa: E731
+    urlset = etree.Element(s("urlset"), nsmap={None: SITEMAP_NS})
+    home = _sub(urlset, s("url"))
+    _sub(home, s("loc"), site.absolute(""))
+    if entries:
+        _sub(home, s("lastmod"), entries[0].issue.date.isoformat())
+    for entry in entries:
+        url = _sub(urlset, s("url"))
+        _sub(url, s("loc"), site.absolute(entry.path))
+        _sub(url, s("lastmod"), entry.issue.date.isoformat())
+    return etree.tostring(urlset, encoding="utf-8", xml_declaration=True) + b"\n"
+
+
+# ---- pages ---------------------------------------------------------------------------
+def _page_blocks(entry: Entry) -> list[Block]:
+    return [Block(b.kind, b.heading, b.anchor, Markup(with_permalinks(b.html))) for b in entry.blocks]
+
+
+def build_archive(settings: Settings, out_dir: Path, *, today: dt.date | None = None) -> list[Path]:
+    """Write the site into ``out_dir``; returns the files written. Files of issues
+    removed since an earlier build are left alone (the folder may hold other things)."""
+    pub = settings.publication
+    site = Site(pub.base_url)
+    entries = load_entries(settings, today)
+    renderer = Renderer(settings)
+    written: list[Path] = []
+
+    def write(relative: str, data: str | bytes) -> None:
+        target = out_dir / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+        written.append(target)
+
+    def render(name: str, **context: Any) -> str:
+        # The email renderer's template lookup: publication templates first, then the shipped
+        # ones, and a template mistake reported as one line naming the file.
+        return renderer.render_template(name, {"pub": pub, **context})
+
+    write("style.css", render("web.css.j2"))
+    index_entries = [{"issue": e.issue, "href": e.path, "date_long": e.date_long} for e in entries]
+    write("index.html", render("archive-index.html.j2", lang=pub.lang, root="", urls=site.urls(), entries=index_entries))
+    for entry in entries:
+        issue = entry.issue
+        write(entry.path + "index.html", render(
+            "web.html.j2", lang=issue.lang or pub.lang, root="../../", urls=site.urls(entry.path), issue=issue,
+            blocks=_page_blocks(entry), credits=issue.credits, date_long=entry.date_long,
+            reply_to=issue.reply_to or pub.reply_to_address))
+    write("feed.xml", atom_feed(settings, site, entries))
+    write("feed.json", json_feed(settings, site, entries))
+    if site.base:
+        write("sitemap.xml", sitemap(site, entries))
+    return written

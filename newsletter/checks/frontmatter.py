@@ -1,0 +1,68 @@
+"""Front matter: fields an editor forgets, impossible dates, numbers and slugs used twice."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+
+from newsletter.checks.context import CheckContext
+from newsletter.errors import NewsletterError
+from newsletter.issue import FILENAME_RE, Issue, list_issues, parse_issue
+
+EARLIEST = dt.date(1990, 1, 1)
+MAX_DAYS_AHEAD = 365
+
+
+def field_line(issue: Issue, key: str) -> int | None:
+    """The file line of a top-level front-matter key (the issue parser does not keep them)."""
+    pattern = re.compile(rf"^{re.escape(key)}\s*:")
+    for n, line in enumerate(issue.source_text.split("\n")[1:issue.body_line - 1], start=2):
+        if pattern.match(line):
+            return n
+    return None
+
+
+def _others(ctx: CheckContext, issue: Issue) -> list[Issue]:
+    """The other issue files that parse; a broken one is its own check's business."""
+    out = []
+    for path in list_issues(ctx.settings.issues_dir):
+        if path.resolve() == issue.path.resolve():
+            continue
+        try:
+            out.append(parse_issue(path))
+        except NewsletterError:
+            continue
+    return out
+
+
+def check_front_matter(ctx: CheckContext, today: dt.date | None = None) -> None:
+    issue = ctx.issue
+    if issue is None:
+        return
+    today = today or dt.date.today()
+    if not issue.subtitle and not issue.preheader:
+        ctx.add("warning", "frontmatter.subtitle",
+                "no 'subtitle' (or 'preheader'): the inbox preview and the archive's summary will be empty", line=1)
+    if not issue.writers:
+        ctx.add("info", "frontmatter.writers",
+                "no 'Writers' in credits: the web archive's citation_author metadata will be empty",
+                line=field_line(issue, "credits") or 1)
+    if issue.date < EARLIEST or issue.date > today + dt.timedelta(days=MAX_DAYS_AHEAD):
+        ctx.add("warning", "frontmatter.date",
+                f"date {issue.date.isoformat()} looks wrong: it is before {EARLIEST.year} or more than a year ahead",
+                line=field_line(issue, "date"))
+    m = FILENAME_RE.match(issue.path.name)
+    if m and int(m.group("number")) != issue.number:
+        ctx.add("warning", "frontmatter.number-filename",
+                f"the file name says issue {int(m.group('number'))} but 'number' is {issue.number}; "
+                "commands find issues by the file name", line=field_line(issue, "number"))
+    for other in _others(ctx, issue):
+        name = Path(other.path).name
+        if other.number == issue.number:
+            ctx.add("error", "frontmatter.number-reused",
+                    f"number {issue.number} is already used by {name}", line=field_line(issue, "number"))
+        if other.slug == issue.slug:
+            ctx.add("error", "frontmatter.slug-reused",
+                    f"slug '{issue.slug}' is already used by {name}; both would share one web address",
+                    line=field_line(issue, "slug") or 1)
