@@ -11,7 +11,6 @@ from __future__ import annotations
 import html
 import json
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -173,12 +172,3 @@ class PreviewServer:
             self._stop.set()
             server.server_close()
 
-
-def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-    """Poll ``predicate`` until true or ``timeout`` seconds pass (tests and screenshots use it)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
