@@ -70,20 +70,20 @@ class Pacer:
 
 
 def interruptible_sleep(seconds: float, sleep: Callable[[float], None],
-                        stop: threading.Event | None, *, chunk: float = 1.0,
+                        stopped: Callable[[], bool] | None = None, *, chunk: float = 1.0,
                         tick: Callable[[], None] | None = None) -> bool:
-    """Sleep ``seconds`` in chunks of at most ``chunk``, checking ``stop`` between them.
+    """Sleep ``seconds`` in chunks of at most ``chunk``, checking ``stopped()`` between them.
 
-    Returns False if ``stop`` was set before the time was up. ``tick`` runs
+    Returns False if a stop was requested before the time was up. ``tick`` runs
     between chunks (the engine refreshes its lock heartbeat there).
     """
     remaining = seconds
     while remaining > 1e-9:
-        if stop is not None and stop.is_set():
+        if stopped is not None and stopped():
             return False
         step = min(remaining, chunk)
         sleep(step)
         remaining -= step
         if tick is not None:
             tick()
-    return not (stop is not None and stop.is_set())
+    return not (stopped is not None and stopped())

@@ -1,0 +1,976 @@
+"""The delivery engine: a durable, resumable, exactly-once-where-possible send.
+
+A *delivery* is one issue going to the subscriber list. Its recipients are frozen
+into the ``ledger`` table in one ``INSERT … SELECT`` when sending first starts,
+one row per recipient. The send loop then streams ledger rows in batches (keyset
+order by subscriber id, never the whole list in memory) and moves every row
+through these states::
+
+    pending ──claim──▶ sending ──transport answered──▶ sent
+                                                     ├─▶ retry ──(backoff)──▶ sending …
+                                                     ├─▶ failed-temporary   (gave up after max_attempts)
+                                                     └─▶ failed-permanent   (5xx, rejected; bounce → subscriber 'bounced')
+    pending ──no longer active at send time──▶ skipped
+    sending ──found after a crash, resend_uncertain=False──▶ uncertain
+
+Crash safety rests on two commits per batch: the batch is marked ``sending`` and
+committed *before* it is handed to the transport, and the results are committed
+in one transaction after the transport answered. A row is never marked sent
+before the transport said so, and a crash can only leave the one batch that was
+in flight in ``sending``: those are the only recipients that may or may not have
+received the message. On resume they are either sent again under the same
+idempotency key (``resend_uncertain=True``, the default: providers that honour
+keys drop the duplicate; SMTP cannot, so a reader may get a second copy) or set
+to ``uncertain`` and reported, never sent again (``resend_uncertain=False``).
+
+One process sends a delivery at a time (a lock row in ``deliveries`` with a
+heartbeat); a second one gets :class:`DeliveryLockedError`. The lock of a dead
+process, or one whose heartbeat is older than ten minutes, is taken over.
+
+Other rules worth knowing:
+
+* Idempotency keys are ``nl-<delivery>-<batch>``. A batch that comes back whole (every
+  message failed temporarily, the connection dropped, or it was in flight at a crash) is
+  retried as the same rows under the same key; a partial retry gets a new batch and key.
+* A transport that raises :class:`TransportError` ("cannot be used at all") has its batch
+  put back untouched and the run ends; an ``OSError`` from it fails the batch temporarily.
+  Any other exception ends the run with the batch left in ``sending``, like a crash.
+* ``rate`` is paced *before* a batch is claimed, so waiting never widens the uncertain window.
+* ``daily_cap`` counts every message handed to the transport (as providers count them),
+  per UTC day and transport name, in ``daily_counts``; reaching it pauses the delivery
+  with ``resume_at`` set to the next UTC midnight.
+* Exhausting ``max_attempts`` leaves a row ``failed-temporary`` (final); ``retry_failed``
+  gives such rows a fresh set of attempts on the next run.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from newsletter.db import connect, migrate
+from newsletter.errors import ConfigError, ContentChangedError, DeliveryLockedError, InputError, TransportError
+from newsletter.message import OutgoingMessage, PreparedIssue, Recipient
+from newsletter.pacing import Pacer, backoff_delay, interruptible_sleep
+from newsletter.tokens import make_token
+from newsletter.transports.base import SendResult, Status, Transport
+
+COMPONENT = "delivery"
+
+MIGRATIONS: list[str] = [
+    # v1 — statements are separated by ";\n" (see newsletter.db.migrate)
+    """CREATE TABLE deliveries (
+  id INTEGER PRIMARY KEY,
+  slug TEXT NOT NULL,
+  issue_number INTEGER,
+  content_hash TEXT NOT NULL,
+  subject TEXT NOT NULL DEFAULT '',
+  state TEXT NOT NULL CHECK (state IN ('scheduled','running','paused','done','cancelled','held')),
+  created_at TEXT NOT NULL,
+  send_at TEXT,
+  started_at TEXT,
+  finished_at TEXT,
+  frozen_at TEXT,
+  resume_at TEXT,
+  reason TEXT,
+  total INTEGER NOT NULL DEFAULT 0,
+  last_batch_no INTEGER NOT NULL DEFAULT 0,
+  lock_owner TEXT,
+  lock_pid INTEGER,
+  lock_host TEXT,
+  lock_heartbeat TEXT,
+  test INTEGER NOT NULL DEFAULT 0,
+  transport TEXT
+);
+CREATE UNIQUE INDEX deliveries_one_open ON deliveries(slug)
+  WHERE test = 0 AND state IN ('scheduled','running','paused','held');
+CREATE INDEX deliveries_state ON deliveries(state, send_at);
+CREATE TABLE ledger (
+  delivery_id INTEGER NOT NULL REFERENCES deliveries(id) ON DELETE CASCADE,
+  subscriber_id INTEGER NOT NULL REFERENCES subscribers(id),
+  email TEXT NOT NULL,
+  name TEXT NOT NULL DEFAULT '',
+  state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending','sending','sent','retry',
+    'failed-temporary','failed-permanent','skipped','uncertain')),
+  attempts INTEGER NOT NULL DEFAULT 0,
+  last_error TEXT,
+  provider_id TEXT,
+  batch_no INTEGER,
+  retry_batch INTEGER,
+  next_attempt_at REAL,
+  updated_at TEXT,
+  PRIMARY KEY (delivery_id, subscriber_id)
+) WITHOUT ROWID;
+CREATE INDEX ledger_retry ON ledger(delivery_id, next_attempt_at) WHERE state = 'retry';
+CREATE TABLE daily_counts (
+  day TEXT NOT NULL,
+  transport TEXT NOT NULL,
+  count INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (day, transport)
+) WITHOUT ROWID""",
+]
+
+OPEN_STATES = ("scheduled", "running", "paused", "held")
+LEDGER_STATES = ("pending", "sending", "sent", "retry", "failed-temporary", "failed-permanent", "skipped",
+                 "uncertain")
+LOCK_STALE_AFTER = timedelta(minutes=10)
+HEARTBEAT_EVERY = timedelta(seconds=30)
+DEV_KEY_PREFIX = "insecure-development-key:"
+_TS = "%Y-%m-%dT%H:%M:%S.%fZ"  # same format as the subscriber store; sorts as text
+
+TransportFactory = Callable[[], Transport]
+Progress = Callable[[int, int, int, int], None]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _ts(dt: datetime) -> str:
+    if dt.tzinfo is None:
+        raise InputError(f"time {dt.isoformat()} has no time zone; give one (e.g. +00:00)")
+    return dt.astimezone(timezone.utc).strftime(_TS)
+
+
+def _dt(text: str | None) -> datetime | None:
+    return datetime.strptime(text, _TS).replace(tzinfo=timezone.utc) if text else None
+
+
+def _day(dt: datetime) -> str:
+    """The UTC calendar day, the unit of the daily cap."""
+    return dt.astimezone(timezone.utc).date().isoformat()
+
+
+def _one_line(text: str | None, limit: int = 500) -> str:
+    return " ".join((text or "").split())[:limit]
+
+
+_VALUES_CHUNK = 300  # rows per UPDATE … FROM (VALUES …); far below SQLite's parameter limit
+
+
+def _update_each(conn: sqlite3.Connection, delivery_id: int, sets: str, rows: Sequence[tuple],
+                 *set_args: object) -> None:
+    """Update many ledger rows, each with its own values, in one statement per chunk.
+
+    ``rows`` are tuples (subscriber_id, value2, value3, …), visible in ``sets`` as
+    ``v.column2``, ``v.column3``, …; ``set_args`` bind the ``?`` in ``sets``. Three times
+    cheaper than executemany, which pays a statement reset per row.
+    """
+    for start in range(0, len(rows), _VALUES_CHUNK):
+        chunk = rows[start:start + _VALUES_CHUNK]
+        width = len(chunk[0])
+        marks = ",".join(["(" + ",".join("?" * width) + ")"] * len(chunk))
+        conn.execute(f"UPDATE ledger SET {sets} FROM (VALUES {marks}) AS v "
+                     "WHERE ledger.delivery_id=? AND ledger.subscriber_id=v.column1",
+                     (*set_args, *(x for row in chunk for x in row), delivery_id))
+
+
+@contextmanager
+def _tx(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE … COMMIT, rolled back on any exception (KeyboardInterrupt included)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+# ---------------------------------------------------------------------------------------
+# Schema, records
+# ---------------------------------------------------------------------------------------
+def ensure_schema(conn: sqlite3.Connection) -> None:
+    """Migrate the subscriber store's tables and then the delivery tables."""
+    from newsletter.store import SubscriberStore
+
+    SubscriberStore(conn)
+    migrate(conn, COMPONENT, MIGRATIONS)
+
+
+def open_ledger(path: Path | str) -> sqlite3.Connection:
+    """Open (creating if needed) the database with the subscriber and delivery tables."""
+    conn = connect(path)
+    ensure_schema(conn)
+    return conn
+
+
+@dataclass(frozen=True)
+class DeliveryOptions:
+    """How to send. ``secret_key`` signs the unsubscribe tokens (``Settings.secret_key``)."""
+
+    secret_key: str
+    batch_size: int = 100
+    rate: float | None = None          # messages per second over all workers; None = unpaced
+    concurrency: int = 1               # worker threads, each with its own transport instance
+    daily_cap: int | None = None       # messages per UTC day per transport, counted in the database
+    max_attempts: int = 5              # tries per recipient for temporary failures
+    resend_uncertain: bool = True      # after a crash: resend the in-flight batch (True) or report it
+    retry_failed: bool = False         # give recipients that ran out of attempts a fresh set
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.concurrency < 1 or self.max_attempts < 1:
+            raise ConfigError("batch size, concurrency and max attempts must be at least 1")
+        if self.rate is not None and self.rate <= 0:
+            raise ConfigError("the send rate must be positive (or unset for no limit)")
+        if self.daily_cap is not None and self.daily_cap < 1:
+            raise ConfigError("the daily cap must be at least 1 (or unset for no cap)")
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: int
+    slug: str
+    issue_number: int | None
+    content_hash: str
+    subject: str
+    state: str
+    created_at: datetime
+    send_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    frozen_at: datetime | None
+    resume_at: datetime | None
+    reason: str | None
+    total: int
+    test: bool
+    transport: str | None
+    lock_pid: int | None
+    lock_host: str | None
+    lock_heartbeat: datetime | None
+
+    @classmethod
+    def from_row(cls, r: sqlite3.Row) -> "Delivery":
+        return cls(r["id"], r["slug"], r["issue_number"], r["content_hash"], r["subject"], r["state"],
+                   _dt(r["created_at"]), _dt(r["send_at"]), _dt(r["started_at"]), _dt(r["finished_at"]),
+                   _dt(r["frozen_at"]), _dt(r["resume_at"]), r["reason"], r["total"], bool(r["test"]),
+                   r["transport"], r["lock_pid"], r["lock_host"], _dt(r["lock_heartbeat"]))
+
+
+def get_delivery(conn: sqlite3.Connection, delivery_id: int) -> Delivery:
+    row = conn.execute("SELECT * FROM deliveries WHERE id=?", (int(delivery_id),)).fetchone()
+    if row is None:
+        raise InputError(f"no delivery #{delivery_id}")
+    return Delivery.from_row(row)
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    """What a run did. Counts are the delivery's totals in the ledger; ``sent_this_run`` is this run's."""
+
+    delivery_id: int
+    slug: str
+    state: str
+    total: int = 0
+    sent: int = 0
+    failed_permanent: int = 0
+    failed_temporary: int = 0
+    skipped: int = 0
+    pending: int = 0
+    uncertain_resent: int = 0
+    uncertain_reported: int = 0
+    sent_this_run: int = 0
+    elapsed: float = 0.0
+    rate: float = 0.0
+    note: str = ""
+
+    @property
+    def failed(self) -> int:
+        return self.failed_permanent + self.failed_temporary
+
+
+def _ledger_counts(conn: sqlite3.Connection, delivery_id: int) -> dict[str, int]:
+    counts = dict.fromkeys(LEDGER_STATES, 0)
+    for state, n in conn.execute("SELECT state, COUNT(*) FROM ledger WHERE delivery_id=? GROUP BY state",
+                                 (delivery_id,)):
+        counts[state] = n
+    return counts
+
+
+def report_for(conn: sqlite3.Connection, delivery: Delivery, note: str = "", **extra: object) -> DeliveryReport:
+    """A report from the ledger as it stands (for deliveries held or skipped without a run)."""
+    c = _ledger_counts(conn, delivery.id)
+    return DeliveryReport(delivery.id, delivery.slug, delivery.state, total=sum(c.values()), sent=c["sent"],
+                          failed_permanent=c["failed-permanent"], failed_temporary=c["failed-temporary"],
+                          skipped=c["skipped"], pending=c["pending"] + c["retry"] + c["sending"],
+                          note=note or delivery.reason or "", **extra)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------
+# Creating and resuming
+# ---------------------------------------------------------------------------------------
+def _changed(d: sqlite3.Row, new_hash: str) -> ContentChangedError:
+    verb = "was sent" if d["state"] == "done" else "started sending"
+    return ContentChangedError(
+        f"issue {d['slug']} changed since delivery #{d['id']} {verb} (content {d['content_hash'][:12]}, "
+        f"now {new_hash[:12]}); continuing would mail some readers one version and the rest another. "
+        "Revert the change, or pass --force-new-content to send the new version to those not yet sent")
+
+
+def start_or_resume(conn: sqlite3.Connection, prepared: PreparedIssue, *, scheduled_for: datetime | None = None,
+                    force_new_content: bool = False, now: Callable[[], datetime] = utcnow) -> int:
+    """The delivery for this issue: the open (or finished) one, else a new one.
+
+    * An open delivery (scheduled, running, paused, held) is continued; if the issue's
+      content hash differs, :class:`ContentChangedError` unless ``force_new_content``
+      (then the new content is recorded and used for everyone not yet sent).
+    * A finished (``done``) delivery is returned as is: running it sends nobody again.
+    * Otherwise a new delivery is created; recipients are frozen when it starts sending.
+      Readers who already got this issue from an earlier, cancelled delivery are left out.
+
+    With ``scheduled_for`` (tz-aware) the delivery is created in state ``scheduled``, or an
+    existing not-yet-started one is moved to that time with the current content.
+    """
+    r = prepared.rendered
+    if prepared.test:
+        raise InputError("a test send ([TEST] subject) does not go through the delivery ledger; "
+                         "send it to the test addresses directly")
+    send_at = _ts(scheduled_for) if scheduled_for is not None else None
+    stamp = _ts(now())
+    with _tx(conn):
+        d = conn.execute(f"SELECT * FROM deliveries WHERE slug=? AND test=0 AND state IN {OPEN_STATES} "
+                         "ORDER BY id DESC LIMIT 1", (r.slug,)).fetchone()
+        if d is None:
+            d = conn.execute("SELECT * FROM deliveries WHERE slug=? AND test=0 AND state='done' "
+                             "ORDER BY id DESC LIMIT 1", (r.slug,)).fetchone()
+            if d is not None and scheduled_for is not None:
+                raise InputError(f"issue {r.slug} was already sent (delivery #{d['id']}, finished "
+                                 f"{d['finished_at']}); it is not scheduled again")
+        if d is not None and scheduled_for is not None:
+            if d["frozen_at"] is not None or d["state"] not in ("scheduled", "held"):
+                raise InputError(f"issue {r.slug} is already being sent (delivery #{d['id']}, {d['state']}); "
+                                 "it cannot be scheduled again")
+            conn.execute("UPDATE deliveries SET send_at=?, content_hash=?, subject=?, issue_number=?, "
+                         "state='scheduled', reason=NULL WHERE id=?", (send_at, r.content_hash, r.subject,
+                                                                       r.number, d["id"]))
+            return d["id"]
+        if d is not None:
+            if d["content_hash"] != r.content_hash:
+                if not force_new_content:
+                    raise _changed(d, r.content_hash)
+                conn.execute("UPDATE deliveries SET content_hash=?, subject=? WHERE id=?",
+                             (r.content_hash, r.subject, d["id"]))
+            return d["id"]
+        cur = conn.execute(
+            "INSERT INTO deliveries(slug, issue_number, content_hash, subject, state, created_at, send_at, test) "
+            "VALUES(?, ?, ?, ?, ?, ?, ?, 0)",
+            (r.slug, r.number, r.content_hash, r.subject, "scheduled" if send_at else "running", stamp, send_at))
+        return int(cur.lastrowid)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------
+# The lock
+# ---------------------------------------------------------------------------------------
+def _pid_alive(pid: int | None) -> bool:
+    if not pid or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed but not yet reaped child still answers kill(0): a zombie is dead
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+def lock_is_live(d: Delivery, now: datetime | None = None) -> bool:
+    """True if the delivery's lock belongs to a process that still looks alive."""
+    if d.lock_pid is None and d.lock_heartbeat is None:
+        return False
+    now = now or utcnow()
+    if d.lock_heartbeat is None or now - d.lock_heartbeat > LOCK_STALE_AFTER:
+        return False
+    if d.lock_host == socket.gethostname() and not _pid_alive(d.lock_pid):
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------
+# The send loop
+# ---------------------------------------------------------------------------------------
+@dataclass
+class _Row:
+    sid: int
+    email: str
+    name: str
+    attempts: int      # after this claim
+    prev_state: str    # 'pending' or 'retry', to undo a claim
+    prev_next: float | None
+
+
+@dataclass
+class _Job:
+    batch_no: int
+    rows: list[_Row]
+    fresh: bool
+    messages: list[OutgoingMessage] = field(default_factory=list)
+
+
+_DONE, _PAUSE, _IDLE = "done", "pause", "idle"  # claim outcomes besides a job or a wait
+
+
+class _Run:
+    def __init__(self, conn: sqlite3.Connection, delivery_id: int, prepared: PreparedIssue,
+                 factory: TransportFactory, options: DeliveryOptions, stop: threading.Event | None,
+                 progress: Progress | None, clock: Callable[[], float], sleep: Callable[[float], None],
+                 now: Callable[[], datetime]):
+        self.conn, self.id, self.prepared, self.factory = conn, int(delivery_id), prepared, factory
+        self.o, self.stop, self.progress = options, stop, progress
+        self.clock, self.sleep_fn, self.now = clock, sleep, now
+        self.db = threading.RLock()
+        self.idle = threading.Condition(self.db)
+        self.halt = threading.Event()
+        self.owner = uuid.uuid4().hex
+        self.pacer = Pacer(options.rate, clock)
+        self.cursor = 0
+        self.inflight = 0
+        self.counts: dict[str, int] = {}
+        self.pause_note: str | None = None
+        self.errors: list[BaseException] = []
+        self.sent_this_run = 0
+        self.uncertain_resent = self.uncertain_reported = 0
+        self.last_heartbeat = now()
+        self.transport_name = "transport"
+
+    # ---- entry -------------------------------------------------------------------------
+    def run(self) -> DeliveryReport:
+        d = get_delivery(self.conn, self.id)
+        if d.state == "cancelled":
+            raise InputError(f"delivery #{d.id} of {d.slug} was cancelled; start a new one to send the issue")
+        r = self.prepared.rendered
+        if r.slug != d.slug:
+            raise InputError(f"issue {r.slug} is not the issue of delivery #{d.id} ({d.slug})")
+        if r.content_hash != d.content_hash:
+            raise ContentChangedError(
+                f"issue {d.slug} changed since delivery #{d.id} was created (content {d.content_hash[:12]}, now "
+                f"{r.content_hash[:12]}); revert the change or pass --force-new-content")
+        started = self.clock()
+        transports: list[Transport] = []
+        try:
+            for _ in range(self.o.concurrency):
+                transports.append(self.factory())
+            t0 = transports[0]
+            self.transport_name = t0.name
+            if t0.real and (not self.o.secret_key or self.o.secret_key.startswith(DEV_KEY_PREFIX)):
+                raise ConfigError("NEWSLETTER_SECRET_KEY is not set; a real send needs it, or the unsubscribe "
+                                  "links would change (and stop working) when the key is set later")
+            self._acquire(d)
+            beat_done = threading.Event()
+            beat = threading.Thread(target=self._heartbeat_thread, args=(beat_done,), daemon=True,
+                                    name=f"delivery-{self.id}-heartbeat")
+            try:
+                self._prepare(d)
+                beat.start()
+                self._work(transports)
+                if self.errors:
+                    raise self.errors[0]
+                return self._finish(self.clock() - started)
+            except BaseException as exc:
+                self._note_abort(exc)
+                raise
+            finally:
+                beat_done.set()
+                if beat.is_alive():
+                    beat.join()
+                self._release()
+        finally:
+            for t in transports:
+                try:
+                    t.close()
+                except Exception:  # closing must not hide the real outcome
+                    pass
+
+    # ---- lock --------------------------------------------------------------------------
+    def _acquire(self, d: Delivery) -> None:
+        now = self.now()
+        with _tx(self.conn):
+            cur = Delivery.from_row(self.conn.execute("SELECT * FROM deliveries WHERE id=?", (self.id,)).fetchone())
+            if lock_is_live(cur, now):
+                age = (now - cur.lock_heartbeat).total_seconds() if cur.lock_heartbeat else 0
+                raise DeliveryLockedError(
+                    f"delivery #{cur.id} of {cur.slug} is already being sent by pid {cur.lock_pid} on "
+                    f"{cur.lock_host} (last heartbeat {age:.0f}s ago); wait for it to finish or stop it. "
+                    "The lock is taken over once that process is gone or silent for 10 minutes")
+            self.conn.execute("UPDATE deliveries SET lock_owner=?, lock_pid=?, lock_host=?, lock_heartbeat=? "
+                              "WHERE id=?", (self.owner, os.getpid(), socket.gethostname(), _ts(now), self.id))
+
+    def _release(self) -> None:
+        with self.db:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            self.conn.execute("UPDATE deliveries SET lock_owner=NULL, lock_pid=NULL, lock_host=NULL, "
+                              "lock_heartbeat=NULL WHERE id=? AND lock_owner=?", (self.id, self.owner))
+
+    def _heartbeat(self, new_batch: bool = False) -> int:
+        """Refresh the lock (inside a transaction); returns the batch number to use when asked."""
+        now = self.now()
+        row = self.conn.execute(
+            "UPDATE deliveries SET lock_heartbeat=?, last_batch_no=last_batch_no+? WHERE id=? AND lock_owner=? "
+            "RETURNING last_batch_no", (_ts(now), 1 if new_batch else 0, self.id, self.owner)).fetchone()
+        if row is None:
+            raise DeliveryLockedError(f"delivery #{self.id}: another process took over the lock "
+                                      "(this one was silent too long); stopping")
+        self.last_heartbeat = now
+        return row[0]
+
+    def _tick(self) -> None:
+        if self.now() - self.last_heartbeat >= HEARTBEAT_EVERY:
+            with self.db, _tx(self.conn):
+                self._heartbeat()
+
+    # ---- before the loop -------------------------------------------------------------
+    def _heartbeat_thread(self, done: threading.Event) -> None:
+        """Keeps the lock fresh while a long transport call is under way."""
+        while not done.wait(5.0):
+            try:
+                self._tick()
+            except BaseException as exc:  # the lock was taken over: stop the workers
+                self.errors.append(exc)
+                self.halt.set()
+                return
+
+    def _prepare(self, d: Delivery) -> None:
+        conn, stamp = self.conn, _ts(self.now())
+        with self.db, _tx(conn):
+            frozen = conn.execute("SELECT frozen_at FROM deliveries WHERE id=?", (self.id,)).fetchone()[0]
+            if frozen is None:  # read under the lock: another process may have started it meanwhile
+                # The recipient list, frozen in one statement; readers who already got this issue
+                # (or may have, 'sending'/'uncertain') from an earlier cancelled delivery are left out.
+                conn.execute(
+                    "INSERT INTO ledger(delivery_id, subscriber_id, email, name, state, updated_at) "
+                    "SELECT ?, s.id, s.email, s.name, 'pending', ? FROM subscribers s WHERE s.status='active' "
+                    "AND NOT EXISTS (SELECT 1 FROM ledger p WHERE p.subscriber_id=s.id "
+                    "AND p.state IN ('sent','sending','uncertain') AND p.delivery_id IN "
+                    "(SELECT id FROM deliveries WHERE slug=? AND test=0 AND id<>?)) ORDER BY s.id",
+                    (self.id, stamp, d.slug, self.id))
+                total = conn.execute("SELECT COUNT(*) FROM ledger WHERE delivery_id=?", (self.id,)).fetchone()[0]
+                conn.execute("UPDATE deliveries SET frozen_at=?, total=? WHERE id=?", (stamp, total, self.id))
+            counts = _ledger_counts(conn, self.id)
+            now_c = self.clock()
+            if self.o.resend_uncertain:
+                self.uncertain_resent = counts["sending"] + counts["uncertain"]
+                conn.execute(
+                    "UPDATE ledger SET state='retry', retry_batch=batch_no, next_attempt_at=?, updated_at=?, "
+                    "last_error='interrupted while sending; sent again (a duplicate is possible)' "
+                    "WHERE delivery_id=? AND state IN ('sending','uncertain')", (now_c, stamp, self.id))
+            else:
+                self.uncertain_reported = counts["sending"] + counts["uncertain"]
+                conn.execute(
+                    "UPDATE ledger SET state='uncertain', updated_at=?, last_error='interrupted while sending: "
+                    "may or may not have been delivered; not sent again' WHERE delivery_id=? AND state='sending'",
+                    (stamp, self.id))
+            if self.o.retry_failed:
+                conn.execute("UPDATE ledger SET state='pending', attempts=0, next_attempt_at=NULL, updated_at=? "
+                             "WHERE delivery_id=? AND state='failed-temporary'", (stamp, self.id))
+            # Retry times were on the previous run's clock; what was waiting is due now.
+            conn.execute("UPDATE ledger SET next_attempt_at=? WHERE delivery_id=? AND state='retry'",
+                         (now_c, self.id))
+            conn.execute("UPDATE deliveries SET state='running', transport=?, reason=NULL, resume_at=NULL, "
+                         "started_at=COALESCE(started_at, ?) WHERE id=?", (self.transport_name, stamp, self.id))
+            self.counts = _ledger_counts(conn, self.id)
+            self.total = sum(self.counts.values())
+
+    # ---- workers -----------------------------------------------------------------------
+    def _stopped(self) -> bool:
+        return self.halt.is_set() or (self.stop is not None and self.stop.is_set())
+
+    def _work(self, transports: Sequence[Transport]) -> None:
+        if len(transports) == 1:
+            self._worker(transports[0])
+            return
+        threads = [threading.Thread(target=self._thread, args=(t,), name=f"delivery-{self.id}-{i}", daemon=True)
+                   for i, t in enumerate(transports)]
+        try:
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+        except BaseException:
+            self.halt.set()  # e.g. KeyboardInterrupt in join: workers finish their batch and stop
+            for th in threads:
+                th.join()
+            raise
+        if self.errors:
+            raise self.errors[0]
+
+    def _thread(self, transport: Transport) -> None:
+        try:
+            self._worker(transport)
+        except BaseException as exc:
+            self.errors.append(exc)
+            self.halt.set()
+            with self.idle:
+                self.idle.notify_all()
+
+    def _worker(self, transport: Transport) -> None:
+        size = self.o.batch_size
+        while not self._stopped():
+            # Pace *before* claiming, so a batch is 'sending' (uncertain after a crash) only
+            # while the transport really has it, never while we wait for our turn.
+            booked = size if self.pacer.rate is not None and self._claimable() else 0
+            if booked:
+                wait = self.pacer.reserve(booked)
+                if wait > 0 and not self._wait(wait):
+                    self.pacer.refund(booked)
+                    return
+            job = self._claim()
+            if booked:
+                self.pacer.refund(booked - (len(job.rows) if isinstance(job, _Job) else 0))
+            if job == _DONE:
+                return
+            if job == _PAUSE:
+                self.halt.set()
+                return
+            if job == _IDLE:  # others still have batches in flight that may come back as retries
+                with self.idle:
+                    if self.inflight and not self._stopped():
+                        self.idle.wait(0.5)
+                continue
+            if isinstance(job, float):  # nothing due before the next retry
+                self._wait(job)
+                continue
+            assert isinstance(job, _Job)
+            if job.rows:
+                self._record(job, self._send(transport, job))
+
+    def _claimable(self) -> bool:
+        """Is there a batch to claim right now? (A cheap look, so the end of a run costs no pacing wait.)"""
+        with self.db:
+            if self.conn.execute("SELECT 1 FROM ledger WHERE delivery_id=? AND subscriber_id>? AND state='pending' "
+                                 "LIMIT 1", (self.id, self.cursor)).fetchone():
+                return True
+            head = self.conn.execute("SELECT next_attempt_at FROM ledger INDEXED BY ledger_retry WHERE delivery_id=? "
+                                     "AND state='retry' ORDER BY next_attempt_at LIMIT 1", (self.id,)).fetchone()
+            return head is not None and head[0] <= self.clock()
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep, refreshing the heartbeat; in 1 s steps when something may ask us to stop."""
+        chunk = 1.0 if self.stop is not None or self.o.concurrency > 1 else HEARTBEAT_EVERY.total_seconds()
+        return interruptible_sleep(seconds, self.sleep_fn, self._stopped, chunk=chunk, tick=self._tick)
+
+    def _select(self, where: str, params: tuple, retry: bool = False) -> list[sqlite3.Row]:
+        # Retry rows are found through the small partial index, never by scanning the delivery.
+        hint = "INDEXED BY ledger_retry " if retry else ""
+        return self.conn.execute(
+            "SELECT l.subscriber_id, l.email, l.name, l.attempts, l.state, l.next_attempt_at, s.status "
+            f"FROM ledger l {hint}LEFT JOIN subscribers s ON s.id = l.subscriber_id "
+            f"WHERE l.delivery_id=? AND {where}", (self.id, *params)).fetchall()
+
+    def _claim(self) -> "_Job | float | str":
+        """Pick the next batch and mark it 'sending' (committed before the transport sees it)."""
+        with self.db, _tx(self.conn) as conn:
+            stamp = _ts(self.now())
+            limit = self.o.batch_size
+            day = _day(self.now())
+            if self.o.daily_cap is not None:
+                row = conn.execute("SELECT count FROM daily_counts WHERE day=? AND transport=?",
+                                   (day, self.transport_name)).fetchone()
+                used = row[0] if row else 0
+                if used >= self.o.daily_cap:
+                    self.pause_note = (f"daily cap of {self.o.daily_cap} messages reached for {self.transport_name} "
+                                       f"on {day} (UTC); the rest goes out after midnight UTC")
+                    return _PAUSE
+                limit = min(limit, self.o.daily_cap - used)
+            now_c = self.clock()
+            rows: list[sqlite3.Row] = []
+            batch_no: int | None = None
+            fresh = False
+            head = conn.execute("SELECT retry_batch, next_attempt_at FROM ledger WHERE delivery_id=? AND "
+                                "state='retry' ORDER BY next_attempt_at LIMIT 1", (self.id,)).fetchone()
+            if head is not None and head[1] <= now_c:
+                if head[0] is not None:  # a whole batch again: same rows, same idempotency key
+                    rows = self._select("l.state='retry' AND l.retry_batch=? ORDER BY l.subscriber_id", (head[0],),
+                                        retry=True)
+                    if len(rows) <= limit:
+                        batch_no = head[0]
+                    else:  # split by the daily cap: the key no longer names one batch, so none reuses it
+                        conn.execute("UPDATE ledger SET retry_batch=NULL WHERE delivery_id=? AND state='retry' "
+                                     "AND retry_batch=?", (self.id, head[0]))
+                        rows = rows[:limit]
+                else:
+                    rows = self._select("l.state='retry' AND l.retry_batch IS NULL AND l.next_attempt_at<=? "
+                                        "ORDER BY l.next_attempt_at LIMIT ?", (now_c, limit), retry=True)
+            if not rows:
+                rows = self._select("l.subscriber_id>? AND l.state='pending' ORDER BY l.subscriber_id LIMIT ?",
+                                    (self.cursor, limit))
+                fresh = True
+            if not rows:
+                if head is not None:
+                    return float(max(0.0, head[1] - now_c))
+                return _IDLE if self.inflight else _DONE
+            if fresh:
+                self.cursor = rows[-1][0]
+            gone = [r for r in rows if r["status"] != "active"]
+            live = [r for r in rows if r["status"] == "active"]
+            if gone:
+                conn.executemany(
+                    "UPDATE ledger SET state='skipped', last_error=?, updated_at=? WHERE delivery_id=? AND "
+                    "subscriber_id=?", [(f"no longer active ({r['status'] or 'removed'})", stamp, self.id, r[0])
+                                        for r in gone])
+                for r in gone:
+                    self._move(r["state"], "skipped")
+                batch_no = None
+            if not live:
+                self._heartbeat()
+                return _Job(0, [], fresh)
+            if batch_no is None:
+                batch_no = self._heartbeat(new_batch=True)
+            else:
+                self._heartbeat()
+            if fresh and not gone:  # a contiguous keyset range of pending rows: one statement
+                conn.execute("UPDATE ledger SET state='sending', batch_no=?, attempts=attempts+1, updated_at=? "
+                             "WHERE delivery_id=? AND subscriber_id BETWEEN ? AND ? AND state='pending'",
+                             (batch_no, stamp, self.id, live[0][0], live[-1][0]))
+            else:
+                _update_each(conn, self.id, "state='sending', batch_no=?, attempts=attempts+1, updated_at=?",
+                             [(r[0],) for r in live], batch_no, stamp)
+            conn.execute("INSERT INTO daily_counts(day, transport, count) VALUES(?, ?, ?) ON CONFLICT(day, transport) "
+                         "DO UPDATE SET count=count+excluded.count", (day, self.transport_name, len(live)))
+            job = _Job(batch_no, [_Row(r[0], r[1], r[2], r[3] + 1, r[4], r[5]) for r in live], fresh)
+            for r in live:
+                self._move(r["state"], "sending")
+            self.inflight += 1
+        secret, prepared = self.o.secret_key, self.prepared
+        job.messages = [prepared.personalise(Recipient(r.email, r.name, token=make_token(secret, r.sid, r.email),
+                                                       subscriber_id=r.sid)) for r in job.rows]
+        return job
+
+    def _unclaim(self, job: _Job) -> None:
+        """Undo a claim whose batch never reached the transport."""
+        with self.db, _tx(self.conn) as conn:
+            conn.executemany("UPDATE ledger SET state=?, next_attempt_at=?, attempts=attempts-1 "
+                             "WHERE delivery_id=? AND subscriber_id=? AND state='sending'",
+                             [(r.prev_state, r.prev_next, self.id, r.sid) for r in job.rows])
+            conn.execute("UPDATE daily_counts SET count=MAX(0, count-?) WHERE day=? AND transport=?",
+                         (len(job.rows), _day(self.now()), self.transport_name))
+            for r in job.rows:
+                self._move("sending", r.prev_state)
+            if job.fresh:
+                self.cursor = min(self.cursor, job.rows[0].sid - 1)
+            self.inflight -= 1
+            self.idle.notify_all()
+
+    def _send(self, transport: Transport, job: _Job) -> list[SendResult]:
+        try:
+            results = list(transport.send(job.messages, idempotency_key=f"nl-{self.id}-{job.batch_no}"))
+        except TransportError:
+            self._unclaim(job)  # the transport could not be used at all: nothing of this batch left us
+            raise
+        except OSError as exc:  # a connection dropped under the transport: the whole batch is retried
+            error = _one_line(f"{type(exc).__name__}: {exc}")
+            return [SendResult(m.to_email, Status.FAILED_TEMPORARY, error=error) for m in job.messages]
+        if len(results) != len(job.messages):
+            error = f"transport returned {len(results)} results for {len(job.messages)} messages"
+            results = (results + [SendResult(m.to_email, Status.FAILED_TEMPORARY, error=error)
+                                  for m in job.messages])[:len(job.messages)]
+        return results
+
+    def _record(self, job: _Job, results: list[SendResult]) -> None:
+        """Store every recipient's result in one transaction, after the transport answered."""
+        o, now_c = self.o, self.clock()
+        sent, perm, final, retry, bounced = [], [], [], [], []
+        for row, res in zip(job.rows, results):
+            status = Status(res.status)
+            if status.delivered:
+                sent.append((res.provider_id, row.sid))
+            elif status is Status.FAILED_TEMPORARY:
+                target = final if row.attempts >= o.max_attempts else retry
+                target.append((row, res))
+            else:
+                perm.append((_one_line(res.error or status.value), row.sid))
+                if res.bounce:
+                    bounced.append((_one_line(res.error or "bounced"), row.sid))
+        whole = len(retry) == len(job.rows)
+        if whole:  # the whole batch comes back together, under its idempotency key
+            at = now_c + max(backoff_delay(r.attempts, res.retry_after) for r, res in retry)
+            retry_rows = [(at, job.batch_no, _one_line(res.error), r.sid) for r, res in retry]
+        else:
+            retry_rows = [(now_c + backoff_delay(r.attempts, res.retry_after), None, _one_line(res.error), r.sid)
+                          for r, res in retry]
+        with self.db, _tx(self.conn) as conn:
+            stamp = _ts(self.now())
+            if sent:
+                _update_each(conn, self.id, "state='sent', provider_id=v.column2, last_error=NULL, updated_at=?",
+                             [(s, p) for p, s in sent], stamp)
+            if perm:
+                _update_each(conn, self.id, "state='failed-permanent', last_error=v.column2, updated_at=?",
+                             [(s, e) for e, s in perm], stamp)
+            if final:
+                _update_each(conn, self.id, "state='failed-temporary', last_error=v.column2, updated_at=?",
+                             [(r.sid, _one_line(f"gave up after {r.attempts} attempts: {res.error}"))
+                              for r, res in final], stamp)
+            if retry_rows:
+                _update_each(conn, self.id, "state='retry', next_attempt_at=v.column2, retry_batch=v.column3, "
+                             "last_error=v.column4, updated_at=?",
+                             [(sid, at, rb, e) for at, rb, e, sid in retry_rows], stamp)
+            if bounced:
+                conn.executemany("UPDATE subscribers SET status='bounced', status_reason=?, changed_at=? "
+                                 "WHERE id=? AND status IN ('active','unsubscribed')",
+                                 [(f"bounced: {e}", stamp, s) for e, s in bounced])
+            self._heartbeat()
+            self._move("sending", "sent", len(sent))
+            self._move("sending", "failed-permanent", len(perm))
+            self._move("sending", "failed-temporary", len(final))
+            self._move("sending", "retry", len(retry))
+            self.sent_this_run += len(sent)
+            self.inflight -= 1
+            self.idle.notify_all()
+            snapshot = self._progress_values()
+        if self.progress is not None:
+            self.progress(*snapshot)
+
+    # ---- bookkeeping ---------------------------------------------------------------------
+    def _move(self, src: str, dst: str, n: int = 1) -> None:
+        self.counts[src] -= n
+        self.counts[dst] += n
+
+    def _progress_values(self) -> tuple[int, int, int, int]:
+        c = self.counts
+        open_ = c["pending"] + c["retry"] + c["sending"]
+        return self.total - open_, self.total, c["sent"], c["failed-permanent"] + c["failed-temporary"]
+
+    def _finish(self, elapsed: float) -> DeliveryReport:
+        with self.db, _tx(self.conn) as conn:
+            c = _ledger_counts(conn, self.id)
+            left = c["pending"] + c["retry"] + c["sending"]
+            now = self.now()
+            stamp = _ts(now)
+            if left == 0:
+                state, note = "done", (f"{c['uncertain']} recipients are uncertain (interrupted mid-send, not sent "
+                                       "again); see the failed list" if c["uncertain"] else "")
+                conn.execute("UPDATE deliveries SET state='done', finished_at=?, reason=? WHERE id=?",
+                             (stamp, note or None, self.id))
+            elif self.pause_note is not None:
+                state, note = "paused", self.pause_note
+                midnight = datetime.combine(now.astimezone(timezone.utc).date() + timedelta(days=1),
+                                            datetime.min.time(), timezone.utc)
+                conn.execute("UPDATE deliveries SET state='paused', resume_at=?, reason=? WHERE id=?",
+                             (_ts(midnight), note, self.id))
+            else:
+                state, note = "paused", f"stopped with {left} recipients left; run the send again to continue"
+                conn.execute("UPDATE deliveries SET state='paused', resume_at=?, reason=? WHERE id=?",
+                             (stamp, note, self.id))
+        return DeliveryReport(
+            self.id, self.prepared.rendered.slug, state, total=sum(c.values()), sent=c["sent"],
+            failed_permanent=c["failed-permanent"], failed_temporary=c["failed-temporary"], skipped=c["skipped"],
+            pending=left, uncertain_resent=self.uncertain_resent,
+            uncertain_reported=self.uncertain_reported if not self.o.resend_uncertain else 0,
+            sent_this_run=self.sent_this_run, elapsed=elapsed,
+            rate=self.sent_this_run / elapsed if elapsed > 0 else 0.0, note=note)
+
+    def _note_abort(self, exc: BaseException) -> None:
+        """Leave a reason on the delivery when a run ends with an exception (state stays resumable)."""
+        if isinstance(exc, DeliveryLockedError):
+            return
+        try:
+            with self.db:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                self.conn.execute("UPDATE deliveries SET reason=? WHERE id=? AND lock_owner=?",
+                                  (_one_line(f"interrupted: {exc or type(exc).__name__}"), self.id, self.owner))
+        except sqlite3.Error:
+            pass
+
+
+def forget_subscriber(conn: sqlite3.Connection, subscriber_id: int) -> int:
+    """Delete a subscriber's ledger rows (erasure requests), so the store can remove them.
+    Returns how many rows went. Their deliveries' totals keep counting them."""
+    with _tx(conn):
+        return conn.execute("DELETE FROM ledger WHERE subscriber_id=?", (int(subscriber_id),)).rowcount
+
+
+def run_delivery(conn: sqlite3.Connection, delivery_id: int, prepared: PreparedIssue,
+                 transport_factory: TransportFactory, *, options: DeliveryOptions,
+                 stop: threading.Event | None = None, progress: Progress | None = None,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 now: Callable[[], datetime] = utcnow) -> DeliveryReport:
+    """Send (or continue sending) a delivery until it is done, paused by the daily cap, or stopped.
+
+    ``stop`` (set by a SIGTERM/SIGINT handler) finishes the batch in flight, records it and
+    returns with the delivery ``paused`` and resumable. ``clock``/``sleep`` drive pacing and
+    retry waits; ``now`` gives wall time (timestamps, the UTC day for ``daily_cap``, the lock).
+    Raises :class:`DeliveryLockedError` when another live process is sending it,
+    :class:`ContentChangedError` when ``prepared`` is not the content the delivery was made with.
+    """
+    return _Run(conn, delivery_id, prepared, transport_factory, options, stop, progress, clock, sleep, now).run()
+
+
+# ---------------------------------------------------------------------------------------
+# Status
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DeliveryStatus:
+    delivery: Delivery
+    counts: dict[str, int]
+    total: int
+    sent: int
+    failed: int
+    remaining: int
+    rate: float | None            # messages finished per second while it ran, None before any
+    eta_seconds: float | None     # at that rate, for a running delivery
+    sender: str | None            # "pid N on HOST" while a live process holds the lock
+
+    @property
+    def id(self) -> int:
+        return self.delivery.id
+
+    @property
+    def skipped(self) -> int:
+        return self.counts["skipped"]
+
+    def as_row(self) -> tuple[str, ...]:
+        """id, issue, state, total, sent, pending, failed, skipped, rate, ETA: for a table."""
+        state = self.delivery.state + (f" ({self.sender})" if self.sender else "")
+        rate = f"{self.rate:.1f}/s" if self.rate else "-"
+        eta = "-"
+        if self.eta_seconds is not None:
+            minutes, seconds = divmod(int(self.eta_seconds), 60)
+            eta = f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{seconds:02d}s"
+        return (str(self.id), self.delivery.slug, state, str(self.total), str(self.sent), str(self.remaining),
+                str(self.failed), str(self.skipped), rate, eta)
+
+
+def delivery_status(conn: sqlite3.Connection, slug: str | None = None, *, limit: int = 20) -> list[DeliveryStatus]:
+    """The most recent deliveries (of ``slug``, or all), newest first, with per-state counts."""
+    sql, params = "SELECT * FROM deliveries", ()
+    if slug is not None:
+        sql, params = sql + " WHERE slug=?", (slug,)
+    out = []
+    for row in conn.execute(sql + " ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall():
+        d = Delivery.from_row(row)
+        c = _ledger_counts(conn, d.id)
+        last = conn.execute("SELECT MAX(updated_at) FROM ledger WHERE delivery_id=? AND state NOT IN "
+                            "('pending','retry','sending')", (d.id,)).fetchone()[0]
+        remaining = c["pending"] + c["retry"] + c["sending"]
+        finished = sum(c.values()) - remaining
+        rate = eta = None
+        if d.started_at and last and finished:
+            span = (_dt(last) - d.started_at).total_seconds()  # type: ignore[operator]
+            rate = finished / span if span > 0 else None
+        if d.state == "running" and rate:
+            eta = remaining / rate
+        sender = f"pid {d.lock_pid} on {d.lock_host}" if lock_is_live(d) else None
+        out.append(DeliveryStatus(d, c, sum(c.values()), c["sent"], c["failed-permanent"] + c["failed-temporary"],
+                                  remaining, rate, eta, sender))
+    return out
+
+
+def failed_recipients(conn: sqlite3.Connection, delivery_id: int) -> list[tuple[str, str, str | None]]:
+    """(email, state, last error) of everyone who needs attention: failed-* and uncertain."""
+    return [tuple(r) for r in conn.execute(  # type: ignore[misc]
+        "SELECT email, state, last_error FROM ledger WHERE delivery_id=? AND state IN "
+        "('failed-permanent','failed-temporary','uncertain') ORDER BY subscriber_id", (int(delivery_id),))]

@@ -1,0 +1,189 @@
+"""Scheduled sends: a delivery waits in state ``scheduled`` until a worker finds it due.
+
+``newsletter schedule`` builds and checks the issue, then :func:`schedule` records
+the delivery with its send time and the content hash as it was reviewed. The
+worker (``newsletter worker``, :func:`run_worker`) polls :func:`dispatch_once`,
+which sends every due delivery and resumes interrupted ones. It refuses to
+surprise anyone:
+
+* a delivery whose slot passed more than ``max_lateness`` ago (the machine was
+  off, the worker was not running) is set ``held`` and reported, not sent late;
+* an issue edited after it was scheduled (its content hash changed) is ``held``
+  too: what goes out is what was reviewed, or nothing until it is rescheduled.
+
+Held deliveries are sent by an explicit ``newsletter send`` or by scheduling again.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Callable
+
+from newsletter.delivery import (OPEN_STATES, Delivery, DeliveryOptions, DeliveryReport, TransportFactory,
+                                 _ts, _tx, get_delivery, lock_is_live, report_for, run_delivery, start_or_resume,
+                                 utcnow)
+from newsletter.errors import DeliveryLockedError, InputError, NewsletterError
+from newsletter.message import PreparedIssue
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_LATENESS = timedelta(hours=6)
+
+
+def _aware(when: datetime, what: str) -> datetime:
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise InputError(f"{what} {when.isoformat()} has no time zone; give one, e.g. 2025-03-01T09:00+01:00")
+    return when.astimezone(timezone.utc)
+
+
+def schedule(conn: sqlite3.Connection, prepared: PreparedIssue, send_at: datetime) -> int:
+    """Schedule the issue for ``send_at`` (tz-aware); returns the delivery id.
+
+    The content hash is frozen now; the recipient list is frozen when sending starts.
+    Scheduling an issue again before it started moves it (and takes the current content).
+    """
+    return start_or_resume(conn, prepared, scheduled_for=_aware(send_at, "send time"))
+
+
+def list_scheduled(conn: sqlite3.Connection) -> list[Delivery]:
+    """Every delivery not finished: scheduled, held, paused, running; soonest first."""
+    rows = conn.execute(f"SELECT * FROM deliveries WHERE state IN {OPEN_STATES} "
+                        "ORDER BY send_at IS NULL, send_at, id").fetchall()
+    return [Delivery.from_row(r) for r in rows]
+
+
+def find(conn: sqlite3.Connection, slug_or_id: str | int) -> Delivery:
+    """A delivery by id (``12`` or ``#12``), or the open (else latest) delivery of a slug."""
+    text = str(slug_or_id).strip()
+    if text.lstrip("#").isdigit():
+        return get_delivery(conn, int(text.lstrip("#")))
+    row = conn.execute(f"SELECT * FROM deliveries WHERE slug=? ORDER BY state IN {OPEN_STATES} DESC, id DESC "
+                       "LIMIT 1", (text,)).fetchone()
+    if row is None:
+        raise InputError(f"no delivery for {text!r}")
+    return Delivery.from_row(row)
+
+
+def cancel(conn: sqlite3.Connection, slug_or_id: str | int, *, now: Callable[[], datetime] = utcnow) -> Delivery:
+    """Cancel a delivery that is not being sent right now. Whoever already got it keeps it,
+    and a later delivery of the same issue leaves them out."""
+    d = find(conn, slug_or_id)
+    with _tx(conn):
+        d = get_delivery(conn, d.id)
+        if d.state not in OPEN_STATES:
+            raise InputError(f"delivery #{d.id} of {d.slug} is {d.state}; only scheduled, held, paused or "
+                             "interrupted deliveries can be cancelled")
+        if lock_is_live(d, now()):
+            raise InputError(f"delivery #{d.id} of {d.slug} is being sent by pid {d.lock_pid} on {d.lock_host}; "
+                             "stop that process first (Ctrl-C or SIGTERM finishes the current batch)")
+        conn.execute("UPDATE deliveries SET state='cancelled', finished_at=?, reason=? WHERE id=?",
+                     (_ts(now()), f"cancelled (was {d.state})", d.id))
+    return get_delivery(conn, d.id)
+
+
+def due(conn: sqlite3.Connection, now: datetime) -> list[Delivery]:
+    """What a worker should act on at ``now``: scheduled ones whose time has come, paused ones
+    whose resume time has come (daily cap, a stop), and running ones nobody is sending
+    (the sender died). In order of their send time."""
+    stamp = _ts(_aware(now, "now"))
+    rows = conn.execute(
+        "SELECT * FROM deliveries WHERE test=0 AND ((state='scheduled' AND send_at<=?) OR "
+        "(state='paused' AND resume_at IS NOT NULL AND resume_at<=?) OR state='running') "
+        "ORDER BY COALESCE(send_at, created_at), id", (stamp, stamp)).fetchall()
+    out = [Delivery.from_row(r) for r in rows]
+    return [d for d in out if not (d.state == "running" and lock_is_live(d, now))]
+
+
+def _hold(conn: sqlite3.Connection, d: Delivery, reason: str) -> DeliveryReport:
+    conn.execute("UPDATE deliveries SET state='held', reason=? WHERE id=? AND state=?", (reason, d.id, d.state))
+    log.warning("delivery #%s of %s held: %s", d.id, d.slug, reason)
+    return report_for(conn, get_delivery(conn, d.id), reason)
+
+
+def dispatch_once(conn: sqlite3.Connection, now: datetime, prepare: Callable[[str], PreparedIssue],
+                  transport_factory: TransportFactory, options: DeliveryOptions, *,
+                  max_lateness: timedelta = DEFAULT_MAX_LATENESS, stop: threading.Event | None = None,
+                  progress: Callable[[int, int, int, int], None] | None = None,
+                  clock: Callable[[], float] = time.monotonic,
+                  sleep: Callable[[float], None] = time.sleep) -> list[DeliveryReport]:
+    """Send every due delivery (one after the other); returns a report for each one acted on.
+
+    ``now`` is the wall time to judge by (tests inject it); during a send the engine's
+    wall clock runs on from it.
+    """
+    now = _aware(now, "now")
+    offset = now - utcnow()
+    engine_now = lambda: utcnow() + offset  # noqa: E731 - the injected time, running on
+    reports: list[DeliveryReport] = []
+    for d in due(conn, now):
+        if stop is not None and stop.is_set():
+            break
+        if d.state == "scheduled" and d.send_at is not None and now - d.send_at > max_lateness:
+            reports.append(_hold(conn, d, (
+                f"missed its send time {d.send_at:%Y-%m-%d %H:%M} UTC by {_human(now - d.send_at)} (more than "
+                f"{_human(max_lateness)}); not sent late automatically. Send it with `newsletter send {d.slug}` "
+                "or schedule it again")))
+            continue
+        try:
+            prepared = prepare(d.slug)
+        except NewsletterError as exc:
+            reports.append(_hold(conn, d, f"could not be prepared: {exc.format_message()}"))
+            continue
+        if prepared.rendered.content_hash != d.content_hash:
+            reports.append(_hold(conn, d, (
+                f"the issue changed after it was scheduled (content {d.content_hash[:12]}, now "
+                f"{prepared.rendered.content_hash[:12]}); review it and schedule it again")))
+            continue
+        try:
+            reports.append(run_delivery(conn, d.id, prepared, transport_factory, options=options, stop=stop,
+                                        progress=progress, clock=clock, sleep=sleep, now=engine_now))
+        except DeliveryLockedError as exc:
+            log.info("%s", exc)  # another process got there first: it is being sent
+    return reports
+
+
+def _human(delta: timedelta) -> str:
+    minutes = int(delta.total_seconds() // 60)
+    if minutes < 120:
+        return f"{minutes} min"
+    hours = minutes / 60
+    return f"{hours:.0f} h" if hours < 48 else f"{hours / 24:.0f} days"
+
+
+def run_worker(conn: sqlite3.Connection, prepare: Callable[[str], PreparedIssue],
+               transport_factory: TransportFactory, options: DeliveryOptions, *, stop: threading.Event,
+               poll_interval: float = 30, now: Callable[[], datetime] = utcnow,
+               max_lateness: timedelta = DEFAULT_MAX_LATENESS,
+               on_report: Callable[[DeliveryReport], None] | None = None,
+               on_error: Callable[[NewsletterError], None] | None = None,
+               clock: Callable[[], float] = time.monotonic,
+               sleep: Callable[[float], None] = time.sleep) -> list[DeliveryReport]:
+    """Call :func:`dispatch_once` every ``poll_interval`` seconds until ``stop`` is set.
+
+    The CLI sets ``stop`` from SIGTERM/SIGINT handlers: the batch in flight is finished and
+    recorded, the delivery is left paused (the next worker resumes it), and this returns.
+    A failure the user must fix (a refused login, say) is reported through ``on_error``
+    and tried again at the next poll; the delivery stays resumable meanwhile.
+    """
+    reports: list[DeliveryReport] = []
+    while not stop.is_set():
+        try:
+            got = dispatch_once(conn, now(), prepare, transport_factory, options, max_lateness=max_lateness,
+                                stop=stop, clock=clock, sleep=sleep)
+        except NewsletterError as exc:
+            if on_error is None:
+                log.error("%s", exc.format_message())
+            else:
+                on_error(exc)
+            got = []
+        for r in got:
+            reports.append(r)
+            if on_report is not None:
+                on_report(r)
+        if stop.wait(poll_interval):
+            break
+    return reports
