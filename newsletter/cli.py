@@ -6,9 +6,12 @@ commands that need them, so ``--help`` and ``subscribers`` start fast.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn
 
 import click
 
@@ -369,8 +372,21 @@ def _report(report: Any) -> None:
         click.echo(f"{report.uncertain_resent} recipient(s) left mid-send by an earlier crash were sent again.")
 
 
+@contextmanager
+def _graceful_stop() -> Iterator[threading.Event]:
+    """Ctrl-C or SIGTERM sets the event: the batch in flight is finished and recorded,
+    nothing is left mid-send, and the delivery stays resumable."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _deliver(settings: "Settings", rendered: "RenderedEmail", *, yes: bool, resend_uncertain: bool,
-             force_new_content: bool) -> None:
+             force_new_content: bool, retry_failed: bool = False) -> None:
     from newsletter.delivery import open_ledger, run_delivery, start_or_resume
 
     if settings.transport_name != "dryrun" and not settings.has_secret_key:
@@ -386,11 +402,14 @@ def _deliver(settings: "Settings", rendered: "RenderedEmail", *, yes: bool, rese
     prepared = _prepare(settings, rendered)
     delivery_id = start_or_resume(conn, prepared, force_new_content=force_new_content)
     progress, update = _progress(active, "Sending")
-    with progress:
+    with progress, _graceful_stop() as stop:
         report = run_delivery(conn, delivery_id, prepared, factory,
-                              options=_delivery_options(settings, resend_uncertain=resend_uncertain),
-                              progress=update)
+                              options=_delivery_options(settings, resend_uncertain=resend_uncertain,
+                                                        retry_failed=retry_failed),
+                              progress=update, stop=stop)
     _report(report)
+    if stop.is_set():
+        click.echo("Stopped after the current batch; run the same command again to continue.")
     if report.failed_permanent or report.failed_temporary:
         click.echo("Some recipients failed: `newsletter status --failed` lists them.")
 
@@ -406,9 +425,11 @@ def _deliver(settings: "Settings", rendered: "RenderedEmail", *, yes: bool, rese
               help="On resume, report rather than resend recipients left mid-send by a crash.")
 @click.option("--force-new-content", is_flag=True,
               help="Resume a delivery even though the issue changed since it started.")
+@click.option("--retry-failed", is_flag=True,
+              help="On resume, give recipients whose temporary failures ran out of attempts a fresh try.")
 @click.pass_context
 def send(ctx: click.Context, issue: str, dry_run: bool, test_addresses: tuple[str, ...], yes: bool,
-         skip_checks: bool, no_resend_uncertain: bool, force_new_content: bool) -> None:
+         skip_checks: bool, no_resend_uncertain: bool, force_new_content: bool, retry_failed: bool) -> None:
     """Send ISSUE to every active subscriber, or a test copy, or a dry run.
 
     A real send keeps a per-recipient ledger in the database: run the same
@@ -428,7 +449,7 @@ def send(ctx: click.Context, issue: str, dry_run: bool, test_addresses: tuple[st
         _dry_run_all(settings, rendered)
     else:
         _deliver(settings, rendered, yes=yes, resend_uncertain=not no_resend_uncertain,
-                 force_new_content=force_new_content)
+                 force_new_content=force_new_content, retry_failed=retry_failed)
 
 
 @cli.command()
@@ -436,12 +457,14 @@ def send(ctx: click.Context, issue: str, dry_run: bool, test_addresses: tuple[st
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--no-resend-uncertain", is_flag=True, help="Report, rather than resend, recipients left mid-send.")
 @click.option("--force-new-content", is_flag=True, help="Resume even though the issue changed.")
+@click.option("--retry-failed", is_flag=True, help="Give recipients whose retries ran out a fresh try.")
 @click.pass_context
-def resume(ctx: click.Context, issue: str, yes: bool, no_resend_uncertain: bool, force_new_content: bool) -> None:
+def resume(ctx: click.Context, issue: str, yes: bool, no_resend_uncertain: bool, force_new_content: bool,
+           retry_failed: bool) -> None:
     """Continue the unfinished delivery of ISSUE (the same as running send again)."""
     settings = _settings(ctx)
     _deliver(settings, _render(settings, issue), yes=yes, resend_uncertain=not no_resend_uncertain,
-             force_new_content=force_new_content)
+             force_new_content=force_new_content, retry_failed=retry_failed)
 
 
 @cli.command()
@@ -600,19 +623,15 @@ def worker(ctx: click.Context, poll: float) -> None:
     SIGTERM or Ctrl-C finishes the current batch, leaves nothing mid-send, and exits.
     """
     import datetime as dt
-    import signal
-    import threading
 
     from newsletter.delivery import open_ledger
     from newsletter.schedule import run_worker
 
     settings = _settings(ctx)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     click.echo(f"Worker started (polling every {poll:g}s); stop with SIGTERM or Ctrl-C.")
-    run_worker(open_ledger(settings.db_path), poll_interval=poll, stop=stop,
-               now=lambda: dt.datetime.now(dt.timezone.utc), **_dispatch_args(settings))
+    with _graceful_stop() as stop:
+        run_worker(open_ledger(settings.db_path), poll_interval=poll, stop=stop,
+                   now=lambda: dt.datetime.now(dt.timezone.utc), **_dispatch_args(settings))
     click.echo("Worker stopped cleanly.")
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import email
-import json
-import os
 import subprocess
 import sys
 from email import policy
@@ -13,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from newsletter.cli import cli, main
+from newsletter.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -177,3 +175,39 @@ def test_help_explains_commands():
     out = _python("from newsletter.cli import main\nmain(['send', '--help'])").stdout
     for words in ("--dry-run", "--test", "--yes", "resume", "ledger"):
         assert words in out
+
+
+def test_real_send_through_smtp_resumes_without_duplicates(publication_root, tmp_path):
+    from tests.smtp_server import SMTPTestServer, make_tls_files
+
+    csv = publication_root / "subs.csv"
+    csv.write_text("email,name\n" + "".join(f"reader{i}@example.org,Reader {i}\n" for i in range(12)), encoding="utf-8")
+    assert run(publication_root, "subscribers", "import", str(csv)).exit_code == 0
+    run(publication_root, "subscribers", "unsubscribe", "reader3@example.org")
+    with SMTPTestServer(tls=make_tls_files(tmp_path)) as server:
+        env = {**server.env(), "NEWSLETTER_BASE_URL": "https://chinaffairs.example", "NEWSLETTER_BATCH_SIZE": "5"}
+        first = run(publication_root, "send", "6", "--yes", "--skip-checks", env=env)
+        assert first.exit_code == 0, first.output
+        assert "11 sent" in first.output
+        again = run(publication_root, "send", "6", "--yes", "--skip-checks", env=env)
+        assert again.exit_code == 0, again.output
+        received = sorted(server.recipients())
+    assert received == sorted(f"reader{i}@example.org" for i in range(12) if i != 3)  # once each, none twice
+    msg = server.messages[0].parse()
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    status = run(publication_root, "status", "6")
+    assert status.exit_code == 0 and "done" in status.output
+
+
+def test_secrets_never_reach_output_or_outbox(publication_root):
+    secrets = {"SMTP_PASSWORD": "hunter2-smtp", "POSTMARK_SERVER_TOKEN": "pm-secret-token",
+               "NEWSLETTER_SECRET_KEY": "signing-secret-value"}
+    csv = publication_root / "subs.csv"
+    csv.write_text("email\nreader@example.org\n", encoding="utf-8")
+    run(publication_root, "subscribers", "import", str(csv), env=secrets)
+    outputs = [run(publication_root, *args, env=secrets).output for args in
+               (["--help"], ["send", "--help"], ["send", "6", "--dry-run", "--skip-checks"], ["check", "6"])]
+    files = [p.read_bytes() for p in (publication_root / "outbox").rglob("*") if p.is_file()]
+    for value in secrets.values():
+        assert all(value not in out for out in outputs)
+        assert all(value.encode() not in data for data in files)

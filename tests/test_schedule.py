@@ -153,7 +153,7 @@ def test_changed_after_scheduling_is_held(db):
 def test_preparation_failure_is_held(db):
     add_subscribers(db, 2)
     conn = open_ledger(db)
-    did = schedule(conn, make_prepared(), T)
+    schedule(conn, make_prepared(), T)
 
     def prepare(slug):
         raise InputError("issues/001-hello.md: no such file")

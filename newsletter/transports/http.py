@@ -10,9 +10,13 @@ Failures of a whole request are mapped here, the same way for every provider:
 * HTTP 408, 429 and 5xx, timeouts and connection errors -> ``FAILED_TEMPORARY``
   for every message of the request, ``Retry-After`` (seconds or HTTP-date) copied
   into ``retry_after``. The transport never sleeps: waiting is the delivery layer's job.
+* a refused login (401/403) is the account's problem, not the recipients':
+  it raises :class:`~newsletter.errors.TransportError` when nothing of the call
+  was sent yet (the delivery layer puts the batch back untouched), and marks
+  the rest ``FAILED_TEMPORARY`` otherwise, so earlier successes are not lost.
 * any other non-2xx -> ``FAILED_PERMANENT``.
-* after a temporary failure, or a refused login (401/403), the rest of the call
-  is not attempted: those messages get the same status, marked "not attempted".
+* after a temporary failure or a refused login the rest of the call is not
+  attempted: those messages get the same status, marked "not attempted".
 
 A provider module contributes only its name, limits, default URL, auth,
 endpoint, payload and response parsing. Secrets are held as
@@ -28,6 +32,7 @@ from email.utils import formataddr, parseaddr, parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, Sequence
 
 from newsletter.config import Secret
+from newsletter.errors import TransportError
 from newsletter.transports.base import SendResult, Status, Transport
 
 if TYPE_CHECKING:
@@ -68,6 +73,7 @@ class Failure:
     error: str
     retry_after: float | None = None
     halt: bool = False
+    refused_login: bool = False
 
     def result(self, msg: "OutgoingMessage", prefix: str = "") -> SendResult:
         return SendResult(msg.to_email, self.status, error=prefix + self.error, retry_after=self.retry_after)
@@ -248,6 +254,10 @@ class HTTPTransport(Transport):
                 continue
             key = None if idempotency_key is None else f"{idempotency_key}-{index}"
             outcome = self._post(chunk, key)
+            if isinstance(outcome, Failure) and outcome.refused_login:
+                if not results:
+                    raise TransportError(f"{outcome.error} (check the API key and its permissions)")
+                outcome = Failure(Status.FAILED_TEMPORARY, outcome.error, halt=True)
             if isinstance(outcome, Failure):
                 results.extend(outcome.result(m) for m in chunk)
                 halted = outcome if outcome.halt else None
@@ -292,7 +302,8 @@ class HTTPTransport(Transport):
         if self.is_temporary(response, body):
             return Failure(Status.FAILED_TEMPORARY, error, parse_retry_after(response.headers.get("Retry-After")),
                            halt=True)
-        return Failure(Status.FAILED_PERMANENT, error, halt=response.status_code in AUTH_HTTP)
+        refused = response.status_code in AUTH_HTTP
+        return Failure(Status.FAILED_PERMANENT, error, halt=refused, refused_login=refused)
 
     def close(self) -> None:
         if self._session is not None and self._own_session:
