@@ -75,7 +75,7 @@ def _rss_now_kb() -> int:
 # ---- children -----------------------------------------------------------------------------
 def setup(db: str, n: int) -> None:
     """Fill a database with n generated subscribers, in SQL (no Python list of them)."""
-    from newsletter.delivery import open_ledger
+    from newsletter.ledger import open_ledger
 
     conn = open_ledger(db)
     conn.execute("BEGIN")
@@ -115,7 +115,8 @@ def child(mode: str, db: str) -> None:
         if batch:
             sent += sum(r.status.delivered for r in transport.send(batch))
     else:
-        from newsletter.delivery import DeliveryOptions, open_ledger, run_delivery, start_or_resume
+        from newsletter.delivery import DeliveryOptions, run_delivery
+        from newsletter.ledger import open_ledger, start_or_resume
 
         conn = open_ledger(db)
         did = start_or_resume(conn, prepared)

@@ -387,7 +387,8 @@ def _graceful_stop() -> Iterator[threading.Event]:
 
 def _deliver(settings: "Settings", rendered: "RenderedEmail", *, yes: bool, resend_uncertain: bool,
              force_new_content: bool, retry_failed: bool = False) -> None:
-    from newsletter.delivery import open_ledger, run_delivery, start_or_resume
+    from newsletter.delivery import run_delivery
+    from newsletter.ledger import open_ledger, start_or_resume
 
     if settings.transport_name != "dryrun" and not settings.has_secret_key:
         from newsletter.errors import ConfigError
@@ -475,7 +476,7 @@ def status(ctx: click.Context, issue: str | None, failed: bool) -> None:
     """Show deliveries: counts per state, rate, ETA and failures."""
     from rich.table import Table
 
-    from newsletter.delivery import delivery_status, failed_recipients, open_ledger
+    from newsletter.ledger import delivery_status, failed_recipients, open_ledger
 
     settings = _settings(ctx)
     conn = open_ledger(settings.db_path)
@@ -518,7 +519,7 @@ def schedule_add(ctx: click.Context, issue: str, at: str | None, skip_checks: bo
     """Schedule ISSUE for sending at a time."""
     import datetime as dt
 
-    from newsletter.delivery import open_ledger
+    from newsletter.ledger import open_ledger
     from newsletter.issue import parse_issue
     from newsletter.schedule import schedule as schedule_delivery
 
@@ -548,7 +549,7 @@ def schedule_add(ctx: click.Context, issue: str, at: str | None, skip_checks: bo
 @click.pass_context
 def schedule_list(ctx: click.Context) -> None:
     """List scheduled deliveries."""
-    from newsletter.delivery import open_ledger
+    from newsletter.ledger import open_ledger
     from newsletter.schedule import list_scheduled
 
     rows = list_scheduled(open_ledger(_settings(ctx).db_path))
@@ -563,7 +564,7 @@ def schedule_list(ctx: click.Context) -> None:
 @click.pass_context
 def schedule_cancel(ctx: click.Context, issue: str) -> None:
     """Cancel the scheduled send of ISSUE (slug, number or delivery id)."""
-    from newsletter.delivery import open_ledger
+    from newsletter.ledger import open_ledger
     from newsletter.schedule import cancel
 
     settings = _settings(ctx)
@@ -603,7 +604,7 @@ def dispatch(ctx: click.Context) -> None:
     """Send every due scheduled delivery once, then exit (for cron or a systemd timer)."""
     import datetime as dt
 
-    from newsletter.delivery import open_ledger
+    from newsletter.ledger import open_ledger
     from newsletter.schedule import dispatch_once
 
     settings = _settings(ctx)
@@ -624,7 +625,7 @@ def worker(ctx: click.Context, poll: float) -> None:
     """
     import datetime as dt
 
-    from newsletter.delivery import open_ledger
+    from newsletter.ledger import open_ledger
     from newsletter.schedule import run_worker
 
     settings = _settings(ctx)

@@ -51,159 +51,18 @@ import sqlite3
 import threading
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
-from newsletter.db import connect, migrate
 from newsletter.errors import ConfigError, ContentChangedError, DeliveryLockedError, InputError, TransportError
 from newsletter.message import OutgoingMessage, PreparedIssue, Recipient
 from newsletter.pacing import Pacer, backoff_delay, interruptible_sleep
 from newsletter.tokens import make_token
 from newsletter.transports.base import SendResult, Status, Transport
-
-COMPONENT = "delivery"
-
-MIGRATIONS: list[str] = [
-    # v1 — statements are separated by ";\n" (see newsletter.db.migrate)
-    """CREATE TABLE deliveries (
-  id INTEGER PRIMARY KEY,
-  slug TEXT NOT NULL,
-  issue_number INTEGER,
-  content_hash TEXT NOT NULL,
-  subject TEXT NOT NULL DEFAULT '',
-  state TEXT NOT NULL CHECK (state IN ('scheduled','running','paused','done','cancelled','held')),
-  created_at TEXT NOT NULL,
-  send_at TEXT,
-  started_at TEXT,
-  finished_at TEXT,
-  frozen_at TEXT,
-  resume_at TEXT,
-  reason TEXT,
-  total INTEGER NOT NULL DEFAULT 0,
-  last_batch_no INTEGER NOT NULL DEFAULT 0,
-  lock_owner TEXT,
-  lock_pid INTEGER,
-  lock_host TEXT,
-  lock_heartbeat TEXT,
-  test INTEGER NOT NULL DEFAULT 0,
-  transport TEXT
-);
-CREATE UNIQUE INDEX deliveries_one_open ON deliveries(slug)
-  WHERE test = 0 AND state IN ('scheduled','running','paused','held');
-CREATE INDEX deliveries_state ON deliveries(state, send_at);
-CREATE TABLE ledger (
-  delivery_id INTEGER NOT NULL REFERENCES deliveries(id) ON DELETE CASCADE,
-  subscriber_id INTEGER NOT NULL REFERENCES subscribers(id),
-  email TEXT NOT NULL,
-  name TEXT NOT NULL DEFAULT '',
-  state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending','sending','sent','retry',
-    'failed-temporary','failed-permanent','skipped','uncertain')),
-  attempts INTEGER NOT NULL DEFAULT 0,
-  last_error TEXT,
-  provider_id TEXT,
-  batch_no INTEGER,
-  retry_batch INTEGER,
-  next_attempt_at REAL,
-  updated_at TEXT,
-  PRIMARY KEY (delivery_id, subscriber_id)
-) WITHOUT ROWID;
-CREATE INDEX ledger_retry ON ledger(delivery_id, next_attempt_at) WHERE state = 'retry';
-CREATE TABLE daily_counts (
-  day TEXT NOT NULL,
-  transport TEXT NOT NULL,
-  count INTEGER NOT NULL DEFAULT 0,
-  PRIMARY KEY (day, transport)
-) WITHOUT ROWID""",
-]
-
-OPEN_STATES = ("scheduled", "running", "paused", "held")
-LEDGER_STATES = ("pending", "sending", "sent", "retry", "failed-temporary", "failed-permanent", "skipped",
-                 "uncertain")
-LOCK_STALE_AFTER = timedelta(minutes=10)
-HEARTBEAT_EVERY = timedelta(seconds=30)
-DEV_KEY_PREFIX = "insecure-development-key:"
-_TS = "%Y-%m-%dT%H:%M:%S.%fZ"  # same format as the subscriber store; sorts as text
-
-TransportFactory = Callable[[], Transport]
-Progress = Callable[[int, int, int, int], None]
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _ts(dt: datetime) -> str:
-    if dt.tzinfo is None:
-        raise InputError(f"time {dt.isoformat()} has no time zone; give one (e.g. +00:00)")
-    return dt.astimezone(timezone.utc).strftime(_TS)
-
-
-def _dt(text: str | None) -> datetime | None:
-    return datetime.strptime(text, _TS).replace(tzinfo=timezone.utc) if text else None
-
-
-def _day(dt: datetime) -> str:
-    """The UTC calendar day, the unit of the daily cap."""
-    return dt.astimezone(timezone.utc).date().isoformat()
-
-
-def _one_line(text: str | None, limit: int = 500) -> str:
-    return " ".join((text or "").split())[:limit]
-
-
-_VALUES_CHUNK = 300  # rows per UPDATE … FROM (VALUES …); far below SQLite's parameter limit
-
-
-def _update_each(conn: sqlite3.Connection, delivery_id: int, sets: str, rows: Sequence[tuple],
-                 *set_args: object) -> None:
-    """Update many ledger rows, each with its own values, in one statement per chunk.
-
-    ``rows`` are tuples (subscriber_id, value2, value3, …), visible in ``sets`` as
-    ``v.column2``, ``v.column3``, …; ``set_args`` bind the ``?`` in ``sets``. Three times
-    cheaper than executemany, which pays a statement reset per row.
-    """
-    for start in range(0, len(rows), _VALUES_CHUNK):
-        chunk = rows[start:start + _VALUES_CHUNK]
-        width = len(chunk[0])
-        marks = ",".join(["(" + ",".join("?" * width) + ")"] * len(chunk))
-        conn.execute(f"UPDATE ledger SET {sets} FROM (VALUES {marks}) AS v "
-                     "WHERE ledger.delivery_id=? AND ledger.subscriber_id=v.column1",
-                     (*set_args, *(x for row in chunk for x in row), delivery_id))
-
-
-@contextmanager
-def _tx(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE … COMMIT, rolled back on any exception (KeyboardInterrupt included)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
-# ---------------------------------------------------------------------------------------
-# Schema, records
-# ---------------------------------------------------------------------------------------
-def ensure_schema(conn: sqlite3.Connection) -> None:
-    """Migrate the subscriber store's tables and then the delivery tables."""
-    from newsletter.store import SubscriberStore
-
-    SubscriberStore(conn)
-    migrate(conn, COMPONENT, MIGRATIONS)
-
-
-def open_ledger(path: Path | str) -> sqlite3.Connection:
-    """Open (creating if needed) the database with the subscriber and delivery tables."""
-    conn = connect(path)
-    ensure_schema(conn)
-    return conn
-
+from newsletter.ledger import (DEV_KEY_PREFIX, HEARTBEAT_EVERY, Delivery, DeliveryReport, Progress, TransportFactory,
+                               get_delivery, ledger_counts, lock_is_live, one_line, timestamp, transaction,
+                               update_each, utc_day, utcnow)
 
 @dataclass(frozen=True)
 class DeliveryOptions:
@@ -225,178 +84,6 @@ class DeliveryOptions:
             raise ConfigError("the send rate must be positive (or unset for no limit)")
         if self.daily_cap is not None and self.daily_cap < 1:
             raise ConfigError("the daily cap must be at least 1 (or unset for no cap)")
-
-
-@dataclass(frozen=True)
-class Delivery:
-    id: int
-    slug: str
-    issue_number: int | None
-    content_hash: str
-    subject: str
-    state: str
-    created_at: datetime
-    send_at: datetime | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    frozen_at: datetime | None
-    resume_at: datetime | None
-    reason: str | None
-    total: int
-    test: bool
-    transport: str | None
-    lock_pid: int | None
-    lock_host: str | None
-    lock_heartbeat: datetime | None
-
-    @classmethod
-    def from_row(cls, r: sqlite3.Row) -> "Delivery":
-        return cls(r["id"], r["slug"], r["issue_number"], r["content_hash"], r["subject"], r["state"],
-                   _dt(r["created_at"]), _dt(r["send_at"]), _dt(r["started_at"]), _dt(r["finished_at"]),
-                   _dt(r["frozen_at"]), _dt(r["resume_at"]), r["reason"], r["total"], bool(r["test"]),
-                   r["transport"], r["lock_pid"], r["lock_host"], _dt(r["lock_heartbeat"]))
-
-
-def get_delivery(conn: sqlite3.Connection, delivery_id: int) -> Delivery:
-    row = conn.execute("SELECT * FROM deliveries WHERE id=?", (int(delivery_id),)).fetchone()
-    if row is None:
-        raise InputError(f"no delivery #{delivery_id}")
-    return Delivery.from_row(row)
-
-
-@dataclass(frozen=True)
-class DeliveryReport:
-    """What a run did. Counts are the delivery's totals in the ledger; ``sent_this_run`` is this run's."""
-
-    delivery_id: int
-    slug: str
-    state: str
-    total: int = 0
-    sent: int = 0
-    failed_permanent: int = 0
-    failed_temporary: int = 0
-    skipped: int = 0
-    pending: int = 0
-    uncertain_resent: int = 0
-    uncertain_reported: int = 0
-    sent_this_run: int = 0
-    elapsed: float = 0.0
-    rate: float = 0.0
-    note: str = ""
-
-    @property
-    def failed(self) -> int:
-        return self.failed_permanent + self.failed_temporary
-
-
-def _ledger_counts(conn: sqlite3.Connection, delivery_id: int) -> dict[str, int]:
-    counts = dict.fromkeys(LEDGER_STATES, 0)
-    for state, n in conn.execute("SELECT state, COUNT(*) FROM ledger WHERE delivery_id=? GROUP BY state",
-                                 (delivery_id,)):
-        counts[state] = n
-    return counts
-
-
-def report_for(conn: sqlite3.Connection, delivery: Delivery, note: str = "", **extra: object) -> DeliveryReport:
-    """A report from the ledger as it stands (for deliveries held or skipped without a run)."""
-    c = _ledger_counts(conn, delivery.id)
-    return DeliveryReport(delivery.id, delivery.slug, delivery.state, total=sum(c.values()), sent=c["sent"],
-                          failed_permanent=c["failed-permanent"], failed_temporary=c["failed-temporary"],
-                          skipped=c["skipped"], pending=c["pending"] + c["retry"] + c["sending"],
-                          note=note or delivery.reason or "", **extra)  # type: ignore[arg-type]
-
-
-# ---------------------------------------------------------------------------------------
-# Creating and resuming
-# ---------------------------------------------------------------------------------------
-def _changed(d: sqlite3.Row, new_hash: str) -> ContentChangedError:
-    verb = "was sent" if d["state"] == "done" else "started sending"
-    return ContentChangedError(
-        f"issue {d['slug']} changed since delivery #{d['id']} {verb} (content {d['content_hash'][:12]}, "
-        f"now {new_hash[:12]}); continuing would mail some readers one version and the rest another. "
-        "Revert the change, or pass --force-new-content to send the new version to those not yet sent")
-
-
-def start_or_resume(conn: sqlite3.Connection, prepared: PreparedIssue, *, scheduled_for: datetime | None = None,
-                    force_new_content: bool = False, now: Callable[[], datetime] = utcnow) -> int:
-    """The delivery for this issue: the open (or finished) one, else a new one.
-
-    * An open delivery (scheduled, running, paused, held) is continued; if the issue's
-      content hash differs, :class:`ContentChangedError` unless ``force_new_content``
-      (then the new content is recorded and used for everyone not yet sent).
-    * A finished (``done``) delivery is returned as is: running it sends nobody again.
-    * Otherwise a new delivery is created; recipients are frozen when it starts sending.
-      Readers who already got this issue from an earlier, cancelled delivery are left out.
-
-    With ``scheduled_for`` (tz-aware) the delivery is created in state ``scheduled``, or an
-    existing not-yet-started one is moved to that time with the current content.
-    """
-    r = prepared.rendered
-    if prepared.test:
-        raise InputError("a test send ([TEST] subject) does not go through the delivery ledger; "
-                         "send it to the test addresses directly")
-    send_at = _ts(scheduled_for) if scheduled_for is not None else None
-    stamp = _ts(now())
-    with _tx(conn):
-        d = conn.execute(f"SELECT * FROM deliveries WHERE slug=? AND test=0 AND state IN {OPEN_STATES} "
-                         "ORDER BY id DESC LIMIT 1", (r.slug,)).fetchone()
-        if d is None:
-            d = conn.execute("SELECT * FROM deliveries WHERE slug=? AND test=0 AND state='done' "
-                             "ORDER BY id DESC LIMIT 1", (r.slug,)).fetchone()
-            if d is not None and scheduled_for is not None:
-                raise InputError(f"issue {r.slug} was already sent (delivery #{d['id']}, finished "
-                                 f"{d['finished_at']}); it is not scheduled again")
-        if d is not None and scheduled_for is not None:
-            if d["frozen_at"] is not None or d["state"] not in ("scheduled", "held"):
-                raise InputError(f"issue {r.slug} is already being sent (delivery #{d['id']}, {d['state']}); "
-                                 "it cannot be scheduled again")
-            conn.execute("UPDATE deliveries SET send_at=?, content_hash=?, subject=?, issue_number=?, "
-                         "state='scheduled', reason=NULL WHERE id=?", (send_at, r.content_hash, r.subject,
-                                                                       r.number, d["id"]))
-            return d["id"]
-        if d is not None:
-            if d["content_hash"] != r.content_hash:
-                if not force_new_content:
-                    raise _changed(d, r.content_hash)
-                conn.execute("UPDATE deliveries SET content_hash=?, subject=? WHERE id=?",
-                             (r.content_hash, r.subject, d["id"]))
-            return d["id"]
-        cur = conn.execute(
-            "INSERT INTO deliveries(slug, issue_number, content_hash, subject, state, created_at, send_at, test) "
-            "VALUES(?, ?, ?, ?, ?, ?, ?, 0)",
-            (r.slug, r.number, r.content_hash, r.subject, "scheduled" if send_at else "running", stamp, send_at))
-        return int(cur.lastrowid)  # type: ignore[arg-type]
-
-
-# ---------------------------------------------------------------------------------------
-# The lock
-# ---------------------------------------------------------------------------------------
-def _pid_alive(pid: int | None) -> bool:
-    if not pid or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed but not yet reaped child still answers kill(0): a zombie is dead
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rpartition(")")[2].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return True
-
-
-def lock_is_live(d: Delivery, now: datetime | None = None) -> bool:
-    """True if the delivery's lock belongs to a process that still looks alive."""
-    if d.lock_pid is None and d.lock_heartbeat is None:
-        return False
-    now = now or utcnow()
-    if d.lock_heartbeat is None or now - d.lock_heartbeat > LOCK_STALE_AFTER:
-        return False
-    if d.lock_host == socket.gethostname() and not _pid_alive(d.lock_pid):
-        return False
-    return True
 
 
 # ---------------------------------------------------------------------------------------
@@ -497,7 +184,7 @@ class _Run:
     # ---- lock --------------------------------------------------------------------------
     def _acquire(self, d: Delivery) -> None:
         now = self.now()
-        with _tx(self.conn):
+        with transaction(self.conn):
             cur = Delivery.from_row(self.conn.execute("SELECT * FROM deliveries WHERE id=?", (self.id,)).fetchone())
             if lock_is_live(cur, now):
                 age = (now - cur.lock_heartbeat).total_seconds() if cur.lock_heartbeat else 0
@@ -506,7 +193,7 @@ class _Run:
                     f"{cur.lock_host} (last heartbeat {age:.0f}s ago); wait for it to finish or stop it. "
                     "The lock is taken over once that process is gone or silent for 10 minutes")
             self.conn.execute("UPDATE deliveries SET lock_owner=?, lock_pid=?, lock_host=?, lock_heartbeat=? "
-                              "WHERE id=?", (self.owner, os.getpid(), socket.gethostname(), _ts(now), self.id))
+                              "WHERE id=?", (self.owner, os.getpid(), socket.gethostname(), timestamp(now), self.id))
 
     def _release(self) -> None:
         with self.db:
@@ -520,7 +207,7 @@ class _Run:
         now = self.now()
         row = self.conn.execute(
             "UPDATE deliveries SET lock_heartbeat=?, last_batch_no=last_batch_no+? WHERE id=? AND lock_owner=? "
-            "RETURNING last_batch_no", (_ts(now), 1 if new_batch else 0, self.id, self.owner)).fetchone()
+            "RETURNING last_batch_no", (timestamp(now), 1 if new_batch else 0, self.id, self.owner)).fetchone()
         if row is None:
             raise DeliveryLockedError(f"delivery #{self.id}: another process took over the lock "
                                       "(this one was silent too long); stopping")
@@ -529,7 +216,7 @@ class _Run:
 
     def _tick(self) -> None:
         if self.now() - self.last_heartbeat >= HEARTBEAT_EVERY:
-            with self.db, _tx(self.conn):
+            with self.db, transaction(self.conn):
                 self._heartbeat()
 
     # ---- before the loop -------------------------------------------------------------
@@ -544,8 +231,8 @@ class _Run:
                 return
 
     def _prepare(self, d: Delivery) -> None:
-        conn, stamp = self.conn, _ts(self.now())
-        with self.db, _tx(conn):
+        conn, stamp = self.conn, timestamp(self.now())
+        with self.db, transaction(conn):
             frozen = conn.execute("SELECT frozen_at FROM deliveries WHERE id=?", (self.id,)).fetchone()[0]
             if frozen is None:  # read under the lock: another process may have started it meanwhile
                 # The recipient list, frozen in one statement; readers who already got this issue
@@ -559,7 +246,7 @@ class _Run:
                     (self.id, stamp, d.slug, self.id))
                 total = conn.execute("SELECT COUNT(*) FROM ledger WHERE delivery_id=?", (self.id,)).fetchone()[0]
                 conn.execute("UPDATE deliveries SET frozen_at=?, total=? WHERE id=?", (stamp, total, self.id))
-            counts = _ledger_counts(conn, self.id)
+            counts = ledger_counts(conn, self.id)
             now_c = self.clock()
             if self.o.resend_uncertain:
                 self.uncertain_resent = counts["sending"] + counts["uncertain"]
@@ -581,7 +268,7 @@ class _Run:
                          (now_c, self.id))
             conn.execute("UPDATE deliveries SET state='running', transport=?, reason=NULL, resume_at=NULL, "
                          "started_at=COALESCE(started_at, ?) WHERE id=?", (self.transport_name, stamp, self.id))
-            self.counts = _ledger_counts(conn, self.id)
+            self.counts = ledger_counts(conn, self.id)
             self.total = sum(self.counts.values())
 
     # ---- workers -----------------------------------------------------------------------
@@ -672,10 +359,10 @@ class _Run:
 
     def _claim(self) -> "_Job | float | str":
         """Pick the next batch and mark it 'sending' (committed before the transport sees it)."""
-        with self.db, _tx(self.conn) as conn:
-            stamp = _ts(self.now())
+        with self.db, transaction(self.conn) as conn:
+            stamp = timestamp(self.now())
             limit = self.o.batch_size
-            day = _day(self.now())
+            day = utc_day(self.now())
             if self.o.daily_cap is not None:
                 row = conn.execute("SELECT count FROM daily_counts WHERE day=? AND transport=?",
                                    (day, self.transport_name)).fetchone()
@@ -736,7 +423,7 @@ class _Run:
                              "WHERE delivery_id=? AND subscriber_id BETWEEN ? AND ? AND state='pending'",
                              (batch_no, stamp, self.id, live[0][0], live[-1][0]))
             else:
-                _update_each(conn, self.id, "state='sending', batch_no=?, attempts=attempts+1, updated_at=?",
+                update_each(conn, self.id, "state='sending', batch_no=?, attempts=attempts+1, updated_at=?",
                              [(r[0],) for r in live], batch_no, stamp)
             conn.execute("INSERT INTO daily_counts(day, transport, count) VALUES(?, ?, ?) ON CONFLICT(day, transport) "
                          "DO UPDATE SET count=count+excluded.count", (day, self.transport_name, len(live)))
@@ -751,12 +438,12 @@ class _Run:
 
     def _unclaim(self, job: _Job) -> None:
         """Undo a claim whose batch never reached the transport."""
-        with self.db, _tx(self.conn) as conn:
+        with self.db, transaction(self.conn) as conn:
             conn.executemany("UPDATE ledger SET state=?, next_attempt_at=?, attempts=attempts-1 "
                              "WHERE delivery_id=? AND subscriber_id=? AND state='sending'",
                              [(r.prev_state, r.prev_next, self.id, r.sid) for r in job.rows])
             conn.execute("UPDATE daily_counts SET count=MAX(0, count-?) WHERE day=? AND transport=?",
-                         (len(job.rows), _day(self.now()), self.transport_name))
+                         (len(job.rows), utc_day(self.now()), self.transport_name))
             for r in job.rows:
                 self._move("sending", r.prev_state)
             if job.fresh:
@@ -771,7 +458,7 @@ class _Run:
             self._unclaim(job)  # the transport could not be used at all: nothing of this batch left us
             raise
         except OSError as exc:  # a connection dropped under the transport: the whole batch is retried
-            error = _one_line(f"{type(exc).__name__}: {exc}")
+            error = one_line(f"{type(exc).__name__}: {exc}")
             return [SendResult(m.to_email, Status.FAILED_TEMPORARY, error=error) for m in job.messages]
         if len(results) != len(job.messages):
             error = f"transport returned {len(results)} results for {len(job.messages)} messages"
@@ -791,30 +478,30 @@ class _Run:
                 target = final if row.attempts >= o.max_attempts else retry
                 target.append((row, res))
             else:
-                perm.append((_one_line(res.error or status.value), row.sid))
+                perm.append((one_line(res.error or status.value), row.sid))
                 if res.bounce:
-                    bounced.append((_one_line(res.error or "bounced"), row.sid))
+                    bounced.append((one_line(res.error or "bounced"), row.sid))
         whole = len(retry) == len(job.rows)
         if whole:  # the whole batch comes back together, under its idempotency key
             at = now_c + max(backoff_delay(r.attempts, res.retry_after) for r, res in retry)
-            retry_rows = [(at, job.batch_no, _one_line(res.error), r.sid) for r, res in retry]
+            retry_rows = [(at, job.batch_no, one_line(res.error), r.sid) for r, res in retry]
         else:
-            retry_rows = [(now_c + backoff_delay(r.attempts, res.retry_after), None, _one_line(res.error), r.sid)
+            retry_rows = [(now_c + backoff_delay(r.attempts, res.retry_after), None, one_line(res.error), r.sid)
                           for r, res in retry]
-        with self.db, _tx(self.conn) as conn:
-            stamp = _ts(self.now())
+        with self.db, transaction(self.conn) as conn:
+            stamp = timestamp(self.now())
             if sent:
-                _update_each(conn, self.id, "state='sent', provider_id=v.column2, last_error=NULL, updated_at=?",
+                update_each(conn, self.id, "state='sent', provider_id=v.column2, last_error=NULL, updated_at=?",
                              [(s, p) for p, s in sent], stamp)
             if perm:
-                _update_each(conn, self.id, "state='failed-permanent', last_error=v.column2, updated_at=?",
+                update_each(conn, self.id, "state='failed-permanent', last_error=v.column2, updated_at=?",
                              [(s, e) for e, s in perm], stamp)
             if final:
-                _update_each(conn, self.id, "state='failed-temporary', last_error=v.column2, updated_at=?",
-                             [(r.sid, _one_line(f"gave up after {r.attempts} attempts: {res.error}"))
+                update_each(conn, self.id, "state='failed-temporary', last_error=v.column2, updated_at=?",
+                             [(r.sid, one_line(f"gave up after {r.attempts} attempts: {res.error}"))
                               for r, res in final], stamp)
             if retry_rows:
-                _update_each(conn, self.id, "state='retry', next_attempt_at=v.column2, retry_batch=v.column3, "
+                update_each(conn, self.id, "state='retry', next_attempt_at=v.column2, retry_batch=v.column3, "
                              "last_error=v.column4, updated_at=?",
                              [(sid, at, rb, e) for at, rb, e, sid in retry_rows], stamp)
             if bounced:
@@ -844,11 +531,11 @@ class _Run:
         return self.total - open_, self.total, c["sent"], c["failed-permanent"] + c["failed-temporary"]
 
     def _finish(self, elapsed: float) -> DeliveryReport:
-        with self.db, _tx(self.conn) as conn:
-            c = _ledger_counts(conn, self.id)
+        with self.db, transaction(self.conn) as conn:
+            c = ledger_counts(conn, self.id)
             left = c["pending"] + c["retry"] + c["sending"]
             now = self.now()
-            stamp = _ts(now)
+            stamp = timestamp(now)
             if left == 0:
                 state, note = "done", (f"{c['uncertain']} recipients are uncertain (interrupted mid-send, not sent "
                                        "again); see the failed list" if c["uncertain"] else "")
@@ -859,7 +546,7 @@ class _Run:
                 midnight = datetime.combine(now.astimezone(timezone.utc).date() + timedelta(days=1),
                                             datetime.min.time(), timezone.utc)
                 conn.execute("UPDATE deliveries SET state='paused', resume_at=?, reason=? WHERE id=?",
-                             (_ts(midnight), note, self.id))
+                             (timestamp(midnight), note, self.id))
             else:
                 state, note = "paused", f"stopped with {left} recipients left; run the send again to continue"
                 conn.execute("UPDATE deliveries SET state='paused', resume_at=?, reason=? WHERE id=?",
@@ -881,16 +568,9 @@ class _Run:
                 if self.conn.in_transaction:
                     self.conn.execute("ROLLBACK")
                 self.conn.execute("UPDATE deliveries SET reason=? WHERE id=? AND lock_owner=?",
-                                  (_one_line(f"interrupted: {exc or type(exc).__name__}"), self.id, self.owner))
+                                  (one_line(f"interrupted: {exc or type(exc).__name__}"), self.id, self.owner))
         except sqlite3.Error:
             pass
-
-
-def forget_subscriber(conn: sqlite3.Connection, subscriber_id: int) -> int:
-    """Delete a subscriber's ledger rows (erasure requests), so the store can remove them.
-    Returns how many rows went. Their deliveries' totals keep counting them."""
-    with _tx(conn):
-        return conn.execute("DELETE FROM ledger WHERE subscriber_id=?", (int(subscriber_id),)).rowcount
 
 
 def run_delivery(conn: sqlite3.Connection, delivery_id: int, prepared: PreparedIssue,
@@ -908,69 +588,3 @@ def run_delivery(conn: sqlite3.Connection, delivery_id: int, prepared: PreparedI
     """
     return _Run(conn, delivery_id, prepared, transport_factory, options, stop, progress, clock, sleep, now).run()
 
-
-# ---------------------------------------------------------------------------------------
-# Status
-# ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DeliveryStatus:
-    delivery: Delivery
-    counts: dict[str, int]
-    total: int
-    sent: int
-    failed: int
-    remaining: int
-    rate: float | None            # messages finished per second while it ran, None before any
-    eta_seconds: float | None     # at that rate, for a running delivery
-    sender: str | None            # "pid N on HOST" while a live process holds the lock
-
-    @property
-    def id(self) -> int:
-        return self.delivery.id
-
-    @property
-    def skipped(self) -> int:
-        return self.counts["skipped"]
-
-    def as_row(self) -> tuple[str, ...]:
-        """id, issue, state, total, sent, pending, failed, skipped, rate, ETA: for a table."""
-        state = self.delivery.state + (f" ({self.sender})" if self.sender else "")
-        rate = f"{self.rate:.1f}/s" if self.rate else "-"
-        eta = "-"
-        if self.eta_seconds is not None:
-            minutes, seconds = divmod(int(self.eta_seconds), 60)
-            eta = f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{seconds:02d}s"
-        return (str(self.id), self.delivery.slug, state, str(self.total), str(self.sent), str(self.remaining),
-                str(self.failed), str(self.skipped), rate, eta)
-
-
-def delivery_status(conn: sqlite3.Connection, slug: str | None = None, *, limit: int = 20) -> list[DeliveryStatus]:
-    """The most recent deliveries (of ``slug``, or all), newest first, with per-state counts."""
-    sql, params = "SELECT * FROM deliveries", ()
-    if slug is not None:
-        sql, params = sql + " WHERE slug=?", (slug,)
-    out = []
-    for row in conn.execute(sql + " ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall():
-        d = Delivery.from_row(row)
-        c = _ledger_counts(conn, d.id)
-        last = conn.execute("SELECT MAX(updated_at) FROM ledger WHERE delivery_id=? AND state NOT IN "
-                            "('pending','retry','sending')", (d.id,)).fetchone()[0]
-        remaining = c["pending"] + c["retry"] + c["sending"]
-        finished = sum(c.values()) - remaining
-        rate = eta = None
-        if d.started_at and last and finished:
-            span = (_dt(last) - d.started_at).total_seconds()  # type: ignore[operator]
-            rate = finished / span if span > 0 else None
-        if d.state == "running" and rate:
-            eta = remaining / rate
-        sender = f"pid {d.lock_pid} on {d.lock_host}" if lock_is_live(d) else None
-        out.append(DeliveryStatus(d, c, sum(c.values()), c["sent"], c["failed-permanent"] + c["failed-temporary"],
-                                  remaining, rate, eta, sender))
-    return out
-
-
-def failed_recipients(conn: sqlite3.Connection, delivery_id: int) -> list[tuple[str, str, str | None]]:
-    """(email, state, last error) of everyone who needs attention: failed-* and uncertain."""
-    return [tuple(r) for r in conn.execute(  # type: ignore[misc]
-        "SELECT email, state, last_error FROM ledger WHERE delivery_id=? AND state IN "
-        "('failed-permanent','failed-temporary','uncertain') ORDER BY subscriber_id", (int(delivery_id),))]

@@ -23,9 +23,9 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
-from newsletter.delivery import (OPEN_STATES, Delivery, DeliveryOptions, DeliveryReport, TransportFactory,
-                                 _ts, _tx, get_delivery, lock_is_live, report_for, run_delivery, start_or_resume,
-                                 utcnow)
+from newsletter.delivery import DeliveryOptions, run_delivery
+from newsletter.ledger import (OPEN_STATES, Delivery, DeliveryReport, TransportFactory, get_delivery, lock_is_live,
+                               report_for, start_or_resume, timestamp, transaction, utcnow)
 from newsletter.errors import DeliveryLockedError, InputError, NewsletterError
 from newsletter.message import PreparedIssue
 
@@ -72,7 +72,7 @@ def cancel(conn: sqlite3.Connection, slug_or_id: str | int, *, now: Callable[[],
     """Cancel a delivery that is not being sent right now. Whoever already got it keeps it,
     and a later delivery of the same issue leaves them out."""
     d = find(conn, slug_or_id)
-    with _tx(conn):
+    with transaction(conn):
         d = get_delivery(conn, d.id)
         if d.state not in OPEN_STATES:
             raise InputError(f"delivery #{d.id} of {d.slug} is {d.state}; only scheduled, held, paused or "
@@ -81,7 +81,7 @@ def cancel(conn: sqlite3.Connection, slug_or_id: str | int, *, now: Callable[[],
             raise InputError(f"delivery #{d.id} of {d.slug} is being sent by pid {d.lock_pid} on {d.lock_host}; "
                              "stop that process first (Ctrl-C or SIGTERM finishes the current batch)")
         conn.execute("UPDATE deliveries SET state='cancelled', finished_at=?, reason=? WHERE id=?",
-                     (_ts(now()), f"cancelled (was {d.state})", d.id))
+                     (timestamp(now()), f"cancelled (was {d.state})", d.id))
     return get_delivery(conn, d.id)
 
 
@@ -89,7 +89,7 @@ def due(conn: sqlite3.Connection, now: datetime) -> list[Delivery]:
     """What a worker should act on at ``now``: scheduled ones whose time has come, paused ones
     whose resume time has come (daily cap, a stop), and running ones nobody is sending
     (the sender died). In order of their send time."""
-    stamp = _ts(_aware(now, "now"))
+    stamp = timestamp(_aware(now, "now"))
     rows = conn.execute(
         "SELECT * FROM deliveries WHERE test=0 AND ((state='scheduled' AND send_at<=?) OR "
         "(state='paused' AND resume_at IS NOT NULL AND resume_at<=?) OR state='running') "

@@ -117,7 +117,7 @@ def test_dry_run_send_writes_eml_that_round_trips(publication_root):
         assert html == expected
         assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     # A dry run never touches the ledger: a later real send still owes everyone.
-    from newsletter.delivery import delivery_status, open_ledger
+    from newsletter.ledger import delivery_status, open_ledger
 
     assert delivery_status(open_ledger(publication_root / "newsletter.db")) == []
 

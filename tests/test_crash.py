@@ -43,7 +43,8 @@ CHILD = """
 import dataclasses, json, sys
 sys.path.insert(0, {tests!r})
 from test_delivery import make_prepared, options
-from newsletter.delivery import open_ledger, run_delivery, start_or_resume
+from newsletter.delivery import run_delivery
+from newsletter.ledger import open_ledger, start_or_resume
 kind, db, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 if kind == "smtp":
     from newsletter.transports.smtp import SMTPTransport

@@ -20,8 +20,8 @@ from typing import Callable, Sequence
 import pytest
 
 from newsletter.config import Publication
-from newsletter.delivery import (DeliveryOptions, delivery_status, failed_recipients, get_delivery, open_ledger,
-                                 run_delivery, start_or_resume)
+from newsletter.delivery import DeliveryOptions, run_delivery
+from newsletter.ledger import delivery_status, failed_recipients, get_delivery, open_ledger, start_or_resume
 from newsletter.errors import ConfigError, ContentChangedError, DeliveryLockedError, InputError, TransportError
 from newsletter.message import OutgoingMessage, PreparedIssue
 from newsletter.pacing import BACKOFF_CAP, Pacer, backoff_delay
@@ -599,7 +599,8 @@ def test_two_processes_only_one_sends(db, tmp_path):
 import sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 from test_delivery import make_prepared, options, Recorder
-from newsletter.delivery import open_ledger, run_delivery
+from newsletter.delivery import run_delivery
+from newsletter.ledger import open_ledger
 from newsletter.errors import DeliveryLockedError
 conn = open_ledger({str(db)!r})
 try:
@@ -839,7 +840,7 @@ def test_a_sender_whose_lock_was_taken_over_stops_without_touching_the_new_owner
 
 
 def test_forget_subscriber_lets_the_store_erase_them(db):
-    from newsletter.delivery import forget_subscriber
+    from newsletter.ledger import forget_subscriber
 
     emails = add_subscribers(db, 3)
     send(db)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from newsletter.delivery import get_delivery, open_ledger, start_or_resume
+from newsletter.ledger import get_delivery, open_ledger, start_or_resume
 from newsletter.errors import InputError
 from newsletter.schedule import cancel, dispatch_once, due, list_scheduled, run_worker, schedule
 from newsletter.transports.base import SendResult, Status, Transport
@@ -219,7 +219,7 @@ sys.path.insert(0, {tests!r})
 from datetime import datetime, timezone
 from test_delivery import make_prepared, options
 from test_schedule import FileTransport
-from newsletter.delivery import open_ledger
+from newsletter.ledger import open_ledger
 from newsletter.schedule import run_worker
 
 stop = threading.Event()
