@@ -130,11 +130,14 @@ class PreparedIssue:
         pub, r = self.publication, self.rendered
         subject = ("[TEST] " if self.test else "") + r.subject
         self.base_url = self.base_url or pub.base_url
+        reply_to = r.reply_to or pub.reply_to_address
+        validate_address(pub.from_email, "From address (newsletter.toml from_email)")
+        validate_address(reply_to, f"Reply-To address ({r.source or 'newsletter.toml'})")
         self.headers = HeaderValues(
             from_=check_header("From", formataddr((pub.from_name or pub.name, pub.from_email))),
             subject=check_header("Subject", subject),
             date=formatdate(localtime=True),
-            reply_to=check_header("Reply-To", r.reply_to or pub.reply_to_address),
+            reply_to=check_header("Reply-To", reply_to),
             list_id=check_header("List-Id", pub.list_id_header),
             list_unsubscribe_post="List-Unsubscribe=One-Click" if self.base_url.startswith("https://") else None,
             feedback_id=check_header("Feedback-ID", pub.feedback_id) if pub.feedback_id else None,

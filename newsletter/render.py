@@ -160,7 +160,7 @@ class Renderer:
         lap("jinja")
         html = compile_mjml(mjml_source)
         lap("mjml")
-        html = inline_css(html, css)
+        html = inline_css(html, css, self.settings.build_dir / ".cache" / "inline")
         lap("inline")
         text = self.render_template("email.txt.j2", {**context, "body_text": to_plain_text(parsed.tokens)})
         # No trailing spaces, except in the conventional "-- " signature separator.

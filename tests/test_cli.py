@@ -211,3 +211,14 @@ def test_secrets_never_reach_output_or_outbox(publication_root):
     for value in secrets.values():
         assert all(value not in out for out in outputs)
         assert all(value.encode() not in data for data in files)
+
+
+def test_reply_to_gets_the_full_address_check_before_anything_is_sent(publication_root):
+    path = publication_root / "issues" / "006-global-governance-of-ai.md"
+    path.write_text(path.read_text(encoding="utf-8").replace("reply_to: sunchenghao@tsinghua.edu.cn",
+                                                             "reply_to: editors@-bad-.org"), encoding="utf-8")
+    assert run(publication_root, "build", "6").exit_code == 0  # the shape is fine; build stays quick
+    result = run(publication_root, "send", "6", "--test", "editor@example.org", "--skip-checks")
+    assert result.exit_code == 2 and "invalid Reply-To address" in result.output
+    assert "006-global-governance-of-ai.md" in result.output
+    assert not (publication_root / "outbox").exists()
