@@ -694,12 +694,23 @@ def subscribers_remove(ctx: click.Context, email: str) -> None:
 
 
 @subscribers.command("unsubscribe")
-@click.argument("email")
+@click.argument("address_or_token")
 @click.pass_context
-def subscribers_unsubscribe(ctx: click.Context, email: str) -> None:
-    """Unsubscribe an address; it stays on the suppression list."""
-    _store(ctx).unsubscribe(email, reason="cli")
-    click.echo(f"Unsubscribed {email}.")
+def subscribers_unsubscribe(ctx: click.Context, address_or_token: str) -> None:
+    """Unsubscribe an address, or the token from a mailto unsubscribe request
+    (its subject reads "unsubscribe TOKEN"). The address stays on the suppression list."""
+    from newsletter.tokens import token_subscriber_id, verify_token
+
+    store = _store(ctx)
+    target: str | int = address_or_token
+    if "@" not in address_or_token:
+        sid = token_subscriber_id(address_or_token)
+        sub = store.get(sid) if sid is not None else None
+        if sub is None or not verify_token(str(_settings(ctx).secret_key), address_or_token, sub.email):
+            raise InputError(f"{address_or_token!r} is neither an address nor a valid unsubscribe token")
+        target = sub.id
+    sub = store.unsubscribe(target, reason="cli")
+    click.echo(f"Unsubscribed {sub.email}.")
 
 
 @subscribers.command("list")

@@ -222,3 +222,16 @@ def test_reply_to_gets_the_full_address_check_before_anything_is_sent(publicatio
     assert result.exit_code == 2 and "invalid Reply-To address" in result.output
     assert "006-global-governance-of-ai.md" in result.output
     assert not (publication_root / "outbox").exists()
+
+
+def test_mailto_unsubscribe_token_can_be_applied(publication_root):
+    from newsletter.store import SubscriberStore
+    from newsletter.tokens import make_token
+
+    assert run(publication_root, "subscribers", "add", "reader@example.org").exit_code == 0
+    sub = SubscriberStore.open(publication_root / "newsletter.db").get_by_email("reader@example.org")
+    forged = run(publication_root, "subscribers", "unsubscribe", make_token("other-key", sub.id, sub.email))
+    assert forged.exit_code == 2 and "valid unsubscribe token" in forged.output
+    good = run(publication_root, "subscribers", "unsubscribe", make_token("test-secret", sub.id, sub.email))
+    assert good.exit_code == 0 and "Unsubscribed reader@example.org" in good.output
+    assert SubscriberStore.open(publication_root / "newsletter.db").get(sub.id).status == "unsubscribed"
