@@ -247,6 +247,9 @@ def _run_checks(settings: "Settings", rendered: "RenderedEmail", skip: bool) -> 
         for f in errors:
             click.echo(f.format(), err=True)
         raise ChecksFailedError(f"{len(errors)} pre-flight error(s); fix them or pass --skip-checks")
+    warnings = sum(f.level == "warning" for f in findings)
+    click.echo(f"Pre-flight checks: no errors, {warnings} warning(s)"
+               + (f" (`newsletter check {rendered.number}` lists them)." if warnings else "."), err=True)
 
 
 def _progress(total: int, label: str) -> tuple[Any, Callable[[int, int, int, int], None]]:
@@ -446,7 +449,8 @@ def send(ctx: click.Context, issue: str, dry_run: bool, test_addresses: tuple[st
     elif dry_run or settings.transport_name == "dryrun":
         from newsletter.render import write_build
 
-        write_build(rendered, settings.build_dir)
+        target = write_build(rendered, settings.build_dir)
+        click.echo(f"Built {rendered.source.name if rendered.source else rendered.slug} → {target}/")
         _dry_run_all(settings, rendered)
     else:
         _deliver(settings, rendered, yes=yes, resend_uncertain=not no_resend_uncertain,
