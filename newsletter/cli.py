@@ -46,7 +46,10 @@ def _settings(ctx: click.Context) -> "Settings":
 def _console(stderr: bool = False) -> Any:
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    console = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    if not console.is_terminal:
+        console.width = 160  # piped or logged: don't squeeze tables into 80 columns
+    return console
 
 
 def _issue_path(settings: "Settings", ref: str) -> Path:
@@ -364,10 +367,13 @@ def _delivery_options(settings: "Settings", **overrides: Any) -> Any:
 
 def _report(report: Any) -> None:
     click.echo(
-        f"Delivery {report.delivery_id}: {report.sent} sent, {report.failed_permanent} failed permanently, "
-        f"{report.failed_temporary} failed temporarily, {report.skipped} skipped "
-        f"in {report.elapsed:.1f}s ({report.rate:.0f} msg/s)."
+        f"Delivery {report.delivery_id} ({report.state}): {report.sent} sent, {report.failed_permanent} failed "
+        f"permanently, {report.failed_temporary} failed temporarily, {report.skipped} skipped, "
+        f"{report.pending} pending; {report.sent_this_run} sent in this run in {report.elapsed:.1f}s "
+        f"({report.rate:.0f} msg/s)."
     )
+    if report.note:
+        click.echo(report.note)
     if getattr(report, "uncertain_reported", 0):
         click.echo(f"{report.uncertain_reported} recipient(s) were mid-send during a crash and were NOT resent "
                    "(--no-resend-uncertain); see `newsletter status --failed`.")
