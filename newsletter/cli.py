@@ -65,7 +65,7 @@ def _render(settings: "Settings", ref: str) -> "RenderedEmail":
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--root", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Publication folder holding newsletter.toml, issues/ and templates/ (default: current folder).")
 @click.version_option(__version__, prog_name="newsletter")
 @click.pass_context
@@ -141,7 +141,8 @@ def build(ctx: click.Context, issues: tuple[str, ...], out: Path | None) -> None
 
 @cli.command()
 @click.argument("issue")
-@click.option("--port", default=8025, show_default=True, help="Port on 127.0.0.1 (0 picks a free one).")
+@click.option("--port", default=8025, show_default=True, type=click.IntRange(0, 65535),
+              help="Port on 127.0.0.1 (0 picks a free one).")
 @click.option("--no-open", is_flag=True, help="Do not open a browser.")
 @click.option("--screenshot", "screenshot_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Instead of serving, write PNGs at 375 and 800 px, light and dark, to DIR.")
@@ -270,11 +271,18 @@ def _progress(total: int, label: str) -> tuple[Any, Callable[[int, int, int, int
     return progress, update
 
 
-def _transport_factory(settings: "Settings", dry_run: bool) -> Callable[[], Any]:
+def _transport_factory(settings: "Settings", dry_run: bool, *, ledger: bool = False) -> Callable[[], Any]:
+    """Check the configuration now, before anything starts; ``ledger`` sends must really send."""
+    from newsletter.errors import ConfigError
     from newsletter.transports import get_transport
 
     name = "dryrun" if dry_run else None
-    get_transport(settings, name).close()  # fail fast on bad configuration, before anything starts
+    probe = get_transport(settings, name)
+    probe.close()
+    if ledger and not probe.real:
+        # A ledger run through a transport that sends nothing would mark everyone sent.
+        raise ConfigError(f"NEWSLETTER_TRANSPORT={probe.name} sends nothing, so it cannot run a delivery; "
+                          "set a real transport, or use `newsletter send ISSUE --dry-run`")
     return lambda: get_transport(settings, name)
 
 
@@ -407,7 +415,7 @@ def _deliver(settings: "Settings", rendered: "RenderedEmail", *, yes: bool, rese
     from newsletter.store import SubscriberStore
 
     active = SubscriberStore(conn).count("active")
-    factory = _transport_factory(settings, dry_run=False)
+    factory = _transport_factory(settings, dry_run=False, ledger=True)
     _confirm_real_send(settings, active, f"“{rendered.subject}”", yes, dry_run=False)
     prepared = _prepare(settings, rendered)
     delivery_id = start_or_resume(conn, prepared, force_new_content=force_new_content)
@@ -419,6 +427,9 @@ def _deliver(settings: "Settings", rendered: "RenderedEmail", *, yes: bool, rese
                               progress=update, stop=stop)
     _report(report)
     if stop.is_set():
+        from newsletter.ledger import wait_for_editor
+
+        wait_for_editor(conn, delivery_id)
         click.echo("Stopped after the current batch; run the same command again to continue.")
     if report.failed_permanent or report.failed_temporary:
         click.echo("Some recipients failed: `newsletter status --failed` lists them.")
@@ -472,9 +483,17 @@ def send(ctx: click.Context, issue: str, dry_run: bool, test_addresses: tuple[st
 @click.pass_context
 def resume(ctx: click.Context, issue: str, yes: bool, no_resend_uncertain: bool, force_new_content: bool,
            retry_failed: bool) -> None:
-    """Continue the unfinished delivery of ISSUE (the same as running send again)."""
+    """Continue the unfinished delivery of ISSUE after a crash, Ctrl-C, hold or daily cap.
+
+    Never starts a new one: use `newsletter send` for that.
+    """
+    from newsletter.ledger import open_delivery_id, open_ledger
+
     settings = _settings(ctx)
-    _deliver(settings, _render(settings, issue), yes=yes, resend_uncertain=not no_resend_uncertain,
+    rendered = _render(settings, issue)
+    if open_delivery_id(open_ledger(settings.db_path), rendered.slug) is None:
+        raise InputError(f"no unfinished delivery of {rendered.slug}; `newsletter send {issue}` starts one")
+    _deliver(settings, rendered, yes=yes, resend_uncertain=not no_resend_uncertain,
              force_new_content=force_new_content, retry_failed=retry_failed)
 
 
@@ -604,7 +623,7 @@ def _dispatch_args(settings: "Settings") -> dict[str, Any]:
         raise InputError(f"the scheduled issue {slug!r} is no longer in {settings.issues_dir}")
 
     hours = settings.number("NEWSLETTER_MAX_LATENESS", 6.0)
-    return dict(prepare=prepare, transport_factory=_transport_factory(settings, dry_run=False),
+    return dict(prepare=prepare, transport_factory=_transport_factory(settings, dry_run=False, ledger=True),
                 options=_delivery_options(settings), max_lateness=dt.timedelta(hours=hours or 0))
 
 
@@ -618,7 +637,9 @@ def dispatch(ctx: click.Context) -> None:
     from newsletter.schedule import dispatch_once
 
     settings = _settings(ctx)
-    reports = dispatch_once(open_ledger(settings.db_path), dt.datetime.now(dt.timezone.utc), **_dispatch_args(settings))
+    with _graceful_stop() as stop:
+        reports = dispatch_once(open_ledger(settings.db_path), dt.datetime.now(dt.timezone.utc), stop=stop,
+                                **_dispatch_args(settings))
     for report in reports:
         _report(report)
     if not reports:
@@ -696,10 +717,18 @@ def subscribers_add(ctx: click.Context, email: str, name: str, consent: str, res
 
 @subscribers.command("remove")
 @click.argument("email")
+@click.option("--forget-deliveries", is_flag=True, help="Also delete their rows in past deliveries' ledgers.")
 @click.pass_context
-def subscribers_remove(ctx: click.Context, email: str) -> None:
-    """Delete a subscriber entirely (prefer `unsubscribe`, which keeps them suppressed)."""
-    _store(ctx).remove(email)
+def subscribers_remove(ctx: click.Context, email: str, forget_deliveries: bool) -> None:
+    """Delete a subscriber entirely, for erasure requests (prefer `unsubscribe`, which keeps
+    them suppressed). With --forget-deliveries their rows in past deliveries go too."""
+    store = _store(ctx)
+    if forget_deliveries and (sub := store.get_by_email(email)) is not None:
+        from newsletter.ledger import forget_subscriber, open_ledger
+
+        forget_subscriber(open_ledger(_settings(ctx).db_path), sub.id)
+    if not store.remove(email):
+        raise InputError(f"no subscriber {email}")
     click.echo(f"Removed {email}.")
 
 
@@ -759,7 +788,7 @@ def subscribers_export(ctx: click.Context, out: Path | None, status: str | None)
 # ---------------------------------------------------------------- web ------------------
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (keep 127.0.0.1 behind a proxy).")
-@click.option("--port", default=8080, show_default=True)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--site", type=click.Path(file_okay=False, path_type=Path),
               help="Also serve a built web archive (newsletter archive) from this folder.")
 @click.pass_context
@@ -772,6 +801,10 @@ def serve(ctx: click.Context, host: str, port: int, site: Path | None) -> None:
     from newsletter.web import make_app, serve as run
 
     settings = _settings(ctx)
+    if not settings.has_secret_key:
+        from newsletter.errors import ConfigError
+
+        raise ConfigError("NEWSLETTER_SECRET_KEY is not set: no unsubscribe link from a real send would verify")
     click.echo(f"Serving on http://{host}:{port}/ (Ctrl-C to stop)")
     run(make_app(settings, site_dir=site), host=host, port=port)
 
@@ -794,4 +827,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
+    except OSError as exc:  # a path the user gave cannot be read or written
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"error: {where}{exc.strerror or exc}", err=True)
+        sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)

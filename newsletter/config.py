@@ -13,6 +13,7 @@ No other module reads ``os.environ``: they receive a :class:`Settings`.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -61,9 +62,12 @@ class Publication:
 
     @property
     def list_id_header(self) -> str:
-        """RFC 2919 List-Id: a phrase plus a dotted id under a domain the publisher controls."""
+        """RFC 2919 List-Id: a phrase (quoted where needed) plus a dotted id under a domain
+        the publisher controls."""
+        from email.utils import formataddr
+
         ident = self.list_id or f"newsletter.{self.sender_domain}"
-        return f"{self.name} <{ident}>"
+        return formataddr((self.name, ident))
 
     @property
     def reply_to_address(self) -> str:
@@ -138,6 +142,8 @@ class Settings:
             value = float(raw)
         except ValueError:
             raise ConfigError(f"{key}={raw!r} is not a number") from None
+        if not math.isfinite(value) or value > 1e9:
+            raise ConfigError(f"{key}={raw!r} is not a usable number")
         if value < minimum:
             raise ConfigError(f"{key}={raw!r} must be at least {minimum:g}")
         return value

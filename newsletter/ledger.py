@@ -336,6 +336,21 @@ def lock_is_live(d: Delivery, now: datetime | None = None) -> bool:
     return True
 
 
+def open_delivery_id(conn: sqlite3.Connection, slug: str) -> int | None:
+    """The unfinished (scheduled, running, paused or held) delivery of an issue, if any."""
+    marks = ",".join("?" * len(OPEN_STATES))
+    row = conn.execute(f"SELECT id FROM deliveries WHERE slug=? AND test=0 AND state IN ({marks})",
+                       (slug, *OPEN_STATES)).fetchone()
+    return row[0] if row else None
+
+
+def wait_for_editor(conn: sqlite3.Connection, delivery_id: int) -> None:
+    """A send the editor stopped by hand stays stopped: no worker or cron dispatch picks
+    it up again; only `newsletter send` or `resume` continues it."""
+    with transaction(conn):
+        conn.execute("UPDATE deliveries SET resume_at=NULL WHERE id=? AND state='paused'", (delivery_id,))
+
+
 def forget_subscriber(conn: sqlite3.Connection, subscriber_id: int) -> int:
     """Delete a subscriber's ledger rows (erasure requests), so the store can remove them.
     Returns how many rows went. Their deliveries' totals keep counting them."""

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
 from email import quoprimime
+from email.header import Header
+from email.headerregistry import Address
 from email.utils import formataddr, formatdate
 from functools import cached_property
 from typing import Callable, Iterable
@@ -34,6 +36,7 @@ _PLACEHOLDER_RE = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS.values(
 _KEY_BY_MARKER = {marker: key for key, marker in PLACEHOLDERS.items()}
 _EOL = "\r\n"
 _SMTP = policy.SMTP.clone(max_line_length=78)
+MAX_NAME = 100  # display names are cosmetic; a longer one is cut rather than break a header line
 DKIM_HEADERS = (b"From", b"Subject", b"Date", b"Message-ID", b"To", b"List-Unsubscribe", b"List-Unsubscribe-Post")
 
 
@@ -72,7 +75,6 @@ class HeaderValues:
 
     from_: str
     subject: str
-    date: str
     reply_to: str
     list_id: str
     list_unsubscribe_post: str | None
@@ -80,8 +82,9 @@ class HeaderValues:
 
 
 def _qp(text: str) -> str:
-    """Quoted-printable for UTF-8 text, CRLF line ends, no line over 76 characters."""
-    return quoprimime.body_encode(text.encode("utf-8").decode("latin-1"), maxlinelen=76, eol=_EOL)
+    """Quoted-printable for UTF-8 text, CRLF line ends, lines of at most 75 characters,
+    so the soft break added at a placeholder join keeps every line within RFC 2045's 76."""
+    return quoprimime.body_encode(text.encode("utf-8").decode("latin-1"), maxlinelen=75, eol=_EOL)
 
 
 def _segments(body: str) -> list[str]:
@@ -136,7 +139,6 @@ class PreparedIssue:
         self.headers = HeaderValues(
             from_=check_header("From", formataddr((pub.from_name or pub.name, pub.from_email))),
             subject=check_header("Subject", subject),
-            date=formatdate(localtime=True),
             reply_to=check_header("Reply-To", reply_to),
             list_id=check_header("List-Id", pub.list_id_header),
             list_unsubscribe_post="List-Unsubscribe=One-Click" if self.base_url.startswith("https://") else None,
@@ -144,6 +146,7 @@ class PreparedIssue:
         )
         # Salt test Message-IDs with the time so a second test send is not deduplicated.
         self._id_salt = f"{r.slug}:{r.content_hash[:12] if self.test else ''}:{time.time_ns() if self.test else ''}"
+        self._date_second, self._date = -1, ""
         self._boundary = "=_nl_" + hashlib.sha256(r.content_hash.encode()).hexdigest()[:24]
 
     # ---- per-recipient values ----------------------------------------------------
@@ -167,11 +170,26 @@ class PreparedIssue:
         return ", ".join(f"<{u}>" for u in links)
 
     def to_header(self, recipient: Recipient) -> str:
+        """``Name <address>``, the name RFC 2047-encoded when it is not ASCII."""
         check_header("To", recipient.email)
         if not recipient.email.isascii():
             # RFC 2047 cannot encode an address; that needs SMTPUTF8, which we do not use.
             raise InputError(f"{recipient.email!r} is not an ASCII address; internationalised addresses are not supported")
-        return formataddr((check_header("name", recipient.name), recipient.email)) if recipient.name else recipient.email
+        name = check_header("name", recipient.name)[:MAX_NAME]
+        if not name:
+            return recipient.email
+        if name.isascii():
+            return formataddr((name, recipient.email))
+        # RFC 2047 encoded-words of at most 75 characters, which the folder may put on separate lines.
+        encoded = Header(name, "utf-8", maxlinelen=70).encode(splitchars=" ").replace("\n ", " ")
+        return f"{encoded} <{recipient.email}>"
+
+    def date(self) -> str:
+        """The Date header, taken when each message is made: a paced send can last hours."""
+        now = int(time.time())
+        if now != self._date_second:
+            self._date_second, self._date = now, formatdate(now, localtime=True)
+        return self._date
 
     def values(self, recipient: Recipient) -> dict[str, str]:
         """Placeholder values in plain text; HTML escaping happens per part."""
@@ -191,7 +209,7 @@ class PreparedIssue:
     @cached_property
     def _static_header_block(self) -> tuple[str, str]:
         h = self.headers
-        before = _fold("From", h.from_) + _fold("Subject", h.subject) + _fold("Date", h.date)
+        before = _fold("From", h.from_) + _fold("Subject", h.subject)
         after = _fold("Reply-To", h.reply_to) + _fold("List-Id", h.list_id)
         if h.list_unsubscribe_post:
             after += _fold("List-Unsubscribe-Post", h.list_unsubscribe_post)
@@ -232,6 +250,8 @@ def _fold(name: str, value: str) -> str:
             line = ""
         line += " " + word
     lines.append(line)
+    if max(map(len, lines)) > 998:  # a word too long even for RFC 5322's hard limit: encode and split it
+        return _SMTP.header_factory(name, value).fold(policy=_SMTP)
     return _EOL.join(lines) + _EOL
 
 
@@ -307,7 +327,8 @@ class OutgoingMessage:
         before, after = p._static_header_block
         text_head, html_head, tail = p._part_heads
         per_recipient = (
-            _fold("To", p.to_header(self.recipient))
+            _fold("Date", p.date())
+            + _fold("To", p.to_header(self.recipient))
             + _fold("Message-ID", self.message_id)
             + _fold_list_unsubscribe(p.list_unsubscribe(self.recipient.token))
         )
@@ -344,9 +365,10 @@ def build_email_message(prepared: PreparedIssue, recipient: Recipient) -> EmailM
     h = prepared.headers
     msg = EmailMessage(policy=policy.SMTP)
     msg["From"] = h.from_
-    msg["To"] = prepared.to_header(recipient)
+    prepared.to_header(recipient)  # the same checks as the fast path
+    msg["To"] = Address(display_name=recipient.name[:MAX_NAME], addr_spec=recipient.email)
     msg["Subject"] = h.subject
-    msg["Date"] = h.date
+    msg["Date"] = prepared.date()
     msg["Message-ID"] = prepared.message_id(recipient.email)
     msg["Reply-To"] = h.reply_to
     msg["List-Id"] = h.list_id

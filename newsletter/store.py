@@ -288,7 +288,7 @@ class SubscriberStore:
                 conn.execute("DELETE FROM subscribers WHERE id=?", (sub.id,))
         except sqlite3.IntegrityError:
             raise InputError(f"{sub.email} has delivery records that reference it; "
-                             "unsubscribe it instead, or purge those records first") from None
+                             "unsubscribe it instead, or remove it with --forget-deliveries") from None
         return True
 
     def set_status(self, id_or_email: int | str, status: str, reason: str = "", *,

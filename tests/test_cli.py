@@ -235,3 +235,35 @@ def test_mailto_unsubscribe_token_can_be_applied(publication_root):
     good = run(publication_root, "subscribers", "unsubscribe", make_token("test-secret", sub.id, sub.email))
     assert good.exit_code == 0 and "Unsubscribed reader@example.org" in good.output
     assert SubscriberStore.open(publication_root / "newsletter.db").get(sub.id).status == "unsubscribed"
+
+
+@pytest.mark.parametrize("args, env, code, needle", [
+    (["send", "6", "--yes", "--skip-checks"], {"NEWSLETTER_TRANSPORT": "null"}, 3, "sends nothing"),
+    (["dispatch"], {"NEWSLETTER_TRANSPORT": "dryrun"}, 3, "sends nothing"),
+    (["serve", "--port", "8999"], {"NEWSLETTER_SECRET_KEY": ""}, 3, "NEWSLETTER_SECRET_KEY"),
+    (["subscribers", "count"], {"NEWSLETTER_BATCH_SIZE": "inf"}, 0, ""),
+    (["send", "6", "--yes", "--skip-checks"], {"NEWSLETTER_TRANSPORT": "smtp", "SMTP_HOST": "127.0.0.1",
+                                               "SMTP_SECURITY": "none", "NEWSLETTER_BATCH_SIZE": "inf"}, 3, "not a usable number"),
+    (["subscribers", "remove", "nobody@example.org"], {}, 2, "no subscriber nobody@example.org"),
+    (["subscribers", "export", "--out", "/nonexistent-dir/x.csv"], {}, 2, "/nonexistent-dir/x.csv"),
+])
+def test_user_errors_are_one_line(publication_root, args, env, code, needle):
+    result = run(publication_root, *args, env=env)
+    assert result.exit_code == code, result.output
+    assert needle in result.output and "Traceback" not in result.output
+
+
+def test_resume_never_starts_a_new_delivery(publication_root):
+    run(publication_root, "subscribers", "add", "reader@example.org")
+    result = run(publication_root, "resume", "6", "--yes",
+                 env={"NEWSLETTER_TRANSPORT": "smtp", "SMTP_HOST": "127.0.0.1", "SMTP_SECURITY": "none"})
+    assert result.exit_code == 2 and "no unfinished delivery" in result.output
+
+
+def test_bad_database_and_root_are_one_line(publication_root, tmp_path):
+    bad = tmp_path / "not-a-db"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    result = run(publication_root, "subscribers", "count", env={"NEWSLETTER_DB": str(bad)})
+    assert result.exit_code == 3 and "not a usable newsletter database" in result.output
+    missing = CliRunner().invoke(_Main(), ["--root", str(tmp_path / "nope"), "subscribers", "count"])
+    assert missing.exit_code == 2 and "does not exist" in missing.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import email.utils
 import re
 from email import policy
 from dataclasses import replace
@@ -38,7 +39,8 @@ def test_fast_build_equals_reference_build(rendered6, recipient):
     p = prepared(rendered6)
     fast = parse(p.personalise(recipient).as_bytes())
     slow = parse(build_email_message(p, recipient).as_bytes())
-    for name in ("From", "To", "Subject", "Date", "Message-ID", "Reply-To", "List-Id", "List-Unsubscribe",
+    assert fast["Date"].datetime.tzinfo is not None and slow["Date"].datetime.tzinfo is not None
+    for name in ("From", "To", "Subject", "Message-ID", "Reply-To", "List-Id", "List-Unsubscribe",
                  "List-Unsubscribe-Post"):
         # The reference folds long headers right after the colon, which Python's parser
         # reads back with one leading space; the header's content is what must match.
@@ -165,3 +167,59 @@ def test_dkim_signature_verifies(rendered6):
 def test_internationalised_address_is_refused_not_mangled(rendered6):
     with pytest.raises(InputError, match="not an ASCII address"):
         prepared(rendered6).personalise(Recipient("zoë@exämple.org")).as_bytes()
+
+
+def _display_name(data: bytes) -> str:
+    from email.header import decode_header, make_header
+
+    raw = email.message_from_bytes(data, policy=policy.compat32)["To"]
+    raw = re.sub(r"\r?\n[ \t]", " ", raw)
+    phrase = raw.rpartition("<")[0].strip() if "<" in raw else ""
+    text = str(make_header(decode_header(phrase)))
+    return email.utils.parseaddr(f"{text} <x@y>")[0] if text.startswith('"') else text
+
+
+def _lines(data: bytes) -> list[bytes]:
+    return data.split(b"\r\n")
+
+
+@pytest.mark.parametrize("recipient", [
+    Recipient("a" * 64 + "@example.org", "", "1.a"),
+    Recipient("long-ascii@example.org", "X" * 1200, "2.b"),
+    Recipient("long-words@example.org", "Dr " + "Y" * 300 + " Z", "3.c"),
+    Recipient("long-utf8@example.org", "é" * 400, "4.d"),
+    Recipient("mixed@example.org", "李" * 60 + ", \"Jr\"", "5.e"),
+], ids=["long-local-part", "ascii-1200", "ascii-long-word", "utf8-400", "cjk-quotes"])
+@pytest.mark.parametrize("base_url", ["https://news.example.org/pppppppppppppp", "https://chinaffairs.example"])
+def test_adversarial_recipients_stay_within_line_limits_and_match_the_reference(rendered6, recipient, base_url):
+    p = prepared(rendered6, publication=replace(PUB, base_url=base_url))
+    data = p.personalise(recipient).as_bytes()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert max(len(line) for line in _lines(head)) <= 998
+    assert max(len(line) for line in _lines(body)) <= 76  # RFC 2045 quoted-printable lines
+    slow_data = build_email_message(p, recipient).as_bytes()
+    fast, slow = parse(data), parse(slow_data)
+    assert fast["To"].addresses[0].addr_spec == recipient.email
+    # Decoded by RFC 2047's rules (whitespace between encoded-words is not content); Python's
+    # own address parser keeps that whitespace, so it cannot be the judge here.
+    assert _display_name(data) == _display_name(slow_data) == recipient.name[:100]
+    for kind in ("plain", "html"):
+        assert fast.get_body((kind,)).get_content() == slow.get_body((kind,)).get_content()
+
+
+def test_very_long_subject_is_encoded_not_overlong(rendered6):
+    data = prepared(replace(rendered6, subject="S" * 1100)).personalise(RECIPIENTS[0]).as_bytes()
+    head = data.partition(b"\r\n\r\n")[0]
+    assert max(len(line) for line in _lines(head)) <= 998
+    assert parse(data)["Subject"] == "S" * 1100
+
+
+def test_date_is_taken_per_message(rendered6, monkeypatch):
+    import newsletter.message as message
+
+    p = prepared(rendered6)
+    monkeypatch.setattr(message.time, "time", lambda: 1_700_000_000.0)
+    first = parse(p.personalise(RECIPIENTS[0]).as_bytes())["Date"].datetime
+    monkeypatch.setattr(message.time, "time", lambda: 1_700_003_600.0)
+    later = parse(p.personalise(RECIPIENTS[0]).as_bytes())["Date"].datetime
+    assert (later - first).total_seconds() == 3600
