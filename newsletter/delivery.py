@@ -469,12 +469,17 @@ class _Run:
     def _record(self, job: _Job, results: list[SendResult]) -> None:
         """Store every recipient's result in one transaction, after the transport answered."""
         o, now_c = self.o, self.clock()
-        sent, perm, final, retry, bounced = [], [], [], [], []
+        sent, perm, final, retry, bounced, uncertain = [], [], [], [], [], []
         for row, res in zip(job.rows, results):
             status = Status(res.status)
+            if status is Status.UNCERTAIN and not o.resend_uncertain:
+                uncertain.append((one_line(f"may or may not have been delivered: {res.error}"), row.sid))
+                continue
+            if status is Status.UNCERTAIN:
+                self.uncertain_resent += 1  # resent under the same policy as after a crash
             if status.delivered:
                 sent.append((res.provider_id, row.sid))
-            elif status is Status.FAILED_TEMPORARY:
+            elif status in (Status.FAILED_TEMPORARY, Status.UNCERTAIN):
                 target = final if row.attempts >= o.max_attempts else retry
                 target.append((row, res))
             else:
@@ -496,6 +501,10 @@ class _Run:
             if perm:
                 update_each(conn, self.id, "state='failed-permanent', last_error=v.column2, updated_at=?",
                              [(s, e) for e, s in perm], stamp)
+            if uncertain:
+                self.uncertain_reported += len(uncertain)
+                update_each(conn, self.id, "state='uncertain', last_error=v.column2, updated_at=?",
+                             [(s, e) for e, s in uncertain], stamp)
             if final:
                 update_each(conn, self.id, "state='failed-temporary', last_error=v.column2, updated_at=?",
                              [(r.sid, one_line(f"gave up after {r.attempts} attempts: {res.error}"))

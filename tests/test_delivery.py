@@ -851,3 +851,41 @@ def test_forget_subscriber_lets_the_store_erase_them(db):
     assert forget_subscriber(open_ledger(db), sub.id) == 1
     assert store.remove(emails[1]) is True
     store.close()
+
+
+# ---------------------------------------------------------------------------------------
+# An answer lost after the message went out (SMTP after DATA, an HTTP read timeout)
+# ---------------------------------------------------------------------------------------
+def _uncertain_once(victim: str):
+    seen: set[str] = set()
+
+    def behave(msg, key, call_no):
+        if msg.to_email == victim and victim not in seen:
+            seen.add(victim)
+            return SendResult(msg.to_email, Status.UNCERTAIN, error="connection lost after the message was sent")
+        return None
+
+    return behave
+
+
+def test_uncertain_result_is_resent_by_default_and_counted(db):
+    emails = add_subscribers(db, 20)
+    report, sink = send(db, transport=Recorder(behave=_uncertain_once(emails[5])), batch_size=10)
+    assert report.state == "done" and report.sent == 20
+    assert sink.counts()[emails[5]] == 1  # this sink had not kept the first copy; the policy resent it
+    assert report.uncertain_resent == 1
+
+
+def test_uncertain_result_is_reported_not_resent_with_no_resend_uncertain(db):
+    emails = add_subscribers(db, 20)
+    report, sink = send(db, transport=Recorder(behave=_uncertain_once(emails[5])), batch_size=10,
+                        resend_uncertain=False)
+    assert emails[5] not in sink.counts()
+    assert ledger_states(db, report.delivery_id)[emails[5]] == "uncertain"
+    assert report.sent == 19 and report.uncertain_reported == 1
+    conn = open_ledger(db)
+    try:
+        failed = {email: (state, error) for email, state, error in failed_recipients(conn, report.delivery_id)}
+    finally:
+        conn.close()
+    assert failed[emails[5]][0] == "uncertain" and "may or may not" in failed[emails[5]][1]

@@ -26,6 +26,8 @@ class Status(str, enum.Enum):
     REJECTED = "rejected"                  # provider refused this recipient (suppressed, invalid)
     FAILED_TEMPORARY = "failed-temporary"  # try again later (SMTP 4xx, HTTP 429/5xx, timeouts)
     FAILED_PERMANENT = "failed-permanent"  # do not retry (SMTP 5xx, HTTP 4xx)
+    UNCERTAIN = "uncertain"                # the message went out but the answer was lost: it may
+                                           # have been accepted; the ledger's resend policy decides
 
     @property
     def delivered(self) -> bool:

@@ -7,7 +7,9 @@ the reply into one :class:`SendResult` per message (provider hook).
 
 Failures of a whole request are mapped here, the same way for every provider:
 
-* HTTP 408, 429 and 5xx, timeouts and connection errors -> ``FAILED_TEMPORARY``
+* a read timeout, or a 2xx reply that cannot be read -> ``UNCERTAIN``: the request
+  went out and may have been accepted, so the ledger's resend policy decides.
+* HTTP 408, 429 and 5xx, connect timeouts and connection errors -> ``FAILED_TEMPORARY``
   for every message of the request, ``Retry-After`` (seconds or HTTP-date) copied
   into ``retry_after``. The transport never sleeps: waiting is the delivery layer's job.
 * a refused login (401/403) is the account's problem, not the recipients':
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.utils import formataddr, parseaddr, parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, Sequence
 
@@ -260,7 +262,8 @@ class HTTPTransport(Transport):
                 outcome = Failure(Status.FAILED_TEMPORARY, outcome.error, halt=True)
             if isinstance(outcome, Failure):
                 results.extend(outcome.result(m) for m in chunk)
-                halted = outcome if outcome.halt else None
+                # What was never attempted is simply not sent yet, even after an uncertain chunk.
+                halted = replace(outcome, status=Status.FAILED_TEMPORARY) if outcome.halt else None
             else:
                 results.extend(outcome)
         return results
@@ -277,8 +280,11 @@ class HTTPTransport(Transport):
         self.sign(request)
         try:
             response = self.session.send(request, timeout=self.timeout, allow_redirects=False)
-        except requests.Timeout:
-            return Failure(Status.FAILED_TEMPORARY, f"{self.name}: no answer within the timeout", halt=True)
+        except requests.ConnectTimeout:
+            return Failure(Status.FAILED_TEMPORARY, f"{self.name}: could not connect within the timeout", halt=True)
+        except requests.ReadTimeout:
+            # The request went out; the provider may have accepted it before the reply was lost.
+            return Failure(Status.UNCERTAIN, f"{self.name}: sent, but no answer within the timeout", halt=True)
         except requests.RequestException as exc:
             return Failure(Status.FAILED_TEMPORARY, self.scrub(f"{self.name}: {type(exc).__name__}: {exc}"),
                            halt=True)
@@ -287,10 +293,10 @@ class HTTPTransport(Transport):
                 try:
                     results = self.parse_response(chunk, response)
                 except (ValueError, KeyError, TypeError, IndexError, AttributeError, StopIteration):
-                    return Failure(Status.FAILED_TEMPORARY,
+                    return Failure(Status.UNCERTAIN,  # accepted (2xx), but we cannot tell which messages
                                    f"{self.name}: unreadable reply to HTTP {response.status_code}")
                 if len(results) != len(chunk):
-                    return Failure(Status.FAILED_TEMPORARY,
+                    return Failure(Status.UNCERTAIN,
                                    f"{self.name}: {len(results)} results for {len(chunk)} messages")
                 return results
             return self._failure(response)

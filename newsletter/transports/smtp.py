@@ -52,6 +52,10 @@ _MAX_ERROR = 300
 _UNSAFE_ADDRESS = re.compile(r"[\x00-\x1f\x7f]")
 
 
+class _LostAfterData(Exception):
+    """The connection failed after the end of DATA was sent, before the server's reply."""
+
+
 class _SenderRefused(Exception):
     """MAIL FROM got a 5xx: a problem with our sender, not with this recipient."""
 
@@ -224,6 +228,13 @@ class SMTPTransport(Transport):
             smtp = self._connection()
             try:
                 return self._transaction(smtp, msg, rcpt, data)
+            except _LostAfterData as lost:
+                # The whole message and its final "." went out; the server may have queued it.
+                # Sending it again here could deliver it twice: the ledger's policy decides.
+                self._discard()
+                return SendResult(rcpt, Status.UNCERTAIN, provider_id=msg.message_id,
+                                  error=f"connection to {self._where} lost after the message was sent: "
+                                        f"{self._describe(lost.__cause__)}")
             except (smtplib.SMTPException, OSError) as exc:
                 # Dropped connection, timeout, 421, or a reply smtplib cannot parse:
                 # the connection is no longer trustworthy, so open a fresh one.
@@ -304,7 +315,10 @@ class SMTPTransport(Transport):
         if data[-2:] != b"\r\n":
             data += b"\r\n"
         smtp.send(data + b".\r\n")
-        return smtp.getreply()
+        try:
+            return smtp.getreply()
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            raise _LostAfterData() from exc
 
     def _check_closing(self, smtp: smtplib.SMTP, code: int, resp: bytes) -> None:
         # 421: the server is closing the channel; treat it like a dropped connection.
