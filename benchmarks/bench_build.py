@@ -115,11 +115,15 @@ def main() -> None:
 
         script = tools / "warm.js"  # beside node_modules, so require() finds mjml and juice
         script.write_text(WARM_JS)
-        res = subprocess.run(["node", str(script), str(src), "15"], cwd=tools, capture_output=True, text=True,
-                             check=True, timeout=300)
-        warm_js = json.loads(res.stdout)["best"]
-        print(f"\nWarm rebuild, Python (parse+render+inline+text): {warm_py * 1000:.1f} ms (best of 15)")
-        print(f"Warm rebuild, node (mjml compile + juice inline): {warm_js * 1000:.1f} ms (best of 15)")
+        # Interleaved rounds of 15 each, best of all: the machine's slow spells hit both sides.
+        warm_js = float("inf")
+        for _ in range(3):
+            warm_py = min(warm_py, best_of(15, lambda: renderer.render(parse_issue(ISSUE6))))
+            res = subprocess.run(["node", str(script), str(src), "15"], cwd=tools, capture_output=True, text=True,
+                                 check=True, timeout=300)
+            warm_js = min(warm_js, json.loads(res.stdout)["best"])
+        print(f"\nWarm rebuild, Python (parse+render+inline+text): {warm_py * 1000:.1f} ms (best of 60)")
+        print(f"Warm rebuild, node (mjml compile + juice inline): {warm_js * 1000:.1f} ms (best of 45)")
         print(f"  ratio python/node:                              {warm_py / warm_js:.2f}x  (target <= 1.0x)")
 
 
