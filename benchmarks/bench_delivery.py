@@ -98,8 +98,6 @@ def child(mode: str, db: str) -> None:
     t0, c0 = time.perf_counter(), time.process_time()
     if mode == "plain":
         from newsletter.db import connect
-        from newsletter.message import Recipient
-        from newsletter.tokens import make_token
 
         conn = connect(db)
         transport = NullTransport()
@@ -107,8 +105,7 @@ def child(mode: str, db: str) -> None:
         batch = []
         for sid, email, name in conn.execute("SELECT id, email, name FROM subscribers WHERE status='active' "
                                              "ORDER BY id"):
-            batch.append(prepared.personalise(Recipient(email, name, token=make_token(SECRET, sid, email),
-                                                        subscriber_id=sid)))
+            batch.append(prepared.for_subscriber(sid, email, name))
             if len(batch) == BATCH:
                 sent += sum(r.status.delivered for r in transport.send(batch))
                 batch = []
@@ -121,7 +118,7 @@ def child(mode: str, db: str) -> None:
         conn = open_ledger(db)
         did = start_or_resume(conn, prepared)
         report = run_delivery(conn, did, prepared, NullTransport,
-                              options=DeliveryOptions(secret_key=SECRET, batch_size=BATCH))
+                              options=DeliveryOptions(batch_size=BATCH))
         assert report.state == "done", report
         sent = report.sent
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0

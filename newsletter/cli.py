@@ -326,30 +326,31 @@ def _dry_run_all(settings: "Settings", rendered: "RenderedEmail") -> None:
     """Personalise for every active subscriber into the outbox, without touching the ledger."""
     import time
 
-    from newsletter.message import Recipient
     from newsletter.store import SubscriberStore
-    from newsletter.tokens import make_token
     from newsletter.transports.dryrun import DryRunTransport
 
     store = SubscriberStore.open(settings.db_path)
     total = store.count("active")
     prepared = _prepare(settings, rendered)
-    secret = str(settings.secret_key)
     progress, update = _progress(total, "Dry run")
     start, done, size = time.monotonic(), 0, 0
     with progress, DryRunTransport.from_settings(settings) as transport:
         batch: list[Any] = []
-        for sub in store.iter_subscribers(status="active"):
-            batch.append(prepared.personalise(Recipient(sub.email, sub.name, make_token(secret, sub.id, sub.email), sub.id)))
-            if len(batch) >= 200 or done + len(batch) == total:
-                transport.send(batch)
-                size += sum(len(m.as_bytes()) for m in batch)
-                done += len(batch)
-                batch = []
-                update(done, total, done, 0)
-        if batch:
+
+        def flush() -> None:
+            nonlocal done, size
             transport.send(batch)
+            size += sum(len(m.as_bytes()) for m in batch)  # already built by the transport: cached
             done += len(batch)
+            batch.clear()
+            update(done, total, done, 0)
+
+        for sub in store.iter_subscribers(status="active"):
+            batch.append(prepared.for_subscriber(sub.id, sub.email, sub.name))
+            if len(batch) >= 200:
+                flush()
+        if batch:
+            flush()
     elapsed = time.monotonic() - start
     click.echo(f"Dry run: {done} message(s) for {total} active subscriber(s), {size / 1024:.0f} KB, "
                f"written to {settings.outbox / rendered.slug}/ in {elapsed:.1f}s. Nothing was sent.")
@@ -368,7 +369,6 @@ def _delivery_options(settings: "Settings", **overrides: Any) -> Any:
         concurrency=settings.integer("NEWSLETTER_CONCURRENCY", 1, minimum=1),
         daily_cap=int(cap) if cap else None,
         max_attempts=settings.integer("NEWSLETTER_MAX_ATTEMPTS", 5, minimum=1),
-        secret_key=str(settings.secret_key),
         **overrides,
     )
 

@@ -56,9 +56,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable, Sequence
 
 from newsletter.errors import ConfigError, ContentChangedError, DeliveryLockedError, InputError, TransportError
-from newsletter.message import OutgoingMessage, PreparedIssue, Recipient
+from newsletter.message import OutgoingMessage, PreparedIssue
 from newsletter.pacing import Pacer, backoff_delay, interruptible_sleep
-from newsletter.tokens import make_token
 from newsletter.transports.base import SendResult, Status, Transport
 from newsletter.ledger import (DEV_KEY_PREFIX, HEARTBEAT_EVERY, Delivery, DeliveryReport, Progress, TransportFactory,
                                get_delivery, ledger_counts, lock_is_live, one_line, timestamp, transaction,
@@ -66,9 +65,8 @@ from newsletter.ledger import (DEV_KEY_PREFIX, HEARTBEAT_EVERY, Delivery, Delive
 
 @dataclass(frozen=True)
 class DeliveryOptions:
-    """How to send. ``secret_key`` signs the unsubscribe tokens (``Settings.secret_key``)."""
+    """How to send. (Unsubscribe tokens are signed with the prepared issue's secret key.)"""
 
-    secret_key: str
     batch_size: int = 100
     rate: float | None = None          # messages per second over all workers; None = unpaced
     concurrency: int = 1               # worker threads, each with its own transport instance
@@ -152,7 +150,8 @@ class _Run:
                 transports.append(self.factory())
             t0 = transports[0]
             self.transport_name = t0.name
-            if t0.real and (not self.o.secret_key or self.o.secret_key.startswith(DEV_KEY_PREFIX)):
+            key = self.prepared.secret_key
+            if t0.real and (not key or key.startswith(DEV_KEY_PREFIX)):
                 raise ConfigError("NEWSLETTER_SECRET_KEY is not set; a real send needs it, or the unsubscribe "
                                   "links would change (and stop working) when the key is set later")
             self._acquire(d)
@@ -431,9 +430,7 @@ class _Run:
             for r in live:
                 self._move(r["state"], "sending")
             self.inflight += 1
-        secret, prepared = self.o.secret_key, self.prepared
-        job.messages = [prepared.personalise(Recipient(r.email, r.name, token=make_token(secret, r.sid, r.email),
-                                                       subscriber_id=r.sid)) for r in job.rows]
+        job.messages = [self.prepared.for_subscriber(r.sid, r.email, r.name) for r in job.rows]
         return job
 
     def _unclaim(self, job: _Job) -> None:

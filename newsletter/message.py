@@ -23,12 +23,13 @@ from email.header import Header
 from email.headerregistry import Address
 from email.utils import formataddr, formatdate
 from functools import cached_property
-from typing import Callable, Iterable
+from typing import Callable
 from urllib.parse import quote
 
 from newsletter.config import Publication
 from newsletter.errors import HeaderInjectionError, InputError
 from newsletter.render import PLACEHOLDERS, RenderedEmail
+from newsletter.tokens import make_token
 
 # Control characters (C0 except TAB, DEL, C1) and Unicode line/paragraph separators.
 _UNSAFE_HEADER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
@@ -202,8 +203,10 @@ class PreparedIssue:
     def personalise(self, recipient: Recipient) -> "OutgoingMessage":
         return OutgoingMessage(self, recipient)
 
-    def personalise_all(self, recipients: Iterable[Recipient]) -> Iterable["OutgoingMessage"]:
-        return (OutgoingMessage(self, r) for r in recipients)
+    def for_subscriber(self, subscriber_id: int, email: str, name: str = "") -> "OutgoingMessage":
+        """A subscriber's message, with the unsubscribe token signed by this issue's key."""
+        token = make_token(self.secret_key, subscriber_id, email)
+        return OutgoingMessage(self, Recipient(email, name, token, subscriber_id))
 
     # ---- prepared encodings (computed once) ----------------------------------------
     @cached_property

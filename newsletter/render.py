@@ -183,9 +183,12 @@ class Renderer:
 
 
 def _markup_block(block: Any) -> Any:
+    """Mark a block's HTML safe for the autoescaping template: markdown-it escaped it already."""
+    from dataclasses import replace
+
     from markupsafe import Markup
 
-    return type(block)(block.kind, block.heading, block.anchor, Markup(block.html))
+    return replace(block, html=Markup(block.html))
 
 
 def compile_mjml(source: str) -> str:

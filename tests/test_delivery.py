@@ -53,7 +53,7 @@ def make_prepared(slug: str = "001-hello", version: str = "v1", size: int = 0) -
 
 
 def options(**kw) -> DeliveryOptions:
-    return DeliveryOptions(secret_key=SECRET, **kw)
+    return DeliveryOptions(**kw)
 
 
 def add_subscribers(db: Path, n: int, start: int = 0) -> list[str]:
@@ -323,7 +323,8 @@ def test_real_transport_needs_a_configured_secret_key(db):
     conn = open_ledger(db)
     did = start_or_resume(conn, make_prepared())
     with pytest.raises(ConfigError, match="NEWSLETTER_SECRET_KEY"):
-        run_delivery(conn, did, make_prepared(), Real, options=DeliveryOptions(secret_key="insecure-development-key:/x"))
+        dev_keyed = PreparedIssue(make_rendered(), make_prepared().publication, "insecure-development-key:/x")
+        run_delivery(conn, did, dev_keyed, Real, options=options())
     report = run_delivery(conn, did, make_prepared(), Real, options=options())
     assert report.sent == 3
 
