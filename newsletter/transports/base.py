@@ -40,7 +40,12 @@ class Status(str, enum.Enum):
 
 @dataclass(frozen=True)
 class SendResult:
-    """One message's outcome. ``bounce`` marks "no such user" style refusals."""
+    """One message's outcome. ``bounce`` marks "no such user" style refusals.
+
+    ``rate_limited`` marks a temporary failure that is a pacing signal (HTTP 429,
+    SMTP 421/4.7.x "too many"): the ledger retries it after ``retry_after``
+    without counting an attempt against the reader.
+    """
 
     recipient: str
     status: Status
@@ -48,6 +53,7 @@ class SendResult:
     error: str | None = None
     retry_after: float | None = None
     bounce: bool = False
+    rate_limited: bool = False
 
 
 class Transport(ABC):
@@ -69,6 +75,11 @@ class Transport(ABC):
     @abstractmethod
     def send(self, messages: Sequence["OutgoingMessage"], idempotency_key: str | None = None) -> list[SendResult]:
         """Send ``messages``; ``idempotency_key`` is stable across retries of the same batch."""
+
+    def open(self) -> None:
+        """Check configuration and local resources (CA file, DKIM key, credentials' shape)
+        before the ledger claims any reader. Raises :class:`~newsletter.errors.TransportError`
+        or :class:`~newsletter.errors.ConfigError`; nobody has been contacted when it does."""
 
     def close(self) -> None:
         """Release connections. Safe to call more than once."""
