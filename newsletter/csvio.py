@@ -11,27 +11,34 @@ Import is forgiving about the file and strict about each row:
 * every bad row is reported with its physical line number (header = line 1) and why,
   and the good rows are still imported — all in ONE transaction, so an import
   either lands completely or not at all;
+* a row with more (non-empty) cells than the header — an unquoted comma in a name —
+  is a bad row, not a truncated name; a quote that never closes, or one that swallows
+  whole rows into one cell, refuses the file, naming the line where the quote opened;
+* the file is streamed in chunks of rows (memory stays flat with its size), and the
+  report keeps the first :data:`DETAIL_LIMIT` bad and skipped rows, counting the rest;
 * suppressed addresses (unsubscribed, bounced, complained) are never reactivated
   unless ``resubscribe=True``; they are reported as ``suppressed: <status>``.
 
 Export writes ``email,name,status,created_at,changed_at,source,consent``. Free-text
 cells that a spreadsheet would run as a formula (starting with ``= + - @``) are
-prefixed with ``'``; import strips that prefix again, so export → import round-trips.
+prefixed with ``'``, the address too (``=1+2@example.org`` is a valid address); import
+strips that prefix again, so export → import round-trips.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
-import io
+import itertools
 import re
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, Callable, Iterator, Sequence, TextIO
 
+from newsletter.bulk_addresses import AddressValidator
 from newsletter.errors import InputError
-from newsletter.store import (ACTIVE, SUPPRESSED, SubscriberStore, _SQL_PARAM_CHUNK, clean_text,
-                              normalise_email, utcnow)
+from newsletter.store import ACTIVE, SUPPRESSED, SubscriberStore, _SQL_PARAM_CHUNK, clean_text, utcnow
 
 EXPORT_COLUMNS = ("email", "name", "status", "created_at", "changed_at", "source", "consent")
 
@@ -43,6 +50,13 @@ _ALIASES = {
 }
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _BINARY_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f]")
+_LOOKS_LIKE_ADDRESS = re.compile(r"[^\s@\"]+@[^\s@\"]+\.[^\s@\"]+")
+DETAIL_LIMIT = 1000  # bad and skipped rows kept with their line; the rest are only counted
+_READ_CHUNK = 1 << 20  # bytes per read while checking the encoding
+_MAX_LINE = 1 << 20  # characters on one physical line; a longer one is not a subscriber list
+_ROW_CHUNK = _SQL_PARAM_CHUNK  # rows validated, then written, per step
+
+Progress = Callable[[int, int, int], None]  # (rows read, bytes read, file size)
 
 
 @dataclass
@@ -53,17 +67,29 @@ class ImportReport:
     encoding: str = "utf-8"
     added: int = 0
     updated: int = 0
-    skipped: list[tuple[int, str, str]] = field(default_factory=list)  # (line, email, reason)
-    errors: list[tuple[int, str]] = field(default_factory=list)  # (line, reason)
+    skipped: list[tuple[int, str, str]] = field(default_factory=list)  # (line, email, reason), the first ones
+    errors: list[tuple[int, str]] = field(default_factory=list)  # (line, reason), the first ones
     warnings: list[str] = field(default_factory=list)
+    skipped_count: int = 0  # all of them, also those beyond DETAIL_LIMIT
+    error_count: int = 0
 
     @property
     def ok(self) -> bool:
-        return not self.errors
+        return not self.error_count
+
+    def skip(self, line: int, email: str, reason: str) -> None:
+        self.skipped_count += 1
+        if len(self.skipped) < DETAIL_LIMIT:
+            self.skipped.append((line, email, reason))
+
+    def error(self, line: int, reason: str) -> None:
+        self.error_count += 1
+        if len(self.errors) < DETAIL_LIMIT:
+            self.errors.append((line, reason))
 
     def summary(self) -> str:
         return (f"{self.path}: {self.added} added, {self.updated} updated, "
-                f"{len(self.skipped)} skipped, {len(self.errors)} error(s)")
+                f"{self.skipped_count} skipped, {self.error_count} error(s)")
 
 
 @dataclass(frozen=True)
@@ -76,35 +102,60 @@ class _Row:
 
 
 # ---- reading -----------------------------------------------------------------------
-def _decode(data: bytes, path: Path, report: ImportReport) -> str:
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        try:
-            text, report.encoding = data.decode("utf-16"), "utf-16"
-        except UnicodeDecodeError:
-            raise InputError("starts with a UTF-16 byte-order mark but is not valid UTF-16", path=path) from None
-    else:
-        try:
-            text, report.encoding = data.decode("utf-8-sig"), "utf-8"
-            if data.startswith(codecs.BOM_UTF8):
-                report.encoding = "utf-8-sig"
-        except UnicodeDecodeError as exc:
+def _scan(fh: BinaryIO, encoding: str, path: Path) -> None:
+    """Decode the whole file in chunks (raises UnicodeDecodeError) and refuse binary data."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    sample = ""
+    while True:
+        data = fh.read(_READ_CHUNK)
+        text = decoder.decode(data, final=not data)
+        if "\x00" in text:
+            raise InputError("does not look like a CSV text file (binary data?)", path=path)
+        if len(sample) < 65536:
+            sample += text[:65536 - len(sample)]
+        if not data:
+            break
+    if len(_BINARY_CONTROL.findall(sample)) > max(2, len(sample) // 100):
+        raise InputError("does not look like a CSV text file (binary data?)", path=path)
+
+
+def _encoding(path: Path, report: ImportReport) -> str:
+    """The file's encoding, checked over the whole file before any row is read."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(4)
+            fh.seek(0)
+            if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+                try:
+                    _scan(fh, "utf-16", path)
+                except UnicodeDecodeError:
+                    raise InputError("starts with a UTF-16 byte-order mark but is not valid UTF-16",
+                                     path=path) from None
+                report.encoding = "utf-16"
+                return "utf-16"
             try:
-                text = data.decode("cp1252")
+                _scan(fh, "utf-8-sig", path)
+                report.encoding = "utf-8-sig" if head.startswith(codecs.BOM_UTF8) else "utf-8"
+                return "utf-8-sig"
+            except UnicodeDecodeError as exc:
+                offset = fh.tell() - len(exc.object) + exc.start if fh.tell() else exc.start
+                byte = exc.object[exc.start]
+            fh.seek(0)
+            try:
+                _scan(fh, "cp1252", path)
             except UnicodeDecodeError:
                 raise InputError(f"is neither UTF-8 nor Windows-1252 text (undecodable byte at offset "
-                                 f"{exc.start}); save it as CSV UTF-8", path=path) from None
-            report.encoding = "cp1252"
-            report.warnings.append(f"{path}: not UTF-8 (byte {data[exc.start]:#04x} at offset {exc.start}); "
-                                   "read as Windows-1252 (cp1252) — check that accented names look right")
-    sample = text[:65536]
-    if "\x00" in text or len(_BINARY_CONTROL.findall(sample)) > max(2, len(sample) // 100):
-        raise InputError("does not look like a CSV text file (binary data?)", path=path)
-    return text
+                                 f"{offset}); save it as CSV UTF-8", path=path) from None
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror or exc}", path=path) from None
+    report.encoding = "cp1252"
+    report.warnings.append(f"{path}: not UTF-8 (byte {byte:#04x} at offset {offset}); "
+                           "read as Windows-1252 (cp1252) — check that accented names look right")
+    return "cp1252"
 
 
-def _delimiter(text: str) -> str:
-    first = text.split("\n", 1)[0]
-    counts = {d: first.count(d) for d in (",", ";", "\t")}
+def _delimiter(first_line: str) -> str:
+    counts = {d: first_line.count(d) for d in (",", ";", "\t")}
     best = max(counts, key=lambda d: counts[d])
     return best if counts[best] else ","
 
@@ -125,13 +176,28 @@ def _guard_formula(value: str) -> str:
     return "'" + value if value.startswith(_FORMULA_START) else value
 
 
-def _parse(text: str, path: Path, report: ImportReport, default_source: str) -> list[_Row]:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(text))
-    try:
-        header = next(reader, None)
-    except csv.Error as exc:
-        raise InputError(f"malformed CSV header: {exc}", path=path, line=1) from None
-    header = header or []
+class _Lines:
+    """Physical lines of a text file, bounded in length, remembering the current row's lines."""
+
+    def __init__(self, fh: TextIO, path: Path):
+        self.fh, self.path = fh, path
+        self.count = 0  # physical lines read so far
+        self.row: list[str] = []  # the lines of the row being read
+
+    def __iter__(self) -> Iterator[str]:
+        while True:
+            line = self.fh.readline(_MAX_LINE)
+            if not line:
+                return
+            self.count += 1
+            if len(line) >= _MAX_LINE and not line.endswith(("\n", "\r")):
+                raise InputError(f"a line longer than {_MAX_LINE} characters; not a subscriber list",
+                                 path=self.path, line=self.count)
+            self.row.append(line)
+            yield line
+
+
+def _columns(header: list[str], path: Path) -> dict[str, int]:
     columns: dict[str, int] = {}
     for index, raw in enumerate(header):
         key = _column_key(raw)
@@ -141,108 +207,209 @@ def _parse(text: str, path: Path, report: ImportReport, default_source: str) -> 
     if "email" not in columns:
         found = ", ".join(repr(h.strip()) for h in header if h.strip()) or "nothing"
         raise InputError(f"no 'email' column (found: {found})", path=path, line=1)
+    return columns
 
-    def cell(row: list[str], column: str) -> str:
-        index = columns.get(column)
+
+def _check_quotes(row: list[str], raw: list[str], delimiter: str, start: int, path: Path) -> None:
+    """Refuse a row whose quote never closes, or whose quoted cell swallowed whole rows.
+
+    Either way readers were lost into one cell, so the file is refused rather than
+    reported as one bad row. The error names the line where the quote opened.
+    """
+    end = start + len(raw) - 1
+    try:
+        next(csv.reader(raw, delimiter=delimiter, strict=True), None)
+        unclosed = False
+    except csv.Error as exc:
+        unclosed = "end of data" in str(exc)
+    for index, cell in enumerate(row):
+        breaks = cell.count("\n") + cell.count("\r") - cell.count("\r\n")
+        if not breaks:
+            continue
+        opened = start + sum(c.count("\n") + c.count("\r") - c.count("\r\n") for c in row[:index])
+        if unclosed and index == len(row) - 1:
+            raise InputError(f"a quote opened here never closes; it swallows lines {opened}-{end} into one "
+                             "cell. Close or remove the quote; nothing was imported", path=path, line=opened)
+        swallowed = [ln for ln in cell.splitlines()[1:]
+                     if delimiter in ln and any(_LOOKS_LIKE_ADDRESS.fullmatch(c.strip()) for c in ln.split(delimiter))]
+        if swallowed:
+            raise InputError(f"a quoted cell opened here runs to line {opened + breaks} and holds whole rows "
+                             f"(e.g. {swallowed[0][:60]!r}): an unbalanced quote? Nothing was imported",
+                             path=path, line=opened)
+
+
+@dataclass(frozen=True)
+class _Reader:
+    """The rows of one file: header decided, each row checked, bad ones reported."""
+
+    lines: _Lines
+    rows: Iterator[list[str]]
+    columns: dict[str, int]
+    width: int
+    delimiter: str
+    path: Path
+
+    def cell(self, row: list[str], column: str) -> str:
+        index = self.columns.get(column)
         return row[index] if index is not None and index < len(row) else ""
 
-    rows: list[_Row] = []
-    seen: dict[str, int] = {}
-    end = reader.line_num
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            raise InputError(f"malformed CSV: {exc}; nothing was imported", path=path,
-                             line=reader.line_num) from None
-        line, end = end + 1, reader.line_num
-        if not any(c.strip() for c in row):
-            continue  # blank line
-        raw_email = cell(row, "email").strip()
-        if not raw_email:
-            report.errors.append((line, "empty email"))
-            continue
-        try:
-            email = normalise_email(raw_email)
-            name = clean_text(_unformula(cell(row, "name")), "name")
-            source = clean_text(_unformula(cell(row, "source")), "source") or default_source
-            consent = clean_text(_unformula(cell(row, "consent")), "consent")
-        except InputError as exc:
-            report.errors.append((line, exc.message))
-            continue
-        key = email.lower()
-        if key in seen:
-            report.skipped.append((line, email, f"duplicate of line {seen[key]}"))
-            continue
-        seen[key] = line
-        rows.append(_Row(line, email, name, source, consent))
-    return rows
+    def __iter__(self) -> Iterator[tuple[int, list[str]]]:
+        """(first physical line, cells) of every non-blank row."""
+        while True:
+            self.lines.row.clear()
+            start = self.lines.count + 1
+            try:
+                row = next(self.rows)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                raise InputError(f"malformed CSV: {exc}; nothing was imported", path=self.path,
+                                 line=self.lines.count) from None
+            if len(self.lines.row) > 1:
+                _check_quotes(row, self.lines.row, self.delimiter, start, self.path)
+            if any(c.strip() for c in row):
+                yield start, row
+
+
+def _open_rows(fh: TextIO, path: Path) -> _Reader:
+    lines = _Lines(fh, path)
+    physical = iter(lines)
+    first = next(physical, "")
+    delimiter = _delimiter(first)
+    rows = csv.reader(itertools.chain([first], physical), delimiter=delimiter)
+    try:
+        header = next(rows, None) or []
+    except csv.Error as exc:
+        raise InputError(f"malformed CSV header: {exc}", path=path, line=1) from None
+    return _Reader(lines, rows, _columns(header, path), len(header), delimiter, path)
+
+
+def _parse_row(reader: _Reader, line: int, row: list[str], report: ImportReport,
+               addresses: AddressValidator, default_source: str) -> _Row | None:
+    """One row checked and normalised, or None after reporting why it is bad."""
+    if len(row) > reader.width and any(c.strip() for c in row[reader.width:]):
+        where = "a comma" if reader.delimiter == "," else "a separator"
+        report.error(line, f"{len(row)} cells but the header has {reader.width}: {where} inside a cell? "
+                           "Put that cell in double quotes")
+        return None
+    raw_email = _unformula(reader.cell(row, "email").strip())
+    if not raw_email:
+        report.error(line, "empty email")
+        return None
+    try:
+        email = addresses.normalise(raw_email)
+        name = clean_text(_unformula(reader.cell(row, "name")), "name")
+        source = clean_text(_unformula(reader.cell(row, "source")), "source") or default_source
+        consent = clean_text(_unformula(reader.cell(row, "consent")), "consent")
+    except InputError as exc:
+        report.error(line, exc.message)
+        return None
+    return _Row(line, email, name, source, consent)
 
 
 # ---- import --------------------------------------------------------------------------
 def import_csv(store: SubscriberStore, path: Path | str, *, resubscribe: bool = False,
-               source: str | None = None) -> ImportReport:
+               source: str | None = None, progress: Progress | None = None) -> ImportReport:
     """Import subscribers from a CSV file; see the module docstring for the rules.
 
     ``source`` is recorded for rows that have no ``source`` cell of their own
     (default ``import:<file name>``). Raises :class:`InputError` only for problems
-    with the file as a whole (unreadable, not text, no email column, malformed CSV);
-    row problems go in the report.
+    with the file as a whole (unreadable, not text, no email column, malformed CSV,
+    a runaway quote); row problems go in the report. ``progress`` is called after
+    each chunk of rows with (rows read, bytes read, file size).
     """
     path = Path(path)
     report = ImportReport(path=str(path))
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror or exc}", path=path) from None
-    text = _decode(data, path, report)
+    encoding = _encoding(path, report)
     default_source = clean_text(source, "source") if source is not None else f"import:{path.name}"
-    rows = _parse(text, path, report, default_source)
+    addresses = AddressValidator()
+    size = path.stat().st_size
+    writer = _Writer(report, resubscribe)
+    with store.transaction() as conn, path.open("r", encoding=encoding, newline="") as fh:
+        writer.begin(conn)
+        reader = _open_rows(fh, path)
+        chunk: list[_Row] = []
+        rows_read = 0
+        for line, cells in reader:
+            rows_read += 1
+            row = _parse_row(reader, line, cells, report, addresses, default_source)
+            if row is not None:
+                chunk.append(row)
+            if len(chunk) >= _ROW_CHUNK:
+                writer.write(conn, chunk)
+                chunk = []
+                if progress is not None:
+                    progress(rows_read, fh.buffer.tell(), size)
+        writer.write(conn, chunk)
+        writer.end(conn)
+    if progress is not None:
+        progress(rows_read, size, size)
+    return report
 
-    now = utcnow()
-    inserts: list[tuple] = []
-    name_updates: list[tuple] = []
-    reactivations: list[tuple] = []
-    with store.transaction() as conn:
-        existing: dict[str, tuple[int, str, str]] = {}
-        emails = [r.email for r in rows]
-        for start in range(0, len(emails), _SQL_PARAM_CHUNK):
-            chunk = emails[start:start + _SQL_PARAM_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            for sid, email, name, status in conn.execute(
-                    f"SELECT id, email, name, status FROM subscribers WHERE email IN ({marks})", chunk):
-                existing[email.lower()] = (sid, name, status)
-        for r in rows:
-            found = existing.get(r.email.lower())
+
+def _select_in(conn: sqlite3.Connection, sql: str, values: Sequence[str]) -> Iterator[tuple]:
+    """Rows of ``sql`` (with one ``{marks}`` for an IN list), in parameter-limit-sized queries."""
+    for start in range(0, len(values), _SQL_PARAM_CHUNK):
+        part = values[start:start + _SQL_PARAM_CHUNK]
+        yield from conn.execute(sql.format(marks=",".join("?" * len(part))), part)
+
+
+class _Writer:
+    """Writes checked rows chunk by chunk inside the import's one transaction.
+
+    Addresses seen earlier in the file live in a temporary table, not in memory,
+    so a duplicate is still reported with the line it duplicates.
+    """
+
+    def __init__(self, report: ImportReport, resubscribe: bool):
+        self.report, self.resubscribe, self.now = report, resubscribe, utcnow()
+
+    def begin(self, conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS import_seen(key TEXT PRIMARY KEY, line INTEGER NOT NULL)")
+        conn.execute("DELETE FROM temp.import_seen")
+
+    def end(self, conn: sqlite3.Connection) -> None:
+        conn.execute("DROP TABLE temp.import_seen")
+
+    def write(self, conn: sqlite3.Connection, rows: list[_Row]) -> None:
+        report, now = self.report, self.now
+        keys = [r.email.lower() for r in rows]
+        first = dict(_select_in(conn, "SELECT key, line FROM temp.import_seen WHERE key IN ({marks})", keys))
+        existing = {email.lower(): (sid, name, status) for sid, email, name, status in _select_in(
+            conn, "SELECT id, email, name, status FROM subscribers WHERE email IN ({marks})", keys)}
+        seen, inserts, names, reactivations = [], [], [], []
+        for r, key in zip(rows, keys):
+            if key in first:
+                report.skip(r.line, r.email, f"duplicate of line {first[key]}")
+                continue
+            first[key] = r.line
+            seen.append((key, r.line))
+            found = existing.get(key)
             if found is None:
                 inserts.append((r.email, r.name, now, now, r.source, r.consent))
                 continue
             sid, old_name, status = found
             if status in SUPPRESSED:
-                if resubscribe:
+                if self.resubscribe:
                     reactivations.append((now, r.name, r.name, r.source, r.source, r.consent, r.consent, sid))
                 else:
-                    report.skipped.append((r.line, r.email, f"suppressed: {status}"))
+                    report.skip(r.line, r.email, f"suppressed: {status}")
             elif r.name and r.name != old_name:
-                name_updates.append((r.name, now, sid))
+                names.append((r.name, now, sid))
             else:
-                report.skipped.append((r.line, r.email, "already subscribed"))
+                report.skip(r.line, r.email, "already subscribed")
+        conn.executemany("INSERT INTO temp.import_seen(key, line) VALUES(?, ?)", seen)
         conn.executemany(
             "INSERT INTO subscribers(email, name, status, created_at, changed_at, source, consent)"
             f" VALUES(?, ?, '{ACTIVE}', ?, ?, ?, ?)", inserts)
-        conn.executemany("UPDATE subscribers SET name=?, changed_at=? WHERE id=?", name_updates)
+        conn.executemany("UPDATE subscribers SET name=?, changed_at=? WHERE id=?", names)
         conn.executemany(
             f"UPDATE subscribers SET status='{ACTIVE}', status_reason='', changed_at=?,"
             " name=CASE WHEN ?<>'' THEN ? ELSE name END,"
             " source=CASE WHEN ?<>'' THEN ? ELSE source END,"
             " consent=CASE WHEN ?<>'' THEN ? ELSE consent END WHERE id=?", reactivations)
-    report.added = len(inserts)
-    report.updated = len(name_updates) + len(reactivations)
-    report.skipped.sort(key=lambda s: s[0])
-    return report
-
+        report.added += len(inserts)
+        report.updated += len(names) + len(reactivations)
 
 # ---- export --------------------------------------------------------------------------
 def export_csv(store: SubscriberStore, out: TextIO, status: str | None = None) -> int:
@@ -254,7 +421,7 @@ def export_csv(store: SubscriberStore, out: TextIO, status: str | None = None) -
     writer.writerow(EXPORT_COLUMNS)
     n = 0
     for s in store.iter_subscribers(status=status):
-        writer.writerow((s.email, _guard_formula(s.name), s.status, s.created_at, s.changed_at,
+        writer.writerow((_guard_formula(s.email), _guard_formula(s.name), s.status, s.created_at, s.changed_at,
                          _guard_formula(s.source), _guard_formula(s.consent)))
         n += 1
     return n

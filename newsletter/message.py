@@ -49,7 +49,13 @@ def check_header(name: str, value: str) -> str:
 
 
 def validate_address(address: str, what: str = "address") -> str:
-    """Syntax-check an address offline; returns it normalised (domain lower-cased)."""
+    """Syntax-check an address offline; returns it normalised as it is sent.
+
+    The domain comes back lower-cased and in its ASCII (IDNA, ``xn--``) form, so an
+    internationalised domain is stored exactly as the SMTP envelope and the ``To``
+    header carry it. A non-ASCII local part cannot be sent without SMTPUTF8, which
+    we do not use, so it is refused here, at the door, rather than at send time.
+    """
     check_header(what, address)
     from email_validator import EmailNotValidError, validate_email
 
@@ -57,7 +63,7 @@ def validate_address(address: str, what: str = "address") -> str:
         info = validate_email(address, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
         raise InputError(f"invalid {what} {address!r}: {exc}") from None
-    return info.normalized
+    return info.ascii_email or info.normalized
 
 
 @dataclass(frozen=True)

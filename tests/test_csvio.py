@@ -228,3 +228,106 @@ def test_import_of_many_rows_is_one_transaction(store, tmp_path):
     assert report.added == 20_000 and report.errors == []
     assert store.count("active") == 20_000
     assert len(commits) == 1
+
+
+def test_row_with_more_cells_than_the_header_is_a_bad_row(store, tmp_path):
+    path = write(tmp_path, "email,name\n"
+                           "ana@example.org,Ana, Jr\n"      # 2: unquoted comma in the name
+                           "bo@example.org,\"Bo, Jr\"\n"    # 3: quoted: fine
+                           "cy@example.org,Cy,\n"           # 4: a trailing empty cell loses nothing
+                           "di@example.org;Di\n")           # 5: one cell only: an invalid address
+    report = import_csv(store, path)
+    assert emails(store) == ["bo@example.org", "cy@example.org"]
+    assert [line for line, _ in report.errors] == [2, 5]
+    assert "3 cells but the header has 2" in report.errors[0][1]
+    assert store.get_by_email("bo@example.org").name == "Bo, Jr"
+
+
+def test_a_quote_that_never_closes_refuses_the_file_naming_its_line(store, tmp_path):
+    path = write(tmp_path, "email,name\n"
+                           "ana@example.org,Ana\n"
+                           "bo@example.org,\"Bo\n"          # 3: the quote opens here
+                           "cy@example.org,Cy\n"
+                           "di@example.org,Di\n"
+                           "ed@example.org,Ed\n")
+    with pytest.raises(InputError) as exc:
+        import_csv(store, path)
+    assert str(exc.value).startswith(f"{path}:3: a quote opened here never closes")
+    assert "3-6" in str(exc.value)
+    assert exc.value.exit_code == 2
+    assert store.count() == 0
+
+
+def test_a_quote_that_swallows_rows_and_closes_later_refuses_the_file(store, tmp_path):
+    path = write(tmp_path, "email,name,source\n"
+                           "ana@example.org,Ana,web\n"
+                           "bo@example.org,\"Bo,web\n"       # 3: the quote opens here
+                           "cy@example.org,Cy,web\n"
+                           "di@example.org,Di,web\n"
+                           "ed@example.org,\"Ed\",web\n"     # the next quote closes the runaway cell
+                           "fa@example.org,Fa,web\n")
+    with pytest.raises(InputError, match=r"list.csv:3: a quoted cell opened here.*whole rows"):
+        import_csv(store, path)
+    assert store.count() == 0
+
+
+def test_international_domains_are_stored_as_idna(store, tmp_path):
+    path = write(tmp_path, "email,name\n"
+                           "idn@bücher.example,Unicode\n"
+                           "puny@xn--bcher-kva.example,Puny\n"
+                           "ü@example.org,Local\n"          # a non-ASCII local part cannot be sent
+                           "IDN@BÜCHER.example,Again\n")
+    report = import_csv(store, path)
+    assert emails(store) == ["idn@xn--bcher-kva.example", "puny@xn--bcher-kva.example"]
+    assert [line for line, _ in report.errors] == [4]
+    assert report.skipped == [(5, "IDN@xn--bcher-kva.example", "duplicate of line 2")]
+    assert store.get_by_email("idn@bücher.example").name == "Unicode"
+
+
+def test_export_guards_formulas_in_the_address_and_import_round_trips(store, tmp_path):
+    store.add("=1+2@example.org", "Calc")
+    store.add("-dash@example.org")
+    out = tmp_path / "export.csv"
+    with out.open("w", encoding="utf-8", newline="") as fh:
+        export_csv(store, fh)
+    rows = list(csv.reader(out.open(encoding="utf-8", newline="")))
+    assert [r[0] for r in rows[1:]] == ["'=1+2@example.org", "'-dash@example.org"]
+    other = SubscriberStore.open(tmp_path / "other.db")
+    report = import_csv(other, out)
+    assert report.added == 2 and report.errors == []
+    assert [s.email for s in other.iter_subscribers()] == ["=1+2@example.org", "-dash@example.org"]
+    other.close()
+
+
+def test_report_keeps_the_first_details_and_counts_all(store, tmp_path):
+    from newsletter.csvio import DETAIL_LIMIT
+
+    n = DETAIL_LIMIT + 250
+    path = tmp_path / "bad.csv"
+    path.write_text("email\n" + "".join(f"bad{i}\n" for i in range(n)) + "ok@example.org\n", encoding="utf-8")
+    seen: list[tuple[int, int, int]] = []
+    report = import_csv(store, path, progress=lambda rows, done, size: seen.append((rows, done, size)))
+    assert report.error_count == n and len(report.errors) == DETAIL_LIMIT
+    assert report.errors[-1][0] == DETAIL_LIMIT + 1
+    assert report.added == 1 and not report.ok
+    assert seen[-1] == (n + 1, path.stat().st_size, path.stat().st_size)
+    assert f"{n} error(s)" in report.summary()
+
+
+def test_a_huge_line_is_refused_without_reading_it_whole(store, tmp_path):
+    path = tmp_path / "one-line.csv"
+    path.write_text("email,name\nok@example.org," + "x" * (3 << 20), encoding="utf-8")
+    with pytest.raises(InputError, match=r"one-line.csv:2: a line longer than"):
+        import_csv(store, path)
+    assert store.count() == 0
+
+
+def test_duplicates_across_chunks_name_their_first_line(store, tmp_path):
+    from newsletter.csvio import _ROW_CHUNK
+
+    path = tmp_path / "dups.csv"
+    lines = [f"u{i}@example.org" for i in range(_ROW_CHUNK * 2 + 5)] + ["U3@EXAMPLE.org"]
+    path.write_text("email\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    report = import_csv(store, path)
+    assert report.added == _ROW_CHUNK * 2 + 5
+    assert report.skipped == [(len(lines) + 1, "U3@example.org", "duplicate of line 5")]
