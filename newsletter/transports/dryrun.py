@@ -3,7 +3,9 @@
 Each message becomes ``<outbox>/<slug>/<NNNNN>-<recipient>.eml`` holding exactly the
 bytes an SMTP server would have received, so a dry run can be opened in any mail
 client. ``summary.json`` in the same folder (count, recipients, total bytes,
-subject, created time) is written on :meth:`close`.
+subject, created time) is written on :meth:`close`. The recipient list goes to an
+anonymous temporary file as messages are written and is streamed into the summary,
+so a dry run of 100k readers holds no more in memory than one of 10k.
 
 A run starts each issue folder afresh: files from an earlier dry run (``NNNNN-*.eml``
 and ``summary.json``, nothing else) are removed the first time the folder is written
@@ -19,10 +21,11 @@ import datetime as _dt
 import json
 import os
 import re
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import IO, TYPE_CHECKING, Sequence
 
 from newsletter.errors import InputError, TransportError
 from newsletter.transports.base import SendResult, Status, Transport
@@ -58,23 +61,30 @@ class _Folder:
     created: str = field(default_factory=_now)
     count: int = 0
     total_bytes: int = 0
-    recipients: list[str] = field(default_factory=list)
     last_number: int = 0
     dirty: bool = False
     users: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # One JSON string per line, in sending order: the summary's list, kept out of memory.
+    recipients: IO[str] = field(default_factory=lambda: tempfile.TemporaryFile("w+", encoding="utf-8"), repr=False)
 
-    def summary(self) -> dict[str, object]:
-        return {
-            "slug": self.slug,
-            "subject": self.subject,
-            "count": self.count,
-            "total_bytes": self.total_bytes,
-            "recipients": list(self.recipients),
-            "created": self.created,
-            "updated": _now(),
-            "transport": "dryrun",
-        }
+    def add_recipient(self, email: str) -> None:
+        self.recipients.write(json.dumps(email, ensure_ascii=False) + "\n")
+
+    def write_summary(self) -> None:
+        """summary.json, written beside and then renamed over the old one; the list is streamed."""
+        head = {"slug": self.slug, "subject": self.subject, "count": self.count, "total_bytes": self.total_bytes,
+                "created": self.created, "updated": _now(), "transport": "dryrun"}
+        tmp = self.path / f"{SUMMARY}.{threading.get_ident()}.tmp"
+        self.recipients.flush()
+        self.recipients.seek(0)
+        with tmp.open("w", encoding="utf-8") as out:
+            out.write(json.dumps(head, indent=2, ensure_ascii=False)[:-2] + ',\n  "recipients": [')
+            for i, line in enumerate(self.recipients):
+                out.write(("," if i else "") + "\n    " + line.rstrip("\n"))
+            out.write("\n  ]\n}\n")
+        self.recipients.seek(0, os.SEEK_END)
+        os.replace(tmp, self.path / SUMMARY)
 
 
 # Folders open in this process. A delivery with concurrency > 1 builds one transport
@@ -128,7 +138,7 @@ class DryRunTransport(Transport):
             with folder.lock:
                 folder.count += 1
                 folder.total_bytes += len(data)
-                folder.recipients.append(msg.to_email)
+                folder.add_recipient(msg.to_email)
                 folder.subject = msg.subject
                 folder.dirty = True
             results.append(SendResult(msg.to_email, Status.SENT, provider_id=msg.message_id))
@@ -183,7 +193,8 @@ class DryRunTransport(Transport):
             folder.created = str(old.get("created") or folder.created)
             folder.count = int(old.get("count") or 0)
             folder.total_bytes = int(old.get("total_bytes") or 0)
-            folder.recipients = [str(r) for r in old.get("recipients") or []]
+            for r in old.get("recipients") or []:
+                folder.add_recipient(str(r))
             folder.subject = str(old.get("subject") or "")
 
     def close(self) -> None:
@@ -192,11 +203,10 @@ class DryRunTransport(Transport):
         for folder in folders.values():
             with folder.lock:
                 if folder.dirty:
-                    tmp = folder.path / f"{SUMMARY}.{threading.get_ident()}.tmp"
-                    tmp.write_text(json.dumps(folder.summary(), indent=2, ensure_ascii=False) + "\n", "utf-8")
-                    os.replace(tmp, folder.path / SUMMARY)
+                    folder.write_summary()
                     folder.dirty = False
             with _OPEN_LOCK:
                 folder.users -= 1
                 if folder.users <= 0:
                     _OPEN.pop(folder.path.resolve(), None)
+                    folder.recipients.close()
