@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -32,11 +36,50 @@ def recipients(n: int):
             for i in range(1, n + 1)]
 
 
-def best_of(repeats: int, fn: Callable[[], object]) -> float:
-    """Best wall time of ``repeats`` runs: the least disturbed by other load."""
-    best = float("inf")
-    for _ in range(repeats):
+def timed(fn: Callable[[], object]) -> float:
+    """Wall time of one call."""
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def interleaved(rounds: int, contestants: dict[str, Callable[[], float]]) -> dict[str, list[float]]:
+    """Run the contestants in turn, ``rounds`` times, alternating who goes first.
+
+    Each callable returns its own measurement. Interleaving puts every contestant
+    through the same spells of machine load; report the medians, never the best.
+    """
+    names = list(contestants)
+    out: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(rounds):
+        for name in (names if i % 2 == 0 else names[::-1]):
+            out[name].append(contestants[name]())
+    return out
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def median_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> float:
+    """The median of the pairs' ratios: each pair shared the machine's load at that moment."""
+    return statistics.median(a / b for a, b in zip(numerators, denominators))
+
+
+def run_process(cmd: Sequence[str], *, env: dict[str, str] | None = None,
+                cwd: Path | None = None) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS in MB, stdout) of one whole process; exits when it fails.
+
+    The peak is the child's own ``ru_maxrss`` from ``wait4`` on that process alone.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+        proc = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, cwd=cwd)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err.read().decode(errors='replace')[-2000:]}")
+        return wall, usage.ru_maxrss / 1024, out.read().decode(errors="replace")
