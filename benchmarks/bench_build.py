@@ -18,10 +18,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import ISSUE6, REPO, best_of, settings
+from _common import ISSUE6, REPO, interleaved, median, median_ratio, settings, timed
 
 NODE_DIR = Path(__file__).resolve().parent / ".node"
 ROUNDS = 11
+WARM = 15  # renders per warm measurement
 WARM_JS = r"""
 const fs = require('fs');
 const mjml = require('mjml');
@@ -29,14 +30,15 @@ const juice = require('juice');
 const src = fs.readFileSync(process.argv[2], 'utf8');
 const n = parseInt(process.argv[3], 10);
 (async () => {
-  let best = Infinity;
+  const times = [];
   for (let i = 0; i < n; i++) {
     const t = process.hrtime.bigint();
     const out = await mjml(src, {validationLevel: 'skip'});  // mjml 5 is async; 4 returns the object
     juice(out.html, {preserveImportant: true});
-    best = Math.min(best, Number(process.hrtime.bigint() - t) / 1e9);
+    times.push(Number(process.hrtime.bigint() - t) / 1e9);
   }
-  console.log(JSON.stringify({best}));
+  times.sort((a, b) => a - b);
+  console.log(JSON.stringify({median: times[Math.floor(times.length / 2)]}));
 })();
 """
 
@@ -72,6 +74,16 @@ def run(cmd: list[str], **kw) -> None:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120, **kw)
 
 
+def bytecode_cached() -> bool:
+    """Whether the running install's CLI has a compiled .pyc (editable or not, package or module)."""
+    import importlib.util
+
+    import newsletter.cli as cli
+
+    source = cli.__file__
+    return bool(source) and Path(importlib.util.cache_from_source(source)).exists()
+
+
 def main() -> None:
     from newsletter.issue import parse_issue
     from newsletter.render import Renderer, render_issue
@@ -79,14 +91,16 @@ def main() -> None:
     s = settings()
     cold = render_issue(ISSUE6, s).timings
     renderer = Renderer(s)
-    stages: dict[str, float] = {}
-    for _ in range(15):
-        t = render_issue(ISSUE6, s, renderer).timings
-        stages = {k: min(stages.get(k, 1e9), v) for k, v in t.items()}
-    print("Per-stage cost for issue #6 (ms): cold process first render / warm best of 15")
+    samples: dict[str, list[float]] = {}
+    for _ in range(WARM):
+        for k, v in render_issue(ISSUE6, s, renderer).timings.items():
+            samples.setdefault(k, []).append(v)
+    print(f"Per-stage cost for issue #6 (ms): cold process first render / warm median of {WARM}")
     for stage in ("parse", "markdown", "jinja", "mjml", "inline", "text"):
-        print(f"  {stage:<9} {cold[stage] * 1000:8.1f} {stages[stage] * 1000:8.1f}")
-    warm_py = best_of(15, lambda: renderer.render(parse_issue(ISSUE6)))
+        print(f"  {stage:<9} {cold[stage] * 1000:8.1f} {median(samples[stage]) * 1000:8.1f}")
+
+    def warm_py() -> float:
+        return median([timed(lambda: renderer.render(parse_issue(ISSUE6))) for _ in range(WARM)])
 
     newsletter_cmd = [str(Path(sys.executable).parent / "newsletter"), "--root", str(REPO), "build", "6"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,37 +108,39 @@ def main() -> None:
         py_cmd = [*newsletter_cmd, "--out", str(out / "py")]
         tools = node_tools()
         if tools is None:
-            whole_py = best_of(ROUNDS, lambda: run(py_cmd))
-            print(f"\nWhole process `newsletter build 6`:  {whole_py:.3f} s (best of {ROUNDS})")
+            whole = median([timed(lambda: run(py_cmd)) for _ in range(ROUNDS)])
+            print(f"\nWhole process `newsletter build 6`:  {whole:.3f} s (median of {ROUNDS})")
             print("node/npm not found: skipping the comparisons with npm mjml and juice")
-            print(f"Warm in-process rebuild (Python):     {warm_py * 1000:.1f} ms")
+            print(f"Warm in-process rebuild (Python):     {warm_py() * 1000:.1f} ms")
             return
         src = out / "issue6.mjml"
         src.write_text(mjml_source(), encoding="utf-8")
         mjml_cli = [str(tools / "node_modules" / ".bin" / "mjml"), str(src), "-o", str(out / "node.html")]
-        # Interleaved, so a busy moment of the machine costs both sides alike.
-        whole_py = whole_js = float("inf")
-        for _ in range(ROUNDS):
-            whole_py = min(whole_py, best_of(1, lambda: run(py_cmd)))
-            whole_js = min(whole_js, best_of(1, lambda: run(mjml_cli)))
-        cached = any((REPO / "newsletter" / "__pycache__").glob("cli.*.pyc"))
-        print(f"\nWhole process `newsletter build 6`:     {whole_py:.3f} s (best of {ROUNDS}; "
+        # Interleaved pairs, so a busy moment of the machine costs both sides alike; medians.
+        whole = interleaved(ROUNDS, {"py": lambda: timed(lambda: run(py_cmd)),
+                                     "js": lambda: timed(lambda: run(mjml_cli))})
+        cached = bytecode_cached()
+        print(f"\nWhole process `newsletter build 6`:     {median(whole['py']):.3f} s (median of {ROUNDS}; "
               f"our bytecode {'cached' if cached else 'NOT cached: compiled on every run'})")
-        print(f"Whole process `mjml` CLI (compile only): {whole_js:.3f} s (best of {ROUNDS})")
-        print(f"  ratio newsletter/mjml:               {whole_py / whole_js:.2f}x  (target <= 0.6x)")
+        print(f"Whole process `mjml` CLI (compile only): {median(whole['js']):.3f} s (median of {ROUNDS})")
+        print(f"  ratio newsletter/mjml (median of pairs): {median_ratio(whole['py'], whole['js']):.2f}x  "
+              "(target <= 0.6x)")
 
         script = tools / "warm.js"  # beside node_modules, so require() finds mjml and juice
         script.write_text(WARM_JS)
-        # Interleaved rounds of 15 each, best of all: the machine's slow spells hit both sides.
-        warm_js = float("inf")
-        for _ in range(3):
-            warm_py = min(warm_py, best_of(15, lambda: renderer.render(parse_issue(ISSUE6))))
-            res = subprocess.run(["node", str(script), str(src), "15"], cwd=tools, capture_output=True, text=True,
-                                 check=True, timeout=300)
-            warm_js = min(warm_js, json.loads(res.stdout)["best"])
-        print(f"\nWarm rebuild, Python (parse+render+inline+text): {warm_py * 1000:.1f} ms (best of 60)")
-        print(f"Warm rebuild, node (mjml compile + juice inline): {warm_js * 1000:.1f} ms (best of 45)")
-        print(f"  ratio python/node:                              {warm_py / warm_js:.2f}x  (target <= 1.0x)")
+
+        def warm_js() -> float:
+            res = subprocess.run(["node", str(script), str(src), str(WARM)], cwd=tools, capture_output=True,
+                                 text=True, check=True, timeout=300)
+            return json.loads(res.stdout)["median"]
+
+        warm = interleaved(3, {"py": warm_py, "js": warm_js})
+        print(f"\nWarm rebuild, Python (parse+render+inline+text): {median(warm['py']) * 1000:.1f} ms "
+              f"(median of 3 x {WARM})")
+        print(f"Warm rebuild, node (mjml compile + juice inline): {median(warm['js']) * 1000:.1f} ms "
+              f"(median of 3 x {WARM})")
+        print(f"  ratio python/node (median of pairs):            {median_ratio(warm['py'], warm['js']):.2f}x  "
+              "(target <= 1.0x)")
 
 
 if __name__ == "__main__":
