@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from newsletter.cli import main
+from newsletter.cli import cli
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -19,17 +19,8 @@ REPO = Path(__file__).resolve().parent.parent
 BASE_ENV = {"NEWSLETTER_TRANSPORT": "dryrun", "NEWSLETTER_SECRET_KEY": "test-secret"}
 
 
-class _Main:
-    """Lets CliRunner drive newsletter.cli.main, which maps errors to exit codes as for a user."""
-
-    name = "newsletter"
-
-    def main(self, args=None, prog_name=None, **extra):
-        main(list(args or []))
-
-
 def run(root: Path, *args: str, env: dict | None = None, input: str | None = None):
-    return CliRunner().invoke(_Main(), ["--root", str(root), *args], env={**BASE_ENV, **(env or {})}, input=input)
+    return CliRunner().invoke(cli, ["--root", str(root), *args], env={**BASE_ENV, **(env or {})}, input=input)
 
 
 def test_build_writes_three_files(publication_root):
@@ -265,5 +256,34 @@ def test_bad_database_and_root_are_one_line(publication_root, tmp_path):
     bad.write_bytes(b"this is not sqlite" * 100)
     result = run(publication_root, "subscribers", "count", env={"NEWSLETTER_DB": str(bad)})
     assert result.exit_code == 3 and "not a usable newsletter database" in result.output
-    missing = CliRunner().invoke(_Main(), ["--root", str(tmp_path / "nope"), "subscribers", "count"])
+    missing = CliRunner().invoke(cli, ["--root", str(tmp_path / "nope"), "subscribers", "count"])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_errors_map_to_click_exceptions_with_our_exit_codes():
+    import click
+
+    from newsletter import errors
+    from newsletter.cli import NewsletterGroup
+
+    cases = [
+        (errors.InputError("bad row", path="subs.csv", line=3), 2, "error: subs.csv:3: bad row"),
+        (errors.ConfigError("no key"), 3, "error: no key"),
+        (errors.TransportError("refused"), 4, "error: refused"),
+        (errors.DeliveryLockedError("locked"), 5, "error: locked"),
+        (errors.ChecksFailedError("2 errors"), 6, "error: 2 errors"),
+        (errors.ContentChangedError("changed"), 7, "error: changed"),
+        (click.exceptions.Abort(), 1, "Aborted; nothing was sent."),
+        (KeyboardInterrupt(), 130, "Interrupted."),
+        (PermissionError(13, "Permission denied", "/srv/x.csv"), 2, "error: /srv/x.csv: Permission denied"),
+    ]
+    for exc, code, line in cases:
+        group = NewsletterGroup("newsletter")
+
+        @group.command("boom")
+        def boom(exc=exc):
+            raise exc
+
+        result = CliRunner().invoke(group, ["boom"])
+        assert result.exit_code == code, (exc, result.output)
+        assert result.output.strip() == line and "Traceback" not in result.output

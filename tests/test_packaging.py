@@ -19,6 +19,8 @@ def test_wheel_ships_templates_and_data_and_builds_an_issue(tmp_path):
     for template in (REPO / "templates").glob("*.j2"):
         assert f"newsletter/default_templates/{template.name}" in names
     assert "newsletter/data/init/newsletter.toml" in names and "newsletter/data/init/env.example" in names
+    for init in (REPO / "newsletter").rglob("__init__.py"):  # every subpackage, e.g. newsletter/cli/
+        assert init.relative_to(REPO).as_posix() in names, init
 
     # Install it beside (not over) the checkout and run it from a new publication.
     target = tmp_path / "site"
