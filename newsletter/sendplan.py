@@ -35,7 +35,7 @@ def prepare_issue(settings: "Settings", rendered: "RenderedEmail", *, test: bool
 
 def test_recipients(settings: "Settings", addresses: Sequence[str]) -> list[str]:
     """Checked --test addresses; test sends respect the suppression list too."""
-    from newsletter.message import validate_address
+    from newsletter.addresses import validate_address
     from newsletter.store import SubscriberStore
 
     recipients = [validate_address(a, "--test address") for a in addresses]

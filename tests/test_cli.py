@@ -152,14 +152,20 @@ def _python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
 
 
-def test_help_and_subscribers_do_not_import_the_renderer():
+HEAVY = ("premailer", "cssutils", "mjml", "markdown_it", "jinja2", "requests", "rich.progress")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["subscribers", "--help"], ["send", "--help"],
+                                  ["subscribers", "count"], ["status"]])
+def test_light_commands_do_not_import_the_renderer(publication_root, args):
     code = ("import sys\nfrom newsletter.cli import main\n"
-            "try:\n    main({args})\nexcept SystemExit:\n    pass\n"
-            "heavy = [m for m in ('premailer', 'cssutils', 'mjml', 'markdown_it', 'jinja2', 'requests') if m in sys.modules]\n"
-            "print('HEAVY', heavy)")
-    for args in (["--help"], ["subscribers", "--help"], ["send", "--help"]):
-        out = _python(code.format(args=args)).stdout
-        assert "HEAVY []" in out, (args, out)
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit as exc:\n    print('EXIT', exc.code)\n"
+            f"print('HEAVY', [m for m in {HEAVY!r} if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", code, "--root", str(publication_root), *args],
+                            capture_output=True, text=True, cwd=publication_root, timeout=60)
+    assert "EXIT 0" in result.stdout and "HEAVY []" in result.stdout, (args, result.stdout, result.stderr)
+    if args == ["status"]:  # it did open the database and answer
+        assert "No deliveries yet." in result.stdout and (publication_root / "newsletter.db").exists()
 
 
 def test_help_explains_commands():

@@ -49,3 +49,13 @@ def test_wheel_ships_templates_and_data_and_builds_an_issue(tmp_path):
     result = newsletter("--root", str(pub), "build", "1")
     assert result.returncode == 0, result.stderr
     assert "Hello, world" in (pub / "build" / "hello-world" / "email.html").read_text(encoding="utf-8")
+
+
+def test_plain_pytest_collects_the_tests_that_import_from_tests():
+    """`pytest` (not only `python -m pytest`) finds the `tests` package: pyproject's pythonpath."""
+    pytest_script = Path(sys.executable).parent / "pytest"
+    result = subprocess.run([str(pytest_script), "--collect-only", "-q", "-p", "no:cacheprovider",
+                             "tests/test_crash.py", "tests/test_render.py"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "error" not in result.stdout.lower()
