@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from newsletter.errors import ConfigError, InputError
 
@@ -33,7 +33,7 @@ def prepare_issue(settings: "Settings", rendered: "RenderedEmail", *, test: bool
                          test=test, signer=signer_from_settings(settings))
 
 
-def test_recipients(settings: "Settings", addresses: Sequence[str]) -> list[str]:
+def checked_test_recipients(settings: "Settings", addresses: Sequence[str]) -> list[str]:
     """Checked --test addresses; test sends respect the suppression list too."""
     from newsletter.addresses import validate_address
     from newsletter.store import SubscriberStore
@@ -76,28 +76,27 @@ def dry_run_all(settings: "Settings", rendered: "RenderedEmail", progress: Progr
     store = SubscriberStore.open(settings.db_path)
     total = store.count("active")
     prepared = prepare_issue(settings, rendered)
+    messages = (prepared.for_subscriber(s.id, s.email, s.name) for s in store.iter_subscribers(status="active"))
     done = size = 0
     with DryRunTransport.from_settings(settings) as transport:
-        batch: list[Any] = []
-        for sub in store.iter_subscribers(status="active"):
-            batch.append(prepared.for_subscriber(sub.id, sub.email, sub.name))
-            if len(batch) >= DRY_RUN_BATCH:
-                size += _write(transport, batch)
-                done += len(batch)
-                batch = []
-                if progress:
-                    progress(done, total, done, 0)
-        if batch:
-            size += _write(transport, batch)
+        for batch in _batches(messages, DRY_RUN_BATCH):
+            transport.send(batch)
+            size += sum(len(m.as_bytes()) for m in batch)  # already built by the transport: cached
             done += len(batch)
             if progress:
                 progress(done, total, done, 0)
     return DryRunSummary(done, size)
 
 
-def _write(transport: "Transport", batch: list[Any]) -> int:
-    transport.send(batch)
-    return sum(len(m.as_bytes()) for m in batch)  # already built by the transport: cached
+def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def open_delivery(settings: "Settings") -> tuple[sqlite3.Connection, int, Callable[[], "Transport"]]:

@@ -26,23 +26,13 @@ if TYPE_CHECKING:
 class CommandError(click.ClickException):
     """A failure the user can act on: one line on stderr and the exit code the error type chose."""
 
-    def __init__(self, message: str, exit_code: int):
+    def __init__(self, message: str, exit_code: int, *, prefix: str = "error: "):
         super().__init__(message)
         self.exit_code = exit_code
+        self.prefix = prefix
 
     def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True, file=file)
-
-
-class Stopped(click.ClickException):
-    """Ctrl-C outside a send (a send finishes its batch and stops by itself)."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-    def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(self.format_message(), err=True, file=file)
+        click.echo(f"{self.prefix}{self.format_message()}", err=True, file=file)
 
 
 @contextmanager
@@ -53,9 +43,9 @@ def _click_errors() -> Iterator[None]:
     except NewsletterError as exc:
         raise CommandError(exc.format_message(), exc.exit_code) from exc
     except click.exceptions.Abort:
-        raise Stopped("Aborted; nothing was sent.", 1) from None
+        raise CommandError("Aborted; nothing was sent.", 1, prefix="") from None
     except KeyboardInterrupt:
-        raise Stopped("Interrupted.", 130) from None
+        raise CommandError("Interrupted.", 130, prefix="") from None  # outside a send
     except OSError as exc:  # a path the user gave cannot be read or written
         where = f"{exc.filename}: " if exc.filename else ""
         raise CommandError(f"{where}{exc.strerror or exc}", 2) from exc

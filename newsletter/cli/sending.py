@@ -77,10 +77,10 @@ def _send_test(settings: "Settings", rendered: "RenderedEmail", addresses: tuple
                dry_run: bool, yes: bool) -> None:
     import time
 
-    from newsletter.sendplan import send_test, test_recipients
+    from newsletter.sendplan import checked_test_recipients, send_test
     from newsletter.transports import transport_factory
 
-    recipients = test_recipients(settings, addresses)
+    recipients = checked_test_recipients(settings, addresses)
     factory = transport_factory(settings, "dryrun" if dry_run else None)
     _confirm_real_send(settings, len(recipients), "a [TEST] copy", yes, dry_run)
     start = time.monotonic()
