@@ -293,3 +293,14 @@ def test_errors_map_to_click_exceptions_with_our_exit_codes():
         result = CliRunner().invoke(group, ["boom"])
         assert result.exit_code == code, (exc, result.output)
         assert result.output.strip() == line and "Traceback" not in result.output
+
+
+def test_output_piped_into_a_reader_that_stops_early_is_a_quiet_exit_1(publication_root):
+    csv = publication_root / "subs.csv"
+    csv.write_text("email\n" + "".join(f"reader{i}@example.org\n" for i in range(1000)), encoding="utf-8")
+    assert run(publication_root, "subscribers", "import", str(csv)).exit_code == 0
+    proc = subprocess.Popen([sys.executable, "-m", "newsletter", "--root", str(publication_root), "subscribers", "list"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=publication_root)
+    proc.stdout.close()  # like `| head` exiting: ~30 KB of output meets a closed pipe
+    stderr = proc.communicate(timeout=60)[1].decode()
+    assert proc.returncode == 1 and "error" not in stderr and "Traceback" not in stderr, stderr

@@ -9,6 +9,7 @@ this one place, and click's standalone mode prints it and exits.
 
 from __future__ import annotations
 
+import errno
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Iterator, NoReturn
@@ -47,6 +48,8 @@ def _click_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         raise CommandError("Interrupted.", 130, prefix="") from None  # outside a send
     except OSError as exc:  # a path the user gave cannot be read or written
+        if exc.errno == errno.EPIPE:
+            raise  # the reader of our output went away (`| head`): click exits 1 quietly
         where = f"{exc.filename}: " if exc.filename else ""
         raise CommandError(f"{where}{exc.strerror or exc}", 2) from exc
 
