@@ -149,6 +149,16 @@ class SubscriberStore:
         row = self.conn.execute(f"SELECT {_COLUMNS} FROM subscribers WHERE email=?", (key,)).fetchone()
         return Subscriber.from_row(row) if row else None
 
+    def get_by_token(self, secret: str, token: str) -> Subscriber | None:
+        """The subscriber an unsubscribe token names, or None unless its signature verifies."""
+        from newsletter.tokens import token_subscriber_id, verify_token
+
+        sid = token_subscriber_id(token)
+        sub = self.get(sid) if sid is not None else None
+        # Verify even when the id is unknown, so timing does not tell the two failures apart.
+        valid = verify_token(secret, token, sub.email if sub else "nobody@invalid.invalid")
+        return sub if sub is not None and valid else None
+
     def _resolve(self, id_or_email: int | str) -> Subscriber:
         if isinstance(id_or_email, bool):
             raise TypeError("expected a subscriber id or an email address")
