@@ -6,7 +6,7 @@ address whose local part is a plain ASCII dot-atom and whose length is far from
 any limit needs only a regular expression and a per-domain cache lookup; the
 cache holds what email-validator itself said about the domain. Everything else
 (quoted local parts, non-ASCII, odd lengths, domains it refused) goes through
-:func:`newsletter.store.normalise_email` unchanged, so the accept/reject decisions
+:func:`newsletter.addresses.normalise_email` unchanged, so the accept/reject decisions
 and the error messages are exactly the authority's; the tests hold the two equal
 on a corpus of tricky addresses.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from newsletter.store import normalise_email
+from newsletter.addresses import normalise_email
 
 # RFC 5322 dot-atom over RFC 5322 atext, ASCII only: what email-validator accepts
 # without any special handling (no quoting, no Unicode, no empty labels).

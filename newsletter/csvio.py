@@ -38,7 +38,8 @@ from typing import BinaryIO, Callable, Iterator, Sequence, TextIO
 
 from newsletter.bulk_addresses import AddressValidator
 from newsletter.errors import InputError
-from newsletter.store import ACTIVE, SUPPRESSED, SubscriberStore, _SQL_PARAM_CHUNK, clean_text, utcnow
+from newsletter.addresses import clean_text
+from newsletter.store import ACTIVE, SUPPRESSED, SubscriberStore, _SQL_PARAM_CHUNK, utcnow
 
 EXPORT_COLUMNS = ("email", "name", "status", "created_at", "changed_at", "source", "consent")
 

@@ -8,7 +8,7 @@ import pytest
 
 from newsletter.bulk_addresses import AddressValidator
 from newsletter.errors import InputError
-from newsletter.store import normalise_email
+from newsletter.addresses import normalise_email
 
 CORPUS = [
     # plain, and the same domains again so the cache answers
