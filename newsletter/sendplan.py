@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from newsletter.errors import ConfigError, InputError
@@ -62,14 +62,23 @@ def active_subscribers(settings: "Settings") -> int:
     return SubscriberStore.open(settings.db_path).count("active")
 
 
-@dataclass(frozen=True)
+FAILURE_DETAILS = 20  # failed recipients named in a dry run's summary; the rest are counted
+
+
+@dataclass
 class DryRunSummary:
-    messages: int
-    size: int  # bytes written
+    messages: int = 0  # written to the outbox
+    size: int = 0  # bytes written
+    failed: int = 0  # could not be built (e.g. an address that cannot be sent)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (address, why), the first ones
 
 
 def dry_run_all(settings: "Settings", rendered: "RenderedEmail", progress: Progress | None = None) -> DryRunSummary:
-    """Personalise for every active subscriber into the outbox, without touching the ledger."""
+    """Personalise for every active subscriber into the outbox, without touching the ledger.
+
+    A message that cannot be built fails alone (the transport says so); it is
+    counted and named here, never built a second time outside that handling.
+    """
     from newsletter.store import SubscriberStore
     from newsletter.transports.dryrun import DryRunTransport
 
@@ -77,15 +86,22 @@ def dry_run_all(settings: "Settings", rendered: "RenderedEmail", progress: Progr
     total = store.count("active")
     prepared = prepare_issue(settings, rendered)
     messages = (prepared.for_subscriber(s.id, s.email, s.name) for s in store.iter_subscribers(status="active"))
-    done = size = 0
+    summary = DryRunSummary()
+    done = 0
     with DryRunTransport.from_settings(settings) as transport:
         for batch in _batches(messages, DRY_RUN_BATCH):
-            transport.send(batch)
-            size += sum(len(m.as_bytes()) for m in batch)  # already built by the transport: cached
+            for msg, result in zip(batch, transport.send(batch)):
+                if result.status.delivered:
+                    summary.messages += 1
+                    summary.size += len(msg.as_bytes())  # built by the transport: cached
+                else:
+                    summary.failed += 1
+                    if len(summary.failures) < FAILURE_DETAILS:
+                        summary.failures.append((result.recipient, result.error or result.status.value))
             done += len(batch)
             if progress:
-                progress(done, total, done, 0)
-    return DryRunSummary(done, size)
+                progress(done, total, summary.messages, summary.failed)
+    return summary
 
 
 def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

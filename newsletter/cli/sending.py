@@ -108,6 +108,13 @@ def _dry_run_all(settings: "Settings", rendered: "RenderedEmail") -> None:
                f"written to {settings.outbox / rendered.slug}/ in {time.monotonic() - start:.1f}s. Nothing was sent.")
     if total == 0:
         click.echo("No active subscribers yet: add some with `newsletter subscribers import FILE.csv`.")
+    if summary.failed:
+        for address, why in summary.failures:
+            click.echo(f"  not written: {address}: {why}", err=True)
+        more = summary.failed - len(summary.failures)
+        click.echo(f"{summary.failed} message(s) could not be built" + (f" ({more} not listed)" if more else "")
+                   + "; a real send would fail them too.", err=True)
+        click.get_current_context().exit(1)
 
 
 def _report(report: Any) -> None:
