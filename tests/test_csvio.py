@@ -331,3 +331,26 @@ def test_duplicates_across_chunks_name_their_first_line(store, tmp_path):
     report = import_csv(store, path)
     assert report.added == _ROW_CHUNK * 2 + 5
     assert report.skipped == [(len(lines) + 1, "U3@example.org", "duplicate of line 5")]
+
+
+def test_cli_import_shows_progress_for_big_files_and_counts_unlisted_rows(tmp_path):
+    from click.testing import CliRunner
+
+    from newsletter.cli import cli
+    from newsletter.cli.subscribers import PROGRESS_FROM_BYTES
+    from newsletter.csvio import DETAIL_LIMIT
+
+    path = tmp_path / "big.csv"
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        fh.write("email,name\n")
+        i = 0
+        while fh.tell() < PROGRESS_FROM_BYTES:
+            fh.write(f"reader{i}@example.org,Reader {i} {'x' * 40}\n")
+            i += 1
+        fh.write("".join(f"bad{j}\n" for j in range(DETAIL_LIMIT + 5)))
+    env = {"NEWSLETTER_DB": str(tmp_path / "news.db")}
+    result = CliRunner().invoke(cli, ["--root", str(tmp_path), "subscribers", "import", str(path)], env=env)
+    assert result.exit_code == 0, result.output
+    assert "Importing" in result.output and f"{i + DETAIL_LIMIT + 5:,} rows" in result.output
+    assert f"Imported {i} new, updated 0, skipped 0, {DETAIL_LIMIT + 5} bad row(s)" in result.output
+    assert "5 more bad or skipped row(s) not listed" in result.output

@@ -27,6 +27,9 @@ def _store(ctx: click.Context) -> Any:
     return SubscriberStore.open(settings_of(ctx).db_path)
 
 
+PROGRESS_FROM_BYTES = 1 << 20  # a file this big takes long enough to show a progress bar
+
+
 @subscribers.command("import")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--resubscribe", is_flag=True, help="Reactivate addresses that had unsubscribed or bounced.")
@@ -38,13 +41,39 @@ def subscribers_import(ctx: click.Context, file: Path, resubscribe: bool, source
 
     if not file.exists():
         raise InputError("no such file", path=file)
-    report = import_csv(_store(ctx), file, resubscribe=resubscribe, source=source)
+    progress, update = _import_progress(file)
+    with progress:
+        report = import_csv(_store(ctx), file, resubscribe=resubscribe, source=source, progress=update)
     for line, reason in report.errors:
         click.echo(f"{file}:{line}: {reason}", err=True)
     for line, email, reason in report.skipped:
         click.echo(f"{file}:{line}: skipped {email}: {reason}", err=True)
-    click.echo(f"Imported {report.added} new, updated {report.updated}, skipped {len(report.skipped)}, "
-               f"{len(report.errors)} bad row(s) ({report.encoding}).")
+    unlisted = report.error_count - len(report.errors) + report.skipped_count - len(report.skipped)
+    if unlisted:
+        click.echo(f"{file}: {unlisted} more bad or skipped row(s) not listed", err=True)
+    click.echo(f"Imported {report.added} new, updated {report.updated}, skipped {report.skipped_count}, "
+               f"{report.error_count} bad row(s) ({report.encoding}).")
+
+
+def _import_progress(file: Path) -> tuple[Any, Any]:
+    """A progress bar on stderr (rows, bytes, time left) for a file big enough to take a while."""
+    import contextlib
+
+    size = file.stat().st_size
+    if size < PROGRESS_FROM_BYTES:
+        return contextlib.nullcontext(), None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from newsletter.cli import console
+
+    progress = Progress(TextColumn("Importing"), BarColumn(), TextColumn("{task.fields[rows]:,} rows"),
+                        TimeRemainingColumn(), console=console(stderr=True), transient=False)
+    task = progress.add_task("import", total=size, rows=0)
+
+    def update(rows: int, done: int, total: int) -> None:
+        progress.update(task, completed=done, total=total, rows=rows)
+
+    return progress, update
 
 
 @subscribers.command("add")
