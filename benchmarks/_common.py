@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -66,15 +66,35 @@ def median_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> 
     return statistics.median(a / b for a, b in zip(numerators, denominators))
 
 
-def run_process(cmd: Sequence[str], *, env: dict[str, str] | None = None,
-                cwd: Path | None = None) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in MB, stdout) of one whole process; exits when it fails.
+def process_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for measured child processes: ours, with bytecode caching allowed.
 
-    The peak is the child's own ``ru_maxrss`` from ``wait4`` on that process alone.
+    ``pip install`` compiles every module to .pyc, and Python reuses them; a
+    ``PYTHONDONTWRITEBYTECODE`` inherited from a CI or sandbox shell would make each
+    child compile all our sources again, measuring the compiler instead of the program.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env.update(extra or {})
+    return env
+
+
+class Run(NamedTuple):
+    wall: float  # seconds, exec to exit
+    cpu: float  # user + system seconds of the process: less disturbed by other load than wall time
+    peak_mb: float  # peak RSS
+    stdout: str
+
+
+def run_process(cmd: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path | None = None) -> Run:
+    """One whole process, measured; exits when it fails.
+
+    CPU time and peak RSS are the child's own, from ``wait4`` on that process alone.
+    ``env`` defaults to :func:`process_env`; pass one built with it.
     """
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t = time.perf_counter()
-        proc = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, cwd=cwd)
+        proc = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                env=process_env() if env is None else env, cwd=cwd)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -82,4 +102,4 @@ def run_process(cmd: Sequence[str], *, env: dict[str, str] | None = None,
         err.seek(0)
         if proc.returncode != 0:
             sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err.read().decode(errors='replace')[-2000:]}")
-        return wall, usage.ru_maxrss / 1024, out.read().decode(errors="replace")
+        return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, out.read().decode(errors="replace"))

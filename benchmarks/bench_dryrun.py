@@ -13,13 +13,12 @@ recipient list streams to disk; nothing per reader stays in memory).
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from _common import REPO, interleaved, median, run_process
+from _common import process_env, REPO, interleaved, median, run_process
 
 sys.path.insert(0, str(REPO))
 
@@ -55,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         def dry_run(n: int) -> float:
             outbox = tmp / "outbox"
             shutil.rmtree(outbox, ignore_errors=True)
-            env = {**os.environ, "NEWSLETTER_DB": str(tmp / f"{n}.db"), "NEWSLETTER_OUTBOX": str(outbox),
-                   "NEWSLETTER_TRANSPORT": "dryrun"}
-            _, peak, _ = run_process([newsletter, "--root", str(root), "send", "1", "--dry-run"], env=env, cwd=tmp)
+            env = process_env({"NEWSLETTER_DB": str(tmp / f"{n}.db"), "NEWSLETTER_OUTBOX": str(outbox),
+                               "NEWSLETTER_TRANSPORT": "dryrun"})
+            peak = run_process([newsletter, "--root", str(root), "send", "1", "--dry-run"], env=env, cwd=tmp).peak_mb
             written = sum(1 for _ in next(outbox.iterdir()).glob("*.eml"))
             if written != n:
                 raise SystemExit(f"dry run wrote {written} of {n} messages")

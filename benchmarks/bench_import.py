@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             db = tmp / f"{who}.db"
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{db}{suffix}").unlink(missing_ok=True)
-            _, peak, out = run_process([sys.executable, __file__, "--child", who, str(csv_path), str(db)], cwd=tmp)
+            run = run_process([sys.executable, __file__, "--child", who, str(csv_path), str(db)], cwd=tmp)
+            peak, out = run.peak_mb, run.stdout
             if who == "ours":
                 peaks[size].append(peak)
             seconds, *rest = out.split()

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import sqlite3
 import sys
@@ -33,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ISSUE6, REPO, interleaved, median, median_ratio, run_process
+from _common import process_env, ISSUE6, REPO, interleaved, median, median_ratio, run_process
 
 FROM = "newsletter@chinaffairs.example"
 SECRET = "bench-secret-key-0123456789abcdef"
@@ -117,9 +116,10 @@ def raw(port: int, n: int) -> None:
 
 # ---- the parent ------------------------------------------------------------------------------
 def _environ(port: int, db: str) -> dict[str, str]:
-    return {**os.environ, "NEWSLETTER_TRANSPORT": "smtp", "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(port),
-            "SMTP_SECURITY": "none", "SMTP_HELO_NAME": "bench.local", "NEWSLETTER_FROM": FROM,
-            "NEWSLETTER_SECRET_KEY": SECRET, "NEWSLETTER_DB": db, "NEWSLETTER_BASE_URL": "https://chinaffairs.example"}
+    return process_env({"NEWSLETTER_TRANSPORT": "smtp", "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(port),
+                        "SMTP_SECURITY": "none", "SMTP_HELO_NAME": "bench.local", "NEWSLETTER_FROM": FROM,
+                        "NEWSLETTER_SECRET_KEY": SECRET, "NEWSLETTER_DB": db,
+                        "NEWSLETTER_BASE_URL": "https://chinaffairs.example"})
 
 
 def seed(db: Path, n: int) -> None:
@@ -178,15 +178,15 @@ def main(argv: list[str] | None = None) -> int:
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{db}{suffix}").unlink(missing_ok=True)
             shutil.copyfile(tmp / "seed.db", db)
-            wall, _, _ = run_process([newsletter, "--root", str(REPO), "send", "6", "--yes", "--skip-checks"],
-                                     env=_environ(port, str(db)), cwd=tmp)
+            wall = run_process([newsletter, "--root", str(REPO), "send", "6", "--yes", "--skip-checks"],
+                                     env=_environ(port, str(db)), cwd=tmp).wall
             sent = sqlite3.connect(db).execute("SELECT COUNT(*) FROM ledger WHERE state='sent'")
             if sent.fetchone()[0] != n:
                 raise SystemExit("newsletter send did not send every message")
             return wall
 
         def reference() -> float:
-            _, _, out = run_process([sys.executable, __file__, "--raw", str(port), str(n)], cwd=tmp)
+            out = run_process([sys.executable, __file__, "--raw", str(port), str(n)], cwd=tmp).stdout
             seconds, size = out.split()
             sizes.append(size)
             return float(seconds)

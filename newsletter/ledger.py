@@ -10,18 +10,18 @@ delivery starts, so the list never changes under a running send.
 from __future__ import annotations
 
 import os
-import socket
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from newsletter.db import connect, migrate
 from newsletter.errors import ContentChangedError, InputError
-from newsletter.message import PreparedIssue
-from newsletter.transports.base import Transport
+if TYPE_CHECKING:  # only for types: `status` and the scheduler load neither the builder nor transports
+    from newsletter.message import PreparedIssue
+    from newsletter.transports.base import Transport
 
 COMPONENT = "delivery"
 
@@ -86,7 +86,7 @@ HEARTBEAT_EVERY = timedelta(seconds=30)
 DEV_KEY_PREFIX = "insecure-development-key:"
 _TS = "%Y-%m-%dT%H:%M:%S.%fZ"  # same format as the subscriber store; sorts as text
 
-TransportFactory = Callable[[], Transport]
+TransportFactory = Callable[[], "Transport"]
 Progress = Callable[[int, int, int, int], None]
 
 
@@ -101,7 +101,8 @@ def timestamp(dt: datetime) -> str:
 
 
 def parse_timestamp(text: str | None) -> datetime | None:
-    return datetime.strptime(text, _TS).replace(tzinfo=timezone.utc) if text else None
+    # fromisoformat reads what timestamp() writes without loading _strptime (and its regexes) at start-up.
+    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc) if text else None
 
 
 def utc_day(dt: datetime) -> str:
@@ -331,6 +332,8 @@ def lock_is_live(d: Delivery, now: datetime | None = None) -> bool:
     now = now or utcnow()
     if d.lock_heartbeat is None or now - d.lock_heartbeat > LOCK_STALE_AFTER:
         return False
+    import socket  # here, not at the top: `status` should not load the network stack
+
     if d.lock_host == socket.gethostname() and not _pid_alive(d.lock_pid):
         return False
     return True

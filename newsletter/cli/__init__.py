@@ -54,12 +54,40 @@ def _click_errors() -> Iterator[None]:
         raise CommandError(f"{where}{exc.strerror or exc}", 2) from exc
 
 
+AREAS = ("authoring", "sending", "subscribers", "public", "feedback")
+# Where each command lives, so that running one imports only its own area (start-up time).
+# A name missing here still works: it loads every area before click looks it up.
+COMMAND_AREAS = {
+    "init": "authoring", "new": "authoring", "build": "authoring", "preview": "authoring", "check": "authoring",
+    "archive": "authoring", "send": "sending", "resume": "sending", "status": "sending", "schedule": "sending",
+    "dispatch": "sending", "worker": "sending", "subscribers": "subscribers", "serve": "public",
+    "form-snippet": "public", "inbox": "feedback", "replies": "feedback",
+}
+
+
 class NewsletterGroup(click.Group):
-    """The root group: every subcommand runs inside :func:`_click_errors`."""
+    """The root group: commands load by area on first use; every one runs inside :func:`_click_errors`."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands:
+            _load_areas(*([COMMAND_AREAS[cmd_name]] if cmd_name in COMMAND_AREAS else AREAS))
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        _load_areas(*AREAS)
+        return super().list_commands(ctx)
 
     def invoke(self, ctx: click.Context) -> Any:
         with _click_errors():
             return super().invoke(ctx)
+
+
+def _load_areas(*areas: str) -> None:
+    """Import area modules; each registers its commands on :data:`cli` when imported."""
+    import importlib
+
+    for area in areas:
+        importlib.import_module(f"newsletter.cli.{area}")
 
 
 def settings_of(ctx: click.Context) -> "Settings":
@@ -123,6 +151,3 @@ def main(argv: list[str] | None = None) -> NoReturn:
     cli.main(args=argv, prog_name="newsletter")
     raise SystemExit(0)  # not reached: standalone mode always exits
 
-
-# The areas register their commands on ``cli`` when imported.
-from newsletter.cli import authoring, feedback, public, sending, subscribers  # noqa: E402,F401

@@ -236,8 +236,6 @@ def resume(ctx: click.Context, issue: str, yes: bool, no_resend_uncertain: bool,
 @click.pass_context
 def status(ctx: click.Context, issue: str | None, failed: bool) -> None:
     """Show deliveries: counts per state, rate, ETA and failures."""
-    from rich.table import Table
-
     from newsletter.ledger import delivery_status, failed_recipients, open_ledger
 
     settings = settings_of(ctx)
@@ -251,10 +249,12 @@ def status(ctx: click.Context, issue: str | None, failed: bool) -> None:
     if not rows:
         click.echo("No deliveries yet.")
         return
-    table = Table("id", "issue", "state", "total", "sent", "pending", "failed", "skipped", "rate", "ETA")
-    for s in rows:
-        table.add_row(*(str(x) for x in s.as_row()))
-    console().print(table)
+    # A plain aligned table: loading rich's table machinery would triple this command's start-up.
+    header = ("id", "issue", "state", "total", "sent", "pending", "failed", "skipped", "rate", "ETA")
+    cells = [header, *(tuple(str(x) for x in s.as_row()) for s in rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for row in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
     if failed:
         for s in rows:
             for email, state, error in failed_recipients(conn, s.id):

@@ -1,0 +1,86 @@
+"""Start-up: light commands as whole processes, against `python -c "import sqlite3"`.
+
+    .venv/bin/python benchmarks/bench_startup.py [--rounds R]
+
+`newsletter --help`, `newsletter status` and `newsletter subscribers count` (on a
+publication made by ``newsletter init`` with a database of 1,000 readers and one
+finished delivery) each run as a fresh process, interleaved with the reference,
+the same interpreter doing nothing but ``import sqlite3``. Medians of the rounds
+and the median of the pairs' ratios are printed; target: `status` <= 2x.
+Bytecode is compiled by a first, untimed run of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from _common import process_env, REPO, interleaved, median, median_ratio, run_process
+
+sys.path.insert(0, str(REPO))
+
+
+def seed(root: Path) -> None:
+    """1,000 readers and one finished delivery, so `status` has a row to show."""
+    from newsletter.ledger import open_ledger
+
+    conn = open_ledger(root / "newsletter.db")
+    conn.execute("BEGIN")
+    conn.execute(
+        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 1000) "
+        "INSERT INTO subscribers(email, name, status, created_at, changed_at) "
+        "SELECT printf('reader%07d@example.org', i), printf('Reader %d', i), 'active', '', '' FROM c")
+    conn.execute("INSERT INTO deliveries(id, slug, issue_number, content_hash, subject, state, created_at, started_at,"
+                 " finished_at, total) VALUES(1, 'hello-world', 1, 'x', 'Hello', 'done', '2025-01-01T00:00:00.000000Z',"
+                 " '2025-01-01T00:00:00.000000Z', '2025-01-01T00:10:00.000000Z', 1000)")
+    conn.execute("INSERT INTO ledger(delivery_id, subscriber_id, email, name, state, attempts, batch_no, updated_at)"
+                 " SELECT 1, id, email, name, 'sent', 1, id / 100, '2025-01-01T00:05:00.000000Z' FROM subscribers")
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args(argv)
+    newsletter = str(Path(sys.executable).parent / "newsletter")
+    tmp = Path(tempfile.mkdtemp(prefix="nl-bench-startup-"))
+    try:
+        root = tmp / "pub"
+        run_process([newsletter, "init", str(root)])
+        seed(root)
+        env = process_env({"NEWSLETTER_TRANSPORT": "dryrun"})
+        commands = {
+            "python -c 'import sqlite3'": [sys.executable, "-c", "import sqlite3"],
+            "newsletter status": [newsletter, "--root", str(root), "status"],
+            "newsletter subscribers count": [newsletter, "--root", str(root), "subscribers", "count"],
+            "newsletter --help": [newsletter, "--help"],
+        }
+        for cmd in commands.values():
+            run_process(cmd, env=env, cwd=root)  # compile bytecode, warm the page cache
+        runs = interleaved(max(1, args.rounds), {
+            name: (lambda cmd=cmd: run_process(cmd, env=env, cwd=root)) for name, cmd in commands.items()})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    reference = runs.pop("python -c 'import sqlite3'")
+    ref_wall, ref_cpu = [r.wall for r in reference], [r.cpu for r in reference]
+    print(f"whole processes, medians of {args.rounds} interleaved rounds: wall time, and CPU time (user + system,"
+          " less disturbed by other load)")
+    label = "python -c 'import sqlite3'"
+    print(f"  {label:<30} {median(ref_wall) * 1000:6.1f} ms wall {median(ref_cpu) * 1000:6.1f} ms CPU  (reference)")
+    ratios = {}
+    for name, results in runs.items():
+        wall, cpu = [r.wall for r in results], [r.cpu for r in results]
+        ratios[name] = median_ratio(wall, ref_wall)
+        print(f"  {name:<30} {median(wall) * 1000:6.1f} ms wall {median(cpu) * 1000:6.1f} ms CPU  "
+              f"{ratios[name]:.2f}x wall  {median_ratio(cpu, ref_cpu):.2f}x CPU")
+    ok = ratios["newsletter status"] <= 2.0
+    print(f"`newsletter status` / `python -c 'import sqlite3'`, wall: {ratios['newsletter status']:.2f}x "
+          f"(target <= 2x): {'OK' if ok else 'FAIL'}")
+    return 0 if ok else 1
+
+if __name__ == "__main__":
+    sys.exit(main())
