@@ -33,7 +33,8 @@ from newsletter.addresses import check_header, validate_address
 from newsletter.config import Publication
 from newsletter.dkim import DKIM_HEADERS, dkim_signer
 from newsletter.errors import InputError
-from newsletter.mime import EOL, fold, fold_list_unsubscribe, join_segments, segments, substitute
+from newsletter.mime import (EOL, add_segments, dot_stuff, fold, fold_list_unsubscribe, segments, stuff_lines,
+                             substitute)
 from newsletter.tokens import make_token
 
 if TYPE_CHECKING:
@@ -189,6 +190,35 @@ class PreparedIssue:
                             f"Content-Transfer-Encoding: quoted-printable{EOL}{EOL}")
         return head("plain"), EOL + head("html"), f"{EOL}--{b}--{EOL}"
 
+    @cached_property
+    def _plain_pieces(self) -> "_Pieces":
+        before, after = self._static_header_block
+        text_head, html_head, tail = self._part_heads
+        return _Pieces(before, after, text_head, self._text_segments, html_head, self._html_segments, tail)
+
+    @cached_property
+    def _stuffed_pieces(self) -> "_Pieces":
+        """Every prepared piece dot-stuffed once per issue. Each starts a line, so stuffing
+        the pieces one by one equals stuffing the joined message (RFC 5321 4.5.2)."""
+        p = self._plain_pieces
+        stuff_literals = lambda segs: [stuff_lines(s) if i % 2 == 0 else s for i, s in enumerate(segs)]
+        return _Pieces(stuff_lines(p.before), stuff_lines(p.after), stuff_lines(p.text_head),
+                       stuff_literals(p.text_segments), stuff_lines(p.html_head), stuff_literals(p.html_segments),
+                       stuff_lines(p.tail))
+
+
+@dataclass(frozen=True)
+class _Pieces:
+    """The prepared parts of every message, in order around the per-recipient values."""
+
+    before: str  # static headers before the per-recipient ones
+    after: str  # static headers after them, through the multipart head
+    text_head: str
+    text_segments: list[str]
+    html_head: str
+    html_segments: list[str]
+    tail: str
+
 
 class OutgoingMessage:
     """One recipient's message. Parts are built lazily: SMTP needs only bytes,
@@ -258,9 +288,23 @@ class OutgoingMessage:
         cached = self.__dict__.get("_bytes")
         if cached is not None:
             return cached
+        data = self._assemble(stuffed=False)
+        if self.prepared.signer is not None:
+            data = self.prepared.signer(data)
+        self.__dict__["_bytes"] = data
+        return data
+
+    def smtp_bytes(self) -> bytes:
+        """:meth:`as_bytes` dot-stuffed for SMTP DATA: equal to ``dot_stuff(as_bytes())``, but
+        joined from pieces stuffed once per issue, so only the short values are scanned."""
+        if self.prepared.signer is not None:
+            return dot_stuff(self.as_bytes())  # the signature covers the unstuffed bytes
+        return self._assemble(stuffed=True)
+
+    def _assemble(self, *, stuffed: bool) -> bytes:
+        """The message in one join of the prepared pieces and this recipient's encoded values."""
         p = self.prepared
-        before, after = p._static_header_block
-        text_head, html_head, tail = p._part_heads
+        pieces = p._stuffed_pieces if stuffed else p._plain_pieces
         per_recipient = (
             fold("Date", p.date())
             + fold("To", p.to_header(self.recipient))
@@ -269,14 +313,13 @@ class OutgoingMessage:
         )
         text_values = self._values
         html_values = {k: htmllib.escape(v) for k, v in text_values.items()}
-        data = (
-            before + per_recipient + after + text_head + join_segments(p._text_segments, text_values)
-            + html_head + join_segments(p._html_segments, html_values) + tail
-        ).encode("ascii")
-        if p.signer is not None:
-            data = p.signer(data)
-        self.__dict__["_bytes"] = data
-        return data
+        parts = [pieces.before, stuff_lines(per_recipient) if stuffed else per_recipient, pieces.after,
+                 pieces.text_head]
+        add_segments(parts, pieces.text_segments, text_values, stuffed=stuffed)
+        parts.append(pieces.html_head)
+        add_segments(parts, pieces.html_segments, html_values, stuffed=stuffed)
+        parts.append(pieces.tail)
+        return "".join(parts).encode("ascii")
 
 
 def build_email_message(prepared: PreparedIssue, recipient: Recipient) -> EmailMessage:

@@ -35,6 +35,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Sequence
 
 from newsletter.errors import ConfigError, InputError, TransportError
+from newsletter.mime import dot_stuff  # noqa: F401 - re-exported; messages come stuffed (smtp_bytes)
 from newsletter.transports.base import SendResult, Status, Transport
 
 if TYPE_CHECKING:
@@ -97,20 +98,6 @@ def classify(phase: str, code: int, resp: bytes | str) -> tuple[Status, bool]:
         subject, detail = m.group(2), m.group(3)
         return Status.FAILED_PERMANENT, subject == "1" or (subject, detail) == ("2", "1")
     return Status.FAILED_PERMANENT, phase == "RCPT" and code in _BOUNCE_CODES
-
-
-def dot_stuff(data: bytes) -> bytes:
-    """Double a '.' at the start of any line (RFC 5321 4.5.2); same result as smtplib's.
-
-    smtplib uses ``re.sub(rb"(?m)^\\.", b"..", data)``, which costs about 1 ms on a
-    78 KB message; ``bytes.replace`` does the same job (a multiline ``^`` matches only
-    at the start and after ``\\n``) some fifty times faster.
-    """
-    if b"\n." in data:
-        data = data.replace(b"\n.", b"\n..")
-    if data[:1] == b".":
-        data = b"." + data
-    return data
 
 
 def _flag(value: str, key: str) -> bool:
@@ -219,7 +206,7 @@ class SMTPTransport(Transport):
     def _send_one(self, msg: "OutgoingMessage") -> SendResult:
         rcpt = msg.to_email
         try:
-            data = msg.as_bytes()
+            data = msg.smtp_bytes()  # dot-stuffed already, from segments stuffed once per issue
         except (InputError, UnicodeError) as exc:  # a line break or non-ASCII character in this address
             reason = exc.message if isinstance(exc, InputError) else "the address is not ASCII"
             return SendResult(rcpt, Status.FAILED_PERMANENT, error=f"not sent: {reason}")
@@ -310,8 +297,7 @@ class SMTPTransport(Transport):
 
     @staticmethod
     def _data(smtp: smtplib.SMTP, data: bytes) -> tuple[int, bytes]:
-        """The message after a 354, as smtplib's ``data()`` but with faster dot-stuffing."""
-        data = dot_stuff(data)
+        """The (already dot-stuffed) message after a 354, as smtplib's ``data()``."""
         if data[-2:] != b"\r\n":
             data += b"\r\n"
         smtp.send(data + b".\r\n")
