@@ -36,6 +36,26 @@ def recipients(n: int):
             for i in range(1, n + 1)]
 
 
+def seed_subscribers(db: Path | str, n: int, *, unsubscribe_every: int = 0) -> None:
+    """A database of n generated readers (reader0000001@example.org …), filled in SQL, no Python list.
+
+    With ``unsubscribe_every`` k, every k-th reader is unsubscribed.
+    """
+    from newsletter.ledger import open_ledger
+
+    conn = open_ledger(db)
+    conn.execute("BEGIN")
+    conn.execute(
+        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < ?) "
+        "INSERT INTO subscribers(email, name, status, created_at, changed_at) "
+        "SELECT printf('reader%07d@example.org', i), printf('Reader %d', i), "
+        "CASE WHEN ? > 0 AND i % ? = 0 THEN 'unsubscribed' ELSE 'active' END, "
+        "'2025-01-01T00:00:00.000000Z', '2025-01-01T00:00:00.000000Z' FROM c",
+        (n, unsubscribe_every, unsubscribe_every or 1))
+    conn.execute("COMMIT")
+    conn.close()
+
+
 def timed(fn: Callable[[], object]) -> float:
     """Wall time of one call."""
     t = time.perf_counter()

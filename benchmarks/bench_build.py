@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import ISSUE6, process_env, REPO, interleaved, median, median_ratio, settings, timed
+from _common import ISSUE6, REPO, interleaved, median, median_ratio, process_env, settings, timed
 
 NODE_DIR = Path(__file__).resolve().parent / ".node"
 ROUNDS = 11

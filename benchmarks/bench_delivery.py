@@ -74,19 +74,10 @@ def _rss_now_kb() -> int:
 
 # ---- children -----------------------------------------------------------------------------
 def setup(db: str, n: int) -> None:
-    """Fill a database with n generated subscribers, in SQL (no Python list of them)."""
-    from newsletter.ledger import open_ledger
+    """Fill a database with n generated subscribers, 2 % of them unsubscribed."""
+    from _common import seed_subscribers
 
-    conn = open_ledger(db)
-    conn.execute("BEGIN")
-    conn.execute(
-        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < ?) "
-        "INSERT INTO subscribers(email, name, status, created_at, changed_at) "
-        "SELECT printf('reader%07d@example.org', i), printf('Reader %d', i), "
-        "CASE WHEN i % 50 = 0 THEN 'unsubscribed' ELSE 'active' END, "
-        "'2025-01-01T00:00:00.000000Z', '2025-01-01T00:00:00.000000Z' FROM c", (n,))
-    conn.execute("COMMIT")
-    conn.close()
+    seed_subscribers(db, n, unsubscribe_every=50)
 
 
 def child(mode: str, db: str) -> None:

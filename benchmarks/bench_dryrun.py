@@ -18,23 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import process_env, REPO, interleaved, median, run_process
-
-sys.path.insert(0, str(REPO))
-
-
-def seed(db: Path, n: int) -> None:
-    from newsletter.ledger import open_ledger
-
-    conn = open_ledger(db)
-    conn.execute("BEGIN")
-    conn.execute(
-        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < ?) "
-        "INSERT INTO subscribers(email, name, status, created_at, changed_at) "
-        "SELECT printf('reader%07d@example.org', i), printf('Reader %d', i), 'active', "
-        "'2025-01-01T00:00:00.000000Z', '2025-01-01T00:00:00.000000Z' FROM c", (n,))
-    conn.execute("COMMIT")
-    conn.close()
+from _common import interleaved, median, process_env, run_process, seed_subscribers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         root = tmp / "pub"
         run_process([newsletter, "init", str(root)])
         for n in (args.readers, args.small):
-            seed(tmp / f"{n}.db", n)
+            seed_subscribers(tmp / f"{n}.db", n)
 
         def dry_run(n: int) -> float:
             outbox = tmp / "outbox"

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, interleaved, median, median_ratio, run_process
+from _common import interleaved, median, median_ratio, run_process
 
 DOMAINS = 200
 
@@ -44,7 +44,6 @@ def reference(csv_path: str, db: str) -> None:
 
     from email_validator import EmailNotValidError, validate_email
 
-    sys.path.insert(0, str(REPO))
     from newsletter.store import SubscriberStore
 
     store = SubscriberStore.open(db)
@@ -66,7 +65,6 @@ def reference(csv_path: str, db: str) -> None:
 
 
 def ours(csv_path: str, db: str) -> None:
-    sys.path.insert(0, str(REPO))
     from newsletter.csvio import import_csv
     from newsletter.store import SubscriberStore
 

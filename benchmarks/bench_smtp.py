@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import process_env, ISSUE6, REPO, interleaved, median, median_ratio, run_process
+from _common import ISSUE6, REPO, interleaved, median, median_ratio, process_env, run_process, seed_subscribers
 
 FROM = "newsletter@chinaffairs.example"
 SECRET = "bench-secret-key-0123456789abcdef"
@@ -96,7 +96,6 @@ def raw(port: int, n: int) -> None:
     """Build n messages with the project's builder, then time only smtplib sending them."""
     import smtplib
 
-    sys.path.insert(0, str(REPO))
     from newsletter.config import load_settings
     from newsletter.message import PreparedIssue
     from newsletter.render import render_issue
@@ -120,22 +119,6 @@ def _environ(port: int, db: str) -> dict[str, str]:
                         "SMTP_SECURITY": "none", "SMTP_HELO_NAME": "bench.local", "NEWSLETTER_FROM": FROM,
                         "NEWSLETTER_SECRET_KEY": SECRET, "NEWSLETTER_DB": db,
                         "NEWSLETTER_BASE_URL": "https://chinaffairs.example"})
-
-
-def seed(db: Path, n: int) -> None:
-    """A subscriber database of n active readers, filled in SQL."""
-    sys.path.insert(0, str(REPO))
-    from newsletter.ledger import open_ledger
-
-    conn = open_ledger(db)
-    conn.execute("BEGIN")
-    conn.execute(
-        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < ?) "
-        "INSERT INTO subscribers(email, name, status, created_at, changed_at) "
-        "SELECT printf('reader%07d@example.org', i), printf('Reader %d', i), 'active', "
-        "'2025-01-01T00:00:00.000000Z', '2025-01-01T00:00:00.000000Z' FROM c", (n,))
-    conn.execute("COMMIT")
-    conn.close()
 
 
 def start_sink() -> tuple["subprocess.Popen[str]", int]:
@@ -171,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     proc, port = start_sink()
     sizes: list[str] = []
     try:
-        seed(tmp / "seed.db", n)
+        seed_subscribers(tmp / "seed.db", n)
 
         def ours() -> float:
             db = tmp / "run.db"

@@ -18,21 +18,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import process_env, REPO, interleaved, median, median_ratio, run_process
-
-sys.path.insert(0, str(REPO))
+from _common import interleaved, median, median_ratio, process_env, run_process, seed_subscribers
 
 
-def seed(root: Path) -> None:
-    """1,000 readers and one finished delivery, so `status` has a row to show."""
+def add_delivery(db: Path) -> None:
+    """One finished delivery to all readers, so `status` has a row to show."""
     from newsletter.ledger import open_ledger
 
-    conn = open_ledger(root / "newsletter.db")
+    conn = open_ledger(db)
     conn.execute("BEGIN")
-    conn.execute(
-        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 1000) "
-        "INSERT INTO subscribers(email, name, status, created_at, changed_at) "
-        "SELECT printf('reader%07d@example.org', i), printf('Reader %d', i), 'active', '', '' FROM c")
     conn.execute("INSERT INTO deliveries(id, slug, issue_number, content_hash, subject, state, created_at, started_at,"
                  " finished_at, total) VALUES(1, 'hello-world', 1, 'x', 'Hello', 'done', '2025-01-01T00:00:00.000000Z',"
                  " '2025-01-01T00:00:00.000000Z', '2025-01-01T00:10:00.000000Z', 1000)")
@@ -51,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         root = tmp / "pub"
         run_process([newsletter, "init", str(root)])
-        seed(root)
+        seed_subscribers(root / "newsletter.db", 1000)
+        add_delivery(root / "newsletter.db")
         env = process_env({"NEWSLETTER_TRANSPORT": "dryrun"})
         commands = {
             "python -c 'import sqlite3'": [sys.executable, "-c", "import sqlite3"],
