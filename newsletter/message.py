@@ -33,8 +33,8 @@ from newsletter.addresses import check_header, validate_address
 from newsletter.config import Publication
 from newsletter.dkim import DKIM_HEADERS, dkim_signer
 from newsletter.errors import InputError
-from newsletter.mime import (EOL, add_segments, dot_stuff, fold, fold_list_unsubscribe, segments, stuff_lines,
-                             substitute)
+from newsletter.mime import (EOL, add_segments, dot_stuff, fold, fold_list_unsubscribe, json_segments, json_string,
+                             segments, stuff_lines, substitute)
 from newsletter.tokens import make_token
 
 if TYPE_CHECKING:
@@ -191,6 +191,11 @@ class PreparedIssue:
         return head("plain"), EOL + head("html"), f"{EOL}--{b}--{EOL}"
 
     @cached_property
+    def _json_segments(self) -> tuple[list[str], list[str]]:
+        """(text, HTML) with their literals JSON-escaped once, for the JSON providers."""
+        return json_segments(self.rendered.text), json_segments(self.rendered.html)
+
+    @cached_property
     def _plain_pieces(self) -> "_Pieces":
         before, after = self._static_header_block
         text_head, html_head, tail = self._part_heads
@@ -267,6 +272,16 @@ class OutgoingMessage:
     @cached_property
     def html(self) -> str:
         return substitute(self.prepared.rendered.html, self._values, escape=True)
+
+    @property
+    def text_json(self) -> str:
+        """``json.dumps(self.text, ensure_ascii=False)``, from literals escaped once per issue."""
+        return json_string(self.prepared._json_segments[0], self._values, escape=False)
+
+    @property
+    def html_json(self) -> str:
+        """``json.dumps(self.html, ensure_ascii=False)``, from literals escaped once per issue."""
+        return json_string(self.prepared._json_segments[1], self._values, escape=True)
 
     @cached_property
     def extra_headers(self) -> dict[str, str]:

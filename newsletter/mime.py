@@ -9,6 +9,7 @@ recipient's values in with :func:`add_segments`.
 from __future__ import annotations
 
 import html as htmllib
+import json
 import re
 from email import policy, quoprimime
 
@@ -108,6 +109,37 @@ def fold(name: str, value: str) -> str:
 def fold_list_unsubscribe(value: str) -> str:
     # Fold after each comma: URLs must never be broken, and each stays far under 998.
     return "List-Unsubscribe: " + ("," + EOL + " ").join(v.strip() for v in value.split(",")) + EOL
+
+
+def json_segments(body: str) -> list[str]:
+    """Like :func:`segments`, but each literal JSON-string-escaped (without the quotes).
+
+    JSON escapes one character at a time, so escaped literals joined with escaped
+    values are exactly the escaped whole: a provider's payload can carry a 60 KB
+    body escaped once per issue instead of once per recipient.
+    """
+    out: list[str] = []
+    pos = 0
+    for m in _PLACEHOLDER_RE.finditer(body):
+        out.append(json.dumps(body[pos:m.start()], ensure_ascii=False)[1:-1])
+        out.append(_KEY_BY_MARKER[m.group()])
+        pos = m.end()
+    out.append(json.dumps(body[pos:], ensure_ascii=False)[1:-1])
+    return out
+
+
+def json_string(segments: list[str], values: dict[str, str], *, escape: bool) -> str:
+    """A JSON string literal (quotes included) of the body with the values filled in
+    (HTML-escaped when ``escape``), from :func:`json_segments`."""
+    parts = ['"']
+    for i, seg in enumerate(segments):
+        if i % 2 == 0:
+            parts.append(seg)
+        else:
+            value = htmllib.escape(values[seg]) if escape else values[seg]
+            parts.append(json.dumps(value, ensure_ascii=False)[1:-1])
+    parts.append('"')
+    return "".join(parts)
 
 
 def substitute(body: str, values: dict[str, str], *, escape: bool) -> str:

@@ -70,3 +70,16 @@ def test_signed_messages_are_stuffed_after_signing():
 @pytest.mark.parametrize("text", ["", ".", "..", ".\r\n", "a\r\n.\r\n", "a\r\n..b", ".x\r\n.y\r\nz.", "a\n.b"])
 def test_stuff_lines_matches_smtplib(text):
     assert stuff_lines(text).encode() == smtplib._quote_periods(text.encode())
+
+
+@pytest.mark.parametrize("recipient", [*RECIPIENTS, Recipient("q@example.org", 'Q "uote" \\ back</script>\u2028é😀', "7")],
+                         ids=lambda r: r.email)
+@pytest.mark.parametrize("issue", ["dotted", "issue6"])
+def test_json_bodies_equal_json_dumps_of_the_bodies(rendered6, recipient, issue):
+    import json
+
+    rendered = dotted_issue() if issue == "dotted" else rendered6
+    msg = PreparedIssue(rendered=rendered, publication=PUB, secret_key="k").personalise(recipient)
+    assert msg.html_json == json.dumps(msg.html, ensure_ascii=False)
+    assert msg.text_json == json.dumps(msg.text, ensure_ascii=False)
+    assert json.loads(msg.html_json) == msg.html
