@@ -11,7 +11,7 @@ into fresh SQLite databases by two child processes, in interleaved rounds:
                no suppression list, no line numbers, no header aliases);
 (b) ours       ``newsletter.csvio.import_csv``: all of those rules, streamed.
 
-Each child times its own import (from opening the file to COMMIT) and its peak
+Each child times its own import (from opening the file to COMMIT; wall and CPU time) and its peak
 RSS is taken by ``wait4``. Printed: rows/s medians and the median of the pairs'
 ratios (target >= 2x), and our peak RSS at N rows against ``--small`` rows
 (target <= 1.2x: memory stays flat with the file's size).
@@ -47,7 +47,7 @@ def reference(csv_path: str, db: str) -> None:
     from newsletter.store import SubscriberStore
 
     store = SubscriberStore.open(db)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     rows = []
     with open(csv_path, encoding="utf-8", newline="") as fh:
         reader = csv.reader(fh)
@@ -61,7 +61,7 @@ def reference(csv_path: str, db: str) -> None:
     with store.transaction() as conn:
         conn.executemany("INSERT OR IGNORE INTO subscribers(email, name, created_at, changed_at) VALUES(?,?,?,?)",
                          rows)
-    print(f"{time.perf_counter() - t:.6f} {store.count()}")
+    print(f"{time.perf_counter() - t:.6f} {time.process_time() - c:.6f} {store.count()}")
 
 
 def ours(csv_path: str, db: str) -> None:
@@ -69,9 +69,9 @@ def ours(csv_path: str, db: str) -> None:
     from newsletter.store import SubscriberStore
 
     store = SubscriberStore.open(db)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     report = import_csv(store, csv_path)
-    print(f"{time.perf_counter() - t:.6f} {report.added} {report.error_count}")
+    print(f"{time.perf_counter() - t:.6f} {time.process_time() - c:.6f} {report.added} {report.error_count}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         peaks: dict[str, list[float]] = {"big": [], "small": []}
         counts: dict[str, str] = {}
 
-        def child(who: str, csv_path: Path, size: str = "big") -> float:
+        def child(who: str, csv_path: Path, size: str = "big") -> tuple[float, float]:
             db = tmp / f"{who}.db"
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{db}{suffix}").unlink(missing_ok=True)
@@ -100,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
             peak, out = run.peak_mb, run.stdout
             if who == "ours":
                 peaks[size].append(peak)
-            seconds, *rest = out.split()
+            seconds, cpu, *rest = out.split()
             counts[f"{who}-{size}"] = " ".join(rest)
-            return float(seconds)
+            return float(seconds), float(cpu)
 
         runs = interleaved(args.rounds, {
             "reference": lambda: child("reference", big),
@@ -111,14 +111,16 @@ def main(argv: list[str] | None = None) -> int:
         })
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    a, b = runs["reference"], runs["ours"]
+    a, b = [w for w, _ in runs["reference"]], [w for w, _ in runs["ours"]]
+    a_cpu, b_cpu = [c for _, c in runs["reference"]], [c for _, c in runs["ours"]]
     n = args.rows
     print(f"import of {n:,} rows over {DOMAINS} domains (1 % invalid), {args.rounds} interleaved rounds (medians)")
     print(f"(a) reference loop (csv + email-validator + executemany): {n / median(a):8,.0f} rows/s")
     print(f"(b) newsletter.csvio.import_csv:                          {n / median(b):8,.0f} rows/s "
           f"(added, bad: {counts['ours-big']})")
     speed = median_ratio(a, b)
-    print(f"ratio (b)/(a): {speed:.2f}x  (target >= 2x)  pairs: {' '.join(f'{x / y:.2f}' for x, y in zip(a, b))}")
+    print(f"ratio (b)/(a): {speed:.2f}x  (target >= 2x)  pairs: {' '.join(f'{x / y:.2f}' for x, y in zip(a, b))}"
+          f";  CPU time {median(a_cpu):.2f} s / {median(b_cpu):.2f} s = {median_ratio(a_cpu, b_cpu):.2f}x")
     big_peak, small_peak = median(peaks["big"]), median(peaks["small"])
     memory = big_peak / small_peak
     print(f"peak RSS of the import process, {n:,} vs {args.small:,} rows: {big_peak:.1f} / {small_peak:.1f} MB "
