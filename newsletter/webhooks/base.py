@@ -221,11 +221,20 @@ def event(kind: Kind, source: str, key: str, email: str, **fields: Any) -> Event
 
 # ---- the sequence ------------------------------------------------------------------------
 def _read_body(request: Request) -> bytes:
-    request.max_content_length = MAX_BODY_BYTES
+    """At most :data:`MAX_BODY_BYTES`, read in chunks: werkzeug refuses a too-large
+    Content-Length up front, but silently cuts a chunked body at the limit, so we count."""
+    request.max_content_length = MAX_BODY_BYTES + 1
+    chunks: list[bytes] = []
+    total = 0
     try:
-        return request.get_data(cache=True)
+        while chunk := request.stream.read(64 * 1024):
+            total += len(chunk)
+            if total > MAX_BODY_BYTES:
+                raise Refused(413, "body too large")
+            chunks.append(chunk)
     except HTTPException as exc:
         raise Refused(exc.code or 400, "body too large" if exc.code == 413 else "unreadable body") from None
+    return b"".join(chunks)
 
 
 def _apply(store: "SubscriberStore", events: list[Event], nonce: str | None, ctx: WebhookContext) -> dict[str, int]:

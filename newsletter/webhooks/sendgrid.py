@@ -80,7 +80,7 @@ class SendGridWebhook(Provider):
             kind, email = self._kind(e), address(e.get("email"))
             if kind is None or not email:
                 continue
-            provider_id = text(e.get("sg_message_id"), 300).partition(".")[0]
+            provider_id = text(e.get("sg_message_id"), 300).partition(".filter")[0]
             ident = text(e.get("sg_event_id"), 200) or f"{e.get('event')}:{email}:{e.get('timestamp')}:{provider_id}"
             out.append(event(kind, self.name, dedupe_key(self.name, ident), email,
                              provider_id=provider_id or None, occurred_at=unix_time(e.get("timestamp")),
