@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import sqlite3
 import threading
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ TOLERANCE = timedelta(minutes=5)
 #: Events per request we apply; a bigger batch is refused rather than half-applied.
 MAX_EVENTS = 5000
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 WithStore = Callable[[Callable[["SubscriberStore"], T]], T]
 Fetcher = Callable[[str], bytes]
@@ -284,5 +286,9 @@ def handle(name: str, request: Request, ctx: WebhookContext) -> Response:
     except (sqlite3.Error, NewsletterError):
         # Our side (a locked or broken database, a bad setting): ask the provider to retry.
         response = Response("temporarily unavailable\n", status=503, mimetype="text/plain")
+    except Exception:
+        # A bug of ours: the provider gets one line and retries; the server log gets the traceback.
+        log.exception("webhook %s: unexpected error", provider.name)
+        response = Response("internal error\n", status=500, mimetype="text/plain")
     response.headers["Cache-Control"] = "no-store"
     return response

@@ -41,7 +41,7 @@ class ResendWebhook(Provider):
 
     def verify(self, request: Request, body: bytes, payload: Any, ctx: WebhookContext) -> Verified:
         msg_id, stamp, given = _header(request, "id"), _header(request, "timestamp"), _header(request, "signature")
-        if not msg_id or not stamp.isdigit() or len(stamp) > 12 or not given:
+        if not msg_id or not (stamp.isascii() and stamp.isdigit()) or len(stamp) > 12 or not given:
             raise Refused(401, "missing signature headers")
         try:
             signer = Webhook(str(self.secret))

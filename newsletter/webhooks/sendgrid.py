@@ -50,7 +50,7 @@ def load_public_key(value: str) -> ec.EllipticCurvePublicKey:
             key = serialization.load_pem_public_key(value.encode())
         else:
             key = serialization.load_der_public_key(base64.b64decode("".join(value.split()), validate=True))
-    except (ValueError, TypeError, binascii.Error):
+    except Exception:  # malformed base64/DER/PEM, or an algorithm cryptography does not support
         raise Refused(503, "SENDGRID_WEBHOOK_PUBLIC_KEY is not a usable public key") from None
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
         raise Refused(503, "SENDGRID_WEBHOOK_PUBLIC_KEY is not an ECDSA P-256 key")

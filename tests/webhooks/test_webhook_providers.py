@@ -224,3 +224,34 @@ def test_soft_bounce_window_comes_from_settings(site, keys):
     assert site.post("postmark", signed.body, signed.headers).status_code == 200
     assert send(site, kit, "soft", C, "w2").status_code == 200
     assert site.status(C) == "active"
+
+
+def test_a_batch_is_applied_all_or_nothing(site, keys, monkeypatch):
+    import newsletter.webhooks.base as base
+
+    real, calls = base.apply_event, []
+
+    def failing_second(store, event, **kw):
+        calls.append(event.email)
+        if len(calls) == 2:
+            raise sqlite3.OperationalError("database is locked")
+        return real(store, event, **kw)
+
+    monkeypatch.setattr(base, "apply_event", failing_second)
+    kit = KITS["sendgrid"](keys)
+    batch = kit.payload("hard", A, "b1") + kit.payload("complaint", B, "b2")
+    signed = kit.sign(batch, at=NOW)
+    assert site.post("sendgrid", signed.body, signed.headers).status_code == 503  # the provider retries
+    assert calls == [A, B] and unchanged(site)
+    monkeypatch.setattr(base, "apply_event", real)
+    assert site.post("sendgrid", signed.body, signed.headers).status_code == 200  # the retry lands whole
+    assert site.statuses() == {A: "bounced", B: "complained", C: "active"}
+
+
+def test_a_bug_is_one_line_500_and_changes_nothing(site, keys, monkeypatch):
+    from newsletter.webhooks.postmark import PostmarkWebhook
+
+    monkeypatch.setattr(PostmarkWebhook, "events", lambda self, payload, request: 1 / 0)
+    r = send(site, KITS["postmark"](keys), "hard", A, "bug")
+    assert r.status_code == 500 and r.text == "internal error\n"
+    assert unchanged(site)
