@@ -208,6 +208,15 @@ def shared_secret_verify(request: Request, secret: str) -> Verified:
     return Verified()
 
 
+class SharedSecretProvider(Provider):
+    """Providers that do not sign (Postmark, Brevo): the URL carries ``NEWSLETTER_WEBHOOK_SECRET``."""
+
+    secret_setting = "NEWSLETTER_WEBHOOK_SECRET"
+
+    def verify(self, request: Request, body: bytes, payload: Any, ctx: WebhookContext) -> Verified:
+        return shared_secret_verify(request, str(self.secret))
+
+
 def dedupe_key(source: str, *parts: Any) -> str:
     """``source:part:…``, hashed when long, so the key is bounded whatever the payload holds."""
     raw = ":".join(str(p) for p in parts)

@@ -23,19 +23,15 @@ from werkzeug.wrappers import Request
 
 from newsletter.events import Event, Kind
 from newsletter.webhooks.base import (
-    Provider, Verified, WebhookContext, address, dedupe_key, event, mapping, shared_secret_verify, text, unix_time,
+    SharedSecretProvider, address, dedupe_key, event, mapping, text, unix_time,
 )
 
 KINDS = {"hard_bounce": Kind.HARD_BOUNCE, "invalid_email": Kind.HARD_BOUNCE, "soft_bounce": Kind.SOFT_BOUNCE,
          "spam": Kind.COMPLAINT, "unsubscribed": Kind.UNSUBSCRIBE}
 
 
-class BrevoWebhook(Provider):
+class BrevoWebhook(SharedSecretProvider):
     name = "brevo"
-    secret_setting = "NEWSLETTER_WEBHOOK_SECRET"
-
-    def verify(self, request: Request, body: bytes, payload: Any, ctx: WebhookContext) -> Verified:
-        return shared_secret_verify(request, str(self.secret))
 
     def events(self, payload: Any, request: Request) -> list[Event]:
         p = mapping(payload)

@@ -28,7 +28,7 @@ from werkzeug.wrappers import Request
 
 from newsletter.events import Event, Kind
 from newsletter.webhooks.base import (
-    Provider, Verified, WebhookContext, address, dedupe_key, event, iso_time, mapping, shared_secret_verify, text,
+    SharedSecretProvider, address, dedupe_key, event, iso_time, mapping, text,
 )
 
 HARD = frozenset({"HardBounce", "BadEmailAddress"})
@@ -37,12 +37,8 @@ SUPPRESSION = {"HardBounce": Kind.HARD_BOUNCE, "SpamComplaint": Kind.COMPLAINT,
                "ManualSuppression": Kind.UNSUBSCRIBE}
 
 
-class PostmarkWebhook(Provider):
+class PostmarkWebhook(SharedSecretProvider):
     name = "postmark"
-    secret_setting = "NEWSLETTER_WEBHOOK_SECRET"
-
-    def verify(self, request: Request, body: bytes, payload: Any, ctx: WebhookContext) -> Verified:
-        return shared_secret_verify(request, str(self.secret))
 
     def events(self, payload: Any, request: Request) -> list[Event]:
         p = mapping(payload)

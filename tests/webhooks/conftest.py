@@ -72,11 +72,19 @@ class SnsStandIn:
         self.server.server_close()
 
 
-@pytest.fixture
-def sns(keys):
+@pytest.fixture(scope="session")
+def sns_server(keys):
     stand_in = SnsStandIn(keys.sns_cert_pem())
     yield stand_in
     stand_in.close()
+
+
+@pytest.fixture
+def sns(sns_server, keys):
+    """The session's stand-in, with a fresh request log and the real certificate."""
+    sns_server.requests.clear()
+    sns_server.pem = keys.sns_cert_pem()
+    return sns_server
 
 
 # ---- the store, and the app over real HTTP ---------------------------------------------
@@ -120,7 +128,7 @@ class Site:
 
 def serve(app: Callable) -> tuple[str, Callable[[], None]]:
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
     thread.start()
 
     def stop() -> None:

@@ -35,22 +35,35 @@ def unchanged(site):
     return site.statuses() == {e: "active" for e in READERS} and site.event_rows() == 0
 
 
-def test_hard_bounce_marks_the_reader_bounced_once(site, kit):
+def test_hard_bounce_and_complaint_change_their_readers_once(site, kit):
     r = send(site, kit, "hard", A, "h1")
     assert r.status_code == 200, r.text
     assert r.json()["applied"] == 1
     assert site.statuses() == {A: "bounced", B: "active", C: "active"}
     again = send(site, kit, "hard", A, "h1")  # the provider delivers the same event again, freshly signed
     assert again.status_code == 200 and again.json()["duplicate"] == 1
-    assert site.event_rows() == 1
-
-
-def test_complaint_marks_the_reader_complained(site, kit):
-    r = send(site, kit, "complaint", B, "c1")
-    assert r.status_code == 200, r.text
-    assert site.statuses() == {A: "active", B: "complained", C: "active"}
+    assert send(site, kit, "complaint", B, "c1").status_code == 200
+    assert site.statuses() == {A: "bounced", B: "complained", C: "active"}
     send(site, kit, "hard", B, "c2")  # a later bounce never undoes the complaint
     assert site.status(B) == "complained"
+    assert site.event_rows() == 3
+
+
+def test_forged_or_missing_credentials_are_refused(site, keys, kit):
+    forged = send(site, kit, "hard", A, "f1", forged=True)
+    assert forged.status_code == 401
+    for secret in (keys.shared, keys.mailgun, keys.resend, keys.sendgrid_public()):
+        assert secret not in forged.text
+    assert len(forged.text.splitlines()) == 1
+    signed = kit.sign(kit.payload("hard", A, "m1"), at=NOW)
+    bare = {k: v for k, v in signed.headers.items() if k == "Content-Type"}
+    body = signed.body
+    if kit.name == "mailgun":
+        body = body.replace(b'"signature": {', b'"unsigned": {')
+    if kit.name == "ses":
+        body = body.replace(b'"Signature": "', b'"Signature": "AAAA')
+    assert site.post(kit.name, body, bare).status_code == 401
+    assert unchanged(site)
 
 
 def test_soft_bounces_are_counted_then_suppress(site, kit):
@@ -67,24 +80,6 @@ def test_unknown_event_type_is_ignored_with_200(site, kit):
     r = send(site, kit, "unknown", A, "u1")
     assert r.status_code == 200, r.text
     assert r.json()["events"] == 0
-    assert unchanged(site)
-
-
-def test_forged_signature_or_secret_is_refused(site, kit):
-    r = send(site, kit, "hard", A, "f1", forged=True)
-    assert r.status_code == 401
-    assert unchanged(site)
-
-
-def test_missing_credentials_are_refused(site, kit):
-    signed = kit.sign(kit.payload("hard", A, "m1"), at=NOW)
-    bare = {k: v for k, v in signed.headers.items() if k == "Content-Type"}
-    body = signed.body
-    if kit.name == "mailgun":
-        body = body.replace(b'"signature": {', b'"unsigned": {')
-    if kit.name == "ses":
-        body = body.replace(b'"Signature": "', b'"Signature": "AAAA')
-    assert site.post(kit.name, body, bare).status_code == 401
     assert unchanged(site)
 
 
@@ -163,10 +158,10 @@ def test_oversized_chunked_body_is_refused(site, keys):
     assert unchanged(site)
 
 
-@pytest.mark.parametrize("body", [b"{not json", b"\xff\xfe{}", b"[" * 100000 + b"]" * 100000, b""])
-def test_malformed_body_is_400(site, keys, kit, body):
+def test_malformed_body_is_400(site, keys, kit):
     headers = kit.sign(kit.payload("hard", A, "x"), at=NOW).headers
-    assert site.post(kit.name, body, headers).status_code == 400
+    for body in (b"{not json", b"\xff\xfe{}", b"[" * 100000 + b"]" * 100000, b""):
+        assert site.post(kit.name, body, headers).status_code == 400, body[:10]
     assert unchanged(site)
 
 
@@ -191,13 +186,6 @@ def test_events_are_tied_to_the_delivery_by_provider_id(site, kit):
     assert send(site, kit, "hard", A, "d1").status_code == 200
     with sqlite3.connect(site.db) as conn:
         assert delivery_event_counts(conn, delivery)["hard-bounce"] == 1
-
-
-def test_refusals_never_echo_secrets(site, keys, kit):
-    r = send(site, kit, "hard", A, "e1", forged=True)
-    for secret in (keys.shared, keys.mailgun, keys.resend, keys.sendgrid_public()):
-        assert secret not in r.text
-    assert len(r.text.splitlines()) == 1
 
 
 def test_a_broken_key_setting_is_503_not_a_traceback(make_site, keys):
