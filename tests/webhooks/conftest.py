@@ -29,6 +29,10 @@ from newsletter.store import SubscriberStore
 from newsletter.web import UnsubscribeApp
 from tests.webhooks.kits import NOW, READERS, Keys
 
+#: Every test request goes to loopback directly: proxies from the environment are ignored.
+HTTP = requests.Session()
+HTTP.trust_env = False
+
 @pytest.fixture(scope="session")
 def keys() -> Keys:
     return Keys()
@@ -41,6 +45,8 @@ class SnsStandIn:
     def __init__(self, pem: bytes):
         self.pem = pem
         self.requests: list[str] = []
+        self.session = requests.Session()  # its own: the fetcher runs in the app's threads
+        self.session.trust_env = False
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -63,7 +69,7 @@ class SnsStandIn:
         """The injected fetcher: only the path and query of the SNS URL travel, to loopback."""
         parts = urlsplit(url)
         local = f"http://127.0.0.1:{self.server.server_address[1]}{parts.path}" + (f"?{parts.query}" if parts.query else "")
-        response = requests.get(local, timeout=5)
+        response = self.session.get(local, timeout=5)
         response.raise_for_status()
         return response.content
 
@@ -108,7 +114,7 @@ class Site:
     def post(self, provider: str, body: bytes, headers: dict[str, str] | None = None, query: str = "",
              **kwargs: Any) -> requests.Response:
         url = f"{self.url}/webhooks/{provider}" + (f"?{query}" if query else "")
-        return requests.post(url, data=body, headers=headers or {}, timeout=10, **kwargs)
+        return HTTP.post(url, data=body, headers=headers or {}, timeout=10, **kwargs)
 
     def status(self, email: str) -> str:
         with sqlite3.connect(self.db) as conn:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import requests
-
 from newsletter.config import load_settings
 from newsletter.web import make_app
-from tests.webhooks.conftest import serve
+from tests.webhooks.conftest import HTTP, serve
 from tests.webhooks.kits import KITS, NOW, READERS
 
 
@@ -19,11 +17,11 @@ def test_make_app_routes_webhooks_even_with_the_archive(tmp_path, db, keys):
     try:
         kit = KITS["postmark"](keys)  # Postmark has no timestamp, so the app's real clock is fine here
         signed = kit.sign(kit.payload("complaint", READERS[0], "mount"), at=NOW)
-        r = requests.post(f"{url}/webhooks/postmark", data=signed.body, headers=signed.headers, timeout=10)
+        r = HTTP.post(f"{url}/webhooks/postmark", data=signed.body, headers=signed.headers, timeout=10)
         assert r.status_code == 200, r.text
         assert r.headers["Cache-Control"] == "no-store"
-        assert requests.post(f"{url}/webhooks/nope", data=b"{}", timeout=10).status_code == 404
-        assert requests.get(f"{url}/", timeout=10).status_code == 200  # the archive still answers
+        assert HTTP.post(f"{url}/webhooks/nope", data=b"{}", timeout=10).status_code == 404
+        assert HTTP.get(f"{url}/", timeout=10).status_code == 200  # the archive still answers
     finally:
         stop()
     from newsletter.store import SubscriberStore

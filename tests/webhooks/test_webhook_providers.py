@@ -13,6 +13,7 @@ import pytest
 
 from newsletter.events import delivery_event_counts
 from newsletter.webhooks import MAX_BODY_BYTES
+from tests.webhooks.conftest import HTTP
 from tests.webhooks.kits import KITS, NOW, READERS
 
 ALL = sorted(KITS)
@@ -199,9 +200,7 @@ def test_a_broken_key_setting_is_503_not_a_traceback(make_site, keys):
 
 
 def test_get_is_not_allowed(site):
-    import requests
-
-    assert requests.get(f"{site.url}/webhooks/postmark", timeout=5).status_code == 405
+    assert HTTP.get(f"{site.url}/webhooks/postmark", timeout=5).status_code == 405
 
 
 def test_soft_bounce_window_comes_from_settings(site, keys):
