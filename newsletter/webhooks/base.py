@@ -21,7 +21,7 @@ import json
 import logging
 import sqlite3
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from email.utils import parseaddr
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, TypeVar
@@ -33,6 +33,8 @@ from newsletter.clock import SYSTEM, Clock
 from newsletter.errors import NewsletterError
 from newsletter.events import Event, Kind, Outcome, apply_event
 from newsletter.events import ensure_schema as ensure_event_schema
+from newsletter.ledger import ensure_schema as ensure_ledger_schema
+from newsletter.ledger import subscriber_for_provider_id
 from newsletter.webhooks import replay
 
 if TYPE_CHECKING:
@@ -251,15 +253,24 @@ def _read_body(request: Request) -> bytes:
 def _apply(store: "SubscriberStore", events: list[Event], nonce: str | None, ctx: WebhookContext) -> dict[str, int]:
     """Claim the nonce and apply every event in one transaction: all or nothing."""
     now = ctx.clock.now()
-    ensure_event_schema(store.conn)
-    replay.ensure_schema(store.conn)
+    for ensure_schema in (ensure_ledger_schema, ensure_event_schema, replay.ensure_schema):
+        ensure_schema(store.conn)  # a webhook may come before the first send made the tables
     counts = {o.value: 0 for o in Outcome}
     with store.transaction() as conn:
         if nonce is not None and not replay.claim(conn, nonce, now, keep=2 * TOLERANCE):
             raise Refused(403, "replayed token")
         for e in events:
+            e = _by_provider_id(store, e)
             counts[apply_event(store, e, policy=ctx.settings.soft_bounce_policy, now=now).value] += 1
     return counts
+
+
+def _by_provider_id(store: "SubscriberStore", e: Event) -> Event:
+    """Name the reader by the provider's message id when the address matches nobody."""
+    if e.subscriber_id is not None or not e.provider_id or store.get_by_email(e.email) is not None:
+        return e
+    sid = subscriber_for_provider_id(store.conn, e.provider_id)
+    return replace(e, subscriber_id=sid) if sid is not None else e
 
 
 def process(provider: Provider, request: Request, ctx: WebhookContext) -> Response:

@@ -37,7 +37,9 @@ class MailgunWebhook(Provider):
 
     def verify(self, request: Request, body: bytes, payload: Any, ctx: WebhookContext) -> Verified:
         sig = mapping(mapping(payload).get("signature"))
-        timestamp, token, given = text(sig.get("timestamp"), 20), text(sig.get("token"), 200), text(sig.get("signature"))
+        stamp = sig.get("timestamp")  # documented as an int, shown as a string in the examples: take both
+        timestamp = str(stamp) if type(stamp) is int else text(stamp, 20)
+        token, given = text(sig.get("token"), 200), text(sig.get("signature"))
         if not timestamp or not token or not given:
             raise Refused(401, "missing signature")
         expected = hmac.new(str(self.secret).encode(), (timestamp + token).encode(), hashlib.sha256).hexdigest()

@@ -14,6 +14,7 @@ import dataclasses
 import sqlite3
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -148,14 +149,14 @@ def serve(app: Callable) -> tuple[str, Callable[[], None]]:
 def make_site(tmp_path, db, keys, sns):
     stops = []
 
-    def make(env: dict[str, str] | None = None) -> Site:
+    def make(env: dict[str, str] | None = None, db_path: Path | None = None) -> Site:
         settings = load_settings(tmp_path, environ=keys.env() if env is None else env)
-        core = UnsubscribeApp(settings, db)
+        core = UnsubscribeApp(settings, db_path or db)
         clock = FakeClock(start=NOW)
         core.webhooks = dataclasses.replace(core.webhooks, clock=clock, fetch=sns.fetch)
         url, stop = serve(core)
         stops.append(stop)
-        return Site(url, db, clock)
+        return Site(url, db_path or db, clock)
 
     yield make
     for stop in stops:

@@ -6,6 +6,7 @@ Signed with keys generated in the tests; time is the app's injected FakeClock.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from datetime import timedelta
 
@@ -242,3 +243,32 @@ def test_a_bug_is_one_line_500_and_changes_nothing(site, keys, monkeypatch):
     r = send(site, KITS["postmark"](keys), "hard", A, "bug")
     assert r.status_code == 500 and r.text == "internal error\n"
     assert unchanged(site)
+
+
+def test_a_bounce_for_an_unknown_address_finds_the_reader_by_provider_id(site, kit):
+    with sqlite3.connect(site.db) as conn:
+        cur = conn.execute("INSERT INTO deliveries(slug, content_hash, state, created_at) VALUES('s', 'h', 'done', 'x')")
+        conn.execute("INSERT INTO ledger(delivery_id, subscriber_id, email, state, provider_id) "
+                     "SELECT ?, id, email, 'sent', ? FROM subscribers WHERE email=?",
+                     (cur.lastrowid, kit.provider_id("alias"), B))
+    assert send(site, kit, "hard", "forwarded-alias@example.net", "alias").status_code == 200
+    assert site.statuses() == {A: "active", B: "bounced", C: "active"}
+
+
+def test_a_webhook_before_the_first_send_still_lands(make_site, tmp_path, keys):
+    from newsletter.store import SubscriberStore
+
+    fresh = tmp_path / "fresh.db"
+    with SubscriberStore.open(fresh) as store:  # subscribers only: no ledger tables yet
+        store.add(A)
+    site = make_site(db_path=fresh)
+    assert send(site, KITS["postmark"](keys), "hard", A, "first").status_code == 200
+    assert site.status(A) == "bounced"
+
+
+def test_mailgun_timestamp_may_be_a_number(site, keys):
+    kit = KITS["mailgun"](keys)
+    signed = json.loads(kit.sign(kit.payload("hard", A, "int"), at=NOW).body)
+    signed["signature"]["timestamp"] = int(signed["signature"]["timestamp"])
+    assert site.post("mailgun", json.dumps(signed).encode(), {"Content-Type": "application/json"}).status_code == 200
+    assert site.status(A) == "bounced"
