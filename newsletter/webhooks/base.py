@@ -252,7 +252,7 @@ def _read_body(request: Request) -> bytes:
 
 def _apply(store: "SubscriberStore", events: list[Event], nonce: str | None, ctx: WebhookContext) -> dict[str, int]:
     """Claim the nonce and apply every event in one transaction: all or nothing."""
-    now = ctx.clock.now()
+    now, policy = ctx.clock.now(), ctx.settings.soft_bounce_policy
     for ensure_schema in (ensure_ledger_schema, ensure_event_schema, replay.ensure_schema):
         ensure_schema(store.conn)  # a webhook may come before the first send made the tables
     counts = {o.value: 0 for o in Outcome}
@@ -261,7 +261,7 @@ def _apply(store: "SubscriberStore", events: list[Event], nonce: str | None, ctx
             raise Refused(403, "replayed token")
         for e in events:
             e = _by_provider_id(store, e)
-            counts[apply_event(store, e, policy=ctx.settings.soft_bounce_policy, now=now).value] += 1
+            counts[apply_event(store, e, policy=policy, now=now).value] += 1
     return counts
 
 
