@@ -26,8 +26,7 @@ from werkzeug.wrappers import Request
 
 from newsletter.events import Event, Kind
 from newsletter.webhooks.base import (
-    Provider, Refused, Verified, WebhookContext, address, check_fresh, dedupe_key, event, iso_time, items, mapping,
-    text,
+    Provider, Refused, Verified, WebhookContext, address, check_fresh, dedupe_key, event, iso_time, mapping, text,
 )
 
 
@@ -66,7 +65,7 @@ class ResendWebhook(Provider):
         else:
             return []
         to = data.get("to")
-        emails = [a for a in (address(x) for x in (items(to) if isinstance(to, list) else [to])) if a]
+        emails = [a for a in (address(x) for x in (to if isinstance(to, list) else [to])) if a]
         email_id = text(data.get("email_id"), 200) or None
         return [event(kind, self.name, dedupe_key(self.name, _header(request, "id"), email), email,
                       provider_id=email_id, occurred_at=iso_time(p.get("created_at")), detail=detail)
