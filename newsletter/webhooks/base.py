@@ -199,12 +199,11 @@ def same_secret(given: str | None, secret: str) -> bool:
 
 
 def shared_secret_verify(request: Request, secret: str) -> Verified:
-    """Basic auth (password), a bearer token, or a ``?token=`` URL secret: the three ways
-    Postmark and Brevo let a webhook URL carry a secret. Compared in constant time."""
+    """Basic auth (the password) or a bearer token: the ways Postmark and Brevo let a
+    webhook carry a secret. Never a URL query, which servers and proxies write to their
+    access logs. Compared in constant time."""
     auth = request.authorization
-    given = [request.args.get("token")]
-    if auth is not None:
-        given += [auth.password, auth.token]
+    given = [auth.password, auth.token] if auth is not None else []
     if not any(same_secret(g, secret) for g in given):
         raise Refused(401, "missing or wrong webhook secret")
     return Verified()

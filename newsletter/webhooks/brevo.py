@@ -3,7 +3,8 @@
 Authenticity: Brevo does not sign webhooks. Its webhook settings take basic auth in the
 URL or an ``auth`` object with a bearer token ("Create a webhook" → ``auth.type``/``auth.token``,
 https://developers.brevo.com/reference/create-webhook), so ``NEWSLETTER_WEBHOOK_SECRET`` is
-accepted as the basic-auth password, the bearer token, or ``?token=``.
+accepted as the bearer token or the basic-auth password (never in the query string,
+which access logs keep).
 
 Payload (one JSON object per request; "Transactional webhooks",
 https://developers.brevo.com/docs/transactional-webhooks): ``event`` (``hard_bounce``,

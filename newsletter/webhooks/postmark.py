@@ -3,7 +3,7 @@
 Authenticity: Postmark does not sign webhooks; it documents HTTP basic auth in the
 webhook URL (``https://user:SECRET@host/webhooks/postmark``) — "Webhooks overview →
 Protecting your webhook", https://postmarkapp.com/developer/webhooks/webhooks-overview —
-so the secret is ``NEWSLETTER_WEBHOOK_SECRET`` as the basic-auth password (or ``?token=``).
+so the secret is ``NEWSLETTER_WEBHOOK_SECRET`` as the basic-auth password.
 
 Payloads (one JSON object per request), by ``RecordType``:
 

@@ -272,3 +272,11 @@ def test_mailgun_timestamp_may_be_a_number(site, keys):
     signed["signature"]["timestamp"] = int(signed["signature"]["timestamp"])
     assert site.post("mailgun", json.dumps(signed).encode(), {"Content-Type": "application/json"}).status_code == 200
     assert site.status(A) == "bounced"
+
+
+def test_a_secret_in_the_query_string_is_not_accepted(site, keys):
+    kit = KITS["postmark"](keys)
+    body = json.dumps(kit.payload("hard", A, "q")).encode()
+    r = site.post("postmark", body, {"Content-Type": "application/json"}, query=f"token={keys.shared}")
+    assert r.status_code == 401  # access logs keep URLs: the secret travels in a header only
+    assert unchanged(site)
