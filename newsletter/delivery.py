@@ -107,6 +107,7 @@ class _Job:
 
 
 _PAUSE = "pause"
+_DUE_SLACK = 0.001  # a retry due within a millisecond is due: no sub-millisecond sleeps
 
 
 class _Run:
@@ -143,7 +144,9 @@ class _Run:
         return self.wall0 + timedelta(seconds=self.clock() - self.mono0)
 
     def now_ts(self) -> float:
-        return self.now().timestamp()
+        """Wall seconds, unrounded (a datetime would round to microseconds and leave a retry
+        a hair short of due)."""
+        return self.wall0.timestamp() + (self.clock() - self.mono0)
 
     # ---- entry -------------------------------------------------------------------------
     def run(self) -> DeliveryReport:
@@ -315,7 +318,7 @@ class _Run:
 
     def _claimable(self) -> bool:
         with self.db:
-            return ledger.claimable(self.conn, self.id, self.cursor, self.now_ts())
+            return ledger.claimable(self.conn, self.id, self.cursor, self.now_ts() + _DUE_SLACK)
 
     def _wait(self, seconds: float, why: str = "") -> bool:
         """Sleep, refreshing the heartbeat; in 1 s steps when something may ask us to stop."""
@@ -361,10 +364,12 @@ class _Run:
                         limit = min(limit, self.o.daily_cap - used)
                     assert self.delivery is not None
                     claim = ledger.claim_batch(conn, self.delivery, self.owner, limit=limit, cursor=self.cursor,
-                                               now=now, now_ts=now.timestamp(), day=day,
+                                               now=now, now_ts=self.now_ts() + _DUE_SLACK, day=day,
                                                transport=self.transport_name)
-                if not isinstance(claim, Claim):
-                    return claim
+                if isinstance(claim, float):
+                    return claim + _DUE_SLACK  # the wait from now, not from the slack
+                if claim is None:
+                    return None
                 if claim.fresh:
                     self.cursor = max(self.cursor, claim.last_id)
                 for state in claim.skipped:
@@ -475,8 +480,9 @@ class _Run:
             resume_at: datetime | None = now
             if left == 0:
                 state, resume_at = "done", None
-                note = (f"{c['uncertain']} readers may or may not have got it (their answer was lost or a crash "
-                        "interrupted them) and were not sent again; `newsletter status --failed` lists them"
+                note = (f"{c['uncertain']} readers are uncertain: they may or may not have got it (the answer was "
+                        "lost, or a crash interrupted them) and were not sent again; `newsletter status --failed` "
+                        "lists them"
                         if c["uncertain"] else "")
             elif self.pause_note is not None:
                 state, note = "paused", self.pause_note
