@@ -254,6 +254,8 @@ class SubscriberStore:
             else:
                 existing = Subscriber.from_row(row)
                 sid = existing.id
+                if existing.status == COMPLAINED:
+                    raise _never_reactivated(existing)
                 if existing.status in SUPPRESSED:
                     if not resubscribe:
                         raise InputError(f"{existing.email} is {existing.status}; it is not reactivated "
@@ -303,6 +305,8 @@ class SubscriberStore:
             sub = self._resolve(id_or_email)
             if sub.status == status:
                 return sub
+            if status == ACTIVE and sub.status == COMPLAINED:
+                raise _never_reactivated(sub)
             if status == ACTIVE and sub.status in SUPPRESSED and not resubscribe:
                 raise InputError(f"{sub.email} is {sub.status}; it is not reactivated unless you "
                                  "resubscribe it explicitly (resubscribe=True / --resubscribe)")
@@ -329,6 +333,10 @@ class SubscriberStore:
                 return sub
             return self.set_status(sub.id, BOUNCED, reason)
 
+    def mark_complained(self, id: int, reason: str) -> Subscriber:
+        """Record a spam complaint: the strongest signal, which nothing ever reactivates."""
+        return self.set_status(int(id), COMPLAINED, reason)
+
     def status_reason(self, id: int) -> str | None:
         """Why a reader has its status (e.g. the bounce diagnostic), or None when unknown id."""
         row = self.conn.execute("SELECT status_reason FROM subscribers WHERE id=?", (int(id),)).fetchone()
@@ -341,6 +349,11 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 def _one_line(text: str | None, limit: int = 1000) -> str:
     """A reason (often a multi-line SMTP diagnostic) flattened to one line; never rejected."""
     return _CONTROL.sub(" ", text or "").strip()[:limit]
+
+
+def _never_reactivated(sub: Subscriber) -> InputError:
+    """A reader who reported us as spam is never mailed again, whatever a command says."""
+    return InputError(f"{sub.email} reported a message as spam (complained); it is never reactivated")
 
 
 def _check_status(status: str) -> None:
