@@ -256,7 +256,9 @@ def _run_checks(settings: "Settings", rendered: "RenderedEmail", skip: bool) -> 
                + (f" (`newsletter check {rendered.number}` lists them)." if warnings else "."), err=True)
 
 
-def _progress(total: int, label: str) -> tuple[Any, Callable[[int, int, int, int], None]]:
+def _progress(total: int, label: str) -> tuple[Any, Callable[[int, int, int, int], None],
+                                             Callable[[float, str], None]]:
+    """A progress bar, its update function, and a countdown shown while retries are awaited."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -266,9 +268,16 @@ def _progress(total: int, label: str) -> tuple[Any, Callable[[int, int, int, int
 
     def update(done: int, total_: int, sent: int, failed: int) -> None:
         elapsed = progress.tasks[task].elapsed or 0
-        progress.update(task, completed=done, total=total_, rate=(done / elapsed) if elapsed else 0.0)
+        progress.update(task, completed=done, total=total_, rate=(done / elapsed) if elapsed else 0.0,
+                        description=label)
 
-    return progress, update
+    def waiting(seconds_left: float, why: str) -> None:
+        from newsletter.errors import scrub
+
+        minutes, seconds = divmod(int(seconds_left), 60)
+        progress.update(task, description=f"{label} (next retry in {minutes}:{seconds:02d}: {scrub(why, 40)})")
+
+    return progress, update, waiting
 
 
 def _transport_factory(settings: "Settings", dry_run: bool, *, ledger: bool = False) -> Callable[[], Any]:
@@ -332,7 +341,7 @@ def _dry_run_all(settings: "Settings", rendered: "RenderedEmail") -> None:
     store = SubscriberStore.open(settings.db_path)
     total = store.count("active")
     prepared = _prepare(settings, rendered)
-    progress, update = _progress(total, "Dry run")
+    progress, update, _ = _progress(total, "Dry run")
     start, done, size = time.monotonic(), 0, 0
     with progress, DryRunTransport.from_settings(settings) as transport:
         batch: list[Any] = []
@@ -363,12 +372,16 @@ def _delivery_options(settings: "Settings", **overrides: Any) -> Any:
 
     rate = settings.number("NEWSLETTER_RATE", None)
     cap = settings.number("NEWSLETTER_DAILY_CAP", None, minimum=1)
+    if settings.get("NEWSLETTER_MAX_ATTEMPTS"):
+        click.echo("note: NEWSLETTER_MAX_ATTEMPTS is retired and ignored; NEWSLETTER_RETRY_WINDOW (hours) now "
+                   "decides when a reader's temporary failures become final", err=True)
     return DeliveryOptions(
         batch_size=settings.integer("NEWSLETTER_BATCH_SIZE", 100, minimum=1),
         rate=rate or None,
         concurrency=settings.integer("NEWSLETTER_CONCURRENCY", 1, minimum=1),
         daily_cap=int(cap) if cap else None,
-        max_attempts=settings.integer("NEWSLETTER_MAX_ATTEMPTS", 5, minimum=1),
+        retry_window=(settings.number("NEWSLETTER_RETRY_WINDOW", 24.0) or 0.0) * 3600,
+        max_wait=settings.number("NEWSLETTER_FOREGROUND_WAIT", 300.0) or 0.0,
         **overrides,
     )
 
@@ -377,16 +390,39 @@ def _report(report: Any) -> None:
     click.echo(
         f"Delivery {report.delivery_id} ({report.state}): {report.sent} sent, {report.failed_permanent} failed "
         f"permanently, {report.failed_temporary} failed temporarily, {report.skipped} skipped, "
-        f"{report.pending} pending; {report.sent_this_run} sent in this run in {report.elapsed:.1f}s "
-        f"({report.rate:.0f} msg/s)."
+        f"{report.pending} pending ({report.deferred} deferred); {report.sent_this_run} sent in this run in "
+        f"{report.elapsed:.1f}s ({report.rate:.0f} msg/s)."
     )
     if report.note:
         click.echo(report.note)
-    if getattr(report, "uncertain_reported", 0):
-        click.echo(f"{report.uncertain_reported} recipient(s) were mid-send during a crash and were NOT resent "
-                   "(--no-resend-uncertain); see `newsletter status --failed`.")
-    elif getattr(report, "uncertain_resent", 0):
-        click.echo(f"{report.uncertain_resent} recipient(s) left mid-send by an earlier crash were sent again.")
+    if report.interrupted_resent:
+        click.echo(f"{report.interrupted_resent} reader(s) left mid-send by an earlier crash or kill were sent "
+                   "again (a duplicate is possible over SMTP).")
+    if report.uncertain_resent:
+        click.echo(f"{report.uncertain_resent} reader(s) got no clear answer from the server and were sent once "
+                   "more.")
+    if report.uncertain_reported:
+        click.echo(f"{report.uncertain_reported} reader(s) may or may not have got it and were NOT sent again "
+                   "(--no-resend-uncertain, or no clear answer twice); see `newsletter status --failed`.")
+
+
+def _issue_ref(rendered: "RenderedEmail") -> str:
+    return str(rendered.number) if rendered.number is not None else rendered.slug
+
+
+def _exit_for(report: Any, ref: str, stopped: bool) -> None:
+    """The exit code tells the truth: 0 only when nothing is left to send by this run's choice."""
+    from newsletter.delivery import describe_deferral
+    from newsletter.errors import SendDeferredError, SendInterruptedError
+
+    ctx = click.get_current_context()
+    if report.state == "deferred":
+        click.echo(describe_deferral(report, ref), err=True)
+        ctx.exit(SendDeferredError.exit_code)
+    if stopped and report.pending:
+        click.echo(f"Stopped with {report.pending} readers pending; `newsletter resume {ref}` will continue.",
+                   err=True)
+        ctx.exit(SendInterruptedError.exit_code)
 
 
 @contextmanager
@@ -419,20 +455,19 @@ def _deliver(settings: "Settings", rendered: "RenderedEmail", *, yes: bool, rese
     _confirm_real_send(settings, active, f"“{rendered.subject}”", yes, dry_run=False)
     prepared = _prepare(settings, rendered)
     delivery_id = start_or_resume(conn, prepared, force_new_content=force_new_content)
-    progress, update = _progress(active, "Sending")
+    options = _delivery_options(settings, resend_uncertain=resend_uncertain, retry_failed=retry_failed)
+    progress, update, waiting = _progress(active, "Sending")
     with progress, _graceful_stop() as stop:
-        report = run_delivery(conn, delivery_id, prepared, factory,
-                              options=_delivery_options(settings, resend_uncertain=resend_uncertain,
-                                                        retry_failed=retry_failed),
-                              progress=update, stop=stop)
+        report = run_delivery(conn, delivery_id, prepared, factory, options=options, progress=update,
+                              waiting=waiting, stop=stop)
     _report(report)
     if stop.is_set():
         from newsletter.ledger import wait_for_editor
 
         wait_for_editor(conn, delivery_id)
-        click.echo("Stopped after the current batch; run the same command again to continue.")
-    if report.failed_permanent or report.failed_temporary:
+    if report.failed_permanent or report.failed_temporary or report.uncertain:
         click.echo("Some recipients failed: `newsletter status --failed` lists them.")
+    _exit_for(report, _issue_ref(rendered), stop.is_set())
 
 
 @cli.command()
@@ -522,6 +557,14 @@ def status(ctx: click.Context, issue: str | None, failed: bool) -> None:
     for s in rows:
         table.add_row(*(str(x) for x in s.as_row()))
     _console().print(table)
+    from newsletter.delivery import local_time
+
+    for s in rows:
+        if s.deferred:
+            reasons = "; ".join(f"{why} ({n})" for why, n in s.reasons)
+            when = local_time(s.next_retry) if s.next_retry else "when resumed"
+            click.echo(f"#{s.id} {s.delivery.slug}: {s.deferred} readers deferred; next retry at {when}; "
+                       f"commonest reasons: {reasons or '-'}")
     if failed:
         for s in rows:
             for email, state, error in failed_recipients(conn, s.id):
@@ -558,7 +601,7 @@ def schedule_add(ctx: click.Context, issue: str, at: str | None, skip_checks: bo
     if at:
         try:
             when = dt.datetime.fromisoformat(at)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise InputError(f"--at {at!r} is not an ISO date-time like 2025-03-10T09:00+08:00") from None
         if when.tzinfo is None:
             raise InputError("--at needs a timezone, e.g. 2025-03-10T09:00+08:00 or …Z")
@@ -585,7 +628,8 @@ def schedule_list(ctx: click.Context) -> None:
     if not rows:
         click.echo("Nothing scheduled.")
     for row in rows:
-        click.echo(f"{row.id}\t{row.slug}\t{row.send_at}\t{row.state}")
+        when = row.send_at.isoformat() if row.send_at else (row.send_at_text or "-")
+        click.echo(f"{row.id}\t{row.slug}\t{when}\t{row.state}")
 
 
 @schedule.command("cancel")
@@ -636,14 +680,21 @@ def dispatch(ctx: click.Context) -> None:
     from newsletter.ledger import open_ledger
     from newsletter.schedule import dispatch_once
 
+    from newsletter.delivery import describe_deferral
+    from newsletter.errors import SendDeferredError
+
     settings = _settings(ctx)
     with _graceful_stop() as stop:
         reports = dispatch_once(open_ledger(settings.db_path), dt.datetime.now(dt.timezone.utc), stop=stop,
                                 **_dispatch_args(settings))
     for report in reports:
         _report(report)
+        if report.state == "deferred":
+            click.echo(describe_deferral(report, report.slug), err=True)
     if not reports:
         click.echo("Nothing due.")
+    if any(r.state == "deferred" for r in reports):
+        ctx.exit(SendDeferredError.exit_code)
 
 
 @cli.command()
@@ -657,8 +708,9 @@ def worker(ctx: click.Context, poll: float) -> None:
     import datetime as dt
 
     from newsletter.ledger import open_ledger
-    from newsletter.schedule import run_worker
+    from newsletter.schedule import check_poll_interval, run_worker
 
+    check_poll_interval(poll)
     settings = _settings(ctx)
     click.echo(f"Worker started (polling every {poll:g}s); stop with SIGTERM or Ctrl-C.")
     with _graceful_stop() as stop:

@@ -536,12 +536,16 @@ def describe_deferral(report: DeliveryReport, ref: str) -> str:
     "N readers deferred (reason); next retry at 14:05 (+08:00); `newsletter worker` or
     `newsletter resume 6` will continue"."""
     reason = report.reasons[0][0] if report.reasons else "waiting for a retry"
-    when = "soon"
-    if report.next_retry is not None:
-        local = report.next_retry.astimezone()
-        offset = local.strftime("%z")
-        zone = f"{offset[:3]}:{offset[3:]}" if len(offset) == 5 else offset
-        day = "" if local.date() == datetime.now(local.tzinfo).date() else local.strftime("%Y-%m-%d ")
-        when = f"{day}{local:%H:%M} ({zone})"
+    when = local_time(report.next_retry) if report.next_retry is not None else "soon"
     return (f"{report.deferred} readers deferred ({reason}); next retry at {when}; "
             f"`newsletter worker` or `newsletter resume {ref}` will continue")
+
+
+def local_time(when: datetime) -> str:
+    """A time in this machine's zone, as an editor reads it: "14:05 (+08:00)", with the date
+    when it is not today."""
+    local = when.astimezone()
+    offset = local.strftime("%z")
+    zone = f"{offset[:3]}:{offset[3:]}" if len(offset) == 5 else offset
+    day = "" if local.date() == datetime.now(local.tzinfo).date() else local.strftime("%Y-%m-%d ")
+    return f"{day}{local:%H:%M} ({zone})"

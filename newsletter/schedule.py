@@ -168,6 +168,12 @@ def _human(delta: timedelta) -> str:
     return f"{hours:.0f} h" if hours < 48 else f"{hours / 24:.0f} days"
 
 
+def check_poll_interval(seconds: float) -> None:
+    """A worker polls every so many seconds: 0, negative or nan would spin at 100 % CPU."""
+    if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and 0.001 <= seconds <= 86400):
+        raise InputError(f"--poll {seconds!r} must be a number of seconds from 0.001 to 86400")
+
+
 def run_worker(conn: sqlite3.Connection, prepare: Callable[[str], PreparedIssue],
                transport_factory: TransportFactory, options: DeliveryOptions, *, stop: threading.Event,
                poll_interval: float = 30, now: Callable[[], datetime] = utcnow,
@@ -183,8 +189,7 @@ def run_worker(conn: sqlite3.Connection, prepare: Callable[[str], PreparedIssue]
     A failure the user must fix (a refused login, say) is reported through ``on_error``
     and tried again at the next poll; the delivery stays resumable meanwhile.
     """
-    if not (isinstance(poll_interval, (int, float)) and math.isfinite(poll_interval) and poll_interval > 0):
-        raise InputError(f"--poll {poll_interval!r} must be a positive number of seconds")
+    check_poll_interval(poll_interval)
     reports: list[DeliveryReport] = []
     while not stop.is_set():
         try:
