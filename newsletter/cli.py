@@ -393,7 +393,7 @@ def _report(report: Any) -> None:
         f"{report.pending} pending ({report.deferred} deferred); {report.sent_this_run} sent in this run in "
         f"{report.elapsed:.1f}s ({report.rate:.0f} msg/s)."
     )
-    if report.note:
+    if report.note and report.state != "deferred":  # a deferral gets its own line (describe_deferral)
         click.echo(report.note)
     if report.interrupted_resent:
         click.echo(f"{report.interrupted_resent} reader(s) left mid-send by an earlier crash or kill were sent "
@@ -609,6 +609,9 @@ def schedule_add(ctx: click.Context, issue: str, at: str | None, skip_checks: bo
         when = parsed.send_at
     else:
         raise InputError("give --at with a timezone, or set send_at in the issue's front matter", path=path)
+    from newsletter.schedule import check_send_time
+
+    check_send_time(when, dt.datetime.now(dt.timezone.utc))  # before the (slow) build and checks
     rendered = _render(settings, issue)
     _run_checks(settings, rendered, skip_checks)
     conn = open_ledger(settings.db_path)
