@@ -59,7 +59,7 @@ from newsletter.errors import (ConfigError, ContentChangedError, DeliveryLockedE
 from newsletter.ledger import (HEARTBEAT_EVERY, Claim, Delivery, DeliveryReport, Progress, TransportFactory,
                                get_delivery, transaction, utc_day, utcnow)
 from newsletter.message import OutgoingMessage, PreparedIssue
-from newsletter.outcome import DEFAULT_RETRY_WINDOW, Answer, Policy, Row, Transition, classify, decide
+from newsletter.outcome import DEFAULT_RETRY_WINDOW, Answer, Policy, Row, classify, decide_batch
 from newsletter.pacing import Pacer, interruptible_sleep
 from newsletter.store import SubscriberStore
 from newsletter.transports.base import SendResult, Status, Transport
@@ -422,28 +422,22 @@ class _Run:
             results = (results + [lost] * len(job.messages))[:len(job.messages)]
         return results, None
 
-    def _decide(self, job: _Job, results: Sequence[SendResult | None],
-                dropped: str | None) -> list[tuple[ledger.ClaimedRow, Transition, Answer, str | None]]:
-        now_ts, policy = self.now_ts(), self.o.policy
-        out = []
-        for row, res in zip(job.claim.rows, results):
-            answer = classify(res)
-            t = decide(Row(row.attempts, row.first_failure_at, row.uncertain_resends), answer, now=now_ts,
-                       policy=policy, error=scrub(res.error) if res is not None and res.error else dropped,
-                       retry_after=res.retry_after if res is not None else None, jitter=self.rng.random())
-            out.append((row, t, answer, res.provider_id if res is not None and answer is Answer.DELIVERED else None))
-        return out
-
     def _record(self, job: _Job, results: Sequence[SendResult | None], dropped: str | None) -> None:
         """Store every reader's transition in one transaction, after the transport answered."""
-        decided = self._decide(job, results, dropped)
-        whole = all(t.state == "retry" for _, t, _, _ in decided)
+        answers = [(classify(res), scrub(res.error) if res is not None and res.error else dropped,
+                    res.retry_after if res is not None else None) for res in results]
+        transitions, whole = decide_batch(
+            [Row(r.attempts, r.first_failure_at, r.uncertain_resends) for r in job.claim.rows], answers,
+            now=self.now_ts(), policy=self.o.policy, jitters=[self.rng.random() for _ in results])
+        provider_ids = [res.provider_id if res is not None and a is Answer.DELIVERED else None
+                        for res, (a, _, _) in zip(results, answers)]
         with self.db, transaction(self.conn) as conn:
             now = self.now()
-            ledger.record_transitions(conn, self.id, job.claim.batch_no, [(r, t, p) for r, t, _, p in decided],
-                                      whole_batch_retry=whole, now=now)
+            ledger.record_transitions(conn, self.id, job.claim.batch_no,
+                                      list(zip(job.claim.rows, transitions, provider_ids)), whole_batch=whole,
+                                      now=now)
             assert self.store is not None
-            for row, t, _, _ in decided:
+            for row, t in zip(job.claim.rows, transitions):
                 if t.bounce:
                     try:
                         self.store.mark_bounced(row.sid, f"bounced: {t.error}")
@@ -451,12 +445,12 @@ class _Run:
                         pass
             ledger.refresh_lock(conn, self.id, self.owner, now)
             self.last_heartbeat = now
-            for _, t, answer, _ in decided:
+            for t, (answer, _, _) in zip(transitions, answers):
                 self._move("sending", t.state)
                 if answer is Answer.UNCERTAIN:
                     self.stats["uncertain_resent" if t.state == "retry" else "uncertain_reported"] += 1
-            self.stats["sent_this_run"] += sum(t.state == "sent" for _, t, _, _ in decided)
-            if any(t.final for _, t, _, _ in decided):
+            self.stats["sent_this_run"] += sum(t.state == "sent" for t in transitions)
+            if any(t.final for t in transitions):
                 self.last_progress = self.clock()
             self.inflight -= 1
             self.idle.notify_all()

@@ -19,12 +19,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from newsletter.db import connect, migrate
 from newsletter.errors import ContentChangedError, DeliveryLockedError, InputError, scrub
 from newsletter.message import PreparedIssue
 from newsletter.transports.base import Transport
+
+if TYPE_CHECKING:
+    from newsletter.outcome import Transition
 
 COMPONENT = "delivery"
 
@@ -636,24 +639,18 @@ def unclaim(conn: sqlite3.Connection, delivery_id: int, rows: Sequence[ClaimedRo
 
 
 def record_transitions(conn: sqlite3.Connection, delivery_id: int, batch_no: int,
-                       changes: Sequence[tuple[ClaimedRow, object, str | None]], *, whole_batch_retry: bool,
+                       changes: Sequence[tuple[ClaimedRow, "Transition", str | None]], *, whole_batch: bool,
                        now: datetime) -> None:
-    """Store every reader's transition (an :class:`newsletter.outcome.Transition`) in one go.
-
-    ``changes`` are (row, transition, provider id). With ``whole_batch_retry`` every row
-    comes back as one batch under its number (its idempotency key), due together.
-    """
-    stamp = timestamp(now)
-    latest = max((t.next_attempt_at or 0.0) for _, t, _ in changes) if whole_batch_retry else None  # type: ignore
-    values = []
-    for row, t, provider_id in changes:
-        at = latest if whole_batch_retry else t.next_attempt_at  # type: ignore[attr-defined]
-        values.append((row.sid, t.state, t.attempts, t.first_failure_at, at,  # type: ignore[attr-defined]
-                       batch_no if whole_batch_retry else None, t.uncertain_resends,  # type: ignore[attr-defined]
-                       scrub(t.error) if t.error else None, provider_id))  # type: ignore[attr-defined]
+    """Store every reader's :class:`~newsletter.outcome.Transition` (with the provider's
+    message id when sent) in one statement per chunk. A batch retried whole keeps its
+    number, so its retry goes out under the same idempotency key."""
+    values = [(row.sid, t.state, t.attempts, t.first_failure_at, t.next_attempt_at,
+               batch_no if whole_batch else None, t.uncertain_resends, scrub(t.error) if t.error else None,
+               provider_id) for row, t, provider_id in changes]
     update_each(conn, delivery_id, "state=v.column2, attempts=v.column3, first_failure_at=v.column4, "
                 "next_attempt_at=v.column5, retry_batch=v.column6, uncertain_resends=v.column7, "
-                "last_error=v.column8, provider_id=COALESCE(v.column9, provider_id), updated_at=?", values, stamp)
+                "last_error=v.column8, provider_id=COALESCE(v.column9, provider_id), updated_at=?", values,
+                timestamp(now))
 
 
 def finish_run(conn: sqlite3.Connection, delivery_id: int, *, state: str, reason: str | None,

@@ -24,7 +24,8 @@ The rules, in a reader's words:
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Sequence
 
 from newsletter.pacing import BACKOFF_CAP, backoff_delay
 from newsletter.transports.base import SendResult, Status
@@ -136,3 +137,20 @@ def decide(row: Row, answer: Answer, *, now: float, policy: Policy, error: str |
                                          f"(NEWSLETTER_RETRY_WINDOW): {text}")
     delay = backoff_delay(attempts, retry_after, jitter=jitter, since_first_failure=now - first)
     return retry(text, now + delay, since=first)
+
+
+def decide_batch(rows: Sequence[Row], answers: Sequence[tuple[Answer, str | None, float | None]], *, now: float,
+                 policy: Policy, jitters: Sequence[float]) -> tuple[list[Transition], bool]:
+    """Every reader's transition for one batch, and whether the batch comes back whole.
+
+    ``answers`` are (answer, error, retry_after) per row. When every reader is to be
+    retried, the batch is retried as one, under its idempotency key, when the last of
+    them is due (so the provider can recognise a repeated request).
+    """
+    out = [decide(row, answer, now=now, policy=policy, error=error, retry_after=retry_after, jitter=jitter)
+           for row, (answer, error, retry_after), jitter in zip(rows, answers, jitters)]
+    whole = bool(out) and all(t.state == "retry" for t in out)
+    if whole:
+        latest = max(t.next_attempt_at or now for t in out)
+        out = [replace(t, next_attempt_at=latest) for t in out]
+    return out, whole

@@ -96,3 +96,22 @@ def test_classify_normalises_transport_results():
     assert classify(SendResult("a@x", Status.FAILED_PERMANENT, bounce=True)) is Answer.BOUNCED
     assert classify(SendResult("a@x", Status.REJECTED)) is Answer.FAILED_PERMANENT
     assert classify(SendResult("a@x", Status.UNCERTAIN)) is Answer.UNCERTAIN
+
+
+def test_a_batch_that_comes_back_whole_is_retried_together_when_the_last_is_due():
+    from newsletter.outcome import decide_batch
+
+    policy = Policy(retry_window=WINDOW)
+    rows = [Row(attempts=0), Row(attempts=3), Row(attempts=0)]
+    outage = [(Answer.FAILED_TEMPORARY, "HTTP 503", None), (Answer.FAILED_TEMPORARY, "HTTP 503", None),
+              (Answer.RATE_LIMITED, "HTTP 429", 20.0)]
+    out, whole = decide_batch(rows, outage, now=NOW, policy=policy, jitters=[1.0, 1.0, 1.0])
+    assert whole and {t.state for t in out} == {"retry"}
+    assert {t.next_attempt_at for t in out} == {NOW + 20.0}  # one time: the latest of them
+    assert [t.attempts for t in out] == [1, 4, 0]
+    # One reader through: the rest come back on their own times, and the batch is not whole.
+    mixed = [(Answer.DELIVERED, None, None)] + outage[1:]
+    out, whole = decide_batch(rows, mixed, now=NOW, policy=policy, jitters=[1.0, 1.0, 1.0])
+    assert not whole and [t.state for t in out] == ["sent", "retry", "retry"]
+    assert out[1].next_attempt_at == NOW + 8.0 and out[2].next_attempt_at == NOW + 20.0
+    assert decide_batch([], [], now=NOW, policy=policy, jitters=[]) == ([], False)
