@@ -35,7 +35,7 @@ Rules worth knowing:
 * ``rate`` is paced *before* a batch is claimed, so waiting never widens the uncertain
   window; it is an upper bound (transports slow themselves down on rate limits).
 * ``daily_cap`` counts every message handed to the transport per UTC day and transport;
-  reaching it pauses the delivery until the next UTC midnight.
+  reaching it defers the delivery until the next UTC midnight.
 * A ``done`` delivery sends nobody again; ``retry_failed`` alone reopens the readers
   whose retry window ran out.
 """
@@ -358,8 +358,7 @@ class _Run:
                         used = ledger.daily_used(conn, day, self.transport_name)
                         if used >= self.o.daily_cap:
                             self.pause_note = (f"daily cap of {self.o.daily_cap} messages reached for "
-                                               f"{self.transport_name} on {day} (UTC); the rest goes out after "
-                                               "midnight UTC")
+                                               f"{self.transport_name} on {day} UTC")
                             return _PAUSE
                         limit = min(limit, self.o.daily_cap - used)
                     assert self.delivery is not None
@@ -478,14 +477,14 @@ class _Run:
                         "lost, or a crash interrupted them) and were not sent again; `newsletter status --failed` "
                         "lists them"
                         if c["uncertain"] else "")
-            elif self.pause_note is not None:
-                state, note = "paused", self.pause_note
+            elif self.pause_note is not None:  # the daily cap: deferred to the next UTC day
+                state, note = "deferred", self.pause_note
                 resume_at = datetime.combine(now.astimezone(timezone.utc).date() + timedelta(days=1),
                                              datetime.min.time(), timezone.utc)
             elif self.deferred and not (self.stop is not None and self.stop.is_set()):
                 next_retry, reasons = ledger.retry_summary(conn, self.id, top=1)
                 state, resume_at = "deferred", next_retry or now
-                note = f"{c['retry']} readers deferred ({reasons[0][0] if reasons else 'waiting for a retry'})"
+                note = reasons[0][0] if reasons else "waiting for a retry"
             else:
                 state = "paused"
                 note = f"stopped with {left} readers left; run the send again to continue"
@@ -511,7 +510,7 @@ def run_delivery(conn: sqlite3.Connection, delivery_id: int, prepared: PreparedI
                  waiting: Waiting | None = None,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
                  now: Callable[[], datetime] = utcnow) -> DeliveryReport:
-    """Send (or continue sending) a delivery until it is done, deferred, paused by the daily cap, or stopped.
+    """Send (or continue sending) a delivery until it is done, deferred (retries, the daily cap), or stopped.
 
     ``stop`` (set by a SIGTERM/SIGINT handler) finishes the batch in flight, records it and
     returns with the delivery ``paused`` and resumable. ``clock``/``sleep`` drive pacing and
@@ -529,9 +528,9 @@ def describe_deferral(report: DeliveryReport, ref: str) -> str:
     """The one line a deferred send ends with, its time in this machine's zone:
     "N readers deferred (reason); next retry at 14:05 (+08:00); `newsletter worker` or
     `newsletter resume 6` will continue"."""
-    reason = report.reasons[0][0] if report.reasons else "waiting for a retry"
+    reason = report.note or (report.reasons[0][0] if report.reasons else "waiting for a retry")
     when = local_time(report.next_retry) if report.next_retry is not None else "soon"
-    return (f"{report.deferred} readers deferred ({reason}); next retry at {when}; "
+    return (f"{report.pending} readers deferred ({reason}); next retry at {when}; "
             f"`newsletter worker` or `newsletter resume {ref}` will continue")
 
 

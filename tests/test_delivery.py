@@ -755,18 +755,19 @@ def test_daily_cap_pauses_and_resumes_the_next_day(db):
     day = {"now": DAY1}
     kw = dict(sink=sink, batch_size=10, daily_cap=25, now=lambda: day["now"])
     r1, _ = send(db, **kw)
-    assert r1.state == "paused" and r1.sent == 25 and "daily cap of 25" in r1.note
+    assert r1.state == "deferred" and r1.sent == 25 and "daily cap of 25" in r1.note
+    assert r1.next_retry == datetime(2031, 3, 5, tzinfo=timezone.utc) and r1.pending == 35
     d = get_delivery(open_ledger(db), r1.delivery_id)
     assert d.resume_at == datetime(2031, 3, 5, tzinfo=timezone.utc) and d.lock_pid is None
     assert [len(r) for _, r in sink.calls] == [10, 10, 5]
     # Same day, a new process: the count survived in the database, nothing more goes out.
     day["now"] = DAY1 + timedelta(hours=10)
     r2, _ = send(db, **kw)
-    assert r2.state == "paused" and r2.sent_this_run == 0
+    assert r2.state == "deferred" and r2.sent_this_run == 0
     # The next UTC day: another 25.
     day["now"] = DAY1 + timedelta(days=1)
     r3, _ = send(db, **kw)
-    assert r3.state == "paused" and r3.sent == 50 and r3.sent_this_run == 25
+    assert r3.state == "deferred" and r3.sent == 50 and r3.sent_this_run == 25
     day["now"] = DAY1 + timedelta(days=2)
     r4, _ = send(db, **kw)
     assert r4.state == "done" and r4.sent == 60
