@@ -37,16 +37,14 @@ def scrub(text: object, limit: int = 500) -> str:
     Exception texts quote whatever raised them: a header with an API key in it, a
     server reply with terminal escapes. Nothing reaches the ledger or the terminal unscrubbed.
     """
-    out = "" if text is None else str(text)
     with _SECRETS_LOCK:
         secrets = sorted(_SECRETS, key=len, reverse=True)
+    out = "" if text is None else str(text)
+    out = out[:limit * 4 + (len(secrets[0]) if secrets else 0)]  # bounded work for a hostile reply
     for secret in secrets:
         if secret in out:
             out = out.replace(secret, "***")
     out = _CONTROL.sub(" ", out)
-    for secret in secrets:  # a secret split by a control character is whole again now
-        if secret in out:
-            out = out.replace(secret, "***")
     return " ".join(out.split())[:limit]
 
 

@@ -61,7 +61,10 @@ def classify(result: SendResult | None) -> Answer:
     """Normalise a transport result (``None``: nothing was heard about this reader)."""
     if result is None:
         return Answer.NO_ANSWER
-    status = Status(result.status)
+    try:
+        status = Status(result.status)
+    except ValueError:  # a transport bug: whatever happened, the message may have gone out
+        return Answer.UNCERTAIN
     if status.delivered:
         return Answer.DELIVERED
     if status is Status.UNCERTAIN:

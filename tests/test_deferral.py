@@ -277,3 +277,13 @@ def test_an_unreadable_stored_send_time_is_held_not_a_crash(db):
     [r] = dispatch_once(conn, datetime(2031, 1, 2, tzinfo=timezone.utc), make_prepared, lambda: Recorder(sink),
                         options())
     assert r.state == "held" and "cannot be read" in r.note and sink.calls == []
+
+
+def test_scrub_is_bounded_and_removes_secrets_and_control_characters():
+    from newsletter.errors import scrub
+
+    register_secrets(["pw-0123456789"])
+    assert scrub("login pw-0123456789 refused") == "login *** refused"
+    assert scrub("key ' pw-0123456789\r' invalid") == "key ' *** ' invalid"  # a CRLF .env's stray CR
+    assert len(scrub("A" * 10_000_000)) == 500
+    assert scrub("a\x1b[2Jb\u2028c\x00d") == "a [2Jb c d"

@@ -115,3 +115,7 @@ def test_a_batch_that_comes_back_whole_is_retried_together_when_the_last_is_due(
     assert not whole and [t.state for t in out] == ["sent", "retry", "retry"]
     assert out[1].next_attempt_at == NOW + 8.0 and out[2].next_attempt_at == NOW + 20.0
     assert decide_batch([], [], now=NOW, policy=policy, jitters=[]) == ([], False)
+
+
+def test_a_result_with_an_unknown_status_is_uncertain_not_a_crash():
+    assert classify(SendResult("a@x", "bogus")) is Answer.UNCERTAIN  # type: ignore[arg-type]
