@@ -50,7 +50,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from newsletter import ledger
 from newsletter.config import is_development_key
@@ -63,6 +63,9 @@ from newsletter.outcome import DEFAULT_RETRY_WINDOW, Answer, Policy, Row, classi
 from newsletter.pacing import Pacer, interruptible_sleep
 from newsletter.store import SubscriberStore
 from newsletter.transports.base import SendResult, Status, Transport
+
+if TYPE_CHECKING:
+    from newsletter.config import Settings
 
 #: How long a run keeps waiting for due retries, from the last reader finished, before it defers.
 DEFAULT_MAX_WAIT = 300.0
@@ -98,6 +101,30 @@ class DeliveryOptions:
     @property
     def policy(self) -> Policy:
         return Policy(retry_window=self.retry_window, resend_uncertain=self.resend_uncertain)
+
+    @classmethod
+    def from_settings(cls, settings: "Settings", **overrides: Any) -> "DeliveryOptions":
+        """The options NEWSLETTER_BATCH_SIZE, _RATE, _CONCURRENCY, _DAILY_CAP, _RETRY_WINDOW (hours)
+        and _FOREGROUND_WAIT (seconds) set. (NEWSLETTER_MAX_ATTEMPTS is retired: see retired_settings.)"""
+        rate = settings.number("NEWSLETTER_RATE", None)
+        cap = settings.number("NEWSLETTER_DAILY_CAP", None, minimum=1)
+        return cls(
+            batch_size=settings.integer("NEWSLETTER_BATCH_SIZE", 100, minimum=1),
+            rate=rate or None,
+            concurrency=settings.integer("NEWSLETTER_CONCURRENCY", 1, minimum=1),
+            daily_cap=int(cap) if cap else None,
+            retry_window=(settings.number("NEWSLETTER_RETRY_WINDOW", DEFAULT_RETRY_WINDOW / 3600) or 0.0) * 3600,
+            max_wait=settings.number("NEWSLETTER_FOREGROUND_WAIT", DEFAULT_MAX_WAIT) or 0.0,
+            **overrides,
+        )
+
+
+def retired_settings(settings: "Settings") -> list[str]:
+    """Notes for settings this version no longer reads, so nobody relies on one silently."""
+    if settings.get("NEWSLETTER_MAX_ATTEMPTS"):
+        return ["NEWSLETTER_MAX_ATTEMPTS is retired and ignored; NEWSLETTER_RETRY_WINDOW (hours) now decides "
+                "when a reader's temporary failures become final"]
+    return []
 
 
 @dataclass
