@@ -83,3 +83,19 @@ def test_ctrl_c_with_readers_pending_exits_130_and_says_how_to_continue(publicat
     conn = sqlite3.connect(publication_root / "newsletter.db")
     states = dict(conn.execute("SELECT state, COUNT(*) FROM ledger GROUP BY state"))
     assert states.get("sending", 0) == 0 and states["sent"] == sent
+
+
+def test_status_failed_never_prints_a_configured_secret(publication_root):
+    """Even a row stored before errors were scrubbed (an older version) is printed scrubbed."""
+    from newsletter.ledger import open_ledger
+
+    _subscribe(publication_root, 1)
+    conn = open_ledger(publication_root / "newsletter.db")
+    conn.execute("INSERT INTO deliveries(slug, content_hash, state, created_at, nonce) VALUES('006-x', 'h', 'done', "
+                 "'2030-01-01T00:00:00.000000Z', 'abc')")
+    conn.execute("INSERT INTO ledger(delivery_id, subscriber_id, email, state, last_error) VALUES(1, 1, "
+                 "'reader0@example.org', 'failed-permanent', ?)", ("InvalidHeader ' SG.leaky-key-0987\r'",))
+    conn.close()
+    result = run(publication_root, "status", "--failed", env={"SENDGRID_API_KEY": " SG.leaky-key-0987\r"})
+    assert result.exit_code == 0 and "reader0@example.org" in result.output
+    assert "SG.leaky-key-0987" not in result.output and "***" in result.output
