@@ -280,3 +280,12 @@ def test_a_secret_in_the_query_string_is_not_accepted(site, keys):
     r = site.post("postmark", body, {"Content-Type": "application/json"}, query=f"token={keys.shared}")
     assert r.status_code == 401  # access logs keep URLs: the secret travels in a header only
     assert unchanged(site)
+
+
+def test_resend_accepts_the_standard_webhooks_header_names(site, keys):
+    kit = KITS["resend"](keys)
+    signed = kit.sign(kit.payload("complaint", A, "std"), at=NOW)
+    headers = {k.replace("svix-", "webhook-"): v for k, v in signed.headers.items()}
+    assert "webhook-signature" in headers
+    assert site.post("resend", signed.body, headers).status_code == 200
+    assert site.status(A) == "complained"
