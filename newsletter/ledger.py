@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -398,7 +397,7 @@ def start_or_resume(conn: sqlite3.Connection, prepared: PreparedIssue, *, schedu
             "INSERT INTO deliveries(slug, issue_number, content_hash, subject, state, created_at, send_at, test, "
             "nonce) VALUES(?, ?, ?, ?, ?, ?, ?, 0, ?)",
             (r.slug, r.number, r.content_hash, r.subject, "scheduled" if send_at else "running", stamp, send_at,
-             secrets.token_hex(8)))
+             os.urandom(8).hex()))  # secrets.token_hex, without importing random & co at start-up
         return int(cur.lastrowid)  # type: ignore[arg-type]
 
 
