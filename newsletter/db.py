@@ -53,8 +53,13 @@ def migrate(conn: sqlite3.Connection, component: str, steps: Sequence[Step]) -> 
     """Apply the not-yet-applied ``steps`` of ``component``, each in its own transaction.
 
     The version is read *inside* ``BEGIN IMMEDIATE``: two processes starting on a fresh
-    database serialise here, and the second one finds the step already applied.
+    database serialise here, and the second one finds the step already applied. An
+    up-to-date schema (the usual case) is seen by a plain read first, so opening the
+    database never waits for another process's write lock (a long import, a send).
     """
+    row = conn.execute("SELECT version FROM schema_migrations WHERE component=?", (component,)).fetchone()
+    if row is not None and row[0] == len(steps):
+        return
     while True:
         conn.execute("BEGIN IMMEDIATE")
         try:

@@ -34,3 +34,22 @@ def test_a_command_imports_only_its_area(publication_root, args, loaded):
     assert f"AREAS {sorted(loaded)}" in result.stdout, result.stdout
     if args == ["status"]:
         assert "SOCKET False" in result.stdout  # the ledger loads the network stack only to check a lock
+
+
+def test_opening_an_up_to_date_database_does_not_wait_for_a_writer(tmp_path):
+    """`status` during a long import (one write transaction) answers at once."""
+    import sqlite3
+
+    from newsletter.ledger import delivery_status, open_ledger
+
+    db = tmp_path / "news.db"
+    open_ledger(db).close()  # create and migrate
+    writer = sqlite3.connect(db, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # holds the write lock, as an import does
+    try:
+        conn = open_ledger(db)  # before the fix: "database is locked" after the busy timeout
+        assert delivery_status(conn) == []
+        conn.close()
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
