@@ -323,34 +323,66 @@ def import_csv(store: SubscriberStore, path: Path | str, *, resubscribe: bool = 
     with the file as a whole (unreadable, not text, no email column, malformed CSV,
     a runaway quote); row problems go in the report. ``progress`` is called after
     each chunk of rows with (rows read, bytes read, file size).
+
+    The rows are checked and staged in a temporary table first, holding no lock on
+    the database; only then does one short write transaction apply them, so a send
+    or the web app writing meanwhile is never kept waiting for the whole file.
     """
     path = Path(path)
     report = ImportReport(path=str(path))
     encoding = _encoding(path, report)
     default_source = clean_text(source, "source") if source is not None else f"import:{path.name}"
+    conn = store.conn
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS import_rows(key TEXT PRIMARY KEY, line INTEGER NOT NULL,"
+                 " email TEXT NOT NULL, name TEXT NOT NULL, source TEXT NOT NULL, consent TEXT NOT NULL)")
+    try:
+        conn.execute("DELETE FROM temp.import_rows")
+        with path.open("r", encoding=encoding, newline="") as fh:
+            _stage(conn, fh, path, report, default_source, progress)
+        with store.transaction():
+            _apply(conn, report, resubscribe)
+    finally:
+        conn.execute("DROP TABLE IF EXISTS temp.import_rows")
+    report.skipped.sort(key=lambda s: s[0])
+    return report
+
+
+def _stage(conn: sqlite3.Connection, fh: TextIO, path: Path, report: ImportReport, default_source: str,
+           progress: Progress | None) -> None:
+    """Check every row and stage the good ones in ``temp.import_rows``, chunk by chunk;
+    a repeated address is reported with the line it repeats."""
     addresses = AddressValidator()
     size = path.stat().st_size
-    writer = _Writer(report, resubscribe)
-    with store.transaction() as conn, path.open("r", encoding=encoding, newline="") as fh:
-        writer.begin(conn)
-        reader = _open_rows(fh, path)
-        chunk: list[_Row] = []
-        rows_read = 0
-        for line, cells in reader:
-            rows_read += 1
-            row = _parse_row(reader, line, cells, report, addresses, default_source)
-            if row is not None:
-                chunk.append(row)
-            if len(chunk) >= _ROW_CHUNK:
-                writer.write(conn, chunk)
-                chunk = []
-                if progress is not None:
-                    progress(rows_read, fh.buffer.tell(), size)
-        writer.write(conn, chunk)
-        writer.end(conn)
+    reader = _open_rows(fh, path)
+    chunk: list[_Row] = []
+    rows_read = 0
+    for line, cells in reader:
+        rows_read += 1
+        row = _parse_row(reader, line, cells, report, addresses, default_source)
+        if row is not None:
+            chunk.append(row)
+        if len(chunk) >= _ROW_CHUNK:
+            _stage_chunk(conn, chunk, report)
+            chunk = []
+            if progress is not None:
+                progress(rows_read, fh.buffer.tell(), size)
+    _stage_chunk(conn, chunk, report)
     if progress is not None:
         progress(rows_read, size, size)
-    return report
+
+
+def _stage_chunk(conn: sqlite3.Connection, rows: list[_Row], report: ImportReport) -> None:
+    keys = [r.email.lower() for r in rows]
+    first = dict(_select_in(conn, "SELECT key, line FROM temp.import_rows WHERE key IN ({marks})", keys))
+    staged = []
+    for r, key in zip(rows, keys):
+        if key in first:
+            report.skip(r.line, r.email, f"duplicate of line {first[key]}")
+            continue
+        first[key] = r.line
+        staged.append((key, *r))
+    conn.executemany("INSERT INTO temp.import_rows(key, line, email, name, source, consent) VALUES(?, ?, ?, ?, ?, ?)",
+                     staged)
 
 
 def _select_in(conn: sqlite3.Connection, sql: str, values: Sequence[str]) -> Iterator[tuple]:
@@ -360,62 +392,47 @@ def _select_in(conn: sqlite3.Connection, sql: str, values: Sequence[str]) -> Ite
         yield from conn.execute(sql.format(marks=",".join("?" * len(part))), part)
 
 
-class _Writer:
-    """Writes checked rows chunk by chunk inside the import's one transaction.
-
-    Addresses seen earlier in the file live in a temporary table, not in memory,
-    so a duplicate is still reported with the line it duplicates.
-    """
-
-    def __init__(self, report: ImportReport, resubscribe: bool):
-        self.report, self.resubscribe, self.now = report, resubscribe, utcnow()
-
-    def begin(self, conn: sqlite3.Connection) -> None:
-        conn.execute("CREATE TEMP TABLE IF NOT EXISTS import_seen(key TEXT PRIMARY KEY, line INTEGER NOT NULL)")
-        conn.execute("DELETE FROM temp.import_seen")
-
-    def end(self, conn: sqlite3.Connection) -> None:
-        conn.execute("DROP TABLE temp.import_seen")
-
-    def write(self, conn: sqlite3.Connection, rows: list[_Row]) -> None:
-        report, now = self.report, self.now
-        keys = [r.email.lower() for r in rows]
-        first = dict(_select_in(conn, "SELECT key, line FROM temp.import_seen WHERE key IN ({marks})", keys))
-        existing = {email.lower(): (sid, name, status) for sid, email, name, status in _select_in(
-            conn, "SELECT id, email, name, status FROM subscribers WHERE email IN ({marks})", keys)}
-        seen, inserts, names, reactivations = [], [], [], []
-        for r, key in zip(rows, keys):
-            if key in first:
-                report.skip(r.line, r.email, f"duplicate of line {first[key]}")
-                continue
-            first[key] = r.line
-            seen.append((key, r.line))
-            found = existing.get(key)
-            if found is None:
-                inserts.append((r.email, r.name, now, now, r.source, r.consent))
-                continue
-            sid, old_name, status = found
-            if status in SUPPRESSED:
-                if self.resubscribe:
-                    reactivations.append((now, r.name, r.name, r.source, r.source, r.consent, r.consent, sid))
-                else:
-                    report.skip(r.line, r.email, f"suppressed: {status}")
-            elif r.name and r.name != old_name:
-                names.append((r.name, now, sid))
+def _apply(conn: sqlite3.Connection, report: ImportReport, resubscribe: bool) -> None:
+    """Inside the write transaction: new addresses inserted in one statement; known ones
+    (skipped, renamed or resubscribed) decided row by row, in bounded batches."""
+    now = utcnow()
+    names: list[tuple] = []
+    reactivations: list[tuple] = []
+    known = conn.execute(
+        "SELECT r.line, r.email, s.id, s.name, s.status, r.name, r.source, r.consent"
+        " FROM temp.import_rows r JOIN subscribers s ON s.email = r.email ORDER BY r.line")
+    for line, email, sid, old_name, status, name, source, consent in known:
+        if status in SUPPRESSED:
+            if resubscribe:
+                reactivations.append((now, name, name, source, source, consent, consent, sid))
             else:
-                report.skip(r.line, r.email, "already subscribed")
-        conn.executemany("INSERT INTO temp.import_seen(key, line) VALUES(?, ?)", seen)
-        conn.executemany(
-            "INSERT INTO subscribers(email, name, status, created_at, changed_at, source, consent)"
-            f" VALUES(?, ?, '{ACTIVE}', ?, ?, ?, ?)", inserts)
-        conn.executemany("UPDATE subscribers SET name=?, changed_at=? WHERE id=?", names)
-        conn.executemany(
-            f"UPDATE subscribers SET status='{ACTIVE}', status_reason='', changed_at=?,"
-            " name=CASE WHEN ?<>'' THEN ? ELSE name END,"
-            " source=CASE WHEN ?<>'' THEN ? ELSE source END,"
-            " consent=CASE WHEN ?<>'' THEN ? ELSE consent END WHERE id=?", reactivations)
-        report.added += len(inserts)
-        report.updated += len(names) + len(reactivations)
+                report.skip(line, email, f"suppressed: {status}")
+        elif name and name != old_name:
+            names.append((name, now, sid))
+        else:
+            report.skip(line, email, "already subscribed")
+        if len(names) + len(reactivations) >= _ROW_CHUNK:
+            _update(conn, report, names, reactivations)
+    _update(conn, report, names, reactivations)
+    cur = conn.execute(
+        "INSERT INTO subscribers(email, name, status, created_at, changed_at, source, consent)"
+        f" SELECT r.email, r.name, '{ACTIVE}', ?, ?, r.source, r.consent FROM temp.import_rows r"
+        " WHERE NOT EXISTS (SELECT 1 FROM subscribers s WHERE s.email = r.email) ORDER BY r.line", (now, now))
+    report.added += cur.rowcount
+
+
+def _update(conn: sqlite3.Connection, report: ImportReport, names: list[tuple], reactivations: list[tuple]) -> None:
+    """Write (and empty) the collected renames and reactivations."""
+    conn.executemany("UPDATE subscribers SET name=?, changed_at=? WHERE id=?", names)
+    conn.executemany(
+        f"UPDATE subscribers SET status='{ACTIVE}', status_reason='', changed_at=?,"
+        " name=CASE WHEN ?<>'' THEN ? ELSE name END,"
+        " source=CASE WHEN ?<>'' THEN ? ELSE source END,"
+        " consent=CASE WHEN ?<>'' THEN ? ELSE consent END WHERE id=?", reactivations)
+    report.updated += len(names) + len(reactivations)
+    names.clear()
+    reactivations.clear()
+
 
 # ---- export --------------------------------------------------------------------------
 def export_csv(store: SubscriberStore, out: TextIO, status: str | None = None) -> int:

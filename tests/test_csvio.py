@@ -354,3 +354,25 @@ def test_cli_import_shows_progress_for_big_files_and_counts_unlisted_rows(tmp_pa
     assert "Importing" in result.output and f"{i + DETAIL_LIMIT + 5:,} rows" in result.output
     assert f"Imported {i} new, updated 0, skipped 0, {DETAIL_LIMIT + 5} bad row(s)" in result.output
     assert "5 more bad or skipped row(s) not listed" in result.output
+
+
+def test_rows_are_checked_without_holding_the_write_lock(store, tmp_path):
+    """A send or the web app may write while a big file is read; only the final apply locks."""
+    import sqlite3
+
+    path = tmp_path / "big.csv"
+    path.write_text("email\n" + "".join(f"u{i}@example.org\n" for i in range(1200)), encoding="utf-8")
+    other = sqlite3.connect(store.conn.execute("PRAGMA database_list").fetchone()[2], isolation_level=None,
+                            timeout=0)
+    writes: list[int] = []
+
+    def progress(rows: int, done: int, size: int) -> None:
+        if done < size:  # still reading: another connection can take the write lock at once
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("UPDATE subscribers SET name='x' WHERE 0")
+            other.execute("COMMIT")
+            writes.append(rows)
+
+    report = import_csv(store, path, progress=progress)
+    other.close()
+    assert writes and report.added == 1200
