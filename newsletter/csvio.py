@@ -14,8 +14,10 @@ Import is forgiving about the file and strict about each row:
 * a row with more (non-empty) cells than the header — an unquoted comma in a name —
   is a bad row, not a truncated name; a quote that never closes, or one that swallows
   whole rows into one cell, refuses the file, naming the line where the quote opened;
-* the file is streamed in chunks of rows (memory stays flat with its size), and the
-  report keeps the first :data:`DETAIL_LIMIT` bad and skipped rows, counting the rest;
+* the file is streamed in chunks of rows (memory stays flat with its size) into a
+  temporary table, without locking the database; one short write transaction then
+  applies it. The report keeps the first :data:`DETAIL_LIMIT` bad and skipped rows,
+  counting the rest;
 * suppressed addresses (unsubscribed, bounced, complained) are never reactivated
   unless ``resubscribe=True``; they are reported as ``suppressed: <status>``.
 
@@ -36,9 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, NamedTuple, Sequence, TextIO
 
+from newsletter.addresses import check_header, clean_text
 from newsletter.bulk_addresses import AddressValidator
 from newsletter.errors import InputError
-from newsletter.addresses import check_header, clean_text
 from newsletter.store import ACTIVE, SUPPRESSED, SubscriberStore, _SQL_PARAM_CHUNK, utcnow
 
 EXPORT_COLUMNS = ("email", "name", "status", "created_at", "changed_at", "source", "consent")
@@ -141,7 +143,7 @@ def _encoding(path: Path, report: ImportReport) -> str:
                 report.encoding = "utf-8-sig" if head.startswith(codecs.BOM_UTF8) else "utf-8"
                 return "utf-8-sig"
             except UnicodeDecodeError as exc:
-                offset = fh.tell() - len(exc.object) + exc.start if fh.tell() else exc.start
+                offset = fh.tell() - len(exc.object) + exc.start  # exc.object: this read plus any carry-over
                 byte = exc.object[exc.start]
             fh.seek(0)
             try:
