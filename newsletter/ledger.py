@@ -443,3 +443,17 @@ def delivery_for_event(conn: sqlite3.Connection, subscriber_id: int, *, provider
         if row:
             return row[0]
     return None
+
+
+def find_delivery(conn: sqlite3.Connection, *, slug: str = "", subject: str = "") -> tuple[int, str] | None:
+    """(id, slug) of the latest real (not test) delivery of an issue, named by its slug or by
+    the subject it went out with (case-insensitive); None when we never sent it."""
+    if slug:
+        row = conn.execute("SELECT id, slug FROM deliveries WHERE slug=? AND test=0 ORDER BY id DESC LIMIT 1",
+                           (slug,)).fetchone()
+    elif subject:
+        row = conn.execute("SELECT id, slug FROM deliveries WHERE test=0 AND subject=? COLLATE NOCASE "
+                           "ORDER BY id DESC LIMIT 1", (subject,)).fetchone()
+    else:
+        row = None
+    return (row[0], row[1]) if row else None

@@ -1,0 +1,133 @@
+"""One classified inbox message, applied: events to the store, replies to the digest.
+
+Bounces, complaints and mailed unsubscribes become :class:`newsletter.events.Event`s,
+so they change a reader exactly as a provider webhook would, once. Replies are
+matched to the issue they answer: by ``In-Reply-To``/``References`` against our
+Message-IDs (``<slug.hash@our-domain>``), else by a subscriber's address and a
+"Re:" subject equal to what we sent. Everything is recorded once per message,
+keyed by its Message-ID, so reading the mailbox twice changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from newsletter import replies
+from newsletter.classify import Category, Classified, strip_reply_prefixes
+from newsletter.events import Event, Kind, Outcome, SoftBouncePolicy, apply_event
+from newsletter.ledger import ensure_schema as ensure_ledger, find_delivery
+from newsletter.store import SubscriberStore
+from newsletter.tokens import subscriber_for_token
+
+SOURCE = "inbox"
+
+
+@dataclass(frozen=True)
+class Handled:
+    """What happened to one message: its class, the reason, and the outcome, for one line."""
+
+    category: str
+    reason: str
+    outcome: str
+    slug: str | None = None
+    reply: replies.Reply | None = None
+
+    def line(self) -> str:
+        return f"{self.category:<11} {self.reason} → {self.outcome}"
+
+
+def _mask(email: str) -> str:
+    from newsletter.web import mask_email
+
+    return mask_email(email)
+
+
+def _slug_of(message_id: str, domain: str) -> str:
+    """The issue slug in one of our Message-IDs, '' when the id is not ours."""
+    local, at, host = message_id.strip("<>").rpartition("@")
+    if not at or host.lower() != domain.lower():
+        return ""
+    return local.rpartition(".")[0]
+
+
+class Applier:
+    """Applies classified messages to one database; holds the store and the policy."""
+
+    def __init__(self, store: SubscriberStore, *, secret_key: str, sender_domain: str,
+                 policy: SoftBouncePolicy = SoftBouncePolicy(), now: datetime | None = None):
+        self.store, self.conn = store, store.conn
+        self.secret_key, self.domain, self.policy = secret_key, sender_domain, policy
+        self.now = now
+        ensure_ledger(self.conn)
+        replies.ensure_schema(self.conn)
+
+    def _now(self) -> datetime:
+        return self.now or datetime.now(timezone.utc)
+
+    def apply(self, c: Classified) -> Handled:
+        if replies.seen(self.conn, c.dedupe_key):
+            return Handled(c.category.value, c.line(), "already read")
+        handler = {Category.BOUNCE: self._bounce, Category.COMPLAINT: self._complaint,
+                   Category.UNSUBSCRIBE: self._unsubscribe, Category.REPLY: self._reply}.get(c.category)
+        handled = handler(c) if handler else Handled(c.category.value, c.line(), "ignored")
+        replies.record(self.conn, c.dedupe_key, handled.category, handled.slug, self._now(), handled.reply)
+        return handled
+
+    def _event(self, kind: Kind, c: Classified, key_suffix: str, **fields: object) -> Outcome:
+        event = Event(kind, SOURCE, f"{SOURCE}:{c.dedupe_key}:{key_suffix}"[:500], occurred_at=self._now(),
+                      message_id=c.original_message_id or None, **fields)  # type: ignore[arg-type]
+        return apply_event(self.store, event, policy=self.policy, now=self._now())
+
+    def _issue_slug(self, c: Classified) -> str | None:
+        slug = _slug_of(c.original_message_id, self.domain)
+        return slug if slug and find_delivery(self.conn, slug=slug) else None
+
+    def _bounce(self, c: Classified) -> Handled:
+        outcomes = []
+        for f in c.failures:
+            kind = Kind.HARD_BOUNCE if f.permanent else Kind.SOFT_BOUNCE
+            outcome = self._event(kind, c, f.address, email=f.address,
+                                  detail=" ".join(x for x in (f.status, f.diagnostic) if x))
+            outcomes.append(f"{kind.value} {outcome.value}")
+        return Handled(c.category.value, c.line(), "; ".join(outcomes) or "nothing to apply", self._issue_slug(c))
+
+    def _complaint(self, c: Classified) -> Handled:
+        outcome = self._event(Kind.COMPLAINT, c, "complaint", email=c.complainant)
+        return Handled(c.category.value, c.line(), f"complaint {outcome.value}", self._issue_slug(c))
+
+    def _unsubscribe(self, c: Classified) -> Handled:
+        sub = subscriber_for_token(self.store, self.secret_key, c.token)
+        if sub is None:
+            return Handled(c.category.value, c.line(), "the token does not verify: nothing changed")
+        outcome = self._event(Kind.UNSUBSCRIBE, c, "unsubscribe", subscriber_id=sub.id, email=sub.email)
+        slug = next((s for s in (_slug_of(r, self.domain) for r in c.references) if s), None)
+        return Handled(c.category.value, c.line(), f"unsubscribe {outcome.value}", slug)
+
+    def _reply(self, c: Classified) -> Handled:
+        sub = self.store.get_by_email(c.sender) if c.sender else None
+        found, how = None, ""
+        for ref in c.references:
+            slug = _slug_of(ref, self.domain)
+            if slug and (found := find_delivery(self.conn, slug=slug)):
+                how = "Message-ID"
+                break
+        if found is None and sub is not None:
+            subject = strip_reply_prefixes(c.subject)
+            if subject and (found := find_delivery(self.conn, subject=subject)):
+                how = "sender and subject"
+        if found is None:
+            return Handled(Category.OTHER.value, c.line(), "answers nothing we sent: not feedback")
+        slug = found[1]
+        name = c.sender_name or (sub.name if sub else "")
+        reply = replies.Reply(name=" ".join(name.split())[:100], masked_email=_mask(c.sender),
+                              date=self._date(c), excerpt=c.text, matched_by=how)
+        return Handled(c.category.value, c.line(), f"reply to {slug} (matched by {how})", slug, reply)
+
+    def _date(self, c: Classified) -> str:
+        """The reply's Date when it is plausible, else when we read it."""
+        now = self._now()
+        date = c.date if c.date is not None and c.date.tzinfo is not None else None
+        if date is None or not (now - timedelta(days=3650) < date < now + timedelta(days=1)):
+            date = now
+        return date.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
