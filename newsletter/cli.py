@@ -518,9 +518,14 @@ def status(ctx: click.Context, issue: str | None, failed: bool) -> None:
     if not rows:
         click.echo("No deliveries yet.")
         return
-    table = Table("id", "issue", "state", "total", "sent", "pending", "failed", "skipped", "rate", "ETA")
+    from newsletter.events import delivery_event_counts
+
+    table = Table("id", "issue", "state", "total", "sent", "pending", "failed", "skipped", "rate", "ETA",
+                  "bounces", "complaints")
     for s in rows:
-        table.add_row(*(str(x) for x in s.as_row()))
+        events = delivery_event_counts(conn, s.id)
+        bounces = f"{events['hard-bounce']} hard, {events['soft-bounce']} soft"
+        table.add_row(*(str(x) for x in s.as_row()), bounces, str(events["complaint"]))
     _console().print(table)
     if failed:
         for s in rows:
@@ -646,6 +651,20 @@ def dispatch(ctx: click.Context) -> None:
         click.echo("Nothing due.")
 
 
+def _start_inbox_polling(settings: "Settings", stop: threading.Event) -> None:
+    """With IMAP configured, read the reply-to inbox every NEWSLETTER_INBOX_POLL minutes
+    (default 15; 0 turns it off) beside the send loop, until ``stop``."""
+    from newsletter.inbox import configured, poll_inbox
+
+    minutes = settings.number("NEWSLETTER_INBOX_POLL", 15.0) or 0
+    if not configured(settings) or minutes <= 0:
+        return
+    click.echo(f"Reading the reply-to inbox every {minutes:g} minute(s).")
+    threading.Thread(target=poll_inbox, name="inbox", daemon=True, kwargs=dict(
+        settings=settings, stop=stop, interval=minutes * 60, on_result=lambda r: click.echo(r.line()),
+        on_error=lambda e: click.echo(f"error: {e}", err=True))).start()
+
+
 @cli.command()
 @click.option("--poll", default=30.0, show_default=True, help="Seconds between checks for due sends.")
 @click.pass_context
@@ -662,6 +681,7 @@ def worker(ctx: click.Context, poll: float) -> None:
     settings = _settings(ctx)
     click.echo(f"Worker started (polling every {poll:g}s); stop with SIGTERM or Ctrl-C.")
     with _graceful_stop() as stop:
+        _start_inbox_polling(settings, stop)
         run_worker(open_ledger(settings.db_path), poll_interval=poll, stop=stop,
                    now=lambda: dt.datetime.now(dt.timezone.utc), **_dispatch_args(settings))
     click.echo("Worker stopped cleanly.")
@@ -736,17 +756,18 @@ def subscribers_remove(ctx: click.Context, email: str, forget_deliveries: bool) 
 @click.argument("address_or_token")
 @click.pass_context
 def subscribers_unsubscribe(ctx: click.Context, address_or_token: str) -> None:
-    """Unsubscribe an address, or the token from a mailto unsubscribe request
-    (its subject reads "unsubscribe TOKEN"). The address stays on the suppression list."""
-    from newsletter.tokens import token_subscriber_id, verify_token
+    """Unsubscribe an address, or apply a mailed unsubscribe request: paste its subject
+    ("unsubscribe TOKEN") whole, the token alone, or the mailto: link. The token is
+    verified. The address stays on the suppression list."""
+    from newsletter.tokens import subscriber_for_token, token_from_request
 
     store = _store(ctx)
     target: str | int = address_or_token
-    if "@" not in address_or_token:
-        sid = token_subscriber_id(address_or_token)
-        sub = store.get(sid) if sid is not None else None
-        if sub is None or not verify_token(str(_settings(ctx).secret_key), address_or_token, sub.email):
-            raise InputError(f"{address_or_token!r} is neither an address nor a valid unsubscribe token")
+    if "@" not in address_or_token or address_or_token.lower().startswith("mailto:"):
+        token = token_from_request(address_or_token)
+        sub = subscriber_for_token(store, str(_settings(ctx).secret_key), token) if token else None
+        if sub is None:
+            raise InputError(f"{address_or_token[:80]!r} is neither an address nor a valid unsubscribe token")
         target = sub.id
     sub = store.unsubscribe(target, reason="cli")
     click.echo(f"Unsubscribed {sub.email}.")
@@ -783,6 +804,57 @@ def subscribers_export(ctx: click.Context, out: Path | None, status: str | None)
             export_csv(store, fh, status=status)
     else:
         export_csv(store, sys.stdout, status=status)
+
+
+# ---------------------------------------------------------------- feedback -------------
+@cli.command()
+@click.option("--move-processed", "move_to", metavar="FOLDER",
+              help="File each handled message into FOLDER (IMAP MOVE). Default: the inbox is only read.")
+@click.pass_context
+def inbox(ctx: click.Context, move_to: str | None) -> None:
+    """Read new mail in the reply-to inbox (IMAP_* settings) once: reader replies, auto-replies,
+    bounces (DSN), complaints (ARF), mailed unsubscribes and the rest.
+
+    One line per message with its class and why. Bounces and complaints suppress
+    the reader, verified unsubscribes are applied, replies go to `newsletter replies`.
+    Each message is read once (by UID); nothing is deleted.
+    """
+    from collections import Counter
+
+    from newsletter.inbox import check_inbox
+
+    results = check_inbox(_settings(ctx), move_to=move_to, on_result=lambda r: click.echo(r.line()))
+    counts = Counter(r.handled.category for r in results)
+    click.echo(f"Read {len(results)} new message(s)" + (": " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+                                                       if counts else "") + ".")
+
+
+@cli.command()
+@click.argument("issue", required=False)
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True)
+@click.option("--forget-older-than", "days", type=click.IntRange(min=1), metavar="DAYS",
+              help="First delete stored replies and message records older than DAYS days.")
+@click.pass_context
+def replies(ctx: click.Context, issue: str | None, fmt: str, days: int | None) -> None:
+    """The feedback digest for ISSUE: each reader's reply (name, masked address, date, their
+    own first lines) and how many messages of each class concern it."""
+    import datetime as dt
+
+    from newsletter import replies as digest
+    from newsletter.db import connect
+
+    settings = _settings(ctx)
+    if issue is None and days is None:
+        raise InputError("give an ISSUE, or --forget-older-than DAYS, or both")
+    conn = connect(settings.db_path)
+    if days is not None:
+        n = digest.forget(conn, dt.timedelta(days=days))
+        click.echo(f"Forgot {n} message record(s) older than {days} day(s).", err=True)
+    if issue is not None:
+        from newsletter.issue import parse_issue
+
+        parsed = parse_issue(_issue_path(settings, issue))
+        click.echo(digest.FORMATS[fmt](digest.digest(conn, parsed.slug, parsed.title)), nl=False)
 
 
 # ---------------------------------------------------------------- web ------------------
