@@ -15,6 +15,7 @@ flufl.bounce's detectors, which know dozens of MTAs' formats.
 from __future__ import annotations
 
 import email
+import email.header
 import email.policy
 import enum
 import hashlib
@@ -82,19 +83,24 @@ def parse(raw: bytes) -> Message:
 
 
 def header(msg: Message, name: str) -> str:
-    """A header, RFC 2047-decoded, on one line; '' when absent or undecodable."""
+    """A header, RFC 2047-decoded (raw 8-bit read as UTF-8), on one line; '' when absent."""
     value = msg.get(name)
     if value is None:
         return ""
-    try:
-        text = str(email.header.make_header(email.header.decode_header(str(value))))
-    except Exception:  # broken encoded-words or unknown charsets: keep the raw text
-        text = str(value)
+    if isinstance(value, email.header.Header):  # compat32's wrapper for raw 8-bit header bytes
+        text = "".join(part.decode("utf-8", "replace") if isinstance(part, bytes) else part
+                       for part, _ in email.header.decode_header(value))
+    else:
+        try:
+            text = str(email.header.make_header(email.header.decode_header(str(value))))
+        except Exception:  # broken encoded-words or unknown charsets: keep the raw text
+            text = str(value)
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     return " ".join(text.split())[:2000]
 
 
 def message_ids(text: str) -> tuple[str, ...]:
-    return tuple(re.findall(r"<[^<>\s]{1,250}>", text))[:50]
+    return tuple(dict.fromkeys(re.findall(r"<[^<>\s]{1,250}>", text)))[:50]
 
 
 def _date(msg: Message) -> datetime | None:
@@ -186,7 +192,7 @@ def _flufl_failures(msg: Message) -> list[Failure]:
     from flufl.bounce import all_failures
 
     try:
-        permanent, temporary = all_failures(msg)
+        temporary, permanent = all_failures(msg)
     except Exception:  # a detector choking on a malformed message: no failures found
         return []
     out = [Failure(a.decode("utf-8", "replace").lower(), True) for a in sorted(permanent)]
