@@ -120,7 +120,8 @@ def _parts(msg: Message) -> list[Message]:
 
 
 def decode_part(part: Message, notes: list[str]) -> str:
-    """A text part's content as str: its charset, else UTF-8, else Latin-1; never raises."""
+    """A text part's content as str: its charset, else UTF-8, else what charset-normalizer
+    detects (a GB 2312 reply labelled UTF-8 is common), else Latin-1; never raises."""
     payload = part.get_payload(decode=True)
     if not isinstance(payload, bytes):
         return ""
@@ -136,6 +137,12 @@ def decode_part(part: Message, notes: list[str]) -> str:
         except UnicodeDecodeError:
             if cs == charset:
                 notes.append(f"not valid {charset[:30]}")
+    from charset_normalizer import from_bytes
+
+    best = from_bytes(payload).best()
+    if best is not None:
+        notes.append(f"read as {best.encoding}")
+        return str(best)
     return payload.decode("latin-1")
 
 

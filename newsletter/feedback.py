@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from newsletter import replies
 from newsletter.classify import Category, Classified, strip_reply_prefixes
 from newsletter.events import Event, Kind, Outcome, SoftBouncePolicy, apply_event
-from newsletter.ledger import ensure_schema as ensure_ledger, find_delivery
+from newsletter.ledger import ensure_schema as ensure_ledger, find_delivery, latest_sent_slug
 from newsletter.store import SubscriberStore
 from newsletter.tokens import subscriber_for_token
 
@@ -70,7 +70,7 @@ class Applier:
             return Handled(c.category.value, c.line(), "already read")
         handler = {Category.BOUNCE: self._bounce, Category.COMPLAINT: self._complaint,
                    Category.UNSUBSCRIBE: self._unsubscribe, Category.REPLY: self._reply}.get(c.category)
-        handled = handler(c) if handler else Handled(c.category.value, c.line(), "ignored")
+        handled = handler(c) if handler else Handled(c.category.value, c.line(), "ignored", self._issue_slug(c))
         replies.record(self.conn, c.dedupe_key, handled.category, handled.slug, self._now(), handled.reply)
         return handled
 
@@ -80,8 +80,12 @@ class Applier:
         return apply_event(self.store, event, policy=self.policy, now=self._now())
 
     def _issue_slug(self, c: Classified) -> str | None:
-        slug = _slug_of(c.original_message_id, self.domain)
-        return slug if slug and find_delivery(self.conn, slug=slug) else None
+        """The issue a message concerns: the one whose Message-ID it quotes or answers."""
+        for ref in (c.original_message_id, *c.references):
+            slug = _slug_of(ref, self.domain)
+            if slug and find_delivery(self.conn, slug=slug):
+                return slug
+        return None
 
     def _bounce(self, c: Classified) -> Handled:
         outcomes = []
@@ -101,24 +105,18 @@ class Applier:
         if sub is None:
             return Handled(c.category.value, c.line(), "the token does not verify: nothing changed")
         outcome = self._event(Kind.UNSUBSCRIBE, c, "unsubscribe", subscriber_id=sub.id, email=sub.email)
-        slug = next((s for s in (_slug_of(r, self.domain) for r in c.references) if s), None)
+        slug = self._issue_slug(c) or latest_sent_slug(self.conn, sub.id)
         return Handled(c.category.value, c.line(), f"unsubscribe {outcome.value}", slug)
 
     def _reply(self, c: Classified) -> Handled:
         sub = self.store.get_by_email(c.sender) if c.sender else None
-        found, how = None, ""
-        for ref in c.references:
-            slug = _slug_of(ref, self.domain)
-            if slug and (found := find_delivery(self.conn, slug=slug)):
-                how = "Message-ID"
-                break
-        if found is None and sub is not None:
+        slug, how = self._issue_slug(c), "Message-ID"
+        if slug is None and sub is not None:
             subject = strip_reply_prefixes(c.subject)
-            if subject and (found := find_delivery(self.conn, subject=subject)):
-                how = "sender and subject"
-        if found is None:
+            found = find_delivery(self.conn, subject=subject) if subject else None
+            slug, how = (found[1] if found else None), "sender and subject"
+        if slug is None:
             return Handled(Category.OTHER.value, c.line(), "answers nothing we sent: not feedback")
-        slug = found[1]
         name = c.sender_name or (sub.name if sub else "")
         reply = replies.Reply(name=" ".join(name.split())[:100], masked_email=_mask(c.sender),
                               date=self._date(c), excerpt=c.text, matched_by=how)

@@ -457,3 +457,11 @@ def find_delivery(conn: sqlite3.Connection, *, slug: str = "", subject: str = ""
     else:
         row = None
     return (row[0], row[1]) if row else None
+
+
+def latest_sent_slug(conn: sqlite3.Connection, subscriber_id: int) -> str | None:
+    """The slug of the last issue this reader was sent (what a mailed unsubscribe answers)."""
+    row = conn.execute("SELECT d.slug FROM ledger l JOIN deliveries d ON d.id = l.delivery_id WHERE l.subscriber_id=? "
+                       "AND l.state='sent' AND d.test=0 ORDER BY l.delivery_id DESC LIMIT 1",
+                       (subscriber_id,)).fetchone()
+    return row[0] if row else None
