@@ -175,6 +175,21 @@ def _original_headers(parts: list[Message]) -> Message | None:
     return None
 
 
+_QUOTED_ID = re.compile(r"^Message-ID:[ \t]*(<[^<>\s]{1,250}>)", re.IGNORECASE | re.MULTILINE)
+
+
+def _original_id(parts: list[Message]) -> str:
+    """The Message-ID of our message a report quotes: from its headers part, else (older
+    bounce formats paste the message as text) from a ``Message-ID:`` line in a text part."""
+    original = _original_headers(parts)
+    if original is not None:
+        return (message_ids(header(original, "Message-ID")) or ("",))[0]
+    for p in parts:  # bodies only: the report's own Message-ID header is not searched
+        if p.get_content_maintype() == "text" and (m := _QUOTED_ID.search(decode_part(p, []))):
+            return m.group(1)
+    return ""
+
+
 def _address(field_value: str) -> str:
     """``rfc822; user@example.org`` → ``user@example.org``."""
     value = field_value.partition(";")[2] if ";" in field_value else field_value
@@ -214,8 +229,7 @@ def _bounce(msg: Message, parts: list[Message], base: dict) -> Classified | None
     if report is None and not daemon:
         return None
     failures = _dsn_failures(report) if report is not None else _flufl_failures(msg)
-    original = _original_headers(parts)
-    orig_id = (message_ids(header(original, "Message-ID")) or ("",))[0] if original is not None else ""
+    orig_id = _original_id(parts)
     how = "RFC 3464 delivery status" if report is not None else "a non-standard bounce (flufl.bounce)"
     if not failures:
         if report is None:
@@ -242,7 +256,7 @@ def _complaint(msg: Message, parts: list[Message], base: dict) -> Classified | N
     rcpt = _address(header(fields_, "Original-Rcpt-To"))
     if not rcpt and original is not None:
         rcpt = parseaddr(header(original, "To"))[1].lower()
-    orig_id = (message_ids(header(original, "Message-ID")) or ("",))[0] if original is not None else ""
+    orig_id = _original_id(parts)
     if ftype not in ("abuse", "fraud", "virus", "other"):
         return Classified(Category.OTHER, f"an RFC 5965 feedback report of type {ftype!r}, not a complaint",
                           original_message_id=orig_id, complainant=rcpt, **base)

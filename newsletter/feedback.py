@@ -16,7 +16,8 @@ from datetime import datetime, timedelta, timezone
 from newsletter import replies
 from newsletter.classify import Category, Classified, strip_reply_prefixes
 from newsletter.events import Event, Kind, Outcome, SoftBouncePolicy, apply_event
-from newsletter.ledger import ensure_schema as ensure_ledger, find_delivery, latest_sent_slug
+from newsletter.ledger import ensure_schema as ensure_ledger, find_delivery, iter_recipients, latest_sent_slug
+from newsletter.message_ids import slug_of, verify_message_id
 from newsletter.store import SubscriberStore
 from newsletter.tokens import subscriber_for_token
 
@@ -41,14 +42,6 @@ def _mask(email: str) -> str:
     from newsletter.web import mask_email
 
     return mask_email(email)
-
-
-def _slug_of(message_id: str, domain: str) -> str:
-    """The issue slug in one of our Message-IDs, '' when the id is not ours."""
-    local, at, host = message_id.strip("<>").rpartition("@")
-    if not at or host.lower() != domain.lower():
-        return ""
-    return local.rpartition(".")[0]
 
 
 class Applier:
@@ -82,22 +75,45 @@ class Applier:
     def _issue_slug(self, c: Classified) -> str | None:
         """The issue a message concerns: the one whose Message-ID it quotes or answers."""
         for ref in (c.original_message_id, *c.references):
-            slug = _slug_of(ref, self.domain)
+            slug = slug_of(ref, self.domain)
             if slug and find_delivery(self.conn, slug=slug):
                 return slug
         return None
 
+    def _reader(self, c: Classified, named: str) -> dict[str, object] | str:
+        """Who a bounce or complaint is about, proved by the Message-ID of ours it quotes: the
+        address it names when the id was made for it, else the reader the id was made for.
+        Anyone can mail a report; only we can make the id. A string says why nobody."""
+        mid = c.original_message_id
+        if not mid:
+            return "it quotes no Message-ID of ours: nothing changed"
+        if verify_message_id(self.secret_key, mid, named, self.domain):
+            return {"email": named}
+        found = find_delivery(self.conn, slug=slug_of(mid, self.domain))
+        for sub_id, email in iter_recipients(self.conn, found[0]) if found else ():
+            if verify_message_id(self.secret_key, mid, email, self.domain):
+                return {"subscriber_id": sub_id, "email": email}
+        return f"its Message-ID {mid[:80]} is not one we sent: nothing changed"
+
     def _bounce(self, c: Classified) -> Handled:
-        outcomes = []
+        outcomes: list[str] = []
         for f in c.failures:
             kind = Kind.HARD_BOUNCE if f.permanent else Kind.SOFT_BOUNCE
-            outcome = self._event(kind, c, f.address, email=f.address,
-                                  detail=" ".join(x for x in (f.status, f.diagnostic) if x))
+            reader = self._reader(c, f.address)
+            if isinstance(reader, str):
+                outcomes.append(reader)
+                continue
+            outcome = self._event(kind, c, str(reader["email"]), detail=" ".join(x for x in (f.status, f.diagnostic) if x),
+                                  **reader)
             outcomes.append(f"{kind.value} {outcome.value}")
-        return Handled(c.category.value, c.line(), "; ".join(outcomes) or "nothing to apply", self._issue_slug(c))
+        return Handled(c.category.value, c.line(), "; ".join(dict.fromkeys(outcomes)) or "nothing to apply",
+                       self._issue_slug(c))
 
     def _complaint(self, c: Classified) -> Handled:
-        outcome = self._event(Kind.COMPLAINT, c, "complaint", email=c.complainant)
+        reader = self._reader(c, c.complainant)
+        if isinstance(reader, str):
+            return Handled(c.category.value, c.line(), reader, self._issue_slug(c))
+        outcome = self._event(Kind.COMPLAINT, c, "complaint", **reader)
         return Handled(c.category.value, c.line(), f"complaint {outcome.value}", self._issue_slug(c))
 
     def _unsubscribe(self, c: Classified) -> Handled:

@@ -465,3 +465,9 @@ def latest_sent_slug(conn: sqlite3.Connection, subscriber_id: int) -> str | None
                        "AND l.state='sent' AND d.test=0 ORDER BY l.delivery_id DESC LIMIT 1",
                        (subscriber_id,)).fetchone()
     return row[0] if row else None
+
+
+def iter_recipients(conn: sqlite3.Connection, delivery_id: int) -> Iterator[tuple[int, str]]:
+    """(subscriber id, address) of everyone a delivery was for, in id order."""
+    yield from conn.execute("SELECT subscriber_id, email FROM ledger WHERE delivery_id=? ORDER BY subscriber_id",
+                            (int(delivery_id),))

@@ -72,9 +72,11 @@ def test_non_standard_bounce_goes_to_flufl_bounce():
            "I'm afraid I wasn't able to deliver your message to the following addresses.\r\n"
            "This is a permanent error; I've given up. Sorry it didn't work out.\r\n\r\n"
            "<gone@reader.example>:\r\nSorry, no mailbox here by that name. (#5.1.1)\r\n\r\n"
-           "--- Below this line is a copy of the message.\r\n").encode()
+           "--- Below this line is a copy of the message.\r\n\r\n"
+           f"From: us@{m.OUR_DOMAIN}\r\nMessage-ID: {OURS}\r\n").encode()
     c = classify(raw)
     assert c.category is Category.BOUNCE and "flufl.bounce" in c.reason
+    assert c.original_message_id == OURS  # pasted as text: found anyway
     assert [f.address for f in c.failures] == ["gone@reader.example"] and c.failures[0].permanent
 
 
