@@ -131,3 +131,31 @@ def test_forget_keeps_recent_records(applier, store):
     assert replies.forget(store.conn, timedelta(days=1), now=NOW) == 0
     assert replies.forget(store.conn, timedelta(days=1), now=NOW + timedelta(days=2)) == 1
     assert replies.digest(store.conn, SLUG).replies == []
+
+
+# ---- the paste case: `subscribers unsubscribe` takes what a reader mailed -------------------------
+@pytest.mark.parametrize("shape", ["{t}", "unsubscribe {t}", "  Unsubscribe   {t} ",
+                                   "mailto:news@example.org?subject=unsubscribe%20{t}"])
+def test_cli_unsubscribe_accepts_the_pasted_subject(tmp_path, shape):
+    from tests.test_cli import run
+
+    root = tmp_path / "pub"
+    root.mkdir()
+    assert run(root, "subscribers", "add", "reader@example.org").exit_code == 0
+    token = make_token("test-secret", 1, "reader@example.org")  # test_cli's NEWSLETTER_SECRET_KEY
+    result = run(root, "subscribers", "unsubscribe", shape.format(t=token))
+    assert result.exit_code == 0, result.output
+    assert "Unsubscribed reader@example.org." in result.output
+
+
+@pytest.mark.parametrize("text", ["unsubscribe 1.AAAAAAAAAAAAAAAAAAAAAA", "unsubscribe me", "1.x" * 300])
+def test_cli_unsubscribe_refuses_forged_or_garbled_in_one_line(tmp_path, text):
+    from tests.test_cli import run
+
+    root = tmp_path / "pub"
+    root.mkdir()
+    run(root, "subscribers", "add", "reader@example.org")
+    result = run(root, "subscribers", "unsubscribe", text)
+    assert result.exit_code == 2 and "neither an address nor a valid unsubscribe token" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert "active: 1" in run(root, "subscribers", "count").output
