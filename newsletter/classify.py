@@ -26,7 +26,7 @@ from email.message import Message
 from email.parser import HeaderParser
 from email.utils import getaddresses, parseaddr, parsedate_to_datetime
 
-from newsletter.excerpt import excerpt, html_to_text
+from newsletter.excerpt import excerpt, html_to_text, printable
 from newsletter.tokens import token_from_request
 
 MAX_PARTS = 200          # a MIME bomb of thousands of parts is not walked
@@ -72,9 +72,9 @@ class Classified:
     notes: tuple[str, ...] = field(default=())  # what was odd about the message (charset, truncation)
 
     def line(self) -> str:
-        """The reason, with what was odd, on one line."""
+        """The reason, with what was odd, on one line (no control characters: it reaches a terminal)."""
         text = self.reason + (f" ({'; '.join(self.notes)})" if self.notes else "")
-        return " ".join(text.split())[:300]
+        return " ".join(printable(text).split())[:300]
 
 
 def parse(raw: bytes) -> Message:
@@ -96,7 +96,7 @@ def header(msg: Message, name: str) -> str:
         except Exception:  # broken encoded-words or unknown charsets: keep the raw text
             text = str(value)
     text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return " ".join(text.split())[:2000]
+    return " ".join(printable(text).split())[:2000]
 
 
 def message_ids(text: str) -> tuple[str, ...]:
@@ -352,6 +352,8 @@ def classify(raw: bytes, *, truncated_from: int | None = None) -> Classified:
 
 def _classify(msg: Message, base: dict, notes: list[str]) -> Classified:
     parts = _parts(msg)
+    if msg.get_content_type() == "multipart/report" and msg.get_param("report-type") == "disposition-notification":
+        return Classified(Category.AUTO_REPLY, "a read receipt (RFC 8098 disposition notification)", **base)
     found = _complaint(msg, parts, base) or _bounce(msg, parts, base)
     if found is not None:
         return found

@@ -27,6 +27,13 @@ _HISTORY = re.compile(
     r")", re.IGNORECASE)
 _SIGNATURE = re.compile(r"^(?:-- ?|—\s*|Sent from my .{0,40}|Get Outlook for .{0,40}|发自我的.{0,20})$", re.IGNORECASE)
 _BLANKS = re.compile(r"\n{3,}")
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """Text without control, bidi-override or zero-width characters: a reader's words end
+    up on an editor's terminal, where an escape sequence could rewrite what is shown."""
+    return _CONTROL.sub(" ", text)
 
 
 class _Text(HTMLParser):
@@ -82,7 +89,7 @@ def own_text(text: str) -> str:
 
 def excerpt(text: str, max_lines: int = MAX_LINES, max_chars: int = MAX_CHARS) -> str:
     """The first lines of the writer's own text, non-empty, cut to size."""
-    lines = [" ".join(line.split()) for line in own_text(text).split("\n")]
+    lines = [" ".join(line.split()) for line in printable(own_text(text)).split("\n")]
     lines = [line for line in lines if line][:max_lines]
     out = "\n".join(lines)
     return out if len(out) <= max_chars else out[:max_chars - 1].rstrip() + "…"

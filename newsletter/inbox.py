@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 from newsletter.classify import classify
 from newsletter.config import Settings
 from newsletter.db import migrate
-from newsletter.errors import ConfigError, TransportError
+from newsletter.errors import ConfigError, NewsletterError, TransportError
 from newsletter.feedback import Applier, Handled
 
 COMPONENT = "inbox"
@@ -98,30 +98,42 @@ def _check(typ: str, data: list, what: str) -> list:
     return data
 
 
+def _refused(cfg: ImapConfig, exc: BaseException) -> TransportError:
+    msg = exc.args[0] if exc.args and isinstance(exc.args[0], (str, bytes)) else exc
+    text = msg.decode("utf-8", "replace") if isinstance(msg, bytes) else str(msg)
+    return TransportError(f"IMAP {cfg.host}:{cfg.port} ({cfg.security}): {' '.join(text.split())[:200]}")
+
+
 @contextmanager
 def connect(cfg: ImapConfig) -> Iterator[imaplib.IMAP4]:
     """A logged-in connection, closed on exit. Refusals are :class:`TransportError` (exit 4),
     never with the password in them."""
-    context = ssl.create_default_context(cafile=cfg.ca_file or None)
+    try:
+        context = ssl.create_default_context(cafile=cfg.ca_file or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"IMAP_CA_FILE: cannot use {cfg.ca_file}: {getattr(exc, 'strerror', None) or exc}") from None
     try:
         if cfg.security == "tls":
             imap: imaplib.IMAP4 = imaplib.IMAP4_SSL(cfg.host, cfg.port, ssl_context=context, timeout=cfg.timeout)
         else:
             imap = imaplib.IMAP4(cfg.host, cfg.port, timeout=cfg.timeout)
+    except (OSError, imaplib.IMAP4.error) as exc:
+        raise _refused(cfg, exc) from None
+    try:
+        try:
             if cfg.security == "starttls":
                 imap.starttls(context)
-        imap.login(cfg.username, cfg.password)
-    except (OSError, imaplib.IMAP4.error, ssl.SSLError) as exc:
-        msg = exc.args[0] if exc.args and isinstance(exc.args[0], (str, bytes)) else exc
-        text = msg.decode("utf-8", "replace") if isinstance(msg, bytes) else str(msg)
-        raise TransportError(f"IMAP {cfg.host}:{cfg.port} ({cfg.security}): {' '.join(text.split())[:200]}") from None
-    try:
+            imap.login(cfg.username, cfg.password)
+        except UnicodeEncodeError:
+            raise ConfigError("IMAP_USERNAME and IMAP_PASSWORD must be ASCII (IMAP LOGIN)") from None
+        except (OSError, imaplib.IMAP4.error) as exc:
+            raise _refused(cfg, exc) from None
         yield imap
     finally:
         try:
             imap.logout()
         except (OSError, imaplib.IMAP4.error):
-            pass
+            pass  # logout() closes the socket whatever the server says
 
 
 # ---- the checkpoint -------------------------------------------------------------------------
@@ -246,7 +258,7 @@ def poll_inbox(settings: Settings, stop: threading.Event, interval: float,
     while not stop.is_set():
         try:
             check_inbox(settings, on_result=on_result, stop=stop)
-        except (TransportError, ConfigError) as exc:
+        except (NewsletterError, sqlite3.Error, OSError) as exc:  # the send loop beside us keeps going
             on_error(exc)
         if stop.wait(interval):
             return

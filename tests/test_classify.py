@@ -166,3 +166,20 @@ def test_excerpt_cuts_outlook_history_and_limits_size():
     assert excerpt(text) == "Line one\nLine two"
     assert excerpt("x" * 5000).endswith("…") and len(excerpt("x" * 5000)) == 600
     assert excerpt("\n".join(f"l{i}" for i in range(30))).count("\n") == 7
+
+
+def test_read_receipt_is_an_auto_reply():
+    raw = (b"From: x@reader.example\r\nSubject: Read: issue 6\r\nMessage-ID: <mdn@x>\r\n"
+           b"Content-Type: multipart/report; report-type=disposition-notification; boundary=b\r\n\r\n"
+           b"--b\r\nContent-Type: message/disposition-notification\r\n\r\nDisposition: manual-action/MDN-sent-manually; displayed\r\n--b--\r\n")
+    c = classify(raw)
+    assert c.category is Category.AUTO_REPLY and "read receipt" in c.reason
+
+
+def test_terminal_escapes_never_reach_the_output():
+    raw = (f"From: \x1b[2J Evil <e@x.example>\r\nSubject: Re: hi\r\nIn-Reply-To: {OURS}\r\n"
+           "Content-Type: text/plain\r\n\r\nHello \x1b]0;pwned\x07 world \u202eevil\r\n").encode()
+    c = classify(raw)
+    for text in (c.sender_name, c.text, c.line()):
+        assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
+    assert c.text.startswith("Hello") and c.text.endswith("evil")

@@ -187,6 +187,10 @@ def test_tls_and_starttls(pub, imap, security):
     ({"IMAP_CA_FILE": ""}, "CERTIFICATE_VERIFY_FAILED"),
     ({"IMAP_SECURITY": "ssl3"}, "IMAP_SECURITY='ssl3'"),
     ({"IMAP_FOLDER": "Nope"}, "opening folder 'Nope' failed"),
+    ({"IMAP_FOLDER": "Dossiers reçus"}, "only printable ASCII folder names"),
+    ({"IMAP_PASSWORD": "pässword"}, "must be ASCII"),
+    ({"IMAP_CA_FILE": "/nonexistent/ca.pem"}, "IMAP_CA_FILE: cannot use /nonexistent/ca.pem"),
+    ({"IMAP_SECURITY": "starttls", "IMAP_PORT": "0"}, "IMAP_PORT"),
 ])
 def test_refusals_are_one_line_without_secrets(pub, imap, env, needle):
     result = inbox(pub, imap, security="tls", **env)
