@@ -19,7 +19,6 @@ from newsletter.events import Event, Kind, Outcome, SoftBouncePolicy, apply_even
 from newsletter.ledger import ensure_schema as ensure_ledger, find_delivery, iter_recipients, latest_sent_slug
 from newsletter.message_ids import slug_of, verify_message_id
 from newsletter.store import SubscriberStore
-from newsletter.tokens import subscriber_for_token
 
 SOURCE = "inbox"
 
@@ -117,7 +116,7 @@ class Applier:
         return Handled(c.category.value, c.line(), f"complaint {outcome.value}", self._issue_slug(c))
 
     def _unsubscribe(self, c: Classified) -> Handled:
-        sub = subscriber_for_token(self.store, self.secret_key, c.token)
+        sub = self.store.get_by_token(self.secret_key, c.token)
         if sub is None:
             return Handled(c.category.value, c.line(), "the token does not verify: nothing changed")
         outcome = self._event(Kind.UNSUBSCRIBE, c, "unsubscribe", subscriber_id=sub.id, email=sub.email)

@@ -262,3 +262,16 @@ def poll_inbox(settings: Settings, stop: threading.Event, interval: float,
             on_error(exc)
         if stop.wait(interval):
             return
+
+
+def start_inbox_polling(settings: Settings, stop: threading.Event, on_result: Callable[[Result], None],
+                        on_error: Callable[[Exception], None]) -> float | None:
+    """For ``worker``: with IMAP configured, read the inbox every ``NEWSLETTER_INBOX_POLL``
+    minutes (default 15; 0 turns it off) in a thread beside the send loop, until ``stop``.
+    Returns the interval in minutes, or None when the inbox is not polled."""
+    minutes = settings.number("NEWSLETTER_INBOX_POLL", 15.0) or 0
+    if not configured(settings) or minutes <= 0:
+        return None
+    threading.Thread(target=poll_inbox, name="inbox", daemon=True, kwargs=dict(
+        settings=settings, stop=stop, interval=minutes * 60, on_result=on_result, on_error=on_error)).start()
+    return minutes

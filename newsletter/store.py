@@ -8,7 +8,7 @@ mailing someone who asked not to be mailed. Only :meth:`SubscriberStore.add`
 one, for when the person themselves asked to come back.
 
 Addresses are stored as given, with the domain normalised (lower case) by
-:func:`newsletter.message.validate_address`, and are unique case-insensitively
+:func:`newsletter.addresses.validate_address`, and are unique case-insensitively
 (``COLLATE NOCASE``): ``Sam@example.org`` and ``sam@example.org`` are one reader.
 
 The delivery ledger joins on ``subscribers(id, email, name, status)``; keep the
@@ -26,9 +26,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from newsletter.addresses import clean_text, normalise_email
 from newsletter.db import connect, migrate
 from newsletter.errors import InputError
-from newsletter.message import check_header, validate_address
 
 COMPONENT = "subscribers"
 
@@ -82,23 +82,6 @@ class Subscriber:
     @classmethod
     def from_row(cls, row: sqlite3.Row | tuple) -> "Subscriber":
         return cls(*tuple(row)[:8])
-
-
-def clean_text(value: str | None, what: str) -> str:
-    """A free-text field (name, source, consent): stripped, no line breaks or control characters.
-
-    The name ends up in the ``To`` header, so this is header-injection defence, not cosmetics.
-    """
-    value = (value or "").strip()
-    check_header(what, value)
-    return value
-
-
-def normalise_email(email: str) -> str:
-    """Validate and normalise an address (raises :class:`InputError`, incl. header injection)."""
-    if email is None or not str(email).strip():
-        raise InputError("empty email address")
-    return validate_address(str(email).strip(), "email")
 
 
 class SubscriberStore:
@@ -165,6 +148,16 @@ class SubscriberStore:
             key = (email or "").strip()
         row = self.conn.execute(f"SELECT {_COLUMNS} FROM subscribers WHERE email=?", (key,)).fetchone()
         return Subscriber.from_row(row) if row else None
+
+    def get_by_token(self, secret: str, token: str) -> Subscriber | None:
+        """The subscriber an unsubscribe token names, or None unless its signature verifies."""
+        from newsletter.tokens import token_subscriber_id, verify_token
+
+        sid = token_subscriber_id(token)
+        sub = self.get(sid) if sid is not None else None
+        # Verify even when the id is unknown, so timing does not tell the two failures apart.
+        valid = verify_token(secret, token, sub.email if sub else "nobody@invalid.invalid")
+        return sub if sub is not None and valid else None
 
     def _resolve(self, id_or_email: int | str) -> Subscriber:
         if isinstance(id_or_email, bool):
