@@ -16,7 +16,9 @@ Dovecot runs in the foreground (``dovecot -F``) and is stopped with SIGTERM (the
 SIGKILL, bounded). Run as root (CI), its internal and login processes use
 Debian's ``dovecot`` and ``dovenull`` users and mail is owned by ``nobody``, so
 the data directory is made world-traversable; run as an ordinary user, every
-process is that user (Dovecot's "rootless" mode). Only 127.0.0.1 is used.
+process is that user (Dovecot's "rootless" mode). The authentication penalty (which delays
+every login from an address after one failed) is off, so the wrong-password test does not
+slow the rest. Only 127.0.0.1 is used.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ ssl_key = <{self.tls.key_file}
 ssl_min_protocol = TLSv1.2
 disable_plaintext_auth = no
 auth_mechanisms = plain login
+auth_failure_delay = 0
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {self.dir}/passwd
@@ -105,9 +108,6 @@ mail_location = maildir:~/Maildir
 namespace inbox {{
   inbox = yes
   separator = /
-  mailbox Processed {{
-    auto = create
-  }}
 }}
 service imap-login {{
   chroot =
@@ -121,6 +121,9 @@ service imap-login {{
 }}
 service anvil {{
   chroot =
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
 }}
 service stats {{
   chroot =
@@ -170,13 +173,21 @@ service stats {{
         return path.read_text(errors="replace") if path.exists() else ""
 
     # ---- what a test does ---------------------------------------------------------------
-    def env(self, security: str = "none", **extra: str) -> dict[str, str]:
+    def env(self, security: str = "none", folder: str = "INBOX", **extra: str) -> dict[str, str]:
         """IMAP_* settings that reach this server with ``security`` (tls, starttls, none)."""
         env = {"IMAP_HOST": HOST, "IMAP_PORT": str(self.tls_port if security == "tls" else self.port),
                "IMAP_USERNAME": USERNAME, "IMAP_PASSWORD": PASSWORD, "IMAP_SECURITY": security,
-               "IMAP_CA_FILE": str(self.tls.ca_file)}
+               "IMAP_CA_FILE": str(self.tls.ca_file), "IMAP_FOLDER": folder}
         env.update(extra)
         return env
+
+    def create(self, folder: str) -> None:
+        c = self.client()
+        try:
+            typ, data = c.create(f'"{folder}"')
+            assert typ == "OK", data
+        finally:
+            c.logout()
 
     def client(self) -> imaplib.IMAP4:
         c = imaplib.IMAP4(HOST, self.port, timeout=10)
@@ -214,3 +225,23 @@ service stats {{
 
 def ssl_context_for(server: DovecotServer) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(server.tls.ca_file))
+
+
+class Mailbox:
+    """One folder of a shared server, so tests sharing a Dovecot never see each other's mail."""
+
+    def __init__(self, server: DovecotServer, folder: str):
+        self.server, self.folder = server, folder
+        server.create(folder)
+
+    def env(self, security: str = "none", **extra: str) -> dict[str, str]:
+        return self.server.env(security, folder=self.folder, **extra)
+
+    def append(self, *messages: bytes) -> None:
+        self.server.append(*messages, folder=self.folder)
+
+    def count(self, folder: str | None = None) -> int:
+        return self.server.count(folder or self.folder)
+
+    def seen_flags(self) -> list[bool]:
+        return self.server.seen_flags(self.folder)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests import inbox_messages as m
-from tests.imap_server import PASSWORD, DovecotServer
+from tests.imap_server import PASSWORD, DovecotServer, Mailbox
 from tests.smtp_server import SMTPTestServer
 from tests.test_cli import REPO, run
 
@@ -28,10 +28,23 @@ def addr(who: str) -> str:
     return f"{who}@reader.example"
 
 
+@pytest.fixture(scope="module")
+def imap_server(tmp_path_factory):
+    with DovecotServer(tmp_path_factory.mktemp("imap")) as server:
+        yield server
+
+
 @pytest.fixture
-def pub(tmp_path: Path) -> Path:
-    """A publication with only issue #6 and a clean issue #7, and six readers."""
-    root = tmp_path / "pub"
+def imap(imap_server, request):
+    """A fresh folder on the module's Dovecot for each test."""
+    return Mailbox(imap_server, "t-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:60])
+
+
+@pytest.fixture(scope="module")
+def sent_once(tmp_path_factory):
+    """A publication with only issue #6 and a clean issue #7 and six readers, after #6 was sent
+    to all of them through aiosmtpd: each reader's Message-ID, token and subject."""
+    root = tmp_path_factory.mktemp("sent") / "pub"
     (root / "issues").mkdir(parents=True)
     shutil.copy(REPO / "newsletter.toml", root / "newsletter.toml")
     shutil.copytree(REPO / "templates", root / "templates")
@@ -40,20 +53,8 @@ def pub(tmp_path: Path) -> Path:
     csv = root / "readers.csv"
     csv.write_text("email,name\n" + "".join(f"{addr(w)},{w.title()} Reader\n" for w in READERS), encoding="utf-8")
     assert run(root, "subscribers", "import", str(csv)).exit_code == 0
-    return root
-
-
-@pytest.fixture
-def imap(tmp_path: Path):
-    with DovecotServer(tmp_path) as server:
-        yield server
-
-
-@pytest.fixture
-def sent(pub: Path):
-    """Issue #6 sent to every reader through aiosmtpd: each reader's Message-ID and token."""
     with SMTPTestServer() as smtp:
-        result = run(pub, "send", "6", "--yes", "--skip-checks", env=smtp.env())
+        result = run(root, "send", "6", "--yes", "--skip-checks", env=smtp.env())
         assert result.exit_code == 0, result.output
         msgs = [x.parse() for x in smtp.messages]
     out = {}
@@ -61,7 +62,18 @@ def sent(pub: Path):
         token = re.search(r"subject=unsubscribe%20([^>,\s]+)>", msg["List-Unsubscribe"]).group(1)
         out[msg["To"].addresses[0].addr_spec] = (msg["Message-ID"], token, str(msg["Subject"]))
     assert sorted(out) == sorted(addr(w) for w in READERS)
-    return out
+    return root, out
+
+
+@pytest.fixture
+def pub(sent_once, tmp_path) -> Path:
+    """This test's own copy of the sent publication (its database holds the real ledger)."""
+    return Path(shutil.copytree(sent_once[0], tmp_path / "pub"))
+
+
+@pytest.fixture
+def sent(sent_once, pub):
+    return sent_once[1]
 
 
 def statuses(pub: Path) -> dict[str, str]:
@@ -69,7 +81,7 @@ def statuses(pub: Path) -> dict[str, str]:
     return {line.split("\t")[0]: line.split("\t")[2] for line in listing.splitlines() if "\t" in line}
 
 
-def inbox(pub: Path, imap: DovecotServer, *args: str, security: str = "none", **env: str):
+def inbox(pub: Path, imap: Mailbox, *args: str, security: str = "none", **env: str):
     return run(pub, "inbox", *args, env={**imap.env(security), **env})
 
 
@@ -161,9 +173,10 @@ def test_changed_uidvalidity_rereads_but_applies_nothing_twice(pub, imap, sent):
 
 def test_move_processed_files_mail_away(pub, imap, sent):
     imap.append(m.reply(addr("li"), sent[addr("li")][0]), m.other())
-    result = inbox(pub, imap, "--move-processed", "Processed")
+    imap.server.create("Handled")
+    result = inbox(pub, imap, "--move-processed", "Handled")
     assert result.exit_code == 0, result.output
-    assert imap.count("INBOX") == 0 and imap.count("Processed") == 2
+    assert imap.count() == 0 and imap.count("Handled") == 2
     assert "Read 0 new" in inbox(pub, imap).output
 
 
@@ -171,11 +184,12 @@ def test_move_to_a_missing_folder_is_one_line(pub, imap, sent):
     imap.append(m.other())
     result = inbox(pub, imap, "--move-processed", "No Such Folder")
     assert result.exit_code == 4 and "UID MOVE" in result.output and "Traceback" not in result.output
-    assert imap.count("INBOX") == 1
+    assert imap.count() == 1
 
 
 @pytest.mark.parametrize("security", ["tls", "starttls"])
-def test_tls_and_starttls(pub, imap, security):
+def test_tls_and_starttls(tmp_path, imap, security):
+    pub = tmp_path
     imap.append(m.other())
     result = inbox(pub, imap, security=security)
     assert result.exit_code == 0, result.output
@@ -192,15 +206,16 @@ def test_tls_and_starttls(pub, imap, security):
     ({"IMAP_CA_FILE": "/nonexistent/ca.pem"}, "IMAP_CA_FILE: cannot use /nonexistent/ca.pem"),
     ({"IMAP_SECURITY": "starttls", "IMAP_PORT": "0"}, "IMAP_PORT"),
 ])
-def test_refusals_are_one_line_without_secrets(pub, imap, env, needle):
+def test_refusals_are_one_line_without_secrets(tmp_path, imap, env, needle):
+    pub = tmp_path
     result = inbox(pub, imap, security="tls", **env)
     assert result.exit_code in (3, 4), result.output
     assert needle in result.output and len(result.output.strip().splitlines()) == 1
     assert PASSWORD not in result.output and "wrong-password-123" not in result.output
 
 
-def test_unconfigured_inbox_says_what_to_set(pub):
-    result = run(pub, "inbox")
+def test_unconfigured_inbox_says_what_to_set(tmp_path):
+    result = run(tmp_path, "inbox")
     assert result.exit_code == 3 and "IMAP_HOST is not set" in result.output
 
 
