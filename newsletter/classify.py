@@ -7,7 +7,9 @@ issue, which reader, is the token genuine) needs the database and happens in
 :mod:`newsletter.inbox`; this module only reads the message.
 
 Bounces: RFC 3464 ``message/delivery-status`` parts are read field by field
-(Final-Recipient, Action, Status: 5.x.x is permanent, 4.x.x temporary);
+(Final-Recipient, Action, Status: a failed 5.x.x is permanent, a failed 4.x.x
+temporary; a "delayed" notice is no bounce, or a slow server's hourly notices would
+add up to a suppression);
 bounces in older, non-standard formats from a mailer daemon are left to
 flufl.bounce's detectors, which know dozens of MTAs' formats.
 """
@@ -202,9 +204,9 @@ def _dsn_failures(report: Message) -> list[Failure]:
         address = _address(header(block, "Final-Recipient") or header(block, "Original-Recipient"))
         action = header(block, "Action").lower()
         status = header(block, "Status").split(" ")[0]
-        if not address or action not in ("failed", "delayed"):
+        if not address or action != "failed":  # "delayed": the MTA is still trying; not a bounce yet
             continue
-        permanent = action == "failed" and not status.startswith("4")
+        permanent = not status.startswith("4")
         out.append(Failure(address, permanent, status, header(block, "Diagnostic-Code")[:300]))
     return out
 
@@ -234,7 +236,7 @@ def _bounce(msg: Message, parts: list[Message], base: dict) -> Classified | None
     if not failures:
         if report is None:
             return None
-        return Classified(Category.BOUNCE, f"{how} reporting no failure (delivered or relayed)",
+        return Classified(Category.BOUNCE, f"{how} reporting no failure (delivered, relayed or still trying)",
                           original_message_id=orig_id, **base)
     hard = [f for f in failures if f.permanent]
     kind = "hard" if hard else "soft"

@@ -128,7 +128,7 @@ def as_text(d: Digest) -> str:
     head = f"Replies to {d.title or d.slug} ({len(d.replies)})"
     out = [head, "=" * len(head), _counts_line(d), ""]
     for r in d.replies:
-        out.append(f"{r.date[:16].replace('T', ' ')}  {r.name or '(no name)'} <{r.masked_email}>")
+        out.append(f"{r.date[:16].replace('T', ' ')} UTC  {r.name or '(no name)'} <{r.masked_email}>")
         out.extend("    " + line for line in (r.excerpt or "(no text)").splitlines())
         out.append("")
     if not d.replies:

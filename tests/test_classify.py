@@ -55,10 +55,15 @@ def test_dsn_hard_bounce():
     assert c.original_message_id == OURS
 
 
-def test_dsn_soft_bounce_and_delay():
-    c = classify(m.dsn("full@reader.example", OURS, status="4.2.2", action="delayed"))
+def test_dsn_soft_bounce():
+    c = classify(m.dsn("full@reader.example", OURS, status="4.2.2"))
     assert c.category is Category.BOUNCE and "soft bounce" in c.reason
     assert not c.failures[0].permanent
+
+
+def test_dsn_delay_notice_is_not_a_bounce():
+    c = classify(m.dsn("slow@reader.example", OURS, status="4.4.7", action="delayed"))
+    assert c.category is Category.BOUNCE and c.failures == () and "still trying" in c.reason
 
 
 def test_dsn_delivered_report_changes_nobody():

@@ -92,8 +92,7 @@ def test_soft_bounces_only_count_until_the_limit(store):
 
     applier = Applier(store, secret_key=SECRET, sender_domain=DOMAIN, now=NOW, policy=SoftBouncePolicy(limit=2))
     for i in range(2):
-        raw = m.dsn("a@reader.example", our_id("a@reader.example"), status="4.2.2", action="delayed",
-                    msgid=f"<soft{i}@mx.example>")
+        raw = m.dsn("a@reader.example", our_id("a@reader.example"), status="4.2.2", msgid=f"<soft{i}@mx.example>")
         assert applier.apply(classify(raw)).outcome == "soft-bounce applied"
         assert status(store, "a") == ("active" if i == 0 else "bounced")
 
@@ -159,3 +158,18 @@ def test_cli_unsubscribe_refuses_forged_or_garbled_in_one_line(tmp_path, text):
     assert result.exit_code == 2 and "neither an address nor a valid unsubscribe token" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert "active: 1" in run(root, "subscribers", "count").output
+
+
+def test_worker_polls_only_when_the_inbox_is_configured(tmp_path):
+    import threading
+
+    from newsletter.config import load_settings
+    from newsletter.inbox import start_inbox_polling
+
+    stop = threading.Event()
+    stop.set()  # the thread, if started, returns at once
+    polls = lambda env: start_inbox_polling(load_settings(tmp_path, environ=env), stop, print, print)  # noqa: E731
+    assert polls({}) is None
+    assert polls({"IMAP_HOST": "127.0.0.1", "NEWSLETTER_INBOX_POLL": "0"}) is None
+    assert polls({"IMAP_HOST": "127.0.0.1"}) == 15
+    assert polls({"IMAP_HOST": "127.0.0.1", "NEWSLETTER_INBOX_POLL": "2.5"}) == 2.5
