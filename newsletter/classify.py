@@ -21,6 +21,7 @@ import email.header
 import email.policy
 import enum
 import hashlib
+import logging
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -215,6 +216,12 @@ def _flufl_failures(msg: Message) -> list[Failure]:
     """Bounces in non-standard formats, through flufl.bounce's per-MTA detectors."""
     from flufl.bounce import all_failures
 
+    # flufl.bounce logs a detector's exception with its traceback before re-raising it;
+    # ours is a one-line reason, so its log stays quiet here.
+    log = logging.getLogger("flufl.bounce")
+    log.propagate = False
+    if not log.handlers:
+        log.addHandler(logging.NullHandler())
     try:
         temporary, permanent = all_failures(msg)
     except Exception:  # a detector choking on a malformed message: no failures found

@@ -187,6 +187,9 @@ def _move(imap: imaplib.IMAP4, uid: int, folder: str) -> None:
     _check(*imap.uid("MOVE", str(uid), _quoted(folder)), f"UID MOVE to {folder!r}")
 
 
+GONE = Handled("other", "removed from the folder before it could be read", "skipped")
+
+
 @dataclass(frozen=True)
 class Result:
     uid: int
@@ -213,13 +216,13 @@ def read_inbox(cfg: ImapConfig, conn: sqlite3.Connection, handle: Callable[[byte
                 if stop is not None and stop.is_set():
                     break
                 fetched = _fetch(imap, uid)
-                if fetched is not None:
-                    result = Result(uid, handle(*fetched))
-                    results.append(result)
-                    if on_result is not None:
-                        on_result(result)
-                    if move_to is not None:
-                        _move(imap, uid, move_to)
+                handled = handle(*fetched) if fetched is not None else GONE
+                result = Result(uid, handled)
+                results.append(result)
+                if on_result is not None:
+                    on_result(result)
+                if move_to is not None and fetched is not None:
+                    _move(imap, uid, move_to)
                 _advance(conn, cfg.account, uidvalidity, uid)
         except (OSError, imaplib.IMAP4.error) as exc:
             raise TransportError(f"IMAP {cfg.host}: connection lost after {len(results)} message(s): "
