@@ -25,7 +25,8 @@ _HISTORY = re.compile(
     r"|(?:From|发件人|Von|De)\s*[:：].{0,300}$"      # a quoted header block
     r"|Begin forwarded message:"
     r")", re.IGNORECASE)
-_SIGNATURE = re.compile(r"^(?:-- ?|—\s*|Sent from my .{0,40}|Get Outlook for .{0,40}|发自我的.{0,20})$", re.IGNORECASE)
+_SIGNATURE = re.compile(r"^(?:-- ?|—\s*|Sent from my .{0,40}|Get Outlook for .{0,40}|发自我的.{0,20})$",
+                        re.IGNORECASE)
 _BLANKS = re.compile(r"\n{3,}")
 _CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]")
 

@@ -102,8 +102,8 @@ class Applier:
             if isinstance(reader, str):
                 outcomes.append(reader)
                 continue
-            outcome = self._event(kind, c, str(reader["email"]), detail=" ".join(x for x in (f.status, f.diagnostic) if x),
-                                  **reader)
+            detail = " ".join(x for x in (f.status, f.diagnostic) if x)
+            outcome = self._event(kind, c, str(reader["email"]), detail=detail, **reader)
             outcomes.append(f"{kind.value} {outcome.value}")
         return Handled(c.category.value, c.line(), "; ".join(dict.fromkeys(outcomes)) or "nothing to apply",
                        self._issue_slug(c))
