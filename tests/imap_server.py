@@ -23,6 +23,7 @@ slow the rest. Only 127.0.0.1 is used.
 
 from __future__ import annotations
 
+import grp
 import imaplib
 import os
 import pwd
@@ -50,12 +51,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _users() -> tuple[str, str, pwd.struct_passwd]:
-    """(internal user, login user, mail owner) for the current privileges."""
+def _users() -> tuple[str, str, str, pwd.struct_passwd]:
+    """(internal user, its group, login user, mail owner) for the current privileges."""
     if os.geteuid() == 0:
-        return "dovecot", "dovenull", pwd.getpwnam("nobody")
+        return "dovecot", "dovecot", "dovenull", pwd.getpwnam("nobody")
     me = pwd.getpwuid(os.geteuid())
-    return me.pw_name, me.pw_name, me
+    return me.pw_name, grp.getgrgid(os.getegid()).gr_name, me.pw_name, me
 
 
 class DovecotServer:
@@ -69,7 +70,7 @@ class DovecotServer:
 
     # ---- lifecycle ----------------------------------------------------------------------
     def _config(self) -> Path:
-        internal, login, mail = _users()
+        internal, group, login, mail = _users()
         home = self.dir / "home"
         home.mkdir()
         os.chmod(self.dir, 0o755)
@@ -85,6 +86,7 @@ state_dir = {self.dir}/state
 log_path = {self.dir}/dovecot.log
 instance_name = nl-test-{self.port}
 default_internal_user = {internal}
+default_internal_group = {group}
 default_login_user = {login}
 first_valid_uid = {mail.pw_uid}
 last_valid_uid = {mail.pw_uid}
