@@ -142,15 +142,18 @@ service stats {{
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 out = self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
-                raise RuntimeError(f"dovecot exited: {out}\n{self.log()}")
+                log = self.log()
+                self.stop()
+                raise RuntimeError(f"dovecot exited: {out}\n{log}")
             try:
                 imaplib.IMAP4(HOST, self.port, timeout=1).logout()
                 with socket.create_connection((HOST, self.tls_port), timeout=1):
                     return self
             except OSError:
                 time.sleep(0.05)
+        log = self.log()
         self.stop()
-        raise RuntimeError(f"dovecot did not listen within {START_TIMEOUT}s\n{self.log()}")
+        raise RuntimeError(f"dovecot did not listen within {START_TIMEOUT}s\n{log}")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
