@@ -21,6 +21,7 @@ from newsletter.message_ids import slug_of, verify_message_id
 from newsletter.store import SubscriberStore
 
 SOURCE = "inbox"
+MAX_FAILURES = 10
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Applier:
         self.store, self.conn = store, store.conn
         self.secret_key, self.domain, self.policy = secret_key, sender_domain, policy
         self.now = now
+        self._made_for_cache: dict[str, dict[str, object] | str] = {}
         ensure_ledger(self.conn)
         replies.ensure_schema(self.conn)
 
@@ -88,15 +90,24 @@ class Applier:
             return "it quotes no Message-ID of ours: nothing changed"
         if verify_message_id(self.secret_key, mid, named, self.domain):
             return {"email": named}
-        found = find_delivery(self.conn, slug=slug_of(mid, self.domain))
-        for sub_id, email in iter_recipients(self.conn, found[0]) if found else ():
-            if verify_message_id(self.secret_key, mid, email, self.domain):
-                return {"subscriber_id": sub_id, "email": email}
-        return f"its Message-ID {mid[:80]} is not one we sent: nothing changed"
+        return self._made_for(mid)
+
+    def _made_for(self, mid: str) -> dict[str, object] | str:
+        """The reader of the issue's latest delivery ``mid`` was made for (one HMAC per
+        recipient, so looked up once per Message-ID in a run)."""
+        if mid not in self._made_for_cache:
+            found = find_delivery(self.conn, slug=slug_of(mid, self.domain))
+            reader: dict[str, object] | str = f"its Message-ID {mid[:80]} is not one we sent: nothing changed"
+            for sub_id, email in iter_recipients(self.conn, found[0]) if found else ():
+                if verify_message_id(self.secret_key, mid, email, self.domain):
+                    reader = {"subscriber_id": sub_id, "email": email}
+                    break
+            self._made_for_cache[mid] = reader
+        return self._made_for_cache[mid]
 
     def _bounce(self, c: Classified) -> Handled:
         outcomes: list[str] = []
-        for f in c.failures:
+        for f in c.failures[:MAX_FAILURES]:  # we send one message per reader: a report names one or two
             kind = Kind.HARD_BOUNCE if f.permanent else Kind.SOFT_BOUNCE
             reader = self._reader(c, f.address)
             if isinstance(reader, str):

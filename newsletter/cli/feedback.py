@@ -33,7 +33,7 @@ def inbox(ctx: click.Context, move_to: str | None) -> None:
 @cli.command()
 @click.argument("issue", required=False)
 @click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True)
-@click.option("--forget-older-than", "days", type=click.IntRange(min=1), metavar="DAYS",
+@click.option("--forget-older-than", "days", type=click.IntRange(1, 36500), metavar="DAYS",
               help="First delete stored replies and message records older than DAYS days.")
 @click.pass_context
 def replies(ctx: click.Context, issue: str | None, fmt: str, days: int | None) -> None:
