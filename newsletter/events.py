@@ -17,8 +17,8 @@ from __future__ import annotations
 import enum
 import sqlite3
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 
 from newsletter.db import migrate
 from newsletter.store import SubscriberStore, _one_line
