@@ -205,3 +205,12 @@ def test_mangled_messages_of_every_class_never_raise():
         raw = bytes(raw[:rng.randint(0, len(raw))])
         c = classify(raw)
         assert c.category in Category and "\n" not in c.line() and "\r" not in c.line()
+
+
+@pytest.mark.parametrize("body, expected", [("Très bien, merci.", "Très bien, merci."),
+                                            ("谢谢你们的通讯，很有帮助。", "谢谢你们的通讯，很有帮助。")])
+def test_missing_charset_is_guessed(body, expected):
+    encoding = "utf-8" if body.startswith("Très") else "gb18030"
+    raw = (f"From: x@reader.example\r\nSubject: Re: issue\r\nIn-Reply-To: {OURS}\r\nMessage-ID: <nc@x>\r\n"
+           "Content-Type: text/plain\r\n\r\n").encode() + body.encode(encoding) + b"\r\n"
+    assert classify(raw).text == expected

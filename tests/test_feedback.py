@@ -173,3 +173,14 @@ def test_worker_polls_only_when_the_inbox_is_configured(tmp_path):
     assert polls({"IMAP_HOST": "127.0.0.1", "NEWSLETTER_INBOX_POLL": "0"}) is None
     assert polls({"IMAP_HOST": "127.0.0.1"}) == 15
     assert polls({"IMAP_HOST": "127.0.0.1", "NEWSLETTER_INBOX_POLL": "2.5"}) == 2.5
+
+
+def test_replies_command_errors_are_one_line(tmp_path):
+    from tests.test_cli import run
+
+    neither = run(tmp_path, "replies")
+    assert neither.exit_code == 2 and "give an ISSUE" in neither.output
+    unknown = run(tmp_path, "replies", "99")
+    assert unknown.exit_code == 2 and len(unknown.output.strip().splitlines()) == 1
+    too_long = run(tmp_path, "replies", "--forget-older-than", "99999999")
+    assert too_long.exit_code == 2 and "Traceback" not in too_long.output
