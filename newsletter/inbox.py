@@ -246,10 +246,15 @@ def check_inbox(settings: Settings, *, move_to: str | None = None, on_result: Ca
     from newsletter.store import SubscriberStore
 
     cfg = ImapConfig.from_settings(settings)
-    with SubscriberStore.open(settings.db_path) as store:
-        applier = Applier(store, secret_key=str(settings.secret_key),
-                          sender_domain=settings.publication.sender_domain, policy=policy_from_settings(settings))
-        return read_inbox(cfg, store.conn, handler(applier), move_to=move_to, on_result=on_result, stop=stop)
+    policy = policy_from_settings(settings)
+    try:
+        with SubscriberStore.open(settings.db_path) as store:
+            applier = Applier(store, secret_key=str(settings.secret_key),
+                              sender_domain=settings.publication.sender_domain, policy=policy)
+            return read_inbox(cfg, store.conn, handler(applier), move_to=move_to, on_result=on_result, stop=stop)
+    except sqlite3.Error as exc:  # e.g. locked past the busy timeout: the checkpoint stayed before this message
+        raise NewsletterError(f"database {settings.db_path}: {exc}; "
+                              "messages not handled yet are read next time") from None
 
 
 def poll_inbox(settings: Settings, stop: threading.Event, interval: float,

@@ -270,3 +270,20 @@ def test_forget_older_than_removes_stored_replies(pub, imap, sent):
     assert result.exit_code == 0 and "Forgot 1 message record(s)" in result.output
     assert json.loads(result.output[result.output.index("{"):])["replies"] == []
     assert "Read 0 new" in inbox(pub, imap).output  # forgetting does not make the inbox read it again
+
+
+def test_a_locked_database_stops_the_run_in_one_line_and_loses_nothing(pub, imap, sent, monkeypatch):
+    import newsletter.db
+
+    imap.append(m.dsn(addr("gone"), sent[addr("gone")][0]))
+    monkeypatch.setattr(newsletter.db, "BUSY_TIMEOUT_MS", 50)
+    blocker = sqlite3.connect(pub / "newsletter.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        locked = inbox(pub, imap)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert locked.exit_code == 1 and "database is locked" in locked.output and "Traceback" not in locked.output
+    again = inbox(pub, imap)
+    assert "Read 1 new message(s): 1 bounce." in again.output and statuses(pub)[addr("gone")] == "bounced"
