@@ -18,9 +18,12 @@ import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from newsletter.errors import ConfigError
+
+if TYPE_CHECKING:
+    from newsletter.events import SoftBouncePolicy
 
 CONFIG_FILE = "newsletter.toml"
 
@@ -171,6 +174,18 @@ class Settings:
     @property
     def has_secret_key(self) -> bool:
         return self.secret("NEWSLETTER_SECRET_KEY") is not None
+
+    # ---- what comes back (webhooks, inbox) ------------------------------------------
+    @property
+    def soft_bounce_policy(self) -> "SoftBouncePolicy":
+        """``NEWSLETTER_SOFT_BOUNCE_LIMIT`` soft bounces within ``NEWSLETTER_SOFT_BOUNCE_WINDOW``
+        days suppress a reader (defaults 3 and 30)."""
+        from datetime import timedelta
+
+        from newsletter.events import SoftBouncePolicy
+
+        return SoftBouncePolicy(limit=self.integer("NEWSLETTER_SOFT_BOUNCE_LIMIT", 3, minimum=1),
+                                window=timedelta(days=self.integer("NEWSLETTER_SOFT_BOUNCE_WINDOW", 30, minimum=1)))
 
 
 def find_root(start: Path | None = None) -> Path:

@@ -18,13 +18,9 @@ import enum
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING
 
 from newsletter.db import migrate
 from newsletter.store import SubscriberStore, _one_line
-
-if TYPE_CHECKING:
-    from newsletter.config import Settings
 
 COMPONENT = "events"
 
@@ -165,11 +161,3 @@ def delivery_event_counts(conn: sqlite3.Connection, delivery_id: int) -> dict[st
             "SELECT kind, COUNT(*) FROM feedback_events WHERE delivery_id=? GROUP BY kind", (delivery_id,)):
         out[kind] = n
     return out
-
-
-def policy_from_settings(settings: "Settings") -> SoftBouncePolicy:
-    """``NEWSLETTER_SOFT_BOUNCE_LIMIT`` soft bounces within ``NEWSLETTER_SOFT_BOUNCE_WINDOW`` days."""
-    default = SoftBouncePolicy()
-    limit = settings.integer("NEWSLETTER_SOFT_BOUNCE_LIMIT", default.limit, minimum=1)
-    days = settings.number("NEWSLETTER_SOFT_BOUNCE_WINDOW", default.window.days, minimum=1)
-    return SoftBouncePolicy(limit=limit, window=timedelta(days=days or default.window.days))

@@ -242,11 +242,10 @@ def handler(applier: Applier) -> Callable[[bytes, int], Handled]:
 def check_inbox(settings: Settings, *, move_to: str | None = None, on_result: Callable[[Result], None] | None = None,
                 stop: threading.Event | None = None) -> list[Result]:
     """Read the configured inbox once into the configured database."""
-    from newsletter.events import policy_from_settings
     from newsletter.store import SubscriberStore
 
     cfg = ImapConfig.from_settings(settings)
-    policy = policy_from_settings(settings)
+    policy = settings.soft_bounce_policy
     try:
         with SubscriberStore.open(settings.db_path) as store:
             applier = Applier(store, secret_key=str(settings.secret_key),
