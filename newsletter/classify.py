@@ -29,6 +29,7 @@ from email.message import Message
 from email.parser import HeaderParser
 from email.utils import getaddresses, parseaddr, parsedate_to_datetime
 
+from newsletter.errors import scrub
 from newsletter.excerpt import excerpt, html_to_text, printable
 from newsletter.tokens import token_from_request
 
@@ -77,7 +78,7 @@ class Classified:
     def line(self) -> str:
         """The reason, with what was odd, on one line (no control characters: it reaches a terminal)."""
         text = self.reason + (f" ({'; '.join(self.notes)})" if self.notes else "")
-        return " ".join(printable(text).split())[:300]
+        return scrub(printable(text), 300)
 
 
 def parse(raw: bytes) -> Message:

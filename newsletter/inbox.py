@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 from newsletter.classify import classify
 from newsletter.config import Settings
 from newsletter.db import migrate
-from newsletter.errors import ConfigError, NewsletterError, TransportError
+from newsletter.errors import ConfigError, NewsletterError, TransportError, scrub
 from newsletter.feedback import Applier, Handled
 
 COMPONENT = "inbox"
@@ -94,14 +94,14 @@ def _quoted(folder: str) -> str:
 def _check(typ: str, data: list, what: str) -> list:
     if typ != "OK":
         detail = b" ".join(d for d in data if isinstance(d, bytes)).decode("utf-8", "replace")
-        raise TransportError(f"IMAP {what} failed: {' '.join(detail.split())[:200]}")
+        raise TransportError(f"IMAP {what} failed: {scrub(detail, 200)}")
     return data
 
 
 def _refused(cfg: ImapConfig, exc: BaseException) -> TransportError:
     msg = exc.args[0] if exc.args and isinstance(exc.args[0], (str, bytes)) else exc
     text = msg.decode("utf-8", "replace") if isinstance(msg, bytes) else str(msg)
-    return TransportError(f"IMAP {cfg.host}:{cfg.port} ({cfg.security}): {' '.join(text.split())[:200]}")
+    return TransportError(f"IMAP {cfg.host}:{cfg.port} ({cfg.security}): {scrub(text, 200)}")
 
 
 @contextmanager
@@ -226,7 +226,7 @@ def read_inbox(cfg: ImapConfig, conn: sqlite3.Connection, handle: Callable[[byte
                 _advance(conn, cfg.account, uidvalidity, uid)
         except (OSError, imaplib.IMAP4.error) as exc:
             raise TransportError(f"IMAP {cfg.host}: connection lost after {len(results)} message(s): "
-                                 f"{' '.join(str(exc).split())[:200]}") from None
+                                 f"{scrub(exc, 200)}") from None
     return results
 
 
