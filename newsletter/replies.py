@@ -13,6 +13,7 @@ import sqlite3
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 
+from newsletter.classify import Category
 from newsletter.db import migrate
 
 COMPONENT = "replies"
@@ -91,7 +92,7 @@ class Digest:
 def digest(conn: sqlite3.Connection, slug: str, title: str = "") -> Digest:
     """The replies to one issue, oldest first, and how many messages of each class concern it."""
     ensure_schema(conn)
-    counts = {c: 0 for c in ("reply", "auto-reply", "bounce", "complaint", "unsubscribe", "other")}
+    counts = {c.value: 0 for c in Category}
     for category, n in conn.execute("SELECT category, COUNT(*) FROM inbox_messages WHERE slug=? GROUP BY category",
                                     (slug,)):
         counts[category] = n
