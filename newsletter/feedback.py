@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from newsletter import replies
 from newsletter.classify import Category, Classified, strip_reply_prefixes
 from newsletter.events import Event, Kind, Outcome, SoftBouncePolicy, apply_event
-from newsletter.ledger import ensure_schema as ensure_ledger, find_delivery, iter_recipients, latest_sent_slug
+from newsletter.ledger import ensure_schema as ensure_ledger, iter_recipients, latest_sent_slug, sent_issue
 from newsletter.message_ids import slug_of, verify_message_id
 from newsletter.store import SubscriberStore
 
@@ -77,7 +77,7 @@ class Applier:
         """The issue a message concerns: the one whose Message-ID it quotes or answers."""
         for ref in (c.original_message_id, *c.references):
             slug = slug_of(ref, self.domain)
-            if slug and find_delivery(self.conn, slug=slug):
+            if slug and sent_issue(self.conn, slug=slug):
                 return slug
         return None
 
@@ -96,7 +96,7 @@ class Applier:
         """The reader of the issue's latest delivery ``mid`` was made for (one HMAC per
         recipient, so looked up once per Message-ID in a run)."""
         if mid not in self._made_for_cache:
-            found = find_delivery(self.conn, slug=slug_of(mid, self.domain))
+            found = sent_issue(self.conn, slug=slug_of(mid, self.domain))
             reader: dict[str, object] | str = f"its Message-ID {mid[:80]} is not one we sent: nothing changed"
             for sub_id, email in iter_recipients(self.conn, found[0]) if found else ():
                 if verify_message_id(self.secret_key, mid, email, self.domain):
@@ -139,7 +139,7 @@ class Applier:
         slug, how = self._issue_slug(c), "Message-ID"
         if slug is None and sub is not None:
             subject = strip_reply_prefixes(c.subject)
-            found = find_delivery(self.conn, subject=subject) if subject else None
+            found = sent_issue(self.conn, subject=subject) if subject else None
             slug, how = (found[1] if found else None), "sender and subject"
         if slug is None:
             return Handled(Category.OTHER.value, c.line(), "answers nothing we sent: not feedback")

@@ -818,7 +818,7 @@ def delivery_for_event(conn: sqlite3.Connection, subscriber_id: int, *, provider
     return None
 
 
-def find_delivery(conn: sqlite3.Connection, *, slug: str = "", subject: str = "") -> tuple[int, str] | None:
+def sent_issue(conn: sqlite3.Connection, *, slug: str = "", subject: str = "") -> tuple[int, str] | None:
     """(id, slug) of the latest real (not test) delivery of an issue, named by its slug or by
     the subject it went out with (case-insensitive); None when we never sent it."""
     if slug:
