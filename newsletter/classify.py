@@ -110,7 +110,7 @@ def message_ids(text: str) -> tuple[str, ...]:
 def _date(msg: Message) -> datetime | None:
     try:
         return parsedate_to_datetime(header(msg, "Date")) if header(msg, "Date") else None
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
 
 

@@ -42,7 +42,7 @@ class _Text(HTMLParser):
     styles are dropped."""
 
     _SKIP = {"blockquote", "script", "style", "head", "title"}
-    _BREAK = {"br", "p", "div", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "table"}
+    _BREAK = {"br", "p", "div", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "table", "hr"}
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -78,11 +78,16 @@ def html_to_text(html: str) -> str:
 
 
 def own_text(text: str) -> str:
-    """The part of a reply its writer typed: up to the first quote, history marker or signature."""
+    """The part of a reply its writer typed: up to the first quote, history marker or signature.
+    An attribution line wrapped in two ("On …, Name <" / "addr> wrote:", as Gmail sends
+    it) counts as one."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     kept: list[str] = []
-    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+    for i, line in enumerate(lines):
         stripped = line.strip()
-        if stripped.startswith(">") or _HISTORY.match(stripped) or _SIGNATURE.match(stripped):
+        joined = stripped + " " + (lines[i + 1].strip() if i + 1 < len(lines) else "")
+        if (stripped.startswith(">") or _HISTORY.match(stripped) or _SIGNATURE.match(stripped)
+                or _HISTORY.match(joined)):
             break
         kept.append(line.rstrip())
     return _BLANKS.sub("\n\n", "\n".join(kept)).strip()

@@ -214,3 +214,14 @@ def test_missing_charset_is_guessed(body, expected):
     raw = (f"From: x@reader.example\r\nSubject: Re: issue\r\nIn-Reply-To: {OURS}\r\nMessage-ID: <nc@x>\r\n"
            "Content-Type: text/plain\r\n\r\n").encode() + body.encode(encoding) + b"\r\n"
     assert classify(raw).text == expected
+
+
+def test_excerpt_cuts_a_wrapped_gmail_attribution_and_outlook_html():
+    text = ("Good point about the UN.\n\nOn Mon, Mar 10, 2025 at 9:00 AM ChinAffairs+ <\n"
+            "newsletter@chinaffairs.example> wrote:\n\n> Welcome\n")
+    assert excerpt(text) == "Good point about the UN."
+    html = ('<div>Agreed.</div><hr><div id="divRplyFwdMsg"><b>From:</b> ChinAffairs+<br><b>Sent:</b> Monday'
+            "</div><div>Welcome to the sixth edition</div>")
+    from newsletter.excerpt import html_to_text
+
+    assert excerpt(html_to_text(html)) == "Agreed."
