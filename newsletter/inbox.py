@@ -41,6 +41,7 @@ MIGRATIONS: list[str] = [
 ) WITHOUT ROWID""",
 ]
 MAX_FETCH = 256 * 1024
+SEARCH_WINDOW = 20_000  # UIDs per UID SEARCH: at most ~140 KB of answer
 SECURITIES = ("tls", "starttls", "none")
 _SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
 _FOLDER_OK = re.compile(r"^[\x20-\x7e]{1,200}$")
@@ -151,20 +152,33 @@ def _advance(conn: sqlite3.Connection, account: str, uidvalidity: int, uid: int)
 
 
 # ---- reading ----------------------------------------------------------------------------------
-def _open_folder(imap: imaplib.IMAP4, cfg: ImapConfig, writable: bool) -> int:
-    """EXAMINE (or SELECT) the folder; its UIDVALIDITY."""
+def _open_folder(imap: imaplib.IMAP4, cfg: ImapConfig, writable: bool) -> tuple[int, int | None]:
+    """EXAMINE (or SELECT) the folder; its UIDVALIDITY and UIDNEXT (None if not told)."""
     _check(*imap.select(_quoted(cfg.folder), readonly=not writable), f"opening folder {cfg.folder!r}")
-    _, data = imap.response("UIDVALIDITY")
-    try:
-        return int(data[0])
-    except (TypeError, ValueError, IndexError):
-        raise TransportError(f"IMAP folder {cfg.folder!r} reported no UIDVALIDITY") from None
+    numbers = []
+    for code in ("UIDVALIDITY", "UIDNEXT"):
+        _, data = imap.response(code)
+        try:
+            numbers.append(int(data[0]))
+        except (TypeError, ValueError, IndexError):
+            numbers.append(None)
+    if numbers[0] is None:
+        raise TransportError(f"IMAP folder {cfg.folder!r} reported no UIDVALIDITY")
+    return numbers[0], numbers[1]
 
 
-def _new_uids(imap: imaplib.IMAP4, last: int) -> list[int]:
-    data = _check(*imap.uid("SEARCH", f"UID {last + 1}:*"), "UID SEARCH")
-    uids = {int(u) for chunk in data if chunk for u in chunk.split() if u.isdigit()}
-    return sorted(u for u in uids if u > last)  # "N:*" also names the last message when N is past it
+def _new_uids(imap: imaplib.IMAP4, last: int, uidnext: int | None) -> Iterator[int]:
+    """UIDs above ``last``, ascending, searched in windows so that no answer outgrows
+    imaplib's 1 MB line limit however large the backlog."""
+    start = last + 1
+    while uidnext is None or start < uidnext:
+        end = "*" if uidnext is None else str(min(start + SEARCH_WINDOW, uidnext) - 1)
+        data = _check(*imap.uid("SEARCH", f"UID {start}:{end}"), "UID SEARCH")
+        uids = {int(u) for chunk in data if chunk for u in chunk.split() if u.isdigit()}
+        yield from sorted(u for u in uids if u > last)  # "N:*" also names the last message when N is past it
+        if uidnext is None:
+            return
+        start += SEARCH_WINDOW
 
 
 def _fetch(imap: imaplib.IMAP4, uid: int) -> tuple[bytes, int] | None:
@@ -209,10 +223,10 @@ def read_inbox(cfg: ImapConfig, conn: sqlite3.Connection, handle: Callable[[byte
     with connect(cfg) as imap:
         if move_to is not None and b"MOVE" not in b" ".join(_check(*imap.capability(), "CAPABILITY")).upper():
             raise TransportError(f"IMAP server {cfg.host} has no MOVE (RFC 6851); --move-processed needs it")
-        uidvalidity = _open_folder(imap, cfg, writable=move_to is not None)
+        uidvalidity, uidnext = _open_folder(imap, cfg, writable=move_to is not None)
         last = _checkpoint(conn, cfg.account, uidvalidity)
         try:
-            for uid in _new_uids(imap, last):
+            for uid in _new_uids(imap, last, uidnext):
                 if stop is not None and stop.is_set():
                     break
                 fetched = _fetch(imap, uid)

@@ -287,3 +287,15 @@ def test_a_locked_database_stops_the_run_in_one_line_and_loses_nothing(pub, imap
     assert locked.exit_code == 1 and "database is locked" in locked.output and "Traceback" not in locked.output
     again = inbox(pub, imap)
     assert "Read 1 new message(s): 1 bounce." in again.output and statuses(pub)[addr("gone")] == "bounced"
+
+
+def test_a_large_backlog_is_searched_in_windows(tmp_path, imap, monkeypatch):
+    import newsletter.inbox
+
+    monkeypatch.setattr(newsletter.inbox, "SEARCH_WINDOW", 2)
+    imap.append(*(m.other(msgid=f"<o{i}@x.example>") for i in range(5)))
+    first = inbox(tmp_path, imap)
+    assert first.exit_code == 0 and "Read 5 new message(s): 5 other." in first.output
+    assert [int(line.split()[0]) for line in first.output.splitlines()[:5]] == [1, 2, 3, 4, 5]
+    imap.append(m.other(msgid="<o6@x.example>"))
+    assert "Read 1 new message(s)" in inbox(tmp_path, imap).output
