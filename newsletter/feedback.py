@@ -15,7 +15,9 @@ from datetime import datetime, timedelta, timezone
 
 from newsletter import replies
 from newsletter.classify import Category, Classified, strip_reply_prefixes
+from newsletter.errors import scrub
 from newsletter.events import Event, Kind, Outcome, SoftBouncePolicy, apply_event
+from newsletter.excerpt import printable
 from newsletter.ledger import ensure_schema as ensure_ledger, iter_recipients, latest_sent_slug, sent_issue
 from newsletter.message_ids import slug_of, verify_message_id
 from newsletter.store import SubscriberStore
@@ -35,7 +37,8 @@ class Handled:
     reply: replies.Reply | None = None
 
     def line(self) -> str:
-        return f"{self.category:<11} {self.reason} → {self.outcome}"
+        """One line for a terminal: quoted ids and addresses come from the message, so scrubbed."""
+        return f"{self.category:<11} " + scrub(printable(f"{self.reason} → {self.outcome}"), 400)
 
 
 def _mask(email: str) -> str:

@@ -184,3 +184,15 @@ def test_replies_command_errors_are_one_line(tmp_path):
     assert unknown.exit_code == 2 and len(unknown.output.strip().splitlines()) == 1
     too_long = run(tmp_path, "replies", "--forget-older-than", "99999999")
     assert too_long.exit_code == 2 and "Traceback" not in too_long.output
+
+
+def test_ids_quoted_in_a_body_never_put_escapes_on_the_terminal(applier):
+    raw = ("From: MAILER-DAEMON@mx.example\r\nSubject: failure notice\r\nMessage-ID: <esc@mx>\r\n\r\n"
+           "Hi. This is the qmail-send program at mx.example.\r\n"
+           "I'm afraid I wasn't able to deliver your message to the following addresses.\r\n"
+           "This is a permanent error; I've given up. Sorry it didn't work out.\r\n\r\n"
+           "<a@reader.example>:\r\nSorry, no mailbox here by that name. (#5.1.1)\r\n\r\n"
+           "--- Below this line is a copy of the message.\r\n\r\n"
+           "Message-ID: <\x1b]0;pwned\x07@chinaffairs.example.org>\r\n").encode()
+    line = applier.apply(classify(raw)).line()
+    assert "\x1b" not in line and "\x07" not in line and "not one we sent" in line
