@@ -201,6 +201,12 @@ class Settings:
         return SoftBouncePolicy(limit=self.integer("NEWSLETTER_SOFT_BOUNCE_LIMIT", 3, minimum=1),
                                 window=timedelta(days=self.integer("NEWSLETTER_SOFT_BOUNCE_WINDOW", 30, minimum=1)))
 
+    @property
+    def ses_topic_arns(self) -> frozenset[str]:
+        """``SES_SNS_TOPIC_ARNS``: the SNS topics whose messages (and subscription
+        confirmations) the SES webhook accepts; comma- or space-separated."""
+        return frozenset(a for a in self.get("SES_SNS_TOPIC_ARNS").replace(",", " ").split() if a)
+
 
 def find_root(start: Path | None = None) -> Path:
     """The publication root: ``start`` (or the cwd) itself; we do not walk upward.

@@ -844,3 +844,12 @@ def iter_recipients(conn: sqlite3.Connection, delivery_id: int) -> Iterator[tupl
     """(subscriber id, address) of everyone a delivery was for, in id order."""
     yield from conn.execute("SELECT subscriber_id, email FROM ledger WHERE delivery_id=? ORDER BY subscriber_id",
                             (int(delivery_id),))
+
+
+def subscriber_for_provider_id(conn: sqlite3.Connection, provider_id: str) -> int | None:
+    """The reader a provider's message id was sent to, when exactly one ledger row carries it:
+    for bounces that name an address we never sent to (a forwarder's, an alias). Rare, so
+    no index; an id shared by several rows names nobody."""
+    rows = conn.execute("SELECT DISTINCT subscriber_id FROM ledger WHERE provider_id=? LIMIT 2",
+                        (provider_id,)).fetchall()
+    return rows[0][0] if len(rows) == 1 else None
