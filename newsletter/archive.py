@@ -111,7 +111,7 @@ def load_entries(settings: Settings, today: dt.date | None = None) -> list[Entry
         if issue.slug in by_slug:
             raise InputError(f"slug '{issue.slug}' is also used by {by_slug[issue.slug].name}", path=path)
         by_slug[issue.slug] = path
-        blocks = parse_body(issue.body, path=issue.path, first_line=issue.body_line).blocks
+        blocks = parse_body(issue.body, path=issue.path, first_line=issue.body_line, web=True).blocks
         entries.append(Entry(issue, tuple(blocks), f"issues/{issue.slug}/"))
     return sorted(entries, key=lambda e: (e.issue.date, e.issue.number), reverse=True)
 
