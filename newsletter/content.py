@@ -107,6 +107,11 @@ def _image(self, tokens, idx, options, env) -> str:  # type: ignore[no-untyped-d
     token = tokens[idx]
     token.attrSet("alt", self.renderInlineAsText(token.children or [], options, env))
     token.attrSet("class", "nl-img")
+    width = token.attrGet("width")
+    if width:
+        # The width attribute is for Outlook for Windows; width:100% with a max-width lets the image
+        # shrink on a phone (a percentage width adds nothing to a table cell's minimum width).
+        token.attrSet("style", f"width:100%;max-width:{int(width)}px;height:auto")
     return self.renderToken(tokens, idx, options, env)
 
 

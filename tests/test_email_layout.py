@@ -1,0 +1,96 @@
+"""The email as a phone and a desktop show it, in Debian's headless chromium: tables keep
+their words whole, CJK names get real glyphs, rules line up with the text."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from newsletter.browser import Chromium, file_url
+from newsletter.config import load_settings
+from newsletter.preview import fill_sample
+from newsletter.render import render_issue
+from tests.editor_fixtures import make_publication
+
+pytestmark = pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+
+# Every word in a table cell, as ranges: a word whose fragments sit on more than one line is split.
+# A word is letters and digits (a line may break after a hyphen or slash, and between Han
+# characters); words inside a link that shows a bare URL (class nl-url) may break, by design.
+SPLIT_WORDS = r"""(() => {
+  const split = [], seen = [];
+  for (const cell of document.querySelectorAll('.nl-table td, .nl-table th, table td, table th')) {
+    if (!cell.closest('.nl-table') || seen.includes(cell)) continue;
+    seen.push(cell);
+    const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+    let node;
+    while ((node = walker.nextNode())) {
+      if (node.parentElement.closest('a.nl-url')) continue;
+      const re = /(?:(?!\p{Script=Han})[\p{L}\p{N}’'.,:])+/gu; let m;
+      while ((m = re.exec(node.data))) {
+        const r = document.createRange();
+        r.setStart(node, m.index); r.setEnd(node, m.index + m[0].length);
+        const tops = new Set([...r.getClientRects()].filter(x => x.width > 0).map(x => Math.round(x.top)));
+        if (tops.size > 1) split.push(m[0]);
+      }
+    }
+  }
+  return [seen.length, split];
+})()"""
+PAGE_WIDTH = "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+
+
+@pytest.fixture(scope="module")
+def email_page(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("layout")
+    root, path = make_publication(tmp)
+    rendered = render_issue(path, load_settings(root, environ={}))
+    page = tmp / "email.html"
+    page.write_text(fill_sample(rendered.html), encoding="utf-8")
+    with Chromium() as browser:
+        yield browser, file_url(page)
+
+
+@pytest.mark.parametrize("width", [375, 800])
+def test_no_word_in_a_table_cell_is_split_across_lines(email_page, width):
+    browser, url = email_page
+    tab = browser.open(url, width=width)
+    cells, split = tab.evaluate(SPLIT_WORDS)
+    assert cells >= 20  # the fixture's 4 x 5 table was found
+    assert split == []
+    scroll, client = tab.evaluate(PAGE_WIDTH)
+    assert scroll <= client  # the page never scrolls sideways: a wide table scrolls inside its wrapper
+
+
+def test_rules_line_up_with_the_text_at_375(email_page):
+    browser, url = email_page
+    tab = browser.open(url, width=375)
+    rule, heading = tab.evaluate(
+        "[document.querySelector('.nl-rule p').getBoundingClientRect().left,"
+        " document.querySelector('.nl-masthead h1').getBoundingClientRect().left]")
+    assert rule == heading
+
+
+def platform_fonts(tab, selector: str) -> dict[str, int]:
+    """The fonts Chromium really drew ``selector``'s text with: family → glyph count."""
+    tab.call("DOM.enable")
+    tab.call("CSS.enable")
+    root = tab.call("DOM.getDocument")["root"]["nodeId"]
+    node = tab.call("DOM.querySelector", nodeId=root, selector=selector)["nodeId"]
+    assert node, selector
+    fonts = tab.call("CSS.getPlatformFontsForNode", nodeId=node)["fonts"]
+    return {f["familyName"]: f["glyphCount"] for f in fonts}
+
+
+def test_chinese_names_are_drawn_with_a_simplified_chinese_font(email_page):
+    """Fails on a machine without a CJK font (the names would be boxes), and with a font stack
+    that leaves the choice to fallback (Chromium then picks a Japanese face for Han characters)."""
+    browser, url = email_page
+    tab = browser.open(url, width=800)
+    credit = platform_fonts(tab, ".nl-credits .nl-credit")
+    cjk = {family: n for family, n in credit.items() if "CJK" in family or "Hei" in family or "Song" in family}
+    assert cjk and all(family.endswith("SC") for family in cjk), credit
+    assert sum(cjk.values()) >= 7  # 孙成昊 and 清华大学: every Han character has a real glyph
+    heading = platform_fonts(tab, ".nl-article-text h3")
+    assert any(family.endswith("CJK SC") for family in heading), heading
