@@ -423,3 +423,13 @@ def failed_recipients(conn: sqlite3.Connection, delivery_id: int) -> list[tuple[
     return [tuple(r) for r in conn.execute(  # type: ignore[misc]
         "SELECT email, state, last_error FROM ledger WHERE delivery_id=? AND state IN "
         "('failed-permanent','failed-temporary','uncertain') ORDER BY subscriber_id", (int(delivery_id),))]
+
+
+def sent_slugs(conn: sqlite3.Connection) -> set[str]:
+    """Slugs of issues some reader may already have: a real (not test) delivery with a message
+    handed to the transport. The web archive publishes these whatever their date or status,
+    so every "read in your browser" link works."""
+    rows = conn.execute("SELECT DISTINCT d.slug FROM deliveries d WHERE d.test = 0 AND EXISTS ("
+                        "SELECT 1 FROM ledger l WHERE l.delivery_id = d.id"
+                        " AND l.state IN ('sent', 'sending', 'uncertain'))").fetchall()
+    return {row[0] for row in rows}

@@ -20,6 +20,7 @@ __all__ = ["CHECKS", "CheckContext", "Finding", "run_checks"]
 
 CHECKS: tuple[Callable[[CheckContext], None], ...] = (
     frontmatter.check_front_matter,
+    frontmatter.check_archive,
     content.check_headings,
     content.check_leftovers,
     content.check_insecure_links,

@@ -22,6 +22,8 @@ from newsletter.checks.html import squash
 SUBJECT_MAX = 60
 PREHEADER_MIN, PREHEADER_MAX = 40, 140
 RESERVED_DOMAINS = re.compile(r"(^|\.)(example(\.(com|net|org))?|test|invalid|localhost)$")
+#: Sample addresses (``newsletter init`` writes the first) that must not reach a reader.
+PLACEHOLDER_ADDRESSES = {"street, city, country", "street, city", "address", "todo", "tbd"}
 SPAM_PHRASES = ("act now", "buy now", "cash bonus", "click here", "double your", "earn money", "free!!",
                 "guaranteed", "limited time", "no obligation", "risk-free", "risk free", "urgent", "winner",
                 "100% free", "you have been selected", "congratulations")
@@ -100,6 +102,11 @@ def check_postal_address(ctx: CheckContext) -> None:
         ctx.add("error", "deliver.postal-address",
                 "no postal address: CAN-SPAM requires one in every issue; set postal_address in newsletter.toml",
                 path=toml)
+        return
+    if address.lower().strip(" .") in PLACEHOLDER_ADDRESSES:
+        ctx.add("error", "deliver.postal-address",
+                f"the postal address is still the sample {address!r}: CAN-SPAM requires your real one; "
+                "set postal_address in newsletter.toml", path=toml)
         return
     missing = [part for part, text in (("HTML", ctx.visible_text), ("plain text", squash(ctx.rendered.text)))
                if address not in text]
