@@ -58,7 +58,7 @@ def parser(web: bool = False) -> MarkdownIt:
         .enable(["table", "strikethrough", "smartquotes"])
         .use(footnote_plugin)
         .use(anchors_plugin, min_level=2, max_level=4)
-        .use(attrs_plugin, after=("image",))
+        .use(attrs_plugin, after=("image",), allowed=("width",))
     )
     md.add_render_rule("table_open", _table_open)
     md.add_render_rule("table_close", lambda *a, **k: "</table></div>\n")
@@ -83,7 +83,7 @@ def escape_html(text: str) -> str:
 
 def _table_open(self, tokens, idx, options, env) -> str:  # type: ignore[no-untyped-def]
     # The wrapper scrolls a wide table inside itself, so the page never scrolls sideways at 375 px.
-    return '<div class="nl-table-wrap"><table class="nl-table" cellpadding="0" cellspacing="0">\n'
+    return '<div class="nl-table-wrap"><table class="nl-table" width="100%" cellpadding="0" cellspacing="0">\n'
 
 
 def _link_open(self, tokens, idx, options, env) -> str:  # type: ignore[no-untyped-def]
@@ -140,7 +140,8 @@ def _check_raw_html(tokens: Sequence[Token], path: object, first_line: int, body
 
 
 def _check_image_attrs(token: Token, child: Token, path: object, line: int | None) -> None:
-    for name, value in child.attrs.items():
+    # The attrs plugin keeps only width and puts what it refused (style, on…, class) in meta.
+    for name in [*child.meta.get("insecure_attrs", {}), *child.attrs]:
         if name not in IMAGE_ATTRS:
             raise InputError(f"image attribute {name!r} is not supported: only {{width=N}} (pixels)",
                              path=path, line=line)

@@ -71,6 +71,6 @@ def check_image_sizes(ctx: CheckContext) -> None:
         if img.tag == "img" and not img.get("width"):
             src = img.get("src", "")
             ctx.add("warning", "content.img-width",
-                    f"image {src} has no width attribute: Outlook for Windows shows it at its natural size, "
-                    "so keep the file at most 600 px wide", line=ctx.source.urls.get(src))
+                    f"image {src} has no width: Outlook for Windows shows it at its natural size; give one "
+                    f"in pixels after the image, e.g. ![…]({src}){{width=600}}", line=ctx.source.urls.get(src))
 
