@@ -458,8 +458,14 @@ def send(ctx: click.Context, issue: str, dry_run: bool, test_addresses: tuple[st
     continues where it stopped, never sending twice to anyone marked sent.
     The transport is NEWSLETTER_TRANSPORT (default: dryrun).
     """
+    from newsletter.issue import parse_issue
+    from newsletter.render import render_issue
+
     settings = _settings(ctx)
-    rendered = _render(settings, issue)
+    parsed = parse_issue(_issue_path(settings, issue))
+    if not (test_addresses or dry_run or settings.transport_name == "dryrun"):
+        parsed.require_ready("send")
+    rendered = render_issue(parsed, settings, test=bool(test_addresses))
     _run_checks(settings, rendered, skip_checks)
     if test_addresses:
         _send_test(settings, rendered, test_addresses, dry_run, yes)
@@ -555,6 +561,7 @@ def schedule_add(ctx: click.Context, issue: str, at: str | None, skip_checks: bo
     settings = _settings(ctx)
     path = _issue_path(settings, issue)
     parsed = parse_issue(path)
+    parsed.require_ready("schedule")
     if at:
         try:
             when = dt.datetime.fromisoformat(at)
@@ -578,14 +585,25 @@ def schedule_add(ctx: click.Context, issue: str, at: str | None, skip_checks: bo
 @click.pass_context
 def schedule_list(ctx: click.Context) -> None:
     """List scheduled deliveries."""
+    from newsletter.issue import list_issues, parse_issue
     from newsletter.ledger import open_ledger
-    from newsletter.schedule import list_scheduled
+    from newsletter.schedule import display_time, list_scheduled
 
-    rows = list_scheduled(open_ledger(_settings(ctx).db_path))
+    settings = _settings(ctx)
+    rows = list_scheduled(open_ledger(settings.db_path))
     if not rows:
         click.echo("Nothing scheduled.")
+        return
+    zones = {}  # the zone the editor wrote send_at in, per slug
+    for path in list_issues(settings.issues_dir):
+        try:
+            parsed = parse_issue(path)
+        except InputError:
+            continue
+        if parsed.send_at is not None:
+            zones[parsed.slug] = parsed.send_at.tzinfo
     for row in rows:
-        click.echo(f"{row.id}\t{row.slug}\t{row.send_at}\t{row.state}")
+        click.echo(f"{row.id}\t{row.slug}\t{display_time(row.send_at, zones.get(row.slug))}\t{row.state}")
 
 
 @schedule.command("cancel")
@@ -618,8 +636,9 @@ def _dispatch_args(settings: "Settings") -> dict[str, Any]:
 
     def prepare(slug: str) -> "PreparedIssue":
         for path in list_issues(settings.issues_dir):
-            if parse_issue(path).slug == slug:
-                return _prepare(settings, render_issue(path, settings, renderer))
+            if (parsed := parse_issue(path)).slug == slug:
+                parsed.require_ready("send")  # set back to draft after it was scheduled: held, not sent
+                return _prepare(settings, render_issue(parsed, settings, renderer))
         raise InputError(f"the scheduled issue {slug!r} is no longer in {settings.issues_dir}")
 
     hours = settings.number("NEWSLETTER_MAX_LATENESS", 6.0)

@@ -223,3 +223,59 @@ def test_the_newcomer_issue_is_well_under_the_clip(pub):
     html = render_issue(path, settings).html
     assert len(html.encode()) < 60_000 and "!important" in html and "@media" in html
     assert re.search(r'<html[^>]* lang="en"', html)
+
+
+# ---- the commands: drafts refused, [TEST] copies, schedule list in the editor's zone -------
+def newsletter(root, *args, **env):
+    """The real command in a subprocess: exit codes and output exactly as an editor sees them."""
+    import os
+    import sys
+
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("NEWSLETTER_", "SMTP_"))}
+    environ.update({"NEWSLETTER_TRANSPORT": "dryrun", "NEWSLETTER_SECRET_KEY": "a-test-secret-key-0123456789",
+                    "NEWSLETTER_DB": str(root / "news.db"), **env})
+    return subprocess.run([sys.executable, "-m", "newsletter", "--root", str(root), *args], env=environ,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_send_and_schedule_refuse_a_draft_but_a_test_copy_works(tmp_path):
+    root, path = make_publication(tmp_path, "Text.\n", extra="status: draft\n")
+    for args, env in ((("send", "7", "--yes"), {"NEWSLETTER_TRANSPORT": "smtp", "SMTP_HOST": "127.0.0.1"}),
+                      (("schedule", "7", "--at", "2031-03-10T09:00+08:00"), {})):
+        result = newsletter(root, *args, **env)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, result.stderr
+        assert "007-trade-and-the-global-south.md:11:" in lines[0] and "draft" in lines[0]
+    assert not (root / "news.db").exists() or "scheduled" not in newsletter(root, "schedule", "list").stdout
+
+    result = newsletter(root, "send", "7", "--test", "editor@example.org")
+    assert result.returncode == 0, result.stderr
+    eml = next((root / "outbox").rglob("*.eml")).read_bytes()
+    import email as email_lib
+    from email import policy as email_policy
+
+    msg = email_lib.message_from_bytes(eml, policy=email_policy.default)
+    text = msg.get_body(("plain",)).get_content()
+    assert msg["Subject"].startswith("[TEST] ")
+    assert "This is a [TEST] copy for editor@example.org" in text and "because editor@example.org subscribed" not in text
+    html = msg.get_body(("html",)).get_content()
+    assert "[TEST] copy for editor@example.org" in html and "editor@example.org subscribed" not in html
+
+
+def test_schedule_list_shows_the_time_in_the_zone_the_editor_wrote(tmp_path):
+    root, path = make_publication(tmp_path, "Text.\n", extra="status: ready\nsend_at: 2031-03-10T09:00+08:00\n")
+    result = newsletter(root, "schedule", "7", "--skip-checks")
+    assert result.returncode == 0, result.stderr
+    listed = newsletter(root, "schedule", "list")
+    assert listed.returncode == 0 and "2031-03-10 09:00 +08:00 (01:00 UTC)" in listed.stdout, listed.stdout
+
+
+def test_display_time_names_both_zones():
+    from datetime import datetime, timedelta, timezone
+
+    from newsletter.schedule import display_time
+
+    when = datetime(2031, 3, 9, 23, 30, tzinfo=timezone.utc)
+    assert display_time(when, timezone(timedelta(hours=8))) == "2031-03-10 07:30 +08:00 (2031-03-09 23:30 UTC)"
+    assert display_time(when, timezone.utc) == "2031-03-09 23:30 +00:00 (UTC)"
+    assert display_time(None) == "-"
