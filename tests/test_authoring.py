@@ -279,3 +279,34 @@ def test_display_time_names_both_zones():
     assert display_time(when, timezone(timedelta(hours=8))) == "2031-03-10 07:30 +08:00 (2031-03-09 23:30 UTC)"
     assert display_time(when, timezone.utc) == "2031-03-09 23:30 +00:00 (UTC)"
     assert display_time(None) == "-"
+
+
+# ---- 13. the README tells the truth ---------------------------------------------------------
+def test_every_newsletter_toml_key_is_documented_in_the_readme():
+    import dataclasses
+
+    from newsletter.config import Publication
+    from tests.editor_fixtures import REPO
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    missing = [f.name for f in dataclasses.fields(Publication) if f"`{f.name}`" not in readme]
+    assert missing == []
+
+
+def test_the_set_up_command_writes_the_files_the_readme_names(tmp_path):
+    from tests.editor_fixtures import REPO
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    sentence = re.search(r"It writes `build/global-governance-of-ai/` \(([^)]*)\)", readme)
+    assert sentence, "the README's set-up sentence moved"
+    claimed = re.findall(r"`([^`]+)`", sentence.group(1))
+    root = tmp_path / "pub"
+    (root / "issues").mkdir(parents=True)
+    shutil.copy(REPO / "newsletter.toml", root)
+    shutil.copy(next((REPO / "issues").glob("006-*.md")), root / "issues")
+    assert newsletter(root, "subscribers", "add", "reader@example.org", "--name", "Sample Reader").returncode == 0
+    result = newsletter(root, "send", "6", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    built = root / "build" / "global-governance-of-ai"
+    assert claimed and [name for name in claimed if not (built / name).is_file()] == []
+    assert len(list((root / "outbox" / "global-governance-of-ai").glob("*.eml"))) == 1
