@@ -94,3 +94,12 @@ def test_chinese_names_are_drawn_with_a_simplified_chinese_font(email_page):
     assert sum(cjk.values()) >= 7  # 孙成昊 and 清华大学: every Han character has a real glyph
     heading = platform_fonts(tab, ".nl-article-text h3")
     assert any(family.endswith("CJK SC") for family in heading), heading
+
+
+def test_latin_text_is_not_drawn_with_the_cjk_font(email_page):
+    """A CJK face's Latin punctuation is full width ("world ’ s"): Latin text must get a Latin
+    face wherever Georgia is missing (Linux, Android), and only Han characters the CJK one."""
+    browser, url = email_page
+    tab = browser.open(url, width=375)
+    dek = platform_fonts(tab, ".nl-dek")
+    assert dek and not any("CJK" in family for family in dek), dek
