@@ -151,13 +151,14 @@ def _check_image_attrs(token: Token, child: Token, path: object, line: int | Non
                          "e.g. {width=600}", path=path, line=line)
 
 
-def _check_images(tokens: Sequence[Token], path: object, first_line: int) -> None:
+def _check_images(tokens: Sequence[Token], path: object, first_line: int, body: str) -> None:
+    lines = body.split("\n")
     for token in tokens:
         for child in token.children or ():
             if child.type != "image":
                 continue
-            line = first_line + token.map[0] if token.map else None
             src = child.attrGet("src")
+            line = _line_of(token, str(src or ""), first_line, lines)
             if not (child.content or "").strip():
                 raise InputError(f"image {src} has no alt text: write ![what it shows]({src})", path=path, line=line)
             _check_image_attrs(token, child, path, line)
@@ -171,7 +172,7 @@ def parse_body(body: str, *, path: object = None, first_line: int = 1, web: bool
     env: dict = {}
     tokens = md.parse(body, env)
     _check_raw_html(tokens, path, first_line, body)
-    _check_images(tokens, path, first_line)
+    _check_images(tokens, path, first_line, body)
 
     blocks: list[Block] = []
     start = 0

@@ -310,3 +310,18 @@ def test_the_set_up_command_writes_the_files_the_readme_names(tmp_path):
     built = root / "build" / "global-governance-of-ai"
     assert claimed and [name for name in claimed if not (built / name).is_file()] == []
     assert len(list((root / "outbox" / "global-governance-of-ai").glob("*.eml"))) == 1
+
+
+def test_an_image_error_names_the_line_of_the_image_not_of_its_paragraph(tmp_path):
+    root, path = make_publication(tmp_path, "Text.\n\nA chart,\nthen ![](https://example.org/c.png)\n")
+    with pytest.raises(InputError) as err:
+        render_issue(path, load_settings(root, environ={}))
+    assert err.value.line == 16 and "alt text" in err.value.message
+
+
+def test_an_unreadable_database_is_a_warning_not_a_crash_of_check(tmp_path):
+    root, path = make_publication(tmp_path, "Text.\n")
+    (tmp_path / "news.db").write_bytes(b"this is not a database" * 100)
+    settings = load_settings(root, environ={**GOOD_ENV, "NEWSLETTER_DB": str(tmp_path / "news.db")})
+    found = [f for f in run_checks(settings, render_issue(path, settings)) if f.code.startswith("archive.")]
+    assert [f.code for f in found] == ["archive.unknown"] and "\n" not in found[0].message

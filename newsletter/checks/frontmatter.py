@@ -75,6 +75,11 @@ def check_archive(ctx: CheckContext, today: dt.date | None = None) -> None:
     issue = ctx.issue
     if issue is None:
         return
-    decision = publishing(issue, today or dt.date.today(), issue.slug in sent_slugs(ctx.settings))
+    try:
+        sent = issue.slug in sent_slugs(ctx.settings)
+    except NewsletterError as exc:
+        ctx.add("warning", "archive.unknown", f"cannot tell whether it was sent: {exc.format_message()}")
+        return
+    decision = publishing(issue, today or dt.date.today(), sent)
     ctx.add("info", "archive.published" if decision.published else "archive.held", decision.reason,
             line=field_line(issue, "status") or field_line(issue, "date"))
