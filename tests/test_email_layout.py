@@ -42,20 +42,34 @@ PAGE_WIDTH = "[document.documentElement.scrollWidth, document.documentElement.cl
 
 
 @pytest.fixture(scope="module")
-def email_page(tmp_path_factory):
+def pages(tmp_path_factory):
+    """The newcomer's issue as the email and as its web archive page, in one Chromium."""
+    import datetime as dt
+
+    from newsletter.archive import build_archive
+
     tmp = tmp_path_factory.mktemp("layout")
     root, path = make_publication(tmp)
-    rendered = render_issue(path, load_settings(root, environ={}))
+    settings = load_settings(root, environ={})
     page = tmp / "email.html"
-    page.write_text(fill_sample(rendered.html), encoding="utf-8")
+    page.write_text(fill_sample(render_issue(path, settings).html), encoding="utf-8")
+    build_archive(settings, tmp / "site", today=dt.date(2025, 4, 1), sent=set())
+    web = tmp / "site" / "issues" / "trade-and-the-global-south" / "index.html"
     with Chromium() as browser:
-        yield browser, file_url(page)
+        yield browser, {"email": file_url(page), "web": file_url(web)}
 
 
+@pytest.fixture(scope="module")
+def email_page(pages):
+    browser, urls = pages
+    return browser, urls["email"]
+
+
+@pytest.mark.parametrize("page", ["email", "web"])
 @pytest.mark.parametrize("width", [375, 800])
-def test_no_word_in_a_table_cell_is_split_across_lines(email_page, width):
-    browser, url = email_page
-    tab = browser.open(url, width=width)
+def test_no_word_in_a_table_cell_is_split_across_lines(pages, page, width):
+    browser, urls = pages
+    tab = browser.open(urls[page], width=width)
     cells, split = tab.evaluate(SPLIT_WORDS)
     assert cells >= 20  # the fixture's 4 x 5 table was found
     assert split == []
