@@ -325,3 +325,22 @@ def test_an_unreadable_database_is_a_warning_not_a_crash_of_check(tmp_path):
     settings = load_settings(root, environ={**GOOD_ENV, "NEWSLETTER_DB": str(tmp_path / "news.db")})
     found = [f for f in run_checks(settings, render_issue(path, settings)) if f.code.startswith("archive.")]
     assert [f.code for f in found] == ["archive.unknown"] and "\n" not in found[0].message
+
+
+def test_a_publication_template_hiding_the_preheader_by_colour_is_warned_about(tmp_path):
+    """A publication whose email.mjml.j2 predates the fix (it uses <mj-preview>) is told where."""
+    from tests.editor_fixtures import REPO
+
+    root, path = make_publication(tmp_path)
+    (root / "templates").mkdir()
+    shipped = (REPO / "templates" / "email.mjml.j2").read_text(encoding="utf-8")
+    old = re.sub(r"\s*\{#- The preheader.*?\{% endif %\}\n", "\n", shipped, count=1, flags=re.S)
+    old = old.replace("    <mj-title>", "    <mj-preview>{{ issue.preheader }}</mj-preview>\n    <mj-title>", 1)
+    assert old != shipped and "nl-preheader" not in old
+    (root / "templates" / "email.mjml.j2").write_text(old, encoding="utf-8")
+    settings = load_settings(root, environ=GOOD_ENV)
+    found = [f for f in run_checks(settings, render_issue(path, settings)) if f.code == "deliver.hidden-text-colour"]
+    assert len(found) == 1 and found[0].path == "templates/email.mjml.j2"
+    assert old.splitlines()[found[0].line - 1].strip().startswith("<mj-preview>")
+    shutil.rmtree(root / "templates")  # the shipped template: nothing to say
+    assert not [f for f in run_checks(settings, render_issue(path, settings)) if f.code == "deliver.hidden-text-colour"]

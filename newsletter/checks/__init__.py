@@ -38,6 +38,7 @@ CHECKS: tuple[Callable[[CheckContext], None], ...] = (
     deliverability.check_addresses,
     deliverability.check_unsubscribe,
     deliverability.check_postal_address,
+    deliverability.check_hidden_text_colour,
     plaintext.check_plain_text,
 )
 
