@@ -251,7 +251,7 @@ def parse_issue(path: Path) -> Issue:
         raise _fail(path, f"'reply_to' is not a valid address: {reply_to!r}", lines.get("reply_to"))
 
     subtitle = _text(path, data, "subtitle", lines.get("subtitle"))
-    status = _text(path, data, "status", lines.get("status")) or "ready"
+    status = (_text(path, data, "status", lines.get("status")) or "ready").lower()
     if status not in STATUSES:
         raise _fail(path, f"'status' must be draft or ready, not {status!r}", lines.get("status"))
     if not body.strip():

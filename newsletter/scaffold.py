@@ -46,19 +46,21 @@ def _gitignore(target: Path) -> list[Path]:
     """Write .gitignore, or add the lines it lacks to an existing one; returns it when changed."""
     path = target / ".gitignore"
     wanted = (INIT_DATA / "gitignore").read_text(encoding="utf-8")
-    if not path.exists():
-        path.write_text(wanted, encoding="utf-8")
-        return [path]
-    have = path.read_text(encoding="utf-8", errors="replace")
-    present = {line.strip() for line in have.splitlines()}
-    missing = [line for line in wanted.splitlines() if line.strip() and not line.startswith("#")
-               and line.strip() not in present]
-    if not missing:
-        return []
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(("" if have.endswith("\n") or not have else "\n") + "# Added by `newsletter init`:\n"
-                 + "\n".join(missing) + "\n")
-    return [path]
+    try:
+        have = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+        present = {line.strip() for line in have.splitlines()}
+        missing = [line for line in wanted.splitlines() if line.strip() and not line.startswith("#")
+                   and line.strip() not in present]
+        if not have:
+            path.write_text(wanted, encoding="utf-8")
+        elif missing:
+            with path.open("a", encoding="utf-8") as fh:
+                fh.write(("" if have.endswith("\n") else "\n") + "# Added by `newsletter init`:\n"
+                         + "\n".join(missing) + "\n")
+    except OSError as exc:
+        raise InputError(f"cannot write .gitignore: {exc.strerror}; add .env and newsletter.db to it yourself",
+                         path=path) from None
+    return [path] if not have or missing else []
 
 
 def new_issue(issues_dir: Path, title: str, today: dt.date | None = None) -> Path:

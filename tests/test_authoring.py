@@ -344,3 +344,28 @@ def test_a_publication_template_hiding_the_preheader_by_colour_is_warned_about(t
     assert old.splitlines()[found[0].line - 1].strip().startswith("<mj-preview>")
     shutil.rmtree(root / "templates")  # the shipped template: nothing to say
     assert not [f for f in run_checks(settings, render_issue(path, settings)) if f.code == "deliver.hidden-text-colour"]
+
+
+def test_a_gitignore_that_cannot_be_written_is_one_line(tmp_path):
+    root = tmp_path / "letter"
+    (root / ".gitignore").mkdir(parents=True)
+    with pytest.raises(InputError) as err:
+        init_publication(root)
+    assert "cannot write .gitignore" in err.value.format_message() and "\n" not in err.value.format_message()
+
+
+def test_a_scheduled_issue_set_back_to_draft_is_held_not_sent(tmp_path):
+    """The worker's path: scheduled while ready, then made a draft again; dispatch holds it
+    and says why. (The SMTP transport points at a closed port: nothing may be sent.)"""
+    from datetime import datetime, timedelta, timezone
+
+    due = (datetime.now(timezone.utc) - timedelta(minutes=1)).replace(microsecond=0)
+    root, path = make_publication(tmp_path, "Text.\n", extra=f"status: ready\nsend_at: {due.isoformat()}\n")
+    smtp = {"NEWSLETTER_TRANSPORT": "smtp", "SMTP_HOST": "127.0.0.1", "SMTP_PORT": "9", "SMTP_SECURITY": "none"}
+    assert newsletter(root, "subscribers", "add", "reader@example.org").returncode == 0
+    assert newsletter(root, "schedule", "7", "--skip-checks").returncode == 0
+    path.write_text(path.read_text(encoding="utf-8").replace("status: ready", "status: draft"), encoding="utf-8")
+    result = newsletter(root, "dispatch", **smtp)
+    assert "draft" in result.stdout + result.stderr, result.stdout + result.stderr
+    listed = newsletter(root, "schedule", "list").stdout
+    assert "\theld" in listed, listed
