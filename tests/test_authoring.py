@@ -369,3 +369,10 @@ def test_a_scheduled_issue_set_back_to_draft_is_held_not_sent(tmp_path):
     assert "draft" in result.stdout + result.stderr, result.stdout + result.stderr
     listed = newsletter(root, "schedule", "list").stdout
     assert "\theld" in listed, listed
+
+
+def test_an_image_wider_than_the_email_is_a_warning(tmp_path):
+    root, path = make_publication(tmp_path, "Text.\n\n![A chart](https://example.org/c.png){width=1200}\n")
+    settings = load_settings(root, environ=GOOD_ENV)
+    found = [f for f in run_checks(settings, render_issue(path, settings)) if f.code.startswith("content.img")]
+    assert [(f.code, f.line) for f in found] == [("content.img-too-wide", 15)] and "{width=600}" in found[0].message
