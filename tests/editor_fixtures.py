@@ -18,6 +18,7 @@ TABLE = """\
 | United States | Executive Order on Safe, Secure, and Trustworthy AI | Revoked | 2023 |
 | People’s Republic of China | Interim Measures for Generative AI Services | In force | 2023 |
 | United Kingdom | [A pro-innovation approach](https://www.gov.uk/government/publications/ai-regulation-a-pro-innovation-approach/white-paper) | White paper | 2023 |
+| United Nations | <https://www.un.org/sites/un2.un.org/files/governing_ai_for_humanity_final_report_en.pdf> | Report | 2024 |
 """
 
 NEWCOMER_BODY = f"""\
