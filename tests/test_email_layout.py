@@ -121,3 +121,22 @@ def test_latin_text_is_not_drawn_with_the_cjk_font(email_page):
     tab = browser.open(url, width=375)
     dek = platform_fonts(tab, ".nl-dek")
     assert dek and not any("CJK" in family for family in dek), dek
+
+
+def test_a_table_wider_than_the_column_scrolls_inside_itself(tmp_path):
+    """Eight columns of long words cannot fit 576 px: the table scrolls in its wrapper, at
+    desktop width too, and the email itself never grows wider than the window."""
+    cols = ["Jurisdiction", "Instrument", "Responsibility", "Accountability", "Transparency",
+            "Implementation", "Enforcement", "International"]
+    body = f"| {' | '.join(cols)} |\n|{'---|' * len(cols)}\n| {' | '.join(cols)} |\n"
+    root, path = make_publication(tmp_path, body)
+    page = tmp_path / "email.html"
+    page.write_text(fill_sample(render_issue(path, load_settings(root, environ={})).html), encoding="utf-8")
+    with Chromium() as browser:
+        for width in (375, 800):
+            tab = browser.open(file_url(page), width=width)
+            scroll, client = tab.evaluate(PAGE_WIDTH)
+            inner, outer = tab.evaluate("(() => { const w = document.querySelector('.nl-table-wrap');"
+                                        " return [w.scrollWidth, w.clientWidth]; })()")
+            assert scroll <= client and inner > outer, (width, scroll, inner, outer)
+            assert tab.evaluate(SPLIT_WORDS)[1] == []
