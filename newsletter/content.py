@@ -82,7 +82,7 @@ def escape_html(text: str) -> str:
 
 
 def _table_open(self, tokens, idx, options, env) -> str:  # type: ignore[no-untyped-def]
-    # The wrapper scrolls a wide table inside itself, so the page never scrolls sideways at 375 px.
+    # The wrapper scrolls a wide table inside itself (see email.css.j2), so the email never widens.
     return '<div class="nl-table-wrap"><table class="nl-table" width="100%" cellpadding="0" cellspacing="0">\n'
 
 
@@ -139,7 +139,7 @@ def _check_raw_html(tokens: Sequence[Token], path: object, first_line: int, body
                                  path=path, line=_line_of(token, child.content.strip(), first_line, lines))
 
 
-def _check_image_attrs(token: Token, child: Token, path: object, line: int | None) -> None:
+def _check_image_attrs(child: Token, path: object, line: int | None) -> None:
     # The attrs plugin keeps only width and puts what it refused (style, on…, class) in meta.
     for name in [*child.meta.get("insecure_attrs", {}), *child.attrs]:
         if name not in IMAGE_ATTRS:
@@ -161,7 +161,7 @@ def _check_images(tokens: Sequence[Token], path: object, first_line: int, body: 
             line = _line_of(token, str(src or ""), first_line, lines)
             if not (child.content or "").strip():
                 raise InputError(f"image {src} has no alt text: write ![what it shows]({src})", path=path, line=line)
-            _check_image_attrs(token, child, path, line)
+            _check_image_attrs(child, path, line)
 
 
 def parse_body(body: str, *, path: object = None, first_line: int = 1, web: bool = False) -> ParsedBody:
