@@ -135,7 +135,7 @@ def _check_raw_html(tokens: Sequence[Token], path: object, first_line: int, body
                 tag = child.content.strip().split("\n")[0][:60]
                 hint = " write ![what it shows](url){width=600} instead;" if tag.lower().startswith("<img") else ""
                 raise InputError(f"raw HTML {tag!r} is not allowed in an issue (it would show as literal text):"
-                                 f"{hint} put it in `backticks` to show it as code",
+                                 f"{hint} put it in `backticks` to show it as code, or write \\< for a plain <",
                                  path=path, line=_line_of(token, child.content.strip(), first_line, lines))
 
 
