@@ -853,3 +853,13 @@ def subscriber_for_provider_id(conn: sqlite3.Connection, provider_id: str) -> in
     rows = conn.execute("SELECT DISTINCT subscriber_id FROM ledger WHERE provider_id=? LIMIT 2",
                         (provider_id,)).fetchall()
     return rows[0][0] if len(rows) == 1 else None
+
+
+def sent_slugs(conn: sqlite3.Connection) -> set[str]:
+    """Slugs of issues some reader may already have: a real (not test) delivery with a message
+    handed to the transport. The web archive publishes these whatever their date or status,
+    so every "read in your browser" link works."""
+    rows = conn.execute("SELECT DISTINCT d.slug FROM deliveries d WHERE d.test = 0 AND EXISTS ("
+                        "SELECT 1 FROM ledger l WHERE l.delivery_id = d.id"
+                        " AND l.state IN ('sent', 'sending', 'uncertain'))").fetchall()
+    return {row[0] for row in rows}

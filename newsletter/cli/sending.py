@@ -225,8 +225,14 @@ def send(ctx: click.Context, issue: str, dry_run: bool, test_addresses: tuple[st
     continues where it stopped, never sending twice to anyone marked sent.
     The transport is NEWSLETTER_TRANSPORT (default: dryrun).
     """
+    from newsletter.issue import parse_issue
+    from newsletter.render import render_issue
+
     settings = settings_of(ctx)
-    rendered = render_ref(settings, issue)
+    parsed = parse_issue(issue_path(settings, issue))
+    if not (test_addresses or dry_run or settings.transport_name == "dryrun"):
+        parsed.require_ready("send")
+    rendered = render_issue(parsed, settings, test=bool(test_addresses))
     _run_checks(settings, rendered, skip_checks)
     if test_addresses:
         _send_test(settings, rendered, test_addresses, dry_run, yes)
@@ -335,6 +341,7 @@ def schedule_add(ctx: click.Context, issue: str, at: str | None, skip_checks: bo
     settings = settings_of(ctx)
     path = issue_path(settings, issue)
     parsed = parse_issue(path)
+    parsed.require_ready("schedule")
     if at:
         try:
             when = dt.datetime.fromisoformat(at)
@@ -362,13 +369,16 @@ def schedule_add(ctx: click.Context, issue: str, at: str | None, skip_checks: bo
 def schedule_list(ctx: click.Context) -> None:
     """List scheduled deliveries."""
     from newsletter.ledger import open_ledger
-    from newsletter.schedule import list_scheduled
+    from newsletter.schedule import display_time, list_scheduled
+    from newsletter.sendplan import send_zones
 
-    rows = list_scheduled(open_ledger(settings_of(ctx).db_path))
+    settings = settings_of(ctx)
+    rows = list_scheduled(open_ledger(settings.db_path))
     if not rows:
         click.echo("Nothing scheduled.")
+    zones = send_zones(settings) if rows else {}
     for row in rows:
-        when = row.send_at.isoformat() if row.send_at else (row.send_at_text or "-")
+        when = display_time(row.send_at, zones.get(row.slug)) if row.send_at else (row.send_at_text or "-")
         click.echo(f"{row.id}\t{row.slug}\t{when}\t{row.state}")
 
 
