@@ -738,16 +738,16 @@ def subscribers_remove(ctx: click.Context, email: str, forget_deliveries: bool) 
 def subscribers_unsubscribe(ctx: click.Context, address_or_token: str) -> None:
     """Unsubscribe an address, or the token from a mailto unsubscribe request
     (its subject reads "unsubscribe TOKEN"). The address stays on the suppression list."""
-    from newsletter.tokens import token_subscriber_id, verify_token
+    from newsletter.tokens import verified_subscriber_id
 
     store = _store(ctx)
     target: str | int = address_or_token
     if "@" not in address_or_token:
-        sid = token_subscriber_id(address_or_token)
-        sub = store.get(sid) if sid is not None else None
-        if sub is None or not verify_token(str(_settings(ctx).secret_key), address_or_token, sub.email):
+        sid = verified_subscriber_id(str(_settings(ctx).secret_key), address_or_token,
+                                     lambda i: (s.email if (s := store.get(i)) else None))
+        if sid is None:
             raise InputError(f"{address_or_token!r} is neither an address nor a valid unsubscribe token")
-        target = sub.id
+        target = sid
     sub = store.unsubscribe(target, reason="cli")
     click.echo(f"Unsubscribed {sub.email}.")
 

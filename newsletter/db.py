@@ -53,14 +53,37 @@ def migrate(conn: sqlite3.Connection, component: str, steps: Sequence[str]) -> N
         raise ConfigError(f"database schema for {component} is newer (v{current}) than this tool knows "
                           f"(v{len(steps)}); upgrade newsletter")
     for version, script in enumerate(steps[current:], start=current + 1):
-        conn.execute("BEGIN IMMEDIATE")
+        rebuild = script.lstrip().startswith(REBUILD_MARKER)
+        if rebuild:  # SQLite's 12-step table rebuild: foreign keys off outside the transaction
+            conn.execute("PRAGMA foreign_keys=OFF")
         try:
-            for statement in script.split(";\n"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute("INSERT INTO schema_migrations(component, version) VALUES(?, ?) "
-                         "ON CONFLICT(component) DO UPDATE SET version=excluded.version", (component, version))
-            conn.execute("COMMIT")
-        except BaseException:
+            _apply(conn, component, version, script, check_foreign_keys=rebuild)
+        finally:
+            if rebuild:
+                conn.execute("PRAGMA foreign_keys=ON")
+
+
+#: A migration script starting with this line rebuilds a table (SQLite cannot alter a CHECK
+#: constraint): it runs with foreign keys off, and commits only if ``foreign_key_check`` is clean.
+REBUILD_MARKER = "-- rebuild"
+
+
+def _apply(conn: sqlite3.Connection, component: str, version: int, script: str, *,
+           check_foreign_keys: bool) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        row = conn.execute("SELECT version FROM schema_migrations WHERE component=?", (component,)).fetchone()
+        if (row[0] if row else 0) >= version:  # another process applied it while we waited
             conn.execute("ROLLBACK")
-            raise
+            return
+        for statement in script.split(";\n"):
+            if statement.strip():
+                conn.execute(statement)
+        if check_foreign_keys and conn.execute("PRAGMA foreign_key_check").fetchone() is not None:
+            raise ConfigError(f"migration {component} v{version} would break foreign keys; nothing changed")
+        conn.execute("INSERT INTO schema_migrations(component, version) VALUES(?, ?) "
+                     "ON CONFLICT(component) DO UPDATE SET version=excluded.version", (component, version))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise

@@ -5,7 +5,8 @@ A subscriber is ``active`` (receives sends) or suppressed: ``unsubscribed``,
 what stops a later import, a re-added address or a resumed delivery from
 mailing someone who asked not to be mailed. Only :meth:`SubscriberStore.add`
 (and :meth:`SubscriberStore.set_status`) with ``resubscribe=True`` reactivate
-one, for when the person themselves asked to come back.
+one, for when the person themselves asked to come back. A ``pending`` reader signed
+up on the web form and has not confirmed yet: never sent to (see :mod:`newsletter.signups`).
 
 Addresses are stored as given, with the domain normalised (lower case) by
 :func:`newsletter.message.validate_address`, and are unique case-insensitively
@@ -46,13 +47,40 @@ MIGRATIONS: list[str] = [
   status_reason TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX subscribers_status ON subscribers(status, id)""",
+    # v2: signup with double opt-in. A 'pending' status (never sent to) and the consent record.
+    # SQLite cannot alter a CHECK constraint, so the table is rebuilt (see newsletter.db.REBUILD_MARKER).
+    """-- rebuild
+CREATE TABLE subscribers_v2 (
+  id INTEGER PRIMARY KEY,
+  email TEXT NOT NULL COLLATE NOCASE UNIQUE,
+  name TEXT NOT NULL DEFAULT '',
+  status TEXT NOT NULL DEFAULT 'active'
+    CHECK (status IN ('active','unsubscribed','bounced','complained','pending')),
+  created_at TEXT NOT NULL,
+  changed_at TEXT NOT NULL,
+  source TEXT NOT NULL DEFAULT '',
+  consent TEXT NOT NULL DEFAULT '',
+  status_reason TEXT NOT NULL DEFAULT '',
+  signup_requested_at TEXT NOT NULL DEFAULT '',
+  signup_ip TEXT NOT NULL DEFAULT '',
+  consent_requested_at TEXT NOT NULL DEFAULT '',
+  consent_confirmed_at TEXT NOT NULL DEFAULT '',
+  consent_ip TEXT NOT NULL DEFAULT ''
+);
+INSERT INTO subscribers_v2(id, email, name, status, created_at, changed_at, source, consent, status_reason)
+  SELECT id, email, name, status, created_at, changed_at, source, consent, status_reason FROM subscribers;
+DROP TABLE subscribers;
+ALTER TABLE subscribers_v2 RENAME TO subscribers;
+CREATE INDEX subscribers_status ON subscribers(status, id);
+CREATE INDEX subscribers_signup ON subscribers(signup_requested_at) WHERE signup_requested_at <> ''""",
 ]
 
 ACTIVE = "active"
 UNSUBSCRIBED = "unsubscribed"
 BOUNCED = "bounced"
 COMPLAINED = "complained"
-STATUSES: tuple[str, ...] = (ACTIVE, UNSUBSCRIBED, BOUNCED, COMPLAINED)
+PENDING = "pending"  # signed up, not yet confirmed: never sent to; purged when the link expires
+STATUSES: tuple[str, ...] = (ACTIVE, UNSUBSCRIBED, BOUNCED, COMPLAINED, PENDING)
 SUPPRESSED: frozenset[str] = frozenset({UNSUBSCRIBED, BOUNCED, COMPLAINED})
 
 _COLUMNS = "id, email, name, status, created_at, changed_at, source, consent"
@@ -236,6 +264,7 @@ class SubscriberStore:
         * new address → inserted as ``active``;
         * existing active → returned, with its name updated when a different non-empty
           ``name`` is given;
+        * existing pending (an unconfirmed web signup) → activated: the editor vouches for consent;
         * existing unsubscribed/bounced/complained → :class:`InputError`, unless
           ``resubscribe=True`` (only when the person asked to come back), which reactivates it.
         """
@@ -256,8 +285,8 @@ class SubscriberStore:
                 sid = existing.id
                 if existing.status == COMPLAINED:
                     raise _never_reactivated(existing)
-                if existing.status in SUPPRESSED:
-                    if not resubscribe:
+                if existing.status in SUPPRESSED or existing.status == PENDING:
+                    if not resubscribe and existing.status != PENDING:
                         raise InputError(f"{existing.email} is {existing.status}; it is not reactivated "
                                          "unless you resubscribe it explicitly (resubscribe=True / --resubscribe)")
                     conn.execute(
