@@ -157,6 +157,32 @@ class Settings:
         return int(value)
 
     @property
+    def trusted_proxies(self) -> int | tuple[Any, ...]:
+        """``NEWSLETTER_TRUSTED_PROXIES``: how many proxies (a count), or which (addresses/networks,
+        comma-separated), may set ``X-Forwarded-For``. Unset: 0, the header is never trusted."""
+        import ipaddress
+
+        raw = self.get("NEWSLETTER_TRUSTED_PROXIES").strip()
+        if raw.isdigit():
+            return self.integer("NEWSLETTER_TRUSTED_PROXIES", 0)
+        nets = []
+        for item in filter(None, (p.strip() for p in raw.split(","))):
+            try:
+                nets.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                raise ConfigError(f"NEWSLETTER_TRUSTED_PROXIES: {item[:60]!r} is neither a count nor an "
+                                  "IP address or network") from None
+        return tuple(nets)
+
+    @property
+    def form_origins(self) -> tuple[str, ...]:
+        """``NEWSLETTER_FORM_ORIGINS``: other sites (``https://example.org``) whose pages may post
+        the signup form; the publication's own ``base_url`` origin is always allowed."""
+        raw = self.get("NEWSLETTER_FORM_ORIGINS")
+        return tuple(check_url("NEWSLETTER_FORM_ORIGINS", o, origin_only=True).rstrip("/").lower()
+                     for o in filter(None, (p.strip() for p in raw.split(","))))
+
+    @property
     def transport_name(self) -> str:
         return self.get("NEWSLETTER_TRANSPORT", "dryrun").lower()
 

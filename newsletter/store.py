@@ -347,10 +347,12 @@ class SubscriberStore:
 
     def unsubscribe(self, id_or_email: int | str, reason: str = "") -> Subscriber:
         """Stop mailing a reader. Idempotent: an already suppressed reader is left as it is
-        (a complaint or bounce stays recorded as such)."""
+        (a complaint or bounce stays recorded as such). A pending signup is unsubscribed too
+        ("this was not me"), and any open signup request is cancelled with it."""
         with self.transaction():
             sub = self._resolve(id_or_email)
-            if sub.status != ACTIVE:
+            self.conn.execute("UPDATE subscribers SET signup_requested_at='' WHERE id=?", (sub.id,))
+            if sub.status not in (ACTIVE, PENDING):
                 return sub
             return self.set_status(sub.id, UNSUBSCRIBED, reason)
 

@@ -104,18 +104,35 @@ def test_bounced_reader_stays_bounced(client, store, sub):
 
 def _failures(sub, other):
     good = token_for(sub)
-    sid, sig = good.split(".")
-    flipped = sig[:-1] + ("A" if sig[-1] != "A" else "B")
+    flipped = good[:-1] + ("A" if good[-1] != "A" else "B")
+    legacy = _legacy(sub)
     return {
         "forged with another key": token_for(sub, secret="attacker-key"),
-        "altered signature": f"{sid}.{flipped}",
-        "truncated signature": f"{sid}.{sig[:-2]}",
-        "other reader's id, this signature": f"{other.id:x}.{sig}" if other.id != sub.id else None,
+        "altered signature": flipped,
+        "altered id part": ("A" if good[0] != "A" else "B") + good[1:],
+        "truncated": good[:-2],
+        "other reader's id, this tag": _splice(token_for(other), good),
         "unknown id": make_token(SECRET, 99999, sub.email),
         "malformed": "not-a-token",
-        "non-base36 id": f"%%%.{sig}",
+        "negative legacy id": "-1." + legacy.partition(".")[2],
+        "legacy with another key": _legacy(sub, secret="attacker-key"),
         "too long": "1." + "A" * 500,
+        "padding": good[:-1] + "=",
+        "confirm token used to unsubscribe": make_token(SECRET, sub.id, sub.email, "confirm"),
     }
+
+
+def _splice(id_from, tag_from):
+    import base64
+
+    raw = base64.urlsafe_b64decode(id_from)[:8] + base64.urlsafe_b64decode(tag_from)[8:]
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _legacy(sub, secret=SECRET):
+    from newsletter.tokens import _legacy_token
+
+    return _legacy_token(secret, sub.id, sub.email)
 
 
 @pytest.mark.parametrize("method", ["get", "post"])
