@@ -753,7 +753,7 @@ def subscribers_unsubscribe(ctx: click.Context, address_or_token: str) -> None:
 
 
 @subscribers.command("list")
-@click.option("--status", type=click.Choice(["active", "unsubscribed", "bounced", "complained"]))
+@click.option("--status", type=click.Choice(["active", "unsubscribed", "bounced", "complained", "pending"]))
 @click.pass_context
 def subscribers_list(ctx: click.Context, status: str | None) -> None:
     """List subscribers (email, name, status)."""
@@ -771,7 +771,7 @@ def subscribers_count(ctx: click.Context) -> None:
 
 @subscribers.command("export")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE instead of stdout.")
-@click.option("--status", type=click.Choice(["active", "unsubscribed", "bounced", "complained"]))
+@click.option("--status", type=click.Choice(["active", "unsubscribed", "bounced", "complained", "pending"]))
 @click.pass_context
 def subscribers_export(ctx: click.Context, out: Path | None, status: str | None) -> None:
     """Export subscribers as CSV, with the status column."""
@@ -793,20 +793,35 @@ def subscribers_export(ctx: click.Context, out: Path | None, status: str | None)
               help="Also serve a built web archive (newsletter archive) from this folder.")
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, site: Path | None) -> None:
-    """Serve one-click unsubscribe (RFC 8058) and, optionally, the web archive.
+    """Serve one-click unsubscribe (RFC 8058), signup with double opt-in and, optionally,
+    the web archive, on waitress (a production WSGI server). Put a TLS proxy in front.
 
-    In production run it behind a TLS reverse proxy, or under a WSGI server
-    with `newsletter.web:create_app()`.
+    Or run `newsletter.web:create_app()` under another WSGI server.
     """
-    from newsletter.web import make_app, serve as run
+    from newsletter.errors import ConfigError
+    from newsletter.web import make_app
+    from newsletter.web.server import ServerLimits, serve as run
 
     settings = _settings(ctx)
     if not settings.has_secret_key:
-        from newsletter.errors import ConfigError
-
         raise ConfigError("NEWSLETTER_SECRET_KEY is not set: no unsubscribe link from a real send would verify")
-    click.echo(f"Serving on http://{host}:{port}/ (Ctrl-C to stop)")
-    run(make_app(settings, site_dir=site), host=host, port=port)
+    app = make_app(settings, site_dir=site)
+    try:
+        run(app, host=host, port=port, limits=ServerLimits.from_settings(settings), ready=click.echo)
+    except OSError as exc:  # the port is taken, or the address cannot be bound
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+@cli.command("form-snippet")
+@click.pass_context
+def form_snippet(ctx: click.Context) -> None:
+    """Print an HTML signup form to paste into the publication's own website.
+
+    It posts to BASE_URL/subscribe; add the site's origin to NEWSLETTER_FORM_ORIGINS.
+    """
+    from newsletter.web.snippet import form_snippet as snippet
+
+    click.echo(snippet(_settings(ctx)), nl=False)
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

@@ -57,6 +57,7 @@ def make_app(settings: Settings, *, store_path: Path | str | None = None, site_d
     """The WSGI app. ``store_path`` defaults to ``settings.db_path``; ``site_dir`` is a built web
     archive to serve under ``/``; ``mail_sender(message)`` replaces the configured transport (tests)."""
     from newsletter.signup_mail import MailQueue, transport_sender
+    from newsletter.signups import Signups
     from newsletter.web import signup
 
     core = WebApp(settings, Path(store_path) if store_path is not None else settings.db_path, clock=clock)
@@ -64,8 +65,9 @@ def make_app(settings: Settings, *, store_path: Path | str | None = None, site_d
     core.route("/healthz", healthz)
     if settings.publication.base_url:
         welcome = settings.get("NEWSLETTER_SIGNUP_WELCOME", "0").lower() in ("1", "true", "yes", "on")
-        signup.mount(core, signup_limits(settings), MailQueue(mail_sender or transport_sender(settings)),
-                     welcome=welcome)
+        limits = signup_limits(settings)
+        signup.mount(core, limits, MailQueue(mail_sender or transport_sender(settings)), welcome=welcome)
+        Signups(core.store(), limits, clock).purge_expired()
     else:
         log.warning("base_url is not set: the signup form is off (confirmation links need it)")
     drain_spool(core, core.store())  # unsubscribes kept while the database was locked
