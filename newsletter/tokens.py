@@ -14,7 +14,7 @@ Parsing is strict: anything that is not exactly that shape is rejected before
 any arithmetic, database access or lock.
 
 **Legacy tokens.** Mail sent before this format carried ``<id in base 36>.<tag>``.
-They are accepted (strictly parsed: 1–12 lower-case base-36 digits, a dot,
+They are accepted (strictly parsed: 1–12 lower-case base-36 digits without a leading zero, a dot,
 22 URL-safe base64 characters) until :data:`LEGACY_CUTOFF`, so readers can still
 leave from an old issue; after that the reader can still reply or use the link in
 any newer issue. They leak nothing new: the ids in them are already out.
@@ -37,7 +37,7 @@ _ID_BYTES = 8
 _MAX_ID = 2**63 - 1  # SQLite's INTEGER PRIMARY KEY range
 TOKEN_LENGTH = 32  # base64 of 24 bytes: no padding, every bit significant
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{32}\Z")
-_LEGACY_RE = re.compile(r"[0-9a-z]{1,12}\.[A-Za-z0-9_-]{22}\Z")
+_LEGACY_RE = re.compile(r"[1-9a-z][0-9a-z]{0,11}\.[A-Za-z0-9_-]{22}\Z")
 _ROUNDS = 4
 
 UNSUBSCRIBE = "unsubscribe"
