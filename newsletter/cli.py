@@ -788,7 +788,8 @@ def subscribers_export(ctx: click.Context, out: Path | None, status: str | None)
 # ---------------------------------------------------------------- web ------------------
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (keep 127.0.0.1 behind a proxy).")
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on (0: any free port, printed at start).")
 @click.option("--site", type=click.Path(file_okay=False, path_type=Path),
               help="Also serve a built web archive (newsletter archive) from this folder.")
 @click.pass_context
