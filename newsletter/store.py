@@ -9,7 +9,7 @@ one, for when the person themselves asked to come back. A ``pending`` reader sig
 up on the web form and has not confirmed yet: never sent to (see :mod:`newsletter.signups`).
 
 Addresses are stored as given, with the domain normalised (lower case) by
-:func:`newsletter.message.validate_address`, and are unique case-insensitively
+:func:`newsletter.addresses.validate_address`, and are unique case-insensitively
 (``COLLATE NOCASE``): ``Sam@example.org`` and ``sam@example.org`` are one reader.
 
 The delivery ledger joins on ``subscribers(id, email, name, status)``; keep the
@@ -27,9 +27,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from newsletter.addresses import clean_text, normalise_email
 from newsletter.db import connect, migrate
 from newsletter.errors import InputError
-from newsletter.message import check_header, validate_address
 
 COMPONENT = "subscribers"
 
@@ -112,23 +112,6 @@ class Subscriber:
         return cls(*tuple(row)[:8])
 
 
-def clean_text(value: str | None, what: str) -> str:
-    """A free-text field (name, source, consent): stripped, no line breaks or control characters.
-
-    The name ends up in the ``To`` header, so this is header-injection defence, not cosmetics.
-    """
-    value = (value or "").strip()
-    check_header(what, value)
-    return value
-
-
-def normalise_email(email: str) -> str:
-    """Validate and normalise an address (raises :class:`InputError`, incl. header injection)."""
-    if email is None or not str(email).strip():
-        raise InputError("empty email address")
-    return validate_address(str(email).strip(), "email")
-
-
 class SubscriberStore:
     """Subscribers in SQLite. Construct with an open connection, or use :meth:`open`.
 
@@ -193,6 +176,16 @@ class SubscriberStore:
             key = (email or "").strip()
         row = self.conn.execute(f"SELECT {_COLUMNS} FROM subscribers WHERE email=?", (key,)).fetchone()
         return Subscriber.from_row(row) if row else None
+
+    def get_by_token(self, secret: str, token: str, purpose: str = "unsubscribe", *,
+                     now: datetime | None = None) -> Subscriber | None:
+        """The subscriber a token names, or None unless it verifies (for ``purpose``: unsubscribe
+        or confirm). The token's shape is checked before any lookup; an unknown id costs the same."""
+        from newsletter.tokens import verified_subscriber_id
+
+        sid = verified_subscriber_id(secret, token, lambda i: (s.email if (s := self.get(i)) else None),
+                                     purpose, now=now)
+        return self.get(sid) if sid is not None else None
 
     def _resolve(self, id_or_email: int | str) -> Subscriber:
         if isinstance(id_or_email, bool):

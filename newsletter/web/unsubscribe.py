@@ -23,7 +23,6 @@ from pathlib import Path
 from werkzeug.wrappers import Request, Response
 
 from newsletter.store import ACTIVE, PENDING, SubscriberStore
-from newsletter.tokens import verified_subscriber_id
 from newsletter.web.app import WebApp, is_locked, not_found
 from newsletter.web.pages import csp_for, simple_page
 
@@ -41,10 +40,7 @@ def mask_email(email: str) -> str:
 
 def subscriber_for(app: WebApp, store: SubscriberStore, token: str, purpose: str = "unsubscribe"):  # noqa: ANN201
     """The reader a valid token names, or None. The token's shape is checked before any lookup."""
-    sid = verified_subscriber_id(str(app.settings.secret_key), token,
-                                 lambda i: (s.email if (s := store.get(i)) else None), purpose,
-                                 now=app.clock.now())
-    return store.get(sid) if sid is not None else None
+    return store.get_by_token(str(app.settings.secret_key), token, purpose, now=app.clock.now())
 
 
 def page_response(page: str, status: int = 200) -> Response:
