@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import logging
 import re
+import sqlite3
 from urllib.parse import urlsplit
 
 from werkzeug.wrappers import Request, Response
@@ -130,7 +131,10 @@ def subscribe(app: WebApp, request: Request) -> Response:
         sub, ttl = decision.mail, _ext(app)["limits"].confirm_ttl
         _ext(app)["mail"].put(lambda: confirmation_message(app.settings, sub, ttl_hours=round(ttl / 3600),
                                                            clock=app.clock))
-    app.write(lambda store: Signups(store, _ext(app)["limits"], app.clock).purge_expired())
+    try:
+        app.write(lambda store: Signups(store, _ext(app)["limits"], app.clock).purge_expired())
+    except sqlite3.Error as exc:  # housekeeping only: the visitor's request is already recorded
+        log.warning("could not purge expired signups: %s", exc)
     return _page(app, "check-inbox")
 
 
