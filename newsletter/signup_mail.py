@@ -99,6 +99,7 @@ def transport_sender(settings: Settings) -> Callable[[OutgoingMessage], None]:
 
     def send(message: OutgoingMessage) -> None:
         with get_transport(settings) as transport:
+            transport.open()
             result = transport.send([message])[0]
         if not result.status.delivered:
             raise RuntimeError(f"transport refused the message: {result.status.value}")
