@@ -241,11 +241,14 @@ def load_settings(root: Path | None = None, environ: Mapping[str, str] | None = 
         raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}",
                           path=root / CONFIG_FILE)
     values: dict[str, str] = {}
+    from_file: set[str] = set()
     for name in known:
         value = raw.get(name)
+        from_file.add(name)
         for env_name in _env_names(name):
             if env.get(env_name):
                 value = env[env_name]
+                from_file.discard(name)
                 break
         if value is not None:
             if not isinstance(value, str):
@@ -254,7 +257,7 @@ def load_settings(root: Path | None = None, environ: Mapping[str, str] | None = 
     if values.get("base_url"):
         values["base_url"] = values["base_url"].rstrip("/")
     for name, value in values.items():
-        _validate_field(name, value, root / CONFIG_FILE if name in raw and value == str(raw[name]).strip() else None)
+        _validate_field(name, value, root / CONFIG_FILE if name in from_file else None)
     return Settings(root=root, publication=Publication(**values), env=env)
 
 
