@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from werkzeug.wrappers import Request, Response
 
@@ -29,6 +29,9 @@ from newsletter.errors import ConfigError
 from newsletter.web.app import MAX_BODY_BYTES, NOT_FOUND_BODY, WebApp
 from newsletter.web.middleware import clean_paths, security_headers, with_site
 from newsletter.web.unsubscribe import drain_spool, mask_email, unsubscribe
+
+if TYPE_CHECKING:
+    from newsletter.signups import SignupLimits
 
 __all__ = ["MAX_BODY_BYTES", "NOT_FOUND_BODY", "WebApp", "create_app", "make_app", "mask_email", "signup_limits"]
 
