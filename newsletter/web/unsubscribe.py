@@ -23,7 +23,7 @@ from pathlib import Path
 from werkzeug.wrappers import Request, Response
 
 from newsletter.store import ACTIVE, PENDING, SubscriberStore
-from newsletter.web.app import WebApp, is_locked, not_found
+from newsletter.web.app import WebApp, is_locked, not_found, text_response
 from newsletter.web.pages import csp_for, simple_page
 
 log = logging.getLogger("newsletter.web")
@@ -94,6 +94,8 @@ def _post(app: WebApp, token: str, reason: str) -> Response:
     except sqlite3.OperationalError as exc:
         if not is_locked(exc):
             raise
+        if _spool_full(app):  # a long lock and a flood of well-shaped tokens: say so, keep the disk
+            return text_response("Temporarily unavailable; please try again\n", 503)
         email = _spool(app, token, reason)
     if email is None:
         return not_found()
@@ -103,6 +105,16 @@ def _post(app: WebApp, token: str, reason: str) -> Response:
 # ---- the durable spool ---------------------------------------------------------------
 def spool_path(app: WebApp) -> Path:
     return app.store_path.with_name(app.store_path.name + ".unsubscribe-spool")
+
+
+SPOOL_MAX_BYTES = 4 * 1024 * 1024  # ~30,000 unsubscribes
+
+
+def _spool_full(app: WebApp) -> bool:
+    try:
+        return spool_path(app).stat().st_size > SPOOL_MAX_BYTES
+    except FileNotFoundError:
+        return False
 
 
 def _spool(app: WebApp, token: str, reason: str) -> str | None:
