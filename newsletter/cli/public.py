@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import click
@@ -29,6 +30,7 @@ def serve(ctx: click.Context, host: str, port: int, site: Path | None) -> None:
     settings = settings_of(ctx)
     if not settings.has_secret_key:
         raise ConfigError("NEWSLETTER_SECRET_KEY is not set: no unsubscribe link from a real send would verify")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = make_app(settings, site_dir=site)
     try:
         run(app, host=host, port=port, limits=ServerLimits.from_settings(settings), ready=click.echo)
