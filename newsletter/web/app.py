@@ -139,6 +139,7 @@ class WebApp:
         except HTTPException as exc:  # 413 for an oversized body, 400 for a malformed one
             response = text_response(f"{exc.code} {exc.name}\n", exc.code or 400)
         except Exception:  # noqa: BLE001 - logged once, answered plainly, never shown
-            log.exception("error serving %s %s", request.method, request.path[:200])
+            # Only the first path segment: the rest may be a reader's token.
+            log.exception("error serving %s /%s/...", request.method, request.path.split("/")[1][:40])
             response = text_response("Internal error\n", 500)
         return response(environ, start_response)
