@@ -28,12 +28,13 @@ from newsletter.config import Settings, load_settings
 from newsletter.errors import ConfigError
 from newsletter.web.app import MAX_BODY_BYTES, NOT_FOUND_BODY, WebApp
 from newsletter.web.middleware import clean_paths, security_headers, with_site
+from newsletter.web.server import serve
 from newsletter.web.unsubscribe import drain_spool, mask_email, unsubscribe
 
 if TYPE_CHECKING:
     from newsletter.signups import SignupLimits
 
-__all__ = ["MAX_BODY_BYTES", "NOT_FOUND_BODY", "WebApp", "create_app", "make_app", "mask_email", "signup_limits"]
+__all__ = ["MAX_BODY_BYTES", "NOT_FOUND_BODY", "WebApp", "create_app", "make_app", "mask_email", "serve", "signup_limits"]
 
 log = logging.getLogger("newsletter.web")
 
