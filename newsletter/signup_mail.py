@@ -6,12 +6,13 @@ configured transport as issues, so they get the same headers and checks.
 
 Sending happens off the request thread, so a signup page answers in the same time
 whether or not an email goes out: response timing does not tell who is on the list.
+What to send is durable (the ``signup_outbox`` table); the thread only drains it.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
+import os
 import threading
 from typing import Callable
 
@@ -19,6 +20,7 @@ from newsletter.clock import SYSTEM, Clock
 from newsletter.config import Settings
 from newsletter.message import OutgoingMessage, PreparedIssue
 from newsletter.render import RenderedEmail, content_hash, template_environment
+from newsletter.signups import Signups
 from newsletter.store import Subscriber
 from newsletter.tokens import CONFIRM, make_token
 
@@ -53,44 +55,71 @@ def welcome_message(settings: Settings, sub: Subscriber, *, clock: Clock = SYSTE
         sub.id, sub.email, sub.name)
 
 
-class MailQueue:
-    """A bounded queue with one daemon sender thread (started lazily, once per process).
+class SignupMailer:
+    """Sends the signup outbox (``signup_outbox``, written in the request's transaction) from one
+    daemon thread per process, started lazily and woken by each request.
 
-    A full queue drops the job: the visitor sees the same page either way, and can ask again.
-    Jobs are lost if the process dies; the address's 24-hour limit then delays a retry.
+    A row is leased before sending and deleted after, so a crash resends (a duplicate
+    confirmation is harmless) rather than drops; failures back off and give up after
+    ``max_attempts``. Rows left by a previous process are sent when the app starts.
     """
 
-    def __init__(self, send: Callable[[OutgoingMessage], None], maxsize: int = 200):
-        self._send = send
-        self._queue: queue.Queue[Callable[[], OutgoingMessage]] = queue.Queue(maxsize)
+    def __init__(self, signups: Callable[[], Signups], build: Callable[[str, Subscriber], OutgoingMessage],
+                 send: Callable[[OutgoingMessage], None], *, poll: float = 30.0, lease: float = 300.0,
+                 max_attempts: int = 5):
+        self._signups, self._build, self._send = signups, build, send
+        self.poll, self.lease, self.max_attempts = poll, lease, max_attempts
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pid: int | None = None
         self._lock = threading.Lock()
 
-    def put(self, build: Callable[[], OutgoingMessage]) -> bool:
+    def wake(self) -> None:
+        """Start the sender thread if this process has none, and have it look at the outbox now."""
         with self._lock:
-            if self._thread is None or not self._thread.is_alive():
+            if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
                 self._thread = threading.Thread(target=self._run, name="signup-mail", daemon=True)
+                self._pid = os.getpid()
                 self._thread.start()
-        try:
-            self._queue.put_nowait(build)
-            return True
-        except queue.Full:
-            log.warning("signup mail queue full; a confirmation email was dropped")
-            return False
+        self._wake.set()
 
     def _run(self) -> None:
         while True:
-            build = self._queue.get()
+            self._wake.clear()
             try:
-                self._send(build())
-            except Exception as exc:  # noqa: BLE001 - one bad mail must not stop the sender
-                log.error("signup mail not sent: %s", type(exc).__name__)
-            finally:
-                self._queue.task_done()
+                handled = self.run_once()
+            except Exception as exc:  # noqa: BLE001 - a locked database now is not a dead sender later
+                log.warning("signup outbox: %s", type(exc).__name__)
+                handled = 0
+            if not handled:
+                self._wake.wait(self.poll)
 
-    def join(self) -> None:
-        """Wait until every queued mail was handed to the transport (for tests and shutdown)."""
-        self._queue.join()
+    def run_once(self) -> int:
+        """Send what is due; returns how many rows were handled."""
+        signups = self._signups()
+        batch = signups.claim_due(self.lease)
+        for outbox_id, kind, sub in batch:
+            if sub is None:  # confirmed, expired, unsubscribed or gone meanwhile: nothing to send
+                signups.sent(outbox_id)
+                continue
+            try:
+                self._send(self._build(kind, sub))
+            except Exception as exc:  # noqa: BLE001 - one bad mail must not stop the others
+                again = signups.failed(outbox_id, max_attempts=self.max_attempts)
+                log.error("signup %s mail not sent (%s)%s", kind, type(exc).__name__,
+                          "; will retry" if again else "; giving up")
+            else:
+                signups.sent(outbox_id)
+        return len(batch)
+
+    def join(self, polls: int = 400) -> None:
+        """Wait (bounded) until nothing due is left in the outbox: for tests and shutdown."""
+        self.wake()
+        for _ in range(polls):
+            if self._signups().due_count() == 0:
+                return
+            threading.Event().wait(0.025)
+        raise TimeoutError("signup outbox did not drain")
 
 
 def transport_sender(settings: Settings) -> Callable[[OutgoingMessage], None]:

@@ -33,6 +33,17 @@ MIGRATIONS: list[str] = [
 );
 CREATE INDEX signup_events_lookup ON signup_events(scope, key, at);
 CREATE INDEX signup_events_age ON signup_events(at)""",
+    # v2: the durable outbox of confirmation and welcome emails, written in the request's own
+    # transaction, so a crash between "recorded" and "sent" delays an email but never drops it.
+    """CREATE TABLE signup_outbox (
+  id INTEGER PRIMARY KEY,
+  subscriber_id INTEGER NOT NULL,
+  kind TEXT NOT NULL CHECK (kind IN ('confirm','welcome')),
+  due_at REAL NOT NULL,
+  lease_until REAL NOT NULL DEFAULT 0,
+  attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX signup_outbox_due ON signup_outbox(due_at)""",
 ]
 
 HOUR = 3600.0
@@ -111,6 +122,7 @@ class Signups:
             conn.executemany("INSERT INTO signup_events(scope, key, at) VALUES(?, ?, ?)",
                              [("address", _address_key(email), t), ("global", "", t)])
             sid = self._record_request(conn, row[0] if row else None, email, name, ip, source, consent, _iso(now))
+            conn.execute("INSERT INTO signup_outbox(subscriber_id, kind, due_at) VALUES(?, 'confirm', ?)", (sid, t))
         return SignupDecision(self.store.get(sid), "new" if row is None else f"address is {status}")
 
     @staticmethod
@@ -150,10 +162,11 @@ class Signups:
             return "expired"
         return "open" if row[0] in (PENDING, UNSUBSCRIBED) else "done"
 
-    def confirm(self, sid: int, *, ip: str) -> str:
-        """Make the reader active and record consent. Returns the state *before*: only
-        ``"open"`` changed anything; a second POST of the same link returns ``"done"``."""
-        now = _iso(self.clock.now())
+    def confirm(self, sid: int, *, ip: str, welcome: bool = False) -> str:
+        """Make the reader active and record consent (and queue the welcome email when asked).
+        Returns the state *before*: only ``"open"`` changed anything; a second POST of the
+        same link returns ``"done"``."""
+        now = self.clock.now()
         with self.store.transaction() as conn:
             row = conn.execute("SELECT status, signup_requested_at FROM subscribers WHERE id=?", (sid,)).fetchone()
             state = self._state(row)
@@ -161,8 +174,49 @@ class Signups:
                 conn.execute(
                     "UPDATE subscribers SET status='active', status_reason='', changed_at=?,"
                     " consent_requested_at=signup_requested_at, consent_confirmed_at=?, consent_ip=?,"
-                    " signup_requested_at='' WHERE id=?", (now, now, ip, sid))
+                    " signup_requested_at='' WHERE id=?", (_iso(now), _iso(now), ip, sid))
+                if welcome:
+                    conn.execute("INSERT INTO signup_outbox(subscriber_id, kind, due_at) VALUES(?, 'welcome', ?)",
+                                 (sid, now.timestamp()))
         return state
+
+    # ---- the outbox ----------------------------------------------------------------
+    def claim_due(self, lease: float, limit: int = 20) -> list[tuple[int, str, Subscriber | None]]:
+        """Lease up to ``limit`` due emails (another process skips them until the lease ends).
+        Each is ``(outbox id, kind, subscriber or None when it should no longer be sent)``."""
+        t = self.clock.now().timestamp()
+        out: list[tuple[int, str, Subscriber | None]] = []
+        with self.store.transaction() as conn:
+            rows = conn.execute("SELECT id, subscriber_id, kind FROM signup_outbox WHERE due_at<=? AND lease_until<=?"
+                                " ORDER BY id LIMIT ?", (t, t, limit)).fetchall()
+            for oid, sid, kind in rows:
+                conn.execute("UPDATE signup_outbox SET lease_until=? WHERE id=?", (t + lease, oid))
+                sub = self.store.get(sid)
+                wanted = sub is not None and (self.confirmable(sid) == "open" if kind == "confirm"
+                                              else sub.status == ACTIVE)
+                out.append((oid, kind, sub if wanted else None))
+        return out
+
+    def sent(self, outbox_id: int) -> None:
+        with self.store.transaction() as conn:
+            conn.execute("DELETE FROM signup_outbox WHERE id=?", (outbox_id,))
+
+    def failed(self, outbox_id: int, *, max_attempts: int) -> bool:
+        """Back off exponentially (1, 2, 4 ... minutes); returns False when it was the last attempt."""
+        t = self.clock.now().timestamp()
+        with self.store.transaction() as conn:
+            row = conn.execute("SELECT attempts FROM signup_outbox WHERE id=?", (outbox_id,)).fetchone()
+            attempts = (row[0] if row else max_attempts) + 1
+            if attempts >= max_attempts:
+                conn.execute("DELETE FROM signup_outbox WHERE id=?", (outbox_id,))
+                return False
+            conn.execute("UPDATE signup_outbox SET attempts=?, due_at=?, lease_until=0 WHERE id=?",
+                         (attempts, t + 60 * 2 ** (attempts - 1), outbox_id))
+        return True
+
+    def due_count(self) -> int:
+        t = self.clock.now().timestamp()
+        return self.store.conn.execute("SELECT COUNT(*) FROM signup_outbox WHERE due_at<=?", (t,)).fetchone()[0]
 
     def consent(self, sid: int) -> Consent | None:
         row = self.store.conn.execute(

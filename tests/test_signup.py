@@ -286,3 +286,49 @@ def test_trusted_proxies_setting(tmp_path):
     assert [str(n) for n in get("10.0.0.1, 192.168.0.0/16")] == ["10.0.0.1/32", "192.168.0.0/16"]
     with pytest.raises(ConfigError, match="NEWSLETTER_TRUSTED_PROXIES"):
         get("proxy.example")
+
+
+# ---- the durable outbox -----------------------------------------------------------------------
+def test_a_confirmation_recorded_before_a_crash_is_sent_after_the_restart(tmp_path, env, clock):
+    w = World(tmp_path, env, clock)
+    stamp = w.stamp()
+    clock.advance(5)
+    # The request is recorded, but this process "dies" before its sender runs: record directly.
+    Signups(w.store, w.app.extensions["signup"]["limits"], clock).request(
+        "crash@example.org", ip="192.0.2.9", source="web signup", consent="c")
+    assert stamp and w.store.conn.execute("SELECT COUNT(*) FROM signup_outbox").fetchone()[0] == 1
+    again = World(tmp_path, env, clock)  # the restarted app drains what was left
+    again.mails()
+    assert [m.to_email for m in w.sent + again.sent] == ["crash@example.org"]  # exactly once (leased)
+    assert again.store.conn.execute("SELECT COUNT(*) FROM signup_outbox").fetchone()[0] == 0
+    w.store.close()
+    again.store.close()
+
+
+def test_a_failed_send_is_retried_with_backoff_then_given_up(tmp_path, env, clock):
+    w = World(tmp_path, env, clock)
+    attempts = []
+
+    def flaky(message):
+        attempts.append(message.to_email)
+        if len(attempts) < 3:
+            raise ConnectionError("smtp down")
+        w.sent.append(message)
+
+    w.app.extensions["signup"]["mail"]._send = flaky
+    w.signup("retry@example.org")
+    assert w.mails() == [] and attempts == ["retry@example.org"]  # failed once; next try in 1 minute
+    clock.advance(61)
+    assert w.mails() == [] and len(attempts) == 2  # then 2 minutes
+    clock.advance(121)
+    assert [m.to_email for m in w.mails()] == ["retry@example.org"] and len(attempts) == 3
+    w.store.close()
+
+
+def test_welcome_email_after_confirmation_when_enabled(tmp_path, env, clock):
+    w = World(tmp_path, {**env, "NEWSLETTER_SIGNUP_WELCOME": "1"}, clock)
+    w.signup("welcome@example.org", "Wel Come")
+    assert w.client.post(w.link_for("welcome@example.org")).status_code == 200
+    kinds = [m.subject for m in w.mails()]
+    assert kinds == ["Confirm your subscription to The Letter", "Welcome to The Letter"]
+    w.store.close()

@@ -60,7 +60,7 @@ def make_app(settings: Settings, *, store_path: Path | str | None = None, site_d
              clock: Clock = SYSTEM, mail_sender: Callable | None = None) -> Callable:
     """The WSGI app. ``store_path`` defaults to ``settings.db_path``; ``site_dir`` is a built web
     archive to serve under ``/``; ``mail_sender(message)`` replaces the configured transport (tests)."""
-    from newsletter.signup_mail import MailQueue, transport_sender
+    from newsletter.signup_mail import transport_sender
     from newsletter.signups import Signups
     from newsletter.web import signup
 
@@ -70,7 +70,7 @@ def make_app(settings: Settings, *, store_path: Path | str | None = None, site_d
     if settings.publication.base_url:
         welcome = settings.get("NEWSLETTER_SIGNUP_WELCOME", "0").lower() in ("1", "true", "yes", "on")
         limits = signup_limits(settings)
-        signup.mount(core, limits, MailQueue(mail_sender or transport_sender(settings)), welcome=welcome)
+        signup.mount(core, limits, mail_sender or transport_sender(settings), welcome=welcome)
         Signups(core.store(), limits, clock).purge_expired()
     else:
         log.warning("base_url is not set: the signup form is off (confirmation links need it)")

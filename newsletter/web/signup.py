@@ -17,13 +17,16 @@ import hmac
 import logging
 import re
 import sqlite3
+from typing import Callable
 from urllib.parse import urlsplit
 
 from werkzeug.wrappers import Request, Response
 
 from newsletter.errors import InputError
-from newsletter.signup_mail import MailQueue, confirmation_message, welcome_message
+from newsletter.message import OutgoingMessage
+from newsletter.signup_mail import SignupMailer, confirmation_message, welcome_message
 from newsletter.signups import SignupLimits, Signups
+from newsletter.store import Subscriber
 from newsletter.tokens import CONFIRM
 from newsletter.web.app import WebApp, not_found, text_response
 from newsletter.web.pages import consent_line, signup_page
@@ -35,11 +38,18 @@ MAX_FIELD = 320
 SOURCE = "web signup"
 
 
-def mount(app: WebApp, limits: SignupLimits, mail: MailQueue, *, welcome: bool) -> None:
-    """Add the signup routes to ``app``."""
-    app.extensions["signup"] = {"limits": limits, "mail": mail, "welcome": welcome}
+def mount(app: WebApp, limits: SignupLimits, send: Callable[[OutgoingMessage], None], *, welcome: bool) -> None:
+    """Add the signup routes to ``app``, and start sending any outbox left from before."""
+    def build(kind: str, sub: Subscriber) -> OutgoingMessage:
+        if kind == "welcome":
+            return welcome_message(app.settings, sub, clock=app.clock)
+        return confirmation_message(app.settings, sub, ttl_hours=round(limits.confirm_ttl / 3600), clock=app.clock)
+
+    mailer = SignupMailer(lambda: Signups(app.store(), limits, app.clock), build, send)
+    app.extensions["signup"] = {"limits": limits, "mail": mailer, "welcome": welcome}
     app.route("/subscribe", subscribe, ("GET", "POST"))
     app.route("/confirm/<token>", confirm, ("GET", "POST"))
+    mailer.wake()
 
 
 def _ext(app: WebApp) -> dict:
@@ -128,9 +138,7 @@ def subscribe(app: WebApp, request: Request) -> Response:
         return _form_page(app, 400, values=values, error=message)
     log.info("signup request: %s", decision.why)
     if decision.mail is not None:
-        sub, ttl = decision.mail, _ext(app)["limits"].confirm_ttl
-        _ext(app)["mail"].put(lambda: confirmation_message(app.settings, sub, ttl_hours=round(ttl / 3600),
-                                                           clock=app.clock))
+        _ext(app)["mail"].wake()
     try:
         app.write(lambda store: Signups(store, _ext(app)["limits"], app.clock).purge_expired())
     except sqlite3.Error as exc:  # housekeeping only: the visitor's request is already recorded
@@ -153,12 +161,11 @@ def confirm(app: WebApp, request: Request, token: str) -> Response:
         page, status = ("confirm", 200) if state == "open" else _STATE_PAGES.get(state, ("", 404))
         return _page(app, page, status, masked=masked) if page else not_found()
     state = app.write(lambda store: Signups(store, _ext(app)["limits"], app.clock).confirm(
-        sub.id, ip=app.client_ip(request)))
+        sub.id, ip=app.client_ip(request), welcome=_ext(app)["welcome"]))
     if state == "open":
         log.info("signup confirmed")
         if _ext(app)["welcome"]:
-            fresh = app.store().get(sub.id)
-            _ext(app)["mail"].put(lambda: welcome_message(app.settings, fresh, clock=app.clock))
+            _ext(app)["mail"].wake()
         return _page(app, "confirmed", masked=masked)
     page, status = _STATE_PAGES.get(state, ("", 404))
     return _page(app, page, status, masked=masked) if page else not_found()
