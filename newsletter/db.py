@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence, Union
 
 from newsletter.errors import ConfigError
 
 BUSY_TIMEOUT_MS = 10_000
+
+#: A migration step: SQL statements separated by ";\n", or a function for what SQL alone cannot do.
+Step = Union[str, Callable[[sqlite3.Connection], None]]
 
 
 def connect(path: Path | str) -> sqlite3.Connection:
@@ -31,10 +34,11 @@ def connect(path: Path | str) -> sqlite3.Connection:
         raise ConfigError(f"cannot open database: {exc}", path=path) from None
     conn.row_factory = sqlite3.Row
     try:
+        # The busy timeout first: two processes opening a fresh file race for the WAL switch.
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")  # durable at each WAL checkpoint; safe against process crashes
         conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
@@ -45,19 +49,23 @@ def connect(path: Path | str) -> sqlite3.Connection:
     return conn
 
 
-def migrate(conn: sqlite3.Connection, component: str, steps: Sequence[str]) -> None:
-    """Apply the not-yet-applied ``steps`` of ``component``, each in its own transaction."""
-    row = conn.execute("SELECT version FROM schema_migrations WHERE component=?", (component,)).fetchone()
-    current = row[0] if row else 0
-    if current > len(steps):
-        raise ConfigError(f"database schema for {component} is newer (v{current}) than this tool knows "
-                          f"(v{len(steps)}); upgrade newsletter")
-    for version, script in enumerate(steps[current:], start=current + 1):
-        rebuild = script.lstrip().startswith(REBUILD_MARKER)
-        if rebuild:  # SQLite's 12-step table rebuild: foreign keys off outside the transaction
+def migrate(conn: sqlite3.Connection, component: str, steps: Sequence[Step]) -> None:
+    """Apply the not-yet-applied ``steps`` of ``component``, each in its own transaction.
+
+    The version is read *inside* ``BEGIN IMMEDIATE``: two processes starting on a fresh
+    database serialise here, and the second one finds the step already applied. A table
+    rebuild (:data:`REBUILD_MARKER`) runs with foreign keys off, which SQLite only allows
+    outside a transaction, and commits only if ``foreign_key_check`` finds nothing.
+    """
+    while True:
+        row = conn.execute("SELECT version FROM schema_migrations WHERE component=?", (component,)).fetchone()
+        peek = row[0] if row else 0
+        rebuild = peek < len(steps) and _is_rebuild(steps[peek])
+        if rebuild:
             conn.execute("PRAGMA foreign_keys=OFF")
         try:
-            _apply(conn, component, version, script, check_foreign_keys=rebuild)
+            if not _next_step(conn, component, steps, foreign_keys_off=rebuild):
+                return
         finally:
             if rebuild:
                 conn.execute("PRAGMA foreign_keys=ON")
@@ -68,22 +76,42 @@ def migrate(conn: sqlite3.Connection, component: str, steps: Sequence[str]) -> N
 REBUILD_MARKER = "-- rebuild"
 
 
-def _apply(conn: sqlite3.Connection, component: str, version: int, script: str, *,
-           check_foreign_keys: bool) -> None:
+def _is_rebuild(step: Step) -> bool:
+    return isinstance(step, str) and step.lstrip().startswith(REBUILD_MARKER)
+
+
+def _next_step(conn: sqlite3.Connection, component: str, steps: Sequence[Step], *, foreign_keys_off: bool) -> bool:
+    """Apply one step in its own transaction; False when there was none left."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         row = conn.execute("SELECT version FROM schema_migrations WHERE component=?", (component,)).fetchone()
-        if (row[0] if row else 0) >= version:  # another process applied it while we waited
-            conn.execute("ROLLBACK")
-            return
-        for statement in script.split(";\n"):
-            if statement.strip():
-                conn.execute(statement)
-        if check_foreign_keys and conn.execute("PRAGMA foreign_key_check").fetchone() is not None:
-            raise ConfigError(f"migration {component} v{version} would break foreign keys; nothing changed")
+        current = row[0] if row else 0
+        if current > len(steps):
+            raise ConfigError(f"database schema for {component} is newer (v{current}) than this tool knows "
+                              f"(v{len(steps)}); upgrade newsletter")
+        if current == len(steps):
+            conn.execute("COMMIT")
+            return False
+        if _is_rebuild(steps[current]) and not foreign_keys_off:
+            conn.execute("ROLLBACK")  # another process moved on meanwhile: go round with foreign keys off
+            return True
+        _apply(conn, steps[current])
+        if _is_rebuild(steps[current]) and conn.execute("PRAGMA foreign_key_check").fetchone() is not None:
+            raise ConfigError(f"migration {component} v{current + 1} would break foreign keys; nothing changed")
         conn.execute("INSERT INTO schema_migrations(component, version) VALUES(?, ?) "
-                     "ON CONFLICT(component) DO UPDATE SET version=excluded.version", (component, version))
+                     "ON CONFLICT(component) DO UPDATE SET version=excluded.version", (component, current + 1))
         conn.execute("COMMIT")
+        return True
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
+
+
+def _apply(conn: sqlite3.Connection, step: Step) -> None:
+    if callable(step):
+        step(conn)
+        return
+    for statement in step.split(";\n"):
+        if statement.strip():
+            conn.execute(statement)
