@@ -277,3 +277,39 @@ def test_v2_migration_rebuilds_a_v1_database_keeping_rows_and_foreign_keys(tmp_p
     with pytest.raises(sqlite3.IntegrityError):
         store.conn.execute("UPDATE subscribers SET status='bogus' WHERE id=1")
     store.close()
+
+
+def test_v2_rebuild_races_safely_between_two_openers(tmp_path):
+    """Two processes (here: threads with their own connections) opening a v1 database at once:
+    one rebuilds, the other finds it done; neither fails, no row is lost."""
+    import threading
+
+    from newsletter.db import connect, migrate
+    from newsletter.store import MIGRATIONS
+
+    path = tmp_path / "race.db"
+    conn = connect(path)
+    migrate(conn, "subscribers", MIGRATIONS[:1])
+    conn.executemany("INSERT INTO subscribers(email, created_at, changed_at) VALUES(?, 't', 't')",
+                     [(f"r{i}@example.org",) for i in range(200)])
+    conn.close()
+    errors, stores = [], []
+    barrier = threading.Barrier(4)
+
+    def open_it():
+        try:
+            barrier.wait(timeout=10)
+            stores.append(SubscriberStore.open(path))
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert errors == [] and len(stores) == 4
+    assert stores[0].count() == 200
+    assert stores[0].conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    for s in stores:
+        s.close()
