@@ -8,6 +8,7 @@ been applied, so components evolve independently in one database file.
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Callable, Sequence, Union
 
@@ -36,7 +37,7 @@ def connect(path: Path | str) -> sqlite3.Connection:
     try:
         # The busy timeout first: two processes opening a fresh file race for the WAL switch.
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode=WAL")
+        _switch_to_wal(conn)
         conn.execute("PRAGMA synchronous=NORMAL")  # durable at each WAL checkpoint; safe against process crashes
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute(
@@ -47,6 +48,19 @@ def connect(path: Path | str) -> sqlite3.Connection:
         conn.close()
         raise ConfigError(f"not a usable newsletter database: {exc}", path=path) from None
     return conn
+
+
+def _switch_to_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
+    """``journal_mode=WAL``, retried: on a fresh file SQLite answers a concurrent switch with
+    "database is locked" at once, without waiting on the busy timeout (seen with threads)."""
+    for attempt in range(attempts):
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.01 * (1 + attempt % 5))
 
 
 def migrate(conn: sqlite3.Connection, component: str, steps: Sequence[Step]) -> None:

@@ -328,7 +328,18 @@ def test_a_failed_send_is_retried_with_backoff_then_given_up(tmp_path, env, cloc
 def test_welcome_email_after_confirmation_when_enabled(tmp_path, env, clock):
     w = World(tmp_path, {**env, "NEWSLETTER_SIGNUP_WELCOME": "1"}, clock)
     w.signup("welcome@example.org", "Wel Come")
+    assert len(w.mails()) == 1  # the reader confirms from the email, so it has gone out first
     assert w.client.post(w.link_for("welcome@example.org")).status_code == 200
     kinds = [m.subject for m in w.mails()]
     assert kinds == ["Confirm your subscription to The Letter", "Welcome to The Letter"]
     w.store.close()
+
+
+def test_an_outboxed_confirmation_is_not_sent_once_it_no_longer_applies(world):
+    """Confirmed (or unsubscribed) before the sender got to it: nothing goes out."""
+    world.app.extensions["signup"]["mail"]._send = lambda m: (_ for _ in ()).throw(AssertionError("sent"))
+    Signups(world.store, world.app.extensions["signup"]["limits"], world.clock).request(
+        "quick@example.org", ip="192.0.2.5", source="s", consent="c")
+    world.store.unsubscribe("quick@example.org")
+    world.mails()
+    assert world.store.conn.execute("SELECT COUNT(*) FROM signup_outbox").fetchone()[0] == 0

@@ -313,3 +313,28 @@ def test_v2_rebuild_races_safely_between_two_openers(tmp_path):
     assert stores[0].conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     for s in stores:
         s.close()
+
+
+def test_threads_opening_a_fresh_database_at_once_all_succeed(tmp_path):
+    """SQLite refuses a concurrent switch to WAL on a fresh file at once ("database is locked",
+    no busy wait); connect() retries it, so a web app's threads and a CLI can start together."""
+    import threading
+
+    errors = []
+    for i in range(30):
+        path = tmp_path / f"fresh{i}.db"
+        barrier = threading.Barrier(3)
+
+        def open_it(path=path, barrier=barrier):
+            try:
+                barrier.wait(timeout=10)
+                SubscriberStore.open(path).close()
+            except Exception as exc:  # noqa: BLE001 - collected and asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_it) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+    assert errors == []
