@@ -26,7 +26,7 @@ from newsletter.errors import InputError
 from newsletter.message import OutgoingMessage
 from newsletter.signup_mail import SignupMailer, confirmation_message, welcome_message
 from newsletter.signups import SignupLimits, Signups
-from newsletter.store import Subscriber
+from newsletter.store import Subscriber, SubscriberStore
 from newsletter.tokens import CONFIRM
 from newsletter.web.app import WebApp, not_found, text_response
 from newsletter.web.pages import consent_line, signup_page
@@ -56,8 +56,8 @@ def _ext(app: WebApp) -> dict:
     return app.extensions["signup"]
 
 
-def _signups(app: WebApp) -> Signups:
-    return Signups(app.store(), _ext(app)["limits"], app.clock)
+def _signups(app: WebApp, store: SubscriberStore | None = None) -> Signups:
+    return Signups(store or app.store(), _ext(app)["limits"], app.clock)
 
 
 # ---- the form stamp (minimum time to fill) ----------------------------------------------
@@ -130,7 +130,7 @@ def subscribe(app: WebApp, request: Request) -> Response:
         return _page(app, "check-inbox")
     consent = consent_line(app.settings.publication)
     try:
-        decision = app.write(lambda store: Signups(store, _ext(app)["limits"], app.clock).request(
+        decision = app.write(lambda store: _signups(app, store).request(
             values["email"], values["name"], ip=app.client_ip(request), source=SOURCE, consent=consent))
     except InputError as exc:
         message = "That name cannot be used." if "name" in str(exc).split(" ")[0] else \
@@ -140,7 +140,7 @@ def subscribe(app: WebApp, request: Request) -> Response:
     if decision.mail is not None:
         _ext(app)["mail"].wake()
     try:
-        app.write(lambda store: Signups(store, _ext(app)["limits"], app.clock).purge_expired())
+        app.write(lambda store: _signups(app, store).purge_expired())
     except sqlite3.Error as exc:  # housekeeping only: the visitor's request is already recorded
         log.warning("could not purge expired signups: %s", exc)
     return _page(app, "check-inbox")
@@ -160,7 +160,7 @@ def confirm(app: WebApp, request: Request, token: str) -> Response:
         state = _signups(app).confirmable(sub.id)
         page, status = ("confirm", 200) if state == "open" else _STATE_PAGES.get(state, ("", 404))
         return _page(app, page, status, masked=masked) if page else not_found()
-    state = app.write(lambda store: Signups(store, _ext(app)["limits"], app.clock).confirm(
+    state = app.write(lambda store: _signups(app, store).confirm(
         sub.id, ip=app.client_ip(request), welcome=_ext(app)["welcome"]))
     if state == "open":
         log.info("signup confirmed")
