@@ -6,6 +6,7 @@ Routes (see the modules for each):
   :mod:`newsletter.web.unsubscribe`.
 * ``/subscribe``, ``/confirm/<token>`` — signup with double opt-in (when ``base_url`` is set);
   :mod:`newsletter.web.signup`.
+* ``POST /webhooks/<provider>`` — provider bounce/complaint webhooks (:mod:`newsletter.webhooks`).
 * ``/healthz`` — ``ok``.
 * anything else — files from the built web archive, when one is served.
 
@@ -30,6 +31,8 @@ from newsletter.web.app import MAX_BODY_BYTES, NOT_FOUND_BODY, WebApp
 from newsletter.web.middleware import clean_paths, security_headers, with_site
 from newsletter.web.server import serve
 from newsletter.web.unsubscribe import drain_spool, mask_email, unsubscribe
+from newsletter.webhooks import MAX_BODY_BYTES as WEBHOOK_MAX_BODY, WebhookContext
+from newsletter.webhooks import handle as handle_webhook
 
 if TYPE_CHECKING:
     from newsletter.signups import SignupLimits
@@ -41,6 +44,11 @@ log = logging.getLogger("newsletter.web")
 
 def healthz(app: WebApp, request: Request) -> Response:
     return Response("ok\n", mimetype="text/plain")
+
+
+def webhook(app: WebApp, request: Request, provider: str) -> Response:
+    """``POST /webhooks/<provider>``: :mod:`newsletter.webhooks` (``app.webhooks`` is its context)."""
+    return handle_webhook(provider, request, app.webhooks)  # type: ignore[attr-defined]
 
 
 def signup_limits(settings: Settings) -> "SignupLimits":
@@ -67,6 +75,8 @@ def make_app(settings: Settings, *, store_path: Path | str | None = None, site_d
     core = WebApp(settings, Path(store_path) if store_path is not None else settings.db_path, clock=clock)
     core.route("/unsubscribe/<token>", unsubscribe, ("GET", "POST"))
     core.route("/healthz", healthz)
+    core.webhooks = WebhookContext(settings, with_store=core.write, clock=clock)  # type: ignore[attr-defined]
+    core.route("/webhooks/<provider>", webhook, ("POST",), max_body=WEBHOOK_MAX_BODY + 1)
     if settings.publication.base_url:
         welcome = settings.get("NEWSLETTER_SIGNUP_WELCOME", "0").lower() in ("1", "true", "yes", "on")
         limits = signup_limits(settings)
