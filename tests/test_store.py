@@ -279,11 +279,31 @@ def test_v2_migration_rebuilds_a_v1_database_keeping_rows_and_foreign_keys(tmp_p
     store.close()
 
 
-def test_v2_rebuild_races_safely_between_two_openers(tmp_path):
-    """Two processes (here: threads with their own connections) opening a v1 database at once:
-    one rebuilds, the other finds it done; neither fails, no row is lost."""
+def _open_together(path, n):
+    """``n`` threads open ``path`` at the same instant; returns (stores opened, errors)."""
     import threading
 
+    errors, stores = [], []
+    barrier = threading.Barrier(n)
+
+    def open_it():
+        try:
+            barrier.wait(timeout=10)
+            stores.append(SubscriberStore.open(path))
+        except Exception as exc:  # noqa: BLE001 - collected and asserted by the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    return stores, errors
+
+
+def test_v2_rebuild_races_safely_between_two_openers(tmp_path):
+    """Two processes (here: threads with their own connections) opening a v1 database at once:
+    one rebuilds, the others find it done; none fails, no row is lost."""
     from newsletter.db import connect, migrate
     from newsletter.store import MIGRATIONS
 
@@ -293,21 +313,7 @@ def test_v2_rebuild_races_safely_between_two_openers(tmp_path):
     conn.executemany("INSERT INTO subscribers(email, created_at, changed_at) VALUES(?, 't', 't')",
                      [(f"r{i}@example.org",) for i in range(200)])
     conn.close()
-    errors, stores = [], []
-    barrier = threading.Barrier(4)
-
-    def open_it():
-        try:
-            barrier.wait(timeout=10)
-            stores.append(SubscriberStore.open(path))
-        except Exception as exc:  # noqa: BLE001 - collected and asserted below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=open_it) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
+    stores, errors = _open_together(path, 4)
     assert errors == [] and len(stores) == 4
     assert stores[0].count() == 200
     assert stores[0].conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
@@ -318,23 +324,8 @@ def test_v2_rebuild_races_safely_between_two_openers(tmp_path):
 def test_threads_opening_a_fresh_database_at_once_all_succeed(tmp_path):
     """SQLite refuses a concurrent switch to WAL on a fresh file at once ("database is locked",
     no busy wait); connect() retries it, so a web app's threads and a CLI can start together."""
-    import threading
-
-    errors = []
     for i in range(30):
-        path = tmp_path / f"fresh{i}.db"
-        barrier = threading.Barrier(3)
-
-        def open_it(path=path, barrier=barrier):
-            try:
-                barrier.wait(timeout=10)
-                SubscriberStore.open(path).close()
-            except Exception as exc:  # noqa: BLE001 - collected and asserted below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=open_it) for _ in range(3)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=30)
-    assert errors == []
+        stores, errors = _open_together(tmp_path / f"fresh{i}.db", 3)
+        assert errors == []
+        for s in stores:
+            s.close()
