@@ -21,13 +21,13 @@ from typing import Any, Callable
 
 import pytest
 
-from newsletter.errors import TransportError
-
-from newsletter.errors import ConfigError
+from newsletter.clock import FakeClock
+from newsletter.errors import ConfigError, TransportError
 from newsletter.transports import get_transport
 from newsletter.transports.base import Status
 from newsletter.transports.brevo import BrevoTransport
 from newsletter.transports.http import HTTPTransport, parse_retry_after
+from newsletter.transports.ratelimit import RETRIES
 from newsletter.transports.mailgun import MailgunTransport
 from newsletter.transports.postmark import PostmarkTransport
 from newsletter.transports.resend import ResendTransport
@@ -281,13 +281,20 @@ each_provider = pytest.mark.parametrize("spec", list(SPECS.values()), ids=list(S
 
 
 @pytest.fixture
-def build(fake_api, make_settings):
+def clock() -> FakeClock:
+    return FakeClock(datetime.fromtimestamp(time.time(), timezone.utc))
+
+
+@pytest.fixture
+def build(fake_api, make_settings, clock):
     """``build(spec, url=None, env=None, **options)``: the transport as ``from_settings`` makes it,
-    aimed at the fake API (or ``url``), with ``env`` added to the provider's settings."""
+    aimed at the fake API (or ``url``), with ``env`` added to the provider's settings, on the
+    test's fake clock (rate-limit pauses take no wall time)."""
     made: list[HTTPTransport] = []
 
     def _build(spec: Spec, url: str | None = None, env: dict[str, str] | None = None,
                **options: Any) -> HTTPTransport:
+        options.setdefault("clock", clock)
         transport = spec.cls.from_settings(make_settings({**spec.env(url or fake_api.url), **(env or {})}),
                                            **options)
         made.append(transport)
@@ -338,25 +345,42 @@ def test_one_request_per_message_apis_still_take_a_batch(spec, fake_api, build, 
 
 
 @each_provider
-def test_429_with_retry_after_seconds_is_temporary_and_stops_the_call(spec, fake_api, build, make_messages):
+def test_persistent_429_is_waited_out_then_reported_as_rate_limited(spec, fake_api, build, make_messages, clock):
     # RFC 9110 10.2.3 Retry-After (delay-seconds); rate limits: Postmark API overview "429", Resend
     # "Rate limit", SendGrid errors "429", Mailgun response codes "429", SESv2 TooManyRequestsException.
+    # A 429 is a pacing signal: the same request goes again after Retry-After, a bounded number of times.
     fake_api.handler = lambda req: reply(429, {"message": "Too many requests"}, {"Retry-After": "30"})
     results = build(spec).send(make_messages(two_chunks(spec)))
-    assert len(fake_api.requests) == 1  # the second request is not attempted
+    assert len(fake_api.requests) == RETRIES + 1  # the same first request; the second never attempted
+    assert len({tuple(spec.recipients(r)) for r in fake_api.requests}) == 1
+    assert sum(s for s in clock.sleeps) >= 30 * RETRIES  # each Retry-After honoured (on the fake clock)
     assert {r.status for r in results} == {Status.FAILED_TEMPORARY}
+    assert all(r.rate_limited for r in results)  # the engine defers them without counting an attempt
     assert {r.retry_after for r in results} == {30.0}
     assert "429" in results[0].error and "Too many requests" in results[0].error
     assert "not attempted" in results[-1].error
 
 
 @each_provider
-def test_429_with_retry_after_http_date(spec, fake_api, build, make_messages):
-    # RFC 9110 10.2.3: Retry-After may be an HTTP-date instead of seconds.
-    when = formatdate(time.time() + 120, usegmt=True)
+def test_429_then_success_is_absorbed(spec, fake_api, build, make_messages, clock):
+    # A rate limit that clears within the bounded waits never reaches the engine.
+    answers = iter([reply(429, {"message": "slow down"}, {"Retry-After": "2"})])
+    fake_api.handler = lambda req: next(answers, None) or spec.ok(req)
+    results = build(spec).send(make_messages(1))
+    assert [r.status for r in results] == [Status.SENT] and not results[0].rate_limited
+    assert [spec.recipients(r) for r in fake_api.requests] == [["reader0@example.com"]] * 2
+    assert clock.monotonic() >= 2.0
+
+
+@each_provider
+def test_429_asking_for_a_long_wait_is_handed_to_the_engine(spec, fake_api, build, make_messages, clock):
+    # RFC 9110 10.2.3: Retry-After may be an HTTP-date instead of seconds. Longer than the
+    # transport's bounded pause: reported at once, for the engine to defer the readers.
+    when = formatdate(clock.now().timestamp() + 120, usegmt=True)
     fake_api.handler = lambda req: reply(429, None, {"Retry-After": when})
     (result,) = build(spec).send(make_messages(1))
-    assert result.status is Status.FAILED_TEMPORARY
+    assert len(fake_api.requests) == 1
+    assert result.status is Status.FAILED_TEMPORARY and result.rate_limited
     assert 100 <= result.retry_after <= 121
 
 
@@ -539,7 +563,7 @@ def test_postmark_per_message_errors_in_a_200_reply(fake_api, build, make_messag
     errors = {
         1: {"ErrorCode": 406, "Message": "You tried to send to a recipient that has been marked as inactive. "
                                          "Found inactive addresses: reader1@example.com."},
-        2: {"ErrorCode": 300, "Message": "Error parsing 'To': Illegal email address 'reader2@example'."},
+        2: {"ErrorCode": 300, "Message": "Invalid 'Headers' value: header 'X-Bad' is not allowed."},
         3: {"ErrorCode": 429, "Message": "Rate limit exceeded."},
         4: {"ErrorCode": 405, "Message": "Not allowed to send: account has run out of credits."},
     }
@@ -552,8 +576,11 @@ def test_postmark_per_message_errors_in_a_200_reply(fake_api, build, make_messag
     results = build(SPECS["postmark"]).send(make_messages(6))
     assert [r.status for r in results] == [Status.SENT, Status.FAILED_PERMANENT, Status.FAILED_PERMANENT,
                                            Status.FAILED_TEMPORARY, Status.FAILED_PERMANENT, Status.SENT]
-    assert [r.bounce for r in results] == [False, True, True, False, False, False]
+    # 300 "Invalid email request" is the message's fault, not the reader's: never a bounce.
+    assert [r.bounce for r in results] == [False, True, False, False, False, False]
+    assert [r.rate_limited for r in results] == [False, False, False, True, False, False]
     assert "ErrorCode 406" in results[1].error and "inactive" in results[1].error
+    assert "ErrorCode 300" in results[2].error
     assert [results[0].provider_id, results[5].provider_id] == [provider_id("reader0@example.com"),
                                                                 provider_id("reader5@example.com")]
     assert all(results[i].provider_id is None for i in errors)
