@@ -78,7 +78,7 @@ class Payload:
     """
 
     json: Any = None
-    data: Mapping[str, Any] | None = None
+    data: Any = None  # a mapping, or (name, value) pairs when a field repeats
     files: Mapping[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
 
@@ -221,6 +221,15 @@ class HTTPTransport(Transport):
         name, template = self.auth_header
         return {name: template.format(key=self.api_key)}
 
+    def endpoint(self, chunk: Sequence["OutgoingMessage"]) -> str:
+        """Where ``chunk`` is posted (Mailgun posts a lone MIME message elsewhere than a batch)."""
+        return self.url
+
+    def plan(self, messages: Sequence["OutgoingMessage"]) -> list[Sequence["OutgoingMessage"]]:
+        """The requests to make, as consecutive runs of ``messages`` (order is kept): by default
+        runs of :attr:`per_request`; batch APIs send a message alone when it cannot share one."""
+        return list(chunked(list(messages), self.per_request))
+
     def build_payload(self, chunk: Sequence["OutgoingMessage"], idempotency_key: str | None) -> Payload:
         """The request for ``chunk``; batch APIs override this, one-message APIs :meth:`message_payload`."""
         (msg,) = chunk
@@ -291,14 +300,19 @@ class HTTPTransport(Transport):
     def session(self) -> "requests.Session":
         if self._session is None:
             import requests
+            from requests.adapters import HTTPAdapter
 
             self._session = requests.Session()
+            # One pooled connection per concurrent request; never a retry behind our back.
+            adapter = HTTPAdapter(pool_maxsize=max(10, self.concurrency), max_retries=0)
+            self._session.mount("https://", adapter)
+            self._session.mount("http://", adapter)
         return self._session
 
     def send(self, messages: Sequence["OutgoingMessage"], idempotency_key: str | None = None) -> list[SendResult]:
         if not self._opened:
             self.open()
-        chunks = list(chunked(list(messages), self.per_request))
+        chunks = self.plan(messages)
         outcomes: list[list[SendResult] | Failure | None] = [None] * len(chunks)
         halted = threading.Event()
 
@@ -369,7 +383,7 @@ class HTTPTransport(Transport):
         if key is not None and self.idempotency_header:
             headers[self.idempotency_header] = key
         request = self.session.prepare_request(requests.Request(
-            "POST", self.url, headers=headers, json=payload.json, data=payload.data, files=payload.files))
+            "POST", self.endpoint(chunk), headers=headers, json=payload.json, data=payload.data, files=payload.files))
         self.sign(request)
         body = _TrackedBody(request.body)
         if request.body is not None:
