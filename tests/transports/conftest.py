@@ -37,6 +37,13 @@ class Recorded:
         assert self.headers.get_content_type() == "application/json", self.headers["Content-Type"]
         return json.loads(self.body)
 
+    def fields(self) -> list[tuple[str, str]]:
+        """An application/x-www-form-urlencoded body as (name, value) pairs, repeats kept."""
+        from urllib.parse import parse_qsl
+
+        assert self.headers.get_content_type() == "application/x-www-form-urlencoded"
+        return parse_qsl(self.body.decode(), keep_blank_values=True, strict_parsing=True)
+
     def form(self) -> dict[str, tuple[Message, bytes]]:
         """The parts of a multipart/form-data body by field name: (part headers, exact bytes)."""
         assert self.headers.get_content_type() == "multipart/form-data"

@@ -9,6 +9,7 @@ is tested once, parametrised over every provider.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import re
 import time
@@ -113,9 +114,10 @@ def resend_ok(req: Recorded) -> Reply:
 
 # ---- SendGrid -------------------------------------------------------------------------
 # twilio.com/docs/sendgrid/api-reference/mail-send/mail-send (POST /v3/mail/send, Bearer key,
-# personalizations/from/reply_to/subject/content/headers; text/plain before text/html;
-# reply 202 Accepted, empty body, X-Message-Id header).
-SENDGRID_FIELDS = {"personalizations", "from", "reply_to", "subject", "content", "headers"}
+# personalizations/from/reply_to/subject/content; text/plain before text/html; reply 202
+# Accepted, empty body, X-Message-Id header); .../sending-email/personalizations (each with its
+# own to/headers/substitutions; at most 1000 a request, each address once, Mail Send errors).
+SENDGRID_FIELDS = {"personalizations", "from", "reply_to", "subject", "content"}
 
 
 def sendgrid_check(req: Recorded) -> list[dict[str, Any]]:
@@ -123,36 +125,52 @@ def sendgrid_check(req: Recorded) -> list[dict[str, Any]]:
     assert req.headers["Authorization"] == f"Bearer {KEY}"
     body = req.json()
     assert set(body) == SENDGRID_FIELDS
-    assert len(body["personalizations"]) == 1 and len(body["personalizations"][0]["to"]) == 1
+    people = body["personalizations"]
+    assert 1 <= len(people) <= 1000
+    assert all(len(p["to"]) == 1 and set(p) <= {"to", "headers", "substitutions"} for p in people)
+    assert len({p["to"][0]["email"] for p in people}) == len(people)  # each address once
     assert [c["type"] for c in body["content"]] == ["text/plain", "text/html"]
-    return [body]
+    return people
 
 
 def sendgrid_ok(req: Recorded) -> Reply:
-    (body,) = sendgrid_check(req)
-    return reply(202, None, {"X-Message-Id": provider_id(body["personalizations"][0]["to"][0]["email"])})
+    people = sendgrid_check(req)
+    return reply(202, None, {"X-Message-Id": provider_id(people[0]["to"][0]["email"])})
 
 
 # ---- Mailgun --------------------------------------------------------------------------
-# documentation.mailgun.com/docs/mailgun/api-reference/send/mailgun/messages ("Send an email
-# in MIME format": POST /v3/{domain_name}/messages.mime, multipart/form-data with "to" and the
-# MIME as the "message" file, basic auth api:<key>; reply {"id", "message": "Queued. Thank you."}).
+# documentation.mailgun.com/docs/mailgun/api-reference/send/mailgun/messages ("Send an email":
+# POST /v3/{domain_name}/messages, form fields from/to (repeated)/subject/text/html/h:<Header>/
+# recipient-variables; basic auth api:<key>; reply {"id", "message": "Queued. Thank you."});
+# .../user-manual/sending-messages/batch-sending (up to 1000 "to", %recipient.<key>%); "Send an
+# email in MIME format" (POST .../messages.mime, multipart "to" plus the MIME as the "message" file).
 def mailgun_check(req: Recorded) -> list[dict[str, Any]]:
-    assert (req.method, req.path) == ("POST", f"/v3/{MAILGUN_DOMAIN}/messages.mime")
     scheme, _, token = req.headers["Authorization"].partition(" ")
     assert scheme == "Basic" and base64.b64decode(token).decode() == f"api:{KEY}"
-    form = req.form()
-    assert set(form) == {"to", "message"}
-    assert form["message"][0].get_param("filename", header="content-disposition")
-    to = form["to"][1].decode()
-    raw = form["message"][1]
-    assert email_of(message_from_bytes(raw, policy=policy.SMTP)["To"]) == to
-    return [{"to": to, "message": raw}]
+    if req.path == f"/v3/{MAILGUN_DOMAIN}/messages.mime":
+        form = req.form()
+        assert set(form) == {"to", "message"}
+        assert form["message"][0].get_param("filename", header="content-disposition")
+        to = form["to"][1].decode()
+        raw = form["message"][1]
+        assert email_of(message_from_bytes(raw, policy=policy.SMTP)["To"]) == to
+        return [{"to": to, "message": raw}]
+    assert (req.method, req.path) == ("POST", f"/v3/{MAILGUN_DOMAIN}/messages")
+    fields = req.fields()
+    names = {k for k, _ in fields}
+    assert {"from", "to", "subject", "text", "html", "recipient-variables"} <= names
+    assert all(n in {"from", "to", "subject", "text", "html", "recipient-variables"} or n.startswith("h:")
+               for n in names)
+    to = [email_of(v) for k, v in fields if k == "to"]
+    assert 1 <= len(to) <= 1000
+    variables = json.loads(dict(fields)["recipient-variables"])
+    assert set(variables) == set(to)  # every reader has their own variables: one message each
+    return [{"to": t, "fields": fields, "variables": variables[t]} for t in to]
 
 
 def mailgun_ok(req: Recorded) -> Reply:
-    (item,) = mailgun_check(req)
-    return reply(200, {"id": provider_id(item["to"]), "message": "Queued. Thank you."})
+    items = mailgun_check(req)
+    return reply(200, {"id": provider_id(items[0]["to"]), "message": "Queued. Thank you."})
 
 
 # ---- Brevo ----------------------------------------------------------------------------
@@ -235,6 +253,8 @@ class Spec:
     invalid_text: str
     secret: str = KEY
     reads_body: bool = True
+    #: The provider answers one id for a whole request (its first reader's, in the fakes).
+    one_id_per_request: bool = False
 
     @property
     def name(self) -> str:
@@ -252,18 +272,18 @@ SPECS = {s.name: s for s in [
          reply(422, {"statusCode": 422, "name": "validation_error", "message": "Invalid `from` field."}),
          "Invalid `from` field"),
     Spec(SendGridTransport, lambda url: {"SENDGRID_API_KEY": KEY, "SENDGRID_API_URL": url}, sendgrid_ok,
-         lambda r: [p["to"][0]["email"] for b in sendgrid_check(r) for p in b["personalizations"]],
+         lambda r: [p["to"][0]["email"] for p in sendgrid_check(r)],
          reply(401, {"errors": [{"field": None, "message": f"The provided authorization grant is invalid, "
                                                             f"expired, or revoked ({KEY})"}]}),
          reply(400, {"errors": [{"field": "from.email", "message": "The from email does not contain a valid "
                                                                    "address.", "help": "http://sendgrid.com"}]}),
-         "does not contain a valid address", reads_body=False),
+         "does not contain a valid address", reads_body=False, one_id_per_request=True),
     Spec(MailgunTransport, lambda url: {"MAILGUN_API_KEY": KEY, "MAILGUN_API_URL": url,
                                         "MAILGUN_DOMAIN": MAILGUN_DOMAIN}, mailgun_ok,
          lambda r: [m["to"] for m in mailgun_check(r)],
          reply(401, "Forbidden " + base64.b64encode(f"api:{KEY}".encode()).decode()),
          reply(400, {"message": "'to' parameter is not a valid address. please check documentation"}),
-         "not a valid address"),
+         "not a valid address", one_id_per_request=True),
     Spec(BrevoTransport, lambda url: {"BREVO_API_KEY": KEY, "BREVO_API_URL": url}, brevo_ok,
          lambda r: [b["to"][0]["email"] for b in brevo_check(r)],
          reply(401, {"code": "unauthorized", "message": f"Key not found: {KEY}"}),
@@ -295,6 +315,7 @@ def build(fake_api, make_settings, clock):
     def _build(spec: Spec, url: str | None = None, env: dict[str, str] | None = None,
                **options: Any) -> HTTPTransport:
         options.setdefault("clock", clock)
+        options.setdefault("concurrency", 1)  # Brevo's pool is tested on its own
         transport = spec.cls.from_settings(make_settings({**spec.env(url or fake_api.url), **(env or {})}),
                                            **options)
         made.append(transport)
@@ -310,6 +331,14 @@ def two_chunks(spec: Spec) -> int:
     return spec.cls.per_request + 1
 
 
+def expected_ids(spec: Spec, messages: list, per_request: int | None = None) -> list[str]:
+    """The ids the fakes hand out: per reader, or the first reader's for a whole request."""
+    size = per_request or spec.cls.per_request
+    if not spec.one_id_per_request:
+        return [provider_id(m.to_email) for m in messages]
+    return [provider_id(messages[i - i % size].to_email) for i in range(len(messages))]
+
+
 # ---- shared behaviour, every provider ---------------------------------------------------
 @each_provider
 def test_success_maps_provider_ids_in_order(spec, fake_api, build, make_messages):
@@ -319,7 +348,7 @@ def test_success_maps_provider_ids_in_order(spec, fake_api, build, make_messages
     results = build(spec).send(messages)
     assert [r.recipient for r in results] == [m.to_email for m in messages]
     assert all(r.status is Status.SENT and r.error is None and not r.bounce for r in results)
-    assert [r.provider_id for r in results] == [provider_id(m.to_email) for m in messages]
+    assert [r.provider_id for r in results] == expected_ids(spec, messages)
     assert len(fake_api.requests) == -(-3 // spec.cls.per_request)
 
 
@@ -331,7 +360,7 @@ def test_batch_is_split_at_the_documented_limit(spec, fake_api, build, make_mess
     results = build(spec).send(messages)
     assert [len(spec.recipients(r)) for r in fake_api.requests] == [spec.cls.per_request, 1]
     assert [e for r in fake_api.requests for e in spec.recipients(r)] == [m.to_email for m in messages]
-    assert [r.provider_id for r in results] == [provider_id(m.to_email) for m in messages]
+    assert [r.provider_id for r in results] == expected_ids(spec, messages)
 
 
 @each_provider
@@ -641,33 +670,101 @@ def test_resend_permissive_errors_map_to_their_recipients(fake_api, build, make_
 
 
 # ---- SendGrid ---------------------------------------------------------------------------
-def test_sendgrid_request_fields(fake_api, build, make_messages):
-    # SendGrid v3 Mail Send request body; Personalizations doc (to objects {email, name}).
+def render_substitutions(template: str, subs: dict[str, str]) -> str:
+    """What SendGrid and Mailgun do with a tag: replace it with the reader's value, in one pass."""
+    if not subs:
+        return template
+    pattern = re.compile("|".join(re.escape(k) for k in sorted(subs, key=len, reverse=True)))
+    return pattern.sub(lambda m: subs[m.group()], template)
+
+
+def tricky_messages(make_messages) -> list:
+    """Readers whose names need HTML escaping, and one whose name is itself a placeholder."""
+    messages = make_messages(3)
+    names = ["Tom & Jerry <3", 'Ann "A" O\'Neil', "%%EMAIL%%"]
+    return [m.prepared.personalise(replace(m.recipient, name=n)) for m, n in zip(messages, names)]
+
+
+def test_sendgrid_batch_keeps_each_readers_own_message(fake_api, build, make_messages):
+    # Personalizations doc: each personalization has its own to, headers and substitutions;
+    # substitution-tags doc: values replace tags in the body (and subject), strings only.
     fake_api.handler = sendgrid_ok
-    (m,) = make_messages(1, start=1)
-    (result,) = build(SPECS["sendgrid"]).send([m])
-    assert fake_api.requests[0].json() == {
-        "personalizations": [{"to": [{"email": "reader1@example.com", "name": "Reader 1"}]}],
-        "from": {"email": "news@example.org", "name": "Test Weekly"},
-        "reply_to": {"email": "editor@example.org"},
-        "subject": "First issue: hello",
-        "content": [{"type": "text/plain", "value": m.text}, {"type": "text/html", "value": m.html}],
-        "headers": m.extra_headers,
-    }
-    assert result.provider_id == provider_id("reader1@example.com")
+    messages = make_messages(4, start=1)
+    results = build(SPECS["sendgrid"]).send(messages)
+    (req,) = fake_api.requests
+    body = req.json()
+    assert body["from"] == {"email": "news@example.org", "name": "Test Weekly"}
+    assert body["reply_to"] == {"email": "editor@example.org"} and body["subject"] == "First issue: hello"
+    text, html = (c["value"] for c in body["content"])
+    assert "%%NAME%%" not in text + html  # our placeholders became SendGrid tags
+    for person, m in zip(body["personalizations"], messages, strict=True):
+        assert person["to"] == [{"email": m.to_email, "name": m.recipient.name} if m.recipient.name
+                                else {"email": m.to_email}]
+        assert person["headers"] == m.extra_headers  # own Message-ID and List-Unsubscribe
+        assert all(isinstance(v, str) for v in person["substitutions"].values())
+        assert render_substitutions(text, person["substitutions"]) == m.text
+        assert render_substitutions(html, person["substitutions"]) == m.html
+    assert {r.provider_id for r in results} == {provider_id(messages[0].to_email)}
+
+
+def test_sendgrid_escapes_html_values_and_sends_an_unsafe_value_alone(fake_api, build, make_messages):
+    # A value holding a tag delimiter could be substituted again: that reader goes alone, with
+    # the body personalised here (Mail Send: one personalization, plain content).
+    fake_api.handler = sendgrid_ok
+    messages = tricky_messages(make_messages)
+    results = build(SPECS["sendgrid"]).send(messages)
+    assert [len(sendgrid_check(r)) for r in fake_api.requests] == [2, 1]
+    batch, alone = (r.json() for r in fake_api.requests)
+    text, html = (c["value"] for c in batch["content"])
+    for person, m in zip(batch["personalizations"], messages[:2], strict=True):
+        assert render_substitutions(html, person["substitutions"]) == m.html
+        assert render_substitutions(text, person["substitutions"]) == m.text
+    assert "Tom &amp; Jerry &lt;3" in messages[0].html
+    assert "substitutions" not in alone["personalizations"][0]
+    assert [c["value"] for c in alone["content"]] == [messages[2].text, messages[2].html]
+    assert all(r.status is Status.SENT for r in results)
 
 
 # ---- Mailgun ----------------------------------------------------------------------------
-def test_mailgun_sends_our_exact_mime_bytes(fake_api, build, make_messages):
-    # Mailgun "Send an email in MIME format": the "message" part is the MIME, sent as a file.
+def test_mailgun_batch_keeps_each_readers_own_message(fake_api, build, make_messages):
+    # Batch sending: one "to" per reader, recipient-variables keyed by address, %recipient.<key>%
+    # replaced in the body and in h: header values.
+    fake_api.handler = mailgun_ok
+    messages = make_messages(3, start=1)
+    results = build(SPECS["mailgun"]).send(messages)
+    (req,) = fake_api.requests
+    fields = req.fields()
+    single = dict(fields)
+    assert single["from"] == "Test Weekly <news@example.org>" and single["subject"] == "First issue: hello"
+    assert single["h:Reply-To"] == "editor@example.org"
+    assert [v for k, v in fields if k == "to"] == [address_of(m) for m in messages]
+    variables = json.loads(single["recipient-variables"])
+    for m in messages:
+        subs = {f"%recipient.{k}%": v for k, v in variables[m.to_email].items()}
+        assert render_substitutions(single["text"], subs) == m.text
+        assert render_substitutions(single["html"], subs) == m.html
+        headers = {k[2:]: render_substitutions(v, subs) for k, v in fields if k.startswith("h:")}
+        assert {k: headers[k] for k in m.extra_headers} == m.extra_headers
+    assert {r.provider_id for r in results} == {provider_id(messages[0].to_email)}
+
+
+def address_of(m) -> str:
+    from email.utils import formataddr
+
+    return formataddr((m.recipient.name, m.to_email)) if m.recipient.name else m.to_email
+
+
+def test_mailgun_sends_an_unsafe_reader_alone_as_our_exact_mime(fake_api, build, make_messages):
+    # "Send an email in MIME format": the "message" part is our MIME, sent as a file.
     fake_api.handler = mailgun_ok
     messages = make_messages(2)
-    build(SPECS["mailgun"]).send(messages)
-    for req, m in zip(fake_api.requests, messages, strict=True):
-        form = req.form()
-        assert form["to"][1] == m.to_email.encode()
-        assert form["message"][1] == m.as_bytes()
-        assert form["message"][0].get_content_type() == "message/rfc822"
+    odd = messages[1].prepared.personalise(replace(messages[1].recipient, name="%recipient.text_email%"))
+    build(SPECS["mailgun"]).send([messages[0], odd])
+    assert [r.path.rsplit("/", 1)[1] for r in fake_api.requests] == ["messages", "messages.mime"]
+    form = fake_api.requests[1].form()
+    assert form["to"][1] == odd.to_email.encode()
+    assert form["message"][1] == odd.as_bytes()
+    assert form["message"][0].get_content_type() == "message/rfc822"
 
 
 def test_mailgun_needs_its_domain(make_settings):
