@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import socket
 import threading
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
@@ -79,10 +80,12 @@ class ProviderEmulator:
     """One provider's API on a free loopback port. Use as a context manager."""
 
     def __init__(self, provider: str, clock: Clock, *, rate: float | None = None,
-                 outage: tuple[float, float] | None = None):
+                 outage: tuple[float, float] | None = None, lose_replies: frozenset[int] = frozenset()):
         if provider not in PROVIDERS:
             raise ValueError(provider)
         self.provider, self.clock, self.rate, self.outage = provider, clock, rate, outage
+        #: Request numbers (1-based) that are carried out but whose reply is lost on the way back.
+        self.lose_replies = lose_replies
         self.delivered: list[Delivered] = []
         self.counters = Counters()
         self._tokens = rate or 0.0
@@ -94,10 +97,15 @@ class ProviderEmulator:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            wbufsize = 1 << 16  # head and body in one write: no Nagle/delayed-ACK stall per reply
 
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                status, reply, headers = emulator.handle(self.path, dict(self.headers.items()), body)
+                number, (status, reply, headers) = emulator.handle(self.path, dict(self.headers.items()), body)
+                if number in emulator.lose_replies and status < 300:
+                    self.close_connection = True  # done, but the answer never arrives
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 raw = reply if isinstance(reply, bytes) else json.dumps(reply).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -130,32 +138,36 @@ class ProviderEmulator:
         self._thread.join(timeout=5)
 
     # ---- one request ---------------------------------------------------------------
-    def handle(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any, dict[str, str]]:
+    def handle(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, tuple[int, Any, dict[str, str]]]:
+        """(this request's number, (status, body, headers) of the reply)."""
         with self._lock:
             self.counters.requests += 1
-            now = self.clock.monotonic()
-            if self.outage and self.outage[0] <= now < self.outage[1]:
-                self.counters.outage += 1
-                return 503, {"message": "Service Unavailable"}, {}
-            wait = self._take(now)
-            if wait is not None:
-                self.counters.rate_limited += 1
-                extra = {"x-amzn-ErrorType": "TooManyRequestsException:"} if self.provider == "ses" else {}
-                return 429, {"message": "Too many requests"}, {"Retry-After": str(wait), **extra}
-            try:
-                key, messages = getattr(self, f"_read_{self.provider}")(path, headers, body)
-            except (BadRequest, ValueError, KeyError, TypeError, IndexError) as exc:
-                self.counters.bad += 1
-                self.counters.errors.append(f"{type(exc).__name__}: {exc}")
-                return 400, {"message": f"bad request: {exc}"}, {}
-            if key is not None and key in self._replies:
-                self.counters.deduplicated += 1
-                return self._replies[key]
-            self.delivered.extend(messages)
-            reply = self._reply([self._new_id() for _ in messages])
-            if key is not None:
-                self._replies[key] = reply
-            return reply
+            return self.counters.requests, self._answer(path, headers, body)
+
+    def _answer(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any, dict[str, str]]:
+        now = self.clock.monotonic()
+        if self.outage and self.outage[0] <= now < self.outage[1]:
+            self.counters.outage += 1
+            return 503, {"message": "Service Unavailable"}, {}
+        wait = self._take(now)
+        if wait is not None:
+            self.counters.rate_limited += 1
+            extra = {"x-amzn-ErrorType": "TooManyRequestsException:"} if self.provider == "ses" else {}
+            return 429, {"message": "Too many requests"}, {"Retry-After": str(wait), **extra}
+        try:
+            key, messages = getattr(self, f"_read_{self.provider}")(path, headers, body)
+        except (BadRequest, ValueError, KeyError, TypeError, IndexError) as exc:
+            self.counters.bad += 1
+            self.counters.errors.append(f"{type(exc).__name__}: {exc}")
+            return 400, {"message": f"bad request: {exc}"}, {}
+        if key is not None and key in self._replies:
+            self.counters.deduplicated += 1
+            return self._replies[key]
+        self.delivered.extend(messages)
+        reply = self._reply([self._new_id() for _ in messages])
+        if key is not None:
+            self._replies[key] = reply
+        return reply
 
     def _take(self, now: float) -> int | None:
         """A token, or the whole seconds until one is due (the ``Retry-After``)."""

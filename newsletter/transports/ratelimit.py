@@ -104,10 +104,8 @@ class RateLimiter:
             self._paused_until = max(self._paused_until, now + pause)
             if granted_at < self._last_cut:  # sent before the last cut: already accounted for
                 return pause
-            measured = self._measured(now)
-            rate = self._rate if math.isfinite(self._rate) else measured
-            if measured and math.isfinite(self._rate):
-                rate = min(rate, max(measured, rate * self.decrease))
+            # The first limit met: the rate that was accepted is the best guess of the allowance.
+            rate = self._rate if math.isfinite(self._rate) else self._measured(now)
             self._ceiling = max(rate, self.min_rate)
             self._rate = max(self.min_rate, self._ceiling * self.decrease)
             self._last_cut = now
