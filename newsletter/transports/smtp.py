@@ -68,7 +68,7 @@ _UNSAFE_ADDRESS = re.compile(r"[\x00-\x1f\x7f]")
 _RATE_WORDS = re.compile(r"too many|\brate\b|ratelimit|throttl|slow down", re.IGNORECASE)
 # EHLO argument: a domain name, or an address literal (RFC 5321 4.1.3).
 _HELO = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                   r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?|\[[0-9A-Fa-f:.]{2,60}\]")
+                   r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?|\[(?:IPv6:)?[0-9A-Fa-f:.]{2,60}\]")
 
 
 def is_rate_limit(code: int, resp: bytes | str) -> bool:
