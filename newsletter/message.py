@@ -27,7 +27,7 @@ from typing import Callable
 from urllib.parse import quote
 
 from newsletter.config import Publication
-from newsletter.errors import HeaderInjectionError, InputError
+from newsletter.errors import ConfigError, HeaderInjectionError, InputError
 from newsletter.render import PLACEHOLDERS, RenderedEmail
 from newsletter.tokens import make_token
 
@@ -394,8 +394,22 @@ def build_email_message(prepared: PreparedIssue, recipient: Recipient) -> EmailM
 
 
 def dkim_signer(selector: str, domain: str, private_key: bytes) -> Callable[[bytes], bytes]:
-    """A signer for :attr:`PreparedIssue.signer` using dkimpy (relaxed/relaxed, rsa-sha256)."""
+    """A signer for :attr:`PreparedIssue.signer` using dkimpy (relaxed/relaxed, rsa-sha256).
+
+    The key is tried once here, on a tiny message, so a bad key, selector or domain is a
+    one-line error before any reader is claimed, never an exception in the middle of a send.
+    """
     import dkim
+
+    for what, value in (("NEWSLETTER_DKIM_SELECTOR", selector), ("NEWSLETTER_DKIM_DOMAIN", domain)):
+        if not value or not value.isascii() or _UNSAFE_HEADER.search(value) or any(c in value for c in " ;="):
+            raise ConfigError(f"{what} is not a plain DNS label (letters, digits, dots, hyphens)")
+    try:
+        dkim.sign(b"From: a@example.org\r\nSubject: key check\r\n\r\nx\r\n", selector.encode(), domain.encode(),
+                  private_key, include_headers=[b"From"])
+    except (dkim.DKIMException, ValueError, TypeError, IndexError) as exc:
+        raise ConfigError(f"NEWSLETTER_DKIM_KEY_FILE is not a usable RSA private key in PEM form "
+                          f"({type(exc).__name__})") from None
 
     def sign(data: bytes) -> bytes:
         sig = dkim.sign(data, selector.encode(), domain.encode(), private_key,
