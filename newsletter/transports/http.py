@@ -378,13 +378,11 @@ class HTTPTransport(Transport):
     def _post(self, chunk: Sequence["OutgoingMessage"], key: str | None) -> list[SendResult] | Failure:
         import requests
 
-        payload = self.build_payload(chunk, key)
-        headers = {"Accept": "application/json", **self.auth_headers(), **payload.headers}
-        if key is not None and self.idempotency_header:
-            headers[self.idempotency_header] = key
-        request = self.session.prepare_request(requests.Request(
-            "POST", self.endpoint(chunk), headers=headers, json=payload.json, data=payload.data, files=payload.files))
-        self.sign(request)
+        try:
+            request = self._request(chunk, key)
+        except Exception as exc:  # noqa: BLE001  nothing left us; never lose the other requests' results
+            return Failure(Status.FAILED_TEMPORARY, self.scrub(f"{self.name}: could not build the request: "
+                                                               f"{type(exc).__name__}: {exc}"), halt=True)
         body = _TrackedBody(request.body)
         if request.body is not None:
             request.body = body  # type: ignore[assignment]  # Content-Length is already set
@@ -413,6 +411,18 @@ class HTTPTransport(Transport):
                                    f"{self.name}: {len(results)} results for {len(chunk)} messages")
                 return results
             return self._failure(response)
+
+    def _request(self, chunk: Sequence["OutgoingMessage"], key: str | None) -> "requests.PreparedRequest":
+        import requests
+
+        payload = self.build_payload(chunk, key)
+        headers = {"Accept": "application/json", **self.auth_headers(), **payload.headers}
+        if key is not None and self.idempotency_header:
+            headers[self.idempotency_header] = key
+        request = self.session.prepare_request(requests.Request(
+            "POST", self.endpoint(chunk), headers=headers, json=payload.json, data=payload.data, files=payload.files))
+        self.sign(request)
+        return request
 
     def _failure(self, response: "requests.Response") -> Failure:
         body = _json_or_none(response)

@@ -64,7 +64,7 @@ class MailgunTransport(HTTPTransport):
         return {"domain": settings.require("MAILGUN_DOMAIN", "to send with mailgun (your sending domain)")}
 
     def auth_headers(self) -> dict[str, str]:
-        token = base64.b64encode(f"api:{self.api_key}".encode("latin-1")).decode("ascii")
+        token = base64.b64encode(f"api:{self.api_key}".encode()).decode("ascii")
         return {"Authorization": f"Basic {token}"}
 
     # ---- which readers share a request -------------------------------------------------

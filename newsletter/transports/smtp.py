@@ -204,6 +204,7 @@ class SMTPTransport(Transport):
         self._smtp: smtplib.SMTP | None = None
         self._tls_context: ssl.SSLContext | None = None
         self._dirty = False  # a transaction was left half-done: RSET before the next one
+        self._opened = False
         #: Connections opened so far (for summaries and tests).
         self.connections = 0
 
@@ -244,9 +245,12 @@ class SMTPTransport(Transport):
                     raise ConfigError(f"{setting} contains a non-ASCII character, which SMTP AUTH cannot send")
         if self.security != "none":
             self._context()
+        self._opened = True
 
     # ---- sending ---------------------------------------------------------------------
     def send(self, messages: Sequence["OutgoingMessage"], idempotency_key: str | None = None) -> list[SendResult]:
+        if not self._opened:
+            self.open()
         results: list[SendResult] = []
         for i, msg in enumerate(messages):
             try:

@@ -882,3 +882,25 @@ def test_session_is_reused_across_requests(fake_api, build, make_messages):
     transport.close()
     transport.close()  # safe twice
     assert [r.status for r in transport.send(make_messages(1))] == [Status.SENT]  # a new session after close
+
+
+def test_a_request_that_cannot_be_built_keeps_the_other_results(fake_api, build, make_messages, monkeypatch):
+    # Whatever raises while a request is built (before any byte of it left), the results of the
+    # requests already answered must come back: losing them would resend those readers.
+    spec = SPECS["resend"]
+    fake_api.handler = spec.ok
+    transport = build(spec)
+    original = transport.build_payload
+    calls = []
+
+    def second_fails(chunk, key):
+        calls.append(key)
+        if len(calls) == 2:
+            raise ValueError(f"header value refused: {KEY}")
+        return original(chunk, key)
+
+    monkeypatch.setattr(transport, "build_payload", second_fails)
+    results = transport.send(make_messages(two_chunks(spec)), idempotency_key="nl-1-1")
+    assert [r.status for r in results[:100]] == [Status.SENT] * 100
+    assert results[100].status is Status.FAILED_TEMPORARY and "could not build" in results[100].error
+    assert KEY not in results[100].error and len(fake_api.requests) == 1
