@@ -76,7 +76,37 @@ class Counters:
     errors: list[str] = field(default_factory=list)
 
 
-class ProviderEmulator:
+class LoopbackHTTP:
+    """A threaded HTTP server on 127.0.0.1, on a free port, serving ``handler`` in a thread."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]):
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class ProviderEmulator(LoopbackHTTP):
     """One provider's API on a free loopback port. Use as a context manager."""
 
     def __init__(self, provider: str, clock: Clock, *, rate: float | None = None,
@@ -121,24 +151,7 @@ class ProviderEmulator:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> "ProviderEmulator":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(timeout=5)
+        super().__init__(Handler)
 
     # ---- one request ---------------------------------------------------------------
     def handle(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, tuple[int, Any, dict[str, str]]]:
@@ -229,8 +242,8 @@ class ProviderEmulator:
             (to,) = p["to"]
             subs = p.get("substitutions", {})
             _expect(all(isinstance(v, str) for v in subs.values()), "string substitutions")
-            out.append(Delivered(to["email"], _substitute(data["subject"], subs), _substitute(text, subs),
-                                 _substitute(html, subs), {**data.get("headers", {}), **p.get("headers", {})}))
+            out.append(Delivered(to["email"], substitute(data["subject"], subs), substitute(text, subs),
+                                 substitute(html, subs), {**data.get("headers", {}), **p.get("headers", {})}))
         _expect(len({d.recipient for d in out}) == len(out), "each address once")
         return None, out
 
@@ -247,9 +260,9 @@ class ProviderEmulator:
         out = []
         for address in to:
             subs = {f"%recipient.{k}%": v for k, v in variables[address].items()}
-            hdrs = {k[2:]: _substitute(v, subs) for k, v in fields if k.startswith("h:")}
-            out.append(Delivered(address, _substitute(single["subject"], subs), _substitute(single["text"], subs),
-                                 _substitute(single["html"], subs), hdrs))
+            hdrs = {k[2:]: substitute(v, subs) for k, v in fields if k.startswith("h:")}
+            out.append(Delivered(address, substitute(single["subject"], subs), substitute(single["text"], subs),
+                                 substitute(single["html"], subs), hdrs))
         return None, out
 
     def _read_brevo(self, path: str, headers: dict[str, str], body: bytes):
@@ -285,8 +298,9 @@ def _header(headers: dict[str, str], name: str, default: str | None = None) -> s
     return next((v for k, v in headers.items() if k.lower() == name.lower()), default)
 
 
-def _substitute(text: str, subs: dict[str, str]) -> str:
-    """One pass, longest tag first, as a template engine would (a value is never re-scanned)."""
+def substitute(text: str, subs: dict[str, str]) -> str:
+    """What SendGrid and Mailgun do with tags: one pass, longest tag first, as a template
+    engine would (a substituted value is never scanned again)."""
     if not subs:
         return text
     import re

@@ -25,13 +25,13 @@ import json
 from typing import TYPE_CHECKING, Any, Sequence
 
 from newsletter.transports.http import HTTPTransport, Payload, address
-from newsletter.transports.merge import MergeBody, merge_body, merge_runs, merge_values
+from newsletter.transports.merge import MergeBodies, merge_runs, merge_values
 
 if TYPE_CHECKING:
     import requests
 
     from newsletter.config import Settings
-    from newsletter.message import OutgoingMessage, PreparedIssue
+    from newsletter.message import OutgoingMessage
     from newsletter.transports.base import SendResult
 
 #: Recipients per batch request ("Batch Sending").
@@ -57,7 +57,7 @@ class MailgunTransport(HTTPTransport):
     def __init__(self, *, domain: str, **kwargs: Any):
         super().__init__(**kwargs)
         self.domain = domain
-        self._bodies: dict[int, tuple["PreparedIssue", MergeBody]] = {}
+        self._bodies = MergeBodies(tag)
 
     @classmethod
     def settings_options(cls, settings: "Settings") -> dict[str, Any]:
@@ -68,17 +68,9 @@ class MailgunTransport(HTTPTransport):
         return {"Authorization": f"Basic {token}"}
 
     # ---- which readers share a request -------------------------------------------------
-    def _body(self, prepared: "PreparedIssue") -> MergeBody:
-        cached = self._bodies.get(id(prepared))
-        if cached is None or cached[0] is not prepared:
-            if len(self._bodies) > 8:
-                self._bodies.clear()
-            cached = self._bodies[id(prepared)] = (prepared, merge_body(prepared, tag))
-        return cached[1]
-
     def _fits(self, m: "OutgoingMessage") -> bool:
         values = [*m.placeholder_values.values(), *m.extra_headers.values()]
-        return self._body(m.prepared).usable and not any(_PREFIX in v for v in values)
+        return self._bodies.get(m.prepared).usable and not any(_PREFIX in v for v in values)
 
     def plan(self, messages: Sequence["OutgoingMessage"]) -> list[Sequence["OutgoingMessage"]]:
         return merge_runs(messages, self.per_request, self._fits)
@@ -95,7 +87,7 @@ class MailgunTransport(HTTPTransport):
         if self._alone(chunk):
             return Payload(data={"to": first.to_email},
                            files={"message": ("message.mime", first.as_bytes(), "message/rfc822")})
-        body = self._body(first.prepared)
+        body = self._bodies.get(first.prepared)
         fields: list[tuple[str, str]] = [("from", address(first.from_name, first.from_email))]
         fields += [("to", address(m.recipient.name, m.to_email)) for m in chunk]
         fields += [("subject", first.subject), ("text", body.text), ("html", body.html),

@@ -51,6 +51,22 @@ def merge_body(prepared: "PreparedIssue", tag: Tagger) -> MergeBody:
     return MergeBody(text, html, usable)
 
 
+class MergeBodies:
+    """The merge body of each prepared issue, made once per issue and tagger (a send holds one)."""
+
+    def __init__(self, tag: Tagger):
+        self.tag = tag
+        self._bodies: dict[int, tuple["PreparedIssue", MergeBody]] = {}
+
+    def get(self, prepared: "PreparedIssue") -> MergeBody:
+        cached = self._bodies.get(id(prepared))
+        if cached is None or cached[0] is not prepared:
+            if len(self._bodies) > 8:
+                self._bodies.clear()
+            cached = self._bodies[id(prepared)] = (prepared, merge_body(prepared, self.tag))
+        return cached[1]
+
+
 def merge_values(msg: "OutgoingMessage", tag: Tagger) -> dict[str, str]:
     """This reader's value for every tag: plain in the text part, HTML-escaped in the HTML part."""
     values = msg.placeholder_values

@@ -25,12 +25,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Sequence
 
 from newsletter.transports.http import HTTPTransport, Payload, mailbox, mailbox_from_header
-from newsletter.transports.merge import MergeBody, merge_body, merge_runs, merge_values
+from newsletter.transports.merge import MergeBodies, merge_runs, merge_values
 
 if TYPE_CHECKING:
     import requests
 
-    from newsletter.message import OutgoingMessage, PreparedIssue
+    from newsletter.message import OutgoingMessage
     from newsletter.transports.base import SendResult
 
 #: Personalizations (and recipients) per request (Mail Send errors, "Personalizations errors").
@@ -53,18 +53,10 @@ class SendGridTransport(HTTPTransport):
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
-        self._bodies: dict[int, tuple["PreparedIssue", MergeBody]] = {}
-
-    def _body(self, prepared: "PreparedIssue") -> MergeBody:
-        cached = self._bodies.get(id(prepared))
-        if cached is None or cached[0] is not prepared:
-            if len(self._bodies) > 8:
-                self._bodies.clear()
-            cached = self._bodies[id(prepared)] = (prepared, merge_body(prepared, tag))
-        return cached[1]
+        self._bodies = MergeBodies(tag)
 
     def _fits(self, m: "OutgoingMessage") -> bool:
-        if not self._body(m.prepared).usable:
+        if not self._bodies.get(m.prepared).usable:
             return False
         values = merge_values(m, tag)
         size = sum(len(k.encode()) + len(v.encode()) for k, v in values.items())
@@ -77,7 +69,7 @@ class SendGridTransport(HTTPTransport):
         first = chunk[0]
         if len(chunk) == 1 and not self._fits(first):
             return self.message_payload(first, idempotency_key)
-        body = self._body(first.prepared)
+        body = self._bodies.get(first.prepared)
         return Payload(json={
             "personalizations": [{
                 "to": [mailbox(m.recipient.name, m.to_email)],
