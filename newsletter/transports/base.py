@@ -68,7 +68,9 @@ class SendResult:
 
     ``rate_limited`` marks a temporary failure that is a pacing signal (HTTP 429,
     SMTP 421/4.7.x "too many"): the ledger retries it after ``retry_after``
-    without counting an attempt against the reader.
+    without counting an attempt against the reader. ``attempted`` is False when the
+    message never left because the transport stopped before it (an earlier failure in
+    the same call): not an attempt either.
     """
 
     recipient: str
@@ -78,6 +80,7 @@ class SendResult:
     retry_after: float | None = None
     bounce: bool = False
     rate_limited: bool = False
+    attempted: bool = True
 
 
 class Transport(ABC):

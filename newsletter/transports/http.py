@@ -94,9 +94,9 @@ class Failure:
     refused_login: bool = False
     rate_limited: bool = False
 
-    def result(self, msg: "OutgoingMessage", prefix: str = "") -> SendResult:
+    def result(self, msg: "OutgoingMessage", prefix: str = "", attempted: bool = True) -> SendResult:
         return SendResult(msg.to_email, self.status, error=prefix + self.error, retry_after=self.retry_after,
-                          rate_limited=self.rate_limited)
+                          rate_limited=self.rate_limited, attempted=attempted)
 
 
 def address(name: str, email: str) -> str:
@@ -348,7 +348,7 @@ class HTTPTransport(Transport):
                 assert halt is not None
                 # What was never attempted is simply not sent yet, even after an uncertain request.
                 results.extend(replace(halt, status=Status.FAILED_TEMPORARY).result(
-                    m, "not attempted after an earlier failure: ") for m in chunk)
+                    m, "not attempted after an earlier failure: ", attempted=False) for m in chunk)
             elif isinstance(outcome, Failure):
                 if outcome.refused_login:
                     outcome = replace(outcome, status=Status.FAILED_TEMPORARY)

@@ -263,13 +263,13 @@ class SMTPTransport(Transport):
                     raise exc from None
                 # Earlier messages of this batch are already with the server: report them,
                 # and leave the rest to be retried (the next send() will raise if it persists).
-                results.extend(SendResult(m.to_email, Status.FAILED_TEMPORARY, error=f"not sent: {exc.message}")
-                               for m in messages[i:])
+                results.extend(SendResult(m.to_email, Status.FAILED_TEMPORARY, error=f"not sent: {exc.message}",
+                                          attempted=False) for m in messages[i:])
                 break
             results.append(result)
             if result.rate_limited:  # still limited after the waits: the rest waits with the engine
                 results.extend(SendResult(m.to_email, Status.FAILED_TEMPORARY, rate_limited=True,
-                                          retry_after=result.retry_after,
+                                          retry_after=result.retry_after, attempted=False,
                                           error=f"not attempted (rate limited): {result.error}")
                                for m in messages[i + 1:])
                 break

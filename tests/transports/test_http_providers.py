@@ -388,7 +388,7 @@ def test_persistent_429_is_waited_out_then_reported_as_rate_limited(spec, fake_a
     assert all(r.rate_limited for r in results)  # the engine defers them without counting an attempt
     assert {r.retry_after for r in results} == {30.0}
     assert "429" in results[0].error and "Too many requests" in results[0].error
-    assert "not attempted" in results[-1].error
+    assert "not attempted" in results[-1].error and not results[-1].attempted and results[0].attempted
 
 
 @each_provider
