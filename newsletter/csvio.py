@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import TextIO
 
 from newsletter.errors import InputError
-from newsletter.store import (ACTIVE, SUPPRESSED, SubscriberStore, _SQL_PARAM_CHUNK, clean_text,
-                              normalise_email, utcnow)
+from newsletter.addresses import clean_text, normalise_email
+from newsletter.store import ACTIVE, SUPPRESSED, SubscriberStore, _SQL_PARAM_CHUNK, utcnow
 
 EXPORT_COLUMNS = ("email", "name", "status", "created_at", "changed_at", "source", "consent")
 

@@ -53,7 +53,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from newsletter.errors import ConfigError, ContentChangedError, DeliveryLockedError, InputError, TransportError
 from newsletter.message import OutgoingMessage, PreparedIssue
@@ -62,6 +62,10 @@ from newsletter.transports.base import SendResult, Status, Transport
 from newsletter.ledger import (DEV_KEY_PREFIX, HEARTBEAT_EVERY, Delivery, DeliveryReport, Progress, TransportFactory,
                                get_delivery, ledger_counts, lock_is_live, one_line, timestamp, transaction,
                                update_each, utc_day, utcnow)
+
+if TYPE_CHECKING:
+    from newsletter.config import Settings
+
 
 @dataclass(frozen=True)
 class DeliveryOptions:
@@ -82,6 +86,20 @@ class DeliveryOptions:
             raise ConfigError("the send rate must be positive (or unset for no limit)")
         if self.daily_cap is not None and self.daily_cap < 1:
             raise ConfigError("the daily cap must be at least 1 (or unset for no cap)")
+
+    @classmethod
+    def from_settings(cls, settings: "Settings", **overrides: Any) -> "DeliveryOptions":
+        """The options NEWSLETTER_BATCH_SIZE, _RATE, _CONCURRENCY, _DAILY_CAP and _MAX_ATTEMPTS set."""
+        rate = settings.number("NEWSLETTER_RATE", None)
+        cap = settings.number("NEWSLETTER_DAILY_CAP", None, minimum=1)
+        return cls(
+            batch_size=settings.integer("NEWSLETTER_BATCH_SIZE", 100, minimum=1),
+            rate=rate or None,
+            concurrency=settings.integer("NEWSLETTER_CONCURRENCY", 1, minimum=1),
+            daily_cap=int(cap) if cap else None,
+            max_attempts=settings.integer("NEWSLETTER_MAX_ATTEMPTS", 5, minimum=1),
+            **overrides,
+        )
 
 
 # ---------------------------------------------------------------------------------------

@@ -423,3 +423,23 @@ def failed_recipients(conn: sqlite3.Connection, delivery_id: int) -> list[tuple[
     return [tuple(r) for r in conn.execute(  # type: ignore[misc]
         "SELECT email, state, last_error FROM ledger WHERE delivery_id=? AND state IN "
         "('failed-permanent','failed-temporary','uncertain') ORDER BY subscriber_id", (int(delivery_id),))]
+
+
+def delivery_for_event(conn: sqlite3.Connection, subscriber_id: int, *, provider_id: str | None = None,
+                       message_id: str | None = None) -> int | None:
+    """The delivery a bounce, complaint or reply is about: the one whose ledger row for
+    this reader carries ``provider_id``, else the latest one of the issue named in our
+    Message-ID (``<slug.hash@domain>``), else None."""
+    if provider_id:
+        row = conn.execute("SELECT delivery_id FROM ledger WHERE subscriber_id=? AND provider_id=? "
+                           "ORDER BY delivery_id DESC LIMIT 1", (subscriber_id, provider_id)).fetchone()
+        if row:
+            return row[0]
+    slug = (message_id or "").strip().lstrip("<").partition("@")[0].rpartition(".")[0]
+    if slug:
+        row = conn.execute("SELECT l.delivery_id FROM ledger l JOIN deliveries d ON d.id = l.delivery_id "
+                           "WHERE l.subscriber_id=? AND d.slug=? ORDER BY l.delivery_id DESC LIMIT 1",
+                           (subscriber_id, slug)).fetchone()
+        if row:
+            return row[0]
+    return None

@@ -6,6 +6,11 @@ from prepared segments plus a few short encoded values, which is what makes
 personalisation cheap. :func:`build_email_message` builds the same message the
 slow, obvious way with :class:`email.message.EmailMessage`; the tests hold the
 two equal and the benchmark measures the gap.
+
+Address checks live in :mod:`newsletter.addresses`, the QP and header encoding in
+:mod:`newsletter.mime`, DKIM in :mod:`newsletter.dkim`; their public names are
+re-exported here. The renderer is a type only, so importing this module (as the
+ledger and delivery engine do) never loads Jinja2 or markdown-it.
 """
 
 from __future__ import annotations
@@ -13,51 +18,32 @@ from __future__ import annotations
 import hashlib
 import hmac
 import html as htmllib
-import re
 import time
 from dataclasses import dataclass, field
 from email import policy
-from email.message import EmailMessage
-from email import quoprimime
 from email.header import Header
 from email.headerregistry import Address
+from email.message import EmailMessage
 from email.utils import formataddr, formatdate
 from functools import cached_property
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 from urllib.parse import quote
 
+from newsletter.addresses import check_header, validate_address
 from newsletter.config import Publication
-from newsletter.errors import ConfigError, HeaderInjectionError, InputError
-from newsletter.render import PLACEHOLDERS, RenderedEmail
+from newsletter.dkim import DKIM_HEADERS, dkim_signer
+from newsletter.errors import InputError
+from newsletter.mime import EOL, fold, fold_list_unsubscribe, join_segments, segments, substitute
 from newsletter.tokens import make_token
 
-# Control characters (C0 except TAB, DEL, C1) and Unicode line/paragraph separators.
-_UNSAFE_HEADER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
-_PLACEHOLDER_RE = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS.values()))
-_KEY_BY_MARKER = {marker: key for key, marker in PLACEHOLDERS.items()}
-_EOL = "\r\n"
-_SMTP = policy.SMTP.clone(max_line_length=78)
+if TYPE_CHECKING:
+    from newsletter.render import RenderedEmail
+
+# Re-exported: these lived here before the split, and callers import them from here.
+__all__ = ["DKIM_HEADERS", "HeaderValues", "MAX_NAME", "OutgoingMessage", "PreparedIssue", "Recipient",
+           "build_email_message", "check_header", "dkim_signer", "validate_address"]
+
 MAX_NAME = 100  # display names are cosmetic; a longer one is cut rather than break a header line
-DKIM_HEADERS = (b"From", b"Subject", b"Date", b"Message-ID", b"To", b"List-Unsubscribe", b"List-Unsubscribe-Post")
-
-
-def check_header(name: str, value: str) -> str:
-    """Refuse header injection: any CR, LF or control character in a header value."""
-    if _UNSAFE_HEADER.search(value):
-        raise HeaderInjectionError(f"{name} contains a line break or control character: {value[:60]!r}")
-    return value
-
-
-def validate_address(address: str, what: str = "address") -> str:
-    """Syntax-check an address offline; returns it normalised (domain lower-cased)."""
-    check_header(what, address)
-    from email_validator import EmailNotValidError, validate_email
-
-    try:
-        info = validate_email(address, check_deliverability=False, allow_smtputf8=False)
-    except EmailNotValidError as exc:
-        raise InputError(f"invalid {what} {address!r}: {exc}") from None
-    return info.normalized
 
 
 @dataclass(frozen=True)
@@ -82,47 +68,11 @@ class HeaderValues:
     feedback_id: str | None
 
 
-def _qp(text: str) -> str:
-    """Quoted-printable for UTF-8 text, CRLF line ends, lines of at most 75 characters,
-    so the soft break added at a placeholder join keeps every line within RFC 2045's 76."""
-    return quoprimime.body_encode(text.encode("utf-8").decode("latin-1"), maxlinelen=75, eol=_EOL)
-
-
-def _segments(body: str) -> list[str]:
-    """Split a body into alternating literal/placeholder pieces, literals QP-encoded.
-
-    Even indexes are encoded literals, odd ones placeholder keys. Each value is
-    later encoded on its own between soft line breaks, so no line can grow past
-    the limit and decoding gives back exactly the substituted text.
-    """
-    out: list[str] = []
-    pos = 0
-    for m in _PLACEHOLDER_RE.finditer(body):
-        out.append(_qp(body[pos:m.start()]))
-        out.append(_KEY_BY_MARKER[m.group()])
-        pos = m.end()
-    out.append(_qp(body[pos:]))
-    return out
-
-
-def _join(segments: list[str], values: dict[str, str]) -> str:
-    parts: list[str] = []
-    for i, seg in enumerate(segments):
-        if i % 2 == 0:
-            parts.append(seg)
-        else:
-            if parts and parts[-1] and not parts[-1].endswith(_EOL):
-                parts.append("=" + _EOL)
-            parts.append(_qp(values[seg]))
-            parts.append("=" + _EOL)
-    return "".join(parts)
-
-
 @dataclass
 class PreparedIssue:
     """An issue made ready to send: render once, then :meth:`personalise` per recipient."""
 
-    rendered: RenderedEmail
+    rendered: "RenderedEmail"
     publication: Publication
     secret_key: str
     test: bool = False
@@ -212,50 +162,32 @@ class PreparedIssue:
     @cached_property
     def _static_header_block(self) -> tuple[str, str]:
         h = self.headers
-        before = _fold("From", h.from_) + _fold("Subject", h.subject)
-        after = _fold("Reply-To", h.reply_to) + _fold("List-Id", h.list_id)
+        before = fold("From", h.from_) + fold("Subject", h.subject)
+        after = fold("Reply-To", h.reply_to) + fold("List-Id", h.list_id)
         if h.list_unsubscribe_post:
-            after += _fold("List-Unsubscribe-Post", h.list_unsubscribe_post)
+            after += fold("List-Unsubscribe-Post", h.list_unsubscribe_post)
         if h.feedback_id:
-            after += _fold("Feedback-ID", h.feedback_id)
+            after += fold("Feedback-ID", h.feedback_id)
         after += (
-            "MIME-Version: 1.0" + _EOL
-            + f'Content-Type: multipart/alternative; boundary="{self._boundary}"' + _EOL + _EOL
+            "MIME-Version: 1.0" + EOL
+            + f'Content-Type: multipart/alternative; boundary="{self._boundary}"' + EOL + EOL
         )
         return before, after
 
     @cached_property
     def _text_segments(self) -> list[str]:
-        return _segments(self.rendered.text)
+        return segments(self.rendered.text)
 
     @cached_property
     def _html_segments(self) -> list[str]:
-        return _segments(self.rendered.html)
+        return segments(self.rendered.html)
 
     @cached_property
     def _part_heads(self) -> tuple[str, str, str]:
         b = self._boundary
-        head = lambda sub: (f"--{b}{_EOL}Content-Type: text/{sub}; charset=\"utf-8\"{_EOL}"
-                            f"Content-Transfer-Encoding: quoted-printable{_EOL}{_EOL}")
-        return head("plain"), _EOL + head("html"), f"{_EOL}--{b}--{_EOL}"
-
-
-def _fold(name: str, value: str) -> str:
-    """One header, RFC 2047-encoded where needed and folded to 78 columns, CRLF-terminated."""
-    if not value.isascii():
-        return _SMTP.header_factory(name, value).fold(policy=_SMTP)
-    # ASCII: fold at spaces ourselves. The email package folds a long value right
-    # after the colon, which its own parser then reads back with a leading space.
-    lines, line = [], f"{name}:"
-    for word in value.split(" "):
-        if len(line) + 1 + len(word) > 78 and line != f"{name}:":
-            lines.append(line)
-            line = ""
-        line += " " + word
-    lines.append(line)
-    if max(map(len, lines)) > 998:  # a word too long even for RFC 5322's hard limit: encode and split it
-        return _SMTP.header_factory(name, value).fold(policy=_SMTP)
-    return _EOL.join(lines) + _EOL
+        head = lambda sub: (f"--{b}{EOL}Content-Type: text/{sub}; charset=\"utf-8\"{EOL}"
+                            f"Content-Transfer-Encoding: quoted-printable{EOL}{EOL}")
+        return head("plain"), EOL + head("html"), f"{EOL}--{b}--{EOL}"
 
 
 class OutgoingMessage:
@@ -300,17 +232,17 @@ class OutgoingMessage:
 
     @property
     def placeholder_values(self) -> dict[str, str]:
-        """This reader's value for each placeholder key of :data:`~newsletter.render.PLACEHOLDERS`,
+        """This reader's value for each placeholder key of :data:`~newsletter.mime.PLACEHOLDERS`,
         in plain text (escape for HTML): for providers that substitute them server-side."""
         return dict(self._values)
 
     @cached_property
     def text(self) -> str:
-        return _substitute(self.prepared.rendered.text, self._values, escape=False)
+        return substitute(self.prepared.rendered.text, self._values, escape=False)
 
     @cached_property
     def html(self) -> str:
-        return _substitute(self.prepared.rendered.html, self._values, escape=True)
+        return substitute(self.prepared.rendered.html, self._values, escape=True)
 
     @cached_property
     def extra_headers(self) -> dict[str, str]:
@@ -336,34 +268,21 @@ class OutgoingMessage:
         before, after = p._static_header_block
         text_head, html_head, tail = p._part_heads
         per_recipient = (
-            _fold("Date", p.date())
-            + _fold("To", p.to_header(self.recipient))
-            + _fold("Message-ID", self.message_id)
-            + _fold_list_unsubscribe(p.list_unsubscribe(self.recipient.token))
+            fold("Date", p.date())
+            + fold("To", p.to_header(self.recipient))
+            + fold("Message-ID", self.message_id)
+            + fold_list_unsubscribe(p.list_unsubscribe(self.recipient.token))
         )
         text_values = self._values
         html_values = {k: htmllib.escape(v) for k, v in text_values.items()}
         data = (
-            before + per_recipient + after + text_head + _join(p._text_segments, text_values)
-            + html_head + _join(p._html_segments, html_values) + tail
+            before + per_recipient + after + text_head + join_segments(p._text_segments, text_values)
+            + html_head + join_segments(p._html_segments, html_values) + tail
         ).encode("ascii")
         if p.signer is not None:
             data = p.signer(data)
         self.__dict__["_bytes"] = data
         return data
-
-
-def _fold_list_unsubscribe(value: str) -> str:
-    # Fold after each comma: URLs must never be broken, and each stays far under 998.
-    return "List-Unsubscribe: " + ("," + _EOL + " ").join(v.strip() for v in value.split(",")) + _EOL
-
-
-def _substitute(body: str, values: dict[str, str], *, escape: bool) -> str:
-    def repl(m: re.Match[str]) -> str:
-        v = values[_KEY_BY_MARKER[m.group()]]
-        return htmllib.escape(v) if escape else v
-
-    return _PLACEHOLDER_RE.sub(repl, body)
 
 
 def build_email_message(prepared: PreparedIssue, recipient: Recipient) -> EmailMessage:
@@ -387,33 +306,7 @@ def build_email_message(prepared: PreparedIssue, recipient: Recipient) -> EmailM
     if h.feedback_id:
         msg["Feedback-ID"] = h.feedback_id
     values = prepared.values(recipient)
-    msg.set_content(_substitute(prepared.rendered.text, values, escape=False), cte="quoted-printable")
-    msg.add_alternative(_substitute(prepared.rendered.html, values, escape=True), subtype="html",
+    msg.set_content(substitute(prepared.rendered.text, values, escape=False), cte="quoted-printable")
+    msg.add_alternative(substitute(prepared.rendered.html, values, escape=True), subtype="html",
                         cte="quoted-printable")
     return msg
-
-
-def dkim_signer(selector: str, domain: str, private_key: bytes) -> Callable[[bytes], bytes]:
-    """A signer for :attr:`PreparedIssue.signer` using dkimpy (relaxed/relaxed, rsa-sha256).
-
-    The key is tried once here, on a tiny message, so a bad key, selector or domain is a
-    one-line error before any reader is claimed, never an exception in the middle of a send.
-    """
-    import dkim
-
-    for what, value in (("NEWSLETTER_DKIM_SELECTOR", selector), ("NEWSLETTER_DKIM_DOMAIN", domain)):
-        if not value or not value.isascii() or _UNSAFE_HEADER.search(value) or any(c in value for c in " ;="):
-            raise ConfigError(f"{what} is not a plain DNS label (letters, digits, dots, hyphens)")
-    try:
-        dkim.sign(b"From: a@example.org\r\nSubject: key check\r\n\r\nx\r\n", selector.encode(), domain.encode(),
-                  private_key, include_headers=[b"From"])
-    except (dkim.DKIMException, ValueError, TypeError, IndexError) as exc:
-        raise ConfigError(f"NEWSLETTER_DKIM_KEY_FILE is not a usable RSA private key in PEM form "
-                          f"({type(exc).__name__})") from None
-
-    def sign(data: bytes) -> bytes:
-        sig = dkim.sign(data, selector.encode(), domain.encode(), private_key,
-                        include_headers=list(DKIM_HEADERS), canonicalize=(b"relaxed", b"relaxed"))
-        return sig.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + data
-
-    return sign

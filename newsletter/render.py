@@ -17,18 +17,12 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 
 from newsletter.errors import InputError
+from newsletter.mime import PLACEHOLDERS
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
     from newsletter.issue import Issue
 
-#: Named per-recipient placeholders left in the rendered output; the message
-#: builder substitutes them cheaply (HTML-escaped in the HTML part).
-PLACEHOLDERS = {
-    "unsubscribe_url": "%%UNSUBSCRIBE_URL%%",
-    "email": "%%EMAIL%%",
-    "name": "%%NAME%%",
-}
 DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 

@@ -8,7 +8,7 @@ mailing someone who asked not to be mailed. Only :meth:`SubscriberStore.add`
 one, for when the person themselves asked to come back.
 
 Addresses are stored as given, with the domain normalised (lower case) by
-:func:`newsletter.message.validate_address`, and are unique case-insensitively
+:func:`newsletter.addresses.validate_address`, and are unique case-insensitively
 (``COLLATE NOCASE``): ``Sam@example.org`` and ``sam@example.org`` are one reader.
 
 The delivery ledger joins on ``subscribers(id, email, name, status)``; keep the
@@ -26,9 +26,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from newsletter.addresses import clean_text, normalise_email
 from newsletter.db import connect, migrate
 from newsletter.errors import InputError
-from newsletter.message import check_header, validate_address
 
 COMPONENT = "subscribers"
 
@@ -82,23 +82,6 @@ class Subscriber:
     @classmethod
     def from_row(cls, row: sqlite3.Row | tuple) -> "Subscriber":
         return cls(*tuple(row)[:8])
-
-
-def clean_text(value: str | None, what: str) -> str:
-    """A free-text field (name, source, consent): stripped, no line breaks or control characters.
-
-    The name ends up in the ``To`` header, so this is header-injection defence, not cosmetics.
-    """
-    value = (value or "").strip()
-    check_header(what, value)
-    return value
-
-
-def normalise_email(email: str) -> str:
-    """Validate and normalise an address (raises :class:`InputError`, incl. header injection)."""
-    if email is None or not str(email).strip():
-        raise InputError("empty email address")
-    return validate_address(str(email).strip(), "email")
 
 
 class SubscriberStore:
@@ -165,6 +148,16 @@ class SubscriberStore:
             key = (email or "").strip()
         row = self.conn.execute(f"SELECT {_COLUMNS} FROM subscribers WHERE email=?", (key,)).fetchone()
         return Subscriber.from_row(row) if row else None
+
+    def get_by_token(self, secret: str, token: str) -> Subscriber | None:
+        """The subscriber an unsubscribe token names, or None unless its signature verifies."""
+        from newsletter.tokens import token_subscriber_id, verify_token
+
+        sid = token_subscriber_id(token)
+        sub = self.get(sid) if sid is not None else None
+        # Verify even when the id is unknown, so timing does not tell the two failures apart.
+        valid = verify_token(secret, token, sub.email if sub else "nobody@invalid.invalid")
+        return sub if sub is not None and valid else None
 
     def _resolve(self, id_or_email: int | str) -> Subscriber:
         if isinstance(id_or_email, bool):
@@ -254,6 +247,8 @@ class SubscriberStore:
             else:
                 existing = Subscriber.from_row(row)
                 sid = existing.id
+                if existing.status == COMPLAINED:
+                    raise _never_reactivated(existing)
                 if existing.status in SUPPRESSED:
                     if not resubscribe:
                         raise InputError(f"{existing.email} is {existing.status}; it is not reactivated "
@@ -303,6 +298,8 @@ class SubscriberStore:
             sub = self._resolve(id_or_email)
             if sub.status == status:
                 return sub
+            if status == ACTIVE and sub.status == COMPLAINED:
+                raise _never_reactivated(sub)
             if status == ACTIVE and sub.status in SUPPRESSED and not resubscribe:
                 raise InputError(f"{sub.email} is {sub.status}; it is not reactivated unless you "
                                  "resubscribe it explicitly (resubscribe=True / --resubscribe)")
@@ -329,6 +326,10 @@ class SubscriberStore:
                 return sub
             return self.set_status(sub.id, BOUNCED, reason)
 
+    def mark_complained(self, id: int, reason: str) -> Subscriber:
+        """Record a spam complaint: the strongest signal, which nothing ever reactivates."""
+        return self.set_status(int(id), COMPLAINED, reason)
+
     def status_reason(self, id: int) -> str | None:
         """Why a reader has its status (e.g. the bounce diagnostic), or None when unknown id."""
         row = self.conn.execute("SELECT status_reason FROM subscribers WHERE id=?", (int(id),)).fetchone()
@@ -341,6 +342,11 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 def _one_line(text: str | None, limit: int = 1000) -> str:
     """A reason (often a multi-line SMTP diagnostic) flattened to one line; never rejected."""
     return _CONTROL.sub(" ", text or "").strip()[:limit]
+
+
+def _never_reactivated(sub: Subscriber) -> InputError:
+    """A reader who reported us as spam is never mailed again, whatever a command says."""
+    return InputError(f"{sub.email} reported a message as spam (complained); it is never reactivated")
 
 
 def _check_status(status: str) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from newsletter.cli import main
+from newsletter.cli import cli
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -19,17 +19,8 @@ REPO = Path(__file__).resolve().parent.parent
 BASE_ENV = {"NEWSLETTER_TRANSPORT": "dryrun", "NEWSLETTER_SECRET_KEY": "test-secret"}
 
 
-class _Main:
-    """Lets CliRunner drive newsletter.cli.main, which maps errors to exit codes as for a user."""
-
-    name = "newsletter"
-
-    def main(self, args=None, prog_name=None, **extra):
-        main(list(args or []))
-
-
 def run(root: Path, *args: str, env: dict | None = None, input: str | None = None):
-    return CliRunner().invoke(_Main(), ["--root", str(root), *args], env={**BASE_ENV, **(env or {})}, input=input)
+    return CliRunner().invoke(cli, ["--root", str(root), *args], env={**BASE_ENV, **(env or {})}, input=input)
 
 
 def test_build_writes_three_files(publication_root):
@@ -161,14 +152,20 @@ def _python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
 
 
-def test_help_and_subscribers_do_not_import_the_renderer():
+HEAVY = ("premailer", "cssutils", "mjml", "markdown_it", "jinja2", "requests", "rich.progress")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["subscribers", "--help"], ["send", "--help"],
+                                  ["subscribers", "count"], ["status"]])
+def test_light_commands_do_not_import_the_renderer(publication_root, args):
     code = ("import sys\nfrom newsletter.cli import main\n"
-            "try:\n    main({args})\nexcept SystemExit:\n    pass\n"
-            "heavy = [m for m in ('premailer', 'cssutils', 'mjml', 'markdown_it', 'jinja2', 'requests') if m in sys.modules]\n"
-            "print('HEAVY', heavy)")
-    for args in (["--help"], ["subscribers", "--help"], ["send", "--help"]):
-        out = _python(code.format(args=args)).stdout
-        assert "HEAVY []" in out, (args, out)
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit as exc:\n    print('EXIT', exc.code)\n"
+            f"print('HEAVY', [m for m in {HEAVY!r} if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", code, "--root", str(publication_root), *args],
+                            capture_output=True, text=True, cwd=publication_root, timeout=60)
+    assert "EXIT 0" in result.stdout and "HEAVY []" in result.stdout, (args, result.stdout, result.stderr)
+    if args == ["status"]:  # it did open the database and answer
+        assert "No deliveries yet." in result.stdout and (publication_root / "newsletter.db").exists()
 
 
 def test_help_explains_commands():
@@ -265,5 +262,45 @@ def test_bad_database_and_root_are_one_line(publication_root, tmp_path):
     bad.write_bytes(b"this is not sqlite" * 100)
     result = run(publication_root, "subscribers", "count", env={"NEWSLETTER_DB": str(bad)})
     assert result.exit_code == 3 and "not a usable newsletter database" in result.output
-    missing = CliRunner().invoke(_Main(), ["--root", str(tmp_path / "nope"), "subscribers", "count"])
+    missing = CliRunner().invoke(cli, ["--root", str(tmp_path / "nope"), "subscribers", "count"])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_errors_map_to_click_exceptions_with_our_exit_codes():
+    import click
+
+    from newsletter import errors
+    from newsletter.cli import NewsletterGroup
+
+    cases = [
+        (errors.InputError("bad row", path="subs.csv", line=3), 2, "error: subs.csv:3: bad row"),
+        (errors.ConfigError("no key"), 3, "error: no key"),
+        (errors.TransportError("refused"), 4, "error: refused"),
+        (errors.DeliveryLockedError("locked"), 5, "error: locked"),
+        (errors.ChecksFailedError("2 errors"), 6, "error: 2 errors"),
+        (errors.ContentChangedError("changed"), 7, "error: changed"),
+        (click.exceptions.Abort(), 1, "Aborted; nothing was sent."),
+        (KeyboardInterrupt(), 130, "Interrupted."),
+        (PermissionError(13, "Permission denied", "/srv/x.csv"), 2, "error: /srv/x.csv: Permission denied"),
+    ]
+    for exc, code, line in cases:
+        group = NewsletterGroup("newsletter")
+
+        @group.command("boom")
+        def boom(exc=exc):
+            raise exc
+
+        result = CliRunner().invoke(group, ["boom"])
+        assert result.exit_code == code, (exc, result.output)
+        assert result.output.strip() == line and "Traceback" not in result.output
+
+
+def test_output_piped_into_a_reader_that_stops_early_is_a_quiet_exit_1(publication_root):
+    csv = publication_root / "subs.csv"
+    csv.write_text("email\n" + "".join(f"reader{i}@example.org\n" for i in range(1000)), encoding="utf-8")
+    assert run(publication_root, "subscribers", "import", str(csv)).exit_code == 0
+    proc = subprocess.Popen([sys.executable, "-m", "newsletter", "--root", str(publication_root), "subscribers", "list"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=publication_root)
+    proc.stdout.close()  # like `| head` exiting: ~30 KB of output meets a closed pipe
+    stderr = proc.communicate(timeout=60)[1].decode()
+    assert proc.returncode == 1 and "error" not in stderr and "Traceback" not in stderr, stderr

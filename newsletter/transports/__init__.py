@@ -7,7 +7,7 @@ just another transport, never a flag threaded through the code (after httpx).
 from __future__ import annotations
 
 from importlib import import_module
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from newsletter.errors import ConfigError
 
@@ -38,3 +38,19 @@ def get_transport(settings: "Settings", name: str | None = None, **options: obje
     module_name, _, class_name = target.partition(":")
     cls = getattr(import_module(module_name), class_name)
     return cls.from_settings(settings, **options)
+
+
+def transport_factory(settings: "Settings", name: str | None = None, *,
+                      ledger: bool = False) -> Callable[[], "Transport"]:
+    """Check the configuration now, before anything starts, and return a maker of fresh
+    transports (one per worker). ``ledger`` runs must really send: one through a transport
+    that sends nothing would mark everyone sent."""
+    probe = get_transport(settings, name)
+    try:
+        probe.open()  # CA file, HELO name, the credentials' shape: refused before any reader is claimed
+    finally:
+        probe.close()
+    if ledger and not probe.real:
+        raise ConfigError(f"NEWSLETTER_TRANSPORT={probe.name} sends nothing, so it cannot run a delivery; "
+                          "set a real transport, or use `newsletter send ISSUE --dry-run`")
+    return lambda: get_transport(settings, name)

@@ -20,7 +20,7 @@ import html as htmllib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from newsletter.render import PLACEHOLDERS
+from newsletter.mime import PLACEHOLDERS
 
 if TYPE_CHECKING:
     from newsletter.message import OutgoingMessage, PreparedIssue

@@ -1,0 +1,51 @@
+"""Address and header-value checks: the gate every outside string passes before it
+becomes part of a header or a subscriber row.
+
+Light on purpose (email-validator is imported on first use): the subscriber store
+and CSV import use it without loading the renderer or the message builder.
+"""
+
+from __future__ import annotations
+
+import re
+
+from newsletter.errors import HeaderInjectionError, InputError
+
+# Control characters (C0 except TAB, DEL, C1) and Unicode line/paragraph separators.
+_UNSAFE_HEADER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def check_header(name: str, value: str) -> str:
+    """Refuse header injection: any CR, LF or control character in a header value."""
+    if _UNSAFE_HEADER.search(value):
+        raise HeaderInjectionError(f"{name} contains a line break or control character: {value[:60]!r}")
+    return value
+
+
+def validate_address(address: str, what: str = "address") -> str:
+    """Syntax-check an address offline; returns it normalised (domain lower-cased)."""
+    check_header(what, address)
+    from email_validator import EmailNotValidError, validate_email
+
+    try:
+        info = validate_email(address, check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError as exc:
+        raise InputError(f"invalid {what} {address!r}: {exc}") from None
+    return info.normalized
+
+
+def clean_text(value: str | None, what: str) -> str:
+    """A free-text field (name, source, consent): stripped, no line breaks or control characters.
+
+    The name ends up in the ``To`` header, so this is header-injection defence, not cosmetics.
+    """
+    value = (value or "").strip()
+    check_header(what, value)
+    return value
+
+
+def normalise_email(email: str) -> str:
+    """Validate and normalise an address (raises :class:`InputError`, incl. header injection)."""
+    if email is None or not str(email).strip():
+        raise InputError("empty email address")
+    return validate_address(str(email).strip(), "email")

@@ -1,0 +1,128 @@
+"""The command line: parse arguments, call one function, print the outcome.
+
+Commands live by area (authoring, sending, subscribers, public, feedback). Each
+imports what it needs inside its body, so ``--help`` and ``subscribers`` start
+without loading the renderer. Errors are click's: :class:`NewsletterGroup` turns a
+:class:`NewsletterError` into a :class:`CommandError` carrying its exit code, in
+this one place, and click's standalone mode prints it and exits.
+"""
+
+from __future__ import annotations
+
+import errno
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Iterator, NoReturn
+
+import click
+
+from newsletter import __version__
+from newsletter.errors import NewsletterError
+
+if TYPE_CHECKING:
+    from newsletter.config import Settings
+    from newsletter.render import RenderedEmail
+
+
+class CommandError(click.ClickException):
+    """A failure the user can act on: one line on stderr and the exit code the error type chose."""
+
+    def __init__(self, message: str, exit_code: int, *, prefix: str = "error: "):
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.prefix = prefix
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"{self.prefix}{self.format_message()}", err=True, file=file)
+
+
+@contextmanager
+def _click_errors() -> Iterator[None]:
+    """The one mapping from our exceptions to click's."""
+    try:
+        yield
+    except NewsletterError as exc:
+        raise CommandError(exc.format_message(), exc.exit_code) from exc
+    except click.exceptions.Abort:
+        raise CommandError("Aborted; nothing was sent.", 1, prefix="") from None
+    except KeyboardInterrupt:
+        raise CommandError("Interrupted.", 130, prefix="") from None  # outside a send
+    except OSError as exc:  # a path the user gave cannot be read or written
+        if exc.errno == errno.EPIPE:
+            raise  # the reader of our output went away (`| head`): click exits 1 quietly
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise CommandError(f"{where}{exc.strerror or exc}", 2) from exc
+
+
+class NewsletterGroup(click.Group):
+    """The root group: every subcommand runs inside :func:`_click_errors`."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _click_errors():
+            return super().invoke(ctx)
+
+
+def settings_of(ctx: click.Context) -> "Settings":
+    """The publication's settings, loaded once per invocation from --root."""
+    from newsletter.config import load_settings
+
+    obj = ctx.ensure_object(dict)
+    if "settings" not in obj:
+        obj["settings"] = load_settings(obj.get("root"))
+    return obj["settings"]
+
+
+def console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    out = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    if not out.is_terminal:
+        out.width = 160  # piped or logged: don't squeeze tables into 80 columns
+    return out
+
+
+def issue_path(settings: "Settings", ref: str) -> Path:
+    from newsletter.issue import find_issue
+
+    return find_issue(settings.issues_dir, ref)
+
+
+def render_ref(settings: "Settings", ref: str) -> "RenderedEmail":
+    from newsletter.render import render_issue
+
+    return render_issue(issue_path(settings, ref), settings)
+
+
+@click.group("newsletter", cls=NewsletterGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Publication folder holding newsletter.toml, issues/ and templates/ (default: current folder).")
+@click.version_option(__version__, prog_name="newsletter")
+@click.pass_context
+def cli(ctx: click.Context, root: Path | None) -> None:
+    """Publish an email newsletter from Markdown issues kept in git.
+
+    \b
+    Typical flow:
+      newsletter new "Title"          start the next issue in issues/
+      newsletter preview 7            live preview at desktop and phone widths
+      newsletter check 7              pre-flight checks before sending
+      newsletter send 7 --test me@x   a [TEST] copy to named addresses only
+      newsletter send 7 --dry-run     write every message as .eml, send nothing
+      newsletter send 7               send to all active subscribers (resumable)
+
+    Issues are named by number (7), slug or path. Configuration comes from
+    newsletter.toml (public identity) and the environment or .env (secrets,
+    transport); see .env.example.
+    """
+    ctx.ensure_object(dict)["root"] = root
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Entry point: click's standalone mode, one line per error, exit codes from the error types."""
+    cli.main(args=argv, prog_name="newsletter")
+    raise SystemExit(0)  # not reached: standalone mode always exits
+
+
+# The areas register their commands on ``cli`` when imported.
+from newsletter.cli import authoring, feedback, public, sending, subscribers  # noqa: E402,F401

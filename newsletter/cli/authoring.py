@@ -1,0 +1,141 @@
+"""Authoring commands: init, new, build, preview, check, archive."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from newsletter.cli import cli, issue_path, render_ref, settings_of
+from newsletter.errors import InputError
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def init(directory: Path) -> None:
+    """Start a new publication in DIRECTORY with the default templates and a first issue."""
+    from newsletter.scaffold import init_publication
+
+    created = init_publication(directory)
+    click.echo(f"Created {len(created)} files in {directory}. Next: cd {directory} && newsletter preview 1")
+
+
+@cli.command()
+@click.argument("title")
+@click.pass_context
+def new(ctx: click.Context, title: str) -> None:
+    """Scaffold the next numbered issue file with TITLE."""
+    from newsletter.scaffold import new_issue
+
+    path = new_issue(settings_of(ctx).issues_dir, title)
+    click.echo(f"Created {path}")
+
+
+@cli.command()
+@click.argument("issues", nargs=-1)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Write to DIR/<slug>/ instead of build/<slug>/.")
+@click.pass_context
+def build(ctx: click.Context, issues: tuple[str, ...], out: Path | None) -> None:
+    """Render ISSUES (default: all) to email.html, email.txt and preview.html.
+
+    Markdown → Jinja2 → MJML → mjml-python → premailer, and a plain-text part
+    from the same source. Output goes to build/<slug>/ (or --out DIR/<slug>/).
+    """
+    from newsletter.issue import list_issues
+    from newsletter.preview import preview_page
+    from newsletter.render import Renderer, render_issue, write_build
+
+    settings = settings_of(ctx)
+    paths = [issue_path(settings, ref) for ref in issues] or list_issues(settings.issues_dir)
+    if not paths:
+        raise InputError(f"no issue files in {settings.issues_dir}")
+    renderer = Renderer(settings)
+    pub = settings.publication
+    for path in paths:
+        rendered = render_issue(path, settings, renderer)
+        target = write_build(rendered, out or settings.build_dir,
+                             preview_page(rendered, pub.from_name or pub.name))
+        size = len(rendered.html.encode("utf-8"))
+        click.echo(f"Built {path.name} → {target}/ (HTML {size / 1024:.1f} KB, text {len(rendered.text) / 1024:.1f} KB)")
+
+
+@cli.command()
+@click.argument("issue")
+@click.option("--port", default=8025, show_default=True, type=click.IntRange(0, 65535),
+              help="Port on 127.0.0.1 (0 picks a free one).")
+@click.option("--no-open", is_flag=True, help="Do not open a browser.")
+@click.option("--screenshot", "screenshot_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Instead of serving, write PNGs at 375 and 800 px, light and dark, to DIR.")
+@click.pass_context
+def preview(ctx: click.Context, issue: str, port: int, no_open: bool, screenshot_dir: Path | None) -> None:
+    """Live preview of ISSUE at desktop and phone widths, with the plain text beside them.
+
+    Serves on 127.0.0.1 only, rebuilds within a second when the issue or a
+    template changes, and shows render errors on the page.
+    """
+    settings = settings_of(ctx)
+    path = issue_path(settings, issue)
+    if screenshot_dir is not None:
+        from newsletter.screenshots import take_screenshots
+
+        for png in take_screenshots(render_ref(settings, issue), screenshot_dir):
+            click.echo(f"Wrote {png}")
+        return
+    from newsletter.preview import PreviewServer
+
+    server = PreviewServer(settings, path, log=lambda m: click.echo(m, err=True))
+    try:
+        server.serve(port=port, open_browser=not no_open, ready=lambda m: click.echo(m))
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command()
+@click.argument("issue")
+@click.option("--online", is_flag=True, help="Also fetch every external link (HEAD/GET) and report broken ones.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.pass_context
+def check(ctx: click.Context, issue: str, online: bool, fmt: str) -> None:
+    """Pre-flight checks for ISSUE: size and clipping, links, images, accessibility,
+    client support, deliverability headers and the plain text.
+
+    One line per finding (error / warning / info) with file:line where it applies.
+    Exits non-zero on any error; `send` and `schedule` run these first.
+    """
+    import json
+
+    from newsletter.checks import run_checks
+    from newsletter.errors import ChecksFailedError
+
+    settings = settings_of(ctx)
+    findings = run_checks(settings, render_ref(settings, issue), online=online)
+    if fmt == "json":
+        click.echo(json.dumps([f.as_dict() for f in findings], indent=2, ensure_ascii=False))
+    else:
+        for f in findings:
+            click.echo(f.format())
+    errors = sum(f.level == "error" for f in findings)
+    warnings = sum(f.level == "warning" for f in findings)
+    if fmt == "text":
+        click.echo(f"{errors} error(s), {warnings} warning(s), {len(findings) - errors - warnings} note(s).")
+    if errors:
+        raise ChecksFailedError(f"{errors} pre-flight error(s)")
+
+
+@cli.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("site"), show_default=True,
+              help="Folder for the static site.")
+@click.pass_context
+def archive(ctx: click.Context, out: Path) -> None:
+    """Build the public web archive: index, one page per issue, Atom and JSON feeds, sitemap.
+
+    Deploy the folder to any static host; set NEWSLETTER_BASE_URL so the emails'
+    "read in your browser" links point at it.
+    """
+    from newsletter.archive import build_archive
+
+    settings = settings_of(ctx)
+    target = out if out.is_absolute() else settings.root / out
+    written = build_archive(settings, target)
+    click.echo(f"Wrote {len(written)} files to {target}/")

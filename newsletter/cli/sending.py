@@ -1,0 +1,376 @@
+"""Sending commands: send, resume, status, schedule (add/list/cancel), dispatch, worker.
+
+What to send and how is decided in :mod:`newsletter.sendplan`, :mod:`newsletter.delivery`
+and :mod:`newsletter.schedule`; here are the prompts, progress bars and reports.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import click
+
+from newsletter.cli import cli, console, issue_path, render_ref, settings_of
+from newsletter.errors import InputError
+
+if TYPE_CHECKING:
+    from newsletter.config import Settings
+    from newsletter.render import RenderedEmail
+
+
+class _DefaultGroup(click.Group):
+    """A group whose first argument may be an issue instead of a subcommand:
+    ``schedule 6 --at …`` means ``schedule add 6 --at …``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["add", *args]
+        return super().parse_args(ctx, args)
+
+
+def _run_checks(settings: "Settings", rendered: "RenderedEmail", skip: bool) -> None:
+    if skip:
+        console(stderr=True).print("[bold red]WARNING: --skip-checks given; pre-flight checks were NOT run.[/]")
+        return
+    from newsletter.checks import run_checks
+    from newsletter.errors import ChecksFailedError
+
+    findings = run_checks(settings, rendered)
+    errors = [f for f in findings if f.level == "error"]
+    if errors:
+        for f in errors:
+            click.echo(f.format(), err=True)
+        raise ChecksFailedError(f"{len(errors)} pre-flight error(s); fix them or pass --skip-checks")
+    warnings = sum(f.level == "warning" for f in findings)
+    click.echo(f"Pre-flight checks: no errors, {warnings} warning(s)"
+               + (f" (`newsletter check {rendered.number}` lists them)." if warnings else "."), err=True)
+
+
+def _progress(total: int, label: str) -> tuple[Any, Callable[[int, int, int, int], None]]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[rate]:.0f} msg/s"), TimeRemainingColumn(),
+                        console=console(stderr=True), transient=False, disable=total <= 5)
+    task = progress.add_task(label, total=total, rate=0.0)
+
+    def update(done: int, total_: int, sent: int, failed: int) -> None:
+        elapsed = progress.tasks[task].elapsed or 0
+        progress.update(task, completed=done, total=total_, rate=(done / elapsed) if elapsed else 0.0)
+
+    return progress, update
+
+
+def _confirm_real_send(settings: "Settings", count: int, what: str, yes: bool, dry_run: bool) -> None:
+    if dry_run or settings.transport_name in ("dryrun", "null") or yes:
+        return
+    if not sys.stdin.isatty():
+        raise InputError(f"refusing to send {what} to {count} recipient(s) without confirmation: pass --yes")
+    click.confirm(f"Send {what} to {count} recipient(s) via {settings.transport_name}?", abort=True)
+
+
+def _send_test(settings: "Settings", rendered: "RenderedEmail", addresses: tuple[str, ...],
+               dry_run: bool, yes: bool) -> None:
+    import time
+
+    from newsletter.sendplan import checked_test_recipients, send_test
+    from newsletter.transports import transport_factory
+
+    recipients = checked_test_recipients(settings, addresses)
+    factory = transport_factory(settings, "dryrun" if dry_run else None)
+    _confirm_real_send(settings, len(recipients), "a [TEST] copy", yes, dry_run)
+    start = time.monotonic()
+    results = send_test(settings, rendered, recipients, factory)
+    for r in results:
+        click.echo(f"{r.status.value:>16}  {r.recipient}" + (f"  ({r.error})" if r.error else ""))
+    failed = [r for r in results if not r.status.delivered]
+    click.echo(f"Test send: {len(results) - len(failed)} sent, {len(failed)} failed in {time.monotonic() - start:.1f}s"
+               + (f" → {settings.outbox / rendered.slug}" if dry_run or settings.transport_name == "dryrun" else ""))
+    if failed:
+        click.get_current_context().exit(1)
+
+
+def _dry_run_all(settings: "Settings", rendered: "RenderedEmail") -> None:
+    import time
+
+    from newsletter.sendplan import active_subscribers, dry_run_all
+
+    total = active_subscribers(settings)
+    progress, update = _progress(total, "Dry run")
+    start = time.monotonic()
+    with progress:
+        summary = dry_run_all(settings, rendered, update)
+    click.echo(f"Dry run: {summary.messages} message(s) for {total} active subscriber(s), {summary.size / 1024:.0f} KB, "
+               f"written to {settings.outbox / rendered.slug}/ in {time.monotonic() - start:.1f}s. Nothing was sent.")
+    if total == 0:
+        click.echo("No active subscribers yet: add some with `newsletter subscribers import FILE.csv`.")
+
+
+def _report(report: Any) -> None:
+    click.echo(
+        f"Delivery {report.delivery_id} ({report.state}): {report.sent} sent, {report.failed_permanent} failed "
+        f"permanently, {report.failed_temporary} failed temporarily, {report.skipped} skipped, "
+        f"{report.pending} pending; {report.sent_this_run} sent in this run in {report.elapsed:.1f}s "
+        f"({report.rate:.0f} msg/s)."
+    )
+    if report.note:
+        click.echo(report.note)
+    if getattr(report, "uncertain_reported", 0):
+        click.echo(f"{report.uncertain_reported} recipient(s) were mid-send during a crash and were NOT resent "
+                   "(--no-resend-uncertain); see `newsletter status --failed`.")
+    elif getattr(report, "uncertain_resent", 0):
+        click.echo(f"{report.uncertain_resent} recipient(s) left mid-send by an earlier crash were sent again.")
+
+
+@contextmanager
+def _graceful_stop() -> Iterator[threading.Event]:
+    """Ctrl-C or SIGTERM sets the event: the batch in flight is finished and recorded,
+    nothing is left mid-send, and the delivery stays resumable."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _deliver(settings: "Settings", rendered: "RenderedEmail", *, yes: bool, resend_uncertain: bool,
+             force_new_content: bool, retry_failed: bool = False) -> None:
+    from newsletter.delivery import DeliveryOptions, run_delivery
+    from newsletter.ledger import start_or_resume, wait_for_editor
+    from newsletter.sendplan import open_delivery, prepare_issue
+
+    conn, active, factory = open_delivery(settings)
+    _confirm_real_send(settings, active, f"“{rendered.subject}”", yes, dry_run=False)
+    prepared = prepare_issue(settings, rendered)
+    delivery_id = start_or_resume(conn, prepared, force_new_content=force_new_content)
+    options = DeliveryOptions.from_settings(settings, resend_uncertain=resend_uncertain, retry_failed=retry_failed)
+    progress, update = _progress(active, "Sending")
+    with progress, _graceful_stop() as stop:
+        report = run_delivery(conn, delivery_id, prepared, factory, options=options, progress=update, stop=stop)
+    _report(report)
+    if stop.is_set():
+        wait_for_editor(conn, delivery_id)
+        click.echo("Stopped after the current batch; run the same command again to continue.")
+    if report.failed_permanent or report.failed_temporary:
+        click.echo("Some recipients failed: `newsletter status --failed` lists them.")
+
+
+@cli.command()
+@click.argument("issue")
+@click.option("--dry-run", is_flag=True, help="Write every message as .eml into the outbox; no network, no ledger.")
+@click.option("--test", "test_addresses", multiple=True, metavar="ADDRESS",
+              help="Send a [TEST] copy to ADDRESS only (repeatable); never to subscribers.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation before a real send.")
+@click.option("--skip-checks", is_flag=True, help="Send even if pre-flight checks find errors (loudly).")
+@click.option("--no-resend-uncertain", is_flag=True,
+              help="On resume, report rather than resend recipients left mid-send by a crash.")
+@click.option("--force-new-content", is_flag=True,
+              help="Resume a delivery even though the issue changed since it started.")
+@click.option("--retry-failed", is_flag=True,
+              help="On resume, give recipients whose temporary failures ran out of attempts a fresh try.")
+@click.pass_context
+def send(ctx: click.Context, issue: str, dry_run: bool, test_addresses: tuple[str, ...], yes: bool,
+         skip_checks: bool, no_resend_uncertain: bool, force_new_content: bool, retry_failed: bool) -> None:
+    """Send ISSUE to every active subscriber, or a test copy, or a dry run.
+
+    A real send keeps a per-recipient ledger in the database: run the same
+    command again (or `newsletter resume`) after a crash or Ctrl-C and it
+    continues where it stopped, never sending twice to anyone marked sent.
+    The transport is NEWSLETTER_TRANSPORT (default: dryrun).
+    """
+    settings = settings_of(ctx)
+    rendered = render_ref(settings, issue)
+    _run_checks(settings, rendered, skip_checks)
+    if test_addresses:
+        _send_test(settings, rendered, test_addresses, dry_run, yes)
+    elif dry_run or settings.transport_name == "dryrun":
+        from newsletter.render import write_build
+
+        target = write_build(rendered, settings.build_dir)
+        click.echo(f"Built {rendered.source.name if rendered.source else rendered.slug} → {target}/")
+        _dry_run_all(settings, rendered)
+    else:
+        _deliver(settings, rendered, yes=yes, resend_uncertain=not no_resend_uncertain,
+                 force_new_content=force_new_content, retry_failed=retry_failed)
+
+
+@cli.command()
+@click.argument("issue")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--no-resend-uncertain", is_flag=True, help="Report, rather than resend, recipients left mid-send.")
+@click.option("--force-new-content", is_flag=True, help="Resume even though the issue changed.")
+@click.option("--retry-failed", is_flag=True, help="Give recipients whose retries ran out a fresh try.")
+@click.pass_context
+def resume(ctx: click.Context, issue: str, yes: bool, no_resend_uncertain: bool, force_new_content: bool,
+           retry_failed: bool) -> None:
+    """Continue the unfinished delivery of ISSUE after a crash, Ctrl-C, hold or daily cap.
+
+    Never starts a new one: use `newsletter send` for that.
+    """
+    from newsletter.ledger import open_delivery_id, open_ledger
+
+    settings = settings_of(ctx)
+    rendered = render_ref(settings, issue)
+    if open_delivery_id(open_ledger(settings.db_path), rendered.slug) is None:
+        raise InputError(f"no unfinished delivery of {rendered.slug}; `newsletter send {issue}` starts one")
+    _deliver(settings, rendered, yes=yes, resend_uncertain=not no_resend_uncertain,
+             force_new_content=force_new_content, retry_failed=retry_failed)
+
+
+@cli.command()
+@click.argument("issue", required=False)
+@click.option("--failed", is_flag=True, help="List who did not get it, and why.")
+@click.pass_context
+def status(ctx: click.Context, issue: str | None, failed: bool) -> None:
+    """Show deliveries: counts per state, rate, ETA and failures."""
+    from rich.table import Table
+
+    from newsletter.ledger import delivery_status, failed_recipients, open_ledger
+
+    settings = settings_of(ctx)
+    conn = open_ledger(settings.db_path)
+    slug = None
+    if issue:
+        from newsletter.issue import parse_issue
+
+        slug = parse_issue(issue_path(settings, issue)).slug
+    rows = delivery_status(conn, slug)
+    if not rows:
+        click.echo("No deliveries yet.")
+        return
+    table = Table("id", "issue", "state", "total", "sent", "pending", "failed", "skipped", "rate", "ETA")
+    for s in rows:
+        table.add_row(*(str(x) for x in s.as_row()))
+    console().print(table)
+    if failed:
+        for s in rows:
+            for email, state, error in failed_recipients(conn, s.id):
+                click.echo(f"{s.id}\t{email}\t{state}\t{error or ''}")
+
+
+@cli.group(cls=_DefaultGroup)
+def schedule() -> None:
+    """Schedule a send: `schedule ISSUE --at 2025-03-10T09:00+08:00`, `schedule list`, `schedule cancel ISSUE`.
+
+    A worker (`newsletter worker`, or `newsletter dispatch` from cron) sends
+    due deliveries. The issue is built and checked now, and its content is
+    frozen: if it changes before the send time the send is held, not sent.
+    """
+
+
+@schedule.command("add")
+@click.argument("issue")
+@click.option("--at", "at", help="When, with a timezone: 2025-03-10T09:00+08:00 (default: the issue's send_at).")
+@click.option("--skip-checks", is_flag=True, help="Schedule even if pre-flight checks find errors.")
+@click.pass_context
+def schedule_add(ctx: click.Context, issue: str, at: str | None, skip_checks: bool) -> None:
+    """Schedule ISSUE for sending at a time."""
+    import datetime as dt
+
+    from newsletter.issue import parse_issue
+    from newsletter.ledger import open_ledger
+    from newsletter.schedule import schedule as schedule_delivery
+    from newsletter.sendplan import prepare_issue
+
+    settings = settings_of(ctx)
+    path = issue_path(settings, issue)
+    parsed = parse_issue(path)
+    if at:
+        try:
+            when = dt.datetime.fromisoformat(at)
+        except ValueError:
+            raise InputError(f"--at {at!r} is not an ISO date-time like 2025-03-10T09:00+08:00") from None
+        if when.tzinfo is None:
+            raise InputError("--at needs a timezone, e.g. 2025-03-10T09:00+08:00 or …Z")
+    elif parsed.send_at:
+        when = parsed.send_at
+    else:
+        raise InputError("give --at with a timezone, or set send_at in the issue's front matter", path=path)
+    rendered = render_ref(settings, issue)
+    _run_checks(settings, rendered, skip_checks)
+    conn = open_ledger(settings.db_path)
+    delivery_id = schedule_delivery(conn, prepare_issue(settings, rendered), when)
+    click.echo(f"Scheduled {path.name} for {when.isoformat()} (delivery {delivery_id}). "
+               "A running `newsletter worker` or `newsletter dispatch` will send it.")
+
+
+@schedule.command("list")
+@click.pass_context
+def schedule_list(ctx: click.Context) -> None:
+    """List scheduled deliveries."""
+    from newsletter.ledger import open_ledger
+    from newsletter.schedule import list_scheduled
+
+    rows = list_scheduled(open_ledger(settings_of(ctx).db_path))
+    if not rows:
+        click.echo("Nothing scheduled.")
+    for row in rows:
+        click.echo(f"{row.id}\t{row.slug}\t{row.send_at}\t{row.state}")
+
+
+@schedule.command("cancel")
+@click.argument("issue")
+@click.pass_context
+def schedule_cancel(ctx: click.Context, issue: str) -> None:
+    """Cancel the scheduled send of ISSUE (slug, number or delivery id)."""
+    from newsletter.ledger import open_ledger
+    from newsletter.schedule import cancel
+
+    settings = settings_of(ctx)
+    ref = issue
+    try:
+        from newsletter.issue import parse_issue
+
+        ref = parse_issue(issue_path(settings, issue)).slug
+    except InputError:
+        pass
+    cancel(open_ledger(settings.db_path), ref)
+    click.echo(f"Cancelled the scheduled send of {ref}.")
+
+
+@cli.command()
+@click.pass_context
+def dispatch(ctx: click.Context) -> None:
+    """Send every due scheduled delivery once, then exit (for cron or a systemd timer)."""
+    import datetime as dt
+
+    from newsletter.ledger import open_ledger
+    from newsletter.schedule import dispatch_once
+    from newsletter.sendplan import scheduler_args
+
+    settings = settings_of(ctx)
+    with _graceful_stop() as stop:
+        reports = dispatch_once(open_ledger(settings.db_path), dt.datetime.now(dt.timezone.utc), stop=stop,
+                                **scheduler_args(settings))
+    for report in reports:
+        _report(report)
+    if not reports:
+        click.echo("Nothing due.")
+
+
+@cli.command()
+@click.option("--poll", default=30.0, show_default=True, help="Seconds between checks for due sends.")
+@click.pass_context
+def worker(ctx: click.Context, poll: float) -> None:
+    """Run until stopped, sending scheduled deliveries when due.
+
+    SIGTERM or Ctrl-C finishes the current batch, leaves nothing mid-send, and exits.
+    """
+    import datetime as dt
+
+    from newsletter.ledger import open_ledger
+    from newsletter.schedule import run_worker
+    from newsletter.sendplan import scheduler_args
+
+    settings = settings_of(ctx)
+    click.echo(f"Worker started (polling every {poll:g}s); stop with SIGTERM or Ctrl-C.")
+    with _graceful_stop() as stop:
+        run_worker(open_ledger(settings.db_path), poll_interval=poll, stop=stop,
+                   now=lambda: dt.datetime.now(dt.timezone.utc), **scheduler_args(settings))
+    click.echo("Worker stopped cleanly.")

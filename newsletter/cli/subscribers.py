@@ -1,0 +1,126 @@
+"""The subscribers group: import, add, remove, unsubscribe, list, count, export."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from newsletter.cli import cli, settings_of
+from newsletter.errors import InputError
+
+
+@cli.group()
+def subscribers() -> None:
+    """Manage the subscriber list (SQLite, NEWSLETTER_DB, default newsletter.db).
+
+    Unsubscribed, bounced and complained addresses stay as a suppression list
+    that no command sends to.
+    """
+
+
+def _store(ctx: click.Context) -> Any:
+    from newsletter.store import SubscriberStore
+
+    return SubscriberStore.open(settings_of(ctx).db_path)
+
+
+@subscribers.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--resubscribe", is_flag=True, help="Reactivate addresses that had unsubscribed or bounced.")
+@click.option("--source", default=None, help="Where these subscribers came from (kept with each).")
+@click.pass_context
+def subscribers_import(ctx: click.Context, file: Path, resubscribe: bool, source: str | None) -> None:
+    """Import a CSV with a header row (email, name, …). Good rows land even if some are bad."""
+    from newsletter.csvio import import_csv
+
+    if not file.exists():
+        raise InputError("no such file", path=file)
+    report = import_csv(_store(ctx), file, resubscribe=resubscribe, source=source)
+    for line, reason in report.errors:
+        click.echo(f"{file}:{line}: {reason}", err=True)
+    for line, email, reason in report.skipped:
+        click.echo(f"{file}:{line}: skipped {email}: {reason}", err=True)
+    click.echo(f"Imported {report.added} new, updated {report.updated}, skipped {len(report.skipped)}, "
+               f"{len(report.errors)} bad row(s) ({report.encoding}).")
+
+
+@subscribers.command("add")
+@click.argument("email")
+@click.option("--name", default="", help="Display name.")
+@click.option("--consent", default="", help="How and when they agreed to receive the newsletter.")
+@click.option("--resubscribe", is_flag=True, help="Reactivate an address that had unsubscribed.")
+@click.pass_context
+def subscribers_add(ctx: click.Context, email: str, name: str, consent: str, resubscribe: bool) -> None:
+    """Add one subscriber."""
+    sub = _store(ctx).add(email, name, source="cli", consent=consent, resubscribe=resubscribe)
+    click.echo(f"{sub.email}: {sub.status}")
+
+
+@subscribers.command("remove")
+@click.argument("email")
+@click.option("--forget-deliveries", is_flag=True, help="Also delete their rows in past deliveries' ledgers.")
+@click.pass_context
+def subscribers_remove(ctx: click.Context, email: str, forget_deliveries: bool) -> None:
+    """Delete a subscriber entirely, for erasure requests (prefer `unsubscribe`, which keeps
+    them suppressed). With --forget-deliveries their rows in past deliveries go too."""
+    store = _store(ctx)
+    if forget_deliveries and (sub := store.get_by_email(email)) is not None:
+        from newsletter.ledger import forget_subscriber, open_ledger
+
+        forget_subscriber(open_ledger(settings_of(ctx).db_path), sub.id)
+    if not store.remove(email):
+        raise InputError(f"no subscriber {email}")
+    click.echo(f"Removed {email}.")
+
+
+@subscribers.command("unsubscribe")
+@click.argument("address_or_token")
+@click.pass_context
+def subscribers_unsubscribe(ctx: click.Context, address_or_token: str) -> None:
+    """Unsubscribe an address, or the token from a mailto unsubscribe request
+    (its subject reads "unsubscribe TOKEN"). The address stays on the suppression list."""
+    store = _store(ctx)
+    target: str | int = address_or_token
+    if "@" not in address_or_token:
+        sub = store.get_by_token(str(settings_of(ctx).secret_key), address_or_token)
+        if sub is None:
+            raise InputError(f"{address_or_token!r} is neither an address nor a valid unsubscribe token")
+        target = sub.id
+    sub = store.unsubscribe(target, reason="cli")
+    click.echo(f"Unsubscribed {sub.email}.")
+
+
+@subscribers.command("list")
+@click.option("--status", type=click.Choice(["active", "unsubscribed", "bounced", "complained"]))
+@click.pass_context
+def subscribers_list(ctx: click.Context, status: str | None) -> None:
+    """List subscribers (email, name, status)."""
+    for sub in _store(ctx).iter_subscribers(status=status):
+        click.echo(f"{sub.email}\t{sub.name}\t{sub.status}")
+
+
+@subscribers.command("count")
+@click.pass_context
+def subscribers_count(ctx: click.Context) -> None:
+    """Count subscribers by status."""
+    counts = _store(ctx).counts()
+    click.echo("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "No subscribers.")
+
+
+@subscribers.command("export")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE instead of stdout.")
+@click.option("--status", type=click.Choice(["active", "unsubscribed", "bounced", "complained"]))
+@click.pass_context
+def subscribers_export(ctx: click.Context, out: Path | None, status: str | None) -> None:
+    """Export subscribers as CSV, with the status column."""
+    from newsletter.csvio import export_csv
+
+    store = _store(ctx)
+    if out:
+        with out.open("w", encoding="utf-8", newline="") as fh:
+            export_csv(store, fh, status=status)
+    else:
+        export_csv(store, sys.stdout, status=status)

@@ -1,0 +1,163 @@
+"""What comes back from readers and providers, applied once each to the store.
+
+Provider webhooks (:mod:`newsletter.webhooks`) and the reply-to inbox
+(:mod:`newsletter.inbox`) turn what they receive into :class:`Event`s;
+:func:`apply_event` is the one place that changes a subscriber because of one.
+Every event carries a ``dedupe_key`` that is unique at its source (a provider's
+event id, an inbox message's Message-ID, or a hash of the body), so the same
+webhook delivered twice, or the same mailbox read twice, changes things once.
+
+Soft bounces are only counted: ``soft_bounce_limit`` of them within
+``soft_bounce_window`` suppress the reader as bounced. A complaint always wins
+(:meth:`SubscriberStore.mark_complained`), and nothing ever reactivates it.
+"""
+
+from __future__ import annotations
+
+import enum
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from newsletter.db import migrate
+from newsletter.store import SubscriberStore, _one_line
+
+COMPONENT = "events"
+
+MIGRATIONS: list[str] = [
+    """CREATE TABLE feedback_events (
+  dedupe_key TEXT PRIMARY KEY,
+  kind TEXT NOT NULL,
+  source TEXT NOT NULL,
+  subscriber_id INTEGER,
+  delivery_id INTEGER,
+  email TEXT NOT NULL DEFAULT '',
+  occurred_at TEXT NOT NULL,
+  received_at TEXT NOT NULL,
+  outcome TEXT NOT NULL,
+  detail TEXT NOT NULL DEFAULT ''
+) WITHOUT ROWID;
+CREATE INDEX feedback_events_subscriber ON feedback_events(subscriber_id, kind, occurred_at);
+CREATE INDEX feedback_events_delivery ON feedback_events(delivery_id, kind)""",
+]
+
+_TS = "%Y-%m-%dT%H:%M:%S.%fZ"  # the store's format; sorts as text
+
+
+class Kind(str, enum.Enum):
+    """The events that change (or may change) a subscriber. Deliveries, opens and
+    clicks are not events here: sources ignore them."""
+
+    HARD_BOUNCE = "hard-bounce"
+    SOFT_BOUNCE = "soft-bounce"
+    COMPLAINT = "complaint"
+    UNSUBSCRIBE = "unsubscribe"
+
+
+class Outcome(str, enum.Enum):
+    APPLIED = "applied"            # the subscriber changed (or the soft bounce was counted)
+    NO_CHANGE = "no-change"        # recorded; the subscriber already had that status
+    DUPLICATE = "duplicate"        # this dedupe_key was applied before: nothing done
+    UNKNOWN_READER = "unknown-reader"  # no subscriber matches: recorded, nothing changed
+
+
+@dataclass(frozen=True)
+class Event:
+    """One thing a source reported about one reader.
+
+    ``email`` is the address the source names; ``subscriber_id`` is set when the
+    source proved who the reader is (a verified unsubscribe token). ``message_id``
+    (ours, with angle brackets) and ``provider_id`` tie the event to a delivery.
+    ``detail`` is a one-line diagnostic; it is flattened and cut, never trusted.
+    """
+
+    kind: Kind
+    source: str
+    dedupe_key: str
+    email: str = ""
+    occurred_at: datetime | None = None
+    subscriber_id: int | None = None
+    message_id: str | None = None
+    provider_id: str | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class SoftBouncePolicy:
+    """``limit`` soft bounces within ``window`` make a hard one."""
+
+    limit: int = 3
+    window: timedelta = timedelta(days=30)
+
+
+def ensure_schema(conn: sqlite3.Connection) -> None:
+    migrate(conn, COMPONENT, MIGRATIONS)
+
+
+def _ts(dt: datetime) -> str:
+    return dt.astimezone(timezone.utc).strftime(_TS)
+
+
+def _delivery_of(conn: sqlite3.Connection, subscriber_id: int, event: Event) -> int | None:
+    """The delivery the event is about: by provider id, else by the slug in our Message-ID."""
+    from newsletter.ledger import delivery_for_event
+
+    return delivery_for_event(conn, subscriber_id, provider_id=event.provider_id, message_id=event.message_id)
+
+
+def _apply_to_subscriber(store: SubscriberStore, sub_id: int, event: Event, policy: SoftBouncePolicy,
+                         now: datetime) -> Outcome:
+    """Change the subscriber as the event says; called inside the event's transaction."""
+    before = store.get(sub_id)
+    assert before is not None
+    reason = f"{event.source}: {event.kind.value}" + (f": {event.detail}" if event.detail else "")
+    if event.kind is Kind.COMPLAINT:
+        after = store.mark_complained(sub_id, reason)
+    elif event.kind is Kind.HARD_BOUNCE:
+        after = store.mark_bounced(sub_id, reason)
+    elif event.kind is Kind.UNSUBSCRIBE:
+        after = store.unsubscribe(sub_id, reason)
+    else:
+        since = _ts(now - policy.window)
+        n = store.conn.execute(
+            "SELECT COUNT(*) FROM feedback_events WHERE subscriber_id=? AND kind=? AND occurred_at>=?",
+            (sub_id, Kind.SOFT_BOUNCE.value, since)).fetchone()[0]
+        if n + 1 < policy.limit:
+            return Outcome.APPLIED
+        after = store.mark_bounced(sub_id, f"{n + 1} soft bounces within {policy.window.days} days; {reason}")
+    return Outcome.APPLIED if after.status != before.status else Outcome.NO_CHANGE
+
+
+def apply_event(store: SubscriberStore, event: Event, *, policy: SoftBouncePolicy = SoftBouncePolicy(),
+                now: datetime | None = None) -> Outcome:
+    """Record ``event`` once and apply it to its subscriber. Idempotent by ``dedupe_key``."""
+    now = now or datetime.now(timezone.utc)
+    occurred = event.occurred_at or now
+    ensure_schema(store.conn)
+    with store.transaction() as conn:
+        if conn.execute("SELECT 1 FROM feedback_events WHERE dedupe_key=?", (event.dedupe_key,)).fetchone():
+            return Outcome.DUPLICATE
+        sub = store.get(event.subscriber_id) if event.subscriber_id is not None else None
+        if sub is None and event.email:
+            sub = store.get_by_email(event.email)
+        if sub is None:
+            outcome, delivery_id = Outcome.UNKNOWN_READER, None
+        else:
+            delivery_id = _delivery_of(conn, sub.id, event)
+            outcome = _apply_to_subscriber(store, sub.id, event, policy, now)
+        conn.execute(
+            "INSERT INTO feedback_events(dedupe_key, kind, source, subscriber_id, delivery_id, email,"
+            " occurred_at, received_at, outcome, detail) VALUES(?,?,?,?,?,?,?,?,?,?)",
+            (event.dedupe_key, event.kind.value, event.source, sub.id if sub else None, delivery_id,
+             _one_line(event.email, 320), _ts(occurred), _ts(now), outcome.value, _one_line(event.detail, 500)))
+    return outcome
+
+
+def delivery_event_counts(conn: sqlite3.Connection, delivery_id: int) -> dict[str, int]:
+    """Events per kind for one delivery (for ``status``); every kind present, zero when none."""
+    ensure_schema(conn)
+    out = {k.value: 0 for k in Kind}
+    for kind, n in conn.execute(
+            "SELECT kind, COUNT(*) FROM feedback_events WHERE delivery_id=? GROUP BY kind", (delivery_id,)):
+        out[kind] = n
+    return out

@@ -1,0 +1,132 @@
+"""What a send needs, from the settings and a rendered issue: the prepared issue
+(with its DKIM signer), checked test recipients, the dry run over every active
+subscriber, and what the scheduler needs to prepare and send an issue later.
+
+The CLI parses arguments, asks for confirmation and prints; the decisions live here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+
+from newsletter.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    from newsletter.config import Settings
+    from newsletter.message import PreparedIssue
+    from newsletter.render import RenderedEmail
+    from newsletter.transports.base import SendResult, Transport
+
+Progress = Callable[[int, int, int, int], None]
+DRY_RUN_BATCH = 200
+
+
+def prepare_issue(settings: "Settings", rendered: "RenderedEmail", *, test: bool = False) -> "PreparedIssue":
+    """The issue made ready to personalise, signed with DKIM when a key is configured."""
+    from newsletter.dkim import signer_from_settings
+    from newsletter.message import PreparedIssue
+
+    return PreparedIssue(rendered=rendered, publication=settings.publication, secret_key=str(settings.secret_key),
+                         test=test, signer=signer_from_settings(settings))
+
+
+def checked_test_recipients(settings: "Settings", addresses: Sequence[str]) -> list[str]:
+    """Checked --test addresses; test sends respect the suppression list too."""
+    from newsletter.addresses import validate_address
+    from newsletter.store import SubscriberStore
+
+    recipients = [validate_address(a, "--test address") for a in addresses]
+    store = SubscriberStore.open(settings.db_path)
+    suppressed = [a for a in recipients if (s := store.get_by_email(a)) is not None and s.status != "active"]
+    if suppressed:
+        raise InputError(f"{', '.join(suppressed)} unsubscribed or bounced; test sends respect the suppression list")
+    return recipients
+
+
+def send_test(settings: "Settings", rendered: "RenderedEmail", recipients: Sequence[str],
+              factory: Callable[[], "Transport"]) -> list["SendResult"]:
+    """A [TEST] copy to each named recipient, outside the ledger."""
+    from newsletter.message import Recipient
+
+    prepared = prepare_issue(settings, rendered, test=True)
+    with factory() as transport:
+        return transport.send([prepared.personalise(Recipient(a)) for a in recipients])
+
+
+def active_subscribers(settings: "Settings") -> int:
+    from newsletter.store import SubscriberStore
+
+    return SubscriberStore.open(settings.db_path).count("active")
+
+
+@dataclass(frozen=True)
+class DryRunSummary:
+    messages: int
+    size: int  # bytes written
+
+
+def dry_run_all(settings: "Settings", rendered: "RenderedEmail", progress: Progress | None = None) -> DryRunSummary:
+    """Personalise for every active subscriber into the outbox, without touching the ledger."""
+    from newsletter.store import SubscriberStore
+    from newsletter.transports.dryrun import DryRunTransport
+
+    store = SubscriberStore.open(settings.db_path)
+    total = store.count("active")
+    prepared = prepare_issue(settings, rendered)
+    messages = (prepared.for_subscriber(s.id, s.email, s.name) for s in store.iter_subscribers(status="active"))
+    done = size = 0
+    with DryRunTransport.from_settings(settings) as transport:
+        for batch in _batches(messages, DRY_RUN_BATCH):
+            transport.send(batch)
+            size += sum(len(m.as_bytes()) for m in batch)  # already built by the transport: cached
+            done += len(batch)
+            if progress:
+                progress(done, total, done, 0)
+    return DryRunSummary(done, size)
+
+
+def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def open_delivery(settings: "Settings") -> tuple[sqlite3.Connection, int, Callable[[], "Transport"]]:
+    """The ledger, the number of active subscribers, and a checked transport factory for a real send."""
+    from newsletter.ledger import open_ledger
+    from newsletter.store import SubscriberStore
+    from newsletter.transports import transport_factory
+
+    if settings.transport_name != "dryrun" and not settings.has_secret_key:
+        raise ConfigError("NEWSLETTER_SECRET_KEY is not set; it signs unsubscribe links (see .env.example)")
+    conn = open_ledger(settings.db_path)
+    active = SubscriberStore(conn).count("active")
+    return conn, active, transport_factory(settings, ledger=True)
+
+
+def scheduler_args(settings: "Settings") -> dict[str, Any]:
+    """The keyword arguments :func:`newsletter.schedule.dispatch_once` and ``run_worker`` need."""
+    from newsletter.delivery import DeliveryOptions
+    from newsletter.issue import list_issues, parse_issue
+    from newsletter.render import Renderer, render_issue
+    from newsletter.transports import transport_factory
+
+    renderer = Renderer(settings)
+
+    def prepare(slug: str) -> "PreparedIssue":
+        for path in list_issues(settings.issues_dir):
+            if parse_issue(path).slug == slug:
+                return prepare_issue(settings, render_issue(path, settings, renderer))
+        raise InputError(f"the scheduled issue {slug!r} is no longer in {settings.issues_dir}")
+
+    hours = settings.number("NEWSLETTER_MAX_LATENESS", 6.0)
+    return dict(prepare=prepare, transport_factory=transport_factory(settings, ledger=True),
+                options=DeliveryOptions.from_settings(settings), max_lateness=dt.timedelta(hours=hours or 0))

@@ -1,0 +1,86 @@
+"""Feedback events: applied once each, to the right reader and delivery, on a real SQLite file."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from newsletter.events import Event, Kind, Outcome, SoftBouncePolicy, apply_event, delivery_event_counts
+from newsletter.ledger import ensure_schema as ensure_ledger
+from newsletter.store import SubscriberStore
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = SubscriberStore.open(tmp_path / "n.db")
+    ensure_ledger(s.conn)
+    yield s
+    s.close()
+
+
+def _delivery(store: SubscriberStore, slug: str, sub_id: int, email: str, provider_id: str | None = None) -> int:
+    conn = store.conn
+    cur = conn.execute("INSERT INTO deliveries(slug, content_hash, state, created_at) VALUES(?, 'h', 'done', 'x')",
+                       (slug,))
+    conn.execute("INSERT INTO ledger(delivery_id, subscriber_id, email, state, provider_id) VALUES(?,?,?,'sent',?)",
+                 (cur.lastrowid, sub_id, email, provider_id))
+    return cur.lastrowid
+
+
+@pytest.mark.parametrize("kind,status", [(Kind.HARD_BOUNCE, "bounced"), (Kind.COMPLAINT, "complained"),
+                                         (Kind.UNSUBSCRIBE, "unsubscribed")])
+def test_event_changes_the_reader_once(store, kind, status):
+    sub = store.add("a@example.org")
+    e = Event(kind, "postmark", "pm-1", email="A@example.org", detail="550 5.1.1\r\nBcc: x")
+    assert apply_event(store, e, now=NOW) is Outcome.APPLIED
+    assert store.get(sub.id).status == status
+    assert apply_event(store, e, now=NOW) is Outcome.DUPLICATE
+    reason = store.status_reason(sub.id)
+    assert "\n" not in reason and "\r" not in reason and "postmark" in reason
+
+
+def test_complaint_beats_bounce_and_is_never_undone(store):
+    sub = store.add("a@example.org")
+    apply_event(store, Event(Kind.COMPLAINT, "ses", "c1", email="a@example.org"), now=NOW)
+    assert apply_event(store, Event(Kind.HARD_BOUNCE, "ses", "b1", email="a@example.org"), now=NOW) \
+        is Outcome.NO_CHANGE
+    assert apply_event(store, Event(Kind.UNSUBSCRIBE, "inbox", "u1", subscriber_id=sub.id), now=NOW) \
+        is Outcome.NO_CHANGE
+    assert store.get(sub.id).status == "complained"
+
+
+def test_unknown_reader_changes_nothing(store):
+    store.add("a@example.org")
+    assert apply_event(store, Event(Kind.HARD_BOUNCE, "mailgun", "x", email="nobody@example.org"), now=NOW) \
+        is Outcome.UNKNOWN_READER
+    assert store.counts()["active"] == 1
+
+
+def test_soft_bounces_suppress_only_past_the_limit_within_the_window(store):
+    sub = store.add("a@example.org")
+    policy = SoftBouncePolicy(limit=3, window=timedelta(days=10))
+    old = Event(Kind.SOFT_BOUNCE, "sendgrid", "s0", email="a@example.org", occurred_at=NOW - timedelta(days=30))
+    apply_event(store, old, policy=policy, now=NOW)
+    for i in (1, 2):
+        e = Event(Kind.SOFT_BOUNCE, "sendgrid", f"s{i}", email="a@example.org", occurred_at=NOW)
+        assert apply_event(store, e, policy=policy, now=NOW) is Outcome.APPLIED
+        assert store.get(sub.id).status == "active"
+    third = Event(Kind.SOFT_BOUNCE, "sendgrid", "s3", email="a@example.org", occurred_at=NOW)
+    assert apply_event(store, third, policy=policy, now=NOW) is Outcome.APPLIED
+    assert store.get(sub.id).status == "bounced"
+
+
+def test_events_are_tied_to_their_delivery(store):
+    a = store.add("a@example.org")
+    b = store.add("b@example.org")
+    d6 = _delivery(store, "issue-six", a.id, "a@example.org", provider_id="pm-abc")
+    d7 = _delivery(store, "issue-seven", b.id, "b@example.org")
+    apply_event(store, Event(Kind.HARD_BOUNCE, "postmark", "1", email="a@example.org", provider_id="pm-abc"), now=NOW)
+    apply_event(store, Event(Kind.COMPLAINT, "inbox", "2", email="b@example.org",
+                             message_id="<issue-seven.0123abcd@news.example>"), now=NOW)
+    assert delivery_event_counts(store.conn, d6)["hard-bounce"] == 1
+    assert delivery_event_counts(store.conn, d7) == {"hard-bounce": 0, "soft-bounce": 0, "complaint": 1,
+                                                     "unsubscribe": 0}
