@@ -69,8 +69,11 @@ class MailgunTransport(HTTPTransport):
 
     # ---- which readers share a request -------------------------------------------------
     def _fits(self, m: "OutgoingMessage") -> bool:
+        # recipient-variables are keyed by address: an address in mixed case could fail to match
+        # Mailgun's own spelling of it and leave tags unfilled, so such a reader goes alone.
         values = [*m.placeholder_values.values(), *m.extra_headers.values()]
-        return self._bodies.get(m.prepared).usable and not any(_PREFIX in v for v in values)
+        return (self._bodies.get(m.prepared).usable and m.to_email == m.to_email.lower()
+                and not any(_PREFIX in v for v in values))
 
     def plan(self, messages: Sequence["OutgoingMessage"]) -> list[Sequence["OutgoingMessage"]]:
         return merge_runs(messages, self.per_request, self._fits)

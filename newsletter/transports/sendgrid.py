@@ -58,9 +58,9 @@ class SendGridTransport(HTTPTransport):
     def _fits(self, m: "OutgoingMessage") -> bool:
         if not self._bodies.get(m.prepared).usable:
             return False
-        values = merge_values(m, tag)
-        size = sum(len(k.encode()) + len(v.encode()) for k, v in values.items())
-        return size <= MAX_SUBSTITUTION_BYTES and not any("%%" in v for v in m.placeholder_values.values())
+        size = sum(len(k.encode()) + len(v.encode()) for k, v in merge_values(m, tag).items())
+        values = [*m.placeholder_values.values(), *m.extra_headers.values()]
+        return size <= MAX_SUBSTITUTION_BYTES and not any("%%" in v for v in values)
 
     def plan(self, messages: Sequence["OutgoingMessage"]) -> list[Sequence["OutgoingMessage"]]:
         return merge_runs(messages, self.per_request, self._fits)

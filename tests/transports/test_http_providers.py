@@ -901,3 +901,13 @@ def test_a_request_that_cannot_be_built_keeps_the_other_results(fake_api, build,
     assert [r.status for r in results[:100]] == [Status.SENT] * 100
     assert results[100].status is Status.FAILED_TEMPORARY and "could not build" in results[100].error
     assert KEY not in results[100].error and len(fake_api.requests) == 1
+
+
+def test_mailgun_sends_a_mixed_case_address_alone(fake_api, build, make_messages):
+    # recipient-variables are keyed by address; a reader whose address has capitals goes alone
+    # (our exact MIME), so no spelling mismatch can leave their unsubscribe link unfilled.
+    fake_api.handler = mailgun_ok
+    first, second = make_messages(2)
+    upper = second.prepared.personalise(replace(second.recipient, email="Reader.One@example.com"))
+    build(SPECS["mailgun"]).send([first, upper])
+    assert [r.path.rsplit("/", 1)[1] for r in fake_api.requests] == ["messages", "messages.mime"]
