@@ -317,17 +317,19 @@ class HTTPTransport(Transport):
         halted = threading.Event()
 
         def post(index: int) -> None:
-            if halted.is_set():
-                return
             # One key per request, stable across retries of the same batch (providers dedupe on it).
             key = None if idempotency_key is None else f"{idempotency_key}-{index}"
-            outcome = outcomes[index] = self._post_paced(chunks[index], key)
+            outcome = outcomes[index] = self._post_paced(chunks[index], key, halted)
             if isinstance(outcome, Failure) and outcome.halt:
                 halted.set()
 
         if self.concurrency > 1 and len(chunks) > 1:
             with ThreadPoolExecutor(min(self.concurrency, len(chunks)), thread_name_prefix=self.name) as pool:
-                list(pool.map(post, range(len(chunks))))
+                try:
+                    list(pool.map(post, range(len(chunks))))
+                except BaseException:  # Ctrl-C: finish what is in flight, start nothing more
+                    halted.set()
+                    raise
         else:
             for index in range(len(chunks)):
                 post(index)
@@ -357,11 +359,17 @@ class HTTPTransport(Transport):
                 results.extend(outcome)
         return results
 
-    def _post_paced(self, chunk: Sequence["OutgoingMessage"], key: str | None) -> list[SendResult] | Failure:
+    def _post_paced(self, chunk: Sequence["OutgoingMessage"], key: str | None,
+                    halted: threading.Event) -> list[SendResult] | Failure | None:
         """One request within the adapted rate; a rate-limit answer is waited out and the same
-        request (same idempotency key) sent again, up to :data:`RETRIES` times."""
+        request (same idempotency key) sent again, up to :data:`RETRIES` times. None: not sent,
+        because another request of the call failed while this one waited its turn."""
         for turn in range(RETRIES + 1):
+            if halted.is_set():
+                return None
             granted = self.limiter.acquire()
+            if halted.is_set():
+                return None
             outcome = self._post(chunk, key)
             if isinstance(outcome, Failure) and outcome.rate_limited:
                 pause = self.limiter.limited(outcome.retry_after, granted)
