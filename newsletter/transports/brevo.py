@@ -5,7 +5,8 @@ body ``sender``/``to``/``subject``/``htmlContent``/``textContent``/``replyTo``/
 ``headers``; reply ``201 {"messageId"}``) and
 https://developers.brevo.com/docs/heterogenous-versions-batch-emails
 (idempotency: not an HTTP header but an ``idempotencyKey`` entry in the JSON
-``headers`` object, which must be a UUID, kept 30 minutes).
+``headers`` object, which must be a UUID, kept 30 minutes). Our key for a request is the
+reader's own within the delivery (:meth:`HTTPTransport.request_key`), as a UUID.
 
 Brevo's ``messageVersions`` could carry several recipients, but a version has
 only ``to``/``cc``/``bcc``/``replyTo``/``subject``/``params``/``htmlContent``/

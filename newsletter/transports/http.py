@@ -38,6 +38,7 @@ URL, auth, endpoint, payload and response parsing. Secrets are held as
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -67,6 +68,8 @@ RATE_LIMITED_HTTP = 429
 AUTH_HTTP = frozenset({401, 403})
 #: The longest provider error text kept in a result.
 MAX_ERROR = 300
+#: The batch number at the end of the engine's keys (``nl-<nonce>-<delivery>-<batch>``).
+_BATCH_SUFFIX = re.compile(r"-\d+$")
 
 
 @dataclass
@@ -317,8 +320,7 @@ class HTTPTransport(Transport):
         halted = threading.Event()
 
         def post(index: int) -> None:
-            # One key per request, stable across retries of the same batch (providers dedupe on it).
-            key = None if idempotency_key is None else f"{idempotency_key}-{index}"
+            key = None if idempotency_key is None else self.request_key(idempotency_key, index, chunks[index])
             outcome = outcomes[index] = self._post_paced(chunks[index], key, halted)
             if isinstance(outcome, Failure) and outcome.halt:
                 halted.set()
@@ -334,6 +336,16 @@ class HTTPTransport(Transport):
             for index in range(len(chunks)):
                 post(index)
         return self._collect(chunks, outcomes)
+
+    def request_key(self, idempotency_key: str, index: int, chunk: Sequence["OutgoingMessage"]) -> str:
+        """The key of one request. A batch request: the call's key plus its index, stable across
+        retries of the same batch. A one-message request: the reader's own key within the delivery
+        (the call's key without its trailing ``-<batch>``, plus the address), so a reader retried
+        in another batch (the engine regroups partial retries) is still recognised as sent."""
+        if self.per_request > 1 or len(chunk) != 1:
+            return f"{idempotency_key}-{index}"
+        delivery = _BATCH_SUFFIX.sub("", idempotency_key)
+        return f"{delivery}-{chunk[0].to_email.lower()}"
 
     def _collect(self, chunks: list[Sequence["OutgoingMessage"]],
                  outcomes: list[list[SendResult] | Failure | None]) -> list[SendResult]:

@@ -911,3 +911,17 @@ def test_mailgun_sends_a_mixed_case_address_alone(fake_api, build, make_messages
     upper = second.prepared.personalise(replace(second.recipient, email="Reader.One@example.com"))
     build(SPECS["mailgun"]).send([first, upper])
     assert [r.path.rsplit("/", 1)[1] for r in fake_api.requests] == ["messages", "messages.mime"]
+
+
+def test_brevo_key_follows_the_reader_across_batches_not_across_deliveries(fake_api, build, make_messages):
+    # A reader whose answer was lost may be retried in another batch (the engine regroups partial
+    # retries): Brevo must still see the same key for them, and a different one in another delivery.
+    fake_api.handler = brevo_ok
+    transport = build(SPECS["brevo"])
+    a, b = make_messages(2)
+    for key, batch in (("nl-f00d-7-3", [a, b]), ("nl-f00d-7-9", [b]), ("nl-beef-8-3", [a])):
+        transport.send(batch, idempotency_key=key)
+    keys = [(r.json()["to"][0]["email"], r.json()["headers"]["idempotencyKey"]) for r in fake_api.requests]
+    assert keys[1][1] == keys[2][1]  # reader b, batches 3 and 9 of delivery 7: one key
+    assert keys[0][1] != keys[1][1]  # readers a and b differ
+    assert keys[3][1] != keys[0][1]  # reader a in another delivery (another nonce): another key

@@ -106,13 +106,13 @@ def test_rate_limit_and_outage_lose_and_double_nobody(provider, tmp_path, make_s
 def test_lost_replies_are_resent_under_the_same_key_and_deduplicated(provider, tmp_path, make_settings):
     # Resend "Idempotency Keys" / Brevo idempotencyKey: a request that was carried out but whose
     # reply was lost is uncertain; sent again under the same key, the provider drops the copy.
-    # The engine resends a batch under its key only when the whole batch comes back (a partial
-    # retry gets a new batch and key), so Brevo, one request per message, runs batches of one here.
+    # Brevo keys each reader (one request per message), so a reader retried in a new batch (the
+    # engine regroups a partial retry under a new batch number) is still recognised.
     clock = FakeClock(START)
     readers = add_readers(tmp_path / "news.db", READERS)
     with ProviderEmulator(provider, clock, rate=RATE, lose_replies=frozenset({2, 5, 9})) as api:
         report = deliver(tmp_path / "news.db", provider, api, clock, make_settings,
-                         batch_size=1 if provider == "brevo" else 4)
+                         batch_size=4)
     assert api.counters.deduplicated >= 1
     assert collections.Counter(d.recipient for d in api.delivered) == {e: 1 for e in readers}
     assert report.state == "done" and report.sent == READERS
