@@ -115,8 +115,10 @@ class ProviderEmulator(LoopbackHTTP):
         if provider not in PROVIDERS:
             raise ValueError(provider)
         self.provider, self.clock, self.rate, self.outage = provider, clock, rate, outage
-        #: Request numbers (1-based) that are carried out but whose reply is lost on the way back.
+        #: Request numbers (1-based) that are carried out but whose reply is lost on the way back
+        #: (never a replay of an earlier key's reply: one lost answer per request).
         self.lose_replies = lose_replies
+        self.replays: set[int] = set()
         #: Parse each MIME message into its parts (False: only who it is for, for benchmarks).
         self.inspect = inspect
         self.delivered: list[Delivered] = []
@@ -135,7 +137,7 @@ class ProviderEmulator(LoopbackHTTP):
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 number, (status, reply, headers) = emulator.handle(self.path, dict(self.headers.items()), body)
-                if number in emulator.lose_replies and status < 300:
+                if number in emulator.lose_replies and number not in emulator.replays and status < 300:
                     self.close_connection = True  # done, but the answer never arrives
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
@@ -158,7 +160,11 @@ class ProviderEmulator(LoopbackHTTP):
         """(this request's number, (status, body, headers) of the reply)."""
         with self._lock:
             self.counters.requests += 1
-            return self.counters.requests, self._answer(path, headers, body)
+            number, replays = self.counters.requests, self.counters.deduplicated
+            answer = self._answer(path, headers, body)
+            if self.counters.deduplicated != replays:
+                self.replays.add(number)
+            return number, answer
 
     def _answer(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any, dict[str, str]]:
         now = self.clock.monotonic()
