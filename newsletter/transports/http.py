@@ -37,6 +37,7 @@ URL, auth, endpoint, payload and response parsing. Secrets are held as
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import threading
@@ -174,8 +175,9 @@ class HTTPTransport(Transport):
         self.clock = clock or SYSTEM
         # One limiter per provider account in this process (the engine's worker threads share it);
         # a test's own clock gets its own limiter.
+        account = hashlib.sha256((api_key or "").encode("utf-8", "replace")).hexdigest()[:16]
         self.limiter = limiter or (RateLimiter(self.clock) if clock is not None
-                                   else shared_limiter(f"{self.name} {self.api_url}"))
+                                   else shared_limiter(f"{self.name} {self.api_url} {account}"))
         if not 1 <= int(concurrency) <= 64:
             raise ConfigError(f"{self.name.upper()}_CONCURRENCY must be between 1 and 64")
         self.concurrency = int(concurrency)
