@@ -69,6 +69,8 @@ RATE_LIMITED_HTTP = 429
 AUTH_HTTP = frozenset({401, 403})
 #: The longest provider error text kept in a result.
 MAX_ERROR = 300
+#: The largest reply read (a batch reply of 1,000 ids is a few tens of KB).
+MAX_REPLY = 4 << 20
 #: The batch number at the end of the engine's keys (``nl-<nonce>-<delivery>-<batch>``).
 _BATCH_SUFFIX = re.compile(r"-\d+$")
 
@@ -409,7 +411,7 @@ class HTTPTransport(Transport):
         if request.body is not None:
             request.body = body  # type: ignore[assignment]  # Content-Length is already set
         try:
-            response = self.session.send(request, timeout=self.timeout, allow_redirects=False)
+            response = self.session.send(request, timeout=self.timeout, allow_redirects=False, stream=True)
         except requests.ConnectTimeout:
             return Failure(Status.FAILED_TEMPORARY, f"{self.name}: could not connect within the timeout", halt=True)
         except requests.ReadTimeout:
@@ -422,7 +424,11 @@ class HTTPTransport(Transport):
                                f"({error})", halt=True)
             return Failure(Status.FAILED_TEMPORARY, error, halt=True)
         with response:
+            complete = _read_bounded(response)
             if 200 <= response.status_code < 300:
+                if not complete:
+                    return Failure(Status.UNCERTAIN,  # accepted (2xx), but the reply was cut or too big
+                                   f"{self.name}: unreadable reply to HTTP {response.status_code}")
                 try:
                     results = self.parse_response(chunk, response)
                 except (ValueError, KeyError, TypeError, IndexError, AttributeError, StopIteration):
@@ -487,6 +493,26 @@ class _TrackedBody:
         end = len(self._data) if size is None or size < 0 else self._pos + size
         block, self._pos = self._data[self._pos:end], min(end, len(self._data))
         return block
+
+
+def _read_bounded(response: "requests.Response") -> bool:
+    """Read the reply body, at most :data:`MAX_REPLY` bytes: a broken proxy or hostile server
+    cannot make us hold an unbounded reply. False when it was cut short or too long."""
+    import requests
+
+    data = bytearray()
+    complete = True
+    try:
+        for block in response.iter_content(65536):
+            data += block
+            if len(data) > MAX_REPLY:
+                complete = False
+                break
+    except (requests.RequestException, OSError, ValueError):
+        complete = False
+    response._content = bytes(data[:MAX_REPLY])  # what .json() and .text read from now on
+    response._content_consumed = True
+    return complete
 
 
 def _json_or_none(response: "requests.Response") -> Any:

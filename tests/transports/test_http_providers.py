@@ -925,3 +925,13 @@ def test_brevo_key_follows_the_reader_across_batches_not_across_deliveries(fake_
     assert keys[1][1] == keys[2][1]  # reader b, batches 3 and 9 of delivery 7: one key
     assert keys[0][1] != keys[1][1]  # readers a and b differ
     assert keys[3][1] != keys[0][1]  # reader a in another delivery (another nonce): another key
+
+
+def test_an_oversized_success_reply_is_not_trusted_nor_held(fake_api, build, make_messages):
+    # Bounded memory: a reply larger than any provider sends (a broken proxy) is read only up to
+    # a limit, and a 2xx we cannot read proves nothing about which messages were accepted.
+    from newsletter.transports.http import MAX_REPLY
+
+    fake_api.handler = lambda req: reply(200, {"data": [{"id": "x" * (MAX_REPLY + 10)}]})
+    results = build(SPECS["resend"]).send(make_messages(1))
+    assert [r.status for r in results] == [Status.UNCERTAIN]
