@@ -15,14 +15,27 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-from newsletter.errors import ConfigError
+from newsletter.errors import ConfigError, register_secrets
+
+if TYPE_CHECKING:
+    from newsletter.events import SoftBouncePolicy
 
 CONFIG_FILE = "newsletter.toml"
+#: The per-root key dry runs and tests get when NEWSLETTER_SECRET_KEY is unset; real sends refuse it.
+DEV_KEY_PREFIX = "insecure-development-key:"
+#: Environment names holding secrets: scrubbed from every stored or printed error.
+_SECRET_NAME = re.compile(r"(KEY|TOKEN|PASSWORD|SECRET|PASS)(_ID)?$")
+
+
+def is_development_key(key: str | None) -> bool:
+    """True when ``key`` is missing or the development stand-in: the one check a real send makes."""
+    return not key or str(key).startswith(DEV_KEY_PREFIX)
 
 
 class Secret(str):
@@ -165,12 +178,34 @@ class Settings:
         if key is None:
             # A per-root development key keeps dry runs and tests working out of the box;
             # real sends refuse to start without a configured key (see delivery.py).
-            return Secret("insecure-development-key:" + str(self.root.resolve()))
+            return Secret(DEV_KEY_PREFIX + str(self.root.resolve()))
         return key
 
     @property
     def has_secret_key(self) -> bool:
-        return self.secret("NEWSLETTER_SECRET_KEY") is not None
+        return not is_development_key(self.secret("NEWSLETTER_SECRET_KEY"))
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret (API keys, tokens, passwords): for :func:`newsletter.errors.scrub`."""
+        return [v for k, v in self.env.items() if v and _SECRET_NAME.search(k.upper())]
+
+    # ---- what comes back (webhooks, inbox) ------------------------------------------
+    @property
+    def soft_bounce_policy(self) -> "SoftBouncePolicy":
+        """``NEWSLETTER_SOFT_BOUNCE_LIMIT`` soft bounces within ``NEWSLETTER_SOFT_BOUNCE_WINDOW``
+        days suppress a reader (defaults 3 and 30)."""
+        from datetime import timedelta
+
+        from newsletter.events import SoftBouncePolicy
+
+        return SoftBouncePolicy(limit=self.integer("NEWSLETTER_SOFT_BOUNCE_LIMIT", 3, minimum=1),
+                                window=timedelta(days=self.integer("NEWSLETTER_SOFT_BOUNCE_WINDOW", 30, minimum=1)))
+
+    @property
+    def ses_topic_arns(self) -> frozenset[str]:
+        """``SES_SNS_TOPIC_ARNS``: the SNS topics whose messages (and subscription
+        confirmations) the SES webhook accepts; comma- or space-separated."""
+        return frozenset(a for a in self.get("SES_SNS_TOPIC_ARNS").replace(",", " ").split() if a)
 
 
 def find_root(start: Path | None = None) -> Path:
@@ -226,4 +261,6 @@ def load_settings(root: Path | None = None, environ: Mapping[str, str] | None = 
             values[name] = value.strip()
     if values.get("base_url"):
         values["base_url"] = values["base_url"].rstrip("/")
-    return Settings(root=root, publication=Publication(**values), env=env)
+    settings = Settings(root=root, publication=Publication(**values), env=env)
+    register_secrets(settings.secret_values())
+    return settings
