@@ -158,15 +158,15 @@ def test_brevo_sends_concurrently_within_the_adapted_rate(make_settings, make_me
     # One request per message (Brevo has no per-version headers), BREVO_CONCURRENCY at a time.
     clock = FakeClock(START)
     with ProviderEmulator("brevo", clock) as api:
-        in_flight, peak, lock = [0], [0], threading.Lock()
+        in_flight, peak, seen = [0], [0], threading.Condition()
         answer = api.handle
 
         def slow(*args):
-            with lock:
+            with seen:  # hold each request until a second one is in flight (bounded: 5 s)
                 in_flight[0] += 1
                 peak[0] = max(peak[0], in_flight[0])
-            threading.Event().wait(0.05)
-            with lock:
+                seen.notify_all()
+                seen.wait_for(lambda: peak[0] >= 2, timeout=5)
                 in_flight[0] -= 1
             return answer(*args)
 
