@@ -22,7 +22,7 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from newsletter.transports.http import HTTPTransport, Payload, mailbox, mailbox_from_header
+from newsletter.transports.http import HTTPTransport, Payload, RawJSON, mailbox, mailbox_from_header
 
 if TYPE_CHECKING:
     import requests
@@ -54,8 +54,8 @@ class BrevoTransport(HTTPTransport):
             "sender": mailbox(m.from_name, m.from_email),
             "to": [mailbox(m.recipient.name, m.to_email)],
             "subject": m.subject,
-            "htmlContent": m.html,
-            "textContent": m.text,
+            "htmlContent": RawJSON(m.html_json),  # escaped once per issue, not per reader
+            "textContent": RawJSON(m.text_json),
             "replyTo": mailbox_from_header(m.reply_to),
             "headers": headers,
         })

@@ -38,7 +38,9 @@ URL, auth, endpoint, payload and response parsing. Secrets are held as
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import os
 import re
 import threading
 import time
@@ -83,7 +85,7 @@ class Payload:
     added to the auth headers.
     """
 
-    json: Any = None
+    json: Any = None  # may hold RawJSON values: text already JSON-encoded, spliced in as it is
     data: Any = None  # a mapping, or (name, value) pairs when a field repeats
     files: Mapping[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
@@ -103,6 +105,36 @@ class Failure:
     def result(self, msg: "OutgoingMessage", prefix: str = "", attempted: bool = True) -> SendResult:
         return SendResult(msg.to_email, self.status, error=prefix + self.error, retry_after=self.retry_after,
                           rate_limited=self.rate_limited, attempted=attempted)
+
+
+class RawJSON(str):
+    """A value already encoded as JSON text (e.g. ``OutgoingMessage.html_json``, escaped
+    once per issue): :func:`json_body` puts it in the request as it is."""
+
+
+def json_body(value: Any) -> bytes:
+    """``value`` as a UTF-8 JSON request body, with every :class:`RawJSON` spliced in verbatim.
+
+    Only the small skeleton (addresses, headers) is encoded here: each RawJSON stands
+    in as a marker carrying a random nonce, so no value from outside can forge one,
+    then the markers are replaced by the pre-encoded texts in one join.
+    """
+    raws: list[str] = []
+    nonce = os.urandom(8).hex()
+
+    def mark(v: Any) -> Any:
+        if isinstance(v, RawJSON):
+            raws.append(v)
+            return f"\x00{nonce}:{len(raws) - 1}\x00"
+        if isinstance(v, dict):
+            return {k: mark(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [mark(x) for x in v]
+        return v
+
+    skeleton = json.dumps(mark(value), ensure_ascii=False, allow_nan=False)
+    parts = re.split(rf'"\\u0000{nonce}:(\d+)\\u0000"', skeleton)  # text, index, text, ..., text
+    return "".join(raws[int(p)] if i % 2 else p for i, p in enumerate(parts)).encode("utf-8")
 
 
 def address(name: str, email: str) -> str:
@@ -447,8 +479,12 @@ class HTTPTransport(Transport):
         headers = {"Accept": "application/json", **self.auth_headers(), **payload.headers}
         if key is not None and self.idempotency_header:
             headers[self.idempotency_header] = key
+        data, json_value = payload.data, payload.json
+        if json_value is not None:  # encoded here, so pre-encoded bodies (RawJSON) are spliced in, not re-escaped
+            data, json_value = json_body(json_value), None
+            headers.setdefault("Content-Type", "application/json")
         request = self.session.prepare_request(requests.Request(
-            "POST", self.endpoint(chunk), headers=headers, json=payload.json, data=payload.data, files=payload.files))
+            "POST", self.endpoint(chunk), headers=headers, json=json_value, data=data, files=payload.files))
         self.sign(request)
         return request
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
-from newsletter.transports.http import HTTPTransport, Payload, address
+from newsletter.transports.http import HTTPTransport, Payload, RawJSON, address
 
 if TYPE_CHECKING:
     import requests
@@ -52,8 +52,8 @@ class PostmarkTransport(HTTPTransport):
             "From": address(m.from_name, m.from_email),
             "To": address(m.recipient.name, m.to_email),
             "Subject": m.subject,
-            "HtmlBody": m.html,
-            "TextBody": m.text,
+            "HtmlBody": RawJSON(m.html_json),  # escaped once per issue, not per reader
+            "TextBody": RawJSON(m.text_json),
             "ReplyTo": m.reply_to,
             "Headers": [{"Name": k, "Value": v} for k, v in m.extra_headers.items()],
             "MessageStream": self.message_stream,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
-from newsletter.transports.http import HTTPTransport, Payload, address
+from newsletter.transports.http import HTTPTransport, Payload, RawJSON, address
 
 if TYPE_CHECKING:
     import requests
@@ -34,8 +34,8 @@ class ResendTransport(HTTPTransport):
             "from": address(m.from_name, m.from_email),
             "to": [address(m.recipient.name, m.to_email)],
             "subject": m.subject,
-            "html": m.html,
-            "text": m.text,
+            "html": RawJSON(m.html_json),  # escaped once per issue, not per reader
+            "text": RawJSON(m.text_json),
             "reply_to": m.reply_to,
             "headers": m.extra_headers,
         } for m in chunk])

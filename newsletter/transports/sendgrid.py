@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
-from newsletter.transports.http import HTTPTransport, Payload, mailbox, mailbox_from_header
+from newsletter.transports.http import HTTPTransport, Payload, RawJSON, mailbox, mailbox_from_header
 from newsletter.transports.merge import MergeBodies, merge_runs, merge_values
 
 if TYPE_CHECKING:
@@ -86,7 +86,8 @@ class SendGridTransport(HTTPTransport):
         return Payload(json={
             "personalizations": [{"to": [mailbox(m.recipient.name, m.to_email)], "headers": m.extra_headers}],
             **self._common(m),
-            "content": [{"type": "text/plain", "value": m.text}, {"type": "text/html", "value": m.html}],
+            "content": [{"type": "text/plain", "value": RawJSON(m.text_json)},
+                        {"type": "text/html", "value": RawJSON(m.html_json)}],
         })
 
     @staticmethod
