@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import html as htmllib
+import json
 import time
 from dataclasses import dataclass, field
 from email import policy
@@ -282,12 +283,18 @@ class OutgoingMessage:
 
     @property
     def text_json(self) -> str:
-        """``json.dumps(self.text, ensure_ascii=False)``, from literals escaped once per issue."""
+        """``json.dumps(self.text)``, from literals escaped once per issue (or of the text
+        itself, once something has built it)."""
+        if "text" in self.__dict__:
+            return json.dumps(self.__dict__["text"])
         return json_string(self.prepared._json_segments[0], self._values, escape=False)
 
     @property
     def html_json(self) -> str:
-        """``json.dumps(self.html, ensure_ascii=False)``, from literals escaped once per issue."""
+        """``json.dumps(self.html)``, from literals escaped once per issue (or of the HTML
+        itself, once something has built it)."""
+        if "html" in self.__dict__:
+            return json.dumps(self.__dict__["html"])
         return json_string(self.prepared._json_segments[1], self._values, escape=True)
 
     @cached_property

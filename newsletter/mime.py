@@ -116,15 +116,16 @@ def json_segments(body: str) -> list[str]:
 
     JSON escapes one character at a time, so escaped literals joined with escaped
     values are exactly the escaped whole: a provider's payload can carry a 60 KB
-    body escaped once per issue instead of once per recipient.
+    body escaped once per issue instead of once per recipient. ASCII-only (``\\uXXXX``),
+    as ``json.dumps`` writes by default: the joins and the final encode stay byte-sized.
     """
     out: list[str] = []
     pos = 0
     for m in _PLACEHOLDER_RE.finditer(body):
-        out.append(json.dumps(body[pos:m.start()], ensure_ascii=False)[1:-1])
+        out.append(json.dumps(body[pos:m.start()])[1:-1])
         out.append(_KEY_BY_MARKER[m.group()])
         pos = m.end()
-    out.append(json.dumps(body[pos:], ensure_ascii=False)[1:-1])
+    out.append(json.dumps(body[pos:])[1:-1])
     return out
 
 
@@ -137,7 +138,7 @@ def json_string(segments: list[str], values: dict[str, str], *, escape: bool) ->
             parts.append(seg)
         else:
             value = htmllib.escape(values[seg]) if escape else values[seg]
-            parts.append(json.dumps(value, ensure_ascii=False)[1:-1])
+            parts.append(json.dumps(value)[1:-1])
     parts.append('"')
     return "".join(parts)
 

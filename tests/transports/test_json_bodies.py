@@ -27,7 +27,7 @@ def messages():
 def plain(value: Any) -> Any:
     """The payload as the providers built it before: every RawJSON decoded to its string."""
     if isinstance(value, RawJSON):
-        return json.loads(value)
+        return json.loads(value.text)
     if isinstance(value, dict):
         return {k: plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
