@@ -34,7 +34,7 @@ from newsletter.config import Publication
 from newsletter.dkim import DKIM_HEADERS, dkim_signer
 from newsletter.errors import InputError
 from newsletter.message_ids import make_message_id, real_send_salt
-from newsletter.mime import (EOL, add_segments, dot_stuff, fold, fold_list_unsubscribe, json_segments, json_string,
+from newsletter.mime import (EOL, add_segments, dot_stuff, fold, fold_list_unsubscribe, json_parts, json_segments,
                              segments, stuff_lines, substitute)
 from newsletter.tokens import make_token
 
@@ -193,7 +193,7 @@ class PreparedIssue:
         return head("plain"), EOL + head("html"), f"{EOL}--{b}--{EOL}"
 
     @cached_property
-    def _json_segments(self) -> tuple[list[str], list[str]]:
+    def _json_segments(self) -> tuple[list[bytes | str], list[bytes | str]]:
         """(text, HTML) with their literals JSON-escaped once, for the JSON providers."""
         return json_segments(self.rendered.text), json_segments(self.rendered.html)
 
@@ -282,20 +282,20 @@ class OutgoingMessage:
         return substitute(self.prepared.rendered.html, self._values, escape=True)
 
     @property
-    def text_json(self) -> str:
-        """``json.dumps(self.text)``, from literals escaped once per issue (or of the text
-        itself, once something has built it)."""
+    def text_json(self) -> list[bytes]:
+        """``json.dumps(self.text)`` in pieces to join once, from literals escaped once per
+        issue (or of the text itself, once something has built it)."""
         if "text" in self.__dict__:
-            return json.dumps(self.__dict__["text"])
-        return json_string(self.prepared._json_segments[0], self._values, escape=False)
+            return [json.dumps(self.__dict__["text"]).encode("ascii")]
+        return json_parts(self.prepared._json_segments[0], self._values, escape=False)
 
     @property
-    def html_json(self) -> str:
-        """``json.dumps(self.html)``, from literals escaped once per issue (or of the HTML
-        itself, once something has built it)."""
+    def html_json(self) -> list[bytes]:
+        """``json.dumps(self.html)`` in pieces to join once, from literals escaped once per
+        issue (or of the HTML itself, once something has built it)."""
         if "html" in self.__dict__:
-            return json.dumps(self.__dict__["html"])
-        return json_string(self.prepared._json_segments[1], self._values, escape=True)
+            return [json.dumps(self.__dict__["html"]).encode("ascii")]
+        return json_parts(self.prepared._json_segments[1], self._values, escape=True)
 
     @cached_property
     def extra_headers(self) -> dict[str, str]:

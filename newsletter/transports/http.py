@@ -108,13 +108,14 @@ class Failure:
 
 
 class RawJSON:
-    """A value already encoded as JSON text (e.g. ``OutgoingMessage.html_json``, escaped
-    once per issue): :func:`json_body` puts it in the request as it is."""
+    """A value already encoded as JSON text, as pieces of ASCII bytes (e.g.
+    ``OutgoingMessage.html_json``, escaped once per issue): :func:`json_body` puts it
+    in the request as it is."""
 
-    __slots__ = ("text",)
+    __slots__ = ("parts",)
 
-    def __init__(self, text: str):
-        self.text = text
+    def __init__(self, parts: list[bytes]):
+        self.parts = parts
 
 
 def json_body(value: Any) -> bytes:
@@ -122,21 +123,26 @@ def json_body(value: Any) -> bytes:
 
     Only the small skeleton (addresses, headers) is encoded here, by the C encoder:
     it hands each RawJSON to ``default``, which leaves a marker carrying a random
-    nonce (so no value from outside can forge one); the markers are then replaced by
-    the pre-encoded texts in one join. ASCII throughout, as ``json.dumps`` writes.
+    nonce (so no value from outside can forge one); the body is then one join of the
+    skeleton's pieces and the pre-encoded ones. ASCII throughout, as ``json.dumps`` writes.
     """
-    raws: list[str] = []
+    raws: list[RawJSON] = []
     nonce = os.urandom(8).hex()
 
     def default(obj: Any) -> str:
         if not isinstance(obj, RawJSON):
             raise TypeError(f"{type(obj).__name__} is not JSON serializable")
-        raws.append(obj.text)
+        raws.append(obj)
         return f"\x00{nonce}:{len(raws) - 1}\x00"
 
     skeleton = json.dumps(value, default=default, allow_nan=False)
-    parts = re.split(rf'"\\u0000{nonce}:(\d+)\\u0000"', skeleton)  # text, index, text, ..., text
-    return "".join(raws[int(p)] if i % 2 else p for i, p in enumerate(parts)).encode("utf-8")
+    pieces: list[bytes] = []
+    for i, part in enumerate(re.split(rf'"\\u0000{nonce}:(\d+)\\u0000"', skeleton)):  # text, index, ...
+        if i % 2:
+            pieces.extend(raws[int(part)].parts)
+        else:
+            pieces.append(part.encode("ascii"))
+    return b"".join(pieces)
 
 
 def address(name: str, email: str) -> str:
