@@ -56,10 +56,19 @@ def send_test(settings: "Settings", rendered: "RenderedEmail", recipients: Seque
         return transport.send([prepared.personalise(Recipient(a)) for a in recipients])
 
 
-def active_subscribers(settings: "Settings") -> int:
+def _scanning_store(settings: "Settings") -> Any:
+    """The subscriber store with a small page cache, for one pass over the whole list:
+    SQLite's default cache (2 MB) would only make memory grow with the list's size."""
     from newsletter.store import SubscriberStore
 
-    return SubscriberStore.open(settings.db_path).count("active")
+    store = SubscriberStore.open(settings.db_path)
+    store.conn.execute("PRAGMA cache_size=-64")
+    return store
+
+
+def active_subscribers(settings: "Settings") -> int:
+    with _scanning_store(settings) as store:
+        return store.count("active")
 
 
 FAILURE_DETAILS = 20  # failed recipients named in a dry run's summary; the rest are counted
@@ -79,16 +88,15 @@ def dry_run_all(settings: "Settings", rendered: "RenderedEmail", progress: Progr
     A message that cannot be built fails alone (the transport says so); it is
     counted and named here, never built a second time outside that handling.
     """
-    from newsletter.store import SubscriberStore
     from newsletter.transports.dryrun import DryRunTransport
 
-    store = SubscriberStore.open(settings.db_path)
+    store = _scanning_store(settings)
     total = store.count("active")
     prepared = prepare_issue(settings, rendered)
     messages = (prepared.for_subscriber(s.id, s.email, s.name) for s in store.iter_subscribers(status="active"))
     summary = DryRunSummary()
     done = 0
-    with DryRunTransport.from_settings(settings) as transport:
+    with store, DryRunTransport.from_settings(settings) as transport:
         for batch in _batches(messages, DRY_RUN_BATCH):
             for msg, result in zip(batch, transport.send(batch)):
                 if result.status.delivered:
