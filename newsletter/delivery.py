@@ -36,6 +36,8 @@ Rules worth knowing:
   window; it is an upper bound (transports slow themselves down on rate limits).
 * ``daily_cap`` counts every message handed to the transport per UTC day and transport;
   reaching it defers the delivery until the next UTC midnight.
+* Unsubscribes the web app spooled while the database was locked are applied before
+  the list is frozen and at every resume (:mod:`newsletter.unsubscribe_spool`).
 * A ``done`` delivery sends nobody again; ``retry_failed`` alone reopens the readers
   whose retry window ran out.
 """
@@ -63,6 +65,7 @@ from newsletter.outcome import DEFAULT_RETRY_WINDOW, Answer, Policy, Row, classi
 from newsletter.pacing import Pacer, interruptible_sleep
 from newsletter.store import SubscriberStore
 from newsletter.transports.base import SendResult, Status, Transport
+from newsletter.unsubscribe_spool import apply_spool
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
@@ -249,6 +252,9 @@ class _Run:
         return transports
 
     def _begin(self, d: Delivery) -> None:
+        self.store = SubscriberStore(self.conn)
+        with self.db:  # its own transaction: the spool file is gone once it commits
+            apply_spool(self.store, self.prepared.secret_key, now=self.now())
         with self.db, transaction(self.conn):
             start = ledger.begin_run(self.conn, d, transport=self.transport_name,
                                      resend_interrupted=self.o.resend_uncertain, retry_failed=self.o.retry_failed,
@@ -260,7 +266,6 @@ class _Run:
             self.stats["uncertain_reported"] = start.interrupted
         self.counts = start.counts
         self.total = sum(self.counts.values())
-        self.store = SubscriberStore(self.conn)
 
     # ---- lock heartbeat ------------------------------------------------------------------
     def _tick(self) -> None:

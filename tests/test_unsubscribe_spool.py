@@ -1,0 +1,76 @@
+"""The unsubscribe spool (kept by the web app while SQLite stayed locked) is applied by the
+delivery engine before it freezes the list and at every resume, so a send never mails a
+reader whose unsubscribe is waiting in the spool."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import datetime, timezone
+
+from newsletter.store import SubscriberStore
+from newsletter.tokens import make_token
+from newsletter.unsubscribe_spool import apply_spool, spool_path, spool_unsubscribe
+
+from test_delivery import SECRET, Recorder, Sink, add_subscribers, db, ledger_states, send, subscriber_status  # noqa: F401 (db: fixture)
+
+AT = datetime(2031, 3, 4, 9, 0, tzinfo=timezone.utc)
+
+
+def token_of(db, email: str) -> str:
+    store = SubscriberStore.open(db)
+    try:
+        return make_token(SECRET, store.get_by_email(email).id, email)
+    finally:
+        store.close()
+
+
+def test_a_spooled_unsubscribe_is_applied_before_the_list_is_frozen(db):
+    emails = add_subscribers(db, 5)
+    gone = emails[2]
+    spool_unsubscribe(db, token_of(db, gone), "one-click (RFC 8058)", AT)
+    assert spool_path(db).exists()
+
+    report, sink = send(db)
+
+    assert report.state == "done"
+    assert sorted(sink.counts()) == sorted(e for e in emails if e != gone)
+    assert gone not in ledger_states(db, 1)  # never even frozen into the list
+    assert subscriber_status(db, gone) == "unsubscribed"
+    assert not spool_path(db).exists()
+
+
+def test_a_spooled_unsubscribe_is_applied_on_resume(db):
+    emails = add_subscribers(db, 6)
+    stop = threading.Event()
+    sink = Sink()
+
+    def stop_after_first_batch(messages, key):
+        stop.set()
+
+    first = Recorder(sink, before=stop_after_first_batch)
+    report, _ = send(db, transport=first, stop=stop, batch_size=2)
+    assert report.state == "paused"
+    unsent = [e for e in emails if e not in sink.counts()]
+    gone = unsent[-1]
+    spool_unsubscribe(db, token_of(db, gone), "one-click (RFC 8058)", AT)
+
+    report, _ = send(db, transport=Recorder(sink), batch_size=2)
+
+    assert report.state == "done"
+    assert gone not in sink.counts()
+    assert ledger_states(db, 1)[gone] == "skipped"
+    assert subscriber_status(db, gone) == "unsubscribed"
+    assert not spool_path(db).exists()
+
+
+def test_a_forged_or_garbled_spool_line_changes_nobody(db):
+    emails = add_subscribers(db, 2)
+    spool_path(db).write_text(json.dumps({"token": "A" * 32, "reason": "x"}) + "\nnot json\n[1]\n")
+    store = SubscriberStore.open(db)
+    try:
+        assert apply_spool(store, SECRET, now=AT) == 0
+    finally:
+        store.close()
+    assert [subscriber_status(db, e) for e in emails] == ["active", "active"]
+    assert not spool_path(db).exists()
