@@ -20,6 +20,12 @@ BUSY_TIMEOUT_MS = 10_000
 Step = Union[str, Callable[[sqlite3.Connection], None]]
 
 
+def is_locked(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite saying another connection holds the lock ("database is
+    locked", "database table is locked", SQLITE_BUSY)."""
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+
+
 def connect(path: Path | str) -> sqlite3.Connection:
     """Open the database in WAL mode with foreign keys on.
 

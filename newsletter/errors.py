@@ -110,6 +110,13 @@ class ContentChangedError(NewsletterError):
     exit_code = 7
 
 
+class DatabaseLockedError(NewsletterError):
+    """The SQLite database stayed locked by another process past the busy timeout (exit 75,
+    sysexits' EX_TEMPFAIL: try again later, as a mail system would)."""
+
+    exit_code = 75
+
+
 class SendDeferredError(NewsletterError):
     """Readers are left for a later retry (the provider is down, a window of 4xx);
     ``newsletter worker`` or ``resume`` continues (exit 8)."""

@@ -26,7 +26,7 @@ from werkzeug.wrappers import Request, Response
 
 from newsletter.clock import SYSTEM, Clock
 from newsletter.config import Settings
-from newsletter.db import connect
+from newsletter.db import connect, is_locked
 from newsletter.store import SubscriberStore
 from newsletter.web.proxies import client_ip
 
@@ -54,10 +54,6 @@ def text_response(body: str, status: int) -> Response:
 
 def not_found() -> Response:
     return text_response(NOT_FOUND_BODY, 404)
-
-
-def is_locked(exc: BaseException) -> bool:
-    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
 
 
 class WebApp:

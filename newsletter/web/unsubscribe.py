@@ -20,8 +20,9 @@ from pathlib import Path
 from werkzeug.wrappers import Request, Response
 
 from newsletter import unsubscribe_spool
+from newsletter.db import is_locked
 from newsletter.store import ACTIVE, PENDING, SubscriberStore
-from newsletter.web.app import WebApp, is_locked, not_found, text_response
+from newsletter.web.app import WebApp, not_found, text_response
 from newsletter.web.pages import csp_for, simple_page
 
 
