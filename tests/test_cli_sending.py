@@ -99,3 +99,35 @@ def test_status_failed_never_prints_a_configured_secret(publication_root):
     result = run(publication_root, "status", "--failed", env={"SENDGRID_API_KEY": " SG.leaky-key-0987\r"})
     assert result.exit_code == 0 and "reader0@example.org" in result.output
     assert "SG.leaky-key-0987" not in result.output and "***" in result.output
+
+
+def test_dispatch_stopped_by_sigterm_with_readers_pending_exits_130(publication_root):
+    """`dispatch` from cron or a timer, stopped mid-send: its exit code must not say all is well."""
+    import datetime as dt
+
+    _subscribe(publication_root, 40)
+    at = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1)).isoformat()
+    scheduled = run(publication_root, "schedule", "6", "--at", at, "--skip-checks",
+                    env={"NEWSLETTER_BASE_URL": "https://chinaffairs.example"})  # the content hash covers links
+    assert scheduled.exit_code == 0, scheduled.output
+    with SMTPTestServer() as server:
+        env = {**os.environ, **server.env(), "NEWSLETTER_BASE_URL": "https://chinaffairs.example",
+               "NEWSLETTER_SECRET_KEY": "test-secret", "NEWSLETTER_RATE": "20", "NEWSLETTER_BATCH_SIZE": "5"}
+        proc = subprocess.Popen([sys.executable, "-m", "newsletter", "--root", str(publication_root), "dispatch"],
+                                env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while server.count < 5:
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "the send never started"
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        sent = server.count
+    assert sent < 40
+    assert proc.returncode == 130, out + err
+    assert "readers pending" in err and "dispatch" in err

@@ -413,7 +413,7 @@ def dispatch(ctx: click.Context) -> None:
     from newsletter.sendplan import scheduler_args
 
     from newsletter.delivery import describe_deferral
-    from newsletter.errors import SendDeferredError
+    from newsletter.errors import SendDeferredError, SendInterruptedError
 
     settings = settings_of(ctx)
     args = scheduler_args(settings)
@@ -426,6 +426,11 @@ def dispatch(ctx: click.Context) -> None:
             click.echo(describe_deferral(report, report.slug), err=True)
     if not reports:
         click.echo("Nothing due.")
+    pending = sum(r.pending for r in reports)
+    if stop.is_set() and pending:  # SIGTERM/Ctrl-C: say so, as `send` does (exit 130, not 0)
+        click.echo(f"Stopped with {pending} readers pending; the next `newsletter dispatch` (or `resume`) "
+                   "will continue.", err=True)
+        ctx.exit(SendInterruptedError.exit_code)
     if any(r.state == "deferred" for r in reports):
         ctx.exit(SendDeferredError.exit_code)
 
