@@ -218,6 +218,20 @@ def test_serves_static_site(settings, db, store, sub, tmp_path):
     assert client.get("/healthz").get_data() == b"ok\n"
 
 
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"])
+def test_archive_files_answer_only_get_and_head(settings, db, store, sub, tmp_path, method):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<h1>Archive</h1>")
+    (site / "feed.xml").write_text("<feed/>")
+    client = Client(make_app(settings, store_path=db, site_dir=site))
+    for path in ("/", "/feed.xml", "/missing.html"):
+        r = client.open(path, method=method, data=b"x=1")
+        assert r.status_code == 405 and r.headers["Allow"] == "GET, HEAD" and b"Archive" not in r.get_data()
+    assert client.head("/feed.xml").status_code == 200
+    assert client.open(f"/unsubscribe/{token_for(sub)}", method="PUT").status_code == 405  # the app's own 405
+
+
 def test_missing_site_dir_is_a_config_error(settings, db, tmp_path):
     with pytest.raises(ConfigError):
         make_app(settings, store_path=db, site_dir=tmp_path / "nope")
