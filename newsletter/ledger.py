@@ -675,6 +675,15 @@ def wait_for_editor(conn: sqlite3.Connection, delivery_id: int) -> None:
         conn.execute("UPDATE deliveries SET resume_at=NULL WHERE id=? AND state='paused'", (delivery_id,))
 
 
+def hold_for_editor(conn: sqlite3.Connection, delivery_id: int, reason: str) -> None:
+    """An editor's send that could not start (the transport or a setting refused, nobody was
+    contacted) leaves its delivery paused, not ``running``: a worker or cron dispatch would
+    otherwise send the whole issue on its own. `newsletter send` or `resume` continues it."""
+    with transaction(conn):
+        conn.execute("UPDATE deliveries SET state='paused', resume_at=NULL, reason=? WHERE id=? AND state='running'",
+                     (scrub(reason), delivery_id))
+
+
 def forget_subscriber(conn: sqlite3.Connection, subscriber_id: int) -> int:
     """Delete a subscriber's ledger rows (erasure requests), so the store can remove them.
     Returns how many rows went. Their deliveries' totals keep counting them."""

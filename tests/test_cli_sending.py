@@ -131,3 +131,29 @@ def test_dispatch_stopped_by_sigterm_with_readers_pending_exits_130(publication_
     assert sent < 40
     assert proc.returncode == 130, out + err
     assert "readers pending" in err and "dispatch" in err
+
+
+def test_a_send_whose_transport_fails_to_start_is_not_sent_later_by_dispatch(publication_root):
+    """Exit 4 says nobody was contacted; a cron `dispatch` must not then send the whole issue
+    on its own. The editor's next `send` continues it."""
+    import socket
+
+    _subscribe(publication_root, 3)
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now
+    base = {"NEWSLETTER_BASE_URL": "https://chinaffairs.example", "NEWSLETTER_TRANSPORT": "smtp",
+            "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(port), "SMTP_SECURITY": "none", "SMTP_TIMEOUT": "5"}
+    failed = run(publication_root, "send", "6", "--yes", "--skip-checks", env=base)
+    assert failed.exit_code == 4, failed.output
+    with SMTPTestServer() as server:
+        env = {**server.env(), "NEWSLETTER_BASE_URL": "https://chinaffairs.example"}
+        later = run(publication_root, "dispatch", env=env)
+        assert later.exit_code == 0 and "Nothing due." in later.output, later.output
+        assert server.count == 0
+        status = run(publication_root, "status", "6")
+        assert "paused" in status.output
+        again = run(publication_root, "send", "6", "--yes", "--skip-checks", env=env)
+        assert again.exit_code == 0, again.output
+        assert server.count == 3

@@ -181,7 +181,8 @@ def _graceful_stop() -> Iterator[threading.Event]:
 def _deliver(settings: "Settings", rendered: "RenderedEmail", *, yes: bool, resend_uncertain: bool,
              force_new_content: bool, retry_failed: bool = False) -> None:
     from newsletter.delivery import DeliveryOptions, run_delivery
-    from newsletter.ledger import start_or_resume, wait_for_editor
+    from newsletter.errors import ConfigError, TransportError
+    from newsletter.ledger import hold_for_editor, start_or_resume, wait_for_editor
     from newsletter.sendplan import open_delivery, prepare_issue
 
     conn, active, factory = open_delivery(settings)
@@ -192,8 +193,12 @@ def _deliver(settings: "Settings", rendered: "RenderedEmail", *, yes: bool, rese
     delivery_id = start_or_resume(conn, prepared, force_new_content=force_new_content)
     progress, update, waiting = _progress(active, "Sending")
     with progress, _graceful_stop() as stop:
-        report = run_delivery(conn, delivery_id, prepared, factory, options=options, progress=update,
-                              waiting=waiting, stop=stop)
+        try:
+            report = run_delivery(conn, delivery_id, prepared, factory, options=options, progress=update,
+                                  waiting=waiting, stop=stop)
+        except (TransportError, ConfigError) as exc:  # exit 4/3, nobody contacted: nor may a worker go on
+            hold_for_editor(conn, delivery_id, f"could not start: {exc.format_message()}")
+            raise
     _report(report)
     if stop.is_set():
         wait_for_editor(conn, delivery_id)
