@@ -678,8 +678,11 @@ def wait_for_editor(conn: sqlite3.Connection, delivery_id: int) -> None:
 def hold_for_editor(conn: sqlite3.Connection, delivery_id: int, reason: str) -> None:
     """An editor's send that could not start (the transport or a setting refused, nobody was
     contacted) leaves its delivery paused, not ``running``: a worker or cron dispatch would
-    otherwise send the whole issue on its own. `newsletter send` or `resume` continues it."""
+    otherwise send the whole issue on its own. `newsletter send` or `resume` continues it.
+    A delivery another live process is sending is left alone."""
     with transaction(conn):
+        if lock_is_live(get_delivery(conn, delivery_id)):  # another process is sending it right now
+            return
         conn.execute("UPDATE deliveries SET state='paused', resume_at=NULL, reason=? WHERE id=? AND state='running'",
                      (scrub(reason), delivery_id))
 

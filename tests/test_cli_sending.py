@@ -157,3 +157,25 @@ def test_a_send_whose_transport_fails_to_start_is_not_sent_later_by_dispatch(pub
         again = run(publication_root, "send", "6", "--yes", "--skip-checks", env=env)
         assert again.exit_code == 0, again.output
         assert server.count == 3
+
+
+
+def test_hold_for_editor_leaves_a_delivery_another_process_is_sending_alone(publication_root):
+    """A second `send` that fails before taking the lock must not mark a live send as paused."""
+    import datetime as dt
+
+    from newsletter.ledger import acquire_lock, get_delivery, hold_for_editor, open_ledger
+
+    _subscribe(publication_root, 2)
+    with SMTPTestServer() as server:
+        env = {**server.env(), "NEWSLETTER_BASE_URL": "https://chinaffairs.example", "SMTP_SECURITY": "starttls"}
+        assert run(publication_root, "send", "6", "--yes", "--skip-checks", env=env).exit_code == 4
+    conn = open_ledger(publication_root / "newsletter.db")
+    try:
+        with conn:
+            conn.execute("UPDATE deliveries SET state='running' WHERE id=1")
+        acquire_lock(conn, 1, "another-sender", dt.datetime.now(dt.timezone.utc))  # live: this process
+        hold_for_editor(conn, 1, "could not start")
+        assert get_delivery(conn, 1).state == "running"
+    finally:
+        conn.close()
