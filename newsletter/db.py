@@ -80,6 +80,8 @@ def migrate(conn: sqlite3.Connection, component: str, steps: Sequence[Step]) -> 
     while True:
         row = conn.execute("SELECT version FROM schema_migrations WHERE component=?", (component,)).fetchone()
         peek = row[0] if row else 0
+        if peek == len(steps):  # up to date (versions only grow): no write lock needed to read the database
+            return
         rebuild = peek < len(steps) and _is_rebuild(steps[peek])
         if rebuild:
             conn.execute("PRAGMA foreign_keys=OFF")

@@ -69,3 +69,11 @@ def test_another_sqlite_failure_is_one_line_exit_3(pub, monkeypatch):
     result = run(pub, "subscribers", "count")
     line = one_line(result)
     assert result.exit_code == 3 and "news.db" in line and "disk I/O error" in line
+
+
+def test_reading_commands_work_while_another_process_writes(pub, locked):
+    """Opening an up-to-date database takes no write lock: `count` and `list` read through WAL."""
+    result = run(pub, "subscribers", "count")
+    assert result.exit_code == 0 and "active: 1" in result.output, result.output
+    listed = run(pub, "subscribers", "list")
+    assert listed.exit_code == 0 and "first@example.org" in listed.output
