@@ -25,6 +25,29 @@ def _subscribe(root: Path, n: int) -> None:
     assert run(root, "subscribers", "import", str(csv)).exit_code == 0
 
 
+def _interrupted(root: Path, args: list[str], sig: int) -> tuple[int, str, str, int]:
+    """A real `newsletter ARGS` process sending to aiosmtpd, slowed by the rate setting and sent
+    ``sig`` once 5 messages arrived: (exit code, stdout, stderr, messages the server got)."""
+    with SMTPTestServer() as server:
+        env = {**os.environ, **server.env(), "NEWSLETTER_BASE_URL": "https://chinaffairs.example",
+               "NEWSLETTER_SECRET_KEY": "test-secret", "NEWSLETTER_RATE": "20", "NEWSLETTER_BATCH_SIZE": "5"}
+        proc = subprocess.Popen([sys.executable, "-m", "newsletter", "--root", str(root), *args], env=env, cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while server.count < 5:
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "the send never started"
+                time.sleep(0.02)
+            proc.send_signal(sig)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        return proc.returncode, out, err, server.count
+
+
 def test_an_outage_past_the_foreground_wait_exits_8_with_the_next_retry(publication_root):
     _subscribe(publication_root, 4)
     with SMTPTestServer(rcpt_replies=lambda a: "451 4.3.0 mail system down, try later") as server:
@@ -59,26 +82,8 @@ def test_worker_refuses_a_poll_interval_that_would_spin(publication_root, poll):
 def test_ctrl_c_with_readers_pending_exits_130_and_says_how_to_continue(publication_root):
     """A real `newsletter send` process, slowed by the rate setting, interrupted with SIGINT."""
     _subscribe(publication_root, 40)
-    with SMTPTestServer() as server:
-        env = {**os.environ, **server.env(), "NEWSLETTER_BASE_URL": "https://chinaffairs.example",
-               "NEWSLETTER_SECRET_KEY": "test-secret", "NEWSLETTER_RATE": "20", "NEWSLETTER_BATCH_SIZE": "5"}
-        proc = subprocess.Popen([sys.executable, "-m", "newsletter", "--root", str(publication_root), "send", "6",
-                                 "--yes", "--skip-checks"], env=env, cwd=REPO, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + 60
-            while server.count < 5:
-                assert proc.poll() is None, proc.communicate()
-                assert time.monotonic() < deadline, "the send never started"
-                time.sleep(0.02)
-            proc.send_signal(signal.SIGINT)
-            out, err = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        sent = server.count
-    assert proc.returncode == 130, out + err
+    returncode, out, err, sent = _interrupted(publication_root, ["send", "6", "--yes", "--skip-checks"], signal.SIGINT)
+    assert returncode == 130, out + err
     assert "`newsletter resume 6` will continue" in err and sent < 40
     conn = sqlite3.connect(publication_root / "newsletter.db")
     states = dict(conn.execute("SELECT state, COUNT(*) FROM ledger GROUP BY state"))
@@ -110,26 +115,9 @@ def test_dispatch_stopped_by_sigterm_with_readers_pending_exits_130(publication_
     scheduled = run(publication_root, "schedule", "6", "--at", at, "--skip-checks",
                     env={"NEWSLETTER_BASE_URL": "https://chinaffairs.example"})  # the content hash covers links
     assert scheduled.exit_code == 0, scheduled.output
-    with SMTPTestServer() as server:
-        env = {**os.environ, **server.env(), "NEWSLETTER_BASE_URL": "https://chinaffairs.example",
-               "NEWSLETTER_SECRET_KEY": "test-secret", "NEWSLETTER_RATE": "20", "NEWSLETTER_BATCH_SIZE": "5"}
-        proc = subprocess.Popen([sys.executable, "-m", "newsletter", "--root", str(publication_root), "dispatch"],
-                                env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + 60
-            while server.count < 5:
-                assert proc.poll() is None, proc.communicate()
-                assert time.monotonic() < deadline, "the send never started"
-                time.sleep(0.02)
-            proc.send_signal(signal.SIGTERM)
-            out, err = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        sent = server.count
+    returncode, out, err, sent = _interrupted(publication_root, ["dispatch"], signal.SIGTERM)
     assert sent < 40
-    assert proc.returncode == 130, out + err
+    assert returncode == 130, out + err
     assert "readers pending" in err and "dispatch" in err
 
 
