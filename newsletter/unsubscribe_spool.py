@@ -27,8 +27,9 @@ SUFFIX = ".unsubscribe-spool"
 
 
 def spool_path(db_path: Path | str) -> Path:
-    """The spool file of the database at ``db_path``."""
-    db_path = Path(db_path)
+    """The spool file of the database at ``db_path``, beside the real file: SQLite resolves
+    symbolic links (and relative paths) the same way, so the web app and the engine agree."""
+    db_path = Path(db_path).resolve()
     return db_path.with_name(db_path.name + SUFFIX)
 
 

@@ -74,3 +74,17 @@ def test_a_forged_or_garbled_spool_line_changes_nobody(db):
         store.close()
     assert [subscriber_status(db, e) for e in emails] == ["active", "active"]
     assert not spool_path(db).exists()
+
+
+def test_the_web_app_and_the_engine_find_one_spool_through_a_symlinked_database(db, tmp_path):
+    """NEWSLETTER_DB may be a symbolic link; SQLite reports the real file, so the spool must live there."""
+    emails = add_subscribers(db, 2)
+    link = tmp_path / "links" / "newsletter.db"
+    link.parent.mkdir()
+    link.symlink_to(db)
+    spool_unsubscribe(link, token_of(db, emails[0]), "one-click (RFC 8058)", AT)  # as the web app would
+
+    report, sink = send(db)
+
+    assert report.state == "done" and sorted(sink.counts()) == [emails[1]]
+    assert subscriber_status(db, emails[0]) == "unsubscribed"
