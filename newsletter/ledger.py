@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 from newsletter.db import connect, migrate
 from newsletter.errors import ContentChangedError, DeliveryLockedError, InputError, scrub
 from newsletter.message import PreparedIssue
+from newsletter.processes import pid_alive
 from newsletter.transports.base import Transport
 
 if TYPE_CHECKING:
@@ -403,22 +404,6 @@ def start_or_resume(conn: sqlite3.Connection, prepared: PreparedIssue, *, schedu
 # ---------------------------------------------------------------------------------------
 # The lock
 # ---------------------------------------------------------------------------------------
-def _pid_alive(pid: int | None) -> bool:
-    if not pid or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed but not yet reaped child still answers kill(0): a zombie is dead
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rpartition(")")[2].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return True
-
-
 def lock_is_live(d: Delivery, now: datetime | None = None) -> bool:
     """True if the delivery's lock belongs to a process that still looks alive."""
     if d.lock_pid is None and d.lock_heartbeat is None:
@@ -426,7 +411,7 @@ def lock_is_live(d: Delivery, now: datetime | None = None) -> bool:
     now = now or utcnow()
     if d.lock_heartbeat is None or now - d.lock_heartbeat > LOCK_STALE_AFTER:
         return False
-    if d.lock_host == socket.gethostname() and not _pid_alive(d.lock_pid):
+    if d.lock_host == socket.gethostname() and not pid_alive(d.lock_pid):
         return False
     return True
 

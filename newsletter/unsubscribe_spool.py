@@ -9,6 +9,7 @@ database (``newsletter.db.unsubscribe-spool``), JSON lines; tokens are verified 
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import threading
 from datetime import datetime
 from pathlib import Path
 
+from newsletter.processes import pid_alive
 from newsletter.store import SubscriberStore
 
 log = logging.getLogger("newsletter.spool")
@@ -64,6 +66,7 @@ def apply_spool(store: SubscriberStore, secret: str, *, now: datetime, db_path: 
     if path_of_db is None:
         return 0
     path = spool_path(path_of_db)
+    _recover_orphans(path)
     if not path.exists():
         return 0
     with _lock:
@@ -87,6 +90,21 @@ def apply_spool(store: SubscriberStore, secret: str, *, now: datetime, db_path: 
         raise
     taken.unlink()
     return done
+
+
+def _recover_orphans(path: Path) -> None:
+    """A process killed while applying its taken spool (``<spool>.<pid>.<thread>``) left it
+    behind: put its lines back. Applying a line twice is harmless (unsubscribing is idempotent)."""
+    for orphan in path.parent.glob(glob.escape(path.name) + ".*"):
+        pid = orphan.name[len(path.name) + 1:].partition(".")[0]
+        if not pid.isdigit() or pid_alive(int(pid)):
+            continue
+        try:
+            data = orphan.read_bytes()
+        except FileNotFoundError:  # another process recovered it first
+            continue
+        _append(path, data)
+        orphan.unlink(missing_ok=True)
 
 
 def _entries(text: str) -> list[tuple[str, str]]:

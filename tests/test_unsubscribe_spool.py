@@ -5,6 +5,7 @@ reader whose unsubscribe is waiting in the spool."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 from datetime import datetime, timezone
 
@@ -88,3 +89,21 @@ def test_the_web_app_and_the_engine_find_one_spool_through_a_symlinked_database(
 
     assert report.state == "done" and sorted(sink.counts()) == [emails[1]]
     assert subscriber_status(db, emails[0]) == "unsubscribed"
+
+
+def test_a_spool_left_taken_by_a_killed_process_is_applied(db):
+    """A process killed between taking the spool and committing it must not lose its lines."""
+    import subprocess
+    import sys
+
+    emails = add_subscribers(db, 2)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = spool_path(db).with_name(f"{spool_path(db).name}.{int(dead.stdout)}.12345")
+    orphan.write_text(json.dumps({"token": token_of(db, emails[0]), "reason": "one-click (RFC 8058)"}) + "\n")
+    live = spool_path(db).with_name(f"{spool_path(db).name}.{os.getpid()}.999")  # being applied right now
+    live.write_text(json.dumps({"token": token_of(db, emails[1]), "reason": "one-click (RFC 8058)"}) + "\n")
+
+    report, sink = send(db)
+
+    assert subscriber_status(db, emails[0]) == "unsubscribed" and not orphan.exists()
+    assert sorted(sink.counts()) == [emails[1]] and live.exists()  # a live process's file is its own
