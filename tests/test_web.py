@@ -354,6 +354,30 @@ def test_locked_database_is_retried_then_spooled_and_applied(settings, db, store
     assert not spool_path(wsgi.web_app).exists()
 
 
+def test_a_write_the_database_refuses_past_the_retries_is_503_not_500(tmp_path, db, store, sub, monkeypatch):
+    """Confirming a signup while another process holds the write lock: try again later, never a 500."""
+    import sqlite3
+
+    from newsletter.clock import FakeClock
+    from newsletter.tokens import CONFIRM
+    from newsletter.web import app as web_app_module
+
+    monkeypatch.setattr(web_app_module, "DB_BUSY_MS", 50)
+    settings = load_settings(tmp_path, environ={"NEWSLETTER_SECRET_KEY": SECRET,
+                                                "NEWSLETTER_BASE_URL": "https://news.example.org"})
+    client = Client(make_app(settings, store_path=db, clock=FakeClock(), mail_sender=lambda message: None))
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        r = client.post(f"/confirm/{make_token(SECRET, sub.id, sub.email, CONFIRM)}", data={"confirm": "yes"})
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert r.status_code == 503 and r.headers["Retry-After"] == "5"
+    assert "Traceback" not in r.get_data(as_text=True)
+    assert store.get(sub.id).status == "active"
+
+
 def test_spool_is_applied_at_startup(settings, db, store, sub):
     import json
 

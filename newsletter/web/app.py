@@ -134,8 +134,14 @@ class WebApp:
             response = self.dispatch(request)
         except HTTPException as exc:  # 413 for an oversized body, 400 for a malformed one
             response = text_response(f"{exc.code} {exc.name}\n", exc.code or 400)
-        except Exception:  # noqa: BLE001 - logged once, answered plainly, never shown
-            # Only the first path segment: the rest may be a reader's token.
-            log.exception("error serving %s /%s/...", request.method, request.path.split("/")[1][:40])
-            response = text_response("Internal error\n", 500)
+        except Exception as exc:  # noqa: BLE001 - answered plainly, never shown
+            # Only the first path segment in logs: the rest may be a reader's token.
+            where = f"{request.method} /{request.path.split('/')[1][:40]}/..."
+            if is_locked(exc):  # locked past the in-request retries: ours and brief, so 503, not 500
+                log.warning("database locked; %s answered 503", where)
+                response = text_response("Temporarily unavailable; please try again in a moment\n", 503)
+                response.headers["Retry-After"] = "5"
+            else:
+                log.exception("error serving %s", where)
+                response = text_response("Internal error\n", 500)
         return response(environ, start_response)
