@@ -20,6 +20,12 @@ from mdit_py_plugins.footnote import footnote_plugin
 from newsletter.errors import InputError
 
 
+# markdown-it drops, without a word, whatever nests past its maxNesting (20 token levels in the
+# commonmark preset). Refusing from token level 18 keeps every accepted level whole: lists nest at
+# most 8 deep (each list level is two token levels), block quotes 16.
+MAX_TOKEN_LEVEL = 17
+
+
 @dataclass(frozen=True)
 class Block:
     """One visual unit of the email: the intro, a section, or an article card."""
@@ -72,11 +78,19 @@ def _check_images(tokens: Sequence[Token], path: object, first_line: int) -> Non
                 raise InputError(f"image {src} has no alt text: write ![what it shows]({src})", path=path, line=line)
 
 
+def _check_nesting(tokens: Sequence[Token], path: object, first_line: int) -> None:
+    deep = next((t for t in tokens if t.level > MAX_TOKEN_LEVEL and t.map), None)
+    if deep is not None:
+        raise InputError("lists or quotes are nested too deeply (at most 8 list levels): "
+                         "deeper levels would be lost; flatten them", path=path, line=first_line + deep.map[0])
+
+
 def parse_body(body: str, *, path: object = None, first_line: int = 1) -> ParsedBody:
     """Parse once; check what email cannot forgive (missing alt text); split into blocks."""
     md = parser()
     env: dict = {}
     tokens = md.parse(body, env)
+    _check_nesting(tokens, path, first_line)
     _check_images(tokens, path, first_line)
 
     blocks: list[Block] = []
