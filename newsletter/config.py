@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from newsletter.addresses import ENCODED_WORD
 from newsletter.errors import ConfigError
 
 CONFIG_FILE = "newsletter.toml"
@@ -113,7 +114,12 @@ class Settings:
 
     @property
     def db_path(self) -> Path:
-        return self.path("NEWSLETTER_DB", "newsletter.db")
+        """The SQLite file. Its folder must exist: a typo must not create folders and an empty list."""
+        path = self.path("NEWSLETTER_DB", "newsletter.db")
+        if not path.parent.is_dir():
+            raise ConfigError(f"NEWSLETTER_DB={self.get('NEWSLETTER_DB', 'newsletter.db')!r}: the folder {path.parent} does not exist; "
+                              "create it or fix the path")
+        return path
 
     def path(self, key: str, default: str) -> Path:
         p = Path(self.get(key, default))
@@ -203,6 +209,22 @@ def _dotenv(root: Path) -> dict[str, str]:
     return {k: v for k, v in dotenv_values(path).items() if v is not None}
 
 
+def _split_from(values: dict[str, str], *, explicit_name: bool) -> None:
+    """Accept ``from_email = "Name <addr>"``, the form every mail library takes: the display
+    name becomes ``from_name`` unless NEWSLETTER_FROM_NAME says otherwise."""
+    value = values.get("from_email", "")
+    if "<" not in value and ">" not in value:
+        return
+    from email.utils import parseaddr
+
+    name, address = parseaddr(value)
+    if not address or "@" not in address or "<" in address or value.count("<") != 1 or not value.endswith(">"):
+        raise ConfigError(f"from address {value!r} is not 'Name <address>' or a bare address (NEWSLETTER_FROM)")
+    values["from_email"] = address
+    if name and not explicit_name:
+        values["from_name"] = name
+
+
 def load_settings(root: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Resolve settings; ``environ`` defaults to ``os.environ`` (tests pass their own)."""
     root = find_root(root)
@@ -226,4 +248,9 @@ def load_settings(root: Path | None = None, environ: Mapping[str, str] | None = 
             values[name] = value.strip()
     if values.get("base_url"):
         values["base_url"] = values["base_url"].rstrip("/")
+    _split_from(values, explicit_name=bool(env.get("NEWSLETTER_FROM_NAME")))
+    for name in ("name", "from_name"):
+        if ENCODED_WORD.search(values.get(name, "")):
+            raise ConfigError(f"setting {name!r} contains an RFC 2047 encoded-word (=?…?=), which mail clients "
+                              "would decode in the From header; write the text itself")
     return Settings(root=root, publication=Publication(**values), env=env)
