@@ -282,8 +282,8 @@ def _read_text(path: Path) -> str:
     except OSError as exc:
         raise _fail(path, f"cannot read: {exc.strerror}") from None
     if len(raw) > MAX_FILE_BYTES:
-        raise _fail(path, f"the file is over {MAX_FILE_BYTES // 1024} KB, the limit for an issue "
-                          "(an email is clipped by Gmail at about 102 KB anyway)")
+        raise _fail(path, f"the file passes {MAX_FILE_BYTES // 1024} KB, the limit for an issue, on this line "
+                          "(Gmail clips an email at about 102 KB anyway)", raw[:MAX_FILE_BYTES].count(b"\n") + 1)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
