@@ -15,15 +15,25 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 from newsletter.addresses import ENCODED_WORD
-from newsletter.errors import ConfigError
+from newsletter.errors import ConfigError, register_secrets
 
 CONFIG_FILE = "newsletter.toml"
+#: The per-root key dry runs and tests get when NEWSLETTER_SECRET_KEY is unset; real sends refuse it.
+DEV_KEY_PREFIX = "insecure-development-key:"
+#: Environment names holding secrets: scrubbed from every stored or printed error.
+_SECRET_NAME = re.compile(r"(KEY|TOKEN|PASSWORD|SECRET|PASS)(_ID)?$")
+
+
+def is_development_key(key: str | None) -> bool:
+    """True when ``key`` is missing or the development stand-in: the one check a real send makes."""
+    return not key or str(key).startswith(DEV_KEY_PREFIX)
 
 
 class Secret(str):
@@ -171,12 +181,16 @@ class Settings:
         if key is None:
             # A per-root development key keeps dry runs and tests working out of the box;
             # real sends refuse to start without a configured key (see delivery.py).
-            return Secret("insecure-development-key:" + str(self.root.resolve()))
+            return Secret(DEV_KEY_PREFIX + str(self.root.resolve()))
         return key
 
     @property
     def has_secret_key(self) -> bool:
-        return self.secret("NEWSLETTER_SECRET_KEY") is not None
+        return not is_development_key(self.secret("NEWSLETTER_SECRET_KEY"))
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret (API keys, tokens, passwords): for :func:`newsletter.errors.scrub`."""
+        return [v for k, v in self.env.items() if v and _SECRET_NAME.search(k.upper())]
 
 
 def find_root(start: Path | None = None) -> Path:
@@ -253,4 +267,6 @@ def load_settings(root: Path | None = None, environ: Mapping[str, str] | None = 
         if ENCODED_WORD.search(values.get(name, "")):
             raise ConfigError(f"setting {name!r} contains an RFC 2047 encoded-word (=?…?=), which mail clients "
                               "would decode in the From header; write the text itself")
-    return Settings(root=root, publication=Publication(**values), env=env)
+    settings = Settings(root=root, publication=Publication(**values), env=env)
+    register_secrets(settings.secret_values())
+    return settings

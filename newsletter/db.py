@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence, Union
 
 from newsletter.errors import ConfigError
 
 BUSY_TIMEOUT_MS = 10_000
+
+#: A migration step: SQL statements separated by ";\n", or a function for what SQL alone cannot do.
+Step = Union[str, Callable[[sqlite3.Connection], None]]
 
 
 def connect(path: Path | str) -> sqlite3.Connection:
@@ -31,10 +34,11 @@ def connect(path: Path | str) -> sqlite3.Connection:
         raise ConfigError(f"cannot open database: {exc}", path=path) from None
     conn.row_factory = sqlite3.Row
     try:
+        # The busy timeout first: two processes opening a fresh file race for the WAL switch.
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")  # durable at each WAL checkpoint; safe against process crashes
         conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
@@ -45,22 +49,37 @@ def connect(path: Path | str) -> sqlite3.Connection:
     return conn
 
 
-def migrate(conn: sqlite3.Connection, component: str, steps: Sequence[str]) -> None:
-    """Apply the not-yet-applied ``steps`` of ``component``, each in its own transaction."""
-    row = conn.execute("SELECT version FROM schema_migrations WHERE component=?", (component,)).fetchone()
-    current = row[0] if row else 0
-    if current > len(steps):
-        raise ConfigError(f"database schema for {component} is newer (v{current}) than this tool knows "
-                          f"(v{len(steps)}); upgrade newsletter")
-    for version, script in enumerate(steps[current:], start=current + 1):
+def migrate(conn: sqlite3.Connection, component: str, steps: Sequence[Step]) -> None:
+    """Apply the not-yet-applied ``steps`` of ``component``, each in its own transaction.
+
+    The version is read *inside* ``BEGIN IMMEDIATE``: two processes starting on a fresh
+    database serialise here, and the second one finds the step already applied.
+    """
+    while True:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in script.split(";\n"):
-                if statement.strip():
-                    conn.execute(statement)
+            row = conn.execute("SELECT version FROM schema_migrations WHERE component=?", (component,)).fetchone()
+            current = row[0] if row else 0
+            if current > len(steps):
+                raise ConfigError(f"database schema for {component} is newer (v{current}) than this tool knows "
+                                  f"(v{len(steps)}); upgrade newsletter")
+            if current == len(steps):
+                conn.execute("COMMIT")
+                return
+            _apply(conn, steps[current])
             conn.execute("INSERT INTO schema_migrations(component, version) VALUES(?, ?) "
-                         "ON CONFLICT(component) DO UPDATE SET version=excluded.version", (component, version))
+                         "ON CONFLICT(component) DO UPDATE SET version=excluded.version", (component, current + 1))
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
+
+
+def _apply(conn: sqlite3.Connection, step: Step) -> None:
+    if callable(step):
+        step(conn)
+        return
+    for statement in step.split(";\n"):
+        if statement.strip():
+            conn.execute(statement)

@@ -1,52 +1,49 @@
-"""The delivery engine: a durable, resumable, exactly-once-where-possible send.
+"""The delivery engine: a durable, resumable send, in three steps per batch: claim → send → record.
 
 A *delivery* is one issue going to the subscriber list. Its recipients are frozen
-into the ``ledger`` table in one ``INSERT … SELECT`` when sending first starts,
-one row per recipient. The send loop then streams ledger rows in batches (keyset
-order by subscriber id, never the whole list in memory) and moves every row
-through these states::
+into the ledger when sending first starts, one row per reader. Each worker then
+loops:
 
-    pending ──claim──▶ sending ──transport answered──▶ sent
-                                                     ├─▶ retry ──(backoff)──▶ sending …
-                                                     ├─▶ failed-temporary   (gave up after max_attempts)
-                                                     └─▶ failed-permanent   (5xx, rejected; bounce → subscriber 'bounced')
-    pending ──no longer active at send time──▶ skipped
-    sending ──found after a crash, resend_uncertain=False──▶ uncertain
+1. **claim** (:func:`newsletter.ledger.claim_batch`): the next due batch, marked
+   ``sending`` and committed *before* the transport sees it;
+2. **send**: the transport answers one :class:`SendResult` per message;
+3. **record**: :func:`newsletter.outcome.decide` turns each answer into the row's
+   next state (a pure function), and all of them are committed in one transaction.
 
-Crash safety rests on two commits per batch: the batch is marked ``sending`` and
-committed *before* it is handed to the transport, and the results are committed
-in one transaction after the transport answered. A row is never marked sent
-before the transport said so, and a crash can only leave the one batch that was
-in flight in ``sending``: those are the only recipients that may or may not have
-received the message. On resume they are either sent again under the same
-idempotency key (``resend_uncertain=True``, the default: providers that honour
-keys drop the duplicate; SMTP cannot, so a reader may get a second copy) or set
-to ``uncertain`` and reported, never sent again (``resend_uncertain=False``).
+Row states::
 
-One process sends a delivery at a time (a lock row in ``deliveries`` with a
-heartbeat); a second one gets :class:`DeliveryLockedError`. The lock of a dead
-process, or one whose heartbeat is older than ten minutes, is taken over.
+    pending ──claim──▶ sending ──answer──▶ sent | failed-permanent (bounce → store) | uncertain
+                                      └──▶ retry ──(backoff, or Retry-After)──▶ sending …
+                                               └──▶ failed-temporary  (only after the retry window)
+    pending ──no longer active──▶ skipped
+    sending ──found after a crash──▶ retry (same batch, same key) | uncertain (--no-resend-uncertain)
 
-Other rules worth knowing:
+Rules worth knowing:
 
-* Idempotency keys are ``nl-<delivery>-<batch>``. A batch that comes back whole (every
-  message failed temporarily, the connection dropped, or it was in flight at a crash) is
-  retried as the same rows under the same key; a partial retry gets a new batch and key.
-* A transport that raises :class:`TransportError` ("cannot be used at all") has its batch
-  put back untouched and the run ends; an ``OSError`` from it fails the batch temporarily.
-  Any other exception ends the run with the batch left in ``sending``, like a crash.
-* ``rate`` is paced *before* a batch is claimed, so waiting never widens the uncertain window.
-* ``daily_cap`` counts every message handed to the transport (as providers count them),
-  per UTC day and transport name, in ``daily_counts``; reaching it pauses the delivery
-  with ``resume_at`` set to the next UTC midnight.
-* Exhausting ``max_attempts`` leaves a row ``failed-temporary`` (final); ``retry_failed``
-  gives such rows a fresh set of attempts on the next run.
+* Deferred, never dropped: a delivery is ``done`` only when every row is final. When
+  only retries are left and the next one is further off than ``max_wait`` (measured
+  from the last reader finished), the run ends ``deferred`` with ``resume_at`` = the
+  next retry; ``newsletter worker``/``dispatch`` pick it up then, or ``resume``.
+* An attempt is counted only when the transport answered about that reader. A
+  rate-limit answer, a dropped connection and a resend after a crash count none.
+* ``Transport.open()`` is called on every transport before the lock and the first
+  claim: a configuration error leaves every reader untouched. A transport that raises
+  (rather than answering) puts its batch back untouched; an ``OSError`` is "no answer".
+  Only a crash (the process dies, or a BaseException) leaves a batch in ``sending``.
+* Idempotency keys are ``nl-<nonce>-<delivery>-<batch>``; a batch that comes back
+  whole is retried as the same rows under the same key.
+* ``rate`` is paced *before* a batch is claimed, so waiting never widens the uncertain
+  window; it is an upper bound (transports slow themselves down on rate limits).
+* ``daily_cap`` counts every message handed to the transport per UTC day and transport;
+  reaching it defers the delivery until the next UTC midnight.
+* A ``done`` delivery sends nobody again; ``retry_failed`` alone reopens the readers
+  whose retry window ran out.
 """
 
 from __future__ import annotations
 
-import os
-import socket
+import math
+import random
 import sqlite3
 import threading
 import time
@@ -55,16 +52,25 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from newsletter.errors import ConfigError, ContentChangedError, DeliveryLockedError, InputError, TransportError
+from newsletter import ledger
+from newsletter.config import is_development_key
+from newsletter.errors import (ConfigError, ContentChangedError, DeliveryLockedError, InputError, NewsletterError,
+                               TransportError, scrub)
+from newsletter.ledger import (HEARTBEAT_EVERY, Claim, Delivery, DeliveryReport, Progress, TransportFactory,
+                               get_delivery, transaction, utc_day, utcnow)
 from newsletter.message import OutgoingMessage, PreparedIssue
-from newsletter.pacing import Pacer, backoff_delay, interruptible_sleep
+from newsletter.outcome import DEFAULT_RETRY_WINDOW, Answer, Policy, Row, classify, decide_batch
+from newsletter.pacing import Pacer, interruptible_sleep
+from newsletter.store import SubscriberStore
 from newsletter.transports.base import SendResult, Status, Transport
-from newsletter.ledger import (DEV_KEY_PREFIX, HEARTBEAT_EVERY, Delivery, DeliveryReport, Progress, TransportFactory,
-                               get_delivery, ledger_counts, lock_is_live, one_line, timestamp, transaction,
-                               update_each, utc_day, utcnow)
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
+
+#: How long a run keeps waiting for due retries, from the last reader finished, before it defers.
+DEFAULT_MAX_WAIT = 300.0
+#: Called while a run waits for a retry: (seconds left, why).
+Waiting = Callable[[float, str], None]
 
 
 @dataclass(frozen=True)
@@ -72,24 +78,34 @@ class DeliveryOptions:
     """How to send. (Unsubscribe tokens are signed with the prepared issue's secret key.)"""
 
     batch_size: int = 100
-    rate: float | None = None          # messages per second over all workers; None = unpaced
+    rate: float | None = None          # messages per second over all workers: an upper bound; None = unpaced
     concurrency: int = 1               # worker threads, each with its own transport instance
     daily_cap: int | None = None       # messages per UTC day per transport, counted in the database
-    max_attempts: int = 5              # tries per recipient for temporary failures
-    resend_uncertain: bool = True      # after a crash: resend the in-flight batch (True) or report it
-    retry_failed: bool = False         # give recipients that ran out of attempts a fresh set
+    retry_window: float = DEFAULT_RETRY_WINDOW  # seconds a reader's temporary failures are retried
+    max_wait: float = DEFAULT_MAX_WAIT  # seconds a run waits in the foreground for retries before deferring
+    resend_uncertain: bool = True      # resend (once) readers that may or may not have got it, or report them
+    retry_failed: bool = False         # give readers whose retry window ran out a fresh one
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.concurrency < 1 or self.max_attempts < 1:
-            raise ConfigError("batch size, concurrency and max attempts must be at least 1")
-        if self.rate is not None and self.rate <= 0:
+        if self.batch_size < 1 or self.concurrency < 1:
+            raise ConfigError("batch size and concurrency must be at least 1")
+        if self.rate is not None and not (self.rate > 0 and math.isfinite(self.rate)):
             raise ConfigError("the send rate must be positive (or unset for no limit)")
         if self.daily_cap is not None and self.daily_cap < 1:
             raise ConfigError("the daily cap must be at least 1 (or unset for no cap)")
+        if not (self.retry_window >= 0 and math.isfinite(self.retry_window)):
+            raise ConfigError("the retry window must be a finite number of hours, 0 or more")
+        if not (self.max_wait >= 0 and math.isfinite(self.max_wait)):
+            raise ConfigError("the foreground wait must be a finite number of seconds, 0 or more")
+
+    @property
+    def policy(self) -> Policy:
+        return Policy(retry_window=self.retry_window, resend_uncertain=self.resend_uncertain)
 
     @classmethod
     def from_settings(cls, settings: "Settings", **overrides: Any) -> "DeliveryOptions":
-        """The options NEWSLETTER_BATCH_SIZE, _RATE, _CONCURRENCY, _DAILY_CAP and _MAX_ATTEMPTS set."""
+        """The options NEWSLETTER_BATCH_SIZE, _RATE, _CONCURRENCY, _DAILY_CAP, _RETRY_WINDOW (hours)
+        and _FOREGROUND_WAIT (seconds) set. (NEWSLETTER_MAX_ATTEMPTS is retired: see retired_settings.)"""
         rate = settings.number("NEWSLETTER_RATE", None)
         cap = settings.number("NEWSLETTER_DAILY_CAP", None, minimum=1)
         return cls(
@@ -97,87 +113,84 @@ class DeliveryOptions:
             rate=rate or None,
             concurrency=settings.integer("NEWSLETTER_CONCURRENCY", 1, minimum=1),
             daily_cap=int(cap) if cap else None,
-            max_attempts=settings.integer("NEWSLETTER_MAX_ATTEMPTS", 5, minimum=1),
+            retry_window=(settings.number("NEWSLETTER_RETRY_WINDOW", DEFAULT_RETRY_WINDOW / 3600) or 0.0) * 3600,
+            max_wait=settings.number("NEWSLETTER_FOREGROUND_WAIT", DEFAULT_MAX_WAIT) or 0.0,
             **overrides,
         )
 
 
-# ---------------------------------------------------------------------------------------
-# The send loop
-# ---------------------------------------------------------------------------------------
-@dataclass
-class _Row:
-    sid: int
-    email: str
-    name: str
-    attempts: int      # after this claim
-    prev_state: str    # 'pending' or 'retry', to undo a claim
-    prev_next: float | None
+def retired_settings(settings: "Settings") -> list[str]:
+    """Notes for settings this version no longer reads, so nobody relies on one silently."""
+    if settings.get("NEWSLETTER_MAX_ATTEMPTS"):
+        return ["NEWSLETTER_MAX_ATTEMPTS is retired and ignored; NEWSLETTER_RETRY_WINDOW (hours) now decides "
+                "when a reader's temporary failures become final"]
+    return []
 
 
 @dataclass
 class _Job:
-    batch_no: int
-    rows: list[_Row]
-    fresh: bool
+    claim: Claim
     messages: list[OutgoingMessage] = field(default_factory=list)
 
 
-_DONE, _PAUSE, _IDLE = "done", "pause", "idle"  # claim outcomes besides a job or a wait
+_PAUSE = "pause"
+_DUE_SLACK = 0.001  # a retry due within a millisecond is due: no sub-millisecond sleeps
 
 
 class _Run:
     def __init__(self, conn: sqlite3.Connection, delivery_id: int, prepared: PreparedIssue,
                  factory: TransportFactory, options: DeliveryOptions, stop: threading.Event | None,
-                 progress: Progress | None, clock: Callable[[], float], sleep: Callable[[float], None],
-                 now: Callable[[], datetime]):
+                 progress: Progress | None, waiting: Waiting | None, clock: Callable[[], float],
+                 sleep: Callable[[float], None], now: Callable[[], datetime]):
         self.conn, self.id, self.prepared, self.factory = conn, int(delivery_id), prepared, factory
-        self.o, self.stop, self.progress = options, stop, progress
-        self.clock, self.sleep_fn, self.now = clock, sleep, now
+        self.o, self.stop, self.progress, self.waiting = options, stop, progress, waiting
+        self.clock, self.sleep_fn = clock, sleep
+        self.wall0, self.mono0 = now(), clock()
         self.db = threading.RLock()
         self.idle = threading.Condition(self.db)
         self.halt = threading.Event()
         self.owner = uuid.uuid4().hex
         self.pacer = Pacer(options.rate, clock)
+        self.rng = random.Random()
         self.cursor = 0
         self.inflight = 0
         self.counts: dict[str, int] = {}
+        self.total = 0
         self.pause_note: str | None = None
+        self.deferred = False
+        self.last_progress = clock()
         self.errors: list[BaseException] = []
-        self.sent_this_run = 0
-        self.uncertain_resent = self.uncertain_reported = 0
-        self.last_heartbeat = now()
+        self.stats = dict(interrupted_resent=0, uncertain_resent=0, uncertain_reported=0, sent_this_run=0)
+        self.last_heartbeat = self.wall0
         self.transport_name = "transport"
+        self.delivery: Delivery | None = None
+        self.store: SubscriberStore | None = None
+
+    # ---- time: one wall clock that runs on the injected monotonic clock -------------------
+    def now(self) -> datetime:
+        return self.wall0 + timedelta(seconds=self.clock() - self.mono0)
+
+    def now_ts(self) -> float:
+        """Wall seconds, unrounded (a datetime would round to microseconds and leave a retry
+        a hair short of due)."""
+        return self.wall0.timestamp() + (self.clock() - self.mono0)
 
     # ---- entry -------------------------------------------------------------------------
     def run(self) -> DeliveryReport:
-        d = get_delivery(self.conn, self.id)
-        if d.state == "cancelled":
-            raise InputError(f"delivery #{d.id} of {d.slug} was cancelled; start a new one to send the issue")
-        r = self.prepared.rendered
-        if r.slug != d.slug:
-            raise InputError(f"issue {r.slug} is not the issue of delivery #{d.id} ({d.slug})")
-        if r.content_hash != d.content_hash:
-            raise ContentChangedError(
-                f"issue {d.slug} changed since delivery #{d.id} was created (content {d.content_hash[:12]}, now "
-                f"{r.content_hash[:12]}); revert the change or pass --force-new-content")
+        d = self._check_delivery()
+        if d.state == "done" and not self.o.retry_failed:
+            return ledger.make_report(self.conn, d.id, "finished earlier; a done delivery sends nobody again")
         started = self.clock()
         transports: list[Transport] = []
         try:
-            for _ in range(self.o.concurrency):
-                transports.append(self.factory())
-            t0 = transports[0]
-            self.transport_name = t0.name
-            key = self.prepared.secret_key
-            if t0.real and (not key or key.startswith(DEV_KEY_PREFIX)):
-                raise ConfigError("NEWSLETTER_SECRET_KEY is not set; a real send needs it, or the unsubscribe "
-                                  "links would change (and stop working) when the key is set later")
-            self._acquire(d)
+            transports = self._open_transports()
+            self.transport_name = transports[0].name
+            ledger.acquire_lock(self.conn, self.id, self.owner, self.now())
             beat_done = threading.Event()
             beat = threading.Thread(target=self._heartbeat_thread, args=(beat_done,), daemon=True,
                                     name=f"delivery-{self.id}-heartbeat")
             try:
-                self._prepare(d)
+                self._begin(d)
                 beat.start()
                 self._work(transports)
                 if self.errors:
@@ -190,7 +203,8 @@ class _Run:
                 beat_done.set()
                 if beat.is_alive():
                     beat.join()
-                self._release()
+                with self.db:
+                    ledger.release_lock(self.conn, self.id, self.owner)
         finally:
             for t in transports:
                 try:
@@ -198,45 +212,63 @@ class _Run:
                 except Exception:  # closing must not hide the real outcome
                     pass
 
-    # ---- lock --------------------------------------------------------------------------
-    def _acquire(self, d: Delivery) -> None:
-        now = self.now()
-        with transaction(self.conn):
-            cur = Delivery.from_row(self.conn.execute("SELECT * FROM deliveries WHERE id=?", (self.id,)).fetchone())
-            if lock_is_live(cur, now):
-                age = (now - cur.lock_heartbeat).total_seconds() if cur.lock_heartbeat else 0
-                raise DeliveryLockedError(
-                    f"delivery #{cur.id} of {cur.slug} is already being sent by pid {cur.lock_pid} on "
-                    f"{cur.lock_host} (last heartbeat {age:.0f}s ago); wait for it to finish or stop it. "
-                    "The lock is taken over once that process is gone or silent for 10 minutes")
-            self.conn.execute("UPDATE deliveries SET lock_owner=?, lock_pid=?, lock_host=?, lock_heartbeat=? "
-                              "WHERE id=?", (self.owner, os.getpid(), socket.gethostname(), timestamp(now), self.id))
+    def _check_delivery(self) -> Delivery:
+        d = get_delivery(self.conn, self.id)
+        if d.state == "cancelled":
+            raise InputError(f"delivery #{d.id} of {d.slug} was cancelled; start a new one to send the issue")
+        r = self.prepared.rendered
+        if r.slug != d.slug:
+            raise InputError(f"issue {r.slug} is not the issue of delivery #{d.id} ({d.slug})")
+        if r.content_hash != d.content_hash:
+            raise ContentChangedError(
+                f"issue {d.slug} changed since delivery #{d.id} was created (content {d.content_hash[:12]}, now "
+                f"{r.content_hash[:12]}); revert the change or pass --force-new-content")
+        return d
 
-    def _release(self) -> None:
-        with self.db:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            self.conn.execute("UPDATE deliveries SET lock_owner=NULL, lock_pid=NULL, lock_host=NULL, "
-                              "lock_heartbeat=NULL WHERE id=? AND lock_owner=?", (self.id, self.owner))
+    def _open_transports(self) -> list[Transport]:
+        """Build and open every transport before any reader is touched: a bad CA file, DKIM key
+        or API key fails here, with nobody claimed."""
+        transports: list[Transport] = []
+        try:
+            for _ in range(self.o.concurrency):
+                transports.append(self.factory())
+                transports[-1].open()
+            if transports[0].real and is_development_key(self.prepared.secret_key):
+                raise ConfigError("NEWSLETTER_SECRET_KEY is not set; a real send needs it, or the unsubscribe "
+                                  "links would change (and stop working) when the key is set later")
+        except BaseException as exc:
+            for t in transports:
+                try:
+                    t.close()
+                except Exception:
+                    pass
+            if isinstance(exc, Exception) and not isinstance(exc, NewsletterError):
+                raise TransportError(f"the transport could not start: {scrub(f'{type(exc).__name__}: {exc}')}") \
+                    from None
+            raise
+        return transports
 
-    def _heartbeat(self, new_batch: bool = False) -> int:
-        """Refresh the lock (inside a transaction); returns the batch number to use when asked."""
-        now = self.now()
-        row = self.conn.execute(
-            "UPDATE deliveries SET lock_heartbeat=?, last_batch_no=last_batch_no+? WHERE id=? AND lock_owner=? "
-            "RETURNING last_batch_no", (timestamp(now), 1 if new_batch else 0, self.id, self.owner)).fetchone()
-        if row is None:
-            raise DeliveryLockedError(f"delivery #{self.id}: another process took over the lock "
-                                      "(this one was silent too long); stopping")
-        self.last_heartbeat = now
-        return row[0]
+    def _begin(self, d: Delivery) -> None:
+        with self.db, transaction(self.conn):
+            start = ledger.begin_run(self.conn, d, transport=self.transport_name,
+                                     resend_interrupted=self.o.resend_uncertain, retry_failed=self.o.retry_failed,
+                                     now=self.now())
+            self.delivery = get_delivery(self.conn, self.id)
+        if self.o.resend_uncertain:
+            self.stats["interrupted_resent"] = start.interrupted
+        else:
+            self.stats["uncertain_reported"] = start.interrupted
+        self.counts = start.counts
+        self.total = sum(self.counts.values())
+        self.store = SubscriberStore(self.conn)
 
+    # ---- lock heartbeat ------------------------------------------------------------------
     def _tick(self) -> None:
         if self.now() - self.last_heartbeat >= HEARTBEAT_EVERY:
             with self.db, transaction(self.conn):
-                self._heartbeat()
+                ledger.refresh_lock(self.conn, self.id, self.owner, self.now())
+                self.last_heartbeat = self.now()
 
-    # ---- before the loop -------------------------------------------------------------
     def _heartbeat_thread(self, done: threading.Event) -> None:
         """Keeps the lock fresh while a long transport call is under way."""
         while not done.wait(5.0):
@@ -246,47 +278,6 @@ class _Run:
                 self.errors.append(exc)
                 self.halt.set()
                 return
-
-    def _prepare(self, d: Delivery) -> None:
-        conn, stamp = self.conn, timestamp(self.now())
-        with self.db, transaction(conn):
-            frozen = conn.execute("SELECT frozen_at FROM deliveries WHERE id=?", (self.id,)).fetchone()[0]
-            if frozen is None:  # read under the lock: another process may have started it meanwhile
-                # The recipient list, frozen in one statement; readers who already got this issue
-                # (or may have, 'sending'/'uncertain') from an earlier cancelled delivery are left out.
-                conn.execute(
-                    "INSERT INTO ledger(delivery_id, subscriber_id, email, name, state, updated_at) "
-                    "SELECT ?, s.id, s.email, s.name, 'pending', ? FROM subscribers s WHERE s.status='active' "
-                    "AND NOT EXISTS (SELECT 1 FROM ledger p WHERE p.subscriber_id=s.id "
-                    "AND p.state IN ('sent','sending','uncertain') AND p.delivery_id IN "
-                    "(SELECT id FROM deliveries WHERE slug=? AND test=0 AND id<>?)) ORDER BY s.id",
-                    (self.id, stamp, d.slug, self.id))
-                total = conn.execute("SELECT COUNT(*) FROM ledger WHERE delivery_id=?", (self.id,)).fetchone()[0]
-                conn.execute("UPDATE deliveries SET frozen_at=?, total=? WHERE id=?", (stamp, total, self.id))
-            counts = ledger_counts(conn, self.id)
-            now_c = self.clock()
-            if self.o.resend_uncertain:
-                self.uncertain_resent = counts["sending"] + counts["uncertain"]
-                conn.execute(
-                    "UPDATE ledger SET state='retry', retry_batch=batch_no, next_attempt_at=?, updated_at=?, "
-                    "last_error='interrupted while sending; sent again (a duplicate is possible)' "
-                    "WHERE delivery_id=? AND state IN ('sending','uncertain')", (now_c, stamp, self.id))
-            else:
-                self.uncertain_reported = counts["sending"] + counts["uncertain"]
-                conn.execute(
-                    "UPDATE ledger SET state='uncertain', updated_at=?, last_error='interrupted while sending: "
-                    "may or may not have been delivered; not sent again' WHERE delivery_id=? AND state='sending'",
-                    (stamp, self.id))
-            if self.o.retry_failed:
-                conn.execute("UPDATE ledger SET state='pending', attempts=0, next_attempt_at=NULL, updated_at=? "
-                             "WHERE delivery_id=? AND state='failed-temporary'", (stamp, self.id))
-            # Retry times were on the previous run's clock; what was waiting is due now.
-            conn.execute("UPDATE ledger SET next_attempt_at=? WHERE delivery_id=? AND state='retry'",
-                         (now_c, self.id))
-            conn.execute("UPDATE deliveries SET state='running', transport=?, reason=NULL, resume_at=NULL, "
-                         "started_at=COALESCE(started_at, ?) WHERE id=?", (self.transport_name, stamp, self.id))
-            self.counts = ledger_counts(conn, self.id)
-            self.total = sum(self.counts.values())
 
     # ---- workers -----------------------------------------------------------------------
     def _stopped(self) -> bool:
@@ -333,211 +324,160 @@ class _Run:
                     return
             job = self._claim()
             if booked:
-                self.pacer.refund(booked - (len(job.rows) if isinstance(job, _Job) else 0))
-            if job == _DONE:
-                return
+                self.pacer.refund(booked - (len(job.claim.rows) if isinstance(job, _Job) else 0))
             if job == _PAUSE:
                 self.halt.set()
                 return
-            if job == _IDLE:  # others still have batches in flight that may come back as retries
-                with self.idle:
-                    if self.inflight and not self._stopped():
+            if job is None:
+                with self.idle:  # others may still have batches in flight that come back as retries
+                    if not self.inflight:
+                        return
+                    if not self._stopped():
                         self.idle.wait(0.5)
                 continue
-            if isinstance(job, float):  # nothing due before the next retry
-                self._wait(job)
+            if isinstance(job, float):
+                if not self._wait_for_retry(job):
+                    return
                 continue
             assert isinstance(job, _Job)
-            if job.rows:
-                self._record(job, self._send(transport, job))
+            if job.claim.rows:
+                self._record(job, *self._send(transport, job))
 
     def _claimable(self) -> bool:
-        """Is there a batch to claim right now? (A cheap look, so the end of a run costs no pacing wait.)"""
         with self.db:
-            if self.conn.execute("SELECT 1 FROM ledger WHERE delivery_id=? AND subscriber_id>? AND state='pending' "
-                                 "LIMIT 1", (self.id, self.cursor)).fetchone():
-                return True
-            head = self.conn.execute("SELECT next_attempt_at FROM ledger INDEXED BY ledger_retry WHERE delivery_id=? "
-                                     "AND state='retry' ORDER BY next_attempt_at LIMIT 1", (self.id,)).fetchone()
-            return head is not None and head[0] <= self.clock()
+            return ledger.claimable(self.conn, self.id, self.cursor, self.now_ts() + _DUE_SLACK)
 
-    def _wait(self, seconds: float) -> bool:
+    def _wait(self, seconds: float, why: str = "") -> bool:
         """Sleep, refreshing the heartbeat; in 1 s steps when something may ask us to stop."""
-        chunk = 1.0 if self.stop is not None or self.o.concurrency > 1 else HEARTBEAT_EVERY.total_seconds()
-        return interruptible_sleep(seconds, self.sleep_fn, self._stopped, chunk=chunk, tick=self._tick)
+        chunk = 1.0 if self.stop is not None or self.o.concurrency > 1 or self.waiting else \
+            HEARTBEAT_EVERY.total_seconds()
+        end = self.clock() + seconds
 
-    def _select(self, where: str, params: tuple, retry: bool = False) -> list[sqlite3.Row]:
-        # Retry rows are found through the small partial index, never by scanning the delivery.
-        hint = "INDEXED BY ledger_retry " if retry else ""
-        return self.conn.execute(
-            "SELECT l.subscriber_id, l.email, l.name, l.attempts, l.state, l.next_attempt_at, s.status "
-            f"FROM ledger l {hint}LEFT JOIN subscribers s ON s.id = l.subscriber_id "
-            f"WHERE l.delivery_id=? AND {where}", (self.id, *params)).fetchall()
+        def tick() -> None:
+            self._tick()
+            if self.waiting is not None and why:
+                self.waiting(max(0.0, end - self.clock()), why)
 
-    def _claim(self) -> "_Job | float | str":
-        """Pick the next batch and mark it 'sending' (committed before the transport sees it)."""
-        with self.db, transaction(self.conn) as conn:
-            stamp = timestamp(self.now())
-            limit = self.o.batch_size
-            day = utc_day(self.now())
-            if self.o.daily_cap is not None:
-                row = conn.execute("SELECT count FROM daily_counts WHERE day=? AND transport=?",
-                                   (day, self.transport_name)).fetchone()
-                used = row[0] if row else 0
-                if used >= self.o.daily_cap:
-                    self.pause_note = (f"daily cap of {self.o.daily_cap} messages reached for {self.transport_name} "
-                                       f"on {day} (UTC); the rest goes out after midnight UTC")
-                    return _PAUSE
-                limit = min(limit, self.o.daily_cap - used)
-            now_c = self.clock()
-            rows: list[sqlite3.Row] = []
-            batch_no: int | None = None
-            fresh = False
-            head = conn.execute("SELECT retry_batch, next_attempt_at FROM ledger WHERE delivery_id=? AND "
-                                "state='retry' ORDER BY next_attempt_at LIMIT 1", (self.id,)).fetchone()
-            if head is not None and head[1] <= now_c:
-                if head[0] is not None:  # a whole batch again: same rows, same idempotency key
-                    rows = self._select("l.state='retry' AND l.retry_batch=? ORDER BY l.subscriber_id", (head[0],),
-                                        retry=True)
-                    if len(rows) <= limit:
-                        batch_no = head[0]
-                    else:  # split by the daily cap: the key no longer names one batch, so none reuses it
-                        conn.execute("UPDATE ledger SET retry_batch=NULL WHERE delivery_id=? AND state='retry' "
-                                     "AND retry_batch=?", (self.id, head[0]))
-                        rows = rows[:limit]
-                else:
-                    rows = self._select("l.state='retry' AND l.retry_batch IS NULL AND l.next_attempt_at<=? "
-                                        "ORDER BY l.next_attempt_at LIMIT ?", (now_c, limit), retry=True)
-            if not rows:
-                rows = self._select("l.subscriber_id>? AND l.state='pending' ORDER BY l.subscriber_id LIMIT ?",
-                                    (self.cursor, limit))
-                fresh = True
-            if not rows:
-                if head is not None:
-                    return float(max(0.0, head[1] - now_c))
-                return _IDLE if self.inflight else _DONE
-            if fresh:
-                self.cursor = rows[-1][0]
-            gone = [r for r in rows if r["status"] != "active"]
-            live = [r for r in rows if r["status"] == "active"]
-            if gone:
-                conn.executemany(
-                    "UPDATE ledger SET state='skipped', last_error=?, updated_at=? WHERE delivery_id=? AND "
-                    "subscriber_id=?", [(f"no longer active ({r['status'] or 'removed'})", stamp, self.id, r[0])
-                                        for r in gone])
-                for r in gone:
-                    self._move(r["state"], "skipped")
-                batch_no = None
-            if not live:
-                self._heartbeat()
-                return _Job(0, [], fresh)
-            if batch_no is None:
-                batch_no = self._heartbeat(new_batch=True)
-            else:
-                self._heartbeat()
-            if fresh and not gone:  # a contiguous keyset range of pending rows: one statement
-                conn.execute("UPDATE ledger SET state='sending', batch_no=?, attempts=attempts+1, updated_at=? "
-                             "WHERE delivery_id=? AND subscriber_id BETWEEN ? AND ? AND state='pending'",
-                             (batch_no, stamp, self.id, live[0][0], live[-1][0]))
-            else:
-                update_each(conn, self.id, "state='sending', batch_no=?, attempts=attempts+1, updated_at=?",
-                             [(r[0],) for r in live], batch_no, stamp)
-            conn.execute("INSERT INTO daily_counts(day, transport, count) VALUES(?, ?, ?) ON CONFLICT(day, transport) "
-                         "DO UPDATE SET count=count+excluded.count", (day, self.transport_name, len(live)))
-            job = _Job(batch_no, [_Row(r[0], r[1], r[2], r[3] + 1, r[4], r[5]) for r in live], fresh)
-            for r in live:
-                self._move(r["state"], "sending")
-            self.inflight += 1
-        job.messages = [self.prepared.for_subscriber(r.sid, r.email, r.name) for r in job.rows]
+        return interruptible_sleep(seconds, self.sleep_fn, self._stopped, chunk=chunk, tick=tick)
+
+    def _wait_for_retry(self, seconds: float) -> bool:
+        """Wait for the next due retry, unless that is further off than the foreground wait allows
+        (counted from the last reader finished): then the run ends, deferred."""
+        if self.clock() + seconds - self.last_progress > self.o.max_wait:
+            self.deferred = True
+            self.halt.set()
+            with self.idle:
+                self.idle.notify_all()
+            return False
+        with self.db:
+            _, reasons = ledger.retry_summary(self.conn, self.id, top=1)
+        return self._wait(seconds, reasons[0][0] if reasons else "waiting for a retry")
+
+    # ---- claim → send → record -----------------------------------------------------------
+    def _claim(self) -> "_Job | float | str | None":
+        """Claim the next batch (committed as 'sending' before the transport sees it)."""
+        with self.db:
+            while True:
+                now = self.now()
+                day, limit = utc_day(now), self.o.batch_size
+                with transaction(self.conn) as conn:
+                    if self.o.daily_cap is not None:
+                        used = ledger.daily_used(conn, day, self.transport_name)
+                        if used >= self.o.daily_cap:
+                            self.pause_note = (f"daily cap of {self.o.daily_cap} messages reached for "
+                                               f"{self.transport_name} on {day} UTC")
+                            return _PAUSE
+                        limit = min(limit, self.o.daily_cap - used)
+                    assert self.delivery is not None
+                    claim = ledger.claim_batch(conn, self.delivery, self.owner, limit=limit, cursor=self.cursor,
+                                               now=now, now_ts=self.now_ts() + _DUE_SLACK, day=day,
+                                               transport=self.transport_name)
+                if isinstance(claim, float):
+                    return claim + _DUE_SLACK  # the wait from now, not from the slack
+                if claim is None:
+                    return None
+                if claim.fresh:
+                    self.cursor = max(self.cursor, claim.last_id)
+                for state in claim.skipped:
+                    self._move(state, "skipped")
+                if claim.skipped:
+                    self.last_progress = self.clock()
+                if claim.rows:
+                    for r in claim.rows:
+                        self._move(r.state, "sending")
+                    self.inflight += 1
+                    break
+        job = _Job(claim)
+        try:
+            job.messages = [self.prepared.for_subscriber(r.sid, r.email, r.name) for r in claim.rows]
+        except BaseException:
+            self._unclaim(job)
+            raise
         return job
 
     def _unclaim(self, job: _Job) -> None:
-        """Undo a claim whose batch never reached the transport."""
+        """Undo a claim whose batch never reached anyone."""
         with self.db, transaction(self.conn) as conn:
-            conn.executemany("UPDATE ledger SET state=?, next_attempt_at=?, attempts=attempts-1 "
-                             "WHERE delivery_id=? AND subscriber_id=? AND state='sending'",
-                             [(r.prev_state, r.prev_next, self.id, r.sid) for r in job.rows])
-            conn.execute("UPDATE daily_counts SET count=MAX(0, count-?) WHERE day=? AND transport=?",
-                         (len(job.rows), utc_day(self.now()), self.transport_name))
-            for r in job.rows:
-                self._move("sending", r.prev_state)
-            if job.fresh:
-                self.cursor = min(self.cursor, job.rows[0].sid - 1)
+            ledger.unclaim(conn, self.id, job.claim.rows, day=utc_day(self.now()), transport=self.transport_name)
+            for r in job.claim.rows:
+                self._move("sending", r.state)
+            if job.claim.fresh:
+                self.cursor = min(self.cursor, job.claim.rows[0].sid - 1)
             self.inflight -= 1
             self.idle.notify_all()
 
-    def _send(self, transport: Transport, job: _Job) -> list[SendResult]:
+    def _send(self, transport: Transport, job: _Job) -> tuple[list[SendResult | None], str | None]:
+        """Hand the batch over. Returns one result per message (None: no answer about it) and,
+        when the connection dropped under the transport, why."""
+        assert self.delivery is not None
+        key = self.delivery.idempotency_key(job.claim.batch_no)
         try:
-            results = list(transport.send(job.messages, idempotency_key=f"nl-{self.id}-{job.batch_no}"))
-        except TransportError:
+            results: list[SendResult | None] = list(transport.send(job.messages, idempotency_key=key))
+        except OSError as exc:  # a connection dropped under the transport: no answer about anyone
+            return [None] * len(job.messages), scrub(f"{type(exc).__name__}: {exc}")
+        except NewsletterError:
             self._unclaim(job)  # the transport could not be used at all: nothing of this batch left us
             raise
-        except OSError as exc:  # a connection dropped under the transport: the whole batch is retried
-            error = one_line(f"{type(exc).__name__}: {exc}")
-            return [SendResult(m.to_email, Status.FAILED_TEMPORARY, error=error) for m in job.messages]
-        if len(results) != len(job.messages):
-            error = f"transport returned {len(results)} results for {len(job.messages)} messages"
-            results = (results + [SendResult(m.to_email, Status.FAILED_TEMPORARY, error=error)
-                                  for m in job.messages])[:len(job.messages)]
-        return results
+        except Exception as exc:  # it raised instead of answering: it refused before sending anything
+            self._unclaim(job)
+            raise TransportError(f"{transport.name} failed and sent nothing of the batch: "
+                                 f"{scrub(f'{type(exc).__name__}: {exc}')}") from None
+        if len(results) != len(job.messages):  # a broken transport: the missing ones may have gone out
+            lost = SendResult("", Status.UNCERTAIN, error=f"transport returned {len(results)} results for "
+                                                           f"{len(job.messages)} messages")
+            results = (results + [lost] * len(job.messages))[:len(job.messages)]
+        return results, None
 
-    def _record(self, job: _Job, results: list[SendResult]) -> None:
-        """Store every recipient's result in one transaction, after the transport answered."""
-        o, now_c = self.o, self.clock()
-        sent, perm, final, retry, bounced, uncertain = [], [], [], [], [], []
-        for row, res in zip(job.rows, results):
-            status = Status(res.status)
-            if status is Status.UNCERTAIN and not o.resend_uncertain:
-                uncertain.append((one_line(f"may or may not have been delivered: {res.error}"), row.sid))
-                continue
-            if status is Status.UNCERTAIN:
-                self.uncertain_resent += 1  # resent under the same policy as after a crash
-            if status.delivered:
-                sent.append((res.provider_id, row.sid))
-            elif status in (Status.FAILED_TEMPORARY, Status.UNCERTAIN):
-                target = final if row.attempts >= o.max_attempts else retry
-                target.append((row, res))
-            else:
-                perm.append((one_line(res.error or status.value), row.sid))
-                if res.bounce:
-                    bounced.append((one_line(res.error or "bounced"), row.sid))
-        whole = len(retry) == len(job.rows)
-        if whole:  # the whole batch comes back together, under its idempotency key
-            at = now_c + max(backoff_delay(r.attempts, res.retry_after) for r, res in retry)
-            retry_rows = [(at, job.batch_no, one_line(res.error), r.sid) for r, res in retry]
-        else:
-            retry_rows = [(now_c + backoff_delay(r.attempts, res.retry_after), None, one_line(res.error), r.sid)
-                          for r, res in retry]
+    def _record(self, job: _Job, results: Sequence[SendResult | None], dropped: str | None) -> None:
+        """Store every reader's transition in one transaction, after the transport answered."""
+        answers = [(classify(res), scrub(res.error) if res is not None and res.error else dropped,
+                    res.retry_after if res is not None else None) for res in results]
+        transitions, whole = decide_batch(
+            [Row(r.attempts, r.first_failure_at, r.uncertain_resends) for r in job.claim.rows], answers,
+            now=self.now_ts(), policy=self.o.policy, jitters=[self.rng.random() for _ in results])
+        provider_ids = [res.provider_id if res is not None and a is Answer.DELIVERED else None
+                        for res, (a, _, _) in zip(results, answers)]
         with self.db, transaction(self.conn) as conn:
-            stamp = timestamp(self.now())
-            if sent:
-                update_each(conn, self.id, "state='sent', provider_id=v.column2, last_error=NULL, updated_at=?",
-                             [(s, p) for p, s in sent], stamp)
-            if perm:
-                update_each(conn, self.id, "state='failed-permanent', last_error=v.column2, updated_at=?",
-                             [(s, e) for e, s in perm], stamp)
-            if uncertain:
-                self.uncertain_reported += len(uncertain)
-                update_each(conn, self.id, "state='uncertain', last_error=v.column2, updated_at=?",
-                             [(s, e) for e, s in uncertain], stamp)
-            if final:
-                update_each(conn, self.id, "state='failed-temporary', last_error=v.column2, updated_at=?",
-                             [(r.sid, one_line(f"gave up after {r.attempts} attempts: {res.error}"))
-                              for r, res in final], stamp)
-            if retry_rows:
-                update_each(conn, self.id, "state='retry', next_attempt_at=v.column2, retry_batch=v.column3, "
-                             "last_error=v.column4, updated_at=?",
-                             [(sid, at, rb, e) for at, rb, e, sid in retry_rows], stamp)
-            if bounced:
-                conn.executemany("UPDATE subscribers SET status='bounced', status_reason=?, changed_at=? "
-                                 "WHERE id=? AND status IN ('active','unsubscribed')",
-                                 [(f"bounced: {e}", stamp, s) for e, s in bounced])
-            self._heartbeat()
-            self._move("sending", "sent", len(sent))
-            self._move("sending", "failed-permanent", len(perm))
-            self._move("sending", "failed-temporary", len(final))
-            self._move("sending", "retry", len(retry))
-            self.sent_this_run += len(sent)
+            now = self.now()
+            ledger.record_transitions(conn, self.id, job.claim.batch_no,
+                                      list(zip(job.claim.rows, transitions, provider_ids)), whole_batch=whole,
+                                      now=now)
+            assert self.store is not None
+            for row, t in zip(job.claim.rows, transitions):
+                if t.bounce:
+                    try:
+                        self.store.mark_bounced(row.sid, f"bounced: {t.error}")
+                    except InputError:  # erased meanwhile: nothing to mark
+                        pass
+            ledger.refresh_lock(conn, self.id, self.owner, now)
+            self.last_heartbeat = now
+            for t, (answer, _, _) in zip(transitions, answers):
+                self._move("sending", t.state)
+                if answer is Answer.UNCERTAIN:
+                    self.stats["uncertain_resent" if t.state == "retry" else "uncertain_reported"] += 1
+            self.stats["sent_this_run"] += sum(t.state == "sent" for t in transitions)
+            if any(t.final for t in transitions):
+                self.last_progress = self.clock()
             self.inflight -= 1
             self.idle.notify_all()
             snapshot = self._progress_values()
@@ -551,37 +491,34 @@ class _Run:
 
     def _progress_values(self) -> tuple[int, int, int, int]:
         c = self.counts
-        open_ = c["pending"] + c["retry"] + c["sending"]
-        return self.total - open_, self.total, c["sent"], c["failed-permanent"] + c["failed-temporary"]
+        return self.total - ledger.open_rows(c), self.total, c["sent"], c["failed-permanent"] + c["failed-temporary"]
 
     def _finish(self, elapsed: float) -> DeliveryReport:
         with self.db, transaction(self.conn) as conn:
-            c = ledger_counts(conn, self.id)
-            left = c["pending"] + c["retry"] + c["sending"]
-            now = self.now()
-            stamp = timestamp(now)
+            c = ledger.ledger_counts(conn, self.id)
+            left, now = ledger.open_rows(c), self.now()
+            resume_at: datetime | None = now
             if left == 0:
-                state, note = "done", (f"{c['uncertain']} recipients are uncertain (interrupted mid-send, not sent "
-                                       "again); see the failed list" if c["uncertain"] else "")
-                conn.execute("UPDATE deliveries SET state='done', finished_at=?, reason=? WHERE id=?",
-                             (stamp, note or None, self.id))
-            elif self.pause_note is not None:
-                state, note = "paused", self.pause_note
-                midnight = datetime.combine(now.astimezone(timezone.utc).date() + timedelta(days=1),
-                                            datetime.min.time(), timezone.utc)
-                conn.execute("UPDATE deliveries SET state='paused', resume_at=?, reason=? WHERE id=?",
-                             (timestamp(midnight), note, self.id))
+                state, resume_at = "done", None
+                note = (f"{c['uncertain']} readers are uncertain: they may or may not have got it (the answer was "
+                        "lost, or a crash interrupted them) and were not sent again; `newsletter status --failed` "
+                        "lists them"
+                        if c["uncertain"] else "")
+            elif self.pause_note is not None:  # the daily cap: deferred to the next UTC day
+                state, note = "deferred", self.pause_note
+                resume_at = datetime.combine(now.astimezone(timezone.utc).date() + timedelta(days=1),
+                                             datetime.min.time(), timezone.utc)
+            elif self.deferred and not (self.stop is not None and self.stop.is_set()):
+                next_retry, reasons = ledger.retry_summary(conn, self.id, top=1)
+                state, resume_at = "deferred", next_retry or now
+                note = reasons[0][0] if reasons else "waiting for a retry"
             else:
-                state, note = "paused", f"stopped with {left} recipients left; run the send again to continue"
-                conn.execute("UPDATE deliveries SET state='paused', resume_at=?, reason=? WHERE id=?",
-                             (stamp, note, self.id))
-        return DeliveryReport(
-            self.id, self.prepared.rendered.slug, state, total=sum(c.values()), sent=c["sent"],
-            failed_permanent=c["failed-permanent"], failed_temporary=c["failed-temporary"], skipped=c["skipped"],
-            pending=left, uncertain_resent=self.uncertain_resent,
-            uncertain_reported=self.uncertain_reported if not self.o.resend_uncertain else 0,
-            sent_this_run=self.sent_this_run, elapsed=elapsed,
-            rate=self.sent_this_run / elapsed if elapsed > 0 else 0.0, note=note)
+                state = "paused"
+                note = f"stopped with {left} readers left; run the send again to continue"
+            ledger.finish_run(conn, self.id, state=state, reason=note, resume_at=resume_at, now=now)
+            return ledger.make_report(conn, self.id, note, elapsed=elapsed,
+                                      rate=self.stats["sent_this_run"] / elapsed if elapsed > 0 else 0.0,
+                                      **self.stats)
 
     def _note_abort(self, exc: BaseException) -> None:
         """Leave a reason on the delivery when a run ends with an exception (state stays resumable)."""
@@ -589,10 +526,7 @@ class _Run:
             return
         try:
             with self.db:
-                if self.conn.in_transaction:
-                    self.conn.execute("ROLLBACK")
-                self.conn.execute("UPDATE deliveries SET reason=? WHERE id=? AND lock_owner=?",
-                                  (one_line(f"interrupted: {exc or type(exc).__name__}"), self.id, self.owner))
+                ledger.note_reason(self.conn, self.id, self.owner, f"interrupted: {exc or type(exc).__name__}")
         except sqlite3.Error:
             pass
 
@@ -600,15 +534,38 @@ class _Run:
 def run_delivery(conn: sqlite3.Connection, delivery_id: int, prepared: PreparedIssue,
                  transport_factory: TransportFactory, *, options: DeliveryOptions,
                  stop: threading.Event | None = None, progress: Progress | None = None,
+                 waiting: Waiting | None = None,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
                  now: Callable[[], datetime] = utcnow) -> DeliveryReport:
-    """Send (or continue sending) a delivery until it is done, paused by the daily cap, or stopped.
+    """Send (or continue sending) a delivery until it is done, deferred (retries, the daily cap), or stopped.
 
     ``stop`` (set by a SIGTERM/SIGINT handler) finishes the batch in flight, records it and
     returns with the delivery ``paused`` and resumable. ``clock``/``sleep`` drive pacing and
-    retry waits; ``now`` gives wall time (timestamps, the UTC day for ``daily_cap``, the lock).
+    retry waits; ``now`` gives the wall time at the start, which then runs on ``clock``
+    (timestamps, retry times, the UTC day for ``daily_cap``, the lock). ``waiting`` is told
+    the seconds left while the run waits for a retry (a countdown for the progress bar).
     Raises :class:`DeliveryLockedError` when another live process is sending it,
     :class:`ContentChangedError` when ``prepared`` is not the content the delivery was made with.
     """
-    return _Run(conn, delivery_id, prepared, transport_factory, options, stop, progress, clock, sleep, now).run()
+    return _Run(conn, delivery_id, prepared, transport_factory, options, stop, progress, waiting, clock, sleep,
+                now).run()
 
+
+def describe_deferral(report: DeliveryReport, ref: str) -> str:
+    """The one line a deferred send ends with, its time in this machine's zone:
+    "N readers deferred (reason); next retry at 14:05 (+08:00); `newsletter worker` or
+    `newsletter resume 6` will continue"."""
+    reason = report.note or (report.reasons[0][0] if report.reasons else "waiting for a retry")
+    when = local_time(report.next_retry) if report.next_retry is not None else "soon"
+    return (f"{report.pending} readers deferred ({reason}); next retry at {when}; "
+            f"`newsletter worker` or `newsletter resume {ref}` will continue")
+
+
+def local_time(when: datetime) -> str:
+    """A time in this machine's zone, as an editor reads it: "14:05 (+08:00)", with the date
+    when it is not today."""
+    local = when.astimezone()
+    offset = local.strftime("%z")
+    zone = f"{offset[:3]}:{offset[3:]}" if len(offset) == 5 else offset
+    day = "" if local.date() == datetime.now(local.tzinfo).date() else local.strftime("%Y-%m-%d ")
+    return f"{day}{local:%H:%M} ({zone})"

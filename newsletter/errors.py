@@ -6,7 +6,47 @@ exit code, and the CLI prints ``format_message()`` as one line, never a tracebac
 
 from __future__ import annotations
 
+import re
+import threading
 from pathlib import Path
+from typing import Iterable
+
+# ---------------------------------------------------------------------------------------
+# Scrubbing: every error text that is stored or printed passes through scrub()
+# ---------------------------------------------------------------------------------------
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_SECRETS: set[str] = set()
+_SECRETS_LOCK = threading.Lock()
+_MIN_SECRET = 4  # shorter values would blank out ordinary words
+
+
+def register_secrets(values: Iterable[str]) -> None:
+    """Remember configured secrets (API keys, passwords, the signing key) so that
+    :func:`scrub` removes them wherever an error mentions them. Also registers each
+    value stripped of the stray spaces and CR a hand-edited ``.env`` leaves behind."""
+    with _SECRETS_LOCK:
+        for value in values:
+            for v in (str(value), str(value).strip()):
+                if len(v) >= _MIN_SECRET:
+                    _SECRETS.add(v)
+
+
+def scrub(text: object, limit: int = 500) -> str:
+    """One line, at most ``limit`` characters, without configured secrets or control characters.
+
+    Exception texts quote whatever raised them: a header with an API key in it, a
+    server reply with terminal escapes. Nothing reaches the ledger or the terminal unscrubbed.
+    """
+    with _SECRETS_LOCK:
+        secrets = sorted(_SECRETS, key=len, reverse=True)
+    out = "" if text is None else str(text)
+    out = out[:limit * 4 + (len(secrets[0]) if secrets else 0)]  # bounded work for a hostile reply
+    for secret in secrets:
+        if secret in out:
+            out = out.replace(secret, "***")
+    out = _CONTROL.sub(" ", out)
+    return " ".join(out.split())[:limit]
+
 
 
 class NewsletterError(Exception):
@@ -24,7 +64,7 @@ class NewsletterError(Exception):
         where = ""
         if self.path is not None:
             where = f"{self.path}:{self.line}: " if self.line else f"{self.path}: "
-        return f"{where}{self.message}"
+        return scrub(f"{where}{self.message}", limit=2000)
 
     def __str__(self) -> str:
         return self.format_message()
@@ -68,3 +108,17 @@ class ContentChangedError(NewsletterError):
     """The issue changed after its delivery started; resuming would mix versions (exit 7)."""
 
     exit_code = 7
+
+
+class SendDeferredError(NewsletterError):
+    """Readers are left for a later retry (the provider is down, a window of 4xx);
+    ``newsletter worker`` or ``resume`` continues (exit 8)."""
+
+    exit_code = 8
+
+
+class SendInterruptedError(NewsletterError):
+    """The editor stopped a send (Ctrl-C, SIGTERM) with readers still pending (exit 130,
+    the shell's code for an interrupt)."""
+
+    exit_code = 130

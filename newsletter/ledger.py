@@ -1,27 +1,33 @@
 """The delivery ledger: deliveries, one row per recipient, locks and status.
 
-This module owns the ``delivery`` tables and every query about them; the send
-loop that moves rows through their states is :mod:`newsletter.delivery`.
-Recipients are frozen into the ledger in one ``INSERT … SELECT`` when a
-delivery starts, so the list never changes under a running send.
+This module owns the ``delivery`` tables and every SQL statement on them; the send
+loop that moves rows through their states is :mod:`newsletter.delivery`, and what
+each answer does to a row is :mod:`newsletter.outcome`. Recipients are frozen into
+the ledger in one ``INSERT … SELECT`` when a delivery starts, so the list never
+changes under a running send.
 """
 
 
 from __future__ import annotations
 
+import math
 import os
+import secrets
 import socket
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from newsletter.db import connect, migrate
-from newsletter.errors import ContentChangedError, InputError
+from newsletter.errors import ContentChangedError, DeliveryLockedError, InputError, scrub
 from newsletter.message import PreparedIssue
 from newsletter.transports.base import Transport
+
+if TYPE_CHECKING:
+    from newsletter.outcome import Transition
 
 COMPONENT = "delivery"
 
@@ -78,13 +84,48 @@ CREATE TABLE daily_counts (
 ) WITHOUT ROWID""",
 ]
 
-OPEN_STATES = ("scheduled", "running", "paused", "held")
+
+def _v2_deferred(conn: sqlite3.Connection) -> None:
+    """v2: deliveries may be ``deferred``; rows keep their first failure time and uncertain
+    resends; each delivery gets a random nonce for its idempotency keys; retry times are
+    wall-clock seconds (they were the old process's monotonic clock: due now)."""
+    sql = conn.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name='deliveries'").fetchone()[0]
+    old = "'done','cancelled','held')"
+    if old in sql:  # a CHECK cannot be altered; the documented writable_schema edit keeps the rows in place
+        version = conn.execute("PRAGMA schema_version").fetchone()[0]
+        conn.execute("PRAGMA writable_schema=ON")
+        conn.execute("UPDATE sqlite_master SET sql=? WHERE type='table' AND name='deliveries'",
+                     (sql.replace(old, "'done','cancelled','held','deferred')"),))
+        conn.execute(f"PRAGMA schema_version={int(version) + 1}")
+        conn.execute("PRAGMA writable_schema=OFF")
+    for statement in (
+        "DROP INDEX deliveries_one_open",
+        "CREATE UNIQUE INDEX deliveries_one_open ON deliveries(slug) "
+        "WHERE test = 0 AND state IN ('scheduled','running','paused','held','deferred')",
+        "ALTER TABLE deliveries ADD COLUMN nonce TEXT",
+        "UPDATE deliveries SET nonce=lower(hex(randomblob(8)))",
+        "ALTER TABLE ledger ADD COLUMN first_failure_at REAL",
+        "ALTER TABLE ledger ADD COLUMN uncertain_resends INTEGER NOT NULL DEFAULT 0",
+        "UPDATE ledger SET next_attempt_at=0 WHERE state='retry'",
+    ):
+        conn.execute(statement)
+
+
+MIGRATIONS.append(_v2_deferred)
+
+#: Deliveries not finished: a worker, `resume` or `send` may still act on them.
+OPEN_STATES = ("scheduled", "running", "paused", "held", "deferred")
+_OPEN_SQL = "(" + ",".join(f"'{s}'" for s in OPEN_STATES) + ")"
 LEDGER_STATES = ("pending", "sending", "sent", "retry", "failed-temporary", "failed-permanent", "skipped",
                  "uncertain")
+#: Rows still to be sent: a delivery is done only when none is left in these.
+OPEN_ROW_STATES = ("pending", "retry", "sending")
+_OPEN_ROWS_SQL = "('pending','retry','sending')"
 LOCK_STALE_AFTER = timedelta(minutes=10)
 HEARTBEAT_EVERY = timedelta(seconds=30)
-DEV_KEY_PREFIX = "insecure-development-key:"
 _TS = "%Y-%m-%dT%H:%M:%S.%fZ"  # same format as the subscriber store; sorts as text
+#: Times the ledger stores: four-digit years only, so stored text always sorts and parses.
+_MIN_YEAR, _MAX_YEAR = 2000, 9000
 
 TransportFactory = Callable[[], Transport]
 Progress = Callable[[int, int, int, int], None]
@@ -95,22 +136,41 @@ def utcnow() -> datetime:
 
 
 def timestamp(dt: datetime) -> str:
-    if dt.tzinfo is None:
+    """The stored form of a time; refuses times without a zone or outside 2000–9000."""
+    if dt.tzinfo is None or dt.utcoffset() is None:
         raise InputError(f"time {dt.isoformat()} has no time zone; give one (e.g. +00:00)")
-    return dt.astimezone(timezone.utc).strftime(_TS)
+    try:
+        utc = dt.astimezone(timezone.utc)
+    except OverflowError:
+        utc = None
+    if utc is None or not _MIN_YEAR <= utc.year <= _MAX_YEAR:
+        raise InputError(f"time {dt.isoformat()} is out of range (years {_MIN_YEAR}–{_MAX_YEAR})")
+    return utc.strftime(_TS)
 
 
 def parse_timestamp(text: str | None) -> datetime | None:
-    return datetime.strptime(text, _TS).replace(tzinfo=timezone.utc) if text else None
+    """A stored time, or None when missing *or unreadable*: one bad row must not break every command."""
+    if not text:
+        return None
+    try:
+        return datetime.strptime(text, _TS).replace(tzinfo=timezone.utc)
+    except (ValueError, TypeError):
+        return None
+
+
+def from_epoch(seconds: float | None) -> datetime | None:
+    """A wall-clock retry time (seconds since the epoch) as an aware UTC datetime."""
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    try:
+        return datetime.fromtimestamp(seconds, timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def utc_day(dt: datetime) -> str:
     """The UTC calendar day, the unit of the daily cap."""
     return dt.astimezone(timezone.utc).date().isoformat()
-
-
-def one_line(text: str | None, limit: int = 500) -> str:
-    return " ".join((text or "").split())[:limit]
 
 
 _VALUES_CHUNK = 300  # rows per UPDATE … FROM (VALUES …); far below SQLite's parameter limit
@@ -172,7 +232,7 @@ class Delivery:
     content_hash: str
     subject: str
     state: str
-    created_at: datetime
+    created_at: datetime | None
     send_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
@@ -185,13 +245,21 @@ class Delivery:
     lock_pid: int | None
     lock_host: str | None
     lock_heartbeat: datetime | None
+    nonce: str = ""
+    send_at_text: str | None = None  # as stored, to show a row whose time cannot be read
 
     @classmethod
     def from_row(cls, r: sqlite3.Row) -> "Delivery":
+        t = parse_timestamp
         return cls(r["id"], r["slug"], r["issue_number"], r["content_hash"], r["subject"], r["state"],
-                   parse_timestamp(r["created_at"]), parse_timestamp(r["send_at"]), parse_timestamp(r["started_at"]), parse_timestamp(r["finished_at"]),
-                   parse_timestamp(r["frozen_at"]), parse_timestamp(r["resume_at"]), r["reason"], r["total"], bool(r["test"]),
-                   r["transport"], r["lock_pid"], r["lock_host"], parse_timestamp(r["lock_heartbeat"]))
+                   t(r["created_at"]), t(r["send_at"]), t(r["started_at"]), t(r["finished_at"]), t(r["frozen_at"]),
+                   t(r["resume_at"]), r["reason"], r["total"], bool(r["test"]), r["transport"], r["lock_pid"],
+                   r["lock_host"], t(r["lock_heartbeat"]), r["nonce"] or "", r["send_at"])
+
+    def idempotency_key(self, batch_no: int) -> str:
+        """``nl-<nonce>-<delivery>-<batch>``: stable across retries of one batch, and unique
+        across databases sharing one provider account (the random nonce)."""
+        return f"nl-{self.nonce}-{self.id}-{batch_no}" if self.nonce else f"nl-{self.id}-{batch_no}"
 
 
 def get_delivery(conn: sqlite3.Connection, delivery_id: int) -> Delivery:
@@ -199,31 +267,6 @@ def get_delivery(conn: sqlite3.Connection, delivery_id: int) -> Delivery:
     if row is None:
         raise InputError(f"no delivery #{delivery_id}")
     return Delivery.from_row(row)
-
-
-@dataclass(frozen=True)
-class DeliveryReport:
-    """What a run did. Counts are the delivery's totals in the ledger; ``sent_this_run`` is this run's."""
-
-    delivery_id: int
-    slug: str
-    state: str
-    total: int = 0
-    sent: int = 0
-    failed_permanent: int = 0
-    failed_temporary: int = 0
-    skipped: int = 0
-    pending: int = 0
-    uncertain_resent: int = 0
-    uncertain_reported: int = 0
-    sent_this_run: int = 0
-    elapsed: float = 0.0
-    rate: float = 0.0
-    note: str = ""
-
-    @property
-    def failed(self) -> int:
-        return self.failed_permanent + self.failed_temporary
 
 
 def ledger_counts(conn: sqlite3.Connection, delivery_id: int) -> dict[str, int]:
@@ -234,13 +277,64 @@ def ledger_counts(conn: sqlite3.Connection, delivery_id: int) -> dict[str, int]:
     return counts
 
 
-def report_for(conn: sqlite3.Connection, delivery: Delivery, note: str = "", **extra: object) -> DeliveryReport:
-    """A report from the ledger as it stands (for deliveries held or skipped without a run)."""
-    c = ledger_counts(conn, delivery.id)
-    return DeliveryReport(delivery.id, delivery.slug, delivery.state, total=sum(c.values()), sent=c["sent"],
+def open_rows(counts: dict[str, int]) -> int:
+    """Readers still to be sent (pending, waiting for a retry, or in flight)."""
+    return sum(counts[s] for s in OPEN_ROW_STATES)
+
+
+def retry_summary(conn: sqlite3.Connection, delivery_id: int, top: int = 3) -> tuple[datetime | None,
+                                                                                   list[tuple[str, int]]]:
+    """When the next deferred reader is due, and the commonest reasons readers are waiting."""
+    head = conn.execute("SELECT MIN(next_attempt_at) FROM ledger INDEXED BY ledger_retry WHERE delivery_id=? "
+                        "AND state='retry'", (delivery_id,)).fetchone()[0]
+    reasons = conn.execute("SELECT COALESCE(last_error, 'waiting'), COUNT(*) AS n FROM ledger WHERE delivery_id=? "
+                           "AND state='retry' GROUP BY 1 ORDER BY n DESC, 1 LIMIT ?", (delivery_id, top)).fetchall()
+    return from_epoch(head), [(scrub(r[0], 120), r[1]) for r in reasons]
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    """What a delivery stands at, and what the last run did. Counts are the ledger's totals;
+    ``*_this_run`` / ``*_resent`` / ``uncertain_reported`` are this run's."""
+
+    delivery_id: int
+    slug: str
+    state: str
+    total: int = 0
+    sent: int = 0
+    failed_permanent: int = 0
+    failed_temporary: int = 0
+    skipped: int = 0
+    pending: int = 0              # every reader not final: pending, deferred (retry) or in flight
+    deferred: int = 0             # of those, waiting for a retry
+    uncertain: int = 0            # final: may or may not have been delivered, reported
+    next_retry: datetime | None = None
+    reasons: tuple[tuple[str, int], ...] = ()
+    interrupted_resent: int = 0   # left mid-send by an earlier crash or kill, sent again this run
+    uncertain_resent: int = 0     # answered "uncertain" this run, sent once more
+    uncertain_reported: int = 0   # set 'uncertain' this run (not sent again)
+    sent_this_run: int = 0
+    elapsed: float = 0.0
+    rate: float = 0.0
+    note: str = ""
+
+    @property
+    def failed(self) -> int:
+        return self.failed_permanent + self.failed_temporary
+
+
+def make_report(conn: sqlite3.Connection, delivery_id: int, note: str = "", **run: object) -> DeliveryReport:
+    """The one place a report is built: the ledger as it stands, plus what a run counted."""
+    d = get_delivery(conn, delivery_id)
+    c = ledger_counts(conn, d.id)
+    next_retry, reasons = retry_summary(conn, d.id) if c["retry"] else (None, [])
+    if d.state == "deferred" and d.resume_at is not None:
+        next_retry = d.resume_at
+    return DeliveryReport(d.id, d.slug, d.state, total=sum(c.values()), sent=c["sent"],
                           failed_permanent=c["failed-permanent"], failed_temporary=c["failed-temporary"],
-                          skipped=c["skipped"], pending=c["pending"] + c["retry"] + c["sending"],
-                          note=note or delivery.reason or "", **extra)  # type: ignore[arg-type]
+                          skipped=c["skipped"], pending=open_rows(c), deferred=c["retry"], uncertain=c["uncertain"],
+                          next_retry=next_retry, reasons=tuple(reasons), note=note or d.reason or "",
+                          **run)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------
@@ -258,8 +352,8 @@ def start_or_resume(conn: sqlite3.Connection, prepared: PreparedIssue, *, schedu
                     force_new_content: bool = False, now: Callable[[], datetime] = utcnow) -> int:
     """The delivery for this issue: the open (or finished) one, else a new one.
 
-    * An open delivery (scheduled, running, paused, held) is continued; if the issue's
-      content hash differs, :class:`ContentChangedError` unless ``force_new_content``
+    * An open delivery (scheduled, running, paused, deferred, held) is continued; if the
+      issue's content hash differs, :class:`ContentChangedError` unless ``force_new_content``
       (then the new content is recorded and used for everyone not yet sent).
     * A finished (``done``) delivery is returned as is: running it sends nobody again.
     * Otherwise a new delivery is created; recipients are frozen when it starts sending.
@@ -275,7 +369,7 @@ def start_or_resume(conn: sqlite3.Connection, prepared: PreparedIssue, *, schedu
     send_at = timestamp(scheduled_for) if scheduled_for is not None else None
     stamp = timestamp(now())
     with transaction(conn):
-        d = conn.execute(f"SELECT * FROM deliveries WHERE slug=? AND test=0 AND state IN {OPEN_STATES} "
+        d = conn.execute(f"SELECT * FROM deliveries WHERE slug=? AND test=0 AND state IN {_OPEN_SQL} "
                          "ORDER BY id DESC LIMIT 1", (r.slug,)).fetchone()
         if d is None:
             d = conn.execute("SELECT * FROM deliveries WHERE slug=? AND test=0 AND state='done' "
@@ -299,9 +393,10 @@ def start_or_resume(conn: sqlite3.Connection, prepared: PreparedIssue, *, schedu
                              (r.content_hash, r.subject, d["id"]))
             return d["id"]
         cur = conn.execute(
-            "INSERT INTO deliveries(slug, issue_number, content_hash, subject, state, created_at, send_at, test) "
-            "VALUES(?, ?, ?, ?, ?, ?, ?, 0)",
-            (r.slug, r.number, r.content_hash, r.subject, "scheduled" if send_at else "running", stamp, send_at))
+            "INSERT INTO deliveries(slug, issue_number, content_hash, subject, state, created_at, send_at, test, "
+            "nonce) VALUES(?, ?, ?, ?, ?, ?, ?, 0, ?)",
+            (r.slug, r.number, r.content_hash, r.subject, "scheduled" if send_at else "running", stamp, send_at,
+             secrets.token_hex(8)))
         return int(cur.lastrowid)  # type: ignore[arg-type]
 
 
@@ -336,11 +431,240 @@ def lock_is_live(d: Delivery, now: datetime | None = None) -> bool:
     return True
 
 
+def acquire_lock(conn: sqlite3.Connection, delivery_id: int, owner: str, now: datetime) -> None:
+    """Take the delivery's lock, or raise :class:`DeliveryLockedError` naming the live holder."""
+    with transaction(conn):
+        cur = get_delivery(conn, delivery_id)
+        if lock_is_live(cur, now):
+            age = (now - cur.lock_heartbeat).total_seconds() if cur.lock_heartbeat else 0
+            raise DeliveryLockedError(
+                f"delivery #{cur.id} of {cur.slug} is already being sent by pid {cur.lock_pid} on "
+                f"{cur.lock_host} (last heartbeat {age:.0f}s ago); wait for it to finish or stop it. "
+                "The lock is taken over once that process is gone or silent for 10 minutes")
+        conn.execute("UPDATE deliveries SET lock_owner=?, lock_pid=?, lock_host=?, lock_heartbeat=? WHERE id=?",
+                     (owner, os.getpid(), socket.gethostname(), timestamp(now), delivery_id))
+
+
+def release_lock(conn: sqlite3.Connection, delivery_id: int, owner: str) -> None:
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+    conn.execute("UPDATE deliveries SET lock_owner=NULL, lock_pid=NULL, lock_host=NULL, lock_heartbeat=NULL "
+                 "WHERE id=? AND lock_owner=?", (delivery_id, owner))
+
+
+def refresh_lock(conn: sqlite3.Connection, delivery_id: int, owner: str, now: datetime,
+                 new_batch: bool = False) -> int:
+    """Refresh the heartbeat (inside a transaction); returns the batch number to use when asked.
+    Raises :class:`DeliveryLockedError` when another process took the lock over."""
+    row = conn.execute(
+        "UPDATE deliveries SET lock_heartbeat=?, last_batch_no=last_batch_no+? WHERE id=? AND lock_owner=? "
+        "RETURNING last_batch_no", (timestamp(now), 1 if new_batch else 0, delivery_id, owner)).fetchone()
+    if row is None:
+        raise DeliveryLockedError(f"delivery #{delivery_id}: another process took over the lock "
+                                  "(this one was silent too long); stopping")
+    return int(row[0])
+
+
+def note_reason(conn: sqlite3.Connection, delivery_id: int, owner: str, reason: str) -> None:
+    """Leave a (scrubbed) reason on a delivery this process still holds."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+    conn.execute("UPDATE deliveries SET reason=? WHERE id=? AND lock_owner=?", (scrub(reason), delivery_id, owner))
+
+
+# ---------------------------------------------------------------------------------------
+# A run: begin, claim, record, finish (the SQL behind newsletter.delivery)
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunStart:
+    counts: dict[str, int]
+    interrupted: int          # rows found in flight from an earlier run (a crash or kill)
+
+
+def begin_run(conn: sqlite3.Connection, d: Delivery, *, transport: str, resend_interrupted: bool,
+              retry_failed: bool, now: datetime) -> RunStart:
+    """Freeze the list (first run only), settle rows a crash left in flight, and mark it running.
+
+    Rows left ``sending`` were handed to the transport and never recorded: a crash or a kill.
+    They are sent again under the same batch and key (no attempt counted: nobody answered),
+    or with ``resend_interrupted=False`` set ``uncertain`` and reported. A ``done`` delivery
+    is never reopened here, except ``retry_failed`` for those whose retry window ran out.
+    Runs inside the caller's transaction.
+    """
+    stamp = timestamp(now)
+    if d.frozen_at is None and get_delivery(conn, d.id).frozen_at is None:  # re-read under the lock
+        # Readers who already got this issue (or may have: 'sending'/'uncertain') from an
+        # earlier, cancelled delivery are left out.
+        conn.execute(
+            "INSERT INTO ledger(delivery_id, subscriber_id, email, name, state, updated_at) "
+            "SELECT ?, s.id, s.email, s.name, 'pending', ? FROM subscribers s WHERE s.status='active' "
+            "AND NOT EXISTS (SELECT 1 FROM ledger p WHERE p.subscriber_id=s.id "
+            "AND p.state IN ('sent','sending','uncertain') AND p.delivery_id IN "
+            "(SELECT id FROM deliveries WHERE slug=? AND test=0 AND id<>?)) ORDER BY s.id",
+            (d.id, stamp, d.slug, d.id))
+        total = conn.execute("SELECT COUNT(*) FROM ledger WHERE delivery_id=?", (d.id,)).fetchone()[0]
+        conn.execute("UPDATE deliveries SET frozen_at=?, total=? WHERE id=?", (stamp, total, d.id))
+    interrupted = conn.execute("SELECT COUNT(*) FROM ledger WHERE delivery_id=? AND state='sending'",
+                               (d.id,)).fetchone()[0]
+    if resend_interrupted:
+        conn.execute("UPDATE ledger SET state='retry', retry_batch=batch_no, next_attempt_at=0, updated_at=?, "
+                     "last_error='interrupted while sending (a crash or kill); sent again, a duplicate is possible' "
+                     "WHERE delivery_id=? AND state='sending'", (stamp, d.id))
+    else:
+        conn.execute("UPDATE ledger SET state='uncertain', updated_at=?, last_error='interrupted while sending "
+                     "(a crash or kill): may or may not have been delivered; not sent again' "
+                     "WHERE delivery_id=? AND state='sending'", (stamp, d.id))
+    if retry_failed:
+        conn.execute("UPDATE ledger SET state='pending', attempts=0, first_failure_at=NULL, next_attempt_at=NULL, "
+                     "updated_at=? WHERE delivery_id=? AND state='failed-temporary'", (stamp, d.id))
+    counts = ledger_counts(conn, d.id)
+    if open_rows(counts) or d.state != "done":
+        conn.execute("UPDATE deliveries SET state='running', transport=?, reason=NULL, resume_at=NULL, "
+                     "finished_at=NULL, started_at=COALESCE(started_at, ?) WHERE id=?", (transport, stamp, d.id))
+    return RunStart(counts, interrupted)
+
+
+@dataclass
+class ClaimedRow:
+    sid: int
+    email: str
+    name: str
+    state: str                 # before the claim: 'pending' or 'retry' (to undo it)
+    next_attempt_at: float | None
+    attempts: int
+    first_failure_at: float | None
+    uncertain_resends: int
+
+
+@dataclass
+class Claim:
+    batch_no: int
+    rows: list[ClaimedRow]
+    fresh: bool                # pending rows in keyset order (the cursor moved past them)
+    skipped: list[str]         # previous states of rows skipped as no longer active
+    last_id: int = 0           # the highest subscriber id looked at (for the keyset cursor)
+
+
+_ROW_COLUMNS = ("l.subscriber_id, l.email, l.name, l.state, l.next_attempt_at, l.attempts, l.first_failure_at, "
+                "l.uncertain_resends, s.status")
+
+
+def _select(conn: sqlite3.Connection, delivery_id: int, where: str, params: tuple, retry: bool = False) -> list:
+    hint = "INDEXED BY ledger_retry " if retry else ""  # retry rows through the small partial index
+    return conn.execute(f"SELECT {_ROW_COLUMNS} FROM ledger l {hint}LEFT JOIN subscribers s ON s.id = l.subscriber_id "
+                        f"WHERE l.delivery_id=? AND {where}", (delivery_id, *params)).fetchall()
+
+
+def claimable(conn: sqlite3.Connection, delivery_id: int, cursor: int, now_ts: float) -> bool:
+    """Is a batch due right now? (A cheap look, so the end of a run costs no pacing wait.)"""
+    if conn.execute("SELECT 1 FROM ledger WHERE delivery_id=? AND subscriber_id>? AND state='pending' LIMIT 1",
+                    (delivery_id, cursor)).fetchone():
+        return True
+    head = conn.execute("SELECT MIN(next_attempt_at) FROM ledger INDEXED BY ledger_retry WHERE delivery_id=? "
+                        "AND state='retry'", (delivery_id,)).fetchone()[0]
+    return head is not None and head <= now_ts
+
+
+def daily_used(conn: sqlite3.Connection, day: str, transport: str) -> int:
+    row = conn.execute("SELECT count FROM daily_counts WHERE day=? AND transport=?", (day, transport)).fetchone()
+    return row[0] if row else 0
+
+
+def claim_batch(conn: sqlite3.Connection, d: Delivery, owner: str, *, limit: int, cursor: int, now: datetime,
+                now_ts: float, day: str, transport: str) -> "Claim | float | None":
+    """Pick the next batch and mark it 'sending' (the caller commits before the transport sees it).
+
+    Due retries come first: a batch that came back whole is claimed again as the same rows
+    under the same batch number (so the same idempotency key). Then pending rows in
+    subscriber order after ``cursor``. Returns seconds until the next retry when nothing is
+    due, None when nothing is left. Runs inside the caller's transaction.
+    """
+    stamp = timestamp(now)
+    rows: list = []
+    batch_no: int | None = None
+    head = conn.execute("SELECT retry_batch, next_attempt_at FROM ledger INDEXED BY ledger_retry WHERE "
+                        "delivery_id=? AND state='retry' ORDER BY next_attempt_at LIMIT 1", (d.id,)).fetchone()
+    if head is not None and head[1] <= now_ts:
+        if head[0] is not None:
+            rows = _select(conn, d.id, "l.state='retry' AND l.retry_batch=? ORDER BY l.subscriber_id", (head[0],),
+                           retry=True)
+            if len(rows) <= limit:
+                batch_no = head[0]
+            else:  # split by the daily cap: the key no longer names one batch, so none reuses it
+                conn.execute("UPDATE ledger SET retry_batch=NULL WHERE delivery_id=? AND state='retry' "
+                             "AND retry_batch=?", (d.id, head[0]))
+                rows = rows[:limit]
+        else:
+            rows = _select(conn, d.id, "l.state='retry' AND l.retry_batch IS NULL AND l.next_attempt_at<=? "
+                           "ORDER BY l.next_attempt_at LIMIT ?", (now_ts, limit), retry=True)
+    fresh = not rows
+    if fresh:
+        rows = _select(conn, d.id, "l.subscriber_id>? AND l.state='pending' ORDER BY l.subscriber_id LIMIT ?",
+                       (cursor, limit))
+    if not rows:
+        return None if head is None else max(0.0, head[1] - now_ts)
+    gone = [r for r in rows if r["status"] != "active"]
+    live = [r for r in rows if r["status"] == "active"]
+    if gone:
+        update_each(conn, d.id, "state='skipped', last_error=v.column2, updated_at=?",
+                    [(r[0], f"no longer active ({r['status'] or 'removed'})") for r in gone], stamp)
+        batch_no = None  # the batch is not the one the key named any more
+    claim = Claim(0, [ClaimedRow(*tuple(r)[:8]) for r in live], fresh, [r["state"] for r in gone],
+                  last_id=rows[-1][0])
+    if not live:  # only skips: the caller counts them and claims again
+        refresh_lock(conn, d.id, owner, now)
+        return claim
+    claim.batch_no = batch_no if batch_no is not None else refresh_lock(conn, d.id, owner, now, new_batch=True)
+    if batch_no is not None:
+        refresh_lock(conn, d.id, owner, now)
+    if fresh and not gone:  # a contiguous keyset range of pending rows: one statement
+        conn.execute("UPDATE ledger SET state='sending', batch_no=?, updated_at=? WHERE delivery_id=? AND "
+                     "subscriber_id BETWEEN ? AND ? AND state='pending'",
+                     (claim.batch_no, stamp, d.id, live[0][0], live[-1][0]))
+    else:
+        update_each(conn, d.id, "state='sending', batch_no=?, updated_at=?", [(r[0],) for r in live],
+                    claim.batch_no, stamp)
+    conn.execute("INSERT INTO daily_counts(day, transport, count) VALUES(?, ?, ?) ON CONFLICT(day, transport) "
+                 "DO UPDATE SET count=count+excluded.count", (day, transport, len(live)))
+    return claim
+
+
+def unclaim(conn: sqlite3.Connection, delivery_id: int, rows: Sequence[ClaimedRow], *, day: str,
+            transport: str) -> None:
+    """Undo a claim whose batch never reached anyone: rows back as they were, the daily count refunded."""
+    conn.executemany("UPDATE ledger SET state=?, next_attempt_at=? WHERE delivery_id=? AND subscriber_id=? "
+                     "AND state='sending'", [(r.state, r.next_attempt_at, delivery_id, r.sid) for r in rows])
+    conn.execute("UPDATE daily_counts SET count=MAX(0, count-?) WHERE day=? AND transport=?",
+                 (len(rows), day, transport))
+
+
+def record_transitions(conn: sqlite3.Connection, delivery_id: int, batch_no: int,
+                       changes: Sequence[tuple[ClaimedRow, "Transition", str | None]], *, whole_batch: bool,
+                       now: datetime) -> None:
+    """Store every reader's :class:`~newsletter.outcome.Transition` (with the provider's
+    message id when sent) in one statement per chunk. A batch retried whole keeps its
+    number, so its retry goes out under the same idempotency key."""
+    values = [(row.sid, t.state, t.attempts, t.first_failure_at, t.next_attempt_at,
+               batch_no if whole_batch else None, t.uncertain_resends, scrub(t.error) if t.error else None,
+               provider_id) for row, t, provider_id in changes]
+    update_each(conn, delivery_id, "state=v.column2, attempts=v.column3, first_failure_at=v.column4, "
+                "next_attempt_at=v.column5, retry_batch=v.column6, uncertain_resends=v.column7, "
+                "last_error=v.column8, provider_id=COALESCE(v.column9, provider_id), updated_at=?", values,
+                timestamp(now))
+
+
+def finish_run(conn: sqlite3.Connection, delivery_id: int, *, state: str, reason: str | None,
+               resume_at: datetime | None, now: datetime) -> None:
+    """Set the delivery's state at the end of a run: done, paused or deferred (with its next time)."""
+    conn.execute("UPDATE deliveries SET state=?, reason=?, resume_at=?, finished_at=? WHERE id=?",
+                 (state, scrub(reason) if reason else None, timestamp(resume_at) if resume_at else None,
+                  timestamp(now) if state == "done" else None, delivery_id))
+
+
 def open_delivery_id(conn: sqlite3.Connection, slug: str) -> int | None:
-    """The unfinished (scheduled, running, paused or held) delivery of an issue, if any."""
-    marks = ",".join("?" * len(OPEN_STATES))
-    row = conn.execute(f"SELECT id FROM deliveries WHERE slug=? AND test=0 AND state IN ({marks})",
-                       (slug, *OPEN_STATES)).fetchone()
+    """The unfinished (scheduled, running, paused, deferred or held) delivery of an issue, if any."""
+    row = conn.execute(f"SELECT id FROM deliveries WHERE slug=? AND test=0 AND state IN {_OPEN_SQL}",
+                       (slug,)).fetchone()
     return row[0] if row else None
 
 
@@ -359,6 +683,45 @@ def forget_subscriber(conn: sqlite3.Connection, subscriber_id: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------
+# Scheduling queries (newsletter.schedule decides; the SQL lives here)
+# ---------------------------------------------------------------------------------------
+def list_open(conn: sqlite3.Connection) -> list[Delivery]:
+    """Every delivery not finished; soonest send time first."""
+    rows = conn.execute(f"SELECT * FROM deliveries WHERE state IN {_OPEN_SQL} "
+                        "ORDER BY send_at IS NULL, send_at, id").fetchall()
+    return [Delivery.from_row(r) for r in rows]
+
+
+def find_delivery(conn: sqlite3.Connection, slug_or_id: str | int) -> Delivery:
+    """A delivery by id (``12`` or ``#12``), or the open (else latest) delivery of a slug."""
+    text = str(slug_or_id).strip()
+    if text.lstrip("#").isdigit() and len(text) < 19:
+        return get_delivery(conn, int(text.lstrip("#")))
+    row = conn.execute(f"SELECT * FROM deliveries WHERE slug=? ORDER BY state IN {_OPEN_SQL} DESC, id DESC "
+                       "LIMIT 1", (text,)).fetchone()
+    if row is None:
+        raise InputError(f"no delivery for {text!r}")
+    return Delivery.from_row(row)
+
+
+def set_state(conn: sqlite3.Connection, d: Delivery, state: str, reason: str, *, now: datetime | None = None) -> None:
+    """Move a delivery that is not being sent (held, cancelled), if it is still as ``d`` saw it."""
+    conn.execute("UPDATE deliveries SET state=?, reason=?, finished_at=COALESCE(?, finished_at) WHERE id=? "
+                 "AND state=?", (state, scrub(reason), timestamp(now) if now else None, d.id, d.state))
+
+
+def due_deliveries(conn: sqlite3.Connection, now: datetime) -> list[Delivery]:
+    """Scheduled ones whose time has come (or whose stored time is unreadable), paused and
+    deferred ones whose resume time has come, and running ones (whose sender may have died)."""
+    stamp = timestamp(now)
+    rows = conn.execute(
+        "SELECT * FROM deliveries WHERE test=0 AND ((state='scheduled' AND (send_at<=? OR length(send_at)<>27)) OR "
+        "(state IN ('paused','deferred') AND resume_at IS NOT NULL AND resume_at<=?) OR state='running') "
+        "ORDER BY COALESCE(send_at, created_at), id", (stamp, stamp)).fetchall()
+    return [Delivery.from_row(r) for r in rows]
+
+
+# ---------------------------------------------------------------------------------------
 # Status
 # ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -372,6 +735,8 @@ class DeliveryStatus:
     rate: float | None            # messages finished per second while it ran, None before any
     eta_seconds: float | None     # at that rate, for a running delivery
     sender: str | None            # "pid N on HOST" while a live process holds the lock
+    next_retry: datetime | None = None              # when deferred readers are next tried
+    reasons: tuple[tuple[str, int], ...] = ()       # commonest reasons readers are deferred
 
     @property
     def id(self) -> int:
@@ -380,6 +745,10 @@ class DeliveryStatus:
     @property
     def skipped(self) -> int:
         return self.counts["skipped"]
+
+    @property
+    def deferred(self) -> int:
+        return self.counts["retry"]
 
     def as_row(self) -> tuple[str, ...]:
         """id, issue, state, total, sent, pending, failed, skipped, rate, ETA: for a table."""
@@ -402,25 +771,29 @@ def delivery_status(conn: sqlite3.Connection, slug: str | None = None, *, limit:
     for row in conn.execute(sql + " ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall():
         d = Delivery.from_row(row)
         c = ledger_counts(conn, d.id)
-        last = conn.execute("SELECT MAX(updated_at) FROM ledger WHERE delivery_id=? AND state NOT IN "
-                            "('pending','retry','sending')", (d.id,)).fetchone()[0]
-        remaining = c["pending"] + c["retry"] + c["sending"]
+        last = conn.execute(f"SELECT MAX(updated_at) FROM ledger WHERE delivery_id=? AND state NOT IN "
+                            f"{_OPEN_ROWS_SQL}", (d.id,)).fetchone()[0]
+        remaining = open_rows(c)
         finished = sum(c.values()) - remaining
         rate = eta = None
-        if d.started_at and last and finished:
-            span = (parse_timestamp(last) - d.started_at).total_seconds()  # type: ignore[operator]
+        last_at = parse_timestamp(last)
+        if d.started_at and last_at and finished:
+            span = (last_at - d.started_at).total_seconds()
             rate = finished / span if span > 0 else None
         if d.state == "running" and rate:
             eta = remaining / rate
         sender = f"pid {d.lock_pid} on {d.lock_host}" if lock_is_live(d) else None
+        next_retry, reasons = retry_summary(conn, d.id) if c["retry"] else (None, [])
+        if d.state == "deferred" and d.resume_at is not None:
+            next_retry = d.resume_at
         out.append(DeliveryStatus(d, c, sum(c.values()), c["sent"], c["failed-permanent"] + c["failed-temporary"],
-                                  remaining, rate, eta, sender))
+                                  remaining, rate, eta, sender, next_retry, tuple(reasons)))
     return out
 
 
 def failed_recipients(conn: sqlite3.Connection, delivery_id: int) -> list[tuple[str, str, str | None]]:
     """(email, state, last error) of everyone who needs attention: failed-* and uncertain."""
-    return [tuple(r) for r in conn.execute(  # type: ignore[misc]
+    return [(r[0], r[1], scrub(r[2]) if r[2] is not None else None) for r in conn.execute(
         "SELECT email, state, last_error FROM ledger WHERE delivery_id=? AND state IN "
         "('failed-permanent','failed-temporary','uncertain') ORDER BY subscriber_id", (int(delivery_id),))]
 

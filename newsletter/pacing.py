@@ -17,17 +17,22 @@ BACKOFF_CAP = 300.0
 
 
 def backoff_delay(attempt: int, retry_after: float | None = None, *,
-                  rng: random.Random | None = None) -> float:
+                  rng: random.Random | None = None, jitter: float | None = None,
+                  since_first_failure: float = 0.0) -> float:
     """Seconds to wait before retry number ``attempt`` (1 = the first retry).
 
     Exponential (1 s, 2 s, 4 s, ... capped at 5 minutes) with "equal jitter": the
     delay is drawn uniformly from [d/2, d], so retries from many rows spread out
-    but never come sooner than half the nominal delay. A server's ``retry_after``
-    is a floor: we never come back sooner than it asked (but cap it too, so a
-    hostile or broken header cannot park the delivery for a day).
+    but never come sooner than half the nominal delay. ``jitter`` (0..1) fixes the
+    draw, for pure callers. The nominal delay is also at least the time since the
+    reader's first failure, so a failure that counts no attempt (a dropped
+    connection) still backs off. A server's ``retry_after`` is a floor: we never come
+    back sooner than it asked (but cap it too, so a hostile or broken header cannot
+    park the delivery for a day).
     """
-    nominal = min(BACKOFF_CAP, BACKOFF_BASE * BACKOFF_FACTOR ** max(0, attempt - 1))
-    delay = nominal / 2 + (rng or random).uniform(0, nominal / 2)
+    nominal = min(BACKOFF_CAP, max(BACKOFF_BASE * BACKOFF_FACTOR ** max(0, attempt - 1), since_first_failure))
+    draw = (rng or random).random() if jitter is None else min(1.0, max(0.0, jitter))
+    delay = nominal / 2 + draw * nominal / 2
     if retry_after is not None and retry_after > 0:
         delay = max(delay, min(float(retry_after), BACKOFF_CAP))
     return delay

@@ -12,26 +12,33 @@ surprise anyone:
   too: what goes out is what was reviewed, or nothing until it is rescheduled.
 
 Held deliveries are sent by an explicit ``newsletter send`` or by scheduling again.
+Deferred deliveries (readers waiting for a retry) are picked up when their next retry
+is due. A row the worker cannot read (an unreadable stored time) is held with a reason,
+never allowed to crash every command.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 import threading
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
-from newsletter.delivery import DeliveryOptions, run_delivery
+from newsletter import ledger
+from newsletter.delivery import DeliveryOptions, Waiting, run_delivery
 from newsletter.ledger import (OPEN_STATES, Delivery, DeliveryReport, TransportFactory, get_delivery, lock_is_live,
-                               report_for, start_or_resume, timestamp, transaction, utcnow)
+                               start_or_resume, transaction, utcnow)
 from newsletter.errors import DeliveryLockedError, InputError, NewsletterError
 from newsletter.message import PreparedIssue
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_LATENESS = timedelta(hours=6)
+#: How far from now a send may be scheduled: further is almost always a typo in the year.
+MAX_AHEAD, MAX_BEHIND = timedelta(days=3660), timedelta(days=366)
 
 
 def _aware(when: datetime, what: str) -> datetime:
@@ -40,32 +47,37 @@ def _aware(when: datetime, what: str) -> datetime:
     return when.astimezone(timezone.utc)
 
 
-def schedule(conn: sqlite3.Connection, prepared: PreparedIssue, send_at: datetime) -> int:
-    """Schedule the issue for ``send_at`` (tz-aware); returns the delivery id.
+def check_send_time(send_at: datetime, now: datetime) -> datetime:
+    """A send time the ledger can store and a worker can act on: with a zone, a four-digit
+    year, at most a year ago and ten years ahead. Returns it in UTC."""
+    try:
+        when = _aware(send_at, "send time")
+    except OverflowError:
+        raise InputError(f"send time {send_at.isoformat()} is out of range") from None
+    if not (-MAX_BEHIND <= when - _aware(now, "now") <= MAX_AHEAD):
+        raise InputError(f"send time {send_at.isoformat()} is out of range: give a time from a year ago "
+                         "to ten years ahead (is the year right?)")
+    return when
+
+
+def schedule(conn: sqlite3.Connection, prepared: PreparedIssue, send_at: datetime, *,
+             now: Callable[[], datetime] = utcnow) -> int:
+    """Schedule the issue for ``send_at`` (tz-aware, within the next year); returns the delivery id.
 
     The content hash is frozen now; the recipient list is frozen when sending starts.
     Scheduling an issue again before it started moves it (and takes the current content).
     """
-    return start_or_resume(conn, prepared, scheduled_for=_aware(send_at, "send time"))
+    return start_or_resume(conn, prepared, scheduled_for=check_send_time(send_at, now()), now=now)
 
 
 def list_scheduled(conn: sqlite3.Connection) -> list[Delivery]:
-    """Every delivery not finished: scheduled, held, paused, running; soonest first."""
-    rows = conn.execute(f"SELECT * FROM deliveries WHERE state IN {OPEN_STATES} "
-                        "ORDER BY send_at IS NULL, send_at, id").fetchall()
-    return [Delivery.from_row(r) for r in rows]
+    """Every delivery not finished: scheduled, held, paused, deferred, running; soonest first."""
+    return ledger.list_open(conn)
 
 
 def find(conn: sqlite3.Connection, slug_or_id: str | int) -> Delivery:
     """A delivery by id (``12`` or ``#12``), or the open (else latest) delivery of a slug."""
-    text = str(slug_or_id).strip()
-    if text.lstrip("#").isdigit():
-        return get_delivery(conn, int(text.lstrip("#")))
-    row = conn.execute(f"SELECT * FROM deliveries WHERE slug=? ORDER BY state IN {OPEN_STATES} DESC, id DESC "
-                       "LIMIT 1", (text,)).fetchone()
-    if row is None:
-        raise InputError(f"no delivery for {text!r}")
-    return Delivery.from_row(row)
+    return ledger.find_delivery(conn, slug_or_id)
 
 
 def cancel(conn: sqlite3.Connection, slug_or_id: str | int, *, now: Callable[[], datetime] = utcnow) -> Delivery:
@@ -75,39 +87,35 @@ def cancel(conn: sqlite3.Connection, slug_or_id: str | int, *, now: Callable[[],
     with transaction(conn):
         d = get_delivery(conn, d.id)
         if d.state not in OPEN_STATES:
-            raise InputError(f"delivery #{d.id} of {d.slug} is {d.state}; only scheduled, held, paused or "
-                             "interrupted deliveries can be cancelled")
+            raise InputError(f"delivery #{d.id} of {d.slug} is {d.state}; only scheduled, held, paused, deferred "
+                             "or interrupted deliveries can be cancelled")
         if lock_is_live(d, now()):
             raise InputError(f"delivery #{d.id} of {d.slug} is being sent by pid {d.lock_pid} on {d.lock_host}; "
                              "stop that process first (Ctrl-C or SIGTERM finishes the current batch)")
-        conn.execute("UPDATE deliveries SET state='cancelled', finished_at=?, reason=? WHERE id=?",
-                     (timestamp(now()), f"cancelled (was {d.state})", d.id))
+        ledger.set_state(conn, d, "cancelled", f"cancelled (was {d.state})", now=now())
     return get_delivery(conn, d.id)
 
 
 def due(conn: sqlite3.Connection, now: datetime) -> list[Delivery]:
-    """What a worker should act on at ``now``: scheduled ones whose time has come, paused ones
-    whose resume time has come (daily cap, a stop), and running ones nobody is sending
-    (the sender died). In order of their send time."""
-    stamp = timestamp(_aware(now, "now"))
-    rows = conn.execute(
-        "SELECT * FROM deliveries WHERE test=0 AND ((state='scheduled' AND send_at<=?) OR "
-        "(state='paused' AND resume_at IS NOT NULL AND resume_at<=?) OR state='running') "
-        "ORDER BY COALESCE(send_at, created_at), id", (stamp, stamp)).fetchall()
-    out = [Delivery.from_row(r) for r in rows]
-    return [d for d in out if not (d.state == "running" and lock_is_live(d, now))]
+    """What a worker should act on at ``now``: scheduled ones whose time has come, paused and
+    deferred ones whose resume time has come (daily cap, a stop, the next retry), and running
+    ones nobody is sending (the sender died). In order of their send time."""
+    now = _aware(now, "now")
+    return [d for d in ledger.due_deliveries(conn, now) if not (d.state == "running" and lock_is_live(d, now))]
 
 
 def _hold(conn: sqlite3.Connection, d: Delivery, reason: str) -> DeliveryReport:
-    conn.execute("UPDATE deliveries SET state='held', reason=? WHERE id=? AND state=?", (reason, d.id, d.state))
+    with transaction(conn):
+        ledger.set_state(conn, d, "held", reason)
     log.warning("delivery #%s of %s held: %s", d.id, d.slug, reason)
-    return report_for(conn, get_delivery(conn, d.id), reason)
+    return ledger.make_report(conn, d.id, reason)
 
 
 def dispatch_once(conn: sqlite3.Connection, now: datetime, prepare: Callable[[str], PreparedIssue],
                   transport_factory: TransportFactory, options: DeliveryOptions, *,
                   max_lateness: timedelta = DEFAULT_MAX_LATENESS, stop: threading.Event | None = None,
                   progress: Callable[[int, int, int, int], None] | None = None,
+                  waiting: Waiting | None = None,
                   clock: Callable[[], float] = time.monotonic,
                   sleep: Callable[[float], None] = time.sleep) -> list[DeliveryReport]:
     """Send every due delivery (one after the other); returns a report for each one acted on.
@@ -122,6 +130,11 @@ def dispatch_once(conn: sqlite3.Connection, now: datetime, prepare: Callable[[st
     for d in due(conn, now):
         if stop is not None and stop.is_set():
             break
+        if d.state == "scheduled" and d.send_at is None:
+            reports.append(_hold(conn, d, (
+                f"its stored send time {d.send_at_text!r} cannot be read; schedule it again with "
+                f"`newsletter schedule {d.slug} --at …`")))
+            continue
         if d.state == "scheduled" and d.send_at is not None and now - d.send_at > max_lateness:
             reports.append(_hold(conn, d, (
                 f"missed its send time {d.send_at:%Y-%m-%d %H:%M} UTC by {_human(now - d.send_at)} (more than "
@@ -140,7 +153,8 @@ def dispatch_once(conn: sqlite3.Connection, now: datetime, prepare: Callable[[st
             continue
         try:
             reports.append(run_delivery(conn, d.id, prepared, transport_factory, options=options, stop=stop,
-                                        progress=progress, clock=clock, sleep=sleep, now=engine_now))
+                                        progress=progress, waiting=waiting, clock=clock, sleep=sleep,
+                                        now=engine_now))
         except DeliveryLockedError as exc:
             log.info("%s", exc)  # another process got there first: it is being sent
     return reports
@@ -152,6 +166,12 @@ def _human(delta: timedelta) -> str:
         return f"{minutes} min"
     hours = minutes / 60
     return f"{hours:.0f} h" if hours < 48 else f"{hours / 24:.0f} days"
+
+
+def check_poll_interval(seconds: float) -> None:
+    """A worker polls every so many seconds: 0, negative or nan would spin at 100 % CPU."""
+    if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and 0.001 <= seconds <= 86400):
+        raise InputError(f"--poll {seconds!r} must be a number of seconds from 0.001 to 86400")
 
 
 def run_worker(conn: sqlite3.Connection, prepare: Callable[[str], PreparedIssue],
@@ -169,6 +189,7 @@ def run_worker(conn: sqlite3.Connection, prepare: Callable[[str], PreparedIssue]
     A failure the user must fix (a refused login, say) is reported through ``on_error``
     and tried again at the next poll; the delivery stays resumable meanwhile.
     """
+    check_poll_interval(poll_interval)
     reports: list[DeliveryReport] = []
     while not stop.is_set():
         try:

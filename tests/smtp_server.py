@@ -27,6 +27,9 @@ Features:
   (``drop_phase``) closes that connection without accepting the message; ``drops`` limits
   how many times this happens (default once). ``drop_reply="421 ..."`` sends that reply
   before closing, as servers do on shutdown; the default is an abrupt close.
+* ``lose_reply``  a callable ``address -> bool``: when true, the message is accepted and
+  kept, then the connection is closed before the 250 reaches the client (the "answer lost
+  after DATA" case: delivered, but the sender cannot know).
 * ``pipelining=True``  advertise PIPELINING (RFC 2920) in the EHLO reply.
 * ``messages``  every accepted message, in order, as :class:`ReceivedMessage`;
   ``connections``  how many SMTP connections were opened; ``commands`` every command
@@ -204,6 +207,7 @@ class SMTPTestServer:
         drop_reply: str | None = None,
         drops: int = 1,
         pipelining: bool = False,
+        lose_reply: Callable[[str], bool] | None = None,
         keep_data: bool = True,
         hostname: str = "mx.test.invalid",
     ):
@@ -219,6 +223,7 @@ class SMTPTestServer:
         self.drop_after, self.drop_phase, self.drop_reply = drop_after, drop_phase, drop_reply
         self.drops_left = drops
         self.pipelining = pipelining
+        self.lose_reply = lose_reply
         self.keep_data = keep_data
         self.messages: list[ReceivedMessage] = []
         self.commands: list[tuple[int, str]] = []
@@ -411,4 +416,6 @@ class _Handler:
                     mail_options=list(envelope.mail_options)))
             queue_id = f"Q{self.o.count:06d}"
         server._nl_accepted += 1
+        if self.o.lose_reply is not None and self.o.lose_reply(first):
+            server.transport.close()  # kept, but the 250 never reaches the client
         return f"250 2.0.0 Ok: queued as {queue_id}"

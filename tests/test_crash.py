@@ -57,7 +57,7 @@ prepared = make_prepared()
 did = start_or_resume(conn, prepared)
 print("STARTED", did, flush=True)
 report = run_delivery(conn, did, prepared, factory, options=options(batch_size={batch}, rate={rate}))
-print("REPORT " + json.dumps(dataclasses.asdict(report)), flush=True)
+print("REPORT " + json.dumps(dataclasses.asdict(report), default=str), flush=True)
 """
 
 
@@ -185,7 +185,7 @@ def test_sigkill_smtp_nobody_lost_duplicates_only_where_reported(tmp_path):
         assert len(ids[e]) == 1  # the copies share one Message-ID, so mail clients can collapse them
     assert all(sets[1::2]), "the gated kills happened inside a batch"
     assert report["state"] == "done" and report["sent"] == N and report["pending"] == 0
-    assert report["uncertain_resent"] == len(sets[-1])
+    assert report["interrupted_resent"] == len(sets[-1])
     assert ledger(db, "sent") == set(emails)
 
 

@@ -56,6 +56,17 @@ def options(**kw) -> DeliveryOptions:
     return DeliveryOptions(**kw)
 
 
+def key(db: Path, did: int, batch: int) -> str:
+    """The idempotency key of a batch: nl-<the delivery's random nonce>-<delivery>-<batch>."""
+    conn = open_ledger(db)
+    try:
+        nonce = conn.execute("SELECT nonce FROM deliveries WHERE id=?", (did,)).fetchone()[0]
+    finally:
+        conn.close()
+    assert len(nonce) == 16 and int(nonce, 16) >= 0
+    return f"nl-{nonce}-{did}-{batch}"
+
+
 def add_subscribers(db: Path, n: int, start: int = 0) -> list[str]:
     """n active subscribers user<i>@example.org (bulk SQL: the store's schema, none of its per-row checks)."""
     conn = open_ledger(db)
@@ -202,10 +213,10 @@ def test_everyone_active_gets_exactly_one_personal_copy(db):
     assert msg.recipient.subscriber_id == sid7
     assert verify_token(SECRET, msg.recipient.token, emails[7])
     assert msg.recipient.token in msg.as_bytes().decode()
-    # Batches of at most 40, and every batch has its own stable key nl-<delivery>-<batch>.
+    # Batches of at most 40, and every batch has its own stable key nl-<nonce>-<delivery>-<batch>.
     keys = [k for k, _ in sink.calls]
     assert all(len(rcpts) <= 40 for _, rcpts in sink.calls)
-    assert keys == [f"nl-{report.delivery_id}-{i}" for i in range(1, len(keys) + 1)]
+    assert keys == [key(db, report.delivery_id, i) for i in range(1, len(keys) + 1)]
     d = get_delivery(open_ledger(db), report.delivery_id)
     assert d.state == "done" and d.lock_pid is None and d.total == 249 and d.transport == "recorder"
 
@@ -372,7 +383,7 @@ def test_faults_everyone_deliverable_gets_exactly_one_copy(db):
         return None
 
     ft = FakeTime()
-    report, sink = send(db, transport=Recorder(behave=behave), ft=ft, batch_size=20, max_attempts=8)
+    report, sink = send(db, transport=Recorder(behave=behave), ft=ft, batch_size=20)
     assert set(mode.values()) == {"ok", "drop", "429", "partial"}  # every kind of fault happened
     assert sink.counts() == collections.Counter(set(emails) - bad)  # exactly one copy each
     assert report.state == "done" and report.sent == 300 - len(bad)
@@ -387,7 +398,7 @@ def test_faults_everyone_deliverable_gets_exactly_one_copy(db):
     assert {e for e, s, _ in failed} == bad and all("550" in err for _, _, err in failed)
 
 
-def test_temporary_failures_back_off_then_give_up(db):
+def test_temporary_failures_are_retried_over_the_window_then_final(db):
     emails = add_subscribers(db, 3)
     never = emails[1]
     ft = FakeTime()
@@ -396,19 +407,22 @@ def test_temporary_failures_back_off_then_give_up(db):
         if msg.to_email == never:
             return SendResult(msg.to_email, Status.FAILED_TEMPORARY, error="451 mailbox busy")
 
-    report, sink = send(db, transport=Recorder(behave=behave), ft=ft, max_attempts=5)
+    report, sink = send(db, transport=Recorder(behave=behave), ft=ft, retry_window=3600, max_wait=10**6)
     assert sink.counts() == collections.Counter([emails[0], emails[2]])
     assert report.state == "done" and report.failed_temporary == 1 and report.sent == 2
     assert ledger_states(db, report.delivery_id)[never] == "failed-temporary"
     conn = open_ledger(db)
     attempts, err = conn.execute("SELECT attempts, last_error FROM ledger WHERE email=?", (never,)).fetchone()
-    assert attempts == 5 and "gave up after 5 attempts" in err
-    # Four waits between five attempts: jittered within [d/2, d] of 1, 2, 4, 8 seconds.
-    assert len(ft.sleeps) == 4
-    for slept, nominal in zip(ft.sleeps, [1, 2, 4, 8]):
+    # Final only once the window had passed since the first failure, however many tries that took.
+    assert 3600 <= sum(ft.sleeps) <= 3600 + BACKOFF_CAP
+    tries = sum(never in rcpts for _, rcpts in sink.calls)
+    assert attempts == tries > 10 and f"gave up after {attempts} attempts over 1." in err
+    # Waits grow with jitter within [d/2, d] of 1, 2, 4, 8, 16 seconds, up to a cap of minutes.
+    for slept, nominal in zip(ft.sleeps, [1, 2, 4, 8, 16]):
         assert nominal / 2 <= slept <= nominal
+    assert tries < 3600 / (BACKOFF_CAP / 2) + 12
     assert subscriber_status(db, never) == "active"  # temporary failures never suppress
-    # retry_failed gives it a fresh set of attempts on the next run.
+    # retry_failed gives it a fresh window on the next run (even on a done delivery).
     report2, _ = send(db, transport=Recorder(sink), retry_failed=True)
     assert report2.sent == 3 and report2.failed_temporary == 0
     assert sink.counts()[never] == 1
@@ -446,11 +460,11 @@ def test_idempotency_key_is_stable_when_a_whole_batch_is_retried(db):
     d = report.delivery_id
     calls = sink.calls
     by_key = collections.defaultdict(list)
-    for key, rcpts in calls:
-        by_key[key].append(rcpts)
-    assert by_key[f"nl-{d}-1"] == [emails[:5], emails[:5]]  # the same batch, the same key, twice
-    assert by_key[f"nl-{d}-2"] == [emails[5:]]
-    assert by_key[f"nl-{d}-3"] == [[emails[5]]]  # a lone retry gets a batch (and key) of its own
+    for k, rcpts in calls:
+        by_key[k].append(rcpts)
+    assert by_key[key(db, d, 1)] == [emails[:5], emails[:5]]  # the same batch, the same key, twice
+    assert by_key[key(db, d, 2)] == [emails[5:]]
+    assert by_key[key(db, d, 3)] == [[emails[5]]]  # a lone retry gets a batch (and key) of its own
     assert len(calls) == 4
     assert sum(ft.sleeps) == pytest.approx(2.0)  # the batch came back exactly when retry_after allowed
 
@@ -509,13 +523,13 @@ def test_uncertain_recipients_are_resent_under_the_same_key_by_default(db):
     did = crash_in_third_batch(db, sink)
     assert collections.Counter(ledger_states(db, did).values()) == {"sent": 10, "sending": 5, "pending": 5}
     report, _ = send(db, sink=sink, batch_size=5)
-    assert report.uncertain_resent == 5 and report.uncertain_reported == 0
+    assert report.interrupted_resent == 5 and report.uncertain_resent == report.uncertain_reported == 0
     assert report.state == "done" and report.sent == 20
     counts = sink.counts()
     assert set(counts) == set(emails)
     assert {e for e, n in counts.items() if n > 1} == set(emails[10:12])  # the only duplicates: in flight
     keys = [k for k, r in sink.calls if r == emails[10:15]]
-    assert keys == [f"nl-{did}-3", f"nl-{did}-3"]  # resent under the crashed batch's key
+    assert keys == [key(db, did, 3), key(db, did, 3)]  # resent under the crashed batch's key
 
 
 def test_uncertain_recipients_are_reported_not_resent_when_asked(db):
@@ -532,9 +546,10 @@ def test_uncertain_recipients_are_reported_not_resent_when_asked(db):
     assert {e for e, s in states.items() if s == "uncertain"} == set(emails[10:15])
     failed = failed_recipients(open_ledger(db), did)
     assert {e for e, s, _ in failed if s == "uncertain"} == set(emails[10:15])
-    # Changing one's mind later: resend_uncertain=True sends them (the provider dedupes by key).
+    # A done delivery sends nobody again, whatever the resend policy says now.
     report2, _ = send(db, sink=sink, batch_size=5)
-    assert report2.uncertain_resent == 5 and report2.sent == 20
+    assert report2.state == "done" and report2.sent_this_run == 0 and report2.uncertain == 5
+    assert sink.counts() == counts
 
 
 def test_keyboard_interrupt_releases_the_lock(db):
@@ -740,18 +755,19 @@ def test_daily_cap_pauses_and_resumes_the_next_day(db):
     day = {"now": DAY1}
     kw = dict(sink=sink, batch_size=10, daily_cap=25, now=lambda: day["now"])
     r1, _ = send(db, **kw)
-    assert r1.state == "paused" and r1.sent == 25 and "daily cap of 25" in r1.note
+    assert r1.state == "deferred" and r1.sent == 25 and "daily cap of 25" in r1.note
+    assert r1.next_retry == datetime(2031, 3, 5, tzinfo=timezone.utc) and r1.pending == 35
     d = get_delivery(open_ledger(db), r1.delivery_id)
     assert d.resume_at == datetime(2031, 3, 5, tzinfo=timezone.utc) and d.lock_pid is None
     assert [len(r) for _, r in sink.calls] == [10, 10, 5]
     # Same day, a new process: the count survived in the database, nothing more goes out.
     day["now"] = DAY1 + timedelta(hours=10)
     r2, _ = send(db, **kw)
-    assert r2.state == "paused" and r2.sent_this_run == 0
+    assert r2.state == "deferred" and r2.sent_this_run == 0
     # The next UTC day: another 25.
     day["now"] = DAY1 + timedelta(days=1)
     r3, _ = send(db, **kw)
-    assert r3.state == "paused" and r3.sent == 50 and r3.sent_this_run == 25
+    assert r3.state == "deferred" and r3.sent == 50 and r3.sent_this_run == 25
     day["now"] = DAY1 + timedelta(days=2)
     r4, _ = send(db, **kw)
     assert r4.state == "done" and r4.sent == 60
@@ -813,7 +829,7 @@ def test_faults_through_a_real_smtp_server(db):
         report = run_delivery(conn, did, make_prepared(),
                               lambda: SMTPTransport("127.0.0.1", server.port, envelope_from="news@example.org",
                                                     security="none", timeout=10),
-                              options=options(batch_size=20, max_attempts=10), clock=ft.clock, sleep=ft.sleep)
+                              options=options(batch_size=20), clock=ft.clock, sleep=ft.sleep)
         received = collections.Counter(server.recipients())
         connections = server.connections
     assert greylisted and connections >= 5  # greylisting and four dropped connections happened

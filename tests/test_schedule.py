@@ -179,7 +179,7 @@ def test_worker_resumes_interrupted_and_capped_deliveries(db):
     assert [d.id for d in due(conn, T)] == [did]
     day = T.replace(hour=9)
     reports = dispatch(conn, day, sink, batch_size=5, daily_cap=10)
-    assert [(r.delivery_id, r.state, r.sent) for r in reports] == [(did, "paused", 15)]
+    assert [(r.delivery_id, r.state, r.sent) for r in reports] == [(did, "deferred", 15)]
     assert due(conn, day + timedelta(hours=1)) == []  # capped: not due again today
     nxt = datetime(2031, 5, 7, 0, 0, 1, tzinfo=timezone.utc)
     assert [d.id for d in due(conn, nxt)] == [did]

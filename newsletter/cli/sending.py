@@ -50,8 +50,12 @@ def _run_checks(settings: "Settings", rendered: "RenderedEmail", skip: bool) -> 
                + (f" (`newsletter check {rendered.number}` lists them)." if warnings else "."), err=True)
 
 
-def _progress(total: int, label: str) -> tuple[Any, Callable[[int, int, int, int], None]]:
+def _progress(total: int, label: str) -> tuple[Any, Callable[[int, int, int, int], None],
+                                             Callable[[float, str], None]]:
+    """A progress bar, its update function, and a countdown shown while retries are awaited."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from newsletter.errors import scrub
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[rate]:.0f} msg/s"), TimeRemainingColumn(),
@@ -60,9 +64,14 @@ def _progress(total: int, label: str) -> tuple[Any, Callable[[int, int, int, int
 
     def update(done: int, total_: int, sent: int, failed: int) -> None:
         elapsed = progress.tasks[task].elapsed or 0
-        progress.update(task, completed=done, total=total_, rate=(done / elapsed) if elapsed else 0.0)
+        progress.update(task, completed=done, total=total_, rate=(done / elapsed) if elapsed else 0.0,
+                        description=label)
 
-    return progress, update
+    def waiting(seconds_left: float, why: str) -> None:
+        minutes, seconds = divmod(int(seconds_left), 60)
+        progress.update(task, description=f"{label} (next retry in {minutes}:{seconds:02d}: {scrub(why, 40)})")
+
+    return progress, update, waiting
 
 
 def _confirm_real_send(settings: "Settings", count: int, what: str, yes: bool, dry_run: bool) -> None:
@@ -100,7 +109,7 @@ def _dry_run_all(settings: "Settings", rendered: "RenderedEmail") -> None:
     from newsletter.sendplan import active_subscribers, dry_run_all
 
     total = active_subscribers(settings)
-    progress, update = _progress(total, "Dry run")
+    progress, update, _ = _progress(total, "Dry run")
     start = time.monotonic()
     with progress:
         summary = dry_run_all(settings, rendered, update)
@@ -114,16 +123,46 @@ def _report(report: Any) -> None:
     click.echo(
         f"Delivery {report.delivery_id} ({report.state}): {report.sent} sent, {report.failed_permanent} failed "
         f"permanently, {report.failed_temporary} failed temporarily, {report.skipped} skipped, "
-        f"{report.pending} pending; {report.sent_this_run} sent in this run in {report.elapsed:.1f}s "
-        f"({report.rate:.0f} msg/s)."
+        f"{report.pending} pending ({report.deferred} deferred); {report.sent_this_run} sent in this run in "
+        f"{report.elapsed:.1f}s ({report.rate:.0f} msg/s)."
     )
-    if report.note:
+    if report.note and report.state != "deferred":  # a deferral gets its own line (describe_deferral)
         click.echo(report.note)
-    if getattr(report, "uncertain_reported", 0):
-        click.echo(f"{report.uncertain_reported} recipient(s) were mid-send during a crash and were NOT resent "
-                   "(--no-resend-uncertain); see `newsletter status --failed`.")
-    elif getattr(report, "uncertain_resent", 0):
-        click.echo(f"{report.uncertain_resent} recipient(s) left mid-send by an earlier crash were sent again.")
+    if report.interrupted_resent:
+        click.echo(f"{report.interrupted_resent} reader(s) left mid-send by an earlier crash or kill were sent "
+                   "again (a duplicate is possible over SMTP).")
+    if report.uncertain_resent:
+        click.echo(f"{report.uncertain_resent} reader(s) got no clear answer from the server and were sent once "
+                   "more.")
+    if report.uncertain_reported:
+        click.echo(f"{report.uncertain_reported} reader(s) may or may not have got it and were NOT sent again "
+                   "(--no-resend-uncertain, or no clear answer twice); see `newsletter status --failed`.")
+
+
+def _issue_ref(rendered: "RenderedEmail") -> str:
+    return str(rendered.number) if rendered.number is not None else rendered.slug
+
+
+def _exit_for(report: Any, ref: str, stopped: bool) -> None:
+    """The exit code tells the truth: 0 only when nobody is left waiting by this run."""
+    from newsletter.delivery import describe_deferral
+    from newsletter.errors import SendDeferredError, SendInterruptedError
+
+    ctx = click.get_current_context()
+    if report.state == "deferred":
+        click.echo(describe_deferral(report, ref), err=True)
+        ctx.exit(SendDeferredError.exit_code)
+    if stopped and report.pending:
+        click.echo(f"Stopped with {report.pending} readers pending; `newsletter resume {ref}` will continue.",
+                   err=True)
+        ctx.exit(SendInterruptedError.exit_code)
+
+
+def _retired_notes(settings: "Settings") -> None:
+    from newsletter.delivery import retired_settings
+
+    for note in retired_settings(settings):
+        click.echo(f"note: {note}", err=True)
 
 
 @contextmanager
@@ -146,19 +185,21 @@ def _deliver(settings: "Settings", rendered: "RenderedEmail", *, yes: bool, rese
     from newsletter.sendplan import open_delivery, prepare_issue
 
     conn, active, factory = open_delivery(settings)
+    options = DeliveryOptions.from_settings(settings, resend_uncertain=resend_uncertain, retry_failed=retry_failed)
+    _retired_notes(settings)
     _confirm_real_send(settings, active, f"“{rendered.subject}”", yes, dry_run=False)
     prepared = prepare_issue(settings, rendered)
     delivery_id = start_or_resume(conn, prepared, force_new_content=force_new_content)
-    options = DeliveryOptions.from_settings(settings, resend_uncertain=resend_uncertain, retry_failed=retry_failed)
-    progress, update = _progress(active, "Sending")
+    progress, update, waiting = _progress(active, "Sending")
     with progress, _graceful_stop() as stop:
-        report = run_delivery(conn, delivery_id, prepared, factory, options=options, progress=update, stop=stop)
+        report = run_delivery(conn, delivery_id, prepared, factory, options=options, progress=update,
+                              waiting=waiting, stop=stop)
     _report(report)
     if stop.is_set():
         wait_for_editor(conn, delivery_id)
-        click.echo("Stopped after the current batch; run the same command again to continue.")
-    if report.failed_permanent or report.failed_temporary:
+    if report.failed_permanent or report.failed_temporary or report.uncertain:
         click.echo("Some recipients failed: `newsletter status --failed` lists them.")
+    _exit_for(report, _issue_ref(rendered), stop.is_set())
 
 
 @cli.command()
@@ -173,7 +214,7 @@ def _deliver(settings: "Settings", rendered: "RenderedEmail", *, yes: bool, rese
 @click.option("--force-new-content", is_flag=True,
               help="Resume a delivery even though the issue changed since it started.")
 @click.option("--retry-failed", is_flag=True,
-              help="On resume, give recipients whose temporary failures ran out of attempts a fresh try.")
+              help="On resume, give recipients whose retry window ran out a fresh one.")
 @click.pass_context
 def send(ctx: click.Context, issue: str, dry_run: bool, test_addresses: tuple[str, ...], yes: bool,
          skip_checks: bool, no_resend_uncertain: bool, force_new_content: bool, retry_failed: bool) -> None:
@@ -205,11 +246,11 @@ def send(ctx: click.Context, issue: str, dry_run: bool, test_addresses: tuple[st
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--no-resend-uncertain", is_flag=True, help="Report, rather than resend, recipients left mid-send.")
 @click.option("--force-new-content", is_flag=True, help="Resume even though the issue changed.")
-@click.option("--retry-failed", is_flag=True, help="Give recipients whose retries ran out a fresh try.")
+@click.option("--retry-failed", is_flag=True, help="Give recipients whose retry window ran out a fresh one.")
 @click.pass_context
 def resume(ctx: click.Context, issue: str, yes: bool, no_resend_uncertain: bool, force_new_content: bool,
            retry_failed: bool) -> None:
-    """Continue the unfinished delivery of ISSUE after a crash, Ctrl-C, hold or daily cap.
+    """Continue the unfinished delivery of ISSUE after a crash, Ctrl-C, hold, deferral or daily cap.
 
     Never starts a new one: use `newsletter send` for that.
     """
@@ -248,6 +289,14 @@ def status(ctx: click.Context, issue: str | None, failed: bool) -> None:
     for s in rows:
         table.add_row(*(str(x) for x in s.as_row()))
     console().print(table)
+    from newsletter.delivery import local_time
+
+    for s in rows:
+        if s.deferred:
+            reasons = "; ".join(f"{why} ({n})" for why, n in s.reasons)
+            when = local_time(s.next_retry) if s.next_retry else "when resumed"
+            click.echo(f"#{s.id} {s.delivery.slug}: {s.deferred} readers deferred; next retry at {when}; "
+                       f"commonest reasons: {reasons or '-'}")
     if failed:
         for s in rows:
             for email, state, error in failed_recipients(conn, s.id):
@@ -284,7 +333,7 @@ def schedule_add(ctx: click.Context, issue: str, at: str | None, skip_checks: bo
     if at:
         try:
             when = dt.datetime.fromisoformat(at)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise InputError(f"--at {at!r} is not an ISO date-time like 2025-03-10T09:00+08:00") from None
         if when.tzinfo is None:
             raise InputError("--at needs a timezone, e.g. 2025-03-10T09:00+08:00 or …Z")
@@ -292,6 +341,9 @@ def schedule_add(ctx: click.Context, issue: str, at: str | None, skip_checks: bo
         when = parsed.send_at
     else:
         raise InputError("give --at with a timezone, or set send_at in the issue's front matter", path=path)
+    from newsletter.schedule import check_send_time
+
+    check_send_time(when, dt.datetime.now(dt.timezone.utc))  # before the (slow) build and checks
     rendered = render_ref(settings, issue)
     _run_checks(settings, rendered, skip_checks)
     conn = open_ledger(settings.db_path)
@@ -311,7 +363,8 @@ def schedule_list(ctx: click.Context) -> None:
     if not rows:
         click.echo("Nothing scheduled.")
     for row in rows:
-        click.echo(f"{row.id}\t{row.slug}\t{row.send_at}\t{row.state}")
+        when = row.send_at.isoformat() if row.send_at else (row.send_at_text or "-")
+        click.echo(f"{row.id}\t{row.slug}\t{when}\t{row.state}")
 
 
 @schedule.command("cancel")
@@ -344,14 +397,22 @@ def dispatch(ctx: click.Context) -> None:
     from newsletter.schedule import dispatch_once
     from newsletter.sendplan import scheduler_args
 
+    from newsletter.delivery import describe_deferral
+    from newsletter.errors import SendDeferredError
+
     settings = settings_of(ctx)
+    args = scheduler_args(settings)
+    _retired_notes(settings)
     with _graceful_stop() as stop:
-        reports = dispatch_once(open_ledger(settings.db_path), dt.datetime.now(dt.timezone.utc), stop=stop,
-                                **scheduler_args(settings))
+        reports = dispatch_once(open_ledger(settings.db_path), dt.datetime.now(dt.timezone.utc), stop=stop, **args)
     for report in reports:
         _report(report)
+        if report.state == "deferred":
+            click.echo(describe_deferral(report, report.slug), err=True)
     if not reports:
         click.echo("Nothing due.")
+    if any(r.state == "deferred" for r in reports):
+        ctx.exit(SendDeferredError.exit_code)
 
 
 @cli.command()
@@ -365,9 +426,10 @@ def worker(ctx: click.Context, poll: float) -> None:
     import datetime as dt
 
     from newsletter.ledger import open_ledger
-    from newsletter.schedule import run_worker
+    from newsletter.schedule import check_poll_interval, run_worker
     from newsletter.sendplan import scheduler_args
 
+    check_poll_interval(poll)
     settings = settings_of(ctx)
     click.echo(f"Worker started (polling every {poll:g}s); stop with SIGTERM or Ctrl-C.")
     with _graceful_stop() as stop:
