@@ -11,7 +11,7 @@ import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -29,7 +29,7 @@ ADDRESS_SHAPE = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[^@\s<>(),;:\"\[\]\\.]+(?:\
 MAX_LENGTH = {"title": 200, "series": 80, "subtitle": 300, "preheader": 300, "credits_title": 200,
               "slug": 80, "lang": 35, "reply_to": 254, "role": 100, "name": 200, "affiliation": 200}
 # Markdown longer than this is far past Gmail's ~102 KB clip, and markdown-it's time grows with it.
-MAX_FILE_BYTES = 256 * 1024
+MAX_FILE_BYTES = 128 * 1024
 # Fields that end up in the Subject header, where mail clients decode =?charset?q?…?= words.
 HEADER_FIELDS = ("title", "series")
 # C0 controls except TAB and LF (CRLF is normalised first), DEL and C1 controls.
@@ -191,6 +191,9 @@ def _text(path: Path, data: dict[str, Any], key: str, line: int | None) -> str:
     value = str(value).strip()
     if len(value.splitlines()) > 1:
         raise _fail(path, f"'{key}' must be a single line", line)
+    control = CONTROL_CHAR.search(value)  # a YAML escape ("\e", "\x00") gets past the scan of the file
+    if control:
+        raise _fail(path, f"control character U+{ord(control.group()):04X} in '{key}': delete it", line)
     limit = MAX_LENGTH[key]
     if len(value) > limit:
         raise _fail(path, f"'{key}' is {len(value)} characters long; the limit is {limit}", line)
@@ -269,7 +272,9 @@ def _credits(path: Path, value: Any, node: yaml.Node | None, line: int | None) -
         _refuse_unknown(path, group_node, CREDIT_KEYS, "a credits entry")
         lines = _field_lines(group_node)
         people_node = _value_node(group_node, "people")
-        people = tuple(_person(path, p, n) for p, n in zip(group["people"], people_node.value))  # type: ignore[union-attr]
+        if not isinstance(people_node, yaml.SequenceNode):
+            raise _fail(path, "'people' must be a list of names or {name, affiliation}", _line(group_node))
+        people = tuple(_person(path, p, n) for p, n in zip(group["people"], people_node.value))
         groups.append(CreditGroup(_text(path, group, "role", lines.get("role")), people))
     return tuple(groups)
 
@@ -387,21 +392,32 @@ def list_issues(issues_dir: Path) -> list[Path]:
     return sorted(p for p in issues_dir.glob("*.md") if FILENAME_RE.match(p.name))
 
 
+def _parsed(paths: list[Path]) -> Iterator[Issue]:
+    """The issues among ``paths`` that parse; a broken file is reported by its own build."""
+    for path in paths:
+        try:
+            yield parse_issue(path)
+        except InputError:
+            continue
+
+
+def slugs_in(issues_dir: Path) -> set[str]:
+    """The slugs the issues in ``issues_dir`` use (for `new` to pick one that is free)."""
+    return {issue.slug for issue in _parsed(list_issues(issues_dir))} if issues_dir.is_dir() else set()
+
+
 def refuse_shared_slug(issues_dir: Path, path: Path | None = None) -> None:
     """Two issues with one slug would build into one folder and share one web page: refuse.
 
     With ``path``, that issue is compared with the others; without it, every issue in the
-    folder with those before it. A file that does not parse is skipped: its own build reports it.
+    folder with those before it.
     """
     paths = list_issues(issues_dir) if issues_dir.is_dir() else []
     if path is not None:
         paths = [path] + [p for p in paths if p.resolve() != path.resolve()]
     owners: dict[str, Path] = {}
-    for candidate in paths:
-        try:
-            issue = parse_issue(candidate)
-        except InputError:
-            continue
+    for issue in _parsed(paths):
+        candidate = issue.path
         first = owners.get(issue.slug)
         if first is None:
             owners[issue.slug] = candidate

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from newsletter.errors import InputError
-from newsletter.issue import CONTROL_CHAR, FILENAME_RE, MAX_LENGTH, list_issues, parse_issue
+from newsletter.issue import CONTROL_CHAR, FILENAME_RE, MAX_LENGTH, list_issues, parse_issue, slugs_in
 from newsletter.render import default_templates_dir
 
 INIT_DATA = Path(__file__).resolve().parent / "data" / "init"
@@ -50,7 +50,10 @@ def new_issue(issues_dir: Path, title: str, today: dt.date | None = None) -> Pat
     issues_dir.mkdir(parents=True, exist_ok=True)
     numbers = [int(m.group("number")) for p in list_issues(issues_dir) if (m := FILENAME_RE.match(p.name))]
     number = max(numbers, default=0) + 1
-    path = issues_dir / f"{number:03d}-{slugify(title)}.md"
+    slug = slugify(title)
+    if slug in slugs_in(issues_dir):  # a second "Trade" issue must not share the first one's web page
+        slug = f"{slug}-{number}"
+    path = issues_dir / f"{number:03d}-{slug}.md"
     if path.exists():
         raise InputError("already exists", path=path)
     date = (today or dt.date.today()).isoformat()

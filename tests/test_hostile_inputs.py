@@ -24,7 +24,7 @@ from newsletter.cli import cli
 from newsletter.config import load_settings
 from newsletter.content import parse_body
 from newsletter.errors import ConfigError, InputError
-from newsletter.issue import CreditGroup, Person, parse_issue
+from newsletter.issue import CreditGroup, Person, find_issue, parse_issue
 
 BASE_ENV = {"NEWSLETTER_TRANSPORT": "dryrun", "NEWSLETTER_SECRET_KEY": "test-secret"}
 HEAD = "number: 7\ntitle: A title\ndate: 2025-04-01\n"
@@ -78,6 +78,8 @@ BAD_FRONT = [
     (HEAD + "series: =?UTF-8?B?SGkNCkJjYzo=?=\n", 5, "RFC 2047 encoded-word"),
     (HEAD.replace("A title", "A\x0btitle"), 3, "control character U+000B"),
     (HEAD.replace("A title", "A\x1b[31mtitle"), 3, "control character U+001B"),
+    (HEAD.replace("A title", '"A\\etitle"'), 3, "control character U+001B in 'title'"),  # YAML escapes
+    (HEAD + CREDITS + '      - {name: "A\\x00B"}\n', 8, "control character U+0000 in 'name'"),
 ]
 
 
@@ -106,7 +108,7 @@ def test_eight_list_levels_are_kept_whole(tmp_path):
 def test_a_list_nested_5000_deep_is_refused_before_markdown_sees_it(publication_root):
     body = "".join(" " * (2 * i) + "- x\n" for i in range(5000))  # 25 MB; markdown-it took ~30 s
     path = issue_file(publication_root, HEAD, body)
-    with pytest.raises(InputError, match="256 KB") as err:
+    with pytest.raises(InputError, match="128 KB") as err:
         parse_issue(path)
     assert err.value.line and err.value.line > 6 and err.value.path == path
 
@@ -149,6 +151,14 @@ def test_new_writes_yaml_it_can_read_back(publication_root, title):
     assert result.exit_code == 0, result.output
     (path,) = (publication_root / "issues").glob("007-*.md")
     assert parse_issue(path).title == title
+
+
+def test_new_gives_a_title_already_used_its_own_slug(publication_root):
+    result = run(publication_root, "new", "Global Governance of AI")  # issue #6's slug
+    assert result.exit_code == 0, result.output
+    assert (publication_root / "issues" / "007-global-governance-of-ai-7.md").exists()
+    found = find_issue(publication_root / "issues", "7")  # not refused as a shared slug
+    assert parse_issue(found).slug == "global-governance-of-ai-7"
 
 
 @pytest.mark.parametrize("title", ["Bell\x07", "T" * 201, "=?utf-8?q?x?="])
