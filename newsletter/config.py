@@ -127,8 +127,8 @@ class Settings:
         """The SQLite file. Its folder must exist: a typo must not create folders and an empty list."""
         path = self.path("NEWSLETTER_DB", "newsletter.db")
         if not path.parent.is_dir():
-            raise ConfigError(f"NEWSLETTER_DB={self.get('NEWSLETTER_DB', 'newsletter.db')!r}: the folder {path.parent} does not exist; "
-                              "create it or fix the path")
+            raise ConfigError(f"NEWSLETTER_DB={self.get('NEWSLETTER_DB', 'newsletter.db')!r}: the folder "
+                              f"{path.parent} does not exist; create it or fix the path")
         return path
 
     def path(self, key: str, default: str) -> Path:

@@ -194,7 +194,7 @@ def _text(path: Path, data: dict[str, Any], key: str, line: int | None) -> str:
     control = CONTROL_CHAR.search(value)  # a YAML escape ("\e", "\x00") gets past the scan of the file
     if control:
         raise _fail(path, f"control character U+{ord(control.group()):04X} in '{key}': delete it", line)
-    limit = MAX_LENGTH[key]
+    limit = MAX_LENGTH.get(key, MAX_LENGTH["title"])
     if len(value) > limit:
         raise _fail(path, f"'{key}' is {len(value)} characters long; the limit is {limit}", line)
     word = ENCODED_WORD.search(value) if key in HEADER_FIELDS else None
