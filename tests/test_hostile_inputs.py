@@ -111,6 +111,7 @@ def test_a_list_nested_5000_deep_is_refused_before_markdown_sees_it(publication_
     with pytest.raises(InputError, match="128 KB") as err:
         parse_issue(path)
     assert err.value.line and err.value.line > 6 and err.value.path == path
+    assert_refused(publication_root, path, err.value.line, "128 KB")
 
 
 # ---- Credits given as plain names --------------------------------------------------------
