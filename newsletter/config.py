@@ -19,10 +19,13 @@ import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from newsletter.addresses import ENCODED_WORD
 from newsletter.errors import ConfigError, register_secrets
+
+if TYPE_CHECKING:
+    from newsletter.events import SoftBouncePolicy
 
 CONFIG_FILE = "newsletter.toml"
 #: The per-root key dry runs and tests get when NEWSLETTER_SECRET_KEY is unset; real sends refuse it.
@@ -191,6 +194,24 @@ class Settings:
     def secret_values(self) -> list[str]:
         """Every configured secret (API keys, tokens, passwords): for :func:`newsletter.errors.scrub`."""
         return [v for k, v in self.env.items() if v and _SECRET_NAME.search(k.upper())]
+
+    # ---- what comes back (webhooks, inbox) ------------------------------------------
+    @property
+    def soft_bounce_policy(self) -> "SoftBouncePolicy":
+        """``NEWSLETTER_SOFT_BOUNCE_LIMIT`` soft bounces within ``NEWSLETTER_SOFT_BOUNCE_WINDOW``
+        days suppress a reader (defaults 3 and 30)."""
+        from datetime import timedelta
+
+        from newsletter.events import SoftBouncePolicy
+
+        return SoftBouncePolicy(limit=self.integer("NEWSLETTER_SOFT_BOUNCE_LIMIT", 3, minimum=1),
+                                window=timedelta(days=self.integer("NEWSLETTER_SOFT_BOUNCE_WINDOW", 30, minimum=1)))
+
+    @property
+    def ses_topic_arns(self) -> frozenset[str]:
+        """``SES_SNS_TOPIC_ARNS``: the SNS topics whose messages (and subscription
+        confirmations) the SES webhook accepts; comma- or space-separated."""
+        return frozenset(a for a in self.get("SES_SNS_TOPIC_ARNS").replace(",", " ").split() if a)
 
 
 def find_root(start: Path | None = None) -> Path:

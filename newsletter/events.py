@@ -130,10 +130,14 @@ def _apply_to_subscriber(store: SubscriberStore, sub_id: int, event: Event, poli
 
 def apply_event(store: SubscriberStore, event: Event, *, policy: SoftBouncePolicy = SoftBouncePolicy(),
                 now: datetime | None = None) -> Outcome:
-    """Record ``event`` once and apply it to its subscriber. Idempotent by ``dedupe_key``."""
+    """Record ``event`` once and apply it to its subscriber. Idempotent by ``dedupe_key``.
+
+    May run inside a transaction the caller opened (to apply a batch all or nothing);
+    the caller then calls :func:`ensure_schema` first, since migrations begin their own."""
     now = now or datetime.now(timezone.utc)
     occurred = event.occurred_at or now
-    ensure_schema(store.conn)
+    if not store.conn.in_transaction:  # a caller applying a batch atomically ensured it before BEGIN
+        ensure_schema(store.conn)
     with store.transaction() as conn:
         if conn.execute("SELECT 1 FROM feedback_events WHERE dedupe_key=?", (event.dedupe_key,)).fetchone():
             return Outcome.DUPLICATE

@@ -816,3 +816,12 @@ def delivery_for_event(conn: sqlite3.Connection, subscriber_id: int, *, provider
         if row:
             return row[0]
     return None
+
+
+def subscriber_for_provider_id(conn: sqlite3.Connection, provider_id: str) -> int | None:
+    """The reader a provider's message id was sent to, when exactly one ledger row carries it:
+    for bounces that name an address we never sent to (a forwarder's, an alias). Rare, so
+    no index; an id shared by several rows names nobody."""
+    rows = conn.execute("SELECT DISTINCT subscriber_id FROM ledger WHERE provider_id=? LIMIT 2",
+                        (provider_id,)).fetchall()
+    return rows[0][0] if len(rows) == 1 else None

@@ -6,6 +6,7 @@ Routes:
   It changes nothing: mail scanners and link previewers follow GET links.
 * ``POST /unsubscribe/<token>`` — unsubscribes (idempotent). Accepts the RFC 8058
   one-click body ``List-Unsubscribe=One-Click`` that mail clients send, and the form button.
+* ``POST /webhooks/<provider>`` — provider bounce/complaint webhooks (:mod:`newsletter.webhooks`).
 * ``GET /healthz`` — ``ok``.
 * anything else — files from ``site_dir`` (the web archive) when given, ``index.html``
   for directories.
@@ -38,6 +39,8 @@ from werkzeug.wrappers import Request, Response
 from newsletter.config import Settings, load_settings
 from newsletter.errors import ConfigError
 from newsletter.store import ACTIVE, Subscriber, SubscriberStore
+from newsletter.webhooks import WebhookContext
+from newsletter.webhooks import handle as handle_webhook
 
 MAX_TOKEN_LENGTH = 128
 MAX_BODY_BYTES = 16 * 1024
@@ -90,10 +93,12 @@ class UnsubscribeApp:
         self.url_map = Map([
             Rule("/unsubscribe/<token>", endpoint="unsubscribe", methods=["GET", "POST"]),
             Rule("/healthz", endpoint="healthz", methods=["GET"]),
+            Rule("/webhooks/<provider>", endpoint="webhook", methods=["POST"]),
         ], strict_slashes=False)
         self._lock = threading.Lock()
         self._store: SubscriberStore | None = None
         self._store_pid: int | None = None
+        self.webhooks = WebhookContext(settings, with_store=self._with_store)
 
     # One connection per process, opened lazily (never shared across a pre-fork), used under a lock:
     # unsubscribe traffic is tiny, and this keeps each request's reads and writes together.
@@ -117,6 +122,9 @@ class UnsubscribeApp:
         if len(token) > MAX_TOKEN_LENGTH:
             return None
         return store.get_by_token(secret, token)
+
+    def webhook(self, request: Request, provider: str) -> Response:
+        return handle_webhook(provider, request, self.webhooks)
 
     def healthz(self, request: Request) -> Response:
         return Response("ok\n", mimetype="text/plain")
@@ -235,7 +243,7 @@ def make_app(settings: Settings, *, store_path: Path | str | None = None,
 
         def dispatch(environ: dict, start_response: Callable) -> Iterable[bytes]:
             path = environ.get("PATH_INFO", "")
-            if path.startswith("/unsubscribe/") or path.rstrip("/") == "/healthz":
+            if path.startswith(("/unsubscribe/", "/webhooks/")) or path.rstrip("/") == "/healthz":
                 return core(environ, start_response)
             return static(environ, start_response)
 

@@ -1,0 +1,313 @@
+"""The one sequence every provider webhook follows, anymail-style.
+
+``handle`` fixes the order: find the provider (404 when unknown or its secret is not
+configured) → read the body, bounded (413) → parse it (400) → verify authenticity
+(401/403; SNS may also answer 503 when AWS's certificate cannot be fetched) → let the
+provider acknowledge (SNS subscription confirmation) → normalise to
+:class:`~newsletter.events.Event`s → apply them all in ONE transaction, together with
+the replay nonce, so a refused or failed request changes nothing. Event types we do not
+act on are ignored with a 200, so the provider does not retry them forever.
+
+A provider module supplies only :meth:`Provider.verify` and :meth:`Provider.events`
+(and, for SNS, :meth:`Provider.acknowledge`). Secrets never appear in a response or in
+a refusal reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import sqlite3
+import threading
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+from email.utils import parseaddr
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, TypeVar
+
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Request, Response
+
+from newsletter.clock import SYSTEM, Clock
+from newsletter.errors import NewsletterError
+from newsletter.events import Event, Kind, Outcome, apply_event
+from newsletter.events import ensure_schema as ensure_event_schema
+from newsletter.ledger import ensure_schema as ensure_ledger_schema
+from newsletter.ledger import subscriber_for_provider_id
+from newsletter.webhooks import replay
+
+if TYPE_CHECKING:
+    from newsletter.config import Secret, Settings
+    from newsletter.store import SubscriberStore
+
+#: Largest body we read. SendGrid batches events, SES includes headers; 1 MiB is ample.
+MAX_BODY_BYTES = 1 << 20
+#: How far a signed timestamp may be from our clock (Standard Webhooks' and Svix's five minutes).
+TOLERANCE = timedelta(minutes=5)
+#: Events per request we apply; a bigger batch is refused rather than half-applied.
+MAX_EVENTS = 5000
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+WithStore = Callable[[Callable[["SubscriberStore"], T]], T]
+Fetcher = Callable[[str], bytes]
+
+
+class Refused(Exception):
+    """The request is not accepted: ``status`` (4xx, or 503 when we could not check) and a
+    one-line reason that never contains a secret."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Verified:
+    """What verification proved. ``nonce`` is a one-time value (Mailgun's token) claimed in
+    the same transaction as the events, so a replay changes nothing."""
+
+    nonce: str | None = None
+
+
+def fetch_https(url: str) -> bytes:
+    """The production fetcher for SNS certificates and subscription confirmations:
+    HTTPS only, no redirects, bounded time and size. Providers check the host first."""
+    import requests
+
+    if not url.startswith("https://"):
+        raise ValueError("only https URLs are fetched")
+    with requests.get(url, timeout=(5, 10), stream=True, allow_redirects=False) as response:
+        response.raise_for_status()
+        data = response.raw.read(64 * 1024 + 1, decode_content=True)
+    if len(data) > 64 * 1024:
+        raise ValueError("response too large")
+    return data
+
+
+@dataclass
+class WebhookContext:
+    """What a webhook request needs besides itself: settings, the store (through the web
+    app's ``with_store``, which serialises writers), a clock and a fetcher (both injected
+    in tests), and the SNS certificate cache shared across requests."""
+
+    settings: "Settings"
+    with_store: WithStore
+    clock: Clock = SYSTEM
+    fetch: Fetcher = fetch_https
+    cache: dict[str, Any] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def cached(self, key: str, make: Callable[[], Any], limit: int = 32) -> Any:
+        """``make()`` once per key (certificates), bounded: the cache is cleared when full."""
+        with self.lock:
+            if key in self.cache:
+                return self.cache[key]
+        value = make()
+        with self.lock:
+            if len(self.cache) >= limit:
+                self.cache.clear()
+            self.cache[key] = value
+        return value
+
+
+class Provider:
+    """One provider's authenticity check and event parsing; everything else is shared."""
+
+    name: ClassVar[str]
+    secret_setting: ClassVar[str]
+
+    def __init__(self, settings: "Settings"):
+        self.settings = settings
+
+    @property
+    def secret(self) -> "Secret | None":
+        return self.settings.secret(self.secret_setting)
+
+    def enabled(self) -> bool:
+        return self.secret is not None
+
+    def parse(self, body: bytes) -> Any:
+        return parse_json(body)
+
+    def verify(self, request: Request, body: bytes, payload: Any, ctx: WebhookContext) -> Verified:
+        raise NotImplementedError
+
+    def acknowledge(self, payload: Any, ctx: WebhookContext) -> None:
+        """A side effect the provider needs once the request is proved authentic (SNS)."""
+
+    def events(self, payload: Any, request: Request) -> list[Event]:
+        """The events we act on; anything else is left out (and so ignored with a 200)."""
+        raise NotImplementedError
+
+
+# ---- helpers the providers share ------------------------------------------------------
+def parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise Refused(400, "body is not UTF-8 JSON") from None
+
+
+def text(value: Any, limit: int = 1000) -> str:
+    """A string field of a payload, or '' when it is missing or not a string."""
+    return value[:limit] if isinstance(value, str) else ""
+
+
+def mapping(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def items(value: Any) -> list:
+    return value if isinstance(value, list) else []
+
+
+def address(value: Any) -> str:
+    """The bare address of ``value`` ("Name <a@b>" or "a@b"), '' when there is none."""
+    addr = parseaddr(text(value, 400))[1]
+    return addr if "@" in addr else ""
+
+
+def unix_time(value: Any) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(float(value), tz=timezone.utc)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
+def iso_time(value: Any) -> datetime | None:
+    try:
+        dt = datetime.fromisoformat(text(value, 64).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def check_fresh(timestamp: Any, ctx: WebhookContext) -> None:
+    """Refuse a signed timestamp outside :data:`TOLERANCE` of our clock (stale or replayed)."""
+    when = unix_time(timestamp)
+    if when is None:
+        raise Refused(401, "missing or malformed signature timestamp")
+    if abs(ctx.clock.now() - when) > TOLERANCE:
+        raise Refused(403, "stale signature timestamp")
+
+
+def same_secret(given: str | None, secret: str) -> bool:
+    return bool(given) and hmac.compare_digest(given.encode("utf-8"), secret.encode("utf-8"))
+
+
+def shared_secret_verify(request: Request, secret: str) -> Verified:
+    """Basic auth (the password) or a bearer token: the ways Postmark and Brevo let a
+    webhook carry a secret. Never a URL query, which servers and proxies write to their
+    access logs. Compared in constant time."""
+    auth = request.authorization
+    given = [auth.password, auth.token] if auth is not None else []
+    if not any(same_secret(g, secret) for g in given):
+        raise Refused(401, "missing or wrong webhook secret")
+    return Verified()
+
+
+class SharedSecretProvider(Provider):
+    """Providers that do not sign (Postmark, Brevo): the URL carries ``NEWSLETTER_WEBHOOK_SECRET``."""
+
+    secret_setting = "NEWSLETTER_WEBHOOK_SECRET"
+
+    def verify(self, request: Request, body: bytes, payload: Any, ctx: WebhookContext) -> Verified:
+        return shared_secret_verify(request, str(self.secret))
+
+
+def dedupe_key(source: str, *parts: Any) -> str:
+    """``source:part:…``, hashed when long, so the key is bounded whatever the payload holds."""
+    raw = ":".join(str(p) for p in parts)
+    if len(raw) > 200:
+        raw = hashlib.sha256(raw.encode("utf-8", "replace")).hexdigest()
+    return f"{source}:{raw}"
+
+
+def event(kind: Kind, source: str, key: str, email: str, **fields: Any) -> Event:
+    fields["detail"] = text(fields.get("detail"), 300)
+    return Event(kind, source, key, email=email, **fields)
+
+
+# ---- the sequence ------------------------------------------------------------------------
+def _read_body(request: Request) -> bytes:
+    """At most :data:`MAX_BODY_BYTES`, read in chunks: werkzeug refuses a too-large
+    Content-Length up front, but silently cuts a chunked body at the limit, so we count."""
+    request.max_content_length = MAX_BODY_BYTES + 1
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        while chunk := request.stream.read(64 * 1024):
+            total += len(chunk)
+            if total > MAX_BODY_BYTES:
+                raise Refused(413, "body too large")
+            chunks.append(chunk)
+    except HTTPException as exc:
+        raise Refused(exc.code or 400, "body too large" if exc.code == 413 else "unreadable body") from None
+    return b"".join(chunks)
+
+
+def _apply(store: "SubscriberStore", events: list[Event], nonce: str | None, ctx: WebhookContext) -> dict[str, int]:
+    """Claim the nonce and apply every event in one transaction: all or nothing."""
+    now, policy = ctx.clock.now(), ctx.settings.soft_bounce_policy
+    for ensure_schema in (ensure_ledger_schema, ensure_event_schema, replay.ensure_schema):
+        ensure_schema(store.conn)  # a webhook may come before the first send made the tables
+    counts = {o.value: 0 for o in Outcome}
+    with store.transaction() as conn:
+        if nonce is not None and not replay.claim(conn, nonce, now, keep=2 * TOLERANCE):
+            raise Refused(403, "replayed token")
+        for e in events:
+            e = _by_provider_id(store, e)
+            counts[apply_event(store, e, policy=policy, now=now).value] += 1
+    return counts
+
+
+def _by_provider_id(store: "SubscriberStore", e: Event) -> Event:
+    """Name the reader by the provider's message id when the address matches nobody."""
+    if e.subscriber_id is not None or not e.provider_id or store.get_by_email(e.email) is not None:
+        return e
+    sid = subscriber_for_provider_id(store.conn, e.provider_id)
+    return replace(e, subscriber_id=sid) if sid is not None else e
+
+
+def process(provider: Provider, request: Request, ctx: WebhookContext) -> Response:
+    """Verify, parse, normalise and apply one request; raises :class:`Refused`."""
+    if request.method != "POST":
+        raise Refused(405, "POST only")
+    body = _read_body(request)
+    payload = provider.parse(body)
+    verified = provider.verify(request, body, payload, ctx)
+    provider.acknowledge(payload, ctx)
+    try:
+        events = provider.events(payload, request)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise Refused(400, "payload has an unexpected shape") from None
+    if len(events) > MAX_EVENTS:
+        raise Refused(413, "too many events in one request")
+    counts = ctx.with_store(lambda store: _apply(store, events, verified.nonce, ctx))
+    return Response(json.dumps({"events": len(events), **counts}) + "\n", mimetype="application/json")
+
+
+def handle(name: str, request: Request, ctx: WebhookContext) -> Response:
+    """The WSGI-level entry point: ``POST /webhooks/<name>`` → a response, never a traceback."""
+    from newsletter.webhooks import PROVIDERS
+
+    cls = PROVIDERS.get(name)
+    provider = cls(ctx.settings) if cls is not None else None
+    if provider is None or not provider.enabled():
+        return Response("Not found\n", status=404, mimetype="text/plain")
+    try:
+        response = process(provider, request, ctx)
+    except Refused as exc:
+        response = Response(f"{exc.reason}\n", status=exc.status, mimetype="text/plain")
+    except (sqlite3.Error, NewsletterError):
+        # Our side (a locked or broken database, a bad setting): ask the provider to retry.
+        response = Response("temporarily unavailable\n", status=503, mimetype="text/plain")
+    except Exception:
+        # A bug of ours: the provider gets one line and retries; the server log gets the traceback.
+        log.exception("webhook %s: unexpected error", provider.name)
+        response = Response("internal error\n", status=500, mimetype="text/plain")
+    response.headers["Cache-Control"] = "no-store"
+    return response
