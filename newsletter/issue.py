@@ -415,15 +415,23 @@ def refuse_shared_slug(issues_dir: Path, path: Path | None = None) -> None:
     paths = list_issues(issues_dir) if issues_dir.is_dir() else []
     if path is not None:
         paths = [path] + [p for p in paths if p.resolve() != path.resolve()]
+    issues = list(_parsed(paths))
+    if path is not None:
+        if not issues or issues[0].path != Path(path):
+            return  # the issue itself does not parse: its build says why
+        target = issues[0]
+        clash = next((i.path for i in issues[1:] if i.slug == target.slug), None)
+        if clash is not None:
+            raise _shared_slug(target, clash)
+        return
     owners: dict[str, Path] = {}
-    for issue in _parsed(paths):
-        candidate = issue.path
-        first = owners.get(issue.slug)
-        if first is None:
-            owners[issue.slug] = candidate
-            continue
-        shared = path if path is not None else candidate
-        other = candidate if path is not None else first
-        raise InputError(f"slug '{issue.slug}' is also the slug of {other.name}; both would build into one "
-                         "folder and one web page: give one of them another 'slug'",
-                         path=shared, line=(parse_issue(shared).field_line("slug") or 1))
+    for issue in issues:
+        first = owners.setdefault(issue.slug, issue.path)
+        if first != issue.path:
+            raise _shared_slug(issue, first)
+
+
+def _shared_slug(issue: Issue, other: Path) -> InputError:
+    return InputError(f"slug '{issue.slug}' is also the slug of {other.name}; both would build into one "
+                      "folder and one web page: give one of them another 'slug'",
+                      path=issue.path, line=issue.field_line("slug") or 1)

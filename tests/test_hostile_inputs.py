@@ -145,6 +145,14 @@ def test_two_issues_with_one_slug_are_refused_before_anything_is_built(publicati
     assert_refused(publication_root, six, 1, "also the slug of 007-other.md", "build", "6")
 
 
+def test_a_shared_slug_elsewhere_does_not_block_another_issue(publication_root):
+    for name in ("007-twin.md", "008-twin-too.md"):
+        issue_file(publication_root, HEAD + "slug: twin\n", name=name)
+    assert find_issue(publication_root / "issues", "6").name == "006-global-governance-of-ai.md"
+    with pytest.raises(InputError, match="also the slug of 007-twin.md"):
+        find_issue(publication_root / "issues", "8")
+
+
 # ---- `newsletter new` ----------------------------------------------------------------------
 @pytest.mark.parametrize("title", ["Ends with backslash \\", 'He said "no": # not a comment', "Yes", "007: *bold*"])
 def test_new_writes_yaml_it_can_read_back(publication_root, title):
