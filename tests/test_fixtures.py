@@ -27,7 +27,9 @@ def test_a_draft_in_the_repo_does_not_reach_the_fixture_publication(tmp_path, mo
 
 
 def test_rendered6_comes_from_a_fixture_publication(rendered6):
-    assert rendered6.slug == "global-governance-of-ai"
+    assert rendered6.source is not None and rendered6.source.name == conftest.ISSUE6.name
+    assert conftest.REPO not in rendered6.source.resolve().parents  # a copy in tmp, not the repo's file
+    assert sorted(p.name for p in rendered6.source.parent.iterdir()) == [conftest.ISSUE6.name]
 
 
 def test_no_test_reads_the_repos_issues_folder_or_settings():
