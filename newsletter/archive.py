@@ -10,7 +10,9 @@
 * ``sitemap.xml`` when a base URL is set (the sitemap protocol allows only absolute URLs);
 * ``style.css``.
 
-An issue dated in the future is a draft and is left out until its date.
+An issue is published once it is ``status: ready`` and its date has come, or once it
+has been sent (the ledger says a reader may have it), whichever is first: a draft
+never appears by itself, and a "read in your browser" link is never a 404.
 Absolute URLs use ``base_url``; without it, links between pages are relative.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,7 @@ from markupsafe import Markup
 
 from newsletter.config import Settings
 from newsletter.content import Block, parse_body
-from newsletter.errors import InputError
+from newsletter.errors import ConfigError, InputError
 from newsletter.issue import Issue, list_issues, parse_issue
 from newsletter.render import Renderer
 
@@ -99,19 +102,64 @@ class Site:
         return f"tag:{domain},{entry.issue.date.isoformat()}:{entry.path.rstrip('/')}"
 
 
-def load_entries(settings: Settings, today: dt.date | None = None) -> list[Entry]:
+@dataclass(frozen=True)
+class Publishing:
+    """What the archive does with one issue, and why, in words for the editor."""
+
+    published: bool
+    reason: str
+
+
+def publishing(issue: Issue, today: dt.date, sent: bool) -> Publishing:
+    """Published once ready and dated today or earlier, or once sent, whichever is first."""
+    if sent:
+        return Publishing(True, "the web archive publishes it: it has been sent")
+    if issue.is_draft:
+        return Publishing(False, "the web archive leaves it out: 'status' is draft "
+                                 "(set status: ready when it is done; sending it publishes it too)")
+    if issue.date > today:
+        return Publishing(False, f"the web archive publishes it on {issue.date.isoformat()} (its date), "
+                                 "or as soon as it is sent")
+    return Publishing(True, "the web archive publishes it: it is ready and its date has come")
+
+
+def sent_slugs(settings: Settings) -> set[str]:
+    """Slugs with a real delivery under way or done; read-only, and nothing when there is no database."""
+    from newsletter import ledger
+
+    path = settings.db_path
+    if not path.is_file():
+        return set()
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise ConfigError(f"cannot read the database: {exc}", path=path) from None
+    try:
+        return ledger.sent_slugs(conn)
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return set()  # nothing was ever sent from this database
+        raise ConfigError(f"cannot read the database: {exc}", path=path) from None
+    except sqlite3.Error as exc:
+        raise ConfigError(f"cannot read the database: {exc}", path=path) from None
+    finally:
+        conn.close()
+
+
+def load_entries(settings: Settings, today: dt.date | None = None, sent: set[str] | None = None) -> list[Entry]:
     """Published issues, newest first; two issues with one slug would overwrite each other's page."""
     today = today or dt.date.today()
+    sent = sent_slugs(settings) if sent is None else sent
     entries: list[Entry] = []
     by_slug: dict[str, Path] = {}
     for path in list_issues(settings.issues_dir):
         issue = parse_issue(path)
-        if issue.date > today:
+        if not publishing(issue, today, issue.slug in sent).published:
             continue
         if issue.slug in by_slug:
             raise InputError(f"slug '{issue.slug}' is also used by {by_slug[issue.slug].name}", path=path)
         by_slug[issue.slug] = path
-        blocks = parse_body(issue.body, path=issue.path, first_line=issue.body_line).blocks
+        blocks = parse_body(issue.body, path=issue.path, first_line=issue.body_line, web=True).blocks
         entries.append(Entry(issue, tuple(blocks), f"issues/{issue.slug}/"))
     return sorted(entries, key=lambda e: (e.issue.date, e.issue.number), reverse=True)
 
@@ -196,12 +244,13 @@ def _page_blocks(entry: Entry) -> list[Block]:
     return [Block(b.kind, b.heading, b.anchor, Markup(with_permalinks(b.html))) for b in entry.blocks]
 
 
-def build_archive(settings: Settings, out_dir: Path, *, today: dt.date | None = None) -> list[Path]:
+def build_archive(settings: Settings, out_dir: Path, *, today: dt.date | None = None,
+                  sent: set[str] | None = None) -> list[Path]:
     """Write the site into ``out_dir``; returns the files written. Files of issues
     removed since an earlier build are left alone (the folder may hold other things)."""
     pub = settings.publication
     site = Site(pub.base_url)
-    entries = load_entries(settings, today)
+    entries = load_entries(settings, today, sent)
     renderer = Renderer(settings)
     written: list[Path] = []
 

@@ -39,6 +39,9 @@ def inline_css(html: str, css: str, cache_dir: Path | None = None) -> str:
       depend on ``!important`` to beat the inline styles; premailer strips it by default.
     * ``@media`` rules are left in a ``<style>`` block (premailer keeps rules it cannot inline).
     * Classes stay, since the kept ``@media`` rules select by class.
+    * CSS widths and heights are not copied into ``width``/``height`` attributes: MJML and the
+      Markdown renderer set those for Outlook themselves, and an image's ``{width=N}`` must
+      stay N while its CSS width is 100% (so it shrinks on a phone).
     * The lowercase HTML5 doctype MJML emits is restored (lxml drops it).
     """
     premailer_class = _premailer_class()
@@ -50,6 +53,7 @@ def inline_css(html: str, css: str, cache_dir: Path | None = None) -> str:
         keep_style_tags=False,
         remove_classes=False,
         disable_validation=True,
+        disable_basic_attributes=["width", "height"],
         allow_network=False,
         exclude_pseudoclasses=True,
         cssutils_logging_level=logging.CRITICAL,

@@ -19,7 +19,11 @@ from newsletter.addresses import ENCODED_WORD
 from newsletter.errors import InputError
 
 REQUIRED = ("number", "title", "date")
-OPTIONAL = ("series", "subtitle", "preheader", "slug", "reply_to", "send_at", "credits", "credits_title", "lang")
+OPTIONAL = ("series", "subtitle", "preheader", "slug", "reply_to", "send_at", "credits", "credits_title", "lang",
+            "status")
+#: ``draft``: never archived or sent until it is ``ready`` (``newsletter new`` writes drafts). A file
+#: without the field predates it and was published as it stood, so it counts as ready.
+STATUSES = ("draft", "ready")
 FILENAME_RE = re.compile(r"^(?P<number>\d{3,})-(?P<slug>[a-z0-9]+(?:-[a-z0-9]+)*)\.md$")
 SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 ADDRESS_SHAPE = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[^@\s<>(),;:\"\[\]\\.]+(?:\.[^@\s<>(),;:\"\[\]\\.]+)+$")
@@ -100,6 +104,7 @@ class Issue:
     credits: tuple[CreditGroup, ...] = ()
     credits_title: str = ""
     lang: str | None = None
+    status: str = "ready"
     source_text: str = field(default="", repr=False)
 
     @property
@@ -108,6 +113,18 @@ class Issue:
         if self.series:
             return f"#{self.number} {self.series}: {self.title}"
         return f"#{self.number} {self.title}"
+
+    @property
+    def is_draft(self) -> bool:
+        return self.status == "draft"
+
+    def require_ready(self, action: str) -> None:
+        """Refuse to ``action`` (send, schedule) a draft: one line naming the file."""
+        if self.is_draft:
+            line = next((n for n, text in enumerate(self.source_text.split("\n")[:self.body_line], start=1)
+                         if text.startswith("status:")), None)
+            raise InputError(f"issue {self.number} is a draft: set 'status: ready' to {action} it "
+                             "(a --test copy or a --dry-run works on drafts)", path=self.path, line=line)
 
     @property
     def subject(self) -> str:
@@ -347,6 +364,9 @@ def parse_issue(path: Path) -> Issue:
         raise _fail(path, f"'reply_to' is not a valid address: {reply_to!r}", lines.get("reply_to"))
 
     subtitle = _text(path, data, "subtitle", lines.get("subtitle"))
+    status = (_text(path, data, "status", lines.get("status")) or "ready").lower()
+    if status not in STATUSES:
+        raise _fail(path, f"'status' must be draft or ready, not {status!r}", lines.get("status"))
     if not body.strip():
         raise _fail(path, "the issue has no body after the front matter", body_line)
     return Issue(
@@ -365,6 +385,7 @@ def parse_issue(path: Path) -> Issue:
         credits=_credits(path, data.get("credits"), _value_node(node, "credits"), lines.get("credits")),
         credits_title=_text(path, data, "credits_title", lines.get("credits_title")),
         lang=_text(path, data, "lang", lines.get("lang")) or None,
+        status=status,
         source_text=text,
     )
 

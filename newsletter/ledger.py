@@ -818,6 +818,34 @@ def delivery_for_event(conn: sqlite3.Connection, subscriber_id: int, *, provider
     return None
 
 
+def sent_issue(conn: sqlite3.Connection, *, slug: str = "", subject: str = "") -> tuple[int, str] | None:
+    """(id, slug) of the latest real (not test) delivery of an issue, named by its slug or by
+    the subject it went out with (case-insensitive); None when we never sent it."""
+    if slug:
+        row = conn.execute("SELECT id, slug FROM deliveries WHERE slug=? AND test=0 ORDER BY id DESC LIMIT 1",
+                           (slug,)).fetchone()
+    elif subject:
+        row = conn.execute("SELECT id, slug FROM deliveries WHERE test=0 AND subject=? COLLATE NOCASE "
+                           "ORDER BY id DESC LIMIT 1", (subject,)).fetchone()
+    else:
+        row = None
+    return (row[0], row[1]) if row else None
+
+
+def latest_sent_slug(conn: sqlite3.Connection, subscriber_id: int) -> str | None:
+    """The slug of the last issue this reader was sent (what a mailed unsubscribe answers)."""
+    row = conn.execute("SELECT d.slug FROM ledger l JOIN deliveries d ON d.id = l.delivery_id WHERE l.subscriber_id=? "
+                       "AND l.state='sent' AND d.test=0 ORDER BY l.delivery_id DESC LIMIT 1",
+                       (subscriber_id,)).fetchone()
+    return row[0] if row else None
+
+
+def iter_recipients(conn: sqlite3.Connection, delivery_id: int) -> Iterator[tuple[int, str]]:
+    """(subscriber id, address) of everyone a delivery was for, in id order."""
+    yield from conn.execute("SELECT subscriber_id, email FROM ledger WHERE delivery_id=? ORDER BY subscriber_id",
+                            (int(delivery_id),))
+
+
 def subscriber_for_provider_id(conn: sqlite3.Connection, provider_id: str) -> int | None:
     """The reader a provider's message id was sent to, when exactly one ledger row carries it:
     for bounces that name an address we never sent to (a forwarder's, an alias). Rare, so
@@ -825,3 +853,13 @@ def subscriber_for_provider_id(conn: sqlite3.Connection, provider_id: str) -> in
     rows = conn.execute("SELECT DISTINCT subscriber_id FROM ledger WHERE provider_id=? LIMIT 2",
                         (provider_id,)).fetchall()
     return rows[0][0] if len(rows) == 1 else None
+
+
+def sent_slugs(conn: sqlite3.Connection) -> set[str]:
+    """Slugs of issues some reader may already have: a real (not test) delivery with a message
+    handed to the transport. The web archive publishes these whatever their date or status,
+    so every "read in your browser" link works."""
+    rows = conn.execute("SELECT DISTINCT d.slug FROM deliveries d WHERE d.test = 0 AND EXISTS ("
+                        "SELECT 1 FROM ledger l WHERE l.delivery_id = d.id"
+                        " AND l.state IN ('sent', 'sending', 'uncertain'))").fetchall()
+    return {row[0] for row in rows}

@@ -16,7 +16,6 @@ ledger and delivery engine do) never loads Jinja2 or markdown-it.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import html as htmllib
 import time
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from newsletter.addresses import check_header, validate_address
 from newsletter.config import Publication
 from newsletter.dkim import DKIM_HEADERS, dkim_signer
 from newsletter.errors import InputError
+from newsletter.message_ids import make_message_id, real_send_salt
 from newsletter.mime import EOL, fold, fold_list_unsubscribe, join_segments, segments, substitute
 from newsletter.tokens import make_token
 
@@ -96,15 +96,16 @@ class PreparedIssue:
             feedback_id=check_header("Feedback-ID", pub.feedback_id) if pub.feedback_id else None,
         )
         # Salt test Message-IDs with the time so a second test send is not deduplicated.
-        self._id_salt = f"{r.slug}:{r.content_hash[:12] if self.test else ''}:{time.time_ns() if self.test else ''}"
+        self._id_salt = (f"{r.slug}:{r.content_hash[:12]}:{time.time_ns()}" if self.test
+                         else real_send_salt(r.slug))
         self._date_second, self._date = -1, ""
         self._boundary = "=_nl_" + hashlib.sha256(r.content_hash.encode()).hexdigest()[:24]
 
     # ---- per-recipient values ----------------------------------------------------
     def message_id(self, email: str) -> str:
         """Deterministic per (issue, recipient), so retries and resumes reuse it."""
-        digest = hmac.new(self.secret_key.encode(), f"{self._id_salt}:{email.lower()}".encode(), hashlib.sha256)
-        return f"<{self.rendered.slug}.{digest.hexdigest()[:24]}@{self.publication.sender_domain}>"
+        return make_message_id(self.secret_key, self._id_salt, self.rendered.slug, email,
+                               self.publication.sender_domain)
 
     def unsubscribe_url(self, token: str) -> str:
         if self.base_url:

@@ -37,9 +37,11 @@ class _Writer:
                 out.append(self._link(child))
             elif t == "image":
                 out.append(f"[{self.inline(child) or child.content}]")
+            elif t == "s":  # strikethrough: "notes ~~no~~ some", not "notes no some"
+                out.append(f"~~{self.inline(child)}~~")
             elif t == "footnote_ref":
                 out.append(f"[^{child.meta.get('id', 0) + 1}]")
-            else:  # strong, em, s, and anything nested
+            else:  # strong, em, and anything nested
                 out.append(self.inline(child))
         return "".join(out)
 

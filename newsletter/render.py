@@ -120,7 +120,8 @@ class Renderer:
         except (jinja2.TemplateError, TypeError, ValueError, AttributeError) as exc:
             raise _template_error(exc, self.env, name) from None
 
-    def render(self, issue: "Issue") -> RenderedEmail:
+    def render(self, issue: "Issue", *, test: bool = False) -> RenderedEmail:
+        """``test`` renders a [TEST] copy, whose footer does not claim its recipient subscribed."""
         from newsletter.content import parse_body
         from newsletter.inline import inline_css
         from newsletter.plaintext import to_plain_text
@@ -148,6 +149,7 @@ class Renderer:
             "placeholder": PLACEHOLDERS,
             "lang": issue.lang or pub.lang,
             "date_long": f"{issue.date.day} {issue.date:%B %Y}",
+            "test_copy": test,
         }
         mjml_source = self.render_template("email.mjml.j2", context)
         css = self.render_template("email.css.j2", context)
@@ -194,14 +196,15 @@ def compile_mjml(source: str) -> str:
         raise InputError(f"MJML error in email.mjml.j2 output: {exc}", path="templates/email.mjml.j2") from None
 
 
-def render_issue(issue_or_path: "Issue | Path", settings: "Settings", renderer: Renderer | None = None) -> RenderedEmail:
-    """Parse (if given a path) and render one issue."""
+def render_issue(issue_or_path: "Issue | Path", settings: "Settings", renderer: Renderer | None = None,
+                 *, test: bool = False) -> RenderedEmail:
+    """Parse (if given a path) and render one issue (``test``: a [TEST] copy)."""
     from newsletter.issue import Issue, parse_issue
 
     t = time.perf_counter()
     issue = issue_or_path if isinstance(issue_or_path, Issue) else parse_issue(Path(issue_or_path))
     parse_time = time.perf_counter() - t
-    rendered = (renderer or Renderer(settings)).render(issue)
+    rendered = (renderer or Renderer(settings)).render(issue, test=test)
     rendered.timings["parse"] = parse_time
     return rendered
 

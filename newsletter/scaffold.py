@@ -20,7 +20,8 @@ def slugify(title: str, max_words: int = 8) -> str:
 
 
 def init_publication(target: Path) -> list[Path]:
-    """Copy the default templates, a sample newsletter.toml, .env.example and a first issue."""
+    """Copy the default templates, a sample newsletter.toml, .env.example, a first issue, and a
+    .gitignore that keeps ``.env`` (the secret key) and ``newsletter.db`` (subscribers) out of git."""
     target.mkdir(parents=True, exist_ok=True)
     if (target / "newsletter.toml").exists():
         raise InputError("already a publication (newsletter.toml exists); nothing changed", path=target)
@@ -37,7 +38,29 @@ def init_publication(target: Path) -> list[Path]:
                      (INIT_DATA / "001-hello-world.md", target / "issues" / "001-hello-world.md")):
         shutil.copyfile(src, dst)
         created.append(dst)
+    created.extend(_gitignore(target))
     return created
+
+
+def _gitignore(target: Path) -> list[Path]:
+    """Write .gitignore, or add the lines it lacks to an existing one; returns it when changed."""
+    path = target / ".gitignore"
+    wanted = (INIT_DATA / "gitignore").read_text(encoding="utf-8")
+    try:
+        have = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+        present = {line.strip() for line in have.splitlines()}
+        missing = [line for line in wanted.splitlines() if line.strip() and not line.startswith("#")
+                   and line.strip() not in present]
+        if not have:
+            path.write_text(wanted, encoding="utf-8")
+        elif missing:
+            with path.open("a", encoding="utf-8") as fh:
+                fh.write(("" if have.endswith("\n") else "\n") + "# Added by `newsletter init`:\n"
+                         + "\n".join(missing) + "\n")
+    except OSError as exc:
+        raise InputError(f"cannot write .gitignore: {exc.strerror}; add .env and newsletter.db to it yourself",
+                         path=path) from None
+    return [path] if not have or missing else []
 
 
 def new_issue(issues_dir: Path, title: str, today: dt.date | None = None) -> Path:
@@ -58,9 +81,11 @@ def new_issue(issues_dir: Path, title: str, today: dt.date | None = None) -> Pat
         raise InputError("already exists", path=path)
     date = (today or dt.date.today()).isoformat()
     path.write_text(
-        f'---\nnumber: {number}\n{_yaml_line("title", title)}date: {date}\nsubtitle: ""\n---\n\n'
+        f'---\nnumber: {number}\n{_yaml_line("title", title)}date: {date}\nstatus: draft\nsubtitle: ""\n---\n\n'
         "Write the issue here in Markdown. Level-2 headings (##) start sections;\n"
-        "level-3 headings (###) start articles, set off as cards in the email.\n",
+        "level-3 headings (###) start articles, set off as cards in the email.\n"
+        "While 'status' is draft, the web archive leaves the issue out and send refuses it;\n"
+        "set status: ready when it is done.\n",
         encoding="utf-8",
     )
     try:

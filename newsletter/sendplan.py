@@ -123,10 +123,28 @@ def scheduler_args(settings: "Settings") -> dict[str, Any]:
 
     def prepare(slug: str) -> "PreparedIssue":
         for path in list_issues(settings.issues_dir):
-            if parse_issue(path).slug == slug:
-                return prepare_issue(settings, render_issue(path, settings, renderer))
+            if (parsed := parse_issue(path)).slug == slug:
+                parsed.require_ready("send")  # set back to draft after it was scheduled: held, not sent
+                return prepare_issue(settings, render_issue(parsed, settings, renderer))
         raise InputError(f"the scheduled issue {slug!r} is no longer in {settings.issues_dir}")
 
     hours = settings.number("NEWSLETTER_MAX_LATENESS", 6.0)
     return dict(prepare=prepare, transport_factory=transport_factory(settings, ledger=True),
                 options=DeliveryOptions.from_settings(settings), max_lateness=dt.timedelta(hours=hours or 0))
+
+
+def send_zones(settings: "Settings") -> dict[str, Any]:
+    """Slug → the time zone the editor wrote the issue's ``send_at`` in (for showing send times);
+    issues that do not parse are left out (``check`` reports them)."""
+    from newsletter.errors import NewsletterError
+    from newsletter.issue import list_issues, parse_issue
+
+    zones: dict[str, Any] = {}
+    for path in list_issues(settings.issues_dir):
+        try:
+            issue = parse_issue(path)
+        except NewsletterError:
+            continue
+        if issue.send_at is not None:
+            zones[issue.slug] = issue.send_at.tzinfo
+    return zones

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 
 _SIG_BYTES = 16  # 128-bit tag: far beyond guessing, short enough for a URL
 
@@ -51,3 +52,18 @@ def verify_token(secret: str, token: str, email: str) -> bool:
         return False
     expected = make_token(secret, sid, email)
     return hmac.compare_digest(expected.encode(), token.encode())
+
+
+_REQUEST_RE = re.compile(r"^\s*(?:mailto:[^?\s]*\?subject=)?(?:unsubscribe(?:\s+|%20|\+))?"
+                         r"([0-9a-z]{1,12}\.[A-Za-z0-9_-]{1,128})\s*$", re.IGNORECASE)
+
+
+def token_from_request(text: str) -> str | None:
+    """The token in what a reader mailed or an editor pasted: ``TOKEN``, the mailto
+    subject ``unsubscribe TOKEN``, or the whole ``mailto:…?subject=unsubscribe%20TOKEN``.
+    None when it holds no token-shaped word. The token must still be verified."""
+    if len(text) > 600:  # a token is ~40 characters; a mailto URL adds an address
+        return None
+    m = _REQUEST_RE.match(text)
+    return m.group(1) if m else None
+

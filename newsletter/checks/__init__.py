@@ -20,6 +20,7 @@ __all__ = ["CHECKS", "CheckContext", "Finding", "run_checks"]
 
 CHECKS: tuple[Callable[[CheckContext], None], ...] = (
     frontmatter.check_front_matter,
+    frontmatter.check_archive,
     content.check_headings,
     content.check_leftovers,
     content.check_insecure_links,
@@ -37,6 +38,7 @@ CHECKS: tuple[Callable[[CheckContext], None], ...] = (
     deliverability.check_addresses,
     deliverability.check_unsubscribe,
     deliverability.check_postal_address,
+    deliverability.check_hidden_text_colour,
     plaintext.check_plain_text,
 )
 

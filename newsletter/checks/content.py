@@ -65,12 +65,23 @@ def check_insecure_links(ctx: CheckContext) -> None:
                     line=ctx.source.urls.get(url))
 
 
+#: The widest an image can be in Outlook for Windows without widening the 640 px email.
+EMAIL_IMAGE_MAX = 600
+
+
 def check_image_sizes(ctx: CheckContext) -> None:
-    """Outlook for Windows ignores max-width and shows an image without a width at full size."""
+    """Outlook for Windows ignores max-width: it shows an image at its width attribute, or
+    without one at its natural size."""
     for img in ctx.visible_elements:
+        width = img.get("width", "") if img.tag == "img" else ""
+        if width.isdigit() and int(width) > EMAIL_IMAGE_MAX:
+            src = img.get("src", "")
+            ctx.add("warning", "content.img-too-wide",
+                    f"image {src} is {width} px wide: Outlook for Windows widens the whole email to fit it; "
+                    f"use {{width={EMAIL_IMAGE_MAX}}} or less", line=ctx.source.urls.get(src))
         if img.tag == "img" and not img.get("width"):
             src = img.get("src", "")
             ctx.add("warning", "content.img-width",
-                    f"image {src} has no width attribute: Outlook for Windows shows it at its natural size, "
-                    "so keep the file at most 600 px wide", line=ctx.source.urls.get(src))
+                    f"image {src} has no width: Outlook for Windows shows it at its natural size; give one "
+                    f"in pixels after the image, e.g. ![…]({src}){{width=600}}", line=ctx.source.urls.get(src))
 

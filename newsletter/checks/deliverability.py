@@ -16,12 +16,15 @@ from __future__ import annotations
 import re
 
 from newsletter.checks.context import CheckContext
+from newsletter.checks.css import style_map
 from newsletter.checks.frontmatter import field_line
 from newsletter.checks.html import squash
 
 SUBJECT_MAX = 60
 PREHEADER_MIN, PREHEADER_MAX = 40, 140
 RESERVED_DOMAINS = re.compile(r"(^|\.)(example(\.(com|net|org))?|test|invalid|localhost)$")
+#: Sample addresses (``newsletter init`` writes the first) that must not reach a reader.
+PLACEHOLDER_ADDRESSES = {"street, city, country", "street, city", "address", "todo", "tbd"}
 SPAM_PHRASES = ("act now", "buy now", "cash bonus", "click here", "double your", "earn money", "free!!",
                 "guaranteed", "limited time", "no obligation", "risk-free", "risk free", "urgent", "winner",
                 "100% free", "you have been selected", "congratulations")
@@ -101,9 +104,43 @@ def check_postal_address(ctx: CheckContext) -> None:
                 "no postal address: CAN-SPAM requires one in every issue; set postal_address in newsletter.toml",
                 path=toml)
         return
+    if address.lower().strip(" .") in PLACEHOLDER_ADDRESSES:
+        ctx.add("error", "deliver.postal-address",
+                f"the postal address is still the sample {address!r}: CAN-SPAM requires your real one; "
+                "set postal_address in newsletter.toml", path=toml)
+        return
     missing = [part for part, text in (("HTML", ctx.visible_text), ("plain text", squash(ctx.rendered.text)))
                if address not in text]
     if missing:
         ctx.add("error", "deliver.postal-address",
                 f"the postal address is missing from the {' and the '.join(missing)}: CAN-SPAM requires it "
                 "(check the footer of the templates)")
+
+
+def check_hidden_text_colour(ctx: CheckContext) -> None:
+    """Hidden text with a colour of its own, as MJML's ``<mj-preview>`` hides the preheader
+    (white on the page): SpamAssassin scores it HTML_FONT_LOW_CONTRAST. The shipped
+    template hides the preheader by size and display alone."""
+    for element in ctx.doc.iter():
+        if not isinstance(element.tag, str) or not element.get("style"):
+            continue
+        style = style_map(element.get("style", ""))
+        hidden = style.get("display") and style["display"].value.lower() == "none"
+        if hidden and "color" in style and squash(element.text_content()):
+            path, line = _template_line(ctx, "<mj-preview")
+            ctx.add("warning", "deliver.hidden-text-colour",
+                    f"hidden text is coloured ({style['color'].value}), which spam filters score as text "
+                    "matching its background (SpamAssassin HTML_FONT_LOW_CONTRAST); hide the preheader "
+                    "without a colour, as the shipped email.mjml.j2 does instead of <mj-preview>",
+                    path=path, line=line)
+            return
+
+
+def _template_line(ctx: CheckContext, needle: str) -> tuple[object, int | None]:
+    """The publication template line containing ``needle``, else the templates folder."""
+    folder = ctx.settings.templates_dir
+    for path in sorted(folder.glob("*.j2")) if folder.is_dir() else ():
+        for n, text in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+            if needle in text:
+                return path, n
+    return folder, None

@@ -61,3 +61,20 @@ def check_front_matter(ctx: CheckContext, today: dt.date | None = None) -> None:
             ctx.add("error", "frontmatter.slug-reused",
                     f"slug '{issue.slug}' is already used by {name}; both would share one web address",
                     line=field_line(issue, "slug") or 1)
+
+
+def check_archive(ctx: CheckContext, today: dt.date | None = None) -> None:
+    """Say what the web archive will do with the issue, so a draft is never public by surprise."""
+    from newsletter.archive import publishing, sent_slugs
+
+    issue = ctx.issue
+    if issue is None:
+        return
+    try:
+        sent = issue.slug in sent_slugs(ctx.settings)
+    except NewsletterError as exc:
+        ctx.add("warning", "archive.unknown", f"cannot tell whether it was sent: {exc.format_message()}")
+        return
+    decision = publishing(issue, today or dt.date.today(), sent)
+    ctx.add("info", "archive.published" if decision.published else "archive.held", decision.reason,
+            line=field_line(issue, "status") or field_line(issue, "date"))

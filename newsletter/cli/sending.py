@@ -225,8 +225,14 @@ def send(ctx: click.Context, issue: str, dry_run: bool, test_addresses: tuple[st
     continues where it stopped, never sending twice to anyone marked sent.
     The transport is NEWSLETTER_TRANSPORT (default: dryrun).
     """
+    from newsletter.issue import parse_issue
+    from newsletter.render import render_issue
+
     settings = settings_of(ctx)
-    rendered = render_ref(settings, issue)
+    parsed = parse_issue(issue_path(settings, issue))
+    if not (test_addresses or dry_run or settings.transport_name == "dryrun"):
+        parsed.require_ready("send")
+    rendered = render_issue(parsed, settings, test=bool(test_addresses))
     _run_checks(settings, rendered, skip_checks)
     if test_addresses:
         _send_test(settings, rendered, test_addresses, dry_run, yes)
@@ -285,9 +291,14 @@ def status(ctx: click.Context, issue: str | None, failed: bool) -> None:
     if not rows:
         click.echo("No deliveries yet.")
         return
-    table = Table("id", "issue", "state", "total", "sent", "pending", "failed", "skipped", "rate", "ETA")
+    from newsletter.events import delivery_event_counts
+
+    table = Table("id", "issue", "state", "total", "sent", "pending", "failed", "skipped", "rate", "ETA",
+                  "bounces", "complaints")
     for s in rows:
-        table.add_row(*(str(x) for x in s.as_row()))
+        events = delivery_event_counts(conn, s.id)
+        bounces = f"{events['hard-bounce']} hard, {events['soft-bounce']} soft"
+        table.add_row(*(str(x) for x in s.as_row()), bounces, str(events["complaint"]))
     console().print(table)
     from newsletter.delivery import local_time
 
@@ -330,6 +341,7 @@ def schedule_add(ctx: click.Context, issue: str, at: str | None, skip_checks: bo
     settings = settings_of(ctx)
     path = issue_path(settings, issue)
     parsed = parse_issue(path)
+    parsed.require_ready("schedule")
     if at:
         try:
             when = dt.datetime.fromisoformat(at)
@@ -357,13 +369,16 @@ def schedule_add(ctx: click.Context, issue: str, at: str | None, skip_checks: bo
 def schedule_list(ctx: click.Context) -> None:
     """List scheduled deliveries."""
     from newsletter.ledger import open_ledger
-    from newsletter.schedule import list_scheduled
+    from newsletter.schedule import display_time, list_scheduled
+    from newsletter.sendplan import send_zones
 
-    rows = list_scheduled(open_ledger(settings_of(ctx).db_path))
+    settings = settings_of(ctx)
+    rows = list_scheduled(open_ledger(settings.db_path))
     if not rows:
         click.echo("Nothing scheduled.")
+    zones = send_zones(settings) if rows else {}
     for row in rows:
-        when = row.send_at.isoformat() if row.send_at else (row.send_at_text or "-")
+        when = display_time(row.send_at, zones.get(row.slug)) if row.send_at else (row.send_at_text or "-")
         click.echo(f"{row.id}\t{row.slug}\t{when}\t{row.state}")
 
 
@@ -425,6 +440,7 @@ def worker(ctx: click.Context, poll: float) -> None:
     """
     import datetime as dt
 
+    from newsletter.inbox import start_inbox_polling
     from newsletter.ledger import open_ledger
     from newsletter.schedule import check_poll_interval, run_worker
     from newsletter.sendplan import scheduler_args
@@ -433,6 +449,10 @@ def worker(ctx: click.Context, poll: float) -> None:
     settings = settings_of(ctx)
     click.echo(f"Worker started (polling every {poll:g}s); stop with SIGTERM or Ctrl-C.")
     with _graceful_stop() as stop:
+        minutes = start_inbox_polling(settings, stop, on_result=lambda r: click.echo(r.line()),
+                                      on_error=lambda e: click.echo(f"error: {e}", err=True))
+        if minutes:
+            click.echo(f"Reading the reply-to inbox every {minutes:g} minute(s).")
         run_worker(open_ledger(settings.db_path), poll_interval=poll, stop=stop,
                    now=lambda: dt.datetime.now(dt.timezone.utc), **scheduler_args(settings))
     click.echo("Worker stopped cleanly.")

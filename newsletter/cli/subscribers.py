@@ -80,14 +80,18 @@ def subscribers_remove(ctx: click.Context, email: str, forget_deliveries: bool) 
 @click.argument("address_or_token")
 @click.pass_context
 def subscribers_unsubscribe(ctx: click.Context, address_or_token: str) -> None:
-    """Unsubscribe an address, or the token from a mailto unsubscribe request
-    (its subject reads "unsubscribe TOKEN"). The address stays on the suppression list."""
+    """Unsubscribe an address, or apply a mailed unsubscribe request: paste its subject
+    ("unsubscribe TOKEN") whole, the token alone, or the mailto: link. The token is
+    verified. The address stays on the suppression list."""
+    from newsletter.tokens import token_from_request
+
     store = _store(ctx)
     target: str | int = address_or_token
-    if "@" not in address_or_token:
-        sub = store.get_by_token(str(settings_of(ctx).secret_key), address_or_token)
+    if "@" not in address_or_token or address_or_token.lower().startswith("mailto:"):
+        token = token_from_request(address_or_token)
+        sub = store.get_by_token(str(settings_of(ctx).secret_key), token) if token else None
         if sub is None:
-            raise InputError(f"{address_or_token!r} is neither an address nor a valid unsubscribe token")
+            raise InputError(f"{address_or_token[:80]!r} is neither an address nor a valid unsubscribe token")
         target = sub.id
     sub = store.unsubscribe(target, reason="cli")
     click.echo(f"Unsubscribed {sub.email}.")

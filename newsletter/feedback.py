@@ -1,0 +1,160 @@
+"""One classified inbox message, applied: events to the store, replies to the digest.
+
+Bounces, complaints and mailed unsubscribes become :class:`newsletter.events.Event`s,
+so they change a reader exactly as a provider webhook would, once. Replies are
+matched to the issue they answer: by ``In-Reply-To``/``References`` against our
+Message-IDs (``<slug.hash@our-domain>``), else by a subscriber's address and a
+"Re:" subject equal to what we sent. Everything is recorded once per message,
+keyed by its Message-ID, so reading the mailbox twice changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from newsletter import replies
+from newsletter.classify import Category, Classified, strip_reply_prefixes
+from newsletter.errors import scrub
+from newsletter.events import Event, Kind, Outcome, SoftBouncePolicy, apply_event
+from newsletter.excerpt import printable
+from newsletter.ledger import ensure_schema as ensure_ledger, iter_recipients, latest_sent_slug, sent_issue
+from newsletter.message_ids import slug_of, verify_message_id
+from newsletter.store import SubscriberStore
+
+SOURCE = "inbox"
+MAX_FAILURES = 10
+
+
+@dataclass(frozen=True)
+class Handled:
+    """What happened to one message: its class, the reason, and the outcome, for one line."""
+
+    category: str
+    reason: str
+    outcome: str
+    slug: str | None = None
+    reply: replies.Reply | None = None
+
+    def line(self) -> str:
+        """One line for a terminal: quoted ids and addresses come from the message, so scrubbed."""
+        return f"{self.category:<11} " + scrub(printable(f"{self.reason} → {self.outcome}"), 400)
+
+
+def _mask(email: str) -> str:
+    from newsletter.web import mask_email
+
+    return mask_email(email)
+
+
+class Applier:
+    """Applies classified messages to one database; holds the store and the policy."""
+
+    def __init__(self, store: SubscriberStore, *, secret_key: str, sender_domain: str,
+                 policy: SoftBouncePolicy = SoftBouncePolicy(), now: datetime | None = None):
+        self.store, self.conn = store, store.conn
+        self.secret_key, self.domain, self.policy = secret_key, sender_domain, policy
+        self.now = now
+        self._made_for_cache: dict[str, dict[str, object] | str] = {}
+        ensure_ledger(self.conn)
+        replies.ensure_schema(self.conn)
+
+    def _now(self) -> datetime:
+        return self.now or datetime.now(timezone.utc)
+
+    def apply(self, c: Classified) -> Handled:
+        if replies.seen(self.conn, c.dedupe_key):
+            return Handled(c.category.value, c.line(), "already read")
+        handler = {Category.BOUNCE: self._bounce, Category.COMPLAINT: self._complaint,
+                   Category.UNSUBSCRIBE: self._unsubscribe, Category.REPLY: self._reply}.get(c.category)
+        handled = handler(c) if handler else Handled(c.category.value, c.line(), "ignored", self._issue_slug(c))
+        replies.record(self.conn, c.dedupe_key, handled.category, handled.slug, self._now(), handled.reply)
+        return handled
+
+    def _event(self, kind: Kind, c: Classified, key_suffix: str, **fields: object) -> Outcome:
+        event = Event(kind, SOURCE, f"{SOURCE}:{c.dedupe_key}:{key_suffix}"[:500], occurred_at=self._now(),
+                      message_id=c.original_message_id or None, **fields)  # type: ignore[arg-type]
+        return apply_event(self.store, event, policy=self.policy, now=self._now())
+
+    def _issue_slug(self, c: Classified) -> str | None:
+        """The issue a message concerns: the one whose Message-ID it quotes or answers."""
+        for ref in (c.original_message_id, *c.references):
+            slug = slug_of(ref, self.domain)
+            if slug and sent_issue(self.conn, slug=slug):
+                return slug
+        return None
+
+    def _reader(self, c: Classified, named: str) -> dict[str, object] | str:
+        """Who a bounce or complaint is about, proved by the Message-ID of ours it quotes: the
+        address it names when the id was made for it, else the reader the id was made for.
+        Anyone can mail a report; only we can make the id. A string says why nobody."""
+        mid = c.original_message_id
+        if not mid:
+            return "it quotes no Message-ID of ours: nothing changed"
+        if verify_message_id(self.secret_key, mid, named, self.domain):
+            return {"email": named}
+        return self._made_for(mid)
+
+    def _made_for(self, mid: str) -> dict[str, object] | str:
+        """The reader of the issue's latest delivery ``mid`` was made for (one HMAC per
+        recipient, so looked up once per Message-ID in a run)."""
+        if mid not in self._made_for_cache:
+            found = sent_issue(self.conn, slug=slug_of(mid, self.domain))
+            reader: dict[str, object] | str = f"its Message-ID {mid[:80]} is not one we sent: nothing changed"
+            for sub_id, email in iter_recipients(self.conn, found[0]) if found else ():
+                if verify_message_id(self.secret_key, mid, email, self.domain):
+                    reader = {"subscriber_id": sub_id, "email": email}
+                    break
+            self._made_for_cache[mid] = reader
+        return self._made_for_cache[mid]
+
+    def _bounce(self, c: Classified) -> Handled:
+        outcomes: list[str] = []
+        for f in c.failures[:MAX_FAILURES]:  # we send one message per reader: a report names one or two
+            kind = Kind.HARD_BOUNCE if f.permanent else Kind.SOFT_BOUNCE
+            reader = self._reader(c, f.address)
+            if isinstance(reader, str):
+                outcomes.append(reader)
+                continue
+            detail = " ".join(x for x in (f.status, f.diagnostic) if x)
+            outcome = self._event(kind, c, str(reader["email"]), detail=detail, **reader)
+            outcomes.append(f"{kind.value} {outcome.value}")
+        return Handled(c.category.value, c.line(), "; ".join(dict.fromkeys(outcomes)) or "nothing to apply",
+                       self._issue_slug(c))
+
+    def _complaint(self, c: Classified) -> Handled:
+        reader = self._reader(c, c.complainant)
+        if isinstance(reader, str):
+            return Handled(c.category.value, c.line(), reader, self._issue_slug(c))
+        outcome = self._event(Kind.COMPLAINT, c, "complaint", **reader)
+        return Handled(c.category.value, c.line(), f"complaint {outcome.value}", self._issue_slug(c))
+
+    def _unsubscribe(self, c: Classified) -> Handled:
+        sub = self.store.get_by_token(self.secret_key, c.token)
+        if sub is None:
+            return Handled(c.category.value, c.line(), "the token does not verify: nothing changed")
+        outcome = self._event(Kind.UNSUBSCRIBE, c, "unsubscribe", subscriber_id=sub.id, email=sub.email)
+        slug = self._issue_slug(c) or latest_sent_slug(self.conn, sub.id)
+        return Handled(c.category.value, c.line(), f"unsubscribe {outcome.value}", slug)
+
+    def _reply(self, c: Classified) -> Handled:
+        sub = self.store.get_by_email(c.sender) if c.sender else None
+        slug, how = self._issue_slug(c), "Message-ID"
+        if slug is None and sub is not None:
+            subject = strip_reply_prefixes(c.subject)
+            found = sent_issue(self.conn, subject=subject) if subject else None
+            slug, how = (found[1] if found else None), "sender and subject"
+        if slug is None:
+            return Handled(Category.OTHER.value, c.line(), "answers nothing we sent: not feedback")
+        name = c.sender_name or (sub.name if sub else "")
+        reply = replies.Reply(name=" ".join(name.split())[:100], masked_email=_mask(c.sender),
+                              date=self._date(c), excerpt=c.text, matched_by=how)
+        return Handled(c.category.value, c.line(), f"reply to {slug} (matched by {how})", slug, reply)
+
+    def _date(self, c: Classified) -> str:
+        """The reply's Date when it is plausible, else when we read it."""
+        now = self._now()
+        date = c.date if c.date is not None and c.date.tzinfo is not None else None
+        if date is None or not (now - timedelta(days=3650) < date < now + timedelta(days=1)):
+            date = now
+        return date.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,198 @@
+"""Applying classified inbox messages to a real SQLite file: who a report is about is proved
+by the Message-ID it quotes; forged reports change nobody; each message counts once."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from newsletter import replies
+from newsletter.classify import classify
+from newsletter.feedback import Applier
+from newsletter.ledger import ensure_schema as ensure_ledger
+from newsletter.message_ids import make_message_id, real_send_salt, verify_message_id
+from newsletter.store import SubscriberStore
+from newsletter.tokens import make_token
+from tests import inbox_messages as m
+
+SECRET = "feedback-test-secret"
+DOMAIN = m.OUR_DOMAIN
+SLUG = "global-governance-of-ai"
+SUBJECT = "#6 China Scholar Insights: The Global Governance of Artificial Intelligence"
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+
+
+def our_id(email: str, slug: str = SLUG) -> str:
+    return make_message_id(SECRET, real_send_salt(slug), slug, email, DOMAIN)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = SubscriberStore.open(tmp_path / "n.db")
+    ensure_ledger(s.conn)
+    cur = s.conn.execute("INSERT INTO deliveries(slug, content_hash, subject, state, created_at) "
+                         "VALUES(?, 'h', ?, 'done', 'x')", (SLUG, SUBJECT))
+    for who in ("a", "b", "c"):
+        sub = s.add(f"{who}@reader.example", f"Reader {who.upper()}")
+        s.conn.execute("INSERT INTO ledger(delivery_id, subscriber_id, email, state) VALUES(?,?,?,'sent')",
+                       (cur.lastrowid, sub.id, sub.email))
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def applier(store):
+    return Applier(store, secret_key=SECRET, sender_domain=DOMAIN, now=NOW)
+
+
+def status(store, who: str) -> str:
+    return store.get_by_email(f"{who}@reader.example").status
+
+
+def test_message_ids_verify_only_for_their_reader():
+    mid = our_id("a@reader.example")
+    assert verify_message_id(SECRET, mid, "A@reader.example", DOMAIN)
+    assert not verify_message_id(SECRET, mid, "b@reader.example", DOMAIN)
+    assert not verify_message_id("other-key", mid, "a@reader.example", DOMAIN)
+    assert not verify_message_id(SECRET, mid.replace(DOMAIN, "evil.example"), "a@reader.example", DOMAIN)
+
+
+def test_bounce_quoting_our_id_applies_once(applier, store):
+    raw = m.dsn("a@reader.example", our_id("a@reader.example"))
+    first = applier.apply(classify(raw))
+    assert first.outcome == "hard-bounce applied" and first.slug == SLUG
+    assert status(store, "a") == "bounced"
+    assert applier.apply(classify(raw)).outcome == "already read"
+
+
+def test_forged_bounce_changes_nobody(applier, store):
+    forged = f"<{SLUG}.{'0' * 24}@{DOMAIN}>"
+    h = applier.apply(classify(m.dsn("a@reader.example", forged)))
+    assert "is not one we sent: nothing changed" in h.outcome and status(store, "a") == "active"
+    bare = m.dsn("b@reader.example", "<x@y>").replace(b"Message-ID: <x@y>\r\n", b"")
+    h = applier.apply(classify(bare.replace(b"Message-Id: <2025", b"Message-Id: <other-2025")))
+    assert "quotes no Message-ID of ours" in h.outcome and status(store, "b") == "active"
+
+
+def test_complaint_with_the_recipient_redacted_finds_the_reader_by_the_id(applier, store):
+    h = applier.apply(classify(m.arf("b@reader.example", our_id("b@reader.example"), redact=True)))
+    assert h.outcome == "complaint applied" and status(store, "b") == "complained"
+    assert status(store, "a") == status(store, "c") == "active"
+
+
+def test_bounce_naming_another_address_goes_to_the_reader_the_id_was_made_for(applier, store):
+    # Forwarded mail: we sent to c@, it bounced at the forwarding target.
+    h = applier.apply(classify(m.dsn("c.forwarded@elsewhere.example", our_id("c@reader.example"))))
+    assert h.outcome == "hard-bounce applied" and status(store, "c") == "bounced"
+
+
+def test_soft_bounces_only_count_until_the_limit(store):
+    from newsletter.events import SoftBouncePolicy
+
+    applier = Applier(store, secret_key=SECRET, sender_domain=DOMAIN, now=NOW, policy=SoftBouncePolicy(limit=2))
+    for i in range(2):
+        raw = m.dsn("a@reader.example", our_id("a@reader.example"), status="4.2.2", msgid=f"<soft{i}@mx.example>")
+        assert applier.apply(classify(raw)).outcome == "soft-bounce applied"
+        assert status(store, "a") == ("active" if i == 0 else "bounced")
+
+
+def test_reply_matching(applier, store):
+    by_id = applier.apply(classify(m.reply("stranger@else.example", our_id("a@reader.example"))))
+    assert by_id.category == "reply" and "matched by Message-ID" in by_id.outcome
+    by_subject = applier.apply(classify(m.reply("b@reader.example", None, subject=f"RE: {SUBJECT}",
+                                                msgid="<s@b>")))
+    assert "matched by sender and subject" in by_subject.outcome
+    stranger = applier.apply(classify(m.reply("stranger@else.example", None, subject=f"Re: {SUBJECT}",
+                                              msgid="<s@x>")))
+    assert stranger.category == "other" and "answers nothing we sent" in stranger.outcome
+    other_domain = applier.apply(classify(m.reply("b@reader.example", f"<{SLUG}.abc@evil.example>",
+                                                  subject="Re: hello", msgid="<s@y>")))
+    assert other_domain.category == "other"
+    d = replies.digest(store.conn, SLUG)
+    assert [r.masked_email for r in d.replies] == ["s***@else.example", "b***@reader.example"]
+    assert d.counts["reply"] == 2 and d.counts["other"] == 0
+
+
+def test_mailed_unsubscribe_needs_a_valid_token(applier, store):
+    b = store.get_by_email("b@reader.example")
+    forged = applier.apply(classify(m.mailed_unsubscribe("b@reader.example", make_token("wrong", b.id, b.email))))
+    assert "does not verify" in forged.outcome and status(store, "b") == "active"
+    good = applier.apply(classify(m.mailed_unsubscribe("anyone@else.example", make_token(SECRET, b.id, b.email),
+                                                       msgid="<u2@x>")))
+    assert good.outcome == "unsubscribe applied" and good.slug == SLUG and status(store, "b") == "unsubscribed"
+
+
+def test_forget_keeps_recent_records(applier, store):
+    applier.apply(classify(m.reply("a@reader.example", our_id("a@reader.example"))))
+    from datetime import timedelta
+
+    assert replies.forget(store.conn, timedelta(days=1), now=NOW) == 0
+    assert replies.forget(store.conn, timedelta(days=1), now=NOW + timedelta(days=2)) == 1
+    assert replies.digest(store.conn, SLUG).replies == []
+
+
+# ---- the paste case: `subscribers unsubscribe` takes what a reader mailed -------------------------
+@pytest.mark.parametrize("shape", ["{t}", "unsubscribe {t}", "  Unsubscribe   {t} ",
+                                   "mailto:news@example.org?subject=unsubscribe%20{t}"])
+def test_cli_unsubscribe_accepts_the_pasted_subject(tmp_path, shape):
+    from tests.test_cli import run
+
+    root = tmp_path / "pub"
+    root.mkdir()
+    assert run(root, "subscribers", "add", "reader@example.org").exit_code == 0
+    token = make_token("test-secret", 1, "reader@example.org")  # test_cli's NEWSLETTER_SECRET_KEY
+    result = run(root, "subscribers", "unsubscribe", shape.format(t=token))
+    assert result.exit_code == 0, result.output
+    assert "Unsubscribed reader@example.org." in result.output
+
+
+@pytest.mark.parametrize("text", ["unsubscribe 1.AAAAAAAAAAAAAAAAAAAAAA", "unsubscribe me", "1.x" * 300])
+def test_cli_unsubscribe_refuses_forged_or_garbled_in_one_line(tmp_path, text):
+    from tests.test_cli import run
+
+    root = tmp_path / "pub"
+    root.mkdir()
+    run(root, "subscribers", "add", "reader@example.org")
+    result = run(root, "subscribers", "unsubscribe", text)
+    assert result.exit_code == 2 and "neither an address nor a valid unsubscribe token" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert "active: 1" in run(root, "subscribers", "count").output
+
+
+def test_worker_polls_only_when_the_inbox_is_configured(tmp_path):
+    import threading
+
+    from newsletter.config import load_settings
+    from newsletter.inbox import start_inbox_polling
+
+    stop = threading.Event()
+    stop.set()  # the thread, if started, returns at once
+    polls = lambda env: start_inbox_polling(load_settings(tmp_path, environ=env), stop, print, print)  # noqa: E731
+    assert polls({}) is None
+    assert polls({"IMAP_HOST": "127.0.0.1", "NEWSLETTER_INBOX_POLL": "0"}) is None
+    assert polls({"IMAP_HOST": "127.0.0.1"}) == 15
+    assert polls({"IMAP_HOST": "127.0.0.1", "NEWSLETTER_INBOX_POLL": "2.5"}) == 2.5
+
+
+def test_replies_command_errors_are_one_line(tmp_path):
+    from tests.test_cli import run
+
+    neither = run(tmp_path, "replies")
+    assert neither.exit_code == 2 and "give an ISSUE" in neither.output
+    unknown = run(tmp_path, "replies", "99")
+    assert unknown.exit_code == 2 and len(unknown.output.strip().splitlines()) == 1
+    too_long = run(tmp_path, "replies", "--forget-older-than", "99999999")
+    assert too_long.exit_code == 2 and "Traceback" not in too_long.output
+
+
+def test_ids_quoted_in_a_body_never_put_escapes_on_the_terminal(applier):
+    raw = ("From: MAILER-DAEMON@mx.example\r\nSubject: failure notice\r\nMessage-ID: <esc@mx>\r\n\r\n"
+           "Hi. This is the qmail-send program at mx.example.\r\n"
+           "I'm afraid I wasn't able to deliver your message to the following addresses.\r\n"
+           "This is a permanent error; I've given up. Sorry it didn't work out.\r\n\r\n"
+           "<a@reader.example>:\r\nSorry, no mailbox here by that name. (#5.1.1)\r\n\r\n"
+           "--- Below this line is a copy of the message.\r\n\r\n"
+           "Message-ID: <\x1b]0;pwned\x07@chinaffairs.example.org>\r\n").encode()
+    line = applier.apply(classify(raw)).line()
+    assert "\x1b" not in line and "\x07" not in line and "not one we sent" in line
