@@ -121,10 +121,9 @@ class Issue:
     def require_ready(self, action: str) -> None:
         """Refuse to ``action`` (send, schedule) a draft: one line naming the file."""
         if self.is_draft:
-            line = next((n for n, text in enumerate(self.source_text.split("\n")[:self.body_line], start=1)
-                         if text.startswith("status:")), None)
             raise InputError(f"issue {self.number} is a draft: set 'status: ready' to {action} it "
-                             "(a --test copy or a --dry-run works on drafts)", path=self.path, line=line)
+                             "(a --test copy or a --dry-run works on drafts)", path=self.path,
+                             line=self.field_line("status"))
 
     @property
     def subject(self) -> str:

@@ -33,10 +33,12 @@ def test_rendered6_comes_from_a_fixture_publication(rendered6):
 
 
 def test_no_test_reads_the_repos_issues_folder_or_settings():
-    """Only conftest names the repo's issue #6, by its fixed path; no test loads the repo's settings
-    (they would list its issues/)."""
-    listing = re.compile(r"REPO\s*/\s*[\"']issues[\"']|load_settings\(\s*REPO\b")
-    offenders = [f"{path.name}:{n}" for path in sorted(TESTS.rglob("*.py")) if path.name != "conftest.py"
+    """Tests may copy issue #6 by its path; none lists the repo's issues/ or loads the repo's settings
+    (settings list its issues/: `check` compares numbers and slugs, the archive publishes them)."""
+    issues = re.compile(r"REPO\s*/\s*[\"']issues[\"']")
+    settings = re.compile(r"load_settings\(\s*REPO\b")
+    offenders = [f"{path.name}:{n}" for path in sorted(TESTS.rglob("*.py"))
+                 if path.name not in ("conftest.py", Path(__file__).name)
                  for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
-                 if listing.search(line) and path.name != Path(__file__).name]
+                 if (issues.search(line) and "006-" not in line) or settings.search(line)]
     assert offenders == []
