@@ -175,6 +175,32 @@ class Settings:
         return int(value)
 
     @property
+    def trusted_proxies(self) -> int | tuple[Any, ...]:
+        """``NEWSLETTER_TRUSTED_PROXIES``: how many proxies (a count), or which (addresses/networks,
+        comma-separated), may set ``X-Forwarded-For``. Unset: 0, the header is never trusted."""
+        import ipaddress
+
+        raw = self.get("NEWSLETTER_TRUSTED_PROXIES").strip()
+        if raw.isdigit():
+            return self.integer("NEWSLETTER_TRUSTED_PROXIES", 0)
+        nets = []
+        for item in filter(None, (p.strip() for p in raw.split(","))):
+            try:
+                nets.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                raise ConfigError(f"NEWSLETTER_TRUSTED_PROXIES: {item[:60]!r} is neither a count nor an "
+                                  "IP address or network") from None
+        return tuple(nets)
+
+    @property
+    def form_origins(self) -> tuple[str, ...]:
+        """``NEWSLETTER_FORM_ORIGINS``: other sites (``https://example.org``) whose pages may post
+        the signup form; the publication's own ``base_url`` origin is always allowed."""
+        raw = self.get("NEWSLETTER_FORM_ORIGINS")
+        return tuple(check_url("NEWSLETTER_FORM_ORIGINS", o, origin_only=True).rstrip("/").lower()
+                     for o in filter(None, (p.strip() for p in raw.split(","))))
+
+    @property
     def transport_name(self) -> str:
         return self.get("NEWSLETTER_TRANSPORT", "dryrun").lower()
 
@@ -271,11 +297,14 @@ def load_settings(root: Path | None = None, environ: Mapping[str, str] | None = 
         raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}",
                           path=root / CONFIG_FILE)
     values: dict[str, str] = {}
+    from_file: set[str] = set()
     for name in known:
         value = raw.get(name)
+        from_file.add(name)
         for env_name in _env_names(name):
             if env.get(env_name):
                 value = env[env_name]
+                from_file.discard(name)
                 break
         if value is not None:
             if not isinstance(value, str):
@@ -284,10 +313,66 @@ def load_settings(root: Path | None = None, environ: Mapping[str, str] | None = 
     if values.get("base_url"):
         values["base_url"] = values["base_url"].rstrip("/")
     _split_from(values, explicit_name=bool(env.get("NEWSLETTER_FROM_NAME")))
-    for name in ("name", "from_name"):
-        if ENCODED_WORD.search(values.get(name, "")):
-            raise ConfigError(f"setting {name!r} contains an RFC 2047 encoded-word (=?…?=), which mail clients "
-                              "would decode in the From header; write the text itself")
+    for name, value in values.items():
+        _validate_field(name, value, root / CONFIG_FILE if name in from_file else None)
     settings = Settings(root=root, publication=Publication(**values), env=env)
     register_secrets(settings.secret_values())
     return settings
+
+
+# Header injection through configuration: these fields end up in every message's headers
+# (From, Reply-To, List-Id, List-Unsubscribe, Feedback-ID) or in links, so they are checked at load.
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_URL_UNSAFE = re.compile(r"[\s<>\"'\\`{}|^]")
+_ADDRESS_FIELDS = ("from_email", "reply_to", "unsubscribe_mailto")
+_URL_FIELDS = ("base_url", "logo_url")
+_HEADER_FIELDS = ("name", "from_name", "list_id", "feedback_id")
+
+
+def _key_name(name: str) -> str:
+    return f"{name} ({' / '.join(_env_names(name))})"
+
+
+def _validate_field(name: str, value: str, path: Path | None) -> None:
+    """One-line :class:`ConfigError` naming the key when a header-bound field is unsafe."""
+    if not value or name not in (*_ADDRESS_FIELDS, *_URL_FIELDS, *_HEADER_FIELDS):
+        return
+    if _UNSAFE.search(value):
+        raise ConfigError(f"{_key_name(name)} contains a line break or control character", path=path)
+    if name in _HEADER_FIELDS and ENCODED_WORD.search(value):
+        raise ConfigError(f"{_key_name(name)} contains an RFC 2047 encoded-word (=?…?=), which mail clients "
+                          "would decode in the header; write the text itself", path=path)
+    if name in _URL_FIELDS:
+        check_url(_key_name(name), value, path=path)
+    elif name in _ADDRESS_FIELDS:
+        check_address(_key_name(name), value, path=path)
+
+
+def check_url(key: str, value: str, *, path: Path | None = None, origin_only: bool = False) -> str:
+    """An absolute http(s) URL with a host and nothing that could break a header or an attribute."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ConfigError(f"{key} is not a valid URL: {value[:80]!r}", path=path) from None
+    if _UNSAFE.search(value) or _URL_UNSAFE.search(value) or not value.isascii():
+        raise ConfigError(f"{key} contains characters not allowed in a URL: {value[:80]!r}", path=path)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username is not None:
+        raise ConfigError(f"{key} must be an http:// or https:// URL with a host: {value[:80]!r}", path=path)
+    if origin_only and (parts.path not in ("", "/") or parts.query or parts.fragment):
+        raise ConfigError(f"{key} must be an origin like https://example.org: {value[:80]!r}", path=path)
+    return value
+
+
+def check_address(key: str, value: str, *, path: Path | None = None) -> str:
+    """A plain ASCII address (no display name), syntax-checked offline."""
+    from email_validator import EmailNotValidError, validate_email
+
+    if _UNSAFE.search(value):
+        raise ConfigError(f"{key} contains a line break or control character", path=path)
+    try:
+        return validate_email(value, check_deliverability=False, allow_smtputf8=False).normalized
+    except EmailNotValidError as exc:
+        raise ConfigError(f"{key} is not a valid address ({exc}): {value[:80]!r}", path=path) from None

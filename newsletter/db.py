@@ -8,6 +8,7 @@ been applied, so components evolve independently in one database file.
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Callable, Sequence, Union
 
@@ -36,7 +37,7 @@ def connect(path: Path | str) -> sqlite3.Connection:
     try:
         # The busy timeout first: two processes opening a fresh file race for the WAL switch.
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode=WAL")
+        _switch_to_wal(conn)
         conn.execute("PRAGMA synchronous=NORMAL")  # durable at each WAL checkpoint; safe against process crashes
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute(
@@ -49,31 +50,76 @@ def connect(path: Path | str) -> sqlite3.Connection:
     return conn
 
 
+def _switch_to_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
+    """``journal_mode=WAL``, retried: on a fresh file SQLite answers a concurrent switch with
+    "database is locked" at once, without waiting on the busy timeout (seen with threads)."""
+    for attempt in range(attempts):
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.01 * (1 + attempt % 5))
+
+
 def migrate(conn: sqlite3.Connection, component: str, steps: Sequence[Step]) -> None:
     """Apply the not-yet-applied ``steps`` of ``component``, each in its own transaction.
 
     The version is read *inside* ``BEGIN IMMEDIATE``: two processes starting on a fresh
-    database serialise here, and the second one finds the step already applied.
+    database serialise here, and the second one finds the step already applied. A table
+    rebuild (:data:`REBUILD_MARKER`) runs with foreign keys off, which SQLite only allows
+    outside a transaction, and commits only if ``foreign_key_check`` finds nothing.
     """
     while True:
-        conn.execute("BEGIN IMMEDIATE")
+        row = conn.execute("SELECT version FROM schema_migrations WHERE component=?", (component,)).fetchone()
+        peek = row[0] if row else 0
+        rebuild = peek < len(steps) and _is_rebuild(steps[peek])
+        if rebuild:
+            conn.execute("PRAGMA foreign_keys=OFF")
         try:
-            row = conn.execute("SELECT version FROM schema_migrations WHERE component=?", (component,)).fetchone()
-            current = row[0] if row else 0
-            if current > len(steps):
-                raise ConfigError(f"database schema for {component} is newer (v{current}) than this tool knows "
-                                  f"(v{len(steps)}); upgrade newsletter")
-            if current == len(steps):
-                conn.execute("COMMIT")
+            if not _next_step(conn, component, steps, foreign_keys_off=rebuild):
                 return
-            _apply(conn, steps[current])
-            conn.execute("INSERT INTO schema_migrations(component, version) VALUES(?, ?) "
-                         "ON CONFLICT(component) DO UPDATE SET version=excluded.version", (component, current + 1))
+        finally:
+            if rebuild:
+                conn.execute("PRAGMA foreign_keys=ON")
+
+
+#: A migration script starting with this line rebuilds a table (SQLite cannot alter a CHECK
+#: constraint): it runs with foreign keys off, and commits only if ``foreign_key_check`` is clean.
+REBUILD_MARKER = "-- rebuild"
+
+
+def _is_rebuild(step: Step) -> bool:
+    return isinstance(step, str) and step.lstrip().startswith(REBUILD_MARKER)
+
+
+def _next_step(conn: sqlite3.Connection, component: str, steps: Sequence[Step], *, foreign_keys_off: bool) -> bool:
+    """Apply one step in its own transaction; False when there was none left."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        row = conn.execute("SELECT version FROM schema_migrations WHERE component=?", (component,)).fetchone()
+        current = row[0] if row else 0
+        if current > len(steps):
+            raise ConfigError(f"database schema for {component} is newer (v{current}) than this tool knows "
+                              f"(v{len(steps)}); upgrade newsletter")
+        if current == len(steps):
             conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+            return False
+        if _is_rebuild(steps[current]) and not foreign_keys_off:
+            conn.execute("ROLLBACK")  # another process moved on meanwhile: go round with foreign keys off
+            return True
+        _apply(conn, steps[current])
+        if _is_rebuild(steps[current]) and conn.execute("PRAGMA foreign_key_check").fetchone() is not None:
+            raise ConfigError(f"migration {component} v{current + 1} would break foreign keys; nothing changed")
+        conn.execute("INSERT INTO schema_migrations(component, version) VALUES(?, ?) "
+                     "ON CONFLICT(component) DO UPDATE SET version=excluded.version", (component, current + 1))
+        conn.execute("COMMIT")
+        return True
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _apply(conn: sqlite3.Connection, step: Step) -> None:

@@ -119,7 +119,7 @@ class PreparedIssue:
         links = [self.unsubscribe_mailto(token)]
         if self.base_url.startswith("https://"):
             links.insert(0, self.unsubscribe_url(token))
-        return ", ".join(f"<{u}>" for u in links)
+        return check_header("List-Unsubscribe", ", ".join(f"<{u}>" for u in links))
 
     def to_header(self, recipient: Recipient) -> str:
         """``Name <address>``, the name RFC 2047-encoded when it is not ASCII."""

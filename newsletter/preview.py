@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,14 @@ pre {{ width: 600px; max-width: 100%; height: 1400px; overflow: auto; background
 </body></html>"""
 
 
+_LOOPBACK_HOST = re.compile(r"(localhost|127\.0\.0\.1|\[::1\])(:[0-9]{1,5})?", re.I)
+
+
+def loopback_host(host: str) -> bool:
+    """Whether a Host header names this machine by a loopback name (the only ones the preview serves)."""
+    return bool(_LOOPBACK_HOST.fullmatch(host.strip()))
+
+
 @dataclass
 class _State:
     version: int = 0
@@ -136,6 +145,10 @@ class PreviewServer:
 
     def wsgi(self, environ: dict, start_response: Callable) -> list[bytes]:
         path = environ.get("PATH_INFO", "/")
+        if not loopback_host(environ.get("HTTP_HOST", "")):
+            # DNS rebinding: a web page whose name now points at 127.0.0.1 must not read drafts.
+            start_response("421 Misdirected Request", [("Content-Type", "text/plain")])
+            return [b"preview answers only to localhost, 127.0.0.1 and [::1]\n"]
         if path == "/version":
             body = json.dumps({"version": self.state.version, "error": self.state.error}).encode()
             ctype = "application/json"

@@ -5,7 +5,8 @@ A subscriber is ``active`` (receives sends) or suppressed: ``unsubscribed``,
 what stops a later import, a re-added address or a resumed delivery from
 mailing someone who asked not to be mailed. Only :meth:`SubscriberStore.add`
 (and :meth:`SubscriberStore.set_status`) with ``resubscribe=True`` reactivate
-one, for when the person themselves asked to come back.
+one, for when the person themselves asked to come back. A ``pending`` reader signed
+up on the web form and has not confirmed yet: never sent to (see :mod:`newsletter.signups`).
 
 Addresses are stored as given, with the domain normalised (lower case) by
 :func:`newsletter.addresses.validate_address`, and are unique case-insensitively
@@ -46,13 +47,40 @@ MIGRATIONS: list[str] = [
   status_reason TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX subscribers_status ON subscribers(status, id)""",
+    # v2: signup with double opt-in. A 'pending' status (never sent to) and the consent record.
+    # SQLite cannot alter a CHECK constraint, so the table is rebuilt (see newsletter.db.REBUILD_MARKER).
+    """-- rebuild
+CREATE TABLE subscribers_v2 (
+  id INTEGER PRIMARY KEY,
+  email TEXT NOT NULL COLLATE NOCASE UNIQUE,
+  name TEXT NOT NULL DEFAULT '',
+  status TEXT NOT NULL DEFAULT 'active'
+    CHECK (status IN ('active','unsubscribed','bounced','complained','pending')),
+  created_at TEXT NOT NULL,
+  changed_at TEXT NOT NULL,
+  source TEXT NOT NULL DEFAULT '',
+  consent TEXT NOT NULL DEFAULT '',
+  status_reason TEXT NOT NULL DEFAULT '',
+  signup_requested_at TEXT NOT NULL DEFAULT '',
+  signup_ip TEXT NOT NULL DEFAULT '',
+  consent_requested_at TEXT NOT NULL DEFAULT '',
+  consent_confirmed_at TEXT NOT NULL DEFAULT '',
+  consent_ip TEXT NOT NULL DEFAULT ''
+);
+INSERT INTO subscribers_v2(id, email, name, status, created_at, changed_at, source, consent, status_reason)
+  SELECT id, email, name, status, created_at, changed_at, source, consent, status_reason FROM subscribers;
+DROP TABLE subscribers;
+ALTER TABLE subscribers_v2 RENAME TO subscribers;
+CREATE INDEX subscribers_status ON subscribers(status, id);
+CREATE INDEX subscribers_signup ON subscribers(signup_requested_at) WHERE signup_requested_at <> ''""",
 ]
 
 ACTIVE = "active"
 UNSUBSCRIBED = "unsubscribed"
 BOUNCED = "bounced"
 COMPLAINED = "complained"
-STATUSES: tuple[str, ...] = (ACTIVE, UNSUBSCRIBED, BOUNCED, COMPLAINED)
+PENDING = "pending"  # signed up, not yet confirmed: never sent to; purged when the link expires
+STATUSES: tuple[str, ...] = (ACTIVE, UNSUBSCRIBED, BOUNCED, COMPLAINED, PENDING)
 SUPPRESSED: frozenset[str] = frozenset({UNSUBSCRIBED, BOUNCED, COMPLAINED})
 
 _COLUMNS = "id, email, name, status, created_at, changed_at, source, consent"
@@ -149,15 +177,15 @@ class SubscriberStore:
         row = self.conn.execute(f"SELECT {_COLUMNS} FROM subscribers WHERE email=?", (key,)).fetchone()
         return Subscriber.from_row(row) if row else None
 
-    def get_by_token(self, secret: str, token: str) -> Subscriber | None:
-        """The subscriber an unsubscribe token names, or None unless its signature verifies."""
-        from newsletter.tokens import token_subscriber_id, verify_token
+    def get_by_token(self, secret: str, token: str, purpose: str = "unsubscribe", *,
+                     now: datetime | None = None) -> Subscriber | None:
+        """The subscriber a token names, or None unless it verifies (for ``purpose``: unsubscribe
+        or confirm). The token's shape is checked before any lookup; an unknown id costs the same."""
+        from newsletter.tokens import verified_subscriber_id
 
-        sid = token_subscriber_id(token)
-        sub = self.get(sid) if sid is not None else None
-        # Verify even when the id is unknown, so timing does not tell the two failures apart.
-        valid = verify_token(secret, token, sub.email if sub else "nobody@invalid.invalid")
-        return sub if sub is not None and valid else None
+        sid = verified_subscriber_id(secret, token, lambda i: (s.email if (s := self.get(i)) else None),
+                                     purpose, now=now)
+        return self.get(sid) if sid is not None else None
 
     def _resolve(self, id_or_email: int | str) -> Subscriber:
         if isinstance(id_or_email, bool):
@@ -229,6 +257,7 @@ class SubscriberStore:
         * new address → inserted as ``active``;
         * existing active → returned, with its name updated when a different non-empty
           ``name`` is given;
+        * existing pending (an unconfirmed web signup) → activated: the editor vouches for consent;
         * existing unsubscribed/bounced/complained → :class:`InputError`, unless
           ``resubscribe=True`` (only when the person asked to come back), which reactivates it.
         """
@@ -249,8 +278,8 @@ class SubscriberStore:
                 sid = existing.id
                 if existing.status == COMPLAINED:
                     raise _never_reactivated(existing)
-                if existing.status in SUPPRESSED:
-                    if not resubscribe:
+                if existing.status in SUPPRESSED or existing.status == PENDING:
+                    if not resubscribe and existing.status != PENDING:
                         raise InputError(f"{existing.email} is {existing.status}; it is not reactivated "
                                          "unless you resubscribe it explicitly (resubscribe=True / --resubscribe)")
                     conn.execute(
@@ -311,10 +340,12 @@ class SubscriberStore:
 
     def unsubscribe(self, id_or_email: int | str, reason: str = "") -> Subscriber:
         """Stop mailing a reader. Idempotent: an already suppressed reader is left as it is
-        (a complaint or bounce stays recorded as such)."""
+        (a complaint or bounce stays recorded as such). A pending signup is unsubscribed too
+        ("this was not me"), and any open signup request is cancelled with it."""
         with self.transaction():
             sub = self._resolve(id_or_email)
-            if sub.status != ACTIVE:
+            self.conn.execute("UPDATE subscribers SET signup_requested_at='' WHERE id=?", (sub.id,))
+            if sub.status not in (ACTIVE, PENDING):
                 return sub
             return self.set_status(sub.id, UNSUBSCRIBED, reason)
 

@@ -161,7 +161,7 @@ def test_unsubscribed_not_reactivated(store, tmp_path):
     assert report.skipped == [(2, "U@example.org", "suppressed: unsubscribed"),
                               (3, "b@example.org", "suppressed: bounced"),
                               (4, "c@example.org", "suppressed: complained")]
-    assert store.counts() == {"active": 1, "unsubscribed": 1, "bounced": 1, "complained": 1}
+    assert store.counts() == {"active": 1, "unsubscribed": 1, "bounced": 1, "complained": 1, "pending": 0}
 
 
 def test_resubscribe_reactivates(store, tmp_path):

@@ -108,3 +108,24 @@ def test_template_change_triggers_rebuild(preview, settings):
     css = settings.templates_dir / "email.css.j2"
     css.write_text(css.read_text(encoding="utf-8") + "\n.nl-extra { color: #000; }\n", encoding="utf-8")
     assert wait_until(lambda: requests.get(url + "version", timeout=5).json()["version"] > before)
+
+
+def test_preview_refuses_other_host_names(preview):
+    """DNS rebinding: a page at attacker.example resolving to 127.0.0.1 must not read the draft."""
+    import requests
+
+    base = preview[1].rstrip("/")
+    with requests.Session() as http:
+        http.trust_env = False
+        assert http.get(base + "/", timeout=10).status_code == 200
+        for host in ("attacker.example", "attacker.example:8025", "127.0.0.1.nip.io", "localhost.attacker.example"):
+            r = http.get(base + "/", headers={"Host": host}, timeout=10)
+            assert r.status_code == 421 and "Global Governance" not in r.text
+        assert http.get(base + "/version", headers={"Host": "evil.example"}, timeout=10).status_code == 421
+
+
+def test_loopback_host_names():
+    from newsletter.preview import loopback_host
+
+    assert all(map(loopback_host, ["localhost", "localhost:8025", "127.0.0.1:1", "[::1]:8025", "LOCALHOST"]))
+    assert not any(map(loopback_host, ["", "evil.example", "127.0.0.2", "localhost.evil", "127.0.0.1:x"]))

@@ -173,7 +173,7 @@ def test_counts_and_statuses(store):
     store.unsubscribe(ids[1])
     store.mark_bounced(ids[2], "550")
     store.set_status(ids[3], "complained")
-    assert store.counts() == {"active": 2, "unsubscribed": 2, "bounced": 1, "complained": 1}
+    assert store.counts() == {"active": 2, "unsubscribed": 2, "bounced": 1, "complained": 1, "pending": 0}
     assert set(store.counts()) == set(STATUSES)
     assert store.count() == 6 and store.count("active") == 2 and store.count("bounced") == 1
     assert store.is_active(ids[4]) and not store.is_active(ids[0]) and not store.is_active(9999)
@@ -200,8 +200,10 @@ def test_wal_and_foreign_keys(store):
 
 def test_schema_has_the_agreed_columns(store):
     cols = [r[1] for r in store.conn.execute("PRAGMA table_info(subscribers)")]
-    assert cols == ["id", "email", "name", "status", "created_at", "changed_at", "source", "consent",
-                    "status_reason"]
+    assert cols[:9] == ["id", "email", "name", "status", "created_at", "changed_at", "source", "consent",
+                        "status_reason"]  # v1 first, unchanged; v2 adds the consent record after them
+    assert cols[9:] == ["signup_requested_at", "signup_ip", "consent_requested_at", "consent_confirmed_at",
+                        "consent_ip"]
     indexes = {r[1] for r in store.conn.execute("PRAGMA index_list(subscribers)")}
     assert "subscribers_status" in indexes
 
@@ -215,7 +217,7 @@ def test_migrations_idempotent_on_reopen(tmp_path):
     SubscriberStore(s2.conn)
     assert s2.get(sid).name == "A"
     version = s2.conn.execute("SELECT version FROM schema_migrations WHERE component='subscribers'").fetchone()[0]
-    assert version == len(MIGRATIONS) == 1
+    assert version == len(MIGRATIONS) == 2
     s2.close()
 
 
@@ -247,3 +249,83 @@ def test_store_writes_join_a_transaction_the_caller_opened(store):
     assert store.conn.in_transaction  # the store did not commit the caller's transaction
     store.conn.execute("ROLLBACK")
     assert store.get_by_email("a@example.org") is None
+
+
+def test_v2_migration_rebuilds_a_v1_database_keeping_rows_and_foreign_keys(tmp_path):
+    """A database written by v1 (with a delivery row pointing at a reader) upgrades in place."""
+    import sqlite3
+
+    from newsletter.db import connect, migrate
+    from newsletter.store import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    conn = connect(path)
+    migrate(conn, "subscribers", MIGRATIONS[:1])
+    conn.execute("INSERT INTO subscribers(email, name, status, created_at, changed_at, status_reason)"
+                 " VALUES('a@example.org', 'A', 'bounced', 't0', 't1', '550 gone')")
+    conn.execute("CREATE TABLE child(id INTEGER PRIMARY KEY, sid INTEGER NOT NULL REFERENCES subscribers(id))")
+    conn.execute("INSERT INTO child(sid) VALUES(1)")
+    conn.close()
+    store = SubscriberStore.open(path)
+    sub = store.get(1)
+    assert (sub.email, sub.name, sub.status, sub.changed_at) == ("a@example.org", "A", "bounced", "t1")
+    assert store.status_reason(1) == "550 gone"
+    assert store.conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    with pytest.raises(sqlite3.IntegrityError):  # the child's reference still binds to the rebuilt table
+        store.conn.execute("DELETE FROM subscribers WHERE id=1")
+    store.conn.execute("UPDATE subscribers SET status='pending' WHERE id=1")  # the new CHECK allows it
+    with pytest.raises(sqlite3.IntegrityError):
+        store.conn.execute("UPDATE subscribers SET status='bogus' WHERE id=1")
+    store.close()
+
+
+def _open_together(path, n):
+    """``n`` threads open ``path`` at the same instant; returns (stores opened, errors)."""
+    import threading
+
+    errors, stores = [], []
+    barrier = threading.Barrier(n)
+
+    def open_it():
+        try:
+            barrier.wait(timeout=10)
+            stores.append(SubscriberStore.open(path))
+        except Exception as exc:  # noqa: BLE001 - collected and asserted by the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    return stores, errors
+
+
+def test_v2_rebuild_races_safely_between_two_openers(tmp_path):
+    """Two processes (here: threads with their own connections) opening a v1 database at once:
+    one rebuilds, the others find it done; none fails, no row is lost."""
+    from newsletter.db import connect, migrate
+    from newsletter.store import MIGRATIONS
+
+    path = tmp_path / "race.db"
+    conn = connect(path)
+    migrate(conn, "subscribers", MIGRATIONS[:1])
+    conn.executemany("INSERT INTO subscribers(email, created_at, changed_at) VALUES(?, 't', 't')",
+                     [(f"r{i}@example.org",) for i in range(200)])
+    conn.close()
+    stores, errors = _open_together(path, 4)
+    assert errors == [] and len(stores) == 4
+    assert stores[0].count() == 200
+    assert stores[0].conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    for s in stores:
+        s.close()
+
+
+def test_threads_opening_a_fresh_database_at_once_all_succeed(tmp_path):
+    """SQLite refuses a concurrent switch to WAL on a fresh file at once ("database is locked",
+    no busy wait); connect() retries it, so a web app's threads and a CLI can start together."""
+    for i in range(30):
+        stores, errors = _open_together(tmp_path / f"fresh{i}.db", 3)
+        assert errors == []
+        for s in stores:
+            s.close()

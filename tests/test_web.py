@@ -104,18 +104,35 @@ def test_bounced_reader_stays_bounced(client, store, sub):
 
 def _failures(sub, other):
     good = token_for(sub)
-    sid, sig = good.split(".")
-    flipped = sig[:-1] + ("A" if sig[-1] != "A" else "B")
+    flipped = good[:-1] + ("A" if good[-1] != "A" else "B")
+    legacy = _legacy(sub)
     return {
         "forged with another key": token_for(sub, secret="attacker-key"),
-        "altered signature": f"{sid}.{flipped}",
-        "truncated signature": f"{sid}.{sig[:-2]}",
-        "other reader's id, this signature": f"{other.id:x}.{sig}" if other.id != sub.id else None,
+        "altered signature": flipped,
+        "altered id part": ("A" if good[0] != "A" else "B") + good[1:],
+        "truncated": good[:-2],
+        "other reader's id, this tag": _splice(token_for(other), good),
         "unknown id": make_token(SECRET, 99999, sub.email),
         "malformed": "not-a-token",
-        "non-base36 id": f"%%%.{sig}",
+        "negative legacy id": "-1." + legacy.partition(".")[2],
+        "legacy with another key": _legacy(sub, secret="attacker-key"),
         "too long": "1." + "A" * 500,
+        "padding": good[:-1] + "=",
+        "confirm token used to unsubscribe": make_token(SECRET, sub.id, sub.email, "confirm"),
     }
+
+
+def _splice(id_from, tag_from):
+    import base64
+
+    raw = base64.urlsafe_b64decode(id_from)[:8] + base64.urlsafe_b64decode(tag_from)[8:]
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _legacy(sub, secret=SECRET):
+    from newsletter.tokens import _legacy_token
+
+    return _legacy_token(secret, sub.id, sub.email)
 
 
 @pytest.mark.parametrize("method", ["get", "post"])
@@ -254,3 +271,92 @@ def test_real_server_on_loopback(settings, db, store, sub):
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+# ---- paths a WSGI server may hand over (gunicorn passes these through) -----------------------
+@pytest.mark.parametrize("path", ["//./issues/x", "//issues/x", "//issues", "/./x", "/a/../subs.db",
+                                  "/unsubscribe/%00", "/\\evil.example", "//evil.example/"])
+def test_odd_paths_never_500_or_redirect_off_site(settings, db, store, tmp_path, path):
+    from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+    site = tmp_path / "site"
+    (site / "issues" / "x").mkdir(parents=True)
+    (site / "issues" / "x" / "index.html").write_text("x")
+    (site / "issues" / "index.html").write_text("i")
+    app = make_app(settings, store_path=db, site_dir=site)
+    for host in ("localhost", ".", "", "exa mple"):
+        environ = EnvironBuilder(path="/", headers={"Host": host} if host else {}).get_environ()
+        environ["PATH_INFO"] = path
+        if host:
+            environ["HTTP_HOST"] = environ["SERVER_NAME"] = host
+        _body, status, headers = run_wsgi_app(app, environ, buffered=True)
+        assert int(status.split()[0]) < 500, (path, host)
+        location = headers.get("Location", "")
+        assert not location.startswith("//") and "://" not in location, (path, location)
+
+
+def test_double_slash_directory_redirect_is_site_relative(settings, db, store, tmp_path):
+    site = tmp_path / "site"
+    (site / "issues").mkdir(parents=True)
+    (site / "issues" / "index.html").write_text("i")
+    from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+    environ = EnvironBuilder(path="/").get_environ()
+    environ["PATH_INFO"] = "//issues"
+    _body, status, headers = run_wsgi_app(make_app(settings, store_path=db, site_dir=site), environ, buffered=True)
+    assert status.startswith("308") and headers["Location"] == "/issues/"
+
+
+# ---- a locked database never loses an unsubscribe -------------------------------------------
+def test_locked_database_is_retried_then_spooled_and_applied(settings, db, store, sub, monkeypatch):
+    import sqlite3
+
+    from newsletter.clock import FakeClock
+    from newsletter.web import app as web_app_module
+    from newsletter.web.unsubscribe import spool_path
+
+    monkeypatch.setattr(web_app_module, "DB_BUSY_MS", 50)
+    clock = FakeClock()
+    wsgi = make_app(settings, store_path=db, clock=clock)
+    client = Client(wsgi)
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        r = client.post(f"/unsubscribe/{token_for(sub)}", data="List-Unsubscribe=One-Click",
+                        content_type="application/x-www-form-urlencoded")
+        assert r.status_code == 200 and "You are unsubscribed" in r.get_data(as_text=True)
+        assert len(clock.sleeps) == 3  # bounded retries inside the request, on the injected clock
+        assert spool_path(wsgi.web_app).exists()
+        # A forged token is never spooled.
+        assert client.post("/unsubscribe/" + "A" * 32).status_code in (404, 200)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert store.get(sub.id).status == "active"  # not yet applied ...
+    assert client.get("/unsubscribe/" + "B" * 32).status_code == 404
+    client.post("/unsubscribe/" + "B" * 32)  # ... the next POST drains the spool first
+    assert store.get(sub.id).status == "unsubscribed"
+    assert store.status_reason(sub.id) == "one-click (RFC 8058) (spooled)"
+    assert not spool_path(wsgi.web_app).exists()
+
+
+def test_spool_is_applied_at_startup(settings, db, store, sub):
+    import json
+
+    from newsletter.web.unsubscribe import spool_path
+
+    app = make_app(settings, store_path=db)
+    spool_path(app.web_app).write_text(json.dumps({"token": token_for(sub), "reason": "one-click"}) + "\nnot json\n")
+    make_app(settings, store_path=db)
+    assert store.get(sub.id).status == "unsubscribed"
+
+
+def test_pending_reader_can_say_this_was_not_me(client, store):
+    from newsletter.clock import FakeClock
+    from newsletter.signups import Signups
+
+    Signups(store, clock=FakeClock()).request("who@example.org", ip="192.0.2.1", source="t", consent="c")
+    pending = store.get_by_email("who@example.org")
+    assert pending.status == "pending"
+    assert client.post(f"/unsubscribe/{token_for(pending)}").status_code == 200
+    assert store.get(pending.id).status == "unsubscribed"

@@ -98,7 +98,7 @@ def subscribers_unsubscribe(ctx: click.Context, address_or_token: str) -> None:
 
 
 @subscribers.command("list")
-@click.option("--status", type=click.Choice(["active", "unsubscribed", "bounced", "complained"]))
+@click.option("--status", type=click.Choice(["active", "unsubscribed", "bounced", "complained", "pending"]))
 @click.pass_context
 def subscribers_list(ctx: click.Context, status: str | None) -> None:
     """List subscribers (email, name, status)."""
@@ -116,7 +116,7 @@ def subscribers_count(ctx: click.Context) -> None:
 
 @subscribers.command("export")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE instead of stdout.")
-@click.option("--status", type=click.Choice(["active", "unsubscribed", "bounced", "complained"]))
+@click.option("--status", type=click.Choice(["active", "unsubscribed", "bounced", "complained", "pending"]))
 @click.pass_context
 def subscribers_export(ctx: click.Context, out: Path | None, status: str | None) -> None:
     """Export subscribers as CSV, with the status column."""

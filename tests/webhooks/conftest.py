@@ -2,7 +2,7 @@
 SQLite file, keys generated here, and one "kit" per provider that builds and signs
 requests exactly as that provider documents them (independently of the code under test).
 
-The app is ``newsletter.web.UnsubscribeApp`` (the object ``make_app`` wraps), served by
+The app is ``make_app``'s (its ``web_app`` is the routed core), served by
 werkzeug's WSGI server in a thread; its webhook context gets a :class:`FakeClock` and a
 fetcher that maps ``https://sns.<region>.amazonaws.com/<path>`` to a local plain-HTTP
 server that serves the SNS certificate and records every fetch.
@@ -27,7 +27,7 @@ from newsletter.clock import FakeClock
 from newsletter.config import load_settings
 from newsletter.ledger import ensure_schema as ensure_ledger
 from newsletter.store import SubscriberStore
-from newsletter.web import UnsubscribeApp
+from newsletter.web import make_app
 from tests.webhooks.kits import NOW, READERS, Keys
 
 #: Every test request goes to loopback directly: proxies from the environment are ignored.
@@ -151,10 +151,11 @@ def make_site(tmp_path, db, keys, sns):
 
     def make(env: dict[str, str] | None = None, db_path: Path | None = None) -> Site:
         settings = load_settings(tmp_path, environ=keys.env() if env is None else env)
-        core = UnsubscribeApp(settings, db_path or db)
         clock = FakeClock(start=NOW)
+        app = make_app(settings, store_path=db_path or db, clock=clock)
+        core = app.web_app  # the WebApp inside the middleware
         core.webhooks = dataclasses.replace(core.webhooks, clock=clock, fetch=sns.fetch)
-        url, stop = serve(core)
+        url, stop = serve(app)
         stops.append(stop)
         return Site(url, db_path or db, clock)
 

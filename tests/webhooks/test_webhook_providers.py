@@ -13,6 +13,7 @@ from datetime import timedelta
 import pytest
 
 from newsletter.events import delivery_event_counts
+from newsletter.web.app import DB_ATTEMPTS
 from newsletter.webhooks import MAX_BODY_BYTES
 from tests.webhooks.conftest import HTTP
 from tests.webhooks.kits import KITS, NOW, READERS
@@ -221,7 +222,7 @@ def test_a_batch_is_applied_all_or_nothing(site, keys, monkeypatch):
 
     def failing_second(store, event, **kw):
         calls.append(event.email)
-        if len(calls) == 2:
+        if event.email == B:  # stays locked: the app's bounded in-request retries all fail
             raise sqlite3.OperationalError("database is locked")
         return real(store, event, **kw)
 
@@ -230,7 +231,7 @@ def test_a_batch_is_applied_all_or_nothing(site, keys, monkeypatch):
     batch = kit.payload("hard", A, "b1") + kit.payload("complaint", B, "b2")
     signed = kit.sign(batch, at=NOW)
     assert site.post("sendgrid", signed.body, signed.headers).status_code == 503  # the provider retries
-    assert calls == [A, B] and unchanged(site)
+    assert calls == [A, B] * DB_ATTEMPTS and unchanged(site)
     monkeypatch.setattr(base, "apply_event", real)
     assert site.post("sendgrid", signed.body, signed.headers).status_code == 200  # the retry lands whole
     assert site.statuses() == {A: "bounced", B: "complained", C: "active"}

@@ -1,0 +1,145 @@
+"""The public WSGI app: a route table, per-thread store connections, and one error policy.
+
+Routes are mounted with :meth:`WebApp.route`; every route gets the same body-size
+limit (413), method check (405), security headers and error handling (a plain 4xx,
+or a plain 500 that is logged, never a traceback). Another component adds its
+endpoints with one line, e.g. ``app.route("/webhooks/<provider>", handler, ["POST"])``.
+
+There is no global lock. Each thread has its own SQLite connection, opened lazily
+(and again after a fork), so a slow client reading or sending a body holds nothing
+that other requests need; SQLite's own locking orders the writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from werkzeug.exceptions import HTTPException, NotFound
+from werkzeug.routing import Map, Rule
+from werkzeug.wrappers import Request, Response
+
+from newsletter.clock import SYSTEM, Clock
+from newsletter.config import Settings
+from newsletter.db import connect
+from newsletter.store import SubscriberStore
+from newsletter.web.proxies import client_ip
+
+log = logging.getLogger("newsletter.web")
+
+MAX_BODY_BYTES = 16 * 1024
+NOT_FOUND_BODY = "Not found\n"
+DB_BUSY_MS = 2_000  # per attempt; a request retries a locked database a few times (see WebApp.write)
+DB_ATTEMPTS = 4
+
+Handler = Callable[..., Response]
+
+
+@dataclass(frozen=True)
+class Route:
+    rule: str
+    handler: Handler
+    methods: tuple[str, ...]
+    max_body: int
+
+
+def text_response(body: str, status: int) -> Response:
+    return Response(body, status=status, mimetype="text/plain")
+
+
+def not_found() -> Response:
+    return text_response(NOT_FOUND_BODY, 404)
+
+
+def is_locked(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+
+
+class WebApp:
+    """The WSGI callable. Construct with :func:`newsletter.web.make_app`."""
+
+    def __init__(self, settings: Settings, store_path: Path, *, clock: Clock = SYSTEM):
+        self.settings, self.store_path, self.clock = settings, Path(store_path), clock
+        self.trusted_proxies = settings.trusted_proxies
+        self.routes: dict[str, Route] = {}
+        self.url_map = Map(strict_slashes=False, merge_slashes=False)
+        self._local = threading.local()
+        self.extensions: dict[str, Any] = {}  # per-feature state (signup limits, mail queue, ...)
+
+    # ---- routes ----------------------------------------------------------------------
+    def route(self, rule: str, handler: Handler, methods: Iterable[str] = ("GET",), *,
+              max_body: int = MAX_BODY_BYTES) -> None:
+        """Mount ``handler(app, request, **url_args) -> Response`` at ``rule``.
+        GET routes answer HEAD too; ``max_body`` bounds the request body (413 beyond)."""
+        endpoint = f"r{len(self.routes)}"
+        self.routes[endpoint] = Route(rule, handler, tuple(methods), max_body)
+        self.url_map.add(Rule(rule, endpoint=endpoint, methods=list(methods)))
+
+    def owns(self, path: str) -> bool:
+        """Whether ``path`` belongs to a route (it then wins over files of the web archive)."""
+        try:
+            self.url_map.bind("localhost").match(path, method="GET")
+        except NotFound:
+            return False
+        except HTTPException:
+            return True
+        return True
+
+    # ---- the store -----------------------------------------------------------------
+    def store(self) -> SubscriberStore:
+        """This thread's store (one SQLite connection per thread and process)."""
+        local = self._local
+        if getattr(local, "store", None) is None or local.pid != os.getpid():
+            conn = connect(self.store_path)
+            conn.execute(f"PRAGMA busy_timeout={DB_BUSY_MS}")
+            local.store, local.pid = SubscriberStore(conn), os.getpid()
+        return local.store
+
+    def write(self, fn: Callable[[SubscriberStore], Any]) -> Any:
+        """Run ``fn`` with the store, retrying a locked database a bounded number of times.
+        Raises the last ``sqlite3.OperationalError`` when it stays locked."""
+        for attempt in range(1, DB_ATTEMPTS + 1):
+            try:
+                return fn(self.store())
+            except sqlite3.OperationalError as exc:
+                if not is_locked(exc) or attempt == DB_ATTEMPTS:
+                    raise
+                log.warning("database locked; retrying (%d/%d)", attempt, DB_ATTEMPTS)
+                self.clock.sleep(0.25 * attempt)
+        raise AssertionError("unreachable")
+
+    def client_ip(self, request: Request) -> str:
+        return client_ip(request.environ, self.trusted_proxies)
+
+    # ---- WSGI ----------------------------------------------------------------------
+    def dispatch(self, request: Request) -> Response:
+        # Bind to a fixed server name: the Host header is the client's to choose, and no URL
+        # we build depends on it (links use base_url).
+        adapter = self.url_map.bind("localhost", path_info=request.path, url_scheme="http")
+        try:
+            endpoint, args = adapter.match(method=request.method if request.method != "HEAD" else "GET")
+        except NotFound:
+            return not_found()
+        except HTTPException as exc:  # 405 with Allow; redirects are never produced (no strict slashes)
+            return exc.get_response()  # type: ignore[return-value]
+        route = self.routes[endpoint]
+        request.max_content_length = route.max_body
+        request.max_form_memory_size = route.max_body
+        return route.handler(self, request, **args)
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        request = Request(environ)
+        try:
+            response = self.dispatch(request)
+        except HTTPException as exc:  # 413 for an oversized body, 400 for a malformed one
+            response = text_response(f"{exc.code} {exc.name}\n", exc.code or 400)
+        except Exception:  # noqa: BLE001 - logged once, answered plainly, never shown
+            # Only the first path segment: the rest may be a reader's token.
+            log.exception("error serving %s /%s/...", request.method, request.path.split("/")[1][:40])
+            response = text_response("Internal error\n", 500)
+        return response(environ, start_response)

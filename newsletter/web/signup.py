@@ -1,0 +1,171 @@
+"""``/subscribe`` and ``/confirm/<token>``: signup with double opt-in.
+
+* ``GET /subscribe`` — the form (email, optional name, the consent line).
+* ``POST /subscribe`` — answers the same "check your inbox" page whether the address is
+  new, pending, active or suppressed, whether a limit was hit or the honeypot was filled,
+  so nobody can probe the list. Only an invalid address gets a 400 (the visitor's typo).
+  A post without this server's form stamp (the embeddable snippet) gets the form back,
+  filled in, to press once more: the minimum-time check needs a stamp we issued.
+* ``GET /confirm/<token>`` — a button; changes nothing (link scanners follow GETs).
+* ``POST /confirm/<token>`` — confirms: the reader becomes active, consent is recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import sqlite3
+from typing import Callable
+from urllib.parse import urlsplit
+
+from werkzeug.wrappers import Request, Response
+
+from newsletter.errors import InputError
+from newsletter.message import OutgoingMessage
+from newsletter.signup_mail import SignupMailer, confirmation_message, welcome_message
+from newsletter.signups import SignupLimits, Signups
+from newsletter.store import Subscriber, SubscriberStore
+from newsletter.tokens import CONFIRM
+from newsletter.web.app import WebApp, not_found, text_response
+from newsletter.web.pages import consent_line, signup_page
+from newsletter.web.unsubscribe import mask_email, page_response, subscriber_for
+
+log = logging.getLogger("newsletter.signup")
+_STAMP_RE = re.compile(r"[0-9]{1,12}\.[0-9a-f]{32}\Z")
+MAX_FIELD = 320
+SOURCE = "web signup"
+
+
+def mount(app: WebApp, limits: SignupLimits, send: Callable[[OutgoingMessage], None], *, welcome: bool) -> None:
+    """Add the signup routes to ``app``, and start sending any outbox left from before."""
+    def build(kind: str, sub: Subscriber) -> OutgoingMessage:
+        if kind == "welcome":
+            return welcome_message(app.settings, sub, clock=app.clock)
+        return confirmation_message(app.settings, sub, ttl_hours=round(limits.confirm_ttl / 3600), clock=app.clock)
+
+    mailer = SignupMailer(lambda: Signups(app.store(), limits, app.clock), build, send)
+    app.extensions["signup"] = {"limits": limits, "mail": mailer, "welcome": welcome}
+    app.route("/subscribe", subscribe, ("GET", "POST"))
+    app.route("/confirm/<token>", confirm, ("GET", "POST"))
+    mailer.wake()
+
+
+def _ext(app: WebApp) -> dict:
+    return app.extensions["signup"]
+
+
+def _signups(app: WebApp, store: SubscriberStore | None = None) -> Signups:
+    return Signups(store or app.store(), _ext(app)["limits"], app.clock)
+
+
+# ---- the form stamp (minimum time to fill) ----------------------------------------------
+def form_stamp(app: WebApp) -> str:
+    t = str(int(app.clock.now().timestamp()))
+    return f"{t}.{_stamp_mac(app, t)}"
+
+
+def _stamp_mac(app: WebApp, t: str) -> str:
+    key = hashlib.sha256(f"signup form stamp:{app.settings.secret_key}".encode()).digest()
+    return hmac.new(key, t.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _stamp_age(app: WebApp, stamp: str) -> float | None:
+    """Seconds since we issued ``stamp``, or None when it is not one of ours (or older than a day)."""
+    if len(stamp) > 45 or not _STAMP_RE.match(stamp):
+        return None
+    t, _, mac = stamp.partition(".")
+    if not hmac.compare_digest(mac, _stamp_mac(app, t)):
+        return None
+    age = app.clock.now().timestamp() - int(t)
+    return age if 0 <= age <= 86400 else None
+
+
+# ---- handlers ----------------------------------------------------------------------------
+def _form_page(app: WebApp, status: int = 200, **context: object) -> Response:
+    env = app.extensions.setdefault("templates", _templates(app))
+    page = signup_page(env, app.settings.publication, "form", form_token=form_stamp(app), **context)
+    return page_response(page, status)
+
+
+def _page(app: WebApp, name: str, status: int = 200, **context: object) -> Response:
+    env = app.extensions.setdefault("templates", _templates(app))
+    return page_response(signup_page(env, app.settings.publication, name, **context), status)
+
+
+def _templates(app: WebApp):  # noqa: ANN202
+    from newsletter.render import template_environment
+
+    return template_environment(app.settings.templates_dir)
+
+
+def _origin_allowed(app: WebApp, request: Request) -> bool:
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True  # not a browser cross-site post (or a very old browser)
+    own = urlsplit(app.settings.publication.base_url)
+    allowed = {f"{own.scheme}://{own.netloc}".lower(), *app.settings.form_origins}
+    return origin.strip().rstrip("/").lower() in allowed
+
+
+def subscribe(app: WebApp, request: Request) -> Response:
+    if request.method != "POST":
+        return _form_page(app)
+    if not _origin_allowed(app, request):
+        return text_response("Forbidden: this site may not post the signup form\n", 403)
+    form = request.form
+    fields = {k: form.get(k, "") for k in ("email", "name", "website", "form")}
+    if any(len(v) > MAX_FIELD for v in fields.values()) or len(form) > 10:
+        return text_response("400 Bad Request: a field is too long\n", 400)
+    values = {"email": fields["email"].strip(), "name": fields["name"].strip()}
+    age = _stamp_age(app, fields["form"])
+    if fields["website"]:
+        log.info("signup ignored: honeypot filled")
+        return _page(app, "check-inbox")
+    if age is None:  # the embedded snippet, or a stale page: one more press on our own form
+        return _form_page(app, values=values, notice="One more step: check your address and press Subscribe.")
+    if age < _ext(app)["limits"].min_fill_seconds:
+        log.info("signup ignored: form filled too fast")
+        return _page(app, "check-inbox")
+    consent = consent_line(app.settings.publication)
+    try:
+        decision = app.write(lambda store: _signups(app, store).request(
+            values["email"], values["name"], ip=app.client_ip(request), source=SOURCE, consent=consent))
+    except InputError as exc:
+        message = "That name cannot be used." if "name" in str(exc).split(" ")[0] else \
+            "Please enter a valid email address."
+        return _form_page(app, 400, values=values, error=message)
+    log.info("signup request: %s", decision.why)
+    if decision.mail is not None:
+        _ext(app)["mail"].wake()
+    try:
+        app.write(lambda store: _signups(app, store).purge_expired())
+    except sqlite3.Error as exc:  # housekeeping only: the visitor's request is already recorded
+        log.warning("could not purge expired signups: %s", exc)
+    return _page(app, "check-inbox")
+
+
+_STATE_PAGES = {"done": ("subscribed", 200), "expired": ("expired", 410)}
+
+
+def confirm(app: WebApp, request: Request, token: str) -> Response:
+    if request.method == "POST":
+        request.form  # noqa: B018 - read the (bounded) body before the database
+    sub = subscriber_for(app, app.store(), token, CONFIRM)
+    if sub is None:
+        return not_found()
+    masked = mask_email(sub.email)
+    if request.method != "POST":
+        state = _signups(app).confirmable(sub.id)
+        page, status = ("confirm", 200) if state == "open" else _STATE_PAGES.get(state, ("", 404))
+        return _page(app, page, status, masked=masked) if page else not_found()
+    state = app.write(lambda store: _signups(app, store).confirm(
+        sub.id, ip=app.client_ip(request), welcome=_ext(app)["welcome"]))
+    if state == "open":
+        log.info("signup confirmed")
+        if _ext(app)["welcome"]:
+            _ext(app)["mail"].wake()
+        return _page(app, "confirmed", masked=masked)
+    page, status = _STATE_PAGES.get(state, ("", 404))
+    return _page(app, page, status, masked=masked) if page else not_found()

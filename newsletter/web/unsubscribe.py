@@ -1,0 +1,173 @@
+"""``/unsubscribe/<token>``: GET shows a button and changes nothing; POST unsubscribes.
+
+POST accepts the RFC 8058 one-click body ``List-Unsubscribe=One-Click`` and the
+page's button. Every failure (malformed, forged or altered token, unknown or
+removed reader) is the same plain 404, so the app never tells who is subscribed.
+
+An unsubscribe is never lost: the body is read before the database is touched,
+a locked database is retried within the request, and if it stays locked the
+request is appended to a durable spool file (fsynced) that is applied on the
+next request and when the app starts.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+from werkzeug.wrappers import Request, Response
+
+from newsletter.store import ACTIVE, PENDING, SubscriberStore
+from newsletter.web.app import WebApp, is_locked, not_found, text_response
+from newsletter.web.pages import csp_for, simple_page
+
+log = logging.getLogger("newsletter.web")
+_spool_lock = threading.Lock()
+
+
+def mask_email(email: str) -> str:
+    """``sam@tsinghua.edu.cn`` → ``s***@tsinghua.edu.cn``: enough for the reader to recognise."""
+    local, _, domain = email.rpartition("@")
+    if not local:
+        return "***"
+    return f"{local[0]}***@{domain}"
+
+
+def subscriber_for(app: WebApp, store: SubscriberStore, token: str, purpose: str = "unsubscribe"):  # noqa: ANN201
+    """The reader a valid token names, or None. The token's shape is checked before any lookup."""
+    return store.get_by_token(str(app.settings.secret_key), token, purpose, now=app.clock.now())
+
+
+def page_response(page: str, status: int = 200) -> Response:
+    response = Response(page, status=status, mimetype="text/html")
+    response.headers["Content-Security-Policy"] = csp_for(page)
+    return response
+
+
+def _unsubscribed_page(app: WebApp, email: str, *, just_now: bool) -> Response:
+    pub = app.settings.publication
+    name, masked = html.escape(pub.name), html.escape(mask_email(email) if email else "Your address")
+    tail = " Sorry to see you go." if just_now else ""
+    verb = "will no longer receive" if just_now else "no longer receives"
+    body = f"<h1>You are unsubscribed</h1>\n<p><strong>{masked}</strong> {verb} {name}.{tail}</p>"
+    return page_response(simple_page(pub.lang, f"Unsubscribed — {pub.name}", body))
+
+
+def unsubscribe(app: WebApp, request: Request, token: str) -> Response:
+    if request.method == "POST":
+        form = request.form  # read the whole (bounded) body before touching the database
+        reason = "one-click (RFC 8058)" if form.get("List-Unsubscribe") == "One-Click" else "unsubscribe page"
+        return _post(app, token, reason)
+    sub = subscriber_for(app, app.store(), token)
+    if sub is None:
+        return not_found()
+    if sub.status not in (ACTIVE, PENDING):
+        return _unsubscribed_page(app, sub.email, just_now=False)
+    pub = app.settings.publication
+    name, masked = html.escape(pub.name), html.escape(mask_email(sub.email))
+    body = (
+        f"<h1>Unsubscribe from {name}?</h1>\n"
+        f"<p>You will no longer receive {name} at <strong>{masked}</strong>.</p>\n"
+        '<form method="post">\n'
+        '<button type="submit" name="confirm" value="yes">Unsubscribe</button>\n</form>\n'
+        '<p class="muted">If you did not mean to come here, just close this page; nothing has changed.</p>'
+    )
+    return page_response(simple_page(pub.lang, f"Unsubscribe — {pub.name}", body))
+
+
+def _post(app: WebApp, token: str, reason: str) -> Response:
+    def apply(store: SubscriberStore) -> str | None:
+        drain_spool(app, store)
+        sub = subscriber_for(app, store, token)
+        if sub is None:
+            return None
+        store.unsubscribe(sub.id, reason)
+        return sub.email
+
+    try:
+        email = app.write(apply)
+    except sqlite3.OperationalError as exc:
+        if not is_locked(exc):
+            raise
+        if _spool_full(app):  # a long lock and a flood of well-shaped tokens: say so, keep the disk
+            return text_response("Temporarily unavailable; please try again\n", 503)
+        email = _spool(app, token, reason)
+    if email is None:
+        return not_found()
+    return _unsubscribed_page(app, email, just_now=True)
+
+
+# ---- the durable spool ---------------------------------------------------------------
+def spool_path(app: WebApp) -> Path:
+    return app.store_path.with_name(app.store_path.name + ".unsubscribe-spool")
+
+
+SPOOL_MAX_BYTES = 4 * 1024 * 1024  # ~30,000 unsubscribes
+
+
+def _spool_full(app: WebApp) -> bool:
+    try:
+        return spool_path(app).stat().st_size > SPOOL_MAX_BYTES
+    except FileNotFoundError:
+        return False
+
+
+def _spool(app: WebApp, token: str, reason: str) -> str | None:
+    """The database stayed locked: keep the request on disk. Only a token of the right shape is
+    kept; it is verified when applied. Returns "" (no address to show), or None for a bad token."""
+    from newsletter.tokens import token_subscriber_id
+
+    if token_subscriber_id(str(app.settings.secret_key), token, now=app.clock.now()) is None:
+        return None
+    line = json.dumps({"token": token, "reason": reason, "at": app.clock.now().isoformat()}) + "\n"
+    _append(spool_path(app), line.encode())
+    log.warning("database locked; unsubscribe spooled to %s", spool_path(app))
+    return ""
+
+
+def drain_spool(app: WebApp, store: SubscriberStore) -> int:
+    """Apply spooled unsubscribes (in one transaction); returns how many were valid."""
+    path = spool_path(app)
+    if not path.exists():
+        return 0
+    with _spool_lock:
+        taken = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}")
+        try:
+            os.replace(path, taken)
+        except FileNotFoundError:
+            return 0
+    text = taken.read_text(encoding="utf-8", errors="replace")
+    done = 0
+    try:
+        with store.transaction():
+            for line in text.splitlines():
+                try:
+                    item = json.loads(line)
+                    token, reason = str(item["token"]), str(item["reason"])[:100]
+                except (ValueError, KeyError, TypeError):
+                    continue
+                sub = subscriber_for(app, store, token)
+                if sub is not None:
+                    store.unsubscribe(sub.id, reason + " (spooled)")
+                    done += 1
+    except BaseException:
+        _append(path, text.encode())  # nothing was applied: put every line back for the next try
+        taken.unlink()
+        raise
+    taken.unlink()
+    return done
+
+
+def _append(path: Path, data: bytes) -> None:
+    with _spool_lock:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,67 @@
+"""Header injection through configuration: every header-bound URL and address is checked at load."""
+
+from __future__ import annotations
+
+import pytest
+
+from newsletter.config import load_settings
+from newsletter.errors import ConfigError, HeaderInjectionError
+
+
+@pytest.mark.parametrize("key, value", [
+    ("NEWSLETTER_BASE_URL", "https://news.example.org\r\nBcc: victim@example.org"),
+    ("NEWSLETTER_BASE_URL", "https://news.example.org\nX-Injected: 1"),
+    ("NEWSLETTER_BASE_URL", "javascript:alert(1)"),
+    ("NEWSLETTER_BASE_URL", "https://news.example.org/a>b"),
+    ("NEWSLETTER_BASE_URL", "//news.example.org"),
+    ("NEWSLETTER_BASE_URL", "https://user@news.example.org"),
+    ("NEWSLETTER_BASE_URL", "https://news.example.org:99999"),
+    ("NEWSLETTER_UNSUBSCRIBE_MAILTO", "unsub@example.org\r\nBcc: victim@example.org"),
+    ("NEWSLETTER_UNSUBSCRIBE_MAILTO", "not an address"),
+    ("NEWSLETTER_LOGO_URL", "https://cdn.example.org/logo.png\" onerror=\"x"),
+    ("NEWSLETTER_REPLY_TO", "a@example.org\nX-Injected: 1"),
+    ("NEWSLETTER_FROM", "Editor <a@example.org>"),
+    ("NEWSLETTER_NAME", "The Letter\r\nBcc: victim@example.org"),
+    ("NEWSLETTER_LIST_ID", "news.example.org\u2028x"),
+])
+def test_bad_values_fail_at_load_naming_the_key(tmp_path, key, value):
+    with pytest.raises(ConfigError) as info:
+        load_settings(tmp_path, environ={key: value})
+    message = info.value.format_message()
+    assert key in message and "\n" not in message and "\r" not in message
+
+
+def test_bad_value_in_newsletter_toml_names_the_file(tmp_path):
+    (tmp_path / "newsletter.toml").write_text('base_url = "https://x.example\\r\\nBcc: v@example.org"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(tmp_path, environ={})
+    assert "newsletter.toml" in info.value.format_message() and "base_url" in info.value.format_message()
+
+
+def test_good_values_load(tmp_path):
+    s = load_settings(tmp_path, environ={"NEWSLETTER_BASE_URL": "https://news.example.org/letters/",
+                                         "NEWSLETTER_LOGO_URL": "https://cdn.example.org/logo.png?v=2",
+                                         "NEWSLETTER_UNSUBSCRIBE_MAILTO": "unsub@example.org",
+                                         "NEWSLETTER_FORM_ORIGINS": "https://www.example.org, http://localhost:8000"})
+    assert s.publication.base_url == "https://news.example.org/letters"
+    assert s.form_origins == ("https://www.example.org", "http://localhost:8000")
+
+
+def test_form_origins_must_be_origins(tmp_path):
+    s = load_settings(tmp_path, environ={"NEWSLETTER_FORM_ORIGINS": "https://www.example.org/page"})
+    with pytest.raises(ConfigError, match="NEWSLETTER_FORM_ORIGINS"):
+        s.form_origins
+
+
+def test_list_unsubscribe_goes_through_the_header_check(tmp_path):
+    """Even a value that slipped past config (built in code) cannot put a line break in the header."""
+    from newsletter.config import Publication
+    from newsletter.message import PreparedIssue
+    from newsletter.render import RenderedEmail
+
+    rendered = RenderedEmail(slug="x", number=1, title="T", subject="S", preheader="", html="<p>x</p>",
+                             text="x", lang="en", reply_to=None, content_hash="h")
+    pub = Publication(from_email="news@example.org", base_url="https://news.example.org")
+    prepared = PreparedIssue(rendered, pub, "k")
+    with pytest.raises(HeaderInjectionError):
+        prepared.list_unsubscribe("tok\r\nBcc: victim@example.org")
