@@ -6,10 +6,11 @@ message is actually signed.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from newsletter.errors import InputError
+from newsletter.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
@@ -18,11 +19,26 @@ if TYPE_CHECKING:
 DKIM_HEADERS = (b"From", b"Subject", b"Date", b"Message-ID", b"To", b"List-Unsubscribe", b"List-Unsubscribe-Post")
 
 Signer = Callable[[bytes], bytes]
+_DNS_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})")
 
 
 def dkim_signer(selector: str, domain: str, private_key: bytes) -> Signer:
-    """A signer for :attr:`PreparedIssue.signer` using dkimpy (relaxed/relaxed, rsa-sha256)."""
+    """A signer for :attr:`PreparedIssue.signer` using dkimpy (relaxed/relaxed, rsa-sha256).
+
+    The key is tried once here, on a tiny message, so a bad key, selector or domain is a
+    one-line error before any reader is claimed, never an exception in the middle of a send.
+    """
     import dkim
+
+    for what, value in (("NEWSLETTER_DKIM_SELECTOR", selector), ("NEWSLETTER_DKIM_DOMAIN", domain)):
+        if not _DNS_NAME.fullmatch(value or ""):
+            raise ConfigError(f"{what} is not a plain DNS name (letters, digits, dots, hyphens, underscores)")
+    try:
+        dkim.sign(b"From: a@example.org\r\nSubject: key check\r\n\r\nx\r\n", selector.encode(), domain.encode(),
+                  private_key, include_headers=[b"From"])
+    except (dkim.DKIMException, ValueError, TypeError, IndexError) as exc:
+        raise ConfigError(f"NEWSLETTER_DKIM_KEY_FILE is not a usable RSA private key in PEM form "
+                          f"({type(exc).__name__})") from None
 
     def sign(data: bytes) -> bytes:
         sig = dkim.sign(data, selector.encode(), domain.encode(), private_key,

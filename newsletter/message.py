@@ -231,6 +231,12 @@ class OutgoingMessage:
     def _values(self) -> dict[str, str]:
         return self.prepared.values(self.recipient)
 
+    @property
+    def placeholder_values(self) -> dict[str, str]:
+        """This reader's value for each placeholder key of :data:`~newsletter.mime.PLACEHOLDERS`,
+        in plain text (escape for HTML): for providers that substitute them server-side."""
+        return dict(self._values)
+
     @cached_property
     def text(self) -> str:
         return substitute(self.prepared.rendered.text, self._values, escape=False)

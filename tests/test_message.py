@@ -223,3 +223,24 @@ def test_date_is_taken_per_message(rendered6, monkeypatch):
     monkeypatch.setattr(message.time, "time", lambda: 1_700_003_600.0)
     later = parse(p.personalise(RECIPIENTS[0]).as_bytes())["Date"].datetime
     assert (later - first).total_seconds() == 3600
+
+
+@pytest.mark.parametrize("key, selector, setting", [
+    (b"not a key", "news", "NEWSLETTER_DKIM_KEY_FILE"),
+    (b"-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n", "news", "NEWSLETTER_DKIM_KEY_FILE"),
+    (None, "news\r\nBcc: x@example.org", "NEWSLETTER_DKIM_SELECTOR"),
+])
+def test_a_bad_dkim_key_or_selector_is_refused_when_the_signer_is_made(key, selector, setting):
+    # The issue: a bad DKIM key failed only after a batch was claimed, leaving it in 'sending'.
+    pytest.importorskip("dkim")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from newsletter.errors import ConfigError
+
+    if key is None:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=1024).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption())
+    with pytest.raises(ConfigError, match=setting) as err:
+        dkim_signer(selector, "chinaffairs.example", key)
+    assert "\n" not in err.value.format_message().strip()

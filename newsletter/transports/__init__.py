@@ -46,7 +46,10 @@ def transport_factory(settings: "Settings", name: str | None = None, *,
     transports (one per worker). ``ledger`` runs must really send: one through a transport
     that sends nothing would mark everyone sent."""
     probe = get_transport(settings, name)
-    probe.close()
+    try:
+        probe.open()  # CA file, HELO name, the credentials' shape: refused before any reader is claimed
+    finally:
+        probe.close()
     if ledger and not probe.real:
         raise ConfigError(f"NEWSLETTER_TRANSPORT={probe.name} sends nothing, so it cannot run a delivery; "
                           "set a real transport, or use `newsletter send ISSUE --dry-run`")

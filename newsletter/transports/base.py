@@ -9,13 +9,37 @@ to know which provider it talks to (after django-anymail).
 from __future__ import annotations
 
 import enum
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
+from newsletter.errors import ConfigError
+
 if TYPE_CHECKING:
     from newsletter.config import Settings
     from newsletter.message import OutgoingMessage
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_credential(setting: str, value: str) -> None:
+    """Refuse a key or password that would break (or leak through) a header or an AUTH line.
+
+    A stray space or the CR of a CRLF ``.env`` is refused rather than stripped: a
+    silently changed credential would fail later with a message that may quote it.
+    The error names the setting, never the value.
+    """
+    if value != value.strip():
+        raise ConfigError(f"{setting} starts or ends with a space or line break (a CRLF .env?); "
+                          "remove it and try again")
+    if _CONTROL.search(value):
+        raise ConfigError(f"{setting} contains a control character or line break; remove it and try again")
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{setting} contains a character that cannot be sent in an HTTP header "
+                          "(only Latin-1 is allowed); check that it was copied correctly") from None
 
 
 class Status(str, enum.Enum):
@@ -44,7 +68,9 @@ class SendResult:
 
     ``rate_limited`` marks a temporary failure that is a pacing signal (HTTP 429,
     SMTP 421/4.7.x "too many"): the ledger retries it after ``retry_after``
-    without counting an attempt against the reader.
+    without counting an attempt against the reader. ``attempted`` is False when the
+    message never left because the transport stopped before it (an earlier failure in
+    the same call): not an attempt either.
     """
 
     recipient: str
@@ -54,6 +80,7 @@ class SendResult:
     retry_after: float | None = None
     bounce: bool = False
     rate_limited: bool = False
+    attempted: bool = True
 
 
 class Transport(ABC):

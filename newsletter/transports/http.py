@@ -9,9 +9,17 @@ Failures of a whole request are mapped here, the same way for every provider:
 
 * a read timeout, or a 2xx reply that cannot be read -> ``UNCERTAIN``: the request
   went out and may have been accepted, so the ledger's resend policy decides.
-* HTTP 408, 429 and 5xx, connect timeouts and connection errors -> ``FAILED_TEMPORARY``
-  for every message of the request, ``Retry-After`` (seconds or HTTP-date) copied
-  into ``retry_after``. The transport never sleeps: waiting is the delivery layer's job.
+* a connection that fails after the whole body was handed to the socket -> ``UNCERTAIN``
+  too; one that fails before (refused, connect timeout, reset while sending) ->
+  ``FAILED_TEMPORARY``: nobody was contacted.
+* HTTP 429 (a provider's rate limit) is a pacing signal: the shared
+  :class:`~newsletter.transports.ratelimit.RateLimiter` pauses for ``Retry-After``
+  (bounded), slows down, and the same request goes again, a few times; only a limit
+  that persists (or asks for a longer wait) is reported, as ``FAILED_TEMPORARY`` with
+  ``rate_limited=True`` so the engine defers it without counting an attempt.
+* HTTP 408 and 5xx -> ``FAILED_TEMPORARY`` for every message of the request,
+  ``Retry-After`` (seconds or HTTP-date) copied into ``retry_after``; waiting for
+  those is the delivery engine's job.
 * a refused login (401/403) is the account's problem, not the recipients':
   it raises :class:`~newsletter.errors.TransportError` when nothing of the call
   was sent yet (the delivery layer puts the batch back untouched), and marks
@@ -20,22 +28,30 @@ Failures of a whole request are mapped here, the same way for every provider:
 * after a temporary failure or a refused login the rest of the call is not
   attempted: those messages get the same status, marked "not attempted".
 
-A provider module contributes only its name, limits, default URL, auth,
-endpoint, payload and response parsing. Secrets are held as
+Requests of one ``send`` go out one after another, or ``concurrency`` at a time
+(Brevo: one request per message) through a bounded thread pool, always within
+the limiter's rate. A provider module contributes only its name, limits, default
+URL, auth, endpoint, payload and response parsing. Secrets are held as
 :class:`~newsletter.config.Secret` and scrubbed from every error string.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from email.utils import formataddr, parseaddr, parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, Sequence
 
+from newsletter.clock import SYSTEM, Clock
 from newsletter.config import Secret
-from newsletter.errors import TransportError
-from newsletter.transports.base import SendResult, Status, Transport
+from newsletter.errors import ConfigError, TransportError
+from newsletter.transports.base import SendResult, Status, Transport, check_credential
+from newsletter.transports.ratelimit import RETRIES, RateLimiter, shared_limiter
 
 if TYPE_CHECKING:
     import requests
@@ -47,10 +63,16 @@ if TYPE_CHECKING:
 DEFAULT_TIMEOUT = (10.0, 30.0)
 #: Statuses where the same request may succeed later.
 TEMPORARY_HTTP = frozenset({408, 429})
+#: The status of a rate-limit answer (RFC 6585 4).
+RATE_LIMITED_HTTP = 429
 #: Statuses that will fail every later request of the call too.
 AUTH_HTTP = frozenset({401, 403})
 #: The longest provider error text kept in a result.
 MAX_ERROR = 300
+#: The largest reply read (a batch reply of 1,000 ids is a few tens of KB).
+MAX_REPLY = 4 << 20
+#: The batch number at the end of the engine's keys (``nl-<nonce>-<delivery>-<batch>``).
+_BATCH_SUFFIX = re.compile(r"-\d+$")
 
 
 @dataclass
@@ -62,7 +84,7 @@ class Payload:
     """
 
     json: Any = None
-    data: Mapping[str, Any] | None = None
+    data: Any = None  # a mapping, or (name, value) pairs when a field repeats
     files: Mapping[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
 
@@ -76,9 +98,11 @@ class Failure:
     retry_after: float | None = None
     halt: bool = False
     refused_login: bool = False
+    rate_limited: bool = False
 
-    def result(self, msg: "OutgoingMessage", prefix: str = "") -> SendResult:
-        return SendResult(msg.to_email, self.status, error=prefix + self.error, retry_after=self.retry_after)
+    def result(self, msg: "OutgoingMessage", prefix: str = "", attempted: bool = True) -> SendResult:
+        return SendResult(msg.to_email, self.status, error=prefix + self.error, retry_after=self.retry_after,
+                          rate_limited=self.rate_limited, attempted=attempted)
 
 
 def address(name: str, email: str) -> str:
@@ -143,24 +167,50 @@ class HTTPTransport(Transport):
 
     def __init__(self, *, api_key: str | None = None, api_url: str | None = None,
                  timeout: tuple[float, float] | float = DEFAULT_TIMEOUT,
-                 session: "requests.Session | None" = None):
+                 session: "requests.Session | None" = None, clock: Clock | None = None,
+                 limiter: RateLimiter | None = None, concurrency: int = 1):
         self.api_key = Secret(api_key) if api_key else None
         self.api_url = (api_url or self.default_api_url).rstrip("/")
         self.timeout = timeout
         self._session = session
         self._own_session = session is None
+        self.clock = clock or SYSTEM
+        # One limiter per provider account in this process (the engine's worker threads share it);
+        # a test's own clock gets its own limiter.
+        account = hashlib.sha256((api_key or "").encode("utf-8", "replace")).hexdigest()[:16]
+        self.limiter = limiter or (RateLimiter(self.clock) if clock is not None
+                                   else shared_limiter(f"{self.name} {self.api_url} {account}"))
+        if not 1 <= int(concurrency) <= 64:
+            raise ConfigError(f"{self.name.upper()}_CONCURRENCY must be between 1 and 64")
+        self.concurrency = int(concurrency)
+        self._opened = False
 
     # ---- construction --------------------------------------------------------------
     @classmethod
     def from_settings(cls, settings: "Settings", **options: Any) -> "HTTPTransport":
-        setting = cls.api_key_setting or f"{cls.name.upper()}_API_KEY"
         kwargs: dict[str, Any] = {
-            "api_key": Secret(settings.require(setting, f"to send with {cls.name}")),
+            "api_key": Secret(settings.require(cls.key_setting(), f"to send with {cls.name}")),
             "api_url": settings.get(f"{cls.name.upper()}_API_URL") or None,
             **cls.settings_options(settings),
         }
         kwargs.update(options)
         return cls(**kwargs)
+
+    @classmethod
+    def key_setting(cls) -> str:
+        return cls.api_key_setting or f"{cls.name.upper()}_API_KEY"
+
+    def credentials(self) -> dict[str, str | None]:
+        """Each credential by the setting it came from, for :meth:`open` to check."""
+        return {self.key_setting(): self.api_key}
+
+    def open(self) -> None:
+        """Refuse a credential that would break or leak through the HTTP headers (a stray space,
+        a CR from a CRLF ``.env``, a non-Latin-1 character) before anyone is claimed or contacted."""
+        for setting, value in self.credentials().items():
+            if value:
+                check_credential(setting, value)
+        self._opened = True
 
     @classmethod
     def settings_options(cls, settings: "Settings") -> dict[str, Any]:
@@ -177,6 +227,15 @@ class HTTPTransport(Transport):
             return {}
         name, template = self.auth_header
         return {name: template.format(key=self.api_key)}
+
+    def endpoint(self, chunk: Sequence["OutgoingMessage"]) -> str:
+        """Where ``chunk`` is posted (Mailgun posts a lone MIME message elsewhere than a batch)."""
+        return self.url
+
+    def plan(self, messages: Sequence["OutgoingMessage"]) -> list[Sequence["OutgoingMessage"]]:
+        """The requests to make, as consecutive runs of ``messages`` (order is kept): by default
+        runs of :attr:`per_request`; batch APIs send a message alone when it cannot share one."""
+        return list(chunked(list(messages), self.per_request))
 
     def build_payload(self, chunk: Sequence["OutgoingMessage"], idempotency_key: str | None) -> Payload:
         """The request for ``chunk``; batch APIs override this, one-message APIs :meth:`message_payload`."""
@@ -201,6 +260,10 @@ class HTTPTransport(Transport):
 
     def is_temporary(self, response: "requests.Response", body: Any) -> bool:
         return response.status_code in TEMPORARY_HTTP or response.status_code >= 500
+
+    def is_rate_limited(self, response: "requests.Response", body: Any) -> bool:
+        """A pacing signal rather than a failure (SES overrides: it says so in an error type)."""
+        return response.status_code == RATE_LIMITED_HTTP
 
     def describe_error(self, response: "requests.Response", body: Any) -> str | None:
         """The provider's own words from a JSON error body."""
@@ -228,9 +291,10 @@ class HTTPTransport(Transport):
         return SendResult(msg.to_email, Status.SENT, provider_id=str(provider_id) if provider_id else None)
 
     def rejected(self, msg: "OutgoingMessage", error: str, *, temporary: bool = False,
-                 bounce: bool = False) -> SendResult:
-        status = Status.FAILED_TEMPORARY if temporary else Status.FAILED_PERMANENT
-        return SendResult(msg.to_email, status, error=self.scrub(error), bounce=bounce)
+                 bounce: bool = False, rate_limited: bool = False) -> SendResult:
+        status = Status.FAILED_TEMPORARY if temporary or rate_limited else Status.FAILED_PERMANENT
+        return SendResult(msg.to_email, status, error=self.scrub(error), bounce=bounce, rate_limited=rate_limited,
+                          retry_after=self.limiter.pause_for(None) if rate_limited else None)
 
     def scrub(self, text: str) -> str:
         for secret in self.secrets():
@@ -243,53 +307,128 @@ class HTTPTransport(Transport):
     def session(self) -> "requests.Session":
         if self._session is None:
             import requests
+            from requests.adapters import HTTPAdapter
 
             self._session = requests.Session()
+            # One pooled connection per concurrent request; never a retry behind our back.
+            adapter = HTTPAdapter(pool_maxsize=max(10, self.concurrency), max_retries=0)
+            self._session.mount("https://", adapter)
+            self._session.mount("http://", adapter)
         return self._session
 
     def send(self, messages: Sequence["OutgoingMessage"], idempotency_key: str | None = None) -> list[SendResult]:
+        if not self._opened:
+            self.open()
+        chunks = self.plan(messages)
+        outcomes: list[list[SendResult] | Failure | None] = [None] * len(chunks)
+        halted = threading.Event()
+
+        def post(index: int) -> None:
+            key = None if idempotency_key is None else self.request_key(idempotency_key, index, chunks[index])
+            outcome = outcomes[index] = self._post_paced(chunks[index], key, halted)
+            if isinstance(outcome, Failure) and outcome.halt:
+                halted.set()
+
+        if self.concurrency > 1 and len(chunks) > 1:
+            with ThreadPoolExecutor(min(self.concurrency, len(chunks)), thread_name_prefix=self.name) as pool:
+                try:
+                    list(pool.map(post, range(len(chunks))))
+                except BaseException:  # Ctrl-C: finish what is in flight, start nothing more
+                    halted.set()
+                    raise
+        else:
+            for index in range(len(chunks)):
+                post(index)
+        return self._collect(chunks, outcomes)
+
+    def request_key(self, idempotency_key: str, index: int, chunk: Sequence["OutgoingMessage"]) -> str:
+        """The key of one request. A batch request: the call's key plus its index, stable across
+        retries of the same batch. A one-message request: the reader's own key within the delivery
+        (the call's key without its trailing ``-<batch>``, plus the address), so a reader retried
+        in another batch (the engine regroups partial retries) is still recognised as sent."""
+        if self.per_request > 1 or len(chunk) != 1:
+            return f"{idempotency_key}-{index}"
+        delivery = _BATCH_SUFFIX.sub("", idempotency_key)
+        return f"{delivery}-{chunk[0].to_email.lower()}"
+
+    def _collect(self, chunks: list[Sequence["OutgoingMessage"]],
+                 outcomes: list[list[SendResult] | Failure | None]) -> list[SendResult]:
+        """One result per message, in input order, from each request's outcome."""
+        failures = [o for o in outcomes if isinstance(o, Failure)]
+        halt = next((f for f in failures if f.halt), None)
+        if halt is not None and halt.refused_login:
+            if all(o is None or (isinstance(o, Failure) and o.refused_login) for o in outcomes):
+                raise TransportError(f"{halt.error} (check the API key and its permissions)")
+            halt = replace(halt, status=Status.FAILED_TEMPORARY, refused_login=False)
         results: list[SendResult] = []
-        halted: Failure | None = None
-        for index, chunk in enumerate(chunked(list(messages), self.per_request)):
-            if halted is not None:
-                results.extend(halted.result(m, "not attempted after an earlier failure: ") for m in chunk)
-                continue
-            key = None if idempotency_key is None else f"{idempotency_key}-{index}"
-            outcome = self._post(chunk, key)
-            if isinstance(outcome, Failure) and outcome.refused_login:
-                if not results:
-                    raise TransportError(f"{outcome.error} (check the API key and its permissions)")
-                outcome = Failure(Status.FAILED_TEMPORARY, outcome.error, halt=True)
-            if isinstance(outcome, Failure):
+        for chunk, outcome in zip(chunks, outcomes):
+            if outcome is None:
+                assert halt is not None
+                # What was never attempted is simply not sent yet, even after an uncertain request.
+                results.extend(replace(halt, status=Status.FAILED_TEMPORARY).result(
+                    m, "not attempted after an earlier failure: ", attempted=False) for m in chunk)
+            elif isinstance(outcome, Failure):
+                if outcome.refused_login:
+                    outcome = replace(outcome, status=Status.FAILED_TEMPORARY)
                 results.extend(outcome.result(m) for m in chunk)
-                # What was never attempted is simply not sent yet, even after an uncertain chunk.
-                halted = replace(outcome, status=Status.FAILED_TEMPORARY) if outcome.halt else None
             else:
                 results.extend(outcome)
         return results
 
+    def _post_paced(self, chunk: Sequence["OutgoingMessage"], key: str | None,
+                    halted: threading.Event) -> list[SendResult] | Failure | None:
+        """One request within the adapted rate; a rate-limit answer is waited out and the same
+        request (same idempotency key) sent again, up to :data:`RETRIES` times. None: not sent,
+        because another request of the call failed while this one waited its turn."""
+        for turn in range(RETRIES + 1):
+            if halted.is_set():
+                return None
+            granted = self.limiter.acquire()
+            if halted.is_set():
+                return None
+            outcome = self._post(chunk, key)
+            if isinstance(outcome, Failure) and outcome.rate_limited:
+                pause = self.limiter.limited(outcome.retry_after, granted)
+                if turn == RETRIES or (outcome.retry_after or 0.0) > self.limiter.max_pause:
+                    return replace(outcome, retry_after=max(pause, outcome.retry_after or 0.0))
+                continue
+            if isinstance(outcome, list) and any(r.rate_limited for r in outcome):
+                self.limiter.limited(max((r.retry_after or 0.0) for r in outcome) or None, granted)
+            elif not isinstance(outcome, Failure):
+                self.limiter.accepted(granted)
+            return outcome
+        raise AssertionError("unreachable")
+
     def _post(self, chunk: Sequence["OutgoingMessage"], key: str | None) -> list[SendResult] | Failure:
         import requests
 
-        payload = self.build_payload(chunk, key)
-        headers = {"Accept": "application/json", **self.auth_headers(), **payload.headers}
-        if key is not None and self.idempotency_header:
-            headers[self.idempotency_header] = key
-        request = self.session.prepare_request(requests.Request(
-            "POST", self.url, headers=headers, json=payload.json, data=payload.data, files=payload.files))
-        self.sign(request)
         try:
-            response = self.session.send(request, timeout=self.timeout, allow_redirects=False)
+            request = self._request(chunk, key)
+        except Exception as exc:  # noqa: BLE001  nothing left us; never lose the other requests' results
+            return Failure(Status.FAILED_TEMPORARY, self.scrub(f"{self.name}: could not build the request: "
+                                                               f"{type(exc).__name__}: {exc}"), halt=True)
+        body = _TrackedBody(request.body)
+        if request.body is not None:
+            request.body = body  # type: ignore[assignment]  # Content-Length is already set
+        try:
+            response = self.session.send(request, timeout=self.timeout, allow_redirects=False, stream=True)
         except requests.ConnectTimeout:
             return Failure(Status.FAILED_TEMPORARY, f"{self.name}: could not connect within the timeout", halt=True)
         except requests.ReadTimeout:
             # The request went out; the provider may have accepted it before the reply was lost.
             return Failure(Status.UNCERTAIN, f"{self.name}: sent, but no answer within the timeout", halt=True)
-        except requests.RequestException as exc:
-            return Failure(Status.FAILED_TEMPORARY, self.scrub(f"{self.name}: {type(exc).__name__}: {exc}"),
-                           halt=True)
+        except (requests.RequestException, ValueError) as exc:  # ValueError: InvalidHeader and friends
+            error = self.scrub(f"{self.name}: {type(exc).__name__}: {exc}")
+            if body.complete:  # every byte of the request went out: it may have been accepted
+                return Failure(Status.UNCERTAIN, f"{self.name}: connection lost after the request was sent "
+                               f"({error})", halt=True)
+            return Failure(Status.FAILED_TEMPORARY, error, halt=True)
         with response:
+            complete = _read_bounded(response)
             if 200 <= response.status_code < 300:
+                if not complete:
+                    return Failure(Status.UNCERTAIN,  # accepted (2xx), but the reply was cut or too big
+                                   f"{self.name}: unreadable reply to HTTP {response.status_code}")
                 try:
                     results = self.parse_response(chunk, response)
                 except (ValueError, KeyError, TypeError, IndexError, AttributeError, StopIteration):
@@ -301,13 +440,26 @@ class HTTPTransport(Transport):
                 return results
             return self._failure(response)
 
+    def _request(self, chunk: Sequence["OutgoingMessage"], key: str | None) -> "requests.PreparedRequest":
+        import requests
+
+        payload = self.build_payload(chunk, key)
+        headers = {"Accept": "application/json", **self.auth_headers(), **payload.headers}
+        if key is not None and self.idempotency_header:
+            headers[self.idempotency_header] = key
+        request = self.session.prepare_request(requests.Request(
+            "POST", self.endpoint(chunk), headers=headers, json=payload.json, data=payload.data, files=payload.files))
+        self.sign(request)
+        return request
+
     def _failure(self, response: "requests.Response") -> Failure:
         body = _json_or_none(response)
         detail = self.describe_error(response, body) or _short_text(response) or response.reason or ""
         error = self.scrub(f"{self.name}: HTTP {response.status_code}: {detail}".rstrip(": "))
-        if self.is_temporary(response, body):
-            return Failure(Status.FAILED_TEMPORARY, error, parse_retry_after(response.headers.get("Retry-After")),
-                           halt=True)
+        if self.is_temporary(response, body) or self.is_rate_limited(response, body):
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), self.clock.now().timestamp())
+            return Failure(Status.FAILED_TEMPORARY, error, retry_after, halt=True,
+                           rate_limited=self.is_rate_limited(response, body))
         refused = response.status_code in AUTH_HTTP
         return Failure(Status.FAILED_PERMANENT, error, halt=refused, refused_login=refused)
 
@@ -315,6 +467,52 @@ class HTTPTransport(Transport):
         if self._session is not None and self._own_session:
             self._session.close()
             self._session = None
+
+
+class _TrackedBody:
+    """A request body that notes when its last byte has been handed to the socket.
+
+    urllib3 reads a file-like body block by block, sending each before reading the
+    next, so the empty read that ends the loop happens only after everything was
+    sent: a connection lost after that may have delivered the request (uncertain);
+    one lost before cannot have (a server never acts on half a request).
+    """
+
+    def __init__(self, data: bytes | str | None):
+        self._data = data.encode() if isinstance(data, str) else (data or b"")
+        self._pos = 0
+        self.complete = False
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def read(self, size: int = -1) -> bytes:
+        if self._pos >= len(self._data):
+            self.complete = True
+            return b""
+        end = len(self._data) if size is None or size < 0 else self._pos + size
+        block, self._pos = self._data[self._pos:end], min(end, len(self._data))
+        return block
+
+
+def _read_bounded(response: "requests.Response") -> bool:
+    """Read the reply body, at most :data:`MAX_REPLY` bytes: a broken proxy or hostile server
+    cannot make us hold an unbounded reply. False when it was cut short or too long."""
+    import requests
+
+    data = bytearray()
+    complete = True
+    try:
+        for block in response.iter_content(65536):
+            data += block
+            if len(data) > MAX_REPLY:
+                complete = False
+                break
+    except (requests.RequestException, OSError, ValueError):
+        complete = False
+    response._content = bytes(data[:MAX_REPLY])  # what .json() and .text read from now on
+    response._content_consumed = True
+    return complete
 
 
 def _json_or_none(response: "requests.Response") -> Any:

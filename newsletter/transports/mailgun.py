@@ -1,34 +1,63 @@
-"""Mailgun: ``POST /v3/<domain>/messages.mime``, our own MIME bytes, one message a request.
+"""Mailgun: batch sending, ``POST /v3/<domain>/messages``, up to 1,000 readers a request.
 
 Docs: https://documentation.mailgun.com/docs/mailgun/api-reference/send/mailgun/messages
-("Send an email in MIME format": multipart form with ``to`` and the MIME as the
-``message`` file; HTTP basic auth ``api:<key>``; reply ``{"id", "message"}``).
-Sending the MIME keeps our exact headers (List-Unsubscribe, Message-ID, DKIM).
-Mailgun has no idempotency key.
+("Send an email": form fields ``from``, ``to`` (repeated), ``subject``, ``text``, ``html``,
+``h:<Header>`` for custom headers, ``recipient-variables``; HTTP basic auth ``api:<key>``;
+reply ``{"id", "message": "Queued. Thank you."}``) and
+https://documentation.mailgun.com/docs/mailgun/user-manual/sending-messages/batch-sending
+("Batch Sending": up to 1,000 ``to`` addresses a request; with ``recipient-variables``
+each reader gets a message of their own, ``%recipient.<key>%`` replaced by their values).
+Recipient variables also work in header values (django-anymail sends per-recipient
+headers, such as List-Unsubscribe, as ``h:<Header>: %recipient.<key>%``), so each reader
+keeps their own Message-ID and List-Unsubscribe link, and their own body
+(:mod:`newsletter.transports.merge`).
+
+A reader whose values cannot be substituted safely is sent alone through
+``/messages.mime`` ("Send an email in MIME format": ``to`` plus our own MIME bytes as the
+``message`` file), which keeps our exact message, DKIM signature included. Batch messages
+are signed by Mailgun's own DKIM for the domain. Mailgun has no idempotency key.
 """
 
 from __future__ import annotations
 
 import base64
-from typing import TYPE_CHECKING, Any
+import json
+from typing import TYPE_CHECKING, Any, Sequence
 
-from newsletter.transports.http import HTTPTransport, Payload
+from newsletter.transports.http import HTTPTransport, Payload, address
+from newsletter.transports.merge import MergeBodies, merge_runs, merge_values
 
 if TYPE_CHECKING:
     import requests
 
     from newsletter.config import Settings
     from newsletter.message import OutgoingMessage
+    from newsletter.transports.base import SendResult
+
+#: Recipients per batch request ("Batch Sending").
+MAX_RECIPIENTS = 1000
+_PREFIX = "%recipient."
+
+
+def tag(part: str, key: str) -> str:
+    """``%recipient.text_name%``: the reader's value for placeholder ``key`` in ``part``."""
+    return f"{_PREFIX}{variable(part, key)}%"
+
+
+def variable(part: str, key: str) -> str:
+    return f"{part}_{key}"
 
 
 class MailgunTransport(HTTPTransport):
     name = "mailgun"
+    per_request = max_batch = MAX_RECIPIENTS
     default_api_url = "https://api.mailgun.net"
-    path = "/v3/{self.domain}/messages.mime"
+    path = "/v3/{self.domain}/messages"
 
     def __init__(self, *, domain: str, **kwargs: Any):
         super().__init__(**kwargs)
         self.domain = domain
+        self._bodies = MergeBodies(tag)
 
     @classmethod
     def settings_options(cls, settings: "Settings") -> dict[str, Any]:
@@ -38,12 +67,56 @@ class MailgunTransport(HTTPTransport):
         token = base64.b64encode(f"api:{self.api_key}".encode()).decode("ascii")
         return {"Authorization": f"Basic {token}"}
 
-    def message_payload(self, m: "OutgoingMessage", idempotency_key: str | None) -> Payload:
-        return Payload(data={"to": m.to_email}, files={"message": ("message.mime", m.as_bytes(), "message/rfc822")})
+    # ---- which readers share a request -------------------------------------------------
+    def _fits(self, m: "OutgoingMessage") -> bool:
+        # recipient-variables are keyed by address: an address in mixed case could fail to match
+        # Mailgun's own spelling of it and leave tags unfilled, so such a reader goes alone.
+        values = [*m.placeholder_values.values(), *m.extra_headers.values()]
+        return (self._bodies.get(m.prepared).usable and m.to_email == m.to_email.lower()
+                and not any(_PREFIX in v for v in values))
 
-    def provider_id(self, response: "requests.Response") -> str | None:
-        return response.json()["id"]
+    def plan(self, messages: Sequence["OutgoingMessage"]) -> list[Sequence["OutgoingMessage"]]:
+        return merge_runs(messages, self.per_request, self._fits)
+
+    def _alone(self, chunk: Sequence["OutgoingMessage"]) -> bool:
+        return len(chunk) == 1 and not self._fits(chunk[0])
+
+    def endpoint(self, chunk: Sequence["OutgoingMessage"]) -> str:
+        return self.url + ".mime" if self._alone(chunk) else self.url
+
+    # ---- payloads -------------------------------------------------------------------
+    def build_payload(self, chunk: Sequence["OutgoingMessage"], idempotency_key: str | None) -> Payload:
+        first = chunk[0]
+        if self._alone(chunk):
+            return Payload(data={"to": first.to_email},
+                           files={"message": ("message.mime", first.as_bytes(), "message/rfc822")})
+        body = self._bodies.get(first.prepared)
+        fields: list[tuple[str, str]] = [("from", address(first.from_name, first.from_email))]
+        fields += [("to", address(m.recipient.name, m.to_email)) for m in chunk]
+        fields += [("subject", first.subject), ("text", body.text), ("html", body.html),
+                   ("h:Reply-To", first.reply_to)]
+        variables: dict[str, dict[str, str]] = {m.to_email: merge_values(m, _key) for m in chunk}
+        for index, name in enumerate(first.extra_headers):
+            values = [m.extra_headers.get(name, "") for m in chunk]
+            if len(set(values)) == 1:  # the same for every reader (List-Id, List-Unsubscribe-Post)
+                fields.append((f"h:{name}", values[0]))
+                continue
+            key = f"header_{index}"  # each reader's own (Message-ID, List-Unsubscribe)
+            fields.append((f"h:{name}", f"{_PREFIX}{key}%"))
+            for m, value in zip(chunk, values):
+                variables[m.to_email][key] = value
+        fields.append(("recipient-variables", json.dumps(variables, ensure_ascii=False)))
+        return Payload(data=fields)
+
+    def parse_response(self, chunk: Sequence["OutgoingMessage"], response: "requests.Response") -> list["SendResult"]:
+        message_id = response.json()["id"]
+        return [self.accepted(m, message_id) for m in chunk]
 
     def secrets(self) -> tuple[str, ...]:
         # The basic-auth token is the key in base64; a server echoing it must not leak it either.
         return (*super().secrets(), self.auth_headers()["Authorization"].split()[1]) if self.api_key else ()
+
+
+def _key(part: str, key: str) -> str:
+    """Recipient-variable names for :func:`merge_values` (the tags without ``%recipient.``)."""
+    return variable(part, key)

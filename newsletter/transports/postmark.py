@@ -19,10 +19,15 @@ if TYPE_CHECKING:
     from newsletter.message import OutgoingMessage
     from newsletter.transports.base import SendResult
 
-#: ErrorCodes that say the address itself is bad: 300 invalid email request, 406 inactive recipient.
-BOUNCE_CODES = frozenset({300, 406})
-#: ErrorCodes worth retrying: 100 maintenance, 429 rate limit.
-TEMPORARY_CODES = frozenset({100, 429})
+#: ErrorCodes that say the address itself is bad: 406 inactive recipient (Postmark suppressed it
+#: after a hard bounce or spam complaint). Not 300 "Invalid email request": that is a problem
+#: with the message (a bad header, a malformed field), and one bad header must not mark a
+#: whole batch of readers bounced; it fails permanently for the editor to fix.
+BOUNCE_CODES = frozenset({406})
+#: ErrorCodes worth retrying: 100 maintenance.
+TEMPORARY_CODES = frozenset({100})
+#: ErrorCode 429 "Rate limit exceeded": a pacing signal, retried without using up an attempt.
+RATE_LIMIT_CODE = 429
 
 
 class PostmarkTransport(HTTPTransport):
@@ -62,7 +67,8 @@ class PostmarkTransport(HTTPTransport):
         if code == 0:
             return self.accepted(msg, entry.get("MessageID"))
         return self.rejected(msg, f"postmark ErrorCode {code}: {entry.get('Message', '')}",
-                             temporary=code in TEMPORARY_CODES, bounce=code in BOUNCE_CODES)
+                             temporary=code in TEMPORARY_CODES, bounce=code in BOUNCE_CODES,
+                             rate_limited=code == RATE_LIMIT_CODE)
 
     def describe_error(self, response: "requests.Response", body: Any) -> str | None:
         message = super().describe_error(response, body)

@@ -1,44 +1,99 @@
-"""SendGrid v3: ``POST /v3/mail/send``, one request per message.
+"""SendGrid v3: ``POST /v3/mail/send``, up to 1,000 readers a request through personalizations.
 
 Docs: https://www.twilio.com/docs/sendgrid/api-reference/mail-send/mail-send
-(body shape, Bearer auth, ``202 Accepted`` with an ``X-Message-Id`` header) and
-https://www.twilio.com/docs/sendgrid/for-developers/sending-email/personalizations.
+(body shape, Bearer auth, ``202 Accepted`` with an ``X-Message-Id`` header; "text/plain"
+content before "text/html"),
+https://www.twilio.com/docs/sendgrid/for-developers/sending-email/personalizations
+(each personalization has its own ``to``, ``headers`` and ``substitutions``; at most
+1,000 personalizations and 1,000 recipients a request, each address once:
+https://www.twilio.com/docs/sendgrid/api-reference/mail-send/errors "Personalizations
+errors") and https://www.twilio.com/docs/sendgrid/for-developers/sending-email/substitution-tags
+(substitutions apply to the body and the subject; string values only; a size limit per
+personalization block, 10,000 bytes in the Mail Send reference).
 
-One request per message, not one personalization per recipient: a
-personalization can override headers and subject but not the body, and our
-HTML and text are personalised (unsubscribe links), so batching would need
-SendGrid's substitution tags instead of our own bytes. SendGrid has no
-idempotency key.
+Each personalization keeps the reader's own message: their ``to``, their own
+``headers`` (Message-ID, List-Unsubscribe with their token, List-Unsubscribe-Post),
+and ``substitutions`` for our placeholders, so the shared body becomes their own
+unsubscribe link, address and name (:mod:`newsletter.transports.merge`). A reader
+whose values cannot be substituted safely goes alone, with the personalised body.
+The reply has one ``X-Message-Id`` for the request; SendGrid's event ids start with
+it. SendGrid has no idempotency key.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Sequence
 
 from newsletter.transports.http import HTTPTransport, Payload, mailbox, mailbox_from_header
+from newsletter.transports.merge import MergeBodies, merge_runs, merge_values
 
 if TYPE_CHECKING:
     import requests
 
     from newsletter.message import OutgoingMessage
+    from newsletter.transports.base import SendResult
+
+#: Personalizations (and recipients) per request (Mail Send errors, "Personalizations errors").
+MAX_PERSONALIZATIONS = 1000
+#: Substitution bytes per personalization (Mail Send reference: 10,000; some pages say 50,000).
+MAX_SUBSTITUTION_BYTES = 10_000
+
+
+def tag(part: str, key: str) -> str:
+    """``%%NAME:TEXT%%`` / ``%%NAME:HTML%%``: never equal to, or inside, our own placeholders."""
+    return f"%%{key.upper()}:{part.upper()}%%"
 
 
 class SendGridTransport(HTTPTransport):
     name = "sendgrid"
+    per_request = max_batch = MAX_PERSONALIZATIONS
     default_api_url = "https://api.sendgrid.com"
     path = "/v3/mail/send"
     auth_header = ("Authorization", "Bearer {key}")
 
-    def message_payload(self, m: "OutgoingMessage", idempotency_key: str | None) -> Payload:
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._bodies = MergeBodies(tag)
+
+    def _fits(self, m: "OutgoingMessage") -> bool:
+        if not self._bodies.get(m.prepared).usable:
+            return False
+        size = sum(len(k.encode()) + len(v.encode()) for k, v in merge_values(m, tag).items())
+        values = [*m.placeholder_values.values(), *m.extra_headers.values()]
+        return size <= MAX_SUBSTITUTION_BYTES and not any("%%" in v for v in values)
+
+    def plan(self, messages: Sequence["OutgoingMessage"]) -> list[Sequence["OutgoingMessage"]]:
+        return merge_runs(messages, self.per_request, self._fits)
+
+    def build_payload(self, chunk: Sequence["OutgoingMessage"], idempotency_key: str | None) -> Payload:
+        first = chunk[0]
+        if len(chunk) == 1 and not self._fits(first):
+            return self.message_payload(first, idempotency_key)
+        body = self._bodies.get(first.prepared)
         return Payload(json={
-            "personalizations": [{"to": [mailbox(m.recipient.name, m.to_email)]}],
-            "from": mailbox(m.from_name, m.from_email),
-            "reply_to": mailbox_from_header(m.reply_to),
-            "subject": m.subject,
+            "personalizations": [{
+                "to": [mailbox(m.recipient.name, m.to_email)],
+                "headers": m.extra_headers,
+                "substitutions": merge_values(m, tag),
+            } for m in chunk],
+            **self._common(first),
             # text/plain must come before text/html.
-            "content": [{"type": "text/plain", "value": m.text}, {"type": "text/html", "value": m.html}],
-            "headers": m.extra_headers,
+            "content": [{"type": "text/plain", "value": body.text}, {"type": "text/html", "value": body.html}],
         })
 
-    def provider_id(self, response: "requests.Response") -> str | None:
-        return response.headers.get("X-Message-Id")
+    def message_payload(self, m: "OutgoingMessage", idempotency_key: str | None) -> Payload:
+        """One reader alone, their body personalised here (a value that could not be substituted)."""
+        return Payload(json={
+            "personalizations": [{"to": [mailbox(m.recipient.name, m.to_email)], "headers": m.extra_headers}],
+            **self._common(m),
+            "content": [{"type": "text/plain", "value": m.text}, {"type": "text/html", "value": m.html}],
+        })
+
+    @staticmethod
+    def _common(m: "OutgoingMessage") -> dict[str, Any]:
+        return {"from": mailbox(m.from_name, m.from_email), "reply_to": mailbox_from_header(m.reply_to),
+                "subject": m.subject}
+
+    def parse_response(self, chunk: Sequence["OutgoingMessage"], response: "requests.Response") -> list["SendResult"]:
+        message_id = response.headers.get("X-Message-Id")
+        return [self.accepted(m, message_id) for m in chunk]

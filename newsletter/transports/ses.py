@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 #: Error types that mean "later", though SES answers them with HTTP 400 (sending quota).
 TEMPORARY_ERRORS = frozenset({"LimitExceededException", "TooManyRequestsException", "ThrottlingException"})
+#: Of those, the ones that mean "too fast" (the maximum send rate), a pacing signal.
+RATE_LIMIT_ERRORS = frozenset({"TooManyRequestsException", "ThrottlingException"})
 
 
 def _hide_signing_debug(record: logging.LogRecord) -> bool:
@@ -63,6 +65,10 @@ class SESTransport(HTTPTransport):
     def secrets(self) -> tuple[str, ...]:
         return tuple(s for s in (self.secret_access_key, self.session_token) if s)
 
+    def credentials(self) -> dict[str, str | None]:
+        return {"AWS_ACCESS_KEY_ID": self.access_key_id, "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
+                "AWS_SESSION_TOKEN": self.session_token}
+
     def message_payload(self, m: "OutgoingMessage", idempotency_key: str | None) -> Payload:
         return Payload(json={
             "FromEmailAddress": m.from_email,
@@ -90,6 +96,9 @@ class SESTransport(HTTPTransport):
 
     def is_temporary(self, response: "requests.Response", body: Any) -> bool:
         return super().is_temporary(response, body) or self.error_type(response, body) in TEMPORARY_ERRORS
+
+    def is_rate_limited(self, response: "requests.Response", body: Any) -> bool:
+        return super().is_rate_limited(response, body) or self.error_type(response, body) in RATE_LIMIT_ERRORS
 
     def describe_error(self, response: "requests.Response", body: Any) -> str | None:
         parts = (self.error_type(response, body), super().describe_error(response, body))

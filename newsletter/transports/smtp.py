@@ -21,7 +21,19 @@ open across calls until :meth:`close`. Each message is its own transaction
 (MAIL, RCPT, DATA) with one recipient, so every reply maps onto exactly one
 :class:`SendResult`; with PIPELINING those three commands share one round trip.
 A dropped connection (or a 421 reply) is reopened and that one message is tried
-once more on the new connection.
+once more on the new connection, unless the whole message had gone out: a
+connection lost after the final "." is ``uncertain`` and never sent again here.
+
+A rate limit is a pacing signal, not a failure: a 4xx reply saying "too many",
+"rate", "throttled" or "slow down" (4.7.x alone is not enough: greylisting and TLS
+policy use it too, and waiting a second does not help them), or a 4xx greeting
+("421 too many connections"), pauses the shared :class:`~newsletter.transports.ratelimit.RateLimiter`,
+slows it down, and the same message is tried again, a few times; only a limit that
+persists reaches the delivery engine, as ``rate_limited``.
+
+:meth:`SMTPTransport.open` checks what can be checked before anyone is claimed:
+``SMTP_HELO_NAME`` (a host name or address literal), ``SMTP_CA_FILE`` (loads),
+and the credentials' shape.
 """
 
 from __future__ import annotations
@@ -34,8 +46,10 @@ import ssl
 from functools import lru_cache
 from typing import TYPE_CHECKING, Sequence
 
+from newsletter.clock import Clock
 from newsletter.errors import ConfigError, InputError, TransportError
-from newsletter.transports.base import SendResult, Status, Transport
+from newsletter.transports.base import SendResult, Status, Transport, check_credential
+from newsletter.transports.ratelimit import RETRIES, RateLimiter, shared_limiter
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
@@ -50,6 +64,20 @@ _ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
 _BOUNCE_CODES = frozenset({550, 551, 553})
 _MAX_ERROR = 300
 _UNSAFE_ADDRESS = re.compile(r"[\x00-\x1f\x7f]")
+# A 4xx that says "slow down", in the words servers use for it.
+_RATE_WORDS = re.compile(r"too many|\brate\b|ratelimit|throttl|slow down", re.IGNORECASE)
+# EHLO argument: a domain name, or an address literal (RFC 5321 4.1.3).
+_HELO = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                   r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?|\[(?:IPv6:)?[0-9A-Fa-f:.]{2,60}\]")
+
+
+def is_rate_limit(code: int, resp: bytes | str) -> bool:
+    """A 4xx reply that asks us to slow down, rather than a failure of this message."""
+    return 400 <= code < 500 and bool(_RATE_WORDS.search(_text(resp)))
+
+
+class _Busy(Exception):
+    """The server said "not now" to the connection itself (a 4xx greeting, a closing 421)."""
 
 
 class _LostAfterData(Exception):
@@ -142,6 +170,8 @@ class SMTPTransport(Transport):
         timeout: float = DEFAULT_TIMEOUT,
         helo_name: str | None = None,
         pipelining: bool = True,
+        clock: Clock | None = None,
+        limiter: RateLimiter | None = None,
     ):
         security = security.lower()
         if security not in SECURITY_MODES:
@@ -167,9 +197,14 @@ class SMTPTransport(Transport):
         #: Use PIPELINING (RFC 2920) when the server offers it.
         self.pipelining = pipelining
         self.helo_name = helo_name or None
+        # One limiter per server in this process (shared by the engine's worker threads);
+        # a test's own clock gets its own.
+        self.limiter = limiter or (RateLimiter(clock) if clock is not None
+                                   else shared_limiter(f"smtp {self.host}:{self.port}"))
         self._smtp: smtplib.SMTP | None = None
         self._tls_context: ssl.SSLContext | None = None
         self._dirty = False  # a transaction was left half-done: RSET before the next one
+        self._opened = False
         #: Connections opened so far (for summaries and tests).
         self.connections = 0
 
@@ -197,12 +232,29 @@ class SMTPTransport(Transport):
         user = f" as {self.username}" if self.username else ""
         return f"<SMTPTransport {self.security}://{self.host}:{self.port}{user}>"
 
+    # ---- checks before any reader is claimed ---------------------------------------------
+    def open(self) -> None:
+        """Refuse what would fail after a batch was claimed: a bad HELO name, CA file or credential."""
+        if self.helo_name is not None and not _HELO.fullmatch(self.helo_name):
+            raise ConfigError("SMTP_HELO_NAME is not a host name (letters, digits, hyphens and dots) "
+                              "or an address literal such as [192.0.2.1]")
+        for setting, value in (("SMTP_USERNAME", self.username), ("SMTP_PASSWORD", self._password)):
+            if value:
+                check_credential(setting, value)
+                if not value.isascii():  # smtplib sends AUTH as ASCII
+                    raise ConfigError(f"{setting} contains a non-ASCII character, which SMTP AUTH cannot send")
+        if self.security != "none":
+            self._context()
+        self._opened = True
+
     # ---- sending ---------------------------------------------------------------------
     def send(self, messages: Sequence["OutgoingMessage"], idempotency_key: str | None = None) -> list[SendResult]:
+        if not self._opened:
+            self.open()
         results: list[SendResult] = []
         for i, msg in enumerate(messages):
             try:
-                results.append(self._send_one(msg))
+                result = self._send_one(msg)
             except (TransportError, _SenderRefused) as exc:
                 if isinstance(exc, _SenderRefused):
                     exc = TransportError(f"SMTP server {self._where} refused the envelope sender "
@@ -211,8 +263,15 @@ class SMTPTransport(Transport):
                     raise exc from None
                 # Earlier messages of this batch are already with the server: report them,
                 # and leave the rest to be retried (the next send() will raise if it persists).
-                results.extend(SendResult(m.to_email, Status.FAILED_TEMPORARY, error=f"not sent: {exc.message}")
-                               for m in messages[i:])
+                results.extend(SendResult(m.to_email, Status.FAILED_TEMPORARY, error=f"not sent: {exc.message}",
+                                          attempted=False) for m in messages[i:])
+                break
+            results.append(result)
+            if result.rate_limited:  # still limited after the waits: the rest waits with the engine
+                results.extend(SendResult(m.to_email, Status.FAILED_TEMPORARY, rate_limited=True,
+                                          retry_after=result.retry_after, attempted=False,
+                                          error=f"not attempted (rate limited): {result.error}")
+                               for m in messages[i + 1:])
                 break
         return results
 
@@ -223,11 +282,11 @@ class SMTPTransport(Transport):
         except (InputError, UnicodeError) as exc:  # a line break or non-ASCII character in this address
             reason = exc.message if isinstance(exc, InputError) else "the address is not ASCII"
             return SendResult(rcpt, Status.FAILED_PERMANENT, error=f"not sent: {reason}")
-        last: BaseException | None = None
-        for _attempt in range(2):
-            smtp = self._connection()
+        drops = limited = 0
+        while True:
+            granted = self.limiter.acquire()
             try:
-                return self._transaction(smtp, msg, rcpt, data)
+                result = self._transaction(self._connection(), msg, rcpt, data)
             except _LostAfterData as lost:
                 # The whole message and its final "." went out; the server may have queued it.
                 # Sending it again here could deliver it twice: the ledger's policy decides.
@@ -235,13 +294,28 @@ class SMTPTransport(Transport):
                 return SendResult(rcpt, Status.UNCERTAIN, provider_id=msg.message_id,
                                   error=f"connection to {self._where} lost after the message was sent: "
                                         f"{self._describe(lost.__cause__)}")
-            except (smtplib.SMTPException, OSError) as exc:
-                # Dropped connection, timeout, 421, or a reply smtplib cannot parse:
-                # the connection is no longer trustworthy, so open a fresh one.
-                last = exc
+            except _Busy as busy:
                 self._discard()
-        return SendResult(rcpt, Status.FAILED_TEMPORARY,
-                          error=f"connection to {self._where} lost twice: {self._describe(last)}")
+                result = SendResult(rcpt, Status.FAILED_TEMPORARY, rate_limited=True,
+                                    error=f"SMTP server {self._where} is busy: {busy}")
+            except (smtplib.SMTPException, OSError) as exc:
+                # Dropped connection, timeout, 421, or a reply smtplib cannot parse: the
+                # connection is no longer trustworthy; open a fresh one and try once more.
+                self._discard()
+                drops += 1
+                if drops < 2:
+                    continue
+                return SendResult(rcpt, Status.FAILED_TEMPORARY,
+                                  error=f"connection to {self._where} lost twice: {self._describe(exc)}")
+            if not result.rate_limited:
+                if result.status.delivered:
+                    self.limiter.accepted(granted)
+                return result
+            pause = self.limiter.limited(None, granted)
+            limited += 1
+            if limited > RETRIES:
+                return SendResult(rcpt, Status.FAILED_TEMPORARY, rate_limited=True, retry_after=pause,
+                                  error=result.error)
 
     def _transaction(self, smtp: smtplib.SMTP, msg: "OutgoingMessage", rcpt: str, data: bytes) -> SendResult:
         """One MAIL/RCPT/DATA transaction. With PIPELINING (RFC 2920) the three commands
@@ -321,14 +395,18 @@ class SMTPTransport(Transport):
             raise _LostAfterData() from exc
 
     def _check_closing(self, smtp: smtplib.SMTP, code: int, resp: bytes) -> None:
-        # 421: the server is closing the channel; treat it like a dropped connection.
+        # 421: the server is closing the channel; treat it like a dropped connection,
+        # or, when it says "too many", as a request to slow down.
         if code == 421 or code == -1:
             smtp.close()
+            if is_rate_limit(code, resp):
+                raise _Busy(f"{code} {self._scrub(_text(resp))}")
             raise smtplib.SMTPServerDisconnected(f"{code} {_text(resp)}")
 
     def _result(self, rcpt: str, phase: str, code: int, resp: bytes) -> SendResult:
         status, bounce = classify(phase, code, resp)
-        return SendResult(rcpt, status, error=f"{phase} {code} {self._scrub(_text(resp))}", bounce=bounce)
+        return SendResult(rcpt, status, error=f"{phase} {code} {self._scrub(_text(resp))}", bounce=bounce,
+                          rate_limited=status is Status.FAILED_TEMPORARY and is_rate_limit(code, resp))
 
     # ---- connection ------------------------------------------------------------------
     @property
@@ -394,6 +472,11 @@ class SMTPTransport(Transport):
             self._close_quietly(smtp)
             raise TransportError(f"TLS certificate of SMTP server {where} failed verification "
                                  f"({exc.verify_message}); to trust a private CA set SMTP_CA_FILE") from None
+        except smtplib.SMTPResponseException as exc:
+            self._close_quietly(smtp)
+            if 400 <= exc.smtp_code < 500:  # "421 too many connections", "454 try again later"
+                raise _Busy(f"{exc.smtp_code} {self._scrub(_text(exc.smtp_error))}") from None
+            raise TransportError(f"cannot use SMTP server {where}: {self._describe(exc)}") from None
         except (smtplib.SMTPException, OSError) as exc:
             self._close_quietly(smtp)
             raise TransportError(f"cannot use SMTP server {where}: {self._describe(exc)}") from None

@@ -13,7 +13,7 @@ import json
 import threading
 from dataclasses import dataclass
 from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,6 +22,7 @@ import pytest
 from newsletter.config import Publication, Settings
 from newsletter.message import OutgoingMessage, PreparedIssue, Recipient
 from newsletter.render import RenderedEmail
+from tests.provider_emulator import LoopbackHTTP
 
 
 @dataclass
@@ -36,6 +37,13 @@ class Recorded:
     def json(self) -> Any:
         assert self.headers.get_content_type() == "application/json", self.headers["Content-Type"]
         return json.loads(self.body)
+
+    def fields(self) -> list[tuple[str, str]]:
+        """An application/x-www-form-urlencoded body as (name, value) pairs, repeats kept."""
+        from urllib.parse import parse_qsl
+
+        assert self.headers.get_content_type() == "application/x-www-form-urlencoded"
+        return parse_qsl(self.body.decode(), keep_blank_values=True, strict_parsing=True)
 
     def form(self) -> dict[str, tuple[Message, bytes]]:
         """The parts of a multipart/form-data body by field name: (part headers, exact bytes)."""
@@ -68,7 +76,7 @@ def encode_body(body: Any) -> tuple[bytes, str]:
 Handler = Callable[[Recorded], tuple[int, Any, dict[str, str]]]
 
 
-class FakeAPI:
+class FakeAPI(LoopbackHTTP):
     """A programmable provider API on 127.0.0.1."""
 
     def __init__(self) -> None:
@@ -108,24 +116,7 @@ class FakeAPI:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), RequestHandler)
-        self.server.daemon_threads = True
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> "FakeAPI":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(timeout=5)
+        super().__init__(RequestHandler)
 
 
 @pytest.fixture(autouse=True)

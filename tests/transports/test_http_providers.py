@@ -9,6 +9,7 @@ is tested once, parametrised over every provider.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import re
 import time
@@ -21,13 +22,14 @@ from typing import Any, Callable
 
 import pytest
 
-from newsletter.errors import TransportError
-
-from newsletter.errors import ConfigError
+from newsletter.clock import FakeClock
+from newsletter.errors import ConfigError, TransportError
 from newsletter.transports import get_transport
 from newsletter.transports.base import Status
 from newsletter.transports.brevo import BrevoTransport
 from newsletter.transports.http import HTTPTransport, parse_retry_after
+from newsletter.transports.ratelimit import RETRIES
+from tests.provider_emulator import substitute
 from newsletter.transports.mailgun import MailgunTransport
 from newsletter.transports.postmark import PostmarkTransport
 from newsletter.transports.resend import ResendTransport
@@ -113,9 +115,10 @@ def resend_ok(req: Recorded) -> Reply:
 
 # ---- SendGrid -------------------------------------------------------------------------
 # twilio.com/docs/sendgrid/api-reference/mail-send/mail-send (POST /v3/mail/send, Bearer key,
-# personalizations/from/reply_to/subject/content/headers; text/plain before text/html;
-# reply 202 Accepted, empty body, X-Message-Id header).
-SENDGRID_FIELDS = {"personalizations", "from", "reply_to", "subject", "content", "headers"}
+# personalizations/from/reply_to/subject/content; text/plain before text/html; reply 202
+# Accepted, empty body, X-Message-Id header); .../sending-email/personalizations (each with its
+# own to/headers/substitutions; at most 1000 a request, each address once, Mail Send errors).
+SENDGRID_FIELDS = {"personalizations", "from", "reply_to", "subject", "content"}
 
 
 def sendgrid_check(req: Recorded) -> list[dict[str, Any]]:
@@ -123,36 +126,52 @@ def sendgrid_check(req: Recorded) -> list[dict[str, Any]]:
     assert req.headers["Authorization"] == f"Bearer {KEY}"
     body = req.json()
     assert set(body) == SENDGRID_FIELDS
-    assert len(body["personalizations"]) == 1 and len(body["personalizations"][0]["to"]) == 1
+    people = body["personalizations"]
+    assert 1 <= len(people) <= 1000
+    assert all(len(p["to"]) == 1 and set(p) <= {"to", "headers", "substitutions"} for p in people)
+    assert len({p["to"][0]["email"] for p in people}) == len(people)  # each address once
     assert [c["type"] for c in body["content"]] == ["text/plain", "text/html"]
-    return [body]
+    return people
 
 
 def sendgrid_ok(req: Recorded) -> Reply:
-    (body,) = sendgrid_check(req)
-    return reply(202, None, {"X-Message-Id": provider_id(body["personalizations"][0]["to"][0]["email"])})
+    people = sendgrid_check(req)
+    return reply(202, None, {"X-Message-Id": provider_id(people[0]["to"][0]["email"])})
 
 
 # ---- Mailgun --------------------------------------------------------------------------
-# documentation.mailgun.com/docs/mailgun/api-reference/send/mailgun/messages ("Send an email
-# in MIME format": POST /v3/{domain_name}/messages.mime, multipart/form-data with "to" and the
-# MIME as the "message" file, basic auth api:<key>; reply {"id", "message": "Queued. Thank you."}).
+# documentation.mailgun.com/docs/mailgun/api-reference/send/mailgun/messages ("Send an email":
+# POST /v3/{domain_name}/messages, form fields from/to (repeated)/subject/text/html/h:<Header>/
+# recipient-variables; basic auth api:<key>; reply {"id", "message": "Queued. Thank you."});
+# .../user-manual/sending-messages/batch-sending (up to 1000 "to", %recipient.<key>%); "Send an
+# email in MIME format" (POST .../messages.mime, multipart "to" plus the MIME as the "message" file).
 def mailgun_check(req: Recorded) -> list[dict[str, Any]]:
-    assert (req.method, req.path) == ("POST", f"/v3/{MAILGUN_DOMAIN}/messages.mime")
     scheme, _, token = req.headers["Authorization"].partition(" ")
     assert scheme == "Basic" and base64.b64decode(token).decode() == f"api:{KEY}"
-    form = req.form()
-    assert set(form) == {"to", "message"}
-    assert form["message"][0].get_param("filename", header="content-disposition")
-    to = form["to"][1].decode()
-    raw = form["message"][1]
-    assert email_of(message_from_bytes(raw, policy=policy.SMTP)["To"]) == to
-    return [{"to": to, "message": raw}]
+    if req.path == f"/v3/{MAILGUN_DOMAIN}/messages.mime":
+        form = req.form()
+        assert set(form) == {"to", "message"}
+        assert form["message"][0].get_param("filename", header="content-disposition")
+        to = form["to"][1].decode()
+        raw = form["message"][1]
+        assert email_of(message_from_bytes(raw, policy=policy.SMTP)["To"]) == to
+        return [{"to": to, "message": raw}]
+    assert (req.method, req.path) == ("POST", f"/v3/{MAILGUN_DOMAIN}/messages")
+    fields = req.fields()
+    names = {k for k, _ in fields}
+    assert {"from", "to", "subject", "text", "html", "recipient-variables"} <= names
+    assert all(n in {"from", "to", "subject", "text", "html", "recipient-variables"} or n.startswith("h:")
+               for n in names)
+    to = [email_of(v) for k, v in fields if k == "to"]
+    assert 1 <= len(to) <= 1000
+    variables = json.loads(dict(fields)["recipient-variables"])
+    assert set(variables) == set(to)  # every reader has their own variables: one message each
+    return [{"to": t, "fields": fields, "variables": variables[t]} for t in to]
 
 
 def mailgun_ok(req: Recorded) -> Reply:
-    (item,) = mailgun_check(req)
-    return reply(200, {"id": provider_id(item["to"]), "message": "Queued. Thank you."})
+    items = mailgun_check(req)
+    return reply(200, {"id": provider_id(items[0]["to"]), "message": "Queued. Thank you."})
 
 
 # ---- Brevo ----------------------------------------------------------------------------
@@ -235,6 +254,8 @@ class Spec:
     invalid_text: str
     secret: str = KEY
     reads_body: bool = True
+    #: The provider answers one id for a whole request (its first reader's, in the fakes).
+    one_id_per_request: bool = False
 
     @property
     def name(self) -> str:
@@ -252,18 +273,18 @@ SPECS = {s.name: s for s in [
          reply(422, {"statusCode": 422, "name": "validation_error", "message": "Invalid `from` field."}),
          "Invalid `from` field"),
     Spec(SendGridTransport, lambda url: {"SENDGRID_API_KEY": KEY, "SENDGRID_API_URL": url}, sendgrid_ok,
-         lambda r: [p["to"][0]["email"] for b in sendgrid_check(r) for p in b["personalizations"]],
+         lambda r: [p["to"][0]["email"] for p in sendgrid_check(r)],
          reply(401, {"errors": [{"field": None, "message": f"The provided authorization grant is invalid, "
                                                             f"expired, or revoked ({KEY})"}]}),
          reply(400, {"errors": [{"field": "from.email", "message": "The from email does not contain a valid "
                                                                    "address.", "help": "http://sendgrid.com"}]}),
-         "does not contain a valid address", reads_body=False),
+         "does not contain a valid address", reads_body=False, one_id_per_request=True),
     Spec(MailgunTransport, lambda url: {"MAILGUN_API_KEY": KEY, "MAILGUN_API_URL": url,
                                         "MAILGUN_DOMAIN": MAILGUN_DOMAIN}, mailgun_ok,
          lambda r: [m["to"] for m in mailgun_check(r)],
          reply(401, "Forbidden " + base64.b64encode(f"api:{KEY}".encode()).decode()),
          reply(400, {"message": "'to' parameter is not a valid address. please check documentation"}),
-         "not a valid address"),
+         "not a valid address", one_id_per_request=True),
     Spec(BrevoTransport, lambda url: {"BREVO_API_KEY": KEY, "BREVO_API_URL": url}, brevo_ok,
          lambda r: [b["to"][0]["email"] for b in brevo_check(r)],
          reply(401, {"code": "unauthorized", "message": f"Key not found: {KEY}"}),
@@ -281,13 +302,21 @@ each_provider = pytest.mark.parametrize("spec", list(SPECS.values()), ids=list(S
 
 
 @pytest.fixture
-def build(fake_api, make_settings):
+def clock() -> FakeClock:
+    return FakeClock(datetime.fromtimestamp(time.time(), timezone.utc))
+
+
+@pytest.fixture
+def build(fake_api, make_settings, clock):
     """``build(spec, url=None, env=None, **options)``: the transport as ``from_settings`` makes it,
-    aimed at the fake API (or ``url``), with ``env`` added to the provider's settings."""
+    aimed at the fake API (or ``url``), with ``env`` added to the provider's settings, on the
+    test's fake clock (rate-limit pauses take no wall time)."""
     made: list[HTTPTransport] = []
 
     def _build(spec: Spec, url: str | None = None, env: dict[str, str] | None = None,
                **options: Any) -> HTTPTransport:
+        options.setdefault("clock", clock)
+        options.setdefault("concurrency", 1)  # Brevo's pool is tested on its own
         transport = spec.cls.from_settings(make_settings({**spec.env(url or fake_api.url), **(env or {})}),
                                            **options)
         made.append(transport)
@@ -303,6 +332,14 @@ def two_chunks(spec: Spec) -> int:
     return spec.cls.per_request + 1
 
 
+def expected_ids(spec: Spec, messages: list, per_request: int | None = None) -> list[str]:
+    """The ids the fakes hand out: per reader, or the first reader's for a whole request."""
+    size = per_request or spec.cls.per_request
+    if not spec.one_id_per_request:
+        return [provider_id(m.to_email) for m in messages]
+    return [provider_id(messages[i - i % size].to_email) for i in range(len(messages))]
+
+
 # ---- shared behaviour, every provider ---------------------------------------------------
 @each_provider
 def test_success_maps_provider_ids_in_order(spec, fake_api, build, make_messages):
@@ -312,7 +349,7 @@ def test_success_maps_provider_ids_in_order(spec, fake_api, build, make_messages
     results = build(spec).send(messages)
     assert [r.recipient for r in results] == [m.to_email for m in messages]
     assert all(r.status is Status.SENT and r.error is None and not r.bounce for r in results)
-    assert [r.provider_id for r in results] == [provider_id(m.to_email) for m in messages]
+    assert [r.provider_id for r in results] == expected_ids(spec, messages)
     assert len(fake_api.requests) == -(-3 // spec.cls.per_request)
 
 
@@ -324,7 +361,7 @@ def test_batch_is_split_at_the_documented_limit(spec, fake_api, build, make_mess
     results = build(spec).send(messages)
     assert [len(spec.recipients(r)) for r in fake_api.requests] == [spec.cls.per_request, 1]
     assert [e for r in fake_api.requests for e in spec.recipients(r)] == [m.to_email for m in messages]
-    assert [r.provider_id for r in results] == [provider_id(m.to_email) for m in messages]
+    assert [r.provider_id for r in results] == expected_ids(spec, messages)
 
 
 @each_provider
@@ -338,25 +375,42 @@ def test_one_request_per_message_apis_still_take_a_batch(spec, fake_api, build, 
 
 
 @each_provider
-def test_429_with_retry_after_seconds_is_temporary_and_stops_the_call(spec, fake_api, build, make_messages):
+def test_persistent_429_is_waited_out_then_reported_as_rate_limited(spec, fake_api, build, make_messages, clock):
     # RFC 9110 10.2.3 Retry-After (delay-seconds); rate limits: Postmark API overview "429", Resend
     # "Rate limit", SendGrid errors "429", Mailgun response codes "429", SESv2 TooManyRequestsException.
+    # A 429 is a pacing signal: the same request goes again after Retry-After, a bounded number of times.
     fake_api.handler = lambda req: reply(429, {"message": "Too many requests"}, {"Retry-After": "30"})
     results = build(spec).send(make_messages(two_chunks(spec)))
-    assert len(fake_api.requests) == 1  # the second request is not attempted
+    assert len(fake_api.requests) == RETRIES + 1  # the same first request; the second never attempted
+    assert len({tuple(spec.recipients(r)) for r in fake_api.requests}) == 1
+    assert sum(s for s in clock.sleeps) >= 30 * RETRIES  # each Retry-After honoured (on the fake clock)
     assert {r.status for r in results} == {Status.FAILED_TEMPORARY}
+    assert all(r.rate_limited for r in results)  # the engine defers them without counting an attempt
     assert {r.retry_after for r in results} == {30.0}
     assert "429" in results[0].error and "Too many requests" in results[0].error
-    assert "not attempted" in results[-1].error
+    assert "not attempted" in results[-1].error and not results[-1].attempted and results[0].attempted
 
 
 @each_provider
-def test_429_with_retry_after_http_date(spec, fake_api, build, make_messages):
-    # RFC 9110 10.2.3: Retry-After may be an HTTP-date instead of seconds.
-    when = formatdate(time.time() + 120, usegmt=True)
+def test_429_then_success_is_absorbed(spec, fake_api, build, make_messages, clock):
+    # A rate limit that clears within the bounded waits never reaches the engine.
+    answers = iter([reply(429, {"message": "slow down"}, {"Retry-After": "2"})])
+    fake_api.handler = lambda req: next(answers, None) or spec.ok(req)
+    results = build(spec).send(make_messages(1))
+    assert [r.status for r in results] == [Status.SENT] and not results[0].rate_limited
+    assert [spec.recipients(r) for r in fake_api.requests] == [["reader0@example.com"]] * 2
+    assert clock.monotonic() >= 2.0
+
+
+@each_provider
+def test_429_asking_for_a_long_wait_is_handed_to_the_engine(spec, fake_api, build, make_messages, clock):
+    # RFC 9110 10.2.3: Retry-After may be an HTTP-date instead of seconds. Longer than the
+    # transport's bounded pause: reported at once, for the engine to defer the readers.
+    when = formatdate(clock.now().timestamp() + 120, usegmt=True)
     fake_api.handler = lambda req: reply(429, None, {"Retry-After": when})
     (result,) = build(spec).send(make_messages(1))
-    assert result.status is Status.FAILED_TEMPORARY
+    assert len(fake_api.requests) == 1
+    assert result.status is Status.FAILED_TEMPORARY and result.rate_limited
     assert 100 <= result.retry_after <= 121
 
 
@@ -429,6 +483,10 @@ def test_read_timeout_is_uncertain_and_bounded(spec, fake_api, build, make_messa
     assert {r.status for r in results[:first]} == {Status.UNCERTAIN}
     assert {r.status for r in results[first:]} == {Status.FAILED_TEMPORARY}
     assert "timeout" in results[0].error
+    for _ in range(100):  # the server records a request once it has read it, maybe after we gave up
+        if fake_api.requests:
+            break
+        time.sleep(0.05)
     assert len(fake_api.requests) == 1
 
 
@@ -539,7 +597,7 @@ def test_postmark_per_message_errors_in_a_200_reply(fake_api, build, make_messag
     errors = {
         1: {"ErrorCode": 406, "Message": "You tried to send to a recipient that has been marked as inactive. "
                                          "Found inactive addresses: reader1@example.com."},
-        2: {"ErrorCode": 300, "Message": "Error parsing 'To': Illegal email address 'reader2@example'."},
+        2: {"ErrorCode": 300, "Message": "Invalid 'Headers' value: header 'X-Bad' is not allowed."},
         3: {"ErrorCode": 429, "Message": "Rate limit exceeded."},
         4: {"ErrorCode": 405, "Message": "Not allowed to send: account has run out of credits."},
     }
@@ -552,8 +610,11 @@ def test_postmark_per_message_errors_in_a_200_reply(fake_api, build, make_messag
     results = build(SPECS["postmark"]).send(make_messages(6))
     assert [r.status for r in results] == [Status.SENT, Status.FAILED_PERMANENT, Status.FAILED_PERMANENT,
                                            Status.FAILED_TEMPORARY, Status.FAILED_PERMANENT, Status.SENT]
-    assert [r.bounce for r in results] == [False, True, True, False, False, False]
+    # 300 "Invalid email request" is the message's fault, not the reader's: never a bounce.
+    assert [r.bounce for r in results] == [False, True, False, False, False, False]
+    assert [r.rate_limited for r in results] == [False, False, False, True, False, False]
     assert "ErrorCode 406" in results[1].error and "inactive" in results[1].error
+    assert "ErrorCode 300" in results[2].error
     assert [results[0].provider_id, results[5].provider_id] == [provider_id("reader0@example.com"),
                                                                 provider_id("reader5@example.com")]
     assert all(results[i].provider_id is None for i in errors)
@@ -614,33 +675,93 @@ def test_resend_permissive_errors_map_to_their_recipients(fake_api, build, make_
 
 
 # ---- SendGrid ---------------------------------------------------------------------------
-def test_sendgrid_request_fields(fake_api, build, make_messages):
-    # SendGrid v3 Mail Send request body; Personalizations doc (to objects {email, name}).
+def tricky_messages(make_messages) -> list:
+    """Readers whose names need HTML escaping, and one whose name is itself a placeholder."""
+    messages = make_messages(3)
+    names = ["Tom & Jerry <3", 'Ann "A" O\'Neil', "%%EMAIL%%"]
+    return [m.prepared.personalise(replace(m.recipient, name=n)) for m, n in zip(messages, names)]
+
+
+def test_sendgrid_batch_keeps_each_readers_own_message(fake_api, build, make_messages):
+    # Personalizations doc: each personalization has its own to, headers and substitutions;
+    # substitution-tags doc: values replace tags in the body (and subject), strings only.
     fake_api.handler = sendgrid_ok
-    (m,) = make_messages(1, start=1)
-    (result,) = build(SPECS["sendgrid"]).send([m])
-    assert fake_api.requests[0].json() == {
-        "personalizations": [{"to": [{"email": "reader1@example.com", "name": "Reader 1"}]}],
-        "from": {"email": "news@example.org", "name": "Test Weekly"},
-        "reply_to": {"email": "editor@example.org"},
-        "subject": "First issue: hello",
-        "content": [{"type": "text/plain", "value": m.text}, {"type": "text/html", "value": m.html}],
-        "headers": m.extra_headers,
-    }
-    assert result.provider_id == provider_id("reader1@example.com")
+    messages = make_messages(4, start=1)
+    results = build(SPECS["sendgrid"]).send(messages)
+    (req,) = fake_api.requests
+    body = req.json()
+    assert body["from"] == {"email": "news@example.org", "name": "Test Weekly"}
+    assert body["reply_to"] == {"email": "editor@example.org"} and body["subject"] == "First issue: hello"
+    text, html = (c["value"] for c in body["content"])
+    assert "%%NAME%%" not in text + html  # our placeholders became SendGrid tags
+    for person, m in zip(body["personalizations"], messages, strict=True):
+        assert person["to"] == [{"email": m.to_email, "name": m.recipient.name} if m.recipient.name
+                                else {"email": m.to_email}]
+        assert person["headers"] == m.extra_headers  # own Message-ID and List-Unsubscribe
+        assert all(isinstance(v, str) for v in person["substitutions"].values())
+        assert substitute(text, person["substitutions"]) == m.text
+        assert substitute(html, person["substitutions"]) == m.html
+    assert {r.provider_id for r in results} == {provider_id(messages[0].to_email)}
+
+
+def test_sendgrid_escapes_html_values_and_sends_an_unsafe_value_alone(fake_api, build, make_messages):
+    # A value holding a tag delimiter could be substituted again: that reader goes alone, with
+    # the body personalised here (Mail Send: one personalization, plain content).
+    fake_api.handler = sendgrid_ok
+    messages = tricky_messages(make_messages)
+    results = build(SPECS["sendgrid"]).send(messages)
+    assert [len(sendgrid_check(r)) for r in fake_api.requests] == [2, 1]
+    batch, alone = (r.json() for r in fake_api.requests)
+    text, html = (c["value"] for c in batch["content"])
+    for person, m in zip(batch["personalizations"], messages[:2], strict=True):
+        assert substitute(html, person["substitutions"]) == m.html
+        assert substitute(text, person["substitutions"]) == m.text
+    assert "Tom &amp; Jerry &lt;3" in messages[0].html
+    assert "substitutions" not in alone["personalizations"][0]
+    assert [c["value"] for c in alone["content"]] == [messages[2].text, messages[2].html]
+    assert all(r.status is Status.SENT for r in results)
 
 
 # ---- Mailgun ----------------------------------------------------------------------------
-def test_mailgun_sends_our_exact_mime_bytes(fake_api, build, make_messages):
-    # Mailgun "Send an email in MIME format": the "message" part is the MIME, sent as a file.
+def test_mailgun_batch_keeps_each_readers_own_message(fake_api, build, make_messages):
+    # Batch sending: one "to" per reader, recipient-variables keyed by address, %recipient.<key>%
+    # replaced in the body and in h: header values.
+    fake_api.handler = mailgun_ok
+    messages = make_messages(3, start=1)
+    results = build(SPECS["mailgun"]).send(messages)
+    (req,) = fake_api.requests
+    fields = req.fields()
+    single = dict(fields)
+    assert single["from"] == "Test Weekly <news@example.org>" and single["subject"] == "First issue: hello"
+    assert single["h:Reply-To"] == "editor@example.org"
+    assert [v for k, v in fields if k == "to"] == [address_of(m) for m in messages]
+    variables = json.loads(single["recipient-variables"])
+    for m in messages:
+        subs = {f"%recipient.{k}%": v for k, v in variables[m.to_email].items()}
+        assert substitute(single["text"], subs) == m.text
+        assert substitute(single["html"], subs) == m.html
+        headers = {k[2:]: substitute(v, subs) for k, v in fields if k.startswith("h:")}
+        assert {k: headers[k] for k in m.extra_headers} == m.extra_headers
+    assert {r.provider_id for r in results} == {provider_id(messages[0].to_email)}
+
+
+def address_of(m) -> str:
+    from email.utils import formataddr
+
+    return formataddr((m.recipient.name, m.to_email)) if m.recipient.name else m.to_email
+
+
+def test_mailgun_sends_an_unsafe_reader_alone_as_our_exact_mime(fake_api, build, make_messages):
+    # "Send an email in MIME format": the "message" part is our MIME, sent as a file.
     fake_api.handler = mailgun_ok
     messages = make_messages(2)
-    build(SPECS["mailgun"]).send(messages)
-    for req, m in zip(fake_api.requests, messages, strict=True):
-        form = req.form()
-        assert form["to"][1] == m.to_email.encode()
-        assert form["message"][1] == m.as_bytes()
-        assert form["message"][0].get_content_type() == "message/rfc822"
+    odd = messages[1].prepared.personalise(replace(messages[1].recipient, name="%recipient.text_email%"))
+    build(SPECS["mailgun"]).send([messages[0], odd])
+    assert [r.path.rsplit("/", 1)[1] for r in fake_api.requests] == ["messages", "messages.mime"]
+    form = fake_api.requests[1].form()
+    assert form["to"][1] == odd.to_email.encode()
+    assert form["message"][1] == odd.as_bytes()
+    assert form["message"][0].get_content_type() == "message/rfc822"
 
 
 def test_mailgun_needs_its_domain(make_settings):
@@ -758,3 +879,59 @@ def test_session_is_reused_across_requests(fake_api, build, make_messages):
     transport.close()
     transport.close()  # safe twice
     assert [r.status for r in transport.send(make_messages(1))] == [Status.SENT]  # a new session after close
+
+
+def test_a_request_that_cannot_be_built_keeps_the_other_results(fake_api, build, make_messages, monkeypatch):
+    # Whatever raises while a request is built (before any byte of it left), the results of the
+    # requests already answered must come back: losing them would resend those readers.
+    spec = SPECS["resend"]
+    fake_api.handler = spec.ok
+    transport = build(spec)
+    original = transport.build_payload
+    calls = []
+
+    def second_fails(chunk, key):
+        calls.append(key)
+        if len(calls) == 2:
+            raise ValueError(f"header value refused: {KEY}")
+        return original(chunk, key)
+
+    monkeypatch.setattr(transport, "build_payload", second_fails)
+    results = transport.send(make_messages(two_chunks(spec)), idempotency_key="nl-1-1")
+    assert [r.status for r in results[:100]] == [Status.SENT] * 100
+    assert results[100].status is Status.FAILED_TEMPORARY and "could not build" in results[100].error
+    assert KEY not in results[100].error and len(fake_api.requests) == 1
+
+
+def test_mailgun_sends_a_mixed_case_address_alone(fake_api, build, make_messages):
+    # recipient-variables are keyed by address; a reader whose address has capitals goes alone
+    # (our exact MIME), so no spelling mismatch can leave their unsubscribe link unfilled.
+    fake_api.handler = mailgun_ok
+    first, second = make_messages(2)
+    upper = second.prepared.personalise(replace(second.recipient, email="Reader.One@example.com"))
+    build(SPECS["mailgun"]).send([first, upper])
+    assert [r.path.rsplit("/", 1)[1] for r in fake_api.requests] == ["messages", "messages.mime"]
+
+
+def test_brevo_key_follows_the_reader_across_batches_not_across_deliveries(fake_api, build, make_messages):
+    # A reader whose answer was lost may be retried in another batch (the engine regroups partial
+    # retries): Brevo must still see the same key for them, and a different one in another delivery.
+    fake_api.handler = brevo_ok
+    transport = build(SPECS["brevo"])
+    a, b = make_messages(2)
+    for key, batch in (("nl-f00d-7-3", [a, b]), ("nl-f00d-7-9", [b]), ("nl-beef-8-3", [a])):
+        transport.send(batch, idempotency_key=key)
+    keys = [(r.json()["to"][0]["email"], r.json()["headers"]["idempotencyKey"]) for r in fake_api.requests]
+    assert keys[1][1] == keys[2][1]  # reader b, batches 3 and 9 of delivery 7: one key
+    assert keys[0][1] != keys[1][1]  # readers a and b differ
+    assert keys[3][1] != keys[0][1]  # reader a in another delivery (another nonce): another key
+
+
+def test_an_oversized_success_reply_is_not_trusted_nor_held(fake_api, build, make_messages):
+    # Bounded memory: a reply larger than any provider sends (a broken proxy) is read only up to
+    # a limit, and a 2xx we cannot read proves nothing about which messages were accepted.
+    from newsletter.transports.http import MAX_REPLY
+
+    fake_api.handler = lambda req: reply(200, {"data": [{"id": "x" * (MAX_REPLY + 10)}]})
+    results = build(SPECS["resend"]).send(make_messages(1))
+    assert [r.status for r in results] == [Status.UNCERTAIN]

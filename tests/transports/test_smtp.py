@@ -504,3 +504,126 @@ def test_verification_is_on(tmp_path, tls):
     t = SMTPTransport("127.0.0.1", 587, envelope_from=FROM, ca_file=str(tls.ca_file))
     ctx = t._context()
     assert ctx.verify_mode is ssl.CERT_REQUIRED and ctx.check_hostname
+
+
+# ---- checks before any reader is claimed (open) -------------------------------------------
+@pytest.mark.parametrize("env, setting", [
+    ({"SMTP_HELO_NAME": "mail.example.org\r\nRCPT TO:<x@evil.example>"}, "SMTP_HELO_NAME"),
+    ({"SMTP_HELO_NAME": "bad name!"}, "SMTP_HELO_NAME"),
+    ({"SMTP_SECURITY": "starttls", "SMTP_CA_FILE": "missing-ca.pem"}, "SMTP_CA_FILE"),
+    ({"SMTP_USERNAME": "u", "SMTP_PASSWORD": TEST_PASSWORD + "\r"}, "SMTP_PASSWORD"),
+    ({"SMTP_USERNAME": "u", "SMTP_PASSWORD": " " + TEST_PASSWORD}, "SMTP_PASSWORD"),
+    ({"SMTP_USERNAME": "u", "SMTP_PASSWORD": "pässwörd-\u20ac"}, "SMTP_PASSWORD"),
+], ids=["helo-crlf", "helo-junk", "ca-file", "password-cr", "password-space", "password-non-ascii"])
+def test_open_refuses_bad_configuration_before_any_contact(tmp_path, env, setting):
+    # The issue: these failed only after a batch was claimed, leaving it in 'sending'.
+    with SMTPTestServer() as server:
+        t = transport(server, tmp_path, SMTP_SECURITY="none", **env) if "SMTP_SECURITY" not in env \
+            else transport(server, tmp_path, **env)
+        with pytest.raises(ConfigError) as err:
+            t.open()
+        message = err.value.format_message()
+        assert setting in message and "\n" not in message.strip()
+        assert TEST_PASSWORD not in message and "evil" not in message
+        assert server.connections == 0  # nobody was contacted
+
+
+def test_open_accepts_good_names(tmp_path):
+    for helo in ("mail.example.org", "localhost", "[192.0.2.1]", "[IPv6:2001:db8::1]"):
+        SMTPTransport("127.0.0.1", 25, envelope_from=FROM, security="none", helo_name=helo).open()
+
+
+# ---- rate limits are pacing signals ----------------------------------------------------------
+def fake_clocked(server: SMTPTestServer, root: Path, **env: str) -> tuple[SMTPTransport, "FakeClock"]:
+    from newsletter.clock import FakeClock
+
+    clock = FakeClock()
+    settings = load_settings(root=root, environ={"NEWSLETTER_FROM": FROM, **server.env(SMTP_SECURITY="none", **env)})
+    return get_transport(settings, clock=clock), clock
+
+
+def test_a_rate_limit_reply_is_waited_out_and_the_message_sent(tmp_path):
+    emails = addresses(3)
+    limited = {emails[1]: ["451 4.7.1 Too many messages, slow down", None]}
+    with SMTPTestServer(rcpt_replies=limited) as server:
+        t, clock = fake_clocked(server, tmp_path)
+        with t:
+            results = t.send(messages(*emails))
+    assert [r.status for r in results] == [Status.SENT] * 3 and not any(r.rate_limited for r in results)
+    assert server.recipients() == emails
+    assert clock.monotonic() >= 1.0 and t.limiter.limited_count == 1
+
+
+def test_a_persistent_rate_limit_is_reported_not_counted_as_a_failure(tmp_path):
+    from newsletter.transports.ratelimit import RETRIES
+
+    emails = addresses(3)
+    with SMTPTestServer(rcpt_replies={emails[1]: "450 4.7.1 rate limit exceeded"}) as server:
+        t, clock = fake_clocked(server, tmp_path)
+        with t:
+            results = t.send(messages(*emails))
+    assert [r.status for r in results] == [Status.SENT] + [Status.FAILED_TEMPORARY] * 2
+    assert [r.rate_limited for r in results] == [False, True, True]  # the engine defers, no attempt used
+    assert results[1].retry_after and "rate limit" in results[1].error
+    assert "not attempted" in results[2].error and not results[2].attempted and results[1].attempted
+    assert server.verbs("RCPT") == 1 + RETRIES + 1
+    assert server.recipients() == emails[:1]
+
+
+def test_a_closing_421_too_many_is_paced_and_retried_on_a_new_connection(tmp_path):
+    emails = addresses(4)
+    with SMTPTestServer(drop_after=1, drop_phase="MAIL", drop_reply="421 4.7.0 Too many connections, slow down",
+                        drops=2) as server:
+        t, clock = fake_clocked(server, tmp_path)
+        with t:
+            results = t.send(messages(*emails))
+    assert [r.status for r in results] == [Status.SENT] * 4
+    assert server.recipients() == emails  # everyone exactly once
+    assert t.limiter.limited_count == 2 and clock.monotonic() >= 2.0
+
+
+def test_a_busy_greeting_is_not_a_broken_server(tmp_path):
+    # "421 too many connections" before EHLO: slow down and try again, never "cannot use the server".
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    port = sock.getsockname()[1]
+    greeted = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(b"421 4.7.0 mx.test too many connections, try later\r\n")
+                greeted.append(1)
+
+    import threading
+
+    from newsletter.clock import FakeClock
+    from newsletter.transports.ratelimit import RETRIES
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        t = SMTPTransport("127.0.0.1", port, envelope_from=FROM, security="none", timeout=5, clock=FakeClock())
+        with t:
+            results = t.send(messages(*addresses(2)))
+    finally:
+        sock.close()
+        thread.join(timeout=5)
+    assert [r.status for r in results] == [Status.FAILED_TEMPORARY] * 2
+    assert all(r.rate_limited for r in results)
+    assert len(greeted) == RETRIES + 1
+
+
+def test_dropped_after_data_is_uncertain_once_never_a_second_transfer(tmp_path):
+    # The issue: a server dropping the connection after DATA saw 15 transfers for 3 readers.
+    emails = addresses(3)
+    with SMTPTestServer(drop_after=0, drop_phase="DATA", drops=3) as server, \
+            transport(server, tmp_path, SMTP_SECURITY="none") as t:
+        results = t.send(messages(*emails))
+    assert [r.status for r in results] == [Status.UNCERTAIN] * 3
+    assert server.verbs("DATA") == 3  # one complete transfer per reader, never repeated here

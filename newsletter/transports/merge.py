@@ -1,0 +1,100 @@
+"""Server-side merge for batch APIs: one shared body, each reader's own values.
+
+SendGrid (``substitutions``) and Mailgun (``recipient-variables``) can send one
+body to up to 1,000 readers and substitute per-reader values into it. Our
+rendered issue already marks every per-reader value with a placeholder
+(:data:`newsletter.render.PLACEHOLDERS`), so a batch request carries the body
+once with the provider's tags in place of the placeholders, and each reader's
+values: the plain value for the text part, the HTML-escaped one for the HTML
+part (two tags per placeholder, because one value cannot serve both).
+
+A reader is batched only when that cannot change their message: no tag may
+already occur in the body, subject or sender, and no value may contain a tag's
+delimiter (a substituted value could otherwise be substituted again). A reader
+who fails a check is sent alone, with the fully personalised body.
+"""
+
+from __future__ import annotations
+
+import html as htmllib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from newsletter.mime import PLACEHOLDERS
+
+if TYPE_CHECKING:
+    from newsletter.message import OutgoingMessage, PreparedIssue
+
+#: tag(part, key) -> the provider's tag for placeholder ``key`` in ``part`` ("text" or "html").
+Tagger = Callable[[str, str], str]
+PARTS = ("text", "html")
+
+
+@dataclass(frozen=True)
+class MergeBody:
+    """The shared body of one prepared issue, with the provider's tags in place of placeholders."""
+
+    text: str
+    html: str
+    usable: bool  # False when a tag already occurs where it would be substituted by mistake
+
+
+def merge_body(prepared: "PreparedIssue", tag: Tagger) -> MergeBody:
+    rendered, headers = prepared.rendered, prepared.headers
+    tags = [tag(part, key) for part in PARTS for key in PLACEHOLDERS]
+    fixed = (rendered.text, rendered.html, headers.subject, headers.from_, headers.reply_to)
+    usable = not any(t in text for t in tags for text in fixed)
+    text, html = rendered.text, rendered.html
+    for key, marker in PLACEHOLDERS.items():
+        text = text.replace(marker, tag("text", key))
+        html = html.replace(marker, tag("html", key))
+    return MergeBody(text, html, usable)
+
+
+class MergeBodies:
+    """The merge body of each prepared issue, made once per issue and tagger (a send holds one)."""
+
+    def __init__(self, tag: Tagger):
+        self.tag = tag
+        self._bodies: dict[int, tuple["PreparedIssue", MergeBody]] = {}
+
+    def get(self, prepared: "PreparedIssue") -> MergeBody:
+        cached = self._bodies.get(id(prepared))
+        if cached is None or cached[0] is not prepared:
+            if len(self._bodies) > 8:
+                self._bodies.clear()
+            cached = self._bodies[id(prepared)] = (prepared, merge_body(prepared, self.tag))
+        return cached[1]
+
+
+def merge_values(msg: "OutgoingMessage", tag: Tagger) -> dict[str, str]:
+    """This reader's value for every tag: plain in the text part, HTML-escaped in the HTML part."""
+    values = msg.placeholder_values
+    out = {tag("text", key): value for key, value in values.items()}
+    out.update({tag("html", key): htmllib.escape(value) for key, value in values.items()})
+    return out
+
+
+def merge_runs(messages: Sequence["OutgoingMessage"], limit: int,
+               fits: Callable[["OutgoingMessage"], bool]) -> list[Sequence["OutgoingMessage"]]:
+    """Consecutive runs (order kept) of at most ``limit`` readers that can share one request:
+    same issue, each address once; a reader that does not ``fit`` goes alone."""
+    out: list[Sequence["OutgoingMessage"]] = []
+    run: list["OutgoingMessage"] = []
+    seen: set[str] = set()
+    for msg in messages:
+        if not fits(msg):
+            if run:
+                out.append(run)
+                run, seen = [], set()
+            out.append([msg])
+            continue
+        address = msg.to_email.lower()
+        if run and (len(run) >= limit or msg.prepared is not run[0].prepared or address in seen):
+            out.append(run)
+            run, seen = [], set()
+        run.append(msg)
+        seen.add(address)
+    if run:
+        out.append(run)
+    return out
