@@ -102,6 +102,14 @@ class DeliveryOptions:
             raise ConfigError("the foreground wait must be a finite number of seconds, 0 or more")
 
     @property
+    def claim_size(self) -> int:
+        """Readers per batch. With a rate, a batch is at most one second's worth: a batch goes
+        out in one burst, so a larger one would exceed ``rate`` within that second."""
+        if self.rate is None:
+            return self.batch_size
+        return max(1, min(self.batch_size, math.floor(self.rate)))
+
+    @property
     def policy(self) -> Policy:
         return Policy(retry_window=self.retry_window, resend_uncertain=self.resend_uncertain)
 
@@ -317,7 +325,7 @@ class _Run:
                 self.idle.notify_all()
 
     def _worker(self, transport: Transport) -> None:
-        size = self.o.batch_size
+        size = self.o.claim_size
         while not self._stopped():
             # Pace *before* claiming, so a batch is 'sending' (uncertain after a crash) only
             # while the transport really has it, never while we wait for our turn.
@@ -384,7 +392,7 @@ class _Run:
         with self.db:
             while True:
                 now = self.now()
-                day, limit = utc_day(now), self.o.batch_size
+                day, limit = utc_day(now), self.o.claim_size
                 with transaction(self.conn) as conn:
                     if self.o.daily_cap is not None:
                         used = ledger.daily_used(conn, day, self.transport_name)
