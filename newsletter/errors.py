@@ -124,6 +124,13 @@ class SendDeferredError(NewsletterError):
     exit_code = 8
 
 
+class SendHeldError(NewsletterError):
+    """A scheduled delivery was held, not sent: too late, changed since it was scheduled, or
+    unreadable. Nobody was mailed; the editor decides (exit 9)."""
+
+    exit_code = 9
+
+
 class SendInterruptedError(NewsletterError):
     """The editor stopped a send (Ctrl-C, SIGTERM) with readers still pending (exit 130,
     the shell's code for an interrupt)."""

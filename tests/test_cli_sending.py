@@ -167,3 +167,20 @@ def test_hold_for_editor_leaves_a_delivery_another_process_is_sending_alone(publ
         assert get_delivery(conn, 1).state == "running"
     finally:
         conn.close()
+
+
+def test_dispatch_that_holds_a_late_delivery_exits_9_not_0(publication_root):
+    """A scheduled send found too late is held, not sent: cron must see that nobody was mailed."""
+    import datetime as dt
+
+    _subscribe(publication_root, 2)
+    env = {"NEWSLETTER_BASE_URL": "https://chinaffairs.example"}
+    at = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=8)).strftime("%Y-%m-%dT%H:%M+00:00")
+    scheduled = run(publication_root, "schedule", "6", "--at", at, "--skip-checks", env=env)
+    assert scheduled.exit_code == 0, scheduled.output
+    with SMTPTestServer() as server:
+        held = run(publication_root, "dispatch", env={**server.env(), **env})
+        assert held.exit_code == 9, held.output
+        assert "missed its send time" in held.output and server.count == 0
+        again = run(publication_root, "dispatch", env={**server.env(), **env})
+        assert again.exit_code == 0 and "Nothing due." in again.output and server.count == 0

@@ -418,7 +418,7 @@ def dispatch(ctx: click.Context) -> None:
     from newsletter.sendplan import scheduler_args
 
     from newsletter.delivery import describe_deferral
-    from newsletter.errors import SendDeferredError, SendInterruptedError
+    from newsletter.errors import SendDeferredError, SendHeldError, SendInterruptedError
 
     settings = settings_of(ctx)
     args = scheduler_args(settings)
@@ -436,6 +436,8 @@ def dispatch(ctx: click.Context) -> None:
         click.echo(f"Stopped with {pending} readers pending; the next `newsletter dispatch` (or `resume`) "
                    "will continue.", err=True)
         ctx.exit(SendInterruptedError.exit_code)
+    if any(r.state == "held" for r in reports):  # nobody mailed, and nothing will be until the editor acts
+        ctx.exit(SendHeldError.exit_code)
     if any(r.state == "deferred" for r in reports):
         ctx.exit(SendDeferredError.exit_code)
 
