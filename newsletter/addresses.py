@@ -13,6 +13,9 @@ from newsletter.errors import HeaderInjectionError, InputError
 
 # Control characters (C0 except TAB, DEL, C1) and Unicode line/paragraph separators.
 _UNSAFE_HEADER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+# An RFC 2047 encoded-word. Mail clients decode one found in a Subject or display name, so text
+# typed as "=?utf-8?q?Hi=0D=0ABcc:…?=" would show (or act) as CR/LF once decoded.
+ENCODED_WORD = re.compile(r"=\?[^?\s]*\?[bBqQ]\?[^?\s]*\?=")
 
 
 def check_header(name: str, value: str) -> str:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from newsletter.addresses import ENCODED_WORD
 from newsletter.errors import ConfigError, register_secrets
 
 if TYPE_CHECKING:
@@ -126,7 +127,12 @@ class Settings:
 
     @property
     def db_path(self) -> Path:
-        return self.path("NEWSLETTER_DB", "newsletter.db")
+        """The SQLite file. Its folder must exist: a typo must not create folders and an empty list."""
+        path = self.path("NEWSLETTER_DB", "newsletter.db")
+        if not path.parent.is_dir():
+            raise ConfigError(f"NEWSLETTER_DB={self.get('NEWSLETTER_DB', 'newsletter.db')!r}: the folder "
+                              f"{path.parent} does not exist; create it or fix the path")
+        return path
 
     def path(self, key: str, default: str) -> Path:
         p = Path(self.get(key, default))
@@ -264,6 +270,22 @@ def _dotenv(root: Path) -> dict[str, str]:
     return {k: v for k, v in dotenv_values(path).items() if v is not None}
 
 
+def _split_from(values: dict[str, str], *, explicit_name: bool) -> None:
+    """Accept ``from_email = "Name <addr>"``, the form every mail library takes: the display
+    name becomes ``from_name`` unless NEWSLETTER_FROM_NAME says otherwise."""
+    value = values.get("from_email", "")
+    if "<" not in value and ">" not in value:
+        return
+    from email.utils import parseaddr
+
+    name, address = parseaddr(value)
+    if not address or "@" not in address or "<" in address or value.count("<") != 1 or not value.endswith(">"):
+        raise ConfigError(f"from address {value!r} is not 'Name <address>' or a bare address (NEWSLETTER_FROM)")
+    values["from_email"] = address
+    if name and not explicit_name:
+        values["from_name"] = name
+
+
 def load_settings(root: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Resolve settings; ``environ`` defaults to ``os.environ`` (tests pass their own)."""
     root = find_root(root)
@@ -290,6 +312,7 @@ def load_settings(root: Path | None = None, environ: Mapping[str, str] | None = 
             values[name] = value.strip()
     if values.get("base_url"):
         values["base_url"] = values["base_url"].rstrip("/")
+    _split_from(values, explicit_name=bool(env.get("NEWSLETTER_FROM_NAME")))
     for name, value in values.items():
         _validate_field(name, value, root / CONFIG_FILE if name in from_file else None)
     settings = Settings(root=root, publication=Publication(**values), env=env)
@@ -316,6 +339,9 @@ def _validate_field(name: str, value: str, path: Path | None) -> None:
         return
     if _UNSAFE.search(value):
         raise ConfigError(f"{_key_name(name)} contains a line break or control character", path=path)
+    if name in _HEADER_FIELDS and ENCODED_WORD.search(value):
+        raise ConfigError(f"{_key_name(name)} contains an RFC 2047 encoded-word (=?…?=), which mail clients "
+                          "would decode in the header; write the text itself", path=path)
     if name in _URL_FIELDS:
         check_url(_key_name(name), value, path=path)
     elif name in _ADDRESS_FIELDS:

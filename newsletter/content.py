@@ -26,6 +26,12 @@ from mdit_py_plugins.footnote import footnote_plugin
 from newsletter.errors import InputError
 
 
+# markdown-it drops, without a word, whatever nests past its maxNesting (20 token levels in the
+# commonmark preset). Refusing from token level 18 keeps every accepted level whole: lists nest at
+# most 8 deep (each list level is two token levels), block quotes 16.
+MAX_TOKEN_LEVEL = 17
+
+
 @dataclass(frozen=True)
 class Block:
     """One visual unit of the email: the intro, a section, or an article card."""
@@ -164,13 +170,22 @@ def _check_images(tokens: Sequence[Token], path: object, first_line: int, body: 
             _check_image_attrs(child, path, line)
 
 
+def _check_nesting(tokens: Sequence[Token], path: object, first_line: int) -> None:
+    deep = next((t for t in tokens if t.level > MAX_TOKEN_LEVEL and t.map), None)
+    if deep is not None:
+        raise InputError("lists or quotes are nested too deeply (at most 8 list levels): "
+                         "deeper levels would be lost; flatten them", path=path, line=first_line + deep.map[0])
+
+
 def parse_body(body: str, *, path: object = None, first_line: int = 1, web: bool = False) -> ParsedBody:
-    """Parse once; refuse what email cannot forgive (missing alt text, raw HTML); split into blocks.
+    """Parse once; refuse what email cannot forgive (missing alt text, raw HTML, nesting the
+    parser would drop); split into blocks.
 
     ``web`` renders for the archive (footnotes keep their anchors) instead of the email."""
     md = parser(web)
     env: dict = {}
     tokens = md.parse(body, env)
+    _check_nesting(tokens, path, first_line)
     _check_raw_html(tokens, path, first_line, body)
     _check_images(tokens, path, first_line, body)
 

@@ -20,6 +20,12 @@ BUSY_TIMEOUT_MS = 10_000
 Step = Union[str, Callable[[sqlite3.Connection], None]]
 
 
+def is_locked(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite saying another connection holds the lock ("database is
+    locked", "database table is locked", SQLITE_BUSY)."""
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+
+
 def connect(path: Path | str) -> sqlite3.Connection:
     """Open the database in WAL mode with foreign keys on.
 
@@ -79,6 +85,8 @@ def migrate(conn: sqlite3.Connection, component: str, steps: Sequence[Step]) -> 
     while True:
         row = conn.execute("SELECT version FROM schema_migrations WHERE component=?", (component,)).fetchone()
         peek = row[0] if row else 0
+        if peek == len(steps):  # up to date (versions only grow): no write lock needed to read the database
+            return
         rebuild = peek < len(steps) and _is_rebuild(steps[peek])
         if rebuild:
             conn.execute("PRAGMA foreign_keys=OFF")

@@ -36,6 +36,8 @@ Rules worth knowing:
   window; it is an upper bound (transports slow themselves down on rate limits).
 * ``daily_cap`` counts every message handed to the transport per UTC day and transport;
   reaching it defers the delivery until the next UTC midnight.
+* Unsubscribes the web app spooled while the database was locked are applied before
+  the list is frozen and at every resume (:mod:`newsletter.unsubscribe_spool`).
 * A ``done`` delivery sends nobody again; ``retry_failed`` alone reopens the readers
   whose retry window ran out.
 """
@@ -63,6 +65,7 @@ from newsletter.outcome import DEFAULT_RETRY_WINDOW, Answer, Policy, Row, classi
 from newsletter.pacing import Pacer, interruptible_sleep
 from newsletter.store import SubscriberStore
 from newsletter.transports.base import SendResult, Status, Transport
+from newsletter.unsubscribe_spool import apply_spool
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
@@ -97,6 +100,14 @@ class DeliveryOptions:
             raise ConfigError("the retry window must be a finite number of hours, 0 or more")
         if not (self.max_wait >= 0 and math.isfinite(self.max_wait)):
             raise ConfigError("the foreground wait must be a finite number of seconds, 0 or more")
+
+    @property
+    def claim_size(self) -> int:
+        """Readers per batch. With a rate, a batch is at most one second's worth: a batch goes
+        out in one burst, so a larger one would exceed ``rate`` within that second."""
+        if self.rate is None:
+            return self.batch_size
+        return max(1, min(self.batch_size, math.floor(self.rate)))
 
     @property
     def policy(self) -> Policy:
@@ -249,6 +260,9 @@ class _Run:
         return transports
 
     def _begin(self, d: Delivery) -> None:
+        self.store = SubscriberStore(self.conn)
+        with self.db:  # its own transaction: the spool file is gone once it commits
+            apply_spool(self.store, self.prepared.secret_key, now=self.now())
         with self.db, transaction(self.conn):
             start = ledger.begin_run(self.conn, d, transport=self.transport_name,
                                      resend_interrupted=self.o.resend_uncertain, retry_failed=self.o.retry_failed,
@@ -260,7 +274,6 @@ class _Run:
             self.stats["uncertain_reported"] = start.interrupted
         self.counts = start.counts
         self.total = sum(self.counts.values())
-        self.store = SubscriberStore(self.conn)
 
     # ---- lock heartbeat ------------------------------------------------------------------
     def _tick(self) -> None:
@@ -312,7 +325,7 @@ class _Run:
                 self.idle.notify_all()
 
     def _worker(self, transport: Transport) -> None:
-        size = self.o.batch_size
+        size = self.o.claim_size
         while not self._stopped():
             # Pace *before* claiming, so a batch is 'sending' (uncertain after a crash) only
             # while the transport really has it, never while we wait for our turn.
@@ -379,7 +392,7 @@ class _Run:
         with self.db:
             while True:
                 now = self.now()
-                day, limit = utc_day(now), self.o.batch_size
+                day, limit = utc_day(now), self.o.claim_size
                 with transaction(self.conn) as conn:
                     if self.o.daily_cap is not None:
                         used = ledger.daily_used(conn, day, self.transport_name)

@@ -110,11 +110,25 @@ class ContentChangedError(NewsletterError):
     exit_code = 7
 
 
+class DatabaseLockedError(NewsletterError):
+    """The SQLite database stayed locked by another process past the busy timeout (exit 75,
+    sysexits' EX_TEMPFAIL: try again later, as a mail system would)."""
+
+    exit_code = 75
+
+
 class SendDeferredError(NewsletterError):
     """Readers are left for a later retry (the provider is down, a window of 4xx);
     ``newsletter worker`` or ``resume`` continues (exit 8)."""
 
     exit_code = 8
+
+
+class SendHeldError(NewsletterError):
+    """A scheduled delivery was held, not sent: too late, changed since it was scheduled, or
+    unreadable. Nobody was mailed; the editor decides (exit 9)."""
+
+    exit_code = 9
 
 
 class SendInterruptedError(NewsletterError):

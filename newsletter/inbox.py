@@ -28,8 +28,8 @@ from typing import Callable, Iterator
 
 from newsletter.classify import classify
 from newsletter.config import Settings
-from newsletter.db import migrate
-from newsletter.errors import ConfigError, NewsletterError, TransportError, scrub
+from newsletter.db import is_locked, migrate
+from newsletter.errors import ConfigError, DatabaseLockedError, NewsletterError, TransportError, scrub
 from newsletter.feedback import Applier, Handled
 
 COMPONENT = "inbox"
@@ -266,8 +266,8 @@ def check_inbox(settings: Settings, *, move_to: str | None = None, on_result: Ca
                               sender_domain=settings.publication.sender_domain, policy=policy)
             return read_inbox(cfg, store.conn, handler(applier), move_to=move_to, on_result=on_result, stop=stop)
     except sqlite3.Error as exc:  # e.g. locked past the busy timeout: the checkpoint stayed before this message
-        raise NewsletterError(f"database {settings.db_path}: {exc}; "
-                              "messages not handled yet are read next time") from None
+        error = DatabaseLockedError if is_locked(exc) else NewsletterError
+        raise error(f"database {settings.db_path}: {exc}; messages not handled yet are read next time") from None
 
 
 def poll_inbox(settings: Settings, stop: threading.Event, interval: float,

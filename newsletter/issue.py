@@ -7,13 +7,15 @@ file and, where known, the line, so an editor can fix it without a traceback.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
+from newsletter.addresses import ENCODED_WORD
 from newsletter.errors import InputError
 
 REQUIRED = ("number", "title", "date")
@@ -25,6 +27,19 @@ STATUSES = ("draft", "ready")
 FILENAME_RE = re.compile(r"^(?P<number>\d{3,})-(?P<slug>[a-z0-9]+(?:-[a-z0-9]+)*)\.md$")
 SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 ADDRESS_SHAPE = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[^@\s<>(),;:\"\[\]\\.]+(?:\.[^@\s<>(),;:\"\[\]\\.]+)+$")
+
+# Documented limits (README, "The issue file"). A Subject over ~80 characters is cut in
+# every inbox; a 2,000-character title is a paste accident, not a title.
+MAX_LENGTH = {"title": 200, "series": 80, "subtitle": 300, "preheader": 300, "credits_title": 200,
+              "slug": 80, "lang": 35, "reply_to": 254, "role": 100, "name": 200, "affiliation": 200}
+# Markdown longer than this is far past Gmail's ~102 KB clip, and markdown-it's time grows with it.
+MAX_FILE_BYTES = 128 * 1024
+# Fields that end up in the Subject header, where mail clients decode =?charset?q?…?= words.
+HEADER_FIELDS = ("title", "series")
+# C0 controls except TAB and LF (CRLF is normalised first), DEL and C1 controls.
+CONTROL_CHAR = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+CREDIT_KEYS = ("role", "people")
+PERSON_KEYS = ("name", "affiliation")
 
 
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
@@ -52,15 +67,14 @@ class CreditGroup:
     people: tuple[Person, ...]
 
     def lines(self) -> list[str]:
-        """Consecutive people sharing an affiliation share a line: "A, B, and C, Tsinghua University"."""
+        """Consecutive people sharing an affiliation share a line: "A, B, and C, Tsinghua University".
+
+        People given as plain names (no affiliation) share one line of names.
+        """
         out: list[str] = []
-        run: list[Person] = []
-        for person in self.people + (Person("\0"),):
-            if run and person.affiliation != run[-1].affiliation:
-                names = join_names([p.name for p in run])
-                out.append(f"{names}, {run[-1].affiliation}" if run[-1].affiliation else names)
-                run = []
-            run.append(person)
+        for affiliation, run in itertools.groupby(self.people, key=lambda p: p.affiliation):
+            names = join_names([p.name for p in run])
+            out.append(f"{names}, {affiliation}" if affiliation else names)
         return out
 
 
@@ -107,14 +121,21 @@ class Issue:
     def require_ready(self, action: str) -> None:
         """Refuse to ``action`` (send, schedule) a draft: one line naming the file."""
         if self.is_draft:
-            line = next((n for n, text in enumerate(self.source_text.split("\n")[:self.body_line], start=1)
-                         if text.startswith("status:")), None)
             raise InputError(f"issue {self.number} is a draft: set 'status: ready' to {action} it "
-                             "(a --test copy or a --dry-run works on drafts)", path=self.path, line=line)
+                             "(a --test copy or a --dry-run works on drafts)", path=self.path,
+                             line=self.field_line("status"))
 
     @property
     def subject(self) -> str:
         return self.display_title
+
+    def field_line(self, key: str) -> int | None:
+        """The file line of a top-level front-matter key, or None when the key is not given."""
+        pattern = re.compile(rf"^{re.escape(key)}\s*:")
+        for n, line in enumerate(self.source_text.split("\n")[1:self.body_line - 1], start=2):
+            if pattern.match(line):
+                return n
+        return None
 
     @property
     def writers(self) -> list[Person]:
@@ -135,11 +156,46 @@ def _split_front_matter(path: Path, text: str) -> tuple[str, str, int]:
     raise _fail(path, "front matter is not closed: add a '---' line after it", 1)
 
 
+def _line(node: yaml.Node) -> int:
+    """The file line of a front-matter node (its marks count from the line after '---')."""
+    return node.start_mark.line + 2
+
+
 def _field_lines(node: yaml.Node | None) -> dict[str, int]:
-    """Map each top-level key to its 1-based line within the front matter."""
+    """Map each top-level key to its file line."""
     if not isinstance(node, yaml.MappingNode):
         return {}
-    return {k.value: k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+    return {k.value: _line(k) for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+
+
+def _refuse_duplicate_keys(path: Path, node: yaml.Node | None) -> None:
+    """YAML keeps the last of two equal keys without a word; an editor loses the first value."""
+    stack = [node] if node is not None else []
+    visited: set[int] = set()  # an alias shares its anchor's node: walk each once (no "billion laughs")
+    while stack:
+        current = stack.pop()
+        if id(current) in visited:
+            continue
+        visited.add(id(current))
+        if isinstance(current, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key, value in current.value:
+                if isinstance(key, yaml.ScalarNode):
+                    if key.value in seen:
+                        raise _fail(path, f"'{key.value}' is given twice (first on line {seen[key.value]}); "
+                                          "keep one", _line(key))
+                    seen[key.value] = _line(key)
+                stack.append(value)
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend(current.value)
+
+
+def _refuse_control_characters(path: Path, text: str) -> None:
+    """Control characters break MJML far from their cause; name the line instead."""
+    m = CONTROL_CHAR.search(text)
+    if m:
+        line = text.count("\n", 0, m.start()) + 1
+        raise _fail(path, f"control character U+{ord(m.group()):04X} in the text: delete it", line)
 
 
 def _text(path: Path, data: dict[str, Any], key: str, line: int | None) -> str:
@@ -149,8 +205,18 @@ def _text(path: Path, data: dict[str, Any], key: str, line: int | None) -> str:
     if not isinstance(value, (str, int, float)) or isinstance(value, bool):
         raise _fail(path, f"'{key}' must be text, not {type(value).__name__}", line)
     value = str(value).strip()
-    if "\n" in value or "\r" in value:
+    if len(value.splitlines()) > 1:
         raise _fail(path, f"'{key}' must be a single line", line)
+    control = CONTROL_CHAR.search(value)  # a YAML escape ("\e", "\x00") gets past the scan of the file
+    if control:
+        raise _fail(path, f"control character U+{ord(control.group()):04X} in '{key}': delete it", line)
+    limit = MAX_LENGTH.get(key, MAX_LENGTH["title"])
+    if len(value) > limit:
+        raise _fail(path, f"'{key}' is {len(value)} characters long; the limit is {limit}", line)
+    word = ENCODED_WORD.search(value) if key in HEADER_FIELDS else None
+    if word:
+        raise _fail(path, f"'{key}' contains an RFC 2047 encoded-word ({word.group()[:40]}), "
+                          "which mail clients would decode in the Subject; write the text itself", line)
     return value
 
 
@@ -182,51 +248,97 @@ def _send_at(path: Path, value: Any, line: int | None) -> dt.datetime | None:
     return value
 
 
-def _credits(path: Path, value: Any, line: int | None) -> tuple[CreditGroup, ...]:
+def _value_node(node: yaml.Node | None, key: str) -> yaml.Node | None:
+    """The value node of ``key`` in a mapping node (for the lines of nested entries)."""
+    if isinstance(node, yaml.MappingNode):
+        return next((v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == key), None)
+    return None
+
+
+def _refuse_unknown(path: Path, node: yaml.Node, known: tuple[str, ...], what: str) -> None:
+    for key, line in _field_lines(node).items():
+        if key not in known:
+            raise _fail(path, f"unknown field '{key}' in {what} (known: {', '.join(known)})", line)
+
+
+def _person(path: Path, value: Any, node: yaml.Node) -> Person:
+    """A person: a plain name, or {name, affiliation}."""
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        value = {"name": value}
+    elif not isinstance(value, dict):
+        raise _fail(path, f"a credits person must be a name or {{name, affiliation}}, not {value!r}"[:200], _line(node))
+    else:
+        _refuse_unknown(path, node, PERSON_KEYS, "a credits person")
+    lines = _field_lines(node) or {"name": _line(node)}
+    name = _text(path, value, "name", lines.get("name", _line(node)))
+    if not name:
+        raise _fail(path, "a credits person needs a 'name'", _line(node))
+    return Person(name, _text(path, value, "affiliation", lines.get("affiliation", _line(node))))
+
+
+def _credits(path: Path, value: Any, node: yaml.Node | None, line: int | None) -> tuple[CreditGroup, ...]:
     if value in (None, ""):
         return ()
-    if not isinstance(value, list):
+    if not isinstance(value, list) or not isinstance(node, yaml.SequenceNode):
         raise _fail(path, "'credits' must be a list of {role, people}", line)
     groups = []
-    for group in value:
+    for group, group_node in zip(value, node.value):
         if not isinstance(group, dict) or not isinstance(group.get("role"), str) or not isinstance(group.get("people"), list):
-            raise _fail(path, "each credits entry needs 'role' (text) and 'people' (a list)", line)
-        people = []
-        for p in group["people"]:
-            if isinstance(p, str):
-                people.append(Person(p.strip()))
-            elif isinstance(p, dict) and isinstance(p.get("name"), str):
-                people.append(Person(p["name"].strip(), str(p.get("affiliation") or "").strip()))
-            else:
-                raise _fail(path, f"credits person must be a name or {{name, affiliation}}, not {p!r}", line)
-        groups.append(CreditGroup(group["role"].strip(), tuple(people)))
+            raise _fail(path, "each credits entry needs 'role' (text) and 'people' (a list)", _line(group_node))
+        _refuse_unknown(path, group_node, CREDIT_KEYS, "a credits entry")
+        lines = _field_lines(group_node)
+        people_node = _value_node(group_node, "people")
+        if not isinstance(people_node, yaml.SequenceNode):
+            raise _fail(path, "'people' must be a list of names or {name, affiliation}", _line(group_node))
+        people = tuple(_person(path, p, n) for p, n in zip(group["people"], people_node.value))
+        groups.append(CreditGroup(_text(path, group, "role", lines.get("role")), people))
     return tuple(groups)
 
 
-def parse_issue(path: Path) -> Issue:
-    """Read and validate one issue file."""
-    path = Path(path)
+def _read_text(path: Path) -> str:
+    """The file as text with LF line ends; too big, not UTF-8 or holding control characters is refused."""
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise _fail(path, f"cannot read: {exc.strerror}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise _fail(path, f"the file passes {MAX_FILE_BYTES // 1024} KB, the limit for an issue, on this line "
+                          "(Gmail clips an email at about 102 KB anyway)", raw[:MAX_FILE_BYTES].count(b"\n") + 1)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise _fail(path, "not UTF-8: save the file as UTF-8", line) from None
     text = text.replace("\r\n", "\n")
-    front, body, body_line = _split_front_matter(path, text)
+    _refuse_control_characters(path, text)
+    return text
+
+
+def _front_matter(path: Path, front: str) -> tuple[dict[str, Any], yaml.Node | None]:
+    """The front matter as data, with its node tree for line numbers; duplicate keys refused."""
     try:
         node = yaml.compose(front, Loader=_Loader)
+        _refuse_duplicate_keys(path, node)
         data = _Loader(front).construct_document(node) if node is not None else {}
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 2 if mark else None
         raise _fail(path, f"front matter is not valid YAML: {exc.problem or exc}", line) from None
+    except RecursionError:
+        raise _fail(path, "front matter is nested too deeply", 2) from None
     if not isinstance(data, dict):
         raise _fail(path, "front matter must be a mapping of 'key: value' lines", 2)
-    lines = {k: v + 1 for k, v in _field_lines(node).items()}  # +1 for the opening '---'
+    return data, node
+
+
+def parse_issue(path: Path) -> Issue:
+    """Read and validate one issue file."""
+    path = Path(path)
+    text = _read_text(path)
+    front, body, body_line = _split_front_matter(path, text)
+    data, node = _front_matter(path, front)
+    lines = _field_lines(node)
 
     unknown = [k for k in data if k not in REQUIRED + OPTIONAL]
     if unknown:
@@ -236,7 +348,7 @@ def parse_issue(path: Path) -> Issue:
             raise _fail(path, f"missing required field '{key}'", 1)
 
     number = data["number"]
-    if not isinstance(number, int) or isinstance(number, bool) or number < 0:
+    if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number < 1_000_000:
         raise _fail(path, f"'number' must be a whole number, not {number!r}", lines.get("number"))
 
     m = FILENAME_RE.match(path.name)
@@ -269,7 +381,7 @@ def parse_issue(path: Path) -> Issue:
         preheader=_text(path, data, "preheader", lines.get("preheader")) or subtitle,
         reply_to=reply_to,
         send_at=_send_at(path, data.get("send_at"), lines.get("send_at")),
-        credits=_credits(path, data.get("credits"), lines.get("credits")),
+        credits=_credits(path, data.get("credits"), _value_node(node, "credits"), lines.get("credits")),
         credits_title=_text(path, data, "credits_title", lines.get("credits_title")),
         lang=_text(path, data, "lang", lines.get("lang")) or None,
         status=status,
@@ -278,17 +390,68 @@ def parse_issue(path: Path) -> Issue:
 
 
 def find_issue(issues_dir: Path, ref: str) -> Path:
-    """Resolve an issue reference: a path, a number ("6", "006") or a slug."""
+    """Resolve an issue reference: a path, a number ("6", "006") or a slug.
+
+    An issue whose slug another file in ``issues_dir`` also has is refused here, before
+    anything is built into (or sent from) the folder and web address they would share.
+    """
     candidate = Path(ref)
     if candidate.suffix == ".md" and candidate.exists():
+        refuse_shared_slug(issues_dir, candidate)
         return candidate
     files = sorted(issues_dir.glob("*.md"))
     for f in files:
         m = FILENAME_RE.match(f.name)
         if ref == f.stem or (m and (ref == m.group("slug") or (ref.isdigit() and int(ref) == int(m.group("number"))))):
+            refuse_shared_slug(issues_dir, f)
             return f
     raise InputError(f"no issue {ref!r} in {issues_dir} (try a number, a slug or a path)")
 
 
 def list_issues(issues_dir: Path) -> list[Path]:
     return sorted(p for p in issues_dir.glob("*.md") if FILENAME_RE.match(p.name))
+
+
+def _parsed(paths: list[Path]) -> Iterator[Issue]:
+    """The issues among ``paths`` that parse; a broken file is reported by its own build."""
+    for path in paths:
+        try:
+            yield parse_issue(path)
+        except InputError:
+            continue
+
+
+def slugs_in(issues_dir: Path) -> set[str]:
+    """The slugs the issues in ``issues_dir`` use (for `new` to pick one that is free)."""
+    return {issue.slug for issue in _parsed(list_issues(issues_dir))} if issues_dir.is_dir() else set()
+
+
+def refuse_shared_slug(issues_dir: Path, path: Path | None = None) -> None:
+    """Two issues with one slug would build into one folder and share one web page: refuse.
+
+    With ``path``, that issue is compared with the others; without it, every issue in the
+    folder with those before it.
+    """
+    paths = list_issues(issues_dir) if issues_dir.is_dir() else []
+    if path is not None:
+        paths = [path] + [p for p in paths if p.resolve() != path.resolve()]
+    issues = list(_parsed(paths))
+    if path is not None:
+        if not issues or issues[0].path != Path(path):
+            return  # the issue itself does not parse: its build says why
+        target = issues[0]
+        clash = next((i.path for i in issues[1:] if i.slug == target.slug), None)
+        if clash is not None:
+            raise _shared_slug(target, clash)
+        return
+    owners: dict[str, Path] = {}
+    for issue in issues:
+        first = owners.setdefault(issue.slug, issue.path)
+        if first != issue.path:
+            raise _shared_slug(issue, first)
+
+
+def _shared_slug(issue: Issue, other: Path) -> InputError:
+    return InputError(f"slug '{issue.slug}' is also the slug of {other.name}; both would build into one "
+                      "folder and one web page: give one of them another 'slug'",
+                      path=issue.path, line=issue.field_line("slug") or 1)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from newsletter.db import connect, migrate
 from newsletter.errors import ContentChangedError, DeliveryLockedError, InputError, scrub
+from newsletter.processes import pid_alive
 
 if TYPE_CHECKING:  # only for types: `status` and the scheduler load neither the builder nor transports
     from newsletter.message import PreparedIssue
@@ -404,22 +405,6 @@ def start_or_resume(conn: sqlite3.Connection, prepared: PreparedIssue, *, schedu
 # ---------------------------------------------------------------------------------------
 # The lock
 # ---------------------------------------------------------------------------------------
-def _pid_alive(pid: int | None) -> bool:
-    if not pid or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed but not yet reaped child still answers kill(0): a zombie is dead
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rpartition(")")[2].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return True
-
-
 def lock_is_live(d: Delivery, now: datetime | None = None) -> bool:
     """True if the delivery's lock belongs to a process that still looks alive."""
     if d.lock_pid is None and d.lock_heartbeat is None:
@@ -427,7 +412,7 @@ def lock_is_live(d: Delivery, now: datetime | None = None) -> bool:
     now = now or utcnow()
     if d.lock_heartbeat is None or now - d.lock_heartbeat > LOCK_STALE_AFTER:
         return False
-    if d.lock_host == _hostname() and not _pid_alive(d.lock_pid):
+    if d.lock_host == _hostname() and not pid_alive(d.lock_pid):
         return False
     return True
 
@@ -680,6 +665,18 @@ def wait_for_editor(conn: sqlite3.Connection, delivery_id: int) -> None:
     it up again; only `newsletter send` or `resume` continues it."""
     with transaction(conn):
         conn.execute("UPDATE deliveries SET resume_at=NULL WHERE id=? AND state='paused'", (delivery_id,))
+
+
+def hold_for_editor(conn: sqlite3.Connection, delivery_id: int, reason: str) -> None:
+    """An editor's send that could not start (the transport or a setting refused, nobody was
+    contacted) leaves its delivery paused, not ``running``: a worker or cron dispatch would
+    otherwise send the whole issue on its own. `newsletter send` or `resume` continues it.
+    A delivery another live process is sending is left alone."""
+    with transaction(conn):
+        if lock_is_live(get_delivery(conn, delivery_id)):  # another process is sending it right now
+            return
+        conn.execute("UPDATE deliveries SET state='paused', resume_at=NULL, reason=? WHERE id=? AND state='running'",
+                     (scrub(reason), delivery_id))
 
 
 def forget_subscriber(conn: sqlite3.Connection, subscriber_id: int) -> int:

@@ -70,7 +70,11 @@ def classify(result: SendResult | None) -> Answer:
     if status is Status.UNCERTAIN:
         return Answer.UNCERTAIN
     if status is Status.FAILED_TEMPORARY:
-        return Answer.RATE_LIMITED if result.rate_limited else Answer.FAILED_TEMPORARY
+        if result.rate_limited:
+            return Answer.RATE_LIMITED
+        # Never tried (an earlier failure in the same call stopped the transport): nothing was
+        # heard about this reader, so no attempt is used up.
+        return Answer.FAILED_TEMPORARY if result.attempted else Answer.NO_ANSWER
     return Answer.BOUNCED if result.bounce else Answer.FAILED_PERMANENT
 
 

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from newsletter.errors import InputError
-from newsletter.issue import FILENAME_RE, list_issues
+from newsletter.issue import CONTROL_CHAR, FILENAME_RE, MAX_LENGTH, list_issues, parse_issue, slugs_in
 from newsletter.render import default_templates_dir
 
 INIT_DATA = Path(__file__).resolve().parent / "data" / "init"
@@ -65,22 +65,40 @@ def _gitignore(target: Path) -> list[Path]:
 
 def new_issue(issues_dir: Path, title: str, today: dt.date | None = None) -> Path:
     """Scaffold the next numbered issue file; refuses to overwrite."""
-    if not title.strip() or "\n" in title:
-        raise InputError("the title must be one non-empty line")
+    title = title.strip()
+    if not title or len(title.splitlines()) > 1 or CONTROL_CHAR.search(title):
+        raise InputError("the title must be one non-empty line without control characters")
+    if len(title) > MAX_LENGTH["title"]:
+        raise InputError(f"the title is {len(title)} characters long; the limit is {MAX_LENGTH['title']}")
     issues_dir.mkdir(parents=True, exist_ok=True)
     numbers = [int(m.group("number")) for p in list_issues(issues_dir) if (m := FILENAME_RE.match(p.name))]
     number = max(numbers, default=0) + 1
-    path = issues_dir / f"{number:03d}-{slugify(title)}.md"
+    slug = slugify(title)
+    if slug in slugs_in(issues_dir):  # a second "Trade" issue must not share the first one's web page
+        slug = f"{slug}-{number}"
+    path = issues_dir / f"{number:03d}-{slug}.md"
     if path.exists():
         raise InputError("already exists", path=path)
     date = (today or dt.date.today()).isoformat()
-    quoted = title.replace('"', '\\"')
     path.write_text(
-        f'---\nnumber: {number}\ntitle: "{quoted}"\ndate: {date}\nstatus: draft\nsubtitle: ""\n---\n\n'
+        f'---\nnumber: {number}\n{_yaml_line("title", title)}date: {date}\nstatus: draft\nsubtitle: ""\n---\n\n'
         "Write the issue here in Markdown. Level-2 headings (##) start sections;\n"
         "level-3 headings (###) start articles, set off as cards in the email.\n"
         "While 'status' is draft, the web archive leaves the issue out and send refuses it;\n"
         "set status: ready when it is done.\n",
         encoding="utf-8",
     )
+    try:
+        parse_issue(path)  # what `new` writes, the build must read: never leave a file it refuses
+    except InputError as exc:
+        path.unlink()
+        raise InputError(f"nothing written: {exc.message}") from None
     return path
+
+
+def _yaml_line(key: str, value: str) -> str:
+    """One ``key: value`` line, quoted and escaped by the YAML library (a title may hold any of
+    ``:"'\\#``), so the file always parses back to the same text."""
+    import yaml
+
+    return yaml.safe_dump({key: value}, allow_unicode=True, width=1_000_000, sort_keys=False)

@@ -1,4 +1,9 @@
-"""Shared fixtures: the repo's own publication (ChinAffairs+), settings, and issue #6."""
+"""Shared fixtures: a fixture publication (the repo's newsletter.toml and templates/, and
+issue #6 alone), its settings, and issue #6 rendered.
+
+The fixtures never list the repo's ``issues/``: this repository is the publication, so an
+editor's draft ``issues/007-….md`` must not change what any test sees.
+"""
 
 from __future__ import annotations
 
@@ -14,15 +19,19 @@ SEED = REPO.parent / "shared" / "seeds" / "chinaffairs-china-scholar-insights-00
 ISSUE6 = REPO / "issues" / "006-global-governance-of-ai.md"
 
 
+def make_publication(root: Path) -> Path:
+    """newsletter.toml, templates/ and issues/ holding issue #6 only (copied by its fixed path)."""
+    (root / "issues").mkdir(parents=True)
+    shutil.copy(REPO / "newsletter.toml", root / "newsletter.toml")
+    shutil.copytree(REPO / "templates", root / "templates")
+    shutil.copy(ISSUE6, root / "issues" / ISSUE6.name)
+    return root
+
+
 @pytest.fixture
 def publication_root(tmp_path: Path) -> Path:
-    """A copy of the repo's publication (newsletter.toml, issues/, templates/) in tmp."""
-    root = tmp_path / "pub"
-    root.mkdir()
-    shutil.copy(REPO / "newsletter.toml", root / "newsletter.toml")
-    shutil.copytree(REPO / "issues", root / "issues")
-    shutil.copytree(REPO / "templates", root / "templates")
-    return root
+    """A fixture publication in tmp (see :func:`make_publication`)."""
+    return make_publication(tmp_path / "pub")
 
 
 @pytest.fixture
@@ -31,11 +40,12 @@ def settings(publication_root: Path) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def rendered6():
-    """Issue #6 rendered once per session with the repo's own settings."""
+def rendered6(tmp_path_factory: pytest.TempPathFactory):
+    """Issue #6 rendered once per session in a fixture publication."""
     from newsletter.render import render_issue
 
-    return render_issue(ISSUE6, load_settings(REPO, environ={}))
+    root = make_publication(tmp_path_factory.mktemp("pub6"))
+    return render_issue(root / "issues" / ISSUE6.name, load_settings(root, environ={}))
 
 
 def seed_lines() -> list[str]:

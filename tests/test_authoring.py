@@ -191,12 +191,12 @@ def test_init_keeps_secrets_and_subscribers_out_of_git(tmp_path):
     root = tmp_path / "letter"
     init_publication(root)
     subprocess.run(["git", "init", "-q", str(root)], check=True)
-    for name in (".env", "newsletter.db", "newsletter.db-wal", "dkim.pem"):
+    for name in (".env", "newsletter.db", "newsletter.db-wal", "newsletter.db.unsubscribe-spool", "dkim.pem"):
         (root / name).write_text("secret\n")
     status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=all"],
                             capture_output=True, text=True, check=True).stdout
     listed = {line[3:] for line in status.splitlines()}
-    assert listed.isdisjoint({".env", "newsletter.db", "newsletter.db-wal", "dkim.pem"})
+    assert listed.isdisjoint({".env", "newsletter.db", "newsletter.db-wal", "newsletter.db.unsubscribe-spool", "dkim.pem"})
     assert {".gitignore", "newsletter.toml", ".env.example"} <= listed
 
 

@@ -17,7 +17,6 @@ from newsletter.checks.css import parse_stylesheet
 from newsletter.config import Settings, load_settings
 from newsletter.render import RenderedEmail, render_issue
 
-REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 CLEAN = FIXTURES / "007-clean.md"
 # A sender that is not a reserved example domain, with one-click unsubscribe enabled.
@@ -67,9 +66,9 @@ def test_clean_fixture_has_no_errors_or_warnings_of_its_own(root):
 
 
 @pytest.mark.parametrize("environ", [{}, {"NEWSLETTER_BASE_URL": "https://chinaffairs.example"}])
-def test_issue6_passes_with_no_errors(environ):
-    settings = load_settings(REPO, environ=environ)
-    findings = findings_for(settings, REPO / "issues" / "006-global-governance-of-ai.md")
+def test_issue6_passes_with_no_errors(publication_root, environ):
+    settings = load_settings(publication_root, environ=environ)
+    findings = findings_for(settings, publication_root / "issues" / "006-global-governance-of-ai.md")
     assert [f.format() for f in findings if f.level == "error"] == []
 
 

@@ -25,6 +25,29 @@ def _subscribe(root: Path, n: int) -> None:
     assert run(root, "subscribers", "import", str(csv)).exit_code == 0
 
 
+def _interrupted(root: Path, args: list[str], sig: int) -> tuple[int, str, str, int]:
+    """A real `newsletter ARGS` process sending to aiosmtpd, slowed by the rate setting and sent
+    ``sig`` once 5 messages arrived: (exit code, stdout, stderr, messages the server got)."""
+    with SMTPTestServer() as server:
+        env = {**os.environ, **server.env(), "NEWSLETTER_BASE_URL": "https://chinaffairs.example",
+               "NEWSLETTER_SECRET_KEY": "test-secret", "NEWSLETTER_RATE": "20", "NEWSLETTER_BATCH_SIZE": "5"}
+        proc = subprocess.Popen([sys.executable, "-m", "newsletter", "--root", str(root), *args], env=env, cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while server.count < 5:
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "the send never started"
+                time.sleep(0.02)
+            proc.send_signal(sig)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        return proc.returncode, out, err, server.count
+
+
 def test_an_outage_past_the_foreground_wait_exits_8_with_the_next_retry(publication_root):
     _subscribe(publication_root, 4)
     with SMTPTestServer(rcpt_replies=lambda a: "451 4.3.0 mail system down, try later") as server:
@@ -59,26 +82,8 @@ def test_worker_refuses_a_poll_interval_that_would_spin(publication_root, poll):
 def test_ctrl_c_with_readers_pending_exits_130_and_says_how_to_continue(publication_root):
     """A real `newsletter send` process, slowed by the rate setting, interrupted with SIGINT."""
     _subscribe(publication_root, 40)
-    with SMTPTestServer() as server:
-        env = {**os.environ, **server.env(), "NEWSLETTER_BASE_URL": "https://chinaffairs.example",
-               "NEWSLETTER_SECRET_KEY": "test-secret", "NEWSLETTER_RATE": "20", "NEWSLETTER_BATCH_SIZE": "5"}
-        proc = subprocess.Popen([sys.executable, "-m", "newsletter", "--root", str(publication_root), "send", "6",
-                                 "--yes", "--skip-checks"], env=env, cwd=REPO, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + 60
-            while server.count < 5:
-                assert proc.poll() is None, proc.communicate()
-                assert time.monotonic() < deadline, "the send never started"
-                time.sleep(0.02)
-            proc.send_signal(signal.SIGINT)
-            out, err = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        sent = server.count
-    assert proc.returncode == 130, out + err
+    returncode, out, err, sent = _interrupted(publication_root, ["send", "6", "--yes", "--skip-checks"], signal.SIGINT)
+    assert returncode == 130, out + err
     assert "`newsletter resume 6` will continue" in err and sent < 40
     conn = sqlite3.connect(publication_root / "newsletter.db")
     states = dict(conn.execute("SELECT state, COUNT(*) FROM ledger GROUP BY state"))
@@ -99,3 +104,83 @@ def test_status_failed_never_prints_a_configured_secret(publication_root):
     result = run(publication_root, "status", "--failed", env={"SENDGRID_API_KEY": " SG.leaky-key-0987\r"})
     assert result.exit_code == 0 and "reader0@example.org" in result.output
     assert "SG.leaky-key-0987" not in result.output and "***" in result.output
+
+
+def test_dispatch_stopped_by_sigterm_with_readers_pending_exits_130(publication_root):
+    """`dispatch` from cron or a timer, stopped mid-send: its exit code must not say all is well."""
+    import datetime as dt
+
+    _subscribe(publication_root, 40)
+    at = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1)).isoformat()
+    scheduled = run(publication_root, "schedule", "6", "--at", at, "--skip-checks",
+                    env={"NEWSLETTER_BASE_URL": "https://chinaffairs.example"})  # the content hash covers links
+    assert scheduled.exit_code == 0, scheduled.output
+    returncode, out, err, sent = _interrupted(publication_root, ["dispatch"], signal.SIGTERM)
+    assert sent < 40
+    assert returncode == 130, out + err
+    assert "readers pending" in err and "dispatch" in err
+
+
+def test_a_send_whose_transport_fails_to_start_is_not_sent_later_by_dispatch(publication_root):
+    """Exit 4 says nobody was contacted; a cron `dispatch` must not then send the whole issue
+    on its own. The editor's next `send` continues it."""
+    import socket
+
+    _subscribe(publication_root, 3)
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now
+    base = {"NEWSLETTER_BASE_URL": "https://chinaffairs.example", "NEWSLETTER_TRANSPORT": "smtp",
+            "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(port), "SMTP_SECURITY": "none", "SMTP_TIMEOUT": "5"}
+    failed = run(publication_root, "send", "6", "--yes", "--skip-checks", env=base)
+    assert failed.exit_code == 4, failed.output
+    with SMTPTestServer() as server:
+        env = {**server.env(), "NEWSLETTER_BASE_URL": "https://chinaffairs.example"}
+        later = run(publication_root, "dispatch", env=env)
+        assert later.exit_code == 0 and "Nothing due." in later.output, later.output
+        assert server.count == 0
+        status = run(publication_root, "status", "6")
+        assert "paused" in status.output
+        again = run(publication_root, "send", "6", "--yes", "--skip-checks", env=env)
+        assert again.exit_code == 0, again.output
+        assert server.count == 3
+
+
+
+def test_hold_for_editor_leaves_a_delivery_another_process_is_sending_alone(publication_root):
+    """A second `send` that fails before taking the lock must not mark a live send as paused."""
+    import datetime as dt
+
+    from newsletter.ledger import acquire_lock, get_delivery, hold_for_editor, open_ledger
+
+    _subscribe(publication_root, 2)
+    with SMTPTestServer() as server:
+        env = {**server.env(), "NEWSLETTER_BASE_URL": "https://chinaffairs.example", "SMTP_SECURITY": "starttls"}
+        assert run(publication_root, "send", "6", "--yes", "--skip-checks", env=env).exit_code == 4
+    conn = open_ledger(publication_root / "newsletter.db")
+    try:
+        with conn:
+            conn.execute("UPDATE deliveries SET state='running' WHERE id=1")
+        acquire_lock(conn, 1, "another-sender", dt.datetime.now(dt.timezone.utc))  # live: this process
+        hold_for_editor(conn, 1, "could not start")
+        assert get_delivery(conn, 1).state == "running"
+    finally:
+        conn.close()
+
+
+def test_dispatch_that_holds_a_late_delivery_exits_9_not_0(publication_root):
+    """A scheduled send found too late is held, not sent: cron must see that nobody was mailed."""
+    import datetime as dt
+
+    _subscribe(publication_root, 2)
+    env = {"NEWSLETTER_BASE_URL": "https://chinaffairs.example"}
+    at = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=8)).strftime("%Y-%m-%dT%H:%M+00:00")
+    scheduled = run(publication_root, "schedule", "6", "--at", at, "--skip-checks", env=env)
+    assert scheduled.exit_code == 0, scheduled.output
+    with SMTPTestServer() as server:
+        held = run(publication_root, "dispatch", env={**server.env(), **env})
+        assert held.exit_code == 9, held.output
+        assert "missed its send time" in held.output and server.count == 0
+        again = run(publication_root, "dispatch", env={**server.env(), **env})
+        assert again.exit_code == 0 and "Nothing due." in again.output and server.count == 0

@@ -20,7 +20,8 @@ from newsletter.errors import ConfigError, HeaderInjectionError
     ("NEWSLETTER_UNSUBSCRIBE_MAILTO", "not an address"),
     ("NEWSLETTER_LOGO_URL", "https://cdn.example.org/logo.png\" onerror=\"x"),
     ("NEWSLETTER_REPLY_TO", "a@example.org\nX-Injected: 1"),
-    ("NEWSLETTER_FROM", "Editor <a@example.org>"),
+    ("NEWSLETTER_FROM", "Editor <a@example.org> <b@example.org>"),  # "Name <addr>" itself is accepted (issue 11, item 9)
+    ("NEWSLETTER_FROM", "Editor <not an address>"),
     ("NEWSLETTER_NAME", "The Letter\r\nBcc: victim@example.org"),
     ("NEWSLETTER_LIST_ID", "news.example.org\u2028x"),
 ])

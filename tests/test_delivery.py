@@ -704,6 +704,20 @@ def test_rate_pacing_sleeps_exactly_what_the_rate_requires(db):
     assert report2.elapsed == pytest.approx(0.2 * 4 + 0.9)
 
 
+def test_rate_is_an_upper_bound_even_with_large_batches(db):
+    # A batch goes out in one burst: with batch_size 100 and rate 4, a batch of 100 would
+    # send 100 messages in its first second. Batches are capped at one second's worth.
+    add_subscribers(db, 12)
+    ft = FakeTime()
+    sizes: list[int] = []
+    report, _ = send(db, transport=Recorder(before=lambda messages, key: sizes.append(len(messages))),
+                     ft=ft, rate=4, batch_size=100)
+    assert report.sent == 12 and sizes == [4, 4, 4]
+    assert ft.sleeps == pytest.approx([1.0, 1.0])
+    assert DeliveryOptions(rate=0.5, batch_size=100).claim_size == 1
+    assert DeliveryOptions(batch_size=100).claim_size == 100
+
+
 def test_pacer_does_not_bank_credit_and_refunds():
     ft = FakeTime()
     p = Pacer(100, ft.clock)

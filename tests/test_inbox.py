@@ -284,7 +284,7 @@ def test_a_locked_database_stops_the_run_in_one_line_and_loses_nothing(pub, imap
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
-    assert locked.exit_code == 1 and "database is locked" in locked.output and "Traceback" not in locked.output
+    assert locked.exit_code == 75 and "database is locked" in locked.output and "Traceback" not in locked.output
     again = inbox(pub, imap)
     assert "Read 1 new message(s): 1 bounce." in again.output and statuses(pub)[addr("gone")] == "bounced"
 

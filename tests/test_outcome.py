@@ -92,6 +92,8 @@ def test_classify_normalises_transport_results():
     assert classify(SendResult("a@x", Status.QUEUED)) is Answer.DELIVERED
     assert classify(SendResult("a@x", Status.FAILED_TEMPORARY)) is Answer.FAILED_TEMPORARY
     assert classify(SendResult("a@x", Status.FAILED_TEMPORARY, rate_limited=True)) is Answer.RATE_LIMITED
+    # A message the transport never tried (an earlier failure stopped the call) used up no attempt.
+    assert classify(SendResult("a@x", Status.FAILED_TEMPORARY, attempted=False)) is Answer.NO_ANSWER
     assert classify(SendResult("a@x", Status.FAILED_PERMANENT)) is Answer.FAILED_PERMANENT
     assert classify(SendResult("a@x", Status.FAILED_PERMANENT, bounce=True)) is Answer.BOUNCED
     assert classify(SendResult("a@x", Status.REJECTED)) is Answer.FAILED_PERMANENT

@@ -218,6 +218,20 @@ def test_serves_static_site(settings, db, store, sub, tmp_path):
     assert client.get("/healthz").get_data() == b"ok\n"
 
 
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"])
+def test_archive_files_answer_only_get_and_head(settings, db, store, sub, tmp_path, method):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<h1>Archive</h1>")
+    (site / "feed.xml").write_text("<feed/>")
+    client = Client(make_app(settings, store_path=db, site_dir=site))
+    for path in ("/", "/feed.xml", "/missing.html"):
+        r = client.open(path, method=method, data=b"x=1")
+        assert r.status_code == 405 and r.headers["Allow"] == "GET, HEAD" and b"Archive" not in r.get_data()
+    assert client.head("/feed.xml").status_code == 200
+    assert client.open(f"/unsubscribe/{token_for(sub)}", method="PUT").status_code == 405  # the app's own 405
+
+
 def test_missing_site_dir_is_a_config_error(settings, db, tmp_path):
     with pytest.raises(ConfigError):
         make_app(settings, store_path=db, site_dir=tmp_path / "nope")
@@ -338,6 +352,30 @@ def test_locked_database_is_retried_then_spooled_and_applied(settings, db, store
     assert store.get(sub.id).status == "unsubscribed"
     assert store.status_reason(sub.id) == "one-click (RFC 8058) (spooled)"
     assert not spool_path(wsgi.web_app).exists()
+
+
+def test_a_write_the_database_refuses_past_the_retries_is_503_not_500(tmp_path, db, store, sub, monkeypatch):
+    """Confirming a signup while another process holds the write lock: try again later, never a 500."""
+    import sqlite3
+
+    from newsletter.clock import FakeClock
+    from newsletter.tokens import CONFIRM
+    from newsletter.web import app as web_app_module
+
+    monkeypatch.setattr(web_app_module, "DB_BUSY_MS", 50)
+    settings = load_settings(tmp_path, environ={"NEWSLETTER_SECRET_KEY": SECRET,
+                                                "NEWSLETTER_BASE_URL": "https://news.example.org"})
+    client = Client(make_app(settings, store_path=db, clock=FakeClock(), mail_sender=lambda message: None))
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        r = client.post(f"/confirm/{make_token(SECRET, sub.id, sub.email, CONFIRM)}", data={"confirm": "yes"})
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert r.status_code == 503 and r.headers["Retry-After"] == "5"
+    assert "Traceback" not in r.get_data(as_text=True)
+    assert store.get(sub.id).status == "active"
 
 
 def test_spool_is_applied_at_startup(settings, db, store, sub):

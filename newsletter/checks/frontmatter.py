@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import re
 from pathlib import Path
 
 from newsletter.checks.context import CheckContext
@@ -15,12 +14,8 @@ MAX_DAYS_AHEAD = 365
 
 
 def field_line(issue: Issue, key: str) -> int | None:
-    """The file line of a top-level front-matter key (the issue parser does not keep them)."""
-    pattern = re.compile(rf"^{re.escape(key)}\s*:")
-    for n, line in enumerate(issue.source_text.split("\n")[1:issue.body_line - 1], start=2):
-        if pattern.match(line):
-            return n
-    return None
+    """The file line of a top-level front-matter key."""
+    return issue.field_line(key)
 
 
 def _others(ctx: CheckContext, issue: Issue) -> list[Issue]:

@@ -2,11 +2,14 @@
 
 Offline checks run on every send. The online check is opt-in because it makes
 one request per unique link: HEAD first (cheap), GET when a server refuses HEAD,
-redirects followed, at most :data:`WORKERS` at a time, each bounded by a timeout.
+redirects followed, at most :data:`WORKERS` at a time. ``requests``' timeout bounds each
+read, not the whole answer, so a server trickling a byte at a time could hold a link for
+minutes: each link also gets a total :data:`DEADLINE`.
 """
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -16,7 +19,8 @@ from newsletter.render import PLACEHOLDERS
 
 SCHEMES = ("http", "https", "mailto", "tel")
 WORKERS = 8
-TIMEOUT = 10.0
+TIMEOUT = 10.0  # seconds per connect or read
+DEADLINE = 20.0  # seconds per link in all, however slowly the server answers
 USER_AGENT = "newsletter-link-check/1.0 (+pre-flight check before sending)"
 SOFT_STATUSES = {401, 403, 429}  # often bot protection: the link may work in a browser
 
@@ -118,12 +122,27 @@ def probe(url: str, timeout: float = TIMEOUT) -> LinkResult:
     return LinkResult(url, "error", f"is broken: {reason}")
 
 
-def probe_all(urls: list[str], *, timeout: float = TIMEOUT, workers: int = WORKERS) -> list[LinkResult]:
+def probe_within(url: str, deadline: float = DEADLINE, timeout: float = TIMEOUT) -> LinkResult:
+    """:func:`probe` with a total deadline: past it the link is reported as timed out.
+
+    The probe runs in a daemon thread that is abandoned at the deadline (a blocking read
+    cannot be interrupted portably); it ends with its socket's read timeout or the process.
+    """
+    answer: list[LinkResult] = []
+    worker = threading.Thread(target=lambda: answer.append(probe(url, min(timeout, deadline))),
+                              name="link-probe", daemon=True)
+    worker.start()
+    worker.join(deadline)
+    return answer[0] if answer else LinkResult(url, "warning", f"did not answer within {deadline:g} s")
+
+
+def probe_all(urls: list[str], *, timeout: float = TIMEOUT, deadline: float = DEADLINE,
+              workers: int = WORKERS) -> list[LinkResult]:
     """Probe each URL once, at most ``workers`` at a time; results in the order given."""
     if not urls:
         return []
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(urls)))) as pool:
-        return list(pool.map(lambda u: probe(u, timeout), urls))
+        return list(pool.map(lambda u: probe_within(u, deadline, timeout), urls))
 
 
 def external_urls(ctx: CheckContext) -> list[str]:
@@ -135,10 +154,10 @@ def external_urls(ctx: CheckContext) -> list[str]:
             if urlsplit(u).scheme.lower() in ("http", "https") and url_problem(u) is None and u != own_page]
 
 
-def check_links_online(ctx: CheckContext, timeout: float = TIMEOUT) -> None:
+def check_links_online(ctx: CheckContext, timeout: float = TIMEOUT, deadline: float = DEADLINE) -> None:
     if not ctx.online:
         return
-    for result in probe_all(external_urls(ctx), timeout=timeout):
+    for result in probe_all(external_urls(ctx), timeout=timeout, deadline=deadline):
         if result.level:
             code = "links.broken" if result.level == "error" else "links.unreachable"
             ctx.add(result.level, code, f"link {result.url} {result.message}", line=ctx.source.urls.get(result.url))

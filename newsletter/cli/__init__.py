@@ -10,6 +10,7 @@ this one place, and click's standalone mode prints it and exits.
 from __future__ import annotations
 
 import errno
+import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Iterator, NoReturn
@@ -17,7 +18,8 @@ from typing import IO, TYPE_CHECKING, Any, Iterator, NoReturn
 import click
 
 from newsletter import __version__
-from newsletter.errors import NewsletterError
+from newsletter.db import is_locked
+from newsletter.errors import ConfigError, DatabaseLockedError, NewsletterError
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
@@ -37,12 +39,15 @@ class CommandError(click.ClickException):
 
 
 @contextmanager
-def _click_errors() -> Iterator[None]:
+def _click_errors(ctx: click.Context) -> Iterator[None]:
     """The one mapping from our exceptions to click's."""
     try:
         yield
     except NewsletterError as exc:
         raise CommandError(exc.format_message(), exc.exit_code) from exc
+    except sqlite3.Error as exc:  # raised from deep inside any command: name the file, keep one line
+        err = database_error(exc, (ctx.obj or {}).get("settings"))
+        raise CommandError(err.format_message(), err.exit_code) from exc
     except click.exceptions.Abort:
         raise CommandError("Aborted; nothing was sent.", 1, prefix="") from None
     except KeyboardInterrupt:
@@ -52,6 +57,17 @@ def _click_errors() -> Iterator[None]:
             raise  # the reader of our output went away (`| head`): click exits 1 quietly
         where = f"{exc.filename}: " if exc.filename else ""
         raise CommandError(f"{where}{exc.strerror or exc}", 2) from exc
+
+
+def database_error(exc: sqlite3.Error, settings: "Settings | None") -> NewsletterError:
+    """A locked database (another send, `serve` or the worker held it past the busy timeout)
+    is worth retrying (exit 75); any other SQLite failure (read-only file, disk full or
+    broken) is the set-up's (exit 3)."""
+    where = settings.db_path if settings is not None else None
+    if is_locked(exc):
+        return DatabaseLockedError("the database is locked by another process (a send, `newsletter serve` "
+                                   "or the worker); try again in a moment", path=where)
+    return ConfigError(f"database error: {exc}", path=where)
 
 
 AREAS = ("authoring", "sending", "subscribers", "public", "feedback")
@@ -78,7 +94,7 @@ class NewsletterGroup(click.Group):
         return super().list_commands(ctx)
 
     def invoke(self, ctx: click.Context) -> Any:
-        with _click_errors():
+        with _click_errors(ctx):
             return super().invoke(ctx)
 
 

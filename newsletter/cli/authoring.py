@@ -42,11 +42,13 @@ def build(ctx: click.Context, issues: tuple[str, ...], out: Path | None) -> None
     Markdown → Jinja2 → MJML → mjml-python → premailer, and a plain-text part
     from the same source. Output goes to build/<slug>/ (or --out DIR/<slug>/).
     """
-    from newsletter.issue import list_issues
+    from newsletter.issue import list_issues, refuse_shared_slug
     from newsletter.preview import preview_page
     from newsletter.render import Renderer, render_issue, write_build
 
     settings = settings_of(ctx)
+    if not issues:
+        refuse_shared_slug(settings.issues_dir)
     paths = [issue_path(settings, ref) for ref in issues] or list_issues(settings.issues_dir)
     if not paths:
         raise InputError(f"no issue files in {settings.issues_dir}")

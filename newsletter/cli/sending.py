@@ -188,7 +188,8 @@ def _graceful_stop() -> Iterator[threading.Event]:
 def _deliver(settings: "Settings", rendered: "RenderedEmail", *, yes: bool, resend_uncertain: bool,
              force_new_content: bool, retry_failed: bool = False) -> None:
     from newsletter.delivery import DeliveryOptions, run_delivery
-    from newsletter.ledger import start_or_resume, wait_for_editor
+    from newsletter.errors import ConfigError, TransportError
+    from newsletter.ledger import hold_for_editor, start_or_resume, wait_for_editor
     from newsletter.sendplan import open_delivery, prepare_issue
 
     conn, active, factory = open_delivery(settings)
@@ -199,8 +200,12 @@ def _deliver(settings: "Settings", rendered: "RenderedEmail", *, yes: bool, rese
     delivery_id = start_or_resume(conn, prepared, force_new_content=force_new_content)
     progress, update, waiting = _progress(active, "Sending")
     with progress, _graceful_stop() as stop:
-        report = run_delivery(conn, delivery_id, prepared, factory, options=options, progress=update,
-                              waiting=waiting, stop=stop)
+        try:
+            report = run_delivery(conn, delivery_id, prepared, factory, options=options, progress=update,
+                                  waiting=waiting, stop=stop)
+        except (TransportError, ConfigError) as exc:  # exit 4/3, nobody contacted: nor may a worker go on
+            hold_for_editor(conn, delivery_id, f"could not start: {exc.format_message()}")
+            raise
     _report(report)
     if stop.is_set():
         wait_for_editor(conn, delivery_id)
@@ -422,7 +427,7 @@ def dispatch(ctx: click.Context) -> None:
     from newsletter.sendplan import scheduler_args
 
     from newsletter.delivery import describe_deferral
-    from newsletter.errors import SendDeferredError
+    from newsletter.errors import SendDeferredError, SendHeldError, SendInterruptedError
 
     settings = settings_of(ctx)
     args = scheduler_args(settings)
@@ -435,6 +440,13 @@ def dispatch(ctx: click.Context) -> None:
             click.echo(describe_deferral(report, report.slug), err=True)
     if not reports:
         click.echo("Nothing due.")
+    pending = sum(r.pending for r in reports)
+    if stop.is_set() and pending:  # SIGTERM/Ctrl-C: say so, as `send` does (exit 130, not 0)
+        click.echo(f"Stopped with {pending} readers pending; the next `newsletter dispatch` (or `resume`) "
+                   "will continue.", err=True)
+        ctx.exit(SendInterruptedError.exit_code)
+    if any(r.state == "held" for r in reports):  # nobody mailed, and nothing will be until the editor acts
+        ctx.exit(SendHeldError.exit_code)
     if any(r.state == "deferred" for r in reports):
         ctx.exit(SendDeferredError.exit_code)
 

@@ -26,7 +26,7 @@ from werkzeug.wrappers import Request, Response
 
 from newsletter.clock import SYSTEM, Clock
 from newsletter.config import Settings
-from newsletter.db import connect
+from newsletter.db import connect, is_locked
 from newsletter.store import SubscriberStore
 from newsletter.web.proxies import client_ip
 
@@ -54,10 +54,6 @@ def text_response(body: str, status: int) -> Response:
 
 def not_found() -> Response:
     return text_response(NOT_FOUND_BODY, 404)
-
-
-def is_locked(exc: BaseException) -> bool:
-    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
 
 
 class WebApp:
@@ -138,8 +134,14 @@ class WebApp:
             response = self.dispatch(request)
         except HTTPException as exc:  # 413 for an oversized body, 400 for a malformed one
             response = text_response(f"{exc.code} {exc.name}\n", exc.code or 400)
-        except Exception:  # noqa: BLE001 - logged once, answered plainly, never shown
-            # Only the first path segment: the rest may be a reader's token.
-            log.exception("error serving %s /%s/...", request.method, request.path.split("/")[1][:40])
-            response = text_response("Internal error\n", 500)
+        except Exception as exc:  # noqa: BLE001 - answered plainly, never shown
+            # Only the first path segment in logs: the rest may be a reader's token.
+            where = f"{request.method} /{request.path.split('/')[1][:40]}/..."
+            if is_locked(exc):  # locked past the in-request retries: ours and brief, so 503, not 500
+                log.warning("database locked; %s answered 503", where)
+                response = text_response("Temporarily unavailable; please try again in a moment\n", 503)
+                response.headers["Retry-After"] = "5"
+            else:
+                log.exception("error serving %s", where)
+                response = text_response("Internal error\n", 500)
         return response(environ, start_response)

@@ -44,8 +44,13 @@ def with_site(app: WSGIApp, owns: Callable[[str], bool], site_dir: Path) -> WSGI
                                               {"/": str(site_dir)}, cache_timeout=300), site_dir)
 
     def dispatch(environ: dict, start_response: Callable) -> Iterable[bytes]:
-        target = app if owns(environ.get("PATH_INFO", "")) else static
-        return target(environ, start_response)
+        if owns(environ.get("PATH_INFO", "")):
+            return app(environ, start_response)
+        if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):  # files are read, never posted to
+            response = _plain(405, "Method not allowed\n")
+            response.headers["Allow"] = "GET, HEAD"
+            return response(environ, start_response)
+        return static(environ, start_response)
 
     return dispatch
 

@@ -7,27 +7,23 @@ removed reader) is the same plain 404, so the app never tells who is subscribed.
 An unsubscribe is never lost: the body is read before the database is touched,
 a locked database is retried within the request, and if it stays locked the
 request is appended to a durable spool file (fsynced) that is applied on the
-next request and when the app starts.
+next request, when the app starts, and before a delivery freezes or resumes its list
+(:mod:`newsletter.unsubscribe_spool`).
 """
 
 from __future__ import annotations
 
 import html
-import json
-import logging
-import os
 import sqlite3
-import threading
 from pathlib import Path
 
 from werkzeug.wrappers import Request, Response
 
+from newsletter import unsubscribe_spool
+from newsletter.db import is_locked
 from newsletter.store import ACTIVE, PENDING, SubscriberStore
-from newsletter.web.app import WebApp, is_locked, not_found, text_response
+from newsletter.web.app import WebApp, not_found, text_response
 from newsletter.web.pages import csp_for, simple_page
-
-log = logging.getLogger("newsletter.web")
-_spool_lock = threading.Lock()
 
 
 def mask_email(email: str) -> str:
@@ -102,19 +98,13 @@ def _post(app: WebApp, token: str, reason: str) -> Response:
     return _unsubscribed_page(app, email, just_now=True)
 
 
-# ---- the durable spool ---------------------------------------------------------------
+# ---- the durable spool (newsletter.unsubscribe_spool) --------------------------------------
 def spool_path(app: WebApp) -> Path:
-    return app.store_path.with_name(app.store_path.name + ".unsubscribe-spool")
-
-
-SPOOL_MAX_BYTES = 4 * 1024 * 1024  # ~30,000 unsubscribes
+    return unsubscribe_spool.spool_path(app.store_path)
 
 
 def _spool_full(app: WebApp) -> bool:
-    try:
-        return spool_path(app).stat().st_size > SPOOL_MAX_BYTES
-    except FileNotFoundError:
-        return False
+    return unsubscribe_spool.spool_full(app.store_path)
 
 
 def _spool(app: WebApp, token: str, reason: str) -> str | None:
@@ -124,50 +114,11 @@ def _spool(app: WebApp, token: str, reason: str) -> str | None:
 
     if token_subscriber_id(str(app.settings.secret_key), token, now=app.clock.now()) is None:
         return None
-    line = json.dumps({"token": token, "reason": reason, "at": app.clock.now().isoformat()}) + "\n"
-    _append(spool_path(app), line.encode())
-    log.warning("database locked; unsubscribe spooled to %s", spool_path(app))
+    unsubscribe_spool.spool_unsubscribe(app.store_path, token, reason, app.clock.now())
     return ""
 
 
 def drain_spool(app: WebApp, store: SubscriberStore) -> int:
     """Apply spooled unsubscribes (in one transaction); returns how many were valid."""
-    path = spool_path(app)
-    if not path.exists():
-        return 0
-    with _spool_lock:
-        taken = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}")
-        try:
-            os.replace(path, taken)
-        except FileNotFoundError:
-            return 0
-    text = taken.read_text(encoding="utf-8", errors="replace")
-    done = 0
-    try:
-        with store.transaction():
-            for line in text.splitlines():
-                try:
-                    item = json.loads(line)
-                    token, reason = str(item["token"]), str(item["reason"])[:100]
-                except (ValueError, KeyError, TypeError):
-                    continue
-                sub = subscriber_for(app, store, token)
-                if sub is not None:
-                    store.unsubscribe(sub.id, reason + " (spooled)")
-                    done += 1
-    except BaseException:
-        _append(path, text.encode())  # nothing was applied: put every line back for the next try
-        taken.unlink()
-        raise
-    taken.unlink()
-    return done
-
-
-def _append(path: Path, data: bytes) -> None:
-    with _spool_lock:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    return unsubscribe_spool.apply_spool(store, str(app.settings.secret_key), now=app.clock.now(),
+                                         db_path=app.store_path)

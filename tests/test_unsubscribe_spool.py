@@ -1,0 +1,109 @@
+"""The unsubscribe spool (kept by the web app while SQLite stayed locked) is applied by the
+delivery engine before it freezes the list and at every resume, so a send never mails a
+reader whose unsubscribe is waiting in the spool."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from datetime import datetime, timezone
+
+from newsletter.store import SubscriberStore
+from newsletter.tokens import make_token
+from newsletter.unsubscribe_spool import apply_spool, spool_path, spool_unsubscribe
+
+from test_delivery import SECRET, Recorder, Sink, add_subscribers, db, ledger_states, send, subscriber_status  # noqa: F401 (db: fixture)
+
+AT = datetime(2031, 3, 4, 9, 0, tzinfo=timezone.utc)
+
+
+def token_of(db, email: str) -> str:
+    store = SubscriberStore.open(db)
+    try:
+        return make_token(SECRET, store.get_by_email(email).id, email)
+    finally:
+        store.close()
+
+
+def test_a_spooled_unsubscribe_is_applied_before_the_list_is_frozen(db):
+    emails = add_subscribers(db, 5)
+    gone = emails[2]
+    spool_unsubscribe(db, token_of(db, gone), "one-click (RFC 8058)", AT)
+    assert spool_path(db).exists()
+
+    report, sink = send(db)
+
+    assert report.state == "done"
+    assert sorted(sink.counts()) == sorted(e for e in emails if e != gone)
+    assert gone not in ledger_states(db, 1)  # never even frozen into the list
+    assert subscriber_status(db, gone) == "unsubscribed"
+    assert not spool_path(db).exists()
+
+
+def test_a_spooled_unsubscribe_is_applied_on_resume(db):
+    emails = add_subscribers(db, 6)
+    stop = threading.Event()
+    sink = Sink()
+
+    def stop_after_first_batch(messages, key):
+        stop.set()
+
+    first = Recorder(sink, before=stop_after_first_batch)
+    report, _ = send(db, transport=first, stop=stop, batch_size=2)
+    assert report.state == "paused"
+    unsent = [e for e in emails if e not in sink.counts()]
+    gone = unsent[-1]
+    spool_unsubscribe(db, token_of(db, gone), "one-click (RFC 8058)", AT)
+
+    report, _ = send(db, transport=Recorder(sink), batch_size=2)
+
+    assert report.state == "done"
+    assert gone not in sink.counts()
+    assert ledger_states(db, 1)[gone] == "skipped"
+    assert subscriber_status(db, gone) == "unsubscribed"
+    assert not spool_path(db).exists()
+
+
+def test_a_forged_or_garbled_spool_line_changes_nobody(db):
+    emails = add_subscribers(db, 2)
+    spool_path(db).write_text(json.dumps({"token": "A" * 32, "reason": "x"}) + "\nnot json\n[1]\n")
+    store = SubscriberStore.open(db)
+    try:
+        assert apply_spool(store, SECRET, now=AT) == 0
+    finally:
+        store.close()
+    assert [subscriber_status(db, e) for e in emails] == ["active", "active"]
+    assert not spool_path(db).exists()
+
+
+def test_the_web_app_and_the_engine_find_one_spool_through_a_symlinked_database(db, tmp_path):
+    """NEWSLETTER_DB may be a symbolic link; SQLite reports the real file, so the spool must live there."""
+    emails = add_subscribers(db, 2)
+    link = tmp_path / "links" / "newsletter.db"
+    link.parent.mkdir()
+    link.symlink_to(db)
+    spool_unsubscribe(link, token_of(db, emails[0]), "one-click (RFC 8058)", AT)  # as the web app would
+
+    report, sink = send(db)
+
+    assert report.state == "done" and sorted(sink.counts()) == [emails[1]]
+    assert subscriber_status(db, emails[0]) == "unsubscribed"
+
+
+def test_a_spool_left_taken_by_a_killed_process_is_applied(db):
+    """A process killed between taking the spool and committing it must not lose its lines."""
+    import subprocess
+    import sys
+
+    emails = add_subscribers(db, 2)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = spool_path(db).with_name(f"{spool_path(db).name}.{int(dead.stdout)}.12345")
+    orphan.write_text(json.dumps({"token": token_of(db, emails[0]), "reason": "one-click (RFC 8058)"}) + "\n")
+    live = spool_path(db).with_name(f"{spool_path(db).name}.{os.getpid()}.999")  # being applied right now
+    live.write_text(json.dumps({"token": token_of(db, emails[1]), "reason": "one-click (RFC 8058)"}) + "\n")
+
+    report, sink = send(db)
+
+    assert subscriber_status(db, emails[0]) == "unsubscribed" and not orphan.exists()
+    assert sorted(sink.counts()) == [emails[1]] and live.exists()  # a live process's file is its own
