@@ -36,6 +36,21 @@ def recipients(n: int):
             for i in range(1, n + 1)]
 
 
+def start_sink(script: str, what: str) -> tuple[subprocess.Popen, int]:
+    """Start ``script --serve`` (a loopback server in its own process) and read its port.
+
+    It stops when its stdin is closed: ``proc.stdin.close(); proc.wait()``.
+    """
+    proc = subprocess.Popen([sys.executable, script, "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.strip().isdigit():
+        proc.kill()
+        raise SystemExit(f"the {what} did not start")
+    return proc, int(line)
+
+
 def seed_subscribers(db: Path | str, n: int, *, unsubscribe_every: int = 0) -> None:
     """A database of n generated readers (reader0000001@example.org …), filled in SQL, no Python list.
 

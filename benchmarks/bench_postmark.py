@@ -22,11 +22,10 @@ import argparse
 import asyncio
 import http.client
 import json
-import subprocess
 import sys
 import time
 
-from _common import interleaved, median, median_ratio, rendered6, settings
+from _common import interleaved, median, median_ratio, rendered6, settings, start_sink
 
 BATCH = 500
 COUNT_MARK = b'"MessageStream":'
@@ -61,17 +60,6 @@ def serve() -> None:
         server.close()
 
     asyncio.run(main())
-
-
-def start_sink() -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen([sys.executable, __file__, "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.strip().isdigit():
-        proc.kill()
-        raise SystemExit("the HTTP sink did not start")
-    return proc, int(line)
 
 
 # ---- the contestants ------------------------------------------------------------------------
@@ -150,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     n = max(BATCH, min(args.readers, 20_000))
     rounds = max(1, min(args.rounds, 9))
     rendered = rendered6()
-    proc, port = start_sink()
+    proc, port = start_sink(__file__, "HTTP sink")
     try:
         bodies = floor_bodies(port, rendered, n)
         run_floor(port, bodies[:1])  # warm-up

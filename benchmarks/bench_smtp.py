@@ -32,7 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ISSUE6, REPO, interleaved, median, median_ratio, process_env, run_process, seed_subscribers
+from _common import (ISSUE6, REPO, interleaved, median, median_ratio, process_env, run_process, seed_subscribers,
+                     start_sink)
 
 FROM = "newsletter@chinaffairs.example"
 SECRET = "bench-secret-key-0123456789abcdef"
@@ -121,19 +122,6 @@ def _environ(port: int, db: str) -> dict[str, str]:
                         "NEWSLETTER_BASE_URL": "https://chinaffairs.example"})
 
 
-def start_sink() -> tuple["subprocess.Popen[str]", int]:
-    import subprocess
-
-    proc = subprocess.Popen([sys.executable, __file__, "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.strip().isdigit():
-        proc.kill()
-        raise SystemExit("the SMTP sink did not start")
-    return proc, int(line)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--readers", type=int, default=6000, help="messages per run (100..100000)")
@@ -151,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds = max(1, min(args.rounds, 9))
     newsletter = str(Path(sys.executable).parent / "newsletter")
     tmp = Path(tempfile.mkdtemp(prefix="nl-bench-smtp-"))
-    proc, port = start_sink()
+    proc, port = start_sink(__file__, "SMTP sink")
     sizes: list[str] = []
     try:
         seed_subscribers(tmp / "seed.db", n)

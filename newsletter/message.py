@@ -283,19 +283,19 @@ class OutgoingMessage:
 
     @property
     def text_json(self) -> list[bytes]:
-        """``json.dumps(self.text)`` in pieces to join once, from literals escaped once per
-        issue (or of the text itself, once something has built it)."""
-        if "text" in self.__dict__:
-            return [json.dumps(self.__dict__["text"]).encode("ascii")]
-        return json_parts(self.prepared._json_segments[0], self._values, escape=False)
+        """``json.dumps(self.text)`` in pieces to join once (see :meth:`_json`)."""
+        return self._json("text", 0, escape=False)
 
     @property
     def html_json(self) -> list[bytes]:
-        """``json.dumps(self.html)`` in pieces to join once, from literals escaped once per
-        issue (or of the HTML itself, once something has built it)."""
-        if "html" in self.__dict__:
-            return [json.dumps(self.__dict__["html"]).encode("ascii")]
-        return json_parts(self.prepared._json_segments[1], self._values, escape=True)
+        """``json.dumps(self.html)`` in pieces to join once (see :meth:`_json`)."""
+        return self._json("html", 1, escape=True)
+
+    def _json(self, part: str, index: int, *, escape: bool) -> list[bytes]:
+        """From literals escaped once per issue, or of the part itself once something built it."""
+        if part in self.__dict__:
+            return [json.dumps(self.__dict__[part]).encode("ascii")]
+        return json_parts(self.prepared._json_segments[index], self._values, escape=escape)
 
     @cached_property
     def extra_headers(self) -> dict[str, str]:
