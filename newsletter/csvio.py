@@ -19,7 +19,8 @@ Import is forgiving about the file and strict about each row:
   applies it. The report keeps the first :data:`DETAIL_LIMIT` bad and skipped rows,
   counting the rest;
 * suppressed addresses (unsubscribed, bounced, complained) are never reactivated
-  unless ``resubscribe=True``; they are reported as ``suppressed: <status>``.
+  unless ``resubscribe=True``; they are reported as ``suppressed: <status>``. A complained
+  address is never reactivated at all.
 
 Export writes ``email,name,status,created_at,changed_at,source,consent``. Free-text
 cells that a spreadsheet would run as a formula (starting with ``= + - @``) are
@@ -41,7 +42,7 @@ from typing import BinaryIO, Callable, Iterator, NamedTuple, Sequence, TextIO
 from newsletter.addresses import check_header, clean_text
 from newsletter.bulk_addresses import AddressValidator
 from newsletter.errors import InputError
-from newsletter.store import ACTIVE, SUPPRESSED, SubscriberStore, _SQL_PARAM_CHUNK, utcnow
+from newsletter.store import ACTIVE, COMPLAINED, SUPPRESSED, SubscriberStore, _SQL_PARAM_CHUNK, utcnow
 
 EXPORT_COLUMNS = ("email", "name", "status", "created_at", "changed_at", "source", "consent")
 
@@ -404,7 +405,9 @@ def _apply(conn: sqlite3.Connection, report: ImportReport, resubscribe: bool) ->
         "SELECT r.line, r.email, s.id, s.name, s.status, r.name, r.source, r.consent"
         " FROM temp.import_rows r JOIN subscribers s ON s.email = r.email ORDER BY r.line")
     for line, email, sid, old_name, status, name, source, consent in known:
-        if status in SUPPRESSED:
+        if status == COMPLAINED:  # a spam report is final: not even --resubscribe undoes it
+            report.skip(line, email, "suppressed: complained (never reactivated)")
+        elif status in SUPPRESSED:
             if resubscribe:
                 reactivations.append((now, name, name, source, source, consent, consent, sid))
             else:

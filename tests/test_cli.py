@@ -152,7 +152,7 @@ def _python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
 
 
-HEAVY = ("premailer", "cssutils", "mjml", "markdown_it", "jinja2", "requests", "rich.progress")
+HEAVY = ("premailer", "cssutils", "mjml", "markdown_it", "jinja2", "requests", "rich.progress", "email_validator")
 
 
 @pytest.mark.parametrize("args", [["--help"], ["subscribers", "--help"], ["send", "--help"],

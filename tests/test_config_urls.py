@@ -66,3 +66,28 @@ def test_list_unsubscribe_goes_through_the_header_check(tmp_path):
     prepared = PreparedIssue(rendered, pub, "k")
     with pytest.raises(HeaderInjectionError):
         prepared.list_unsubscribe("tok\r\nBcc: victim@example.org")
+
+
+ADDRESS_CORPUS = ["newsletter@chinaffairs.example", "a.b+c@Example.ORG", "sunchenghao@tsinghua.edu.cn", "a..b@x.org",
+                  ".a@x.org", "a.@x.org", "a@-x.org", "a@x-.org", "a@x.123", "a@x", "a b@x.org", '"q"@x.org',
+                  "a@bücher.example", "a@xn--bcher-kva.example", "a@localhost", "a@x.test", "a@x.invalid",
+                  "x" * 64 + "@example.org", "x" * 65 + "@example.org", "a@" + "b" * 63 + ".org",
+                  "a@" + "b" * 64 + ".org", "o'brien@example.ie", "a@b.c.d.e.f.g.h.i.example", "a@example.o"]
+
+
+@pytest.mark.parametrize("address", ADDRESS_CORPUS)
+def test_config_addresses_get_email_validators_decision_without_loading_it_for_plain_ones(address):
+    """The start-up fast path accepts exactly what email-validator accepts, with the same result."""
+    from email_validator import EmailNotValidError, validate_email
+
+    from newsletter.config import check_address
+
+    try:
+        expected = validate_email(address, check_deliverability=False, allow_smtputf8=False).normalized
+    except EmailNotValidError:
+        expected = None
+    try:
+        got = check_address("NEWSLETTER_FROM", address)
+    except ConfigError:
+        got = None
+    assert got == expected

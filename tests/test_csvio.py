@@ -160,7 +160,7 @@ def test_unsubscribed_not_reactivated(store, tmp_path):
     assert report.added == 1 and report.updated == 0
     assert report.skipped == [(2, "U@example.org", "suppressed: unsubscribed"),
                               (3, "b@example.org", "suppressed: bounced"),
-                              (4, "c@example.org", "suppressed: complained")]
+                              (4, "c@example.org", "suppressed: complained (never reactivated)")]
     assert store.counts() == {"active": 1, "unsubscribed": 1, "bounced": 1, "complained": 1, "pending": 0}
 
 
@@ -172,6 +172,14 @@ def test_resubscribe_reactivates(store, tmp_path):
     sub = store.get_by_email("u@example.org")
     assert sub.status == "active" and sub.name == "New"
     assert store.status_reason(sub.id) == ""
+
+
+def test_resubscribe_never_reactivates_a_complaint(store, tmp_path):
+    store.add("c@example.org", "C")
+    store.mark_complained(store.get_by_email("c@example.org").id, "ARF abuse report")
+    report = import_csv(store, write(tmp_path, "email,name\nc@example.org,C\n"), resubscribe=True)
+    assert report.updated == 0 and report.skipped == [(2, "c@example.org", "suppressed: complained (never reactivated)")]
+    assert store.get_by_email("c@example.org").status == "complained"
 
 
 def test_malformed_csv_imports_nothing(store, tmp_path):
