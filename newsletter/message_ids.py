@@ -9,7 +9,6 @@ forge the id without the key).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 
 HASH_CHARS = 24
@@ -17,8 +16,8 @@ HASH_CHARS = 24
 
 def make_message_id(secret_key: str, salt: str, slug: str, email: str, domain: str) -> str:
     """The id of one message; ``salt`` is the slug for real sends (test sends add to it)."""
-    digest = hmac.new(secret_key.encode(), f"{salt}:{email.lower()}".encode(), hashlib.sha256)
-    return f"<{slug}.{digest.hexdigest()[:HASH_CHARS]}@{domain}>"
+    digest = hmac.digest(secret_key.encode(), f"{salt}:{email.lower()}".encode(), "sha256")  # one C call
+    return f"<{slug}.{digest.hex()[:HASH_CHARS]}@{domain}>"
 
 
 def real_send_salt(slug: str) -> str:

@@ -118,13 +118,14 @@ class RawJSON:
         self.parts = parts
 
 
-def json_body(value: Any) -> bytes:
-    """``value`` as a JSON request body, with every :class:`RawJSON` spliced in verbatim.
+def json_pieces(value: Any) -> list[bytes]:
+    """``value`` as a JSON request body in pieces, with every :class:`RawJSON` spliced in verbatim.
 
     Only the small skeleton (addresses, headers) is encoded here, by the C encoder:
     it hands each RawJSON to ``default``, which leaves a marker carrying a random
     nonce (so no value from outside can forge one); the body is then one join of the
-    skeleton's pieces and the pre-encoded ones. ASCII throughout, as ``json.dumps`` writes.
+    skeleton's pieces and the pre-encoded ones, made by :class:`_TrackedBody` block by block
+    while sending. ASCII throughout, as ``json.dumps`` writes.
     """
     raws: list[RawJSON] = []
     nonce = os.urandom(8).hex()
@@ -142,7 +143,12 @@ def json_body(value: Any) -> bytes:
             pieces.extend(raws[int(part)].parts)
         else:
             pieces.append(part.encode("ascii"))
-    return b"".join(pieces)
+    return pieces
+
+
+def json_body(value: Any) -> bytes:
+    """The joined :func:`json_pieces`: what the provider receives."""
+    return b"".join(json_pieces(value))
 
 
 def address(name: str, email: str) -> str:
@@ -204,6 +210,8 @@ class HTTPTransport(Transport):
     auth_header: ClassVar[tuple[str, str] | None] = None
     #: HTTP header carrying a per-request idempotency key, if the provider has one.
     idempotency_header: ClassVar[str | None] = None
+    #: Whether :meth:`sign` reads the body: then it is joined before signing, not streamed in pieces.
+    signs_body: ClassVar[bool] = False
 
     def __init__(self, *, api_key: str | None = None, api_url: str | None = None,
                  timeout: tuple[float, float] | float = DEFAULT_TIMEOUT,
@@ -487,12 +495,17 @@ class HTTPTransport(Transport):
         headers = {"Accept": "application/json", **self.auth_headers(), **payload.headers}
         if key is not None and self.idempotency_header:
             headers[self.idempotency_header] = key
-        data, json_value = payload.data, payload.json
+        data, json_value, pieces = payload.data, payload.json, None
         if json_value is not None:  # encoded here, so pre-encoded bodies (RawJSON) are spliced in, not re-escaped
-            data, json_value = json_body(json_value), None
+            pieces, json_value = json_pieces(json_value), None
             headers.setdefault("Content-Type", "application/json")
+            if self.signs_body:
+                data, pieces = b"".join(pieces), None
         request = self.session.prepare_request(requests.Request(
             "POST", self.endpoint(chunk), headers=headers, json=json_value, data=data, files=payload.files))
+        if pieces is not None:  # sent block by block (_TrackedBody): a 35 MB batch is never joined whole
+            request.body = pieces  # type: ignore[assignment]
+            request.headers["Content-Length"] = str(sum(map(len, pieces)))
         self.sign(request)
         return request
 
@@ -525,23 +538,36 @@ class _TrackedBody:
     one lost before cannot have (a server never acts on half a request).
     """
 
-    def __init__(self, data: bytes | str | None):
-        self._data = data.encode() if isinstance(data, str) else (data or b"")
-        self._pos = 0
+    def __init__(self, data: bytes | str | list[bytes] | None):
+        if isinstance(data, list):
+            self._pieces = data
+        else:
+            self._pieces = [data.encode() if isinstance(data, str) else (data or b"")]
+        self._length = sum(map(len, self._pieces))
+        self._index = self._offset = 0  # the next byte: self._pieces[self._index][self._offset]
         self.complete = False
 
     def __len__(self) -> int:
-        return len(self._data)
+        return self._length
 
     def read(self, size: int = -1) -> bytes | memoryview:
-        if self._pos >= len(self._data):
+        # Blocks of at least 1 MB, as views where one piece suffices: a 35 MB batch is a few
+        # dozen sends of reused buffers, not thousands of 16 KB copies nor one 35 MB join.
+        want = self._length if size is None or size < 0 else max(size, _SEND_BLOCK)
+        block: list[memoryview] = []
+        got = 0
+        while got < want and self._index < len(self._pieces):
+            piece = self._pieces[self._index]
+            view = memoryview(piece)[self._offset:self._offset + want - got]
+            block.append(view)
+            got += len(view)
+            self._offset += len(view)
+            if self._offset >= len(piece):
+                self._index, self._offset = self._index + 1, 0
+        if not got:
             self.complete = True
             return b""
-        # Blocks of at least 1 MB, as views: a 35 MB batch is a few dozen sends, not
-        # thousands of 16 KB copies (the caller sends whatever one read returns).
-        end = len(self._data) if size is None or size < 0 else self._pos + max(size, _SEND_BLOCK)
-        block, self._pos = memoryview(self._data)[self._pos:end], min(end, len(self._data))
-        return block
+        return block[0] if len(block) == 1 else b"".join(block)
 
 
 def _read_bounded(response: "requests.Response") -> bool:

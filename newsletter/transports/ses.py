@@ -40,6 +40,7 @@ logging.getLogger("botocore.auth").addFilter(_hide_signing_debug)
 class SESTransport(HTTPTransport):
     name = "ses"
     path = "/v2/email/outbound-emails"
+    signs_body = True  # SigV4 hashes the body
 
     def __init__(self, *, access_key_id: str, secret_access_key: str, region: str,
                  session_token: str | None = None, api_url: str | None = None, **kwargs: Any):

@@ -73,3 +73,22 @@ def test_a_value_shaped_like_a_marker_is_not_replaced():
     payload = [{"Name": "\x00raw0\x00", "HtmlBody": raw}, {"Name": "\x000:0\x00", "HtmlBody": raw}]
     assert json.loads(json_body(payload)) == [{"Name": "\x00raw0\x00", "HtmlBody": "<p>body</p>"},
                                               {"Name": "\x000:0\x00", "HtmlBody": "<p>body</p>"}]
+
+
+@pytest.mark.parametrize("size", [-1, 1, 100])
+def test_a_body_streamed_from_its_pieces_is_the_joined_body(size, monkeypatch):
+    """Requests are sent block by block from the pieces, never joined whole: same bytes, and
+    ``complete`` only once the last byte has been handed out."""
+    from newsletter.transports import http
+
+    monkeypatch.setattr(http, "_SEND_BLOCK", 7)  # many blocks, each spanning pieces or cutting one
+    payload = [{"To": name, "HtmlBody": RawJSON(m.html_json)} for name, m in zip(HOSTILE, messages())]
+    pieces = http.json_pieces(payload)
+    body = http._TrackedBody(pieces)
+    assert len(body) == len(json_body(payload))
+    blocks = []
+    while block := body.read(size):
+        assert not body.complete
+        blocks.append(bytes(block))
+    assert body.complete and b"".join(blocks) == json_body(payload)
+    assert size < 0 or len(blocks) > 1
