@@ -6,7 +6,6 @@ and :mod:`newsletter.schedule`; here are the prompts, progress bars and reports.
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 from contextlib import contextmanager
@@ -176,6 +175,8 @@ def _retired_notes(settings: "Settings") -> None:
 def _graceful_stop() -> Iterator[threading.Event]:
     """Ctrl-C or SIGTERM sets the event: the batch in flight is finished and recorded,
     nothing is left mid-send, and the delivery stays resumable."""
+    import signal  # here: `status` and `schedule list` never need it (start-up time)
+
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
