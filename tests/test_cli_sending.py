@@ -184,3 +184,16 @@ def test_dispatch_that_holds_a_late_delivery_exits_9_not_0(publication_root):
         assert "missed its send time" in held.output and server.count == 0
         again = run(publication_root, "dispatch", env={**server.env(), **env})
         assert again.exit_code == 0 and "Nothing due." in again.output and server.count == 0
+
+
+def test_status_of_a_sent_issue_whose_file_was_removed_still_answers_by_slug(publication_root):
+    from newsletter.ledger import open_ledger
+
+    conn = open_ledger(publication_root / "newsletter.db")
+    conn.execute("INSERT INTO deliveries(slug, content_hash, state, created_at, nonce) "
+                  "VALUES('retired-issue', 'h', 'done', '2026-01-01T00:00:00.000000Z', 'n')")
+    conn.close()
+    shown = run(publication_root, "status", "retired-issue")
+    assert shown.exit_code == 0 and "retired-issue" in shown.output and "done" in shown.output, shown.output
+    missing = run(publication_root, "status", "never-sent")
+    assert missing.exit_code == 2 and "Traceback" not in missing.output

@@ -295,9 +295,15 @@ def status(ctx: click.Context, issue: str | None, failed: bool) -> None:
     conn = open_ledger(settings.db_path)
     slug = None
     if issue:
+        from newsletter.errors import InputError
         from newsletter.issue import parse_issue
 
-        slug = parse_issue(issue_path(settings, issue)).slug
+        try:
+            slug = parse_issue(issue_path(settings, issue)).slug
+        except InputError:  # renamed or removed since it was sent: its deliveries are still on record
+            if not delivery_status(conn, issue):
+                raise
+            slug = issue
     rows = delivery_status(conn, slug)
     if not rows:
         click.echo("No deliveries yet.")
