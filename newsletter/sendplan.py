@@ -39,8 +39,8 @@ def checked_test_recipients(settings: "Settings", addresses: Sequence[str]) -> l
     from newsletter.store import SubscriberStore
 
     recipients = [validate_address(a, "--test address") for a in addresses]
-    store = SubscriberStore.open(settings.db_path)
-    suppressed = [a for a in recipients if (s := store.get_by_email(a)) is not None and s.status != "active"]
+    with SubscriberStore.open(settings.db_path) as store:
+        suppressed = [a for a in recipients if (s := store.get_by_email(a)) is not None and s.status != "active"]
     if suppressed:
         raise InputError(f"{', '.join(suppressed)} unsubscribed or bounced; test sends respect the suppression list")
     return recipients
