@@ -108,8 +108,9 @@ def message_ids(text: str) -> tuple[str, ...]:
 
 
 def _date(msg: Message) -> datetime | None:
+    value = header(msg, "Date")
     try:
-        return parsedate_to_datetime(header(msg, "Date")) if header(msg, "Date") else None
+        return parsedate_to_datetime(value) if value else None
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
 
