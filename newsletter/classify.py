@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import Message
 from email.parser import HeaderParser
-from email.utils import getaddresses, parseaddr, parsedate_to_datetime
+from email.utils import parseaddr, parsedate_to_datetime
 
 from newsletter.errors import scrub
 from newsletter.excerpt import excerpt, html_to_text, printable
