@@ -1,7 +1,7 @@
 """The reply-to inbox over IMAP: read each new message once, by UID, and hand it on.
 
-Stdlib :mod:`imaplib` is enough for the five commands this needs (LOGIN, EXAMINE
-or SELECT, UID SEARCH, UID FETCH, UID MOVE) and adds no dependency.
+Stdlib :mod:`imaplib` is enough for the six commands this needs (LOGIN, STARTTLS,
+EXAMINE or SELECT, UID SEARCH, UID FETCH, UID MOVE) and adds no dependency.
 
 * **Once.** The last UID handled (with the folder's UIDVALIDITY) is kept in SQLite
   and advanced only *after* a message was handled, never on fetch; a crash in
