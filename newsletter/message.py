@@ -283,12 +283,12 @@ class OutgoingMessage:
 
     @property
     def text_json(self) -> list[bytes]:
-        """``json.dumps(self.text)`` in pieces to join once (see :meth:`_json`)."""
+        """``json.dumps(self.text)`` in pieces, for a request body (see :meth:`_json`)."""
         return self._json("text", 0, escape=False)
 
     @property
     def html_json(self) -> list[bytes]:
-        """``json.dumps(self.html)`` in pieces to join once (see :meth:`_json`)."""
+        """``json.dumps(self.html)`` in pieces, for a request body (see :meth:`_json`)."""
         return self._json("html", 1, escape=True)
 
     def _json(self, part: str, index: int, *, escape: bool) -> list[bytes]:

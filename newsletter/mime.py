@@ -117,7 +117,7 @@ def json_segments(body: str) -> list[bytes | str]:
     JSON escapes one character at a time, so escaped literals joined with escaped
     values are exactly the escaped whole: a provider's payload can carry a 60 KB
     body escaped once per issue instead of once per recipient. ASCII-only (``\\uXXXX``),
-    as ``json.dumps`` writes by default, and bytes, so a request body is one join.
+    as ``json.dumps`` writes by default, and bytes, so the pieces go into a request body as they are.
     """
     out: list[bytes | str] = []
     pos = 0
@@ -131,7 +131,8 @@ def json_segments(body: str) -> list[bytes | str]:
 
 def json_parts(segments: list[bytes | str], values: dict[str, str], *, escape: bool) -> list[bytes]:
     """The pieces of a JSON string literal (quotes included) of the body with the values
-    filled in (HTML-escaped when ``escape``), from :func:`json_segments`; join them once."""
+    filled in (HTML-escaped when ``escape``), from :func:`json_segments`; written out piece by piece
+    (:class:`newsletter.transports.http.RawJSON`), never joined per reader."""
     parts = [b'"']
     for i, seg in enumerate(segments):
         if i % 2 == 0:
