@@ -54,7 +54,10 @@ def test_smtp_bytes_equal_the_whole_message_stuffed(rendered6, recipient, issue)
         assert content[0].replace("\r\n", "\n") == content[1].replace("\r\n", "\n")
 
 
-def test_signed_messages_are_stuffed_after_signing():
+def test_signed_messages_are_stuffed_after_signing(monkeypatch):
+    from newsletter import message
+
+    monkeypatch.setattr(message.time, "time", lambda: 1_700_000_000.0)  # one Date for both builds
     signer_calls: list[bytes] = []
 
     def signer(data: bytes) -> bytes:
@@ -65,6 +68,8 @@ def test_signed_messages_are_stuffed_after_signing():
     msg = prepared.personalise(RECIPIENTS[1])
     assert msg.smtp_bytes() == dot_stuff(msg.as_bytes())
     assert signer_calls and not signer_calls[0].startswith(b"X-Signed")  # signed before stuffing
+    unsigned = PreparedIssue(rendered=dotted_issue(), publication=PUB, secret_key="k").personalise(RECIPIENTS[1])
+    assert signer_calls[0] == unsigned.as_bytes() != unsigned.smtp_bytes()  # the signer saw the unstuffed bytes
 
 
 @pytest.mark.parametrize("text", ["", ".", "..", ".\r\n", "a\r\n.\r\n", "a\r\n..b", ".x\r\n.y\r\nz.", "a\n.b"])
