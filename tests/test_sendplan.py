@@ -48,3 +48,19 @@ def test_cli_dry_run_exits_non_zero_naming_the_failures(publication_root):
     assert "not written: idn@bücher.example" in result.output
     assert "2 message(s) could not be built" in result.output
     assert len(list((publication_root / "outbox" / "global-governance-of-ai").glob("*.eml"))) == 18
+
+
+def test_test_recipients_respect_the_suppression_list(publication_root):
+    import pytest
+
+    from newsletter.errors import InputError
+    from newsletter.sendplan import checked_test_recipients
+
+    store = SubscriberStore.open(publication_root / "newsletter.db")
+    store.add("gone@example.org")
+    store.conn.execute("UPDATE subscribers SET status='unsubscribed' WHERE email='gone@example.org'")
+    store.close()
+    settings = load_settings(publication_root, environ=ENV)
+    assert checked_test_recipients(settings, ["Editor@Example.ORG"]) == ["Editor@example.org"]
+    with pytest.raises(InputError, match="gone@example.org unsubscribed or bounced"):
+        checked_test_recipients(settings, ["editor@example.org", "gone@example.org"])
