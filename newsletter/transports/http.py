@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, Sequence
 
 from newsletter.clock import SYSTEM, Clock
 from newsletter.config import Secret
-from newsletter.errors import ConfigError, TransportError
+from newsletter.errors import ConfigError, TransportError, scrub as scrub_text
 from newsletter.transports.base import SendResult, Status, Transport, check_credential
 from newsletter.transports.ratelimit import RETRIES, RateLimiter, shared_limiter
 
@@ -345,10 +345,12 @@ class HTTPTransport(Transport):
                           retry_after=self.limiter.pause_for(None) if rate_limited else None)
 
     def scrub(self, text: str) -> str:
+        """This transport's own secrets out (it may have been made without settings), then
+        :func:`newsletter.errors.scrub`: configured secrets, control characters, one line."""
         for secret in self.secrets():
             if secret:
                 text = text.replace(secret, "***")
-        return text[:MAX_ERROR]
+        return scrub_text(text, MAX_ERROR)
 
     # ---- the send sequence -----------------------------------------------------------
     @property
