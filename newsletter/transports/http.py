@@ -515,10 +515,10 @@ class HTTPTransport(Transport):
         body = _json_or_none(response)
         detail = self.describe_error(response, body) or _short_text(response) or response.reason or ""
         error = self.scrub(f"{self.name}: HTTP {response.status_code}: {detail}".rstrip(": "))
-        if self.is_temporary(response, body) or self.is_rate_limited(response, body):
+        rate_limited = self.is_rate_limited(response, body)
+        if rate_limited or self.is_temporary(response, body):
             retry_after = parse_retry_after(response.headers.get("Retry-After"), self.clock.now().timestamp())
-            return Failure(Status.FAILED_TEMPORARY, error, retry_after, halt=True,
-                           rate_limited=self.is_rate_limited(response, body))
+            return Failure(Status.FAILED_TEMPORARY, error, retry_after, halt=True, rate_limited=rate_limited)
         refused = response.status_code in AUTH_HTTP
         return Failure(Status.FAILED_PERMANENT, error, halt=refused, refused_login=refused)
 
