@@ -64,7 +64,7 @@ def _switch_to_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
             conn.execute("PRAGMA journal_mode=WAL")
             return
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or attempt == attempts - 1:
+            if not is_locked(exc) or attempt == attempts - 1:
                 raise
             time.sleep(0.01 * (1 + attempt % 5))
 
@@ -79,9 +79,6 @@ def migrate(conn: sqlite3.Connection, component: str, steps: Sequence[Step]) -> 
     up-to-date schema (the usual case) is seen by a plain read first, so opening the
     database never waits for another process's write lock (a long import, a send).
     """
-    row = conn.execute("SELECT version FROM schema_migrations WHERE component=?", (component,)).fetchone()
-    if row is not None and row[0] == len(steps):
-        return
     while True:
         row = conn.execute("SELECT version FROM schema_migrations WHERE component=?", (component,)).fetchone()
         peek = row[0] if row else 0

@@ -75,15 +75,10 @@ def list_scheduled(conn: sqlite3.Connection) -> list[Delivery]:
     return ledger.list_open(conn)
 
 
-def find(conn: sqlite3.Connection, slug_or_id: str | int) -> Delivery:
-    """A delivery by id (``12`` or ``#12``), or the open (else latest) delivery of a slug."""
-    return ledger.find_delivery(conn, slug_or_id)
-
-
 def cancel(conn: sqlite3.Connection, slug_or_id: str | int, *, now: Callable[[], datetime] = utcnow) -> Delivery:
     """Cancel a delivery that is not being sent right now. Whoever already got it keeps it,
     and a later delivery of the same issue leaves them out."""
-    d = find(conn, slug_or_id)
+    d = ledger.find_delivery(conn, slug_or_id)
     with transaction(conn):
         d = get_delivery(conn, d.id)
         if d.state not in OPEN_STATES:

@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, Sequence
 
 from newsletter.clock import SYSTEM, Clock
 from newsletter.config import Secret
-from newsletter.errors import ConfigError, TransportError
+from newsletter.errors import ConfigError, TransportError, scrub as scrub_text
 from newsletter.transports.base import SendResult, Status, Transport, check_credential
 from newsletter.transports.ratelimit import RETRIES, RateLimiter, shared_limiter
 
@@ -345,10 +345,12 @@ class HTTPTransport(Transport):
                           retry_after=self.limiter.pause_for(None) if rate_limited else None)
 
     def scrub(self, text: str) -> str:
+        """This transport's own secrets out (it may have been made without settings), then
+        :func:`newsletter.errors.scrub`: configured secrets, control characters, one line."""
         for secret in self.secrets():
             if secret:
                 text = text.replace(secret, "***")
-        return text[:MAX_ERROR]
+        return scrub_text(text, MAX_ERROR)
 
     # ---- the send sequence -----------------------------------------------------------
     @property
@@ -513,10 +515,10 @@ class HTTPTransport(Transport):
         body = _json_or_none(response)
         detail = self.describe_error(response, body) or _short_text(response) or response.reason or ""
         error = self.scrub(f"{self.name}: HTTP {response.status_code}: {detail}".rstrip(": "))
-        if self.is_temporary(response, body) or self.is_rate_limited(response, body):
+        rate_limited = self.is_rate_limited(response, body)
+        if rate_limited or self.is_temporary(response, body):
             retry_after = parse_retry_after(response.headers.get("Retry-After"), self.clock.now().timestamp())
-            return Failure(Status.FAILED_TEMPORARY, error, retry_after, halt=True,
-                           rate_limited=self.is_rate_limited(response, body))
+            return Failure(Status.FAILED_TEMPORARY, error, retry_after, halt=True, rate_limited=rate_limited)
         refused = response.status_code in AUTH_HTTP
         return Failure(Status.FAILED_PERMANENT, error, halt=refused, refused_login=refused)
 

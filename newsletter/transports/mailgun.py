@@ -45,6 +45,7 @@ def tag(part: str, key: str) -> str:
 
 
 def variable(part: str, key: str) -> str:
+    """The recipient-variable name of placeholder ``key`` in ``part`` (the tag without ``%recipient.``)."""
     return f"{part}_{key}"
 
 
@@ -95,7 +96,7 @@ class MailgunTransport(HTTPTransport):
         fields += [("to", address(m.recipient.name, m.to_email)) for m in chunk]
         fields += [("subject", first.subject), ("text", body.text), ("html", body.html),
                    ("h:Reply-To", first.reply_to)]
-        variables: dict[str, dict[str, str]] = {m.to_email: merge_values(m, _key) for m in chunk}
+        variables: dict[str, dict[str, str]] = {m.to_email: merge_values(m, variable) for m in chunk}
         for index, name in enumerate(first.extra_headers):
             values = [m.extra_headers.get(name, "") for m in chunk]
             if len(set(values)) == 1:  # the same for every reader (List-Id, List-Unsubscribe-Post)
@@ -115,8 +116,3 @@ class MailgunTransport(HTTPTransport):
     def secrets(self) -> tuple[str, ...]:
         # The basic-auth token is the key in base64; a server echoing it must not leak it either.
         return (*super().secrets(), self.auth_headers()["Authorization"].split()[1]) if self.api_key else ()
-
-
-def _key(part: str, key: str) -> str:
-    """Recipient-variable names for :func:`merge_values` (the tags without ``%recipient.``)."""
-    return variable(part, key)

@@ -124,11 +124,11 @@ _SHARED: dict[str, RateLimiter] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def shared_limiter(key: str, max_rate: float | None = None) -> RateLimiter:
+def shared_limiter(key: str) -> RateLimiter:
     """The one real-clock limiter of a provider account in this process, shared by the
     transports the engine opens for its worker threads."""
     with _SHARED_LOCK:
         limiter = _SHARED.get(key)
         if limiter is None:
-            limiter = _SHARED[key] = RateLimiter(SYSTEM, max_rate=max_rate)
+            limiter = _SHARED[key] = RateLimiter(SYSTEM)
         return limiter

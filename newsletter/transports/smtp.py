@@ -47,7 +47,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Sequence
 
 from newsletter.clock import Clock
-from newsletter.errors import ConfigError, InputError, TransportError
+from newsletter.errors import ConfigError, InputError, TransportError, scrub
 from newsletter.mime import dot_stuff  # noqa: F401 - re-exported; messages come stuffed (smtp_bytes)
 from newsletter.transports.base import SendResult, Status, Transport, check_credential
 from newsletter.transports.ratelimit import RETRIES, RateLimiter, shared_limiter
@@ -102,7 +102,7 @@ def _fqdn() -> str:
 def _text(resp: bytes | str) -> str:
     if isinstance(resp, bytes):
         resp = resp.decode("utf-8", "replace")
-    return " ".join(resp.split())[:_MAX_ERROR]
+    return scrub(resp, _MAX_ERROR)  # one line, no control characters or configured secrets
 
 
 def classify(phase: str, code: int, resp: bytes | str) -> tuple[Status, bool]:

@@ -467,6 +467,17 @@ def test_validation_error_is_permanent_with_the_providers_message(spec, fake_api
     assert not any(r.bounce for r in results)
 
 
+def test_a_providers_error_text_reaches_us_without_control_characters(fake_api, build, make_messages):
+    # A test send prints the transport's error as it is: a reply with terminal escapes or line
+    # breaks must come out as one plain line (README: control characters never appear).
+    fake_api.handler = lambda req: reply(422, {"name": "validation_error",
+                                               "message": "bad\x1b[2J address\r\nX-Injected: yes"})
+    results = build(SPECS["resend"]).send(make_messages(1))
+    assert results[0].status is Status.FAILED_PERMANENT
+    assert "bad" in results[0].error and "X-Injected" in results[0].error
+    assert not any(c in results[0].error for c in "\x1b\r\n")
+
+
 @each_provider
 def test_read_timeout_is_uncertain_and_bounded(spec, fake_api, build, make_messages):
     # Not a provider's doc: our contract (connect 10 s, read 30 s by default; never hang a send).

@@ -322,6 +322,16 @@ def test_classify(phase, code, text, status, bounce):
     assert classify(phase, code, text.encode()) == (status, bounce)
 
 
+def test_a_reply_with_terminal_escapes_reaches_us_as_plain_text(tmp_path):
+    # A test send prints the transport's error as it is (README: control characters never appear).
+    with SMTPTestServer(rcpt_replies={"odd@example.com": "550 5.1.1 no\x1b[2J such\x07 user"}) as server, \
+            transport(server, tmp_path, SMTP_SECURITY="none") as t:
+        (result,) = t.send(messages("odd@example.com"))
+    assert result.status is Status.FAILED_PERMANENT and result.bounce
+    assert "5.1.1 no" in result.error and "user" in result.error
+    assert "\x1b" not in result.error and "\x07" not in result.error
+
+
 @pytest.mark.parametrize("pipelining", [False, True], ids=["serial", "pipelined"])
 def test_bad_addresses_fail_that_message_only(tmp_path, pipelining):
     bad_header = Recipient(email="evil@example.com\r\nBcc: x@example.com", token="t1")
