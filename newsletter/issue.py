@@ -11,7 +11,7 @@ import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import yaml
 
@@ -412,7 +412,7 @@ def list_issues(issues_dir: Path) -> list[Path]:
     return sorted(p for p in issues_dir.glob("*.md") if FILENAME_RE.match(p.name))
 
 
-def _parsed(paths: list[Path]) -> Iterator[Issue]:
+def parsed_issues(paths: Iterable[Path]) -> Iterator[Issue]:
     """The issues among ``paths`` that parse; a broken file is reported by its own build."""
     for path in paths:
         try:
@@ -423,7 +423,7 @@ def _parsed(paths: list[Path]) -> Iterator[Issue]:
 
 def slugs_in(issues_dir: Path) -> set[str]:
     """The slugs the issues in ``issues_dir`` use (for `new` to pick one that is free)."""
-    return {issue.slug for issue in _parsed(list_issues(issues_dir))} if issues_dir.is_dir() else set()
+    return {issue.slug for issue in parsed_issues(list_issues(issues_dir))} if issues_dir.is_dir() else set()
 
 
 def refuse_shared_slug(issues_dir: Path, path: Path | None = None) -> None:
@@ -435,7 +435,7 @@ def refuse_shared_slug(issues_dir: Path, path: Path | None = None) -> None:
     paths = list_issues(issues_dir) if issues_dir.is_dir() else []
     if path is not None:
         paths = [path] + [p for p in paths if p.resolve() != path.resolve()]
-    issues = list(_parsed(paths))
+    issues = list(parsed_issues(paths))
     if path is not None:
         if not issues or issues[0].path != Path(path):
             return  # the issue itself does not parse: its build says why
