@@ -106,6 +106,8 @@ class Issue:
     lang: str | None = None
     status: str = "ready"
     source_text: str = field(default="", repr=False)
+    #: The file line of each top-level front-matter key, from the YAML parse.
+    field_lines: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def display_title(self) -> str:
@@ -131,11 +133,7 @@ class Issue:
 
     def field_line(self, key: str) -> int | None:
         """The file line of a top-level front-matter key, or None when the key is not given."""
-        pattern = re.compile(rf"^{re.escape(key)}\s*:")
-        for n, line in enumerate(self.source_text.split("\n")[1:self.body_line - 1], start=2):
-            if pattern.match(line):
-                return n
-        return None
+        return self.field_lines.get(key)
 
     @property
     def writers(self) -> list[Person]:
@@ -386,6 +384,7 @@ def parse_issue(path: Path) -> Issue:
         lang=_text(path, data, "lang", lines.get("lang")) or None,
         status=status,
         source_text=text,
+        field_lines=lines,
     )
 
 
