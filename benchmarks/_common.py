@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -138,3 +140,21 @@ def run_process(cmd: Sequence[str], *, env: dict[str, str] | None = None, cwd: P
         if proc.returncode != 0:
             sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err.read().decode(errors='replace')[-2000:]}")
         return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, out.read().decode(errors="replace"))
+
+
+NEWSLETTER = str(Path(sys.executable).parent / "newsletter")
+
+
+@contextlib.contextmanager
+def initialised_publication(prefix: str) -> Iterator[tuple[Path, Path]]:
+    """A temporary directory with a publication made by ``newsletter init`` in ``pub/``.
+
+    Yields ``(tmp, root)``; the directory is removed afterwards.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        root = tmp / "pub"
+        run_process([NEWSLETTER, "init", str(root)])
+        yield tmp, root
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

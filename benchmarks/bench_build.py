@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import ISSUE6, REPO, interleaved, median, median_ratio, process_env, settings, timed
+from _common import ISSUE6, NEWSLETTER, REPO, interleaved, median, median_ratio, process_env, settings, timed
 
 NODE_DIR = Path(__file__).resolve().parent / ".node"
 ROUNDS = 11
@@ -103,7 +103,7 @@ def main() -> None:
     def warm_py() -> float:
         return median([timed(lambda: renderer.render(parse_issue(ISSUE6))) for _ in range(WARM)])
 
-    newsletter_cmd = [str(Path(sys.executable).parent / "newsletter"), "--root", str(REPO), "build", "6"]
+    newsletter_cmd = [NEWSLETTER, "--root", str(REPO), "build", "6"]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         py_cmd = [*newsletter_cmd, "--out", str(out / "py")]

@@ -16,10 +16,8 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import tempfile
-from pathlib import Path
 
-from _common import interleaved, median, process_env, run_process, seed_subscribers
+from _common import NEWSLETTER, initialised_publication, interleaved, median, process_env, run_process, seed_subscribers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,11 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
-    newsletter = str(Path(sys.executable).parent / "newsletter")
-    tmp = Path(tempfile.mkdtemp(prefix="nl-bench-dryrun-"))
-    try:
-        root = tmp / "pub"
-        run_process([newsletter, "init", str(root)])
+    with initialised_publication("nl-bench-dryrun-") as (tmp, root):
         for n in (args.readers, args.small):
             seed_subscribers(tmp / f"{n}.db", n)
 
@@ -41,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(outbox, ignore_errors=True)
             env = process_env({"NEWSLETTER_DB": str(tmp / f"{n}.db"), "NEWSLETTER_OUTBOX": str(outbox),
                                "NEWSLETTER_TRANSPORT": "dryrun"})
-            peak = run_process([newsletter, "--root", str(root), "send", "1", "--dry-run", "--skip-checks"],
+            peak = run_process([NEWSLETTER, "--root", str(root), "send", "1", "--dry-run", "--skip-checks"],
                                env=env, cwd=tmp).peak_mb
             written = sum(1 for _ in next(outbox.iterdir()).glob("*.eml"))
             if written != n:
@@ -50,8 +44,6 @@ def main(argv: list[str] | None = None) -> int:
 
         peaks = interleaved(args.rounds, {"big": lambda: dry_run(args.readers),
                                           "small": lambda: dry_run(args.small)})
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     big, small = median(peaks["big"]), median(peaks["small"])
     ratio = big / small
     print(f"`newsletter send 1 --dry-run` peak RSS, {args.readers:,} vs {args.small:,} readers "

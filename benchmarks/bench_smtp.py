@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import (ISSUE6, REPO, interleaved, median, median_ratio, process_env, run_process, seed_subscribers,
+from _common import (ISSUE6, NEWSLETTER, REPO, interleaved, median, median_ratio, process_env, run_process, seed_subscribers,
                      start_sink)
 
 FROM = "newsletter@chinaffairs.example"
@@ -137,7 +137,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     n = max(100, min(args.readers, 100_000))
     rounds = max(1, min(args.rounds, 9))
-    newsletter = str(Path(sys.executable).parent / "newsletter")
     tmp = Path(tempfile.mkdtemp(prefix="nl-bench-smtp-"))
     proc, port = start_sink(__file__, "SMTP sink")
     sizes: list[str] = []
@@ -149,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{db}{suffix}").unlink(missing_ok=True)
             shutil.copyfile(tmp / "seed.db", db)
-            wall = run_process([newsletter, "--root", str(REPO), "send", "6", "--yes", "--skip-checks"],
+            wall = run_process([NEWSLETTER, "--root", str(REPO), "send", "6", "--yes", "--skip-checks"],
                                      env=_environ(port, str(db)), cwd=tmp).wall
             sent = sqlite3.connect(db).execute("SELECT COUNT(*) FROM ledger WHERE state='sent'")
             if sent.fetchone()[0] != n:

@@ -14,12 +14,10 @@ Bytecode is compiled by a first, untimed run of each.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-from _common import interleaved, median, median_ratio, process_env, run_process, seed_subscribers
+from _common import NEWSLETTER, initialised_publication, interleaved, median, median_ratio, process_env, run_process, seed_subscribers
 
 
 def add_delivery(db: Path) -> None:
@@ -41,27 +39,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args(argv)
-    newsletter = str(Path(sys.executable).parent / "newsletter")
-    tmp = Path(tempfile.mkdtemp(prefix="nl-bench-startup-"))
-    try:
-        root = tmp / "pub"
-        run_process([newsletter, "init", str(root)])
+    with initialised_publication("nl-bench-startup-") as (_, root):
         seed_subscribers(root / "newsletter.db", 1000)
         add_delivery(root / "newsletter.db")
         env = process_env({"NEWSLETTER_TRANSPORT": "dryrun"})
         commands = {
             "python -c 'import sqlite3'": [sys.executable, "-c", "import sqlite3"],
             "python -c 'import click, sqlite3'": [sys.executable, "-c", "import click, sqlite3"],
-            "newsletter status": [newsletter, "--root", str(root), "status"],
-            "newsletter subscribers count": [newsletter, "--root", str(root), "subscribers", "count"],
-            "newsletter --help": [newsletter, "--help"],
+            "newsletter status": [NEWSLETTER, "--root", str(root), "status"],
+            "newsletter subscribers count": [NEWSLETTER, "--root", str(root), "subscribers", "count"],
+            "newsletter --help": [NEWSLETTER, "--help"],
         }
         for cmd in commands.values():
             run_process(cmd, env=env, cwd=root)  # compile bytecode, warm the page cache
         runs = interleaved(max(1, args.rounds), {
             name: (lambda cmd=cmd: run_process(cmd, env=env, cwd=root)) for name, cmd in commands.items()})
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     reference = runs.pop("python -c 'import sqlite3'")
     ref_wall, ref_cpu = [r.wall for r in reference], [r.cpu for r in reference]
     print(f"whole processes, medians of {args.rounds} interleaved rounds: wall time, and CPU time (user + system,"

@@ -136,11 +136,9 @@ def sent_slugs(settings: Settings) -> set[str]:
         raise ConfigError(f"cannot read the database: {exc}", path=path) from None
     try:
         return ledger.sent_slugs(conn)
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return set()  # nothing was ever sent from this database
-        raise ConfigError(f"cannot read the database: {exc}", path=path) from None
     except sqlite3.Error as exc:
+        if isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc):
+            return set()  # nothing was ever sent from this database
         raise ConfigError(f"cannot read the database: {exc}", path=path) from None
     finally:
         conn.close()

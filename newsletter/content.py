@@ -126,15 +126,15 @@ def _line_of(block: Token, needle: str, first_line: int, body_lines: list[str]) 
     if not block.map:
         return None
     start, end = block.map
+    first = needle.split("\n")[0][:40]
     for n in range(start, min(end, len(body_lines))):
-        if needle.split("\n")[0][:40] in body_lines[n]:
+        if first in body_lines[n]:
             return first_line + n
     return first_line + start
 
 
-def _check_raw_html(tokens: Sequence[Token], path: object, first_line: int, body: str) -> None:
+def _check_raw_html(tokens: Sequence[Token], path: object, first_line: int, lines: list[str]) -> None:
     """Email HTML from Markdown only: raw HTML would show as literal text, so say so, with the line."""
-    lines = body.split("\n")
     for token in tokens:
         for child in [token, *(token.children or ())]:
             if child.type in ("html_inline", "html_block"):
@@ -157,8 +157,7 @@ def _check_image_attrs(child: Token, path: object, line: int | None) -> None:
                          "e.g. {width=600}", path=path, line=line)
 
 
-def _check_images(tokens: Sequence[Token], path: object, first_line: int, body: str) -> None:
-    lines = body.split("\n")
+def _check_images(tokens: Sequence[Token], path: object, first_line: int, lines: list[str]) -> None:
     for token in tokens:
         for child in token.children or ():
             if child.type != "image":
@@ -186,8 +185,9 @@ def parse_body(body: str, *, path: object = None, first_line: int = 1, web: bool
     env: dict = {}
     tokens = md.parse(body, env)
     _check_nesting(tokens, path, first_line)
-    _check_raw_html(tokens, path, first_line, body)
-    _check_images(tokens, path, first_line, body)
+    lines = body.split("\n")
+    _check_raw_html(tokens, path, first_line, lines)
+    _check_images(tokens, path, first_line, lines)
 
     blocks: list[Block] = []
     start = 0

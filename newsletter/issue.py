@@ -11,7 +11,7 @@ import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import yaml
 
@@ -106,6 +106,8 @@ class Issue:
     lang: str | None = None
     status: str = "ready"
     source_text: str = field(default="", repr=False)
+    #: The file line of each top-level front-matter key, from the YAML parse.
+    field_lines: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def display_title(self) -> str:
@@ -131,11 +133,7 @@ class Issue:
 
     def field_line(self, key: str) -> int | None:
         """The file line of a top-level front-matter key, or None when the key is not given."""
-        pattern = re.compile(rf"^{re.escape(key)}\s*:")
-        for n, line in enumerate(self.source_text.split("\n")[1:self.body_line - 1], start=2):
-            if pattern.match(line):
-                return n
-        return None
+        return self.field_lines.get(key)
 
     @property
     def writers(self) -> list[Person]:
@@ -386,6 +384,7 @@ def parse_issue(path: Path) -> Issue:
         lang=_text(path, data, "lang", lines.get("lang")) or None,
         status=status,
         source_text=text,
+        field_lines=lines,
     )
 
 
@@ -412,7 +411,7 @@ def list_issues(issues_dir: Path) -> list[Path]:
     return sorted(p for p in issues_dir.glob("*.md") if FILENAME_RE.match(p.name))
 
 
-def _parsed(paths: list[Path]) -> Iterator[Issue]:
+def parsed_issues(paths: Iterable[Path]) -> Iterator[Issue]:
     """The issues among ``paths`` that parse; a broken file is reported by its own build."""
     for path in paths:
         try:
@@ -423,7 +422,7 @@ def _parsed(paths: list[Path]) -> Iterator[Issue]:
 
 def slugs_in(issues_dir: Path) -> set[str]:
     """The slugs the issues in ``issues_dir`` use (for `new` to pick one that is free)."""
-    return {issue.slug for issue in _parsed(list_issues(issues_dir))} if issues_dir.is_dir() else set()
+    return {issue.slug for issue in parsed_issues(list_issues(issues_dir))} if issues_dir.is_dir() else set()
 
 
 def refuse_shared_slug(issues_dir: Path, path: Path | None = None) -> None:
@@ -435,7 +434,7 @@ def refuse_shared_slug(issues_dir: Path, path: Path | None = None) -> None:
     paths = list_issues(issues_dir) if issues_dir.is_dir() else []
     if path is not None:
         paths = [path] + [p for p in paths if p.resolve() != path.resolve()]
-    issues = list(_parsed(paths))
+    issues = list(parsed_issues(paths))
     if path is not None:
         if not issues or issues[0].path != Path(path):
             return  # the issue itself does not parse: its build says why

@@ -17,7 +17,6 @@ import re
 
 from newsletter.checks.context import CheckContext
 from newsletter.checks.css import style_map
-from newsletter.checks.frontmatter import field_line
 from newsletter.checks.html import squash
 
 SUBJECT_MAX = 60
@@ -35,7 +34,7 @@ def _domain(address: str) -> str:
 
 
 def _title_line(ctx: CheckContext) -> int | None:
-    return field_line(ctx.issue, "title") if ctx.issue else None
+    return ctx.issue.field_line("title") if ctx.issue else None
 
 
 def check_subject(ctx: CheckContext) -> None:

@@ -7,28 +7,16 @@ from pathlib import Path
 
 from newsletter.checks.context import CheckContext
 from newsletter.errors import NewsletterError
-from newsletter.issue import FILENAME_RE, Issue, list_issues, parse_issue
+from newsletter.issue import FILENAME_RE, Issue, list_issues, parsed_issues
 
 EARLIEST = dt.date(1990, 1, 1)
 MAX_DAYS_AHEAD = 365
 
 
-def field_line(issue: Issue, key: str) -> int | None:
-    """The file line of a top-level front-matter key."""
-    return issue.field_line(key)
-
-
 def _others(ctx: CheckContext, issue: Issue) -> list[Issue]:
     """The other issue files that parse; a broken one is its own check's business."""
-    out = []
-    for path in list_issues(ctx.settings.issues_dir):
-        if path.resolve() == issue.path.resolve():
-            continue
-        try:
-            out.append(parse_issue(path))
-        except NewsletterError:
-            continue
-    return out
+    mine = issue.path.resolve()
+    return list(parsed_issues(p for p in list_issues(ctx.settings.issues_dir) if p.resolve() != mine))
 
 
 def check_front_matter(ctx: CheckContext, today: dt.date | None = None) -> None:
@@ -42,25 +30,25 @@ def check_front_matter(ctx: CheckContext, today: dt.date | None = None) -> None:
     if not issue.writers:
         ctx.add("info", "frontmatter.writers",
                 "no 'Writers' in credits: the web archive's citation_author metadata will be empty",
-                line=field_line(issue, "credits") or 1)
+                line=issue.field_line("credits") or 1)
     if issue.date < EARLIEST or issue.date > today + dt.timedelta(days=MAX_DAYS_AHEAD):
         ctx.add("warning", "frontmatter.date",
                 f"date {issue.date.isoformat()} looks wrong: it is before {EARLIEST.year} or more than a year ahead",
-                line=field_line(issue, "date"))
+                line=issue.field_line("date"))
     m = FILENAME_RE.match(issue.path.name)
     if m and int(m.group("number")) != issue.number:
         ctx.add("warning", "frontmatter.number-filename",
                 f"the file name says issue {int(m.group('number'))} but 'number' is {issue.number}; "
-                "commands find issues by the file name", line=field_line(issue, "number"))
+                "commands find issues by the file name", line=issue.field_line("number"))
     for other in _others(ctx, issue):
         name = Path(other.path).name
         if other.number == issue.number:
             ctx.add("error", "frontmatter.number-reused",
-                    f"number {issue.number} is already used by {name}", line=field_line(issue, "number"))
+                    f"number {issue.number} is already used by {name}", line=issue.field_line("number"))
         if other.slug == issue.slug:
             ctx.add("error", "frontmatter.slug-reused",
                     f"slug '{issue.slug}' is already used by {name}; both would share one web address",
-                    line=field_line(issue, "slug") or 1)
+                    line=issue.field_line("slug") or 1)
 
 
 def check_archive(ctx: CheckContext, today: dt.date | None = None) -> None:
@@ -77,4 +65,4 @@ def check_archive(ctx: CheckContext, today: dt.date | None = None) -> None:
         return
     decision = publishing(issue, today or dt.date.today(), sent)
     ctx.add("info", "archive.published" if decision.published else "archive.held", decision.reason,
-            line=field_line(issue, "status") or field_line(issue, "date"))
+            line=issue.field_line("status") or issue.field_line("date"))

@@ -79,9 +79,10 @@ def preview(ctx: click.Context, issue: str, port: int, no_open: bool, screenshot
     settings = settings_of(ctx)
     path = issue_path(settings, issue)
     if screenshot_dir is not None:
+        from newsletter.render import render_issue
         from newsletter.screenshots import take_screenshots
 
-        for png in take_screenshots(render_ref(settings, issue), screenshot_dir):
+        for png in take_screenshots(render_issue(path, settings), screenshot_dir):
             click.echo(f"Wrote {png}")
         return
     from newsletter.preview import PreviewServer

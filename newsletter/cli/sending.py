@@ -295,7 +295,6 @@ def status(ctx: click.Context, issue: str | None, failed: bool) -> None:
     conn = open_ledger(settings.db_path)
     slug = None
     if issue:
-        from newsletter.errors import InputError
         from newsletter.issue import parse_issue
 
         try:
@@ -356,6 +355,7 @@ def schedule_add(ctx: click.Context, issue: str, at: str | None, skip_checks: bo
 
     from newsletter.issue import parse_issue
     from newsletter.ledger import open_ledger
+    from newsletter.render import render_issue
     from newsletter.schedule import schedule as schedule_delivery
     from newsletter.sendplan import prepare_issue
 
@@ -377,7 +377,7 @@ def schedule_add(ctx: click.Context, issue: str, at: str | None, skip_checks: bo
     from newsletter.schedule import check_send_time
 
     check_send_time(when, dt.datetime.now(dt.timezone.utc))  # before the (slow) build and checks
-    rendered = render_ref(settings, issue)
+    rendered = render_issue(parsed, settings)
     _run_checks(settings, rendered, skip_checks)
     conn = open_ledger(settings.db_path)
     delivery_id = schedule_delivery(conn, prepare_issue(settings, rendered), when)
