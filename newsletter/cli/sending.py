@@ -93,8 +93,10 @@ def _send_test(settings: "Settings", rendered: "RenderedEmail", addresses: tuple
     _confirm_real_send(settings, len(recipients), "a [TEST] copy", yes, dry_run)
     start = time.monotonic()
     results = send_test(settings, rendered, recipients, factory)
-    for r in results:
-        click.echo(f"{r.status.value:>16}  {r.recipient}" + (f"  ({r.error})" if r.error else ""))
+    from newsletter.errors import scrub
+
+    for r in results:  # a provider's error text is outside input: scrubbed like every stored error
+        click.echo(f"{r.status.value:>16}  {r.recipient}" + (f"  ({scrub(r.error)})" if r.error else ""))
     failed = [r for r in results if not r.status.delivered]
     click.echo(f"Test send: {len(results) - len(failed)} sent, {len(failed)} failed in {time.monotonic() - start:.1f}s"
                + (f" → {settings.outbox / rendered.slug}" if dry_run or settings.transport_name == "dryrun" else ""))
