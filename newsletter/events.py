@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from newsletter.db import migrate
-from newsletter.store import SubscriberStore, _one_line
+from newsletter.store import Subscriber, SubscriberStore, _one_line
 
 COMPONENT = "events"
 
@@ -105,6 +105,14 @@ def _delivery_of(conn: sqlite3.Connection, subscriber_id: int, event: Event) -> 
     return delivery_for_event(conn, subscriber_id, provider_id=event.provider_id, message_id=event.message_id)
 
 
+def _by_provider_id(store: SubscriberStore, provider_id: str) -> Subscriber | None:
+    """The reader the provider's message id was sent to, when the address matches nobody."""
+    from newsletter.ledger import subscriber_for_provider_id
+
+    sid = subscriber_for_provider_id(store.conn, provider_id)
+    return store.get(sid) if sid is not None else None
+
+
 def _apply_to_subscriber(store: SubscriberStore, sub_id: int, event: Event, policy: SoftBouncePolicy,
                          now: datetime) -> Outcome:
     """Change the subscriber as the event says; called inside the event's transaction."""
@@ -144,6 +152,8 @@ def apply_event(store: SubscriberStore, event: Event, *, policy: SoftBouncePolic
         sub = store.get(event.subscriber_id) if event.subscriber_id is not None else None
         if sub is None and event.email:
             sub = store.get_by_email(event.email)
+        if sub is None and event.provider_id:  # an address we never sent to (a forwarder's, an alias)
+            sub = _by_provider_id(store, event.provider_id)
         if sub is None:
             outcome, delivery_id = Outcome.UNKNOWN_READER, None
         else:
