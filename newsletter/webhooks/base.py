@@ -90,7 +90,7 @@ def fetch_https(url: str) -> bytes:
 class WebhookContext:
     """What a webhook request needs besides itself: settings, the store (through the web
     app's ``with_store``, which serialises writers), a clock and a fetcher (both injected
-    in tests), and the SNS certificate cache shared across requests."""
+    in tests), and the cache of parsed keys (SNS certificates, SendGrid's key) shared across requests."""
 
     settings: "Settings"
     with_store: WithStore
@@ -100,7 +100,7 @@ class WebhookContext:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def cached(self, key: str, make: Callable[[], Any], limit: int = 32) -> Any:
-        """``make()`` once per key (certificates), bounded: the cache is cleared when full."""
+        """``make()`` once per key (certificates, public keys), bounded: the cache is cleared when full."""
         with self.lock:
             if key in self.cache:
                 return self.cache[key]
