@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from newsletter.db import migrate
-from newsletter.store import Subscriber, SubscriberStore, _one_line
+from newsletter.store import Subscriber, SubscriberStore, _one_line, stamp
 
 COMPONENT = "events"
 
@@ -40,8 +40,6 @@ MIGRATIONS: list[str] = [
 CREATE INDEX feedback_events_subscriber ON feedback_events(subscriber_id, kind, occurred_at);
 CREATE INDEX feedback_events_delivery ON feedback_events(delivery_id, kind)""",
 ]
-
-_TS = "%Y-%m-%dT%H:%M:%S.%fZ"  # the store's format; sorts as text
 
 
 class Kind(str, enum.Enum):
@@ -94,10 +92,6 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
     migrate(conn, COMPONENT, MIGRATIONS)
 
 
-def _ts(dt: datetime) -> str:
-    return dt.astimezone(timezone.utc).strftime(_TS)
-
-
 def _delivery_of(conn: sqlite3.Connection, subscriber_id: int, event: Event) -> int | None:
     """The delivery the event is about: by provider id, else by the slug in our Message-ID."""
     from newsletter.ledger import delivery_for_event
@@ -126,7 +120,7 @@ def _apply_to_subscriber(store: SubscriberStore, sub_id: int, event: Event, poli
     elif event.kind is Kind.UNSUBSCRIBE:
         after = store.unsubscribe(sub_id, reason)
     else:
-        since = _ts(now - policy.window)
+        since = stamp(now - policy.window)
         n = store.conn.execute(
             "SELECT COUNT(*) FROM feedback_events WHERE subscriber_id=? AND kind=? AND occurred_at>=?",
             (sub_id, Kind.SOFT_BOUNCE.value, since)).fetchone()[0]
@@ -163,7 +157,7 @@ def apply_event(store: SubscriberStore, event: Event, *, policy: SoftBouncePolic
             "INSERT INTO feedback_events(dedupe_key, kind, source, subscriber_id, delivery_id, email,"
             " occurred_at, received_at, outcome, detail) VALUES(?,?,?,?,?,?,?,?,?,?)",
             (event.dedupe_key, event.kind.value, event.source, sub.id if sub else None, delivery_id,
-             _one_line(event.email, 320), _ts(occurred), _ts(now), outcome.value, _one_line(event.detail, 500)))
+             _one_line(event.email, 320), stamp(occurred), stamp(now), outcome.value, _one_line(event.detail, 500)))
     return outcome
 
 
