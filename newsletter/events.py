@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from newsletter.db import migrate
-from newsletter.store import SubscriberStore, _one_line
+from newsletter.store import Subscriber, SubscriberStore, _one_line, stamp
 
 COMPONENT = "events"
 
@@ -40,8 +40,6 @@ MIGRATIONS: list[str] = [
 CREATE INDEX feedback_events_subscriber ON feedback_events(subscriber_id, kind, occurred_at);
 CREATE INDEX feedback_events_delivery ON feedback_events(delivery_id, kind)""",
 ]
-
-_TS = "%Y-%m-%dT%H:%M:%S.%fZ"  # the store's format; sorts as text
 
 
 class Kind(str, enum.Enum):
@@ -94,15 +92,19 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
     migrate(conn, COMPONENT, MIGRATIONS)
 
 
-def _ts(dt: datetime) -> str:
-    return dt.astimezone(timezone.utc).strftime(_TS)
-
-
 def _delivery_of(conn: sqlite3.Connection, subscriber_id: int, event: Event) -> int | None:
     """The delivery the event is about: by provider id, else by the slug in our Message-ID."""
     from newsletter.ledger import delivery_for_event
 
     return delivery_for_event(conn, subscriber_id, provider_id=event.provider_id, message_id=event.message_id)
+
+
+def _by_provider_id(store: SubscriberStore, provider_id: str) -> Subscriber | None:
+    """The reader the provider's message id was sent to, when the address matches nobody."""
+    from newsletter.ledger import subscriber_for_provider_id
+
+    sid = subscriber_for_provider_id(store.conn, provider_id)
+    return store.get(sid) if sid is not None else None
 
 
 def _apply_to_subscriber(store: SubscriberStore, sub_id: int, event: Event, policy: SoftBouncePolicy,
@@ -118,7 +120,7 @@ def _apply_to_subscriber(store: SubscriberStore, sub_id: int, event: Event, poli
     elif event.kind is Kind.UNSUBSCRIBE:
         after = store.unsubscribe(sub_id, reason)
     else:
-        since = _ts(now - policy.window)
+        since = stamp(now - policy.window)
         n = store.conn.execute(
             "SELECT COUNT(*) FROM feedback_events WHERE subscriber_id=? AND kind=? AND occurred_at>=?",
             (sub_id, Kind.SOFT_BOUNCE.value, since)).fetchone()[0]
@@ -144,6 +146,8 @@ def apply_event(store: SubscriberStore, event: Event, *, policy: SoftBouncePolic
         sub = store.get(event.subscriber_id) if event.subscriber_id is not None else None
         if sub is None and event.email:
             sub = store.get_by_email(event.email)
+        if sub is None and event.provider_id:  # an address we never sent to (a forwarder's, an alias)
+            sub = _by_provider_id(store, event.provider_id)
         if sub is None:
             outcome, delivery_id = Outcome.UNKNOWN_READER, None
         else:
@@ -153,7 +157,7 @@ def apply_event(store: SubscriberStore, event: Event, *, policy: SoftBouncePolic
             "INSERT INTO feedback_events(dedupe_key, kind, source, subscriber_id, delivery_id, email,"
             " occurred_at, received_at, outcome, detail) VALUES(?,?,?,?,?,?,?,?,?,?)",
             (event.dedupe_key, event.kind.value, event.source, sub.id if sub else None, delivery_id,
-             _one_line(event.email, 320), _ts(occurred), _ts(now), outcome.value, _one_line(event.detail, 500)))
+             _one_line(event.email, 320), stamp(occurred), stamp(now), outcome.value, _one_line(event.detail, 500)))
     return outcome
 
 

@@ -16,6 +16,8 @@ import os
 import threading
 from typing import Callable
 
+import jinja2
+
 from newsletter.clock import SYSTEM, Clock
 from newsletter.config import Settings
 from newsletter.message import OutgoingMessage, PreparedIssue
@@ -27,8 +29,9 @@ from newsletter.tokens import CONFIRM, make_token
 log = logging.getLogger("newsletter.signup")
 
 
-def _render(settings: Settings, kind: str, clock: Clock, **context: object) -> RenderedEmail:
-    env = template_environment(settings.templates_dir)
+def _render(settings: Settings, kind: str, clock: Clock, env: jinja2.Environment | None,
+            **context: object) -> RenderedEmail:
+    env = env or template_environment(settings.templates_dir)
     pub = settings.publication
     text_module = env.get_template(f"signup-{kind}.txt.j2").make_module({"pub": pub, **context})
     html = env.get_template(f"signup-{kind}.html.j2").render(pub=pub, **context)
@@ -39,18 +42,20 @@ def _render(settings: Settings, kind: str, clock: Clock, **context: object) -> R
                          text=text, lang=pub.lang, reply_to=None, content_hash=content_hash(html, text))
 
 
-def confirmation_message(settings: Settings, sub: Subscriber, *, ttl_hours: int,
-                         clock: Clock = SYSTEM) -> OutgoingMessage:
-    """The confirmation email for ``sub``: a link to ``/confirm/<token>`` (GET shows a button)."""
+def confirmation_message(settings: Settings, sub: Subscriber, *, ttl_hours: int, clock: Clock = SYSTEM,
+                         env: jinja2.Environment | None = None) -> OutgoingMessage:
+    """The confirmation email for ``sub``: a link to ``/confirm/<token>`` (GET shows a button).
+    ``env``: a template environment to reuse (the web app's), else one is made for this mail."""
     secret = str(settings.secret_key)
     url = f"{settings.publication.base_url}/confirm/{make_token(secret, sub.id, sub.email, CONFIRM)}"
-    rendered = _render(settings, "confirm", clock, name=sub.name, confirm_url=url, ttl_hours=ttl_hours)
+    rendered = _render(settings, "confirm", clock, env, name=sub.name, confirm_url=url, ttl_hours=ttl_hours)
     # The unsubscribe link in it works too: "this was not me" suppresses the address.
     return PreparedIssue(rendered, settings.publication, secret).for_subscriber(sub.id, sub.email, sub.name)
 
 
-def welcome_message(settings: Settings, sub: Subscriber, *, clock: Clock = SYSTEM) -> OutgoingMessage:
-    rendered = _render(settings, "welcome", clock, name=sub.name)
+def welcome_message(settings: Settings, sub: Subscriber, *, clock: Clock = SYSTEM,
+                    env: jinja2.Environment | None = None) -> OutgoingMessage:
+    rendered = _render(settings, "welcome", clock, env, name=sub.name)
     return PreparedIssue(rendered, settings.publication, str(settings.secret_key)).for_subscriber(
         sub.id, sub.email, sub.name)
 

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta, timezone
 from newsletter.clock import SYSTEM, Clock
 from newsletter.db import migrate
 from newsletter.store import (ACTIVE, BOUNCED, COMPLAINED, PENDING, UNSUBSCRIBED, Subscriber, SubscriberStore,
-                              clean_text, normalise_email)
+                              TIMESTAMP, clean_text, normalise_email, stamp)
 
 COMPONENT = "signup"
 MIGRATIONS: list[str] = [
@@ -80,10 +80,6 @@ class Consent:
     ip: str
 
 
-def _iso(t: datetime) -> str:
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def _address_key(email: str) -> str:
     return hashlib.sha256(email.lower().encode()).hexdigest()
 
@@ -121,7 +117,7 @@ class Signups:
                 return SignupDecision(None, "rate limit: hourly cap")
             conn.executemany("INSERT INTO signup_events(scope, key, at) VALUES(?, ?, ?)",
                              [("address", _address_key(email), t), ("global", "", t)])
-            sid = self._record_request(conn, row[0] if row else None, email, name, ip, source, consent, _iso(now))
+            sid = self._record_request(conn, row[0] if row else None, email, name, ip, source, consent, stamp(now))
             conn.execute("INSERT INTO signup_outbox(subscriber_id, kind, due_at) VALUES(?, 'confirm', ?)", (sid, t))
         return SignupDecision(self.store.get(sid), "new" if row is None else f"address is {status}")
 
@@ -157,7 +153,7 @@ class Signups:
             return "none"
         if not row[1]:
             return "done" if row[0] == ACTIVE else "none"
-        requested = datetime.strptime(row[1], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+        requested = datetime.strptime(row[1], TIMESTAMP).replace(tzinfo=timezone.utc)
         if self.clock.now() - requested > timedelta(seconds=self.limits.confirm_ttl):
             return "expired"
         return "open" if row[0] in (PENDING, UNSUBSCRIBED) else "done"
@@ -174,7 +170,7 @@ class Signups:
                 conn.execute(
                     "UPDATE subscribers SET status='active', status_reason='', changed_at=?,"
                     " consent_requested_at=signup_requested_at, consent_confirmed_at=?, consent_ip=?,"
-                    " signup_requested_at='' WHERE id=?", (_iso(now), _iso(now), ip, sid))
+                    " signup_requested_at='' WHERE id=?", (stamp(now), stamp(now), ip, sid))
                 if welcome:
                     conn.execute("INSERT INTO signup_outbox(subscriber_id, kind, due_at) VALUES(?, 'welcome', ?)",
                                  (sid, now.timestamp()))
@@ -228,7 +224,7 @@ class Signups:
     def purge_expired(self) -> int:
         """Delete pending readers whose link expired (they never confirmed, were never mailed
         an issue), and close expired requests of unsubscribed ones. Returns rows deleted."""
-        cutoff = _iso(self.clock.now() - timedelta(seconds=self.limits.confirm_ttl))
+        cutoff = stamp(self.clock.now() - timedelta(seconds=self.limits.confirm_ttl))
         with self.store.transaction() as conn:
             deleted = conn.execute("DELETE FROM subscribers WHERE status='pending' AND signup_requested_at<>''"
                                    " AND signup_requested_at<?", (cutoff,)).rowcount

@@ -87,9 +87,17 @@ _COLUMNS = "id, email, name, status, created_at, changed_at, source, consent"
 _SQL_PARAM_CHUNK = 500  # well under SQLite's host-parameter limit on every build
 
 
+TIMESTAMP = "%Y-%m-%dT%H:%M:%S.%fZ"  # ISO 8601 UTC with microseconds: sorts as text
+
+
+def stamp(dt: datetime) -> str:
+    """``dt`` in the store's timestamp format (:data:`TIMESTAMP`), e.g. ``2025-03-01T09:30:00.123456Z``."""
+    return dt.astimezone(timezone.utc).strftime(TIMESTAMP)
+
+
 def utcnow() -> str:
     """The current time as ISO 8601 UTC, e.g. ``2025-03-01T09:30:00.123456Z``."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return stamp(datetime.now(timezone.utc))
 
 
 @dataclass(frozen=True)

@@ -112,8 +112,11 @@ def verify_token(secret: str, token: str, email: str, purpose: str = UNSUBSCRIBE
                  now: datetime | None = None) -> bool:
     """Constant-time check that ``token`` was made for ``email`` (and ``purpose``)."""
     sid = token_subscriber_id(secret, token, now=now)
-    if sid is None:
-        return False
+    return sid is not None and _tag_matches(secret, token, sid, email, purpose)
+
+
+def _tag_matches(secret: str, token: str, sid: int, email: str, purpose: str) -> bool:
+    """``token``, whose id part names ``sid``, carries the tag for ``email`` and ``purpose``."""
     if "." in token:
         if purpose != UNSUBSCRIBE:
             return False  # confirmation links never existed in the old format
@@ -132,7 +135,7 @@ def verified_subscriber_id(secret: str, token: str, email_of: Callable[[int], st
     if sid is None:
         return None
     email = email_of(sid)
-    ok = verify_token(secret, token, email or "nobody@invalid.invalid", purpose, now=now)
+    ok = _tag_matches(secret, token, sid, email or "nobody@invalid.invalid", purpose)  # id already decoded
     return sid if ok and email is not None else None
 
 

@@ -84,3 +84,19 @@ def test_events_are_tied_to_their_delivery(store):
     assert delivery_event_counts(store.conn, d6)["hard-bounce"] == 1
     assert delivery_event_counts(store.conn, d7) == {"hard-bounce": 0, "soft-bounce": 0, "complaint": 1,
                                                      "unsubscribe": 0}
+
+
+def test_an_unknown_address_is_found_by_provider_id_and_tied_to_its_delivery(store):
+    sub = store.add("a@example.org")
+    did = _delivery(store, "s", sub.id, "a@example.org", provider_id="pm-msg-1")
+    e = Event(Kind.HARD_BOUNCE, "postmark", "pm-alias", email="alias@forwarder.example", provider_id="pm-msg-1")
+    assert apply_event(store, e, now=NOW) is Outcome.APPLIED
+    assert store.get(sub.id).status == "bounced"
+    assert delivery_event_counts(store.conn, did)["hard-bounce"] == 1
+    # an id shared by several rows names nobody
+    other = store.add("b@example.org")
+    store.conn.execute("INSERT INTO ledger(delivery_id, subscriber_id, email, state, provider_id)"
+                       " VALUES(?,?,?,'sent','pm-msg-1')", (did, other.id, "b@example.org"))
+    e2 = Event(Kind.HARD_BOUNCE, "postmark", "pm-alias-2", email="alias@forwarder.example", provider_id="pm-msg-1")
+    assert apply_event(store, e2, now=NOW) is Outcome.UNKNOWN_READER
+    assert store.get(other.id).status == "active"

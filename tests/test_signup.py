@@ -343,3 +343,17 @@ def test_an_outboxed_confirmation_is_not_sent_once_it_no_longer_applies(world):
     world.store.unsubscribe("quick@example.org")
     world.mails()
     assert world.store.conn.execute("SELECT COUNT(*) FROM signup_outbox").fetchone()[0] == 0
+
+
+def test_pages_and_mails_share_one_template_environment(world, monkeypatch):
+    import newsletter.render
+
+    made = []
+    real = newsletter.render.template_environment
+    monkeypatch.setattr(newsletter.render, "template_environment", lambda *a, **k: made.append(1) or real(*a, **k))
+    monkeypatch.setattr("newsletter.signup_mail.template_environment", newsletter.render.template_environment)
+    world.app.extensions.pop("templates", None)
+    for n in range(3):
+        assert world.signup(f"reader{n}@example.org").status_code == 200
+    assert len(world.mails()) == 3
+    assert len(made) == 1  # not one per page or per confirmation email

@@ -67,7 +67,14 @@ def test_a_spooled_unsubscribe_is_applied_on_resume(db):
 
 def test_a_forged_or_garbled_spool_line_changes_nobody(db):
     emails = add_subscribers(db, 2)
-    spool_path(db).write_text(json.dumps({"token": "A" * 32, "reason": "x"}) + "\nnot json\n[1]\n")
+    store = SubscriberStore.open(db)
+    try:  # a real reader's id with the tag of another address: only the tag check refuses it
+        forged = make_token(SECRET, store.get_by_email(emails[0]).id, "someone.else@example.org")
+        confirm = make_token(SECRET, store.get_by_email(emails[1]).id, emails[1], "confirm")  # wrong purpose
+    finally:
+        store.close()
+    lines = [json.dumps({"token": t, "reason": "x"}) for t in ("A" * 32, forged, confirm)]
+    spool_path(db).write_text("\n".join(lines) + "\nnot json\n[1]\n")
     store = SubscriberStore.open(db)
     try:
         assert apply_spool(store, SECRET, now=AT) == 0

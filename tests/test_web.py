@@ -327,7 +327,7 @@ def test_locked_database_is_retried_then_spooled_and_applied(settings, db, store
 
     from newsletter.clock import FakeClock
     from newsletter.web import app as web_app_module
-    from newsletter.web.unsubscribe import spool_path
+    from newsletter.unsubscribe_spool import spool_path
 
     monkeypatch.setattr(web_app_module, "DB_BUSY_MS", 50)
     clock = FakeClock()
@@ -340,7 +340,7 @@ def test_locked_database_is_retried_then_spooled_and_applied(settings, db, store
                         content_type="application/x-www-form-urlencoded")
         assert r.status_code == 200 and "You are unsubscribed" in r.get_data(as_text=True)
         assert len(clock.sleeps) == 3  # bounded retries inside the request, on the injected clock
-        assert spool_path(wsgi.web_app).exists()
+        assert spool_path(wsgi.web_app.store_path).exists()
         # A forged token is never spooled.
         assert client.post("/unsubscribe/" + "A" * 32).status_code in (404, 200)
     finally:
@@ -351,7 +351,7 @@ def test_locked_database_is_retried_then_spooled_and_applied(settings, db, store
     client.post("/unsubscribe/" + "B" * 32)  # ... the next POST drains the spool first
     assert store.get(sub.id).status == "unsubscribed"
     assert store.status_reason(sub.id) == "one-click (RFC 8058) (spooled)"
-    assert not spool_path(wsgi.web_app).exists()
+    assert not spool_path(wsgi.web_app.store_path).exists()
 
 
 def test_a_write_the_database_refuses_past_the_retries_is_503_not_500(tmp_path, db, store, sub, monkeypatch):
@@ -381,10 +381,11 @@ def test_a_write_the_database_refuses_past_the_retries_is_503_not_500(tmp_path, 
 def test_spool_is_applied_at_startup(settings, db, store, sub):
     import json
 
-    from newsletter.web.unsubscribe import spool_path
+    from newsletter.unsubscribe_spool import spool_path
 
     app = make_app(settings, store_path=db)
-    spool_path(app.web_app).write_text(json.dumps({"token": token_for(sub), "reason": "one-click"}) + "\nnot json\n")
+    line = json.dumps({"token": token_for(sub), "reason": "one-click"})
+    spool_path(app.web_app.store_path).write_text(line + "\nnot json\n")
     make_app(settings, store_path=db)
     assert store.get(sub.id).status == "unsubscribed"
 

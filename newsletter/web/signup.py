@@ -42,8 +42,9 @@ def mount(app: WebApp, limits: SignupLimits, send: Callable[[OutgoingMessage], N
     """Add the signup routes to ``app``, and start sending any outbox left from before."""
     def build(kind: str, sub: Subscriber) -> OutgoingMessage:
         if kind == "welcome":
-            return welcome_message(app.settings, sub, clock=app.clock)
-        return confirmation_message(app.settings, sub, ttl_hours=round(limits.confirm_ttl / 3600), clock=app.clock)
+            return welcome_message(app.settings, sub, clock=app.clock, env=_env(app))
+        return confirmation_message(app.settings, sub, ttl_hours=round(limits.confirm_ttl / 3600), clock=app.clock,
+                                    env=_env(app))
 
     mailer = SignupMailer(lambda: Signups(app.store(), limits, app.clock), build, send)
     app.extensions["signup"] = {"limits": limits, "mail": mailer, "welcome": welcome}
@@ -84,20 +85,23 @@ def _stamp_age(app: WebApp, stamp: str) -> float | None:
 
 # ---- handlers ----------------------------------------------------------------------------
 def _form_page(app: WebApp, status: int = 200, **context: object) -> Response:
-    env = app.extensions.setdefault("templates", _templates(app))
-    page = signup_page(env, app.settings.publication, "form", form_token=form_stamp(app), **context)
+    page = signup_page(_env(app), app.settings.publication, "form", form_token=form_stamp(app), **context)
     return page_response(page, status)
 
 
 def _page(app: WebApp, name: str, status: int = 200, **context: object) -> Response:
-    env = app.extensions.setdefault("templates", _templates(app))
-    return page_response(signup_page(env, app.settings.publication, name, **context), status)
+    return page_response(signup_page(_env(app), app.settings.publication, name, **context), status)
 
 
-def _templates(app: WebApp):  # noqa: ANN202
-    from newsletter.render import template_environment
+def _env(app: WebApp):  # noqa: ANN202
+    """The app's template environment, made once (``auto_reload`` still picks up an editor's changes):
+    the signup pages and the confirmation and welcome emails share it."""
+    env = app.extensions.get("templates")
+    if env is None:
+        from newsletter.render import template_environment
 
-    return template_environment(app.settings.templates_dir)
+        env = app.extensions["templates"] = template_environment(app.settings.templates_dir)
+    return env
 
 
 def _origin_allowed(app: WebApp, request: Request) -> bool:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import html
 import sqlite3
-from pathlib import Path
 
 from werkzeug.wrappers import Request, Response
 
@@ -90,7 +89,8 @@ def _post(app: WebApp, token: str, reason: str) -> Response:
     except sqlite3.OperationalError as exc:
         if not is_locked(exc):
             raise
-        if _spool_full(app):  # a long lock and a flood of well-shaped tokens: say so, keep the disk
+        # A long lock and a flood of well-shaped tokens: say so, keep the disk.
+        if unsubscribe_spool.spool_full(app.store_path):
             return text_response("Temporarily unavailable; please try again\n", 503)
         email = _spool(app, token, reason)
     if email is None:
@@ -99,14 +99,6 @@ def _post(app: WebApp, token: str, reason: str) -> Response:
 
 
 # ---- the durable spool (newsletter.unsubscribe_spool) --------------------------------------
-def spool_path(app: WebApp) -> Path:
-    return unsubscribe_spool.spool_path(app.store_path)
-
-
-def _spool_full(app: WebApp) -> bool:
-    return unsubscribe_spool.spool_full(app.store_path)
-
-
 def _spool(app: WebApp, token: str, reason: str) -> str | None:
     """The database stayed locked: keep the request on disk. Only a token of the right shape is
     kept; it is verified when applied. Returns "" (no address to show), or None for a bad token."""

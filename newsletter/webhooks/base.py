@@ -21,7 +21,7 @@ import json
 import logging
 import sqlite3
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email.utils import parseaddr
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, TypeVar
@@ -34,7 +34,6 @@ from newsletter.errors import NewsletterError
 from newsletter.events import Event, Kind, Outcome, apply_event
 from newsletter.events import ensure_schema as ensure_event_schema
 from newsletter.ledger import ensure_schema as ensure_ledger_schema
-from newsletter.ledger import subscriber_for_provider_id
 from newsletter.webhooks import replay
 
 if TYPE_CHECKING:
@@ -91,7 +90,7 @@ def fetch_https(url: str) -> bytes:
 class WebhookContext:
     """What a webhook request needs besides itself: settings, the store (through the web
     app's ``with_store``, which serialises writers), a clock and a fetcher (both injected
-    in tests), and the SNS certificate cache shared across requests."""
+    in tests), and the cache of parsed keys (SNS certificates, SendGrid's key) shared across requests."""
 
     settings: "Settings"
     with_store: WithStore
@@ -101,7 +100,7 @@ class WebhookContext:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def cached(self, key: str, make: Callable[[], Any], limit: int = 32) -> Any:
-        """``make()`` once per key (certificates), bounded: the cache is cleared when full."""
+        """``make()`` once per key (certificates, public keys), bounded: the cache is cleared when full."""
         with self.lock:
             if key in self.cache:
                 return self.cache[key]
@@ -259,17 +258,8 @@ def _apply(store: "SubscriberStore", events: list[Event], nonce: str | None, ctx
         if nonce is not None and not replay.claim(conn, nonce, now, keep=2 * TOLERANCE):
             raise Refused(403, "replayed token")
         for e in events:
-            e = _by_provider_id(store, e)
             counts[apply_event(store, e, policy=policy, now=now).value] += 1
     return counts
-
-
-def _by_provider_id(store: "SubscriberStore", e: Event) -> Event:
-    """Name the reader by the provider's message id when the address matches nobody."""
-    if e.subscriber_id is not None or not e.provider_id or store.get_by_email(e.email) is not None:
-        return e
-    sid = subscriber_for_provider_id(store.conn, e.provider_id)
-    return replace(e, subscriber_id=sid) if sid is not None else e
 
 
 def process(provider: Provider, request: Request, ctx: WebhookContext) -> Response:

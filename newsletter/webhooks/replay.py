@@ -7,9 +7,10 @@ staleness check; older ones are pruned on every claim.
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from newsletter.db import migrate
+from newsletter.store import stamp
 
 COMPONENT = "webhook_nonces"
 
@@ -21,7 +22,6 @@ MIGRATIONS: list[str] = [
 CREATE INDEX webhook_nonces_seen ON webhook_nonces(seen_at)""",
 ]
 
-_TS = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 def ensure_schema(conn: sqlite3.Connection) -> None:
@@ -31,7 +31,7 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
 def claim(conn: sqlite3.Connection, nonce: str, now: datetime, *, keep: timedelta) -> bool:
     """Record ``nonce``; False when it was seen before. Call inside the request's transaction."""
     conn.execute("DELETE FROM webhook_nonces WHERE seen_at < ?",
-                 ((now - keep).astimezone(timezone.utc).strftime(_TS),))
+                 (stamp(now - keep),))
     cur = conn.execute("INSERT OR IGNORE INTO webhook_nonces(nonce, seen_at) VALUES(?, ?)",
-                       (nonce, now.astimezone(timezone.utc).strftime(_TS)))
+                       (nonce, stamp(now)))
     return cur.rowcount == 1

@@ -67,7 +67,9 @@ class SendGridWebhook(Provider):
             raise Refused(401, "missing signature headers")
         try:
             raw = base64.b64decode(signature, validate=True)
-            load_public_key(str(self.secret)).verify(raw, timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
+            key = str(self.secret)
+            public_key = ctx.cached(f"sendgrid public key:{key}", lambda: load_public_key(key))
+            public_key.verify(raw, timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
         except (InvalidSignature, binascii.Error, ValueError):
             raise Refused(401, "bad signature") from None
         check_fresh(timestamp, ctx)
