@@ -57,6 +57,7 @@ class _Folder:
 
     path: Path
     slug: str
+    dirname: str = field(init=False, repr=False)  # str(path), for per-message file names (see send)
     subject: str = ""
     created: str = field(default_factory=_now)
     count: int = 0
@@ -67,6 +68,9 @@ class _Folder:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # One JSON string per line, in sending order: the summary's list, kept out of memory.
     recipients: IO[str] = field(default_factory=lambda: tempfile.TemporaryFile("w+", encoding="utf-8"), repr=False)
+
+    def __post_init__(self) -> None:
+        self.dirname = os.fspath(self.path)
 
     def add_recipient(self, email: str) -> None:
         self.recipients.write(json.dumps(email, ensure_ascii=False) + "\n")
@@ -127,11 +131,15 @@ class DryRunTransport(Transport):
                 folder.last_number += 1
                 number = folder.last_number
             filename = f"{number:05d}-{safe_name(msg.to_email, 'recipient')}.eml"
-            target = folder.path / filename
-            if target.parent != folder.path:  # defence in depth; safe_name already forbids separators
-                raise TransportError(f"refusing to write outside the outbox: {filename!r}")
+            if os.sep in filename or (os.altsep and os.altsep in filename):  # defence in depth; safe_name
+                raise TransportError(f"refusing to write outside the outbox: {filename!r}")  # forbids them
+            # A str path, never ``folder.path / filename``: pathlib (CPython 3.11) interns every
+            # component, and the interpreter's table of interned strings never shrinks, so one
+            # Path per reader made a dry run's peak memory step up with the list's size.
+            target = os.path.join(folder.dirname, filename)
             try:
-                target.write_bytes(data)
+                with open(target, "wb") as out:
+                    out.write(data)
             except OSError as exc:
                 raise TransportError(f"cannot write the dry-run outbox: {exc.strerror or exc}",
                                      path=target) from None
