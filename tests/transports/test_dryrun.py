@@ -6,6 +6,7 @@ import email
 import email.policy
 import json
 import socket
+import sys
 import threading
 from pathlib import Path
 
@@ -228,3 +229,25 @@ def test_reuse_after_close_keeps_earlier_files(tmp_path):
     folder = tmp_path / "outbox" / "006-global-governance-of-ai"
     assert eml_files(folder) == ["00001-a@example.com.eml", "00002-b@example.com.eml"]
     assert json.loads((folder / "summary.json").read_text())["count"] == 2
+
+
+def test_no_reader_string_is_interned(tmp_path, monkeypatch):
+    """The interpreter's table of interned strings never shrinks: a string interned per reader
+    (pathlib interns every path component on CPython 3.11) made the table, and a dry run's
+    peak memory, step up with the list's size. Each message's file name must stay a plain str."""
+    interned: list[str] = []
+    real_intern = sys.intern
+
+    def spy(text: str) -> str:
+        interned.append(text)
+        return real_intern(text)
+
+    emails = [f"reader{i}@example.com" for i in range(5)]
+    with DryRunTransport(tmp_path / "outbox") as t:
+        t.send(messages(*emails[:1]))  # the folder (one per issue) is set up here
+        monkeypatch.setattr(sys, "intern", spy)
+        results = t.send(messages(*emails[1:]))
+    monkeypatch.undo()
+    assert [r.status for r in results] == [Status.SENT] * 4
+    assert len(eml_files(tmp_path / "outbox" / "006-global-governance-of-ai")) == 5
+    assert [s for s in interned if "@example.com" in s] == []
