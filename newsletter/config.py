@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from newsletter.addresses import ENCODED_WORD
 from newsletter.errors import ConfigError, register_secrets
+from newsletter.patterns import CONTROL_CHARS, compiled
 
 if TYPE_CHECKING:
     from newsletter.events import SoftBouncePolicy
@@ -31,7 +31,7 @@ CONFIG_FILE = "newsletter.toml"
 #: The per-root key dry runs and tests get when NEWSLETTER_SECRET_KEY is unset; real sends refuse it.
 DEV_KEY_PREFIX = "insecure-development-key:"
 #: Environment names holding secrets: scrubbed from every stored or printed error.
-_SECRET_NAME = re.compile(r"(KEY|TOKEN|PASSWORD|SECRET|PASS)(_ID)?$")
+_SECRET_NAME = r"(KEY|TOKEN|PASSWORD|SECRET|PASS)(_ID)?$"
 
 
 def is_development_key(key: str | None) -> bool:
@@ -219,7 +219,7 @@ class Settings:
 
     def secret_values(self) -> list[str]:
         """Every configured secret (API keys, tokens, passwords): for :func:`newsletter.errors.scrub`."""
-        return [v for k, v in self.env.items() if v and _SECRET_NAME.search(k.upper())]
+        return [v for k, v in self.env.items() if v and compiled(_SECRET_NAME).search(k.upper())]
 
     # ---- what comes back (webhooks, inbox) ------------------------------------------
     @property
@@ -322,8 +322,7 @@ def load_settings(root: Path | None = None, environ: Mapping[str, str] | None = 
 
 # Header injection through configuration: these fields end up in every message's headers
 # (From, Reply-To, List-Id, List-Unsubscribe, Feedback-ID) or in links, so they are checked at load.
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-_URL_UNSAFE = re.compile(r"[\s<>\"'\\`{}|^]")
+_URL_UNSAFE = r"[\s<>\"'\\`{}|^]"
 _ADDRESS_FIELDS = ("from_email", "reply_to", "unsubscribe_mailto")
 _URL_FIELDS = ("base_url", "logo_url")
 _HEADER_FIELDS = ("name", "from_name", "list_id", "feedback_id")
@@ -337,9 +336,9 @@ def _validate_field(name: str, value: str, path: Path | None) -> None:
     """One-line :class:`ConfigError` naming the key when a header-bound field is unsafe."""
     if not value or name not in (*_ADDRESS_FIELDS, *_URL_FIELDS, *_HEADER_FIELDS):
         return
-    if _UNSAFE.search(value):
+    if compiled(CONTROL_CHARS).search(value):
         raise ConfigError(f"{_key_name(name)} contains a line break or control character", path=path)
-    if name in _HEADER_FIELDS and ENCODED_WORD.search(value):
+    if name in _HEADER_FIELDS and compiled(ENCODED_WORD).search(value):
         raise ConfigError(f"{_key_name(name)} contains an RFC 2047 encoded-word (=?…?=), which mail clients "
                           "would decode in the header; write the text itself", path=path)
     if name in _URL_FIELDS:
@@ -357,7 +356,7 @@ def check_url(key: str, value: str, *, path: Path | None = None, origin_only: bo
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
         raise ConfigError(f"{key} is not a valid URL: {value[:80]!r}", path=path) from None
-    if _UNSAFE.search(value) or _URL_UNSAFE.search(value) or not value.isascii():
+    if compiled(CONTROL_CHARS).search(value) or compiled(_URL_UNSAFE).search(value) or not value.isascii():
         raise ConfigError(f"{key} contains characters not allowed in a URL: {value[:80]!r}", path=path)
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.username is not None:
         raise ConfigError(f"{key} must be an http:// or https:// URL with a host: {value[:80]!r}", path=path)
@@ -370,7 +369,7 @@ def check_url(key: str, value: str, *, path: Path | None = None, origin_only: bo
 # any header as it stands. Settings that match need no email-validator at start-up (it costs a
 # third of `newsletter status`); anything else goes to it, and every address a message uses is
 # checked by it again when the message is prepared (newsletter.addresses.validate_address).
-_PLAIN_ADDRESS = re.compile(
+_PLAIN_ADDRESS = (
     r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]{1,60}(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]{1,60})*"
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){1,8}[A-Za-z]{2,63}\Z")
 
@@ -381,10 +380,10 @@ _SPECIAL_USE = frozenset({"arpa", "invalid", "local", "localhost", "onion", "tes
 
 def check_address(key: str, value: str, *, path: Path | None = None) -> str:
     """A plain ASCII address (no display name), syntax-checked offline."""
-    if _UNSAFE.search(value):
+    if compiled(CONTROL_CHARS).search(value):
         raise ConfigError(f"{key} contains a line break or control character", path=path)
     local, _, domain = value.rpartition("@")
-    plain = len(value) <= 200 and len(local) <= 64 and _PLAIN_ADDRESS.match(value) is not None
+    plain = len(value) <= 200 and len(local) <= 64 and compiled(_PLAIN_ADDRESS).match(value) is not None
     if plain and "xn--" not in domain.lower() and domain.rpartition(".")[2].lower() not in _SPECIAL_USE:
         return local + "@" + domain.lower()
     from email_validator import EmailNotValidError, validate_email

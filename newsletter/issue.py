@@ -16,6 +16,7 @@ from typing import Any, Iterable, Iterator
 import yaml
 
 from newsletter.addresses import ENCODED_WORD
+from newsletter.patterns import compiled
 from newsletter.errors import InputError
 
 REQUIRED = ("number", "title", "date")
@@ -211,7 +212,7 @@ def _text(path: Path, data: dict[str, Any], key: str, line: int | None) -> str:
     limit = MAX_LENGTH.get(key, MAX_LENGTH["title"])
     if len(value) > limit:
         raise _fail(path, f"'{key}' is {len(value)} characters long; the limit is {limit}", line)
-    word = ENCODED_WORD.search(value) if key in HEADER_FIELDS else None
+    word = compiled(ENCODED_WORD).search(value) if key in HEADER_FIELDS else None
     if word:
         raise _fail(path, f"'{key}' contains an RFC 2047 encoded-word ({word.group()[:40]}), "
                           "which mail clients would decode in the Subject; write the text itself", line)

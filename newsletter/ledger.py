@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 from newsletter.db import connect, migrate
 from newsletter.errors import ContentChangedError, DeliveryLockedError, InputError, scrub
 from newsletter.processes import pid_alive
+from newsletter.store import TIMESTAMP
 
 if TYPE_CHECKING:  # only for types: `status` and the scheduler load neither the builder nor transports
     from newsletter.message import PreparedIssue
@@ -122,7 +123,6 @@ OPEN_ROW_STATES = ("pending", "retry", "sending")
 _OPEN_ROWS_SQL = "('pending','retry','sending')"
 LOCK_STALE_AFTER = timedelta(minutes=10)
 HEARTBEAT_EVERY = timedelta(seconds=30)
-_TS = "%Y-%m-%dT%H:%M:%S.%fZ"  # same format as the subscriber store; sorts as text
 #: Times the ledger stores: four-digit years only, so stored text always sorts and parses.
 _MIN_YEAR, _MAX_YEAR = 2000, 9000
 
@@ -144,7 +144,7 @@ def timestamp(dt: datetime) -> str:
         utc = None
     if utc is None or not _MIN_YEAR <= utc.year <= _MAX_YEAR:
         raise InputError(f"time {dt.isoformat()} is out of range (years {_MIN_YEAR}–{_MAX_YEAR})")
-    return utc.strftime(_TS)
+    return utc.strftime(TIMESTAMP)  # the subscriber store's format: sorts as text
 
 
 def parse_timestamp(text: str | None) -> datetime | None:

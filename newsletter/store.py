@@ -18,7 +18,6 @@ v1 schema below stable and add columns only through new migrations.
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ from typing import Iterator, Sequence
 from newsletter.addresses import clean_text, normalise_email
 from newsletter.db import connect, migrate
 from newsletter.errors import InputError
+from newsletter.patterns import CONTROL_CHARS, compiled
 
 COMPONENT = "subscribers"
 
@@ -375,12 +375,9 @@ class SubscriberStore:
         return row[0] if row else None
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
-
-
 def _one_line(text: str | None, limit: int = 1000) -> str:
     """A reason (often a multi-line SMTP diagnostic) flattened to one line; never rejected."""
-    return _CONTROL.sub(" ", text or "").strip()[:limit]
+    return compiled(CONTROL_CHARS + "+").sub(" ", text or "").strip()[:limit]
 
 
 def _never_reactivated(sub: Subscriber) -> InputError:
