@@ -9,16 +9,17 @@ Two sources with two jobs:
   real environment) holds secrets and transport settings.
 
 No other module reads ``os.environ``: they receive a :class:`Settings`.
-"""
 
-from __future__ import annotations
+:class:`Publication` and :class:`Settings` are NamedTuples (``_replace``, ``_fields``):
+every command builds them, and a frozen dataclass costs a millisecond or two at import.
+No ``from __future__ import annotations`` either: NamedTuple compiles string annotations.
+"""
 
 import math
 import os
 import tomllib
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
 
 from newsletter.addresses import ENCODED_WORD
 from newsletter.errors import ConfigError, register_secrets
@@ -46,8 +47,7 @@ class Secret(str):
         return "Secret('***')"
 
 
-@dataclass(frozen=True)
-class Publication:
+class Publication(NamedTuple):
     """Public identity of the newsletter; every field is overridable by NEWSLETTER_<KEY>."""
 
     name: str = "My Newsletter"
@@ -100,13 +100,15 @@ def _env_names(name: str) -> tuple[str, ...]:
     return _ENV_ALIASES.get(name, (f"NEWSLETTER_{name.upper()}",))
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(NamedTuple):
     """Everything a command needs, resolved from the root, newsletter.toml and the environment."""
 
     root: Path
     publication: Publication
-    env: Mapping[str, str] = field(repr=False)
+    env: Mapping[str, str]  # secrets among them: left out of the repr
+
+    def __repr__(self) -> str:
+        return f"Settings(root={self.root!r}, publication={self.publication!r})"
 
     # ---- paths -------------------------------------------------------------------
     @property
@@ -291,7 +293,7 @@ def load_settings(root: Path | None = None, environ: Mapping[str, str] | None = 
     root = find_root(root)
     env = {**_dotenv(root), **(os.environ if environ is None else environ)}
     raw = _read_toml(root / CONFIG_FILE)
-    known = {f.name for f in fields(Publication)}
+    known = set(Publication._fields)
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}",

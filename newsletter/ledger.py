@@ -5,19 +5,19 @@ loop that moves rows through their states is :mod:`newsletter.delivery`, and wha
 each answer does to a row is :mod:`newsletter.outcome`. Recipients are frozen into
 the ledger in one ``INSERT … SELECT`` when a delivery starts, so the list never
 changes under a running send.
+
+No ``from __future__ import annotations`` here: the records below are NamedTuples (a frozen
+dataclass costs a millisecond or two at import, and ``status`` imports this module), and
+NamedTuple compiles every string annotation it is given; real ones cost nothing.
 """
-
-
-from __future__ import annotations
 
 import math
 import os
 import sqlite3
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple, Sequence
 
 from newsletter.db import connect, migrate
 from newsletter.errors import ContentChangedError, DeliveryLockedError, InputError, scrub
@@ -226,8 +226,9 @@ def open_ledger(path: Path | str) -> sqlite3.Connection:
     return conn
 
 
-@dataclass(frozen=True)
-class Delivery:
+class Delivery(NamedTuple):
+    """One row of ``deliveries``, times parsed."""
+
     id: int
     slug: str
     issue_number: int | None
@@ -294,8 +295,7 @@ def retry_summary(conn: sqlite3.Connection, delivery_id: int, top: int = 3) -> t
     return from_epoch(head), [(scrub(r[0], 120), r[1]) for r in reasons]
 
 
-@dataclass(frozen=True)
-class DeliveryReport:
+class DeliveryReport(NamedTuple):
     """What a delivery stands at, and what the last run did. Counts are the ledger's totals;
     ``*_this_run`` / ``*_resent`` / ``uncertain_reported`` are this run's."""
 
@@ -350,7 +350,7 @@ def _changed(d: sqlite3.Row, new_hash: str) -> ContentChangedError:
         "Revert the change, or pass --force-new-content to send the new version to those not yet sent")
 
 
-def start_or_resume(conn: sqlite3.Connection, prepared: PreparedIssue, *, scheduled_for: datetime | None = None,
+def start_or_resume(conn: sqlite3.Connection, prepared: "PreparedIssue", *, scheduled_for: datetime | None = None,
                     force_new_content: bool = False, now: Callable[[], datetime] = utcnow) -> int:
     """The delivery for this issue: the open (or finished) one, else a new one.
 
@@ -467,8 +467,9 @@ def note_reason(conn: sqlite3.Connection, delivery_id: int, owner: str, reason: 
 # ---------------------------------------------------------------------------------------
 # A run: begin, claim, record, finish (the SQL behind newsletter.delivery)
 # ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RunStart:
+class RunStart(NamedTuple):
+    """What :func:`begin_run` found."""
+
     counts: dict[str, int]
     interrupted: int          # rows found in flight from an earlier run (a crash or kill)
 
@@ -516,8 +517,9 @@ def begin_run(conn: sqlite3.Connection, d: Delivery, *, transport: str, resend_i
     return RunStart(counts, interrupted)
 
 
-@dataclass
-class ClaimedRow:
+class ClaimedRow(NamedTuple):
+    """One reader of a claimed batch, as it stood before the claim."""
+
     sid: int
     email: str
     name: str
@@ -528,8 +530,9 @@ class ClaimedRow:
     uncertain_resends: int
 
 
-@dataclass
-class Claim:
+class Claim(NamedTuple):
+    """A batch marked 'sending' (or only skips, with no ``rows``)."""
+
     batch_no: int
     rows: list[ClaimedRow]
     fresh: bool                # pending rows in keyset order (the cursor moved past them)
@@ -601,14 +604,15 @@ def claim_batch(conn: sqlite3.Connection, d: Delivery, owner: str, *, limit: int
         update_each(conn, d.id, "state='skipped', last_error=v.column2, updated_at=?",
                     [(r[0], f"no longer active ({r['status'] or 'removed'})") for r in gone], stamp)
         batch_no = None  # the batch is not the one the key named any more
-    claim = Claim(0, [ClaimedRow(*tuple(r)[:8]) for r in live], fresh, [r["state"] for r in gone],
-                  last_id=rows[-1][0])
+    skipped = [r["state"] for r in gone]
     if not live:  # only skips: the caller counts them and claims again
         refresh_lock(conn, d.id, owner, now)
-        return claim
-    claim.batch_no = batch_no if batch_no is not None else refresh_lock(conn, d.id, owner, now, new_batch=True)
-    if batch_no is not None:
+        return Claim(0, [], fresh, skipped, last_id=rows[-1][0])
+    if batch_no is None:
+        batch_no = refresh_lock(conn, d.id, owner, now, new_batch=True)
+    else:
         refresh_lock(conn, d.id, owner, now)
+    claim = Claim(batch_no, [ClaimedRow(*tuple(r)[:8]) for r in live], fresh, skipped, last_id=rows[-1][0])
     if fresh and not gone:  # a contiguous keyset range of pending rows: one statement
         conn.execute("UPDATE ledger SET state='sending', batch_no=?, updated_at=? WHERE delivery_id=? AND "
                      "subscriber_id BETWEEN ? AND ? AND state='pending'",
@@ -728,8 +732,9 @@ def due_deliveries(conn: sqlite3.Connection, now: datetime) -> list[Delivery]:
 # ---------------------------------------------------------------------------------------
 # Status
 # ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DeliveryStatus:
+class DeliveryStatus(NamedTuple):
+    """A delivery with its counts, rate and ETA, for ``status``."""
+
     delivery: Delivery
     counts: dict[str, int]
     total: int

@@ -14,17 +14,18 @@ Addresses are stored as given, with the domain normalised (lower case) by
 
 The delivery ledger joins on ``subscribers(id, email, name, status)``; keep the
 v1 schema below stable and add columns only through new migrations.
-"""
 
-from __future__ import annotations
+No ``from __future__ import annotations``: :class:`Subscriber` is a NamedTuple (cheaper at
+import than a dataclass; ``status`` loads this module), and NamedTuple compiles string
+annotations.
+"""
 
 import sqlite3
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 from newsletter.addresses import clean_text, normalise_email
 from newsletter.db import connect, migrate
@@ -100,8 +101,9 @@ def utcnow() -> str:
     return stamp(datetime.now(timezone.utc))
 
 
-@dataclass(frozen=True)
-class Subscriber:
+class Subscriber(NamedTuple):
+    """One row of ``subscribers``."""
+
     id: int
     email: str
     name: str
