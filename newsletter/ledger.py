@@ -120,7 +120,6 @@ LEDGER_STATES = ("pending", "sending", "sent", "retry", "failed-temporary", "fai
                  "uncertain")
 #: Rows still to be sent: a delivery is done only when none is left in these.
 OPEN_ROW_STATES = ("pending", "retry", "sending")
-_OPEN_ROWS_SQL = "('pending','retry','sending')"
 LOCK_STALE_AFTER = timedelta(minutes=10)
 HEARTBEAT_EVERY = timedelta(seconds=30)
 #: Times the ledger stores: four-digit years only, so stored text always sorts and parses.
@@ -273,11 +272,19 @@ def get_delivery(conn: sqlite3.Connection, delivery_id: int) -> Delivery:
 
 
 def ledger_counts(conn: sqlite3.Connection, delivery_id: int) -> dict[str, int]:
-    counts = dict.fromkeys(LEDGER_STATES, 0)
-    for state, n in conn.execute("SELECT state, COUNT(*) FROM ledger WHERE delivery_id=? GROUP BY state",
-                                 (delivery_id,)):
+    return _ledger_summary(conn, delivery_id)[0]
+
+
+def _ledger_summary(conn: sqlite3.Connection, delivery_id: int) -> tuple[dict[str, int], str | None]:
+    """Readers per state, and the stored time a reader was last finished (not pending, retry or
+    sending), in one pass over the delivery's rows."""
+    counts, last = dict.fromkeys(LEDGER_STATES, 0), None
+    for state, n, latest in conn.execute("SELECT state, COUNT(*), MAX(updated_at) FROM ledger WHERE delivery_id=? "
+                                         "GROUP BY state", (delivery_id,)):
         counts[state] = n
-    return counts
+        if state not in OPEN_ROW_STATES and isinstance(latest, str) and (last is None or latest > last):
+            last = latest  # text only, as SQLite's MAX ranks text above numbers: one bad row reads as no time
+    return counts, last
 
 
 def open_rows(counts: dict[str, int]) -> int:
@@ -779,9 +786,7 @@ def delivery_status(conn: sqlite3.Connection, slug: str | None = None, *, limit:
     out = []
     for row in conn.execute(sql + " ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall():
         d = Delivery.from_row(row)
-        c = ledger_counts(conn, d.id)
-        last = conn.execute(f"SELECT MAX(updated_at) FROM ledger WHERE delivery_id=? AND state NOT IN "
-                            f"{_OPEN_ROWS_SQL}", (d.id,)).fetchone()[0]
+        c, last = _ledger_summary(conn, d.id)
         remaining = open_rows(c)
         finished = sum(c.values()) - remaining
         rate = eta = None
