@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
 
 from newsletter.addresses import ENCODED_WORD
 from newsletter.errors import ConfigError, register_secrets
-from newsletter.patterns import CONTROL_CHARS, compiled
+from newsletter.patterns import compiled, has_control_chars
 
 if TYPE_CHECKING:
     from newsletter.events import SoftBouncePolicy
@@ -338,9 +338,9 @@ def _validate_field(name: str, value: str, path: Path | None) -> None:
     """One-line :class:`ConfigError` naming the key when a header-bound field is unsafe."""
     if not value or name not in (*_ADDRESS_FIELDS, *_URL_FIELDS, *_HEADER_FIELDS):
         return
-    if compiled(CONTROL_CHARS).search(value):
+    if has_control_chars(value):
         raise ConfigError(f"{_key_name(name)} contains a line break or control character", path=path)
-    if name in _HEADER_FIELDS and compiled(ENCODED_WORD).search(value):
+    if name in _HEADER_FIELDS and "=?" in value and compiled(ENCODED_WORD).search(value):
         raise ConfigError(f"{_key_name(name)} contains an RFC 2047 encoded-word (=?…?=), which mail clients "
                           "would decode in the header; write the text itself", path=path)
     if name in _URL_FIELDS:
@@ -358,7 +358,7 @@ def check_url(key: str, value: str, *, path: Path | None = None, origin_only: bo
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
         raise ConfigError(f"{key} is not a valid URL: {value[:80]!r}", path=path) from None
-    if compiled(CONTROL_CHARS).search(value) or compiled(_URL_UNSAFE).search(value) or not value.isascii():
+    if has_control_chars(value) or compiled(_URL_UNSAFE).search(value) or not value.isascii():
         raise ConfigError(f"{key} contains characters not allowed in a URL: {value[:80]!r}", path=path)
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.username is not None:
         raise ConfigError(f"{key} must be an http:// or https:// URL with a host: {value[:80]!r}", path=path)
@@ -382,7 +382,7 @@ _SPECIAL_USE = frozenset({"arpa", "invalid", "local", "localhost", "onion", "tes
 
 def check_address(key: str, value: str, *, path: Path | None = None) -> str:
     """A plain ASCII address (no display name), syntax-checked offline."""
-    if compiled(CONTROL_CHARS).search(value):
+    if has_control_chars(value):
         raise ConfigError(f"{key} contains a line break or control character", path=path)
     local, _, domain = value.rpartition("@")
     plain = len(value) <= 200 and len(local) <= 64 and compiled(_PLAIN_ADDRESS).match(value) is not None

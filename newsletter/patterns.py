@@ -19,3 +19,12 @@ CONTROL_CHARS = r"[\x00-\x1f\x7f-\x9f\u2028\u2029]"
 def compiled(pattern: str) -> re.Pattern[str]:
     """``re.compile(pattern)``, once per process."""
     return re.compile(pattern)
+
+
+def has_control_chars(text: str) -> bool:
+    """Whether ``text`` holds one of :data:`CONTROL_CHARS`. Printable ASCII, which every
+    configuration value usually is, is answered without compiling the pattern (the priciest
+    one to compile: it spans past U+00FF)."""
+    if text.isascii() and text.isprintable():
+        return False
+    return compiled(CONTROL_CHARS).search(text) is not None

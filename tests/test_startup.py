@@ -87,3 +87,16 @@ def test_status_rate_counts_only_finished_readers(tmp_path):
     assert st.rate == 3 / 20  # three finished within the 20 s to the last finished row
     assert st.eta_seconds == 1 / st.rate
     conn.close()
+
+
+def test_the_control_character_shortcut_agrees_with_the_pattern():
+    """has_control_chars answers printable ASCII without the regex: it must answer as the regex does."""
+    import re
+
+    from newsletter.patterns import CONTROL_CHARS, has_control_chars
+
+    pattern = re.compile(CONTROL_CHARS)
+    for code in [*range(0x3000), 0xFEFF, 0x1F600]:
+        for text in (chr(code), f"news{chr(code)}letter", f"é{chr(code)}"):
+            assert has_control_chars(text) == bool(pattern.search(text)), (hex(code), text)
+    assert not has_control_chars("")
