@@ -18,6 +18,7 @@ EXAMINE or SELECT, UID SEARCH, UID FETCH, UID MOVE) and adds no dependency.
 from __future__ import annotations
 
 import imaplib
+import ipaddress
 import re
 import sqlite3
 import ssl
@@ -69,6 +70,10 @@ class ImapConfig:
         security = settings.get("IMAP_SECURITY", "tls").lower()
         if security not in SECURITIES:
             raise ConfigError(f"IMAP_SECURITY={security!r}; expected one of {', '.join(SECURITIES)}")
+        if security == "none" and not is_loopback(host) and not settings.flag("IMAP_ALLOW_PLAINTEXT"):
+            raise ConfigError(f"IMAP_SECURITY=none would send IMAP_PASSWORD to {host[:80]!r} unencrypted; it is "
+                              "allowed only for 127.0.0.1, ::1 or localhost (use tls or starttls, or set "
+                              "IMAP_ALLOW_PLAINTEXT=1 if the network in between is yours)")
         port = settings.integer("IMAP_PORT", 993 if security == "tls" else 143, minimum=1)
         if port > 65535:
             raise ConfigError(f"IMAP_PORT={port} is not a port")
@@ -76,6 +81,17 @@ class ImapConfig:
         return cls(host, port, settings.require("IMAP_USERNAME", "to log in to the reply-to inbox"),
                    str(settings.secret("IMAP_PASSWORD") or ""), security, folder,
                    settings.get("IMAP_CA_FILE"), settings.number("IMAP_TIMEOUT", 30.0, minimum=1) or 30.0)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine by a loopback address (127.0.0.0/8, ::1) or ``localhost``:
+    the only hosts a password may be sent to in clear without the editor's explicit say-so."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def configured(settings: Settings) -> bool:
