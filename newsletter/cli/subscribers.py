@@ -141,8 +141,13 @@ def subscribers_list(ctx: click.Context, status: str | None) -> None:
 @click.pass_context
 def subscribers_count(ctx: click.Context) -> None:
     """Count subscribers by status."""
-    counts = _store(ctx).counts()
+    store = _store(ctx)
+    counts = store.counts()
     click.echo("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "No subscribers.")
+    unsendable, example = store.unsendable()
+    if unsendable:
+        click.echo(f"note: {unsendable} active address(es) cannot be sent to, e.g. {example}: a non-ASCII local part "
+                   "needs SMTPUTF8, which newsletter does not use; sends report them as failed", err=True)
 
 
 @subscribers.command("export")
