@@ -55,7 +55,7 @@ class SendGridTransport(HTTPTransport):
         super().__init__(**kwargs)
         self._bodies = MergeBodies(tag)
         # id(message) -> (message, its substitutions): made once by plan's size check, used again
-        # by the payload; holds one batch (cleared by the next plan).
+        # by the payload; holds one batch, for the length of one send.
         self._substitutions: dict[int, tuple["OutgoingMessage", dict[str, str]]] = {}
 
     def _merge_values(self, m: "OutgoingMessage") -> dict[str, str]:
@@ -74,6 +74,12 @@ class SendGridTransport(HTTPTransport):
     def plan(self, messages: Sequence["OutgoingMessage"]) -> list[Sequence["OutgoingMessage"]]:
         self._substitutions.clear()
         return merge_runs(messages, self.per_request, self._fits)
+
+    def send(self, messages: Sequence["OutgoingMessage"], idempotency_key: str | None = None) -> list["SendResult"]:
+        try:
+            return super().send(messages, idempotency_key)
+        finally:  # the batch's messages are not kept alive while the engine builds the next one
+            self._substitutions.clear()
 
     def build_payload(self, chunk: Sequence["OutgoingMessage"], idempotency_key: str | None) -> Payload:
         first = chunk[0]
