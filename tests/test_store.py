@@ -396,7 +396,8 @@ def test_v3_gives_unicode_domains_their_ascii_form_and_keeps_suppressions(tmp_pa
         (ids["b@xn--bcher-kva.example"], "b@xn--bcher-kva.example", "pending"),
         (ids["c@bücher.example"], "c@xn--bcher-kva.example", "retry"),
     ])
-    assert store.conn.execute("SELECT subscriber_id FROM feedback_events").fetchone()[0] == ids["a@xn--bcher-kva.example"]
+    event_for = store.conn.execute("SELECT subscriber_id FROM feedback_events").fetchone()[0]
+    assert event_for == ids["a@xn--bcher-kva.example"]
     assert store.conn.execute("PRAGMA foreign_key_check").fetchall() == []
     store.close()
 

@@ -146,8 +146,8 @@ def subscribers_count(ctx: click.Context) -> None:
     click.echo("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "No subscribers.")
     unsendable, example = store.unsendable()
     if unsendable:
-        click.echo(f"note: {unsendable} active address(es) cannot be sent to, e.g. {example}: a non-ASCII local part "
-                   "needs SMTPUTF8, which newsletter does not use; sends report them as failed", err=True)
+        click.echo(f"note: {unsendable} active address(es) cannot be sent to, e.g. {example}: a non-ASCII "
+                   "local part needs SMTPUTF8, which newsletter does not use; sends report them as failed", err=True)
 
 
 @subscribers.command("export")
