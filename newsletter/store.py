@@ -8,8 +8,8 @@ mailing someone who asked not to be mailed. Only :meth:`SubscriberStore.add`
 one, for when the person themselves asked to come back. A ``pending`` reader signed
 up on the web form and has not confirmed yet: never sent to (see :mod:`newsletter.signups`).
 
-Addresses are stored as given, with the domain normalised (lower case) by
-:func:`newsletter.addresses.validate_address`, and are unique case-insensitively
+Addresses are stored as given, with the domain normalised (lower case, IDNA) by
+:func:`newsletter.addresses.validate_address` (rows from before IDNA were converted by v3), and are unique case-insensitively
 (``COLLATE NOCASE``): ``Sam@example.org`` and ``sam@example.org`` are one reader.
 
 The delivery ledger joins on ``subscribers(id, email, name, status)``; keep the
@@ -74,6 +74,7 @@ ALTER TABLE subscribers_v2 RENAME TO subscribers;
 CREATE INDEX subscribers_status ON subscribers(status, id);
 CREATE INDEX subscribers_signup ON subscribers(signup_requested_at) WHERE signup_requested_at <> ''""",
 ]
+
 
 def _v3_ascii_domains(conn: sqlite3.Connection) -> None:
     """v3: addresses stored before domains were kept in their ASCII (IDNA) form get it now, as
