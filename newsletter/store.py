@@ -9,8 +9,8 @@ one, for when the person themselves asked to come back. A ``pending`` reader sig
 up on the web form and has not confirmed yet: never sent to (see :mod:`newsletter.signups`).
 
 Addresses are stored as given, with the domain normalised (lower case, IDNA) by
-:func:`newsletter.addresses.validate_address` (rows from before IDNA were converted by v3), and are unique case-insensitively
-(``COLLATE NOCASE``): ``Sam@example.org`` and ``sam@example.org`` are one reader.
+:func:`newsletter.addresses.validate_address` (rows from before IDNA were converted by
+v3), and are unique case-insensitively (``COLLATE NOCASE``): ``Sam@example.org`` and ``sam@example.org`` are one reader.
 
 The delivery ledger joins on ``subscribers(id, email, name, status)``; keep the
 v1 schema below stable and add columns only through new migrations.
