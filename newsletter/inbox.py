@@ -18,7 +18,6 @@ EXAMINE or SELECT, UID SEARCH, UID FETCH, UID MOVE) and adds no dependency.
 from __future__ import annotations
 
 import imaplib
-import ipaddress
 import re
 import sqlite3
 import ssl
@@ -32,6 +31,7 @@ from newsletter.config import Settings
 from newsletter.db import is_locked, migrate
 from newsletter.errors import ConfigError, DatabaseLockedError, NewsletterError, TransportError, scrub
 from newsletter.feedback import Applier, Handled
+from newsletter.hosts import is_loopback
 
 COMPONENT = "inbox"
 MIGRATIONS: list[str] = [
@@ -81,17 +81,6 @@ class ImapConfig:
         return cls(host, port, settings.require("IMAP_USERNAME", "to log in to the reply-to inbox"),
                    str(settings.secret("IMAP_PASSWORD") or ""), security, folder,
                    settings.get("IMAP_CA_FILE"), settings.number("IMAP_TIMEOUT", 30.0, minimum=1) or 30.0)
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` names this machine by a loopback address (127.0.0.0/8, ::1) or ``localhost``:
-    the only hosts a password may be sent to in clear without the editor's explicit say-so."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def configured(settings: Settings) -> bool:
