@@ -169,6 +169,16 @@ class Settings(NamedTuple):
             raise ConfigError(f"{key}={raw!r} must be at least {minimum:g}")
         return value
 
+    def flag(self, key: str) -> bool:
+        """An on/off setting (1/true/yes/on or 0/false/no/off, unset = off); anything else is refused
+        rather than guessed, since these settings switch a safety check off."""
+        raw = self.env.get(key, "").strip().lower()
+        if raw in ("", "0", "false", "no", "off"):
+            return False
+        if raw in ("1", "true", "yes", "on"):
+            return True
+        raise ConfigError(f"{key}={raw[:20]!r} is not on or off (1 or 0)")
+
     def integer(self, key: str, default: int, *, minimum: int = 0) -> int:
         value = self.number(key, default, minimum=minimum)
         assert value is not None

@@ -846,6 +846,13 @@ def sent_issue(conn: sqlite3.Connection, *, slug: str = "", subject: str = "") -
     return (row[0], row[1]) if row else None
 
 
+def issue_delivery_ids(conn: sqlite3.Connection, slug: str) -> list[int]:
+    """Every real (not test) delivery of an issue, newest first: one issue can go out in several
+    (a cancelled one, then another for those it had not reached), and mail about any may come back."""
+    return [row[0] for row in conn.execute("SELECT id FROM deliveries WHERE slug=? AND test=0 ORDER BY id DESC",
+                                           (slug,))]
+
+
 def latest_sent_slug(conn: sqlite3.Connection, subscriber_id: int) -> str | None:
     """The slug of the last issue this reader was sent (what a mailed unsubscribe answers)."""
     row = conn.execute("SELECT d.slug FROM ledger l JOIN deliveries d ON d.id = l.delivery_id WHERE l.subscriber_id=? "

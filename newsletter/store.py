@@ -8,9 +8,9 @@ mailing someone who asked not to be mailed. Only :meth:`SubscriberStore.add`
 one, for when the person themselves asked to come back. A ``pending`` reader signed
 up on the web form and has not confirmed yet: never sent to (see :mod:`newsletter.signups`).
 
-Addresses are stored as given, with the domain normalised (lower case) by
-:func:`newsletter.addresses.validate_address`, and are unique case-insensitively
-(``COLLATE NOCASE``): ``Sam@example.org`` and ``sam@example.org`` are one reader.
+Addresses are stored as given, with the domain normalised (lower case, IDNA) by
+:func:`newsletter.addresses.validate_address` (rows from before IDNA were converted by
+v3), and are unique case-insensitively (``COLLATE NOCASE``): ``Sam@example.org`` and ``sam@example.org`` are one reader.
 
 The delivery ledger joins on ``subscribers(id, email, name, status)``; keep the
 v1 schema below stable and add columns only through new migrations.
@@ -75,6 +75,61 @@ ALTER TABLE subscribers_v2 RENAME TO subscribers;
 CREATE INDEX subscribers_status ON subscribers(status, id);
 CREATE INDEX subscribers_signup ON subscribers(signup_requested_at) WHERE signup_requested_at <> ''""",
 ]
+
+
+def _v3_ascii_domains(conn: sqlite3.Connection) -> None:
+    """v3: addresses stored before domains were kept in their ASCII (IDNA) form get it now, as
+    :func:`normalise_email` gives new ones, so they can be sent to. Where the ASCII form is already
+    another row, the two become one (see :func:`_merge_reader`). An address it refuses (e.g. a
+    Unicode local part, which needs SMTPUTF8) stays as it is: sends report it, reader by reader."""
+    rows = conn.execute("SELECT id, email FROM subscribers WHERE email GLOB '*[^ -~]*' ORDER BY id").fetchall()
+    for sid, email in rows:
+        try:
+            ascii_email = normalise_email(email)
+        except InputError:
+            continue
+        if ascii_email == email:
+            continue
+        twin = conn.execute("SELECT id FROM subscribers WHERE email=? AND id<>?", (ascii_email, sid)).fetchone()
+        if twin is not None:
+            _merge_reader(conn, keep=twin[0], drop=sid)
+            sid = twin[0]
+        else:
+            conn.execute("UPDATE subscribers SET email=? WHERE id=?", (ascii_email, sid))
+        if _has_table(conn, "ledger"):  # rows not sent yet (a delivery frozen before) go to the new form
+            conn.execute("UPDATE ledger SET email=? WHERE subscriber_id=? AND email=? AND state<>'sent'",
+                         (ascii_email, sid, email))
+
+
+#: Which of two statuses one reader keeps when two rows merge: any suppression beats active.
+_STATUS_RANK = {"pending": 0, "active": 1, "unsubscribed": 2, "bounced": 3, "complained": 4}
+
+
+def _merge_reader(conn: sqlite3.Connection, *, keep: int, drop: int) -> None:
+    """One reader stored twice (Unicode and ASCII domain): ``keep`` takes the stronger status (a
+    suppression is never lost) and ``drop``'s history, then ``drop`` goes. Where both have a row
+    in one delivery, ``keep``'s stays (``drop``'s address could not be sent to)."""
+    cols = "status, status_reason, changed_at, name, created_at"
+    kept, dropped = (conn.execute(f"SELECT {cols} FROM subscribers WHERE id=?", (i,)).fetchone() for i in (keep, drop))
+    if _STATUS_RANK.get(dropped[0], 0) > _STATUS_RANK.get(kept[0], 0):
+        conn.execute("UPDATE subscribers SET status=?, status_reason=?, changed_at=? WHERE id=?",
+                     (dropped[0], dropped[1], dropped[2], keep))
+    conn.execute("UPDATE subscribers SET name=CASE WHEN name='' THEN ? ELSE name END, created_at=min(created_at, ?) "
+                 "WHERE id=?", (dropped[3], dropped[4], keep))
+    for table in ("ledger", "feedback_events", "signup_outbox"):
+        if _has_table(conn, table):
+            conn.execute(f"UPDATE OR IGNORE {table} SET subscriber_id=? WHERE subscriber_id=?", (keep, drop))
+    if _has_table(conn, "ledger"):
+        conn.execute("DELETE FROM ledger WHERE subscriber_id=?", (drop,))
+    conn.execute("DELETE FROM subscribers WHERE id=?", (drop,))
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
+
+
+MIGRATIONS.append(_v3_ascii_domains)
+
 
 ACTIVE = "active"
 UNSUBSCRIBED = "unsubscribed"
@@ -242,6 +297,14 @@ class SubscriberStore:
         for status, n in self.conn.execute("SELECT status, COUNT(*) FROM subscribers GROUP BY status"):
             out[status] = n
         return out
+
+    def unsendable(self) -> tuple[int, str | None]:
+        """Active readers whose address is not ASCII (a Unicode local part, kept as it was imported
+        before such addresses were refused: v3 could not convert it), and one of them: sends fail
+        each such reader, so the editor is told before."""
+        n, example = self.conn.execute("SELECT COUNT(*), min(email) FROM subscribers "
+                                       "WHERE status='active' AND email GLOB '*[^ -~]*'").fetchone()
+        return n, example
 
     def is_active(self, id: int) -> bool:
         row = self.conn.execute("SELECT status FROM subscribers WHERE id=?", (int(id),)).fetchone()

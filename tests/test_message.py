@@ -225,6 +225,18 @@ def test_date_is_taken_per_message(rendered6, monkeypatch):
     assert (later - first).total_seconds() == 3600
 
 
+def test_one_message_keeps_one_date_however_often_it_is_rendered(rendered6, monkeypatch):
+    """SMTP sends smtp_bytes(); a copy for the editor or a signature uses as_bytes(): the same Date."""
+    import newsletter.message as message
+    from newsletter.mime import dot_stuff
+
+    msg = prepared(rendered6).personalise(RECIPIENTS[0])
+    monkeypatch.setattr(message.time, "time", lambda: 1_700_000_000.0)
+    sent = msg.smtp_bytes()
+    monkeypatch.setattr(message.time, "time", lambda: 1_700_000_001.0)  # a second boundary passes
+    assert dot_stuff(msg.as_bytes()) == sent
+
+
 @pytest.mark.parametrize("key, selector, setting", [
     (b"not a key", "news", "NEWSLETTER_DKIM_KEY_FILE"),
     (b"-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n", "news", "NEWSLETTER_DKIM_KEY_FILE"),
