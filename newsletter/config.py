@@ -169,11 +169,13 @@ class Settings(NamedTuple):
             raise ConfigError(f"{key}={raw!r} must be at least {minimum:g}")
         return value
 
-    def flag(self, key: str) -> bool:
-        """An on/off setting (1/true/yes/on or 0/false/no/off, unset = off); anything else is refused
-        rather than guessed, since these settings switch a safety check off."""
+    def flag(self, key: str, default: bool = False) -> bool:
+        """An on/off setting (1/true/yes/on or 0/false/no/off, unset = ``default``); anything else is
+        refused rather than guessed, since some of these settings switch a safety check off."""
         raw = self.env.get(key, "").strip().lower()
-        if raw in ("", "0", "false", "no", "off"):
+        if not raw:
+            return default
+        if raw in ("0", "false", "no", "off"):
             return False
         if raw in ("1", "true", "yes", "on"):
             return True

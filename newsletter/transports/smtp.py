@@ -132,15 +132,6 @@ def classify(phase: str, code: int, resp: bytes | str) -> tuple[Status, bool]:
     return Status.FAILED_PERMANENT, phase == "RCPT" and code in _BOUNCE_CODES
 
 
-def _flag(value: str, key: str) -> bool:
-    v = value.strip().lower()
-    if v in ("1", "true", "yes", "on", "auto"):
-        return True
-    if v in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{key}={value!r} is not on or off")
-
-
 class SMTPTransport(Transport):
     """Send through an SMTP server, one reused connection, one transaction per message."""
 
@@ -219,7 +210,7 @@ class SMTPTransport(Transport):
             timeout=settings.number("SMTP_TIMEOUT", DEFAULT_TIMEOUT, minimum=0.001),
             envelope_from=settings.get("SMTP_ENVELOPE_FROM") or settings.publication.from_email,
             helo_name=settings.get("SMTP_HELO_NAME") or None,
-            pipelining=_flag(settings.get("SMTP_PIPELINING", "on"), "SMTP_PIPELINING"),
+            pipelining=settings.flag("SMTP_PIPELINING", default=True),
             allow_plaintext=settings.flag("SMTP_ALLOW_PLAINTEXT"),
         )
         kwargs.update(options)
