@@ -7,20 +7,19 @@ and CSV import use it without loading the renderer or the message builder.
 
 from __future__ import annotations
 
-import re
-
 from newsletter.errors import HeaderInjectionError, InputError
+from newsletter.patterns import compiled
 
 # Control characters (C0 except TAB, DEL, C1) and Unicode line/paragraph separators.
-_UNSAFE_HEADER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_UNSAFE_HEADER = r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]"
 # An RFC 2047 encoded-word. Mail clients decode one found in a Subject or display name, so text
 # typed as "=?utf-8?q?Hi=0D=0ABcc:…?=" would show (or act) as CR/LF once decoded.
-ENCODED_WORD = re.compile(r"=\?[^?\s]*\?[bBqQ]\?[^?\s]*\?=")
+ENCODED_WORD = r"=\?[^?\s]*\?[bBqQ]\?[^?\s]*\?="
 
 
 def check_header(name: str, value: str) -> str:
     """Refuse header injection: any CR, LF or control character in a header value."""
-    if _UNSAFE_HEADER.search(value):
+    if compiled(_UNSAFE_HEADER).search(value):
         raise HeaderInjectionError(f"{name} contains a line break or control character: {value[:60]!r}")
     return value
 

@@ -9,20 +9,21 @@ Two sources with two jobs:
   real environment) holds secrets and transport settings.
 
 No other module reads ``os.environ``: they receive a :class:`Settings`.
-"""
 
-from __future__ import annotations
+:class:`Publication` and :class:`Settings` are NamedTuples (``_replace``, ``_fields``):
+every command builds them, and a frozen dataclass costs a millisecond or two at import.
+No ``from __future__ import annotations`` either: NamedTuple compiles string annotations.
+"""
 
 import math
 import os
-import re
 import tomllib
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
 
 from newsletter.addresses import ENCODED_WORD
 from newsletter.errors import ConfigError, register_secrets
+from newsletter.patterns import compiled, has_control_chars
 
 if TYPE_CHECKING:
     from newsletter.events import SoftBouncePolicy
@@ -31,7 +32,7 @@ CONFIG_FILE = "newsletter.toml"
 #: The per-root key dry runs and tests get when NEWSLETTER_SECRET_KEY is unset; real sends refuse it.
 DEV_KEY_PREFIX = "insecure-development-key:"
 #: Environment names holding secrets: scrubbed from every stored or printed error.
-_SECRET_NAME = re.compile(r"(KEY|TOKEN|PASSWORD|SECRET|PASS)(_ID)?$")
+_SECRET_NAME = r"(KEY|TOKEN|PASSWORD|SECRET|PASS)(_ID)?$"
 
 
 def is_development_key(key: str | None) -> bool:
@@ -46,8 +47,7 @@ class Secret(str):
         return "Secret('***')"
 
 
-@dataclass(frozen=True)
-class Publication:
+class Publication(NamedTuple):
     """Public identity of the newsletter; every field is overridable by NEWSLETTER_<KEY>."""
 
     name: str = "My Newsletter"
@@ -100,13 +100,15 @@ def _env_names(name: str) -> tuple[str, ...]:
     return _ENV_ALIASES.get(name, (f"NEWSLETTER_{name.upper()}",))
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(NamedTuple):
     """Everything a command needs, resolved from the root, newsletter.toml and the environment."""
 
     root: Path
     publication: Publication
-    env: Mapping[str, str] = field(repr=False)
+    env: Mapping[str, str]  # secrets among them: left out of the repr
+
+    def __repr__(self) -> str:
+        return f"Settings(root={self.root!r}, publication={self.publication!r})"
 
     # ---- paths -------------------------------------------------------------------
     @property
@@ -167,6 +169,18 @@ class Settings:
             raise ConfigError(f"{key}={raw!r} must be at least {minimum:g}")
         return value
 
+    def flag(self, key: str, default: bool = False) -> bool:
+        """An on/off setting (1/true/yes/on or 0/false/no/off, unset = ``default``); anything else is
+        refused rather than guessed, since some of these settings switch a safety check off."""
+        raw = self.env.get(key, "").strip().lower()
+        if not raw:
+            return default
+        if raw in ("0", "false", "no", "off"):
+            return False
+        if raw in ("1", "true", "yes", "on"):
+            return True
+        raise ConfigError(f"{key}={raw[:20]!r} is not on or off (1 or 0)")
+
     def integer(self, key: str, default: int, *, minimum: int = 0) -> int:
         value = self.number(key, default, minimum=minimum)
         assert value is not None
@@ -219,7 +233,7 @@ class Settings:
 
     def secret_values(self) -> list[str]:
         """Every configured secret (API keys, tokens, passwords): for :func:`newsletter.errors.scrub`."""
-        return [v for k, v in self.env.items() if v and _SECRET_NAME.search(k.upper())]
+        return [v for k, v in self.env.items() if v and compiled(_SECRET_NAME).search(k.upper())]
 
     # ---- what comes back (webhooks, inbox) ------------------------------------------
     @property
@@ -291,7 +305,7 @@ def load_settings(root: Path | None = None, environ: Mapping[str, str] | None = 
     root = find_root(root)
     env = {**_dotenv(root), **(os.environ if environ is None else environ)}
     raw = _read_toml(root / CONFIG_FILE)
-    known = {f.name for f in fields(Publication)}
+    known = set(Publication._fields)
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}",
@@ -322,8 +336,7 @@ def load_settings(root: Path | None = None, environ: Mapping[str, str] | None = 
 
 # Header injection through configuration: these fields end up in every message's headers
 # (From, Reply-To, List-Id, List-Unsubscribe, Feedback-ID) or in links, so they are checked at load.
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-_URL_UNSAFE = re.compile(r"[\s<>\"'\\`{}|^]")
+_URL_UNSAFE = r"[\s<>\"'\\`{}|^]"
 _ADDRESS_FIELDS = ("from_email", "reply_to", "unsubscribe_mailto")
 _URL_FIELDS = ("base_url", "logo_url")
 _HEADER_FIELDS = ("name", "from_name", "list_id", "feedback_id")
@@ -337,9 +350,9 @@ def _validate_field(name: str, value: str, path: Path | None) -> None:
     """One-line :class:`ConfigError` naming the key when a header-bound field is unsafe."""
     if not value or name not in (*_ADDRESS_FIELDS, *_URL_FIELDS, *_HEADER_FIELDS):
         return
-    if _UNSAFE.search(value):
+    if has_control_chars(value):
         raise ConfigError(f"{_key_name(name)} contains a line break or control character", path=path)
-    if name in _HEADER_FIELDS and ENCODED_WORD.search(value):
+    if name in _HEADER_FIELDS and "=?" in value and compiled(ENCODED_WORD).search(value):
         raise ConfigError(f"{_key_name(name)} contains an RFC 2047 encoded-word (=?…?=), which mail clients "
                           "would decode in the header; write the text itself", path=path)
     if name in _URL_FIELDS:
@@ -357,7 +370,7 @@ def check_url(key: str, value: str, *, path: Path | None = None, origin_only: bo
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
         raise ConfigError(f"{key} is not a valid URL: {value[:80]!r}", path=path) from None
-    if _UNSAFE.search(value) or _URL_UNSAFE.search(value) or not value.isascii():
+    if has_control_chars(value) or compiled(_URL_UNSAFE).search(value) or not value.isascii():
         raise ConfigError(f"{key} contains characters not allowed in a URL: {value[:80]!r}", path=path)
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.username is not None:
         raise ConfigError(f"{key} must be an http:// or https:// URL with a host: {value[:80]!r}", path=path)
@@ -370,7 +383,7 @@ def check_url(key: str, value: str, *, path: Path | None = None, origin_only: bo
 # any header as it stands. Settings that match need no email-validator at start-up (it costs a
 # third of `newsletter status`); anything else goes to it, and every address a message uses is
 # checked by it again when the message is prepared (newsletter.addresses.validate_address).
-_PLAIN_ADDRESS = re.compile(
+_PLAIN_ADDRESS = (
     r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]{1,60}(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]{1,60})*"
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){1,8}[A-Za-z]{2,63}\Z")
 
@@ -381,10 +394,10 @@ _SPECIAL_USE = frozenset({"arpa", "invalid", "local", "localhost", "onion", "tes
 
 def check_address(key: str, value: str, *, path: Path | None = None) -> str:
     """A plain ASCII address (no display name), syntax-checked offline."""
-    if _UNSAFE.search(value):
+    if has_control_chars(value):
         raise ConfigError(f"{key} contains a line break or control character", path=path)
     local, _, domain = value.rpartition("@")
-    plain = len(value) <= 200 and len(local) <= 64 and _PLAIN_ADDRESS.match(value) is not None
+    plain = len(value) <= 200 and len(local) <= 64 and compiled(_PLAIN_ADDRESS).match(value) is not None
     if plain and "xn--" not in domain.lower() and domain.rpartition(".")[2].lower() not in _SPECIAL_USE:
         return local + "@" + domain.lower()
     from email_validator import EmailNotValidError, validate_email

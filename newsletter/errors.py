@@ -6,15 +6,15 @@ exit code, and the CLI prints ``format_message()`` as one line, never a tracebac
 
 from __future__ import annotations
 
-import re
 import threading
 from pathlib import Path
 from typing import Iterable
 
+from newsletter.patterns import CONTROL_CHARS, compiled
+
 # ---------------------------------------------------------------------------------------
 # Scrubbing: every error text that is stored or printed passes through scrub()
 # ---------------------------------------------------------------------------------------
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _SECRETS: set[str] = set()
 _SECRETS_LOCK = threading.Lock()
 _MIN_SECRET = 4  # shorter values would blank out ordinary words
@@ -44,7 +44,7 @@ def scrub(text: object, limit: int = 500) -> str:
     for secret in secrets:
         if secret in out:
             out = out.replace(secret, "***")
-    out = _CONTROL.sub(" ", out)
+    out = compiled(CONTROL_CHARS + "+").sub(" ", out)
     return " ".join(out.split())[:limit]
 
 

@@ -10,14 +10,15 @@ webhook delivered twice, or the same mailbox read twice, changes things once.
 Soft bounces are only counted: ``soft_bounce_limit`` of them within
 ``soft_bounce_window`` suppress the reader as bounced. A complaint always wins
 (:meth:`SubscriberStore.mark_complained`), and nothing ever reactivates it.
-"""
 
-from __future__ import annotations
+No ``from __future__ import annotations``: the records are NamedTuples (cheaper at import
+than dataclasses; ``status`` loads this module), and NamedTuple compiles string annotations.
+"""
 
 import enum
 import sqlite3
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import NamedTuple
 
 from newsletter.db import migrate
 from newsletter.store import Subscriber, SubscriberStore, _one_line, stamp
@@ -59,8 +60,7 @@ class Outcome(str, enum.Enum):
     UNKNOWN_READER = "unknown-reader"  # no subscriber matches: recorded, nothing changed
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
     """One thing a source reported about one reader.
 
     ``email`` is the address the source names; ``subscriber_id`` is set when the
@@ -80,8 +80,7 @@ class Event:
     detail: str = ""
 
 
-@dataclass(frozen=True)
-class SoftBouncePolicy:
+class SoftBouncePolicy(NamedTuple):
     """``limit`` soft bounces within ``window`` make a hard one."""
 
     limit: int = 3

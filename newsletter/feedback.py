@@ -18,7 +18,8 @@ from newsletter.classify import Category, Classified, strip_reply_prefixes
 from newsletter.errors import scrub
 from newsletter.events import Event, Kind, Outcome, SoftBouncePolicy, apply_event
 from newsletter.excerpt import printable
-from newsletter.ledger import ensure_schema as ensure_ledger, iter_recipients, latest_sent_slug, sent_issue
+from newsletter.ledger import (ensure_schema as ensure_ledger, issue_delivery_ids, iter_recipients, latest_sent_slug,
+                               sent_issue)
 from newsletter.message_ids import slug_of, verify_message_id
 from newsletter.store import SubscriberStore
 
@@ -96,17 +97,24 @@ class Applier:
         return self._made_for(mid)
 
     def _made_for(self, mid: str) -> dict[str, object] | str:
-        """The reader of the issue's latest delivery ``mid`` was made for (one HMAC per
-        recipient, so looked up once per Message-ID in a run)."""
+        """The reader ``mid`` was made for, among the recipients of every real delivery of its
+        issue, not only the latest (one HMAC per distinct address, so looked up once per
+        Message-ID in a run)."""
         if mid not in self._made_for_cache:
-            found = sent_issue(self.conn, slug=slug_of(mid, self.domain))
-            reader: dict[str, object] | str = f"its Message-ID {mid[:80]} is not one we sent: nothing changed"
-            for sub_id, email in iter_recipients(self.conn, found[0]) if found else ():
-                if verify_message_id(self.secret_key, mid, email, self.domain):
-                    reader = {"subscriber_id": sub_id, "email": email}
-                    break
-            self._made_for_cache[mid] = reader
+            self._made_for_cache[mid] = self._find_reader(mid)
         return self._made_for_cache[mid]
+
+    def _find_reader(self, mid: str) -> dict[str, object] | str:
+        slug = slug_of(mid, self.domain)
+        tried: set[str] = set()
+        for delivery_id in issue_delivery_ids(self.conn, slug) if slug else ():
+            for sub_id, email in iter_recipients(self.conn, delivery_id):
+                if email.lower() in tried:
+                    continue
+                tried.add(email.lower())
+                if verify_message_id(self.secret_key, mid, email, self.domain):
+                    return {"subscriber_id": sub_id, "email": email}
+        return f"its Message-ID {mid[:80]} is not one we sent: nothing changed"
 
     def _bounce(self, c: Classified) -> Handled:
         outcomes: list[str] = []

@@ -31,6 +31,7 @@ from newsletter.config import Settings
 from newsletter.db import is_locked, migrate
 from newsletter.errors import ConfigError, DatabaseLockedError, NewsletterError, TransportError, scrub
 from newsletter.feedback import Applier, Handled
+from newsletter.hosts import is_loopback
 
 COMPONENT = "inbox"
 MIGRATIONS: list[str] = [
@@ -69,6 +70,10 @@ class ImapConfig:
         security = settings.get("IMAP_SECURITY", "tls").lower()
         if security not in SECURITIES:
             raise ConfigError(f"IMAP_SECURITY={security!r}; expected one of {', '.join(SECURITIES)}")
+        if security == "none" and not is_loopback(host) and not settings.flag("IMAP_ALLOW_PLAINTEXT"):
+            raise ConfigError(f"IMAP_SECURITY=none would send IMAP_PASSWORD to {host[:80]!r} unencrypted; it is "
+                              "allowed only for 127.0.0.1, ::1 or localhost (use tls or starttls, or set "
+                              "IMAP_ALLOW_PLAINTEXT=1 if the network in between is yours)")
         port = settings.integer("IMAP_PORT", 993 if security == "tls" else 143, minimum=1)
         if port > 65535:
             raise ConfigError(f"IMAP_PORT={port} is not a port")

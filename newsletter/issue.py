@@ -16,6 +16,7 @@ from typing import Any, Iterable, Iterator
 import yaml
 
 from newsletter.addresses import ENCODED_WORD
+from newsletter.patterns import compiled
 from newsletter.errors import InputError
 
 REQUIRED = ("number", "title", "date")
@@ -211,7 +212,7 @@ def _text(path: Path, data: dict[str, Any], key: str, line: int | None) -> str:
     limit = MAX_LENGTH.get(key, MAX_LENGTH["title"])
     if len(value) > limit:
         raise _fail(path, f"'{key}' is {len(value)} characters long; the limit is {limit}", line)
-    word = ENCODED_WORD.search(value) if key in HEADER_FIELDS else None
+    word = compiled(ENCODED_WORD).search(value) if key in HEADER_FIELDS else None
     if word:
         raise _fail(path, f"'{key}' contains an RFC 2047 encoded-word ({word.group()[:40]}), "
                           "which mail clients would decode in the Subject; write the text itself", line)
@@ -323,6 +324,13 @@ def _front_matter(path: Path, front: str) -> tuple[dict[str, Any], yaml.Node | N
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 2 if mark else None
         raise _fail(path, f"front matter is not valid YAML: {exc.problem or exc}", line) from None
+    except yaml.reader.ReaderError as exc:  # a character YAML refuses (U+FFFE…): a position, no mark
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise _fail(path, f"front matter is not valid YAML: character U+{char:04X} is not allowed",
+                    front.count("\n", 0, exc.position) + 2) from None
+    except yaml.YAMLError as exc:
+        raise _fail(path, f"front matter is not valid YAML: {str(exc).splitlines()[0] if str(exc) else exc!r}",
+                    2) from None
     except RecursionError:
         raise _fail(path, "front matter is nested too deeply", 2) from None
     if not isinstance(data, dict):
@@ -428,26 +436,40 @@ def slugs_in(issues_dir: Path) -> set[str]:
 def refuse_shared_slug(issues_dir: Path, path: Path | None = None) -> None:
     """Two issues with one slug would build into one folder and share one web page: refuse.
 
-    With ``path``, that issue is compared with the others; without it, every issue in the
-    folder with those before it.
+    With ``path``, that issue is compared with the others that could have its slug (only
+    those are parsed: a broken draft elsewhere neither slows nor stops it); without it,
+    every issue in the folder with those before it.
     """
     paths = list_issues(issues_dir) if issues_dir.is_dir() else []
     if path is not None:
-        paths = [path] + [p for p in paths if p.resolve() != path.resolve()]
-    issues = list(parsed_issues(paths))
-    if path is not None:
-        if not issues or issues[0].path != Path(path):
+        target = next(parsed_issues([path]), None)
+        if target is None:
             return  # the issue itself does not parse: its build says why
-        target = issues[0]
-        clash = next((i.path for i in issues[1:] if i.slug == target.slug), None)
+        others = [p for p in paths if p.resolve() != path.resolve() and _could_have_slug(p, target.slug)]
+        clash = next((i.path for i in parsed_issues(others) if i.slug == target.slug), None)
         if clash is not None:
             raise _shared_slug(target, clash)
         return
+    issues = list(parsed_issues(paths))
     owners: dict[str, Path] = {}
     for issue in issues:
         first = owners.setdefault(issue.slug, issue.path)
         if first != issue.path:
             raise _shared_slug(issue, first)
+
+
+def _could_have_slug(path: Path, slug: str) -> bool:
+    """Whether the issue in ``path`` could have ``slug``, judged without parsing it: by its file
+    name, or because its text could set it as its ``slug`` (both spelt out, or behind a YAML escape)."""
+    m = FILENAME_RE.match(path.name)
+    if (m.group("slug") if m else path.stem) == slug:
+        return True
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
+    except OSError:
+        return False  # unreadable: it has no slug, and its own build says why
+    return b"\\" in raw or (b"slug" in raw and slug.encode() in raw)
 
 
 def _shared_slug(issue: Issue, other: Path) -> InputError:

@@ -5,23 +5,24 @@ loop that moves rows through their states is :mod:`newsletter.delivery`, and wha
 each answer does to a row is :mod:`newsletter.outcome`. Recipients are frozen into
 the ledger in one ``INSERT … SELECT`` when a delivery starts, so the list never
 changes under a running send.
+
+No ``from __future__ import annotations`` here: the records below are NamedTuples (a frozen
+dataclass costs a millisecond or two at import, and ``status`` imports this module), and
+NamedTuple compiles every string annotation it is given; real ones cost nothing.
 """
-
-
-from __future__ import annotations
 
 import math
 import os
 import sqlite3
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple, Sequence
 
 from newsletter.db import connect, migrate
 from newsletter.errors import ContentChangedError, DeliveryLockedError, InputError, scrub
 from newsletter.processes import pid_alive
+from newsletter.store import TIMESTAMP
 
 if TYPE_CHECKING:  # only for types: `status` and the scheduler load neither the builder nor transports
     from newsletter.message import PreparedIssue
@@ -119,10 +120,8 @@ LEDGER_STATES = ("pending", "sending", "sent", "retry", "failed-temporary", "fai
                  "uncertain")
 #: Rows still to be sent: a delivery is done only when none is left in these.
 OPEN_ROW_STATES = ("pending", "retry", "sending")
-_OPEN_ROWS_SQL = "('pending','retry','sending')"
 LOCK_STALE_AFTER = timedelta(minutes=10)
 HEARTBEAT_EVERY = timedelta(seconds=30)
-_TS = "%Y-%m-%dT%H:%M:%S.%fZ"  # same format as the subscriber store; sorts as text
 #: Times the ledger stores: four-digit years only, so stored text always sorts and parses.
 _MIN_YEAR, _MAX_YEAR = 2000, 9000
 
@@ -144,7 +143,7 @@ def timestamp(dt: datetime) -> str:
         utc = None
     if utc is None or not _MIN_YEAR <= utc.year <= _MAX_YEAR:
         raise InputError(f"time {dt.isoformat()} is out of range (years {_MIN_YEAR}–{_MAX_YEAR})")
-    return utc.strftime(_TS)
+    return utc.strftime(TIMESTAMP)  # the subscriber store's format: sorts as text
 
 
 def parse_timestamp(text: str | None) -> datetime | None:
@@ -226,8 +225,9 @@ def open_ledger(path: Path | str) -> sqlite3.Connection:
     return conn
 
 
-@dataclass(frozen=True)
-class Delivery:
+class Delivery(NamedTuple):
+    """One row of ``deliveries``, times parsed."""
+
     id: int
     slug: str
     issue_number: int | None
@@ -272,11 +272,19 @@ def get_delivery(conn: sqlite3.Connection, delivery_id: int) -> Delivery:
 
 
 def ledger_counts(conn: sqlite3.Connection, delivery_id: int) -> dict[str, int]:
-    counts = dict.fromkeys(LEDGER_STATES, 0)
-    for state, n in conn.execute("SELECT state, COUNT(*) FROM ledger WHERE delivery_id=? GROUP BY state",
-                                 (delivery_id,)):
+    return _ledger_summary(conn, delivery_id)[0]
+
+
+def _ledger_summary(conn: sqlite3.Connection, delivery_id: int) -> tuple[dict[str, int], str | None]:
+    """Readers per state, and the stored time a reader was last finished (not pending, retry or
+    sending), in one pass over the delivery's rows."""
+    counts, last = dict.fromkeys(LEDGER_STATES, 0), None
+    for state, n, latest in conn.execute("SELECT state, COUNT(*), MAX(updated_at) FROM ledger WHERE delivery_id=? "
+                                         "GROUP BY state", (delivery_id,)):
         counts[state] = n
-    return counts
+        if state not in OPEN_ROW_STATES and isinstance(latest, str) and (last is None or latest > last):
+            last = latest  # text only, as SQLite's MAX ranks text above numbers: one bad row reads as no time
+    return counts, last
 
 
 def open_rows(counts: dict[str, int]) -> int:
@@ -294,8 +302,7 @@ def retry_summary(conn: sqlite3.Connection, delivery_id: int, top: int = 3) -> t
     return from_epoch(head), [(scrub(r[0], 120), r[1]) for r in reasons]
 
 
-@dataclass(frozen=True)
-class DeliveryReport:
+class DeliveryReport(NamedTuple):
     """What a delivery stands at, and what the last run did. Counts are the ledger's totals;
     ``*_this_run`` / ``*_resent`` / ``uncertain_reported`` are this run's."""
 
@@ -350,7 +357,7 @@ def _changed(d: sqlite3.Row, new_hash: str) -> ContentChangedError:
         "Revert the change, or pass --force-new-content to send the new version to those not yet sent")
 
 
-def start_or_resume(conn: sqlite3.Connection, prepared: PreparedIssue, *, scheduled_for: datetime | None = None,
+def start_or_resume(conn: sqlite3.Connection, prepared: "PreparedIssue", *, scheduled_for: datetime | None = None,
                     force_new_content: bool = False, now: Callable[[], datetime] = utcnow) -> int:
     """The delivery for this issue: the open (or finished) one, else a new one.
 
@@ -467,8 +474,9 @@ def note_reason(conn: sqlite3.Connection, delivery_id: int, owner: str, reason: 
 # ---------------------------------------------------------------------------------------
 # A run: begin, claim, record, finish (the SQL behind newsletter.delivery)
 # ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RunStart:
+class RunStart(NamedTuple):
+    """What :func:`begin_run` found."""
+
     counts: dict[str, int]
     interrupted: int          # rows found in flight from an earlier run (a crash or kill)
 
@@ -516,8 +524,9 @@ def begin_run(conn: sqlite3.Connection, d: Delivery, *, transport: str, resend_i
     return RunStart(counts, interrupted)
 
 
-@dataclass
-class ClaimedRow:
+class ClaimedRow(NamedTuple):
+    """One reader of a claimed batch, as it stood before the claim."""
+
     sid: int
     email: str
     name: str
@@ -528,8 +537,9 @@ class ClaimedRow:
     uncertain_resends: int
 
 
-@dataclass
-class Claim:
+class Claim(NamedTuple):
+    """A batch marked 'sending' (or only skips, with no ``rows``)."""
+
     batch_no: int
     rows: list[ClaimedRow]
     fresh: bool                # pending rows in keyset order (the cursor moved past them)
@@ -601,14 +611,15 @@ def claim_batch(conn: sqlite3.Connection, d: Delivery, owner: str, *, limit: int
         update_each(conn, d.id, "state='skipped', last_error=v.column2, updated_at=?",
                     [(r[0], f"no longer active ({r['status'] or 'removed'})") for r in gone], stamp)
         batch_no = None  # the batch is not the one the key named any more
-    claim = Claim(0, [ClaimedRow(*tuple(r)[:8]) for r in live], fresh, [r["state"] for r in gone],
-                  last_id=rows[-1][0])
+    skipped = [r["state"] for r in gone]
     if not live:  # only skips: the caller counts them and claims again
         refresh_lock(conn, d.id, owner, now)
-        return claim
-    claim.batch_no = batch_no if batch_no is not None else refresh_lock(conn, d.id, owner, now, new_batch=True)
-    if batch_no is not None:
+        return Claim(0, [], fresh, skipped, last_id=rows[-1][0])
+    if batch_no is None:
+        batch_no = refresh_lock(conn, d.id, owner, now, new_batch=True)
+    else:
         refresh_lock(conn, d.id, owner, now)
+    claim = Claim(batch_no, [ClaimedRow(*tuple(r)[:8]) for r in live], fresh, skipped, last_id=rows[-1][0])
     if fresh and not gone:  # a contiguous keyset range of pending rows: one statement
         conn.execute("UPDATE ledger SET state='sending', batch_no=?, updated_at=? WHERE delivery_id=? AND "
                      "subscriber_id BETWEEN ? AND ? AND state='pending'",
@@ -728,8 +739,9 @@ def due_deliveries(conn: sqlite3.Connection, now: datetime) -> list[Delivery]:
 # ---------------------------------------------------------------------------------------
 # Status
 # ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DeliveryStatus:
+class DeliveryStatus(NamedTuple):
+    """A delivery with its counts, rate and ETA, for ``status``."""
+
     delivery: Delivery
     counts: dict[str, int]
     total: int
@@ -774,9 +786,7 @@ def delivery_status(conn: sqlite3.Connection, slug: str | None = None, *, limit:
     out = []
     for row in conn.execute(sql + " ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall():
         d = Delivery.from_row(row)
-        c = ledger_counts(conn, d.id)
-        last = conn.execute(f"SELECT MAX(updated_at) FROM ledger WHERE delivery_id=? AND state NOT IN "
-                            f"{_OPEN_ROWS_SQL}", (d.id,)).fetchone()[0]
+        c, last = _ledger_summary(conn, d.id)
         remaining = open_rows(c)
         finished = sum(c.values()) - remaining
         rate = eta = None
@@ -834,6 +844,13 @@ def sent_issue(conn: sqlite3.Connection, *, slug: str = "", subject: str = "") -
     else:
         row = None
     return (row[0], row[1]) if row else None
+
+
+def issue_delivery_ids(conn: sqlite3.Connection, slug: str) -> list[int]:
+    """Every real (not test) delivery of an issue, newest first: one issue can go out in several
+    (a cancelled one, then another for those it had not reached), and mail about any may come back."""
+    return [row[0] for row in conn.execute("SELECT id FROM deliveries WHERE slug=? AND test=0 ORDER BY id DESC",
+                                           (slug,))]
 
 
 def latest_sent_slug(conn: sqlite3.Connection, subscriber_id: int) -> str | None:

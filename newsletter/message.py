@@ -264,6 +264,12 @@ class OutgoingMessage:
         return self.prepared.headers.reply_to
 
     @cached_property
+    def date(self) -> str:
+        """Taken once, on first use: every rendering of this message (SMTP bytes, signed
+        bytes, a copy kept for the editor) carries the same Date."""
+        return self.prepared.date()
+
+    @cached_property
     def _values(self) -> dict[str, str]:
         return self.prepared.values(self.recipient)
 
@@ -335,7 +341,7 @@ class OutgoingMessage:
         p = self.prepared
         pieces = p._stuffed_pieces if stuffed else p._plain_pieces
         per_recipient = (
-            fold("Date", p.date())
+            fold("Date", self.date)
             + fold("To", p.to_header(self.recipient))
             + fold("Message-ID", self.message_id)
             + fold_list_unsubscribe(p.list_unsubscribe(self.recipient.token))

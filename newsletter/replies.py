@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 
 from newsletter.classify import Category
 from newsletter.db import migrate
+from newsletter.store import stamp
 
 COMPONENT = "replies"
 
@@ -38,15 +39,9 @@ CREATE TABLE replies (
 CREATE INDEX replies_slug ON replies(slug, sent_at)""",
 ]
 
-_TS = "%Y-%m-%dT%H:%M:%S.%fZ"
-
 
 def ensure_schema(conn: sqlite3.Connection) -> None:
     migrate(conn, COMPONENT, MIGRATIONS)
-
-
-def _ts(dt: datetime) -> str:
-    return dt.astimezone(timezone.utc).strftime(_TS)
 
 
 @dataclass(frozen=True)
@@ -68,7 +63,7 @@ def record(conn: sqlite3.Connection, dedupe_key: str, category: str, slug: str |
     conn.execute("BEGIN IMMEDIATE")
     try:
         cur = conn.execute("INSERT OR IGNORE INTO inbox_messages(dedupe_key, category, slug, received_at) "
-                           "VALUES(?,?,?,?)", (dedupe_key, category, slug, _ts(now)))
+                           "VALUES(?,?,?,?)", (dedupe_key, category, slug, stamp(now)))
         new = cur.rowcount == 1
         if new and reply is not None and slug:
             conn.execute("INSERT INTO replies(dedupe_key, slug, name, masked_email, sent_at, excerpt, matched_by)"
@@ -107,7 +102,7 @@ def forget(conn: sqlite3.Connection, older_than: timedelta, now: datetime | None
     Forgotten messages are not read again: the inbox checkpoint is by UID, not by this table.
     """
     ensure_schema(conn)
-    cutoff = _ts((now or datetime.now(timezone.utc)) - older_than)
+    cutoff = stamp((now or datetime.now(timezone.utc)) - older_than)
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.execute("DELETE FROM replies WHERE dedupe_key IN "

@@ -132,8 +132,11 @@ def open_delivery(settings: "Settings") -> tuple[sqlite3.Connection, int, Callab
     if settings.transport_name != "dryrun" and not settings.has_secret_key:
         raise ConfigError("NEWSLETTER_SECRET_KEY is not set; it signs unsubscribe links (see .env.example)")
     conn = open_ledger(settings.db_path)
-    active = SubscriberStore(conn).count("active")
-    return conn, active, transport_factory(settings, ledger=True)
+    try:
+        return conn, SubscriberStore(conn).count("active"), transport_factory(settings, ledger=True)
+    except BaseException:  # e.g. a transport setting refused: the caller never gets the connection to close
+        conn.close()
+        raise
 
 
 def scheduler_args(settings: "Settings") -> dict[str, Any]:

@@ -8,28 +8,29 @@ mailing someone who asked not to be mailed. Only :meth:`SubscriberStore.add`
 one, for when the person themselves asked to come back. A ``pending`` reader signed
 up on the web form and has not confirmed yet: never sent to (see :mod:`newsletter.signups`).
 
-Addresses are stored as given, with the domain normalised (lower case) by
-:func:`newsletter.addresses.validate_address`, and are unique case-insensitively
-(``COLLATE NOCASE``): ``Sam@example.org`` and ``sam@example.org`` are one reader.
+Addresses are stored as given, with the domain normalised (lower case, IDNA) by
+:func:`newsletter.addresses.validate_address` (rows from before IDNA were converted by
+v3), and are unique case-insensitively (``COLLATE NOCASE``): ``Sam@example.org`` and ``sam@example.org`` are one reader.
 
 The delivery ledger joins on ``subscribers(id, email, name, status)``; keep the
 v1 schema below stable and add columns only through new migrations.
+
+No ``from __future__ import annotations``: :class:`Subscriber` is a NamedTuple (cheaper at
+import than a dataclass; ``status`` loads this module), and NamedTuple compiles string
+annotations.
 """
 
-from __future__ import annotations
-
-import re
 import sqlite3
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 from newsletter.addresses import clean_text, normalise_email
 from newsletter.db import connect, migrate
 from newsletter.errors import InputError
+from newsletter.patterns import CONTROL_CHARS, compiled
 
 COMPONENT = "subscribers"
 
@@ -75,6 +76,61 @@ CREATE INDEX subscribers_status ON subscribers(status, id);
 CREATE INDEX subscribers_signup ON subscribers(signup_requested_at) WHERE signup_requested_at <> ''""",
 ]
 
+
+def _v3_ascii_domains(conn: sqlite3.Connection) -> None:
+    """v3: addresses stored before domains were kept in their ASCII (IDNA) form get it now, as
+    :func:`normalise_email` gives new ones, so they can be sent to. Where the ASCII form is already
+    another row, the two become one (see :func:`_merge_reader`). An address it refuses (e.g. a
+    Unicode local part, which needs SMTPUTF8) stays as it is: sends report it, reader by reader."""
+    rows = conn.execute("SELECT id, email FROM subscribers WHERE email GLOB '*[^ -~]*' ORDER BY id").fetchall()
+    for sid, email in rows:
+        try:
+            ascii_email = normalise_email(email)
+        except InputError:
+            continue
+        if ascii_email == email:
+            continue
+        twin = conn.execute("SELECT id FROM subscribers WHERE email=? AND id<>?", (ascii_email, sid)).fetchone()
+        if twin is not None:
+            _merge_reader(conn, keep=twin[0], drop=sid)
+            sid = twin[0]
+        else:
+            conn.execute("UPDATE subscribers SET email=? WHERE id=?", (ascii_email, sid))
+        if _has_table(conn, "ledger"):  # rows not sent yet (a delivery frozen before) go to the new form
+            conn.execute("UPDATE ledger SET email=? WHERE subscriber_id=? AND email=? AND state<>'sent'",
+                         (ascii_email, sid, email))
+
+
+#: Which of two statuses one reader keeps when two rows merge: any suppression beats active.
+_STATUS_RANK = {"pending": 0, "active": 1, "unsubscribed": 2, "bounced": 3, "complained": 4}
+
+
+def _merge_reader(conn: sqlite3.Connection, *, keep: int, drop: int) -> None:
+    """One reader stored twice (Unicode and ASCII domain): ``keep`` takes the stronger status (a
+    suppression is never lost) and ``drop``'s history, then ``drop`` goes. Where both have a row
+    in one delivery, ``keep``'s stays (``drop``'s address could not be sent to)."""
+    cols = "status, status_reason, changed_at, name, created_at"
+    kept, dropped = (conn.execute(f"SELECT {cols} FROM subscribers WHERE id=?", (i,)).fetchone() for i in (keep, drop))
+    if _STATUS_RANK.get(dropped[0], 0) > _STATUS_RANK.get(kept[0], 0):
+        conn.execute("UPDATE subscribers SET status=?, status_reason=?, changed_at=? WHERE id=?",
+                     (dropped[0], dropped[1], dropped[2], keep))
+    conn.execute("UPDATE subscribers SET name=CASE WHEN name='' THEN ? ELSE name END, created_at=min(created_at, ?) "
+                 "WHERE id=?", (dropped[3], dropped[4], keep))
+    for table in ("ledger", "feedback_events", "signup_outbox"):
+        if _has_table(conn, table):
+            conn.execute(f"UPDATE OR IGNORE {table} SET subscriber_id=? WHERE subscriber_id=?", (keep, drop))
+    if _has_table(conn, "ledger"):
+        conn.execute("DELETE FROM ledger WHERE subscriber_id=?", (drop,))
+    conn.execute("DELETE FROM subscribers WHERE id=?", (drop,))
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
+
+
+MIGRATIONS.append(_v3_ascii_domains)
+
+
 ACTIVE = "active"
 UNSUBSCRIBED = "unsubscribed"
 BOUNCED = "bounced"
@@ -100,8 +156,9 @@ def utcnow() -> str:
     return stamp(datetime.now(timezone.utc))
 
 
-@dataclass(frozen=True)
-class Subscriber:
+class Subscriber(NamedTuple):
+    """One row of ``subscribers``."""
+
     id: int
     email: str
     name: str
@@ -241,6 +298,14 @@ class SubscriberStore:
             out[status] = n
         return out
 
+    def unsendable(self) -> tuple[int, str | None]:
+        """Active readers whose address is not ASCII (a Unicode local part, kept as it was imported
+        before such addresses were refused: v3 could not convert it), and one of them: sends fail
+        each such reader, so the editor is told before."""
+        n, example = self.conn.execute("SELECT COUNT(*), min(email) FROM subscribers "
+                                       "WHERE status='active' AND email GLOB '*[^ -~]*'").fetchone()
+        return n, example
+
     def is_active(self, id: int) -> bool:
         row = self.conn.execute("SELECT status FROM subscribers WHERE id=?", (int(id),)).fetchone()
         return bool(row) and row[0] == ACTIVE
@@ -375,12 +440,9 @@ class SubscriberStore:
         return row[0] if row else None
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
-
-
 def _one_line(text: str | None, limit: int = 1000) -> str:
     """A reason (often a multi-line SMTP diagnostic) flattened to one line; never rejected."""
-    return _CONTROL.sub(" ", text or "").strip()[:limit]
+    return compiled(CONTROL_CHARS + "+").sub(" ", text or "").strip()[:limit]
 
 
 def _never_reactivated(sub: Subscriber) -> InputError:

@@ -197,3 +197,46 @@ def test_status_of_a_sent_issue_whose_file_was_removed_still_answers_by_slug(pub
     assert shown.exit_code == 0 and "retired-issue" in shown.output and "done" in shown.output, shown.output
     missing = run(publication_root, "status", "never-sent")
     assert missing.exit_code == 2 and "Traceback" not in missing.output
+
+
+@pytest.fixture
+def opened_connections(monkeypatch) -> list[sqlite3.Connection]:
+    """Every SQLite connection opened while the test runs (the real ``sqlite3.connect``, kept
+    referenced so an unclosed one cannot be silently freed). Python 3.11's sqlite3 raises no
+    ResourceWarning for an unclosed connection (3.13's does), so the test asks each one."""
+    opened: list[sqlite3.Connection] = []
+    real = sqlite3.connect
+
+    def connect(*args, **kwargs):
+        conn = real(*args, **kwargs)
+        opened.append(conn)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    return opened
+
+
+def _unclosed(opened: list[sqlite3.Connection]) -> list[sqlite3.Connection]:
+    out = []
+    for conn in opened:
+        try:
+            conn.execute("SELECT 1")
+        except sqlite3.ProgrammingError:  # "Cannot operate on a closed database"
+            continue
+        out.append(conn)
+    return out
+
+
+def test_resume_closes_every_database_connection_it_opens(publication_root, opened_connections):
+    _subscribe(publication_root, 3)
+    env = {"NEWSLETTER_BASE_URL": "https://chinaffairs.example", "NEWSLETTER_FOREGROUND_WAIT": "0"}
+    nothing = run(publication_root, "resume", "6", "--yes")
+    assert nothing.exit_code == 2 and "no unfinished delivery" in nothing.output
+    assert opened_connections and not _unclosed(opened_connections)
+    with SMTPTestServer(rcpt_replies=lambda a: "451 4.3.0 mail system down, try later") as down:
+        assert run(publication_root, "send", "6", "--yes", "--skip-checks", env={**down.env(), **env}).exit_code == 8
+        opened_connections.clear()
+        # Still down (whether or not the retry is due yet): deferred again, exit 8 either way.
+        result = run(publication_root, "resume", "6", "--yes", env={**down.env(), **env})
+    assert result.exit_code == 8 and "deferred" in result.output, result.output
+    assert opened_connections and not _unclosed(opened_connections)

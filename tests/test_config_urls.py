@@ -91,3 +91,10 @@ def test_config_addresses_get_email_validators_decision_without_loading_it_for_p
     except ConfigError:
         got = None
     assert got == expected
+
+
+def test_settings_repr_leaves_the_environment_and_its_secrets_out(tmp_path):
+    settings = load_settings(tmp_path, environ={"POSTMARK_SERVER_TOKEN": "pm-token-1234567", "NEWSLETTER_NAME": "Letter"})
+    shown = repr(settings)
+    assert "pm-token-1234567" not in shown and "POSTMARK" not in shown
+    assert shown.startswith("Settings(root=") and "name='Letter'" in shown  # the rest is still there to debug

@@ -40,7 +40,7 @@ BATCH = {"smtp": 20, "resend": 10}  # resend: one request per batch, so 30 reque
 GATE_AFTER = {"smtp": (3, 40), "resend": (1, 2)}  # messages (smtp) or requests (resend) into a run
 
 CHILD = """
-import dataclasses, json, sys
+import json, sys
 sys.path.insert(0, {tests!r})
 from test_delivery import make_prepared, options
 from newsletter.delivery import run_delivery
@@ -57,7 +57,7 @@ prepared = make_prepared()
 did = start_or_resume(conn, prepared)
 print("STARTED", did, flush=True)
 report = run_delivery(conn, did, prepared, factory, options=options(batch_size={batch}, rate={rate}))
-print("REPORT " + json.dumps(dataclasses.asdict(report), default=str), flush=True)
+print("REPORT " + json.dumps(report._asdict(), default=str), flush=True)
 """
 
 

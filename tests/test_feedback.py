@@ -87,6 +87,34 @@ def test_bounce_naming_another_address_goes_to_the_reader_the_id_was_made_for(ap
     assert h.outcome == "hard-bounce applied" and status(store, "c") == "bounced"
 
 
+def _delivery(store, slug: str, state: str, readers: list[str]) -> None:
+    cur = store.conn.execute("INSERT INTO deliveries(slug, content_hash, subject, state, created_at) "
+                             "VALUES(?, 'h', ?, ?, 'x')", (slug, f"About {slug}", state))
+    for who in readers:
+        sub = store.get_by_email(f"{who}@reader.example") or store.add(f"{who}@reader.example")
+        store.conn.execute("INSERT INTO ledger(delivery_id, subscriber_id, email, state) VALUES(?,?,?,'sent')",
+                           (cur.lastrowid, sub.id, sub.email))
+
+
+def test_forwarded_bounce_about_any_delivery_of_an_older_issue_finds_its_reader(applier, store):
+    # Issue 5 went out in two deliveries (the first cancelled part-way: d got it there, e in the
+    # second); issue 6 (the fixture's) went out after both. Reports quoting 5's ids, naming the
+    # forwarding target rather than our reader, still prove who they are about.
+    _delivery(store, "older-issue", "cancelled", ["d"])
+    _delivery(store, "older-issue", "done", ["e"])
+    for who in ("d", "e"):
+        h = applier.apply(classify(m.dsn(f"{who}.fwd@elsewhere.example", our_id(f"{who}@reader.example", "older-issue"),
+                                         msgid=f"<fwd-{who}@mx.example>")))
+        assert h.outcome == "hard-bounce applied" and h.slug == "older-issue", h
+        assert status(store, who) == "bounced"
+    complaint = applier.apply(classify(m.arf("a@reader.example", our_id("a@reader.example", "older-issue"),
+                                             redact=True)))
+    assert "is not one we sent: nothing changed" in complaint.outcome and status(store, "a") == "active"
+    forged = applier.apply(classify(m.dsn("c.fwd@elsewhere.example", f"<older-issue.{'1' * 24}@{DOMAIN}>",
+                                          msgid="<forged@mx.example>")))
+    assert "is not one we sent" in forged.outcome and status(store, "c") == "active"
+
+
 def test_soft_bounces_only_count_until_the_limit(store):
     from newsletter.events import SoftBouncePolicy
 

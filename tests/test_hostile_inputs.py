@@ -153,6 +153,44 @@ def test_a_shared_slug_elsewhere_does_not_block_another_issue(publication_root):
         find_issue(publication_root / "issues", "8")
 
 
+@pytest.mark.parametrize("front, line, needle", [
+    (HEAD.replace("A title", "[unclosed") + "status: draft\n", 4, "front matter is not valid YAML"),
+    (HEAD.replace("A title", "\ufffe") + "status: draft\n", 3, "front matter is not valid YAML"),  # a YAML ReaderError
+])
+def test_a_broken_draft_does_not_stop_another_issue(publication_root, front, line, needle):
+    path = issue_file(publication_root, front)
+    built = run(publication_root, "build", "6")
+    assert built.exit_code == 0 and "Built 006-global-governance-of-ai.md" in built.output, built.output
+    dry = run(publication_root, "send", "6", "--dry-run")
+    assert dry.exit_code == 0 and "Dry run: 0 message(s)" in dry.output, dry.output
+    for ref in ("7", "a-title", str(path)):
+        result = run(publication_root, "build", ref)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert one_line(result).startswith(f"error: {path}:{line}: {needle}"), result.output
+
+
+def test_find_issue_parses_only_the_issues_that_could_share_its_slug(publication_root, monkeypatch):
+    import newsletter.issue as issue_module
+
+    for n in range(7, 12):
+        issue_file(publication_root, HEAD.replace("7", str(n)), name=f"{n:03}-issue-{n}.md")
+    claims = issue_file(publication_root, HEAD.replace("7", "12") + "slug: issue-9\n", name="012-other.md")
+    parsed: list[str] = []
+    real = issue_module.parse_issue
+
+    def counting(path):
+        parsed.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(issue_module, "parse_issue", counting)
+    assert find_issue(publication_root / "issues", "6").name == "006-global-governance-of-ai.md"
+    assert parsed == ["006-global-governance-of-ai.md"]
+    parsed.clear()
+    with pytest.raises(InputError, match="also the slug of 012-other.md"):
+        find_issue(publication_root / "issues", "issue-9")
+    assert sorted(parsed) == ["009-issue-9.md", claims.name]
+
+
 # ---- `newsletter new` ----------------------------------------------------------------------
 @pytest.mark.parametrize("title", ["Ends with backslash \\", 'He said "no": # not a comment', "Yes", "007: *bold*"])
 def test_new_writes_yaml_it_can_read_back(publication_root, title):

@@ -214,6 +214,42 @@ def test_refusals_are_one_line_without_secrets(tmp_path, imap, env, needle):
     assert PASSWORD not in result.output and "wrong-password-123" not in result.output
 
 
+def test_plaintext_login_to_a_host_that_is_not_loopback_is_refused_unless_opted_in(pub, imap, sent):
+    # 0.0.0.0 is not a loopback address, yet Linux connects it to this machine: the real Dovecot
+    # answers there, so without the check the password would cross the connection in clear.
+    imap.append(m.other())
+    refused = inbox(pub, imap, IMAP_HOST="0.0.0.0")
+    assert refused.exit_code == 3, refused.output
+    assert "IMAP_SECURITY=none" in refused.output and "IMAP_ALLOW_PLAINTEXT" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1 and PASSWORD not in refused.output
+    assert imap.count() == 1 and "Read 1 new message" not in refused.output
+    opted_in = inbox(pub, imap, IMAP_HOST="0.0.0.0", IMAP_ALLOW_PLAINTEXT="1")
+    assert opted_in.exit_code == 0 and "Read 1 new message(s): 1 other." in opted_in.output, opted_in.output
+    bad_flag = inbox(pub, imap, IMAP_HOST="0.0.0.0", IMAP_ALLOW_PLAINTEXT="maybe")
+    assert bad_flag.exit_code == 3 and "IMAP_ALLOW_PLAINTEXT='maybe' is not on or off" in bad_flag.output
+
+
+@pytest.mark.parametrize("host, allowed", [
+    ("127.0.0.1", True), ("127.3.2.1", True), ("::1", True), ("localhost", True), ("LOCALHOST", True),
+    ("0.0.0.0", False), ("10.0.0.7", False), ("imap.example.org", False), ("localhost.example.org", False),
+    ("127.0.0.1.example.org", False), ("::ffff:127.0.0.1", False),
+])
+def test_security_none_is_for_loopback_hosts_only(publication_root, host, allowed):
+    from newsletter.config import load_settings
+    from newsletter.errors import ConfigError
+    from newsletter.inbox import ImapConfig
+
+    env = {"IMAP_HOST": host, "IMAP_USERNAME": "u", "IMAP_PASSWORD": "p", "IMAP_SECURITY": "none"}
+    settings = load_settings(publication_root, environ=env)
+    if allowed:
+        assert ImapConfig.from_settings(settings).security == "none"
+    else:
+        with pytest.raises(ConfigError, match="IMAP_SECURITY=none"):
+            ImapConfig.from_settings(settings)
+    for extra in ({"IMAP_ALLOW_PLAINTEXT": "yes"}, {"IMAP_SECURITY": "starttls"}):
+        assert ImapConfig.from_settings(load_settings(publication_root, environ={**env, **extra})).host == host
+
+
 def test_unconfigured_inbox_says_what_to_set(tmp_path):
     result = run(tmp_path, "inbox")
     assert result.exit_code == 3 and "IMAP_HOST is not set" in result.output

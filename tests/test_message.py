@@ -94,7 +94,7 @@ def test_test_prefix(rendered6):
 
 
 def test_without_https_base_url_there_is_no_one_click(rendered6):
-    p = prepared(rendered6, publication=replace(PUB, base_url=""))
+    p = prepared(rendered6, publication=PUB._replace(base_url=""))
     msg = parse(p.personalise(RECIPIENTS[0]).as_bytes())
     assert msg["List-Unsubscribe"] == "<mailto:editors@chinaffairs.example?subject=unsubscribe%201.abc>"
     assert msg["List-Unsubscribe-Post"] is None
@@ -192,7 +192,7 @@ def _lines(data: bytes) -> list[bytes]:
 ], ids=["long-local-part", "ascii-1200", "ascii-long-word", "utf8-400", "cjk-quotes"])
 @pytest.mark.parametrize("base_url", ["https://news.example.org/pppppppppppppp", "https://chinaffairs.example"])
 def test_adversarial_recipients_stay_within_line_limits_and_match_the_reference(rendered6, recipient, base_url):
-    p = prepared(rendered6, publication=replace(PUB, base_url=base_url))
+    p = prepared(rendered6, publication=PUB._replace(base_url=base_url))
     data = p.personalise(recipient).as_bytes()
     head, _, body = data.partition(b"\r\n\r\n")
     assert max(len(line) for line in _lines(head)) <= 998
@@ -223,6 +223,18 @@ def test_date_is_taken_per_message(rendered6, monkeypatch):
     monkeypatch.setattr(message.time, "time", lambda: 1_700_003_600.0)
     later = parse(p.personalise(RECIPIENTS[0]).as_bytes())["Date"].datetime
     assert (later - first).total_seconds() == 3600
+
+
+def test_one_message_keeps_one_date_however_often_it_is_rendered(rendered6, monkeypatch):
+    """SMTP sends smtp_bytes(); a copy for the editor or a signature uses as_bytes(): the same Date."""
+    import newsletter.message as message
+    from newsletter.mime import dot_stuff
+
+    msg = prepared(rendered6).personalise(RECIPIENTS[0])
+    monkeypatch.setattr(message.time, "time", lambda: 1_700_000_000.0)
+    sent = msg.smtp_bytes()
+    monkeypatch.setattr(message.time, "time", lambda: 1_700_000_001.0)  # a second boundary passes
+    assert dot_stuff(msg.as_bytes()) == sent
 
 
 @pytest.mark.parametrize("key, selector, setting", [

@@ -138,12 +138,10 @@ def test_render_is_deterministic(settings):
 
 
 def test_publication_logo_has_alt_text_and_width(settings):
-    from dataclasses import replace
-
     from newsletter.issue import find_issue
 
-    logo = replace(settings, publication=replace(settings.publication, logo_url="https://example.org/logo.png",
-                                                 logo_alt="ChinAffairs+ logo"))
+    logo = settings._replace(publication=settings.publication._replace(logo_url="https://example.org/logo.png",
+                                                                       logo_alt="ChinAffairs+ logo"))
     doc = lxml.html.fromstring(render_issue(find_issue(settings.issues_dir, "6"), logo).html)
     img = doc.xpath('//img[@src="https://example.org/logo.png"]')[0]
     assert img.get("alt") == "ChinAffairs+ logo" and img.get("width") == "160"

@@ -40,7 +40,7 @@ BATCH = 25
 KILLS = 10
 
 CHILD = """
-import dataclasses, json, sys, time
+import json, sys, time
 sys.path.insert(0, {tests!r})
 from test_delivery import make_prepared, options
 from newsletter.delivery import run_delivery
@@ -64,7 +64,7 @@ report = run_delivery(conn, did, prepared,
                       lambda: SMTPTransport("127.0.0.1", port, envelope_from="news@example.org", security="none",
                                             timeout=10, clock=SkippingClock()),
                       options=options(batch_size={batch}, max_wait=10**6), clock=clock, sleep=sleep)
-print("REPORT " + json.dumps(dataclasses.asdict(report), default=str), flush=True)
+print("REPORT " + json.dumps(report._asdict(), default=str), flush=True)
 """
 
 

@@ -217,7 +217,7 @@ def test_migrations_idempotent_on_reopen(tmp_path):
     SubscriberStore(s2.conn)
     assert s2.get(sid).name == "A"
     version = s2.conn.execute("SELECT version FROM schema_migrations WHERE component='subscribers'").fetchone()[0]
-    assert version == len(MIGRATIONS) == 2
+    assert version == len(MIGRATIONS) == 3
     s2.close()
 
 
@@ -329,3 +329,103 @@ def test_threads_opening_a_fresh_database_at_once_all_succeed(tmp_path):
         assert errors == []
         for s in stores:
             s.close()
+
+
+# ---- v3: addresses stored with a Unicode domain before domains were kept in ASCII -------------
+OLD_ROW = ("INSERT INTO subscribers(email, name, status, created_at, changed_at, status_reason) "
+           "VALUES(?, ?, ?, ?, ?, ?)")
+
+
+def old_database(path, rows: list[tuple[str, str, str]]) -> dict[str, int]:
+    """A database made by the v2 store (before the IDNA change), holding ``rows`` (email, name,
+    status) exactly as it stored them; their ids by address."""
+    from newsletter.db import migrate
+
+    conn = connect(path)
+    migrate(conn, "subscribers", MIGRATIONS[:2])
+    ids = {}
+    for i, (email, name, status) in enumerate(rows):
+        stamp = f"2025-01-0{i + 1}T00:00:00.000000Z"
+        ids[email] = conn.execute(OLD_ROW, (email, name, status, stamp, stamp, f"why {email}")).lastrowid
+    conn.close()
+    return ids
+
+
+def test_v3_gives_unicode_domains_their_ascii_form_and_keeps_suppressions(tmp_path):
+    from newsletter.ledger import ensure_schema
+
+    path = tmp_path / "old.db"
+    ids = old_database(path, [
+        ("a@xn--bcher-kva.example", "", "active"), ("a@bücher.example", "Anna", "bounced"),
+        ("b@bücher.example", "Bo", "active"), ("b@xn--bcher-kva.example", "Bo", "unsubscribed"),
+        ("c@bücher.example", "Cy", "active"), ("jörg@bücher.example", "Jörg", "active"),
+        ("d@BÜCHER.example", "Di", "complained"), ("d@bücher.example", "Di", "active"),
+    ])
+    from newsletter.db import migrate
+    from newsletter.ledger import MIGRATIONS as LEDGER
+
+    conn = connect(path)
+    from newsletter.events import MIGRATIONS as EVENTS
+
+    migrate(conn, "delivery", LEDGER)  # a delivery frozen before the change, still open
+    migrate(conn, "events", EVENTS)
+    conn.execute("INSERT INTO feedback_events(dedupe_key, kind, source, subscriber_id, occurred_at, received_at, "
+                 "outcome) VALUES('k', 'hard-bounce', 'inbox', ?, 'x', 'x', 'applied')", (ids["a@bücher.example"],))
+    d = conn.execute("INSERT INTO deliveries(slug, content_hash, state, created_at, nonce) "
+                         "VALUES('five', 'h', 'deferred', 'x', 'n')").lastrowid
+    for email, state in (("a@xn--bcher-kva.example", "sent"), ("a@bücher.example", "failed-permanent"),
+                         ("c@bücher.example", "retry"), ("b@bücher.example", "pending")):
+        conn.execute("INSERT INTO ledger(delivery_id, subscriber_id, email, state) VALUES(?,?,?,?)",
+                     (d, ids[email], email, state))
+    conn.close()
+
+    store = SubscriberStore.open(path)  # runs v3
+    ensure_schema(store.conn)
+    got = {s.email: (s.status, s.name) for s in store.iter_subscribers()}
+    assert got == {
+        "a@xn--bcher-kva.example": ("bounced", "Anna"),  # the suppression wins; the empty name is filled
+        "b@xn--bcher-kva.example": ("unsubscribed", "Bo"),
+        "c@xn--bcher-kva.example": ("active", "Cy"),
+        "jörg@bücher.example": ("active", "Jörg"),  # a Unicode local part cannot be converted: kept as is
+        "d@xn--bcher-kva.example": ("complained", "Di"),  # two spellings of one domain: one reader
+    }
+    assert store.status_reason(ids["a@xn--bcher-kva.example"]) == "why a@bücher.example"
+    ledger = sorted(tuple(r) for r in store.conn.execute("SELECT subscriber_id, email, state FROM ledger"))
+    assert ledger == sorted([
+        (ids["a@xn--bcher-kva.example"], "a@xn--bcher-kva.example", "sent"),  # the sent row stays
+        (ids["b@xn--bcher-kva.example"], "b@xn--bcher-kva.example", "pending"),
+        (ids["c@bücher.example"], "c@xn--bcher-kva.example", "retry"),
+    ])
+    event_for = store.conn.execute("SELECT subscriber_id FROM feedback_events").fetchone()[0]
+    assert event_for == ids["a@xn--bcher-kva.example"]
+    assert store.conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    store.close()
+
+
+def test_a_reader_imported_with_a_unicode_domain_before_v3_gets_the_dry_run_message(publication_root):
+    from email import message_from_bytes, policy
+
+    from tests.test_cli import run
+
+    old_database(publication_root / "newsletter.db", [("leser@bücher.example", "Leser", "active"),
+                                                      ("plain@example.org", "Plain", "active")])
+    result = run(publication_root, "send", "6", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "Dry run: 2 message(s) for 2 active subscriber(s)" in result.output
+    written = [message_from_bytes(p.read_bytes(), policy=policy.default)
+               for p in (publication_root / "outbox").rglob("*.eml")]
+    assert sorted(m["To"].addresses[0].addr_spec for m in written) == ["leser@xn--bcher-kva.example",
+                                                                      "plain@example.org"]
+
+
+def test_an_address_v3_cannot_convert_is_kept_and_reported(publication_root):
+    from tests.test_cli import run
+
+    old_database(publication_root / "newsletter.db", [("jörg@bücher.example", "Jörg", "active"),
+                                                      ("leser@bücher.example", "Leser", "active")])
+    count = run(publication_root, "subscribers", "count")
+    assert count.exit_code == 0 and "active: 2" in count.output
+    assert "note: 1 active address(es) cannot be sent to, e.g. jörg@bücher.example" in count.output
+    dry = run(publication_root, "send", "6", "--dry-run")
+    assert dry.exit_code == 1 and "not written: jörg@bücher.example: " in dry.output, dry.output
+    assert "Dry run: 1 message(s) for 2 active subscriber(s)" in dry.output

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import click
@@ -196,25 +196,27 @@ def _deliver(settings: "Settings", rendered: "RenderedEmail", *, yes: bool, rese
     from newsletter.sendplan import open_delivery, prepare_issue
 
     conn, active, factory = open_delivery(settings)
-    options = DeliveryOptions.from_settings(settings, resend_uncertain=resend_uncertain, retry_failed=retry_failed)
-    _retired_notes(settings)
-    _confirm_real_send(settings, active, f"“{rendered.subject}”", yes, dry_run=False)
-    prepared = prepare_issue(settings, rendered)
-    delivery_id = start_or_resume(conn, prepared, force_new_content=force_new_content)
-    progress, update, waiting = _progress(active, "Sending")
-    with progress, _graceful_stop() as stop:
-        try:
-            report = run_delivery(conn, delivery_id, prepared, factory, options=options, progress=update,
-                                  waiting=waiting, stop=stop)
-        except (TransportError, ConfigError) as exc:  # exit 4/3, nobody contacted: nor may a worker go on
-            hold_for_editor(conn, delivery_id, f"could not start: {exc.format_message()}")
-            raise
-    _report(report)
-    if stop.is_set():
-        wait_for_editor(conn, delivery_id)
-    if report.failed_permanent or report.failed_temporary or report.uncertain:
-        click.echo("Some recipients failed: `newsletter status --failed` lists them.")
-    _exit_for(report, _issue_ref(rendered), stop.is_set())
+    with closing(conn):
+        options = DeliveryOptions.from_settings(settings, resend_uncertain=resend_uncertain,
+                                                retry_failed=retry_failed)
+        _retired_notes(settings)
+        _confirm_real_send(settings, active, f"“{rendered.subject}”", yes, dry_run=False)
+        prepared = prepare_issue(settings, rendered)
+        delivery_id = start_or_resume(conn, prepared, force_new_content=force_new_content)
+        progress, update, waiting = _progress(active, "Sending")
+        with progress, _graceful_stop() as stop:
+            try:
+                report = run_delivery(conn, delivery_id, prepared, factory, options=options, progress=update,
+                                      waiting=waiting, stop=stop)
+            except (TransportError, ConfigError) as exc:  # exit 4/3, nobody contacted: nor may a worker go on
+                hold_for_editor(conn, delivery_id, f"could not start: {exc.format_message()}")
+                raise
+        _report(report)
+        if stop.is_set():
+            wait_for_editor(conn, delivery_id)
+        if report.failed_permanent or report.failed_temporary or report.uncertain:
+            click.echo("Some recipients failed: `newsletter status --failed` lists them.")
+        _exit_for(report, _issue_ref(rendered), stop.is_set())
 
 
 @cli.command()
@@ -279,7 +281,9 @@ def resume(ctx: click.Context, issue: str, yes: bool, no_resend_uncertain: bool,
 
     settings = settings_of(ctx)
     rendered = render_ref(settings, issue)
-    if open_delivery_id(open_ledger(settings.db_path), rendered.slug) is None:
+    with closing(open_ledger(settings.db_path)) as conn:
+        unfinished = open_delivery_id(conn, rendered.slug)
+    if unfinished is None:
         raise InputError(f"no unfinished delivery of {rendered.slug}; `newsletter send {issue}` starts one")
     _deliver(settings, rendered, yes=yes, resend_uncertain=not no_resend_uncertain,
              force_new_content=force_new_content, retry_failed=retry_failed)
@@ -294,7 +298,7 @@ def status(ctx: click.Context, issue: str | None, failed: bool) -> None:
     from newsletter.ledger import delivery_status, failed_recipients, open_ledger
 
     settings = settings_of(ctx)
-    conn = open_ledger(settings.db_path)
+    conn = ctx.with_resource(closing(open_ledger(settings.db_path)))
     slug = None
     if issue:
         from newsletter.issue import parse_issue
@@ -381,8 +385,9 @@ def schedule_add(ctx: click.Context, issue: str, at: str | None, skip_checks: bo
     check_send_time(when, dt.datetime.now(dt.timezone.utc))  # before the (slow) build and checks
     rendered = render_issue(parsed, settings)
     _run_checks(settings, rendered, skip_checks)
-    conn = open_ledger(settings.db_path)
-    delivery_id = schedule_delivery(conn, prepare_issue(settings, rendered), when)
+    prepared = prepare_issue(settings, rendered)
+    with closing(open_ledger(settings.db_path)) as conn:
+        delivery_id = schedule_delivery(conn, prepared, when)
     click.echo(f"Scheduled {path.name} for {when.isoformat()} (delivery {delivery_id}). "
                "A running `newsletter worker` or `newsletter dispatch` will send it.")
 
@@ -396,7 +401,8 @@ def schedule_list(ctx: click.Context) -> None:
     from newsletter.sendplan import send_zones
 
     settings = settings_of(ctx)
-    rows = list_scheduled(open_ledger(settings.db_path))
+    with closing(open_ledger(settings.db_path)) as conn:
+        rows = list_scheduled(conn)
     if not rows:
         click.echo("Nothing scheduled.")
     zones = send_zones(settings) if rows else {}
@@ -421,7 +427,8 @@ def schedule_cancel(ctx: click.Context, issue: str) -> None:
         ref = parse_issue(issue_path(settings, issue)).slug
     except InputError:
         pass
-    cancel(open_ledger(settings.db_path), ref)
+    with closing(open_ledger(settings.db_path)) as conn:
+        cancel(conn, ref)
     click.echo(f"Cancelled the scheduled send of {ref}.")
 
 
@@ -441,8 +448,8 @@ def dispatch(ctx: click.Context) -> None:
     settings = settings_of(ctx)
     args = scheduler_args(settings)
     _retired_notes(settings)
-    with _graceful_stop() as stop:
-        reports = dispatch_once(open_ledger(settings.db_path), dt.datetime.now(dt.timezone.utc), stop=stop, **args)
+    with _graceful_stop() as stop, closing(open_ledger(settings.db_path)) as conn:
+        reports = dispatch_once(conn, dt.datetime.now(dt.timezone.utc), stop=stop, **args)
     for report in reports:
         _report(report)
         if report.state == "deferred":
@@ -483,6 +490,7 @@ def worker(ctx: click.Context, poll: float) -> None:
                                       on_error=lambda e: click.echo(f"error: {e}", err=True))
         if minutes:
             click.echo(f"Reading the reply-to inbox every {minutes:g} minute(s).")
-        run_worker(open_ledger(settings.db_path), poll_interval=poll, stop=stop,
-                   now=lambda: dt.datetime.now(dt.timezone.utc), **scheduler_args(settings))
+        with closing(open_ledger(settings.db_path)) as conn:
+            run_worker(conn, poll_interval=poll, stop=stop, now=lambda: dt.datetime.now(dt.timezone.utc),
+                       **scheduler_args(settings))
     click.echo("Worker stopped cleanly.")

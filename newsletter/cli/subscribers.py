@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ def subscribers() -> None:
 def _store(ctx: click.Context) -> Any:
     from newsletter.store import SubscriberStore
 
-    return SubscriberStore.open(settings_of(ctx).db_path)
+    return ctx.with_resource(SubscriberStore.open(settings_of(ctx).db_path))  # closed when the command ends
 
 
 PROGRESS_FROM_BYTES = 1 << 20  # a file this big takes long enough to show a progress bar
@@ -99,7 +100,8 @@ def subscribers_remove(ctx: click.Context, email: str, forget_deliveries: bool) 
     if forget_deliveries and (sub := store.get_by_email(email)) is not None:
         from newsletter.ledger import forget_subscriber, open_ledger
 
-        forget_subscriber(open_ledger(settings_of(ctx).db_path), sub.id)
+        with closing(open_ledger(settings_of(ctx).db_path)) as conn:
+            forget_subscriber(conn, sub.id)
     if not store.remove(email):
         raise InputError(f"no subscriber {email}")
     click.echo(f"Removed {email}.")
@@ -139,8 +141,13 @@ def subscribers_list(ctx: click.Context, status: str | None) -> None:
 @click.pass_context
 def subscribers_count(ctx: click.Context) -> None:
     """Count subscribers by status."""
-    counts = _store(ctx).counts()
+    store = _store(ctx)
+    counts = store.counts()
     click.echo("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "No subscribers.")
+    unsendable, example = store.unsendable()
+    if unsendable:
+        click.echo(f"note: {unsendable} active address(es) cannot be sent to, e.g. {example}: a non-ASCII "
+                   "local part needs SMTPUTF8, which newsletter does not use; sends report them as failed", err=True)
 
 
 @subscribers.command("export")

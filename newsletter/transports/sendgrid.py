@@ -54,16 +54,32 @@ class SendGridTransport(HTTPTransport):
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         self._bodies = MergeBodies(tag)
+        # id(message) -> (message, its substitutions): made once by plan's size check, used again
+        # by the payload; holds one batch, for the length of one send.
+        self._substitutions: dict[int, tuple["OutgoingMessage", dict[str, str]]] = {}
+
+    def _merge_values(self, m: "OutgoingMessage") -> dict[str, str]:
+        cached = self._substitutions.get(id(m))
+        if cached is None or cached[0] is not m:
+            cached = self._substitutions[id(m)] = (m, merge_values(m, tag))
+        return cached[1]
 
     def _fits(self, m: "OutgoingMessage") -> bool:
         if not self._bodies.get(m.prepared).usable:
             return False
-        size = sum(len(k.encode()) + len(v.encode()) for k, v in merge_values(m, tag).items())
+        size = sum(len(k.encode()) + len(v.encode()) for k, v in self._merge_values(m).items())
         values = [*m.placeholder_values.values(), *m.extra_headers.values()]
         return size <= MAX_SUBSTITUTION_BYTES and not any("%%" in v for v in values)
 
     def plan(self, messages: Sequence["OutgoingMessage"]) -> list[Sequence["OutgoingMessage"]]:
+        self._substitutions.clear()
         return merge_runs(messages, self.per_request, self._fits)
+
+    def send(self, messages: Sequence["OutgoingMessage"], idempotency_key: str | None = None) -> list["SendResult"]:
+        try:
+            return super().send(messages, idempotency_key)
+        finally:  # the batch's messages are not kept alive while the engine builds the next one
+            self._substitutions.clear()
 
     def build_payload(self, chunk: Sequence["OutgoingMessage"], idempotency_key: str | None) -> Payload:
         first = chunk[0]
@@ -74,7 +90,7 @@ class SendGridTransport(HTTPTransport):
             "personalizations": [{
                 "to": [mailbox(m.recipient.name, m.to_email)],
                 "headers": m.extra_headers,
-                "substitutions": merge_values(m, tag),
+                "substitutions": self._merge_values(m),
             } for m in chunk],
             **self._common(first),
             # text/plain must come before text/html.

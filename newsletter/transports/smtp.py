@@ -12,9 +12,12 @@ Settings (environment / .env):
 ``SMTP_ENVELOPE_FROM``  envelope sender (MAIL FROM); default: the publication's From
 ``SMTP_HELO_NAME``    name given in EHLO; default: this machine's fully qualified name
 ``SMTP_PIPELINING``   ``on`` (default: used when the server offers it) or ``off``
+``SMTP_ALLOW_PLAINTEXT``  ``1`` lets ``SMTP_SECURITY=none`` log in to a host other than
+                      this machine (127.0.0.0/8, ::1, localhost); refused otherwise
 
 Certificates are always verified (``ssl.create_default_context``) and credentials
-never cross a plaintext connection unless ``SMTP_SECURITY=none`` was set.
+never cross a plaintext connection unless ``SMTP_SECURITY=none`` was set, and then
+only to this machine unless ``SMTP_ALLOW_PLAINTEXT=1`` says the network is yours.
 
 One connection carries many messages: it opens on the first :meth:`send` and stays
 open across calls until :meth:`close`. Each message is its own transaction
@@ -48,6 +51,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from newsletter.clock import Clock
 from newsletter.errors import ConfigError, InputError, TransportError, scrub
+from newsletter.hosts import is_loopback
 from newsletter.mime import dot_stuff  # noqa: F401 - re-exported; messages come stuffed (smtp_bytes)
 from newsletter.transports.base import SendResult, Status, Transport, check_credential
 from newsletter.transports.ratelimit import RETRIES, RateLimiter, shared_limiter
@@ -128,15 +132,6 @@ def classify(phase: str, code: int, resp: bytes | str) -> tuple[Status, bool]:
     return Status.FAILED_PERMANENT, phase == "RCPT" and code in _BOUNCE_CODES
 
 
-def _flag(value: str, key: str) -> bool:
-    v = value.strip().lower()
-    if v in ("1", "true", "yes", "on", "auto"):
-        return True
-    if v in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{key}={value!r} is not on or off")
-
-
 class SMTPTransport(Transport):
     """Send through an SMTP server, one reused connection, one transaction per message."""
 
@@ -157,6 +152,7 @@ class SMTPTransport(Transport):
         timeout: float = DEFAULT_TIMEOUT,
         helo_name: str | None = None,
         pipelining: bool = True,
+        allow_plaintext: bool = False,
         clock: Clock | None = None,
         limiter: RateLimiter | None = None,
     ):
@@ -167,6 +163,10 @@ class SMTPTransport(Transport):
             raise ConfigError("SMTP_HOST is not set; it is needed to send with NEWSLETTER_TRANSPORT=smtp")
         if bool(username) != bool(password):
             raise ConfigError("set both SMTP_USERNAME and SMTP_PASSWORD, or neither")
+        if security == "none" and password and not allow_plaintext and not is_loopback(host):
+            raise ConfigError(f"SMTP_SECURITY=none would send SMTP_PASSWORD to {host[:80]!r} unencrypted; it is "
+                              "allowed only for 127.0.0.1, ::1 or localhost (use starttls or ssl, or set "
+                              "SMTP_ALLOW_PLAINTEXT=1 if the network in between is yours)")
         quoted_from = smtplib.quoteaddr(envelope_from or "")
         if "@" not in quoted_from or not quoted_from.isascii() or _UNSAFE_ADDRESS.search(quoted_from):
             raise ConfigError(f"envelope sender {envelope_from!r} is not an address (set SMTP_ENVELOPE_FROM)")
@@ -210,7 +210,8 @@ class SMTPTransport(Transport):
             timeout=settings.number("SMTP_TIMEOUT", DEFAULT_TIMEOUT, minimum=0.001),
             envelope_from=settings.get("SMTP_ENVELOPE_FROM") or settings.publication.from_email,
             helo_name=settings.get("SMTP_HELO_NAME") or None,
-            pipelining=_flag(settings.get("SMTP_PIPELINING", "on"), "SMTP_PIPELINING"),
+            pipelining=settings.flag("SMTP_PIPELINING", default=True),
+            allow_plaintext=settings.flag("SMTP_ALLOW_PLAINTEXT"),
         )
         kwargs.update(options)
         return cls(**kwargs)  # type: ignore[arg-type]

@@ -715,6 +715,26 @@ def test_sendgrid_batch_keeps_each_readers_own_message(fake_api, build, make_mes
     assert {r.provider_id for r in results} == {provider_id(messages[0].to_email)}
 
 
+def test_sendgrid_builds_each_readers_merge_values_once(fake_api, build, make_messages, monkeypatch):
+    # The size check (plan) and the personalization (payload) share one computation per reader.
+    import newsletter.transports.sendgrid as sendgrid
+
+    built: list[str] = []
+    real = sendgrid.merge_values
+
+    def counting(msg, tag):
+        built.append(msg.to_email)
+        return real(msg, tag)
+
+    monkeypatch.setattr(sendgrid, "merge_values", counting)
+    fake_api.handler = sendgrid_ok
+    messages = [*tricky_messages(make_messages), *make_messages(4, start=3)]  # the third reader goes alone
+    results = build(SPECS["sendgrid"]).send(messages)
+    assert [r.status for r in results] == [Status.SENT] * 7
+    assert sorted(built) == sorted(m.to_email for m in messages)
+    assert [len(sendgrid_check(r)) for r in fake_api.requests] == [2, 1, 4]
+
+
 def test_sendgrid_escapes_html_values_and_sends_an_unsafe_value_alone(fake_api, build, make_messages):
     # A value holding a tag delimiter could be substituted again: that reader goes alone, with
     # the body personalised here (Mail Send: one personalization, plain content).

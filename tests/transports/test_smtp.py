@@ -217,6 +217,22 @@ def test_plaintext_auth_only_when_explicitly_chosen(tmp_path):
     assert server.auth_attempts == [(TEST_USERNAME, True)]
 
 
+def test_plaintext_login_to_a_host_that_is_not_loopback_is_refused_unless_opted_in(tmp_path):
+    # 0.0.0.0 is not a loopback address, yet Linux connects it to this machine: the login would happen.
+    with SMTPTestServer(auth=True, auth_require_tls=False) as server:
+        env = server.env(SMTP_SECURITY="none", SMTP_HOST="0.0.0.0")
+        with pytest.raises(ConfigError, match="SMTP_ALLOW_PLAINTEXT") as info:
+            get_transport(load_settings(root=tmp_path, environ=env))
+        assert info.value.exit_code == 3 and "\n" not in str(info.value)
+        assert_secret_absent(str(info.value))
+        with pytest.raises(ConfigError, match="not on or off"):
+            get_transport(load_settings(root=tmp_path, environ={**env, "SMTP_ALLOW_PLAINTEXT": "maybe"}))
+        assert server.auth_attempts == []
+        with get_transport(load_settings(root=tmp_path, environ={**env, "SMTP_ALLOW_PLAINTEXT": "1"})) as t:
+            assert t.send(messages("a@example.com"))[0].status is Status.SENT
+        assert server.auth_attempts == [(TEST_USERNAME, True)]
+
+
 def test_auth_failure_raises_without_the_password(tmp_path, tls):
     wrong = "Wr0ng-pa55word-that-must-not-leak"
     with SMTPTestServer(tls=tls, auth=True) as server:
