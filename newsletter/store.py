@@ -77,25 +77,44 @@ CREATE INDEX subscribers_signup ON subscribers(signup_requested_at) WHERE signup
 ]
 
 
+#: Where v3 noted each address it changed: mail sent before carries links (tokens) made for the
+#: old id and address, and they must still unsubscribe or confirm that reader (see ``get_by_token``).
+#: A reader deleted (erasure, an expired signup) takes these along: an id SQLite gives out again
+#: must not inherit an old link.
+_FORMER_ADDRESSES = """CREATE TABLE IF NOT EXISTS subscriber_former_addresses (
+  old_id INTEGER PRIMARY KEY,
+  subscriber_id INTEGER NOT NULL,
+  email TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS subscriber_former_addresses_go AFTER DELETE ON subscribers
+  BEGIN DELETE FROM subscriber_former_addresses WHERE subscriber_id=old.id; END"""
+
+
 def _v3_ascii_domains(conn: sqlite3.Connection) -> None:
     """v3: addresses stored before domains were kept in their ASCII (IDNA) form get it now, as
     :func:`normalise_email` gives new ones, so they can be sent to. Where the ASCII form is already
     another row, the two become one (see :func:`_merge_reader`). An address it refuses (e.g. a
-    Unicode local part, which needs SMTPUTF8) stays as it is: sends report it, reader by reader."""
+    Unicode local part, which needs SMTPUTF8) stays as it is: sends report it, reader by reader.
+    Each old id and address is kept in ``subscriber_former_addresses`` for the links already sent."""
+    for statement in _FORMER_ADDRESSES.split(";\n"):
+        conn.execute(statement)
     rows = conn.execute("SELECT id, email FROM subscribers WHERE email GLOB '*[^ -~]*' ORDER BY id").fetchall()
-    for sid, email in rows:
+    for old_id, email in rows:
         try:
             ascii_email = normalise_email(email)
         except InputError:
             continue
         if ascii_email == email:
             continue
+        sid = old_id
         twin = conn.execute("SELECT id FROM subscribers WHERE email=? AND id<>?", (ascii_email, sid)).fetchone()
         if twin is not None:
             _merge_reader(conn, keep=twin[0], drop=sid)
             sid = twin[0]
         else:
             conn.execute("UPDATE subscribers SET email=? WHERE id=?", (ascii_email, sid))
+        conn.execute("INSERT OR REPLACE INTO subscriber_former_addresses(old_id, subscriber_id, email) "
+                     "VALUES(?, ?, ?)", (old_id, sid, email))
         if _has_table(conn, "ledger"):  # rows not sent yet (a delivery frozen before) go to the new form
             conn.execute("UPDATE ledger SET email=? WHERE subscriber_id=? AND email=? AND state<>'sent'",
                          (ascii_email, sid, email))
@@ -103,20 +122,30 @@ def _v3_ascii_domains(conn: sqlite3.Connection) -> None:
 
 #: Which of two statuses one reader keeps when two rows merge: any suppression beats active.
 _STATUS_RANK = {"pending": 0, "active": 1, "unsubscribed": 2, "bounced": 3, "complained": 4}
+#: What comes with the status that wins a merge: why the reader has it (consent, signup, reason).
+_STATUS_RECORD = ("status", "status_reason", "changed_at", "source", "consent", "consent_requested_at",
+                  "consent_confirmed_at", "consent_ip", "signup_requested_at", "signup_ip")
+#: Of one reader's two ledger rows in a delivery, the one kept: a row that went out (or may have) wins.
+_LEDGER_RANK = "CASE {0}.state WHEN 'sent' THEN 3 WHEN 'uncertain' THEN 2 WHEN 'sending' THEN 1 ELSE 0 END"
 
 
 def _merge_reader(conn: sqlite3.Connection, *, keep: int, drop: int) -> None:
-    """One reader stored twice (Unicode and ASCII domain): ``keep`` takes the stronger status (a
-    suppression is never lost) and ``drop``'s history, then ``drop`` goes. Where both have a row
-    in one delivery, ``keep``'s stays (``drop``'s address could not be sent to)."""
-    cols = "status, status_reason, changed_at, name, created_at"
-    kept, dropped = (conn.execute(f"SELECT {cols} FROM subscribers WHERE id=?", (i,)).fetchone() for i in (keep, drop))
+    """One reader stored twice (Unicode and ASCII domain): ``keep`` takes the stronger status with
+    its consent record (a suppression is never lost) and ``drop``'s history, then ``drop`` goes.
+    Where both have a row in one delivery, the one further on stays (no second copy is sent)."""
+    cols = ", ".join(_STATUS_RECORD)
+    kept, dropped = (conn.execute(f"SELECT {cols}, name, created_at FROM subscribers WHERE id=?", (i,)).fetchone()
+                     for i in (keep, drop))
     if _STATUS_RANK.get(dropped[0], 0) > _STATUS_RANK.get(kept[0], 0):
-        conn.execute("UPDATE subscribers SET status=?, status_reason=?, changed_at=? WHERE id=?",
-                     (dropped[0], dropped[1], dropped[2], keep))
+        assignments = ", ".join(f"{c}=?" for c in _STATUS_RECORD)
+        conn.execute(f"UPDATE subscribers SET {assignments} WHERE id=?", (*dropped[:len(_STATUS_RECORD)], keep))
     conn.execute("UPDATE subscribers SET name=CASE WHEN name='' THEN ? ELSE name END, created_at=min(created_at, ?) "
-                 "WHERE id=?", (dropped[3], dropped[4], keep))
-    for table in ("ledger", "feedback_events", "signup_outbox"):
+                 "WHERE id=?", (dropped["name"], dropped["created_at"], keep))
+    if _has_table(conn, "ledger"):
+        conn.execute(f"DELETE FROM ledger WHERE subscriber_id=:keep AND EXISTS (SELECT 1 FROM ledger AS d WHERE "
+                     f"d.subscriber_id=:drop AND d.delivery_id=ledger.delivery_id AND "
+                     f"{_LEDGER_RANK.format('d')} > {_LEDGER_RANK.format('ledger')})", {"keep": keep, "drop": drop})
+    for table in ("ledger", "feedback_events", "signup_outbox", "subscriber_former_addresses"):
         if _has_table(conn, table):
             conn.execute(f"UPDATE OR IGNORE {table} SET subscriber_id=? WHERE subscriber_id=?", (keep, drop))
     if _has_table(conn, "ledger"):
@@ -129,6 +158,7 @@ def _has_table(conn: sqlite3.Connection, name: str) -> bool:
 
 
 MIGRATIONS.append(_v3_ascii_domains)
+MIGRATIONS.append(_FORMER_ADDRESSES)  # v4: for databases v3 converted before it kept the table
 
 
 ACTIVE = "active"
@@ -250,7 +280,18 @@ class SubscriberStore:
 
         sid = verified_subscriber_id(secret, token, lambda i: (s.email if (s := self.get(i)) else None),
                                      purpose, now=now)
+        if sid is None:  # a link sent before v3 changed this reader's address (or merged the row away)
+            sid = self._former_reader(secret, token, purpose, now)
         return self.get(sid) if sid is not None else None
+
+    def _former_reader(self, secret: str, token: str, purpose: str, now: datetime | None) -> int | None:
+        """The reader a valid token made for an id and address v3 changed now is, or None."""
+        from newsletter.tokens import token_subscriber_id, verify_token
+
+        old_id = token_subscriber_id(secret, token, now=now)
+        row = None if old_id is None else self.conn.execute(
+            "SELECT subscriber_id, email FROM subscriber_former_addresses WHERE old_id=?", (old_id,)).fetchone()
+        return row[0] if row and verify_token(secret, token, row[1], purpose, now=now) else None
 
     def _resolve(self, id_or_email: int | str) -> Subscriber:
         if isinstance(id_or_email, bool):

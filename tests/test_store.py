@@ -217,7 +217,7 @@ def test_migrations_idempotent_on_reopen(tmp_path):
     SubscriberStore(s2.conn)
     assert s2.get(sid).name == "A"
     version = s2.conn.execute("SELECT version FROM schema_migrations WHERE component='subscribers'").fetchone()[0]
-    assert version == len(MIGRATIONS) == 3
+    assert version == len(MIGRATIONS) == 4
     s2.close()
 
 
@@ -429,3 +429,84 @@ def test_an_address_v3_cannot_convert_is_kept_and_reported(publication_root):
     dry = run(publication_root, "send", "6", "--dry-run")
     assert dry.exit_code == 1 and "not written: jörg@bücher.example: " in dry.output, dry.output
     assert "Dry run: 1 message(s) for 2 active subscriber(s)" in dry.output
+
+
+def test_v3_links_sent_to_a_unicode_domain_before_still_unsubscribe(tmp_path):
+    """Mail sent before v3 carries tokens made for the Unicode address (and, for a merged row, the
+    dropped id): after v3 they must still find the reader, or the reader cannot unsubscribe."""
+    from newsletter.tokens import make_token
+
+    path = tmp_path / "old.db"
+    ids = old_database(path, [("r@bücher.example", "R", "active"), ("t@xn--bcher-kva.example", "T", "active"),
+                              ("t@bücher.example", "T", "active"), ("p@bücher.example", "P", "pending")])
+    secret = "s" * 40
+    renamed = make_token(secret, ids["r@bücher.example"], "r@bücher.example")
+    merged_away = make_token(secret, ids["t@bücher.example"], "t@bücher.example")
+    confirm = make_token(secret, ids["p@bücher.example"], "p@bücher.example", "confirm")
+    store = SubscriberStore.open(path)  # runs v3
+    assert store.get_by_token(secret, renamed).email == "r@xn--bcher-kva.example"
+    assert store.get_by_token(secret, merged_away).id == ids["t@xn--bcher-kva.example"]
+    assert store.get_by_token(secret, confirm, "confirm").email == "p@xn--bcher-kva.example"
+    # still verified: a token for the old id with another address, or the wrong purpose, finds nobody
+    assert store.get_by_token(secret, make_token(secret, ids["t@bücher.example"], "x@bücher.example")) is None
+    assert store.get_by_token(secret, renamed, "confirm") is None
+    store.close()
+
+
+def test_v3_merge_keeps_the_sent_row_when_the_dropped_address_was_the_one_sent(tmp_path):
+    """Both spellings in one open delivery, the Unicode one already sent: the merged reader must not
+    be mailed again."""
+    from newsletter.db import migrate
+    from newsletter.ledger import MIGRATIONS as LEDGER
+
+    path = tmp_path / "old.db"
+    ids = old_database(path, [("a@xn--bcher-kva.example", "A", "active"), ("a@bücher.example", "A", "active")])
+    conn = connect(path)
+    migrate(conn, "delivery", LEDGER)
+    d = conn.execute("INSERT INTO deliveries(slug, content_hash, state, created_at, nonce) "
+                     "VALUES('five', 'h', 'deferred', 'x', 'n')").lastrowid
+    for email, state in (("a@xn--bcher-kva.example", "pending"), ("a@bücher.example", "sent")):
+        conn.execute("INSERT INTO ledger(delivery_id, subscriber_id, email, state, provider_id) VALUES(?,?,?,?,?)",
+                     (d, ids[email], email, state, f"pid-{state}"))
+    conn.close()
+    store = SubscriberStore.open(path)
+    rows = [tuple(r) for r in store.conn.execute("SELECT subscriber_id, state, provider_id FROM ledger")]
+    assert rows == [(ids["a@xn--bcher-kva.example"], "sent", "pid-sent")]
+    assert store.conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    store.close()
+
+
+def test_v3_merge_carries_the_consent_record_of_the_status_it_keeps(tmp_path):
+    """The ASCII row is a signup never confirmed; the Unicode one an active reader with a consent
+    record. The merged reader is active, so it must keep the record that made it active."""
+    path = tmp_path / "old.db"
+    ids = old_database(path, [("a@xn--bcher-kva.example", "", "pending"), ("a@bücher.example", "A", "active")])
+    conn = connect(path)
+    conn.execute("UPDATE subscribers SET source='form', consent='', signup_requested_at='2025-02-01' WHERE id=?",
+                 (ids["a@xn--bcher-kva.example"],))
+    conn.execute("UPDATE subscribers SET source='import', consent='opted in at the fair', "
+                 "consent_confirmed_at='2024-05-05', consent_ip='192.0.2.1' WHERE id=?", (ids["a@bücher.example"],))
+    conn.close()
+    store = SubscriberStore.open(path)
+    row = store.conn.execute("SELECT status, source, consent, consent_confirmed_at, consent_ip, signup_requested_at "
+                             "FROM subscribers").fetchall()
+    assert [tuple(r) for r in row] == [("active", "import", "opted in at the fair", "2024-05-05", "192.0.2.1", "")]
+    store.close()
+
+
+def test_v3_former_addresses_go_with_the_reader(tmp_path):
+    """Erasure forgets the old address too, and an id SQLite hands out again inherits no old link."""
+    from newsletter.tokens import make_token
+
+    path = tmp_path / "old.db"
+    ids = old_database(path, [("a@xn--aaa-ola.example", "", "active"), ("r@bücher.example", "R", "active")])
+    secret = "s" * 40
+    old_link = make_token(secret, ids["r@bücher.example"], "r@bücher.example")
+    store = SubscriberStore.open(path)
+    assert store.get_by_token(secret, old_link) is not None
+    assert store.remove("r@xn--bcher-kva.example")
+    assert store.conn.execute("SELECT COUNT(*) FROM subscriber_former_addresses").fetchone()[0] == 0
+    again = store.add("someone@example.org")
+    assert again.id == ids["r@bücher.example"]  # the id came back
+    assert store.get_by_token(secret, old_link) is None
+    store.close()
