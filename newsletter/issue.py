@@ -460,7 +460,8 @@ def refuse_shared_slug(issues_dir: Path, path: Path | None = None) -> None:
 
 def _could_have_slug(path: Path, slug: str) -> bool:
     """Whether the issue in ``path`` could have ``slug``, judged without parsing it: by its file
-    name, or because its text could set it as its ``slug`` (both spelt out, or behind a YAML escape)."""
+    name, or because its text could set it as its ``slug`` (both spelt out, or behind a YAML escape or
+    a number's other spellings)."""
     m = FILENAME_RE.match(path.name)
     if (m.group("slug") if m else path.stem) == slug:
         return True
@@ -469,7 +470,10 @@ def _could_have_slug(path: Path, slug: str) -> bool:
             raw = fh.read(MAX_FILE_BYTES + 1)
     except OSError:
         return False  # unreadable: it has no slug, and its own build says why
-    return b"\\" in raw or (b"slug" in raw and slug.encode() in raw)
+    # YAML spells one number many ways (0x10, 020, 1_6, 1:00 and .Inf are 16, 16, 16, 60 and inf):
+    # a slug that is a number's text may hide behind any of them, so only the key is looked for.
+    numeric = slug.isdigit() or slug in ("inf", "nan")
+    return b"\\" in raw or (b"slug" in raw and (numeric or slug.encode() in raw))
 
 
 def _shared_slug(issue: Issue, other: Path) -> InputError:

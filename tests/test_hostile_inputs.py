@@ -191,6 +191,20 @@ def test_find_issue_parses_only_the_issues_that_could_share_its_slug(publication
     assert sorted(parsed) == ["009-issue-9.md", claims.name]
 
 
+@pytest.mark.parametrize("target, spelt", [
+    ("16", "0x10"), ("16", "020"), ("16", "1_6"), ("16", "0b10000"), ("60", "1:00"),  # YAML 1.1 integers
+    ("inf", ".Inf"), ("nan", ".NaN"),  # floats whose str() is a slug
+])
+def test_a_slug_yaml_spells_as_a_number_is_still_found(publication_root, target, spelt):
+    """The cheap look for the slug in a file's text misses a number YAML writes another way: the
+    other issue's slug is still the target's, and the two must be refused."""
+    issue_file(publication_root, HEAD, name=f"007-{target}.md")
+    issue_file(publication_root, HEAD.replace("7", "8") + f"slug: {spelt}\n", name="008-other.md")
+    assert parse_issue(publication_root / "issues" / "008-other.md").slug == target
+    with pytest.raises(InputError, match="also the slug of 008-other.md"):
+        find_issue(publication_root / "issues", "7")
+
+
 # ---- `newsletter new` ----------------------------------------------------------------------
 @pytest.mark.parametrize("title", ["Ends with backslash \\", 'He said "no": # not a comment', "Yes", "007: *bold*"])
 def test_new_writes_yaml_it_can_read_back(publication_root, title):
