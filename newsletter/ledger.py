@@ -853,6 +853,13 @@ def issue_delivery_ids(conn: sqlite3.Connection, slug: str) -> list[int]:
                                            (slug,))]
 
 
+def issue_addresses(conn: sqlite3.Connection, slug: str, subscriber_id: int) -> list[str]:
+    """The addresses a reader had in the real deliveries of an issue, newest first (usually one)."""
+    return [row[0] for row in conn.execute(
+        "SELECT DISTINCT l.email FROM ledger l JOIN deliveries d ON d.id = l.delivery_id "
+        "WHERE l.subscriber_id=? AND d.slug=? AND d.test=0 ORDER BY l.delivery_id DESC", (subscriber_id, slug))]
+
+
 def latest_sent_slug(conn: sqlite3.Connection, subscriber_id: int) -> str | None:
     """The slug of the last issue this reader was sent (what a mailed unsubscribe answers)."""
     row = conn.execute("SELECT d.slug FROM ledger l JOIN deliveries d ON d.id = l.delivery_id WHERE l.subscriber_id=? "

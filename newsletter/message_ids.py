@@ -32,6 +32,12 @@ def slug_of(message_id: str, domain: str) -> str:
     return local.rpartition(".")[0]
 
 
+def hash_of(message_id: str) -> str:
+    """The hash in one of our Message-IDs (what follows the slug), '' when there is none."""
+    local = message_id.strip().strip("<>").rpartition("@")[0]
+    return local.rpartition(".")[2] if "." in local else ""
+
+
 def verify_message_id(secret_key: str, message_id: str, email: str, domain: str) -> bool:
     """Whether ``message_id`` is the one a real send of its issue gave ``email``."""
     slug = slug_of(message_id, domain)
