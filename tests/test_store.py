@@ -510,3 +510,76 @@ def test_v3_former_addresses_go_with_the_reader(tmp_path):
     assert again.id == ids["r@bücher.example"]  # the id came back
     assert store.get_by_token(secret, old_link) is None
     store.close()
+
+
+@pytest.mark.parametrize("ascii_status", STATUSES)
+@pytest.mark.parametrize("unicode_status", STATUSES)
+def test_v3_merge_of_every_status_pair_keeps_the_stronger(tmp_path, ascii_status, unicode_status):
+    """Whichever row holds the suppression, the merged reader keeps it: a bounced, complained or
+    unsubscribed address is never mailed again because its other spelling was active."""
+    rank = ["pending", "active", "unsubscribed", "bounced", "complained"]
+    path = tmp_path / "old.db"
+    ids = old_database(path, [("Reader@xn--bcher-kva.example", "", ascii_status),
+                              ("reader@Bücher.example", "", unicode_status)])
+    store = SubscriberStore.open(path)
+    (only,) = list(store.iter_subscribers())
+    assert (only.id, only.email) == (ids["Reader@xn--bcher-kva.example"], "Reader@xn--bcher-kva.example")
+    assert only.status == max(ascii_status, unicode_status, key=rank.index)
+    assert store.get_by_email("READER@bücher.example") == only
+    store.close()
+
+
+def test_v3_stopped_part_way_changes_nothing_and_runs_again(tmp_path):
+    """v3 is one transaction: a failure at the second merge (here a trigger; in life a full disk or
+    a kill) leaves every row, address and the schema version as they were, and the next open
+    does the whole job."""
+    path = tmp_path / "old.db"
+    rows = [("a@xn--bcher-kva.example", "", "active"), ("a@bücher.example", "", "bounced"),
+            ("b@bücher.example", "", "active"), ("c@xn--bcher-kva.example", "", "active"),
+            ("c@bücher.example", "", "complained")]
+    old_database(path, rows)
+    conn = connect(path)
+    conn.execute("CREATE TRIGGER stop BEFORE DELETE ON subscribers WHEN old.email='c@bücher.example' "
+                 "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    before = [tuple(r) for r in conn.execute("SELECT * FROM subscribers ORDER BY id")]
+    conn.close()
+    with pytest.raises(sqlite3.IntegrityError, match="disk full"):
+        SubscriberStore.open(path)
+    conn = connect(path)
+    assert [tuple(r) for r in conn.execute("SELECT * FROM subscribers ORDER BY id")] == before
+    assert conn.execute("SELECT version FROM schema_migrations WHERE component='subscribers'").fetchone()[0] == 2
+    conn.execute("DROP TRIGGER stop")
+    conn.close()
+    store = SubscriberStore.open(path)
+    assert {(s.email, s.status) for s in store.iter_subscribers()} == {
+        ("a@xn--bcher-kva.example", "bounced"), ("b@xn--bcher-kva.example", "active"),
+        ("c@xn--bcher-kva.example", "complained")}
+    store.close()
+
+
+def test_v3_two_openers_at_once_convert_once(tmp_path):
+    """Two processes (here threads, each with its own connection) opening the old database at the
+    same moment: one runs v3, the other finds it done; no error, one row per reader."""
+    import threading
+
+    path = tmp_path / "old.db"
+    old_database(path, [(f"r{i}@xn--bcher-kva.example", "", "active") for i in range(50)]
+                 + [(f"r{i}@bücher.example", "", "unsubscribed") for i in range(50)])
+    start, errors, stores = threading.Barrier(2), [], []
+
+    def open_store():
+        start.wait()
+        try:
+            stores.append(SubscriberStore.open(path))
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_store) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == [] and len(stores) == 2
+    assert stores[0].counts() == stores[1].counts() == {**dict.fromkeys(STATUSES, 0), "unsubscribed": 50}
+    for s in stores:
+        s.close()
