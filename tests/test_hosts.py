@@ -11,9 +11,11 @@ def test_this_machine_is_accepted(host):
     assert is_loopback(host)
 
 
-@pytest.mark.parametrize("host", ["", "localhost.", "localhost..", ".localhost", "localhost.example", "mail.localhost.example",
+@pytest.mark.parametrize("host", ["", "localhost.", "localhost..", ".localhost", "localhost.example",
+                                  "mail.localhost.example",
                                   "127.1", "0177.0.0.1", "0x7f.0.0.1", "2130706433", "[::1]", "[127.0.0.1]",
                                   " localhost", "localhost ", "127.0.0.1 ", "\t::1", "localhost\x00", "0.0.0.0",
-                                  "::", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "128.0.0.1", "127.0.0.1.nip.io", "xn--localhost-"])
+                                  "::", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "128.0.0.1", "127.0.0.1.nip.io",
+                                  "xn--localhost-"])
 def test_what_is_not_clearly_this_machine_is_refused(host):
     assert not is_loopback(host)
