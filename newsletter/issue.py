@@ -470,10 +470,17 @@ def _could_have_slug(path: Path, slug: str) -> bool:
             raw = fh.read(MAX_FILE_BYTES + 1)
     except OSError:
         return False  # unreadable: it has no slug, and its own build says why
-    # YAML spells one number many ways (0x10, 020, 1_6, 1:00 and .Inf are 16, 16, 16, 60 and inf):
-    # a slug that is a number's text may hide behind any of them, so only the key is looked for.
-    numeric = slug.isdigit() or slug in ("inf", "nan")
-    return b"\\" in raw or (b"slug" in raw and (numeric or slug.encode() in raw))
+    # YAML spells one number many ways (0x10, 020, 1_6, 1:00, .Inf and 0.00001 are 16, 16, 16, 60,
+    # inf and 1e-05): a slug that is a number's text may hide behind any of them: look for the key only.
+    return b"\\" in raw or (b"slug" in raw and (_is_number(slug) or slug.encode() in raw))
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _shared_slug(issue: Issue, other: Path) -> InputError:

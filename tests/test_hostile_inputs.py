@@ -193,7 +193,7 @@ def test_find_issue_parses_only_the_issues_that_could_share_its_slug(publication
 
 @pytest.mark.parametrize("target, spelt", [
     ("16", "0x10"), ("16", "020"), ("16", "1_6"), ("16", "0b10000"), ("60", "1:00"),  # YAML 1.1 integers
-    ("inf", ".Inf"), ("nan", ".NaN"),  # floats whose str() is a slug
+    ("inf", ".Inf"), ("nan", ".NaN"), ("1e-05", "0.00001"),  # floats whose str() is a slug
 ])
 def test_a_slug_yaml_spells_as_a_number_is_still_found(publication_root, target, spelt):
     """The cheap look for the slug in a file's text misses a number YAML writes another way: the
