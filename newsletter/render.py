@@ -18,12 +18,12 @@ import jinja2
 
 from newsletter.errors import InputError
 from newsletter.mime import PLACEHOLDERS
+from newsletter.template_files import default_templates_dir
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
     from newsletter.issue import Issue
 
-DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 
 @dataclass(frozen=True)
@@ -50,16 +50,6 @@ def content_hash(*parts: str) -> str:
         h.update(part.encode("utf-8"))
         h.update(b"\0")
     return h.hexdigest()
-
-
-def default_templates_dir() -> Path:
-    """The templates shipped with the tool: package data when installed, else the checkout's."""
-    from importlib.util import find_spec
-
-    spec = find_spec("newsletter.default_templates")
-    if spec and spec.submodule_search_locations:
-        return Path(list(spec.submodule_search_locations)[0])
-    return DEFAULT_TEMPLATES
 
 
 def template_environment(templates_dir: Path, cache_dir: Path | None = None) -> jinja2.Environment:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from newsletter.errors import InputError
 from newsletter.issue import CONTROL_CHAR, FILENAME_RE, MAX_LENGTH, list_issues, parse_issue, slugs_in
-from newsletter.render import default_templates_dir
 
 INIT_DATA = Path(__file__).resolve().parent / "data" / "init"
 
@@ -20,20 +19,20 @@ def slugify(title: str, max_words: int = 8) -> str:
 
 
 def init_publication(target: Path) -> list[Path]:
-    """Copy the default templates, a sample newsletter.toml, .env.example, a first issue, and a
-    .gitignore that keeps ``.env`` (the secret key) and ``newsletter.db`` (subscribers) out of git."""
+    """Write a sample newsletter.toml, .env.example, a first issue, a ``templates/`` folder that
+    explains how to change a template, and a .gitignore that keeps ``.env`` (the secret key) and
+    ``newsletter.db`` (subscribers) out of git.
+
+    No template is copied: the shipped ones are used until an editor copies one to change it
+    (``newsletter templates copy``), so later fixes to them reach this publication."""
     target.mkdir(parents=True, exist_ok=True)
     if (target / "newsletter.toml").exists():
         raise InputError("already a publication (newsletter.toml exists); nothing changed", path=target)
     created: list[Path] = []
-    templates = target / "templates"
-    templates.mkdir(exist_ok=True)
-    for src in sorted(default_templates_dir().glob("*.j2")):
-        dst = templates / src.name
-        shutil.copyfile(src, dst)
-        created.append(dst)
+    (target / "templates").mkdir(exist_ok=True)
     (target / "issues").mkdir(exist_ok=True)
-    for src, dst in ((INIT_DATA / "newsletter.toml", target / "newsletter.toml"),
+    for src, dst in ((INIT_DATA / "templates-README.md", target / "templates" / "README.md"),
+                     (INIT_DATA / "newsletter.toml", target / "newsletter.toml"),
                      (INIT_DATA / "env.example", target / ".env.example"),
                      (INIT_DATA / "001-hello-world.md", target / "issues" / "001-hello-world.md")):
         shutil.copyfile(src, dst)

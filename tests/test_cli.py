@@ -74,7 +74,8 @@ def test_new_scaffolds_next_issue(publication_root):
 def test_init_creates_a_working_publication(tmp_path):
     target = tmp_path / "weekly"
     assert run(tmp_path, "init", str(target)).exit_code == 0
-    assert (target / "templates" / "email.mjml.j2").exists() and (target / ".env.example").exists()
+    assert (target / "templates" / "README.md").exists() and (target / ".env.example").exists()
+    assert not list((target / "templates").glob("*.j2"))  # the shipped templates are used until copied
     result = run(target, "build", "1")
     assert result.exit_code == 0, result.output
     assert "My Newsletter" in (target / "build" / "hello-world" / "email.html").read_text(encoding="utf-8")

@@ -52,7 +52,9 @@ def test_wheel_ships_templates_and_data_and_builds_an_issue(tmp_path):
                            capture_output=True, text=True, timeout=60).stdout
     assert where.startswith(str(target)), where
     assert newsletter("init", str(pub)).returncode == 0
-    (pub / "templates" / "email.mjml.j2").unlink()  # fall back to the template shipped in the wheel
+    assert not list((pub / "templates").glob("*.j2"))  # init copies none: the wheel's templates are used
+    listed = newsletter("--root", str(pub), "templates", "list").stdout
+    assert "email.mjml.j2\tdefault" in listed, listed
     result = newsletter("--root", str(pub), "build", "1")
     assert result.returncode == 0, result.stderr
     assert "Hello, world" in (pub / "build" / "hello-world" / "email.html").read_text(encoding="utf-8")

@@ -141,7 +141,8 @@ class SupportCheck:
         self.index = FeatureIndex(self.data["features"])
 
     def _render(self, *, default_templates: bool, empty_body: bool) -> lxml.html.HtmlElement:
-        from newsletter.render import Renderer, default_templates_dir, template_environment
+        from newsletter.render import Renderer, template_environment
+        from newsletter.template_files import default_templates_dir
 
         renderer = Renderer(self.ctx.settings)
         if default_templates:
@@ -155,7 +156,7 @@ class SupportCheck:
     @cached_property
     def changed_templates(self) -> list[Path]:
         """Publication templates that differ from (or are not among) the shipped defaults."""
-        from newsletter.render import default_templates_dir
+        from newsletter.template_files import default_templates_dir
 
         mine, shipped = self.ctx.settings.templates_dir, default_templates_dir()
         if not mine.is_dir() or mine.resolve() == shipped.resolve():

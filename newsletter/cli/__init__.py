@@ -75,7 +75,7 @@ AREAS = ("authoring", "sending", "subscribers", "public", "feedback")
 # A name missing here still works: it loads every area before click looks it up.
 COMMAND_AREAS = {
     "init": "authoring", "new": "authoring", "build": "authoring", "preview": "authoring", "check": "authoring",
-    "archive": "authoring", "send": "sending", "resume": "sending", "status": "sending", "schedule": "sending",
+    "archive": "authoring", "templates": "authoring", "send": "sending", "resume": "sending", "status": "sending", "schedule": "sending",
     "dispatch": "sending", "worker": "sending", "subscribers": "subscribers", "serve": "public",
     "form-snippet": "public", "inbox": "feedback", "replies": "feedback",
 }

@@ -13,11 +13,61 @@ from newsletter.errors import InputError
 @cli.command()
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 def init(directory: Path) -> None:
-    """Start a new publication in DIRECTORY with the default templates and a first issue."""
+    """Start a new publication in DIRECTORY: newsletter.toml, .env.example, a first issue.
+
+    Templates are not copied: the shipped ones are used until you copy one to change it
+    (`newsletter templates copy NAME`)."""
     from newsletter.scaffold import init_publication
 
     created = init_publication(directory)
     click.echo(f"Created {len(created)} files in {directory}. Next: cd {directory} && newsletter preview 1")
+
+
+@cli.group()
+def templates() -> None:
+    """See and change which templates the publication overrides.
+
+    templates/ holds only the templates the publication changes; every other one is the
+    template shipped with newsletter, so its fixes arrive with each upgrade. Copy one to
+    change it; after an upgrade, `diff` shows what the shipped version now does differently.
+    """
+
+
+@templates.command("list")
+@click.pass_context
+def templates_list(ctx: click.Context) -> None:
+    """Each template and where it comes from: default, customised, a copy, or the publication's own."""
+    from newsletter.template_files import template_states
+
+    for name, state in template_states(settings_of(ctx).templates_dir):
+        click.echo(f"{name}\t{state}")
+
+
+@templates.command("copy")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--force", is_flag=True, help="Replace the publication's copy with the shipped template.")
+@click.pass_context
+def templates_copy(ctx: click.Context, names: tuple[str, ...], force: bool) -> None:
+    """Copy shipped templates (e.g. email.css.j2) into templates/, to change them there."""
+    from newsletter.template_files import copy_template
+
+    for name in names:
+        click.echo(f"Copied {copy_template(settings_of(ctx).templates_dir, name, force=force)}")
+
+
+@templates.command("diff")
+@click.argument("name")
+@click.pass_context
+def templates_diff(ctx: click.Context, name: str) -> None:
+    """What the publication's copy of NAME changes from the shipped template (a unified diff)."""
+    from newsletter.template_files import template_diff
+
+    templates_dir = settings_of(ctx).templates_dir
+    diff = template_diff(templates_dir, name)
+    if diff:
+        click.echo(diff, nl=False)
+    elif not (templates_dir / name).is_file():
+        click.echo(f"{name}: not in templates/; the shipped template is used", err=True)
 
 
 @cli.command()
