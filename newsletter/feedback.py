@@ -21,7 +21,7 @@ from newsletter.classify import Category, Classified, strip_reply_prefixes
 from newsletter.errors import scrub
 from newsletter.events import Event, Kind, Outcome, SoftBouncePolicy, apply_event
 from newsletter.excerpt import printable
-from newsletter.ledger import (ensure_schema as ensure_ledger, issue_addresses, issue_delivery_ids, iter_recipients,
+from newsletter.ledger import (ensure_schema as ensure_ledger, issue_addresses, issue_freezes, iter_recipients,
                                latest_sent_slug, sent_issue)
 from newsletter.message_ids import HASH_CHARS, hash_of, make_message_id, real_send_salt, slug_of, verify_message_id
 from newsletter.store import SubscriberStore
@@ -40,9 +40,9 @@ class _IssueIds:
 
     def __init__(self, conn: sqlite3.Connection, secret_key: str, slug: str, domain: str):
         salt = real_send_salt(slug)
+        self.freezes = issue_freezes(conn, slug)  # read first: a freeze after it shows as a change
         pairs = sorted((int(hash_of(make_message_id(secret_key, salt, slug, email, domain))[:16], 16), sub_id)
-                       for delivery_id in issue_delivery_ids(conn, slug)
-                       for sub_id, email in iter_recipients(conn, delivery_id))
+                       for delivery_id, _ in self.freezes for sub_id, email in iter_recipients(conn, delivery_id))
         self.hashes, self.ids = array("Q", (h for h, _ in pairs)), array("q", (i for _, i in pairs))
         self.size = len(pairs)
 
@@ -128,7 +128,9 @@ class Applier:
         each report, forged or not, costs a lookup, not a pass over the readers."""
         slug, digest = slug_of(mid, self.domain), hash_of(mid)
         if slug and len(digest) == HASH_CHARS and all(ch in "0123456789abcdef" for ch in digest):
-            ids = self._ids_by_slug.pop(slug, None) or _IssueIds(self.conn, self.secret_key, slug, self.domain)
+            ids = self._ids_by_slug.pop(slug, None)
+            if ids is None or ids.freezes != issue_freezes(self.conn, slug):  # a delivery froze since
+                ids = _IssueIds(self.conn, self.secret_key, slug, self.domain)
             if ids.size:  # kept, most recent last; an issue never sent is not kept (it would push one out)
                 self._ids_by_slug[slug] = ids
                 while len(self._ids_by_slug) > ISSUES_KEPT:

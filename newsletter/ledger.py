@@ -846,11 +846,13 @@ def sent_issue(conn: sqlite3.Connection, *, slug: str = "", subject: str = "") -
     return (row[0], row[1]) if row else None
 
 
-def issue_delivery_ids(conn: sqlite3.Connection, slug: str) -> list[int]:
+def issue_freezes(conn: sqlite3.Connection, slug: str) -> list[tuple[int, str | None]]:
     """Every real (not test) delivery of an issue, newest first: one issue can go out in several
-    (a cancelled one, then another for those it had not reached), and mail about any may come back."""
-    return [row[0] for row in conn.execute("SELECT id FROM deliveries WHERE slug=? AND test=0 ORDER BY id DESC",
-                                           (slug,))]
+    (a cancelled one, then another for those it had not reached), and mail about any may come back.
+    Each with when its readers were frozen (None: not yet): rows are only added at the freeze, so
+    while this list is unchanged, so are the issue's recipients."""
+    return [(row[0], row[1]) for row in conn.execute(
+        "SELECT id, frozen_at FROM deliveries WHERE slug=? AND test=0 ORDER BY id DESC", (slug,))]
 
 
 def issue_addresses(conn: sqlite3.Connection, slug: str, subscriber_id: int) -> list[str]:

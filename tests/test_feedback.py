@@ -136,6 +136,24 @@ def test_a_flood_of_forged_reports_costs_one_pass_over_the_readers(applier, stor
     assert status(store, "a") == "active"
 
 
+def test_a_delivery_frozen_during_the_run_is_seen_by_later_reports(applier, store):
+    """The issue's ids are made once per run; a delivery of the issue that freezes its readers
+    after that (a send beside the inbox in `worker`) must not make their bounces 'not ours': the
+    message would be recorded as read and never looked at again."""
+    later = store.conn.execute("INSERT INTO deliveries(slug, content_hash, subject, state, created_at) "
+                               "VALUES(?, 'h', 's', 'scheduled', 'x')", (SLUG,)).lastrowid  # no readers yet
+    forged = applier.apply(classify(m.dsn("x@elsewhere.example", f"<{SLUG}.{'2' * 24}@{DOMAIN}>",
+                                          msgid="<forged@mx.example>")))
+    assert "is not one we sent" in forged.outcome
+    z = store.add("z@reader.example")  # the run starts: readers frozen, the first messages go out
+    store.conn.execute("INSERT INTO ledger(delivery_id, subscriber_id, email, state) VALUES(?,?,?,'sent')",
+                       (later, z.id, z.email))
+    store.conn.execute("UPDATE deliveries SET state='running', frozen_at='2026-03-01T12:00:00.000000Z' WHERE id=?",
+                       (later,))
+    h = applier.apply(classify(m.dsn("z.fwd@elsewhere.example", our_id("z@reader.example"), msgid="<z@mx.example>")))
+    assert h.outcome == "hard-bounce applied" and status(store, "z") == "bounced"
+
+
 def test_soft_bounces_only_count_until_the_limit(store):
     from newsletter.events import SoftBouncePolicy
 
