@@ -66,3 +66,54 @@ def test_a_template_only_the_publication_has_is_its_own(tmp_path):
     assert states(root)["sidebar.html.j2"] == "own"
     missing = run(root, "templates", "diff", "web.css.j2")
     assert missing.exit_code == 0 and "shipped template is used" in missing.output
+
+
+def test_every_shipped_template_version_is_recorded():
+    """Changing a template means running scripts/record_template_history.py (and committing it),
+    so that publications holding today's version as an unedited copy are recognised later."""
+    import hashlib
+
+    from newsletter.template_files import shipped_versions
+
+    for path in default_templates_dir().glob("*.j2"):
+        assert (path.name, hashlib.sha256(path.read_bytes()).hexdigest()) in shipped_versions(), path.name
+
+
+def test_an_unedited_copy_of_an_older_shipped_template_is_recognised_and_checked(tmp_path, monkeypatch):
+    import hashlib
+
+    import newsletter.template_files as template_files
+    from newsletter.checks import run_checks
+    from newsletter.config import load_settings
+    from newsletter.render import render_issue
+
+    root = tmp_path / "weekly"
+    init_publication(root)
+    old = ".nl-text p { margin: 0 0 14px; }\n"  # stands for what an earlier version shipped
+    history = tmp_path / "history.txt"
+    history.write_text(f"# test\nemail.css.j2 {hashlib.sha256(old.encode()).hexdigest()}\n", encoding="utf-8")
+    monkeypatch.setattr(template_files, "HISTORY_FILE", history)
+    template_files.shipped_versions.cache_clear()
+    try:
+        (root / "templates" / "email.css.j2").write_text(old, encoding="utf-8")
+        assert run(root, "templates", "copy", "web.css.j2").exit_code == 0
+        shipped_text = (default_templates_dir() / "email.txt.j2").read_text(encoding="utf-8")
+        (root / "templates" / "email.txt.j2").write_text(shipped_text + "\nThe editors\n", encoding="utf-8")
+        got = states(root)
+        assert (got["email.css.j2"], got["web.css.j2"], got["email.txt.j2"]) == (
+            "copy of an older default", "copy, same as the default", "customised")
+
+        settings = load_settings(root, environ={})
+        findings = run_checks(settings, render_issue(root / "issues" / "001-hello-world.md", settings))
+        about = {(f.code, f.level, f.path) for f in findings if f.code.startswith("templates.")}
+        assert about == {("templates.old-copy", "warning", "templates/email.css.j2"),
+                         ("templates.unedited-copy", "info", "templates/web.css.j2")}
+    finally:
+        template_files.shipped_versions.cache_clear()
+
+
+def test_the_tools_own_checkout_overrides_nothing():
+    """This repository is also a publication whose templates/ is the shipped folder."""
+    from newsletter.template_files import template_states
+
+    assert {state for _, state in template_states(default_templates_dir())} == {"default"}

@@ -156,13 +156,10 @@ class SupportCheck:
     @cached_property
     def changed_templates(self) -> list[Path]:
         """Publication templates that differ from (or are not among) the shipped defaults."""
-        from newsletter.template_files import default_templates_dir
+        from newsletter.template_files import DEFAULT, SAME, template_states
 
-        mine, shipped = self.ctx.settings.templates_dir, default_templates_dir()
-        if not mine.is_dir() or mine.resolve() == shipped.resolve():
-            return []
-        return [p for p in sorted(mine.glob("*.j2"))
-                if not (shipped / p.name).is_file() or (shipped / p.name).read_bytes() != p.read_bytes()]
+        mine = self.ctx.settings.templates_dir
+        return [mine / name for name, state in template_states(mine) if state not in (DEFAULT, SAME)]
 
     def template_additions(self) -> dict[str, Use]:
         if not self.changed_templates:
