@@ -10,7 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+from itertools import islice
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from newsletter.errors import ConfigError, InputError
 
@@ -97,7 +98,7 @@ def dry_run_all(settings: "Settings", rendered: "RenderedEmail", progress: Progr
     summary = DryRunSummary()
     done = 0
     with store, DryRunTransport.from_settings(settings) as transport:
-        for batch in _batches(messages, DRY_RUN_BATCH):
+        while batch := list(islice(messages, DRY_RUN_BATCH)):
             for msg, result in zip(batch, transport.send(batch)):
                 if result.status.delivered:
                     summary.messages += 1
@@ -110,17 +111,6 @@ def dry_run_all(settings: "Settings", rendered: "RenderedEmail", progress: Progr
             if progress:
                 progress(done, total, summary.messages, summary.failed)
     return summary
-
-
-def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def open_delivery(settings: "Settings") -> tuple[sqlite3.Connection, int, Callable[[], "Transport"]]:
