@@ -292,14 +292,29 @@ def open_rows(counts: dict[str, int]) -> int:
     return sum(counts[s] for s in OPEN_ROW_STATES)
 
 
+def _next_due(conn: sqlite3.Connection, delivery_id: int) -> float | None:
+    """Wall seconds the next deferred reader is due (through the small partial index)."""
+    return conn.execute("SELECT MIN(next_attempt_at) FROM ledger INDEXED BY ledger_retry WHERE delivery_id=? "
+                        "AND state='retry'", (delivery_id,)).fetchone()[0]
+
+
 def retry_summary(conn: sqlite3.Connection, delivery_id: int, top: int = 3) -> tuple[datetime | None,
                                                                                    list[tuple[str, int]]]:
     """When the next deferred reader is due, and the commonest reasons readers are waiting."""
-    head = conn.execute("SELECT MIN(next_attempt_at) FROM ledger INDEXED BY ledger_retry WHERE delivery_id=? "
-                        "AND state='retry'", (delivery_id,)).fetchone()[0]
+    head = _next_due(conn, delivery_id)
     reasons = conn.execute("SELECT COALESCE(last_error, 'waiting'), COUNT(*) AS n FROM ledger WHERE delivery_id=? "
                            "AND state='retry' GROUP BY 1 ORDER BY n DESC, 1 LIMIT ?", (delivery_id, top)).fetchall()
     return from_epoch(head), [(scrub(r[0], 120), r[1]) for r in reasons]
+
+
+def _next_retry(conn: sqlite3.Connection, d: Delivery,
+                counts: dict[str, int]) -> tuple[datetime | None, list[tuple[str, int]]]:
+    """When the delivery goes on, and why readers wait: a deferred delivery's resume time
+    (the daily cap defers past the next retry) wins over the next retry's."""
+    next_retry, reasons = retry_summary(conn, d.id) if counts["retry"] else (None, [])
+    if d.state == "deferred" and d.resume_at is not None:
+        next_retry = d.resume_at
+    return next_retry, reasons
 
 
 class DeliveryReport(NamedTuple):
@@ -336,9 +351,7 @@ def make_report(conn: sqlite3.Connection, delivery_id: int, note: str = "", **ru
     """The one place a report is built: the ledger as it stands, plus what a run counted."""
     d = get_delivery(conn, delivery_id)
     c = ledger_counts(conn, d.id)
-    next_retry, reasons = retry_summary(conn, d.id) if c["retry"] else (None, [])
-    if d.state == "deferred" and d.resume_at is not None:
-        next_retry = d.resume_at
+    next_retry, reasons = _next_retry(conn, d, c)
     return DeliveryReport(d.id, d.slug, d.state, total=sum(c.values()), sent=c["sent"],
                           failed_permanent=c["failed-permanent"], failed_temporary=c["failed-temporary"],
                           skipped=c["skipped"], pending=open_rows(c), deferred=c["retry"], uncertain=c["uncertain"],
@@ -562,8 +575,7 @@ def claimable(conn: sqlite3.Connection, delivery_id: int, cursor: int, now_ts: f
     if conn.execute("SELECT 1 FROM ledger WHERE delivery_id=? AND subscriber_id>? AND state='pending' LIMIT 1",
                     (delivery_id, cursor)).fetchone():
         return True
-    head = conn.execute("SELECT MIN(next_attempt_at) FROM ledger INDEXED BY ledger_retry WHERE delivery_id=? "
-                        "AND state='retry'", (delivery_id,)).fetchone()[0]
+    head = _next_due(conn, delivery_id)
     return head is not None and head <= now_ts
 
 
@@ -797,9 +809,7 @@ def delivery_status(conn: sqlite3.Connection, slug: str | None = None, *, limit:
         if d.state == "running" and rate:
             eta = remaining / rate
         sender = f"pid {d.lock_pid} on {d.lock_host}" if lock_is_live(d) else None
-        next_retry, reasons = retry_summary(conn, d.id) if c["retry"] else (None, [])
-        if d.state == "deferred" and d.resume_at is not None:
-            next_retry = d.resume_at
+        next_retry, reasons = _next_retry(conn, d, c)
         out.append(DeliveryStatus(d, c, sum(c.values()), c["sent"], c["failed-permanent"] + c["failed-temporary"],
                                   remaining, rate, eta, sender, next_retry, tuple(reasons)))
     return out
