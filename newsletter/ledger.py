@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple, Sequence
 
 from newsletter.db import connect, migrate
 from newsletter.errors import ContentChangedError, DeliveryLockedError, InputError, scrub
+from newsletter.message_ids import issue_slug
 from newsletter.processes import pid_alive
 from newsletter.store import TIMESTAMP
 
@@ -832,7 +833,7 @@ def delivery_for_event(conn: sqlite3.Connection, subscriber_id: int, *, provider
                            "ORDER BY delivery_id DESC LIMIT 1", (subscriber_id, provider_id)).fetchone()
         if row:
             return row[0]
-    slug = (message_id or "").strip().lstrip("<").partition("@")[0].rpartition(".")[0]
+    slug = issue_slug(message_id or "")
     if slug:
         row = conn.execute("SELECT l.delivery_id FROM ledger l JOIN deliveries d ON d.id = l.delivery_id "
                            "WHERE l.subscriber_id=? AND d.slug=? ORDER BY l.delivery_id DESC LIMIT 1",

@@ -24,17 +24,25 @@ def real_send_salt(slug: str) -> str:
     return f"{slug}::"
 
 
+def _split(message_id: str) -> tuple[str, str]:
+    """(local part, host) of a Message-ID; ('', '') when it has no ``@``."""
+    local, at, host = message_id.strip().strip("<>").rpartition("@")
+    return (local, host) if at else ("", "")
+
+
+def issue_slug(message_id: str) -> str:
+    """The issue slug in a Message-ID of our shape, whatever its domain ('' when there is none)."""
+    return _split(message_id)[0].rpartition(".")[0]
+
+
 def slug_of(message_id: str, domain: str) -> str:
     """The issue slug in one of our Message-IDs, '' when the id is not on our domain."""
-    local, at, host = message_id.strip().strip("<>").rpartition("@")
-    if not at or host.lower() != domain.lower():
-        return ""
-    return local.rpartition(".")[0]
+    return issue_slug(message_id) if _split(message_id)[1].lower() == domain.lower() else ""
 
 
 def hash_of(message_id: str) -> str:
     """The hash in one of our Message-IDs (what follows the slug), '' when there is none."""
-    local = message_id.strip().strip("<>").rpartition("@")[0]
+    local = _split(message_id)[0]
     return local.rpartition(".")[2] if "." in local else ""
 
 
