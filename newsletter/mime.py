@@ -12,6 +12,7 @@ import html as htmllib
 import json
 import re
 from email import policy, quoprimime
+from typing import Any, Callable
 
 #: Named per-recipient placeholders left in the rendered output; the message
 #: builder substitutes them cheaply (HTML-escaped in the HTML part).
@@ -32,6 +33,19 @@ def qp(text: str) -> str:
     return quoprimime.body_encode(text.encode("utf-8").decode("latin-1"), maxlinelen=75, eol=EOL)
 
 
+def _split(body: str, encode: Callable[[str], Any]) -> list[Any]:
+    """Alternating pieces of ``body``: each literal run through ``encode`` (even indexes),
+    and the key of each placeholder between them (odd indexes)."""
+    out: list[Any] = []
+    pos = 0
+    for m in _PLACEHOLDER_RE.finditer(body):
+        out.append(encode(body[pos:m.start()]))
+        out.append(_KEY_BY_MARKER[m.group()])
+        pos = m.end()
+    out.append(encode(body[pos:]))
+    return out
+
+
 def segments(body: str) -> list[str]:
     """Split a body into alternating literal/placeholder pieces, literals QP-encoded.
 
@@ -39,14 +53,7 @@ def segments(body: str) -> list[str]:
     later encoded on its own between soft line breaks, so no line can grow past
     the limit and decoding gives back exactly the substituted text.
     """
-    out: list[str] = []
-    pos = 0
-    for m in _PLACEHOLDER_RE.finditer(body):
-        out.append(qp(body[pos:m.start()]))
-        out.append(_KEY_BY_MARKER[m.group()])
-        pos = m.end()
-    out.append(qp(body[pos:]))
-    return out
+    return _split(body, qp)
 
 
 def add_segments(parts: list[str], segments: list[str], values: dict[str, str], *, stuffed: bool = False) -> None:
@@ -119,14 +126,12 @@ def json_segments(body: str) -> list[bytes | str]:
     body escaped once per issue instead of once per recipient. ASCII-only (``\\uXXXX``),
     as ``json.dumps`` writes by default, and bytes, so the pieces go into a request body as they are.
     """
-    out: list[bytes | str] = []
-    pos = 0
-    for m in _PLACEHOLDER_RE.finditer(body):
-        out.append(json.dumps(body[pos:m.start()])[1:-1].encode("ascii"))
-        out.append(_KEY_BY_MARKER[m.group()])
-        pos = m.end()
-    out.append(json.dumps(body[pos:])[1:-1].encode("ascii"))
-    return out
+    return _split(body, _json_inner)
+
+
+def _json_inner(text: str) -> bytes:
+    """``text`` as the inside of a JSON string literal (no quotes), ASCII bytes."""
+    return json.dumps(text)[1:-1].encode("ascii")
 
 
 def json_parts(segments: list[bytes | str], values: dict[str, str], *, escape: bool) -> list[bytes]:
@@ -139,7 +144,7 @@ def json_parts(segments: list[bytes | str], values: dict[str, str], *, escape: b
             parts.append(seg)  # type: ignore[arg-type]
         else:
             value = htmllib.escape(values[seg]) if escape else values[seg]  # type: ignore[index]
-            parts.append(json.dumps(value)[1:-1].encode("ascii"))
+            parts.append(_json_inner(value))
     parts.append(b'"')
     return parts
 
