@@ -138,6 +138,15 @@ def retired_settings(settings: "Settings") -> list[str]:
     return []
 
 
+def _close_all(transports: Sequence[Transport]) -> None:
+    """Close every transport; a failure to close must not hide the run's real outcome."""
+    for t in transports:
+        try:
+            t.close()
+        except Exception:
+            pass
+
+
 @dataclass
 class _Job:
     claim: Claim
@@ -217,11 +226,7 @@ class _Run:
                 with self.db:
                     ledger.release_lock(self.conn, self.id, self.owner)
         finally:
-            for t in transports:
-                try:
-                    t.close()
-                except Exception:  # closing must not hide the real outcome
-                    pass
+            _close_all(transports)
 
     def _check_delivery(self) -> Delivery:
         d = get_delivery(self.conn, self.id)
@@ -248,11 +253,7 @@ class _Run:
                 raise ConfigError("NEWSLETTER_SECRET_KEY is not set; a real send needs it, or the unsubscribe "
                                   "links would change (and stop working) when the key is set later")
         except BaseException as exc:
-            for t in transports:
-                try:
-                    t.close()
-                except Exception:
-                    pass
+            _close_all(transports)
             if isinstance(exc, Exception) and not isinstance(exc, NewsletterError):
                 raise TransportError(f"the transport could not start: {scrub(f'{type(exc).__name__}: {exc}')}") \
                     from None

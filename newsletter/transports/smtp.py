@@ -417,11 +417,7 @@ class SMTPTransport(Transport):
 
     def _discard(self) -> None:
         smtp, self._smtp = self._smtp, None
-        if smtp is not None:
-            try:
-                smtp.close()
-            except OSError:
-                pass
+        self._close_quietly(smtp)
 
     def _open(self) -> smtplib.SMTP:
         where = self._where
