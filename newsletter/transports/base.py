@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
-from newsletter.errors import ConfigError
+from newsletter.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
@@ -81,6 +81,18 @@ class SendResult:
     bounce: bool = False
     rate_limited: bool = False
     attempted: bool = True
+
+
+#: What building one reader's message raises when their stored address cannot be sent (a line
+#: break or a non-ASCII character, from rows written before imports checked addresses).
+UNBUILDABLE = (InputError, UnicodeError)
+
+
+def unbuildable(msg: "OutgoingMessage", exc: Exception) -> SendResult:
+    """The result for a reader whose message cannot be built: refused for good, alone, so
+    it neither stops the rest of the call nor is retried for the whole retry window."""
+    reason = exc.message if isinstance(exc, InputError) else "the address is not ASCII"
+    return SendResult(msg.to_email, Status.FAILED_PERMANENT, error=f"not sent: {reason}")
 
 
 class Transport(ABC):

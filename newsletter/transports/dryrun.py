@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Sequence
 
-from newsletter.errors import InputError, TransportError
-from newsletter.transports.base import SendResult, Status, Transport
+from newsletter.errors import TransportError
+from newsletter.transports.base import UNBUILDABLE, SendResult, Status, Transport, unbuildable
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
@@ -123,9 +123,8 @@ class DryRunTransport(Transport):
             folder = self._folder(msg)
             try:
                 data = msg.as_bytes()
-            except (InputError, UnicodeError) as exc:  # a line break or non-ASCII character in this address
-                reason = exc.message if isinstance(exc, InputError) else "the address is not ASCII"
-                results.append(SendResult(msg.to_email, Status.FAILED_PERMANENT, error=f"not sent: {reason}"))
+            except UNBUILDABLE as exc:
+                results.append(unbuildable(msg, exc))
                 continue
             with folder.lock:
                 folder.last_number += 1

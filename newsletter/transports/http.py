@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, Sequence
 from newsletter.clock import SYSTEM, Clock
 from newsletter.config import Secret
 from newsletter.errors import ConfigError, TransportError, scrub as scrub_text
-from newsletter.transports.base import SendResult, Status, Transport, check_credential
+from newsletter.transports.base import UNBUILDABLE, SendResult, Status, Transport, check_credential, unbuildable
 from newsletter.transports.ratelimit import RETRIES, RateLimiter, shared_limiter
 
 if TYPE_CHECKING:
@@ -455,6 +455,8 @@ class HTTPTransport(Transport):
         try:
             request = self._request(chunk, key)
         except Exception as exc:  # noqa: BLE001  nothing left us; never lose the other requests' results
+            if len(chunk) == 1 and isinstance(exc, UNBUILDABLE):  # this reader's address alone is the problem
+                return [unbuildable(chunk[0], exc)]
             return Failure(Status.FAILED_TEMPORARY, self.scrub(f"{self.name}: could not build the request: "
                                                                f"{type(exc).__name__}: {exc}"), halt=True)
         body = _TrackedBody(request.body)

@@ -50,10 +50,10 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Sequence
 
 from newsletter.clock import Clock
-from newsletter.errors import ConfigError, InputError, TransportError, scrub
+from newsletter.errors import ConfigError, TransportError, scrub
 from newsletter.hosts import is_loopback
 from newsletter.mime import dot_stuff  # noqa: F401 - re-exported; messages come stuffed (smtp_bytes)
-from newsletter.transports.base import SendResult, Status, Transport, check_credential
+from newsletter.transports.base import UNBUILDABLE, SendResult, Status, Transport, check_credential, unbuildable
 from newsletter.transports.ratelimit import RETRIES, RateLimiter, shared_limiter
 
 if TYPE_CHECKING:
@@ -267,9 +267,8 @@ class SMTPTransport(Transport):
         rcpt = msg.to_email
         try:
             data = msg.smtp_bytes()  # dot-stuffed already, from segments stuffed once per issue
-        except (InputError, UnicodeError) as exc:  # a line break or non-ASCII character in this address
-            reason = exc.message if isinstance(exc, InputError) else "the address is not ASCII"
-            return SendResult(rcpt, Status.FAILED_PERMANENT, error=f"not sent: {reason}")
+        except UNBUILDABLE as exc:
+            return unbuildable(msg, exc)
         drops = limited = 0
         while True:
             granted = self.limiter.acquire()

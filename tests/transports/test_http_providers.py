@@ -966,3 +966,20 @@ def test_an_oversized_success_reply_is_not_trusted_nor_held(fake_api, build, mak
     fake_api.handler = lambda req: reply(200, {"data": [{"id": "x" * (MAX_REPLY + 10)}]})
     results = build(SPECS["resend"]).send(make_messages(1))
     assert [r.status for r in results] == [Status.UNCERTAIN]
+
+
+@pytest.mark.parametrize("name", ["ses", "mailgun"])
+def test_a_reader_whose_message_cannot_be_built_fails_alone(name, fake_api, build, make_messages):
+    # An address stored before imports checked it (an IDNA domain) cannot be put in our MIME
+    # (SES and Mailgun's lone-message path send it): that reader fails for good, by themselves;
+    # the readers after them in the call are still sent.
+    spec = SPECS[name]
+    fake_api.handler = spec.ok
+    messages = make_messages(3)
+    bad = messages[1].prepared.personalise(replace(messages[1].recipient, email="idn@bücher.example",
+                                                   name="%recipient.x%"))
+    results = build(spec).send([messages[0], bad, messages[2]])
+    assert [r.recipient for r in results] == [messages[0].to_email, bad.to_email, messages[2].to_email]
+    assert [r.status for r in results] == [Status.SENT, Status.FAILED_PERMANENT, Status.SENT]
+    assert "not an ASCII address" in (results[1].error or "") and results[1].attempted
+    assert not any(bad.to_email in r.body.decode("utf-8", "replace") for r in fake_api.requests)
