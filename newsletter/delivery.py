@@ -579,7 +579,11 @@ def local_time(when: datetime) -> str:
     """A time in this machine's zone, as an editor reads it: "14:05 (+08:00)", with the date
     when it is not today."""
     local = when.astimezone()
-    offset = local.strftime("%z")
-    zone = f"{offset[:3]}:{offset[3:]}" if len(offset) == 5 else offset
     day = "" if local.date() == datetime.now(local.tzinfo).date() else local.strftime("%Y-%m-%d ")
-    return f"{day}{local:%H:%M} ({zone})"
+    return f"{day}{local:%H:%M} ({offset_label(local)})"
+
+
+def offset_label(local: datetime) -> str:
+    """An aware time's UTC offset as people write it: "+08:00" (as %z gives it when it has seconds)."""
+    offset = local.strftime("%z")
+    return f"{offset[:3]}:{offset[3:]}" if len(offset) == 5 else offset

@@ -28,7 +28,7 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Callable
 
 from newsletter import ledger
-from newsletter.delivery import DeliveryOptions, Waiting, run_delivery
+from newsletter.delivery import DeliveryOptions, Waiting, offset_label, run_delivery
 from newsletter.ledger import (OPEN_STATES, Delivery, DeliveryReport, TransportFactory, get_delivery, lock_is_live,
                                start_or_resume, transaction, utcnow)
 from newsletter.errors import DeliveryLockedError, InputError, NewsletterError
@@ -212,8 +212,7 @@ def display_time(when: datetime | None, zone: tzinfo | None = None) -> str:
         return "-"
     utc = when.astimezone(timezone.utc)
     local = utc.astimezone(zone) if zone is not None else utc.astimezone()
-    offset = local.strftime("%z")
-    shown = f"{local:%Y-%m-%d %H:%M} {offset[:3]}:{offset[3:]}"
+    shown = f"{local:%Y-%m-%d %H:%M} {offset_label(local)}"
     if local.utcoffset() == timedelta(0):
         return f"{shown} (UTC)"
     same_day = utc.date() == local.date()
