@@ -57,10 +57,6 @@ class Status(str, enum.Enum):
     def delivered(self) -> bool:
         return self in (Status.SENT, Status.QUEUED)
 
-    @property
-    def retryable(self) -> bool:
-        return self is Status.FAILED_TEMPORARY
-
 
 @dataclass(frozen=True)
 class SendResult:
