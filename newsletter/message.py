@@ -8,8 +8,7 @@ slow, obvious way with :class:`email.message.EmailMessage`; the tests hold the
 two equal and the benchmark measures the gap.
 
 Address checks live in :mod:`newsletter.addresses`, the QP and header encoding in
-:mod:`newsletter.mime`, DKIM in :mod:`newsletter.dkim`; their public names are
-re-exported here. The renderer is a type only, so importing this module (as the
+:mod:`newsletter.mime`, DKIM in :mod:`newsletter.dkim`. The renderer is a type only, so importing this module (as the
 ledger and delivery engine do) never loads Jinja2 or markdown-it.
 """
 
@@ -31,7 +30,6 @@ from urllib.parse import quote
 
 from newsletter.addresses import check_header, validate_address
 from newsletter.config import Publication
-from newsletter.dkim import DKIM_HEADERS, dkim_signer
 from newsletter.errors import InputError
 from newsletter.message_ids import make_message_id, real_send_salt
 from newsletter.mime import (EOL, add_segments, dot_stuff, fold, fold_list_unsubscribe, json_parts, json_segments,
@@ -40,10 +38,6 @@ from newsletter.tokens import make_token
 
 if TYPE_CHECKING:
     from newsletter.render import RenderedEmail
-
-# Re-exported: these lived here before the split, and callers import them from here.
-__all__ = ["DKIM_HEADERS", "HeaderValues", "MAX_NAME", "OutgoingMessage", "PreparedIssue", "Recipient",
-           "build_email_message", "check_header", "dkim_signer", "validate_address"]
 
 MAX_NAME = 100  # display names are cosmetic; a longer one is cut rather than break a header line
 

@@ -12,7 +12,9 @@ import pytest
 
 from newsletter.config import Publication
 from newsletter.errors import HeaderInjectionError, InputError
-from newsletter.message import PreparedIssue, Recipient, build_email_message, dkim_signer, validate_address
+from newsletter.addresses import validate_address
+from newsletter.dkim import dkim_signer
+from newsletter.message import PreparedIssue, Recipient, build_email_message
 
 PUB = Publication(name="ChinAffairs+", from_email="newsletter@chinaffairs.example", reply_to="editors@chinaffairs.example",
                   base_url="https://chinaffairs.example", postal_address="Beijing")
