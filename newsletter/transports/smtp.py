@@ -52,7 +52,6 @@ from typing import TYPE_CHECKING, Sequence
 from newsletter.clock import Clock
 from newsletter.errors import ConfigError, TransportError, scrub
 from newsletter.hosts import is_loopback
-from newsletter.mime import dot_stuff  # noqa: F401 - re-exported; messages come stuffed (smtp_bytes)
 from newsletter.transports.base import UNBUILDABLE, SendResult, Status, Transport, check_credential, unbuildable
 from newsletter.transports.ratelimit import RETRIES, RateLimiter, shared_limiter
 

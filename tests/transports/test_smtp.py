@@ -17,7 +17,8 @@ from newsletter.message import PreparedIssue, Recipient
 from newsletter.render import RenderedEmail
 from newsletter.transports import get_transport
 from newsletter.transports.base import Status
-from newsletter.transports.smtp import SMTPTransport, classify, dot_stuff
+from newsletter.mime import dot_stuff
+from newsletter.transports.smtp import SMTPTransport, classify
 
 try:
     from tests.smtp_server import TEST_PASSWORD, TEST_USERNAME, SMTPTestServer, make_tls_files
