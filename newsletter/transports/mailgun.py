@@ -25,7 +25,7 @@ import json
 from typing import TYPE_CHECKING, Any, Sequence
 
 from newsletter.transports.http import HTTPTransport, Payload, address
-from newsletter.transports.merge import MergeBodies, merge_runs, merge_values
+from newsletter.transports.merge import merge_bodies, merge_runs, merge_values
 
 if TYPE_CHECKING:
     import requests
@@ -58,7 +58,7 @@ class MailgunTransport(HTTPTransport):
     def __init__(self, *, domain: str, **kwargs: Any):
         super().__init__(**kwargs)
         self.domain = domain
-        self._bodies = MergeBodies(tag)
+        self._bodies = merge_bodies(tag)
 
     @classmethod
     def settings_options(cls, settings: "Settings") -> dict[str, Any]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import html as htmllib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Generic, Sequence, TypeVar
 
 from newsletter.mime import PLACEHOLDERS
 
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 #: tag(part, key) -> the provider's tag for placeholder ``key`` in ``part`` ("text" or "html").
 Tagger = Callable[[str, str], str]
 PARTS = ("text", "html")
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -51,20 +53,30 @@ def merge_body(prepared: "PreparedIssue", tag: Tagger) -> MergeBody:
     return MergeBody(text, html, usable)
 
 
-class MergeBodies:
-    """The merge body of each prepared issue, made once per issue and tagger (a send holds one)."""
+class ByIdentity(Generic[K, V]):
+    """``make(obj)``, computed once per object while it is held. Keyed by identity: prepared
+    issues and messages are not hashable, and an equal copy is not the same send. The object
+    is kept beside its value, so a recycled ``id`` never returns another object's value."""
 
-    def __init__(self, tag: Tagger):
-        self.tag = tag
-        self._bodies: dict[int, tuple["PreparedIssue", MergeBody]] = {}
+    def __init__(self, make: Callable[[K], V], *, limit: int | None = None):
+        self.make, self.limit = make, limit
+        self._values: dict[int, tuple[K, V]] = {}
 
-    def get(self, prepared: "PreparedIssue") -> MergeBody:
-        cached = self._bodies.get(id(prepared))
-        if cached is None or cached[0] is not prepared:
-            if len(self._bodies) > 8:
-                self._bodies.clear()
-            cached = self._bodies[id(prepared)] = (prepared, merge_body(prepared, self.tag))
+    def get(self, obj: K) -> V:
+        cached = self._values.get(id(obj))
+        if cached is None or cached[0] is not obj:
+            if self.limit is not None and len(self._values) > self.limit:
+                self._values.clear()
+            cached = self._values[id(obj)] = (obj, self.make(obj))
         return cached[1]
+
+    def clear(self) -> None:
+        self._values.clear()
+
+
+def merge_bodies(tag: Tagger) -> ByIdentity["PreparedIssue", MergeBody]:
+    """The merge body of each prepared issue, made once per issue and tagger (a send holds one)."""
+    return ByIdentity(lambda prepared: merge_body(prepared, tag), limit=8)
 
 
 def merge_values(msg: "OutgoingMessage", tag: Tagger) -> dict[str, str]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Sequence
 
 from newsletter.transports.http import HTTPTransport, Payload, RawJSON, mailbox, mailbox_from_header
-from newsletter.transports.merge import MergeBodies, merge_runs, merge_values
+from newsletter.transports.merge import ByIdentity, merge_bodies, merge_runs, merge_values
 
 if TYPE_CHECKING:
     import requests
@@ -53,16 +53,14 @@ class SendGridTransport(HTTPTransport):
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
-        self._bodies = MergeBodies(tag)
-        # id(message) -> (message, its substitutions): made once by plan's size check, used again
-        # by the payload; holds one batch, for the length of one send.
-        self._substitutions: dict[int, tuple["OutgoingMessage", dict[str, str]]] = {}
+        self._bodies = merge_bodies(tag)
+        # Each reader's substitutions: made once by plan's size check, used again by the
+        # payload; holds one batch, for the length of one send.
+        self._substitutions: ByIdentity["OutgoingMessage", dict[str, str]] = ByIdentity(
+            lambda m: merge_values(m, tag))
 
     def _merge_values(self, m: "OutgoingMessage") -> dict[str, str]:
-        cached = self._substitutions.get(id(m))
-        if cached is None or cached[0] is not m:
-            cached = self._substitutions[id(m)] = (m, merge_values(m, tag))
-        return cached[1]
+        return self._substitutions.get(m)
 
     def _fits(self, m: "OutgoingMessage") -> bool:
         if not self._bodies.get(m.prepared).usable:
