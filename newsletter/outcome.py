@@ -37,8 +37,6 @@ RATE_LIMIT_WAIT = 1.0
 #: Default retry window: how long a reader's temporary failures are retried (MTAs use 1–5 days).
 DEFAULT_RETRY_WINDOW = 24 * 3600.0
 
-FINAL_STATES = ("sent", "failed-permanent", "failed-temporary", "uncertain", "skipped")
-
 
 class Answer(str, enum.Enum):
     """What the transport said about one reader, as far as the ledger cares."""
@@ -107,7 +105,9 @@ class Transition:
 
     @property
     def final(self) -> bool:
-        return self.state in FINAL_STATES
+        """Every state :func:`decide` gives is final but ``retry`` (the ledger's list of states is
+        :data:`newsletter.ledger.LEDGER_STATES`; no second copy here)."""
+        return self.state != "retry"
 
 
 def decide(row: Row, answer: Answer, *, now: float, policy: Policy, error: str | None = None,
