@@ -266,3 +266,13 @@ def test_sigterm_during_a_send_stops_cleanly_and_resumably(db, tmp_path):
     assert r.state == "done" and r.sent == 200
     got = collections.Counter(line.split()[0] for line in out.read_text().splitlines())
     assert got == collections.Counter(emails)
+
+
+def test_shown_send_times_write_the_offset_as_people_do():
+    from newsletter.schedule import display_time
+
+    when = datetime(2031, 3, 9, 23, 30, tzinfo=timezone.utc)
+    assert display_time(when, timezone(timedelta(hours=5, minutes=30))) == "2031-03-10 05:00 +05:30 (2031-03-09 23:30 UTC)"
+    # A zone with seconds (historic LMT offsets): %z gives them whole, never cut as "+05:3028".
+    odd = timezone(timedelta(hours=5, minutes=30, seconds=28))
+    assert display_time(when, odd) == "2031-03-10 05:00 +053028 (2031-03-09 23:30 UTC)"
