@@ -42,7 +42,8 @@ from typing import BinaryIO, Callable, Iterator, NamedTuple, Sequence, TextIO
 from newsletter.addresses import check_header, clean_text
 from newsletter.bulk_addresses import AddressValidator
 from newsletter.errors import InputError
-from newsletter.store import ACTIVE, COMPLAINED, SUPPRESSED, SubscriberStore, _SQL_PARAM_CHUNK, utcnow
+from newsletter.store import (ACTIVE, COMPLAINED, REACTIVATE_SQL, SUPPRESSED, SubscriberStore, _SQL_PARAM_CHUNK,
+                              reactivation, utcnow)
 
 EXPORT_COLUMNS = ("email", "name", "status", "created_at", "changed_at", "source", "consent")
 
@@ -409,7 +410,7 @@ def _apply(conn: sqlite3.Connection, report: ImportReport, resubscribe: bool) ->
             report.skip(line, email, "suppressed: complained (never reactivated)")
         elif status in SUPPRESSED:
             if resubscribe:
-                reactivations.append((now, name, name, source, source, consent, consent, sid))
+                reactivations.append(reactivation(now, name, source, consent, sid))
             else:
                 report.skip(line, email, f"suppressed: {status}")
         elif name and name != old_name:
@@ -429,11 +430,7 @@ def _apply(conn: sqlite3.Connection, report: ImportReport, resubscribe: bool) ->
 def _update(conn: sqlite3.Connection, report: ImportReport, names: list[tuple], reactivations: list[tuple]) -> None:
     """Write (and empty) the collected renames and reactivations."""
     conn.executemany("UPDATE subscribers SET name=?, changed_at=? WHERE id=?", names)
-    conn.executemany(
-        f"UPDATE subscribers SET status='{ACTIVE}', status_reason='', changed_at=?,"
-        " name=CASE WHEN ?<>'' THEN ? ELSE name END,"
-        " source=CASE WHEN ?<>'' THEN ? ELSE source END,"
-        " consent=CASE WHEN ?<>'' THEN ? ELSE consent END WHERE id=?", reactivations)
+    conn.executemany(REACTIVATE_SQL, reactivations)
     report.updated += len(names) + len(reactivations)
     names.clear()
     reactivations.clear()
