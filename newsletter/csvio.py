@@ -129,6 +129,8 @@ def _scan(fh: BinaryIO, encoding: str, path: Path) -> None:
 
 def _encoding(path: Path, report: ImportReport) -> str:
     """The file's encoding, checked over the whole file before any row is read."""
+    if path.exists() and not path.is_file():  # a FIFO or device would block the read, or never end
+        raise InputError("not a regular file", path=path)
     try:
         with path.open("rb") as fh:
             head = fh.read(4)

@@ -400,3 +400,12 @@ def test_rows_are_checked_without_holding_the_write_lock(store, tmp_path):
     report = import_csv(store, path, progress=progress)
     other.close()
     assert writes and report.added == 1200
+
+
+def test_a_fifo_is_refused_not_read(store, tmp_path):
+    """Opening a FIFO for reading blocks until a writer comes: the import must not wait for one."""
+    fifo = tmp_path / "list.csv"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="not a regular file"):
+        import_csv(store, fifo)
+    assert store.count() == 0
