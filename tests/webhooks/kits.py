@@ -91,11 +91,15 @@ def _basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
-class Postmark:
-    name, timestamped, body_signed = "postmark", False, False
+class Kit:
+    """A provider kit holds the session's keys; each subclass builds and signs its payloads."""
 
     def __init__(self, keys: Keys):
         self.keys = keys
+
+
+class Postmark(Kit):
+    name, timestamped, body_signed = "postmark", False, False
 
     def provider_id(self, ident: str) -> str:
         return f"pm-{ident}"
@@ -115,11 +119,8 @@ class Postmark:
                                                      "Content-Type": "application/json"})
 
 
-class Brevo:
+class Brevo(Kit):
     name, timestamped, body_signed = "brevo", False, False
-
-    def __init__(self, keys: Keys):
-        self.keys = keys
 
     def provider_id(self, ident: str) -> str:
         return f"<{ident}@smtp-relay.mailin.fr>"
@@ -136,11 +137,8 @@ class Brevo:
                                                      "Content-Type": "application/json"})
 
 
-class SendGrid:
+class SendGrid(Kit):
     name, timestamped, body_signed = "sendgrid", True, True
-
-    def __init__(self, keys: Keys):
-        self.keys = keys
 
     def provider_id(self, ident: str) -> str:
         return f"sg{ident}.dfd.64b469"
@@ -162,11 +160,8 @@ class SendGrid:
                              "X-Twilio-Email-Event-Webhook-Timestamp": stamp, "Content-Type": "application/json"})
 
 
-class Mailgun:
+class Mailgun(Kit):
     name, timestamped, body_signed = "mailgun", True, False  # the signature covers timestamp + token only
-
-    def __init__(self, keys: Keys):
-        self.keys = keys
 
     def provider_id(self, ident: str) -> str:
         return f"<{ident}@mg.example.org>"
@@ -187,11 +182,8 @@ class Mailgun:
         return Signed(json.dumps(signed).encode(), {"Content-Type": "application/json"})
 
 
-class Resend:
+class Resend(Kit):
     name, timestamped, body_signed = "resend", True, True
-
-    def __init__(self, keys: Keys):
-        self.keys = keys
 
     def provider_id(self, ident: str) -> str:
         return f"re-{ident}"
@@ -214,11 +206,8 @@ class Resend:
                              "svix-signature": "v1,bm90LXRoaXMtb25l v1," + base64.b64encode(mac).decode()})
 
 
-class Ses:
+class Ses(Kit):
     name, timestamped, body_signed = "ses", False, True
-
-    def __init__(self, keys: Keys):
-        self.keys = keys
 
     def provider_id(self, ident: str) -> str:
         return f"0102018e-{ident}-000000"
