@@ -335,6 +335,11 @@ def test_welcome_email_after_confirmation_when_enabled(tmp_path, env, clock):
     w.store.close()
 
 
+def test_a_misspelt_welcome_setting_is_refused_not_taken_as_off(tmp_path, env, clock):
+    with pytest.raises(ConfigError, match="NEWSLETTER_SIGNUP_WELCOME"):
+        World(tmp_path, {**env, "NEWSLETTER_SIGNUP_WELCOME": "ture"}, clock)
+
+
 def test_an_outboxed_confirmation_is_not_sent_once_it_no_longer_applies(world):
     """Confirmed (or unsubscribed) before the sender got to it: nothing goes out."""
     world.app.extensions["signup"]["mail"]._send = lambda m: (_ for _ in ()).throw(AssertionError("sent"))
