@@ -98,7 +98,19 @@ class Kit:
         self.keys = keys
 
 
-class Postmark(Kit):
+class SharedSecretKit(Kit):
+    """Providers that do not sign (Postmark, Brevo): the request carries the shared secret."""
+
+    def authorization(self, secret: str) -> str:
+        raise NotImplementedError
+
+    def sign(self, payload: Any, *, at: datetime, forged: bool = False) -> Signed:
+        secret = "not-the-secret" if forged else self.keys.shared
+        return Signed(json.dumps(payload).encode(), {"Authorization": self.authorization(secret),
+                                                     "Content-Type": "application/json"})
+
+
+class Postmark(SharedSecretKit):
     name, timestamped, body_signed = "postmark", False, False
 
     def provider_id(self, ident: str) -> str:
@@ -113,13 +125,11 @@ class Postmark(Kit):
                 "MessageID": self.provider_id(ident), "Email": email, "BouncedAt": "2026-03-01T11:59:00Z",
                 "Details": "smtp;550 5.1.1 The email account that you tried to reach does not exist"}
 
-    def sign(self, payload: Any, *, at: datetime, forged: bool = False) -> Signed:
-        secret = "not-the-secret" if forged else self.keys.shared
-        return Signed(json.dumps(payload).encode(), {"Authorization": _basic("postmark", secret),
-                                                     "Content-Type": "application/json"})
+    def authorization(self, secret: str) -> str:
+        return _basic("postmark", secret)
 
 
-class Brevo(Kit):
+class Brevo(SharedSecretKit):
     name, timestamped, body_signed = "brevo", False, False
 
     def provider_id(self, ident: str) -> str:
@@ -131,10 +141,8 @@ class Brevo(Kit):
                 "message-id": self.provider_id(ident), "ts_event": 1772366340, "subject": "Issue 6",
                 "reason": "mailbox unavailable", "ts_epoch": 1772366340000}
 
-    def sign(self, payload: Any, *, at: datetime, forged: bool = False) -> Signed:
-        token = "not-the-secret" if forged else self.keys.shared
-        return Signed(json.dumps(payload).encode(), {"Authorization": f"Bearer {token}",
-                                                     "Content-Type": "application/json"})
+    def authorization(self, secret: str) -> str:
+        return f"Bearer {secret}"
 
 
 class SendGrid(Kit):
