@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 from newsletter.clock import SYSTEM, Clock
 from newsletter.db import migrate
+from newsletter.ledger import parse_timestamp
 from newsletter.store import (ACTIVE, BOUNCED, COMPLAINED, PENDING, UNSUBSCRIBED, Subscriber, SubscriberStore,
-                              TIMESTAMP, clean_text, normalise_email, stamp)
+                              clean_text, normalise_email, stamp)
 
 COMPONENT = "signup"
 MIGRATIONS: list[str] = [
@@ -153,9 +154,9 @@ class Signups:
             return "none"
         if not row[1]:
             return "done" if row[0] == ACTIVE else "none"
-        requested = datetime.strptime(row[1], TIMESTAMP).replace(tzinfo=timezone.utc)
-        if self.clock.now() - requested > timedelta(seconds=self.limits.confirm_ttl):
-            return "expired"
+        requested = parse_timestamp(row[1])
+        if requested is None or self.clock.now() - requested > timedelta(seconds=self.limits.confirm_ttl):
+            return "expired"  # an unreadable request time cannot prove the link is still live
         return "open" if row[0] in (PENDING, UNSUBSCRIBED) else "done"
 
     def confirm(self, sid: int, *, ip: str, welcome: bool = False) -> str:

@@ -142,6 +142,16 @@ def test_expired_link_and_purge(world):
     assert world.client.get(link).status_code == 404
 
 
+def test_an_unreadable_request_time_is_an_expired_link_not_a_500(world):
+    world.signup("garbled@example.org")
+    link = world.link_for("garbled@example.org")
+    world.store.conn.execute("UPDATE subscribers SET signup_requested_at='yesterday' WHERE email=?",
+                             ("garbled@example.org",))
+    assert world.client.get(link).status_code == 410
+    assert world.client.post(link).status_code == 410
+    assert world.store.get_by_email("garbled@example.org").status == "pending"
+
+
 def test_honeypot_and_speed_send_nothing(world):
     r = world.signup("bot@example.org", website="http://spam.example")
     assert r.status_code == 200 and "Check your inbox" in r.get_data(as_text=True)
