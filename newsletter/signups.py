@@ -147,9 +147,6 @@ class Signups:
         """``"open"`` (a live request), ``"done"`` (already active), ``"expired"`` or ``"none"``."""
         row = self.store.conn.execute("SELECT status, signup_requested_at FROM subscribers WHERE id=?",
                                       (sid,)).fetchone()
-        return self._state(row)
-
-    def _state(self, row) -> str:  # noqa: ANN001
         if row is None or row[0] in (BOUNCED, COMPLAINED):
             return "none"
         if not row[1]:
@@ -165,8 +162,7 @@ class Signups:
         same link returns ``"done"``."""
         now = self.clock.now()
         with self.store.transaction() as conn:
-            row = conn.execute("SELECT status, signup_requested_at FROM subscribers WHERE id=?", (sid,)).fetchone()
-            state = self._state(row)
+            state = self.confirmable(sid)  # read inside the transaction: a racing confirm sees "done"
             if state == "open":
                 conn.execute(
                     "UPDATE subscribers SET status='active', status_reason='', changed_at=?,"
