@@ -48,7 +48,8 @@ CONFIRM = "confirm"
 
 
 @lru_cache(maxsize=16)
-def _key(secret: str, label: str) -> bytes:
+def derive_key(secret: str, label: str) -> bytes:
+    """A key for one use (``label``) derived from ``NEWSLETTER_SECRET_KEY``, so no two uses share a key."""
     return hmac.new(secret.encode(), f"newsletter token key:{label}".encode(), hashlib.sha256).digest()
 
 
@@ -56,9 +57,9 @@ def _key(secret: str, label: str) -> bytes:
 def _hashers(secret: str) -> tuple[Any, ...]:
     """Keyed BLAKE2b states, made once per secret and copied per use (re-keying costs more than
     the hash): one per Feistel round, then the tag's. Keyed BLAKE2b is a PRF and a MAC."""
-    rounds = tuple(hashlib.blake2b(key=_key(secret, "id-permutation"), digest_size=4, person=bytes([i]) * 16)
+    rounds = tuple(hashlib.blake2b(key=derive_key(secret, "id-permutation"), digest_size=4, person=bytes([i]) * 16)
                    for i in range(_ROUNDS))
-    return rounds + (hashlib.blake2b(key=_key(secret, "tag"), digest_size=_SIG_BYTES),)
+    return rounds + (hashlib.blake2b(key=derive_key(secret, "tag"), digest_size=_SIG_BYTES),)
 
 
 def _round(state: Any, half: int) -> int:

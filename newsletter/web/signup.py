@@ -27,7 +27,7 @@ from newsletter.message import OutgoingMessage
 from newsletter.signup_mail import SignupMailer, confirmation_message, welcome_message
 from newsletter.signups import SignupLimits, Signups
 from newsletter.store import Subscriber, SubscriberStore
-from newsletter.tokens import CONFIRM
+from newsletter.tokens import CONFIRM, derive_key
 from newsletter.web.app import WebApp, not_found, text_response
 from newsletter.web.pages import consent_line, signup_page
 from newsletter.web.unsubscribe import mask_email, page_response, subscriber_for
@@ -68,7 +68,7 @@ def form_stamp(app: WebApp) -> str:
 
 
 def _stamp_mac(app: WebApp, t: str) -> str:
-    key = hashlib.sha256(f"signup form stamp:{app.settings.secret_key}".encode()).digest()
+    key = derive_key(str(app.settings.secret_key), "signup form stamp")
     return hmac.new(key, t.encode(), hashlib.sha256).hexdigest()[:32]
 
 
