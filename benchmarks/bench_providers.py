@@ -34,24 +34,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench_delivery import _prepared  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _common import seed_subscribers  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from bench_delivery import _prepared  # noqa: E402
 
 LIMIT = 10.0  # requests per second the emulated provider allows
 #: Engine batch per provider: what one transport call can carry in one request, or 50.
 BATCH = {"postmark": 500, "resend": 100, "sendgrid": 1000, "mailgun": 1000, "brevo": 50, "ses": 50}
-
-
-def fill(db: Path, n: int) -> None:
-    from newsletter.ledger import open_ledger
-
-    conn = open_ledger(db)
-    with conn:
-        conn.execute("BEGIN")
-        conn.executemany("INSERT INTO subscribers(email, name, status, created_at, changed_at) VALUES(?, ?, "
-                         "'active', '2030-01-01T00:00:00.000000Z', '2030-01-01T00:00:00.000000Z')",
-                         ((f"reader{i:06d}@example.org", f"Reader {i}") for i in range(n)))
-        conn.execute("COMMIT")
-    conn.close()
 
 
 def run(provider: str, readers: int, prepared) -> dict:
@@ -67,7 +55,7 @@ def run(provider: str, readers: int, prepared) -> dict:
     clock = FakeClock(datetime(2031, 3, 4, 9, 0, tzinfo=timezone.utc))
     with tempfile.TemporaryDirectory() as tmp, ProviderEmulator(provider, clock, rate=LIMIT, inspect=False) as api:
         db = Path(tmp) / "bench.db"
-        fill(db, readers)
+        seed_subscribers(db, readers)
         settings = Settings(root=Path(tmp), publication=Publication(),
                             env={**env(provider, api.url), "BREVO_CONCURRENCY": "1"})
         conn = open_ledger(db)

@@ -57,3 +57,11 @@ def normalise_email(email: str) -> str:
     if email is None or not str(email).strip():
         raise InputError("empty email address")
     return validate_address(str(email).strip(), "email")
+
+
+def mask_email(email: str) -> str:
+    """``sam@tsinghua.edu.cn`` → ``s***@tsinghua.edu.cn``: enough for the reader to recognise."""
+    local, _, domain = email.rpartition("@")
+    if not local:
+        return "***"
+    return f"{local[0]}***@{domain}"

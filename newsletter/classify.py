@@ -23,7 +23,7 @@ import enum
 import hashlib
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from email.message import Message
 from email.parser import HeaderParser
@@ -363,7 +363,7 @@ def classify(raw: bytes, *, truncated_from: int | None = None) -> Classified:
         found = Classified(Category.OTHER, f"unreadable message ({type(exc).__name__})", **base)
     if msg.defects:
         notes.append(f"malformed MIME: {type(msg.defects[0]).__name__}")
-    return Classified(**{**found.__dict__, "notes": tuple(dict.fromkeys(notes))})
+    return replace(found, notes=tuple(dict.fromkeys(notes)))
 
 
 def _classify(msg: Message, base: dict, notes: list[str]) -> Classified:

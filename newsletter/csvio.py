@@ -20,7 +20,8 @@ Import is forgiving about the file and strict about each row:
   counting the rest;
 * suppressed addresses (unsubscribed, bounced, complained) are never reactivated
   unless ``resubscribe=True``; they are reported as ``suppressed: <status>``. A complained
-  address is never reactivated at all.
+  address is never reactivated at all. An unconfirmed web signup (``pending``) is activated,
+  as :meth:`SubscriberStore.add` does: the editor's list vouches for consent.
 
 Export writes ``email,name,status,created_at,changed_at,source,consent``. Free-text
 cells that a spreadsheet would run as a formula (starting with ``= + - @``) are
@@ -42,7 +43,8 @@ from typing import BinaryIO, Callable, Iterator, NamedTuple, Sequence, TextIO
 from newsletter.addresses import check_header, clean_text
 from newsletter.bulk_addresses import AddressValidator
 from newsletter.errors import InputError
-from newsletter.store import ACTIVE, COMPLAINED, SUPPRESSED, SubscriberStore, _SQL_PARAM_CHUNK, utcnow
+from newsletter.store import (ACTIVE, COMPLAINED, PENDING, REACTIVATE_SQL, SUPPRESSED, SubscriberStore, _SQL_PARAM_CHUNK,
+                              reactivation, utcnow)
 
 EXPORT_COLUMNS = ("email", "name", "status", "created_at", "changed_at", "source", "consent")
 
@@ -127,6 +129,8 @@ def _scan(fh: BinaryIO, encoding: str, path: Path) -> None:
 
 def _encoding(path: Path, report: ImportReport) -> str:
     """The file's encoding, checked over the whole file before any row is read."""
+    if path.exists() and not path.is_file():  # a FIFO or device would block the read, or never end
+        raise InputError("not a regular file", path=path)
     try:
         with path.open("rb") as fh:
             head = fh.read(4)
@@ -407,11 +411,10 @@ def _apply(conn: sqlite3.Connection, report: ImportReport, resubscribe: bool) ->
     for line, email, sid, old_name, status, name, source, consent in known:
         if status == COMPLAINED:  # a spam report is final: not even --resubscribe undoes it
             report.skip(line, email, "suppressed: complained (never reactivated)")
+        elif status == PENDING or (status in SUPPRESSED and resubscribe):  # as SubscriberStore.add does
+            reactivations.append(reactivation(now, name, source, consent, sid))
         elif status in SUPPRESSED:
-            if resubscribe:
-                reactivations.append((now, name, name, source, source, consent, consent, sid))
-            else:
-                report.skip(line, email, f"suppressed: {status}")
+            report.skip(line, email, f"suppressed: {status}")
         elif name and name != old_name:
             names.append((name, now, sid))
         else:
@@ -429,11 +432,7 @@ def _apply(conn: sqlite3.Connection, report: ImportReport, resubscribe: bool) ->
 def _update(conn: sqlite3.Connection, report: ImportReport, names: list[tuple], reactivations: list[tuple]) -> None:
     """Write (and empty) the collected renames and reactivations."""
     conn.executemany("UPDATE subscribers SET name=?, changed_at=? WHERE id=?", names)
-    conn.executemany(
-        f"UPDATE subscribers SET status='{ACTIVE}', status_reason='', changed_at=?,"
-        " name=CASE WHEN ?<>'' THEN ? ELSE name END,"
-        " source=CASE WHEN ?<>'' THEN ? ELSE source END,"
-        " consent=CASE WHEN ?<>'' THEN ? ELSE consent END WHERE id=?", reactivations)
+    conn.executemany(REACTIVATE_SQL, reactivations)
     report.updated += len(names) + len(reactivations)
     names.clear()
     reactivations.clear()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from newsletter import replies
+from newsletter.addresses import mask_email
 from newsletter.classify import Category, Classified, strip_reply_prefixes
 from newsletter.errors import scrub
 from newsletter.events import Event, Kind, Outcome, SoftBouncePolicy, apply_event
@@ -66,12 +67,6 @@ class Handled:
     def line(self) -> str:
         """One line for a terminal: quoted ids and addresses come from the message, so scrubbed."""
         return f"{self.category:<11} " + scrub(printable(f"{self.reason} → {self.outcome}"), 400)
-
-
-def _mask(email: str) -> str:
-    from newsletter.web import mask_email
-
-    return mask_email(email)
 
 
 class Applier:
@@ -181,7 +176,7 @@ class Applier:
         if slug is None:
             return Handled(Category.OTHER.value, c.line(), "answers nothing we sent: not feedback")
         name = c.sender_name or (sub.name if sub else "")
-        reply = replies.Reply(name=" ".join(name.split())[:100], masked_email=_mask(c.sender),
+        reply = replies.Reply(name=" ".join(name.split())[:100], masked_email=mask_email(c.sender),
                               date=self._date(c), excerpt=c.text, matched_by=how)
         return Handled(c.category.value, c.line(), f"reply to {slug} (matched by {how})", slug, reply)
 

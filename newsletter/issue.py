@@ -296,6 +296,8 @@ def _credits(path: Path, value: Any, node: yaml.Node | None, line: int | None) -
 
 def _read_text(path: Path) -> str:
     """The file as text with LF line ends; too big, not UTF-8 or holding control characters is refused."""
+    if path.exists() and not path.is_file():  # a FIFO (or a symlink to one) would block the read
+        raise _fail(path, "not a regular file")
     try:
         with path.open("rb") as fh:
             raw = fh.read(MAX_FILE_BYTES + 1)
@@ -465,6 +467,8 @@ def _could_have_slug(path: Path, slug: str) -> bool:
     m = FILENAME_RE.match(path.name)
     if (m.group("slug") if m else path.stem) == slug:
         return True
+    if not path.is_file():
+        return False  # not a file to read (a FIFO would block): it has no slug, and its own build says why
     try:
         with path.open("rb") as fh:
             raw = fh.read(MAX_FILE_BYTES + 1)

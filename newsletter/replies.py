@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 
 from newsletter.classify import Category
 from newsletter.db import migrate
+from newsletter.ledger import transaction
 from newsletter.store import stamp
 
 COMPONENT = "replies"
@@ -60,8 +61,7 @@ def seen(conn: sqlite3.Connection, dedupe_key: str) -> bool:
 def record(conn: sqlite3.Connection, dedupe_key: str, category: str, slug: str | None, now: datetime,
            reply: Reply | None = None) -> bool:
     """Record one message (and its reply, if any) once; False when it was recorded before."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         cur = conn.execute("INSERT OR IGNORE INTO inbox_messages(dedupe_key, category, slug, received_at) "
                            "VALUES(?,?,?,?)", (dedupe_key, category, slug, stamp(now)))
         new = cur.rowcount == 1
@@ -69,10 +69,6 @@ def record(conn: sqlite3.Connection, dedupe_key: str, category: str, slug: str |
             conn.execute("INSERT INTO replies(dedupe_key, slug, name, masked_email, sent_at, excerpt, matched_by)"
                          " VALUES(?,?,?,?,?,?,?)", (dedupe_key, slug, reply.name, reply.masked_email,
                                                    reply.date, reply.excerpt, reply.matched_by))
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return new
 
 
@@ -103,15 +99,10 @@ def forget(conn: sqlite3.Connection, older_than: timedelta, now: datetime | None
     """
     ensure_schema(conn)
     cutoff = stamp((now or datetime.now(timezone.utc)) - older_than)
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         conn.execute("DELETE FROM replies WHERE dedupe_key IN "
                      "(SELECT dedupe_key FROM inbox_messages WHERE received_at < ?)", (cutoff,))
         n = conn.execute("DELETE FROM inbox_messages WHERE received_at < ?", (cutoff,)).rowcount
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return n
 
 

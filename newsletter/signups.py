@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 from newsletter.clock import SYSTEM, Clock
 from newsletter.db import migrate
+from newsletter.ledger import parse_timestamp
 from newsletter.store import (ACTIVE, BOUNCED, COMPLAINED, PENDING, UNSUBSCRIBED, Subscriber, SubscriberStore,
-                              TIMESTAMP, clean_text, normalise_email, stamp)
+                              clean_text, normalise_email, stamp)
 
 COMPONENT = "signup"
 MIGRATIONS: list[str] = [
@@ -146,16 +147,13 @@ class Signups:
         """``"open"`` (a live request), ``"done"`` (already active), ``"expired"`` or ``"none"``."""
         row = self.store.conn.execute("SELECT status, signup_requested_at FROM subscribers WHERE id=?",
                                       (sid,)).fetchone()
-        return self._state(row)
-
-    def _state(self, row) -> str:  # noqa: ANN001
         if row is None or row[0] in (BOUNCED, COMPLAINED):
             return "none"
         if not row[1]:
             return "done" if row[0] == ACTIVE else "none"
-        requested = datetime.strptime(row[1], TIMESTAMP).replace(tzinfo=timezone.utc)
-        if self.clock.now() - requested > timedelta(seconds=self.limits.confirm_ttl):
-            return "expired"
+        requested = parse_timestamp(row[1])
+        if requested is None or self.clock.now() - requested > timedelta(seconds=self.limits.confirm_ttl):
+            return "expired"  # an unreadable request time cannot prove the link is still live
         return "open" if row[0] in (PENDING, UNSUBSCRIBED) else "done"
 
     def confirm(self, sid: int, *, ip: str, welcome: bool = False) -> str:
@@ -164,8 +162,7 @@ class Signups:
         same link returns ``"done"``."""
         now = self.clock.now()
         with self.store.transaction() as conn:
-            row = conn.execute("SELECT status, signup_requested_at FROM subscribers WHERE id=?", (sid,)).fetchone()
-            state = self._state(row)
+            state = self.confirmable(sid)  # read inside the transaction: a racing confirm sees "done"
             if state == "open":
                 conn.execute(
                     "UPDATE subscribers SET status='active', status_reason='', changed_at=?,"

@@ -173,6 +173,19 @@ _COLUMNS = "id, email, name, status, created_at, changed_at, source, consent"
 _SQL_PARAM_CHUNK = 500  # well under SQLite's host-parameter limit on every build
 
 
+#: Make a reader active again (resubscribed, or a pending signup the editor vouches for), keeping
+#: the stored name, source and consent where the new value is empty; see :func:`reactivation`.
+REACTIVATE_SQL = (f"UPDATE subscribers SET status='{ACTIVE}', status_reason='', changed_at=?,"
+                  " name=CASE WHEN ?<>'' THEN ? ELSE name END,"
+                  " source=CASE WHEN ?<>'' THEN ? ELSE source END,"
+                  " consent=CASE WHEN ?<>'' THEN ? ELSE consent END WHERE id=?")
+
+
+def reactivation(now: str, name: str, source: str, consent: str, sid: int) -> tuple:
+    """The parameters of :data:`REACTIVATE_SQL`."""
+    return (now, name, name, source, source, consent, consent, sid)
+
+
 TIMESTAMP = "%Y-%m-%dT%H:%M:%S.%fZ"  # ISO 8601 UTC with microseconds: sorts as text
 
 
@@ -396,12 +409,7 @@ class SubscriberStore:
                     if not resubscribe and existing.status != PENDING:
                         raise InputError(f"{existing.email} is {existing.status}; it is not reactivated "
                                          "unless you resubscribe it explicitly (resubscribe=True / --resubscribe)")
-                    conn.execute(
-                        "UPDATE subscribers SET status='active', status_reason='', changed_at=?,"
-                        " name=CASE WHEN ?<>'' THEN ? ELSE name END,"
-                        " source=CASE WHEN ?<>'' THEN ? ELSE source END,"
-                        " consent=CASE WHEN ?<>'' THEN ? ELSE consent END WHERE id=?",
-                        (now, name, name, source, source, consent, consent, sid))
+                    conn.execute(REACTIVATE_SQL, reactivation(now, name, source, consent, sid))
                 elif name and name != existing.name:
                     conn.execute("UPDATE subscribers SET name=?, changed_at=? WHERE id=?", (name, now, sid))
                 else:

@@ -37,8 +37,10 @@ _SIG_BYTES = 16  # 128-bit tag: far beyond guessing, short enough for a URL
 _ID_BYTES = 8
 _MAX_ID = 2**63 - 1  # SQLite's INTEGER PRIMARY KEY range
 TOKEN_LENGTH = 32  # base64 of 24 bytes: no padding, every bit significant
-_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{32}\Z")
-_LEGACY_RE = re.compile(r"[1-9a-z][0-9a-z]{0,11}\.[A-Za-z0-9_-]{22}\Z")
+_TOKEN_SHAPE = r"[A-Za-z0-9_-]{32}"
+_LEGACY_SHAPE = r"[1-9a-z][0-9a-z]{0,11}\.[A-Za-z0-9_-]{22}"
+_TOKEN_RE = re.compile(_TOKEN_SHAPE + r"\Z")
+_LEGACY_RE = re.compile(_LEGACY_SHAPE + r"\Z")
 _ROUNDS = 4
 
 UNSUBSCRIBE = "unsubscribe"
@@ -46,7 +48,8 @@ CONFIRM = "confirm"
 
 
 @lru_cache(maxsize=16)
-def _key(secret: str, label: str) -> bytes:
+def derive_key(secret: str, label: str) -> bytes:
+    """A key for one use (``label``) derived from ``NEWSLETTER_SECRET_KEY``, so no two uses share a key."""
     return hmac.new(secret.encode(), f"newsletter token key:{label}".encode(), hashlib.sha256).digest()
 
 
@@ -54,9 +57,9 @@ def _key(secret: str, label: str) -> bytes:
 def _hashers(secret: str) -> tuple[Any, ...]:
     """Keyed BLAKE2b states, made once per secret and copied per use (re-keying costs more than
     the hash): one per Feistel round, then the tag's. Keyed BLAKE2b is a PRF and a MAC."""
-    rounds = tuple(hashlib.blake2b(key=_key(secret, "id-permutation"), digest_size=4, person=bytes([i]) * 16)
+    rounds = tuple(hashlib.blake2b(key=derive_key(secret, "id-permutation"), digest_size=4, person=bytes([i]) * 16)
                    for i in range(_ROUNDS))
-    return rounds + (hashlib.blake2b(key=_key(secret, "tag"), digest_size=_SIG_BYTES),)
+    return rounds + (hashlib.blake2b(key=derive_key(secret, "tag"), digest_size=_SIG_BYTES),)
 
 
 def _round(state: Any, half: int) -> int:
@@ -162,8 +165,9 @@ def _legacy_token(secret: str, subscriber_id: int, email: str) -> str:
     return f"{_b36(subscriber_id)}.{tag}"
 
 
-_REQUEST_RE = re.compile(r"^\s*(?:mailto:[^?\s]*\?subject=)?(?:unsubscribe(?:\s+|%20|\+))?"
-                         r"([A-Za-z0-9_-]{32}|[0-9a-z]{1,12}\.[A-Za-z0-9_-]{22})\s*$", re.IGNORECASE)
+# The words around the token in any case; the token itself in exactly the shapes above.
+_REQUEST_RE = re.compile(r"^\s*(?i:mailto:[^?\s]*\?subject=)?(?i:unsubscribe(?:\s+|%20|\+))?"
+                         rf"({_TOKEN_SHAPE}|{_LEGACY_SHAPE})\s*$")
 
 
 def token_from_request(text: str) -> str | None:

@@ -240,3 +240,9 @@ def test_resume_closes_every_database_connection_it_opens(publication_root, open
         result = run(publication_root, "resume", "6", "--yes", env={**down.env(), **env})
     assert result.exit_code == 8 and "deferred" in result.output, result.output
     assert opened_connections and not _unclosed(opened_connections)
+
+
+def test_replies_closes_its_database_connection(publication_root, opened_connections):
+    result = run(publication_root, "replies", "6", "--forget-older-than", "30")
+    assert result.exit_code == 0, result.output
+    assert opened_connections and not _unclosed(opened_connections)

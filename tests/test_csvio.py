@@ -174,6 +174,22 @@ def test_resubscribe_reactivates(store, tmp_path):
     assert store.status_reason(sub.id) == ""
 
 
+def test_an_unconfirmed_web_signup_in_the_file_is_activated_as_add_does(store, tmp_path):
+    """The editor's list vouches for consent, as `subscribers add` does: the import neither leaves the
+    reader pending (to be purged when the link expires) nor reports them "already subscribed"."""
+    for email, name in (("p@example.org", "Pat"), ("q@example.org", "Quinn")):
+        sid = store.add(email, name).id
+        store.conn.execute("UPDATE subscribers SET status='pending', signup_requested_at='2030-01-01T00:00:00.000000Z'"
+                           " WHERE id=?", (sid,))
+    added = store.add("q@example.org")  # the mechanism the import must agree with
+    assert added.status == "active" and added.name == "Quinn"
+    report = import_csv(store, write(tmp_path, "email,name,consent\np@example.org,,signed form 2030-01-02\n"))
+    assert (report.added, report.updated, report.skipped) == (0, 1, [])
+    sub = store.get_by_email("p@example.org")
+    assert (sub.status, sub.name, sub.consent) == ("active", "Pat", "signed form 2030-01-02")
+    assert store.counts()["pending"] == 0
+
+
 def test_resubscribe_never_reactivates_a_complaint(store, tmp_path):
     store.add("c@example.org", "C")
     store.mark_complained(store.get_by_email("c@example.org").id, "ARF abuse report")
@@ -384,3 +400,12 @@ def test_rows_are_checked_without_holding_the_write_lock(store, tmp_path):
     report = import_csv(store, path, progress=progress)
     other.close()
     assert writes and report.added == 1200
+
+
+def test_a_fifo_is_refused_not_read(store, tmp_path):
+    """Opening a FIFO for reading blocks until a writer comes: the import must not wait for one."""
+    fifo = tmp_path / "list.csv"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="not a regular file"):
+        import_csv(store, fifo)
+    assert store.count() == 0

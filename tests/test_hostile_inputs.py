@@ -10,6 +10,7 @@ and ``check --online`` against a server that trickles its answer.
 from __future__ import annotations
 
 import email
+import os
 import socket
 import threading
 from email import policy
@@ -312,3 +313,13 @@ def test_a_slow_but_whole_answer_within_the_deadline_works(trickling_server):
 
     # The same server, given a deadline longer than its whole answer: the link works.
     assert probe_within(trickling_server, deadline=30, timeout=5).level is None
+
+
+def test_an_issue_that_is_a_fifo_is_refused_not_read(publication_root):
+    """A FIFO (git can hold a symlink to one) blocks a reader until a writer comes: one line, no wait,
+    and the issues beside it are still found."""
+    fifo = publication_root / "issues" / "008-pipe.md"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="not a regular file"):
+        parse_issue(fifo)
+    assert find_issue(publication_root / "issues", "6").name == "006-global-governance-of-ai.md"

@@ -88,3 +88,25 @@ def test_thousands_of_random_tokens_never_verify():
         sid = token_subscriber_id(SECRET, token, now=datetime(2026, 1, 1, tzinfo=timezone.utc))
         assert sid is None or 0 < sid < 2**63
         assert verified_subscriber_id(SECRET, token, lambda i: emails.get(i, "a@example.org")) is None
+    # Random printable text is almost never token-shaped; well-shaped random tokens reach the tag check.
+    shaped = string.ascii_letters + string.digits + "-_"
+    decoded = 0
+    for _ in range(2000):
+        token = "".join(rng.choice(shaped) for _ in range(TOKEN_LENGTH))
+        decoded += token_subscriber_id(SECRET, token) is not None
+        assert verified_subscriber_id(SECRET, token, lambda i: "a@example.org") is None
+    assert decoded > 1000  # about half of all 64-bit values are in range: the tag, not the shape, refused them
+
+
+def test_token_from_request_takes_the_words_in_any_case_and_only_token_shapes():
+    from newsletter.tokens import token_from_request
+
+    token = make_token(SECRET, 42, "a@example.org")
+    for text in (token, f"  unsubscribe {token} ", f"UNSUBSCRIBE {token}",
+                 f"mailto:leave@example.org?subject=Unsubscribe%20{token}"):
+        assert token_from_request(text) == token
+    legacy = "1a." + "b" * 22
+    assert token_from_request(f"unsubscribe {legacy}") == legacy
+    for text in ("unsubscribe 0a." + "b" * 22, "unsubscribe 1A." + "b" * 22, "unsubscribe " + token[:-1],
+                 f"unsubscribe {token} please", "x" * 601):
+        assert token_from_request(text) is None

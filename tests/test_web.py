@@ -333,6 +333,8 @@ def test_locked_database_is_retried_then_spooled_and_applied(settings, db, store
     clock = FakeClock()
     wsgi = make_app(settings, store_path=db, clock=clock)
     client = Client(wsgi)
+    other = store.add("other@example.org")
+    forged = make_token(SECRET, other.id, "someone.else@example.org")  # a real id, another address's tag
     blocker = sqlite3.connect(db, isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")
     try:
@@ -340,9 +342,15 @@ def test_locked_database_is_retried_then_spooled_and_applied(settings, db, store
                         content_type="application/x-www-form-urlencoded")
         assert r.status_code == 200 and "You are unsubscribed" in r.get_data(as_text=True)
         assert len(clock.sleeps) == 3  # bounded retries inside the request, on the injected clock
-        assert spool_path(wsgi.web_app.store_path).exists()
-        # A forged token is never spooled.
-        assert client.post("/unsubscribe/" + "A" * 32).status_code in (404, 200)
+        spool = spool_path(wsgi.web_app.store_path)
+        assert spool.exists()
+        kept = spool.read_bytes()
+        # Something not shaped like a token is never spooled ...
+        assert client.post("/unsubscribe/not-a-token").status_code == 404
+        assert spool.read_bytes() == kept
+        # ... a well-shaped forged one is kept (it cannot be checked while locked), and verified when applied.
+        assert client.post(f"/unsubscribe/{forged}").status_code == 200
+        assert spool.read_bytes() != kept
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
@@ -350,6 +358,7 @@ def test_locked_database_is_retried_then_spooled_and_applied(settings, db, store
     assert client.get("/unsubscribe/" + "B" * 32).status_code == 404
     client.post("/unsubscribe/" + "B" * 32)  # ... the next POST drains the spool first
     assert store.get(sub.id).status == "unsubscribed"
+    assert store.get(other.id).status == "active"  # the forged line changed nobody
     assert store.status_reason(sub.id) == "one-click (RFC 8058) (spooled)"
     assert not spool_path(wsgi.web_app.store_path).exists()
 

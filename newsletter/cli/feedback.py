@@ -40,6 +40,7 @@ def replies(ctx: click.Context, issue: str | None, fmt: str, days: int | None) -
     """The feedback digest for ISSUE: each reader's reply (name, masked address, date, their
     own first lines) and how many messages of each class concern it."""
     import datetime as dt
+    from contextlib import closing
 
     from newsletter import replies as digest
     from newsletter.db import connect
@@ -47,7 +48,7 @@ def replies(ctx: click.Context, issue: str | None, fmt: str, days: int | None) -
     settings = settings_of(ctx)
     if issue is None and days is None:
         raise InputError("give an ISSUE, or --forget-older-than DAYS, or both")
-    conn = connect(settings.db_path)
+    conn = ctx.with_resource(closing(connect(settings.db_path)))  # closed when the command ends
     if days is not None:
         n = digest.forget(conn, dt.timedelta(days=days))
         click.echo(f"Forgot {n} message record(s) older than {days} day(s).", err=True)

@@ -78,7 +78,7 @@ def make_app(settings: Settings, *, store_path: Path | str | None = None, site_d
     core.webhooks = WebhookContext(settings, with_store=core.write, clock=clock)  # type: ignore[attr-defined]
     core.route("/webhooks/<provider>", webhook, ("POST",), max_body=WEBHOOK_MAX_BODY + 1)
     if settings.publication.base_url:
-        welcome = settings.get("NEWSLETTER_SIGNUP_WELCOME", "0").lower() in ("1", "true", "yes", "on")
+        welcome = settings.flag("NEWSLETTER_SIGNUP_WELCOME")
         limits = signup_limits(settings)
         signup.mount(core, limits, mail_sender or transport_sender(settings), welcome=welcome)
         Signups(core.store(), limits, clock).purge_expired()

@@ -9,7 +9,7 @@ from typing import Callable, Iterable
 from werkzeug.middleware.shared_data import SharedDataMiddleware
 from werkzeug.wrappers import Response
 
-from newsletter.web.app import NOT_FOUND_BODY
+from newsletter.web.app import not_found, text_response
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
 
@@ -17,10 +17,6 @@ WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
 SITE_CSP = ("default-src 'self'; img-src 'self' https: data:; style-src 'self' 'unsafe-inline'; "
             "script-src 'none'; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'self'")
 _BAD_PATH = re.compile(r"[\x00-\x1f\x7f\\]")
-
-
-def _plain(status: int, body: str) -> Response:
-    return Response(body, status=status, mimetype="text/plain")
 
 
 def clean_paths(app: WSGIApp) -> WSGIApp:
@@ -31,7 +27,7 @@ def clean_paths(app: WSGIApp) -> WSGIApp:
         path = environ.get("PATH_INFO", "") or "/"
         segments = path.split("/")
         if _BAD_PATH.search(path) or "." in segments or ".." in segments or len(path) > 2048:
-            return _plain(404, NOT_FOUND_BODY)(environ, start_response)
+            return not_found()(environ, start_response)
         environ["PATH_INFO"] = "/" + path.lstrip("/")
         return app(environ, start_response)
 
@@ -40,14 +36,14 @@ def clean_paths(app: WSGIApp) -> WSGIApp:
 
 def with_site(app: WSGIApp, owns: Callable[[str], bool], site_dir: Path) -> WSGIApp:
     """Serve the built web archive under ``/``; the app's own routes win over its files."""
-    static = _index_html(SharedDataMiddleware(lambda e, s: _plain(404, NOT_FOUND_BODY)(e, s),
+    static = _index_html(SharedDataMiddleware(lambda e, s: not_found()(e, s),
                                               {"/": str(site_dir)}, cache_timeout=300), site_dir)
 
     def dispatch(environ: dict, start_response: Callable) -> Iterable[bytes]:
         if owns(environ.get("PATH_INFO", "")):
             return app(environ, start_response)
         if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):  # files are read, never posted to
-            response = _plain(405, "Method not allowed\n")
+            response = text_response("Method not allowed\n", 405)
             response.headers["Allow"] = "GET, HEAD"
             return response(environ, start_response)
         return static(environ, start_response)

@@ -27,7 +27,7 @@ from newsletter.message import OutgoingMessage
 from newsletter.signup_mail import SignupMailer, confirmation_message, welcome_message
 from newsletter.signups import SignupLimits, Signups
 from newsletter.store import Subscriber, SubscriberStore
-from newsletter.tokens import CONFIRM
+from newsletter.tokens import CONFIRM, derive_key
 from newsletter.web.app import WebApp, not_found, text_response
 from newsletter.web.pages import consent_line, signup_page
 from newsletter.web.unsubscribe import mask_email, page_response, subscriber_for
@@ -68,7 +68,7 @@ def form_stamp(app: WebApp) -> str:
 
 
 def _stamp_mac(app: WebApp, t: str) -> str:
-    key = hashlib.sha256(f"signup form stamp:{app.settings.secret_key}".encode()).digest()
+    key = derive_key(str(app.settings.secret_key), "signup form stamp")
     return hmac.new(key, t.encode(), hashlib.sha256).hexdigest()[:32]
 
 
@@ -153,6 +153,12 @@ def subscribe(app: WebApp, request: Request) -> Response:
 _STATE_PAGES = {"done": ("subscribed", 200), "expired": ("expired", 410)}
 
 
+def _state_page(app: WebApp, state: str, masked: str, open_page: str) -> Response:
+    """The page for a link's state: ``open_page`` while it is live, else done, expired or 404."""
+    page, status = (open_page, 200) if state == "open" else _STATE_PAGES.get(state, ("", 404))
+    return _page(app, page, status, masked=masked) if page else not_found()
+
+
 def confirm(app: WebApp, request: Request, token: str) -> Response:
     if request.method == "POST":
         request.form  # noqa: B018 - read the (bounded) body before the database
@@ -161,15 +167,11 @@ def confirm(app: WebApp, request: Request, token: str) -> Response:
         return not_found()
     masked = mask_email(sub.email)
     if request.method != "POST":
-        state = _signups(app).confirmable(sub.id)
-        page, status = ("confirm", 200) if state == "open" else _STATE_PAGES.get(state, ("", 404))
-        return _page(app, page, status, masked=masked) if page else not_found()
+        return _state_page(app, _signups(app).confirmable(sub.id), masked, "confirm")
     state = app.write(lambda store: _signups(app, store).confirm(
         sub.id, ip=app.client_ip(request), welcome=_ext(app)["welcome"]))
     if state == "open":
         log.info("signup confirmed")
         if _ext(app)["welcome"]:
             _ext(app)["mail"].wake()
-        return _page(app, "confirmed", masked=masked)
-    page, status = _STATE_PAGES.get(state, ("", 404))
-    return _page(app, page, status, masked=masked) if page else not_found()
+    return _state_page(app, state, masked, "confirmed")

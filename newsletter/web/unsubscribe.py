@@ -19,18 +19,11 @@ import sqlite3
 from werkzeug.wrappers import Request, Response
 
 from newsletter import unsubscribe_spool
+from newsletter.addresses import mask_email
 from newsletter.db import is_locked
 from newsletter.store import ACTIVE, PENDING, SubscriberStore
 from newsletter.web.app import WebApp, not_found, text_response
 from newsletter.web.pages import csp_for, simple_page
-
-
-def mask_email(email: str) -> str:
-    """``sam@tsinghua.edu.cn`` → ``s***@tsinghua.edu.cn``: enough for the reader to recognise."""
-    local, _, domain = email.rpartition("@")
-    if not local:
-        return "***"
-    return f"{local[0]}***@{domain}"
 
 
 def subscriber_for(app: WebApp, store: SubscriberStore, token: str, purpose: str = "unsubscribe"):  # noqa: ANN201

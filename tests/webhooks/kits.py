@@ -91,11 +91,27 @@ def _basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
-class Postmark:
-    name, timestamped, body_signed = "postmark", False, False
+class Kit:
+    """A provider kit holds the session's keys; each subclass builds and signs its payloads."""
 
     def __init__(self, keys: Keys):
         self.keys = keys
+
+
+class SharedSecretKit(Kit):
+    """Providers that do not sign (Postmark, Brevo): the request carries the shared secret."""
+
+    def authorization(self, secret: str) -> str:
+        raise NotImplementedError
+
+    def sign(self, payload: Any, *, at: datetime, forged: bool = False) -> Signed:
+        secret = "not-the-secret" if forged else self.keys.shared
+        return Signed(json.dumps(payload).encode(), {"Authorization": self.authorization(secret),
+                                                     "Content-Type": "application/json"})
+
+
+class Postmark(SharedSecretKit):
+    name, timestamped, body_signed = "postmark", False, False
 
     def provider_id(self, ident: str) -> str:
         return f"pm-{ident}"
@@ -109,17 +125,12 @@ class Postmark:
                 "MessageID": self.provider_id(ident), "Email": email, "BouncedAt": "2026-03-01T11:59:00Z",
                 "Details": "smtp;550 5.1.1 The email account that you tried to reach does not exist"}
 
-    def sign(self, payload: Any, *, at: datetime, forged: bool = False) -> Signed:
-        secret = "not-the-secret" if forged else self.keys.shared
-        return Signed(json.dumps(payload).encode(), {"Authorization": _basic("postmark", secret),
-                                                     "Content-Type": "application/json"})
+    def authorization(self, secret: str) -> str:
+        return _basic("postmark", secret)
 
 
-class Brevo:
+class Brevo(SharedSecretKit):
     name, timestamped, body_signed = "brevo", False, False
-
-    def __init__(self, keys: Keys):
-        self.keys = keys
 
     def provider_id(self, ident: str) -> str:
         return f"<{ident}@smtp-relay.mailin.fr>"
@@ -130,17 +141,12 @@ class Brevo:
                 "message-id": self.provider_id(ident), "ts_event": 1772366340, "subject": "Issue 6",
                 "reason": "mailbox unavailable", "ts_epoch": 1772366340000}
 
-    def sign(self, payload: Any, *, at: datetime, forged: bool = False) -> Signed:
-        token = "not-the-secret" if forged else self.keys.shared
-        return Signed(json.dumps(payload).encode(), {"Authorization": f"Bearer {token}",
-                                                     "Content-Type": "application/json"})
+    def authorization(self, secret: str) -> str:
+        return f"Bearer {secret}"
 
 
-class SendGrid:
+class SendGrid(Kit):
     name, timestamped, body_signed = "sendgrid", True, True
-
-    def __init__(self, keys: Keys):
-        self.keys = keys
 
     def provider_id(self, ident: str) -> str:
         return f"sg{ident}.dfd.64b469"
@@ -162,11 +168,8 @@ class SendGrid:
                              "X-Twilio-Email-Event-Webhook-Timestamp": stamp, "Content-Type": "application/json"})
 
 
-class Mailgun:
+class Mailgun(Kit):
     name, timestamped, body_signed = "mailgun", True, False  # the signature covers timestamp + token only
-
-    def __init__(self, keys: Keys):
-        self.keys = keys
 
     def provider_id(self, ident: str) -> str:
         return f"<{ident}@mg.example.org>"
@@ -187,11 +190,8 @@ class Mailgun:
         return Signed(json.dumps(signed).encode(), {"Content-Type": "application/json"})
 
 
-class Resend:
+class Resend(Kit):
     name, timestamped, body_signed = "resend", True, True
-
-    def __init__(self, keys: Keys):
-        self.keys = keys
 
     def provider_id(self, ident: str) -> str:
         return f"re-{ident}"
@@ -214,11 +214,8 @@ class Resend:
                              "svix-signature": "v1,bm90LXRoaXMtb25l v1," + base64.b64encode(mac).decode()})
 
 
-class Ses:
+class Ses(Kit):
     name, timestamped, body_signed = "ses", False, True
-
-    def __init__(self, keys: Keys):
-        self.keys = keys
 
     def provider_id(self, ident: str) -> str:
         return f"0102018e-{ident}-000000"
