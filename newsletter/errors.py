@@ -6,6 +6,7 @@ exit code, and the CLI prints ``format_message()`` as one line, never a tracebac
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 from typing import Iterable
@@ -39,13 +40,25 @@ def scrub(text: object, limit: int = 500) -> str:
     """
     with _SECRETS_LOCK:
         secrets = sorted(_SECRETS, key=len, reverse=True)
-    out = "" if text is None else str(text)
-    out = out[:limit * 4 + (len(secrets[0]) if secrets else 0)]  # bounded work for a hostile reply
-    for secret in secrets:
-        if secret in out:
-            out = out.replace(secret, "***")
+    out = _without_secrets("" if text is None else str(text), secrets, cut=limit * 4)
     out = compiled(CONTROL_CHARS + "+").sub(" ", out)
     return " ".join(out.split())[:limit]
+
+
+def _without_secrets(text: str, secrets: list[str], cut: int) -> str:
+    """The first ``cut`` characters of ``text`` (bounded work for a hostile reply) with every
+    secret replaced by ``***``. A secret the cut would split is replaced whole, and nothing
+    from past the cut is kept, so no part of a secret survives at the edge."""
+    if not secrets:
+        return text[:cut]
+    pieces, pos = [], 0
+    for match in compiled("|".join(map(re.escape, secrets))).finditer(text, 0, cut + len(secrets[0])):
+        if match.start() >= cut:
+            break
+        pieces += [text[pos:match.start()], "***"]
+        pos = match.end()
+    pieces.append(text[pos:max(pos, cut)])
+    return "".join(pieces)
 
 
 
