@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
@@ -133,31 +133,31 @@ def _line_of(block: Token, needle: str, first_line: int, body_lines: list[str]) 
     return first_line + start
 
 
-def _check_raw_html(tokens: Sequence[Token], path: object, first_line: int, lines: list[str]) -> None:
+def _raw_html_problems(tokens: Sequence[Token], path: object, first_line: int, lines: list[str]) -> Iterator[InputError]:
     """Email HTML from Markdown only: raw HTML would show as literal text, so say so, with the line."""
     for token in tokens:
         for child in [token, *(token.children or ())]:
             if child.type in ("html_inline", "html_block"):
                 tag = child.content.strip().split("\n")[0][:60]
                 hint = " write ![what it shows](url){width=600} instead;" if tag.lower().startswith("<img") else ""
-                raise InputError(f"raw HTML {tag!r} is not allowed in an issue (it would show as literal text):"
+                yield InputError(f"raw HTML {tag!r} is not allowed in an issue (it would show as literal text):"
                                  f"{hint} put it in `backticks` to show it as code, or write \\< for a plain <",
                                  path=path, line=_line_of(token, child.content.strip(), first_line, lines))
 
 
-def _check_image_attrs(child: Token, path: object, line: int | None) -> None:
+def _image_attr_problems(child: Token, path: object, line: int | None) -> Iterator[InputError]:
     # The attrs plugin keeps only width and puts what it refused (style, on…, class) in meta.
     for name in [*child.meta.get("insecure_attrs", {}), *child.attrs]:
         if name not in IMAGE_ATTRS:
-            raise InputError(f"image attribute {name!r} is not supported: only {{width=N}} (pixels)",
+            yield InputError(f"image attribute {name!r} is not supported: only {{width=N}} (pixels)",
                              path=path, line=line)
     width = child.attrs.get("width")
     if width is not None and not (str(width).isdigit() and 0 < int(width) <= MAX_IMAGE_WIDTH):
-        raise InputError(f"image width {width!r} must be a whole number of pixels, 1 to {MAX_IMAGE_WIDTH}, "
+        yield InputError(f"image width {width!r} must be a whole number of pixels, 1 to {MAX_IMAGE_WIDTH}, "
                          "e.g. {width=600}", path=path, line=line)
 
 
-def _check_images(tokens: Sequence[Token], path: object, first_line: int, lines: list[str]) -> None:
+def _image_problems(tokens: Sequence[Token], path: object, first_line: int, lines: list[str]) -> Iterator[InputError]:
     for token in tokens:
         for child in token.children or ():
             if child.type != "image":
@@ -165,29 +165,43 @@ def _check_images(tokens: Sequence[Token], path: object, first_line: int, lines:
             src = child.attrGet("src")
             line = _line_of(token, str(src or ""), first_line, lines)
             if not (child.content or "").strip():
-                raise InputError(f"image {src} has no alt text: write ![what it shows]({src})", path=path, line=line)
-            _check_image_attrs(child, path, line)
+                yield InputError(f"image {src} has no alt text: write ![what it shows]({src})", path=path, line=line)
+            yield from _image_attr_problems(child, path, line)
 
 
-def _check_nesting(tokens: Sequence[Token], path: object, first_line: int) -> None:
+def _nesting_problems(tokens: Sequence[Token], path: object, first_line: int, lines: list[str]) -> Iterator[InputError]:
     deep = next((t for t in tokens if t.level > MAX_TOKEN_LEVEL and t.map), None)
     if deep is not None:
-        raise InputError("lists or quotes are nested too deeply (at most 8 list levels): "
+        yield InputError("lists or quotes are nested too deeply (at most 8 list levels): "
                          "deeper levels would be lost; flatten them", path=path, line=first_line + deep.map[0])
 
 
-def parse_body(body: str, *, path: object = None, first_line: int = 1, web: bool = False) -> ParsedBody:
+def body_problems(tokens: Sequence[Token], body: str, *, path: object = None,
+                  first_line: int = 1) -> list[InputError]:
+    """Every reason the body cannot be mailed, in file order: `check` lists them all at once,
+    a build stops at the first."""
+    lines = body.split("\n")
+    found = [problem for finder in (_nesting_problems, _raw_html_problems, _image_problems)
+             for problem in finder(tokens, path, first_line, lines)]
+    return sorted(found, key=lambda e: e.line or 0)
+
+
+def parse_body(body: str, *, path: object = None, first_line: int = 1, web: bool = False,
+               problems: list[InputError] | None = None) -> ParsedBody:
     """Parse once; refuse what email cannot forgive (missing alt text, raw HTML, nesting the
     parser would drop); split into blocks.
 
-    ``web`` renders for the archive (footnotes keep their anchors) instead of the email."""
+    ``web`` renders for the archive (footnotes keep their anchors) instead of the email.
+    Given a ``problems`` list, what would be refused is added to it and the body is rendered
+    anyway (raw HTML escaped), so `check` can go on to find everything else."""
     md = parser(web)
     env: dict = {}
     tokens = md.parse(body, env)
-    _check_nesting(tokens, path, first_line)
-    lines = body.split("\n")
-    _check_raw_html(tokens, path, first_line, lines)
-    _check_images(tokens, path, first_line, lines)
+    found = body_problems(tokens, body, path=path, first_line=first_line)
+    if problems is None and found:
+        raise found[0]
+    if problems is not None:
+        problems.extend(found)
 
     blocks: list[Block] = []
     start = 0

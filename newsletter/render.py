@@ -110,8 +110,9 @@ class Renderer:
         except (jinja2.TemplateError, TypeError, ValueError, AttributeError) as exc:
             raise _template_error(exc, self.env, name) from None
 
-    def render(self, issue: "Issue", *, test: bool = False) -> RenderedEmail:
-        """``test`` renders a [TEST] copy, whose footer does not claim its recipient subscribed."""
+    def render(self, issue: "Issue", *, test: bool = False, problems: "list[InputError] | None" = None) -> RenderedEmail:
+        """``test`` renders a [TEST] copy, whose footer does not claim its recipient subscribed.
+        ``problems`` collects what a build would refuse instead of raising (see ``parse_body``)."""
         from newsletter.content import parse_body
         from newsletter.inline import inline_css
         from newsletter.plaintext import to_plain_text
@@ -126,7 +127,7 @@ class Renderer:
             timings[stage] = now - t
             t = now
 
-        parsed = parse_body(issue.body, path=issue.path, first_line=issue.body_line)
+        parsed = parse_body(issue.body, path=issue.path, first_line=issue.body_line, problems=problems)
         lap("markdown")
         web_url = f"{pub.base_url}/issues/{issue.slug}/" if pub.base_url else ""
         context = {
@@ -187,14 +188,14 @@ def compile_mjml(source: str) -> str:
 
 
 def render_issue(issue_or_path: "Issue | Path", settings: "Settings", renderer: Renderer | None = None,
-                 *, test: bool = False) -> RenderedEmail:
+                 *, test: bool = False, problems: "list[InputError] | None" = None) -> RenderedEmail:
     """Parse (if given a path) and render one issue (``test``: a [TEST] copy)."""
     from newsletter.issue import Issue, parse_issue
 
     t = time.perf_counter()
     issue = issue_or_path if isinstance(issue_or_path, Issue) else parse_issue(Path(issue_or_path))
     parse_time = time.perf_counter() - t
-    rendered = (renderer or Renderer(settings)).render(issue, test=test)
+    rendered = (renderer or Renderer(settings)).render(issue, test=test, problems=problems)
     rendered.timings["parse"] = parse_time
     return rendered
 

@@ -11,6 +11,8 @@ from newsletter.errors import InputError
 from newsletter.issue import CONTROL_CHAR, FILENAME_RE, MAX_LENGTH, list_issues, parse_issue, slugs_in
 
 INIT_DATA = Path(__file__).resolve().parent / "data" / "init"
+#: The body `newsletter new` writes; `check` flags any of its lines still in an issue.
+NEW_ISSUE_BODY = Path(__file__).resolve().parent / "data" / "new-issue.md"
 
 
 def slugify(title: str, max_words: int = 8) -> str:
@@ -81,10 +83,7 @@ def new_issue(issues_dir: Path, title: str, today: dt.date | None = None) -> Pat
     date = (today or dt.date.today()).isoformat()
     path.write_text(
         f'---\nnumber: {number}\n{_yaml_line("title", title)}date: {date}\nstatus: draft\nsubtitle: ""\n---\n\n'
-        "Write the issue here in Markdown. Level-2 headings (##) start sections;\n"
-        "level-3 headings (###) start articles, set off as cards in the email.\n"
-        "While 'status' is draft, the web archive leaves the issue out and send refuses it;\n"
-        "set status: ready when it is done.\n",
+        + NEW_ISSUE_BODY.read_text(encoding="utf-8"),
         encoding="utf-8",
     )
     try:
@@ -93,6 +92,11 @@ def new_issue(issues_dir: Path, title: str, today: dt.date | None = None) -> Pat
         path.unlink()
         raise InputError(f"nothing written: {exc.message}") from None
     return path
+
+
+def scaffold_lines() -> list[str]:
+    """The lines `new` writes into an issue's body that an editor must replace (blank lines aside)."""
+    return [line.strip() for line in NEW_ISSUE_BODY.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _yaml_line(key: str, value: str) -> str:

@@ -111,9 +111,11 @@ def dispatch_once(conn: sqlite3.Connection, now: datetime, prepare: Callable[[st
                   max_lateness: timedelta = DEFAULT_MAX_LATENESS, stop: threading.Event | None = None,
                   progress: Callable[[int, int, int, int], None] | None = None,
                   waiting: Waiting | None = None,
+                  on_start: Callable[[Delivery], None] | None = None,
                   clock: Callable[[], float] = time.monotonic,
                   sleep: Callable[[float], None] = time.sleep) -> list[DeliveryReport]:
     """Send every due delivery (one after the other); returns a report for each one acted on.
+    ``on_start`` hears of each delivery as its sending begins (the worker's log line).
 
     ``now`` is the wall time to judge by (tests inject it); during a send the engine's
     wall clock runs on from it.
@@ -146,6 +148,8 @@ def dispatch_once(conn: sqlite3.Connection, now: datetime, prepare: Callable[[st
                 f"the issue changed after it was scheduled (content {d.content_hash[:12]}, now "
                 f"{prepared.rendered.content_hash[:12]}); review it and schedule it again")))
             continue
+        if on_start is not None:
+            on_start(d)
         try:
             reports.append(run_delivery(conn, d.id, prepared, transport_factory, options=options, stop=stop,
                                         progress=progress, waiting=waiting, clock=clock, sleep=sleep,
@@ -175,6 +179,7 @@ def run_worker(conn: sqlite3.Connection, prepare: Callable[[str], PreparedIssue]
                max_lateness: timedelta = DEFAULT_MAX_LATENESS,
                on_report: Callable[[DeliveryReport], None] | None = None,
                on_error: Callable[[NewsletterError], None] | None = None,
+               on_start: Callable[[Delivery], None] | None = None,
                clock: Callable[[], float] = time.monotonic,
                sleep: Callable[[float], None] = time.sleep) -> list[DeliveryReport]:
     """Call :func:`dispatch_once` every ``poll_interval`` seconds until ``stop`` is set.
@@ -189,7 +194,7 @@ def run_worker(conn: sqlite3.Connection, prepare: Callable[[str], PreparedIssue]
     while not stop.is_set():
         try:
             got = dispatch_once(conn, now(), prepare, transport_factory, options, max_lateness=max_lateness,
-                                stop=stop, clock=clock, sleep=sleep)
+                                stop=stop, on_start=on_start, clock=clock, sleep=sleep)
         except NewsletterError as exc:
             if on_error is None:
                 log.error("%s", exc.format_message())

@@ -15,15 +15,18 @@ from newsletter.checks import (accessibility, content, deliverability, frontmatt
 from newsletter.checks.context import CheckContext
 from newsletter.checks.findings import Finding, sort_findings
 from newsletter.config import Settings
+from pathlib import Path
+
 from newsletter.render import RenderedEmail
 
-__all__ = ["CHECKS", "CheckContext", "Finding", "run_checks"]
+__all__ = ["CHECKS", "CheckContext", "Finding", "check_issue", "run_checks"]
 
 CHECKS: tuple[Callable[[CheckContext], None], ...] = (
     frontmatter.check_front_matter,
     frontmatter.check_archive,
     content.check_headings,
     content.check_leftovers,
+    content.check_scaffold_text,
     content.check_insecure_links,
     content.check_image_sizes,
     links.check_link_syntax,
@@ -51,3 +54,14 @@ def run_checks(settings: Settings, rendered: RenderedEmail, *, online: bool = Fa
     for check in CHECKS:
         check(ctx)
     return sort_findings(ctx.findings)
+
+
+def check_issue(settings: Settings, path: Path, *, online: bool = False) -> list[Finding]:
+    """Every finding for the issue file at ``path`` in one run, errors first: what a build
+    would refuse (each with its line) and, wherever the issue can still be rendered, all the
+    checks above."""
+    from newsletter.checks.refusals import refusals_and_rendering
+
+    refused, rendered = refusals_and_rendering(settings, path)
+    findings = run_checks(settings, rendered, online=online) if rendered is not None else []
+    return sort_findings([*refused, *findings])

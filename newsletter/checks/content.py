@@ -54,6 +54,22 @@ def check_leftovers(ctx: CheckContext) -> None:
         ctx.add("error", "content.leftover", f"'{marker}' is {kind}{where}", line=line)
 
 
+def check_scaffold_text(ctx: CheckContext) -> None:
+    """Instructions `newsletter new` wrote into the issue, still there: they would be mailed and
+    published. The lines come from the scaffold itself, so a change to it changes this check."""
+    from newsletter.scaffold import scaffold_lines
+
+    if ctx.issue is None:
+        return
+    wanted = set(scaffold_lines())
+    body = ctx.issue.body.split("\n")
+    for n, line in enumerate(body):
+        if line.strip() in wanted and not (n and body[n - 1].strip() in wanted):  # once per paragraph
+            ctx.add("error", "content.scaffold",
+                    f"text that `newsletter new` wrote is still here (\u201c{line.strip()[:50]}\u2026\u201d): "
+                    "replace it with the issue's own", line=ctx.issue.body_line + n)
+
+
 def check_insecure_links(ctx: CheckContext) -> None:
     """http: links: readers' browsers warn, and the link can be tampered with on the way."""
     seen = set()

@@ -21,6 +21,17 @@ from newsletter.issue import Issue, parse_issue
 from newsletter.render import RenderedEmail
 
 
+def display_path(root: Path, path: Path | str | None) -> str | None:
+    """A path relative to the publication root when it is inside it (shorter lines)."""
+    if path is None:
+        return None
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(root))
+    except ValueError:
+        return str(path)
+
+
 def walk(tokens: Sequence[Token]) -> Iterator[tuple[Token, Token]]:
     """Each token with the block token that carries its line map (itself, or its inline parent)."""
     for token in tokens:
@@ -82,14 +93,7 @@ class CheckContext:
 
     # ---- reporting -----------------------------------------------------------------
     def display(self, path: Path | str | None) -> str | None:
-        """A path relative to the publication root when it is inside it (shorter lines)."""
-        if path is None:
-            return None
-        path = Path(path)
-        try:
-            return str(path.resolve().relative_to(self.settings.root))
-        except ValueError:
-            return str(path)
+        return display_path(self.settings.root, path)
 
     def add(self, level: str, code: str, message: str, *, line: int | None = None,
             path: Path | str | None = None) -> None:
@@ -108,7 +112,8 @@ class CheckContext:
             return ()
         from newsletter.content import parse_body
 
-        return parse_body(self.issue.body, path=self.issue.path, first_line=self.issue.body_line).tokens
+        # What a build would refuse is reported by checks.refusals; the other checks still see the tokens.
+        return parse_body(self.issue.body, path=self.issue.path, first_line=self.issue.body_line, problems=[]).tokens
 
     @cached_property
     def source(self) -> SourceMap:

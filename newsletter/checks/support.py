@@ -151,7 +151,8 @@ class SupportCheck:
         assert issue is not None
         if empty_body:
             issue = dataclasses.replace(issue, body="Text.\n", credits=())
-        return lxml.html.document_fromstring(renderer.render(issue).html.encode("utf-8"))
+        # problems=[]: what a build refuses is checks.refusals' to report; here only the HTML matters
+        return lxml.html.document_fromstring(renderer.render(issue, problems=[]).html.encode("utf-8"))
 
     @cached_property
     def changed_templates(self) -> list[Path]:
@@ -173,7 +174,8 @@ class SupportCheck:
 
         issue = self.ctx.issue
         assert issue is not None
-        html = "".join(b.html for b in parse_body(issue.body, path=issue.path, first_line=issue.body_line).blocks)
+        html = "".join(b.html for b in parse_body(issue.body, path=issue.path, first_line=issue.body_line,
+                                                problems=[]).blocks)
         body = lxml.html.fragment_fromstring(html or "<p></p>", create_parent="div")
         baseline = self.index.uses(self._render(default_templates=True, empty_body=True))
         return {slug: use for slug, use in self.index.uses(body).items() if slug not in baseline}

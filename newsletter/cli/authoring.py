@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from newsletter.cli import cli, issue_path, render_ref, settings_of
+from newsletter.cli import cli, issue_path, settings_of
 from newsletter.errors import InputError
 
 
@@ -158,11 +158,18 @@ def check(ctx: click.Context, issue: str, online: bool, fmt: str) -> None:
     """
     import json
 
-    from newsletter.checks import run_checks
-    from newsletter.errors import ChecksFailedError
+    from newsletter.checks import Finding, check_issue
+    from newsletter.errors import ChecksFailedError, NewsletterError
 
-    settings = settings_of(ctx)
-    findings = run_checks(settings, render_ref(settings, issue), online=online)
+    try:
+        settings = settings_of(ctx)
+        findings = check_issue(settings, issue_path(settings, issue), online=online)
+    except NewsletterError as exc:
+        if fmt == "json":  # JSON always: a script reading stdout gets the reason too
+            path = str(exc.path) if exc.path is not None else None
+            click.echo(json.dumps([Finding("error", "check.failed", exc.message, path, exc.line).as_dict()],
+                                  indent=2, ensure_ascii=False))
+        raise
     if fmt == "json":
         click.echo(json.dumps([f.as_dict() for f in findings], indent=2, ensure_ascii=False))
     else:
