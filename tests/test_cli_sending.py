@@ -246,3 +246,76 @@ def test_replies_closes_its_database_connection(publication_root, opened_connect
     result = run(publication_root, "replies", "6", "--forget-older-than", "30")
     assert result.exit_code == 0, result.output
     assert opened_connections and not _unclosed(opened_connections)
+
+
+def _worker_until(root: Path, env: dict, args: list[str], until) -> tuple[str, str]:
+    """A real `newsletter worker ARGS` process, stopped with SIGTERM once ``until()`` holds."""
+    proc = subprocess.Popen([sys.executable, "-m", "newsletter", "--root", str(root), "worker", "--poll", "0.2",
+                             *args], env={**os.environ, **env}, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not until():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the worker never got there"
+            time.sleep(0.05)
+        time.sleep(0.5)  # the report line follows the last message
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return out, err
+
+
+@pytest.mark.parametrize("flag", [[], ["--quiet"], ["--verbose"]])
+def test_worker_prints_each_delivery_it_starts_and_finishes_as_dispatch_does(publication_root, flag):
+    import datetime as dt
+
+    _subscribe(publication_root, 3)
+    env = {"NEWSLETTER_BASE_URL": "https://chinaffairs.example", "NEWSLETTER_SECRET_KEY": "test-secret"}
+    at = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1)).isoformat()
+    assert run(publication_root, "schedule", "6", "--at", at, "--skip-checks", env=env).exit_code == 0
+    with SMTPTestServer() as server:
+        out, err = _worker_until(publication_root, {**server.env(), **env}, flag, lambda: server.count >= 3)
+    lines = out.splitlines()
+    started = [x for x in lines if x.startswith("Delivery 1 of global-governance-of-ai: sending")]
+    done = [x for x in lines if x.startswith("Delivery 1 of global-governance-of-ai (done): 3 sent")]
+    if flag == ["--quiet"]:
+        assert out.strip() == "" and err.strip() == "", out + err
+    else:
+        assert len(started) == 1 and len(done) == 1, out + err
+        assert lines.index(started[0]) < lines.index(done[0])
+        assert ("Checking for due sends." in lines) == (flag == ["--verbose"])
+
+
+def test_worker_prints_errors_even_when_quiet(publication_root):
+    import datetime as dt
+
+    _subscribe(publication_root, 1)
+    env = {"NEWSLETTER_BASE_URL": "https://chinaffairs.example", "NEWSLETTER_SECRET_KEY": "test-secret"}
+    at = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=8)).strftime("%Y-%m-%dT%H:%M+00:00")
+    assert run(publication_root, "schedule", "6", "--at", at, "--skip-checks", env=env).exit_code == 0
+    db = publication_root / "newsletter.db"
+
+    def held() -> bool:
+        return sqlite3.connect(db).execute("SELECT state FROM deliveries").fetchone()[0] == "held"
+
+    with SMTPTestServer() as server:
+        out, err = _worker_until(publication_root, {**server.env(), **env}, ["--quiet"], held)
+    assert "Delivery 1 of global-governance-of-ai (held)" in out and "missed its send time" in out
+
+
+def test_dispatch_says_which_delivery_it_starts(publication_root):
+    import datetime as dt
+
+    _subscribe(publication_root, 2)
+    env = {"NEWSLETTER_BASE_URL": "https://chinaffairs.example"}
+    at = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1)).isoformat()
+    assert run(publication_root, "schedule", "6", "--at", at, "--skip-checks", env=env).exit_code == 0
+    with SMTPTestServer() as server:
+        result = run(publication_root, "dispatch", env={**server.env(), **env})
+    assert result.exit_code == 0, result.output
+    assert "Delivery 1 of global-governance-of-ai: sending (was scheduled)." in result.output
+    assert "Delivery 1 of global-governance-of-ai (done): 2 sent" in result.output

@@ -127,9 +127,14 @@ def _dry_run_all(settings: "Settings", rendered: "RenderedEmail") -> None:
         click.get_current_context().exit(1)
 
 
+def _started(delivery: Any) -> None:
+    """The line `dispatch` and `worker` print as a delivery's sending begins."""
+    click.echo(f"Delivery {delivery.id} of {delivery.slug}: sending (was {delivery.state}).")
+
+
 def _report(report: Any) -> None:
     click.echo(
-        f"Delivery {report.delivery_id} ({report.state}): {report.sent} sent, {report.failed_permanent} failed "
+        f"Delivery {report.delivery_id} of {report.slug} ({report.state}): {report.sent} sent, {report.failed_permanent} failed "
         f"permanently, {report.failed_temporary} failed temporarily, {report.skipped} skipped, "
         f"{report.pending} pending ({report.deferred} deferred); {report.sent_this_run} sent in this run in "
         f"{report.elapsed:.1f}s ({report.rate:.0f} msg/s)."
@@ -145,6 +150,15 @@ def _report(report: Any) -> None:
     if report.uncertain_reported:
         click.echo(f"{report.uncertain_reported} reader(s) may or may not have got it and were NOT sent again "
                    "(--no-resend-uncertain, or no clear answer twice); see `newsletter status --failed`.")
+
+
+def _outcome(report: Any) -> None:
+    """How a delivery `dispatch` or `worker` ran ended: its report, and a deferral's next retry."""
+    from newsletter.delivery import describe_deferral
+
+    _report(report)
+    if report.state == "deferred":
+        click.echo(describe_deferral(report, report.slug), err=True)
 
 
 def _issue_ref(rendered: "RenderedEmail") -> str:
@@ -442,18 +456,15 @@ def dispatch(ctx: click.Context) -> None:
     from newsletter.schedule import dispatch_once
     from newsletter.sendplan import scheduler_args
 
-    from newsletter.delivery import describe_deferral
     from newsletter.errors import SendDeferredError, SendHeldError, SendInterruptedError
 
     settings = settings_of(ctx)
     args = scheduler_args(settings)
     _retired_notes(settings)
     with _graceful_stop() as stop, closing(open_ledger(settings.db_path)) as conn:
-        reports = dispatch_once(conn, dt.datetime.now(dt.timezone.utc), stop=stop, **args)
+        reports = dispatch_once(conn, dt.datetime.now(dt.timezone.utc), stop=stop, on_start=_started, **args)
     for report in reports:
-        _report(report)
-        if report.state == "deferred":
-            click.echo(describe_deferral(report, report.slug), err=True)
+        _outcome(report)
     if not reports:
         click.echo("Nothing due.")
     pending = sum(r.pending for r in reports)
@@ -469,10 +480,14 @@ def dispatch(ctx: click.Context) -> None:
 
 @cli.command()
 @click.option("--poll", default=30.0, show_default=True, help="Seconds between checks for due sends.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only errors and held deliveries (no start, finish or inbox lines).")
+@click.option("--verbose", "-v", is_flag=True, help="Also print each check for due sends.")
 @click.pass_context
-def worker(ctx: click.Context, poll: float) -> None:
+def worker(ctx: click.Context, poll: float, quiet: bool, verbose: bool) -> None:
     """Run until stopped, sending scheduled deliveries when due.
 
+    Prints one line as each delivery starts and as it ends (sent, deferred or held), in
+    the words `dispatch` uses, and every error: under systemd the journal shows each send.
     SIGTERM or Ctrl-C finishes the current batch, leaves nothing mid-send, and exits.
     """
     import datetime as dt
@@ -482,15 +497,33 @@ def worker(ctx: click.Context, poll: float) -> None:
     from newsletter.schedule import check_poll_interval, run_worker
     from newsletter.sendplan import scheduler_args
 
+    if quiet and verbose:
+        raise InputError("--quiet and --verbose contradict each other: give one")
     check_poll_interval(poll)
     settings = settings_of(ctx)
-    click.echo(f"Worker started (polling every {poll:g}s); stop with SIGTERM or Ctrl-C.")
+    say = (lambda *_: None) if quiet else click.echo
+    say(f"Worker started (polling every {poll:g}s); stop with SIGTERM or Ctrl-C.")
+
+    def error(exc: Exception) -> None:
+        click.echo(f"error: {exc.format_message() if hasattr(exc, 'format_message') else exc}", err=True)
+
+    def outcome(report: Any) -> None:
+        if not quiet or report.state == "held":
+            _outcome(report)
+
+    def inbox_result(result: Any) -> None:
+        say(result.line())
+
+    def now() -> dt.datetime:
+        if verbose:
+            click.echo("Checking for due sends.")
+        return dt.datetime.now(dt.timezone.utc)
+
     with _graceful_stop() as stop:
-        minutes = start_inbox_polling(settings, stop, on_result=lambda r: click.echo(r.line()),
-                                      on_error=lambda e: click.echo(f"error: {e}", err=True))
+        minutes = start_inbox_polling(settings, stop, on_result=inbox_result, on_error=error)
         if minutes:
-            click.echo(f"Reading the reply-to inbox every {minutes:g} minute(s).")
+            say(f"Reading the reply-to inbox every {minutes:g} minute(s).")
         with closing(open_ledger(settings.db_path)) as conn:
-            run_worker(conn, poll_interval=poll, stop=stop, now=lambda: dt.datetime.now(dt.timezone.utc),
-                       **scheduler_args(settings))
-    click.echo("Worker stopped cleanly.")
+            run_worker(conn, poll_interval=poll, stop=stop, now=now, on_report=outcome, on_error=error,
+                       on_start=None if quiet else _started, **scheduler_args(settings))
+    say("Worker stopped cleanly.")
