@@ -823,6 +823,13 @@ def failed_recipients(conn: sqlite3.Connection, delivery_id: int) -> list[tuple[
         "('failed-permanent','failed-temporary','uncertain') ORDER BY subscriber_id", (int(delivery_id),))]
 
 
+def last_error(conn: sqlite3.Connection, delivery_id: int) -> str | None:
+    """The most recent error recorded on any reader of a delivery (scrubbed), for `status`."""
+    row = conn.execute("SELECT last_error FROM ledger WHERE delivery_id=? AND last_error IS NOT NULL "
+                       "ORDER BY updated_at DESC LIMIT 1", (int(delivery_id),)).fetchone()
+    return scrub(row[0]) if row else None
+
+
 def delivery_for_event(conn: sqlite3.Connection, subscriber_id: int, *, provider_id: str | None = None,
                        message_id: str | None = None) -> int | None:
     """The delivery a bounce, complaint or reply is about: the one whose ledger row for

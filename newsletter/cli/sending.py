@@ -95,13 +95,31 @@ def _send_test(settings: "Settings", rendered: "RenderedEmail", addresses: tuple
     results = send_test(settings, rendered, recipients, factory)
     from newsletter.errors import scrub
 
+    written = dry_run or settings.transport_name == "dryrun"
     for r in results:  # a provider's error text is outside input: scrubbed like every stored error
+        if written and r.status.delivered:
+            click.echo(f"written to {_outbox_file(settings, rendered.slug, r.recipient)}  (not sent)")
+            continue
         click.echo(f"{r.status.value:>16}  {r.recipient}" + (f"  ({scrub(r.error)})" if r.error else ""))
     failed = [r for r in results if not r.status.delivered]
-    click.echo(f"Test send: {len(results) - len(failed)} sent, {len(failed)} failed in {time.monotonic() - start:.1f}s"
-               + (f" → {settings.outbox / rendered.slug}" if dry_run or settings.transport_name == "dryrun" else ""))
+    done = f"{len(results) - len(failed)} written to the outbox, nothing sent" if written else \
+        f"{len(results) - len(failed)} sent"
+    click.echo(f"Test send: {done}, {len(failed)} failed in {time.monotonic() - start:.1f}s.")
     if failed:
         click.get_current_context().exit(1)
+
+
+def _outbox_file(settings: "Settings", slug: str, address: str) -> str:
+    """Where the dry-run transport wrote ``address``'s copy, relative to the publication when inside it."""
+    from newsletter.transports.dryrun import safe_name
+
+    folder = settings.outbox / slug
+    found = sorted(folder.glob(f"*-{safe_name(address, 'recipient')}.eml"))
+    path = found[-1] if found else folder
+    try:
+        return str(path.relative_to(settings.root))
+    except ValueError:
+        return str(path)
 
 
 def _dry_run_all(settings: "Settings", rendered: "RenderedEmail") -> None:
@@ -139,7 +157,8 @@ def _report(report: Any) -> None:
         f"{report.pending} pending ({report.deferred} deferred); {report.sent_this_run} sent in this run in "
         f"{report.elapsed:.1f}s ({report.rate:.0f} msg/s)."
     )
-    if report.note and report.state != "deferred":  # a deferral gets its own line (describe_deferral)
+    # A deferral gets its own line (describe_deferral), a stop the command's own instruction.
+    if report.note and report.state not in ("deferred", "paused"):
         click.echo(report.note)
     if report.interrupted_resent:
         click.echo(f"{report.interrupted_resent} reader(s) left mid-send by an earlier crash or kill were sent "
@@ -341,6 +360,8 @@ def status(ctx: click.Context, issue: str | None, failed: bool) -> None:
     for row in cells:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
     for s in rows:
+        if s.delivery.state in ("paused", "held"):
+            click.echo(f"#{s.id} {s.delivery.slug}: {s.delivery.state}: {_pause_reason(conn, s)}")
         if s.deferred:
             from newsletter.delivery import local_time  # only then: the engine is a heavy import
 
@@ -352,6 +373,18 @@ def status(ctx: click.Context, issue: str | None, failed: bool) -> None:
         for s in rows:
             for email, state, error in failed_recipients(conn, s.id):
                 click.echo(f"{s.id}\t{email}\t{state}\t{error or ''}")
+
+
+def _pause_reason(conn: Any, s: Any) -> str:
+    """Why a delivery waits for the editor: its stored reason, else the last transport error on
+    its readers; scrubbed (a provider's reply may quote a key)."""
+    from newsletter.errors import scrub
+    from newsletter.ledger import last_error
+
+    reason, error = s.delivery.reason, last_error(conn, s.id)
+    if reason and error and error not in reason:
+        reason = f"{reason}; last transport error: {error}"
+    return scrub(reason or (f"last transport error: {error}" if error else "no reason recorded"), 300)
 
 
 @cli.group(cls=_DefaultGroup)
@@ -510,6 +543,9 @@ def worker(ctx: click.Context, poll: float, quiet: bool, verbose: bool) -> None:
     def outcome(report: Any) -> None:
         if not quiet or report.state == "held":
             _outcome(report)
+        if report.state == "paused" and not quiet:
+            click.echo(f"Delivery {report.delivery_id} of {report.slug} stopped with {report.pending} readers "
+                       "left; the next `newsletter worker` or `dispatch` continues it.")
 
     def inbox_result(result: Any) -> None:
         say(result.line())

@@ -125,7 +125,11 @@ def subscribers_unsubscribe(ctx: click.Context, address_or_token: str) -> None:
             raise InputError(f"{address_or_token[:80]!r} is neither an address nor a valid unsubscribe token")
         target = sub.id
     sub = store.unsubscribe(target, reason="cli")
-    click.echo(f"Unsubscribed {sub.email}.")
+    if sub.status == "unsubscribed":
+        click.echo(f"Unsubscribed {sub.email}.")
+    else:  # bounced or complained: already never mailed, and that stronger record is kept
+        click.echo(f"{sub.email} stays {sub.status}: it is already never mailed, and that record is kept "
+                   "(an unsubscribe would weaken it).")
 
 
 @subscribers.command("list")
