@@ -101,13 +101,28 @@ def _mtimes(paths: Iterable[Path]) -> tuple[float, ...]:
     return tuple(out)
 
 
+def _request_handler(log: Callable[[str], None], verbose: bool) -> Any:
+    """Werkzeug's handler with its per-request line sent to ``log`` only when ``verbose``: the
+    live page polls every 300 ms, and those lines would bury the rebuilds and errors."""
+    from werkzeug.serving import WSGIRequestHandler
+
+    class Handler(WSGIRequestHandler):
+        def log_request(self, code: Any = "-", size: Any = "-") -> None:
+            if verbose:
+                log(f"{self.command} {self.path} {getattr(code, 'value', code)}")
+
+    return Handler
+
+
 class PreviewServer:
     """Rebuilds on change (polling mtimes every 0.2 s: no platform-specific watcher needed)."""
 
-    def __init__(self, settings: Settings, issue_path: Path, log: Callable[[str], None] = print):
+    def __init__(self, settings: Settings, issue_path: Path, log: Callable[[str], None] = print, *,
+                 verbose: bool = False):
         self.settings = settings
         self.issue_path = issue_path
         self.log = log
+        self.verbose = verbose  # log every request too (the page polls /version every 300 ms)
         self.renderer = Renderer(settings)
         self.state = _State()
         self._stop = threading.Event()
@@ -164,7 +179,8 @@ class PreviewServer:
         """A threaded WSGI server on 127.0.0.1 only (port 0 picks a free one), watcher started."""
         from werkzeug.serving import make_server
 
-        server = make_server("127.0.0.1", port, self.wsgi, threaded=True)
+        server = make_server("127.0.0.1", port, self.wsgi, threaded=True,
+                             request_handler=_request_handler(self.log, self.verbose))
         threading.Thread(target=self.watch, daemon=True).start()
         return server
 

@@ -60,3 +60,49 @@ def test_unsubscribing_a_bounced_reader_says_it_stays_bounced(publication_root):
     assert active.exit_code == 0
     assert "Unsubscribed here@example.org." in run(publication_root, "subscribers", "unsubscribe",
                                                    "here@example.org").output
+
+
+def _serve_preview(settings, verbose: bool):
+    import threading
+
+    from newsletter.issue import find_issue
+    from newsletter.preview import PreviewServer
+
+    logs: list[str] = []
+    server = PreviewServer(settings, find_issue(settings.issues_dir, "6"), log=logs.append, verbose=verbose)
+    httpd = server.make_server(0)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return server, httpd, logs
+
+
+def _poll_and_edit(settings, server, httpd, logs) -> None:
+    import time
+    import urllib.request
+
+    base = f"http://127.0.0.1:{httpd.server_port}"
+    try:
+        for _ in range(10):  # what the live page does every 300 ms
+            urllib.request.urlopen(f"{base}/version", timeout=10).read()
+        path = settings.issues_dir / "006-global-governance-of-ai.md"
+        path.write_text(path.read_text(encoding="utf-8").replace("number: 6", "number: six"), encoding="utf-8")
+        deadline = time.monotonic() + 20
+        while not any(x.startswith("error: ") for x in logs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        server.stop()
+        httpd.shutdown()
+
+
+def test_preview_logs_rebuilds_and_errors_but_not_its_polls(settings, caplog):
+    caplog.set_level("DEBUG")
+    server, httpd, logs = _serve_preview(settings, verbose=False)
+    _poll_and_edit(settings, server, httpd, logs)
+    assert logs[0].startswith("rebuilt 006-") and any(x.startswith("error: ") for x in logs), logs
+    assert not any("/version" in x for x in logs)
+    assert not any("/version" in r.getMessage() for r in caplog.records)
+
+
+def test_preview_logs_requests_with_verbose(settings):
+    server, httpd, logs = _serve_preview(settings, verbose=True)
+    _poll_and_edit(settings, server, httpd, logs)
+    assert sum(x == "GET /version 200" for x in logs) == 10, logs

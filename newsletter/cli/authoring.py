@@ -119,12 +119,15 @@ def build(ctx: click.Context, issues: tuple[str, ...], out: Path | None) -> None
 @click.option("--no-open", is_flag=True, help="Do not open a browser.")
 @click.option("--screenshot", "screenshot_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Instead of serving, write PNGs at 375 and 800 px, light and dark, to DIR.")
+@click.option("--verbose", "-v", is_flag=True, help="Also log every request (the page polls every 300 ms).")
 @click.pass_context
-def preview(ctx: click.Context, issue: str, port: int, no_open: bool, screenshot_dir: Path | None) -> None:
+def preview(ctx: click.Context, issue: str, port: int, no_open: bool, screenshot_dir: Path | None,
+            verbose: bool) -> None:
     """Live preview of ISSUE at desktop and phone widths, with the plain text beside them.
 
     Serves on 127.0.0.1 only, rebuilds within a second when the issue or a
-    template changes, and shows render errors on the page.
+    template changes, and shows render errors on the page. Logs each rebuild and
+    error; requests only with --verbose.
     """
     settings = settings_of(ctx)
     path = issue_path(settings, issue)
@@ -137,7 +140,7 @@ def preview(ctx: click.Context, issue: str, port: int, no_open: bool, screenshot
         return
     from newsletter.preview import PreviewServer
 
-    server = PreviewServer(settings, path, log=lambda m: click.echo(m, err=True))
+    server = PreviewServer(settings, path, log=lambda m: click.echo(m, err=True), verbose=verbose)
     try:
         server.serve(port=port, open_browser=not no_open, ready=lambda m: click.echo(m))
     except KeyboardInterrupt:
