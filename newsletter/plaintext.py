@@ -2,7 +2,9 @@
 
 Not scraped from HTML: headings are marked, lists and quotes keep their shape,
 and links become numbered references listed at the end, the way careful
-plain-text newsletters have always done it.
+plain-text newsletters have always done it. Footnotes are numbered as the HTML
+numbers them, ``[1]``, and listed under "Notes"; links are ``[link 1]`` under
+"Links", so the two never share a name. Struck-out text says that it is.
 """
 
 from __future__ import annotations
@@ -37,10 +39,10 @@ class _Writer:
                 out.append(self._link(child))
             elif t == "image":
                 out.append(f"[{self.inline(child) or child.content}]")
-            elif t == "s":  # strikethrough: "notes ~~no~~ some", not "notes no some"
-                out.append(f"~~{self.inline(child)}~~")
-            elif t == "footnote_ref":
-                out.append(f"[^{child.meta.get('id', 0) + 1}]")
+            elif t == "s":  # strikethrough: a reader without the line must still see it is withdrawn
+                out.append(f"[struck out: {self.inline(child)}]")
+            elif t == "footnote_ref":  # the HTML's own marker and number (content._footnote_ref)
+                out.append(f"[{child.meta.get('id', 0) + 1}]")
             else:  # strong, em, and anything nested
                 out.append(self.inline(child))
         return "".join(out)
@@ -52,7 +54,7 @@ class _Writer:
             return text  # the reader already sees the address; a reference would only repeat it
         if href not in self.links:
             self.links.append(href)
-        return f"{text} [{self.links.index(href) + 1}]"
+        return f"{text} [link {self.links.index(href) + 1}]"
 
     # ---- blocks ---------------------------------------------------------------------
     def blocks(self, nodes: Sequence[SyntaxTreeNode], width: int) -> list[str]:
@@ -98,8 +100,8 @@ class _Writer:
             notes = []
             for n, fn in enumerate(node.children, start=1):
                 body = " ".join(self.blocks([c for c in fn.children if c.type != "footnote_anchor"], width))
-                notes.append(self.wrap(f"[^{n}]: {body}", width))
-            return "\n".join(notes)
+                notes.append(self.wrap(f"[{n}] {body}", width))
+            return "Notes:\n" + "\n".join(notes)
         if t == "html_block":
             return None
         return "\n\n".join(self.blocks(node.children, width)) or None
@@ -118,6 +120,6 @@ def to_plain_text(tokens: Sequence[Token], width: int = WIDTH) -> str:
     tree = SyntaxTreeNode(list(tokens))
     text = "\n\n".join(writer.blocks(tree.children, width))
     if writer.links:
-        refs = "\n".join(f"[{i}] {href}" for i, href in enumerate(writer.links, start=1))
+        refs = "\n".join(f"[link {i}] {href}" for i, href in enumerate(writer.links, start=1))
         text += "\n\nLinks:\n" + refs
     return text

@@ -120,10 +120,10 @@ def test_the_preheader_is_hidden_without_a_text_colour(pub):
 
 
 # ---- 14. the plain text -------------------------------------------------------------------
-def test_plain_text_keeps_strikethrough_and_curls_straight_quotes(tmp_path):
+def test_plain_text_says_what_is_struck_out_and_curls_straight_quotes(tmp_path):
     root, path = make_publication(tmp_path, 'Notes ~~no~~ some. He said "it\'s done" in `"code"`.\n')
     text = render_issue(path, load_settings(root, environ={})).text
-    assert "Notes ~~no~~ some." in text
+    assert "Notes [struck out: no] some." in text and "~~" not in text
     assert "He said “it’s done” in \"code\"." in text
 
 

@@ -106,3 +106,26 @@ def test_preview_logs_requests_with_verbose(settings):
     server, httpd, logs = _serve_preview(settings, verbose=True)
     _poll_and_edit(settings, server, httpd, logs)
     assert sum(x == "GET /version 200" for x in logs) == 10, logs
+
+
+def test_plain_text_numbers_notes_as_the_html_and_apart_from_links(tmp_path):
+    import re
+
+    import lxml.html
+
+    from newsletter.config import load_settings
+    from newsletter.render import render_issue
+    from tests.editor_fixtures import make_publication
+
+    body = ("See [the report](https://example.org/r) and [the data](https://example.org/d).[^a]\n\n"
+            "Then a second claim.[^b] In ~~three~~ four parts.\n\n[^a]: A first note.\n[^b]: A second note.\n")
+    root, path = make_publication(tmp_path, body)
+    rendered = render_issue(path, load_settings(root, environ={}))
+    text = rendered.text
+    html_marks = [s.text_content() for s in lxml.html.document_fromstring(rendered.html).xpath("//sup")]
+    text_marks = re.findall(r"\[\d+\]", text.split("Notes:")[0])
+    assert text_marks == html_marks == ["[1]", "[2]"]
+    notes = text.split("Notes:\n")[1]
+    assert notes.startswith("[1] A first note.\n[2] A second note.")
+    assert "the report [link 1]" in text and "[link 2] https://example.org/d" in text
+    assert "[^" not in text and "~~" not in text and "In [struck out: three] four parts." in text
