@@ -282,11 +282,11 @@ def test_display_time_names_both_zones():
 
 
 # ---- 13. the README tells the truth ---------------------------------------------------------
-def test_every_newsletter_toml_key_is_documented_in_the_readme():
+def test_every_newsletter_toml_key_is_documented_in_the_configuration_docs():
     from newsletter.config import Publication
     from tests.editor_fixtures import REPO
 
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    readme = (REPO / "docs" / "production.md").read_text(encoding="utf-8")
     missing = [name for name in Publication._fields if f"`{name}`" not in readme]
     assert missing == []
 
