@@ -1,8 +1,8 @@
 """The command line: parse arguments, call one function, print the outcome.
 
-Commands live by area (authoring, sending, subscribers, public, feedback). Each
-imports what it needs inside its body, so ``--help`` and ``subscribers`` start
-without loading the renderer. Errors are click's: :class:`NewsletterGroup` turns a
+Commands live by area (authoring, sending, subscribers, public, feedback) and are
+loaded by name from :data:`LAZY_COMMANDS` on first use; each imports what it needs
+inside its body, so ``status`` and ``subscribers`` start without loading the renderer. Errors are click's: :class:`NewsletterGroup` turns a
 :class:`NewsletterError` into a :class:`CommandError` carrying its exit code, in
 this one place, and click's standalone mode prints it and exits.
 """
@@ -70,40 +70,63 @@ def database_error(exc: sqlite3.Error, settings: "Settings | None") -> Newslette
     return ConfigError(f"database error: {exc}", path=where)
 
 
-AREAS = ("authoring", "sending", "subscribers", "public", "feedback")
-# Where each command lives, so that running one imports only its own area (start-up time).
-# A name missing here still works: it loads every area before click looks it up.
-COMMAND_AREAS = {
-    "init": "authoring", "new": "authoring", "build": "authoring", "preview": "authoring", "check": "authoring",
-    "archive": "authoring", "templates": "authoring", "send": "sending", "resume": "sending", "status": "sending", "schedule": "sending",
-    "dispatch": "sending", "worker": "sending", "subscribers": "subscribers", "serve": "public",
-    "form-snippet": "public", "inbox": "feedback", "replies": "feedback",
+#: Every command, by name, as "module:object": a command's module is imported only when it
+#: runs (or for --help), so `status` never loads the renderer. This map is the registration:
+#: there is no other list to keep in step with it (click's documented lazy-group pattern).
+LAZY_COMMANDS = {
+    "init": "newsletter.cli.authoring:init",
+    "new": "newsletter.cli.authoring:new",
+    "build": "newsletter.cli.authoring:build",
+    "preview": "newsletter.cli.authoring:preview",
+    "check": "newsletter.cli.authoring:check",
+    "archive": "newsletter.cli.authoring:archive",
+    "templates": "newsletter.cli.authoring:templates",
+    "send": "newsletter.cli.sending:send",
+    "resume": "newsletter.cli.sending:resume",
+    "status": "newsletter.cli.sending:status",
+    "schedule": "newsletter.cli.sending:schedule",
+    "dispatch": "newsletter.cli.sending:dispatch",
+    "worker": "newsletter.cli.sending:worker",
+    "subscribers": "newsletter.cli.subscribers:subscribers",
+    "serve": "newsletter.cli.public:serve",
+    "form-snippet": "newsletter.cli.public:form_snippet",
+    "inbox": "newsletter.cli.feedback:inbox",
+    "replies": "newsletter.cli.feedback:replies",
 }
 
 
-class NewsletterGroup(click.Group):
-    """The root group: commands load by area on first use; every one runs inside :func:`_click_errors`."""
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use from ``lazy_subcommands``
+    (name → "module:object"), as in click's documentation on lazily loading subcommands."""
 
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in self.commands:
-            _load_areas(*([COMMAND_AREAS[cmd_name]] if cmd_name in COMMAND_AREAS else AREAS))
-        return super().get_command(ctx, cmd_name)
+    def __init__(self, *args: Any, lazy_subcommands: dict[str, str] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.lazy_subcommands = lazy_subcommands or {}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        _load_areas(*AREAS)
-        return super().list_commands(ctx)
+        return sorted({*super().list_commands(ctx), *self.lazy_subcommands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy_subcommands and cmd_name not in self.commands:
+            self.add_command(self._lazy_load(cmd_name), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def _lazy_load(self, cmd_name: str) -> click.Command:
+        import importlib
+
+        module_name, _, attr = self.lazy_subcommands[cmd_name].partition(":")
+        command = getattr(importlib.import_module(module_name), attr)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{self.lazy_subcommands[cmd_name]} is not a click command")
+        return command
+
+
+class NewsletterGroup(LazyGroup):
+    """The root group: every command runs inside :func:`_click_errors`."""
 
     def invoke(self, ctx: click.Context) -> Any:
         with _click_errors(ctx):
             return super().invoke(ctx)
-
-
-def _load_areas(*areas: str) -> None:
-    """Import area modules; each registers its commands on :data:`cli` when imported."""
-    import importlib
-
-    for area in areas:
-        importlib.import_module(f"newsletter.cli.{area}")
 
 
 def settings_of(ctx: click.Context) -> "Settings":
@@ -137,7 +160,7 @@ def render_ref(settings: "Settings", ref: str) -> "RenderedEmail":
     return render_issue(issue_path(settings, ref), settings)
 
 
-@click.group("newsletter", cls=NewsletterGroup,
+@click.group("newsletter", cls=NewsletterGroup, lazy_subcommands=LAZY_COMMANDS,
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Publication folder holding newsletter.toml, issues/ and templates/ (default: current folder).")

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 
-from newsletter.cli import cli, issue_path, settings_of
+from newsletter.cli import issue_path, settings_of
 from newsletter.errors import InputError
 
 
-@cli.command()
+@click.command()
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 def init(directory: Path) -> None:
     """Start a new publication in DIRECTORY: newsletter.toml, .env.example, a first issue.
@@ -23,7 +23,7 @@ def init(directory: Path) -> None:
     click.echo(f"Created {len(created)} files in {directory}. Next: cd {directory} && newsletter preview 1")
 
 
-@cli.group()
+@click.group()
 def templates() -> None:
     """See and change which templates the publication overrides.
 
@@ -70,7 +70,7 @@ def templates_diff(ctx: click.Context, name: str) -> None:
         click.echo(f"{name}: not in templates/; the shipped template is used", err=True)
 
 
-@cli.command()
+@click.command()
 @click.argument("title")
 @click.pass_context
 def new(ctx: click.Context, title: str) -> None:
@@ -81,7 +81,7 @@ def new(ctx: click.Context, title: str) -> None:
     click.echo(f"Created {path}")
 
 
-@cli.command()
+@click.command()
 @click.argument("issues", nargs=-1)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Write to DIR/<slug>/ instead of build/<slug>/.")
@@ -112,7 +112,7 @@ def build(ctx: click.Context, issues: tuple[str, ...], out: Path | None) -> None
         click.echo(f"Built {path.name} → {target}/ (HTML {size / 1024:.1f} KB, text {len(rendered.text) / 1024:.1f} KB)")
 
 
-@cli.command()
+@click.command()
 @click.argument("issue")
 @click.option("--port", default=8025, show_default=True, type=click.IntRange(0, 65535),
               help="Port on 127.0.0.1 (0 picks a free one).")
@@ -147,7 +147,7 @@ def preview(ctx: click.Context, issue: str, port: int, no_open: bool, screenshot
         pass
 
 
-@cli.command()
+@click.command()
 @click.argument("issue")
 @click.option("--online", is_flag=True, help="Also fetch every external link (HEAD/GET) and report broken ones.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
@@ -186,7 +186,7 @@ def check(ctx: click.Context, issue: str, online: bool, fmt: str) -> None:
         raise ChecksFailedError(f"{errors} pre-flight error(s)")
 
 
-@cli.command()
+@click.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("site"), show_default=True,
               help="Folder for the static site.")
 @click.pass_context

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from newsletter.cli import cli, issue_path, settings_of
+from newsletter.cli import issue_path, settings_of
 from newsletter.errors import InputError
 
 
-@cli.command()
+@click.command()
 @click.option("--move-processed", "move_to", metavar="FOLDER",
               help="File each handled message into FOLDER (IMAP MOVE). Default: the inbox is only read.")
 @click.pass_context
@@ -30,7 +30,7 @@ def inbox(ctx: click.Context, move_to: str | None) -> None:
                                                        if counts else "") + ".")
 
 
-@cli.command()
+@click.command()
 @click.argument("issue", required=False)
 @click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True)
 @click.option("--forget-older-than", "days", type=click.IntRange(1, 36500), metavar="DAYS",

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from newsletter.cli import cli, settings_of
+from newsletter.cli import settings_of
 
 
-@cli.command()
+@click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (keep 127.0.0.1 behind a proxy).")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535),
               help="Port to listen on (0: any free port, printed at start).")
@@ -38,7 +38,7 @@ def serve(ctx: click.Context, host: str, port: int, site: Path | None) -> None:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
-@cli.command("form-snippet")
+@click.command("form-snippet")
 @click.pass_context
 def form_snippet(ctx: click.Context) -> None:
     """Print an HTML signup form to paste into the publication's own website.

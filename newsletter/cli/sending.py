@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import click
 
-from newsletter.cli import cli, console, issue_path, render_ref, settings_of
+from newsletter.cli import console, issue_path, render_ref, settings_of
 from newsletter.errors import InputError
 
 if TYPE_CHECKING:
@@ -252,7 +252,7 @@ def _deliver(settings: "Settings", rendered: "RenderedEmail", *, yes: bool, rese
         _exit_for(report, _issue_ref(rendered), stop.is_set())
 
 
-@cli.command()
+@click.command()
 @click.argument("issue")
 @click.option("--dry-run", is_flag=True, help="Write every message as .eml into the outbox; no network, no ledger.")
 @click.option("--test", "test_addresses", multiple=True, metavar="ADDRESS",
@@ -297,7 +297,7 @@ def send(ctx: click.Context, issue: str, dry_run: bool, test_addresses: tuple[st
                  force_new_content=force_new_content, retry_failed=retry_failed)
 
 
-@cli.command()
+@click.command()
 @click.argument("issue")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--no-resend-uncertain", is_flag=True, help="Report, rather than resend, recipients left mid-send.")
@@ -322,7 +322,7 @@ def resume(ctx: click.Context, issue: str, yes: bool, no_resend_uncertain: bool,
              force_new_content=force_new_content, retry_failed=retry_failed)
 
 
-@cli.command()
+@click.command()
 @click.argument("issue", required=False)
 @click.option("--failed", is_flag=True, help="List who did not get it, and why.")
 @click.pass_context
@@ -387,7 +387,7 @@ def _pause_reason(conn: Any, s: Any) -> str:
     return scrub(reason or (f"last transport error: {error}" if error else "no reason recorded"), 300)
 
 
-@cli.group(cls=_DefaultGroup)
+@click.group(cls=_DefaultGroup)
 def schedule() -> None:
     """Schedule a send: `schedule ISSUE --at 2025-03-10T09:00+08:00`, `schedule list`, `schedule cancel ISSUE`.
 
@@ -479,7 +479,7 @@ def schedule_cancel(ctx: click.Context, issue: str) -> None:
     click.echo(f"Cancelled the scheduled send of {ref}.")
 
 
-@cli.command()
+@click.command()
 @click.pass_context
 def dispatch(ctx: click.Context) -> None:
     """Send every due scheduled delivery once, then exit (for cron or a systemd timer)."""
@@ -511,7 +511,7 @@ def dispatch(ctx: click.Context) -> None:
         ctx.exit(SendDeferredError.exit_code)
 
 
-@cli.command()
+@click.command()
 @click.option("--poll", default=30.0, show_default=True, help="Seconds between checks for due sends.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only errors and held deliveries (no start, finish or inbox lines).")
 @click.option("--verbose", "-v", is_flag=True, help="Also print each check for due sends.")

@@ -9,11 +9,11 @@ from typing import Any
 
 import click
 
-from newsletter.cli import cli, settings_of
+from newsletter.cli import settings_of
 from newsletter.errors import InputError
 
 
-@cli.group()
+@click.group()
 def subscribers() -> None:
     """Manage the subscriber list (SQLite, NEWSLETTER_DB, default newsletter.db).
 
