@@ -563,27 +563,3 @@ def run_delivery(conn: sqlite3.Connection, delivery_id: int, prepared: PreparedI
     """
     return _Run(conn, delivery_id, prepared, transport_factory, options, stop, progress, waiting, clock, sleep,
                 now).run()
-
-
-def describe_deferral(report: DeliveryReport, ref: str) -> str:
-    """The one line a deferred send ends with, its time in this machine's zone:
-    "N readers deferred (reason); next retry at 14:05 (+08:00); `newsletter worker` or
-    `newsletter resume 6` will continue"."""
-    reason = report.note or (report.reasons[0][0] if report.reasons else "waiting for a retry")
-    when = local_time(report.next_retry) if report.next_retry is not None else "soon"
-    return (f"{report.pending} readers deferred ({reason}); next retry at {when}; "
-            f"`newsletter worker` or `newsletter resume {ref}` will continue")
-
-
-def local_time(when: datetime) -> str:
-    """A time in this machine's zone, as an editor reads it: "14:05 (+08:00)", with the date
-    when it is not today."""
-    local = when.astimezone()
-    day = "" if local.date() == datetime.now(local.tzinfo).date() else local.strftime("%Y-%m-%d ")
-    return f"{day}{local:%H:%M} ({offset_label(local)})"
-
-
-def offset_label(local: datetime) -> str:
-    """An aware time's UTC offset as people write it: "+08:00" (as %z gives it when it has seconds)."""
-    offset = local.strftime("%z")
-    return f"{offset[:3]}:{offset[3:]}" if len(offset) == 5 else offset

@@ -24,11 +24,11 @@ import math
 import sqlite3
 import threading
 import time
-from datetime import datetime, timedelta, timezone, tzinfo
+from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 from newsletter import ledger
-from newsletter.delivery import DeliveryOptions, Waiting, offset_label, run_delivery
+from newsletter.delivery import DeliveryOptions, Waiting, run_delivery
 from newsletter.ledger import (OPEN_STATES, Delivery, DeliveryReport, TransportFactory, get_delivery, lock_is_live,
                                start_or_resume, transaction, utcnow)
 from newsletter.errors import DeliveryLockedError, InputError, NewsletterError
@@ -208,17 +208,3 @@ def run_worker(conn: sqlite3.Connection, prepare: Callable[[str], PreparedIssue]
         if stop.wait(poll_interval):
             break
     return reports
-
-
-def display_time(when: datetime | None, zone: tzinfo | None = None) -> str:
-    """A stored (UTC) send time as the editor wrote it: in ``zone`` (the offset of the issue's
-    ``send_at``, else this machine's), with UTC beside it, e.g. "2025-03-10 09:00 +08:00 (01:00 UTC)"."""
-    if when is None:
-        return "-"
-    utc = when.astimezone(timezone.utc)
-    local = utc.astimezone(zone) if zone is not None else utc.astimezone()
-    shown = f"{local:%Y-%m-%d %H:%M} {offset_label(local)}"
-    if local.utcoffset() == timedelta(0):
-        return f"{shown} (UTC)"
-    same_day = utc.date() == local.date()
-    return f"{shown} ({utc:%H:%M} UTC)" if same_day else f"{shown} ({utc:%Y-%m-%d %H:%M} UTC)"

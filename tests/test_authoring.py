@@ -273,7 +273,7 @@ def test_schedule_list_shows_the_time_in_the_zone_the_editor_wrote(tmp_path):
 def test_display_time_names_both_zones():
     from datetime import datetime, timedelta, timezone
 
-    from newsletter.schedule import display_time
+    from newsletter.cli.formatting import display_time
 
     when = datetime(2031, 3, 9, 23, 30, tzinfo=timezone.utc)
     assert display_time(when, timezone(timedelta(hours=8))) == "2031-03-10 07:30 +08:00 (2031-03-09 23:30 UTC)"

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from newsletter.db import connect, migrate
-from newsletter.delivery import describe_deferral, run_delivery
+from newsletter.cli.formatting import describe_deferral
+from newsletter.delivery import run_delivery
 from newsletter.errors import ConfigError, TransportError, register_secrets
 from newsletter.ledger import (MIGRATIONS, delivery_status, failed_recipients, get_delivery, open_ledger,
                                start_or_resume)

@@ -269,7 +269,7 @@ def test_sigterm_during_a_send_stops_cleanly_and_resumably(db, tmp_path):
 
 
 def test_shown_send_times_write_the_offset_as_people_do():
-    from newsletter.schedule import display_time
+    from newsletter.cli.formatting import display_time
 
     when = datetime(2031, 3, 9, 23, 30, tzinfo=timezone.utc)
     assert display_time(when, timezone(timedelta(hours=5, minutes=30))) == "2031-03-10 05:00 +05:30 (2031-03-09 23:30 UTC)"

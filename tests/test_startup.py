@@ -111,3 +111,15 @@ def test_the_control_character_shortcut_agrees_with_the_pattern():
         for text in (chr(code), f"news{chr(code)}letter", f"é{chr(code)}"):
             assert has_control_chars(text) == bool(pattern.search(text)), (hex(code), text)
     assert not has_control_chars("")
+
+
+def test_the_engine_holds_no_display_code():
+    """Times and deferral lines as an editor reads them are the CLI's (cli/formatting.py):
+    the engine deals in datetimes and reports, and nothing reaches back down for words."""
+    import newsletter.delivery
+    import newsletter.schedule
+    from newsletter.cli import formatting
+
+    for name in ("describe_deferral", "local_time", "offset_label", "display_time"):
+        assert callable(getattr(formatting, name))
+        assert not hasattr(newsletter.delivery, name) and not hasattr(newsletter.schedule, name), name

@@ -173,7 +173,7 @@ def _report(report: Any) -> None:
 
 def _outcome(report: Any) -> None:
     """How a delivery `dispatch` or `worker` ran ended: its report, and a deferral's next retry."""
-    from newsletter.delivery import describe_deferral
+    from newsletter.cli.formatting import describe_deferral
 
     _report(report)
     if report.state == "deferred":
@@ -186,7 +186,7 @@ def _issue_ref(rendered: "RenderedEmail") -> str:
 
 def _exit_for(report: Any, ref: str, stopped: bool) -> None:
     """The exit code tells the truth: 0 only when nobody is left waiting by this run."""
-    from newsletter.delivery import describe_deferral
+    from newsletter.cli.formatting import describe_deferral
     from newsletter.errors import SendDeferredError, SendInterruptedError
 
     ctx = click.get_current_context()
@@ -363,7 +363,7 @@ def status(ctx: click.Context, issue: str | None, failed: bool) -> None:
         if s.delivery.state in ("paused", "held"):
             click.echo(f"#{s.id} {s.delivery.slug}: {s.delivery.state}: {_pause_reason(conn, s)}")
         if s.deferred:
-            from newsletter.delivery import local_time  # only then: the engine is a heavy import
+            from newsletter.cli.formatting import local_time
 
             reasons = "; ".join(f"{why} ({n})" for why, n in s.reasons)
             when = local_time(s.next_retry) if s.next_retry else "when resumed"
@@ -444,7 +444,8 @@ def schedule_add(ctx: click.Context, issue: str, at: str | None, skip_checks: bo
 def schedule_list(ctx: click.Context) -> None:
     """List scheduled deliveries."""
     from newsletter.ledger import open_ledger
-    from newsletter.schedule import display_time, list_scheduled
+    from newsletter.cli.formatting import display_time
+    from newsletter.schedule import list_scheduled
     from newsletter.sendplan import send_zones
 
     settings = settings_of(ctx)
