@@ -54,3 +54,9 @@ def seed_lines() -> list[str]:
     else:  # CI keeps a copy of shared/ beside the clone; fall back to the issue's own text
         pytest.skip("seed file not available")
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    """A database path in tmp (created by the first module that opens it)."""
+    return tmp_path / "news.db"

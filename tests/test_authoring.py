@@ -163,7 +163,7 @@ def test_published_once_ready_and_dated_or_once_sent(tmp_path, status, date, sen
 
 def test_an_issue_sent_before_its_date_is_in_the_archive(tmp_path):
     """The real path: a delivery in a real SQLite ledger makes the archive publish the issue."""
-    from tests.test_delivery import add_subscribers, make_prepared, send
+    from tests.helpers import add_subscribers, make_prepared, send
 
     tomorrow = TODAY + dt.timedelta(days=1)
     root, path = make_publication(tmp_path, "Text.\n", extra="status: ready\n", date=tomorrow.isoformat())

@@ -6,21 +6,13 @@ import email
 import subprocess
 import sys
 from email import policy
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from newsletter.cli import cli
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-BASE_ENV = {"NEWSLETTER_TRANSPORT": "dryrun", "NEWSLETTER_SECRET_KEY": "test-secret"}
-
-
-def run(root: Path, *args: str, env: dict | None = None, input: str | None = None):
-    return CliRunner().invoke(cli, ["--root", str(root), *args], env={**BASE_ENV, **(env or {})}, input=input)
+from tests.helpers import REPO, run
 
 
 def test_build_writes_three_files(publication_root):

@@ -10,7 +10,7 @@ import lxml.html
 from newsletter.clock import FakeClock
 from newsletter.signups import Signups
 from newsletter.store import SubscriberStore
-from tests.test_cli import run
+from tests.helpers import run
 
 
 def test_form_snippet_posts_to_the_public_server(publication_root):

@@ -13,39 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from test_cli import REPO, run
+from tests.helpers import REPO, interrupted as _interrupted, run, subscribe_readers as _subscribe
 
 from tests.smtp_server import SMTPTestServer
-
-
-def _subscribe(root: Path, n: int) -> None:
-    csv = root / "subs.csv"
-    csv.write_text("email,name\n" + "".join(f"reader{i}@example.org,Reader {i}\n" for i in range(n)),
-                   encoding="utf-8")
-    assert run(root, "subscribers", "import", str(csv)).exit_code == 0
-
-
-def _interrupted(root: Path, args: list[str], sig: int) -> tuple[int, str, str, int]:
-    """A real `newsletter ARGS` process sending to aiosmtpd, slowed by the rate setting and sent
-    ``sig`` once 5 messages arrived: (exit code, stdout, stderr, messages the server got)."""
-    with SMTPTestServer() as server:
-        env = {**os.environ, **server.env(), "NEWSLETTER_BASE_URL": "https://chinaffairs.example",
-               "NEWSLETTER_SECRET_KEY": "test-secret", "NEWSLETTER_RATE": "20", "NEWSLETTER_BATCH_SIZE": "5"}
-        proc = subprocess.Popen([sys.executable, "-m", "newsletter", "--root", str(root), *args], env=env, cwd=REPO,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + 60
-            while server.count < 5:
-                assert proc.poll() is None, proc.communicate()
-                assert time.monotonic() < deadline, "the send never started"
-                time.sleep(0.02)
-            proc.send_signal(sig)
-            out, err = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        return proc.returncode, out, err, server.count
 
 
 def test_an_outage_past_the_foreground_wait_exits_8_with_the_next_retry(publication_root):

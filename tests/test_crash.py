@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from test_delivery import add_subscribers
+from tests.helpers import add_subscribers
 
 from tests.smtp_server import SMTPTestServer
 
@@ -42,7 +42,7 @@ GATE_AFTER = {"smtp": (3, 40), "resend": (1, 2)}  # messages (smtp) or requests 
 CHILD = """
 import json, sys
 sys.path.insert(0, {tests!r})
-from test_delivery import make_prepared, options
+from tests.helpers import make_prepared, options
 from newsletter.delivery import run_delivery
 from newsletter.ledger import open_ledger, start_or_resume
 kind, db, port = sys.argv[1], sys.argv[2], int(sys.argv[3])

@@ -18,7 +18,6 @@ import pytest
 
 from newsletter.db import connect, migrate
 from newsletter.cli.formatting import describe_deferral
-from newsletter.delivery import run_delivery
 from newsletter.errors import ConfigError, TransportError, register_secrets
 from newsletter.ledger import (MIGRATIONS, delivery_status, failed_recipients, get_delivery, open_ledger,
                                start_or_resume)
@@ -26,7 +25,7 @@ from newsletter.schedule import dispatch_once, due, list_scheduled
 from newsletter.store import SubscriberStore
 from newsletter.transports.base import SendResult, Status
 
-from test_delivery import FakeTime, Recorder, Sink, add_subscribers, ledger_states, make_prepared, options, send
+from tests.helpers import FakeTime, Recorder, Sink, add_subscribers, ledger_states, make_prepared, options, send
 
 HERE = Path(__file__).resolve().parent
 

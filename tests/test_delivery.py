@@ -15,7 +15,6 @@ import sys
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable, Sequence
 
 import pytest
 
@@ -23,174 +22,14 @@ from newsletter.config import Publication
 from newsletter.delivery import DeliveryOptions, run_delivery
 from newsletter.ledger import delivery_status, failed_recipients, get_delivery, open_ledger, start_or_resume
 from newsletter.errors import ConfigError, ContentChangedError, DeliveryLockedError, InputError, TransportError
-from newsletter.message import OutgoingMessage, PreparedIssue
+from newsletter.message import PreparedIssue
 from newsletter.pacing import BACKOFF_CAP, Pacer, backoff_delay
-from newsletter.render import RenderedEmail, content_hash
 from newsletter.store import SubscriberStore
 from newsletter.tokens import verify_token
-from newsletter.transports.base import SendResult, Status, Transport
+from newsletter.transports.base import SendResult, Status
 
-SECRET = "test-secret-key-0123456789"
-DAY1 = datetime(2031, 3, 4, 9, 0, tzinfo=timezone.utc)
-
-
-# ---------------------------------------------------------------------------------------
-# Helpers shared with test_schedule.py and test_crash.py
-# ---------------------------------------------------------------------------------------
-def make_rendered(slug: str = "001-hello", version: str = "v1", size: int = 0) -> RenderedEmail:
-    filler = "<p>" + ("Lorem ipsum dolor sit amet. " * (size // 28 + 1))[:size] + "</p>" if size else ""
-    html = (f"<html><body><p>Hello %%NAME%% ({version})</p>{filler}"
-            "<a href=\"%%UNSUBSCRIBE_URL%%\">unsubscribe %%EMAIL%%</a></body></html>")
-    text = f"Hello %%NAME%% ({version})\n\nUnsubscribe: %%UNSUBSCRIBE_URL%%\n"
-    return RenderedEmail(slug=slug, number=1, title="Hello", subject=f"Hello ({version})", preheader="",
-                         html=html, text=text, lang="en", reply_to=None,
-                         content_hash=content_hash("Hello", html, text))
-
-
-def make_prepared(slug: str = "001-hello", version: str = "v1", size: int = 0) -> PreparedIssue:
-    pub = Publication(name="Test Letter", from_email="news@example.org", base_url="https://news.example.org")
-    return PreparedIssue(make_rendered(slug, version, size), pub, SECRET)
-
-
-def options(**kw) -> DeliveryOptions:
-    return DeliveryOptions(**kw)
-
-
-def key(db: Path, did: int, batch: int) -> str:
-    """The idempotency key of a batch: nl-<the delivery's random nonce>-<delivery>-<batch>."""
-    conn = open_ledger(db)
-    try:
-        nonce = conn.execute("SELECT nonce FROM deliveries WHERE id=?", (did,)).fetchone()[0]
-    finally:
-        conn.close()
-    assert len(nonce) == 16 and int(nonce, 16) >= 0
-    return f"nl-{nonce}-{did}-{batch}"
-
-
-def add_subscribers(db: Path, n: int, start: int = 0) -> list[str]:
-    """n active subscribers user<i>@example.org (bulk SQL: the store's schema, none of its per-row checks)."""
-    conn = open_ledger(db)
-    emails = [f"user{i:05d}@example.org" for i in range(start, start + n)]
-    with conn:
-        conn.execute("BEGIN")
-        conn.executemany("INSERT INTO subscribers(email, name, status, created_at, changed_at) "
-                         "VALUES(?, ?, 'active', '2030-01-01T00:00:00.000000Z', '2030-01-01T00:00:00.000000Z')",
-                         [(e, f"User {i}") for i, e in enumerate(emails, start)])
-        conn.execute("COMMIT")
-    conn.close()
-    return emails
-
-
-class FakeTime:
-    """clock() and sleep() for the engine: sleeping advances the fake time and is recorded."""
-
-    def __init__(self, start: float = 1000.0):
-        self.t = start
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        assert seconds >= 0
-        self.sleeps.append(seconds)
-        self.t += seconds
-
-
-class Sink:
-    """What 'the world' received: every accepted message, thread-safe."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.received: list[tuple[str, str, str | None]] = []  # (email, message id, idempotency key)
-        self.calls: list[tuple[str | None, list[str]]] = []
-        self.messages: dict[str, OutgoingMessage] = {}
-
-    def counts(self) -> collections.Counter:
-        with self.lock:
-            return collections.Counter(e for e, _, _ in self.received)
-
-
-Behaviour = Callable[[OutgoingMessage, str | None, int], "SendResult | str | None"]
-
-
-class Recorder(Transport):
-    """Accepts what ``behave`` lets through. ``behave(msg, key, call_no)`` returns None (accept),
-    a SendResult (that outcome, nothing delivered), or "drop" (raise ConnectionResetError before
-    anything of the call is delivered)."""
-
-    name = "recorder"
-    real = False
-
-    def __init__(self, sink: Sink | None = None, behave: Behaviour | None = None,
-                 before: Callable[[Sequence[OutgoingMessage], str | None], None] | None = None):
-        self.sink = sink or Sink()
-        self.behave = behave
-        self.before = before
-        self.closed = False
-
-    def send(self, messages, idempotency_key=None):
-        with self.sink.lock:
-            call_no = len(self.sink.calls)
-            self.sink.calls.append((idempotency_key, [m.to_email for m in messages]))
-        if self.before is not None:
-            self.before(messages, idempotency_key)
-        outcomes = [self.behave(m, idempotency_key, call_no) if self.behave else None for m in messages]
-        if "drop" in outcomes:
-            raise ConnectionResetError("connection reset by peer")
-        results = []
-        for m, out in zip(messages, outcomes):
-            if out is None:
-                m.as_bytes()
-                with self.sink.lock:
-                    self.sink.received.append((m.to_email, m.message_id, idempotency_key))
-                    self.sink.messages[m.to_email] = m
-                results.append(SendResult(m.to_email, Status.SENT, provider_id=m.message_id))
-            else:
-                results.append(out)
-        return results
-
-    def close(self):
-        self.closed = True
-
-
-def ledger_states(db: Path, delivery_id: int) -> dict[str, str]:
-    conn = sqlite3.connect(db)
-    try:
-        return dict(conn.execute("SELECT email, state FROM ledger WHERE delivery_id=?", (delivery_id,)))
-    finally:
-        conn.close()
-
-
-def subscriber_status(db: Path, email: str) -> str:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute("SELECT status FROM subscribers WHERE email=?", (email,)).fetchone()[0]
-    finally:
-        conn.close()
-
-
-@pytest.fixture
-def db(tmp_path) -> Path:
-    return tmp_path / "news.db"
-
-
-def send(db: Path, prepared=None, *, transport=None, sink=None, ft: FakeTime | None = None, now=None,
-         stop=None, progress=None, **opts):
-    """start_or_resume + run_delivery on a fresh connection; returns (report, sink)."""
-    prepared = prepared or make_prepared()
-    sink = sink or (transport.sink if transport else Sink())
-    transport = transport or Recorder(sink)
-    ft = ft or FakeTime()
-    conn = open_ledger(db)
-    try:
-        did = start_or_resume(conn, prepared)
-        kwargs = {"now": now} if now else {}
-        report = run_delivery(conn, did, prepared, lambda: transport, options=options(**opts), stop=stop,
-                              progress=progress, clock=ft.clock, sleep=ft.sleep, **kwargs)
-    finally:
-        conn.close()
-    return report, sink
+from tests.helpers import (DAY1, SECRET, FakeTime, Recorder, Sink, add_subscribers, key, ledger_states,  # noqa: F401
+                     make_prepared, make_rendered, options, send, subscriber_status)
 
 
 # ---------------------------------------------------------------------------------------
@@ -218,7 +57,7 @@ def test_everyone_active_gets_exactly_one_personal_copy(db):
     assert all(len(rcpts) <= 40 for _, rcpts in sink.calls)
     assert keys == [key(db, report.delivery_id, i) for i in range(1, len(keys) + 1)]
     d = get_delivery(open_ledger(db), report.delivery_id)
-    assert d.state == "done" and d.lock_pid is None and d.total == 249 and d.transport == "recorder"
+    assert d.state == "done" and d.lock_pid is None and d.total == 249 and d.transport == "mock"
 
 
 def test_batch_is_committed_as_sending_before_the_transport_sees_it(db):
@@ -614,7 +453,7 @@ def test_two_processes_only_one_sends(db, tmp_path):
     script.write_text(f"""
 import sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
-from test_delivery import make_prepared, options, Recorder
+from tests.helpers import make_prepared, options, Recorder
 from newsletter.delivery import run_delivery
 from newsletter.ledger import open_ledger
 from newsletter.errors import DeliveryLockedError

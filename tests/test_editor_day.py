@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import signal
 
-from test_cli import run
-from test_cli_sending import _interrupted, _subscribe
+from tests.helpers import interrupted as _interrupted, run, subscribe_readers as _subscribe
 
 
 def test_test_send_through_the_dry_run_transport_says_where_it_was_written(publication_root):

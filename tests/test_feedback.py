@@ -203,7 +203,7 @@ def test_forget_keeps_recent_records(applier, store):
 @pytest.mark.parametrize("shape", ["{t}", "unsubscribe {t}", "  Unsubscribe   {t} ",
                                    "mailto:news@example.org?subject=unsubscribe%20{t}"])
 def test_cli_unsubscribe_accepts_the_pasted_subject(tmp_path, shape):
-    from tests.test_cli import run
+    from tests.helpers import run
 
     root = tmp_path / "pub"
     root.mkdir()
@@ -216,7 +216,7 @@ def test_cli_unsubscribe_accepts_the_pasted_subject(tmp_path, shape):
 
 @pytest.mark.parametrize("text", ["unsubscribe 1.AAAAAAAAAAAAAAAAAAAAAA", "unsubscribe me", "1.x" * 300])
 def test_cli_unsubscribe_refuses_forged_or_garbled_in_one_line(tmp_path, text):
-    from tests.test_cli import run
+    from tests.helpers import run
 
     root = tmp_path / "pub"
     root.mkdir()
@@ -243,7 +243,7 @@ def test_worker_polls_only_when_the_inbox_is_configured(tmp_path):
 
 
 def test_replies_command_errors_are_one_line(tmp_path):
-    from tests.test_cli import run
+    from tests.helpers import run
 
     neither = run(tmp_path, "replies")
     assert neither.exit_code == 2 and "give an ISSUE" in neither.output

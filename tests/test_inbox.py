@@ -16,7 +16,7 @@ import pytest
 from tests import inbox_messages as m
 from tests.imap_server import PASSWORD, DovecotServer, Mailbox
 from tests.smtp_server import SMTPTestServer
-from tests.test_cli import REPO, run
+from tests.helpers import REPO, run
 
 pytestmark = pytest.mark.skipif(not Path("/usr/sbin/dovecot").exists() and not shutil.which("dovecot"),
                                 reason="Debian's dovecot-imapd is not installed (.ci/run installs it)")

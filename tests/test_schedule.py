@@ -19,7 +19,7 @@ from newsletter.errors import InputError
 from newsletter.schedule import cancel, dispatch_once, due, list_scheduled, run_worker, schedule
 from newsletter.transports.base import SendResult, Status, Transport
 
-from test_delivery import FakeTime, Recorder, Sink, add_subscribers, ledger_states, make_prepared, options
+from tests.helpers import FakeTime, Recorder, Sink, add_subscribers, ledger_states, make_prepared, options
 
 T = datetime(2031, 5, 6, 7, 0, tzinfo=timezone.utc)
 HERE = Path(__file__).resolve().parent
@@ -168,7 +168,7 @@ def test_worker_resumes_interrupted_and_capped_deliveries(db):
     # A manual send that died: running, a dead process's lock, 5 sent.
     did = start_or_resume(conn, make_prepared())
     sink = Sink()
-    from test_delivery import send
+    from tests.helpers import send
     stop = threading.Event()
     send(db, sink=sink, stop=stop, batch_size=5, progress=lambda *a: stop.set())
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -217,7 +217,7 @@ WORKER = """
 import json, signal, sys, threading
 sys.path.insert(0, {tests!r})
 from datetime import datetime, timezone
-from test_delivery import make_prepared, options
+from tests.helpers import make_prepared, options
 from test_schedule import FileTransport
 from newsletter.ledger import open_ledger
 from newsletter.schedule import run_worker

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from test_delivery import add_subscribers
+from tests.helpers import add_subscribers
 
 from tests.smtp_server import SMTPTestServer
 
@@ -42,7 +42,7 @@ KILLS = 10
 CHILD = """
 import json, sys, time
 sys.path.insert(0, {tests!r})
-from test_delivery import make_prepared, options
+from tests.helpers import make_prepared, options
 from newsletter.delivery import run_delivery
 from newsletter.ledger import open_ledger, start_or_resume
 from newsletter.transports.smtp import SMTPTransport

@@ -405,7 +405,7 @@ def test_v3_gives_unicode_domains_their_ascii_form_and_keeps_suppressions(tmp_pa
 def test_a_reader_imported_with_a_unicode_domain_before_v3_gets_the_dry_run_message(publication_root):
     from email import message_from_bytes, policy
 
-    from tests.test_cli import run
+    from tests.helpers import run
 
     old_database(publication_root / "newsletter.db", [("leser@bücher.example", "Leser", "active"),
                                                       ("plain@example.org", "Plain", "active")])
@@ -419,7 +419,7 @@ def test_a_reader_imported_with_a_unicode_domain_before_v3_gets_the_dry_run_mess
 
 
 def test_an_address_v3_cannot_convert_is_kept_and_reported(publication_root):
-    from tests.test_cli import run
+    from tests.helpers import run
 
     old_database(publication_root / "newsletter.db", [("jörg@bücher.example", "Jörg", "active"),
                                                       ("leser@bücher.example", "Leser", "active")])

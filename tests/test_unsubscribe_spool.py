@@ -13,7 +13,7 @@ from newsletter.store import SubscriberStore
 from newsletter.tokens import make_token
 from newsletter.unsubscribe_spool import apply_spool, spool_path, spool_unsubscribe
 
-from test_delivery import SECRET, Recorder, Sink, add_subscribers, db, ledger_states, send, subscriber_status  # noqa: F401 (db: fixture)
+from tests.helpers import SECRET, Recorder, Sink, add_subscribers, ledger_states, send, subscriber_status
 
 AT = datetime(2031, 3, 4, 9, 0, tzinfo=timezone.utc)
 
