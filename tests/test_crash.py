@@ -62,7 +62,7 @@ print("REPORT " + json.dumps(report._asdict(), default=str), flush=True)
 
 
 def start_child(kind: str, db: Path, port: int) -> subprocess.Popen:
-    code = CHILD.format(tests=str(HERE), batch=BATCH[kind], rate=RATE)
+    code = CHILD.format(tests=str(HERE.parent), batch=BATCH[kind], rate=RATE)
     return subprocess.Popen([sys.executable, "-c", code, kind, str(db), str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

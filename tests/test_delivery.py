@@ -452,7 +452,7 @@ def test_two_processes_only_one_sends(db, tmp_path):
     script = tmp_path / "second.py"
     script.write_text(f"""
 import sys
-sys.path.insert(0, {str(Path(__file__).parent)!r})
+sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
 from tests.helpers import make_prepared, options, Recorder
 from newsletter.delivery import run_delivery
 from newsletter.ledger import open_ledger

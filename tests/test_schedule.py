@@ -239,7 +239,7 @@ def test_sigterm_during_a_send_stops_cleanly_and_resumably(db, tmp_path):
     did = schedule(conn, make_prepared(), datetime.now(timezone.utc) - timedelta(minutes=1))
     out = tmp_path / "sent.txt"
     out.touch()
-    proc = subprocess.Popen([sys.executable, "-c", WORKER.format(tests=str(HERE), db=str(db), out=str(out))],
+    proc = subprocess.Popen([sys.executable, "-c", WORKER.format(tests=str(HERE.parent), db=str(db), out=str(out))],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30

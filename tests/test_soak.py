@@ -114,7 +114,7 @@ def _ledger(db: Path, sql: str) -> list:
 
 
 def _run_child(db: Path, port: int) -> subprocess.Popen:
-    code = CHILD.format(tests=str(HERE), batch=BATCH)
+    code = CHILD.format(tests=str(HERE.parent), batch=BATCH)
     return subprocess.Popen([sys.executable, "-c", code, str(db), str(port)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
