@@ -218,7 +218,7 @@ import json, signal, sys, threading
 sys.path.insert(0, {tests!r})
 from datetime import datetime, timezone
 from tests.helpers import make_prepared, options
-from test_schedule import FileTransport
+from tests.test_schedule import FileTransport
 from newsletter.ledger import open_ledger
 from newsletter.schedule import run_worker
 
