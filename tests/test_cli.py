@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from newsletter.cli import cli
 
-from tests.helpers import REPO, run
+from tests.helpers import BASE_ENV, REPO, run  # noqa: F401 (BASE_ENV: other modules import it from here)
 
 
 def test_build_writes_three_files(publication_root):
