@@ -63,8 +63,7 @@ def run(provider: str, readers: int, prepared) -> dict:
         try:
             did = start_or_resume(conn, prepared, now=clock.now)
             report = run_delivery(conn, did, prepared, lambda: get_transport(settings, provider, clock=clock),
-                                  options=DeliveryOptions(batch_size=BATCH[provider]), clock=clock.monotonic,
-                                  sleep=clock.sleep, now=clock.now)
+                                  options=DeliveryOptions(batch_size=BATCH[provider]), clock=clock)
         finally:
             conn.close()
         wall = time.perf_counter() - wall

@@ -39,6 +39,24 @@ class SystemClock:
 SYSTEM = SystemClock()
 
 
+class ShiftedClock:
+    """``base`` with its wall time moved so that it reads ``start`` now, and runs on from there:
+    a scheduler judging by an injected time hands the engine a clock that agrees with it."""
+
+    def __init__(self, base: Clock, start: datetime) -> None:
+        self.base = base
+        self.offset = start - base.now()
+
+    def monotonic(self) -> float:
+        return self.base.monotonic()
+
+    def now(self) -> datetime:
+        return self.base.now() + self.offset
+
+    def sleep(self, seconds: float) -> None:
+        self.base.sleep(seconds)
+
+
 class FakeClock:
     """A clock that moves only when slept on or advanced: for tests. Thread-safe."""
 

@@ -48,18 +48,18 @@ import math
 import random
 import sqlite3
 import threading
-import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from newsletter import ledger
+from newsletter.clock import SYSTEM, Clock
 from newsletter.config import is_development_key
 from newsletter.errors import (ConfigError, ContentChangedError, DeliveryLockedError, InputError, NewsletterError,
                                TransportError, scrub)
 from newsletter.ledger import (HEARTBEAT_EVERY, Claim, Delivery, DeliveryReport, Progress, TransportFactory,
-                               get_delivery, transaction, utc_day, utcnow)
+                               get_delivery, transaction, utc_day)
 from newsletter.message import OutgoingMessage, PreparedIssue
 from newsletter.outcome import DEFAULT_RETRY_WINDOW, Answer, Policy, Row, classify, decide_batch
 from newsletter.pacing import Pacer, interruptible_sleep
@@ -160,17 +160,16 @@ _DUE_SLACK = 0.001  # a retry due within a millisecond is due: no sub-millisecon
 class _Run:
     def __init__(self, conn: sqlite3.Connection, delivery_id: int, prepared: PreparedIssue,
                  factory: TransportFactory, options: DeliveryOptions, stop: threading.Event | None,
-                 progress: Progress | None, waiting: Waiting | None, clock: Callable[[], float],
-                 sleep: Callable[[float], None], now: Callable[[], datetime]):
+                 progress: Progress | None, waiting: Waiting | None, clock: Clock):
         self.conn, self.id, self.prepared, self.factory = conn, int(delivery_id), prepared, factory
         self.o, self.stop, self.progress, self.waiting = options, stop, progress, waiting
-        self.clock, self.sleep_fn = clock, sleep
-        self.wall0, self.mono0 = now(), clock()
+        self.clock, self.sleep_fn = clock.monotonic, clock.sleep
+        self.wall0, self.mono0 = clock.now(), clock.monotonic()
         self.db = threading.RLock()
         self.idle = threading.Condition(self.db)
         self.halt = threading.Event()
         self.owner = uuid.uuid4().hex
-        self.pacer = Pacer(options.rate, clock)
+        self.pacer = Pacer(options.rate, clock.monotonic)
         self.rng = random.Random()
         self.cursor = 0
         self.inflight = 0
@@ -178,7 +177,7 @@ class _Run:
         self.total = 0
         self.pause_note: str | None = None
         self.deferred = False
-        self.last_progress = clock()
+        self.last_progress = self.clock()
         self.errors: list[BaseException] = []
         self.stats = dict(interrupted_resent=0, uncertain_resent=0, uncertain_reported=0, sent_this_run=0)
         self.last_heartbeat = self.wall0
@@ -548,18 +547,15 @@ class _Run:
 def run_delivery(conn: sqlite3.Connection, delivery_id: int, prepared: PreparedIssue,
                  transport_factory: TransportFactory, *, options: DeliveryOptions,
                  stop: threading.Event | None = None, progress: Progress | None = None,
-                 waiting: Waiting | None = None,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-                 now: Callable[[], datetime] = utcnow) -> DeliveryReport:
+                 waiting: Waiting | None = None, clock: Clock = SYSTEM) -> DeliveryReport:
     """Send (or continue sending) a delivery until it is done, deferred (retries, the daily cap), or stopped.
 
     ``stop`` (set by a SIGTERM/SIGINT handler) finishes the batch in flight, records it and
-    returns with the delivery ``paused`` and resumable. ``clock``/``sleep`` drive pacing and
-    retry waits; ``now`` gives the wall time at the start, which then runs on ``clock``
-    (timestamps, retry times, the UTC day for ``daily_cap``, the lock). ``waiting`` is told
+    returns with the delivery ``paused`` and resumable. ``clock`` (:mod:`newsletter.clock`)
+    drives pacing and retry waits; its wall time at the start then runs on its monotonic
+    time (timestamps, retry times, the UTC day for ``daily_cap``, the lock). ``waiting`` is told
     the seconds left while the run waits for a retry (a countdown for the progress bar).
     Raises :class:`DeliveryLockedError` when another live process is sending it,
     :class:`ContentChangedError` when ``prepared`` is not the content the delivery was made with.
     """
-    return _Run(conn, delivery_id, prepared, transport_factory, options, stop, progress, waiting, clock, sleep,
-                now).run()
+    return _Run(conn, delivery_id, prepared, transport_factory, options, stop, progress, waiting, clock).run()

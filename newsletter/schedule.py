@@ -23,11 +23,11 @@ import logging
 import math
 import sqlite3
 import threading
-import time
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 from newsletter import ledger
+from newsletter.clock import SYSTEM, Clock, ShiftedClock
 from newsletter.delivery import DeliveryOptions, Waiting, run_delivery
 from newsletter.ledger import (OPEN_STATES, Delivery, DeliveryReport, TransportFactory, get_delivery, lock_is_live,
                                start_or_resume, transaction, utcnow)
@@ -112,17 +112,15 @@ def dispatch_once(conn: sqlite3.Connection, now: datetime, prepare: Callable[[st
                   progress: Callable[[int, int, int, int], None] | None = None,
                   waiting: Waiting | None = None,
                   on_start: Callable[[Delivery], None] | None = None,
-                  clock: Callable[[], float] = time.monotonic,
-                  sleep: Callable[[float], None] = time.sleep) -> list[DeliveryReport]:
+                  clock: Clock = SYSTEM) -> list[DeliveryReport]:
     """Send every due delivery (one after the other); returns a report for each one acted on.
     ``on_start`` hears of each delivery as its sending begins (the worker's log line).
 
-    ``now`` is the wall time to judge by (tests inject it); during a send the engine's
-    wall clock runs on from it.
+    ``now`` is the wall time to judge by (tests inject it); during a send the engine runs
+    on ``clock`` with its wall time moved to start from ``now``.
     """
     now = _aware(now, "now")
-    offset = now - utcnow()
-    engine_now = lambda: utcnow() + offset  # noqa: E731 - the injected time, running on
+    engine_clock = ShiftedClock(clock, now)
     reports: list[DeliveryReport] = []
     for d in due(conn, now):
         if stop is not None and stop.is_set():
@@ -152,8 +150,7 @@ def dispatch_once(conn: sqlite3.Connection, now: datetime, prepare: Callable[[st
             on_start(d)
         try:
             reports.append(run_delivery(conn, d.id, prepared, transport_factory, options=options, stop=stop,
-                                        progress=progress, waiting=waiting, clock=clock, sleep=sleep,
-                                        now=engine_now))
+                                        progress=progress, waiting=waiting, clock=engine_clock))
         except DeliveryLockedError as exc:
             log.info("%s", exc)  # another process got there first: it is being sent
     return reports
@@ -175,14 +172,14 @@ def check_poll_interval(seconds: float) -> None:
 
 def run_worker(conn: sqlite3.Connection, prepare: Callable[[str], PreparedIssue],
                transport_factory: TransportFactory, options: DeliveryOptions, *, stop: threading.Event,
-               poll_interval: float = 30, now: Callable[[], datetime] = utcnow,
-               max_lateness: timedelta = DEFAULT_MAX_LATENESS,
+               poll_interval: float = 30, max_lateness: timedelta = DEFAULT_MAX_LATENESS,
                on_report: Callable[[DeliveryReport], None] | None = None,
                on_error: Callable[[NewsletterError], None] | None = None,
                on_start: Callable[[Delivery], None] | None = None,
-               clock: Callable[[], float] = time.monotonic,
-               sleep: Callable[[float], None] = time.sleep) -> list[DeliveryReport]:
-    """Call :func:`dispatch_once` every ``poll_interval`` seconds until ``stop`` is set.
+               on_poll: Callable[[], None] | None = None,
+               clock: Clock = SYSTEM) -> list[DeliveryReport]:
+    """Call :func:`dispatch_once` every ``poll_interval`` seconds until ``stop`` is set,
+    judging what is due by ``clock``'s wall time (``on_poll`` hears of each look).
 
     The CLI sets ``stop`` from SIGTERM/SIGINT handlers: the batch in flight is finished and
     recorded, the delivery is left paused (the next worker resumes it), and this returns.
@@ -192,9 +189,11 @@ def run_worker(conn: sqlite3.Connection, prepare: Callable[[str], PreparedIssue]
     check_poll_interval(poll_interval)
     reports: list[DeliveryReport] = []
     while not stop.is_set():
+        if on_poll is not None:
+            on_poll()
         try:
-            got = dispatch_once(conn, now(), prepare, transport_factory, options, max_lateness=max_lateness,
-                                stop=stop, on_start=on_start, clock=clock, sleep=sleep)
+            got = dispatch_once(conn, clock.now(), prepare, transport_factory, options, max_lateness=max_lateness,
+                                stop=stop, on_start=on_start, clock=clock)
         except NewsletterError as exc:
             if on_error is None:
                 log.error("%s", exc.format_message())

@@ -9,13 +9,14 @@ import sqlite3
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Sequence
 
 from click.testing import CliRunner
 
 from newsletter.cli import cli
+from newsletter.clock import ShiftedClock
 from newsletter.config import Publication
 from newsletter.delivery import DeliveryOptions, run_delivery
 from newsletter.ledger import open_ledger, start_or_resume
@@ -113,14 +114,21 @@ def add_subscribers(db: Path, n: int, start: int = 0) -> list[str]:
 
 
 class FakeTime:
-    """clock() and sleep() for the engine: sleeping advances the fake time and is recorded."""
+    """A :class:`newsletter.clock.Clock` for the engine: sleeping advances the fake time and is
+    recorded. Its wall time starts at ``wall`` (default: the real time now) and runs on with it."""
 
-    def __init__(self, start: float = 1000.0):
-        self.t = start
+    def __init__(self, start: float = 1000.0, wall: datetime | None = None):
+        self.t = self.t0 = start
+        self.wall0 = wall or datetime.now(timezone.utc)
         self.sleeps: list[float] = []
 
-    def clock(self) -> float:
+    def monotonic(self) -> float:
         return self.t
+
+    clock = monotonic  # what pacing.Pacer takes
+
+    def now(self) -> datetime:
+        return self.wall0 + timedelta(seconds=self.t - self.t0)
 
     def sleep(self, seconds: float) -> None:
         assert seconds >= 0
@@ -170,9 +178,9 @@ def send(db: Path, prepared=None, *, transport=None, sink=None, ft: FakeTime | N
     conn = open_ledger(db)
     try:
         did = start_or_resume(conn, prepared)
-        kwargs = {"now": now} if now else {}
+        clock = ShiftedClock(ft, now()) if now else ft  # ``now``: the wall time this run starts at
         report = run_delivery(conn, did, prepared, lambda: transport, options=options(**opts), stop=stop,
-                              progress=progress, clock=ft.clock, sleep=ft.sleep, **kwargs)
+                              progress=progress, clock=clock)
     finally:
         conn.close()
     return report, sink

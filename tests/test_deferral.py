@@ -95,8 +95,7 @@ def test_an_outage_longer_than_the_foreground_wait_defers_and_dispatch_finishes_
     assert [x.id for x in list_scheduled(conn)] == [d.id]
     ft.t = outage_until + 1
     [r] = dispatch_once(conn, start + timedelta(hours=1), lambda slug: make_prepared(slug),
-                        lambda: Recorder(sink, behave=behave), options(batch_size=10), clock=ft.clock,
-                        sleep=ft.sleep)
+                        lambda: Recorder(sink, behave=behave), options(batch_size=10), clock=ft)
     assert r.state == "done" and r.sent == 30 and r.deferred == 0
     assert sink.counts() == collections.Counter(emails)
 

@@ -596,7 +596,7 @@ def test_concurrent_workers_each_with_their_own_transport(db):
     did = start_or_resume(conn, make_prepared())
     ft = FakeTime()
     report = run_delivery(conn, did, make_prepared(), factory, options=options(batch_size=25, concurrency=4),
-                          clock=ft.clock, sleep=ft.sleep)
+                          clock=ft)
     assert len(made) == 4 and all(t.closed for t in made)
     assert report.state == "done" and report.sent == 500
     assert sink.counts() == collections.Counter(emails)
@@ -682,7 +682,7 @@ def test_faults_through_a_real_smtp_server(db):
         report = run_delivery(conn, did, make_prepared(),
                               lambda: SMTPTransport("127.0.0.1", server.port, envelope_from="news@example.org",
                                                     security="none", timeout=10),
-                              options=options(batch_size=20), clock=ft.clock, sleep=ft.sleep)
+                              options=options(batch_size=20), clock=ft)
         received = collections.Counter(server.recipients())
         connections = server.connections
     assert greylisted and connections >= 5  # greylisting and four dropped connections happened
@@ -759,3 +759,27 @@ def test_uncertain_result_is_reported_not_resent_with_no_resend_uncertain(db):
     finally:
         conn.close()
     assert failed[emails[5]][0] == "uncertain" and "may or may not" in failed[emails[5]][1]
+
+
+def test_the_engine_and_scheduler_take_one_clock():
+    """One seam (newsletter.clock): no separate clock, sleep and now to keep in step."""
+    import inspect
+
+    from newsletter.schedule import dispatch_once, run_worker
+
+    for fn in (run_delivery, dispatch_once, run_worker):
+        params = inspect.signature(fn).parameters
+        assert "clock" in params and "sleep" not in params, fn.__name__
+    assert "now" not in inspect.signature(run_delivery).parameters
+    assert "now" not in inspect.signature(run_worker).parameters
+
+
+def test_a_shifted_clock_reads_its_start_and_runs_on_with_its_base():
+    from newsletter.clock import ShiftedClock
+
+    ft = FakeTime(wall=DAY1)
+    shifted = ShiftedClock(ft, DAY1 + timedelta(days=3))
+    assert shifted.now() == DAY1 + timedelta(days=3)
+    shifted.sleep(90)
+    assert shifted.now() == DAY1 + timedelta(days=3, seconds=90) and ft.sleeps == [90]
+    assert shifted.monotonic() == ft.monotonic()

@@ -56,7 +56,7 @@ def dispatch(conn, now, sink, ft=None, **kw):
     ft = ft or FakeTime()
     version = kw.pop("version", "v1")
     return dispatch_once(conn, now, lambda slug: make_prepared(slug, version),
-                         lambda: Recorder(sink), options(**kw), clock=ft.clock, sleep=ft.sleep)
+                         lambda: Recorder(sink), options(**kw), clock=ft)
 
 
 def test_due_not_due_and_sent_once(db):
@@ -191,24 +191,23 @@ def test_run_worker_polls_until_stopped(db):
     emails = add_subscribers(db, 10)
     conn = open_ledger(db)
     schedule(conn, make_prepared(), T + timedelta(minutes=1))
-    clock = {"now": T}
+    ft = FakeTime(wall=T)
     stop = threading.Event()
     polls = []
     sink = Sink()
 
-    def now():
-        polls.append(clock["now"])
+    def on_poll():
+        polls.append(ft.now())
         if len(polls) == 3:
-            clock["now"] = T + timedelta(minutes=2)
+            ft.t += 120  # two minutes on: the send is due
         if len(polls) > 50:  # bounded, whatever happens
             stop.set()
-        return clock["now"]
 
     def on_report(r):
         stop.set()
 
     reports = run_worker(conn, make_prepared, lambda: Recorder(sink), options(), stop=stop, poll_interval=0.001,
-                         now=now, on_report=on_report)
+                         on_poll=on_poll, on_report=on_report, clock=ft)
     assert len(polls) == 3 and [r.state for r in reports] == ["done"]
     assert sink.counts() == collections.Counter(emails)
 

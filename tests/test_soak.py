@@ -63,7 +63,7 @@ did = start_or_resume(conn, prepared)
 report = run_delivery(conn, did, prepared,
                       lambda: SMTPTransport("127.0.0.1", port, envelope_from="news@example.org", security="none",
                                             timeout=10, clock=SkippingClock()),
-                      options=options(batch_size={batch}, max_wait=10**6), clock=clock, sleep=sleep)
+                      options=options(batch_size={batch}, max_wait=10**6), clock=SkippingClock())
 print("REPORT " + json.dumps(report._asdict(), default=str), flush=True)
 """
 

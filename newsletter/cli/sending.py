@@ -524,8 +524,6 @@ def worker(ctx: click.Context, poll: float, quiet: bool, verbose: bool) -> None:
     the words `dispatch` uses, and every error: under systemd the journal shows each send.
     SIGTERM or Ctrl-C finishes the current batch, leaves nothing mid-send, and exits.
     """
-    import datetime as dt
-
     from newsletter.inbox import start_inbox_polling
     from newsletter.ledger import open_ledger
     from newsletter.schedule import check_poll_interval, run_worker
@@ -551,16 +549,15 @@ def worker(ctx: click.Context, poll: float, quiet: bool, verbose: bool) -> None:
     def inbox_result(result: Any) -> None:
         say(result.line())
 
-    def now() -> dt.datetime:
+    def polled() -> None:
         if verbose:
             click.echo("Checking for due sends.")
-        return dt.datetime.now(dt.timezone.utc)
 
     with _graceful_stop() as stop:
         minutes = start_inbox_polling(settings, stop, on_result=inbox_result, on_error=error)
         if minutes:
             say(f"Reading the reply-to inbox every {minutes:g} minute(s).")
         with closing(open_ledger(settings.db_path)) as conn:
-            run_worker(conn, poll_interval=poll, stop=stop, now=now, on_report=outcome, on_error=error,
+            run_worker(conn, poll_interval=poll, stop=stop, on_poll=polled, on_report=outcome, on_error=error,
                        on_start=None if quiet else _started, **scheduler_args(settings))
     say("Worker stopped cleanly.")

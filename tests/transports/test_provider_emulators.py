@@ -70,8 +70,7 @@ def deliver(db: Path, provider: str, api: ProviderEmulator, clock: FakeClock, ma
     try:
         did = start_or_resume(conn, prepared, now=clock.now)
         return run_delivery(conn, did, prepared, lambda: get_transport(settings, provider, clock=clock),
-                            options=DeliveryOptions(**opts), clock=clock.monotonic, sleep=clock.sleep,
-                            now=clock.now)
+                            options=DeliveryOptions(**opts), clock=clock)
     finally:
         conn.close()
 
