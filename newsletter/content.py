@@ -176,6 +176,41 @@ def _nesting_problems(tokens: Sequence[Token], path: object, first_line: int, li
                          "deeper levels would be lost; flatten them", path=path, line=first_line + deep.map[0])
 
 
+#: Schemes markdown-it will not link (its validateLink): such a link silently becomes literal
+#: "[text](javascript:…)" in the email, so it is refused with its line instead.
+_REFUSABLE_SCHEME = re.compile(r"(?i)\b(?:javascript|vbscript|file|data):")
+
+
+@lru_cache(maxsize=1)
+def _permissive_parser() -> MarkdownIt:
+    """The email parser, but linking every URL: to find the links the real one would drop."""
+    md = MarkdownIt("commonmark", {"html": True, "linkify": False}).enable(["table", "strikethrough"])
+    md.use(footnote_plugin).use(attrs_plugin, after=("image",), allowed=("width",))
+    md.validateLink = lambda url: True  # type: ignore[method-assign]
+    return md
+
+
+def _refused_link_problems(body: str, path: object, first_line: int, lines: list[str]) -> Iterator[InputError]:
+    if not _REFUSABLE_SCHEME.search(body):
+        return  # the common case: no second parse
+    allowed = parser().validateLink
+    for token, block in _walk(_permissive_parser().parse(body, {})):
+        url = token.attrGet("href") if token.type == "link_open" else token.attrGet("src") \
+            if token.type == "image" else None
+        if isinstance(url, str) and not allowed(url):
+            scheme = url.split(":", 1)[0].lower()
+            yield InputError(f"link {url[:60]!r} is refused: email clients block {scheme}: links, and it would "
+                             "show as literal text; use an https:// or mailto: link",
+                             path=path, line=_line_of(block, url, first_line, lines))
+
+
+def _walk(tokens: Sequence[Token]) -> Iterator[tuple[Token, Token]]:
+    for token in tokens:
+        yield token, token
+        for child in token.children or ():
+            yield child, token
+
+
 def body_problems(tokens: Sequence[Token], body: str, *, path: object = None,
                   first_line: int = 1) -> list[InputError]:
     """Every reason the body cannot be mailed, in file order: `check` lists them all at once,
@@ -183,6 +218,7 @@ def body_problems(tokens: Sequence[Token], body: str, *, path: object = None,
     lines = body.split("\n")
     found = [problem for finder in (_nesting_problems, _raw_html_problems, _image_problems)
              for problem in finder(tokens, path, first_line, lines)]
+    found += _refused_link_problems(body, path, first_line, lines)
     return sorted(found, key=lambda e: e.line or 0)
 
 
