@@ -83,9 +83,17 @@ def test_the_readme_keeps_the_two_set_up_commands_and_what_a_newcomer_must_know(
         assert needed in readme, needed
 
 
-def test_links_between_the_docs_point_at_files_that_exist_or_are_promised():
+def _anchors(path: Path) -> set[str]:
+    """GitHub's heading anchors: lower-case, punctuation dropped, spaces to hyphens."""
+    headings = re.findall(r"^#+ (.+)$", path.read_text(encoding="utf-8"), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def test_links_between_the_docs_point_at_files_and_headings_that_exist_or_are_promised():
     promised = {"benchmarks.md", "deliverability.md", "editions.md"}  # written by their owners
     for doc in DOCS:
-        for target in re.findall(r"\]\(([^)#:]+\.md)(?:#[^)]*)?\)", doc.read_text(encoding="utf-8")):
+        for target, anchor in re.findall(r"\]\(([^)#:]+\.md)(?:#([^)]*))?\)", doc.read_text(encoding="utf-8")):
             path = (doc.parent / target).resolve()
             assert path.exists() or path.name in promised, f"{doc.name} links {target}"
+            if anchor and path.exists():
+                assert anchor in _anchors(path), f"{doc.name} links {target}#{anchor}"
