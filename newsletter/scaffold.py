@@ -95,8 +95,12 @@ def new_issue(issues_dir: Path, title: str, today: dt.date | None = None) -> Pat
 
 
 def scaffold_lines() -> list[str]:
-    """The lines `new` writes into an issue's body that an editor must replace (blank lines aside)."""
-    return [line.strip() for line in NEW_ISSUE_BODY.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The lines `new` (and `init`, in its sample issue) write into an issue's body that an
+    editor must replace: read from the files they copy, so the list cannot fall behind them.
+    Lines of fewer than three words ("## A section") are left out: an editor may write those."""
+    sample = (INIT_DATA / "001-hello-world.md").read_text(encoding="utf-8").split("\n---\n", 1)[-1]
+    lines = [*NEW_ISSUE_BODY.read_text(encoding="utf-8").splitlines(), *sample.splitlines()]
+    return [line.strip() for line in lines if len(line.split()) >= 3]
 
 
 def _yaml_line(key: str, value: str) -> str:

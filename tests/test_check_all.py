@@ -133,10 +133,12 @@ def test_check_flags_each_paragraph_new_wrote_that_is_still_there(publication_ro
     assert [numbered[f.line - 1].strip() for f in findings] == [scaffold_lines()[1], scaffold_lines()[2]]
 
 
-def test_scaffold_lines_come_from_what_new_writes(publication_root):
-    from newsletter.scaffold import new_issue, scaffold_lines
+def test_scaffold_lines_come_from_what_new_and_init_write(publication_root, tmp_path):
+    from newsletter.scaffold import init_publication, new_issue, scaffold_lines
 
     text = new_issue(publication_root / "issues", "Anything").read_text(encoding="utf-8")
+    init_publication(tmp_path / "other")
+    text += (tmp_path / "other" / "issues" / "001-hello-world.md").read_text(encoding="utf-8")
     assert scaffold_lines() and all(line in text for line in scaffold_lines())
 
 
@@ -163,3 +165,13 @@ def test_prose_that_mentions_a_scheme_is_not_a_link(publication_root, issue):
     edit(issue, ("The end.", "The end: data: 5%, and `javascript:` in code. ![x](data:image/png;base64,iVBORw0K){width=10}"))
     findings = check_issue(load_settings(publication_root, environ=ENV), issue)
     assert [f for f in findings if f.code == "issue.refused"] == []
+
+
+def test_check_flags_the_sample_text_init_wrote(tmp_path):
+    from newsletter.scaffold import init_publication
+
+    root = tmp_path / "pub"
+    init_publication(root)
+    findings = [f for f in check_issue(load_settings(root, environ=ENV), root / "issues" / "001-hello-world.md")
+                if f.code == "content.scaffold"]
+    assert len(findings) >= 2 and all(f.level == "error" for f in findings)

@@ -66,7 +66,7 @@ def check_scaffold_text(ctx: CheckContext) -> None:
     for n, line in enumerate(body):
         if line.strip() in wanted and not (n and body[n - 1].strip() in wanted):  # once per paragraph
             ctx.add("error", "content.scaffold",
-                    f"text that `newsletter new` wrote is still here (\u201c{line.strip()[:50]}\u2026\u201d): "
+                    f"text that `newsletter new` (or `init`) wrote is still here (\u201c{line.strip()[:50]}\u2026\u201d): "
                     "replace it with the issue's own", line=ctx.issue.body_line + n)
 
 
