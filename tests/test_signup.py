@@ -16,7 +16,7 @@ from newsletter.config import load_settings
 from newsletter.errors import ConfigError
 from newsletter.signups import Signups
 from newsletter.store import SubscriberStore
-from newsletter.tokens import CONFIRM, make_token
+from newsletter.tokens import CONFIRM, make_confirm_token, make_token
 from newsletter.web import make_app
 from newsletter.web.proxies import client_ip
 
@@ -66,8 +66,10 @@ class World:
         return re.search(r"/confirm/[A-Za-z0-9_=\r\n-]+", text).group(0)
 
     def link_for(self, email):
+        """The link the newest request for ``email`` mailed (its nonce is stored with the request)."""
         sub = self.store.get_by_email(email)
-        return f"/confirm/{make_token(SECRET, sub.id, sub.email, CONFIRM)}"
+        nonce = self.store.conn.execute("SELECT signup_nonce FROM subscribers WHERE id=?", (sub.id,)).fetchone()[0]
+        return f"/confirm/{make_confirm_token(SECRET, sub.id, sub.email, nonce)}"
 
 
 @pytest.fixture

@@ -40,11 +40,11 @@ SOURCE = "web signup"
 
 def mount(app: WebApp, limits: SignupLimits, send: Callable[[OutgoingMessage], None], *, welcome: bool) -> None:
     """Add the signup routes to ``app``, and start sending any outbox left from before."""
-    def build(kind: str, sub: Subscriber) -> OutgoingMessage:
+    def build(kind: str, sub: Subscriber, nonce: str) -> OutgoingMessage:
         if kind == "welcome":
             return welcome_message(app.settings, sub, clock=app.clock, env=_env(app))
-        return confirmation_message(app.settings, sub, ttl_hours=round(limits.confirm_ttl / 3600), clock=app.clock,
-                                    env=_env(app))
+        return confirmation_message(app.settings, sub, ttl_hours=round(limits.confirm_ttl / 3600), nonce=nonce,
+                                    clock=app.clock, env=_env(app))
 
     mailer = SignupMailer(lambda: Signups(app.store(), limits, app.clock), build, send)
     app.extensions["signup"] = {"limits": limits, "mail": mailer, "welcome": welcome}
@@ -141,8 +141,7 @@ def subscribe(app: WebApp, request: Request) -> Response:
             "Please enter a valid email address."
         return _form_page(app, 400, values=values, error=message)
     log.info("signup request: %s", decision.why)
-    if decision.mail is not None:
-        _ext(app)["mail"].wake()
+    _ext(app)["mail"].wake()  # whatever the decision: the same work for every address
     try:
         app.write(lambda store: _signups(app, store).purge_expired())
     except sqlite3.Error as exc:  # housekeeping only: the visitor's request is already recorded
