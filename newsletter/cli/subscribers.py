@@ -132,9 +132,15 @@ def subscribers_unsubscribe(ctx: click.Context, address_or_token: str) -> None:
 @click.option("--status", type=click.Choice(["active", "unsubscribed", "bounced", "complained", "pending"]))
 @click.pass_context
 def subscribers_list(ctx: click.Context, status: str | None) -> None:
-    """List subscribers (email, name, status)."""
-    for sub in _store(ctx).iter_subscribers(status=status):
-        click.echo(f"{sub.email}\t{sub.name}\t{sub.status}")
+    """List subscribers (email, name, status; for a signup whose mail has not gone out, what
+    happened to it: retrying, or given up after NEWSLETTER_RETRY_WINDOW)."""
+    from newsletter.signups import Signups
+
+    store = _store(ctx)
+    problems = Signups(store).mail_problems()
+    for sub in store.iter_subscribers(status=status):
+        note = problems.get(sub.id)
+        click.echo(f"{sub.email}\t{sub.name}\t{sub.status}" + (f"\t{note}" if note else ""))
 
 
 @subscribers.command("count")
