@@ -33,18 +33,24 @@ PROGRESS_FROM_BYTES = 1 << 20  # a file this big takes long enough to show a pro
 
 @subscribers.command("import")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--resubscribe", is_flag=True, help="Reactivate addresses that had unsubscribed or bounced.")
+@click.option("--resubscribe", is_flag=True, hidden=True)
 @click.option("--source", default=None, help="Where these subscribers came from (kept with each).")
 @click.pass_context
 def subscribers_import(ctx: click.Context, file: Path, resubscribe: bool, source: str | None) -> None:
-    """Import a CSV with a header row (email, name, …). Good rows land even if some are bad."""
+    """Import a CSV with a header row (email, name, …). Good rows land even if some are bad.
+
+    A file from `subscribers export` (it has a status column) restores each reader's status
+    and consent record. No import ever reactivates an unsubscribed, bounced or complained address."""
     from newsletter.csvio import import_csv
 
+    if resubscribe:
+        raise InputError("an import never reactivates unsubscribed or bounced addresses; for one reader who "
+                         "asked to come back: `newsletter subscribers add ADDRESS --resubscribe`")
     if not file.exists():
         raise InputError("no such file", path=file)
     progress, update = _import_progress(file)
     with progress:
-        report = import_csv(_store(ctx), file, resubscribe=resubscribe, source=source, progress=update)
+        report = import_csv(_store(ctx), file, source=source, progress=update)
     for line, reason in report.errors:
         click.echo(f"{file}:{line}: {reason}", err=True)
     for line, email, reason in report.skipped:
