@@ -23,9 +23,10 @@ def subscribers() -> None:
 
 
 def _store(ctx: click.Context) -> Any:
-    from newsletter.store import SubscriberStore
+    """The store, with unsubscribes spooled by the web app applied first (closed when the command ends)."""
+    from newsletter.unsubscribe_spool import open_store
 
-    return ctx.with_resource(SubscriberStore.open(settings_of(ctx).db_path))  # closed when the command ends
+    return ctx.with_resource(open_store(settings_of(ctx)))
 
 
 PROGRESS_FROM_BYTES = 1 << 20  # a file this big takes long enough to show a progress bar

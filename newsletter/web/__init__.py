@@ -76,7 +76,7 @@ def make_app(settings: Settings, *, store_path: Path | str | None = None, site_d
 
     core = WebApp(settings, Path(store_path) if store_path is not None else settings.db_path, clock=clock)
     core.route("/unsubscribe/<token>", unsubscribe, ("GET", "POST"))
-    core.route("/healthz", healthz)
+    core.route("/healthz", healthz, reads_subscribers=False)
     core.webhooks = WebhookContext(settings, with_store=core.write, clock=clock)  # type: ignore[attr-defined]
     core.route("/webhooks/<provider>", webhook, ("POST",), max_body=WEBHOOK_MAX_BODY + 1)
     if settings.publication.base_url:
