@@ -20,7 +20,7 @@ import html as htmllib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Generic, Sequence, TypeVar
 
-from newsletter.mime import PLACEHOLDERS
+from newsletter.mime import PLACEHOLDERS, fill
 
 if TYPE_CHECKING:
     from newsletter.message import OutgoingMessage, PreparedIssue
@@ -46,10 +46,8 @@ def merge_body(prepared: "PreparedIssue", tag: Tagger) -> MergeBody:
     tags = [tag(part, key) for part in PARTS for key in PLACEHOLDERS]
     fixed = (rendered.text, rendered.html, headers.subject, headers.from_, headers.reply_to)
     usable = not any(t in text for t in tags for text in fixed)
-    text, html = rendered.text, rendered.html
-    for key, marker in PLACEHOLDERS.items():
-        text = text.replace(marker, tag("text", key))
-        html = html.replace(marker, tag("html", key))
+    text = fill(rendered.text, lambda key: tag("text", key))  # one pass: a tag is never scanned again
+    html = fill(rendered.html, lambda key: tag("html", key))
     return MergeBody(text, html, usable)
 
 
