@@ -355,9 +355,10 @@ def test_a_misspelt_welcome_setting_is_refused_not_taken_as_off(tmp_path, env, c
 def test_an_outboxed_confirmation_is_not_sent_once_it_no_longer_applies(world):
     """Confirmed (or unsubscribed) before the sender got to it: nothing goes out."""
     world.app.extensions["signup"]["mail"]._send = lambda m: (_ for _ in ()).throw(AssertionError("sent"))
-    Signups(world.store, world.app.extensions["signup"]["limits"], world.clock).request(
-        "quick@example.org", ip="192.0.2.5", source="s", consent="c")
-    world.store.unsubscribe("quick@example.org")
+    with world.store.transaction():  # one step: the app's sender thread (started at mount) cannot slip in between
+        Signups(world.store, world.app.extensions["signup"]["limits"], world.clock).request(
+            "quick@example.org", ip="192.0.2.5", source="s", consent="c")
+        world.store.unsubscribe("quick@example.org")
     world.mails()
     assert world.store.conn.execute("SELECT COUNT(*) FROM signup_outbox").fetchone()[0] == 0
 

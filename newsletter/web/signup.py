@@ -141,12 +141,15 @@ def subscribe(app: WebApp, request: Request) -> Response:
             "Please enter a valid email address."
         return _form_page(app, 400, values=values, error=message)
     log.info("signup request: %s", decision.why)
-    _ext(app)["mail"].wake()  # whatever the decision: the same work for every address
     try:
         app.write(lambda store: _signups(app, store).purge_expired())
     except sqlite3.Error as exc:  # housekeeping only: the visitor's request is already recorded
         log.warning("could not purge expired signups: %s", exc)
-    return _page(app, "check-inbox")
+    response = _page(app, "check-inbox")
+    # The sender wakes once the answer has gone, whatever the decision: building and sending a mail
+    # beside the request would make it slower for a new address than for one already on the list.
+    response.call_on_close(_ext(app)["mail"].wake)
+    return response
 
 
 _STATE_PAGES = {"done": ("subscribed", 200), "expired": ("expired", 410)}
