@@ -54,8 +54,8 @@ from typing import BinaryIO, Callable, Iterator, NamedTuple, Sequence, TextIO
 from newsletter.addresses import check_header, clean_text
 from newsletter.bulk_addresses import AddressValidator
 from newsletter.errors import InputError
-from newsletter.store import (ACTIVE, COMPLAINED, PENDING, REACTIVATE_SQL, STATUS_RANK, STATUSES, SUPPRESSED,
-                              SubscriberStore, _SQL_PARAM_CHUNK, reactivation, stamp, utcnow)
+from newsletter.store import (ACTIVE, COMPLAINED, PENDING, REACTIVATE_SQL, STATUS_RANK, STATUS_RECORD, STATUSES,
+                              SUPPRESSED, SubscriberStore, _SQL_PARAM_CHUNK, reactivation, stamp, utcnow)
 
 
 # ---- the record: what export writes and import restores -------------------------------
@@ -126,8 +126,6 @@ RECORD: tuple[Column, ...] = (
 EXPORT_COLUMNS = tuple(c.name for c in RECORD)
 _FIELDS = RECORD[1:]  # what is staged beside the address
 _FIELD_NAMES = tuple(c.name for c in _FIELDS)
-#: What a known reader takes from the file with a stronger status: the status and why they have it.
-_STATUS_RECORD = tuple(n for n in _FIELD_NAMES if n not in ("name", "created_at"))
 _PLAIN_TEXT = ("name", "source", "consent")  # what a plain list (no status column) brings
 
 _ALIASES = {
@@ -429,25 +427,36 @@ def _parse_row(reader: _Reader, line: int, row: list[str], report: ImportReport,
         return None
     try:
         email = addresses.normalise(raw_email)
-        fields = _record_fields(reader, row) if "status" in reader.columns else _plain_fields(reader, row)
+        if "status" in reader.columns:
+            fields = _record_fields(reader, row)
+            if fields[_STATUS_AT]:
+                return _Row(line, email, fields)
+            fields = list(fields)  # a blank status: a plain row after all
+        else:
+            fields = _plain_fields(reader, row)
     except InputError as exc:
         report.error(line, exc.message)
         return None
-    if not fields[_FIELD_NAMES.index("status")]:  # a plain row: where it came from, as today
-        source = _FIELD_NAMES.index("source")
-        fields = (*fields[:source], fields[source] or default_source, *fields[source + 1:])
-    return _Row(line, email, fields)
+    fields[_SOURCE_AT] = fields[_SOURCE_AT] or default_source  # a plain row: where it came from, as today
+    return _Row(line, email, tuple(fields))
 
 
-def _plain_fields(reader: _Reader, row: list[str]) -> tuple[str, ...]:
+_STATUS_AT, _SOURCE_AT = _FIELD_NAMES.index("status"), _FIELD_NAMES.index("source")
+_PLAIN_AT = tuple(_FIELD_NAMES.index(column) for column in _PLAIN_TEXT)
+_NO_FIELDS = [""] * len(_FIELD_NAMES)
+
+
+def _plain_fields(reader: _Reader, row: list[str]) -> list[str]:
     """A plain list's row: name, source and consent, the rest left empty."""
     texts = [_unformula(reader.cell(row, column)) for column in _PLAIN_TEXT]
     try:
         check_header("name", "".join(texts))  # one check for the three cells...
     except InputError:  # ...and, rarely, clean_text to say which cell and why (or that stripping cured it)
         texts = [clean_text(t, column) for t, column in zip(texts, _PLAIN_TEXT)]
-    given = {column: t.strip() for column, t in zip(_PLAIN_TEXT, texts)}
-    return tuple(given.get(name, "") for name in _FIELD_NAMES)
+    fields = _NO_FIELDS.copy()
+    for at, text in zip(_PLAIN_AT, texts):
+        fields[at] = text.strip()
+    return fields
 
 
 def _record_fields(reader: _Reader, row: list[str]) -> tuple[str, ...]:
@@ -618,13 +627,13 @@ class _Writes:
     def record(self, sid: int, record: dict[str, str]) -> None:
         """The file's status with why the reader has it; an open signup request's link retires."""
         values = {**record, "changed_at": record["changed_at"] or self.now}
-        self.records.append((*(values[n] for n in _STATUS_RECORD), record["name"], record["name"], sid))
+        self.records.append((*(values[n] for n in STATUS_RECORD), record["name"], record["name"], sid))
 
     def flush(self, conn: sqlite3.Connection) -> int:
         """Write (and forget) what was collected; returns how many readers changed."""
         conn.executemany("UPDATE subscribers SET name=?, changed_at=? WHERE id=?", self.names)
         conn.executemany(REACTIVATE_SQL, self.reactivations)
-        assignments = ", ".join(f"{n}=?" for n in _STATUS_RECORD)
+        assignments = ", ".join(f"{n}=?" for n in STATUS_RECORD)
         conn.executemany(f"UPDATE subscribers SET {assignments}, name=CASE WHEN ?<>'' THEN ? ELSE name END,"
                          " signup_nonce='' WHERE id=?", self.records)
         done = len(self)

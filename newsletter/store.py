@@ -123,9 +123,9 @@ def _v3_ascii_domains(conn: sqlite3.Connection) -> None:
 #: Which of two statuses one reader keeps when two records meet (a merge, an import): any suppression
 #: beats active, and the stronger suppression wins.
 STATUS_RANK = {"pending": 0, "active": 1, "unsubscribed": 2, "bounced": 3, "complained": 4}
-#: What comes with the status that wins a merge: why the reader has it (consent, signup, reason).
-_STATUS_RECORD = ("status", "status_reason", "changed_at", "source", "consent", "consent_requested_at",
-                  "consent_confirmed_at", "consent_ip", "signup_requested_at", "signup_ip")
+#: What comes with the status that wins a merge or an import: why the reader has it (consent, signup, reason).
+STATUS_RECORD = ("status", "status_reason", "changed_at", "source", "consent", "consent_requested_at",
+                 "consent_confirmed_at", "consent_ip", "signup_requested_at", "signup_ip")
 #: Of one reader's two ledger rows in a delivery, the one kept: a row that went out (or may have) wins.
 _LEDGER_RANK = "CASE {0}.state WHEN 'sent' THEN 3 WHEN 'uncertain' THEN 2 WHEN 'sending' THEN 1 ELSE 0 END"
 
@@ -134,12 +134,12 @@ def _merge_reader(conn: sqlite3.Connection, *, keep: int, drop: int) -> None:
     """One reader stored twice (Unicode and ASCII domain): ``keep`` takes the stronger status with
     its consent record (a suppression is never lost) and ``drop``'s history, then ``drop`` goes.
     Where both have a row in one delivery, the one further on stays (no second copy is sent)."""
-    cols = ", ".join(_STATUS_RECORD)
+    cols = ", ".join(STATUS_RECORD)
     kept, dropped = (conn.execute(f"SELECT {cols}, name, created_at FROM subscribers WHERE id=?", (i,)).fetchone()
                      for i in (keep, drop))
     if STATUS_RANK.get(dropped[0], 0) > STATUS_RANK.get(kept[0], 0):
-        assignments = ", ".join(f"{c}=?" for c in _STATUS_RECORD)
-        conn.execute(f"UPDATE subscribers SET {assignments} WHERE id=?", (*dropped[:len(_STATUS_RECORD)], keep))
+        assignments = ", ".join(f"{c}=?" for c in STATUS_RECORD)
+        conn.execute(f"UPDATE subscribers SET {assignments} WHERE id=?", (*dropped[:len(STATUS_RECORD)], keep))
     conn.execute("UPDATE subscribers SET name=CASE WHEN name='' THEN ? ELSE name END, created_at=min(created_at, ?) "
                  "WHERE id=?", (dropped["name"], dropped["created_at"], keep))
     if _has_table(conn, "ledger"):
