@@ -215,3 +215,22 @@ def test_a_signup_runs_the_same_statements_whoever_the_address_belongs_to(world)
     assert len(reference) > 5
     for email, statements in traces.items():
         assert statements == reference, email
+
+
+def test_a_request_made_while_a_link_is_being_confirmed_wins(world, monkeypatch):
+    """The link is checked again inside the confirming transaction: a new request that lands between
+    the page's lookup and the write has retired it."""
+    world.signup("race@example.org")
+    link = confirm_link(world.mails()[0])
+    world.clock.advance(25 * 3600)
+    real_write = world.app.write
+
+    def write_after_a_new_request(fn):
+        monkeypatch.setattr(world.app, "write", real_write)
+        Signups(world.app.store(), world.app.extensions["signup"]["limits"], world.clock).request(
+            "race@example.org", ip="198.51.100.7", source="web signup", consent="c")
+        return real_write(fn)
+
+    monkeypatch.setattr(world.app, "write", write_after_a_new_request)
+    assert world.client.post(link).status_code == 404
+    assert world.store.get_by_email("race@example.org").status == "pending"

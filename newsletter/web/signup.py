@@ -170,8 +170,13 @@ def confirm(app: WebApp, request: Request, token: str) -> Response:
     masked = mask_email(sub.email)
     if request.method != "POST":
         return _state_page(app, _signups(app).confirmable(sub.id), masked, "confirm")
-    state = app.write(lambda store: _signups(app, store).confirm(
-        sub.id, ip=app.client_ip(request), welcome=_ext(app)["welcome"]))
+    def apply(store: SubscriberStore) -> str:
+        with store.transaction():  # the link checked again inside: a request made meanwhile retired it
+            if subscriber_for(app, store, token, CONFIRM) is None:
+                return "none"
+            return _signups(app, store).confirm(sub.id, ip=app.client_ip(request), welcome=_ext(app)["welcome"])
+
+    state = app.write(apply)
     if state == "open":
         log.info("signup confirmed")
         if _ext(app)["welcome"]:
