@@ -570,8 +570,9 @@ def _apply(conn: sqlite3.Connection, report: ImportReport) -> None:
             report.updated += writes.flush(conn)
     report.updated += writes.flush(conn)
     cur = conn.execute(
-        f"INSERT INTO subscribers(email, {', '.join(_FIELD_NAMES)})"
-        f" SELECT r.email, {', '.join(_NEW_VALUE.get(n, 'r.' + n) for n in _FIELD_NAMES)} FROM temp.import_rows r"
+        f"INSERT INTO subscribers(email, {', '.join(_FIELD_NAMES)}, signup_nonce)"
+        f" SELECT r.email, {', '.join(_NEW_VALUE.get(n, 'r.' + n) for n in _FIELD_NAMES)}, {_FRESH_NONCE}"
+        " FROM temp.import_rows r"
         " WHERE NOT EXISTS (SELECT 1 FROM subscribers s WHERE s.email = r.email) ORDER BY r.line", {"now": now})
     report.added += cur.rowcount
 
@@ -582,6 +583,11 @@ _NEW_VALUE = {
     "created_at": "CASE WHEN r.created_at='' THEN :now ELSE r.created_at END",
     "changed_at": "CASE WHEN r.changed_at='' THEN :now ELSE r.changed_at END",
 }
+
+
+#: A restored open signup request gets a nonce no link was ever made with: links mailed for this
+#: reader before (from this or another database) never confirm it; the reader asks again.
+_FRESH_NONCE = "CASE WHEN r.signup_requested_at<>'' THEN lower(hex(randomblob(16))) ELSE '' END"
 
 
 def _decide(writes: "_Writes", sid: int, old_name: str, status: str, record: dict[str, str]) -> str:
@@ -627,7 +633,8 @@ class _Writes:
     def record(self, sid: int, record: dict[str, str]) -> None:
         """The file's status with why the reader has it; an open signup request's link retires."""
         values = {**record, "changed_at": record["changed_at"] or self.now}
-        self.records.append((*(values[n] for n in STATUS_RECORD), record["name"], record["name"], sid))
+        self.records.append((*(values[n] for n in STATUS_RECORD), record["name"], record["name"],
+                             record["signup_requested_at"], sid))
 
     def flush(self, conn: sqlite3.Connection) -> int:
         """Write (and forget) what was collected; returns how many readers changed."""
@@ -635,7 +642,8 @@ class _Writes:
         conn.executemany(REACTIVATE_SQL, self.reactivations)
         assignments = ", ".join(f"{n}=?" for n in STATUS_RECORD)
         conn.executemany(f"UPDATE subscribers SET {assignments}, name=CASE WHEN ?<>'' THEN ? ELSE name END,"
-                         " signup_nonce='' WHERE id=?", self.records)
+                         f" signup_nonce={_FRESH_NONCE.replace('r.signup_requested_at', '?')} WHERE id=?",
+                         self.records)
         done = len(self)
         self.names.clear()
         self.reactivations.clear()

@@ -232,3 +232,22 @@ def _export(store: SubscriberStore) -> str:
     buf = io.StringIO(newline="")
     export_csv(store, buf)
     return buf.getvalue()
+
+
+def test_no_link_made_before_a_restore_confirms_a_restored_request(original, tmp_path):
+    """Pending readers come back pending with their request, under a nonce no link was made with."""
+    from newsletter.tokens import make_confirm_token, make_token
+
+    secret = "s" * 32
+    path = tmp_path / "export.csv"
+    path.write_text(_export(original), encoding="utf-8", newline="")
+    with SubscriberStore.open(tmp_path / "restored.db") as restored:
+        import_csv(restored, path)
+        pending = list(restored.iter_subscribers("pending"))
+        assert len(pending) == 2
+        for sub in pending:
+            old_nonce = original.conn.execute("SELECT signup_nonce FROM subscribers WHERE email=?",
+                                              (sub.email,)).fetchone()[0]
+            for link in (make_token(secret, sub.id, sub.email, "confirm"),
+                         make_confirm_token(secret, sub.id, sub.email, old_nonce)):
+                assert restored.get_by_token(secret, link, "confirm") is None
