@@ -16,7 +16,7 @@ from newsletter.config import load_settings
 from newsletter.errors import ConfigError
 from newsletter.signups import Signups
 from newsletter.store import SubscriberStore
-from newsletter.tokens import CONFIRM, make_confirm_token, make_token
+from newsletter.tokens import make_confirm_token
 from newsletter.web import make_app
 from newsletter.web.proxies import client_ip
 
