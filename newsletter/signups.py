@@ -77,6 +77,12 @@ _QUEUE_SQL = """INSERT INTO signup_outbox(subscriber_id, kind, due_at) SELECT ?,
 ON CONFLICT(subscriber_id, kind) DO UPDATE SET due_at=min(due_at, excluded.due_at), attempts=0,
   first_failed_at=0, last_error='', gave_up_at=0"""
 
+#: Outbox rows that no longer apply: the reader is gone, a confirmation's request is closed
+#: (confirmed, expired, unsubscribed), a welcome's reader is no longer active.
+_MOOT_MAIL_SQL = """DELETE FROM signup_outbox WHERE NOT EXISTS (SELECT 1 FROM subscribers s
+  WHERE s.id = signup_outbox.subscriber_id AND CASE signup_outbox.kind
+    WHEN 'confirm' THEN s.signup_requested_at<>'' ELSE s.status='active' END)"""
+
 HOUR = 3600.0
 DAY = 24 * HOUR
 MAX_NAME = 100
@@ -296,4 +302,5 @@ class Signups:
                                    " AND signup_requested_at<?", (cutoff,)).rowcount
             conn.execute("UPDATE subscribers SET signup_requested_at='' WHERE status<>'pending'"
                          " AND signup_requested_at<>'' AND signup_requested_at<?", (cutoff,))
+            conn.execute(_MOOT_MAIL_SQL)
         return deleted

@@ -234,3 +234,18 @@ def test_a_request_made_while_a_link_is_being_confirmed_wins(world, monkeypatch)
     monkeypatch.setattr(world.app, "write", write_after_a_new_request)
     assert world.client.post(link).status_code == 404
     assert world.store.get_by_email("race@example.org").status == "pending"
+
+
+def test_a_given_up_mail_goes_with_its_expired_request(tmp_path, env, clock):
+    w = World(tmp_path, {**env, "NEWSLETTER_RETRY_WINDOW": "0.1"}, clock)
+    failing_until(w, 10**9, [])
+    w.signup("never@example.org")
+    for _ in range(20):
+        w.mails()
+        clock.advance(60)
+    assert Signups(w.store).mail_counts() == (0, 1)
+    clock.advance(48 * 3600)
+    w.signup("someone.else@example.org", ip="192.0.2.99")  # a request purges what expired
+    assert w.store.get_by_email("never@example.org") is None
+    assert Signups(w.store).mail_counts()[1] == 0 and "given up" not in cli_run(w, "status").output
+    w.store.close()
