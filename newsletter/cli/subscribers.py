@@ -168,7 +168,8 @@ def subscribers_count(ctx: click.Context) -> None:
 @click.option("--status", type=click.Choice(["active", "unsubscribed", "bounced", "complained", "pending"]))
 @click.pass_context
 def subscribers_export(ctx: click.Context, out: Path | None, status: str | None) -> None:
-    """Export subscribers as CSV, with the status column."""
+    """Export subscribers as CSV: each reader's whole record (status and why, dates, source, consent
+    record with IPs, open signup request). `subscribers import` of the file restores it."""
     from newsletter.csvio import export_csv
 
     store = _store(ctx)
