@@ -59,10 +59,11 @@ CREATE UNIQUE INDEX signup_outbox_one ON signup_outbox(subscriber_id, kind)""",
 
 #: One request, for any address: a new one becomes pending; a pending or unsubscribed one gets a fresh
 #: request (and nonce; an unsubscribed reader stays so until confirmed); an active, bounced or
-#: complained one is written back unchanged. Parameters: email, name, created, changed, source,
-#: consent, requested, ip, nonce.
+#: complained one is written back unchanged. With ``:go`` false (a limit held the request back) it
+#: writes nothing, and an open link keeps working.
 _REQUEST_SQL = """INSERT INTO subscribers(email, name, status, created_at, changed_at, source, consent,
-  signup_requested_at, signup_ip, signup_nonce) VALUES(?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)
+  signup_requested_at, signup_ip, signup_nonce)
+SELECT :email, :name, 'pending', :at, :at, :source, :consent, :at, :ip, :nonce WHERE :go
 ON CONFLICT(email) DO UPDATE SET
   signup_requested_at=CASE WHEN status IN ('pending','unsubscribed') THEN excluded.signup_requested_at
                            ELSE signup_requested_at END,
@@ -144,10 +145,11 @@ class Signups:
         """Record a signup request; decide whether a confirmation email goes out.
 
         Raises :class:`~newsletter.errors.InputError` for an invalid address or name (the
-        visitor's typo, answered with a 400); everything else answers the same. Past the
-        limits, a new, pending, active or suppressed address runs the same statements (the
-        writes that do not apply change nothing), so the time taken does not tell who is on
-        the list. Each request gets a fresh nonce: only the newest link confirms.
+        visitor's typo, answered with a 400); everything else answers the same. Within the
+        requester's IP limit, a new, pending, active or suppressed address, over an address or
+        hourly limit or not, runs the same statements (the writes that do not apply change
+        nothing), so the time taken does not tell who is on the list, nor who signed up lately.
+        Each request gets a fresh nonce: only the newest link confirms.
         """
         email = normalise_email(email)
         name = clean_text(name, "name")[:MAX_NAME]
@@ -156,19 +158,19 @@ class Signups:
         with self.store.transaction() as conn:
             conn.execute("DELETE FROM signup_events WHERE at < ?", (t - max(DAY, self.limits.per_address),))
             if self._count(conn, "ip", ip, t - HOUR) >= self.limits.per_ip_hourly:
-                return SignupDecision(None, "rate limit: ip")
+                return SignupDecision(None, "rate limit: ip")  # this requester's own limit: says nothing of the address
             conn.execute("INSERT INTO signup_events(scope, key, at) VALUES('ip', ?, ?)", (ip, t))
-            if self._count(conn, "address", key, t - self.limits.per_address):  # a confirmation went out lately
-                return SignupDecision(None, "rate limit: address")
-            if self._count(conn, "global", "", t - HOUR) >= self.limits.hourly_cap:
-                return SignupDecision(None, "rate limit: hourly cap")
+            mailed_lately = self._count(conn, "address", key, t - self.limits.per_address)  # both counted, always
+            busy = self._count(conn, "global", "", t - HOUR) >= self.limits.hourly_cap
+            limit = "rate limit: address" if mailed_lately else "rate limit: hourly cap" if busy else ""
             before = conn.execute("SELECT status FROM subscribers WHERE email=?", (email,)).fetchone()
-            sid, status = conn.execute(_REQUEST_SQL, (email, name, at, at, source, consent, at, ip, nonce)).fetchone()
+            sid, status = conn.execute(_REQUEST_SQL, dict(email=email, name=name, at=at, source=source, consent=consent,
+                                                          ip=ip, nonce=nonce, go=not limit)).fetchone() or (0, None)
             mail = status in (PENDING, UNSUBSCRIBED)
             conn.execute("INSERT INTO signup_events(scope, key, at) SELECT 'global', '', ? WHERE ?", (t, mail))
             conn.execute(_QUEUE_SQL, (sid, t, mail))
         sub = self.store.get(sid)
-        return SignupDecision(sub if mail else None, "new" if before is None else f"address is {before[0]}")
+        return SignupDecision(sub if mail else None, limit or ("new" if before is None else f"address is {before[0]}"))
 
     @staticmethod
     def _count(conn, scope: str, key: str, since: float) -> int:  # noqa: ANN001
