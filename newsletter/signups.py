@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import NamedTuple
 
+from newsletter import signup_status
 from newsletter.clock import SYSTEM, Clock
 from newsletter.db import migrate
 from newsletter.errors import scrub
@@ -271,22 +272,12 @@ class Signups:
                                        (t,)).fetchone()[0]
 
     def mail_problems(self) -> dict[int, str]:
-        """Reader id → what happened to a signup mail not sent yet: waiting to retry, or given
-        up after the retry window (for ``subscribers list`` and ``status``)."""
-        out: dict[int, str] = {}
-        for sid, kind, attempts, error, gave_up in self.store.conn.execute(
-                "SELECT subscriber_id, kind, attempts, last_error, gave_up_at FROM signup_outbox"
-                " WHERE attempts>0 ORDER BY id"):
-            state = "not sent, gave up after the retry window" if gave_up else f"not sent yet, retrying ({attempts} tries)"
-            out[sid] = f"{kind} mail {state}" + (f": {error}" if error else "")
-        return out
+        """See :func:`newsletter.signup_status.mail_problems`."""
+        return signup_status.mail_problems(self.store.conn)
 
     def mail_counts(self) -> tuple[int, int]:
-        """(signup mails waiting to retry after a failure, signup mails given up)."""
-        retrying, gave_up = self.store.conn.execute(
-            "SELECT coalesce(sum(attempts>0 AND gave_up_at=0), 0), coalesce(sum(gave_up_at>0), 0)"
-            " FROM signup_outbox").fetchone()
-        return retrying, gave_up
+        """See :func:`newsletter.signup_status.mail_counts`."""
+        return signup_status.mail_counts(self.store.conn)
 
     def consent(self, sid: int) -> Consent | None:
         row = self.store.conn.execute(

@@ -343,10 +343,9 @@ def status(ctx: click.Context, issue: str | None, failed: bool) -> None:
 
 def _signup_mail_status(conn: Any) -> None:
     """Signup confirmation (and welcome) mails that failed: retrying, or given up after the window."""
-    from newsletter.signups import Signups
-    from newsletter.store import SubscriberStore
+    from newsletter.signup_status import mail_counts
 
-    retrying, gave_up = Signups(SubscriberStore(conn)).mail_counts()
+    retrying, gave_up = mail_counts(conn)
     if gave_up:
         click.echo(f"signup mail: {gave_up} not sent, given up after NEWSLETTER_RETRY_WINDOW; "
                    "`newsletter subscribers list --status pending` names them (a new signup queues it again)")

@@ -141,10 +141,10 @@ def subscribers_unsubscribe(ctx: click.Context, address_or_token: str) -> None:
 def subscribers_list(ctx: click.Context, status: str | None) -> None:
     """List subscribers (email, name, status; for a signup whose mail has not gone out, what
     happened to it: retrying, or given up after NEWSLETTER_RETRY_WINDOW)."""
-    from newsletter.signups import Signups
+    from newsletter.signup_status import mail_problems
 
     store = _store(ctx)
-    problems = Signups(store).mail_problems()
+    problems = mail_problems(store.conn)
     for sub in store.iter_subscribers(status=status):
         note = problems.get(sub.id)
         click.echo(f"{sub.email}\t{sub.name}\t{sub.status}" + (f"\t{note}" if note else ""))
