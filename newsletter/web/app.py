@@ -115,8 +115,13 @@ class WebApp:
         """Apply unsubscribes spooled while the database was locked, before a handler reads
         subscriber state (cheap when there are none). Still locked: the spool waits for the
         next request, and the handler goes on (a POST that cannot write spools again)."""
-        from newsletter.unsubscribe_spool import apply_spool
+        from newsletter.unsubscribe_spool import apply_spool, spool_path
 
+        spool = self.extensions.get("spool path")
+        if spool is None:
+            spool = self.extensions["spool path"] = spool_path(self.store_path)
+        if not os.path.exists(spool):  # the usual case, one stat (a crashed applier's leftovers: at start)
+            return
         try:
             apply_spool(self.store(), str(self.settings.secret_key), now=self.clock.now(), db_path=self.store_path)
         except sqlite3.OperationalError as exc:
