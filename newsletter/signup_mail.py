@@ -77,21 +77,28 @@ class SignupMailer:
     """
 
     def __init__(self, signups: Callable[[], Signups], build: Callable[[str, Subscriber, str], OutgoingMessage],
-                 send: Callable[[OutgoingMessage], None], *, poll: float = 30.0, lease: float = 300.0):
+                 send: Callable[[OutgoingMessage], None], *, poll: float = 30.0, lease: float = 300.0,
+                 settle: float = 0.5):
         self._signups, self._build, self._send = signups, build, send
-        self.poll, self.lease = poll, lease
+        self.poll, self.lease, self.settle = poll, lease, settle
         self._wake = threading.Event()
+        self._now = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid: int | None = None
         self._lock = threading.Lock()
 
-    def wake(self) -> None:
-        """Start the sender thread if this process has none, and have it look at the outbox now."""
+    def wake(self, *, now: bool = False) -> None:
+        """Start the sender thread if this process has none, and have it look at the outbox: after
+        :attr:`settle` seconds, so the answer to the request that woke it goes out first (building
+        and sending a mail beside it would make a new address's answer slower than a known one's),
+        or at once with ``now``."""
         with self._lock:
             if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
                 self._thread = threading.Thread(target=self._run, name="signup-mail", daemon=True)
                 self._pid = os.getpid()
                 self._thread.start()
+        if now:
+            self._now.set()
         self._wake.set()
 
     def _run(self) -> None:
@@ -103,7 +110,9 @@ class SignupMailer:
                 log.warning("signup outbox: %s", type(exc).__name__)
                 handled = 0
             if not handled:
-                self._wake.wait(self.poll)
+                if self._wake.wait(self.poll):
+                    self._now.wait(self.settle)
+                self._now.clear()
 
     def run_once(self) -> int:
         """Send what is due; returns how many rows were handled."""
@@ -125,7 +134,7 @@ class SignupMailer:
 
     def join(self, polls: int = 400) -> None:
         """Wait (bounded) until nothing due is left in the outbox: for tests and shutdown."""
-        self.wake()
+        self.wake(now=True)
         for _ in range(polls):
             if self._signups().due_count() == 0:
                 return
