@@ -104,19 +104,21 @@ class Column(NamedTuple):
     name: str
     check: Callable[[str], str]
     free_text: bool = False  # guarded against spreadsheet formulas on export
+    plain: bool = False  # also read from a plain list (a file without a status column)
+    aliases: tuple[str, ...] = ()  # other headers that name it (compared as _column_key makes them)
 
 
 #: Every field of a reader, in file order: export writes these, and a file with a ``status``
 #: column restores them. Adding a field to the round trip is one line here.
 RECORD: tuple[Column, ...] = (
-    Column("email", str.strip, free_text=True),  # checked by the address validator
-    Column("name", _text("name"), free_text=True),
+    Column("email", str.strip, True, True, ("e mail", "email address", "e mail address", "mail")),  # see _parse_row
+    Column("name", _text("name"), True, True, ("full name", "fullname", "display name")),
     Column("status", _status),
     Column("status_reason", _text("status_reason"), free_text=True),
     Column("created_at", _time),
     Column("changed_at", _time),
-    Column("source", _text("source"), free_text=True),
-    Column("consent", _text("consent"), free_text=True),
+    Column("source", _text("source"), free_text=True, plain=True),
+    Column("consent", _text("consent"), free_text=True, plain=True),
     Column("consent_requested_at", _time),
     Column("consent_confirmed_at", _time),
     Column("consent_ip", _ip),
@@ -126,13 +128,10 @@ RECORD: tuple[Column, ...] = (
 EXPORT_COLUMNS = tuple(c.name for c in RECORD)
 _FIELDS = RECORD[1:]  # what is staged beside the address
 _FIELD_NAMES = tuple(c.name for c in _FIELDS)
-_PLAIN_TEXT = ("name", "source", "consent")  # what a plain list (no status column) brings
-
-_ALIASES = {
-    "email": {"email", "e mail", "email address", "e mail address", "mail"},
-    "name": {"name", "full name", "fullname", "display name"},
-    **{c.name: {c.name.replace("_", " ")} for c in _FIELDS if c.name != "name"},
-}
+#: What a plain list brings: free text checked in one go (the usual case), then any other plain field.
+_PLAIN_TEXT = tuple(c.name for c in _FIELDS if c.plain and c.free_text)
+_PLAIN_OTHER = tuple((_FIELD_NAMES.index(c.name), c) for c in _FIELDS if c.plain and not c.free_text)
+_ALIASES = {c.name: {c.name.replace("_", " "), *c.aliases} for c in RECORD}
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _BINARY_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f]")
 _LOOKS_LIKE_ADDRESS = re.compile(r"[^\s@\"]+@[^\s@\"]+\.[^\s@\"]+")
@@ -447,7 +446,7 @@ _NO_FIELDS = [""] * len(_FIELD_NAMES)
 
 
 def _plain_fields(reader: _Reader, row: list[str]) -> list[str]:
-    """A plain list's row: name, source and consent, the rest left empty."""
+    """A plain list's row: its :attr:`Column.plain` fields (name, source, consent), the rest left empty."""
     texts = [_unformula(reader.cell(row, column)) for column in _PLAIN_TEXT]
     try:
         check_header("name", "".join(texts))  # one check for the three cells...
@@ -456,19 +455,21 @@ def _plain_fields(reader: _Reader, row: list[str]) -> list[str]:
     fields = _NO_FIELDS.copy()
     for at, text in zip(_PLAIN_AT, texts):
         fields[at] = text.strip()
+    for at, column in _PLAIN_OTHER:
+        fields[at] = _checked(column, reader.cell(row, column.name))
     return fields
 
 
 def _record_fields(reader: _Reader, row: list[str]) -> tuple[str, ...]:
     """A row of a file with a status column (an export): every field of the record it has."""
-    out = []
-    for column in _FIELDS:
-        cell = reader.cell(row, column.name)
-        try:
-            out.append(column.check(_unformula(cell) if column.free_text else cell))
-        except InputError as exc:
-            raise InputError(f"{column.name}: {exc.message}") from None
-    return tuple(out)
+    return tuple(_checked(column, reader.cell(row, column.name)) for column in _FIELDS)
+
+
+def _checked(column: Column, cell: str) -> str:
+    try:
+        return column.check(_unformula(cell) if column.free_text else cell)
+    except InputError as exc:
+        raise InputError(f"{column.name}: {exc.message}") from None
 
 
 # ---- import --------------------------------------------------------------------------
