@@ -32,7 +32,6 @@ from email import message_from_bytes, policy
 from email.utils import parseaddr
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl
 
 from newsletter.clock import Clock
 
@@ -255,10 +254,10 @@ class ProviderEmulator(LoopbackHTTP):
 
     def _read_mailgun(self, path: str, headers: dict[str, str], body: bytes):
         if path == f"/v3/{MAILGUN_DOMAIN}/messages.mime":
-            form = _multipart(headers, body)
+            form = dict(_multipart(headers, body))
             return None, [self._from_mime(form["to"].decode(), form["message"])]
         _expect(path == f"/v3/{MAILGUN_DOMAIN}/messages", path)
-        fields = parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=True)
+        fields = [(name, value.decode("utf-8")) for name, value in _multipart(headers, body)]
         single = {k: v for k, v in fields}
         to = [parseaddr(v)[1] for k, v in fields if k == "to"]
         _expect(1 <= len(to) <= 1000, "1 to 1000 recipients")
@@ -315,8 +314,10 @@ def substitute(text: str, subs: dict[str, str]) -> str:
     return pattern.sub(lambda m: subs[m.group()], text)
 
 
-def _multipart(headers: dict[str, str], body: bytes) -> dict[str, bytes]:
+def _multipart(headers: dict[str, str], body: bytes) -> list[tuple[str, bytes]]:
+    """A multipart/form-data body's fields, in order, repeats kept (Mailgun's only request encoding)."""
     content_type = _header(headers, "Content-Type", "")
+    _expect(content_type.startswith("multipart/form-data"), f"multipart/form-data, not {content_type}")
     msg = message_from_bytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body, policy=policy.HTTP)
-    return {part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
-            for part in msg.iter_parts()}
+    return [(part.get_param("name", header="content-disposition"), part.get_payload(decode=True))
+            for part in msg.iter_parts()]

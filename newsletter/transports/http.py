@@ -46,13 +46,17 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from email.utils import formataddr, parseaddr, parsedate_to_datetime
+from email.headerregistry import Address
+from email.utils import parseaddr, parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, Sequence
 
 from newsletter.clock import SYSTEM, Clock
 from newsletter.config import Secret
-from newsletter.errors import ConfigError, TransportError, scrub as scrub_text
+from newsletter.errors import ConfigError, HeaderInjectionError, InputError, TransportError, scrub as scrub_text
+from newsletter.message import MAX_NAME
+from newsletter.patterns import has_control_chars
 from newsletter.transports.base import UNBUILDABLE, SendResult, Status, Transport, check_credential, unbuildable
+from newsletter.transports.merge import ByIdentity, Sizer, merge_runs
 from newsletter.transports.ratelimit import RETRIES, RateLimiter, shared_limiter
 
 if TYPE_CHECKING:
@@ -73,6 +77,11 @@ AUTH_HTTP = frozenset({401, 403})
 MAX_ERROR = 300
 #: The largest reply read (a batch reply of 1,000 ids is a few tens of KB).
 MAX_REPLY = 4 << 20
+#: Providers state their size limits in megabytes; read as the smaller, decimal unit.
+MB = 1000 * 1000
+#: An upper bound of one multipart/form-data part's framing: boundary line, Content-Disposition
+#: (with a filename), Content-Type and the blank lines.
+PART_OVERHEAD = 200
 #: The batch number at the end of the engine's keys (``nl-<nonce>-<delivery>-<batch>``).
 _BATCH_SUFFIX = re.compile(r"-\d+$")
 
@@ -87,7 +96,7 @@ class Payload:
 
     json: Any = None  # may hold RawJSON values: text already JSON-encoded, spliced in as it is
     data: Any = None  # a mapping, or (name, value) pairs when a field repeats
-    files: Mapping[str, Any] | None = None
+    files: Any = None  # multipart/form-data parts as requests takes them: (name, (filename, value[, type])) pairs
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -151,13 +160,50 @@ def json_body(value: Any) -> bytes:
     return b"".join(json_pieces(value))
 
 
+def payload_bytes(payload: Payload) -> int:
+    """The size of the request body ``payload`` makes (an upper bound for a multipart form)."""
+    if payload.json is not None:
+        return sum(map(len, json_pieces(payload.json)))
+    parts = list(payload.data.items() if isinstance(payload.data, Mapping) else payload.data or ())
+    parts += [(name, value[1]) for name, value in (payload.files or ())]
+    return sum(form_part_bytes(name, value) for name, value in parts)
+
+
+def form_part_bytes(name: str, value: str | bytes) -> int:
+    """An upper bound of one multipart/form-data part's size."""
+    size = len(value) if isinstance(value, bytes) else len(value.encode("utf-8"))
+    return PART_OVERHEAD + len(name.encode("utf-8")) + size
+
+
+def megabytes(size: int) -> str:
+    return f"{size / MB:.1f} MB"
+
+
+def display_name(name: str) -> str:
+    """A reader's name as a JSON API takes it: UTF-8 text (JSON carries Unicode, so never RFC 2047
+    encoded-words), cut where the To header cuts it. A control character is refused: the
+    message fails alone (:data:`~newsletter.transports.base.UNBUILDABLE`)."""
+    if has_control_chars(name):
+        raise HeaderInjectionError(f"the reader's name contains a control character or line break: {name[:60]!r}")
+    return name[:MAX_NAME]
+
+
 def address(name: str, email: str) -> str:
-    """``Name <email>`` for providers that take one string (RFC 2047 for non-ASCII names)."""
-    return formataddr((name, email)) if name else email
+    """``Name <email>`` for APIs that take one address string (Postmark, Resend, Mailgun): the name
+    in UTF-8, in quotes when it holds an RFC 5322 special such as a comma (stdlib's
+    :class:`~email.headerregistry.Address` decides), so the provider's parser reads one mailbox."""
+    name = display_name(name)
+    if not name:
+        return email
+    try:
+        return str(Address(display_name=name, addr_spec=email))
+    except (ValueError, IndexError) as exc:  # the parser refused the address itself
+        raise InputError(f"{email!r} cannot be written as an address: {exc}") from None
 
 
 def mailbox(name: str, email: str) -> dict[str, str]:
-    """``{"email", "name"}`` for providers that take objects; no empty name."""
+    """``{"email", "name"}`` for providers that take objects (SendGrid, Brevo); no empty name."""
+    name = display_name(name)
     return {"email": email, "name": name} if name else {"email": email}
 
 
@@ -212,6 +258,12 @@ class HTTPTransport(Transport):
     idempotency_header: ClassVar[str | None] = None
     #: Whether :meth:`sign` reads the body: then it is joined before signing, not streamed in pieces.
     signs_body: ClassVar[bool] = False
+    #: The provider's documented limits, in bytes, on one request's body and on one message
+    #: (None: none documented); requests are split to stay within them, a message over them
+    #: fails alone, for good. :attr:`size_limits_doc` says where they are documented.
+    max_request_bytes: ClassVar[int | None] = None
+    max_message_bytes: ClassVar[int | None] = None
+    size_limits_doc: ClassVar[str] = ""
 
     def __init__(self, *, api_key: str | None = None, api_url: str | None = None,
                  timeout: tuple[float, float] | float = DEFAULT_TIMEOUT,
@@ -232,6 +284,11 @@ class HTTPTransport(Transport):
             raise ConfigError(f"{self.name.upper()}_CONCURRENCY must be between 1 and 64")
         self.concurrency = int(concurrency)
         self._opened = False
+        # Per message, for the length of one send (the batch's messages are not kept alive after):
+        # its size, measured once by the screen and the plan; its bodies, encoded once for both.
+        self._sizes: ByIdentity["OutgoingMessage", tuple[int, int]] = ByIdentity(self.sizes)
+        self._json_bodies: ByIdentity["OutgoingMessage", tuple[RawJSON, RawJSON]] = ByIdentity(
+            lambda m: (RawJSON(m.html_json), RawJSON(m.text_json)))
 
     # ---- construction --------------------------------------------------------------
     @classmethod
@@ -281,9 +338,38 @@ class HTTPTransport(Transport):
         return self.url
 
     def plan(self, messages: Sequence["OutgoingMessage"]) -> list[Sequence["OutgoingMessage"]]:
-        """The requests to make, as consecutive runs of ``messages`` (order is kept): by default
-        runs of :attr:`per_request`; batch APIs send a message alone when it cannot share one."""
-        return list(chunked(list(messages), self.per_request))
+        """The requests to make, as consecutive runs of ``messages`` (order kept): at most
+        :attr:`per_request` messages and :attr:`max_request_bytes` bytes each; a message that
+        cannot share a request (:meth:`shares_request`) goes alone."""
+        return merge_runs(messages, self.per_request, self.shares_request, self._sizes.get, self.max_request_bytes)
+
+    def shares_request(self, msg: "OutgoingMessage") -> bool:
+        """Whether ``msg`` may go in a request with others (server-side merge needs safe values)."""
+        return True
+
+    def sizes(self, msg: "OutgoingMessage") -> tuple[int, int]:
+        """(bytes of the request part ``msg`` shares with the rest of its request, bytes it adds
+        alone). One-message APIs: the whole request is its own; batch APIs override this."""
+        return 0, payload_bytes(self.build_payload([msg], None))
+
+    def bodies(self, msg: "OutgoingMessage") -> tuple[RawJSON, RawJSON]:
+        """``msg``'s HTML and text as pre-encoded JSON strings, made once per send."""
+        return self._json_bodies.get(msg)
+
+    def refusal(self, msg: "OutgoingMessage") -> SendResult | None:
+        """The result for a message that no request can carry: one that cannot be built, or one over
+        the provider's size limits. It fails alone and for good; the others are sent."""
+        try:
+            shared, own = self._sizes.get(msg)
+        except UNBUILDABLE as exc:
+            return unbuildable(msg, exc)
+        size = shared + own
+        for limit, what in ((self.max_message_bytes, "a message"), (self.max_request_bytes, "a request")):
+            if limit is not None and size > limit:
+                return SendResult(msg.to_email, Status.FAILED_PERMANENT, error=(
+                    f"not sent: the message is {megabytes(size)}, over {self.name}'s limit of "
+                    f"{megabytes(limit)} for {what} ({self.size_limits_doc}); make the issue smaller"))
+        return None
 
     def build_payload(self, chunk: Sequence["OutgoingMessage"], idempotency_key: str | None) -> Payload:
         """The request for ``chunk``; batch APIs override this, one-message APIs :meth:`message_payload`."""
@@ -369,6 +455,16 @@ class HTTPTransport(Transport):
     def send(self, messages: Sequence["OutgoingMessage"], idempotency_key: str | None = None) -> list[SendResult]:
         if not self._opened:
             self.open()
+        try:
+            refused = {i: r for i, m in enumerate(messages) if (r := self.refusal(m)) is not None}
+            sendable = [m for i, m in enumerate(messages) if i not in refused]
+            sent = iter(self._send(sendable, idempotency_key) if sendable else ())
+            return [refused[i] if i in refused else next(sent) for i in range(len(messages))]
+        finally:  # the batch's messages are not kept alive while the engine builds the next one
+            self._sizes.clear()
+            self._json_bodies.clear()
+
+    def _send(self, messages: Sequence["OutgoingMessage"], idempotency_key: str | None) -> list[SendResult]:
         chunks = self.plan(messages)
         outcomes: list[list[SendResult] | Failure | None] = [None] * len(chunks)
         halted = threading.Event()
