@@ -22,7 +22,9 @@ declares for ``/v3/{domain_name}/messages`` and ``.../messages.mime`` (mailgun/m
 ``src/openapi.yaml``). "The maximum message size Mailgun supports is 25MB"
 (https://documentation.mailgun.com/docs/mailgun/user-manual/sending-messages/send-http): a batch
 request, one message to many, is kept under it too. ``to`` "Supports friendly name format", so the
-name goes as UTF-8 text, quoted when it holds an RFC 5322 special.
+name goes as UTF-8 text, quoted when it holds an RFC 5322 special. The MIME message is a file part
+of type ``application/octet-stream``, as Mailgun's own example (``curl -F message=@message.mime``)
+sends it and as OpenAPI defaults a ``format: binary`` part.
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ class MailgunTransport(HTTPTransport):
         first = chunk[0]
         if self._alone(chunk):
             return Payload(files=[("to", (None, first.to_email)),
-                                  ("message", ("message.mime", first.as_bytes(), "message/rfc822"))])
+                                  ("message", ("message.mime", first.as_bytes(), "application/octet-stream"))])
         fields = self._shared_fields(first)
         fields[1:1] = [("to", address(m.recipient.name, m.to_email)) for m in chunk]
         variables: dict[str, dict[str, str]] = {m.to_email: merge_values(m, variable) for m in chunk}
