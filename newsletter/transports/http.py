@@ -52,7 +52,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, Sequence
 
 from newsletter.clock import SYSTEM, Clock
 from newsletter.config import Secret
-from newsletter.errors import ConfigError, HeaderInjectionError, InputError, TransportError, scrub as scrub_text
+from newsletter.errors import ConfigError, HeaderInjectionError, InputError, TransportError, mask_tokens
+from newsletter.errors import scrub as scrub_text
 from newsletter.message import MAX_NAME
 from newsletter.patterns import has_control_chars
 from newsletter.transports.base import UNBUILDABLE, SendResult, Status, Transport, check_credential, unbuildable
@@ -114,6 +115,27 @@ class Failure:
     def result(self, msg: "OutgoingMessage", prefix: str = "", attempted: bool = True) -> SendResult:
         return SendResult(msg.to_email, self.status, error=prefix + self.error, retry_after=self.retry_after,
                           rate_limited=self.rate_limited, attempted=attempted)
+
+
+@dataclass(frozen=True)
+class ProviderError:
+    """What is kept of a provider's refusal of a whole request: a bounded, classified record (HTTP
+    status, the provider's own error code, its message with every token-like run masked), never
+    the raw reply, which may echo a credential in a form no literal scrub recognises."""
+
+    provider: str
+    status: int
+    code: str | None
+    message: str
+
+    def __str__(self) -> str:
+        return ": ".join(p for p in (self.provider, f"HTTP {self.status}", self.code, self.message) if p)[:MAX_ERROR]
+
+
+#: A provider error code worth keeping: a short identifier of letters (``validation_error``,
+#: ``MessageRejected``), or a number (``ErrorCode 300``). Digits only apart from letters, so no key,
+#: hex or base64 fits; anything else is not a code and is dropped.
+_ERROR_CODE = r"[A-Za-z][A-Za-z_.-]{0,39}( [0-9]{1,6})?|[0-9]{1,6}"
 
 
 class RawJSON:
@@ -399,6 +421,15 @@ class HTTPTransport(Transport):
         """A pacing signal rather than a failure (SES overrides: it says so in an error type)."""
         return response.status_code == RATE_LIMITED_HTTP
 
+    def error_code(self, response: "requests.Response", body: Any) -> str | None:
+        """The provider's own code for the error, from a JSON error body (Resend's ``name``,
+        Brevo's ``code``); providers with another shape override this."""
+        if isinstance(body, dict):
+            for key in ("code", "name", "type"):
+                if isinstance(body.get(key), (str, int)) and not isinstance(body.get(key), bool):
+                    return str(body[key])
+        return None
+
     def describe_error(self, response: "requests.Response", body: Any) -> str | None:
         """The provider's own words from a JSON error body."""
         if isinstance(body, dict):
@@ -432,11 +463,21 @@ class HTTPTransport(Transport):
 
     def scrub(self, text: str) -> str:
         """This transport's own secrets out (it may have been made without settings), then
-        :func:`newsletter.errors.scrub`: configured secrets, control characters, one line."""
+        :func:`newsletter.errors.scrub` (configured secrets, control characters, one line, bounded),
+        then :func:`~newsletter.errors.mask_tokens`: what a provider says may echo a key encoded."""
         for secret in self.secrets():
             if secret:
                 text = text.replace(secret, "***")
-        return scrub_text(text, MAX_ERROR)
+        return mask_tokens(scrub_text(text, MAX_ERROR))
+
+    def provider_error(self, response: "requests.Response", body: Any) -> ProviderError:
+        """The record kept of a refused request (see :class:`ProviderError`)."""
+        import re
+
+        code = self.error_code(response, body)
+        code = code if code is not None and re.fullmatch(_ERROR_CODE, code) else None
+        message = self.describe_error(response, body) or _short_text(response) or response.reason or ""
+        return ProviderError(self.name, response.status_code, code or None, self.scrub(message))
 
     # ---- the send sequence -----------------------------------------------------------
     @property
@@ -611,8 +652,7 @@ class HTTPTransport(Transport):
 
     def _failure(self, response: "requests.Response") -> Failure:
         body = _json_or_none(response)
-        detail = self.describe_error(response, body) or _short_text(response) or response.reason or ""
-        error = self.scrub(f"{self.name}: HTTP {response.status_code}: {detail}".rstrip(": "))
+        error = str(self.provider_error(response, body))
         rate_limited = self.is_rate_limited(response, body)
         if rate_limited or self.is_temporary(response, body):
             retry_after = parse_retry_after(response.headers.get("Retry-After"), self.clock.now().timestamp())

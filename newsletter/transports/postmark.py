@@ -103,8 +103,7 @@ class PostmarkTransport(HTTPTransport):
                              temporary=code in TEMPORARY_CODES, bounce=code in BOUNCE_CODES,
                              rate_limited=code == RATE_LIMIT_CODE)
 
-    def describe_error(self, response: "requests.Response", body: Any) -> str | None:
-        message = super().describe_error(response, body)
-        if message and isinstance(body, dict) and "ErrorCode" in body:
-            return f"ErrorCode {body['ErrorCode']}: {message}"
-        return message
+    def error_code(self, response: "requests.Response", body: Any) -> str | None:
+        if isinstance(body, dict) and isinstance(body.get("ErrorCode"), int):
+            return f"ErrorCode {body['ErrorCode']}"
+        return None

@@ -112,9 +112,8 @@ class SESTransport(HTTPTransport):
     def is_rate_limited(self, response: "requests.Response", body: Any) -> bool:
         return super().is_rate_limited(response, body) or self.error_type(response, body) in RATE_LIMIT_ERRORS
 
-    def describe_error(self, response: "requests.Response", body: Any) -> str | None:
-        parts = (self.error_type(response, body), super().describe_error(response, body))
-        return ": ".join(p for p in parts if p) or None
+    def error_code(self, response: "requests.Response", body: Any) -> str | None:
+        return self.error_type(response, body) or None
 
     def provider_id(self, response: "requests.Response") -> str | None:
         return response.json()["MessageId"]
