@@ -55,11 +55,9 @@ def send_through_emulator(provider: str, batch: list, make_settings) -> tuple[li
 
 
 def largest(provider: str) -> int:
-    from newsletter.transports import TRANSPORTS
-    from importlib import import_module
+    from newsletter.transports import transport_class
 
-    module, _, cls = TRANSPORTS[provider].partition(":")
-    return getattr(import_module(module), cls).max_batch
+    return transport_class(provider).max_batch
 
 
 CASES = {
