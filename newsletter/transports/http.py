@@ -46,6 +46,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from email.headerregistry import Address
 from email.utils import parseaddr, parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, Sequence
@@ -55,7 +56,7 @@ from newsletter.config import Secret
 from newsletter.errors import ConfigError, HeaderInjectionError, InputError, TransportError, mask_tokens
 from newsletter.errors import scrub as scrub_text
 from newsletter.message import MAX_NAME
-from newsletter.patterns import has_control_chars
+from newsletter.patterns import compiled, has_control_chars
 from newsletter.transports.base import UNBUILDABLE, SendResult, Status, Transport, check_credential, unbuildable
 from newsletter.transports.merge import ByIdentity, Sizer, merge_runs
 from newsletter.transports.ratelimit import RETRIES, RateLimiter, shared_limiter
@@ -182,10 +183,24 @@ def json_body(value: Any) -> bytes:
     return b"".join(json_pieces(value))
 
 
+def json_bytes(value: Any) -> int:
+    """``len(json_body(value))``, counted without making it: each RawJSON is measured, not copied."""
+    raws: list[RawJSON] = []
+
+    def default(obj: Any) -> str:
+        if not isinstance(obj, RawJSON):
+            raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+        raws.append(obj)
+        return ""
+
+    skeleton = json.dumps(value, default=default, allow_nan=False)
+    return len(skeleton) - 2 * len(raws) + sum(len(part) for raw in raws for part in raw.parts)
+
+
 def payload_bytes(payload: Payload) -> int:
     """The size of the request body ``payload`` makes (an upper bound for a multipart form)."""
     if payload.json is not None:
-        return sum(map(len, json_pieces(payload.json)))
+        return json_bytes(payload.json)
     parts = list(payload.data.items() if isinstance(payload.data, Mapping) else payload.data or ())
     parts += [(name, value[1]) for name, value in (payload.files or ())]
     return sum(form_part_bytes(name, value) for name, value in parts)
@@ -217,6 +232,18 @@ def address(name: str, email: str) -> str:
     name = display_name(name)
     if not name:
         return email
+    if compiled(_PLAIN_PHRASE).fullmatch(name):  # nothing to quote: the common case, without the parser
+        return f"{name} <{email}>"
+    return _quoted_address(name, email)
+
+
+#: A display name that RFC 5322 lets stand unquoted: atoms of ASCII atext (and UTF-8 beyond ASCII,
+#: RFC 6532) separated by single spaces.
+_PLAIN_PHRASE = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\U0010ffff-]+(?: [A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\U0010ffff-]+)*"
+
+
+@lru_cache(maxsize=4096)
+def _quoted_address(name: str, email: str) -> str:
     try:
         return str(Address(display_name=name, addr_spec=email))
     except (ValueError, IndexError) as exc:  # the parser refused the address itself
