@@ -1,9 +1,15 @@
 """The shared send sequence of every HTTP email API (after django-anymail's base backend).
 
-:class:`HTTPTransport.send` fixes the order once: split the batch into requests
-of at most :attr:`~HTTPTransport.per_request` messages, build each payload
+:class:`HTTPTransport.send` fixes the order once: screen each message (one that cannot
+be built, or is over the provider's documented size limit, fails alone, for good, with
+the reason), split the rest into requests of at most :attr:`~HTTPTransport.per_request`
+messages and :attr:`~HTTPTransport.max_request_bytes` bytes, build each payload
 (provider hook), POST it with one reused :class:`requests.Session`, then read
 the reply into one :class:`SendResult` per message (provider hook).
+
+A provider's refusal of a whole request is kept as a :class:`ProviderError`: HTTP status,
+the provider's error code, and its message with every token-like run masked (a provider may
+echo the API key encoded), bounded; never the raw reply.
 
 Failures of a whole request are mapped here, the same way for every provider:
 
@@ -31,8 +37,9 @@ Failures of a whole request are mapped here, the same way for every provider:
 Requests of one ``send`` go out one after another, or ``concurrency`` at a time
 (Brevo: one request per message) through a bounded thread pool, always within
 the limiter's rate. A provider module contributes only its name, limits, default
-URL, auth, endpoint, payload and response parsing. Secrets are held as
-:class:`~newsletter.config.Secret` and scrubbed from every error string.
+URL, auth, endpoint, payload, sizes and response parsing; it is found by its module's
+name (:mod:`newsletter.transports`). Secrets are held as :class:`~newsletter.config.Secret`
+and scrubbed from every error string.
 """
 
 from __future__ import annotations
@@ -49,7 +56,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from email.headerregistry import Address
 from email.utils import parseaddr, parsedate_to_datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
 from newsletter.clock import SYSTEM, Clock
 from newsletter.config import Secret
@@ -58,7 +65,7 @@ from newsletter.errors import scrub as scrub_text
 from newsletter.message import MAX_NAME
 from newsletter.patterns import compiled, has_control_chars
 from newsletter.transports.base import UNBUILDABLE, SendResult, Status, Transport, check_credential, unbuildable
-from newsletter.transports.merge import ByIdentity, Sizer, merge_runs
+from newsletter.transports.merge import ByIdentity, merge_runs
 from newsletter.transports.ratelimit import RETRIES, RateLimiter, shared_limiter
 
 if TYPE_CHECKING:
@@ -280,11 +287,6 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if when is None:
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def chunked(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
 
 
 class HTTPTransport(Transport):
