@@ -246,7 +246,8 @@ def address(name: str, email: str) -> str:
 
 #: A display name that RFC 5322 lets stand unquoted: atoms of ASCII atext (and UTF-8 beyond ASCII,
 #: RFC 6532) separated by single spaces.
-_PLAIN_PHRASE = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\U0010ffff-]+(?: [A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\U0010ffff-]+)*"
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\U0010ffff-]+"
+_PLAIN_PHRASE = rf"{_ATOM}(?: {_ATOM})*"
 
 
 @lru_cache(maxsize=4096)

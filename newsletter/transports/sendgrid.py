@@ -19,9 +19,9 @@ whose values cannot be substituted safely goes alone, with the personalised body
 The reply has one ``X-Message-Id`` for the request; SendGrid's event ids start with
 it. SendGrid has no idempotency key.
 
-Limits (https://www.twilio.com/docs/sendgrid/api-reference/mail-send/limitations, also at
-docs.sendgrid.com/api-reference/mail-send/limitations): "The total size of your email, including
-attachments, must be less than 30MB" (one request is one email with its personalizations), and
+Limits (https://docs.sendgrid.com/api-reference/mail-send/limitations): "The total size of your
+email, including attachments, must be less than 30MB" (one request is one email with its
+personalizations), and
 "The to.name, cc.name, and bcc.name personalizations cannot include either the ; or ,
 characters": such a reader's name is left out (their address alone), so the request is not refused.
 Names otherwise go as UTF-8 text in the ``name`` of the address object.
@@ -60,7 +60,7 @@ class SendGridTransport(HTTPTransport):
     path = "/v3/mail/send"
     auth_header = ("Authorization", "Bearer {key}")
     max_request_bytes = max_message_bytes = 30 * MB
-    size_limits_doc = "https://www.twilio.com/docs/sendgrid/api-reference/mail-send/limitations"
+    size_limits_doc = "https://docs.sendgrid.com/api-reference/mail-send/limitations"
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
