@@ -56,6 +56,26 @@ def check(provider: str, req: "Recorded") -> None:
         _check_openapi(provider, req)
 
 
+def check_received(provider: str, received: list[tuple[str, str, list[tuple[str, str]], bytes]]) -> int:
+    """Check every request a :class:`~tests.provider_emulator.ProviderEmulator` recorded; their number."""
+    for raw in received:
+        check(provider, recorded(raw))
+    return len(received)
+
+
+def recorded(raw: tuple[str, str, list[tuple[str, str]], bytes]) -> "Recorded":
+    """An emulator's (method, path, headers, body) as the tests' :class:`Recorded`."""
+    from email.message import Message
+
+    from tests.transports.conftest import Recorded
+
+    method, path, items, body = raw
+    headers = Message()
+    for name, value in items:
+        headers[name] = value
+    return Recorded(method, path, headers, body)
+
+
 @lru_cache(maxsize=None)
 def _openapi(provider: str):
     from openapi_core import Config, OpenAPI, V30RequestValidator

@@ -35,14 +35,6 @@ def messages(count: int, *, start: int = 0) -> list:
             for i in range(start, start + count)]
 
 
-def recorded(raw: tuple[str, str, list[tuple[str, str]], bytes]) -> Recorded:
-    method, path, items, body = raw
-    headers = Message()
-    for name, value in items:
-        headers[name] = value
-    return Recorded(method, path, headers, body)
-
-
 def send_through_emulator(provider: str, batch: list, make_settings) -> tuple[list, list[Recorded]]:
     with ProviderEmulator(provider, FakeClock(START)) as api:
         transport = get_transport(make_settings(env(provider, api.url)), provider, clock=api.clock, concurrency=1)
@@ -51,7 +43,7 @@ def send_through_emulator(provider: str, batch: list, make_settings) -> tuple[li
         finally:
             transport.close()
         assert api.counters.bad == 0, api.counters.errors
-    return results, [recorded(r) for r in api.received]
+    return results, [spec_check.recorded(r) for r in api.received]
 
 
 def largest(provider: str) -> int:
