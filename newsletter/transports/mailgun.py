@@ -96,7 +96,9 @@ class MailgunTransport(HTTPTransport):
     def sizes(self, m: "OutgoingMessage") -> tuple[int, int]:
         if not self.shares_request(m):
             return super().sizes(m)
+        # An upper bound: each header as its own h: part, and again among the reader's variables.
         shared = sum(form_part_bytes(k, v) for k, v in self._shared_fields(m))
+        shared += sum(form_part_bytes(f"h:{k}", v) for k, v in m.extra_headers.items())
         shared += form_part_bytes("recipient-variables", "{}")
         own = form_part_bytes("to", address(m.recipient.name, m.to_email))
         own += len(json.dumps({m.to_email: {**merge_values(m, variable), **m.extra_headers}},
