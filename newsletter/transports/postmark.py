@@ -77,7 +77,7 @@ class PostmarkTransport(HTTPTransport):
         }
 
     def sizes(self, m: "OutgoingMessage") -> tuple[int, int]:
-        return 2, payload_bytes(Payload(json=self.entry(m))) + 1  # "[" "]", and a comma each
+        return 2, payload_bytes(Payload(json=self.entry(m))) + 2  # "[" "]", and ", " between entries
 
     def refusal(self, m: "OutgoingMessage") -> "SendResult | None":
         refused = super().refusal(m)

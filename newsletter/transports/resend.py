@@ -56,7 +56,7 @@ class ResendTransport(HTTPTransport):
         }
 
     def sizes(self, m: "OutgoingMessage") -> tuple[int, int]:
-        return 2, payload_bytes(Payload(json=self.entry(m))) + 1
+        return 2, payload_bytes(Payload(json=self.entry(m))) + 2  # "[" "]", and ", " between entries
 
     def parse_response(self, chunk: Sequence["OutgoingMessage"], response: "requests.Response") -> list["SendResult"]:
         body = response.json()

@@ -94,7 +94,7 @@ class SendGridTransport(HTTPTransport):
                                                  {"type": "text/html", "value": body.html}],
                   "personalizations": []}
         return (payload_bytes(Payload(json=shared)),
-                payload_bytes(Payload(json=self._personalization(m, merged=True))) + 1)
+                payload_bytes(Payload(json=self._personalization(m, merged=True))) + 2)  # ", " between entries
 
     def build_payload(self, chunk: Sequence["OutgoingMessage"], idempotency_key: str | None) -> Payload:
         first = chunk[0]

@@ -94,3 +94,21 @@ def test_postmark_refuses_a_body_over_its_5_mb_field_limit(make_settings):
     batch = readers(issue(5_200_000), 1)
     (result,), sizes, _ = send("postmark", batch, make_settings)
     assert result.status is Status.FAILED_PERMANENT and "HtmlBody" in result.error and not sizes
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_the_size_counted_is_never_less_than_the_bytes_sent(provider, make_settings):
+    # The split relies on the count: for one reader alone, or a few sharing a request, the bytes
+    # that arrive are at most what the adapter counted (an exact count for JSON, a bound for forms).
+    batch = readers(issue(3_000), 4, names={1: "Müller, Bob", 2: "李 雷"})
+    with ProviderEmulator(provider, FakeClock(START)) as api:
+        transport = get_transport(make_settings(env(provider, api.url)), provider, clock=api.clock, concurrency=1)
+        counted = [sum(transport.sizes(m)) for m in batch]
+        shared = [transport.sizes(m)[0] for m in batch]
+        transport.send(batch[:1])
+        transport.send(batch)
+        transport.close()
+    sizes = [len(body) for *_, body in api.received]
+    assert sizes[0] <= counted[0]
+    if transport.per_request > 1:
+        assert sizes[1] <= shared[0] + sum(c - s for c, s in zip(counted, shared))
