@@ -343,6 +343,7 @@ def status(ctx: click.Context, issue: str | None, failed: bool) -> None:
                 raise
             slug = issue
     rows = delivery_status(conn, slug)
+    _signup_mail_status(conn)
     if not rows:
         click.echo("No deliveries yet.")
         return
@@ -385,6 +386,18 @@ def _pause_reason(conn: Any, s: Any) -> str:
     if reason and error and error not in reason:
         reason = f"{reason}; last transport error: {error}"
     return scrub(reason or (f"last transport error: {error}" if error else "no reason recorded"), 300)
+
+
+def _signup_mail_status(conn: Any) -> None:
+    """Signup confirmation (and welcome) mails that failed: retrying, or given up after the window."""
+    from newsletter.signup_status import mail_counts
+
+    retrying, gave_up = mail_counts(conn)
+    if gave_up:
+        click.echo(f"signup mail: {gave_up} not sent, given up after NEWSLETTER_RETRY_WINDOW; "
+                   "`newsletter subscribers list --status pending` names them (a new signup queues it again)")
+    if retrying:
+        click.echo(f"signup mail: {retrying} failed and waiting to retry")
 
 
 @click.group(cls=_DefaultGroup)
