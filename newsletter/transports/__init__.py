@@ -15,8 +15,9 @@ if TYPE_CHECKING:
     from newsletter.config import Settings
     from newsletter.transports.base import Transport
 
-#: Modules of this package that hold shared machinery, not a transport.
-SUPPORT_MODULES = frozenset({"base", "http", "merge", "ratelimit"})
+#: Modules of this package that hold shared machinery, not a transport (``mock``: the test
+#: double for a publication's own tests, never a NEWSLETTER_TRANSPORT to choose).
+SUPPORT_MODULES = frozenset({"base", "http", "merge", "mock", "ratelimit"})
 #: Transports that live in a support module rather than a module of their own name.
 BUILT_IN = {"null": "newsletter.transports.base:NullTransport"}
 

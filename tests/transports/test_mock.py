@@ -46,3 +46,12 @@ def test_instances_can_share_one_record():
     shared = Received()
     assert MockTransport(shared).received is MockTransport(shared).received
     assert MockTransport.real is False and MockTransport.name == "mock"
+
+
+def test_it_is_not_a_transport_a_publication_can_choose():
+    from newsletter.errors import ConfigError
+    from newsletter.transports import transport_class, transport_names
+
+    assert "mock" not in transport_names()
+    with pytest.raises(ConfigError):
+        transport_class("mock")
