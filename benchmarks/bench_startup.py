@@ -37,9 +37,9 @@ def add_delivery(db: Path) -> None:
 
 FLOOR = "python -c 'import click, sqlite3'"
 #: Start-up budgets, in CPU time against FLOOR (what any click CLI pays before its own code):
-#: measured at 1.2-1.4x on a shared 2-core machine; a command that loaded the renderer and
-#: rich would be near 3x. tests/test_startup.py holds them.
-BUDGETS = {"newsletter status": 1.8, "newsletter subscribers count": 1.8, "newsletter --help": 1.8}
+#: measured at 1.2-1.4x on a shared 2-core machine (1.8x once, at load average 9); a command
+#: that loaded the renderer and rich would be near 3x. tests/test_startup.py holds them.
+BUDGETS = {"newsletter status": 2.0, "newsletter subscribers count": 2.0, "newsletter --help": 2.0}
 
 
 def measure(rounds: int) -> dict[str, list]:
