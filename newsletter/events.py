@@ -168,3 +168,15 @@ def delivery_event_counts(conn: sqlite3.Connection, delivery_id: int) -> dict[st
             "SELECT kind, COUNT(*) FROM feedback_events WHERE delivery_id=? GROUP BY kind", (delivery_id,)):
         out[kind] = n
     return out
+
+
+def guard_counts(conn: sqlite3.Connection, delivery_id: int) -> tuple[int, int]:
+    """(readers who complained, readers whose hard bounce was reported) about one delivery,
+    each reader once: what the reputation guard (:mod:`newsletter.guard`) weighs during a send.
+    Through the (delivery_id, kind) index, so cheap enough to ask before every batch."""
+    out = dict.fromkeys((Kind.COMPLAINT.value, Kind.HARD_BOUNCE.value), 0)
+    for kind, n in conn.execute(
+            "SELECT kind, COUNT(DISTINCT subscriber_id) FROM feedback_events WHERE delivery_id=? AND kind IN (?, ?) "
+            "GROUP BY kind", (delivery_id, Kind.COMPLAINT.value, Kind.HARD_BOUNCE.value)):
+        out[kind] = n
+    return out[Kind.COMPLAINT.value], out[Kind.HARD_BOUNCE.value]

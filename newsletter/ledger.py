@@ -703,6 +703,15 @@ def hold_for_editor(conn: sqlite3.Connection, delivery_id: int, reason: str) -> 
                      (scrub(reason), delivery_id))
 
 
+def hold(conn: sqlite3.Connection, delivery_id: int, reason: str) -> None:
+    """Hold a delivery until the editor acts, with the reason `status` shows: no worker or cron
+    dispatch picks a ``held`` delivery up (it has no resume time); `send` or `resume` continues
+    it. Runs in the caller's transaction. For whatever must stop a send for a person to look:
+    the reputation guard (:mod:`newsletter.guard`), a policy rejection."""
+    conn.execute("UPDATE deliveries SET state='held', reason=?, resume_at=NULL, finished_at=NULL WHERE id=?",
+                 (scrub(reason), delivery_id))
+
+
 def forget_subscriber(conn: sqlite3.Connection, subscriber_id: int) -> int:
     """Delete a subscriber's ledger rows (erasure requests), so the store can remove them.
     Returns how many rows went. Their deliveries' totals keep counting them."""
