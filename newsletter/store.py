@@ -339,6 +339,16 @@ class SubscriberStore:
                 return
             last = rows[-1][0]
 
+    def suppression_reasons(self, ids: Sequence[int]) -> dict[int, str]:
+        """Why each reader has their status (as recorded when it was set), for a suppression
+        review; ids that no longer exist are absent."""
+        out: dict[int, str] = {}
+        for start in range(0, len(ids), 500):
+            chunk = [int(i) for i in ids[start:start + 500]]
+            marks = ",".join("?" * len(chunk))
+            out.update(self.conn.execute(f"SELECT id, status_reason FROM subscribers WHERE id IN ({marks})", chunk))
+        return out
+
     def count(self, status: str | None = None) -> int:
         if status is None:
             return self.conn.execute("SELECT COUNT(*) FROM subscribers").fetchone()[0]

@@ -180,3 +180,24 @@ def test_threshold_settings(tmp_path):
                                                              "NEWSLETTER_PAUSE_MIN_DELIVERED": "200"}))
     assert g == Guard(0.5, None, 200)
     assert g.verdict(Tally(sent=100, refused=100)) is None
+
+
+def test_suppression_review_says_when_and_why(send):
+    send.run(complaints_at=(600, 4))
+    from newsletter.store import SubscriberStore
+
+    with SubscriberStore.open(send.settings.db_path) as store:
+        store.mark_bounced(store.get_by_email("reader1999@example.org").id, "bounced: 550 \x1b[31mno such user")
+    runner = CliRunner()
+    complained = runner.invoke(cli, ["--root", str(send.root), "subscribers", "list", "--status", "complained"],
+                               env=send.env)
+    lines = complained.output.splitlines()
+    assert sorted(line.split("\t")[0] for line in lines) == sorted(send.complained)
+    assert all(line.split("\t")[3].startswith("20") and line.split("\t")[4].startswith("postmark: complaint")
+               for line in lines), lines
+    bounced = runner.invoke(cli, ["--root", str(send.root), "subscribers", "list", "--status", "bounced"],
+                            env=send.env).output
+    assert bounced.startswith("reader1999@example.org\t\tbounced\t") and "550" in bounced and "\x1b" not in bounced
+    active = runner.invoke(cli, ["--root", str(send.root), "subscribers", "list", "--status", "active"],
+                           env=send.env).output
+    assert active.splitlines()[0] == "reader0004@example.org\t\tactive"

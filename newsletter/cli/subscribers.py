@@ -132,9 +132,24 @@ def subscribers_unsubscribe(ctx: click.Context, address_or_token: str) -> None:
 @click.option("--status", type=click.Choice(["active", "unsubscribed", "bounced", "complained", "pending"]))
 @click.pass_context
 def subscribers_list(ctx: click.Context, status: str | None) -> None:
-    """List subscribers (email, name, status)."""
-    for sub in _store(ctx).iter_subscribers(status=status):
-        click.echo(f"{sub.email}\t{sub.name}\t{sub.status}")
+    """List subscribers (email, name, status). With --status unsubscribed, bounced or complained,
+    also when and why each was suppressed: a review of the suppression list."""
+    from itertools import islice
+
+    from newsletter.errors import scrub
+    from newsletter.store import SUPPRESSED
+
+    store = _store(ctx)
+    subs = store.iter_subscribers(status=status)
+    if status not in SUPPRESSED:
+        for sub in subs:
+            click.echo(f"{sub.email}\t{sub.name}\t{sub.status}")
+        return
+    while chunk := list(islice(subs, 1000)):
+        reasons = store.suppression_reasons([s.id for s in chunk])
+        for sub in chunk:  # the reason may quote a bounce or a webhook: outside input, one scrubbed line
+            click.echo(f"{sub.email}\t{sub.name}\t{sub.status}\t{sub.changed_at}\t"
+                       f"{scrub(reasons.get(sub.id, ''), 300) or '-'}")
 
 
 @subscribers.command("count")
