@@ -327,8 +327,13 @@ def _check_provider_dkim(lookup: Lookup, report: Report) -> None:
             keys = [t for t in lookup.txt(name) if _tags(t).get("p")]
             found.append((name, bool(keys), keys[0] if keys else "", _txt(name, "p=<the key " + s.transport
                                                                           + " shows>")))
-    if s.transport == "mailgun" and any(ok for _, ok, _, _ in found):
-        found = [f for f in found if f[1]]  # one of the selectors tried is enough
+    if s.transport == "mailgun" and len(found) > 1:  # the usual selectors tried: one is enough
+        if not any(ok for _, ok, _, _ in found):
+            report.add("fail", "dkim", s.dkim_domain, f"no DKIM key at any of Mailgun's usual selectors "
+                       f"({', '.join(s.dkim_selectors)}): publish the one Mailgun shows, and name it in "
+                       "NEWSLETTER_DKIM_SELECTOR")
+            return
+        found = [f for f in found if f[1]]
     for name, ok, record, fix in found:
         if ok:
             report.add("pass", "dkim", name, f"{s.transport}'s DKIM record is published", record)
