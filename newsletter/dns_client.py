@@ -14,7 +14,7 @@ delegation), which is a finding about that name.
 from __future__ import annotations
 
 import ipaddress
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from newsletter.errors import ConfigError, NewsletterError
 
@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from newsletter.config import Settings
 
 DEFAULT_TIMEOUT = 5.0
+#: One run of the checks asks at most this many queries (an SPF tree of 10 mx mechanisms with 10
+#: hosts each is 200), and spends at most this many lookup timeouts in all: hostile or slow DNS
+#: cannot keep a command waiting for long.
+MAX_QUERIES, BUDGET_TIMEOUTS = 300, 6
 #: At most this many records of one type are kept from an answer, each cut to this length.
 MAX_RECORDS, MAX_TEXT = 50, 4096
 
@@ -85,9 +89,13 @@ def make_resolver(settings: "Settings") -> "dns.resolver.Resolver":
 class Lookup:
     """Record lookups by type; an absent name or type is ``[]``. Counts the queries it made."""
 
-    def __init__(self, resolver: "dns.resolver.Resolver"):
+    def __init__(self, resolver: "dns.resolver.Resolver", *, clock: Callable[[], float] | None = None):
+        import time
+
         self.resolver = resolver
         self.queries = 0
+        self.clock = clock or time.monotonic
+        self.deadline = self.clock() + BUDGET_TIMEOUTS * float(resolver.lifetime or DEFAULT_TIMEOUT)
 
     def _ask(self, name: str, rdtype: str) -> list:
         import dns.exception
@@ -95,6 +103,11 @@ class Lookup:
         import dns.resolver
 
         self.queries += 1
+        if self.queries > MAX_QUERIES:
+            raise DnsLookupFailed(f"more than {MAX_QUERIES} DNS queries for one check run: stopped at {name[:100]}")
+        if self.clock() > self.deadline:
+            raise DnsUnavailable(f"the DNS checks took longer than {BUDGET_TIMEOUTS * self.resolver.lifetime:g}s "
+                                 f"in all; the resolver {self._servers()} is too slow")
         try:
             answer = self.resolver.resolve(name, rdtype, raise_on_no_answer=False, search=False)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):

@@ -82,6 +82,9 @@ def check_spf(settings: "Settings", lookup: Lookup, report: Report) -> None:
     if s.provider is not None and s.provider.return_path_cname and s.spf_domain:
         _check_return_path_cname(lookup, report)
         return
+    if s.provider is not None and s.spf_domain is None:
+        _spf_authorises_provider(walk_spf(lookup, s.from_domain), report)
+        return
     domain = s.spf_domain or s.from_domain
     walk = walk_spf(lookup, domain)
     relay = _relay_terms(_relay_addresses(lookup, s)) if s.own_relay else None

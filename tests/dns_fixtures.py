@@ -81,6 +81,20 @@ def fixture_zone(key: rsa.RSAPrivateKey, other_key: rsa.RSAPrivateKey) -> str:
         "s1._domainkey.sgbroken.example. 300 IN CNAME s1.domainkey.u123.wl.sendgrid.net.",
         txt("_dmarc.sgbroken.example", "v=DMARC1; p=none"),
         "sgbroken.example. 300 IN MX 10 mx.sg.example.",
+        # Resend: DKIM TXT at resend._domainkey, Return-Path send.<domain> with Amazon SES's include
+        txt("resend._domainkey.rs.example", "p=" + p_value(key)),
+        txt("send.rs.example", "v=spf1 include:amazonses.com ~all"), txt("amazonses.com", "v=spf1 ip4:199.255.192.0/22 -all"),
+        txt("_dmarc.rs.example", "v=DMARC1; p=quarantine"), "rs.example. 300 IN MX 10 mx.rs.example.",
+        # Mailgun: the sending domain mg.mgun.example carries SPF and the DKIM key (selector pic)
+        txt("mg.mgun.example", "v=spf1 include:mailgun.org ~all"), txt("mailgun.org", "v=spf1 ip4:198.61.254.0/23 -all"),
+        txt("pic._domainkey.mg.mgun.example", "k=rsa; p=" + p_value(key)),
+        txt("_dmarc.mgun.example", "v=DMARC1; p=none"), "mgun.example. 300 IN MX 10 mx.mgun.example.",
+        # SES Easy DKIM tokens, no custom MAIL FROM; Postmark's dated selector and custom Return-Path
+        *(f"tok{i}._domainkey.ses.example. 300 IN CNAME tok{i}.dkim.amazonses.com." for i in range(3)),
+        txt("_dmarc.ses.example", "v=DMARC1; p=none"), "ses.example. 300 IN MX 10 mx.ses.example.",
+        txt("20240101000000pm._domainkey.pm.example", "k=rsa; p=" + p_value(key)),
+        "pm-bounces.pm.example. 300 IN CNAME pm.mtasv.net.",
+        txt("_dmarc.pm.example", "v=DMARC1; p=none"), "pm.example. 300 IN MX 10 mx.pm.example.",
     ]
     # nomx.example's own A record must go: replies need MX or an address
     lines = [line for line in lines if not line.startswith("nomx.example. 300 IN A ")]

@@ -163,3 +163,39 @@ def test_hostile_records_stay_bounded(publication_root, key_file):
     assert "\x1b" not in result.output
     by = {f.check: f.status for f in report.findings}
     assert by["dmarc"] == "fail" and by["dkim"] == "fail" and by["helo"] == "fail"
+
+
+def test_lookups_are_bounded_in_number_and_time(publication_root, dns, key_file):
+    from newsletter.dns_client import MAX_QUERIES, DnsLookupFailed, DnsUnavailable
+
+    settings = load_settings(publication_root, environ=smtp_env("good.example", dns.address, key_file))
+    lookup = Lookup(make_resolver(settings))
+    lookup.queries = MAX_QUERIES
+    with pytest.raises(DnsLookupFailed, match="more than 300 DNS queries"):
+        lookup.txt("good.example")
+    now = [0.0]
+    slow = Lookup(make_resolver(settings), clock=lambda: now[0])
+    assert slow.txt("good.example")
+    now[0] = 6 * 3 + 0.1  # six lookup timeouts (NEWSLETTER_DNS_TIMEOUT=3) spent in all
+    with pytest.raises(DnsUnavailable, match="took longer than 18s"):
+        slow.txt("good.example")
+
+
+@pytest.mark.parametrize("transport, domain, extra, expect", [
+    ("resend", "rs.example", {}, {"spf": {"pass"}, "dkim": {"pass"}, "dmarc": {"pass"}}),
+    ("mailgun", "mgun.example", {"MAILGUN_DOMAIN": "mg.mgun.example"},
+     {"spf": {"pass"}, "dkim": {"pass"}, "dmarc": {"pass"}}),
+    ("ses", "ses.example", {"NEWSLETTER_DKIM_SELECTOR": "tok0,tok1,tok2"},
+     {"spf": {"warn"}, "dkim": {"pass"}, "dmarc": {"pass"}}),
+    ("ses", "ses.example", {"NEWSLETTER_DKIM_SELECTOR": "tok0,tok1,tok9"},
+     {"spf": {"warn"}, "dkim": {"pass", "fail"}, "dmarc": {"fail"}}),
+    ("postmark", "pm.example", {"NEWSLETTER_DKIM_SELECTOR": "20240101000000pm"},
+     {"spf": {"pass"}, "dkim": {"pass"}, "dmarc": {"pass"}}),
+    ("postmark", "pm.example", {}, {"spf": {"pass"}, "dkim": {"warn"}, "dmarc": {"pass"}}),
+])
+def test_each_provider_against_its_documented_records(publication_root, dns, transport, domain, extra, expect):
+    env = {"NEWSLETTER_TRANSPORT": transport, "NEWSLETTER_FROM": f"news@{domain}",
+           "NEWSLETTER_REPLY_TO": f"editors@{domain}", "NEWSLETTER_RESOLVER": dns.address, **extra}
+    got = verdicts(publication_root, env)
+    assert got.pop("reply-to") == {"pass"}
+    assert got == expect

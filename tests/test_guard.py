@@ -56,14 +56,15 @@ class Send:
         self.prepared = prepare_issue(self.settings, render_issue(root / "issues" / ISSUE6.name, self.settings))
         self.url, self.stop_web = serve(make_app(self.settings))
         self.complained: list[str] = []
+        self.kind = "complaint"
 
     def complain(self, conn: sqlite3.Connection, n: int) -> None:
-        """n readers already sent report the issue as spam, as Postmark posts it."""
+        """n readers already sent report the issue as spam (or bounce hard), as Postmark posts it."""
         kit = KITS["postmark"](self.keys)
         rows = conn.execute("SELECT email, provider_id FROM ledger WHERE state='sent' ORDER BY subscriber_id "
                             "LIMIT ? OFFSET ?", (n, len(self.complained))).fetchall()
         for email, provider_id in rows:
-            payload = {**kit.payload("complaint", email, email), "MessageID": provider_id}
+            payload = {**kit.payload(self.kind, email, email), "MessageID": provider_id}
             signed = kit.sign(payload, at=NOW)
             r = HTTP.post(f"{self.url}/webhooks/postmark", data=signed.body, headers=signed.headers, timeout=10)
             assert r.status_code == 200 and json.loads(r.text)["applied"] == 1, r.text
@@ -201,3 +202,17 @@ def test_suppression_review_says_when_and_why(send):
     active = runner.invoke(cli, ["--root", str(send.root), "subscribers", "list", "--status", "active"],
                            env=send.env).output
     assert active.splitlines()[0] == "reader0004@example.org\t\tactive"
+
+
+def test_hard_bounce_reports_hold_too(publication_root):
+    s = Send(publication_root, {"NEWSLETTER_PAUSE_MIN_DELIVERED": "500"})
+    s.kind = "hard"
+    add_readers(s.settings.db_path, READERS)
+    try:
+        report = s.run(complaints_at=(200, 30))  # 30 hard bounces in the first 500: 6% > 5%
+        assert report.state == "held" and "30 hard bounce(s) in 500 messages sent (6.00%)" in report.note
+        assert report.sent == 500 and report.pending == READERS - 500
+        assert s.run(despite=True).state == "done"
+    finally:
+        s.close()
+    assert len(set(delivered(s.api))) == len(delivered(s.api)) == READERS
