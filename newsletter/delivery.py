@@ -181,7 +181,7 @@ class _Run:
         self.counts: dict[str, int] = {}
         self.total = 0
         self.pause_note: str | None = None
-        self.hold_note: str | None = None  # the reputation guard's reason, once it holds the delivery
+        self.hold_note: str | None = None  # the server refused the sender: held for the editor
         self.guard_base = Tally()
         self.deferred = False
         self.last_progress = clock()
@@ -299,7 +299,8 @@ class _Run:
         return Tally(self.counts["sent"], self.counts["failed-permanent"], *guard_counts(self.conn, self.id))
 
     def _guard_holds(self) -> bool:
-        """Before each claim: hold the delivery when what came back so far crosses a threshold."""
+        """Before each claim: hold the delivery (``hold_note``, as a refused sender does) when what
+        came back so far crosses a threshold."""
         if self.o.guard is None:
             return False
         self.hold_note = self.hold_note or self.o.guard.verdict(self._tally().since(self.guard_base))
@@ -549,7 +550,7 @@ class _Run:
                         "lost, or a crash interrupted them) and were not sent again; `newsletter status --failed` "
                         "lists them"
                         if c["uncertain"] else "")
-            elif self.hold_note is not None:  # the reputation guard: until the editor resumes it
+            elif self.hold_note is not None:  # the server refused the sender: the editor must act
                 state, note, resume_at = "held", self.hold_note, None
             elif self.pause_note is not None:  # the daily cap: deferred to the next UTC day
                 state, note = "deferred", self.pause_note

@@ -216,3 +216,29 @@ def test_hard_bounce_reports_hold_too(publication_root):
     finally:
         s.close()
     assert len(set(delivered(s.api))) == len(delivered(s.api)) == READERS
+
+
+def test_a_refused_reader_whose_bounce_is_also_reported_counts_once(tmp_path):
+    """The send's own refusal (failed-permanent) and a bounce event about the same reader (as
+    SMTP refusals are recorded too) are one hard bounce; a complaint counts once per reader."""
+    from newsletter.events import Event, Kind, apply_event, guard_counts
+    from newsletter.store import SubscriberStore
+
+    conn = open_ledger(tmp_path / "n.db")
+    store = SubscriberStore(conn)
+    ids = [store.add(f"r{i}@example.org").id for i in range(3)]
+    did = conn.execute("INSERT INTO deliveries(slug, content_hash, state, created_at, test) "
+                       "VALUES('x', 'h', 'running', '2026-03-01T00:00:00.000000Z', 0)").lastrowid
+    conn.executemany("INSERT INTO ledger(delivery_id, subscriber_id, email, state, provider_id) VALUES(?,?,?,?,?)",
+                     [(did, ids[0], "r0@example.org", "failed-permanent", None),
+                      (did, ids[1], "r1@example.org", "sent", "p1"), (did, ids[2], "r2@example.org", "sent", "p2")])
+    conn.commit()
+    for key, kind, i in (("a", Kind.HARD_BOUNCE, 0), ("b", Kind.HARD_BOUNCE, 1), ("c", Kind.COMPLAINT, 2),
+                         ("d", Kind.COMPLAINT, 2)):
+        apply_event(store, Event(kind, "test", key, email=f"r{i}@example.org", subscriber_id=ids[i],
+                                 provider_id=f"p{i}" if i else None, message_id=None))
+    conn.execute("UPDATE feedback_events SET delivery_id=?", (did,))  # r0 was refused: no provider id to link
+    conn.commit()
+    assert guard_counts(conn, did) == (1, 1)
+    assert Tally(sent=2, refused=1, complaints=1, bounce_reports=1).bounces == 2
+    conn.close()

@@ -157,13 +157,14 @@ def _exit_for(report: Any, ref: str, stopped: bool) -> None:
     from newsletter.errors import SendDeferredError, SendInterruptedError
 
     ctx = click.get_current_context()
-    if report.state == "held":  # the reputation guard: nobody else is mailed until the editor decides
+    if report.state == "held":
         from newsletter.errors import SendHeldError
-        from newsletter.guard import RESUME_FLAG
+        from newsletter.guard import RESUME_FLAG, is_guard_hold
 
-        click.echo(f"Delivery {report.delivery_id} is {report.note}. {report.pending} readers wait; "
-                   f"`newsletter status {ref}` shows the rates, and `newsletter resume {ref} {RESUME_FLAG}` "
-                   "continues once you have looked.", err=True)
+        flag = f" {RESUME_FLAG}" if is_guard_hold(report.state, report.note) else ""  # complaints, bounces
+        click.echo(f"Held with {report.pending} readers pending, none of them charged for it; fix what the "
+                   f"reason above says (`newsletter status {ref}`), then `newsletter resume {ref}{flag}` continues.",
+                   err=True)
         ctx.exit(SendHeldError.exit_code)
     if report.state == "deferred":
         click.echo(describe_deferral(report, ref), err=True)
