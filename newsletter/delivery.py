@@ -57,8 +57,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from newsletter import ledger
 from newsletter.config import is_development_key
 from newsletter.errors import (ConfigError, ContentChangedError, DeliveryLockedError, InputError, NewsletterError,
-                               SendHeldError, TransportError, scrub)
-from newsletter.guard import RESUME_FLAG, Guard, Tally, is_guard_hold
+                               TransportError, scrub)
 from newsletter.ledger import (HEARTBEAT_EVERY, Claim, Delivery, DeliveryReport, Progress, TransportFactory,
                                get_delivery, transaction, utc_day, utcnow)
 from newsletter.message import OutgoingMessage, PreparedIssue
@@ -70,6 +69,7 @@ from newsletter.unsubscribe_spool import apply_spool
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
+    from newsletter.guard import Guard, Tally
 
 #: How long a run keeps waiting for due retries, from the last reader finished, before it defers.
 DEFAULT_MAX_WAIT = 300.0
@@ -129,9 +129,15 @@ class DeliveryOptions:
             daily_cap=int(cap) if cap else None,
             retry_window=(settings.number("NEWSLETTER_RETRY_WINDOW", DEFAULT_RETRY_WINDOW / 3600) or 0.0) * 3600,
             max_wait=settings.number("NEWSLETTER_FOREGROUND_WAIT", DEFAULT_MAX_WAIT) or 0.0,
-            guard=Guard.from_settings(settings),
+            guard=_guard(settings),
             **overrides,
         )
+
+
+def _guard(settings: "Settings") -> Guard:
+    from newsletter.guard import Guard
+
+    return Guard.from_settings(settings)
 
 
 def retired_settings(settings: "Settings") -> list[str]:
@@ -182,10 +188,10 @@ class _Run:
         self.total = 0
         self.pause_note: str | None = None
         self.hold_note: str | None = None  # the server refused the sender: held for the editor
-        self.guard_base = Tally()
         self.deferred = False
         self.last_progress = clock()
         self.errors: list[BaseException] = []
+        self.guard_base: Tally | None = None  # what had come back when the editor resumed a guard hold
         self.stats = dict(interrupted_resent=0, uncertain_resent=0, uncertain_reported=0, sent_this_run=0)
         self.last_heartbeat = self.wall0
         self.transport_name = "transport"
@@ -238,7 +244,11 @@ class _Run:
         d = get_delivery(self.conn, self.id)
         if d.state == "cancelled":
             raise InputError(f"delivery #{d.id} of {d.slug} was cancelled; start a new one to send the issue")
+        from newsletter.guard import RESUME_FLAG, is_guard_hold
+
         if is_guard_hold(d.state, d.reason) and not self.o.despite_guard:
+            from newsletter.errors import SendHeldError
+
             raise SendHeldError(f"delivery #{d.id} of {d.slug} is {d.reason}; look at the complaints and bounces "
                                 f"(`newsletter status {d.slug}`), then resume it deliberately with {RESUME_FLAG}")
         r = self.prepared.rendered
@@ -271,11 +281,6 @@ class _Run:
 
     def _begin(self, d: Delivery) -> None:
         self.store = SubscriberStore(self.conn)
-        if self.o.guard is not None:
-            from newsletter.events import ensure_schema
-
-            with self.db:  # the guard reads feedback events: their table exists before the first claim
-                ensure_schema(self.conn)
         with self.db:  # its own transaction: the spool file is gone once it commits
             apply_spool(self.store, self.prepared.secret_key, now=self.now())
         with self.db, transaction(self.conn):
@@ -289,12 +294,18 @@ class _Run:
             self.stats["uncertain_reported"] = start.interrupted
         self.counts = start.counts
         self.total = sum(self.counts.values())
-        if self.o.despite_guard:  # what came back before the editor's resume no longer holds it
-            self.guard_base = self._tally()
+        if self.o.guard is not None:
+            from newsletter.events import ensure_schema
+
+            with self.db:  # the guard reads feedback events: their table exists before the first claim
+                ensure_schema(self.conn)
+            if self.o.despite_guard:  # what came back before the editor's resume no longer holds it
+                self.guard_base = self._tally()
 
     # ---- the reputation guard ------------------------------------------------------------
     def _tally(self) -> Tally:
         from newsletter.events import guard_counts
+        from newsletter.guard import Tally
 
         return Tally(self.counts["sent"], self.counts["failed-permanent"], *guard_counts(self.conn, self.id))
 
@@ -303,7 +314,9 @@ class _Run:
         came back so far crosses a threshold."""
         if self.o.guard is None:
             return False
-        self.hold_note = self.hold_note or self.o.guard.verdict(self._tally().since(self.guard_base))
+        tally = self._tally()
+        self.hold_note = self.hold_note or self.o.guard.verdict(tally.since(self.guard_base) if self.guard_base
+                                                                else tally)
         return self.hold_note is not None
 
     # ---- lock heartbeat ------------------------------------------------------------------
