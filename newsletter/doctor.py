@@ -136,7 +136,8 @@ def _flattened(walk: SpfWalk) -> str:
 def _suggest_spf(s: Sender, record: str | None, extra: str | None = None) -> str:
     """The record with ``extra`` inserted before its ``all`` (or a new one)."""
     if extra is None:
-        extra = f"include:{s.provider.spf_includes[0]}" if s.provider is not None else "a"
+        extra = (f"include:{s.provider.spf_includes[0]}" if s.provider is not None else
+                 "a" if s.own_relay else "<your sender's include: or ip4:>")
     if not record:
         return f"v=spf1 {extra} ~all"
     terms = record.split()
@@ -353,8 +354,9 @@ def check_dmarc(settings: "Settings", lookup: Lookup, report: Report) -> None:
     org = organisational_domain(s.from_domain)
     fix = _txt(f"_dmarc.{org}", f"v=DMARC1; p=none; rua=mailto:dmarc-reports@{org}")
     if not records:
-        report.add("fail", "dmarc", name, f"no DMARC record for {s.from_domain} or {org}: Gmail and Yahoo "
-                   "require one of bulk senders", fix=fix)
+        where = s.from_domain if org == s.from_domain else f"{s.from_domain} or {org}"
+        report.add("fail", "dmarc", name, f"no DMARC record for {where}: Gmail and Yahoo require one of bulk "
+                   "senders", fix=fix)
         return
     if len(records) > 1:
         report.add("fail", "dmarc", name, f"{len(records)} DMARC records: receivers ignore them all",
