@@ -21,7 +21,7 @@ from newsletter.checks.findings import Finding
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
-    from newsletter.doctor import Report
+    from newsletter.doctor import DnsFinding, Report
 
 #: Gmail's and Yahoo's ceiling for bulk senders (their pages ask to stay below 0.1%).
 COMPLAINT_CEILING = 0.3
@@ -69,12 +69,13 @@ def _dns_report(settings: "Settings") -> tuple["Report | None", str | None]:
         return None, f"DNS is not reachable ({exc.message})"
 
 
-def _as_finding(f: object) -> Finding:
+def _as_finding(f: "DnsFinding") -> Finding:
+    """A doctor's FAIL is an error (it blocks `check`), a WARN a warning; DNS text is scrubbed."""
     from newsletter.errors import scrub
 
-    level = "error" if f.status == "fail" else "warning"  # type: ignore[attr-defined]
-    fix = f" Fix: {f.fix}" if f.fix else ""  # type: ignore[attr-defined]
-    return Finding(level, f"sender.{f.check}", scrub(f"{f.name}: {f.message}.{fix}", 1000))  # type: ignore[attr-defined]
+    fix = f" Fix: {f.fix}" if f.fix else ""
+    return Finding("error" if f.status == "fail" else "warning", f"sender.{f.check}",
+                   scrub(f"{f.name}: {f.message}.{fix}", 1000))
 
 
 def _verdict(report: "Report | None", check: str, why_not: str | None, name: str) -> Requirement:
