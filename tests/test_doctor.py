@@ -199,3 +199,52 @@ def test_each_provider_against_its_documented_records(publication_root, dns, tra
     got = verdicts(publication_root, env)
     assert got.pop("reply-to") == {"pass"}
     assert got == expect
+
+
+def test_hostile_spf_terms_are_findings_not_tracebacks(publication_root, key_file):
+    long = "v=spf1 " + " ".join(f"ip4:198.51.100.{i % 250}" for i in range(400)) + " ~all"
+    zone = "\n".join([
+        'odd.example. 300 IN TXT "v=spf1 include: ip4:999.1.1.1 a/abc mx:/24 exists:%{i}.x ptr redirect= '
+        'include:..bad.. ip4:192.0.2.40 -all"',
+        "relay.odd.example. 300 IN A 192.0.2.40",
+        "40.2.0.192.in-addr.arpa. 300 IN PTR relay.odd.example.",
+        'big.example. 300 IN TXT ' + " ".join(f'"{long[i:i + 250]}"' for i in range(0, len(long), 250)),
+        "relay.big.example. 300 IN A 192.0.2.41",
+    ]) + "\n"
+    with LoopbackDNS(zone) as server:
+        for domain in ("odd.example", "big.example"):
+            settings = load_settings(publication_root, environ=smtp_env(domain, server.address, key_file))
+            report = diagnose(settings, Lookup(make_resolver(settings)))
+            spf = report.of("spf")
+            assert spf and all(len(f.found) <= 4096 for f in spf)
+    assert any("not a valid DNS name" in f.message or "not an IP address" in f.message
+               for f in diagnose(load_settings(publication_root, environ=smtp_env("odd.example", "127.0.0.1:9",
+                                                                                  key_file)),
+                                 _FakeLookup()).findings)
+
+
+class _FakeLookup(Lookup):
+    """The odd record without a server: what the walk makes of each hostile term."""
+
+    def __init__(self) -> None:
+        self.queries = 0
+
+    def _ask(self, name: str, rdtype: str) -> list:
+        raise AssertionError("not used")
+
+    def txt(self, name: str) -> list[str]:
+        if name == "odd.example":
+            return ["v=spf1 include: ip4:999.1.1.1 a/abc ip4:192.0.2.40 -all"]
+        return []
+
+    def addresses(self, name: str) -> list[str]:
+        return ["192.0.2.40"] if name.startswith("relay.") or name == "odd.example" else []
+
+    def mx(self, name: str) -> list[tuple[int, str]]:
+        return []
+
+    def ptr(self, address: str) -> list[str]:
+        return []
+
+    def cname(self, name: str) -> str | None:
+        return None
