@@ -250,7 +250,8 @@ class _Run:
             from newsletter.errors import SendHeldError
 
             raise SendHeldError(f"delivery #{d.id} of {d.slug} is {d.reason}; look at the complaints and bounces "
-                                f"(`newsletter status {d.slug}`), then resume it deliberately with {RESUME_FLAG}")
+                                f"(`newsletter status {d.slug}`), then resume it deliberately: "
+                                f"`newsletter resume {d.slug} {RESUME_FLAG}`")
         r = self.prepared.rendered
         if r.slug != d.slug:
             raise InputError(f"issue {r.slug} is not the issue of delivery #{d.id} ({d.slug})")

@@ -150,7 +150,8 @@ def test_status_and_resume_from_the_command_line(send):
     runner = CliRunner()
     status = runner.invoke(cli, ["--root", str(send.root), "status", "6"], env=send.env)
     assert status.exit_code == 0, status.output
-    assert "held: held to protect the sending domain: 4 complaint(s)" in status.output
+    assert ": held to protect the sending domain: 4 complaint(s)" in status.output
+    assert "held: held" not in status.output and "resume global-governance-of-ai --despite-complaints" in status.output
     assert "complaints 4 of 1,000 delivered (0.40%; pause above 0.3%)" in status.output
     assert "hard bounces 0 of 1,000 (0.00%; pause above 5%)" in status.output
     refused = runner.invoke(cli, ["--root", str(send.root), "resume", "6", "--yes"], env=send.env)

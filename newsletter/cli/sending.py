@@ -366,7 +366,8 @@ def _status_notes(settings: "Settings", conn: Any, rows: list, rates: bool) -> N
         if d.state in ("held", "paused") and d.reason:
             how = f"; `newsletter resume {d.slug} {RESUME_FLAG}` continues it" if is_guard_hold(d.state, d.reason) \
                 else ""
-            click.echo(f"#{d.id} {d.slug}: {d.state}: {d.reason}{how}")
+            why = d.reason if d.reason.startswith(d.state) else f"{d.state}: {d.reason}"
+            click.echo(f"#{d.id} {d.slug}: {why}{how}")
         if guard is not None:
             from newsletter.events import guard_counts
 
