@@ -56,12 +56,21 @@ def run_checks(settings: Settings, rendered: RenderedEmail, *, online: bool = Fa
     return sort_findings(ctx.findings)
 
 
-def check_issue(settings: Settings, path: Path, *, online: bool = False) -> list[Finding]:
+def check_issue(settings: Settings, path: Path, *, online: bool = False,
+                readiness: list | None = None) -> list[Finding]:
     """Every finding for the issue file at ``path`` in one run, errors first: what a build
     would refuse (each with its line) and, wherever the issue can still be rendered, all the
-    checks above."""
+    checks above and the sender's (DNS, as `newsletter doctor`); ``readiness``, when given,
+    receives the bulk-sender readiness list."""
     from newsletter.checks.refusals import refusals_and_rendering
 
     refused, rendered = refusals_and_rendering(settings, path)
     findings = run_checks(settings, rendered, online=online) if rendered is not None else []
+    if rendered is not None:
+        from newsletter.checks.sender import check_sender
+
+        sender = check_sender(settings, CheckContext(settings, rendered).message)
+        findings += sender.findings
+        if readiness is not None:
+            readiness.extend(sender.readiness)
     return sort_findings([*refused, *findings])

@@ -92,6 +92,7 @@ LAZY_COMMANDS = {
     "form-snippet": "newsletter.cli.public:form_snippet",
     "inbox": "newsletter.cli.feedback:inbox",
     "replies": "newsletter.cli.feedback:replies",
+    "doctor": "newsletter.cli.doctor:doctor",
 }
 
 

@@ -154,7 +154,8 @@ def preview(ctx: click.Context, issue: str, port: int, no_open: bool, screenshot
 @click.pass_context
 def check(ctx: click.Context, issue: str, online: bool, fmt: str) -> None:
     """Pre-flight checks for ISSUE: size and clipping, links, images, accessibility,
-    client support, deliverability headers and the plain text.
+    client support, deliverability headers, the plain text and, with a real transport,
+    the sender's DNS (as `newsletter doctor`); then bulk-sender readiness.
 
     One line per finding (error / warning / info) with file:line where it applies.
     Exits non-zero on any error; `send` and `schedule` run these first.
@@ -166,7 +167,8 @@ def check(ctx: click.Context, issue: str, online: bool, fmt: str) -> None:
 
     try:
         settings = settings_of(ctx)
-        findings = check_issue(settings, issue_path(settings, issue), online=online)
+        readiness: list = []
+        findings = check_issue(settings, issue_path(settings, issue), online=online, readiness=readiness)
     except NewsletterError as exc:
         if fmt == "json":  # JSON always: a script reading stdout gets the reason too
             path = str(exc.path) if exc.path is not None else None
@@ -178,6 +180,10 @@ def check(ctx: click.Context, issue: str, online: bool, fmt: str) -> None:
     else:
         for f in findings:
             click.echo(f.format())
+        if readiness:  # none when the issue does not build
+            click.echo("Bulk-sender readiness (Gmail, Yahoo, Outlook.com):")
+        for r in readiness:
+            click.echo(f"  {r.status:<7} {r.name}: {r.detail} [{r.source}]")
     errors = sum(f.level == "error" for f in findings)
     warnings = sum(f.level == "warning" for f in findings)
     if fmt == "text":
