@@ -82,8 +82,7 @@ class Send:
             did = start_or_resume(conn, self.prepared, now=self.clock.now)
             options = DeliveryOptions.from_settings(self.settings, despite_guard=despite)
             return run_delivery(conn, did, self.prepared, lambda: get_transport(self.settings, clock=self.clock),
-                                options=options, progress=progress, clock=self.clock.monotonic,
-                                sleep=self.clock.sleep, now=self.clock.now)
+                                options=options, progress=progress, clock=self.clock)
         finally:
             watcher.close()
             conn.close()
