@@ -26,6 +26,13 @@ Rules worth knowing:
   next retry; ``newsletter worker``/``dispatch`` pick it up then, or ``resume``.
 * An attempt is counted only when the transport answered about that reader. A
   rate-limit answer, a dropped connection and a resend after a crash count none.
+* A refusal of the *sender* (the transport marks it ``about_sender``: our HELO name, login,
+  relay permission) is charged to nobody: the run stops and the delivery is ``held`` with the
+  reason (:func:`newsletter.ledger.hold`) until the editor fixes the configuration and resumes.
+* Losing the server mid-send (:class:`~newsletter.errors.TransportUnavailableError` once the
+  transport has worked in this run) is a temporary failure: the batch is retried on the backoff
+  schedule, in the foreground while the wait is short. Only a transport that never worked
+  raises (exit 4).
 * ``Transport.open()`` is called on every transport before the lock and the first
   claim: a configuration error leaves every reader untouched. A transport that raises
   (rather than answering) puts its batch back untouched; an ``OSError`` is "no answer".
@@ -57,7 +64,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from newsletter import ledger
 from newsletter.config import is_development_key
 from newsletter.errors import (ConfigError, ContentChangedError, DeliveryLockedError, InputError, NewsletterError,
-                               TransportError, scrub)
+                               TransportError, TransportUnavailableError, scrub)
 from newsletter.ledger import (HEARTBEAT_EVERY, Claim, Delivery, DeliveryReport, Progress, TransportFactory,
                                get_delivery, transaction, utc_day, utcnow)
 from newsletter.message import OutgoingMessage, PreparedIssue
@@ -177,6 +184,9 @@ class _Run:
         self.counts: dict[str, int] = {}
         self.total = 0
         self.pause_note: str | None = None
+        self.hold_note: str | None = None  # the server refused the sender: held for the editor
+        self.worked = False                # some reader was answered in this run
+        self.backoff_until: float | None = None  # a lost server's batch is due (wall seconds)
         self.deferred = False
         self.last_progress = clock()
         self.errors: list[BaseException] = []
@@ -328,6 +338,11 @@ class _Run:
     def _worker(self, transport: Transport) -> None:
         size = self.o.claim_size
         while not self._stopped():
+            if self.backoff_until is not None:  # the server went away: wait for its batch's retry first
+                wait, self.backoff_until = self.backoff_until - self.now_ts(), None
+                if wait > 0 and not self._wait_for_retry(wait):
+                    return
+                continue
             # Pace *before* claiming, so a batch is 'sending' (uncertain after a crash) only
             # while the transport really has it, never while we wait for our turn.
             booked = size if self.pacer.rate is not None and self._claimable() else 0
@@ -449,6 +464,11 @@ class _Run:
             results: list[SendResult | None] = list(transport.send(job.messages, idempotency_key=key))
         except OSError as exc:  # a connection dropped under the transport: no answer about anyone
             return [None] * len(job.messages), scrub(f"{type(exc).__name__}: {exc}")
+        except TransportUnavailableError as exc:
+            if not self.worked:  # never reached: a setting (host, port) more likely than an outage
+                self._unclaim(job)
+                raise
+            return [None] * len(job.messages), exc.format_message()
         except NewsletterError:
             self._unclaim(job)  # the transport could not be used at all: nothing of this batch left us
             raise
@@ -490,6 +510,13 @@ class _Run:
                 if answer is Answer.UNCERTAIN:
                     self.stats["uncertain_resent" if t.state == "retry" else "uncertain_reported"] += 1
             self.stats["sent_this_run"] += sum(t.state == "sent" for t in transitions)
+            self.worked = self.worked or any(a is not Answer.NO_ANSWER for a, _, _ in answers)
+            refused = next((t.error for t, (a, _, _) in zip(transitions, answers) if a is Answer.SENDER_REFUSED), None)
+            if refused is not None and self.hold_note is None:
+                self.hold_note = refused
+                self.halt.set()  # nobody else is claimed: every reader would be refused alike
+            elif dropped is not None and transitions and not any(t.final for t in transitions):
+                self.backoff_until = max(t.next_attempt_at or 0.0 for t in transitions)
             if any(t.final for t in transitions):
                 self.last_progress = self.clock()
             self.inflight -= 1
@@ -518,6 +545,8 @@ class _Run:
                         "lost, or a crash interrupted them) and were not sent again; `newsletter status --failed` "
                         "lists them"
                         if c["uncertain"] else "")
+            elif self.hold_note is not None:  # the server refused the sender: the editor must act
+                state, note, resume_at = "held", self.hold_note, None
             elif self.pause_note is not None:  # the daily cap: deferred to the next UTC day
                 state, note = "deferred", self.pause_note
                 resume_at = datetime.combine(now.astimezone(timezone.utc).date() + timedelta(days=1),
@@ -529,7 +558,10 @@ class _Run:
             else:
                 state = "paused"
                 note = f"stopped with {left} readers left; run the send again to continue"
-            ledger.finish_run(conn, self.id, state=state, reason=note, resume_at=resume_at, now=now)
+            if state == "held":
+                ledger.hold(conn, self.id, note)
+            else:
+                ledger.finish_run(conn, self.id, state=state, reason=note, resume_at=resume_at, now=now)
             return ledger.make_report(conn, self.id, note, elapsed=elapsed,
                                       rate=self.stats["sent_this_run"] / elapsed if elapsed > 0 else 0.0,
                                       **self.stats)

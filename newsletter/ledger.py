@@ -677,6 +677,16 @@ def finish_run(conn: sqlite3.Connection, delivery_id: int, *, state: str, reason
                   timestamp(now) if state == "done" else None, delivery_id))
 
 
+def hold(conn: sqlite3.Connection, delivery_id: int, reason: str) -> None:
+    """Hold a delivery for the editor, with the reason ``status`` shows: nobody more is sent
+    until `newsletter resume` (a worker or cron dispatch never picks a held delivery up).
+    For what only the editor can fix: the server refused our sender (HELO name, login,
+    relay), a complaint or bounce rate past its limit. Readers keep their rows as they are.
+    Runs inside the caller's transaction."""
+    conn.execute("UPDATE deliveries SET state='held', reason=?, resume_at=NULL, finished_at=NULL WHERE id=?",
+                 (scrub(reason), delivery_id))
+
+
 def open_delivery_id(conn: sqlite3.Connection, slug: str) -> int | None:
     """The unfinished (scheduled, running, paused, deferred or held) delivery of an issue, if any."""
     row = conn.execute(f"SELECT id FROM deliveries WHERE slug=? AND test=0 AND state IN {_OPEN_SQL}",

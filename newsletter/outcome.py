@@ -19,6 +19,9 @@ The rules, in a reader's words:
 * An uncertain answer (the message may have gone out) is sent once more under the
   same idempotency key when the resend policy allows it, else reported; never more
   than :data:`UNCERTAIN_RESENDS` times.
+* A refusal of the sender (our HELO, login, relay permission; not this reader) is
+  charged to nobody: no attempt, no window; the reader waits, due at once, while the
+  engine holds the delivery for the editor to fix the configuration and resume.
 """
 
 from __future__ import annotations
@@ -48,11 +51,12 @@ class Answer(str, enum.Enum):
     BOUNCED = "bounced"
     UNCERTAIN = "uncertain"
     NO_ANSWER = "no-answer"
+    SENDER_REFUSED = "sender-refused"
 
     @property
     def counts_attempt(self) -> bool:
         """Only a real answer about this reader uses up one of their attempts."""
-        return self not in (Answer.RATE_LIMITED, Answer.NO_ANSWER)
+        return self not in (Answer.RATE_LIMITED, Answer.NO_ANSWER, Answer.SENDER_REFUSED)
 
 
 def classify(result: SendResult | None) -> Answer:
@@ -65,6 +69,8 @@ def classify(result: SendResult | None) -> Answer:
         return Answer.UNCERTAIN
     if status.delivered:
         return Answer.DELIVERED
+    if result.about_sender:
+        return Answer.SENDER_REFUSED
     if status is Status.UNCERTAIN:
         return Answer.UNCERTAIN
     if status is Status.FAILED_TEMPORARY:
@@ -126,6 +132,8 @@ def decide(row: Row, answer: Answer, *, now: float, policy: Policy, error: str |
         return final("sent", None)
     if answer in (Answer.FAILED_PERMANENT, Answer.BOUNCED):
         return final("failed-permanent", error or answer.value, bounce=answer is Answer.BOUNCED)
+    if answer is Answer.SENDER_REFUSED:  # nobody's fault but the configuration's: due when resumed
+        return retry(f"held: {error or 'the server refused the sender'}", now)
     if answer is Answer.RATE_LIMITED:
         wait = min(BACKOFF_CAP, retry_after) if retry_after and retry_after > 0 else RATE_LIMIT_WAIT * (1 + jitter)
         return retry(f"rate limited: {error or 'slow down'}", now + wait)

@@ -154,9 +154,13 @@ def _issue_ref(rendered: "RenderedEmail") -> str:
 def _exit_for(report: Any, ref: str, stopped: bool) -> None:
     """The exit code tells the truth: 0 only when nobody is left waiting by this run."""
     from newsletter.delivery import describe_deferral
-    from newsletter.errors import SendDeferredError, SendInterruptedError
+    from newsletter.errors import SendDeferredError, SendHeldError, SendInterruptedError
 
     ctx = click.get_current_context()
+    if report.state == "held":
+        click.echo(f"Held with {report.pending} readers pending, none of them charged for it; fix what the "
+                   f"reason above says, then `newsletter resume {ref}` continues.", err=True)
+        ctx.exit(SendHeldError.exit_code)
     if report.state == "deferred":
         click.echo(describe_deferral(report, ref), err=True)
         ctx.exit(SendDeferredError.exit_code)
