@@ -50,11 +50,13 @@ _TOO_MANY_ERRORS = re.compile(r"too many errors|too many (?:invalid|unknown|bad|
 #   Postfix: "Helo command rejected", "Client host rejected", "Sender address rejected",
 #     "Relay access denied"; Exim: "relay not permitted", "Syntactically invalid HELO argument",
 #     "HELO/EHLO required", "Administrative prohibition"; Microsoft: "Unable to relay",
-#     "Client was not authenticated", "banned sending IP"; Gmail: "DMARC", "unauthenticated".
+#     "Client was not authenticated", "banned sending IP", "traffic not accepted from this IP";
+#     Gmail: "DMARC", "the sender is unauthenticated".
 _SENDER_TEXT = re.compile(r"helo command rejected|client host rejected|sender address rejected|relay access denied|"
                           r"relay(?:ing)? not permitted|relaying denied|unable to relay|invalid helo|"
                           r"helo/ehlo required|administrative prohibition|not authenticated|authentication required|"
-                          r"banned sending ip|blocked using|dmarc|unauthenticated|spf", re.IGNORECASE)
+                          r"banned sending ip|not accepted from this ip|blocked using|dmarc|unauthenticated|\bspf\b",
+                          re.IGNORECASE)
 # A policy code (5.7.x) that a server gives about one recipient, not about us: Postfix's
 # check_recipient_access ("Recipient address rejected: Access denied"), Microsoft's restricted
 # groups ("RESOLVER.RST.*"), a mailbox that accepts mail from listed senders only.

@@ -129,6 +129,8 @@ def classify(phase: str, code: int, resp: bytes | str) -> tuple[Status, bool]:
     enhanced = enhanced_code(text)
     if enhanced is not None and enhanced[0] != 5:  # a 5xx with a 4.x.x code: no verdict on the address
         return Status.FAILED_PERMANENT, False
+    if phase == "MAIL" or reply_kind(code, text, phase) is ReplyKind.SENDER:  # about us, not the address
+        return Status.FAILED_PERMANENT, False
     return Status.FAILED_PERMANENT, is_hard_bounce(enhanced, basic=code, phase=phase)
 
 
