@@ -67,6 +67,8 @@ from newsletter.errors import (ConfigError, ContentChangedError, DeliveryLockedE
                                TransportError, TransportUnavailableError, scrub)
 from newsletter.ledger import (HEARTBEAT_EVERY, Claim, Delivery, DeliveryReport, Progress, TransportFactory,
                                get_delivery, transaction, utc_day, utcnow)
+from newsletter.events import Event, Kind, apply_event
+from newsletter.events import ensure_schema as ensure_events
 from newsletter.message import OutgoingMessage, PreparedIssue
 from newsletter.outcome import DEFAULT_RETRY_WINDOW, Answer, Policy, Row, classify, decide_batch
 from newsletter.pacing import Pacer, interruptible_sleep
@@ -272,6 +274,7 @@ class _Run:
 
     def _begin(self, d: Delivery) -> None:
         self.store = SubscriberStore(self.conn)
+        ensure_events(self.conn)  # bounces are recorded inside the record transaction, which cannot migrate
         with self.db:  # its own transaction: the spool file is gone once it commits
             apply_spool(self.store, self.prepared.secret_key, now=self.now())
         with self.db, transaction(self.conn):
@@ -497,12 +500,12 @@ class _Run:
                                       list(zip(job.claim.rows, transitions, provider_ids)), whole_batch=whole,
                                       now=now)
             assert self.store is not None
-            for row, t in zip(job.claim.rows, transitions):
-                if t.bounce:
-                    try:
-                        self.store.mark_bounced(row.sid, f"bounced: {t.error}")
-                    except InputError:  # erased meanwhile: nothing to mark
-                        pass
+            for row, t, msg in zip(job.claim.rows, transitions, job.messages):
+                if t.bounce:  # the one event path, so `status` counts it with the webhooks' and inbox's
+                    apply_event(self.store, Event(Kind.HARD_BOUNCE, self.transport_name,
+                                                  f"delivery:{self.id}:{row.sid}", email=row.email,
+                                                  subscriber_id=row.sid, message_id=msg.message_id,
+                                                  detail=t.error or ""), now=now)
             ledger.refresh_lock(conn, self.id, self.owner, now)
             self.last_heartbeat = now
             for t, (answer, _, _) in zip(transitions, answers):
