@@ -97,6 +97,7 @@ class DeliveryOptions:
     max_wait: float = DEFAULT_MAX_WAIT  # seconds a run waits in the foreground for retries before deferring
     resend_uncertain: bool = True      # resend (once) readers that may or may not have got it, or report them
     retry_failed: bool = False         # give readers whose retry window ran out a fresh one
+    retry_now: bool = False            # the editor's `resume`: deferred readers are due at once
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.concurrency < 1:
@@ -280,7 +281,7 @@ class _Run:
         with self.db, transaction(self.conn):
             start = ledger.begin_run(self.conn, d, transport=self.transport_name,
                                      resend_interrupted=self.o.resend_uncertain, retry_failed=self.o.retry_failed,
-                                     now=self.now())
+                                     now=self.now(), retry_now=self.o.retry_now)
             self.delivery = get_delivery(self.conn, self.id)
         if self.o.resend_uncertain:
             self.stats["interrupted_resent"] = start.interrupted

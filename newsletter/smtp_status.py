@@ -118,8 +118,8 @@ def reply_kind(code: int, text: str, phase: str = "RCPT") -> ReplyKind:
 #: The same permanent answer (reader's address and ids stripped) for this many different readers
 #: in a row is about the sender, whatever its code says.
 SAME_ANSWER_RUN = 3
-# What a stored reply starts with, kept as is: "RCPT 550 5.1.1", "451 4.3.0", "5.7.1".
-_HEAD = re.compile(r"\s*(?:(?:MAIL|RCPT|DATA)\s+)?(?:\d{3}[ -])?\s*(?:[245]\.\d{1,3}\.\d{1,3}(?!\d))?")
+# What a stored reply starts with, kept as is: "rate limited: RCPT 450 4.7.1", "451 4.3.0", "5.7.1".
+_HEAD = re.compile(r"\s*(?:[a-z][a-z ]{0,40}: )?(?:(?:MAIL|RCPT|DATA)\s+)?(?:\d{3}[ -])?\s*(?:[245]\.\d{1,3}\.\d{1,3}(?!\d))?")
 _ADDRESS = re.compile(r"<[^<>\s]*>|[^\s<>()\[\]\"';,]+@[^\s<>()\[\]\"';,]+")
 _IDS = re.compile(r"\b(?=[0-9A-Za-z._-]*\d)[0-9A-Za-z_-]{8,}(?:\.[0-9A-Za-z_-]+)*\b|\b\d+\b")
 
