@@ -70,7 +70,8 @@ from newsletter.ledger import (HEARTBEAT_EVERY, Claim, Delivery, DeliveryReport,
 from newsletter.events import Event, Kind, apply_event
 from newsletter.events import ensure_schema as ensure_events
 from newsletter.message import OutgoingMessage, PreparedIssue
-from newsletter.outcome import DEFAULT_RETRY_WINDOW, Answer, Policy, Row, classify, decide_batch
+from newsletter import retry
+from newsletter.outcome import Answer, Policy, Row, classify, decide_batch
 from newsletter.pacing import Pacer, interruptible_sleep
 from newsletter.store import SubscriberStore
 from newsletter.transports.base import SendResult, Status, Transport
@@ -79,8 +80,8 @@ from newsletter.unsubscribe_spool import apply_spool
 if TYPE_CHECKING:
     from newsletter.config import Settings
 
-#: How long a run keeps waiting for due retries, from the last reader finished, before it defers.
-DEFAULT_MAX_WAIT = 300.0
+#: How long a run keeps waiting for due retries (newsletter.retry's, named here too).
+DEFAULT_MAX_WAIT = retry.DEFAULT_MAX_WAIT
 #: Called while a run waits for a retry: (seconds left, why).
 Waiting = Callable[[float, str], None]
 
@@ -93,7 +94,7 @@ class DeliveryOptions:
     rate: float | None = None          # messages per second over all workers: an upper bound; None = unpaced
     concurrency: int = 1               # worker threads, each with its own transport instance
     daily_cap: int | None = None       # messages per UTC day per transport, counted in the database
-    retry_window: float = DEFAULT_RETRY_WINDOW  # seconds a reader's temporary failures are retried
+    retry_window: float = retry.DEFAULT_RETRY_WINDOW  # seconds a reader's temporary failures are retried
     max_wait: float = DEFAULT_MAX_WAIT  # seconds a run waits in the foreground for retries before deferring
     resend_uncertain: bool = True      # resend (once) readers that may or may not have got it, or report them
     retry_failed: bool = False         # give readers whose retry window ran out a fresh one
@@ -134,9 +135,7 @@ class DeliveryOptions:
             rate=rate or None,
             concurrency=settings.integer("NEWSLETTER_CONCURRENCY", 1, minimum=1),
             daily_cap=int(cap) if cap else None,
-            retry_window=(settings.number("NEWSLETTER_RETRY_WINDOW", DEFAULT_RETRY_WINDOW / 3600) or 0.0) * 3600,
-            max_wait=settings.number("NEWSLETTER_FOREGROUND_WAIT", DEFAULT_MAX_WAIT) or 0.0,
-            **overrides,
+            **{**retry.settings(settings), **overrides},
         )
 
 

@@ -9,6 +9,8 @@ be checked in a table (tests/test_outcome.py).
 The rules, in a reader's words:
 
 * Delivered, refused for good, or bounced: final at once.
+The numbers (backoff curve, window, waits) are :mod:`newsletter.retry`'s; here is what they mean.
+
 * A temporary failure (SMTP 4xx, HTTP 5xx) is retried with growing, jittered waits.
   The reader fails for good only when ``retry_window`` has passed since their
   first temporary failure, however many tries that took.
@@ -30,15 +32,12 @@ import enum
 from dataclasses import dataclass, replace
 from typing import Sequence
 
-from newsletter.pacing import BACKOFF_CAP, backoff_delay
+from newsletter.retry import (DEFAULT_RETRY_WINDOW, RATE_LIMIT_WAIT, UNCERTAIN_RESENDS,  # noqa: F401 (re-exported)
+                              RetryPolicy, backoff_delay, rate_limit_wait)
 from newsletter.transports.base import SendResult, Status
 
-#: How many times an uncertain answer is sent again (with ``resend_uncertain``) before it is reported.
-UNCERTAIN_RESENDS = 1
-#: The wait after a rate-limit answer without a Retry-After, before jitter.
-RATE_LIMIT_WAIT = 1.0
-#: Default retry window: how long a reader's temporary failures are retried (MTAs use 1–5 days).
-DEFAULT_RETRY_WINDOW = 24 * 3600.0
+#: The retry settings :func:`decide` reads (defined, with every number of the policy, in newsletter.retry).
+Policy = RetryPolicy
 
 
 class Answer(str, enum.Enum):
@@ -92,12 +91,6 @@ class Row:
 
 
 @dataclass(frozen=True)
-class Policy:
-    retry_window: float = DEFAULT_RETRY_WINDOW  # seconds
-    resend_uncertain: bool = True
-
-
-@dataclass(frozen=True)
 class Transition:
     """The row after this send. ``next_attempt_at`` is set for ``retry`` only."""
 
@@ -135,8 +128,7 @@ def decide(row: Row, answer: Answer, *, now: float, policy: Policy, error: str |
     if answer is Answer.SENDER_REFUSED:  # nobody's fault but the configuration's: due when resumed
         return retry(f"held: {error or 'the server refused the sender'}", now)
     if answer is Answer.RATE_LIMITED:
-        wait = min(BACKOFF_CAP, retry_after) if retry_after and retry_after > 0 else RATE_LIMIT_WAIT * (1 + jitter)
-        return retry(f"rate limited: {error or 'slow down'}", now + wait)
+        return retry(f"rate limited: {error or 'slow down'}", now + rate_limit_wait(retry_after, jitter))
     if answer is Answer.UNCERTAIN:
         text = f"may or may not have been delivered: {error or 'the answer was lost'}"
         if not policy.resend_uncertain or row.uncertain_resends >= UNCERTAIN_RESENDS:

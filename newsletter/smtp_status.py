@@ -119,7 +119,7 @@ def reply_kind(code: int, text: str, phase: str = "RCPT") -> ReplyKind:
 #: in a row is about the sender, whatever its code says.
 SAME_ANSWER_RUN = 3
 # What a stored reply starts with, kept as is: "rate limited: RCPT 450 4.7.1", "451 4.3.0", "5.7.1".
-_HEAD = re.compile(r"\s*(?:[a-z][a-z ]{0,40}: )?(?:(?:MAIL|RCPT|DATA)\s+)?(?:\d{3}[ -])?\s*(?:[245]\.\d{1,3}\.\d{1,3}(?!\d))?")
+_HEAD = re.compile(r"\s*(?:[a-z][a-z ]{0,40}: )?(?:(?:MAIL|RCPT|DATA|HTTP)\s+)?(?:\d{3}[ -])?\s*(?:[245]\.\d{1,3}\.\d{1,3}(?!\d))?")
 _ADDRESS = re.compile(r"<[^<>\s]*>|[^\s<>()\[\]\"';,]+@[^\s<>()\[\]\"';,]+")
 _IDS = re.compile(r"\b(?=[0-9A-Za-z._-]*\d)[0-9A-Za-z_-]{8,}(?:\.[0-9A-Za-z_-]+)*\b|\b\d+\b")
 
