@@ -71,7 +71,7 @@ from newsletter.events import Event, Kind, apply_event
 from newsletter.events import ensure_schema as ensure_events
 from newsletter.message import OutgoingMessage, PreparedIssue
 from newsletter import retry
-from newsletter.outcome import Answer, Policy, Row, classify, decide_batch
+from newsletter.outcome import Answer, Policy, Row, Transition, classify, decide_batch
 from newsletter.pacing import Pacer, interruptible_sleep
 from newsletter.store import SubscriberStore
 from newsletter.transports.base import SendResult, Status, Transport
@@ -160,6 +160,7 @@ def _close_all(transports: Sequence[Transport]) -> None:
 class _Job:
     claim: Claim
     messages: list[OutgoingMessage] = field(default_factory=list)
+    recorded: set[int] = field(default_factory=set)  # readers whose answer is already in the ledger
 
 
 _PAUSE = "pause"
@@ -448,10 +449,11 @@ class _Run:
         return job
 
     def _unclaim(self, job: _Job) -> None:
-        """Undo a claim whose batch never reached anyone."""
+        """Undo a claim whose batch (the readers not answered for yet) never reached anyone."""
+        rows = [r for i, r in enumerate(job.claim.rows) if i not in job.recorded]
         with self.db, transaction(self.conn) as conn:
-            ledger.unclaim(conn, self.id, job.claim.rows, day=utc_day(self.now()), transport=self.transport_name)
-            for r in job.claim.rows:
+            ledger.unclaim(conn, self.id, rows, day=utc_day(self.now()), transport=self.transport_name)
+            for r in rows:
                 self._move("sending", r.state)
             if job.claim.fresh:
                 self.cursor = min(self.cursor, job.claim.rows[0].sid - 1)
@@ -463,6 +465,10 @@ class _Run:
         when the connection dropped under the transport, why."""
         assert self.delivery is not None
         key = self.delivery.idempotency_key(job.claim.batch_no)
+        if hasattr(transport, "on_result"):  # a transport that answers message by message (SMTP)
+            n = len(job.messages)
+            transport.on_result = lambda i, result: self._record(job, [None] * i + [result] + [None] * (n - i - 1),
+                                                                 None, only=[i])  # type: ignore[attr-defined]
         try:
             results: list[SendResult | None] = list(transport.send(job.messages, idempotency_key=key))
         except OSError as exc:  # a connection dropped under the transport: no answer about anyone
@@ -485,48 +491,61 @@ class _Run:
             results = (results + [lost] * len(job.messages))[:len(job.messages)]
         return results, None
 
-    def _record(self, job: _Job, results: Sequence[SendResult | None], dropped: str | None) -> None:
-        """Store every reader's transition in one transaction, after the transport answered."""
-        answers = [(classify(res), scrub(res.error) if res is not None and res.error else dropped,
-                    res.retry_after if res is not None else None) for res in results]
+    def _record(self, job: _Job, results: Sequence[SendResult | None], dropped: str | None,
+                only: Sequence[int] | None = None) -> None:
+        """Store readers' transitions in one transaction, once the transport answered: at the end of
+        the batch, every reader not recorded yet; or (``only``) the readers a streaming transport has
+        just answered for, so `status` and a crash see each answer at once."""
+        idx = [i for i in (range(len(results)) if only is None else only) if i not in job.recorded]
+        rows = [job.claim.rows[i] for i in idx]
+        answers = [(classify(results[i]), scrub(results[i].error) if results[i] is not None and results[i].error
+                    else dropped, results[i].retry_after if results[i] is not None else None) for i in idx]
         transitions, whole = decide_batch(
-            [Row(r.attempts, r.first_failure_at, r.uncertain_resends) for r in job.claim.rows], answers,
-            now=self.now_ts(), policy=self.o.policy, jitters=[self.rng.random() for _ in results])
-        provider_ids = [res.provider_id if res is not None and a is Answer.DELIVERED else None
-                        for res, (a, _, _) in zip(results, answers)]
+            [Row(r.attempts, r.first_failure_at, r.uncertain_resends) for r in rows], answers,
+            now=self.now_ts(), policy=self.o.policy, jitters=[self.rng.random() for _ in idx])
+        whole = whole and only is None and not job.recorded  # a batch partly answered is no longer one
+        provider_ids = [results[i].provider_id if results[i] is not None and a is Answer.DELIVERED else None
+                        for i, (a, _, _) in zip(idx, answers)]
         with self.db, transaction(self.conn) as conn:
             now = self.now()
-            ledger.record_transitions(conn, self.id, job.claim.batch_no,
-                                      list(zip(job.claim.rows, transitions, provider_ids)), whole_batch=whole,
-                                      now=now)
+            ledger.record_transitions(conn, self.id, job.claim.batch_no, list(zip(rows, transitions, provider_ids)),
+                                      whole_batch=whole, now=now)
             assert self.store is not None
-            for row, t, msg in zip(job.claim.rows, transitions, job.messages):
+            for row, t, i in zip(rows, transitions, idx):
                 if t.bounce:  # the one event path, so `status` counts it with the webhooks' and inbox's
                     apply_event(self.store, Event(Kind.HARD_BOUNCE, self.transport_name,
                                                   f"delivery:{self.id}:{row.sid}", email=row.email,
-                                                  subscriber_id=row.sid, message_id=msg.message_id,
+                                                  subscriber_id=row.sid, message_id=job.messages[i].message_id,
                                                   detail=t.error or ""), now=now)
             ledger.refresh_lock(conn, self.id, self.owner, now)
             self.last_heartbeat = now
-            for t, (answer, _, _) in zip(transitions, answers):
-                self._move("sending", t.state)
-                if answer is Answer.UNCERTAIN:
-                    self.stats["uncertain_resent" if t.state == "retry" else "uncertain_reported"] += 1
-            self.stats["sent_this_run"] += sum(t.state == "sent" for t in transitions)
-            self.worked = self.worked or any(a is not Answer.NO_ANSWER for a, _, _ in answers)
-            refused = next((t.error for t, (a, _, _) in zip(transitions, answers) if a is Answer.SENDER_REFUSED), None)
-            if refused is not None and self.hold_note is None:
-                self.hold_note = refused
-                self.halt.set()  # nobody else is claimed: every reader would be refused alike
-            elif dropped is not None and transitions and not any(t.final for t in transitions):
-                self.backoff_until = max(t.next_attempt_at or 0.0 for t in transitions)
-            if any(t.final for t in transitions):
-                self.last_progress = self.clock()
-            self.inflight -= 1
-            self.idle.notify_all()
+            job.recorded.update(idx)
+            self._note_outcomes(transitions, [a for a, _, _ in answers], dropped)
+            if only is None:
+                self.inflight -= 1
+                self.idle.notify_all()
             snapshot = self._progress_values()
         if self.progress is not None:
             self.progress(*snapshot)
+
+    def _note_outcomes(self, transitions: Sequence[Transition], answers: Sequence[Answer],
+                       dropped: str | None) -> None:
+        """The run's counts after recorded transitions, and what they mean for the run: a refused
+        sender holds it; a lost server makes it wait for the batch's retry before claiming more."""
+        for t, answer in zip(transitions, answers):
+            self._move("sending", t.state)
+            if answer is Answer.UNCERTAIN:
+                self.stats["uncertain_resent" if t.state == "retry" else "uncertain_reported"] += 1
+        self.stats["sent_this_run"] += sum(t.state == "sent" for t in transitions)
+        self.worked = self.worked or any(a is not Answer.NO_ANSWER for a in answers)
+        refused = next((t.error for t, a in zip(transitions, answers) if a is Answer.SENDER_REFUSED), None)
+        if refused is not None and self.hold_note is None:
+            self.hold_note = refused
+            self.halt.set()  # nobody else is claimed: every reader would be refused alike
+        elif dropped is not None and transitions and not any(t.final for t in transitions):
+            self.backoff_until = max(t.next_attempt_at or 0.0 for t in transitions)
+        if any(t.final for t in transitions):
+            self.last_progress = self.clock()
 
     # ---- bookkeeping ---------------------------------------------------------------------
     def _move(self, src: str, dst: str, n: int = 1) -> None:

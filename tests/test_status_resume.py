@@ -3,6 +3,7 @@ bounces are counted, `resume` continues at once and asks about the readers it wi
 
 from __future__ import annotations
 
+import collections
 from pathlib import Path
 
 from test_cli import run
@@ -72,3 +73,62 @@ def test_resume_asks_about_the_readers_still_to_send_and_status_counts_bounces(p
         status = run(publication_root, "status", "6", env=env)
     assert "3 hard, 0 soft" in status.output, status.output
     assert "10 readers deferred" in status.output and "451 4.3.0 try again later (10)" in status.output
+
+
+def _smtp_send(db: Path, server: SMTPTestServer, progress=None, **opts):
+    from newsletter.config import load_settings
+    from newsletter.transports import get_transport
+    from tests.test_delivery import Sink, make_prepared
+
+    settings = load_settings(db.parent, environ={"NEWSLETTER_FROM": "news@example.org",
+                                                 **server.env(SMTP_SECURITY="none")})
+    return send(db, make_prepared(), transport=get_transport(settings), sink=Sink(), progress=progress, **opts)
+
+
+def test_each_smtp_answer_is_in_the_ledger_as_soon_as_the_server_gives_it(db):
+    # Issue 22: status's rate and ETA moved once per batch of 100 (2 minutes stale under a slow server).
+    emails = add_subscribers(db, 100)
+    seen: dict[str, object] = {}
+
+    def watch(address):
+        if address == emails[60]:  # mid-batch: the 60 answered before are already recorded
+            from newsletter.ledger import delivery_status
+
+            conn = open_ledger(db)
+            try:
+                (s,) = delivery_status(conn)
+                seen.update(sent=s.sent, remaining=s.remaining, rate=s.rate)
+            finally:
+                conn.close()
+        return None
+
+    with SMTPTestServer(rcpt_replies=watch) as server:
+        report, _ = _smtp_send(db, server, batch_size=100)
+    assert report.state == "done" and report.sent == 100
+    assert seen["sent"] == 60 and seen["remaining"] == 40
+
+
+def test_a_crash_mid_batch_resends_only_the_unanswered(db):
+    emails = add_subscribers(db, 50)
+
+    def crash(done, total, sent, failed):
+        if sent == 20:
+            raise KeyboardInterrupt  # the process dies right after the 20th answer was recorded
+
+    with SMTPTestServer() as server:
+        try:
+            _smtp_send(db, server, progress=crash, batch_size=50)
+        except KeyboardInterrupt:
+            pass
+        states = collections.Counter(ledger_states_of(db).values())
+        assert states["sent"] == 20 and states["sending"] + states["pending"] == 30
+        report, _ = _smtp_send(db, server, batch_size=50)
+        assert report.state == "done" and report.interrupted_resent == 30  # only those never answered
+        received = collections.Counter(server.recipients())
+    assert sorted(received) == sorted(emails) and max(received.values()) == 1  # nobody doubled
+
+
+def ledger_states_of(db: Path) -> dict[str, str]:
+    from tests.test_delivery import ledger_states
+
+    return ledger_states(db, 1)

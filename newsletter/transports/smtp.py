@@ -59,7 +59,7 @@ import smtplib
 import socket
 import ssl
 from functools import lru_cache
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from newsletter.clock import Clock
 from newsletter.errors import ConfigError, TransportError, TransportUnavailableError, scrub
@@ -199,6 +199,9 @@ class SMTPTransport(Transport):
         self._opened = False
         #: Connections opened so far (for summaries and tests).
         self.connections = 0
+        #: Told ``(index, result)`` as soon as a message's answer is final (the delivery engine records
+        #: it at once); a permanent refusal waits until no run of them can make it the sender's.
+        self.on_result: Callable[[int, SendResult], None] | None = None
 
     @classmethod
     def from_settings(cls, settings: "Settings", **options: object) -> "SMTPTransport":
@@ -245,6 +248,7 @@ class SMTPTransport(Transport):
         if not self._opened:
             self.open()
         results: list[SendResult] = []
+        told = 0  # results already given to on_result
         for i, msg in enumerate(messages):
             try:
                 result = self._send_one(msg)
@@ -258,6 +262,7 @@ class SMTPTransport(Transport):
                 break
             results.append(result)
             self._note_run(results)
+            told = self._tell(results, told)
             rest = messages[i + 1:]
             if results[-1].about_sender:  # charged to nobody: the rest waits for a fixed configuration
                 results.extend(SendResult(m.to_email, Status.FAILED_TEMPORARY, about_sender=True, attempted=False,
@@ -270,6 +275,17 @@ class SMTPTransport(Transport):
                                for m in rest)
                 break
         return results
+
+    def _tell(self, results: list[SendResult], told: int) -> int:
+        """Give ``on_result`` the answers that can no longer change; returns how many it has had."""
+        settled = len(results)
+        while settled > told and results[settled - 1].status is Status.FAILED_PERMANENT \
+                and not results[settled - 1].bounce:  # may yet be found the sender's (SAME_ANSWER_RUN)
+            settled -= 1
+        if self.on_result is not None:
+            for j in range(told, settled):
+                self.on_result(j, results[j])
+        return settled
 
     def _note_run(self, results: list[SendResult]) -> None:
         """The same permanent answer for :data:`SAME_ANSWER_RUN` readers in a row is about the
