@@ -478,6 +478,13 @@ class _Run:
                 self._unclaim(job)
                 raise
             return [None] * len(job.messages), exc.format_message()
+        except TransportError as exc:
+            if not self.worked:
+                self._unclaim(job)  # the transport could not be used at all: nothing of this batch left us
+                raise
+            # It worked, and now refuses us (a rotated password, a new certificate): the sender's to fix.
+            return [SendResult(m.to_email, Status.FAILED_TEMPORARY, error=exc.format_message(), attempted=False,
+                               about_sender=True) for m in job.messages], None
         except NewsletterError:
             self._unclaim(job)  # the transport could not be used at all: nothing of this batch left us
             raise

@@ -103,3 +103,21 @@ def test_a_transport_that_never_worked_is_exit_4_with_nobody_touched(db):
         send(db, transport=Never())
     assert info.value.exit_code == 4
     assert set(ledger_states(db, 1).values()) == {"pending"}
+
+
+def test_a_login_refused_mid_send_holds_instead_of_exit_4(db):
+    # The password was rotated while the send ran: the transport worked, now refuses us.
+    emails = add_subscribers(db, 30)
+
+    class Rotated(Recorder):
+        def send(self, messages, idempotency_key=None):
+            if self.sink.calls:
+                self.sink.calls.append((idempotency_key, []))
+                raise TransportError("SMTP server mx:587 refused the login for news: 535 5.7.8 bad credentials")
+            return super().send(messages, idempotency_key)
+
+    report, sink = send(db, transport=Rotated(), batch_size=10)
+    assert report.state == "held" and "535" in report.note
+    assert report.sent == 10 and report.failed == 0 and report.pending == 20
+    assert all(a == 0 for _, s, a, _ in rows(db) if s != "sent")
+    assert {subscriber_status(db, e) for e in emails} == {"active"}

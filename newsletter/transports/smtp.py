@@ -255,10 +255,12 @@ class SMTPTransport(Transport):
             except TransportError as exc:
                 if i == 0:
                     raise
-                # Earlier messages of this batch are already with the server: report them,
-                # and leave the rest to be retried (the next send() will raise if it persists).
+                # Earlier messages of this batch are already with the server: report them, and leave
+                # the rest to be retried (the next send() will raise if it persists). A refusal that is
+                # not an outage (the login, the certificate) is the sender's: nobody is charged for it.
+                about = not isinstance(exc, TransportUnavailableError)
                 results.extend(SendResult(m.to_email, Status.FAILED_TEMPORARY, error=f"not sent: {exc.message}",
-                                          attempted=False) for m in messages[i:])
+                                          attempted=False, about_sender=about) for m in messages[i:])
                 break
             results.append(result)
             self._note_run(results)
