@@ -374,7 +374,9 @@ class _Run:
                 continue
             assert isinstance(job, _Job)
             if job.claim.rows:
-                self._record(job, *self._send(transport, job))
+                answered = self._send(transport, job)
+                if answered is not None:
+                    self._record(job, *answered)
 
     def _claimable(self) -> bool:
         with self.db:
@@ -460,9 +462,9 @@ class _Run:
             self.inflight -= 1
             self.idle.notify_all()
 
-    def _send(self, transport: Transport, job: _Job) -> tuple[list[SendResult | None], str | None]:
+    def _send(self, transport: Transport, job: _Job) -> tuple[list[SendResult | None], str | None] | None:
         """Hand the batch over. Returns one result per message (None: no answer about it) and,
-        when the connection dropped under the transport, why."""
+        when the connection dropped under the transport, why; None when the batch was put back."""
         assert self.delivery is not None
         key = self.delivery.idempotency_key(job.claim.batch_no)
         if hasattr(transport, "on_result"):  # a transport that answers message by message (SMTP)
@@ -479,12 +481,14 @@ class _Run:
                 raise
             return [None] * len(job.messages), exc.format_message()
         except TransportError as exc:
+            self._unclaim(job)  # the transport could not be used at all: nothing of this batch left us
             if not self.worked:
-                self._unclaim(job)  # the transport could not be used at all: nothing of this batch left us
                 raise
             # It worked, and now refuses us (a rotated password, a new certificate): the sender's to fix.
-            return [SendResult(m.to_email, Status.FAILED_TEMPORARY, error=exc.format_message(), attempted=False,
-                               about_sender=True) for m in job.messages], None
+            with self.db:
+                self.hold_note = self.hold_note or exc.format_message()
+                self.halt.set()
+            return None
         except NewsletterError:
             self._unclaim(job)  # the transport could not be used at all: nothing of this batch left us
             raise
