@@ -79,6 +79,7 @@ from newsletter.unsubscribe_spool import apply_spool
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
+    from newsletter.guard import Guard, Tally
 
 #: How long a run keeps waiting for due retries (newsletter.retry's, named here too).
 DEFAULT_MAX_WAIT = retry.DEFAULT_MAX_WAIT
@@ -99,6 +100,8 @@ class DeliveryOptions:
     resend_uncertain: bool = True      # resend (once) readers that may or may not have got it, or report them
     retry_failed: bool = False         # give readers whose retry window ran out a fresh one
     retry_now: bool = False            # the editor's `resume`: deferred readers are due at once
+    guard: Guard | None = None         # hold the send when complaints or hard bounces pass a threshold
+    despite_guard: bool = False        # the editor resumes a guard hold deliberately: count from now on
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.concurrency < 1:
@@ -135,8 +138,14 @@ class DeliveryOptions:
             rate=rate or None,
             concurrency=settings.integer("NEWSLETTER_CONCURRENCY", 1, minimum=1),
             daily_cap=int(cap) if cap else None,
-            **{**retry.settings(settings), **overrides},
+            **{"guard": _guard(settings), **retry.settings(settings), **overrides},
         )
+
+
+def _guard(settings: "Settings") -> Guard:
+    from newsletter.guard import Guard
+
+    return Guard.from_settings(settings)
 
 
 def retired_settings(settings: "Settings") -> list[str]:
@@ -193,6 +202,7 @@ class _Run:
         self.deferred = False
         self.last_progress = clock()
         self.errors: list[BaseException] = []
+        self.guard_base: Tally | None = None  # what had come back when the editor resumed a guard hold
         self.stats = dict(interrupted_resent=0, uncertain_resent=0, uncertain_reported=0, sent_this_run=0)
         self.last_heartbeat = self.wall0
         self.transport_name = "transport"
@@ -245,6 +255,14 @@ class _Run:
         d = get_delivery(self.conn, self.id)
         if d.state == "cancelled":
             raise InputError(f"delivery #{d.id} of {d.slug} was cancelled; start a new one to send the issue")
+        from newsletter.guard import RESUME_FLAG, is_guard_hold
+
+        if is_guard_hold(d.state, d.reason) and not self.o.despite_guard:
+            from newsletter.errors import SendHeldError
+
+            raise SendHeldError(f"delivery #{d.id} of {d.slug} is {d.reason}; look at the complaints and bounces "
+                                f"(`newsletter status {d.slug}`), then resume it deliberately: "
+                                f"`newsletter resume {d.slug} {RESUME_FLAG}`")
         r = self.prepared.rendered
         if r.slug != d.slug:
             raise InputError(f"issue {r.slug} is not the issue of delivery #{d.id} ({d.slug})")
@@ -289,6 +307,30 @@ class _Run:
             self.stats["uncertain_reported"] = start.interrupted
         self.counts = start.counts
         self.total = sum(self.counts.values())
+        if self.o.guard is not None:
+            from newsletter.events import ensure_schema
+
+            with self.db:  # the guard reads feedback events: their table exists before the first claim
+                ensure_schema(self.conn)
+            if self.o.despite_guard:  # what came back before the editor's resume no longer holds it
+                self.guard_base = self._tally()
+
+    # ---- the reputation guard ------------------------------------------------------------
+    def _tally(self) -> Tally:
+        from newsletter.events import guard_counts
+        from newsletter.guard import Tally
+
+        return Tally(self.counts["sent"], self.counts["failed-permanent"], *guard_counts(self.conn, self.id))
+
+    def _guard_holds(self) -> bool:
+        """Before each claim: hold the delivery (``hold_note``, as a refused sender does) when what
+        came back so far crosses a threshold."""
+        if self.o.guard is None:
+            return False
+        tally = self._tally()
+        self.hold_note = self.hold_note or self.o.guard.verdict(tally.since(self.guard_base) if self.guard_base
+                                                                else tally)
+        return self.hold_note is not None
 
     # ---- lock heartbeat ------------------------------------------------------------------
     def _tick(self) -> None:
@@ -412,6 +454,8 @@ class _Run:
     def _claim(self) -> "_Job | float | str | None":
         """Claim the next batch (committed as 'sending' before the transport sees it)."""
         with self.db:
+            if self._guard_holds():
+                return _PAUSE
             while True:
                 now = self.now()
                 day, limit = utc_day(now), self.o.claim_size

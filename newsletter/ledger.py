@@ -736,6 +736,14 @@ def hold_for_editor(conn: sqlite3.Connection, delivery_id: int, reason: str) -> 
                      (scrub(reason), delivery_id))
 
 
+def recent_deliveries(conn: sqlite3.Connection, since: datetime) -> list[tuple[int, int]]:
+    """(id, readers sent) of every real delivery started since ``since``: what a complaint rate
+    over recent sends is measured against."""
+    return [(row[0], row[1]) for row in conn.execute(
+        "SELECT d.id, (SELECT COUNT(*) FROM ledger l WHERE l.delivery_id=d.id AND l.state='sent') FROM deliveries d "
+        "WHERE d.test=0 AND d.started_at>=?", (timestamp(since),))]
+
+
 def forget_subscriber(conn: sqlite3.Connection, subscriber_id: int) -> int:
     """Delete a subscriber's ledger rows (erasure requests), so the store can remove them.
     Returns how many rows went. Their deliveries' totals keep counting them."""
