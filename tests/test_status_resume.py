@@ -132,3 +132,21 @@ def ledger_states_of(db: Path) -> dict[str, str]:
     from tests.test_delivery import ledger_states
 
     return ledger_states(db, 1)
+
+
+def test_a_helo_rejection_exits_9_charges_nobody_and_resume_after_the_fix_sends_everyone(publication_root):
+    # Issue 22: every reader got "504 5.5.2 Helo command rejected", all were failed for good, exit 0,
+    # and `resume --retry-failed` then said "no unfinished delivery".
+    emails = _subscribe(publication_root, 10)
+    helo = "504 5.5.2 <localhost>: Helo command rejected: need fully-qualified hostname"
+    with SMTPTestServer(rcpt_replies=lambda a: helo) as server:
+        env = {**server.env(), **BASE, "SMTP_HELO_NAME": "localhost"}
+        held = run(publication_root, "send", "6", "--yes", "--skip-checks", env=env)
+        assert held.exit_code == 9, held.output
+        assert "Helo command rejected" in held.output and "newsletter resume 6" in held.output
+        status = run(publication_root, "status", "6", env=env)
+        assert " held " in status.output and "0 hard, 0 soft" in status.output
+        server.rcpt_replies = None  # the editor fixed SMTP_HELO_NAME
+        fixed = run(publication_root, "resume", "6", "--yes", env={**env, "SMTP_HELO_NAME": "mail.example.org"})
+        assert fixed.exit_code == 0, fixed.output
+    assert sorted(server.recipients()) == sorted(emails)
