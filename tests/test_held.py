@@ -10,7 +10,7 @@ import pytest
 from newsletter.errors import TransportError, TransportUnavailableError
 from newsletter.ledger import get_delivery, open_ledger
 from newsletter.transports.base import SendResult, Status
-from tests.test_delivery import FakeTime, Recorder, add_subscribers, db, ledger_states, send, subscriber_status  # noqa: F401
+from tests.helpers import FakeTime, Recorder, add_subscribers, ledger_states, send, subscriber_status  # noqa: F401
 
 HELO = "SMTP server mx:25 refused the sender: RCPT 504 5.5.2 <localhost>: Helo command rejected"
 

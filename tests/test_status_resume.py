@@ -6,12 +6,12 @@ from __future__ import annotations
 import collections
 from pathlib import Path
 
-from test_cli import run
+from tests.helpers import run
 
 from newsletter.ledger import open_ledger, retry_summary
 from newsletter.transports.base import SendResult, Status
 from tests.smtp_server import SMTPTestServer
-from tests.test_delivery import FakeTime, Recorder, add_subscribers, db, send  # noqa: F401
+from tests.helpers import FakeTime, Recorder, add_subscribers, send  # noqa: F401
 
 BASE = {"NEWSLETTER_BASE_URL": "https://chinaffairs.example"}
 
@@ -78,7 +78,7 @@ def test_resume_asks_about_the_readers_still_to_send_and_status_counts_bounces(p
 def _smtp_send(db: Path, server: SMTPTestServer, progress=None, **opts):
     from newsletter.config import load_settings
     from newsletter.transports import get_transport
-    from tests.test_delivery import Sink, make_prepared
+    from tests.helpers import Sink, make_prepared
 
     settings = load_settings(db.parent, environ={"NEWSLETTER_FROM": "news@example.org",
                                                  **server.env(SMTP_SECURITY="none")})
@@ -129,7 +129,7 @@ def test_a_crash_mid_batch_resends_only_the_unanswered(db):
 
 
 def ledger_states_of(db: Path) -> dict[str, str]:
-    from tests.test_delivery import ledger_states
+    from tests.helpers import ledger_states
 
     return ledger_states(db, 1)
 
