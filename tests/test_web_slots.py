@@ -6,6 +6,7 @@ out) fails them; the policy itself is tested on an injected clock."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -20,7 +21,8 @@ import requests
 
 from newsletter.config import load_settings
 from newsletter.errors import ConfigError
-from newsletter.web.server import ServerLimits, SlotLog, overdue, victim
+from newsletter.web.logsummary import Summarise
+from newsletter.web.server import ServerLimits, overdue, victim
 
 SECRET = "slots-test-secret-0123456789"
 PARTIAL = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: a"
@@ -143,18 +145,35 @@ def test_the_victim_is_the_longest_waiting_connection_that_is_not_busy():
     assert victim([]) is None
 
 
-def test_slot_warnings_are_summarised_once_per_interval(caplog):
+def test_repeated_warnings_are_summarised_once_per_interval(caplog):
+    """Issue 21: a flood of clients makes one line per interval, with the count and the peak."""
     now = [0.0]
-    slots = SlotLog(interval=60, clock=lambda: now[0])
-    with caplog.at_level("WARNING", logger="newsletter.web.server"):
-        for i in range(500):
-            slots.note("evicted", f"192.0.2.{i % 7}")
-            now[0] += 0.1
-        slots.flush()
+    summary = Summarise(interval=60, clock=lambda: now[0])
+    queue, slots = logging.getLogger("waitress.queue"), logging.getLogger("newsletter.web.server")
+    for logger in (queue, slots):
+        logger.addFilter(summary)
+    try:
+        with caplog.at_level("INFO"):
+            for i in range(500):
+                queue.warning("Task queue depth is %d", 1 + i % 40)
+                slots.warning("connection slots full: closed the longest-waiting unfinished connection, from %s",
+                              f"192.0.2.{i % 7}")
+                now[0] += 0.1  # 50 s in all: one interval
+            logging.getLogger("newsletter.web").error("error serving %s", "GET /x/...")  # errors always pass
+            now[0] += 20
+            queue.warning("Task queue depth is %d", 3)  # the next interval: its first record passes
+            summary.flush()
+    finally:
+        for logger in (queue, slots):
+            logger.removeFilter(summary)
     lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 2, lines
-    assert lines[0] == "connection slots full: 1 evicted (from 1 address(es)) to make room for new clients"
-    assert lines[1] == "connection slots full: 499 evicted (from 7 address(es)) to make room for new clients"
+    assert lines[:2] == ["Task queue depth is 1",
+                         "connection slots full: closed the longest-waiting unfinished connection, from 192.0.2.0"]
+    assert lines[2] == "error serving GET /x/..."
+    assert lines[3].startswith("499 more like 'Task queue depth is %d' in 70 s, peak 40 (last: Task queue depth is")
+    assert lines[4].startswith("499 more like 'connection slots full")
+    assert lines[5] == "Task queue depth is 3"
+    assert len(lines) == 6
 
 
 @pytest.mark.parametrize("name, value", [("NEWSLETTER_SERVE_HEADER_TIMEOUT", "0"),

@@ -257,6 +257,7 @@ def handle(name: str, request: Request, ctx: WebhookContext) -> Response:
     try:
         response = process(provider, request, ctx)
     except Refused as exc:
+        log.warning(f"webhook {provider.name} refused ({exc.status}): {exc.reason}")  # a fixed set; summarised
         response = Response(f"{exc.reason}\n", status=exc.status, mimetype="text/plain")
         if exc.retry_after is not None:
             response.headers["Retry-After"] = str(exc.retry_after)
