@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 #: Loggers whose repeated records a client can cause (waitress's queue, the app's own).
-LOGGERS = ("waitress.queue", "newsletter.web", "newsletter.web.server", "newsletter.webhooks.base")
+LOGGERS = ("waitress.queue", "newsletter.web", "newsletter.web.server", "newsletter.webhooks.base",
+           "newsletter.signup", "newsletter.spool")
 
 
 @dataclass
