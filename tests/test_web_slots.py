@@ -184,6 +184,15 @@ def test_bad_slot_settings_are_config_errors(tmp_path, name, value):
         ServerLimits.from_settings(load_settings(tmp_path, environ={name: value}))
 
 
+@pytest.mark.parametrize("proxies, peer, capped", [("0", "127.0.0.1", True), ("1", "127.0.0.1", False),
+                                                   ("10.0.0.1", "10.0.0.1", False), ("10.0.0.1", "10.0.0.2", True),
+                                                   ("192.168.0.0/16", "192.168.4.4", False)])
+def test_a_trusted_proxy_is_not_capped_per_address(tmp_path, proxies, peer, capped):
+    """Behind a proxy every client arrives from the proxy's address: capping it would refuse readers."""
+    limits = ServerLimits.from_settings(load_settings(tmp_path, environ={"NEWSLETTER_TRUSTED_PROXIES": proxies}))
+    assert limits.capped(peer) is capped
+
+
 def test_header_deadline_defaults_to_no_more_than_the_request_timeout(tmp_path):
     limits = ServerLimits.from_settings(load_settings(tmp_path, environ={"NEWSLETTER_SERVE_TIMEOUT": "3"}))
     assert limits.header_timeout == 3 and limits.timeout == 3 and limits.per_client == 20

@@ -118,9 +118,10 @@ class GuardedServer(TcpWSGIServer):
     def _room_for(self, host: str) -> bool:
         """Make room for a new connection from ``host``: its own oldest waiting one goes
         when it is at ``per_client``, anyone's when the house is full. False: all busy."""
-        mine = [c for c in self._open() if c.addr[0] == host]
-        if len(mine) >= self.limits.per_client and not self._make_room(mine):
-            return False
+        if self.limits.capped(host):
+            mine = [c for c in self._open() if c.addr[0] == host]
+            if len(mine) >= self.limits.per_client and not self._make_room(mine):
+                return False
         return len(self._open()) < self.limits.connections or self._make_room(self._open())
 
     def _open(self) -> list[Any]:

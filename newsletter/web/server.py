@@ -18,8 +18,9 @@ second once kept every other request waiting for the idle timeout. So this serve
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 from newsletter.config import Settings
 
@@ -36,6 +37,7 @@ class ServerLimits:
     max_header: int = 16 * 1024
     connections: int = 100           # NEWSLETTER_SERVE_CONNECTIONS
     per_client: int = 20             # NEWSLETTER_SERVE_PER_CLIENT: connections from one address
+    trusted_proxies: Any = 0         # NEWSLETTER_TRUSTED_PROXIES: their connections are not capped per address
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ServerLimits":
@@ -45,7 +47,19 @@ class ServerLimits:
                    header_timeout=settings.integer("NEWSLETTER_SERVE_HEADER_TIMEOUT", min(cls.header_timeout, timeout),
                                                    minimum=1),
                    connections=settings.integer("NEWSLETTER_SERVE_CONNECTIONS", cls.connections, minimum=2),
-                   per_client=settings.integer("NEWSLETTER_SERVE_PER_CLIENT", cls.per_client, minimum=1))
+                   per_client=settings.integer("NEWSLETTER_SERVE_PER_CLIENT", cls.per_client, minimum=1),
+                   trusted_proxies=settings.trusted_proxies)
+
+    def capped(self, peer: str) -> bool:
+        """Whether ``peer``'s connections count against ``per_client``: not a proxy of ours,
+        which carries many clients (with a count of proxies, any peer may be one)."""
+        if isinstance(self.trusted_proxies, int):
+            return self.trusted_proxies <= 0
+        try:
+            addr = ipaddress.ip_address(peer)
+        except ValueError:
+            return True
+        return not any(addr in net for net in self.trusted_proxies)
 
 
 class Waiting(Protocol):
