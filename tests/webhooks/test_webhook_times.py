@@ -37,6 +37,9 @@ def _set(d: dict, key: str, value) -> dict:
 FIELDS = [
     ("postmark", "hard", lambda p, v: _set(p, "BouncedAt", v), HUGE),
     ("postmark", "complaint", lambda p, v: _set(p, "BouncedAt", v), HUGE[:1]),
+    ("postmark", "hard", lambda p, v: {"RecordType": "SubscriptionChange", "MessageID": "pm-x", "Recipient": A,
+                                       "ChangedAt": v, "SuppressSending": True,
+                                       "SuppressionReason": "ManualSuppression"}, HUGE),
     ("resend", "hard", lambda p, v: _set(p, "created_at", v), HUGE),
     ("ses", "hard", lambda p, v: _ses_note(p, ("bounce", "timestamp"), v), HUGE),
     ("ses", "complaint", lambda p, v: _ses_note(p, ("complaint", "timestamp"), v), HUGE[:2]),
