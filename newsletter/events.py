@@ -44,7 +44,10 @@ CREATE INDEX feedback_events_subscriber ON feedback_events(subscriber_id, kind, 
 CREATE INDEX feedback_events_delivery ON feedback_events(delivery_id, kind)""",
     # Which message a soft bounce was about (the provider's id, else our Message-ID), so that
     # several attempts at one message count as one soft bounce.
-    "ALTER TABLE feedback_events ADD COLUMN message_key TEXT NOT NULL DEFAULT ''",
+    # Rows from before: their delivery when known, else their day (as _message_key would say).
+    """ALTER TABLE feedback_events ADD COLUMN message_key TEXT NOT NULL DEFAULT '';
+UPDATE feedback_events SET message_key = CASE WHEN delivery_id IS NOT NULL THEN 'delivery:' || delivery_id
+  ELSE 'day:' || substr(occurred_at, 1, 10) END""",
 ]
 
 

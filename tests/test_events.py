@@ -131,3 +131,26 @@ def test_soft_bounces_tied_to_one_delivery_count_once_whatever_ids_they_carry(st
         apply_event(store, Event(Kind.SOFT_BOUNCE, "postmark", f"k{i}", email="a@example.org", occurred_at=NOW,
                                  **ids), policy=policy, now=NOW)
     assert store.get(sub.id).status == "active"
+
+
+def test_soft_bounces_recorded_before_the_message_key_keep_their_delivery(tmp_path):
+    """An upgraded database: rows from before carry their delivery (or day) as the message key, so
+    a soft bounce about the same delivery, applied after the upgrade, does not count twice."""
+    from newsletter.db import migrate
+    from newsletter.events import MIGRATIONS
+
+    store = SubscriberStore.open(tmp_path / "old.db")
+    ensure_ledger(store.conn)
+    sub = store.add("a@example.org")
+    delivery = _delivery(store, "issue-six", sub.id, "a@example.org", provider_id="pm-abc")
+    migrate(store.conn, "events", MIGRATIONS[:1])  # the schema as it was
+    with store.conn:
+        store.conn.execute("INSERT INTO feedback_events(dedupe_key, kind, source, subscriber_id, delivery_id, email, "
+                           "occurred_at, received_at, outcome) VALUES('old', 'soft-bounce', 'postmark', ?, ?, "
+                           "'a@example.org', '2026-03-01T10:00:00.000000Z', '2026-03-01T10:00:00.000000Z', 'applied')",
+                           (sub.id, delivery))
+    policy = SoftBouncePolicy(limit=2, window=timedelta(days=30))
+    apply_event(store, Event(Kind.SOFT_BOUNCE, "postmark", "new", email="a@example.org", occurred_at=NOW,
+                             provider_id="pm-abc"), policy=policy, now=NOW)
+    assert store.get(sub.id).status == "active"
+    store.close()
