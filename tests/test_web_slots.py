@@ -29,7 +29,7 @@ PARTIAL = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: a"
 
 
 @contextmanager
-def serving(tmp_path, **settings: str):
+def serving(tmp_path, log: list[str] | None = None, **settings: str):
     (tmp_path / "newsletter.toml").write_text('name = "Slots"\nfrom_email = "news@example.org"\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NEWSLETTER_", "SMTP_"))}
     env.update({"NEWSLETTER_SECRET_KEY": SECRET, "PYTHONUNBUFFERED": "1", **settings})
@@ -47,6 +47,8 @@ def serving(tmp_path, **settings: str):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if log is not None:
+            log.extend(proc.stderr.read().splitlines())
         proc.stdout.close()
         proc.stderr.close()
 
@@ -72,11 +74,16 @@ def timed_health(port: int, timeout: float) -> float:
 
 
 def test_150_slow_clients_do_not_hold_up_a_health_check_with_default_slots(tmp_path):
-    with serving(tmp_path) as (port, _), ExitStack() as stack:
+    log: list[str] = []
+    with serving(tmp_path, log) as (port, _), ExitStack() as stack:
         slow_clients(stack, port, 150)
         # The server's timeouts are 10 s (headers) and 20 s: waiting for a slot would take that long.
         worst = max(timed_health(port, timeout=3) for _ in range(5))
     print(f"healthz with 150 slow clients: worst of 5 took {worst:.3f} s")
+    # 130 evictions (from the per-address cap, 20): one line at once, one summary when stopped
+    slots = [line for line in log if "connection slots full" in line]
+    assert len(slots) == 2 and "more like 'connection slots full" in slots[1], log
+    print("\n".join(slots))
 
 
 def test_twenty_slots_thirty_slow_clients_every_health_check_is_answered(tmp_path):

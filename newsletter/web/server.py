@@ -19,6 +19,9 @@ second once kept every other request waiting for the idle timeout. So this serve
 from __future__ import annotations
 
 import ipaddress
+import signal
+import sys
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol
 
@@ -116,6 +119,8 @@ def serve(app: Callable, host: str = "127.0.0.1", port: int = 8080, limits: Serv
 
     server = create_server(app, host, port, limits or ServerLimits())
     summary = logsummary.install()
+    if threading.current_thread() is threading.main_thread():  # a service stop ends like Ctrl-C: counts written
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if ready:
         address = server.effective_listen[0] if hasattr(server, "effective_listen") else (host, server.effective_port)
         ready(f"Serving on http://{host}:{address[1]}/ (waitress, Ctrl-C to stop)")
