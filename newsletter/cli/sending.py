@@ -310,6 +310,7 @@ def status(ctx: click.Context, issue: str | None, failed: bool) -> None:
                 raise
             slug = issue
     rows = delivery_status(conn, slug)
+    _signup_mail_status(conn)
     if not rows:
         click.echo("No deliveries yet.")
         return
@@ -338,6 +339,18 @@ def status(ctx: click.Context, issue: str | None, failed: bool) -> None:
         for s in rows:
             for email, state, error in failed_recipients(conn, s.id):
                 click.echo(f"{s.id}\t{email}\t{state}\t{error or ''}")
+
+
+def _signup_mail_status(conn: Any) -> None:
+    """Signup confirmation (and welcome) mails that failed: retrying, or given up after the window."""
+    from newsletter.signup_status import mail_counts
+
+    retrying, gave_up = mail_counts(conn)
+    if gave_up:
+        click.echo(f"signup mail: {gave_up} not sent, given up after NEWSLETTER_RETRY_WINDOW; "
+                   "`newsletter subscribers list --status pending` names them (a new signup queues it again)")
+    if retrying:
+        click.echo(f"signup mail: {retrying} failed and waiting to retry")
 
 
 @cli.group(cls=_DefaultGroup)
