@@ -4,13 +4,19 @@
 configured) → read the body, bounded (413) → parse it (400) → verify authenticity
 (401/403; SNS may also answer 503 when AWS's certificate cannot be fetched) → let the
 provider acknowledge (SNS subscription confirmation) → normalise to
-:class:`~newsletter.events.Event`s → apply them all in ONE transaction, together with
-the replay nonce, so a refused or failed request changes nothing. Event types we do not
-act on are ignored with a 200, so the provider does not retry them forever.
+:class:`~newsletter.events.Event`s (every one: a batch is never cut; more than
+:data:`MAX_EVENTS` is refused whole, so the provider retries) → check their times
+(:mod:`newsletter.webhooks.times`: outside 2000–2100 or a day ahead of us is a 400) →
+apply them all in ONE transaction, together with the replay nonce (the same token and
+body again is the provider retrying: a 200 that changes nothing), so a refused or failed
+request changes nothing. Event types we do not act on are ignored with a 200, so the
+provider does not retry them forever. An event without an address is applied to the
+reader the provider's message id was sent to.
 
 A provider module supplies only :meth:`Provider.verify` and :meth:`Provider.events`
-(and, for SNS, :meth:`Provider.acknowledge`). Secrets never appear in a response or in
-a refusal reason.
+(and, for SNS, :meth:`Provider.acknowledge`; Mailgun's legacy forms, :meth:`Provider.parse`).
+Secrets never appear in a response or in a refusal reason; refusals are logged (a fixed
+set of reasons), summarised when repeated (:mod:`newsletter.web.logsummary`).
 """
 
 from __future__ import annotations
