@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol
 
 from newsletter.config import Settings
+from newsletter.errors import ConfigError
 
 #: Seconds a refused request's connection keeps reading (and dropping) what the client still sends.
 LINGER = 2.0
@@ -93,11 +94,15 @@ def create_server(app: Callable, host: str, port: int, limits: ServerLimits):  #
     from waitress.server import MultiSocketServer
     from waitress.task import ThreadedTaskDispatcher
 
-    adj = Adjustments(
-        host=host, port=port, threads=limits.threads, channel_timeout=limits.timeout, cleanup_interval=1,
-        connection_limit=limits.connections, max_request_body_size=limits.max_body,
-        max_request_header_size=limits.max_header, expose_tracebacks=False, ident="newsletter",
-        clear_untrusted_proxy_headers=False)
+    try:
+        adj = Adjustments(
+            host=host, port=port, threads=limits.threads, channel_timeout=limits.timeout, cleanup_interval=1,
+            connection_limit=limits.connections, max_request_body_size=limits.max_body,
+            max_request_header_size=limits.max_header, expose_tracebacks=False, ident="newsletter",
+            clear_untrusted_proxy_headers=False)
+    except ValueError:  # waitress resolves the host here: a name nobody knows, or an empty one
+        raise ConfigError(f"cannot listen on {host!r} port {port}: not an address or host name of this machine "
+                          "(use --host 127.0.0.1 behind a proxy)") from None
     dispatcher = ThreadedTaskDispatcher()
     dispatcher.set_thread_count(adj.threads)
     socket_map: dict = {}
