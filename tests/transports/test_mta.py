@@ -19,7 +19,7 @@ from typing import Iterator
 
 import pytest
 
-from test_cli import REPO, run
+from tests.helpers import REPO, run
 
 from newsletter.config import load_settings
 from newsletter.transports import get_transport
