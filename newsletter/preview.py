@@ -20,7 +20,8 @@ from newsletter.config import Settings
 from newsletter.errors import NewsletterError
 from newsletter.render import PLACEHOLDERS, Renderer, RenderedEmail, render_issue
 
-SAMPLE_VALUES = {"unsubscribe_url": "#unsubscribe-preview", "email": "reader@example.org", "name": "Reader"}
+SAMPLE_VALUES = {"unsubscribe_url": "#unsubscribe-preview", "email": "reader@example.org", "name": "Reader",
+                 "language_url": "#language-preview"}
 
 
 def fill_sample(text: str) -> str:
