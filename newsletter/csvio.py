@@ -3,7 +3,8 @@
 Import is forgiving about the file and strict about each row:
 
 * the header decides the columns: ``email`` (also ``e-mail``, ``Email Address``),
-  optional ``name``, ``consent`` and ``source``; other columns are ignored;
+  optional ``name``, ``consent``, ``source`` and ``lang`` (the reader's language, a tag such as
+  ``zh-Hans``: which edition they get); other columns are ignored;
 * UTF-8 (with or without a BOM) is expected; a file that is not UTF-8 is read as
   Windows-1252, with a warning in the report, since that is what Excel writes;
   a file that is neither is refused as a whole;
@@ -23,7 +24,7 @@ Import is forgiving about the file and strict about each row:
   address is never reactivated at all. An unconfirmed web signup (``pending``) is activated,
   as :meth:`SubscriberStore.add` does: the editor's list vouches for consent.
 
-Export writes ``email,name,status,created_at,changed_at,source,consent``. Free-text
+Export writes ``email,name,status,created_at,changed_at,source,consent,lang``. Free-text
 cells that a spreadsheet would run as a formula (starting with ``= + - @``) are
 prefixed with ``'``, the address too (``=1+2@example.org`` is a valid address); import
 strips that prefix again, so export → import round-trips.
@@ -43,16 +44,18 @@ from typing import BinaryIO, Callable, Iterator, NamedTuple, Sequence, TextIO
 from newsletter.addresses import check_header, clean_text
 from newsletter.bulk_addresses import AddressValidator
 from newsletter.errors import InputError
+from newsletter.lang import optional_tag
 from newsletter.store import (ACTIVE, COMPLAINED, PENDING, REACTIVATE_SQL, SUPPRESSED, SubscriberStore, _SQL_PARAM_CHUNK,
                               reactivation, utcnow)
 
-EXPORT_COLUMNS = ("email", "name", "status", "created_at", "changed_at", "source", "consent")
+EXPORT_COLUMNS = ("email", "name", "status", "created_at", "changed_at", "source", "consent", "lang")
 
 _ALIASES = {
     "email": {"email", "e mail", "email address", "e mail address", "mail"},
     "name": {"name", "full name", "fullname", "display name"},
     "consent": {"consent"},
     "source": {"source"},
+    "lang": {"lang", "language", "locale"},
 }
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _BINARY_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f]")
@@ -107,6 +110,7 @@ class _Row(NamedTuple):
     name: str
     source: str
     consent: str
+    lang: str = ""  # a checked language tag, "" when the file has none for the row
 
 
 # ---- reading -----------------------------------------------------------------------
@@ -314,10 +318,11 @@ def _parse_row(reader: _Reader, line: int, row: list[str], report: ImportReport,
         except InputError:  # ...and, rarely, clean_text to say which cell and why (or that stripping cured it)
             texts = [clean_text(t, column) for t, column in zip(texts, _TEXT_COLUMNS)]
         name, source, consent = (t.strip() for t in texts)
+        lang = optional_tag(reader.cell(row, "lang"), "lang")
     except InputError as exc:
         report.error(line, exc.message)
         return None
-    return _Row(line, email, name, source or default_source, consent)
+    return _Row(line, email, name, source or default_source, consent, lang)
 
 
 # ---- import --------------------------------------------------------------------------
@@ -341,7 +346,8 @@ def import_csv(store: SubscriberStore, path: Path | str, *, resubscribe: bool = 
     default_source = clean_text(source, "source") if source is not None else f"import:{path.name}"
     conn = store.conn
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS import_rows(key TEXT PRIMARY KEY, line INTEGER NOT NULL,"
-                 " email TEXT NOT NULL, name TEXT NOT NULL, source TEXT NOT NULL, consent TEXT NOT NULL)")
+                 " email TEXT NOT NULL, name TEXT NOT NULL, source TEXT NOT NULL, consent TEXT NOT NULL,"
+                 " lang TEXT NOT NULL DEFAULT '')")
     try:
         conn.execute("DELETE FROM temp.import_rows")
         with path.open("r", encoding=encoding, newline="") as fh:
@@ -388,8 +394,8 @@ def _stage_chunk(conn: sqlite3.Connection, rows: list[_Row], report: ImportRepor
             continue
         first[key] = r.line
         staged.append((key, *r))
-    conn.executemany("INSERT INTO temp.import_rows(key, line, email, name, source, consent) VALUES(?, ?, ?, ?, ?, ?)",
-                     staged)
+    conn.executemany("INSERT INTO temp.import_rows(key, line, email, name, source, consent, lang) "
+                     "VALUES(?, ?, ?, ?, ?, ?, ?)", staged)
 
 
 def _select_in(conn: sqlite3.Connection, sql: str, values: Sequence[str]) -> Iterator[tuple]:
@@ -422,9 +428,12 @@ def _apply(conn: sqlite3.Connection, report: ImportReport, resubscribe: bool) ->
         if len(names) + len(reactivations) >= _ROW_CHUNK:
             _update(conn, report, names, reactivations)
     _update(conn, report, names, reactivations)
+    # A language in the file is the reader's (an empty cell keeps the one stored): not counted as an update.
+    conn.execute("UPDATE subscribers SET lang=(SELECT r.lang FROM temp.import_rows r WHERE r.email=subscribers.email) "
+                 "WHERE email IN (SELECT email FROM temp.import_rows WHERE lang<>'') AND status<>?", (COMPLAINED,))
     cur = conn.execute(
-        "INSERT INTO subscribers(email, name, status, created_at, changed_at, source, consent)"
-        f" SELECT r.email, r.name, '{ACTIVE}', ?, ?, r.source, r.consent FROM temp.import_rows r"
+        "INSERT INTO subscribers(email, name, status, created_at, changed_at, source, consent, lang)"
+        f" SELECT r.email, r.name, '{ACTIVE}', ?, ?, r.source, r.consent, r.lang FROM temp.import_rows r"
         " WHERE NOT EXISTS (SELECT 1 FROM subscribers s WHERE s.email = r.email) ORDER BY r.line", (now, now))
     report.added += cur.rowcount
 
@@ -449,6 +458,6 @@ def export_csv(store: SubscriberStore, out: TextIO, status: str | None = None) -
     n = 0
     for s in store.iter_subscribers(status=status):
         writer.writerow((_guard_formula(s.email), _guard_formula(s.name), s.status, s.created_at, s.changed_at,
-                         _guard_formula(s.source), _guard_formula(s.consent)))
+                         _guard_formula(s.source), _guard_formula(s.consent), s.lang))
         n += 1
     return n

@@ -115,14 +115,21 @@ class Editions:
 
     def get(self, tag: str) -> Issue:
         """The edition of ``tag`` (``MAIN`` or the main edition's own language: the main one)."""
-        if tag in (MAIN, self.main_lang):
-            return self.main
-        try:
-            return self.others[normalise_tag(tag)]
-        except KeyError:
-            have = ", ".join([self.main_lang, *self.others]) or self.main_lang
-            raise InputError(f"issue {self.main.number} has no {tag} edition (editions: {have}); "
-                             f"`newsletter new --lang {tag} {self.main.number}` starts one") from None
+        found = self.tag_of(tag)
+        return self.main if found == MAIN else self.others[found]
+
+    def tag_of(self, lang: str) -> str:
+        """The key of the edition ``lang`` names (``zh`` names ``zh-Hans``), or an InputError."""
+        if lang in (MAIN, self.main_lang):
+            return MAIN
+        if lang in self.others:
+            return lang
+        found = match(normalise_tag(lang, "--lang"), [self.main_lang, *self.others])
+        if found is None:
+            have = ", ".join([self.main_lang, *self.others])
+            raise InputError(f"issue {self.main.number} has no {lang} edition (editions: {have}); "
+                             f"`newsletter new --lang {lang} {self.main.number}` starts one")
+        return MAIN if found == self.main_lang else found
 
     def __iter__(self) -> Iterator[tuple[str, Issue]]:
         """(tag, issue) of every edition, main first (its tag ``MAIN``)."""

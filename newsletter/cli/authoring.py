@@ -72,12 +72,21 @@ def templates_diff(ctx: click.Context, name: str) -> None:
 
 @cli.command()
 @click.argument("title")
+@click.option("--lang", metavar="TAG",
+              help="Start the TAG edition (e.g. zh-Hans) of issue TITLE (a number or slug) instead.")
 @click.pass_context
-def new(ctx: click.Context, title: str) -> None:
-    """Scaffold the next numbered issue file with TITLE."""
+def new(ctx: click.Context, title: str, lang: str | None) -> None:
+    """Scaffold the next numbered issue file with TITLE (or, with --lang, an edition of an issue)."""
+    settings = settings_of(ctx)
+    if lang is not None:
+        from newsletter.editions import new_edition, resolve
+
+        path = new_edition(resolve(issue_path(settings, title))[0], lang, settings.publication.lang)
+        click.echo(f"Created {path} (a draft: translate it, then set 'status: ready')")
+        return
     from newsletter.scaffold import new_issue
 
-    path = new_issue(settings_of(ctx).issues_dir, title)
+    path = new_issue(settings.issues_dir, title)
     click.echo(f"Created {path}")
 
 
@@ -85,16 +94,19 @@ def new(ctx: click.Context, title: str) -> None:
 @click.argument("issues", nargs=-1)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Write to DIR/<slug>/ instead of build/<slug>/.")
+@click.option("--lang", metavar="TAG", help="Build only the TAG edition (default: every edition).")
 @click.pass_context
-def build(ctx: click.Context, issues: tuple[str, ...], out: Path | None) -> None:
-    """Render ISSUES (default: all) to email.html, email.txt and preview.html.
+def build(ctx: click.Context, issues: tuple[str, ...], out: Path | None, lang: str | None) -> None:
+    """Render ISSUES (default: all), every edition, to email.html, email.txt and preview.html.
 
     Markdown → Jinja2 → MJML → mjml-python → premailer, and a plain-text part
-    from the same source. Output goes to build/<slug>/ (or --out DIR/<slug>/).
+    from the same source. Output goes to build/<slug>/ (or --out DIR/<slug>/), and an
+    edition's to build/<slug>/<tag>/.
     """
+    from newsletter.editions import load_editions, render_editions, resolve
     from newsletter.issue import list_issues, refuse_shared_slug
     from newsletter.preview import preview_page
-    from newsletter.render import Renderer, render_issue, write_build
+    from newsletter.render import Renderer, write_build
 
     settings = settings_of(ctx)
     if not issues:
@@ -105,11 +117,14 @@ def build(ctx: click.Context, issues: tuple[str, ...], out: Path | None) -> None
     renderer = Renderer(settings)
     pub = settings.publication
     for path in paths:
-        rendered = render_issue(path, settings, renderer)
-        target = write_build(rendered, out or settings.build_dir,
-                             preview_page(rendered, pub.from_name or pub.name))
-        size = len(rendered.html.encode("utf-8"))
-        click.echo(f"Built {path.name} → {target}/ (HTML {size / 1024:.1f} KB, text {len(rendered.text) / 1024:.1f} KB)")
+        editions = load_editions(resolve(path)[0], pub.lang)
+        only = None if lang is None else editions.tag_of(lang)
+        for tag, rendered in render_editions(editions, settings, renderer, only=only).items():
+            target = write_build(rendered, out or settings.build_dir,
+                                 preview_page(rendered, pub.from_name or pub.name))
+            size = len(rendered.html.encode("utf-8"))
+            name = rendered.source.name if rendered.source else path.name
+            click.echo(f"Built {name} → {target}/ (HTML {size / 1024:.1f} KB, text {len(rendered.text) / 1024:.1f} KB)")
 
 
 @cli.command()
