@@ -240,3 +240,12 @@ def render_editions(editions: Editions, settings: "Settings", renderer: "Rendere
     wanted = [(t, i) for t, i in editions
               if (only is None or t == only) and (include_drafts or t == MAIN or not i.is_draft)]
     return {t: renderer.render(i, test=test, editions=editions, edition=t) for t, i in wanted}
+
+
+def parse_any(path: Path, main_lang: str = "en") -> Issue:
+    """The issue in ``path``, main edition or not (an edition is read with what it inherits)."""
+    split = split_edition_path(Path(path))
+    if split is None:
+        return parse_issue(Path(path))
+    main = parse_issue(split[0])
+    return parse_edition(Path(path), main, split[1])

@@ -113,6 +113,8 @@ def _v2_deferred(conn: sqlite3.Connection) -> None:
 
 
 MIGRATIONS.append(_v2_deferred)
+# v3: the edition (language tag, "" for the main one) each reader is sent, fixed when the list is frozen.
+MIGRATIONS.append("ALTER TABLE ledger ADD COLUMN edition TEXT NOT NULL DEFAULT ''")
 
 #: Deliveries not finished: a worker, `resume` or `send` may still act on them.
 OPEN_STATES = ("scheduled", "running", "paused", "held", "deferred")
@@ -496,14 +498,15 @@ class RunStart(NamedTuple):
 
 
 def begin_run(conn: sqlite3.Connection, d: Delivery, *, transport: str, resend_interrupted: bool,
-              retry_failed: bool, now: datetime) -> RunStart:
+              retry_failed: bool, now: datetime, edition_for: Callable[[str], str] | None = None) -> RunStart:
     """Freeze the list (first run only), settle rows a crash left in flight, and mark it running.
 
     Rows left ``sending`` were handed to the transport and never recorded: a crash or a kill.
     They are sent again under the same batch and key (no attempt counted: nobody answered),
     or with ``resend_interrupted=False`` set ``uncertain`` and reported. A ``done`` delivery
     is never reopened here, except ``retry_failed`` for those whose retry window ran out.
-    Runs inside the caller's transaction.
+    ``edition_for`` gives the edition (tag, "" for the main one) a reader of a language gets; it is
+    recorded in each row at the freeze. Runs inside the caller's transaction.
     """
     stamp = timestamp(now)
     if d.frozen_at is None and get_delivery(conn, d.id).frozen_at is None:  # re-read under the lock
@@ -518,6 +521,8 @@ def begin_run(conn: sqlite3.Connection, d: Delivery, *, transport: str, resend_i
             (d.id, stamp, d.slug, d.id))
         total = conn.execute("SELECT COUNT(*) FROM ledger WHERE delivery_id=?", (d.id,)).fetchone()[0]
         conn.execute("UPDATE deliveries SET frozen_at=?, total=? WHERE id=?", (stamp, total, d.id))
+        if edition_for is not None:
+            assign_editions(conn, d.id, edition_for)
     interrupted = conn.execute("SELECT COUNT(*) FROM ledger WHERE delivery_id=? AND state='sending'",
                                (d.id,)).fetchone()[0]
     if resend_interrupted:
@@ -538,6 +543,32 @@ def begin_run(conn: sqlite3.Connection, d: Delivery, *, transport: str, resend_i
     return RunStart(counts, interrupted)
 
 
+def assign_editions(conn: sqlite3.Connection, delivery_id: int, edition_for: Callable[[str], str]) -> None:
+    """Record each frozen reader's edition: one match per distinct language, one UPDATE per edition."""
+    langs = [row[0] for row in conn.execute(
+        "SELECT DISTINCT s.lang FROM ledger l JOIN subscribers s ON s.id = l.subscriber_id "
+        "WHERE l.delivery_id=? AND s.lang<>''", (delivery_id,))]
+    by_edition: dict[str, list[str]] = {}
+    for lang in langs:
+        tag = edition_for(lang)
+        if tag:
+            by_edition.setdefault(tag, []).append(lang)
+    for tag, group in by_edition.items():
+        for start in range(0, len(group), _VALUES_CHUNK):
+            part = group[start:start + _VALUES_CHUNK]
+            conn.execute(f"UPDATE ledger SET edition=? WHERE delivery_id=? AND subscriber_id IN (SELECT id FROM "
+                         f"subscribers WHERE lang IN ({','.join('?' * len(part))}))", (tag, delivery_id, *part))
+
+
+def edition_counts(conn: sqlite3.Connection, delivery_id: int) -> dict[str, dict[str, int]]:
+    """Readers per edition ("" the main one) and state, for ``status``."""
+    out: dict[str, dict[str, int]] = {}
+    for edition, state, n in conn.execute("SELECT edition, state, COUNT(*) FROM ledger WHERE delivery_id=? "
+                                          "GROUP BY edition, state ORDER BY edition", (int(delivery_id),)):
+        out.setdefault(edition, dict.fromkeys(LEDGER_STATES, 0))[state] = n
+    return out
+
+
 class ClaimedRow(NamedTuple):
     """One reader of a claimed batch, as it stood before the claim."""
 
@@ -549,6 +580,7 @@ class ClaimedRow(NamedTuple):
     attempts: int
     first_failure_at: float | None
     uncertain_resends: int
+    edition: str = ""          # the edition this reader is sent ("" the main one)
 
 
 class Claim(NamedTuple):
@@ -562,7 +594,7 @@ class Claim(NamedTuple):
 
 
 _ROW_COLUMNS = ("l.subscriber_id, l.email, l.name, l.state, l.next_attempt_at, l.attempts, l.first_failure_at, "
-                "l.uncertain_resends, s.status")
+                "l.uncertain_resends, s.status, l.edition")
 
 
 def _select(conn: sqlite3.Connection, delivery_id: int, where: str, params: tuple, retry: bool = False) -> list:
@@ -632,7 +664,8 @@ def claim_batch(conn: sqlite3.Connection, d: Delivery, owner: str, *, limit: int
         batch_no = refresh_lock(conn, d.id, owner, now, new_batch=True)
     else:
         refresh_lock(conn, d.id, owner, now)
-    claim = Claim(batch_no, [ClaimedRow(*tuple(r)[:8]) for r in live], fresh, skipped, last_id=rows[-1][0])
+    claim = Claim(batch_no, [ClaimedRow(*tuple(r)[:8], r["edition"]) for r in live], fresh, skipped,
+                  last_id=rows[-1][0])
     if fresh and not gone:  # a contiguous keyset range of pending rows: one statement
         conn.execute("UPDATE ledger SET state='sending', batch_no=?, updated_at=? WHERE delivery_id=? AND "
                      "subscriber_id BETWEEN ? AND ? AND state='pending'",

@@ -163,8 +163,9 @@ def preview(ctx: click.Context, issue: str, port: int, no_open: bool, screenshot
 @click.argument("issue")
 @click.option("--online", is_flag=True, help="Also fetch every external link (HEAD/GET) and report broken ones.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--lang", metavar="TAG", help="Check the TAG edition (default: the main one, compared with the others).")
 @click.pass_context
-def check(ctx: click.Context, issue: str, online: bool, fmt: str) -> None:
+def check(ctx: click.Context, issue: str, online: bool, fmt: str, lang: str | None) -> None:
     """Pre-flight checks for ISSUE: size and clipping, links, images, accessibility,
     client support, deliverability headers and the plain text.
 
@@ -177,7 +178,7 @@ def check(ctx: click.Context, issue: str, online: bool, fmt: str) -> None:
     from newsletter.errors import ChecksFailedError
 
     settings = settings_of(ctx)
-    findings = run_checks(settings, render_ref(settings, issue), online=online)
+    findings = run_checks(settings, render_ref(settings, issue, lang), online=online)
     if fmt == "json":
         click.echo(json.dumps([f.as_dict() for f in findings], indent=2, ensure_ascii=False))
     else:
