@@ -361,6 +361,7 @@ def status(ctx: click.Context, issue: str | None, failed: bool) -> None:
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     for row in cells:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    _edition_lines(conn, rows, settings.publication.lang)
     for s in rows:
         if s.deferred:
             from newsletter.delivery import local_time  # only then: the engine is a heavy import
@@ -373,6 +374,23 @@ def status(ctx: click.Context, issue: str | None, failed: bool) -> None:
         for s in rows:
             for email, state, error in failed_recipients(conn, s.id):
                 click.echo(f"{s.id}\t{email}\t{state}\t{error or ''}")
+
+
+def _edition_lines(conn: Any, rows: list[Any], main_lang: str) -> None:
+    """Per delivery with more than one edition, each edition's readers: "en 4 (4 sent), zh-Hans 2 (1 sent, 1 pending)"."""
+    from newsletter.ledger import edition_counts, open_rows
+
+    for s in rows:
+        per = edition_counts(conn, s.id)
+        if set(per) <= {""}:
+            continue
+        parts = []
+        for tag, counts in per.items():
+            detail = [f"{counts['sent']} sent"] + ([f"{open_rows(counts)} pending"] if open_rows(counts) else [])
+            failed = counts["failed-permanent"] + counts["failed-temporary"]
+            detail += [f"{failed} failed"] if failed else []
+            parts.append(f"{tag or main_lang} {sum(counts.values())} ({', '.join(detail)})")
+        click.echo(f"#{s.id} {s.delivery.slug} editions: " + "; ".join(parts))
 
 
 @cli.group(cls=_DefaultGroup)
