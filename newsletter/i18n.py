@@ -70,3 +70,27 @@ def gettext(tag: str | None, message: str, root: Path | None = None, **values: o
     """``message`` in ``tag``'s language, with ``%(name)s`` values filled in."""
     text = translations(tag, root).gettext(message)
     return text % values if values else text
+
+
+def page_language(stored: str | None, accept_language: str | None, default: str, root: Path | None = None,
+                  *, first: str | None = None) -> str:
+    """The language a public page is shown in: ``first`` (a choice the reader is making), the
+    reader's stored language, else the request's ``Accept-Language``, else the publication's
+    — each only when there is a catalog for it (English always is)."""
+    from newsletter.lang import accepted, negotiate
+
+    available = languages(catalog_dirs(root))
+    found = negotiate([first, stored, *accepted(accept_language)], available)
+    return found or default or "en"
+
+
+def translator(tag: str | None, root: Path | None = None):  # noqa: ANN201 - Callable[..., str]
+    """``_(message, **values)`` in ``tag``'s language, for templates and pages that escape what they
+    are given (the result is plain text: autoescaping escapes the values and the words alike)."""
+    trans = translations(tag, root)
+
+    def _(message: str, **values: object) -> str:
+        text = trans.gettext(message)
+        return text % values if values else text
+
+    return _

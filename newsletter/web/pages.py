@@ -10,6 +10,7 @@ import base64
 import hashlib
 import html
 import re
+from typing import Callable
 
 import jinja2
 
@@ -67,6 +68,12 @@ def simple_page(lang: str, title: str, body_html: str) -> str:
         f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n"
         f"<body>\n<main>\n{body_html}\n</main>\n</body>\n</html>\n"
     )
+
+
+def in_html(_: Callable[..., str], message: str, values: dict[str, str]) -> str:
+    """The catalog's text for ``message`` (``_`` is :func:`newsletter.i18n.translator`'s), escaped,
+    with ``values`` (already HTML) put in its ``%(name)s`` places."""
+    return html.escape(_(message)) % values
 
 
 def signup_page(env: jinja2.Environment, pub: Publication, page: str, **context: object) -> str:
