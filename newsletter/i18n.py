@@ -94,3 +94,14 @@ def translator(tag: str | None, root: Path | None = None):  # noqa: ANN201 - Cal
         return text % values if values else text
 
     return _
+
+
+def offered_languages(main_lang: str, root: Path | None = None) -> list[tuple[str, str]]:
+    """(tag, its own name) of the languages a reader may choose: the publication's and each catalog's."""
+    from newsletter.lang import display_name, match, optional_tag
+
+    tags = [optional_tag(main_lang) or "en"]
+    for tag in languages(catalog_dirs(root)):
+        if match(tag, tags) is None:
+            tags.append(tag)
+    return [(tag, display_name(tag)) for tag in tags]

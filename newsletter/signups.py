@@ -93,7 +93,8 @@ class Signups:
         migrate(store.conn, COMPONENT, MIGRATIONS)
 
     # ---- requests ------------------------------------------------------------------
-    def request(self, email: str, name: str = "", *, ip: str, source: str, consent: str) -> SignupDecision:
+    def request(self, email: str, name: str = "", *, ip: str, source: str, consent: str,
+                lang: str = "") -> SignupDecision:
         """Record a signup request; decide whether a confirmation email goes out.
 
         Raises :class:`~newsletter.errors.InputError` for an invalid address or name (the
@@ -119,6 +120,8 @@ class Signups:
             conn.executemany("INSERT INTO signup_events(scope, key, at) VALUES(?, ?, ?)",
                              [("address", _address_key(email), t), ("global", "", t)])
             sid = self._record_request(conn, row[0] if row else None, email, name, ip, source, consent, stamp(now))
+            if lang:  # the language chosen on the form: for a reader not yet confirmed only
+                conn.execute("UPDATE subscribers SET lang=? WHERE id=? AND status='pending'", (lang, sid))
             conn.execute("INSERT INTO signup_outbox(subscriber_id, kind, due_at) VALUES(?, 'confirm', ?)", (sid, t))
         return SignupDecision(self.store.get(sid), "new" if row is None else f"address is {status}")
 

@@ -120,3 +120,43 @@ def test_public_pages_follow_the_readers_language(settings, client, stored, head
     page = client.get(f"/unsubscribe/{make_token(SECRET, sub.id, sub.email)}", headers=headers).get_data(as_text=True)
     assert f'<html lang="{expected}">' in page
     assert ("退订" in page) == (expected == "zh-Hans")
+
+
+# ---- the signup form ------------------------------------------------------------------------------------
+from tests.test_signup import World, clock, env  # noqa: E402,F401 - the signup tests' world and fixtures
+
+
+@pytest.fixture
+def world(tmp_path, env, clock):  # noqa: F811
+    w = World(tmp_path, env, clock)
+    yield w
+    w.store.close()
+
+
+@pytest.mark.parametrize("header, selected, heading", [
+    ("zh-CN,zh;q=0.9", "zh-Hans", "订阅 The Letter"), ("en-US", "en", "Subscribe to The Letter"),
+    (None, "en", "Subscribe to The Letter"), ("fr, zh-SG;q=0.5", "zh-Hans", "订阅 The Letter"),
+])
+def test_the_signup_form_offers_a_language_defaulting_to_accept_language(world, header, selected, heading):
+    headers = {"Accept-Language": header} if header else {}
+    page = world.client.get("/subscribe", headers=headers).get_data(as_text=True)
+    assert f"<h1>{heading}</h1>" in page
+    assert re.search(rf'<option value="{selected}"[^>]*\bselected>', page)
+    assert len(re.findall(r' selected>', page)) == 1
+
+
+@pytest.mark.parametrize("chosen, stored", [("zh-Hans", "zh-Hans"), ("zh_cn", "zh-CN"), ("", ""),
+                                            ("<script>", ""), ("x" * 400, None)])
+def test_the_chosen_language_is_the_new_readers(world, chosen, stored):
+    r = world.signup("new@example.org", lang=chosen)
+    if stored is None:  # an over-long field: refused like any other
+        assert r.status_code == 400
+        return
+    assert r.status_code == 200
+    assert world.store.get_by_email("new@example.org").lang == stored
+
+
+def test_a_signup_never_changes_a_confirmed_readers_language(world):
+    world.store.add("known@example.org", lang="en")
+    assert world.signup("known@example.org", lang="zh-Hans").status_code == 200
+    assert world.store.get_by_email("known@example.org").lang == "en"
