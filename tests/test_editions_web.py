@@ -160,3 +160,32 @@ def test_a_signup_never_changes_a_confirmed_readers_language(world):
     world.store.add("known@example.org", lang="en")
     assert world.signup("known@example.org", lang="zh-Hans").status_code == 200
     assert world.store.get_by_email("known@example.org").lang == "en"
+
+
+# ---- the archive index served by `newsletter serve` -----------------------------------------------------
+@pytest.mark.parametrize("header, location", [("zh-CN,zh;q=0.9", "/zh-Hans/"), ("en", None), (None, None),
+                                               ("zh-TW", None), ("fr, zh;q=0.5", "/zh-Hans/")])
+def test_the_archive_index_follows_accept_language(tmp_path, settings, header, location):
+    import datetime as dt
+
+    from newsletter.archive import build_archive
+
+    site = tmp_path / "site"
+    build_archive(settings, site, today=dt.date(2026, 1, 1), sent=set())
+    client = Client(make_app(settings, site_dir=site, mail_sender=lambda message: None))
+    r = client.get("/", headers={"Accept-Language": header} if header else {})
+    assert "Accept-Language" in r.headers.get("Vary", "")
+    if location is None:
+        assert r.status_code == 200 and '<html lang="en">' in r.get_data(as_text=True)
+    else:
+        assert r.status_code == 302 and r.headers["Location"] == location
+        page = client.get(location)
+        assert page.status_code == 200 and '<html lang="zh-Hans">' in page.get_data(as_text=True)
+
+
+def test_language_pages_are_never_cached_or_framed(settings, client):
+    with SubscriberStore.open(settings.db_path) as store:
+        sub = store.add("reader@example.org")
+    r = client.get(f"/language/{make_token(SECRET, sub.id, sub.email, 'language')}/zh-Hans")
+    assert r.status_code == 200
+    assert r.headers["Cache-Control"] == "no-store" and r.headers["X-Frame-Options"] == "DENY"

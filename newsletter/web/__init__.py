@@ -94,7 +94,7 @@ def make_app(settings: Settings, *, store_path: Path | str | None = None, site_d
         site = Path(site_dir)
         if not site.is_dir():
             raise ConfigError("site directory does not exist", path=site)
-        app = with_site(core, core.owns, site)
+        app = with_site(core, core.owns, site, settings.publication.lang)
     wrapped = security_headers(clean_paths(app), hsts=settings.publication.base_url.startswith("https://"))
     wrapped.web_app = core  # type: ignore[attr-defined]  # for tests and the server
     return wrapped
