@@ -111,12 +111,13 @@ class _Writer:
         return "\n".join(rows)
 
 
-def to_plain_text(tokens: Sequence[Token], width: int = WIDTH) -> str:
-    """Plain text of the body, with a numbered link list at the end when there are links."""
+def to_plain_text(tokens: Sequence[Token], width: int = WIDTH, links_label: str = "Links:") -> str:
+    """Plain text of the body, with a numbered link list (under ``links_label``, in the issue's
+    language) at the end when there are links."""
     writer = _Writer(width)
     tree = SyntaxTreeNode(list(tokens))
     text = "\n\n".join(writer.blocks(tree.children, width))
     if writer.links:
         refs = "\n".join(f"[{i}] {href}" for i, href in enumerate(writer.links, start=1))
-        text += "\n\nLinks:\n" + refs
+        text += f"\n\n{links_label}\n" + refs
     return text

@@ -166,7 +166,11 @@ class Renderer:
         lap("mjml")
         html = inline_css(html, css, self.settings.build_dir / ".cache" / "inline")
         lap("inline")
-        text = self.render_template("email.txt.j2", {**context, "body_text": to_plain_text(parsed.tokens)})
+        from newsletter.i18n import translations
+
+        links_label = translations(context["lang"], self.settings.root).gettext("Links:")
+        text = self.render_template("email.txt.j2", {**context, "body_text": to_plain_text(parsed.tokens,
+                                                                                          links_label=links_label)})
         # No trailing spaces, except in the conventional "-- " signature separator.
         text = "\n".join(line.rstrip() for line in text.splitlines()).strip().replace("\n--\n", "\n-- \n") + "\n"
         lap("text")
