@@ -265,7 +265,7 @@ def test_a_changed_edition_is_a_changed_issue_for_a_delivery_under_way(settings)
 def test_status_shows_the_readers_of_each_edition(root, settings):
     _add_readers(settings)
     _deliver(settings)
-    result = CliRunner().invoke(cli, ["--root", str(root), "status", "8"], env={"NEWSLETTER_SECRET_KEY": "x" * 32})
+    result = CliRunner().invoke(cli, ["--root", str(root), "status", "8"])
     assert result.exit_code == 0, result.output
     assert "editions: en 4 (4 sent); zh-Hans 3 (3 sent)" in result.output
 
@@ -301,3 +301,12 @@ def test_csv_import_and_export_carry_the_language(tmp_path, settings):
         export_csv(store, out)
     rows = out.getvalue().splitlines()
     assert rows[0].endswith(",lang") and any(r.startswith("a@example.org,") and r.endswith(",zh-CN") for r in rows)
+
+
+def test_the_live_preview_shows_an_edition_and_watches_its_main_edition(settings):
+    from newsletter.preview import PreviewServer
+
+    server = PreviewServer(settings, settings.issues_dir / ZH, log=lambda m: None)
+    assert server.state.error == "" and server.state.last_good.lang == "zh-Hans"
+    assert "双语测试期" in server.state.page
+    assert settings.issues_dir / MAIN_FILE in server.watched()

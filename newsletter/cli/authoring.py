@@ -134,8 +134,10 @@ def build(ctx: click.Context, issues: tuple[str, ...], out: Path | None, lang: s
 @click.option("--no-open", is_flag=True, help="Do not open a browser.")
 @click.option("--screenshot", "screenshot_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Instead of serving, write PNGs at 375 and 800 px, light and dark, to DIR.")
+@click.option("--lang", metavar="TAG", help="Preview the TAG edition (default: the main one).")
 @click.pass_context
-def preview(ctx: click.Context, issue: str, port: int, no_open: bool, screenshot_dir: Path | None) -> None:
+def preview(ctx: click.Context, issue: str, port: int, no_open: bool, screenshot_dir: Path | None,
+            lang: str | None) -> None:
     """Live preview of ISSUE at desktop and phone widths, with the plain text beside them.
 
     Serves on 127.0.0.1 only, rebuilds within a second when the issue or a
@@ -143,11 +145,16 @@ def preview(ctx: click.Context, issue: str, port: int, no_open: bool, screenshot
     """
     settings = settings_of(ctx)
     path = issue_path(settings, issue)
+    if lang is not None:
+        from newsletter.editions import MAIN, edition_path, load_editions, resolve
+
+        editions = load_editions(resolve(path)[0], settings.publication.lang)
+        tag = editions.tag_of(lang)
+        path = editions.main.path if tag == MAIN else edition_path(editions.main.path, tag)
     if screenshot_dir is not None:
-        from newsletter.render import render_issue
         from newsletter.screenshots import take_screenshots
 
-        for png in take_screenshots(render_issue(path, settings), screenshot_dir):
+        for png in take_screenshots(render_ref(settings, str(path)), screenshot_dir):
             click.echo(f"Wrote {png}")
         return
     from newsletter.preview import PreviewServer
