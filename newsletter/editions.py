@@ -41,6 +41,13 @@ def split_edition_path(path: Path) -> tuple[Path, str] | None:
     return path.with_name(m.group("stem") + ".md"), normalise_tag(m.group("tag"), "edition tag")
 
 
+def edition_languages(issues_dir: Path) -> set[str]:
+    """The languages of every edition file in ``issues_dir`` (by file name: nothing is parsed)."""
+    if not issues_dir.is_dir():
+        return set()
+    return {split[1] for path in issues_dir.glob("*.*.md") if (split := _split_quietly(path)) is not None}
+
+
 def edition_path(main: Path, tag: str) -> Path:
     """Where the ``tag`` edition of the issue in ``main`` lives."""
     return main.with_name(f"{main.stem}.{normalise_tag(tag)}.md")

@@ -96,12 +96,14 @@ def translator(tag: str | None, root: Path | None = None):  # noqa: ANN201 - Cal
     return _
 
 
-def offered_languages(main_lang: str, root: Path | None = None) -> list[tuple[str, str]]:
-    """(tag, its own name) of the languages a reader may choose: the publication's and each catalog's."""
+def offered_languages(main_lang: str, issues_dir: Path) -> list[tuple[str, str]]:
+    """(tag, its own name) of the languages a reader may choose: the publication's and those its
+    issues have editions in (none to choose from for a publication in one language)."""
+    from newsletter.editions import edition_languages
     from newsletter.lang import display_name, match, optional_tag
 
     tags = [optional_tag(main_lang) or "en"]
-    for tag in languages(catalog_dirs(root)):
+    for tag in sorted(edition_languages(issues_dir)):
         if match(tag, tags) is None:
             tags.append(tag)
-    return [(tag, display_name(tag)) for tag in tags]
+    return [(tag, display_name(tag)) for tag in tags] if len(tags) > 1 else []

@@ -128,9 +128,20 @@ from tests.test_signup import World, clock, env  # noqa: E402,F401 - the signup 
 
 @pytest.fixture
 def world(tmp_path, env, clock):  # noqa: F811
+    """The signup tests' publication, with an issue that has a Simplified Chinese edition."""
+    (tmp_path / "issues").mkdir()
+    (tmp_path / "issues" / "001-first.zh-Hans.md").write_text("---\ntitle: 第一期\n---\n\n正文。\n", encoding="utf-8")
     w = World(tmp_path, env, clock)
     yield w
     w.store.close()
+
+
+def test_a_publication_in_one_language_offers_no_choice(tmp_path, env, clock):  # noqa: F811
+    w = World(tmp_path, env, clock)
+    try:
+        assert 'name="lang"' not in w.client.get("/subscribe").get_data(as_text=True)
+    finally:
+        w.store.close()
 
 
 @pytest.mark.parametrize("header, selected, heading", [

@@ -88,7 +88,7 @@ def _stamp_age(app: WebApp, stamp: str) -> float | None:
 # ---- handlers ----------------------------------------------------------------------------
 def _form_page(app: WebApp, status: int = 200, *, lang: str, **context: object) -> Response:
     """The form, with a choice of language (the page's, the visitor's Accept-Language, preselected)."""
-    languages = offered_languages(app.settings.publication.lang, app.settings.root)
+    languages = offered_languages(app.settings.publication.lang, app.settings.issues_dir)
     return _page(app, "form", status, lang=lang, form_token=form_stamp(app), languages=languages,
                  selected_lang=negotiate([lang], [t for t, _ in languages]) or app.settings.publication.lang,
                  **context)
