@@ -301,6 +301,12 @@ def test_csv_import_and_export_carry_the_language(tmp_path, settings):
         export_csv(store, out)
     rows = out.getvalue().splitlines()
     assert rows[0].endswith(",lang") and any(r.startswith("a@example.org,") and r.endswith(",zh-CN") for r in rows)
+    exported = tmp_path / "export.csv"
+    exported.write_text(out.getvalue(), encoding="utf-8")
+    with SubscriberStore.open(tmp_path / "restored.db") as restored:  # export → import restores the language
+        import_csv(restored, exported)
+        assert {s.email: s.lang for s in restored.iter_subscribers()} == {
+            "a@example.org": "zh-CN", "b@example.org": "fr"}
 
 
 def test_the_live_preview_shows_an_edition_and_watches_its_main_edition(settings):

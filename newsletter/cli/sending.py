@@ -345,6 +345,7 @@ def status(ctx: click.Context, issue: str | None, failed: bool) -> None:
                 raise
             slug = issue
     rows = delivery_status(conn, slug)
+    _signup_mail_status(conn)
     if not rows:
         click.echo("No deliveries yet.")
         return
@@ -391,6 +392,18 @@ def _edition_lines(conn: Any, rows: list[Any], main_lang: str) -> None:
             detail += [f"{failed} failed"] if failed else []
             parts.append(f"{tag or main_lang} {sum(counts.values())} ({', '.join(detail)})")
         click.echo(f"#{s.id} {s.delivery.slug} editions: " + "; ".join(parts))
+
+
+def _signup_mail_status(conn: Any) -> None:
+    """Signup confirmation (and welcome) mails that failed: retrying, or given up after the window."""
+    from newsletter.signup_status import mail_counts
+
+    retrying, gave_up = mail_counts(conn)
+    if gave_up:
+        click.echo(f"signup mail: {gave_up} not sent, given up after NEWSLETTER_RETRY_WINDOW; "
+                   "`newsletter subscribers list --status pending` names them (a new signup queues it again)")
+    if retrying:
+        click.echo(f"signup mail: {retrying} failed and waiting to retry")
 
 
 @cli.group(cls=_DefaultGroup)
