@@ -512,17 +512,23 @@ def begin_run(conn: sqlite3.Connection, d: Delivery, *, transport: str, resend_i
     if d.frozen_at is None and get_delivery(conn, d.id).frozen_at is None:  # re-read under the lock
         # Readers who already got this issue (or may have: 'sending'/'uncertain') from an
         # earlier, cancelled delivery are left out.
+        pairs = edition_pairs(conn, edition_for)
+        edition, edition_params = edition_case(pairs[:_CASE_LIMIT])
         conn.execute(
-            "INSERT INTO ledger(delivery_id, subscriber_id, email, name, state, updated_at) "
-            "SELECT ?, s.id, s.email, s.name, 'pending', ? FROM subscribers s WHERE s.status='active' "
+            "INSERT INTO ledger(delivery_id, subscriber_id, email, name, state, updated_at, edition) "
+            f"SELECT ?, s.id, s.email, s.name, 'pending', ?, {edition} FROM subscribers s WHERE s.status='active' "
             "AND NOT EXISTS (SELECT 1 FROM ledger p WHERE p.subscriber_id=s.id "
             "AND p.state IN ('sent','sending','uncertain') AND p.delivery_id IN "
             "(SELECT id FROM deliveries WHERE slug=? AND test=0 AND id<>?)) ORDER BY s.id",
-            (d.id, stamp, d.slug, d.id))
+            (d.id, stamp, *edition_params, d.slug, d.id))
         total = conn.execute("SELECT COUNT(*) FROM ledger WHERE delivery_id=?", (d.id,)).fetchone()[0]
         conn.execute("UPDATE deliveries SET frozen_at=?, total=? WHERE id=?", (stamp, total, d.id))
-        if edition_for is not None:
-            assign_editions(conn, d.id, edition_for)
+        for start in range(_CASE_LIMIT, len(pairs), _CASE_LIMIT):  # a list of very many languages
+            case, params = edition_case(pairs[start:start + _CASE_LIMIT])
+            conn.execute(f"UPDATE ledger SET edition={case.replace('s.lang', 'v.lang')} FROM (SELECT id, lang FROM "
+                         "subscribers) AS v WHERE ledger.delivery_id=? AND ledger.subscriber_id=v.id AND "
+                         f"v.lang IN ({','.join('?' * (len(params) // 2))})",
+                         (*params, d.id, *params[0::2]))
     interrupted = conn.execute("SELECT COUNT(*) FROM ledger WHERE delivery_id=? AND state='sending'",
                                (d.id,)).fetchone()[0]
     if resend_interrupted:
@@ -543,21 +549,26 @@ def begin_run(conn: sqlite3.Connection, d: Delivery, *, transport: str, resend_i
     return RunStart(counts, interrupted)
 
 
-def assign_editions(conn: sqlite3.Connection, delivery_id: int, edition_for: Callable[[str], str]) -> None:
-    """Record each frozen reader's edition: one match per distinct language, one UPDATE per edition."""
-    langs = [row[0] for row in conn.execute(
-        "SELECT DISTINCT s.lang FROM ledger l JOIN subscribers s ON s.id = l.subscriber_id "
-        "WHERE l.delivery_id=? AND s.lang<>''", (delivery_id,))]
-    by_edition: dict[str, list[str]] = {}
-    for lang in langs:
-        tag = edition_for(lang)
-        if tag:
-            by_edition.setdefault(tag, []).append(lang)
-    for tag, group in by_edition.items():
-        for start in range(0, len(group), _VALUES_CHUNK):
-            part = group[start:start + _VALUES_CHUNK]
-            conn.execute(f"UPDATE ledger SET edition=? WHERE delivery_id=? AND subscriber_id IN (SELECT id FROM "
-                         f"subscribers WHERE lang IN ({','.join('?' * len(part))}))", (tag, delivery_id, *part))
+#: Languages matched to an edition in one freeze's SQL; past this (a list of many languages) the
+#: CASE would pass SQLite's parameter limit, and the rows are given their edition in chunks after.
+_CASE_LIMIT = 200
+
+
+def edition_pairs(conn: sqlite3.Connection, edition_for: Callable[[str], str] | None) -> list[tuple[str, str]]:
+    """(language, edition) for each distinct language of the active readers that gets another
+    edition than the main one: one match per language, not per reader."""
+    if edition_for is None:
+        return []
+    langs = conn.execute("SELECT DISTINCT lang FROM subscribers WHERE status='active' AND lang<>''").fetchall()
+    return [(lang, tag) for (lang,) in langs if (tag := edition_for(lang))]
+
+
+def edition_case(pairs: Sequence[tuple[str, str]]) -> tuple[str, list[str]]:
+    """The SQL giving a reader (``s``) their edition: ``CASE s.lang WHEN 'zh' THEN 'zh-Hans' … ELSE '' END``
+    (``''``: the main one), and its parameters."""
+    if not pairs:
+        return "''", []
+    return "CASE s.lang " + "WHEN ? THEN ? " * len(pairs) + "ELSE '' END", [x for pair in pairs for x in pair]
 
 
 def edition_counts(conn: sqlite3.Connection, delivery_id: int) -> dict[str, dict[str, int]]:

@@ -316,3 +316,16 @@ def test_the_live_preview_shows_an_edition_and_watches_its_main_edition(settings
     assert server.state.error == "" and server.state.last_good.lang == "zh-Hans"
     assert "双语测试期" in server.state.page
     assert settings.issues_dir / MAIN_FILE in server.watched()
+
+
+@pytest.mark.parametrize("limit", [1, 2, 200])
+def test_every_language_is_matched_however_many_there_are(monkeypatch, settings, limit):
+    """The freeze matches languages in one CASE of up to _CASE_LIMIT; more are set in chunks after."""
+    from newsletter import ledger
+
+    monkeypatch.setattr(ledger, "_CASE_LIMIT", limit)
+    readers = READERS + [("sg@example.org", "zh-SG", "zh-Hans"), ("hanscn@example.org", "zh-Hans-CN", "zh-Hans")]
+    _add_readers(settings, readers)
+    did, report, _ = _deliver(settings)
+    assert report.state == "done"
+    assert _ledger_editions(settings, did) == {a: e for a, _, e in readers}
