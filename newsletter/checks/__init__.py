@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from newsletter.checks import (accessibility, content, deliverability, frontmatter, links, plaintext, size, support,
-                               templates)
+from newsletter.checks import (accessibility, content, deliverability, editions, frontmatter, links, plaintext, size,
+                               support, templates)
 from newsletter.checks.context import CheckContext
 from newsletter.checks.findings import Finding, sort_findings
 from newsletter.config import Settings
@@ -46,6 +46,7 @@ CHECKS: tuple[Callable[[CheckContext], None], ...] = (
     deliverability.check_helo_name,
     plaintext.check_plain_text,
     templates.check_template_copies,
+    editions.check_editions,
 )
 
 
@@ -57,15 +58,18 @@ def run_checks(settings: Settings, rendered: RenderedEmail, *, online: bool = Fa
     return sort_findings(ctx.findings)
 
 
-def check_issue(settings: Settings, path: Path, *, online: bool = False,
-                readiness: list | None = None) -> list[Finding]:
+def check_issue(settings: Settings, path: Path, *, online: bool = False, readiness: list | None = None,
+                render: Callable[[], RenderedEmail] | None = None) -> list[Finding]:
     """Every finding for the issue file at ``path`` in one run, errors first: what a build
     would refuse (each with its line) and, wherever the issue can still be rendered, all the
     checks above and the sender's (DNS, as `newsletter doctor`); ``readiness``, when given,
-    receives the bulk-sender readiness list."""
+    receives the bulk-sender readiness list. ``render``, when given, makes the rendering the
+    checks see once nothing is refused (an edition, linked to the others)."""
     from newsletter.checks.refusals import refusals_and_rendering
 
     refused, rendered = refusals_and_rendering(settings, path)
+    if render is not None and rendered is not None and not refused:
+        rendered = render()
     findings = run_checks(settings, rendered, online=online) if rendered is not None else []
     if rendered is not None:
         from newsletter.checks.sender import check_sender
