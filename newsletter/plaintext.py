@@ -56,7 +56,8 @@ class _Writer:
             return text  # the reader already sees the address; a reference would only repeat it
         if href not in self.links:
             self.links.append(href)
-        return f"{text} [link {self.links.index(href) + 1}]"
+        # A no-break space: textwrap breaks only at ASCII whitespace, so the marker stays whole.
+        return f"{text} [link\u00a0{self.links.index(href) + 1}]"
 
     # ---- blocks ---------------------------------------------------------------------
     def blocks(self, nodes: Sequence[SyntaxTreeNode], width: int) -> list[str]:
@@ -120,6 +121,6 @@ def to_plain_text(tokens: Sequence[Token], width: int = WIDTH, links_label: str 
     tree = SyntaxTreeNode(list(tokens))
     text = "\n\n".join(writer.blocks(tree.children, width))
     if writer.links:
-        refs = "\n".join(f"[link {i}] {href}" for i, href in enumerate(writer.links, start=1))
+        refs = "\n".join(f"[link\u00a0{i}] {href}" for i, href in enumerate(writer.links, start=1))
         text += f"\n\n{links_label}\n" + refs
     return text

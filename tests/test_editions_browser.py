@@ -98,7 +98,7 @@ def test_every_paragraph_of_the_source_is_in_both_parts(emails, edition):
     issue = eds.main if not edition else eds.others[edition]
     html = re.sub(r"<sup[^>]*>.*?</sup>", "", rendered[edition].html, flags=re.S)  # less the note numbers
     html_text = _squash(re.sub(r"<[^>]+>", "", html).replace("&amp;", "&"))
-    plain = _squash(re.sub(r"\s?\[(?:\^|link )?\d+\]", "", rendered[edition].text))  # less the link and note numbers
+    plain = _squash(re.sub(r"\s?\[(?:\^|link\s)?\d+\]", "", rendered[edition].text))  # less the link and note numbers
     paragraphs = _paragraphs(issue)
     assert len(paragraphs) >= 8
     for paragraph in paragraphs:

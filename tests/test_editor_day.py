@@ -126,5 +126,16 @@ def test_plain_text_numbers_notes_as_the_html_and_apart_from_links(tmp_path):
     assert text_marks == html_marks == ["[1]", "[2]"]
     notes = text.split("Notes:\n")[1]
     assert notes.startswith("[1] A first note.\n[2] A second note.")
-    assert "the report [link 1]" in text and "[link 2] https://example.org/d" in text
+    assert "the report [link\u00a01]" in text and "[link\u00a02] https://example.org/d" in text
     assert "[^" not in text and "~~" not in text and "In [struck out: three] four parts." in text
+
+
+def test_a_link_marker_is_never_split_across_lines(tmp_path):
+    from newsletter.config import load_settings
+    from newsletter.render import render_issue
+    from tests.editor_fixtures import make_publication
+
+    words = " ".join(f"[word{i}](https://example.org/{i})" for i in range(40))
+    root, path = make_publication(tmp_path, words + "\n")
+    text = render_issue(path, load_settings(root, environ={})).text
+    assert text.count("[link\u00a0") == 80 and "[link\n" not in text and "[link " not in text

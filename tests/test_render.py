@@ -89,8 +89,8 @@ def test_plain_text_is_written_from_source(tmp_path, settings):
     )
     text = render_issue(path, settings).text
     assert "Heading\n=======" in text
-    assert "Read the report [link 1] and https://example.org/raw." in text
-    assert "[link 1] https://example.org/report" in text
+    assert "Read the report [link\u00a01] and https://example.org/raw." in text
+    assert "[link\u00a01] https://example.org/report" in text
     assert "- one\n- two" in text and "1. first\n2. second" in text
     assert "> quoted words" in text and "a | b\n1 | 2" in text
     html = render_issue(path, settings).html
