@@ -14,7 +14,9 @@ from newsletter.patterns import compiled
 # RFC 5646 section 2.1 (``langtag``, ``privateuse``, ``grandfathered``), case-insensitive:
 # well-formedness, which is what a browser and a feed reader need of ``lang``.
 _LANGTAG = (
-    r"(?:[a-z]{2,3}(?:-[a-z]{3}){0,3}|[a-z]{4,8})"  # language, with up to three extlangs
+    # language, with up to three extlangs. RFC 5646 also reserves 4 letters and allows 5-8 for
+    # registration, but the IANA registry has never held one: "english" is a word, not a tag.
+    r"[a-z]{2,3}(?:-[a-z]{3}){0,3}"
     r"(?:-[a-z]{4})?"  # script
     r"(?:-(?:[a-z]{2}|[0-9]{3}))?"  # region
     r"(?:-(?:[a-z0-9]{5,8}|[0-9][a-z0-9]{3}))*"  # variants
