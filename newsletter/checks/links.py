@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from newsletter.checks.context import CheckContext
+from newsletter.markdown_rules import LINK_SCHEMES
 from newsletter.render import PLACEHOLDERS
 
-SCHEMES = ("http", "https", "mailto", "tel")
+SCHEMES = LINK_SCHEMES
 WORKERS = 8
 TIMEOUT = 10.0  # seconds per connect or read
 DEADLINE = 20.0  # seconds per link in all, however slowly the server answers
