@@ -275,13 +275,41 @@ def _read_toml(path: Path) -> dict[str, Any]:
     return data.get("publication", data)
 
 
+_MAX_DOTENV_BYTES = 1024 * 1024
+
+
 def _dotenv(root: Path) -> dict[str, str]:
+    """The ``.env`` file's settings. It is read as UTF-8 text without control characters, or refused
+    with its line: python-dotenv raised a traceback on a UTF-16 or binary file."""
     path = root / ".env"
     if not path.exists():
         return {}
+    import io
+
     from dotenv import dotenv_values
 
-    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+    return {k: v for k, v in dotenv_values(stream=io.StringIO(_dotenv_text(path))).items() if v is not None}
+
+
+def _dotenv_text(path: Path) -> str:
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(_MAX_DOTENV_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", path=path) from None
+    if len(raw) > _MAX_DOTENV_BYTES:
+        raise ConfigError(f"larger than {_MAX_DOTENV_BYTES // 1024} KB: not a settings file", path=path)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        utf16 = " (it is UTF-16)" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise ConfigError(f"not UTF-8{utf16}: save it as UTF-8 text", path=path,
+                          line=raw[:exc.start].count(b"\n") + 1) from None
+    for number, line in enumerate(text.split("\n"), start=1):
+        if has_control_chars(line.removesuffix("\r").replace("\t", " ")):
+            raise ConfigError("a control character (binary data, or UTF-16 text): save it as UTF-8 text",
+                              path=path, line=number)
+    return text
 
 
 def _split_from(values: dict[str, str], *, explicit_name: bool) -> None:
