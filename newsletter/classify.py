@@ -30,6 +30,7 @@ from email.parser import HeaderParser
 from email.utils import parseaddr, parsedate_to_datetime
 
 from newsletter.errors import scrub
+from newsletter.patterns import CONTROL_CHARS, compiled
 from newsletter.excerpt import excerpt, html_to_text, printable
 from newsletter.tokens import token_from_request
 
@@ -101,6 +102,28 @@ def header(msg: Message, name: str) -> str:
             text = str(value)
     text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     return " ".join(printable(text).split())[:2000]
+
+
+def mailbox(msg: Message, name: str) -> tuple[str, str]:
+    """(display name, address) of an address header, parsed BEFORE RFC 2047 decoding.
+
+    Decoding first let an encoded display name (``=?utf-8?q?Evil=0D=0ABcc=3A_x=40y?=``) add
+    structure, a line break and an address of its own, that the parser then took for the sender.
+    Only the display name is decoded, and it is untrusted text: control characters removed."""
+    value = msg.get(name)
+    if value is None:
+        return "", ""
+    if isinstance(value, email.header.Header):  # raw 8-bit bytes: chunks kept as written, not decoded
+        value = "".join(part.decode("utf-8", "replace") if isinstance(part, bytes) else part
+                        for part, _ in email.header.decode_header(value))
+    display, address = parseaddr(" ".join(str(value).split())[:2000])
+    try:
+        display = str(email.header.make_header(email.header.decode_header(display)))
+    except Exception:  # noqa: BLE001 - broken encoded-words or unknown charsets: keep the raw text
+        pass
+    display = display.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    address = address if not compiled(CONTROL_CHARS).search(address) else ""
+    return " ".join(printable(display).split())[:2000], address
 
 
 def message_ids(text: str) -> tuple[str, ...]:
@@ -271,7 +294,7 @@ def _complaint(msg: Message, parts: list[Message], base: dict) -> Classified | N
     original = _original_headers(parts)
     rcpt = _address(header(fields_, "Original-Rcpt-To"))
     if not rcpt and original is not None:
-        rcpt = parseaddr(header(original, "To"))[1].lower()
+        rcpt = mailbox(original, "To")[1].lower()
     orig_id = _original_id(parts)
     if ftype not in ("abuse", "fraud", "virus", "other"):
         return Classified(Category.OTHER, f"an RFC 5965 feedback report of type {ftype!r}, not a complaint",
@@ -340,7 +363,7 @@ def _base(msg: Message, raw: bytes, notes: list[str]) -> dict:
     else:
         key = "sha256:" + hashlib.sha256(raw).hexdigest()
         notes.append("no Message-ID")
-    name, addr = parseaddr(header(msg, "From"))
+    name, addr = mailbox(msg, "From")
     return dict(dedupe_key=key, sender=addr.lower()[:320], sender_name=name[:100],
                 subject=header(msg, "Subject")[:300], date=_date(msg),
                 references=message_ids(header(msg, "In-Reply-To") + " " + header(msg, "References")))

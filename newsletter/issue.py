@@ -17,7 +17,7 @@ import yaml
 
 from newsletter.addresses import ENCODED_WORD, validate_address
 from newsletter.grammar import SLUG, calendar_date, is_language_tag, is_slug
-from newsletter.patterns import compiled
+from newsletter.patterns import TEXT_CONTROL_CHARS, compiled
 from newsletter.errors import InputError
 
 REQUIRED = ("number", "title", "date")
@@ -37,8 +37,8 @@ MAX_LENGTH = {"title": 200, "series": 80, "subtitle": 300, "preheader": 300, "cr
 MAX_FILE_BYTES = 128 * 1024
 # Fields that end up in the Subject header, where mail clients decode =?charset?q?…?= words.
 HEADER_FIELDS = ("title", "series")
-# C0 controls except TAB and LF (CRLF is normalised first), DEL and C1 controls.
-CONTROL_CHAR = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Controls a text may not hold (TAB and LF may; CRLF is normalised first): patterns.TEXT_CONTROL_CHARS.
+CONTROL_CHAR = re.compile(TEXT_CONTROL_CHARS)
 CREDIT_KEYS = ("role", "people")
 PERSON_KEYS = ("name", "affiliation")
 

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Sequence
 from newsletter.clock import Clock
 from newsletter.errors import ConfigError, TransportError, scrub
 from newsletter.hosts import is_loopback
+from newsletter.patterns import CONTROL_CHARS, compiled
 from newsletter.transports.base import UNBUILDABLE, SendResult, Status, Transport, check_credential, unbuildable
 from newsletter.transports.ratelimit import RETRIES, RateLimiter, shared_limiter
 
@@ -67,7 +68,6 @@ _ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
 # Basic codes that mean "this mailbox does not exist / is unavailable" at RCPT time.
 _BOUNCE_CODES = frozenset({550, 551, 553})
 _MAX_ERROR = 300
-_UNSAFE_ADDRESS = re.compile(r"[\x00-\x1f\x7f]")
 # A 4xx that says "slow down", in the words servers use for it.
 _RATE_WORDS = re.compile(r"too many|\brate\b|ratelimit|throttl|slow down", re.IGNORECASE)
 # EHLO argument: a domain name, or an address literal (RFC 5321 4.1.3).
@@ -167,7 +167,7 @@ class SMTPTransport(Transport):
                               "allowed only for 127.0.0.1, ::1 or localhost (use starttls or ssl, or set "
                               "SMTP_ALLOW_PLAINTEXT=1 if the network in between is yours)")
         quoted_from = smtplib.quoteaddr(envelope_from or "")
-        if "@" not in quoted_from or not quoted_from.isascii() or _UNSAFE_ADDRESS.search(quoted_from):
+        if "@" not in quoted_from or not quoted_from.isascii() or compiled(CONTROL_CHARS).search(quoted_from):
             raise ConfigError(f"envelope sender {envelope_from!r} is not an address (set SMTP_ENVELOPE_FROM)")
         self.host = host
         self.port = int(port or DEFAULT_PORTS[security])
@@ -308,7 +308,7 @@ class SMTPTransport(Transport):
         go out in one write and the replies are read together: two round trips per
         message instead of four."""
         quoted = smtplib.quoteaddr(rcpt)
-        if not quoted.isascii() or _UNSAFE_ADDRESS.search(quoted):
+        if not quoted.isascii() or compiled(CONTROL_CHARS).search(quoted):
             return SendResult(rcpt, Status.FAILED_PERMANENT, error="RCPT: address cannot be sent over SMTP "
                               "(control or non-ASCII characters)")
         size = f" SIZE={len(data)}" if "size" in smtp.esmtp_features else ""
