@@ -4,9 +4,10 @@ Import is forgiving about the file and strict about each row:
 
 * the header decides the columns: ``email`` (also ``e-mail``, ``Email Address``),
   optional ``name``, ``consent`` and ``source``; other columns are ignored;
-* UTF-8 (with or without a BOM) is expected; a file that is not UTF-8 is read as
-  Windows-1252, with a warning in the report, since that is what Excel writes;
-  a file that is neither is refused as a whole;
+* UTF-8 (with or without a BOM) is expected; a file with no UTF-8 text in it at all is read
+  as Windows-1252, with a warning in the report, since that is what Excel writes; a file
+  that mixes the two (UTF-8 lines and a line that is not) is refused, naming that line, and
+  so is a file that is neither: a valid UTF-8 file is never re-decoded;
 * comma, semicolon and tab separated files are all accepted (decided from the header);
 * every bad row is reported with its physical line number (header = line 1) and why,
   and the good rows are still imported — all in ONE transaction, so an import
@@ -18,12 +19,20 @@ Import is forgiving about the file and strict about each row:
   temporary table, without locking the database; one short write transaction then
   applies it. The report keeps the first :data:`DETAIL_LIMIT` bad and skipped rows,
   counting the rest;
-* suppressed addresses (unsubscribed, bounced, complained) are never reactivated
-  unless ``resubscribe=True``; they are reported as ``suppressed: <status>``. A complained
-  address is never reactivated at all. An unconfirmed web signup (``pending``) is activated,
-  as :meth:`SubscriberStore.add` does: the editor's list vouches for consent.
+* a header that names a column twice (``email`` and ``E-mail``, say) is refused: which one
+  holds the addresses would be a guess;
+* suppressed addresses (unsubscribed, bounced, complained) are never reactivated by an
+  import; they are reported as ``suppressed: <status>``. (One reader who asked to come back:
+  ``subscribers add --resubscribe``.) An unconfirmed web signup (``pending``) is activated
+  by a plain list, as :meth:`SubscriberStore.add` does: the editor's list vouches for consent.
 
-Export writes ``email,name,status,created_at,changed_at,source,consent``. Free-text
+Export writes every field of a reader's record (:data:`RECORD`): address, name, status and
+why, dates, source, consent record (text, when asked, when confirmed, from which IP) and the
+open signup request. Import of a file with a ``status`` column restores those records: a new
+address gets its status and record exactly; a known one takes the file's status only when it is
+the stronger one (a suppression always wins, see :data:`~newsletter.store.STATUS_RANK`), so an
+import never lifts a suppression, from this file or any other. A file without a ``status``
+column is a plain list and keeps the rules above. Free-text
 cells that a spreadsheet would run as a formula (starting with ``= + - @``) are
 prefixed with ``'``, the address too (``=1+2@example.org`` is a valid address); import
 strips that prefix again, so export → import round-trips.
@@ -33,27 +42,96 @@ from __future__ import annotations
 
 import codecs
 import csv
+import ipaddress
 import itertools
 import re
 import sqlite3
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, NamedTuple, Sequence, TextIO
 
 from newsletter.addresses import check_header, clean_text
 from newsletter.bulk_addresses import AddressValidator
 from newsletter.errors import InputError
-from newsletter.store import (ACTIVE, COMPLAINED, PENDING, REACTIVATE_SQL, SUPPRESSED, SubscriberStore, _SQL_PARAM_CHUNK,
-                              reactivation, utcnow)
+from newsletter.store import (ACTIVE, COMPLAINED, PENDING, REACTIVATE_SQL, STATUS_RANK, STATUS_RECORD, STATUSES,
+                              SUPPRESSED, SubscriberStore, _SQL_PARAM_CHUNK, reactivation, stamp, utcnow)
 
-EXPORT_COLUMNS = ("email", "name", "status", "created_at", "changed_at", "source", "consent")
 
-_ALIASES = {
-    "email": {"email", "e mail", "email address", "e mail address", "mail"},
-    "name": {"name", "full name", "fullname", "display name"},
-    "consent": {"consent"},
-    "source": {"source"},
-}
+# ---- the record: what export writes and import restores -------------------------------
+def _text(column: str) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        return clean_text(value, column).strip()
+    return check
+
+
+def _status(value: str) -> str:
+    value = value.strip().lower()
+    if value and value not in STATUSES:
+        raise InputError(f"unknown status {value[:40]!r}; expected one of {', '.join(STATUSES)}")
+    return value
+
+
+def _time(value: str) -> str:
+    """A time as the store keeps it; any ISO 8601 time with a zone is taken (a spreadsheet may
+    have rewritten the store's own form)."""
+    value = value.strip()
+    if not value:
+        return ""
+    try:
+        when = datetime.fromisoformat(value[:40].replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None or not 1900 <= when.year <= 9998:
+        raise InputError(f"{value[:40]!r} is not a time (ISO 8601 with a zone, e.g. 2025-03-01T09:30:00Z)")
+    return stamp(when)
+
+
+def _ip(value: str) -> str:
+    value = value.strip()
+    if not value:
+        return ""
+    try:
+        return str(ipaddress.ip_address(value[:64]))
+    except ValueError:
+        raise InputError(f"{value[:64]!r} is not an IP address") from None
+
+
+class Column(NamedTuple):
+    """One field of a reader's record: its header in the file, which is also its column in the
+    ``subscribers`` table, and how a cell is checked (an InputError makes the row bad)."""
+
+    name: str
+    check: Callable[[str], str]
+    free_text: bool = False  # guarded against spreadsheet formulas on export
+    plain: bool = False  # also read from a plain list (a file without a status column)
+    aliases: tuple[str, ...] = ()  # other headers that name it (compared as _column_key makes them)
+
+
+#: Every field of a reader, in file order: export writes these, and a file with a ``status``
+#: column restores them. Adding a field to the round trip is one line here.
+RECORD: tuple[Column, ...] = (
+    Column("email", str.strip, True, True, ("e mail", "email address", "e mail address", "mail")),  # see _parse_row
+    Column("name", _text("name"), True, True, ("full name", "fullname", "display name")),
+    Column("status", _status),
+    Column("status_reason", _text("status_reason"), free_text=True),
+    Column("created_at", _time),
+    Column("changed_at", _time),
+    Column("source", _text("source"), free_text=True, plain=True),
+    Column("consent", _text("consent"), free_text=True, plain=True),
+    Column("consent_requested_at", _time),
+    Column("consent_confirmed_at", _time),
+    Column("consent_ip", _ip),
+    Column("signup_requested_at", _time),
+    Column("signup_ip", _ip),
+)
+EXPORT_COLUMNS = tuple(c.name for c in RECORD)
+_FIELDS = RECORD[1:]  # what is staged beside the address
+_FIELD_NAMES = tuple(c.name for c in _FIELDS)
+#: What a plain list brings: free text checked in one go (the usual case), then any other plain field.
+_PLAIN_TEXT = tuple(c.name for c in _FIELDS if c.plain and c.free_text)
+_PLAIN_OTHER = tuple((_FIELD_NAMES.index(c.name), c) for c in _FIELDS if c.plain and not c.free_text)
+_ALIASES = {c.name: {c.name.replace("_", " "), *c.aliases} for c in RECORD}
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _BINARY_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f]")
 _LOOKS_LIKE_ADDRESS = re.compile(r"[^\s@\"]+@[^\s@\"]+\.[^\s@\"]+")
@@ -61,7 +139,6 @@ DETAIL_LIMIT = 1000  # bad and skipped rows kept with their line; the rest are o
 _READ_CHUNK = 1 << 20  # bytes per read while checking the encoding
 _MAX_LINE = 1 << 20  # characters on one physical line; a longer one is not a subscriber list
 _ROW_CHUNK = _SQL_PARAM_CHUNK  # rows validated, then written, per step
-_TEXT_COLUMNS = ("name", "source", "consent")
 
 Progress = Callable[[int, int, int], None]  # (rows read, bytes read, file size)
 
@@ -100,13 +177,12 @@ class ImportReport:
 
 
 class _Row(NamedTuple):
-    """One checked row (a tuple: 100k of them are made per 100k-row import)."""
+    """One checked row (a tuple: 100k of them are made per 100k-row import); ``fields`` follow
+    :data:`_FIELDS`, ``''`` where the file has none (a plain list has no status)."""
 
     line: int
     email: str
-    name: str
-    source: str
-    consent: str
+    fields: tuple[str, ...]
 
 
 # ---- reading -----------------------------------------------------------------------
@@ -151,6 +227,8 @@ def _encoding(path: Path, report: ImportReport) -> str:
                 offset = fh.tell() - len(exc.object) + exc.start  # exc.object: this read plus any carry-over
                 byte = exc.object[exc.start]
             fh.seek(0)
+            _refuse_mixed(fh, path)
+            fh.seek(0)
             try:
                 _scan(fh, "cp1252", path)
             except UnicodeDecodeError:
@@ -162,6 +240,35 @@ def _encoding(path: Path, report: ImportReport) -> str:
     report.warnings.append(f"{path}: not UTF-8 (byte {byte:#04x} at offset {offset}); "
                            "read as Windows-1252 (cp1252) — check that accented names look right")
     return "cp1252"
+
+
+def _line_breaks(data: bytes) -> int:
+    """Line ends in ``data`` as the CSV reader counts them (CRLF, LF or a lone CR)."""
+    return data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n")
+
+
+def _refuse_mixed(fh: BinaryIO, path: Path) -> None:
+    """A file that is not all UTF-8 but has UTF-8 text in it mixes two encodings: reading it all
+    as cp1252 would turn every UTF-8 ``Zoë`` into ``ZoÃ«``, so it is refused, naming the first
+    line that is not UTF-8 (no line end byte occurs inside a UTF-8 character, so lines split safely)."""
+    line, bad, utf8 = 1, 0, 0
+    while chunk := fh.readline(4 * _MAX_LINE):
+        if len(chunk) >= 4 * _MAX_LINE and not chunk.endswith(b"\n"):
+            raise InputError(f"a line longer than {_MAX_LINE} characters; not a subscriber list", path=path, line=line)
+        for text in chunk.splitlines() if not chunk.isascii() else ():  # at CR, LF and CRLF, as the CSV reader
+            if not text.isascii():
+                try:
+                    text.decode("utf-8")
+                    utf8 = utf8 or line
+                except UnicodeDecodeError:
+                    bad = bad or line
+            if bad and utf8:
+                raise InputError(f"not UTF-8 here, though line {utf8} is: the file mixes encodings (a line "
+                                 "pasted from another program?). Fix this line, or save the whole file as CSV "
+                                 "UTF-8; nothing was imported", path=path, line=bad)
+            line += 1
+        if chunk.isascii():
+            line += _line_breaks(chunk)
 
 
 def _delimiter(first_line: str) -> str:
@@ -208,12 +315,23 @@ class _Lines:
 
 
 def _columns(header: list[str], path: Path) -> dict[str, int]:
+    """Column → index. A name given twice is refused (which cell holds the address would be a
+    guess: the second ``email`` column was once silently dropped), as are two aliases of one column."""
     columns: dict[str, int] = {}
+    seen: dict[str, int] = {}
     for index, raw in enumerate(header):
         key = _column_key(raw)
-        for column, aliases in _ALIASES.items():
-            if key in aliases and column not in columns:
-                columns[column] = index
+        if not key:
+            continue
+        column = next((c for c, aliases in _ALIASES.items() if key in aliases), None)
+        twin = seen.get(key, columns.get(column) if column else None)
+        if twin is not None:
+            raise InputError(f"the header names {header[twin].strip()!r} (column {twin + 1}) and {raw.strip()!r} "
+                             f"(column {index + 1}): one column each, please; nothing was imported",
+                             path=path, line=1)
+        seen[key] = index
+        if column:
+            columns[column] = index
     if "email" not in columns:
         found = ", ".join(repr(h.strip()) for h in header if h.strip()) or "nothing"
         raise InputError(f"no 'email' column (found: {found})", path=path, line=1)
@@ -308,28 +426,62 @@ def _parse_row(reader: _Reader, line: int, row: list[str], report: ImportReport,
         return None
     try:
         email = addresses.normalise(raw_email)
-        texts = [_unformula(reader.cell(row, column)) for column in _TEXT_COLUMNS]
-        try:
-            check_header("name", "".join(texts))  # one check for the three cells...
-        except InputError:  # ...and, rarely, clean_text to say which cell and why (or that stripping cured it)
-            texts = [clean_text(t, column) for t, column in zip(texts, _TEXT_COLUMNS)]
-        name, source, consent = (t.strip() for t in texts)
+        if "status" in reader.columns:
+            fields = _record_fields(reader, row)
+            if fields[_STATUS_AT]:
+                return _Row(line, email, fields)
+            fields = list(fields)  # a blank status: a plain row after all
+        else:
+            fields = _plain_fields(reader, row)
     except InputError as exc:
         report.error(line, exc.message)
         return None
-    return _Row(line, email, name, source or default_source, consent)
+    fields[_SOURCE_AT] = fields[_SOURCE_AT] or default_source  # a plain row: where it came from, as today
+    return _Row(line, email, tuple(fields))
+
+
+_STATUS_AT, _SOURCE_AT = _FIELD_NAMES.index("status"), _FIELD_NAMES.index("source")
+_PLAIN_AT = tuple(_FIELD_NAMES.index(column) for column in _PLAIN_TEXT)
+_NO_FIELDS = [""] * len(_FIELD_NAMES)
+
+
+def _plain_fields(reader: _Reader, row: list[str]) -> list[str]:
+    """A plain list's row: its :attr:`Column.plain` fields (name, source, consent), the rest left empty."""
+    texts = [_unformula(reader.cell(row, column)) for column in _PLAIN_TEXT]
+    try:
+        check_header("name", "".join(texts))  # one check for the three cells...
+    except InputError:  # ...and, rarely, clean_text to say which cell and why (or that stripping cured it)
+        texts = [clean_text(t, column) for t, column in zip(texts, _PLAIN_TEXT)]
+    fields = _NO_FIELDS.copy()
+    for at, text in zip(_PLAIN_AT, texts):
+        fields[at] = text.strip()
+    for at, column in _PLAIN_OTHER:
+        fields[at] = _checked(column, reader.cell(row, column.name))
+    return fields
+
+
+def _record_fields(reader: _Reader, row: list[str]) -> tuple[str, ...]:
+    """A row of a file with a status column (an export): every field of the record it has."""
+    return tuple(_checked(column, reader.cell(row, column.name)) for column in _FIELDS)
+
+
+def _checked(column: Column, cell: str) -> str:
+    try:
+        return column.check(_unformula(cell) if column.free_text else cell)
+    except InputError as exc:
+        raise InputError(f"{column.name}: {exc.message}") from None
 
 
 # ---- import --------------------------------------------------------------------------
-def import_csv(store: SubscriberStore, path: Path | str, *, resubscribe: bool = False,
-               source: str | None = None, progress: Progress | None = None) -> ImportReport:
+def import_csv(store: SubscriberStore, path: Path | str, *, source: str | None = None,
+               progress: Progress | None = None) -> ImportReport:
     """Import subscribers from a CSV file; see the module docstring for the rules.
 
-    ``source`` is recorded for rows that have no ``source`` cell of their own
-    (default ``import:<file name>``). Raises :class:`InputError` only for problems
-    with the file as a whole (unreadable, not text, no email column, malformed CSV,
-    a runaway quote); row problems go in the report. ``progress`` is called after
-    each chunk of rows with (rows read, bytes read, file size).
+    ``source`` is recorded for rows of a plain list that have no ``source`` cell of their
+    own (default ``import:<file name>``). Raises :class:`InputError` only for problems
+    with the file as a whole (unreadable, not text, mixed encodings, no email column, a
+    column named twice, malformed CSV, a runaway quote); row problems go in the report.
+    ``progress`` is called after each chunk of rows with (rows read, bytes read, file size).
 
     The rows are checked and staged in a temporary table first, holding no lock on
     the database; only then does one short write transaction apply them, so a send
@@ -340,14 +492,15 @@ def import_csv(store: SubscriberStore, path: Path | str, *, resubscribe: bool = 
     encoding = _encoding(path, report)
     default_source = clean_text(source, "source") if source is not None else f"import:{path.name}"
     conn = store.conn
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS import_rows(key TEXT PRIMARY KEY, line INTEGER NOT NULL,"
-                 " email TEXT NOT NULL, name TEXT NOT NULL, source TEXT NOT NULL, consent TEXT NOT NULL)")
+    fields = "".join(f", {name} TEXT NOT NULL" for name in _FIELD_NAMES)
+    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS import_rows(key TEXT PRIMARY KEY, line INTEGER NOT NULL,"
+                 f" email TEXT NOT NULL{fields})")
     try:
         conn.execute("DELETE FROM temp.import_rows")
         with path.open("r", encoding=encoding, newline="") as fh:
             _stage(conn, fh, path, report, default_source, progress)
         with store.transaction():
-            _apply(conn, report, resubscribe)
+            _apply(conn, report)
     finally:
         conn.execute("DROP TABLE IF EXISTS temp.import_rows")
     report.skipped.sort(key=lambda s: s[0])
@@ -387,8 +540,9 @@ def _stage_chunk(conn: sqlite3.Connection, rows: list[_Row], report: ImportRepor
             report.skip(r.line, r.email, f"duplicate of line {first[key]}")
             continue
         first[key] = r.line
-        staged.append((key, *r))
-    conn.executemany("INSERT INTO temp.import_rows(key, line, email, name, source, consent) VALUES(?, ?, ?, ?, ?, ?)",
+        staged.append((key, r.line, r.email, *r.fields))
+    marks = ", ".join("?" * (3 + len(_FIELD_NAMES)))
+    conn.executemany(f"INSERT INTO temp.import_rows(key, line, email, {', '.join(_FIELD_NAMES)}) VALUES({marks})",
                      staged)
 
 
@@ -399,56 +553,117 @@ def _select_in(conn: sqlite3.Connection, sql: str, values: Sequence[str]) -> Ite
         yield from conn.execute(sql.format(marks=",".join("?" * len(part))), part)
 
 
-def _apply(conn: sqlite3.Connection, report: ImportReport, resubscribe: bool) -> None:
+def _apply(conn: sqlite3.Connection, report: ImportReport) -> None:
     """Inside the write transaction: new addresses inserted in one statement; known ones
-    (skipped, renamed or resubscribed) decided row by row, in bounded batches."""
+    (skipped, renamed, given the file's stronger status, or a pending signup activated by a
+    plain list) decided row by row, in bounded batches."""
     now = utcnow()
-    names: list[tuple] = []
-    reactivations: list[tuple] = []
+    writes = _Writes(now)
     known = conn.execute(
-        "SELECT r.line, r.email, s.id, s.name, s.status, r.name, r.source, r.consent"
+        f"SELECT r.line, r.email, s.id, s.name, s.status, {', '.join('r.' + n for n in _FIELD_NAMES)}"
         " FROM temp.import_rows r JOIN subscribers s ON s.email = r.email ORDER BY r.line")
-    for line, email, sid, old_name, status, name, source, consent in known:
-        if status == COMPLAINED:  # a spam report is final: not even --resubscribe undoes it
-            report.skip(line, email, "suppressed: complained (never reactivated)")
-        elif status == PENDING or (status in SUPPRESSED and resubscribe):  # as SubscriberStore.add does
-            reactivations.append(reactivation(now, name, source, consent, sid))
-        elif status in SUPPRESSED:
-            report.skip(line, email, f"suppressed: {status}")
-        elif name and name != old_name:
-            names.append((name, now, sid))
-        else:
-            report.skip(line, email, "already subscribed")
-        if len(names) + len(reactivations) >= _ROW_CHUNK:
-            _update(conn, report, names, reactivations)
-    _update(conn, report, names, reactivations)
+    for line, email, sid, old_name, status, *cells in known:
+        record = dict(zip(_FIELD_NAMES, cells))
+        reason = _decide(writes, sid, old_name, status, record)
+        if reason:
+            report.skip(line, email, reason)
+        if len(writes) >= _ROW_CHUNK:
+            report.updated += writes.flush(conn)
+    report.updated += writes.flush(conn)
     cur = conn.execute(
-        "INSERT INTO subscribers(email, name, status, created_at, changed_at, source, consent)"
-        f" SELECT r.email, r.name, '{ACTIVE}', ?, ?, r.source, r.consent FROM temp.import_rows r"
-        " WHERE NOT EXISTS (SELECT 1 FROM subscribers s WHERE s.email = r.email) ORDER BY r.line", (now, now))
+        f"INSERT INTO subscribers(email, {', '.join(_FIELD_NAMES)}, signup_nonce)"
+        f" SELECT r.email, {', '.join(_NEW_VALUE.get(n, 'r.' + n) for n in _FIELD_NAMES)}, {_FRESH_NONCE}"
+        " FROM temp.import_rows r"
+        " WHERE NOT EXISTS (SELECT 1 FROM subscribers s WHERE s.email = r.email) ORDER BY r.line", {"now": now})
     report.added += cur.rowcount
 
 
-def _update(conn: sqlite3.Connection, report: ImportReport, names: list[tuple], reactivations: list[tuple]) -> None:
-    """Write (and empty) the collected renames and reactivations."""
-    conn.executemany("UPDATE subscribers SET name=?, changed_at=? WHERE id=?", names)
-    conn.executemany(REACTIVATE_SQL, reactivations)
-    report.updated += len(names) + len(reactivations)
-    names.clear()
-    reactivations.clear()
+#: A new reader's value where the file leaves a field empty (a plain list, or a blank cell).
+_NEW_VALUE = {
+    "status": f"CASE WHEN r.status='' THEN '{ACTIVE}' ELSE r.status END",
+    "created_at": "CASE WHEN r.created_at='' THEN :now ELSE r.created_at END",
+    "changed_at": "CASE WHEN r.changed_at='' THEN :now ELSE r.changed_at END",
+}
+
+
+#: A restored open signup request gets a nonce no link was ever made with: links mailed for this
+#: reader before (from this or another database) never confirm it; the reader asks again.
+_FRESH_NONCE = "CASE WHEN r.signup_requested_at<>'' THEN lower(hex(randomblob(16))) ELSE '' END"
+
+
+def _decide(writes: "_Writes", sid: int, old_name: str, status: str, record: dict[str, str]) -> str:
+    """What one row does to a known reader; returns why it was skipped ('' when it wrote).
+
+    The stronger status wins (a suppression over active, active over pending): a suppression is
+    never lifted, by a restored export or by a plain list."""
+    wanted = record["status"]
+    if status == COMPLAINED:  # a spam report is final
+        return "suppressed: complained (never reactivated)"
+    if wanted and STATUS_RANK[wanted] > STATUS_RANK[status]:
+        writes.record(sid, record)
+        return ""
+    if status in SUPPRESSED:
+        return f"suppressed: {status}"
+    if not wanted and status == PENDING:  # a plain list vouches for consent, as SubscriberStore.add does
+        writes.reactivate(sid, record)
+        return ""
+    if record["name"] and record["name"] != old_name:
+        writes.rename(sid, record["name"])
+        return ""
+    return "already pending" if status == PENDING else "already subscribed"
+
+
+class _Writes:
+    """The updates of known readers, collected and written in batches."""
+
+    def __init__(self, now: str):
+        self.now = now
+        self.names: list[tuple] = []
+        self.reactivations: list[tuple] = []
+        self.records: list[tuple] = []
+
+    def __len__(self) -> int:
+        return len(self.names) + len(self.reactivations) + len(self.records)
+
+    def rename(self, sid: int, name: str) -> None:
+        self.names.append((name, self.now, sid))
+
+    def reactivate(self, sid: int, record: dict[str, str]) -> None:
+        self.reactivations.append(reactivation(self.now, record["name"], record["source"], record["consent"], sid))
+
+    def record(self, sid: int, record: dict[str, str]) -> None:
+        """The file's status with why the reader has it; an open signup request's link retires."""
+        values = {**record, "changed_at": record["changed_at"] or self.now}
+        self.records.append((*(values[n] for n in STATUS_RECORD), record["name"], record["name"],
+                             record["signup_requested_at"], sid))
+
+    def flush(self, conn: sqlite3.Connection) -> int:
+        """Write (and forget) what was collected; returns how many readers changed."""
+        conn.executemany("UPDATE subscribers SET name=?, changed_at=? WHERE id=?", self.names)
+        conn.executemany(REACTIVATE_SQL, self.reactivations)
+        assignments = ", ".join(f"{n}=?" for n in STATUS_RECORD)
+        conn.executemany(f"UPDATE subscribers SET {assignments}, name=CASE WHEN ?<>'' THEN ? ELSE name END,"
+                         f" signup_nonce={_FRESH_NONCE.replace('r.signup_requested_at', '?')} WHERE id=?",
+                         self.records)
+        done = len(self)
+        self.names.clear()
+        self.reactivations.clear()
+        self.records.clear()
+        return done
 
 
 # ---- export --------------------------------------------------------------------------
 def export_csv(store: SubscriberStore, out: TextIO, status: str | None = None) -> int:
-    """Write subscribers (all, or one status) as CSV to ``out``; returns the number of rows.
+    """Write subscribers (all, or one status) as CSV to ``out``, every field of :data:`RECORD`;
+    returns the number of rows. Importing the file into an empty database restores them.
 
     Open files with ``newline=""`` so the CSV's CRLF line ends are not doubled on Windows.
     """
     writer = csv.writer(out)
     writer.writerow(EXPORT_COLUMNS)
+    guarded = [c.free_text for c in RECORD]
     n = 0
-    for s in store.iter_subscribers(status=status):
-        writer.writerow((_guard_formula(s.email), _guard_formula(s.name), s.status, s.created_at, s.changed_at,
-                         _guard_formula(s.source), _guard_formula(s.consent)))
+    for row in store.iter_records(EXPORT_COLUMNS, status=status):
+        writer.writerow([_guard_formula(v) if g else v for v, g in zip(row, guarded)])
         n += 1
     return n

@@ -261,12 +261,12 @@ def handler(applier: Applier) -> Callable[[bytes, int], Handled]:
 def check_inbox(settings: Settings, *, move_to: str | None = None, on_result: Callable[[Result], None] | None = None,
                 stop: threading.Event | None = None) -> list[Result]:
     """Read the configured inbox once into the configured database."""
-    from newsletter.store import SubscriberStore
+    from newsletter.unsubscribe_spool import open_store
 
     cfg = ImapConfig.from_settings(settings)
     policy = settings.soft_bounce_policy
     try:
-        with SubscriberStore.open(settings.db_path) as store:
+        with open_store(settings) as store:  # spooled unsubscribes first, as for every reader of the list
             applier = Applier(store, secret_key=str(settings.secret_key),
                               sender_domain=settings.publication.sender_domain, policy=policy)
             return read_inbox(cfg, store.conn, handler(applier), move_to=move_to, on_result=on_result, stop=stop)

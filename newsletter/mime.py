@@ -151,8 +151,11 @@ def json_parts(segments: list[bytes | str], values: dict[str, str], *, escape: b
 
 def substitute(body: str, values: dict[str, str], *, escape: bool) -> str:
     """The body with each placeholder replaced by its value (HTML-escaped when ``escape``)."""
-    def repl(m: re.Match[str]) -> str:
-        v = values[_KEY_BY_MARKER[m.group()]]
-        return htmllib.escape(v) if escape else v
+    return fill(body, lambda key: htmllib.escape(values[key]) if escape else values[key])
 
-    return _PLACEHOLDER_RE.sub(repl, body)
+
+def fill(body: str, value_of: Callable[[str], str]) -> str:
+    """The body with each placeholder replaced by ``value_of(its key)``, in ONE pass: every
+    substitution goes through here (or :func:`segments`), so a value that holds a placeholder
+    (a reader named ``%%UNSUBSCRIBE_URL%%``) stays literal, never scanned again."""
+    return _PLACEHOLDER_RE.sub(lambda m: value_of(_KEY_BY_MARKER[m.group()]), body)

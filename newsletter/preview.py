@@ -18,16 +18,15 @@ from typing import Any, Callable, Iterable
 
 from newsletter.config import Settings
 from newsletter.errors import NewsletterError
-from newsletter.render import PLACEHOLDERS, Renderer, RenderedEmail, render_issue
+from newsletter.mime import fill
+from newsletter.render import Renderer, RenderedEmail, render_issue
 
 SAMPLE_VALUES = {"unsubscribe_url": "#unsubscribe-preview", "email": "reader@example.org", "name": "Reader"}
 
 
 def fill_sample(text: str) -> str:
-    """Replace per-recipient placeholders with sample values, for looking at."""
-    for key, marker in PLACEHOLDERS.items():
-        text = text.replace(marker, SAMPLE_VALUES[key])
-    return text
+    """Replace per-recipient placeholders with sample values, for looking at (in one pass)."""
+    return fill(text, SAMPLE_VALUES.__getitem__)
 
 
 def preview_page(rendered: RenderedEmail, from_name: str, *, live: bool = False, error: str = "") -> str:

@@ -37,10 +37,10 @@ def prepare_issue(settings: "Settings", rendered: "RenderedEmail", *, test: bool
 def checked_test_recipients(settings: "Settings", addresses: Sequence[str]) -> list[str]:
     """Checked --test addresses; test sends respect the suppression list too."""
     from newsletter.addresses import validate_address
-    from newsletter.store import SubscriberStore
+    from newsletter.unsubscribe_spool import open_store
 
     recipients = [validate_address(a, "--test address") for a in addresses]
-    with SubscriberStore.open(settings.db_path) as store:
+    with open_store(settings) as store:
         suppressed = [a for a in recipients if (s := store.get_by_email(a)) is not None and s.status != "active"]
     if suppressed:
         raise InputError(f"{', '.join(suppressed)} unsubscribed or bounced; test sends respect the suppression list")
@@ -59,10 +59,11 @@ def send_test(settings: "Settings", rendered: "RenderedEmail", recipients: Seque
 
 def _scanning_store(settings: "Settings") -> Any:
     """The subscriber store with a small page cache, for one pass over the whole list:
-    SQLite's default cache (2 MB) would only make memory grow with the list's size."""
-    from newsletter.store import SubscriberStore
+    SQLite's default cache (2 MB) would only make memory grow with the list's size. Unsubscribes
+    the web app spooled are applied first: a dry run shows exactly who a send would mail."""
+    from newsletter.unsubscribe_spool import open_store
 
-    store = SubscriberStore.open(settings.db_path)
+    store = open_store(settings)
     store.conn.execute("PRAGMA cache_size=-64")
     return store
 
@@ -118,9 +119,11 @@ def open_delivery(settings: "Settings") -> tuple[sqlite3.Connection, int, Callab
     from newsletter.ledger import open_ledger
     from newsletter.store import SubscriberStore
     from newsletter.transports import transport_factory
+    from newsletter.unsubscribe_spool import open_store
 
     if settings.transport_name != "dryrun" and not settings.has_secret_key:
         raise ConfigError("NEWSLETTER_SECRET_KEY is not set; it signs unsubscribe links (see .env.example)")
+    open_store(settings).close()  # spooled unsubscribes first: the count asked about is the list that is sent
     conn = open_ledger(settings.db_path)
     try:
         return conn, SubscriberStore(conn).count("active"), transport_factory(settings, ledger=True)

@@ -24,7 +24,8 @@ from newsletter.message import OutgoingMessage, PreparedIssue
 from newsletter.render import RenderedEmail, content_hash, template_environment
 from newsletter.signups import Signups
 from newsletter.store import Subscriber
-from newsletter.tokens import CONFIRM, make_token
+from newsletter.mime import PLACEHOLDERS
+from newsletter.tokens import make_confirm_token
 
 log = logging.getLogger("newsletter.signup")
 
@@ -42,20 +43,25 @@ def _render(settings: Settings, kind: str, clock: Clock, env: jinja2.Environment
                          text=text, lang=pub.lang, reply_to=None, content_hash=content_hash(html, text))
 
 
-def confirmation_message(settings: Settings, sub: Subscriber, *, ttl_hours: int, clock: Clock = SYSTEM,
-                         env: jinja2.Environment | None = None) -> OutgoingMessage:
-    """The confirmation email for ``sub``: a link to ``/confirm/<token>`` (GET shows a button).
-    ``env``: a template environment to reuse (the web app's), else one is made for this mail."""
+def confirmation_message(settings: Settings, sub: Subscriber, *, ttl_hours: int, nonce: str = "",
+                         clock: Clock = SYSTEM, env: jinja2.Environment | None = None) -> OutgoingMessage:
+    """The confirmation email for ``sub``: a link to ``/confirm/<token>`` (GET shows a button),
+    bound to the request's ``nonce``. ``env``: a template environment to reuse (the web app's).
+
+    It goes to an address that has agreed to nothing yet, so it carries nothing the stranger
+    who filled in the form chose: no name in the text, nor in the To header."""
     secret = str(settings.secret_key)
-    url = f"{settings.publication.base_url}/confirm/{make_token(secret, sub.id, sub.email, CONFIRM)}"
-    rendered = _render(settings, "confirm", clock, env, name=sub.name, confirm_url=url, ttl_hours=ttl_hours)
+    url = f"{settings.publication.base_url}/confirm/{make_confirm_token(secret, sub.id, sub.email, nonce)}"
+    rendered = _render(settings, "confirm", clock, env, name="", confirm_url=url, ttl_hours=ttl_hours)
     # The unsubscribe link in it works too: "this was not me" suppresses the address.
-    return PreparedIssue(rendered, settings.publication, secret).for_subscriber(sub.id, sub.email, sub.name)
+    return PreparedIssue(rendered, settings.publication, secret).for_subscriber(sub.id, sub.email)
 
 
 def welcome_message(settings: Settings, sub: Subscriber, *, clock: Clock = SYSTEM,
                     env: jinja2.Environment | None = None) -> OutgoingMessage:
-    rendered = _render(settings, "welcome", clock, env, name=sub.name)
+    """The welcome email, after the reader confirmed. The name reaches the body only through the
+    ``%%NAME%%`` placeholder, filled in one pass: a name that holds a placeholder stays literal."""
+    rendered = _render(settings, "welcome", clock, env, name=PLACEHOLDERS["name"] if sub.name else "")
     return PreparedIssue(rendered, settings.publication, str(settings.secret_key)).for_subscriber(
         sub.id, sub.email, sub.name)
 
@@ -65,27 +71,34 @@ class SignupMailer:
     daemon thread per process, started lazily and woken by each request.
 
     A row is leased before sending and deleted after, so a crash resends (a duplicate
-    confirmation is harmless) rather than drops; failures back off and give up after
-    ``max_attempts``. Rows left by a previous process are sent when the app starts.
+    confirmation is harmless) rather than drops; failures back off and are retried over the
+    retry window, then kept as given up (shown by ``subscribers list`` and ``status``), never
+    deleted. Rows left by a previous process are sent when the app starts.
     """
 
-    def __init__(self, signups: Callable[[], Signups], build: Callable[[str, Subscriber], OutgoingMessage],
+    def __init__(self, signups: Callable[[], Signups], build: Callable[[str, Subscriber, str], OutgoingMessage],
                  send: Callable[[OutgoingMessage], None], *, poll: float = 30.0, lease: float = 300.0,
-                 max_attempts: int = 5):
+                 settle: float = 0.5):
         self._signups, self._build, self._send = signups, build, send
-        self.poll, self.lease, self.max_attempts = poll, lease, max_attempts
+        self.poll, self.lease, self.settle = poll, lease, settle
         self._wake = threading.Event()
+        self._now = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid: int | None = None
         self._lock = threading.Lock()
 
-    def wake(self) -> None:
-        """Start the sender thread if this process has none, and have it look at the outbox now."""
+    def wake(self, *, now: bool = False) -> None:
+        """Start the sender thread if this process has none, and have it look at the outbox: after
+        :attr:`settle` seconds, so the answer to the request that woke it goes out first (building
+        and sending a mail beside it would make a new address's answer slower than a known one's),
+        or at once with ``now``."""
         with self._lock:
             if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
                 self._thread = threading.Thread(target=self._run, name="signup-mail", daemon=True)
                 self._pid = os.getpid()
                 self._thread.start()
+        if now:
+            self._now.set()
         self._wake.set()
 
     def _run(self) -> None:
@@ -97,29 +110,31 @@ class SignupMailer:
                 log.warning("signup outbox: %s", type(exc).__name__)
                 handled = 0
             if not handled:
-                self._wake.wait(self.poll)
+                if self._wake.wait(self.poll):
+                    self._now.wait(self.settle)
+                self._now.clear()
 
     def run_once(self) -> int:
         """Send what is due; returns how many rows were handled."""
         signups = self._signups()
         batch = signups.claim_due(self.lease)
-        for outbox_id, kind, sub in batch:
-            if sub is None:  # confirmed, expired, unsubscribed or gone meanwhile: nothing to send
-                signups.sent(outbox_id)
+        for mail in batch:
+            if mail.sub is None:  # confirmed, expired, unsubscribed or gone meanwhile: nothing to send
+                signups.drop(mail.id)
                 continue
             try:
-                self._send(self._build(kind, sub))
+                self._send(self._build(mail.kind, mail.sub, mail.nonce))
             except Exception as exc:  # noqa: BLE001 - one bad mail must not stop the others
-                again = signups.failed(outbox_id, max_attempts=self.max_attempts)
-                log.error("signup %s mail not sent (%s)%s", kind, type(exc).__name__,
-                          "; will retry" if again else "; giving up")
+                again = signups.failed(mail.id, f"{type(exc).__name__}: {exc}")
+                log.error("signup %s mail not sent (%s)%s", mail.kind, type(exc).__name__,
+                          "; will retry" if again else "; retry window over, kept as not sent")
             else:
-                signups.sent(outbox_id)
+                signups.sent(mail.id)
         return len(batch)
 
     def join(self, polls: int = 400) -> None:
         """Wait (bounded) until nothing due is left in the outbox: for tests and shutdown."""
-        self.wake()
+        self.wake(now=True)
         for _ in range(polls):
             if self._signups().due_count() == 0:
                 return

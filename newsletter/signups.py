@@ -15,11 +15,15 @@ so they survive restarts; every time comes from an injected
 from __future__ import annotations
 
 import hashlib
+import secrets
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import NamedTuple
 
+from newsletter import signup_status
 from newsletter.clock import SYSTEM, Clock
 from newsletter.db import migrate
+from newsletter.errors import scrub
 from newsletter.ledger import parse_timestamp
 from newsletter.store import (ACTIVE, BOUNCED, COMPLAINED, PENDING, UNSUBSCRIBED, Subscriber, SubscriberStore,
                               clean_text, normalise_email, stamp)
@@ -45,11 +49,46 @@ CREATE INDEX signup_events_age ON signup_events(at)""",
   attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX signup_outbox_due ON signup_outbox(due_at)""",
+    # v3: deferred, never dropped. A failing mail keeps its row (first failure, last error, and when it
+    # was given up after the retry window), one row per reader and kind, which a new request re-arms.
+    """ALTER TABLE signup_outbox ADD COLUMN first_failed_at REAL NOT NULL DEFAULT 0;
+ALTER TABLE signup_outbox ADD COLUMN last_error TEXT NOT NULL DEFAULT '';
+ALTER TABLE signup_outbox ADD COLUMN gave_up_at REAL NOT NULL DEFAULT 0;
+DELETE FROM signup_outbox WHERE id NOT IN (SELECT min(id) FROM signup_outbox GROUP BY subscriber_id, kind);
+CREATE UNIQUE INDEX signup_outbox_one ON signup_outbox(subscriber_id, kind)""",
 ]
+
+#: One request, for any address: a new one becomes pending; a pending or unsubscribed one gets a fresh
+#: request (and nonce; an unsubscribed reader stays so until confirmed); an active, bounced or
+#: complained one is written back unchanged. With ``:go`` false (a limit held the request back) it
+#: writes nothing, and an open link keeps working.
+_REQUEST_SQL = """INSERT INTO subscribers(email, name, status, created_at, changed_at, source, consent,
+  signup_requested_at, signup_ip, signup_nonce)
+SELECT :email, :name, 'pending', :at, :at, :source, :consent, :at, :ip, :nonce WHERE :go
+ON CONFLICT(email) DO UPDATE SET
+  signup_requested_at=CASE WHEN status IN ('pending','unsubscribed') THEN excluded.signup_requested_at
+                           ELSE signup_requested_at END,
+  signup_ip=CASE WHEN status IN ('pending','unsubscribed') THEN excluded.signup_ip ELSE signup_ip END,
+  signup_nonce=CASE WHEN status IN ('pending','unsubscribed') THEN excluded.signup_nonce ELSE signup_nonce END,
+  name=CASE WHEN status='pending' AND excluded.name<>'' THEN excluded.name ELSE name END
+RETURNING id, status"""
+
+#: Queue (or re-arm: due now, failures forgotten) the confirmation mail when the last parameter is
+#: true; a lease another process holds is kept. Parameters: subscriber id, due, whether to queue.
+_QUEUE_SQL = """INSERT INTO signup_outbox(subscriber_id, kind, due_at) SELECT ?, 'confirm', ? WHERE ?
+ON CONFLICT(subscriber_id, kind) DO UPDATE SET due_at=min(due_at, excluded.due_at), attempts=0,
+  first_failed_at=0, last_error='', gave_up_at=0"""
+
+#: Outbox rows that no longer apply: the reader is gone, a confirmation's request is closed
+#: (confirmed, expired, unsubscribed), a welcome's reader is no longer active.
+_MOOT_MAIL_SQL = """DELETE FROM signup_outbox WHERE NOT EXISTS (SELECT 1 FROM subscribers s
+  WHERE s.id = signup_outbox.subscriber_id AND CASE signup_outbox.kind
+    WHEN 'confirm' THEN s.signup_requested_at<>'' ELSE s.status='active' END)"""
 
 HOUR = 3600.0
 DAY = 24 * HOUR
 MAX_NAME = 100
+RETRY_CAP = 15 * 60.0  # the longest wait between two tries of a signup mail
 
 
 @dataclass(frozen=True)
@@ -61,6 +100,7 @@ class SignupLimits:
     per_ip_hourly: int = 10                  # NEWSLETTER_SIGNUP_PER_IP_HOURLY: signup requests per IP per hour
     per_address: float = DAY                 # one confirmation email per address per this many seconds
     min_fill_seconds: float = 3.0            # NEWSLETTER_SIGNUP_MIN_SECONDS: a human takes longer
+    retry_window: float = DAY                # NEWSLETTER_RETRY_WINDOW (hours there): a failing mail is retried
 
 
 @dataclass(frozen=True)
@@ -70,6 +110,15 @@ class SignupDecision:
 
     mail: Subscriber | None
     why: str
+
+
+class OutboxMail(NamedTuple):
+    """One leased signup mail; ``nonce`` is the request's, for the confirmation link."""
+
+    id: int
+    kind: str
+    sub: Subscriber | None
+    nonce: str
 
 
 @dataclass(frozen=True)
@@ -97,50 +146,37 @@ class Signups:
         """Record a signup request; decide whether a confirmation email goes out.
 
         Raises :class:`~newsletter.errors.InputError` for an invalid address or name (the
-        visitor's typo, answered with a 400); everything else answers the same.
+        visitor's typo, answered with a 400); everything else answers the same. Within the
+        requester's IP limit, a new, pending, active or suppressed address, over an address or
+        hourly limit or not, runs the same statements (the writes that do not apply change
+        nothing), so the time taken does not tell who is on the list, nor who signed up lately.
+        Each request gets a fresh nonce: only the newest link confirms.
         """
         email = normalise_email(email)
         name = clean_text(name, "name")[:MAX_NAME]
         now = self.clock.now()
-        t = now.timestamp()
+        t, at, key, nonce = now.timestamp(), stamp(now), _address_key(email), secrets.token_urlsafe(16)
         with self.store.transaction() as conn:
             conn.execute("DELETE FROM signup_events WHERE at < ?", (t - max(DAY, self.limits.per_address),))
             if self._count(conn, "ip", ip, t - HOUR) >= self.limits.per_ip_hourly:
-                return SignupDecision(None, "rate limit: ip")
+                return SignupDecision(None, "rate limit: ip")  # this requester's own limit: says nothing of the address
             conn.execute("INSERT INTO signup_events(scope, key, at) VALUES('ip', ?, ?)", (ip, t))
-            row = conn.execute("SELECT id, status FROM subscribers WHERE email=?", (email,)).fetchone()
-            status = row[1] if row else None
-            if status in (ACTIVE, BOUNCED, COMPLAINED):
-                return SignupDecision(None, f"address is {status}")
-            if self._count(conn, "address", _address_key(email), t - self.limits.per_address):
-                return SignupDecision(None, "rate limit: address")
-            if self._count(conn, "global", "", t - HOUR) >= self.limits.hourly_cap:
-                return SignupDecision(None, "rate limit: hourly cap")
-            conn.executemany("INSERT INTO signup_events(scope, key, at) VALUES(?, ?, ?)",
-                             [("address", _address_key(email), t), ("global", "", t)])
-            sid = self._record_request(conn, row[0] if row else None, email, name, ip, source, consent, stamp(now))
-            conn.execute("INSERT INTO signup_outbox(subscriber_id, kind, due_at) VALUES(?, 'confirm', ?)", (sid, t))
-        return SignupDecision(self.store.get(sid), "new" if row is None else f"address is {status}")
+            mailed_lately = self._count(conn, "address", key, t - self.limits.per_address)  # both counted, always
+            busy = self._count(conn, "global", "", t - HOUR) >= self.limits.hourly_cap
+            limit = "rate limit: address" if mailed_lately else "rate limit: hourly cap" if busy else ""
+            before = conn.execute("SELECT status FROM subscribers WHERE email=?", (email,)).fetchone()
+            sid, status = conn.execute(_REQUEST_SQL, dict(email=email, name=name, at=at, source=source, consent=consent,
+                                                          ip=ip, nonce=nonce, go=not limit)).fetchone() or (0, None)
+            mail = status in (PENDING, UNSUBSCRIBED)
+            conn.execute("INSERT INTO signup_events(scope, key, at) SELECT 'global', '', ? WHERE ?", (t, mail))
+            conn.execute(_QUEUE_SQL, (sid, t, mail))
+        sub = self.store.get(sid)
+        return SignupDecision(sub if mail else None, limit or ("new" if before is None else f"address is {before[0]}"))
 
     @staticmethod
     def _count(conn, scope: str, key: str, since: float) -> int:  # noqa: ANN001
         return conn.execute("SELECT COUNT(*) FROM signup_events WHERE scope=? AND key=? AND at>=?",
                             (scope, key, since)).fetchone()[0]
-
-    @staticmethod
-    def _record_request(conn, sid: int | None, email: str, name: str, ip: str,  # noqa: ANN001
-                        source: str, consent: str, now: str) -> int:
-        if sid is None:
-            cur = conn.execute(
-                "INSERT INTO subscribers(email, name, status, created_at, changed_at, source, consent,"
-                " signup_requested_at, signup_ip) VALUES(?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
-                (email, name, now, now, source, consent, now, ip))
-            return int(cur.lastrowid)
-        # Pending or unsubscribed: a fresh request; an unsubscribed reader stays so until confirmed.
-        conn.execute("UPDATE subscribers SET signup_requested_at=?, signup_ip=?,"
-                     " name=CASE WHEN status='pending' AND ?<>'' THEN ? ELSE name END WHERE id=?",
-                     (now, ip, name, name, sid))
-        return sid
 
     # ---- confirmation --------------------------------------------------------------
     def confirmable(self, sid: int) -> str:
@@ -174,42 +210,74 @@ class Signups:
         return state
 
     # ---- the outbox ----------------------------------------------------------------
-    def claim_due(self, lease: float, limit: int = 20) -> list[tuple[int, str, Subscriber | None]]:
+    def claim_due(self, lease: float, limit: int = 20) -> list[OutboxMail]:
         """Lease up to ``limit`` due emails (another process skips them until the lease ends).
-        Each is ``(outbox id, kind, subscriber or None when it should no longer be sent)``."""
+        ``sub`` is None when one should no longer be sent (confirmed, expired, unsubscribed, gone)."""
         t = self.clock.now().timestamp()
-        out: list[tuple[int, str, Subscriber | None]] = []
+        out: list[OutboxMail] = []
         with self.store.transaction() as conn:
-            rows = conn.execute("SELECT id, subscriber_id, kind FROM signup_outbox WHERE due_at<=? AND lease_until<=?"
-                                " ORDER BY id LIMIT ?", (t, t, limit)).fetchall()
-            for oid, sid, kind in rows:
+            rows = conn.execute("SELECT o.id, o.subscriber_id, o.kind, coalesce(s.signup_nonce, '')"
+                                " FROM signup_outbox o LEFT JOIN subscribers s ON s.id = o.subscriber_id"
+                                " WHERE o.due_at<=? AND o.lease_until<=? AND o.gave_up_at=0"
+                                " ORDER BY o.id LIMIT ?", (t, t, limit)).fetchall()
+            for oid, sid, kind, nonce in rows:
                 conn.execute("UPDATE signup_outbox SET lease_until=? WHERE id=?", (t + lease, oid))
                 sub = self.store.get(sid)
                 wanted = sub is not None and (self.confirmable(sid) == "open" if kind == "confirm"
                                               else sub.status == ACTIVE)
-                out.append((oid, kind, sub if wanted else None))
+                out.append(OutboxMail(oid, kind, sub if wanted else None, nonce))
         return out
 
     def sent(self, outbox_id: int) -> None:
+        """The mail went out: the row goes, and a confirmation counts against its address's limit."""
+        t = self.clock.now().timestamp()
+        with self.store.transaction() as conn:
+            row = conn.execute("SELECT o.kind, s.email FROM signup_outbox o JOIN subscribers s"
+                               " ON s.id = o.subscriber_id WHERE o.id=?", (outbox_id,)).fetchone()
+            if row is not None and row[0] == "confirm":
+                conn.execute("INSERT INTO signup_events(scope, key, at) VALUES('address', ?, ?)",
+                             (_address_key(row[1]), t))
+            conn.execute("DELETE FROM signup_outbox WHERE id=?", (outbox_id,))
+
+    def drop(self, outbox_id: int) -> None:
+        """A mail that no longer applies (confirmed, expired, unsubscribed or gone meanwhile)."""
         with self.store.transaction() as conn:
             conn.execute("DELETE FROM signup_outbox WHERE id=?", (outbox_id,))
 
-    def failed(self, outbox_id: int, *, max_attempts: int) -> bool:
-        """Back off exponentially (1, 2, 4 ... minutes); returns False when it was the last attempt."""
+    def failed(self, outbox_id: int, error: str = "") -> bool:
+        """Deferred, never dropped: retried with growing waits (1, 2, 4 ... minutes, at most
+        :data:`RETRY_CAP`) until ``limits.retry_window`` has passed since the first failure; then
+        the row stays, marked given up, for ``subscribers list`` and ``status`` to show (a new
+        request for the address queues it again). Returns False when it was given up."""
         t = self.clock.now().timestamp()
+        error = scrub(error, 200)
         with self.store.transaction() as conn:
-            row = conn.execute("SELECT attempts FROM signup_outbox WHERE id=?", (outbox_id,)).fetchone()
-            attempts = (row[0] if row else max_attempts) + 1
-            if attempts >= max_attempts:
-                conn.execute("DELETE FROM signup_outbox WHERE id=?", (outbox_id,))
+            row = conn.execute("SELECT attempts, first_failed_at FROM signup_outbox WHERE id=?",
+                               (outbox_id,)).fetchone()
+            if row is None:
                 return False
-            conn.execute("UPDATE signup_outbox SET attempts=?, due_at=?, lease_until=0 WHERE id=?",
-                         (attempts, t + 60 * 2 ** (attempts - 1), outbox_id))
+            attempts, first = row[0] + 1, row[1] or t
+            if t - first >= self.limits.retry_window:
+                conn.execute("UPDATE signup_outbox SET attempts=?, first_failed_at=?, last_error=?, gave_up_at=?,"
+                             " lease_until=0 WHERE id=?", (attempts, first, error, t, outbox_id))
+                return False
+            conn.execute("UPDATE signup_outbox SET attempts=?, first_failed_at=?, last_error=?, due_at=?,"
+                         " lease_until=0 WHERE id=?",
+                         (attempts, first, error, t + min(RETRY_CAP, 60 * 2 ** (attempts - 1)), outbox_id))
         return True
 
     def due_count(self) -> int:
         t = self.clock.now().timestamp()
-        return self.store.conn.execute("SELECT COUNT(*) FROM signup_outbox WHERE due_at<=?", (t,)).fetchone()[0]
+        return self.store.conn.execute("SELECT COUNT(*) FROM signup_outbox WHERE due_at<=? AND gave_up_at=0",
+                                       (t,)).fetchone()[0]
+
+    def mail_problems(self) -> dict[int, str]:
+        """See :func:`newsletter.signup_status.mail_problems`."""
+        return signup_status.mail_problems(self.store.conn)
+
+    def mail_counts(self) -> tuple[int, int]:
+        """See :func:`newsletter.signup_status.mail_counts`."""
+        return signup_status.mail_counts(self.store.conn)
 
     def consent(self, sid: int) -> Consent | None:
         row = self.store.conn.execute(
@@ -227,4 +295,5 @@ class Signups:
                                    " AND signup_requested_at<?", (cutoff,)).rowcount
             conn.execute("UPDATE subscribers SET signup_requested_at='' WHERE status<>'pending'"
                          " AND signup_requested_at<>'' AND signup_requested_at<?", (cutoff,))
+            conn.execute(_MOOT_MAIL_SQL)
         return deleted

@@ -120,11 +120,12 @@ def _v3_ascii_domains(conn: sqlite3.Connection) -> None:
                          (ascii_email, sid, email))
 
 
-#: Which of two statuses one reader keeps when two rows merge: any suppression beats active.
-_STATUS_RANK = {"pending": 0, "active": 1, "unsubscribed": 2, "bounced": 3, "complained": 4}
-#: What comes with the status that wins a merge: why the reader has it (consent, signup, reason).
-_STATUS_RECORD = ("status", "status_reason", "changed_at", "source", "consent", "consent_requested_at",
-                  "consent_confirmed_at", "consent_ip", "signup_requested_at", "signup_ip")
+#: Which of two statuses one reader keeps when two records meet (a merge, an import): any suppression
+#: beats active, and the stronger suppression wins.
+STATUS_RANK = {"pending": 0, "active": 1, "unsubscribed": 2, "bounced": 3, "complained": 4}
+#: What comes with the status that wins a merge or an import: why the reader has it (consent, signup, reason).
+STATUS_RECORD = ("status", "status_reason", "changed_at", "source", "consent", "consent_requested_at",
+                 "consent_confirmed_at", "consent_ip", "signup_requested_at", "signup_ip")
 #: Of one reader's two ledger rows in a delivery, the one kept: a row that went out (or may have) wins.
 _LEDGER_RANK = "CASE {0}.state WHEN 'sent' THEN 3 WHEN 'uncertain' THEN 2 WHEN 'sending' THEN 1 ELSE 0 END"
 
@@ -133,12 +134,12 @@ def _merge_reader(conn: sqlite3.Connection, *, keep: int, drop: int) -> None:
     """One reader stored twice (Unicode and ASCII domain): ``keep`` takes the stronger status with
     its consent record (a suppression is never lost) and ``drop``'s history, then ``drop`` goes.
     Where both have a row in one delivery, the one further on stays (no second copy is sent)."""
-    cols = ", ".join(_STATUS_RECORD)
+    cols = ", ".join(STATUS_RECORD)
     kept, dropped = (conn.execute(f"SELECT {cols}, name, created_at FROM subscribers WHERE id=?", (i,)).fetchone()
                      for i in (keep, drop))
-    if _STATUS_RANK.get(dropped[0], 0) > _STATUS_RANK.get(kept[0], 0):
-        assignments = ", ".join(f"{c}=?" for c in _STATUS_RECORD)
-        conn.execute(f"UPDATE subscribers SET {assignments} WHERE id=?", (*dropped[:len(_STATUS_RECORD)], keep))
+    if STATUS_RANK.get(dropped[0], 0) > STATUS_RANK.get(kept[0], 0):
+        assignments = ", ".join(f"{c}=?" for c in STATUS_RECORD)
+        conn.execute(f"UPDATE subscribers SET {assignments} WHERE id=?", (*dropped[:len(STATUS_RECORD)], keep))
     conn.execute("UPDATE subscribers SET name=CASE WHEN name='' THEN ? ELSE name END, created_at=min(created_at, ?) "
                  "WHERE id=?", (dropped["name"], dropped["created_at"], keep))
     if _has_table(conn, "ledger"):
@@ -159,6 +160,9 @@ def _has_table(conn: sqlite3.Connection, name: str) -> bool:
 
 MIGRATIONS.append(_v3_ascii_domains)
 MIGRATIONS.append(_FORMER_ADDRESSES)  # v4: for databases v3 converted before it kept the table
+# v5: the nonce of a reader's open signup request. A confirmation link carries it, so a link works
+# only for the request that made it: a new request, or an unsubscribe, retires every older link.
+MIGRATIONS.append("ALTER TABLE subscribers ADD COLUMN signup_nonce TEXT NOT NULL DEFAULT ''")
 
 
 ACTIVE = "active"
@@ -289,13 +293,21 @@ class SubscriberStore:
                      now: datetime | None = None) -> Subscriber | None:
         """The subscriber a token names, or None unless it verifies (for ``purpose``: unsubscribe
         or confirm). The token's shape is checked before any lookup; an unknown id costs the same."""
-        from newsletter.tokens import verified_subscriber_id
+        from newsletter.tokens import CONFIRM, verified_confirm_id, verified_subscriber_id
 
-        sid = verified_subscriber_id(secret, token, lambda i: (s.email if (s := self.get(i)) else None),
-                                     purpose, now=now)
+        if purpose == CONFIRM:  # bound to the open request's nonce: see verified_confirm_id
+            sid = verified_confirm_id(secret, token, self._confirm_key, now=now)
+        else:
+            sid = verified_subscriber_id(secret, token, lambda i: (s.email if (s := self.get(i)) else None),
+                                         purpose, now=now)
         if sid is None:  # a link sent before v3 changed this reader's address (or merged the row away)
             sid = self._former_reader(secret, token, purpose, now)
         return self.get(sid) if sid is not None else None
+
+    def _confirm_key(self, sid: int) -> tuple[str, str] | None:
+        """(address, signup nonce) of a reader, for checking a confirmation link."""
+        row = self.conn.execute("SELECT email, signup_nonce FROM subscribers WHERE id=?", (int(sid),)).fetchone()
+        return (row[0], row[1]) if row else None
 
     def _former_reader(self, secret: str, token: str, purpose: str, now: datetime | None) -> int | None:
         """The reader a valid token made for an id and address v3 changed now is, or None."""
@@ -303,8 +315,11 @@ class SubscriberStore:
 
         old_id = token_subscriber_id(secret, token, now=now)
         row = None if old_id is None else self.conn.execute(
-            "SELECT subscriber_id, email FROM subscriber_former_addresses WHERE old_id=?", (old_id,)).fetchone()
-        return row[0] if row and verify_token(secret, token, row[1], purpose, now=now) else None
+            "SELECT f.subscriber_id, f.email, s.signup_nonce FROM subscriber_former_addresses f"
+            " JOIN subscribers s ON s.id = f.subscriber_id WHERE f.old_id=?", (old_id,)).fetchone()
+        if row is None or (purpose != "unsubscribe" and row[2]):  # a newer request retired old-format links
+            return None
+        return row[0] if verify_token(secret, token, row[1], purpose, now=now) else None
 
     def _resolve(self, id_or_email: int | str) -> Subscriber:
         if isinstance(id_or_email, bool):
@@ -335,6 +350,27 @@ class SubscriberStore:
                     (status, last, batch)).fetchall()
             for row in rows:
                 yield Subscriber.from_row(row)
+            if len(rows) < batch:
+                return
+            last = rows[-1][0]
+
+    def iter_records(self, columns: Sequence[str], status: str | None = None,
+                     batch: int = 1000) -> Iterator[tuple]:
+        """The named columns of every reader (or those of one status), in id order: the whole
+        record, for an export. Paged and lock-free like :meth:`iter_subscribers`."""
+        known = {r[1] for r in self.conn.execute("PRAGMA table_info(subscribers)")}
+        unknown = [c for c in columns if c not in known]
+        if unknown:
+            raise ValueError(f"no such subscriber column: {', '.join(unknown)}")
+        if status is not None:
+            _check_status(status)
+        where = "" if status is None else "status=:status AND "
+        sql = f"SELECT id, {', '.join(columns)} FROM subscribers WHERE {where}id>:last ORDER BY id LIMIT :n"
+        last = 0
+        while True:
+            rows = self.conn.execute(sql, {"status": status, "last": last, "n": batch}).fetchall()
+            for row in rows:
+                yield tuple(row)[1:]
             if len(rows) < batch:
                 return
             last = rows[-1][0]
@@ -456,6 +492,8 @@ class SubscriberStore:
                                  "resubscribe it explicitly (resubscribe=True / --resubscribe)")
             self.conn.execute("UPDATE subscribers SET status=?, status_reason=?, changed_at=? WHERE id=?",
                               (status, reason, utcnow(), sub.id))
+            if status in SUPPRESSED:
+                self._retire_signup(sub.id)
             new = self.get(sub.id)
         assert new is not None
         return new
@@ -466,10 +504,15 @@ class SubscriberStore:
         ("this was not me"), and any open signup request is cancelled with it."""
         with self.transaction():
             sub = self._resolve(id_or_email)
-            self.conn.execute("UPDATE subscribers SET signup_requested_at='' WHERE id=?", (sub.id,))
+            self._retire_signup(sub.id)
             if sub.status not in (ACTIVE, PENDING):
                 return sub
             return self.set_status(sub.id, UNSUBSCRIBED, reason)
+
+    def _retire_signup(self, sid: int) -> None:
+        """Close any open signup request and retire its nonce: no confirmation link mailed
+        before works again (a later request makes a new one)."""
+        self.conn.execute("UPDATE subscribers SET signup_requested_at='', signup_nonce='' WHERE id=?", (sid,))
 
     def mark_bounced(self, id: int, reason: str) -> Subscriber:
         """Record a hard bounce. A recorded complaint is kept (it is the stronger signal)."""

@@ -142,6 +142,32 @@ def verified_subscriber_id(secret: str, token: str, email_of: Callable[[int], st
     return sid if ok and email is not None else None
 
 
+def confirm_purpose(nonce: str) -> str:
+    """The purpose a confirmation link is signed for: bound to one signup request's nonce.
+    ``""`` is the nonce-less form mailed before nonces existed (accepted only while the
+    reader has no nonce stored, i.e. for a request made before the upgrade)."""
+    return f"{CONFIRM}#{nonce}" if nonce else CONFIRM
+
+
+def make_confirm_token(secret: str, subscriber_id: int, email: str, nonce: str) -> str:
+    """The confirmation link's token for the signup request whose nonce is ``nonce``."""
+    return make_token(secret, subscriber_id, email, confirm_purpose(nonce))
+
+
+def verified_confirm_id(secret: str, token: str, key_of: Callable[[int], tuple[str, str] | None], *,
+                        now: datetime | None = None) -> int | None:
+    """The subscriber id of a valid confirmation token, looking up ``(address, nonce)`` with
+    ``key_of(id)``: the link must carry the nonce of the reader's current request, so it works
+    for that request alone. Always computes a tag, so timing does not tell failures apart."""
+    sid = token_subscriber_id(secret, token, now=now)
+    if sid is None:
+        return None
+    key = key_of(sid)
+    email, nonce = key if key is not None else ("nobody@invalid.invalid", "")
+    ok = _tag_matches(secret, token, sid, email, confirm_purpose(nonce))
+    return sid if ok and key is not None else None
+
+
 def _legacy_allowed(now: datetime | None) -> bool:
     return (now or datetime.now(timezone.utc)) <= LEGACY_CUTOFF
 

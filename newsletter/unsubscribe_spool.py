@@ -1,9 +1,11 @@
 """The durable spool of unsubscribes that arrived while the database stayed locked.
 
-The web app appends a one-click unsubscribe here (fsynced) rather than lose it; whoever
-opens the database next applies it: the web app on its next request and at start, and
-the delivery engine before it freezes a recipient list or resumes, so a send that starts
-while an unsubscribe waits in the spool never mails that reader. One file beside the
+The web app appends a one-click unsubscribe here (fsynced) rather than lose it. Every reader
+of subscriber state applies it first: the web app at start and before each request, the
+delivery engine before it freezes a recipient list or resumes, and every command that opens
+the store through :func:`open_store` (``subscribers list``, ``count``, ``export``, ``import``,
+``send --dry-run`` and ``--test``, the inbox), so nothing shows or mails a reader as
+subscribed whose unsubscribe waits in the spool. One file beside the
 database (``newsletter.db.unsubscribe-spool``), JSON lines; tokens are verified when applied.
 """
 
@@ -15,11 +17,17 @@ import logging
 import os
 import sqlite3
 import threading
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from newsletter.db import is_locked
+from newsletter.errors import DatabaseLockedError
 from newsletter.processes import pid_alive
 from newsletter.store import SubscriberStore
+
+if TYPE_CHECKING:
+    from newsletter.config import Settings
 
 log = logging.getLogger("newsletter.spool")
 _lock = threading.Lock()
@@ -90,6 +98,25 @@ def apply_spool(store: SubscriberStore, secret: str, *, now: datetime, db_path: 
         raise
     taken.unlink()
     return done
+
+
+def open_store(settings: "Settings", *, now: datetime | None = None) -> SubscriberStore:
+    """The subscriber store with every spooled unsubscribe applied: what a reader of subscriber
+    state opens. A database locked past the busy timeout is a one-line
+    :class:`DatabaseLockedError` (try again), never a list that still shows those readers."""
+    store = SubscriberStore.open(settings.db_path)
+    try:
+        apply_spool(store, str(settings.secret_key), now=now or datetime.now(timezone.utc), db_path=settings.db_path)
+    except sqlite3.OperationalError as exc:
+        store.close()
+        if not is_locked(exc):
+            raise
+        raise DatabaseLockedError(f"database {settings.db_path} is locked, and unsubscribes wait in "
+                                  f"{spool_path(settings.db_path).name}; try again in a moment") from None
+    except BaseException:
+        store.close()
+        raise
+    return store
 
 
 def _recover_orphans(path: Path) -> None:

@@ -23,9 +23,10 @@ def subscribers() -> None:
 
 
 def _store(ctx: click.Context) -> Any:
-    from newsletter.store import SubscriberStore
+    """The store, with unsubscribes spooled by the web app applied first (closed when the command ends)."""
+    from newsletter.unsubscribe_spool import open_store
 
-    return ctx.with_resource(SubscriberStore.open(settings_of(ctx).db_path))  # closed when the command ends
+    return ctx.with_resource(open_store(settings_of(ctx)))
 
 
 PROGRESS_FROM_BYTES = 1 << 20  # a file this big takes long enough to show a progress bar
@@ -33,18 +34,24 @@ PROGRESS_FROM_BYTES = 1 << 20  # a file this big takes long enough to show a pro
 
 @subscribers.command("import")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--resubscribe", is_flag=True, help="Reactivate addresses that had unsubscribed or bounced.")
+@click.option("--resubscribe", is_flag=True, hidden=True)
 @click.option("--source", default=None, help="Where these subscribers came from (kept with each).")
 @click.pass_context
 def subscribers_import(ctx: click.Context, file: Path, resubscribe: bool, source: str | None) -> None:
-    """Import a CSV with a header row (email, name, …). Good rows land even if some are bad."""
+    """Import a CSV with a header row (email, name, …). Good rows land even if some are bad.
+
+    A file from `subscribers export` (it has a status column) restores each reader's status
+    and consent record. No import ever reactivates an unsubscribed, bounced or complained address."""
     from newsletter.csvio import import_csv
 
+    if resubscribe:
+        raise InputError("an import never reactivates unsubscribed or bounced addresses; for one reader who "
+                         "asked to come back: `newsletter subscribers add ADDRESS --resubscribe`")
     if not file.exists():
         raise InputError("no such file", path=file)
     progress, update = _import_progress(file)
     with progress:
-        report = import_csv(_store(ctx), file, resubscribe=resubscribe, source=source, progress=update)
+        report = import_csv(_store(ctx), file, source=source, progress=update)
     for line, reason in report.errors:
         click.echo(f"{file}:{line}: {reason}", err=True)
     for line, email, reason in report.skipped:
@@ -132,9 +139,27 @@ def subscribers_unsubscribe(ctx: click.Context, address_or_token: str) -> None:
 @click.option("--status", type=click.Choice(["active", "unsubscribed", "bounced", "complained", "pending"]))
 @click.pass_context
 def subscribers_list(ctx: click.Context, status: str | None) -> None:
-    """List subscribers (email, name, status)."""
-    for sub in _store(ctx).iter_subscribers(status=status):
-        click.echo(f"{sub.email}\t{sub.name}\t{sub.status}")
+    """List subscribers (email, name, status; for a signup whose mail has not gone out, what
+    happened to it: retrying, or given up after NEWSLETTER_RETRY_WINDOW). With --status
+    unsubscribed, bounced or complained, also when and why each was suppressed: a review of
+    the suppression list."""
+    from newsletter.store import SUPPRESSED
+
+    store = _store(ctx)
+    if status in SUPPRESSED:
+        from newsletter.errors import scrub
+
+        for email, name, state, changed_at, reason in store.iter_records(
+                ("email", "name", "status", "changed_at", "status_reason"), status):
+            # the reason may quote a bounce or a webhook: outside input, one scrubbed line
+            click.echo(f"{email}\t{name}\t{state}\t{changed_at}\t{scrub(reason, 300) or '-'}")
+        return
+    from newsletter.signup_status import mail_problems
+
+    problems = mail_problems(store.conn)
+    for sub in store.iter_subscribers(status=status):
+        note = problems.get(sub.id)
+        click.echo(f"{sub.email}\t{sub.name}\t{sub.status}" + (f"\t{note}" if note else ""))
 
 
 @subscribers.command("count")
@@ -155,7 +180,8 @@ def subscribers_count(ctx: click.Context) -> None:
 @click.option("--status", type=click.Choice(["active", "unsubscribed", "bounced", "complained", "pending"]))
 @click.pass_context
 def subscribers_export(ctx: click.Context, out: Path | None, status: str | None) -> None:
-    """Export subscribers as CSV, with the status column."""
+    """Export subscribers as CSV: each reader's whole record (status and why, dates, source, consent
+    record with IPs, open signup request). `subscribers import` of the file restores it."""
     from newsletter.csvio import export_csv
 
     store = _store(ctx)

@@ -61,6 +61,8 @@ def signup_limits(settings: Settings) -> "SignupLimits":
         hourly_cap=settings.integer("NEWSLETTER_SIGNUP_HOURLY_CAP", d.hourly_cap),
         per_ip_hourly=settings.integer("NEWSLETTER_SIGNUP_PER_IP_HOURLY", d.per_ip_hourly),
         min_fill_seconds=float(settings.number("NEWSLETTER_SIGNUP_MIN_SECONDS", d.min_fill_seconds) or 0),
+        # The delivery rule's window (hours), as DeliveryOptions reads it: a signup mail is deferred like an issue.
+        retry_window=(settings.number("NEWSLETTER_RETRY_WINDOW", d.retry_window / 3600) or 0.0) * 3600,
     )
 
 
@@ -74,7 +76,7 @@ def make_app(settings: Settings, *, store_path: Path | str | None = None, site_d
 
     core = WebApp(settings, Path(store_path) if store_path is not None else settings.db_path, clock=clock)
     core.route("/unsubscribe/<token>", unsubscribe, ("GET", "POST"))
-    core.route("/healthz", healthz)
+    core.route("/healthz", healthz, reads_subscribers=False)
     core.webhooks = WebhookContext(settings, with_store=core.write, clock=clock)  # type: ignore[attr-defined]
     core.route("/webhooks/<provider>", webhook, ("POST",), max_body=WEBHOOK_MAX_BODY + 1)
     if settings.publication.base_url:

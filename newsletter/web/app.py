@@ -46,6 +46,7 @@ class Route:
     handler: Handler
     methods: tuple[str, ...]
     max_body: int
+    reads_subscribers: bool = True  # spooled unsubscribes are applied before the handler runs
 
 
 def text_response(body: str, status: int) -> Response:
@@ -69,11 +70,12 @@ class WebApp:
 
     # ---- routes ----------------------------------------------------------------------
     def route(self, rule: str, handler: Handler, methods: Iterable[str] = ("GET",), *,
-              max_body: int = MAX_BODY_BYTES) -> None:
+              max_body: int = MAX_BODY_BYTES, reads_subscribers: bool = True) -> None:
         """Mount ``handler(app, request, **url_args) -> Response`` at ``rule``.
-        GET routes answer HEAD too; ``max_body`` bounds the request body (413 beyond)."""
+        GET routes answer HEAD too; ``max_body`` bounds the request body (413 beyond).
+        A route that ``reads_subscribers`` sees spooled unsubscribes applied first."""
         endpoint = f"r{len(self.routes)}"
-        self.routes[endpoint] = Route(rule, handler, tuple(methods), max_body)
+        self.routes[endpoint] = Route(rule, handler, tuple(methods), max_body, reads_subscribers)
         self.url_map.add(Rule(rule, endpoint=endpoint, methods=list(methods)))
 
     def owns(self, path: str) -> bool:
@@ -109,6 +111,24 @@ class WebApp:
                 self.clock.sleep(0.25 * attempt)
         raise AssertionError("unreachable")
 
+    def catch_up(self) -> None:
+        """Apply unsubscribes spooled while the database was locked, before a handler reads
+        subscriber state (cheap when there are none). Still locked: the spool waits for the
+        next request, and the handler goes on (a POST that cannot write spools again)."""
+        from newsletter.unsubscribe_spool import apply_spool, spool_path
+
+        spool = self.extensions.get("spool path")
+        if spool is None:
+            spool = self.extensions["spool path"] = spool_path(self.store_path)
+        if not os.path.exists(spool):  # the usual case, one stat (a crashed applier's leftovers: at start)
+            return
+        try:
+            apply_spool(self.store(), str(self.settings.secret_key), now=self.clock.now(), db_path=self.store_path)
+        except sqlite3.OperationalError as exc:
+            if not is_locked(exc):
+                raise
+            log.warning("database locked; spooled unsubscribes wait for the next request")
+
     def client_ip(self, request: Request) -> str:
         return client_ip(request.environ, self.trusted_proxies)
 
@@ -124,6 +144,8 @@ class WebApp:
         except HTTPException as exc:  # 405 with Allow; redirects are never produced (no strict slashes)
             return exc.get_response()  # type: ignore[return-value]
         route = self.routes[endpoint]
+        if route.reads_subscribers:
+            self.catch_up()
         request.max_content_length = route.max_body
         request.max_form_memory_size = route.max_body
         return route.handler(self, request, **args)

@@ -40,11 +40,11 @@ SOURCE = "web signup"
 
 def mount(app: WebApp, limits: SignupLimits, send: Callable[[OutgoingMessage], None], *, welcome: bool) -> None:
     """Add the signup routes to ``app``, and start sending any outbox left from before."""
-    def build(kind: str, sub: Subscriber) -> OutgoingMessage:
+    def build(kind: str, sub: Subscriber, nonce: str) -> OutgoingMessage:
         if kind == "welcome":
             return welcome_message(app.settings, sub, clock=app.clock, env=_env(app))
-        return confirmation_message(app.settings, sub, ttl_hours=round(limits.confirm_ttl / 3600), clock=app.clock,
-                                    env=_env(app))
+        return confirmation_message(app.settings, sub, ttl_hours=round(limits.confirm_ttl / 3600), nonce=nonce,
+                                    clock=app.clock, env=_env(app))
 
     mailer = SignupMailer(lambda: Signups(app.store(), limits, app.clock), build, send)
     app.extensions["signup"] = {"limits": limits, "mail": mailer, "welcome": welcome}
@@ -141,13 +141,15 @@ def subscribe(app: WebApp, request: Request) -> Response:
             "Please enter a valid email address."
         return _form_page(app, 400, values=values, error=message)
     log.info("signup request: %s", decision.why)
-    if decision.mail is not None:
-        _ext(app)["mail"].wake()
     try:
         app.write(lambda store: _signups(app, store).purge_expired())
     except sqlite3.Error as exc:  # housekeeping only: the visitor's request is already recorded
         log.warning("could not purge expired signups: %s", exc)
-    return _page(app, "check-inbox")
+    response = _page(app, "check-inbox")
+    # The sender wakes once the answer has gone, whatever the decision: building and sending a mail
+    # beside the request would make it slower for a new address than for one already on the list.
+    response.call_on_close(_ext(app)["mail"].wake)
+    return response
 
 
 _STATE_PAGES = {"done": ("subscribed", 200), "expired": ("expired", 410)}
@@ -168,8 +170,13 @@ def confirm(app: WebApp, request: Request, token: str) -> Response:
     masked = mask_email(sub.email)
     if request.method != "POST":
         return _state_page(app, _signups(app).confirmable(sub.id), masked, "confirm")
-    state = app.write(lambda store: _signups(app, store).confirm(
-        sub.id, ip=app.client_ip(request), welcome=_ext(app)["welcome"]))
+    def apply(store: SubscriberStore) -> str:
+        with store.transaction():  # the link checked again inside: a request made meanwhile retired it
+            if subscriber_for(app, store, token, CONFIRM) is None:
+                return "none"
+            return _signups(app, store).confirm(sub.id, ip=app.client_ip(request), welcome=_ext(app)["welcome"])
+
+    state = app.write(apply)
     if state == "open":
         log.info("signup confirmed")
         if _ext(app)["welcome"]:
