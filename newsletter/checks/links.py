@@ -64,13 +64,17 @@ def _host_problem(host: str, port: int | None) -> str | None:
 
 
 def _mailto_problem(address: str) -> str | None:
-    from email_validator import EmailNotValidError, validate_email
+    """The first address of a mailto: link that the one address policy refuses."""
+    from urllib.parse import unquote
 
-    for one in filter(None, address.split(",")):
+    from newsletter.addresses import validate_address
+    from newsletter.errors import InputError
+
+    for one in filter(None, unquote(address).split(",")):
         try:
-            validate_email(one.strip(), check_deliverability=False)
-        except EmailNotValidError as exc:
-            return f"is not a valid address ({exc})"
+            validate_address(one.strip(), "mailto address")
+        except InputError as exc:
+            return f"is not a valid address ({exc.message})"
     return None
 
 
