@@ -7,9 +7,10 @@ issue, which reader, is the token genuine) needs the database and happens in
 :mod:`newsletter.inbox`; this module only reads the message.
 
 Bounces: RFC 3464 ``message/delivery-status`` parts are read field by field
-(Final-Recipient, Action, Status: a failed 5.x.x is permanent, a failed 4.x.x
-temporary; a "delayed" notice is no bounce, or a slow server's hourly notices would
-add up to a suppression);
+(Final-Recipient, Action, Status: a failed status that says the address is bad is a
+hard bounce, by :func:`newsletter.smtp_status.is_hard_bounce`, the definition the SMTP
+transport uses too; any other failure — a full mailbox, a spam filter, a 4.x.x — is soft;
+a "delayed" notice is no bounce, or a slow server's hourly notices would add up to a suppression);
 bounces in older, non-standard formats from a mailer daemon are left to
 flufl.bounce's detectors, which know dozens of MTAs' formats.
 """
@@ -30,6 +31,7 @@ from email.parser import HeaderParser
 from email.utils import parseaddr, parsedate_to_datetime
 
 from newsletter.errors import scrub
+from newsletter.smtp_status import enhanced_code, is_hard_bounce
 from newsletter.excerpt import excerpt, html_to_text, printable
 from newsletter.tokens import token_from_request
 
@@ -62,7 +64,7 @@ class Classified:
 
     category: Category
     reason: str
-    dedupe_key: str                        # the Message-ID, or a hash of the bytes when there is none
+    dedupe_key: str                        # a hash of the bytes read (and the full size): never a header
     sender: str = ""                       # From address, lower-cased
     sender_name: str = ""
     subject: str = ""
@@ -240,7 +242,8 @@ def _dsn_failures(report: Message) -> list[Failure]:
         status = raw_header(block, "Status").split(" ")[0]
         if not address or action != "failed":  # "delayed": the MTA is still trying; not a bounce yet
             continue
-        permanent = not status.startswith("4")
+        # No readable status (RFC 3464 requires one): the daemon said "failed", so hard, as before.
+        permanent = is_hard_bounce(status) if enhanced_code(status) else True
         out.append(Failure(address, permanent, status, header(block, "Diagnostic-Code")[:300]))
     return out
 
@@ -359,13 +362,20 @@ def strip_reply_prefixes(subject: str) -> str:
     return subject
 
 
-def _base(msg: Message, raw: bytes, notes: list[str]) -> dict:
-    ids = message_ids(raw_header(msg, "Message-ID"))
-    if ids:
-        key = ids[0]
-    else:
-        key = "sha256:" + hashlib.sha256(raw).hexdigest()
+def content_key(raw: bytes, size: int | None = None) -> str:
+    """What identifies a message: its bytes (and its full size when only its start was read).
+    Never its Message-ID, which anyone can set: a second, different message reusing an id
+    would otherwise be dropped as already read."""
+    digest = hashlib.sha256(raw)
+    if size is not None:
+        digest.update(f"\0{size}".encode())
+    return "sha256:" + digest.hexdigest()
+
+
+def _base(msg: Message, raw: bytes, notes: list[str], size: int | None = None) -> dict:
+    if not message_ids(raw_header(msg, "Message-ID")):
         notes.append("no Message-ID")
+    key = content_key(raw, size)
     name, addr = mailbox(msg, "From")
     return dict(dedupe_key=key, sender=addr.lower()[:320], sender_name=name[:100],
                 subject=header(msg, "Subject")[:300], date=_date(msg),
@@ -379,9 +389,9 @@ def classify(raw: bytes, *, truncated_from: int | None = None) -> Classified:
         notes.append(f"only the first {len(raw) // 1024} KB of {truncated_from // 1024} KB read")
     try:
         msg = parse(raw)
-        base = _base(msg, raw, notes)
+        base = _base(msg, raw, notes, truncated_from)
     except Exception as exc:  # the parser is lenient; this is a last resort, never a traceback
-        key = "sha256:" + hashlib.sha256(raw).hexdigest()
+        key = content_key(raw, truncated_from)
         return Classified(Category.OTHER, f"unreadable message ({type(exc).__name__})", key, notes=tuple(notes))
     try:
         found = _classify(msg, base, notes)
