@@ -361,6 +361,15 @@ def _front_matter(path: Path, front: str) -> tuple[dict[str, Any], yaml.Node | N
     return data, node
 
 
+def _as_written(value: Any) -> Any:
+    """An inherited value in the form the file would hold it (the loader keeps scalars as text)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return value.isoformat()
+    return value
+
+
 def parse_issue(path: Path, inherit: dict[str, Any] | None = None) -> Issue:
     """Read and validate one issue file. ``inherit``: values for fields the file leaves out
     (an edition takes its date, send time and status from the main edition; see editions.py)."""
@@ -368,7 +377,7 @@ def parse_issue(path: Path, inherit: dict[str, Any] | None = None) -> Issue:
     text = _read_text(path)
     front, body, body_line = _split_front_matter(path, text)
     data, node = _front_matter(path, front)
-    data = {**(inherit or {}), **data}
+    data = {**{k: _as_written(v) for k, v in (inherit or {}).items()}, **data}
     lines = _field_lines(node)
 
     unknown = [k for k in data if k not in REQUIRED + OPTIONAL]
