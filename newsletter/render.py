@@ -123,11 +123,14 @@ def _template_error(exc: Exception, env: jinja2.Environment, name: str) -> Input
 def _template_frame(exc: BaseException) -> tuple[str | None, int | None]:
     """The file and line of the innermost template frame (Jinja maps its frames to template lines)."""
     import traceback
+    from collections import Counter
 
-    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
-        if frame.filename.endswith(".j2"):
-            return frame.filename, frame.lineno
-    return None, None
+    frames = [(f.filename, f.lineno) for f in traceback.extract_tb(exc.__traceback__) if f.filename.endswith(".j2")]
+    if not frames:
+        return None, None
+    if isinstance(exc, RecursionError):  # the include or call that recurses repeats on every level
+        return Counter(frames).most_common(1)[0][0]
+    return frames[-1]
 
 
 class Renderer:
