@@ -24,6 +24,7 @@ from mdit_py_plugins.attrs import attrs_plugin
 from mdit_py_plugins.footnote import footnote_plugin
 
 from newsletter.errors import InputError
+from newsletter.markdown_rules import check_markdown
 
 
 # markdown-it drops, without a word, whatever nests past its maxNesting (20 token levels in the
@@ -66,6 +67,7 @@ def parser(web: bool = False) -> MarkdownIt:
         .use(anchors_plugin, min_level=2, max_level=4)
         .use(attrs_plugin, after=("image",), allowed=("width",))
     )
+    md.validateLink = lambda url: True  # type: ignore[method-assign]  # every destination reaches check_markdown
     md.add_render_rule("table_open", _table_open)
     md.add_render_rule("table_close", lambda *a, **k: "</table></div>\n")
     md.add_render_rule("image", _image)
@@ -176,49 +178,18 @@ def _nesting_problems(tokens: Sequence[Token], path: object, first_line: int, li
                          "deeper levels would be lost; flatten them", path=path, line=first_line + deep.map[0])
 
 
-#: Schemes markdown-it will not link (its validateLink): such a link silently becomes literal
-#: "[text](javascript:…)" in the email, so it is refused with its line instead.
-_REFUSABLE_SCHEME = re.compile(r"(?i)\b(?:javascript|vbscript|file|data):")
-
-
-@lru_cache(maxsize=1)
-def _permissive_parser() -> MarkdownIt:
-    """The email parser, but linking every URL: to find the links the real one would drop."""
-    md = MarkdownIt("commonmark", {"html": True, "linkify": False}).enable(["table", "strikethrough"])
-    md.use(footnote_plugin).use(attrs_plugin, after=("image",), allowed=("width",))
-    md.validateLink = lambda url: True  # type: ignore[method-assign]
-    return md
-
-
-def _refused_link_problems(body: str, path: object, first_line: int, lines: list[str]) -> Iterator[InputError]:
-    if not _REFUSABLE_SCHEME.search(body):
-        return  # the common case: no second parse
-    allowed = parser().validateLink
-    for token, block in _walk(_permissive_parser().parse(body, {})):
-        url = token.attrGet("href") if token.type == "link_open" else token.attrGet("src") \
-            if token.type == "image" else None
-        if isinstance(url, str) and not allowed(url):
-            scheme = url.split(":", 1)[0].lower()
-            yield InputError(f"link {url[:60]!r} is refused: email clients block {scheme}: links, and it would "
-                             "show as literal text; use an https:// or mailto: link",
-                             path=path, line=_line_of(block, url, first_line, lines))
-
-
-def _walk(tokens: Sequence[Token]) -> Iterator[tuple[Token, Token]]:
-    for token in tokens:
-        yield token, token
-        for child in token.children or ():
-            yield child, token
-
-
 def body_problems(tokens: Sequence[Token], body: str, *, path: object = None,
-                  first_line: int = 1) -> list[InputError]:
+                  first_line: int = 1, env: dict | None = None) -> list[InputError]:
     """Every reason the body cannot be mailed, in file order: `check` lists them all at once,
     a build stops at the first."""
     lines = body.split("\n")
     found = [problem for finder in (_nesting_problems, _raw_html_problems, _image_problems)
              for problem in finder(tokens, path, first_line, lines)]
-    found += _refused_link_problems(body, path, first_line, lines)
+    try:  # markdown_rules stops at its first problem: that one joins the others
+        check_markdown(tokens, env or {}, path, lambda block, needle: _line_of(block, needle, first_line, lines),
+                       lines, first_line)
+    except InputError as exc:
+        found.append(exc)
     return sorted(found, key=lambda e: e.line or 0)
 
 
@@ -233,7 +204,7 @@ def parse_body(body: str, *, path: object = None, first_line: int = 1, web: bool
     md = parser(web)
     env: dict = {}
     tokens = md.parse(body, env)
-    found = body_problems(tokens, body, path=path, first_line=first_line)
+    found = body_problems(tokens, body, path=path, first_line=first_line, env=env)
     if problems is None and found:
         raise found[0]
     if problems is not None:

@@ -156,13 +156,13 @@ def test_a_link_the_parser_would_drop_is_refused_with_its_line(publication_root,
     edit(issue, ("The end.", f"The end, {link}."))
     findings = [f for f in check_issue(load_settings(publication_root, environ=ENV), issue) if f.code == "issue.refused"]
     assert len(findings) == 1 and findings[0].line == line_of(issue, "The end,"), findings
-    assert "is refused" in findings[0].message
+    assert "scheme" in findings[0].message
     built = CliRunner().invoke(cli, ["--root", str(publication_root), "build", "7"], env=ENV)
-    assert built.exit_code == 2 and "is refused" in built.output
+    assert built.exit_code == 2 and "scheme" in built.output
 
 
 def test_prose_that_mentions_a_scheme_is_not_a_link(publication_root, issue):
-    edit(issue, ("The end.", "The end: data: 5%, and `javascript:` in code. ![x](data:image/png;base64,iVBORw0K){width=10}"))
+    edit(issue, ("The end.", "The end: data: 5%, and `javascript:` in code."))
     findings = check_issue(load_settings(publication_root, environ=ENV), issue)
     assert [f for f in findings if f.code == "issue.refused"] == []
 

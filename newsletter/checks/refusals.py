@@ -125,7 +125,8 @@ def body_problems_of(path: Path) -> list[InputError]:
     if end is None:
         return []
     body = "\n".join(lines[end + 1:])
-    return body_problems(parser().parse(body, {}), body, path=path, first_line=end + 2)
+    env: dict = {}
+    return body_problems(parser().parse(body, env), body, path=path, first_line=end + 2, env=env)
 
 
 def refusals_and_rendering(settings: Settings, path: Path):  # type: ignore[no-untyped-def]
