@@ -355,7 +355,8 @@ def _columns(header: list[str], path: Path) -> dict[str, int]:
 #: Words in a header that may say a reader left or cannot be mailed (another tool's export:
 #: Mailchimp's UNSUB_TIME, Substack's email_disabled, a "Subscription Status"…).
 _LEFT_WORDS = re.compile(r"unsub|bounce|complain|spam|suppress|clean|block|black ?list|disabled|opt(?:ed)? ?out"
-                         r"|\b(?:status|state|left|deleted|removed|type)\b")
+                         r"|\b(?:status|left|deleted|removed)\b"
+                         r"|(?:subscri|email|member|list)\w* (?:state|type)\b")  # not a postal "State"
 #: Words of a flag that may be false (Ghost's subscribed_to_emails, Substack's active_subscription)...
 _FLAG_WORDS = re.compile(r"subscri|\bactive\b|opt(?:ed)? ?in")
 #: ...unless the column only dates or identifies it ("Subscribed At", Mailchimp's OPTIN_TIME, "Subscriber ID").

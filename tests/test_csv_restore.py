@@ -284,6 +284,8 @@ def test_a_suppressed_row_with_a_bad_date_keeps_its_suppression(store_path, cell
     ("Bounced", "yes"),
     ("opted out", "yes"),
     ("Subscriber Type", "unsubscribed"),  # Buttondown-like
+    ("Email State", "unsubscribed"),
+    ("Member Status", "cleaned"),
 ])
 def test_a_plain_list_with_a_column_that_may_say_who_left_is_refused(store_path, publication_root, header, value):
     """A column this import does not read may hold the only record that a reader left: importing the
@@ -300,7 +302,7 @@ def test_a_plain_list_with_a_column_that_may_say_who_left_is_refused(store_path,
 
 
 @pytest.mark.parametrize("header", ["Subscribed At", "date subscribed", "created_at", "notes (optional)", "Company", "OPTIN_TIME",
-                                    "CONFIRM_IP", "Subscriber ID"])
+                                    "CONFIRM_IP", "Subscriber ID", "State", "State/Province", "Type"])
 def test_a_plain_list_with_harmless_extra_columns_still_imports(store_path, header):
     path = store_path / "extra.csv"
     path.write_text(f"email,{header}\nann@example.org,2025-01-01\n", encoding="utf-8")
