@@ -128,6 +128,9 @@ class PreviewServer:
         except NewsletterError as exc:
             self.state.error = exc.format_message()
             self.log(f"error: {self.state.error}")
+        except Exception as exc:  # noqa: BLE001 - a bug must not stop the watcher: the next save rebuilds
+            self.state.error = f"{type(exc).__name__}: {exc}"[:500]
+            self.log(f"error: {self.state.error}")
         if self.state.last_good is not None:
             pub = self.settings.publication
             self.state.page = preview_page(self.state.last_good, pub.from_name or pub.name, live=True,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 
-from newsletter.errors import InputError
+from newsletter.errors import InputError, NewsletterError
 from newsletter.mime import PLACEHOLDERS
 from newsletter.template_files import default_templates_dir
 
@@ -99,15 +99,38 @@ def _bytecode_cache(cache_dir: Path | None) -> jinja2.BytecodeCache | None:
 
 
 def _template_error(exc: Exception, env: jinja2.Environment, name: str) -> InputError:
+    """One line naming the template and line: the template is the editor's code, and whatever it
+    raises (``{{ 1/0 }}``, an include of itself, a macro that calls itself) is theirs to fix."""
     if isinstance(exc, jinja2.TemplateSyntaxError):
         return InputError(f"template error: {exc.message}", path=exc.filename or exc.name or name, line=exc.lineno)
-    where = name
-    try:
-        source, filename, _ = env.loader.get_source(env, name)  # type: ignore[union-attr]
-        where = filename or name
-    except Exception:  # pragma: no cover - best effort only
-        pass
-    return InputError(f"template error: {exc}", path=where)
+    where, line = _template_frame(exc)
+    if where is None:
+        where = name
+        try:
+            _, filename, _ = env.loader.get_source(env, name)  # type: ignore[union-attr]
+            where = filename or name
+        except Exception:  # noqa: BLE001 - best effort only
+            pass
+    if isinstance(exc, RecursionError):
+        message = "it includes itself, or a macro calls itself, without end"
+    elif isinstance(exc, jinja2.TemplateError):
+        message = str(exc)
+    else:
+        message = f"{type(exc).__name__}: {exc}"
+    return InputError(f"template error: {message}"[:500], path=where, line=line)
+
+
+def _template_frame(exc: BaseException) -> tuple[str | None, int | None]:
+    """The file and line of the innermost template frame (Jinja maps its frames to template lines)."""
+    import traceback
+    from collections import Counter
+
+    frames = [(f.filename, f.lineno) for f in traceback.extract_tb(exc.__traceback__) if f.filename.endswith(".j2")]
+    if not frames:
+        return None, None
+    if isinstance(exc, RecursionError):  # the include or call that recurses repeats on every level
+        return Counter(frames).most_common(1)[0][0]
+    return frames[-1]
 
 
 class Renderer:
@@ -120,7 +143,9 @@ class Renderer:
     def render_template(self, name: str, context: dict[str, Any]) -> str:
         try:
             return self.env.get_template(name).render(context)
-        except (jinja2.TemplateError, TypeError, ValueError, AttributeError) as exc:
+        except NewsletterError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any error of the template's own code (see _template_error)
             raise _template_error(exc, self.env, name) from None
 
     def render(self, issue: "Issue", *, test: bool = False, editions: "Editions | None" = None,

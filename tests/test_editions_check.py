@@ -47,6 +47,8 @@ def test_matching_editions_raise_nothing(settings):
 ])
 def test_a_structure_difference_is_a_warning_on_the_edition(settings, old, new, kind):
     _edit(settings.issues_dir / ZH, old, new)
+    if kind == "footnotes":  # a note without its reference is refused as a parse error: drop both
+        _edit(settings.issues_dir / ZH, "[^1]。", "。")
     for lang in (None, "zh-Hans"):  # checking either edition shows it
         found = [f for f in _edition_findings(settings, lang) if f.code == "editions.structure"]
         assert len(found) == 1 and f"{kind}, the main edition" in found[0].message
