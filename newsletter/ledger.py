@@ -14,12 +14,11 @@ NamedTuple compiles every string annotation it is given; real ones cost nothing.
 import math
 import os
 import sqlite3
-from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple, Sequence
 
-from newsletter.db import connect, migrate
+from newsletter.db import connect, migrate, write_transaction
 from newsletter.errors import ContentChangedError, DeliveryLockedError, InputError, scrub
 from newsletter.message_ids import issue_slug
 from newsletter.processes import pid_alive
@@ -233,17 +232,9 @@ def update_each(conn: sqlite3.Connection, delivery_id: int, sets: str, rows: Seq
                      (*set_args, *(x for row in chunk for x in row), delivery_id))
 
 
-@contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE … COMMIT, rolled back on any exception (KeyboardInterrupt included)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+#: BEGIN IMMEDIATE … COMMIT, rolled back on any exception (KeyboardInterrupt included), queued
+#: behind this process's other writers (see :func:`newsletter.db.write_transaction`).
+transaction = write_transaction
 
 
 # ---------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
 from newsletter.addresses import clean_text, normalise_email
-from newsletter.db import connect, migrate
+from newsletter.db import connect, migrate, write_transaction
 from newsletter.errors import InputError
 from newsletter.patterns import CONTROL_CHARS, compiled
 
@@ -269,7 +269,8 @@ class SubscriberStore:
     # ---- transactions --------------------------------------------------------------
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` … ``COMMIT`` (or ``ROLLBACK`` on any exception).
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` (or ``ROLLBACK`` on any exception), queued behind this
+        process's other writers (:func:`newsletter.db.write_transaction`).
 
         Nests: an inner block, or a transaction the caller already opened on this
         connection (e.g. the delivery ledger sharing it), is joined, not committed.
@@ -282,16 +283,12 @@ class SubscriberStore:
                 finally:
                     self._tx_depth -= 1
                 return
-            self.conn.execute("BEGIN IMMEDIATE")
-            self._tx_depth = 1
-            try:
-                yield self.conn
-            except BaseException:
-                self._tx_depth = 0
-                self.conn.execute("ROLLBACK")
-                raise
-            self._tx_depth = 0
-            self.conn.execute("COMMIT")
+            with write_transaction(self.conn):
+                self._tx_depth = 1
+                try:
+                    yield self.conn
+                finally:
+                    self._tx_depth = 0
 
     # ---- reads ---------------------------------------------------------------------
     def get(self, id: int) -> Subscriber | None:

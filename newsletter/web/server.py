@@ -9,11 +9,20 @@ that take longer than ``timeout`` seconds get the connection closed.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 from newsletter.config import Settings
+
+
+#: How long a thread may hold the GIL while another waits for it (Python's default: 5 ms). A
+#: writer waits in line for the database and then makes a dozen SQLite calls, each of which lets
+#: the GIL go; with the default, every call could hand the interpreter to a busy request thread
+#: for 5 ms while the writer, and everyone queued behind it, waited (measured: p99 at 8 clients
+#: several times lower at 1 ms).
+SWITCH_INTERVAL = 0.001
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,7 @@ def create_server(app: Callable, host: str, port: int, limits: ServerLimits):  #
 def serve(app: Callable, host: str = "127.0.0.1", port: int = 8080, limits: ServerLimits | None = None,
           ready: Callable[[str], None] | None = None) -> None:
     """Serve until interrupted. Keep ``host`` on loopback behind a TLS-terminating proxy."""
+    sys.setswitchinterval(SWITCH_INTERVAL)
     server = create_server(app, host, port, limits or ServerLimits())
     if ready:
         ready(f"Serving on http://{host}:{server.effective_port}/ (waitress, Ctrl-C to stop)")

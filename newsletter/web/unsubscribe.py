@@ -70,7 +70,8 @@ def unsubscribe(app: WebApp, request: Request, token: str) -> Response:
 
 def _post(app: WebApp, token: str, reason: str) -> Response:
     def apply(store: SubscriberStore) -> str | None:
-        drain_spool(app, store)
+        if app.spool_waiting():
+            drain_spool(app, store)
         sub = subscriber_for(app, store, token)
         if sub is None:
             return None
