@@ -238,6 +238,23 @@ def sitemap(site: Site, entries: list[Entry]) -> bytes:
 
 
 # ---- pages ---------------------------------------------------------------------------
+def subscribe_box(settings: Settings) -> dict[str, Any] | None:
+    """What the archive's pages offer for subscribing by email (``archive-subscribe.html.j2``):
+    the signup form, posting to the public server's ``/subscribe``, when the archive's own origin
+    may post it (see :attr:`Settings.signup_origins`); a plain link there when the archive is
+    published elsewhere; nothing without a public server (``base_url``)."""
+    pub = settings.publication
+    if not pub.base_url:
+        return None
+    from newsletter.config import url_origin
+    from newsletter.web.pages import consent_line
+
+    url = f"{pub.base_url}/subscribe"
+    return {"url": url, "form": url_origin(settings.archive_url) in settings.signup_origins,
+            "form_context": {"action": url, "form_token": "", "values": {"email": "", "name": ""}, "error": "",
+                             "consent": consent_line(pub)}}
+
+
 def _page_blocks(entry: Entry) -> list[Block]:
     return [Block(b.kind, b.heading, b.anchor, Markup(with_permalinks(b.html))) for b in entry.blocks]
 
@@ -250,6 +267,7 @@ def build_archive(settings: Settings, out_dir: Path, *, today: dt.date | None = 
     site = Site(pub.base_url)
     entries = load_entries(settings, today, sent)
     renderer = Renderer(settings)
+    subscribe = subscribe_box(settings)
     written: list[Path] = []
 
     def write(relative: str, data: str | bytes) -> None:
@@ -261,7 +279,7 @@ def build_archive(settings: Settings, out_dir: Path, *, today: dt.date | None = 
     def render(name: str, **context: Any) -> str:
         # The email renderer's template lookup: publication templates first, then the shipped
         # ones, and a template mistake reported as one line naming the file.
-        return renderer.render_template(name, {"pub": pub, **context})
+        return renderer.render_template(name, {"pub": pub, "subscribe": subscribe, **context})
 
     write("style.css", render("web.css.j2"))
     index_entries = [{"issue": e.issue, "href": e.path, "date_long": e.date_long} for e in entries]
