@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 import threading
 import time
 from collections import deque
@@ -112,6 +113,7 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.busy_seconds = conn.execute("PRAGMA busy_timeout").fetchone()[0] / 1000
     if not writer.acquire(timeout=conn.busy_seconds):
         raise sqlite3.OperationalError("database is locked (waiting for this process's writers)")
+    _quick_switching(True)
     try:
         yield from _transaction(conn)
         writer.commits += 1
@@ -119,9 +121,35 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         if checkpoint:
             writer.commits = 0
     finally:
+        _quick_switching(False)
         writer.release()
     if checkpoint:  # outside the lock: a passive checkpoint lets writers go on meanwhile
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+
+#: The GIL switch interval while a writer holds the database. Each SQLite call lets the GIL go; a
+#: thread busy with Python code then keeps it for up to the switch interval (5 ms by default)
+#: before the writer gets it back, with every other writer waiting in line meanwhile. A short
+#: interval while the line moves gives the writer the interpreter back within this much.
+WRITER_SWITCH_INTERVAL = 0.0001
+_switching = threading.Lock()
+_holders = 0
+_interval = 0.0
+
+
+def _quick_switching(on: bool) -> None:
+    """Shorten the switch interval while any writer holds a database; restore it after the last."""
+    global _holders, _interval
+    with _switching:
+        if on:
+            _holders += 1
+            if _holders == 1:
+                _interval = sys.getswitchinterval()
+                sys.setswitchinterval(min(_interval, WRITER_SWITCH_INTERVAL))
+        else:
+            _holders -= 1
+            if _holders == 0:
+                sys.setswitchinterval(_interval)
 
 
 def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:

@@ -116,3 +116,22 @@ def test_the_checkpoint_runs_outside_the_line(tmp_path: Path):
     checkpoints = [held for sql, held in seen if "wal_checkpoint" in sql]
     assert checkpoints == [False, False]  # one per CHECKPOINT_EVERY commits, none inside the lock
     assert all(held for sql, held in seen if sql.startswith(("BEGIN", "INSERT", "COMMIT")))
+
+
+def test_the_interpreter_switches_quickly_only_while_a_writer_holds_the_database(tmp_path: Path):
+    import sys
+
+    from newsletter.db import WRITER_SWITCH_INTERVAL
+
+    before = sys.getswitchinterval()
+    a, b = connect(tmp_path / "a.db"), connect(tmp_path / "b.db")
+    with write_transaction(a):
+        assert sys.getswitchinterval() == pytest.approx(WRITER_SWITCH_INTERVAL)
+        with write_transaction(b):  # two databases at once: restored only after the last
+            pass
+        assert sys.getswitchinterval() == pytest.approx(WRITER_SWITCH_INTERVAL)
+    assert sys.getswitchinterval() == before
+    with pytest.raises(RuntimeError):
+        with write_transaction(a):
+            raise RuntimeError
+    assert sys.getswitchinterval() == before

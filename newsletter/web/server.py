@@ -17,11 +17,10 @@ from typing import Callable
 from newsletter.config import Settings
 
 
-#: How long a thread may hold the GIL while another waits for it (Python's default: 5 ms). A
-#: writer waits in line for the database and then makes a dozen SQLite calls, each of which lets
-#: the GIL go; with the default, every call could hand the interpreter to a busy request thread
-#: for 5 ms while the writer, and everyone queued behind it, waited (measured: p99 at 8 clients
-#: several times lower at 1 ms).
+#: How long a thread may hold the GIL while another waits for it (Python's default: 5 ms). A request
+#: thread waking from a SQLite call or the waiting writer lock, or waitress's I/O thread with a socket
+#: ready, otherwise waits up to 5 ms behind a thread busy with Python code; while a writer holds the
+#: database the interval is shorter still (newsletter.db.WRITER_SWITCH_INTERVAL).
 SWITCH_INTERVAL = 0.001
 
 
