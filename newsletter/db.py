@@ -111,9 +111,10 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         return
     if conn.busy_seconds is None:
         conn.busy_seconds = conn.execute("PRAGMA busy_timeout").fetchone()[0] / 1000
+    _quick_switching(True)  # from the wait on: a writer handed the line picks it up at once
     if not writer.acquire(timeout=conn.busy_seconds):
+        _quick_switching(False)
         raise sqlite3.OperationalError("database is locked (waiting for this process's writers)")
-    _quick_switching(True)
     try:
         yield from _transaction(conn)
         writer.commits += 1
@@ -124,13 +125,16 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         _quick_switching(False)
         writer.release()
     if checkpoint:  # outside the lock: a passive checkpoint lets writers go on meanwhile
-        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.OperationalError:
+            pass  # the write is committed; SQLite's own checkpoint, or the next of ours, catches up
 
 
-#: The GIL switch interval while a writer holds the database. Each SQLite call lets the GIL go; a
-#: thread busy with Python code then keeps it for up to the switch interval (5 ms by default)
-#: before the writer gets it back, with every other writer waiting in line meanwhile. A short
-#: interval while the line moves gives the writer the interpreter back within this much.
+#: The GIL switch interval while a writer holds or waits for the database. Each SQLite call lets
+#: the GIL go, and so does the wait in line; a thread busy with Python code then keeps it for up to
+#: the switch interval (5 ms by default) before the writer gets it back, with every other writer
+#: waiting in line meanwhile. A short interval while the line moves gives it back within this much.
 WRITER_SWITCH_INTERVAL = 0.0001
 _switching = threading.Lock()
 _holders = 0
@@ -138,7 +142,7 @@ _interval = 0.0
 
 
 def _quick_switching(on: bool) -> None:
-    """Shorten the switch interval while any writer holds a database; restore it after the last."""
+    """Shorten the switch interval while any writer holds or waits for a database; restore it after the last."""
     global _holders, _interval
     with _switching:
         if on:
