@@ -38,8 +38,12 @@ from _common import seed_subscribers  # noqa: E402  (benchmarks/ is on sys.path 
 from bench_delivery import _prepared  # noqa: E402
 
 LIMIT = 10.0  # requests per second the emulated provider allows
-#: Engine batch per provider: what one transport call can carry in one request, or 50.
-BATCH = {"postmark": 500, "resend": 100, "sendgrid": 1000, "mailgun": 1000, "brevo": 50, "ses": 50}
+
+def batch_of(provider: str) -> int:
+    """Engine batch per provider: what one transport call takes (its ``max_batch``)."""
+    from newsletter.transports import transport_class
+
+    return transport_class(provider).max_batch
 
 
 def run(provider: str, readers: int, prepared) -> dict:
@@ -63,7 +67,7 @@ def run(provider: str, readers: int, prepared) -> dict:
         try:
             did = start_or_resume(conn, prepared, now=clock.now)
             report = run_delivery(conn, did, prepared, lambda: get_transport(settings, provider, clock=clock),
-                                  options=DeliveryOptions(batch_size=BATCH[provider]), clock=clock.monotonic,
+                                  options=DeliveryOptions(batch_size=batch_of(provider)), clock=clock.monotonic,
                                   sleep=clock.sleep, now=clock.now)
         finally:
             conn.close()
@@ -78,7 +82,9 @@ def run(provider: str, readers: int, prepared) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--readers", type=int, default=10_000)
-    parser.add_argument("--providers", nargs="+", default=list(BATCH), choices=list(BATCH))
+    from tests.provider_emulator import PROVIDERS
+
+    parser.add_argument("--providers", nargs="+", default=list(PROVIDERS), choices=list(PROVIDERS))
     args = parser.parse_args()
     prepared = _prepared()
     print(f"{args.readers:,} readers per provider; emulated limit {LIMIT:g} requests/s; time is SIMULATED "

@@ -45,6 +45,20 @@ def scrub(text: object, limit: int = 500) -> str:
     return " ".join(out.split())[:limit]
 
 
+#: A run that looks like a credential or an encoding of one: 16 or more characters of a token
+#: alphabet (base64, base64url, hex, an upper- or lower-cased key), or 8 or more that mix letters
+#: and digits (the halves of a key split by a space). Dots end a run, so a domain stays readable.
+_TOKEN_RUN = (r"[A-Za-z0-9+/=_-]{16,}"
+              r"|(?=[A-Za-z0-9+/=_-]*[0-9])(?=[A-Za-z0-9+/=_-]*[A-Za-z])[A-Za-z0-9+/=_-]{8,}")
+
+
+def mask_tokens(text: str) -> str:
+    """``text`` with every token-like run replaced by ``***``. A provider that echoes a key
+    base64- or hex-encoded, re-cased or split defeats :func:`scrub`, which knows only the literal
+    secrets; what a provider says is stored only through this (bounded input: scrub first)."""
+    return compiled(_TOKEN_RUN).sub("***", text)
+
+
 def _without_secrets(text: str, secrets: list[str], cut: int) -> str:
     """The first ``cut`` characters of ``text`` (bounded work for a hostile reply) with every
     secret replaced by ``***``. A secret the cut would split is replaced whole, and nothing
@@ -103,6 +117,12 @@ class TransportError(NewsletterError):
     """The transport could not be used at all, e.g. the server refused the login (exit 4)."""
 
     exit_code = 4
+
+
+class TransportUnavailableError(TransportError):
+    """The server could not be reached or dropped the connection (refused, timed out). Before
+    anyone was contacted it is exit 4 like any transport error; once the transport has worked
+    in a run, the delivery engine treats it as a temporary failure and retries on its schedule."""
 
 
 class DeliveryLockedError(NewsletterError):

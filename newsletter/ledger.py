@@ -331,11 +331,20 @@ def _next_due(conn: sqlite3.Connection, delivery_id: int) -> float | None:
 
 def retry_summary(conn: sqlite3.Connection, delivery_id: int, top: int = 3) -> tuple[datetime | None,
                                                                                    list[tuple[str, int]]]:
-    """When the next deferred reader is due, and the commonest reasons readers are waiting."""
+    """When the next deferred reader is due, and the commonest reasons readers are waiting: replies
+    grouped by what they share once the reader's address and ids are taken out (each server reply
+    names its reader, so the exact texts never group), each shown that way."""
+    from newsletter.smtp_status import reply_gist
+
     head = _next_due(conn, delivery_id)
-    reasons = conn.execute("SELECT COALESCE(last_error, 'waiting'), COUNT(*) AS n FROM ledger WHERE delivery_id=? "
-                           "AND state='retry' GROUP BY 1 ORDER BY n DESC, 1 LIMIT ?", (delivery_id, top)).fetchall()
-    return from_epoch(head), [(scrub(r[0], 120), r[1]) for r in reasons]
+    groups: dict[str, list] = {}
+    for text, n in conn.execute("SELECT COALESCE(last_error, 'waiting'), COUNT(*) FROM ledger WHERE delivery_id=? "
+                                "AND state='retry' GROUP BY 1 ORDER BY 1", (delivery_id,)):
+        gist = reply_gist(text)
+        group = groups.setdefault(gist, [gist, 0])
+        group[1] += n
+    reasons = sorted(groups.values(), key=lambda g: (-g[1], g[0]))[:top]
+    return from_epoch(head), [(scrub(text, 120), n) for text, n in reasons]
 
 
 def _next_retry(conn: sqlite3.Connection, d: Delivery,
@@ -526,13 +535,14 @@ class RunStart(NamedTuple):
 
 
 def begin_run(conn: sqlite3.Connection, d: Delivery, *, transport: str, resend_interrupted: bool,
-              retry_failed: bool, now: datetime) -> RunStart:
+              retry_failed: bool, now: datetime, retry_now: bool = False) -> RunStart:
     """Freeze the list (first run only), settle rows a crash left in flight, and mark it running.
 
     Rows left ``sending`` were handed to the transport and never recorded: a crash or a kill.
     They are sent again under the same batch and key (no attempt counted: nobody answered),
     or with ``resend_interrupted=False`` set ``uncertain`` and reported. A ``done`` delivery
     is never reopened here, except ``retry_failed`` for those whose retry window ran out.
+    ``retry_now`` (the editor's `resume`) makes every deferred reader due at once.
     Runs inside the caller's transaction.
     """
     stamp = timestamp(now)
@@ -558,6 +568,8 @@ def begin_run(conn: sqlite3.Connection, d: Delivery, *, transport: str, resend_i
         conn.execute("UPDATE ledger SET state='uncertain', updated_at=?, last_error='interrupted while sending "
                      "(a crash or kill): may or may not have been delivered; not sent again' "
                      "WHERE delivery_id=? AND state='sending'", (stamp, d.id))
+    if retry_now:
+        conn.execute("UPDATE ledger SET next_attempt_at=0 WHERE delivery_id=? AND state='retry'", (d.id,))
     if retry_failed:
         conn.execute("UPDATE ledger SET state='pending', attempts=0, first_failure_at=NULL, next_attempt_at=NULL, "
                      "updated_at=? WHERE delivery_id=? AND state='failed-temporary'", (stamp, d.id))
@@ -707,6 +719,27 @@ def finish_run(conn: sqlite3.Connection, delivery_id: int, *, state: str, reason
                   timestamp(now) if state == "done" else None, delivery_id))
 
 
+def readers_to_send(conn: sqlite3.Connection, slug: str, *, retry_failed: bool = False) -> int | None:
+    """How many readers the open delivery of ``slug`` still has to send (those whose retry window
+    ran out too, with ``retry_failed``); None when there is none whose list is frozen yet."""
+    row = conn.execute(f"SELECT id FROM deliveries WHERE slug=? AND test=0 AND state IN {_OPEN_SQL} "
+                       "AND frozen_at IS NOT NULL ORDER BY id DESC LIMIT 1", (slug,)).fetchone()
+    if row is None:
+        return None
+    counts = ledger_counts(conn, row[0])
+    return open_rows(counts) + (counts["failed-temporary"] if retry_failed else 0)
+
+
+def hold(conn: sqlite3.Connection, delivery_id: int, reason: str) -> None:
+    """Hold a delivery for the editor, with the reason ``status`` shows: nobody more is sent
+    until `newsletter resume` (a worker or cron dispatch never picks a held delivery up).
+    For what only the editor can fix: the server refused our sender (HELO name, login,
+    relay), a complaint or bounce rate past its limit. Readers keep their rows as they are.
+    Runs inside the caller's transaction."""
+    conn.execute("UPDATE deliveries SET state='held', reason=?, resume_at=NULL, finished_at=NULL WHERE id=?",
+                 (scrub(reason), delivery_id))
+
+
 def open_delivery_id(conn: sqlite3.Connection, slug: str) -> int | None:
     """The unfinished (scheduled, running, paused, deferred or held) delivery of an issue, if any."""
     row = conn.execute(f"SELECT id FROM deliveries WHERE slug=? AND test=0 AND state IN {_OPEN_SQL}",
@@ -731,6 +764,14 @@ def hold_for_editor(conn: sqlite3.Connection, delivery_id: int, reason: str) -> 
             return
         conn.execute("UPDATE deliveries SET state='paused', resume_at=NULL, reason=? WHERE id=? AND state='running'",
                      (scrub(reason), delivery_id))
+
+
+def recent_deliveries(conn: sqlite3.Connection, since: datetime) -> list[tuple[int, int]]:
+    """(id, readers sent) of every real delivery started since ``since``: what a complaint rate
+    over recent sends is measured against."""
+    return [(row[0], row[1]) for row in conn.execute(
+        "SELECT d.id, (SELECT COUNT(*) FROM ledger l WHERE l.delivery_id=d.id AND l.state='sent') FROM deliveries d "
+        "WHERE d.test=0 AND d.started_at>=?", (timestamp(since),))]
 
 
 def forget_subscriber(conn: sqlite3.Connection, subscriber_id: int) -> int:

@@ -32,7 +32,6 @@ from email import message_from_bytes, policy
 from email.utils import parseaddr
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl
 
 from newsletter.clock import Clock
 
@@ -122,6 +121,10 @@ class ProviderEmulator(LoopbackHTTP):
         #: Parse each MIME message into its parts (False: only who it is for, for benchmarks).
         self.inspect = inspect
         self.delivered: list[Delivered] = []
+        #: Every request as it arrived: (method, path, headers, body), for checks against the
+        #: provider's own API description (tests/transports/spec_check.py).
+        self.received: list[tuple[str, str, list[tuple[str, str]], bytes]] = []
+        self.record = inspect  # benchmarks (inspect=False) keep nothing
         self.counters = Counters()
         self._tokens = rate or 0.0
         self._last = clock.monotonic()
@@ -136,6 +139,9 @@ class ProviderEmulator(LoopbackHTTP):
 
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if emulator.record:
+                    with emulator._lock:
+                        emulator.received.append((self.command, self.path, list(self.headers.items()), body))
                 number, (status, reply, headers) = emulator.handle(self.path, dict(self.headers.items()), body)
                 if number in emulator.lose_replies and number not in emulator.replays and status < 300:
                     self.close_connection = True  # done, but the answer never arrives
@@ -255,10 +261,10 @@ class ProviderEmulator(LoopbackHTTP):
 
     def _read_mailgun(self, path: str, headers: dict[str, str], body: bytes):
         if path == f"/v3/{MAILGUN_DOMAIN}/messages.mime":
-            form = _multipart(headers, body)
+            form = dict(_multipart(headers, body))
             return None, [self._from_mime(form["to"].decode(), form["message"])]
         _expect(path == f"/v3/{MAILGUN_DOMAIN}/messages", path)
-        fields = parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=True)
+        fields = [(name, value.decode("utf-8")) for name, value in _multipart(headers, body)]
         single = {k: v for k, v in fields}
         to = [parseaddr(v)[1] for k, v in fields if k == "to"]
         _expect(1 <= len(to) <= 1000, "1 to 1000 recipients")
@@ -315,8 +321,20 @@ def substitute(text: str, subs: dict[str, str]) -> str:
     return pattern.sub(lambda m: subs[m.group()], text)
 
 
-def _multipart(headers: dict[str, str], body: bytes) -> dict[str, bytes]:
+def _multipart(headers: dict[str, str], body: bytes) -> list[tuple[str, bytes]]:
+    """A multipart/form-data body's fields, in order, repeats kept, each part's exact bytes
+    (Mailgun's only request encoding). Split by the boundary, as a form server does: the email
+    parser would take a message/rfc822 part apart."""
     content_type = _header(headers, "Content-Type", "")
-    msg = message_from_bytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body, policy=policy.HTTP)
-    return {part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
-            for part in msg.iter_parts()}
+    _expect(content_type.startswith("multipart/form-data"), f"multipart/form-data, not {content_type}")
+    boundary = message_from_bytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n",
+                                  policy=policy.HTTP).get_param("boundary")
+    chunks = body.split(b"--" + boundary.encode())
+    _expect(len(chunks) > 2 and chunks[-1].strip() == b"--", "closing boundary")
+    fields = []
+    for chunk in chunks[1:-1]:
+        head, _, content = chunk[2:].partition(b"\r\n\r\n")
+        part = message_from_bytes(head + b"\r\n\r\n", policy=policy.HTTP)
+        _expect(content.endswith(b"\r\n"), "part ends with CRLF")
+        fields.append((part.get_param("name", header="content-disposition"), content[:-2]))
+    return fields

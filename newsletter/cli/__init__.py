@@ -70,14 +70,14 @@ def database_error(exc: sqlite3.Error, settings: "Settings | None") -> Newslette
     return ConfigError(f"database error: {exc}", path=where)
 
 
-AREAS = ("authoring", "sending", "subscribers", "public", "feedback")
+AREAS = ("authoring", "sending", "subscribers", "public", "feedback", "doctor")
 # Where each command lives, so that running one imports only its own area (start-up time).
 # A name missing here still works: it loads every area before click looks it up.
 COMMAND_AREAS = {
     "init": "authoring", "new": "authoring", "build": "authoring", "preview": "authoring", "check": "authoring",
     "archive": "authoring", "templates": "authoring", "send": "sending", "resume": "sending", "status": "sending", "schedule": "sending",
     "dispatch": "sending", "worker": "sending", "subscribers": "subscribers", "serve": "public",
-    "form-snippet": "public", "inbox": "feedback", "replies": "feedback",
+    "form-snippet": "public", "inbox": "feedback", "replies": "feedback", "doctor": "doctor",
 }
 
 

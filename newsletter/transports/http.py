@@ -1,9 +1,15 @@
 """The shared send sequence of every HTTP email API (after django-anymail's base backend).
 
-:class:`HTTPTransport.send` fixes the order once: split the batch into requests
-of at most :attr:`~HTTPTransport.per_request` messages, build each payload
+:class:`HTTPTransport.send` fixes the order once: screen each message (one that cannot
+be built, or is over the provider's documented size limit, fails alone, for good, with
+the reason), split the rest into requests of at most :attr:`~HTTPTransport.per_request`
+messages and :attr:`~HTTPTransport.max_request_bytes` bytes, build each payload
 (provider hook), POST it with one reused :class:`requests.Session`, then read
 the reply into one :class:`SendResult` per message (provider hook).
+
+A provider's refusal of a whole request is kept as a :class:`ProviderError`: HTTP status,
+the provider's error code, and its message with every token-like run masked (a provider may
+echo the API key encoded), bounded; never the raw reply.
 
 Failures of a whole request are mapped here, the same way for every provider:
 
@@ -31,8 +37,9 @@ Failures of a whole request are mapped here, the same way for every provider:
 Requests of one ``send`` go out one after another, or ``concurrency`` at a time
 (Brevo: one request per message) through a bounded thread pool, always within
 the limiter's rate. A provider module contributes only its name, limits, default
-URL, auth, endpoint, payload and response parsing. Secrets are held as
-:class:`~newsletter.config.Secret` and scrubbed from every error string.
+URL, auth, endpoint, payload, sizes and response parsing; it is found by its module's
+name (:mod:`newsletter.transports`). Secrets are held as :class:`~newsletter.config.Secret`
+and scrubbed from every error string.
 """
 
 from __future__ import annotations
@@ -46,13 +53,19 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from email.utils import formataddr, parseaddr, parsedate_to_datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, Sequence
+from functools import lru_cache
+from email.headerregistry import Address
+from email.utils import parseaddr, parsedate_to_datetime
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
 from newsletter.clock import SYSTEM, Clock
 from newsletter.config import Secret
-from newsletter.errors import ConfigError, TransportError, scrub as scrub_text
+from newsletter.errors import ConfigError, HeaderInjectionError, InputError, TransportError, mask_tokens
+from newsletter.errors import scrub as scrub_text
+from newsletter.message import MAX_NAME
+from newsletter.patterns import compiled, has_control_chars
 from newsletter.transports.base import UNBUILDABLE, SendResult, Status, Transport, check_credential, unbuildable
+from newsletter.transports.merge import ByIdentity, merge_runs
 from newsletter.transports.ratelimit import RETRIES, RateLimiter, shared_limiter
 
 if TYPE_CHECKING:
@@ -73,6 +86,11 @@ AUTH_HTTP = frozenset({401, 403})
 MAX_ERROR = 300
 #: The largest reply read (a batch reply of 1,000 ids is a few tens of KB).
 MAX_REPLY = 4 << 20
+#: Providers state their size limits in megabytes; read as the smaller, decimal unit.
+MB = 1000 * 1000
+#: An upper bound of one multipart/form-data part's framing: boundary line, Content-Disposition
+#: (with a filename), Content-Type and the blank lines.
+PART_OVERHEAD = 200
 #: The batch number at the end of the engine's keys (``nl-<nonce>-<delivery>-<batch>``).
 _BATCH_SUFFIX = re.compile(r"-\d+$")
 
@@ -87,7 +105,7 @@ class Payload:
 
     json: Any = None  # may hold RawJSON values: text already JSON-encoded, spliced in as it is
     data: Any = None  # a mapping, or (name, value) pairs when a field repeats
-    files: Mapping[str, Any] | None = None
+    files: Any = None  # multipart/form-data parts as requests takes them: (name, (filename, value[, type])) pairs
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -105,6 +123,27 @@ class Failure:
     def result(self, msg: "OutgoingMessage", prefix: str = "", attempted: bool = True) -> SendResult:
         return SendResult(msg.to_email, self.status, error=prefix + self.error, retry_after=self.retry_after,
                           rate_limited=self.rate_limited, attempted=attempted)
+
+
+@dataclass(frozen=True)
+class ProviderError:
+    """What is kept of a provider's refusal of a whole request: a bounded, classified record (HTTP
+    status, the provider's own error code, its message with every token-like run masked), never
+    the raw reply, which may echo a credential in a form no literal scrub recognises."""
+
+    provider: str
+    status: int
+    code: str | None
+    message: str
+
+    def __str__(self) -> str:
+        return ": ".join(p for p in (self.provider, f"HTTP {self.status}", self.code, self.message) if p)[:MAX_ERROR]
+
+
+#: A provider error code worth keeping: a short identifier of letters (``validation_error``,
+#: ``MessageRejected``), or a number (``ErrorCode 300``). Digits only apart from letters, so no key,
+#: hex or base64 fits; anything else is not a code and is dropped.
+_ERROR_CODE = r"[A-Za-z][A-Za-z_.-]{0,39}( [0-9]{1,6})?|[0-9]{1,6}"
 
 
 class RawJSON:
@@ -151,13 +190,77 @@ def json_body(value: Any) -> bytes:
     return b"".join(json_pieces(value))
 
 
+def json_bytes(value: Any) -> int:
+    """``len(json_body(value))``, counted without making it: each RawJSON is measured, not copied."""
+    raws: list[RawJSON] = []
+
+    def default(obj: Any) -> str:
+        if not isinstance(obj, RawJSON):
+            raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+        raws.append(obj)
+        return ""
+
+    skeleton = json.dumps(value, default=default, allow_nan=False)
+    return len(skeleton) - 2 * len(raws) + sum(len(part) for raw in raws for part in raw.parts)
+
+
+def payload_bytes(payload: Payload) -> int:
+    """The size of the request body ``payload`` makes (an upper bound for a multipart form)."""
+    if payload.json is not None:
+        return json_bytes(payload.json)
+    parts = list(payload.data.items() if isinstance(payload.data, Mapping) else payload.data or ())
+    parts += [(name, value[1]) for name, value in (payload.files or ())]
+    return sum(form_part_bytes(name, value) for name, value in parts)
+
+
+def form_part_bytes(name: str, value: str | bytes) -> int:
+    """An upper bound of one multipart/form-data part's size."""
+    size = len(value) if isinstance(value, bytes) else len(value.encode("utf-8"))
+    return PART_OVERHEAD + len(name.encode("utf-8")) + size
+
+
+def megabytes(size: int) -> str:
+    return f"{size / MB:.1f} MB"
+
+
+def display_name(name: str) -> str:
+    """A reader's name as a JSON API takes it: UTF-8 text (JSON carries Unicode, so never RFC 2047
+    encoded-words), cut where the To header cuts it. A control character is refused: the
+    message fails alone (:data:`~newsletter.transports.base.UNBUILDABLE`)."""
+    if has_control_chars(name):
+        raise HeaderInjectionError(f"the reader's name contains a control character or line break: {name[:60]!r}")
+    return name[:MAX_NAME]
+
+
 def address(name: str, email: str) -> str:
-    """``Name <email>`` for providers that take one string (RFC 2047 for non-ASCII names)."""
-    return formataddr((name, email)) if name else email
+    """``Name <email>`` for APIs that take one address string (Postmark, Resend, Mailgun): the name
+    in UTF-8, in quotes when it holds an RFC 5322 special such as a comma (stdlib's
+    :class:`~email.headerregistry.Address` decides), so the provider's parser reads one mailbox."""
+    name = display_name(name)
+    if not name:
+        return email
+    if compiled(_PLAIN_PHRASE).fullmatch(name):  # nothing to quote: the common case, without the parser
+        return f"{name} <{email}>"
+    return _quoted_address(name, email)
+
+
+#: A display name that RFC 5322 lets stand unquoted: atoms of ASCII atext (and UTF-8 beyond ASCII,
+#: RFC 6532) separated by single spaces.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\U0010ffff-]+"
+_PLAIN_PHRASE = rf"{_ATOM}(?: {_ATOM})*"
+
+
+@lru_cache(maxsize=4096)
+def _quoted_address(name: str, email: str) -> str:
+    try:
+        return str(Address(display_name=name, addr_spec=email))
+    except (ValueError, IndexError) as exc:  # the parser refused the address itself
+        raise InputError(f"{email!r} cannot be written as an address: {exc}") from None
 
 
 def mailbox(name: str, email: str) -> dict[str, str]:
-    """``{"email", "name"}`` for providers that take objects; no empty name."""
+    """``{"email", "name"}`` for providers that take objects (SendGrid, Brevo); no empty name."""
+    name = display_name(name)
     return {"email": email, "name": name} if name else {"email": email}
 
 
@@ -187,11 +290,6 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def chunked(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
 class HTTPTransport(Transport):
     """Base class of the HTTP API transports; subclasses fill in the hooks below."""
 
@@ -212,6 +310,12 @@ class HTTPTransport(Transport):
     idempotency_header: ClassVar[str | None] = None
     #: Whether :meth:`sign` reads the body: then it is joined before signing, not streamed in pieces.
     signs_body: ClassVar[bool] = False
+    #: The provider's documented limits, in bytes, on one request's body and on one message
+    #: (None: none documented); requests are split to stay within them, a message over them
+    #: fails alone, for good. :attr:`size_limits_doc` says where they are documented.
+    max_request_bytes: ClassVar[int | None] = None
+    max_message_bytes: ClassVar[int | None] = None
+    size_limits_doc: ClassVar[str] = ""
 
     def __init__(self, *, api_key: str | None = None, api_url: str | None = None,
                  timeout: tuple[float, float] | float = DEFAULT_TIMEOUT,
@@ -232,6 +336,11 @@ class HTTPTransport(Transport):
             raise ConfigError(f"{self.name.upper()}_CONCURRENCY must be between 1 and 64")
         self.concurrency = int(concurrency)
         self._opened = False
+        # Per message, for the length of one send (the batch's messages are not kept alive after):
+        # its size, measured once by the screen and the plan; its bodies, encoded once for both.
+        self._sizes: ByIdentity["OutgoingMessage", tuple[int, int]] = ByIdentity(self.sizes)
+        self._json_bodies: ByIdentity["OutgoingMessage", tuple[RawJSON, RawJSON]] = ByIdentity(
+            lambda m: (RawJSON(m.html_json), RawJSON(m.text_json)))
 
     # ---- construction --------------------------------------------------------------
     @classmethod
@@ -281,9 +390,38 @@ class HTTPTransport(Transport):
         return self.url
 
     def plan(self, messages: Sequence["OutgoingMessage"]) -> list[Sequence["OutgoingMessage"]]:
-        """The requests to make, as consecutive runs of ``messages`` (order is kept): by default
-        runs of :attr:`per_request`; batch APIs send a message alone when it cannot share one."""
-        return list(chunked(list(messages), self.per_request))
+        """The requests to make, as consecutive runs of ``messages`` (order kept): at most
+        :attr:`per_request` messages and :attr:`max_request_bytes` bytes each; a message that
+        cannot share a request (:meth:`shares_request`) goes alone."""
+        return merge_runs(messages, self.per_request, self.shares_request, self._sizes.get, self.max_request_bytes)
+
+    def shares_request(self, msg: "OutgoingMessage") -> bool:
+        """Whether ``msg`` may go in a request with others (server-side merge needs safe values)."""
+        return True
+
+    def sizes(self, msg: "OutgoingMessage") -> tuple[int, int]:
+        """(bytes of the request part ``msg`` shares with the rest of its request, bytes it adds
+        alone). One-message APIs: the whole request is its own; batch APIs override this."""
+        return 0, payload_bytes(self.build_payload([msg], None))
+
+    def bodies(self, msg: "OutgoingMessage") -> tuple[RawJSON, RawJSON]:
+        """``msg``'s HTML and text as pre-encoded JSON strings, made once per send."""
+        return self._json_bodies.get(msg)
+
+    def refusal(self, msg: "OutgoingMessage") -> SendResult | None:
+        """The result for a message that no request can carry: one that cannot be built, or one over
+        the provider's size limits. It fails alone and for good; the others are sent."""
+        try:
+            shared, own = self._sizes.get(msg)
+        except UNBUILDABLE as exc:
+            return unbuildable(msg, exc)
+        size = shared + own
+        for limit, what in ((self.max_message_bytes, "a message"), (self.max_request_bytes, "a request")):
+            if limit is not None and size > limit:
+                return SendResult(msg.to_email, Status.FAILED_PERMANENT, error=(
+                    f"not sent: the message is {megabytes(size)}, over {self.name}'s limit of "
+                    f"{megabytes(limit)} for {what} ({self.size_limits_doc}); make the issue smaller"))
+        return None
 
     def build_payload(self, chunk: Sequence["OutgoingMessage"], idempotency_key: str | None) -> Payload:
         """The request for ``chunk``; batch APIs override this, one-message APIs :meth:`message_payload`."""
@@ -312,6 +450,15 @@ class HTTPTransport(Transport):
     def is_rate_limited(self, response: "requests.Response", body: Any) -> bool:
         """A pacing signal rather than a failure (SES overrides: it says so in an error type)."""
         return response.status_code == RATE_LIMITED_HTTP
+
+    def error_code(self, response: "requests.Response", body: Any) -> str | None:
+        """The provider's own code for the error, from a JSON error body (Resend's ``name``,
+        Brevo's ``code``); providers with another shape override this."""
+        if isinstance(body, dict):
+            for key in ("code", "name", "type"):
+                if isinstance(body.get(key), (str, int)) and not isinstance(body.get(key), bool):
+                    return str(body[key])
+        return None
 
     def describe_error(self, response: "requests.Response", body: Any) -> str | None:
         """The provider's own words from a JSON error body."""
@@ -346,11 +493,21 @@ class HTTPTransport(Transport):
 
     def scrub(self, text: str) -> str:
         """This transport's own secrets out (it may have been made without settings), then
-        :func:`newsletter.errors.scrub`: configured secrets, control characters, one line."""
+        :func:`newsletter.errors.scrub` (configured secrets, control characters, one line, bounded),
+        then :func:`~newsletter.errors.mask_tokens`: what a provider says may echo a key encoded."""
         for secret in self.secrets():
             if secret:
                 text = text.replace(secret, "***")
-        return scrub_text(text, MAX_ERROR)
+        return mask_tokens(scrub_text(text, MAX_ERROR))
+
+    def provider_error(self, response: "requests.Response", body: Any) -> ProviderError:
+        """The record kept of a refused request (see :class:`ProviderError`)."""
+        import re
+
+        code = self.error_code(response, body)
+        code = code if code is not None and re.fullmatch(_ERROR_CODE, code) else None
+        message = self.describe_error(response, body) or _short_text(response) or response.reason or ""
+        return ProviderError(self.name, response.status_code, code or None, self.scrub(message))
 
     # ---- the send sequence -----------------------------------------------------------
     @property
@@ -369,6 +526,16 @@ class HTTPTransport(Transport):
     def send(self, messages: Sequence["OutgoingMessage"], idempotency_key: str | None = None) -> list[SendResult]:
         if not self._opened:
             self.open()
+        try:
+            refused = {i: r for i, m in enumerate(messages) if (r := self.refusal(m)) is not None}
+            sendable = [m for i, m in enumerate(messages) if i not in refused]
+            sent = iter(self._send(sendable, idempotency_key) if sendable else ())
+            return [refused[i] if i in refused else next(sent) for i in range(len(messages))]
+        finally:  # the batch's messages are not kept alive while the engine builds the next one
+            self._sizes.clear()
+            self._json_bodies.clear()
+
+    def _send(self, messages: Sequence["OutgoingMessage"], idempotency_key: str | None) -> list[SendResult]:
         chunks = self.plan(messages)
         outcomes: list[list[SendResult] | Failure | None] = [None] * len(chunks)
         halted = threading.Event()
@@ -515,8 +682,7 @@ class HTTPTransport(Transport):
 
     def _failure(self, response: "requests.Response") -> Failure:
         body = _json_or_none(response)
-        detail = self.describe_error(response, body) or _short_text(response) or response.reason or ""
-        error = self.scrub(f"{self.name}: HTTP {response.status_code}: {detail}".rstrip(": "))
+        error = str(self.provider_error(response, body))
         rate_limited = self.is_rate_limited(response, body)
         if rate_limited or self.is_temporary(response, body):
             retry_after = parse_retry_after(response.headers.get("Retry-After"), self.clock.now().timestamp())

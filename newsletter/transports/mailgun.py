@@ -16,6 +16,15 @@ A reader whose values cannot be substituted safely is sent alone through
 ``/messages.mime`` ("Send an email in MIME format": ``to`` plus our own MIME bytes as the
 ``message`` file), which keeps our exact message, DKIM signature included. Batch messages
 are signed by Mailgun's own DKIM for the domain. Mailgun has no idempotency key.
+
+Both requests are ``multipart/form-data``, the only request body Mailgun's OpenAPI description
+declares for ``/v3/{domain_name}/messages`` and ``.../messages.mime`` (mailgun/mailgun-mcp-server,
+``src/openapi.yaml``). "The maximum message size Mailgun supports is 25MB"
+(https://documentation.mailgun.com/docs/mailgun/user-manual/sending-messages/send-http): a batch
+request, one message to many, is kept under it too. ``to`` "Supports friendly name format", so the
+name goes as UTF-8 text, quoted when it holds an RFC 5322 special. The MIME message is a file part
+of type ``application/octet-stream``, as Mailgun's own example (``curl -F message=@message.mime``)
+sends it and as OpenAPI defaults a ``format: binary`` part.
 """
 
 from __future__ import annotations
@@ -24,8 +33,8 @@ import base64
 import json
 from typing import TYPE_CHECKING, Any, Sequence
 
-from newsletter.transports.http import HTTPTransport, Payload, address
-from newsletter.transports.merge import merge_bodies, merge_runs, merge_values
+from newsletter.transports.http import MB, HTTPTransport, Payload, address, form_part_bytes
+from newsletter.transports.merge import merge_bodies, merge_values
 
 if TYPE_CHECKING:
     import requests
@@ -54,6 +63,8 @@ class MailgunTransport(HTTPTransport):
     per_request = max_batch = MAX_RECIPIENTS
     default_api_url = "https://api.mailgun.net"
     path = "/v3/{self.domain}/messages"
+    max_request_bytes = max_message_bytes = 25 * MB
+    size_limits_doc = "https://documentation.mailgun.com/docs/mailgun/user-manual/sending-messages/send-http"
 
     def __init__(self, *, domain: str, **kwargs: Any):
         super().__init__(**kwargs)
@@ -69,33 +80,39 @@ class MailgunTransport(HTTPTransport):
         return {"Authorization": f"Basic {token}"}
 
     # ---- which readers share a request -------------------------------------------------
-    def _fits(self, m: "OutgoingMessage") -> bool:
+    def shares_request(self, m: "OutgoingMessage") -> bool:
         # recipient-variables are keyed by address: an address in mixed case could fail to match
         # Mailgun's own spelling of it and leave tags unfilled, so such a reader goes alone.
         values = [*m.placeholder_values.values(), *m.extra_headers.values()]
         return (self._bodies.get(m.prepared).usable and m.to_email == m.to_email.lower()
                 and not any(_PREFIX in v for v in values))
 
-    def plan(self, messages: Sequence["OutgoingMessage"]) -> list[Sequence["OutgoingMessage"]]:
-        return merge_runs(messages, self.per_request, self._fits)
-
     def _alone(self, chunk: Sequence["OutgoingMessage"]) -> bool:
-        return len(chunk) == 1 and not self._fits(chunk[0])
+        return len(chunk) == 1 and not self.shares_request(chunk[0])
 
     def endpoint(self, chunk: Sequence["OutgoingMessage"]) -> str:
         return self.url + ".mime" if self._alone(chunk) else self.url
+
+    def sizes(self, m: "OutgoingMessage") -> tuple[int, int]:
+        if not self.shares_request(m):
+            return super().sizes(m)
+        # An upper bound: each header as its own h: part, and again among the reader's variables.
+        shared = sum(form_part_bytes(k, v) for k, v in self._shared_fields(m))
+        shared += sum(form_part_bytes(f"h:{k}", v) for k, v in m.extra_headers.items())
+        shared += form_part_bytes("recipient-variables", "{}")
+        own = form_part_bytes("to", address(m.recipient.name, m.to_email))
+        own += len(json.dumps({m.to_email: {**merge_values(m, variable), **m.extra_headers}},
+                              ensure_ascii=False).encode("utf-8"))
+        return shared, own
 
     # ---- payloads -------------------------------------------------------------------
     def build_payload(self, chunk: Sequence["OutgoingMessage"], idempotency_key: str | None) -> Payload:
         first = chunk[0]
         if self._alone(chunk):
-            return Payload(data={"to": first.to_email},
-                           files={"message": ("message.mime", first.as_bytes(), "message/rfc822")})
-        body = self._bodies.get(first.prepared)
-        fields: list[tuple[str, str]] = [("from", address(first.from_name, first.from_email))]
-        fields += [("to", address(m.recipient.name, m.to_email)) for m in chunk]
-        fields += [("subject", first.subject), ("text", body.text), ("html", body.html),
-                   ("h:Reply-To", first.reply_to)]
+            return Payload(files=[("to", (None, first.to_email)),
+                                  ("message", ("message.mime", first.as_bytes(), "application/octet-stream"))])
+        fields = self._shared_fields(first)
+        fields[1:1] = [("to", address(m.recipient.name, m.to_email)) for m in chunk]
         variables: dict[str, dict[str, str]] = {m.to_email: merge_values(m, variable) for m in chunk}
         for index, name in enumerate(first.extra_headers):
             values = [m.extra_headers.get(name, "") for m in chunk]
@@ -107,7 +124,13 @@ class MailgunTransport(HTTPTransport):
             for m, value in zip(chunk, values):
                 variables[m.to_email][key] = value
         fields.append(("recipient-variables", json.dumps(variables, ensure_ascii=False)))
-        return Payload(data=fields)
+        return Payload(files=[(name, (None, value.encode("utf-8"))) for name, value in fields])
+
+    def _shared_fields(self, m: "OutgoingMessage") -> list[tuple[str, str]]:
+        """The form fields every reader of ``m``'s batch shares (headers come per batch)."""
+        body = self._bodies.get(m.prepared)
+        return [("from", address(m.from_name, m.from_email)), ("subject", m.subject), ("text", body.text),
+                ("html", body.html), ("h:Reply-To", m.reply_to)]
 
     def parse_response(self, chunk: Sequence["OutgoingMessage"], response: "requests.Response") -> list["SendResult"]:
         message_id = response.json()["id"]

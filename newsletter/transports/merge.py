@@ -85,13 +85,20 @@ def merge_values(msg: "OutgoingMessage", tag: Tagger) -> dict[str, str]:
     return out
 
 
+#: What one message adds to a request: (bytes of the request's shared part, bytes of its own part).
+Sizer = Callable[["OutgoingMessage"], tuple[int, int]]
+
+
 def merge_runs(messages: Sequence["OutgoingMessage"], limit: int,
-               fits: Callable[["OutgoingMessage"], bool]) -> list[Sequence["OutgoingMessage"]]:
+               fits: Callable[["OutgoingMessage"], bool], size: Sizer | None = None,
+               budget: int | None = None) -> list[Sequence["OutgoingMessage"]]:
     """Consecutive runs (order kept) of at most ``limit`` readers that can share one request:
-    same issue, each address once; a reader that does not ``fit`` goes alone."""
+    same issue, each address once, and (with ``size`` and ``budget``) at most ``budget`` bytes:
+    the shared part once plus each reader's own part. A reader that does not ``fit`` goes alone."""
     out: list[Sequence["OutgoingMessage"]] = []
     run: list["OutgoingMessage"] = []
     seen: set[str] = set()
+    used = 0
     for msg in messages:
         if not fits(msg):
             if run:
@@ -100,11 +107,16 @@ def merge_runs(messages: Sequence["OutgoingMessage"], limit: int,
             out.append([msg])
             continue
         address = msg.to_email.lower()
-        if run and (len(run) >= limit or msg.prepared is not run[0].prepared or address in seen):
+        shared, own = size(msg) if size is not None else (0, 0)
+        full = budget is not None and run and used + own > budget
+        if run and (len(run) >= limit or msg.prepared is not run[0].prepared or address in seen or full):
             out.append(run)
             run, seen = [], set()
+        if not run:
+            used = shared
         run.append(msg)
         seen.add(address)
+        used += own
     if run:
         out.append(run)
     return out

@@ -3,16 +3,25 @@
 Docs: https://resend.com/docs/api-reference/emails/send-batch-emails (request shape,
 limit of 100), https://resend.com/docs/dashboard/emails/idempotency-keys
 (``Idempotency-Key`` header, kept 24 hours, also on ``/emails/batch``) and
-https://resend.com/docs/dashboard/emails/batch-validation-modes
-(``x-batch-validation: permissive``: valid emails are sent, invalid ones come
-back in ``errors`` as ``{index, message}``, ``data`` lists the created ids).
+https://resend.com/docs/dashboard/emails/batch-validation-modes and the announcement
+https://resend.com/changelog/batch-validation-modes ("Set the batch validation header to
+``permissive``": valid emails are queued, invalid ones come back in the ``errors`` array as
+``{index, message}``, ``data`` lists the created ids). Neither the header nor ``errors`` is in
+Resend's OpenAPI description (resend/resend-openapi), which declares only ``data``; the
+documentation above is what we rely on, and a reply without ``errors`` reads as all accepted.
+
+Addresses: "To include a friendly name, use the format "Your Name <sender@domain.com>"" (the
+send-email reference); the body is JSON, so the name goes as UTF-8 text, quoted when it holds
+an RFC 5322 special. Size: "max 40MB per email, after Base64 encoding of the attachments"
+(https://resend.com/docs/api-reference/emails/send-email); no limit per batch request is
+documented beyond its 100 emails.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from newsletter.transports.http import HTTPTransport, Payload, RawJSON, address
+from newsletter.transports.http import MB, HTTPTransport, Payload, address, payload_bytes
 
 if TYPE_CHECKING:
     import requests
@@ -28,17 +37,26 @@ class ResendTransport(HTTPTransport):
     path = "/emails/batch"
     auth_header = ("Authorization", "Bearer {key}")
     idempotency_header = "Idempotency-Key"
+    max_message_bytes = 40 * MB
+    size_limits_doc = "https://resend.com/docs/api-reference/emails/send-email"
 
     def build_payload(self, chunk: Sequence["OutgoingMessage"], idempotency_key: str | None) -> Payload:
-        return Payload(headers={"x-batch-validation": "permissive"}, json=[{
+        return Payload(headers={"x-batch-validation": "permissive"}, json=[self.entry(m) for m in chunk])
+
+    def entry(self, m: "OutgoingMessage") -> dict[str, Any]:
+        html, text = self.bodies(m)  # escaped once per issue, not per reader
+        return {
             "from": address(m.from_name, m.from_email),
             "to": [address(m.recipient.name, m.to_email)],
             "subject": m.subject,
-            "html": RawJSON(m.html_json),  # escaped once per issue, not per reader
-            "text": RawJSON(m.text_json),
+            "html": html,
+            "text": text,
             "reply_to": m.reply_to,
             "headers": m.extra_headers,
-        } for m in chunk])
+        }
+
+    def sizes(self, m: "OutgoingMessage") -> tuple[int, int]:
+        return 2, payload_bytes(Payload(json=self.entry(m))) + 2  # "[" "]", and ", " between entries
 
     def parse_response(self, chunk: Sequence["OutgoingMessage"], response: "requests.Response") -> list["SendResult"]:
         body = response.json()

@@ -18,14 +18,21 @@ unsubscribe link, address and name (:mod:`newsletter.transports.merge`). A reade
 whose values cannot be substituted safely goes alone, with the personalised body.
 The reply has one ``X-Message-Id`` for the request; SendGrid's event ids start with
 it. SendGrid has no idempotency key.
+
+Limits (https://docs.sendgrid.com/api-reference/mail-send/limitations): "The total size of your
+email, including attachments, must be less than 30MB" (one request is one email with its
+personalizations), and
+"The to.name, cc.name, and bcc.name personalizations cannot include either the ; or ,
+characters": such a reader's name is left out (their address alone), so the request is not refused.
+Names otherwise go as UTF-8 text in the ``name`` of the address object.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
-from newsletter.transports.http import HTTPTransport, Payload, RawJSON, mailbox, mailbox_from_header
-from newsletter.transports.merge import ByIdentity, merge_bodies, merge_runs, merge_values
+from newsletter.transports.http import MB, HTTPTransport, Payload, mailbox, mailbox_from_header, payload_bytes
+from newsletter.transports.merge import ByIdentity, merge_bodies, merge_values
 
 if TYPE_CHECKING:
     import requests
@@ -37,6 +44,8 @@ if TYPE_CHECKING:
 MAX_PERSONALIZATIONS = 1000
 #: Substitution bytes per personalization (Mail Send reference: 10,000; some pages say 50,000).
 MAX_SUBSTITUTION_BYTES = 10_000
+#: Characters a personalization's ``to.name`` cannot hold (Mail Send limitations).
+NAME_REFUSES = (",", ";")
 
 
 def tag(part: str, key: str) -> str:
@@ -50,6 +59,8 @@ class SendGridTransport(HTTPTransport):
     default_api_url = "https://api.sendgrid.com"
     path = "/v3/mail/send"
     auth_header = ("Authorization", "Bearer {key}")
+    max_request_bytes = max_message_bytes = 30 * MB
+    size_limits_doc = "https://docs.sendgrid.com/api-reference/mail-send/limitations"
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
@@ -62,16 +73,12 @@ class SendGridTransport(HTTPTransport):
     def _merge_values(self, m: "OutgoingMessage") -> dict[str, str]:
         return self._substitutions.get(m)
 
-    def _fits(self, m: "OutgoingMessage") -> bool:
+    def shares_request(self, m: "OutgoingMessage") -> bool:
         if not self._bodies.get(m.prepared).usable:
             return False
         size = sum(len(k.encode()) + len(v.encode()) for k, v in self._merge_values(m).items())
         values = [*m.placeholder_values.values(), *m.extra_headers.values()]
         return size <= MAX_SUBSTITUTION_BYTES and not any("%%" in v for v in values)
-
-    def plan(self, messages: Sequence["OutgoingMessage"]) -> list[Sequence["OutgoingMessage"]]:
-        self._substitutions.clear()
-        return merge_runs(messages, self.per_request, self._fits)
 
     def send(self, messages: Sequence["OutgoingMessage"], idempotency_key: str | None = None) -> list["SendResult"]:
         try:
@@ -79,17 +86,23 @@ class SendGridTransport(HTTPTransport):
         finally:  # the batch's messages are not kept alive while the engine builds the next one
             self._substitutions.clear()
 
+    def sizes(self, m: "OutgoingMessage") -> tuple[int, int]:
+        if not self.shares_request(m):
+            return super().sizes(m)
+        body = self._bodies.get(m.prepared)
+        shared = {**self._common(m), "content": [{"type": "text/plain", "value": body.text},
+                                                 {"type": "text/html", "value": body.html}],
+                  "personalizations": []}
+        return (payload_bytes(Payload(json=shared)),
+                payload_bytes(Payload(json=self._personalization(m, merged=True))) + 2)  # ", " between entries
+
     def build_payload(self, chunk: Sequence["OutgoingMessage"], idempotency_key: str | None) -> Payload:
         first = chunk[0]
-        if len(chunk) == 1 and not self._fits(first):
+        if len(chunk) == 1 and not self.shares_request(first):
             return self.message_payload(first, idempotency_key)
         body = self._bodies.get(first.prepared)
         return Payload(json={
-            "personalizations": [{
-                "to": [mailbox(m.recipient.name, m.to_email)],
-                "headers": m.extra_headers,
-                "substitutions": self._merge_values(m),
-            } for m in chunk],
+            "personalizations": [self._personalization(m, merged=True) for m in chunk],
             **self._common(first),
             # text/plain must come before text/html.
             "content": [{"type": "text/plain", "value": body.text}, {"type": "text/html", "value": body.html}],
@@ -97,12 +110,19 @@ class SendGridTransport(HTTPTransport):
 
     def message_payload(self, m: "OutgoingMessage", idempotency_key: str | None) -> Payload:
         """One reader alone, their body personalised here (a value that could not be substituted)."""
+        html, text = self.bodies(m)
         return Payload(json={
-            "personalizations": [{"to": [mailbox(m.recipient.name, m.to_email)], "headers": m.extra_headers}],
+            "personalizations": [self._personalization(m, merged=False)],
             **self._common(m),
-            "content": [{"type": "text/plain", "value": RawJSON(m.text_json)},
-                        {"type": "text/html", "value": RawJSON(m.html_json)}],
+            "content": [{"type": "text/plain", "value": text}, {"type": "text/html", "value": html}],
         })
+
+    def _personalization(self, m: "OutgoingMessage", *, merged: bool) -> dict[str, Any]:
+        name = "" if any(c in m.recipient.name for c in NAME_REFUSES) else m.recipient.name
+        out: dict[str, Any] = {"to": [mailbox(name, m.to_email)], "headers": m.extra_headers}
+        if merged:
+            out["substitutions"] = self._merge_values(m)
+        return out
 
     @staticmethod
     def _common(m: "OutgoingMessage") -> dict[str, Any]:

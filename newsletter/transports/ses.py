@@ -5,17 +5,20 @@ Docs: https://docs.aws.amazon.com/ses/latest/APIReference-V2/API_SendEmail.html
 reply ``{"MessageId"}``; errors: TooManyRequestsException 429, LimitExceededException,
 MessageRejected, SendingPausedException ... 400, named in ``x-amzn-ErrorType``).
 Signing is botocore's :class:`~botocore.auth.SigV4Auth`, never our own.
-SES has no idempotency key.
+SES has no idempotency key. Size: "Using the SES v2 API or SMTP - Maximum message size
+(including attachments): 40 MB per message (after base64 encoding)"
+(https://docs.aws.amazon.com/ses/latest/dg/quotas.html).
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import logging
 from typing import TYPE_CHECKING, Any
 
 from newsletter.config import Secret
-from newsletter.transports.http import HTTPTransport, Payload
+from newsletter.transports.http import MB, HTTPTransport, Payload
 
 if TYPE_CHECKING:
     import requests
@@ -41,6 +44,8 @@ class SESTransport(HTTPTransport):
     name = "ses"
     path = "/v2/email/outbound-emails"
     signs_body = True  # SigV4 hashes the body
+    max_message_bytes = 40 * MB
+    size_limits_doc = "https://docs.aws.amazon.com/ses/latest/dg/quotas.html"
 
     def __init__(self, *, access_key_id: str, secret_access_key: str, region: str,
                  session_token: str | None = None, api_url: str | None = None, **kwargs: Any):
@@ -77,6 +82,12 @@ class SESTransport(HTTPTransport):
             "Content": {"Raw": {"Data": base64.b64encode(m.as_bytes()).decode("ascii")}},
         })
 
+    def sizes(self, m: "OutgoingMessage") -> tuple[int, int]:
+        # The base64 of the MIME, counted without making it; the small JSON around it, made.
+        frame = json.dumps({"FromEmailAddress": m.from_email, "Destination": {"ToAddresses": [m.to_email]},
+                            "Content": {"Raw": {"Data": ""}}})
+        return 0, 4 * -(-len(m.as_bytes()) // 3) + len(frame)
+
     def sign(self, request: "requests.PreparedRequest") -> None:
         from botocore.auth import SigV4Auth
         from botocore.awsrequest import AWSRequest
@@ -101,9 +112,8 @@ class SESTransport(HTTPTransport):
     def is_rate_limited(self, response: "requests.Response", body: Any) -> bool:
         return super().is_rate_limited(response, body) or self.error_type(response, body) in RATE_LIMIT_ERRORS
 
-    def describe_error(self, response: "requests.Response", body: Any) -> str | None:
-        parts = (self.error_type(response, body), super().describe_error(response, body))
-        return ": ".join(p for p in parts if p) or None
+    def error_code(self, response: "requests.Response", body: Any) -> str | None:
+        return self.error_type(response, body) or None
 
     def provider_id(self, response: "requests.Response") -> str | None:
         return response.json()["MessageId"]

@@ -39,17 +39,18 @@ class Recorded:
         return json.loads(self.body)
 
     def fields(self) -> list[tuple[str, str]]:
-        """An application/x-www-form-urlencoded body as (name, value) pairs, repeats kept."""
-        from urllib.parse import parse_qsl
-
-        assert self.headers.get_content_type() == "application/x-www-form-urlencoded"
-        return parse_qsl(self.body.decode(), keep_blank_values=True, strict_parsing=True)
+        """A multipart/form-data body's fields as (name, text) pairs, repeats kept, in order: what
+        Mailgun's OpenAPI description declares (and the only form encoding these tests accept)."""
+        return [(name, content.decode("utf-8")) for name, (_, content) in self.parts()]
 
     def form(self) -> dict[str, tuple[Message, bytes]]:
         """The parts of a multipart/form-data body by field name: (part headers, exact bytes)."""
-        assert self.headers.get_content_type() == "multipart/form-data"
+        return dict(self.parts())
+
+    def parts(self) -> list[tuple[str, tuple[Message, bytes]]]:
+        assert self.headers.get_content_type() == "multipart/form-data", self.headers.get_content_type()
         boundary = self.headers.get_param("boundary").encode()
-        parts: dict[str, tuple[Message, bytes]] = {}
+        parts: list[tuple[str, tuple[Message, bytes]]] = []
         chunks = self.body.split(b"--" + boundary)
         assert chunks[-1].strip() == b"--", "multipart body must end with the closing boundary"
         for chunk in chunks[1:-1]:
@@ -59,7 +60,7 @@ class Recorded:
                 name, _, value = line.partition(":")
                 part[name.strip()] = value.strip()
             assert content.endswith(b"\r\n")
-            parts[part.get_param("name", header="content-disposition")] = (part, content[:-2])
+            parts.append((part.get_param("name", header="content-disposition"), (part, content[:-2])))
         return parts
 
 

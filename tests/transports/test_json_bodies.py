@@ -16,7 +16,9 @@ from newsletter.transports.sendgrid import SendGridTransport
 from tests.transports.conftest import PUBLICATION, RENDERED
 
 KEY = "key-5ecret-9f8e7d6c5b4a3210"
-HOSTILE = ['Zoë "Q" \\ Lǐ 李', "</script><!--", "tab\there", "\u2028sep\u2029", "😀 emoji", "\x00raw0\x00", ""]
+HOSTILE = ['Zoë "Q" \\ Lǐ 李', "</script><!--", "Müller, Bob", "😀 emoji", "\\u0000raw0\\u0000", ""]
+#: Names no request carries: a control character is refused (the reader's message fails alone).
+CONTROL = ["tab\there", "\u2028sep\u2029", "\x00raw0\x00", "CR\r\nBcc: x@y.org"]
 
 
 def messages():
@@ -66,6 +68,16 @@ def test_decoded_request_equals_the_payload_with_plain_bodies(name, make_setting
             else:
                 assert entry["content"] == [{"type": "text/plain", "value": m.text},
                                             {"type": "text/html", "value": m.html}]
+
+
+@pytest.mark.parametrize("name", CONTROL)
+def test_a_name_with_a_control_character_is_refused_not_sent(name):
+    from newsletter.errors import InputError
+    from newsletter.transports.http import address, mailbox
+
+    for build in (address, mailbox):
+        with pytest.raises(InputError):
+            build(name, "r@example.com")
 
 
 def test_a_value_shaped_like_a_marker_is_not_replaced():

@@ -27,6 +27,7 @@ from newsletter.transports import get_transport
 from newsletter.transports.base import Status
 from newsletter.transports.ratelimit import RateLimiter
 from tests.provider_emulator import KEY, PROVIDERS, ProviderEmulator, env
+from tests.transports import spec_check
 
 SECRET = "test-secret-key-0123456789"
 START = datetime(2031, 3, 4, 9, 0, tzinfo=timezone.utc)
@@ -97,6 +98,7 @@ def test_rate_limit_and_outage_lose_and_double_nobody(provider, tmp_path, make_s
         report = deliver(tmp_path / "news.db", provider, api, clock, make_settings, batch_size=4)
     assert api.counters.bad == 0, api.counters.errors
     assert api.counters.rate_limited > 0 and api.counters.outage > 0  # both faults really happened
+    assert spec_check.check_received(provider, api.received) == api.counters.requests  # retries too
     assert collections.Counter(d.recipient for d in api.delivered) == {e: 1 for e in readers}
     assert report.state == "done" and report.sent == READERS and report.pending == 0
     assert_each_reader_got_their_own_message(api, readers)
