@@ -51,13 +51,22 @@ class FairLock:
             baton = threading.Lock()
             baton.acquire()
             self._waiters.append(baton)
-        if baton.acquire(timeout=timeout):
-            return True  # released to us: ownership came with the baton
+        try:
+            if baton.acquire(timeout=timeout):
+                return True  # released to us: ownership came with the baton
+        except BaseException:  # Ctrl-C while waiting: leave the line, passing on what was handed to us
+            if not self._leave(baton):
+                self.release()
+            raise
+        return not self._leave(baton)  # handed over between the timeout and here: ours after all
+
+    def _leave(self, baton: threading.Lock) -> bool:
+        """Take ``baton`` out of the line; False when it was already handed over (we hold the lock)."""
         with self._mutex:
             if baton in self._waiters:
                 self._waiters.remove(baton)
-                return False
-        return True  # handed over between the timeout and the mutex: ours now
+                return True
+            return False
 
     def release(self) -> None:
         with self._mutex:

@@ -135,3 +135,40 @@ def test_the_interpreter_switches_quickly_only_while_a_writer_holds_the_database
         with write_transaction(a):
             raise RuntimeError
     assert sys.getswitchinterval() == before
+
+
+def test_an_interrupted_wait_leaves_the_line():
+    """Ctrl-C (any exception) while waiting must not leave a dead waiter the lock is handed to."""
+    lock = FairLock()
+    assert lock.acquire(timeout=1)
+
+    class Interrupt(BaseException):
+        pass
+
+    real = threading.Lock
+
+    class Baton:
+        """A baton whose wait is interrupted."""
+
+        def __init__(self) -> None:
+            self.inner = real()
+
+        def acquire(self, timeout: float = -1) -> bool:
+            if timeout == -1:
+                return self.inner.acquire()
+            raise Interrupt
+
+        def release(self) -> None:
+            self.inner.release()
+
+    import newsletter.db as db
+
+    db.threading.Lock = Baton  # the baton made inside acquire()
+    try:
+        with pytest.raises(Interrupt):
+            lock.acquire(timeout=5)
+    finally:
+        db.threading.Lock = real
+    assert not lock._waiters
+    lock.release()
+    assert lock.acquire(timeout=0.01)  # free: nobody dead was handed it
