@@ -340,12 +340,14 @@ def _front_matter(path: Path, front: str) -> tuple[dict[str, Any], yaml.Node | N
     return data, node
 
 
-def parse_issue(path: Path) -> Issue:
-    """Read and validate one issue file."""
+def parse_issue(path: Path, inherit: dict[str, Any] | None = None) -> Issue:
+    """Read and validate one issue file. ``inherit``: values for fields the file leaves out
+    (an edition takes its date, send time and status from the main edition; see editions.py)."""
     path = Path(path)
     text = _read_text(path)
     front, body, body_line = _split_front_matter(path, text)
     data, node = _front_matter(path, front)
+    data = {**(inherit or {}), **data}
     lines = _field_lines(node)
 
     unknown = [k for k in data if k not in REQUIRED + OPTIONAL]

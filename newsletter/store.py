@@ -163,7 +163,9 @@ MIGRATIONS.append(_FORMER_ADDRESSES)  # v4: for databases v3 converted before it
 # v5: the nonce of a reader's open signup request. A confirmation link carries it, so a link works
 # only for the request that made it: a new request, or an unsubscribe, retires every older link.
 MIGRATIONS.append("ALTER TABLE subscribers ADD COLUMN signup_nonce TEXT NOT NULL DEFAULT ''")
-#: v6: what `subscribers count` and `status` ask, kept current as rows change so neither grows with the
+# v6: a reader's language (a BCP 47 tag, "" for none): which edition of an issue they get.
+MIGRATIONS.append("ALTER TABLE subscribers ADD COLUMN lang TEXT NOT NULL DEFAULT ''")
+#: v7: what `subscribers count` and `status` ask, kept current as rows change so neither grows with the
 #: list: readers per status (triggers, in the writer's transaction) and the addresses a send cannot take
 #: (a partial index holding only non-ASCII addresses: the query names its condition word for word).
 #: Each trigger is one statement, fired whether or not the status changes: a signup does the same work
@@ -193,7 +195,7 @@ PENDING = "pending"  # signed up, not yet confirmed: never sent to; purged when 
 STATUSES: tuple[str, ...] = (ACTIVE, UNSUBSCRIBED, BOUNCED, COMPLAINED, PENDING)
 SUPPRESSED: frozenset[str] = frozenset({UNSUBSCRIBED, BOUNCED, COMPLAINED})
 
-_COLUMNS = "id, email, name, status, created_at, changed_at, source, consent"
+_COLUMNS = "id, email, name, status, created_at, changed_at, source, consent, lang"
 _SQL_PARAM_CHUNK = 500  # well under SQLite's host-parameter limit on every build
 
 
@@ -234,6 +236,7 @@ class Subscriber(NamedTuple):
     changed_at: str
     source: str
     consent: str
+    lang: str = ""  # the language they read (a BCP 47 tag), "" for none: the main edition
 
     @property
     def is_active(self) -> bool:
@@ -241,7 +244,7 @@ class Subscriber(NamedTuple):
 
     @classmethod
     def from_row(cls, row: sqlite3.Row | tuple) -> "Subscriber":
-        return cls(*tuple(row)[:8])
+        return cls(*tuple(row)[:9])
 
 
 class SubscriberStore:
@@ -433,7 +436,7 @@ class SubscriberStore:
 
     # ---- writes --------------------------------------------------------------------
     def add(self, email: str, name: str = "", *, source: str = "", consent: str = "",
-            resubscribe: bool = False) -> Subscriber:
+            resubscribe: bool = False, lang: str | None = None) -> Subscriber:
         """Add a reader, or return the existing one.
 
         * new address → inserted as ``active``;
@@ -442,7 +445,31 @@ class SubscriberStore:
         * existing pending (an unconfirmed web signup) → activated: the editor vouches for consent;
         * existing unsubscribed/bounced/complained → :class:`InputError`, unless
           ``resubscribe=True`` (only when the person asked to come back), which reactivates it.
+
+        ``lang`` (a language tag; "" clears it) sets the reader's language, for a new or known reader.
         """
+        from newsletter.lang import optional_tag
+
+        tag = optional_tag(lang) if lang is not None else None
+        sub = self._add(email, name, source=source, consent=consent, resubscribe=resubscribe)
+        if tag is not None and tag != sub.lang:
+            return self.set_lang(sub.id, tag)
+        return sub
+
+    def set_lang(self, id_or_email: int | str, lang: str) -> Subscriber:
+        """Set the language a reader reads (a tag, or "" for none); later deliveries follow it."""
+        from newsletter.lang import optional_tag
+
+        tag = optional_tag(lang)
+        with self.transaction():
+            sub = self._resolve(id_or_email)
+            self.conn.execute("UPDATE subscribers SET lang=?, changed_at=? WHERE id=?", (tag, utcnow(), sub.id))
+        new = self.get(sub.id)
+        assert new is not None
+        return new
+
+    def _add(self, email: str, name: str = "", *, source: str = "", consent: str = "",
+             resubscribe: bool = False) -> Subscriber:
         email = normalise_email(email)
         name = clean_text(name, "name")
         source = clean_text(source, "source")

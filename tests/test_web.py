@@ -60,7 +60,9 @@ def test_get_shows_confirmation_and_changes_nothing(client, store, sub):
     assert "The Tsinghua Letter" in page
     assert "s***@tsinghua.edu.cn" in page
     assert "sam.lee" not in page  # never the full address
-    assert '<form method="post"' in page and ">Unsubscribe</button>" in page
+    assert '<form method="post"' in page and ">退订</button>" in page  # the publication's language (zh-Hans)
+    english = client.get(f"/unsubscribe/{token_for(sub)}", headers={"Accept-Language": "en-GB,en;q=0.8"})
+    assert ">Unsubscribe</button>" in english.get_data(as_text=True)  # the visitor's
     assert store.get(sub.id) == before  # GET unsubscribes nobody (status and changed_at unchanged)
     r = client.head(f"/unsubscribe/{token_for(sub)}")
     assert r.status_code == 200 and store.get(sub.id) == before
@@ -70,7 +72,7 @@ def test_post_form_button_unsubscribes(client, store, sub):
     r = client.post(f"/unsubscribe/{token_for(sub)}", data={"confirm": "yes"})
     assert r.status_code == 200
     page = r.get_data(as_text=True)
-    assert "You are unsubscribed" in page and "sam.lee" not in page
+    assert "您已退订" in page and "sam.lee" not in page
     assert store.get(sub.id).status == "unsubscribed"
     assert store.status_reason(sub.id) == "unsubscribe page"
 
@@ -89,11 +91,11 @@ def test_post_twice_is_fine(client, store, sub):
                        content_type="application/x-www-form-urlencoded").status_code == 200
     first = store.get(sub.id)
     r = client.post(url, data={"confirm": "yes"})
-    assert r.status_code == 200 and "You are unsubscribed" in r.get_data(as_text=True)
+    assert r.status_code == 200 and "您已退订" in r.get_data(as_text=True)
     assert store.get(sub.id) == first
     # And the page now says so instead of offering the button again.
     page = client.get(url).get_data(as_text=True)
-    assert "You are unsubscribed" in page and "<form" not in page
+    assert "您已退订" in page and "<form" not in page
 
 
 def test_bounced_reader_stays_bounced(client, store, sub):
@@ -276,7 +278,7 @@ def test_real_server_on_loopback(settings, db, store, sub):
         # What a mail client sends for RFC 8058 one-click.
         r = http.post(url, data="List-Unsubscribe=One-Click", timeout=5,
                       headers={"Content-Type": "application/x-www-form-urlencoded"})
-        assert r.status_code == 200 and "You are unsubscribed" in r.text
+        assert r.status_code == 200 and "您已退订" in r.text
         assert r.headers["Cache-Control"] == "no-store"
         assert store.get(sub.id).status == "unsubscribed"
         bad = http.post(f"{base}/unsubscribe/1.forged", timeout=5)
@@ -340,7 +342,7 @@ def test_locked_database_is_retried_then_spooled_and_applied(settings, db, store
     try:
         r = client.post(f"/unsubscribe/{token_for(sub)}", data="List-Unsubscribe=One-Click",
                         content_type="application/x-www-form-urlencoded")
-        assert r.status_code == 200 and "You are unsubscribed" in r.get_data(as_text=True)
+        assert r.status_code == 200 and "您已退订" in r.get_data(as_text=True)
         assert len(clock.sleeps) == 3  # bounded retries inside the request, on the injected clock
         spool = spool_path(wsgi.web_app.store_path)
         assert spool.exists()
@@ -408,3 +410,23 @@ def test_pending_reader_can_say_this_was_not_me(client, store):
     assert pending.status == "pending"
     assert client.post(f"/unsubscribe/{token_for(pending)}").status_code == 200
     assert store.get(pending.id).status == "unsubscribed"
+
+
+def _odd_paths() -> list[str]:
+    """Paths the file system cannot take: an over-long segment, an over-long whole path in bytes
+    (each é is two bytes), deep nesting, and bytes that are not UTF-8 or are surrogates."""
+    return ["/" + "a" * 300, "/%e9" * 254, "/" + "%C3%A9" * 200, "/" + "a/" * 1020, "/x/" + "b" * 256 + "/y",
+            "/" + "é" * 130, "/%ed%a0%80", "/%ff%fe/index.html", "/" + "a" * 255 + ".html", "/" + "a" * 2000 + "/"]
+
+
+@pytest.mark.parametrize("path", _odd_paths())
+def test_paths_the_file_system_refuses_are_404_not_500(settings, db, store, tmp_path, path, caplog):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<h1>Archive</h1>")
+    client = Client(make_app(settings, store_path=db, site_dir=site))
+    for method in ("GET", "HEAD"):
+        r = client.open(path, method=method)
+        assert r.status_code == 404, (path, r.status_code)
+    assert client.get("/").status_code == 200
+    assert not [rec for rec in caplog.records if rec.levelname == "ERROR"]

@@ -27,7 +27,7 @@ SOFT_STATUSES = {401, 403, 429}  # often bot protection: the link may work in a 
 
 def url_problem(url: str) -> str | None:
     """Why ``url`` cannot work in an email, or None. Fragments and named placeholders pass."""
-    if not url or url.startswith("#") or url in PLACEHOLDERS.values():
+    if not url or url.startswith("#") or url.startswith(tuple(PLACEHOLDERS.values())):
         return None
     if any(c.isspace() for c in url):
         return "contains a space"
