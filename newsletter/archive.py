@@ -263,6 +263,23 @@ def sitemap(site: Site, entries: list[Entry]) -> bytes:
 
 
 # ---- pages ---------------------------------------------------------------------------
+def subscribe_box(settings: Settings) -> dict[str, Any] | None:
+    """What the archive's pages offer for subscribing by email (``archive-subscribe.html.j2``):
+    the signup form, posting to the public server's ``/subscribe``, when the archive's own origin
+    may post it (see :attr:`Settings.signup_origins`); a plain link there when the archive is
+    published elsewhere; nothing without a public server (``base_url``)."""
+    pub = settings.publication
+    if not pub.base_url:
+        return None
+    from newsletter.config import url_origin
+    from newsletter.web.pages import consent_line
+
+    url = f"{pub.base_url}/subscribe"
+    return {"url": url, "form": url_origin(settings.archive_url) in settings.signup_origins,
+            "form_context": {"action": url, "form_token": "", "values": {"email": "", "name": ""}, "error": "",
+                             "consent": consent_line(pub)}}
+
+
 def _page_blocks(entry: Entry) -> list[Block]:
     return [Block(b.kind, b.heading, b.anchor, Markup(with_permalinks(b.html))) for b in entry.blocks]
 
@@ -275,6 +292,7 @@ def build_archive(settings: Settings, out_dir: Path, *, today: dt.date | None = 
     site = Site(pub.base_url)
     entries = load_entries(settings, today, sent)
     renderer = Renderer(settings)
+    subscribe = subscribe_box(settings)
     written: list[Path] = []
 
     def write(relative: str, data: str | bytes) -> None:
@@ -290,7 +308,7 @@ def build_archive(settings: Settings, out_dir: Path, *, today: dt.date | None = 
 
         renderer.env.install_gettext_translations(  # type: ignore[attr-defined]
             translations(context.get("lang") or pub.lang, settings.root), newstyle=True)
-        return renderer.render_template(name, {"pub": pub, "alternates": [], **context})
+        return renderer.render_template(name, {"pub": pub, "alternates": [], "subscribe": subscribe, **context})
 
     write("style.css", render("web.css.j2"))
     languages = sorted({e.edition for e in entries} | {""})

@@ -215,6 +215,19 @@ class Settings(NamedTuple):
                      for o in filter(None, (p.strip() for p in raw.split(","))))
 
     @property
+    def signup_origins(self) -> frozenset[str]:
+        """Origins whose pages may post the signup form: the publication's own (``base_url``'s)
+        and ``NEWSLETTER_FORM_ORIGINS``, lower case, no trailing slash."""
+        return frozenset({url_origin(self.publication.base_url), *self.form_origins} - {""})
+
+    @property
+    def archive_url(self) -> str:
+        """``NEWSLETTER_ARCHIVE_URL``: where the web archive is published, when not at ``base_url``
+        (its pages then post the signup form only if that origin is in NEWSLETTER_FORM_ORIGINS)."""
+        raw = self.get("NEWSLETTER_ARCHIVE_URL").strip()
+        return check_url("NEWSLETTER_ARCHIVE_URL", raw).rstrip("/") if raw else self.publication.base_url
+
+    @property
     def transport_name(self) -> str:
         return self.get("NEWSLETTER_TRANSPORT", "dryrun").lower()
 
@@ -423,6 +436,14 @@ def _validate_field(name: str, value: str, path: Path | None) -> str:
     elif name in _ADDRESS_FIELDS:
         return check_address(_key_name(name), value, path=path)
     return value
+
+
+def url_origin(url: str) -> str:
+    """``scheme://host[:port]`` of a URL, lower case; "" for none."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url.strip())
+    return f"{parts.scheme}://{parts.netloc}".lower() if parts.scheme and parts.netloc else ""
 
 
 def check_url(key: str, value: str, *, path: Path | None = None, origin_only: bool = False) -> str:

@@ -22,6 +22,9 @@ Import is forgiving about the file and strict about each row:
   counting the rest;
 * a header that names a column twice (``email`` and ``E-mail``, say) is refused: which one
   holds the addresses would be a guess;
+* a plain list (no ``status`` column) with a column that may say a reader left or cannot be
+  mailed (``unsubscribed_at``, ``Subscription Status``, ``subscribed_to_emails``…: another
+  tool's export) is refused, naming it: read as a plain list, every row would become active;
 * suppressed addresses (unsubscribed, bounced, complained) are never reactivated by an
   import; they are reported as ``suppressed: <status>``. (One reader who asked to come back:
   ``subscribers add --resubscribe``.) An unconfirmed web signup (``pending``) is activated
@@ -33,7 +36,8 @@ open signup request. Import of a file with a ``status`` column restores those re
 address gets its status and record exactly; a known one takes the file's status only when it is
 the stronger one (a suppression always wins, see :data:`~newsletter.store.STATUS_RANK`), so an
 import never lifts a suppression, from this file or any other. A file without a ``status``
-column is a plain list and keeps the rules above. Free-text
+column is a plain list and keeps the rules above. A suppressed reader's row with a bad cell (a date
+a spreadsheet rewrote) still lands, that cell left empty, with a warning. Free-text
 cells that a spreadsheet would run as a formula (starting with ``= + - @``) are
 prefixed with ``'``, the address too (``=1+2@example.org`` is a valid address); import
 strips that prefix again, so export → import round-trips.
@@ -343,7 +347,34 @@ def _columns(header: list[str], path: Path) -> dict[str, int]:
     if "email" not in columns:
         found = ", ".join(repr(h.strip()) for h in header if h.strip()) or "nothing"
         raise InputError(f"no 'email' column (found: {found})", path=path, line=1)
+    if "status" not in columns:
+        _refuse_unread_state(header, set(columns.values()), path)
     return columns
+
+
+#: Words in a header that may say a reader left or cannot be mailed (another tool's export:
+#: Mailchimp's UNSUB_TIME, Substack's email_disabled, a "Subscription Status"…).
+_LEFT_WORDS = re.compile(r"unsub|bounce|complain|spam|suppress|clean|block|black ?list|disabled|opt(?:ed)? ?out"
+                         r"|\b(?:status|left|deleted|removed)\b"
+                         r"|(?:subscri|email|member|list)\w* (?:state|type)\b")  # not a postal "State"
+#: Words of a flag that may be false (Ghost's subscribed_to_emails, Substack's active_subscription)...
+_FLAG_WORDS = re.compile(r"subscri|\bactive\b|opt(?:ed)? ?in")
+#: ...unless the column only dates or identifies it ("Subscribed At", Mailchimp's OPTIN_TIME, "Subscriber ID").
+_HARMLESS_END = re.compile(r"(?:^(?:date|time) .*|\b(?:at|on|date|time|ip|id))$")
+
+
+def _refuse_unread_state(header: list[str], read: set[int], path: Path) -> None:
+    """A plain list (no ``status`` column) whose other columns may hold the only record that a
+    reader left is refused: importing it would make every one of them active, and mail them."""
+    for index, raw in enumerate(header):
+        key = _column_key(raw)
+        if index in read or not key or not (_LEFT_WORDS.search(key) or (
+                _FLAG_WORDS.search(key) and not _HARMLESS_END.search(key))):
+            continue
+        raise InputError(f"column {raw.strip()!r} may say which readers left or cannot be mailed, and this "
+                         "import does not read it: every row would become active. Delete the rows of readers "
+                         "who must not be mailed and that column, or name it 'status' with active, unsubscribed, "
+                         "bounced, complained or pending in each row; nothing was imported", path=path, line=1)
 
 
 def _check_quotes(row: list[str], raw: list[str], delimiter: str, start: int, path: Path) -> None:
@@ -435,7 +466,7 @@ def _parse_row(reader: _Reader, line: int, row: list[str], report: ImportReport,
     try:
         email = addresses.normalise(raw_email)
         if "status" in reader.columns:
-            fields = _record_fields(reader, row)
+            fields = _record_fields(reader, row, line, report)
             if fields[_STATUS_AT]:
                 return _Row(line, email, fields)
             fields = list(fields)  # a blank status: a plain row after all
@@ -468,9 +499,24 @@ def _plain_fields(reader: _Reader, row: list[str]) -> list[str]:
     return fields
 
 
-def _record_fields(reader: _Reader, row: list[str]) -> tuple[str, ...]:
-    """A row of a file with a status column (an export): every field of the record it has."""
-    return tuple(_checked(column, reader.cell(row, column.name)) for column in _FIELDS)
+def _record_fields(reader: _Reader, row: list[str], line: int, report: ImportReport) -> tuple[str, ...]:
+    """A row of a file with a status column (an export): every field of the record it has.
+
+    A bad cell makes the row bad, except in a suppressed reader's row: there the cell is left
+    empty and the row still lands, with a warning, since dropping it would drop the suppression
+    (a spreadsheet that rewrote a date must not bring back a reader who left)."""
+    status = _checked(_FIELDS[_STATUS_AT], reader.cell(row, "status"))
+    fields = []
+    for column in _FIELDS:
+        try:
+            fields.append(_checked(column, reader.cell(row, column.name)))
+        except InputError as exc:
+            if status not in SUPPRESSED:
+                raise
+            if len(report.warnings) < DETAIL_LIMIT:
+                report.warnings.append(f"{reader.path}:{line}: {exc.message}; kept as {status} with that cell empty")
+            fields.append("")
+    return tuple(fields)
 
 
 def _checked(column: Column, cell: str) -> str:

@@ -7,10 +7,15 @@ been applied, so components evolve independently in one database file.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import sys
+import threading
 import time
+from collections import deque
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Sequence, Union
+from typing import Callable, Iterator, Sequence, Union
 
 from newsletter.errors import ConfigError
 
@@ -26,6 +31,151 @@ def is_locked(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
 
 
+class FairLock:
+    """A lock handed to its waiters in the order they came (FIFO), with a bounded wait.
+
+    A plain lock wakes an arbitrary waiter (or lets the releaser take it straight back); this
+    one hands ownership to the oldest waiter, so no request starves behind newer ones."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._waiters: deque[threading.Lock] = deque()
+        self._held = False
+        self.commits = 0  # by its holders, since the last checkpoint (see write_transaction)
+
+    def acquire(self, timeout: float) -> bool:
+        with self._mutex:
+            if not self._held:
+                self._held = True
+                return True
+            baton = threading.Lock()
+            baton.acquire()
+            self._waiters.append(baton)
+        try:
+            if baton.acquire(timeout=timeout):
+                return True  # released to us: ownership came with the baton
+        except BaseException:  # Ctrl-C while waiting: leave the line, passing on what was handed to us
+            if not self._leave(baton):
+                self.release()
+            raise
+        return not self._leave(baton)  # handed over between the timeout and here: ours after all
+
+    def _leave(self, baton: threading.Lock) -> bool:
+        """Take ``baton`` out of the line; False when it was already handed over (we hold the lock)."""
+        with self._mutex:
+            if baton in self._waiters:
+                self._waiters.remove(baton)
+                return True
+            return False
+
+    def release(self) -> None:
+        with self._mutex:
+            if self._waiters:
+                self._waiters.popleft().release()  # still held: ownership passes to the oldest waiter
+            else:
+                self._held = False
+
+
+_WRITERS: dict[tuple[int, str], FairLock] = {}
+_WRITERS_LOCK = threading.Lock()
+
+
+def writer_lock(path: Path | str) -> FairLock:
+    """The one writer lock of this process for the database at ``path`` (per process: a forked
+    child starts with its own)."""
+    key = (os.getpid(), os.path.realpath(path))
+    with _WRITERS_LOCK:
+        lock = _WRITERS.get(key)
+        if lock is None:
+            lock = _WRITERS[key] = FairLock()
+        return lock
+
+
+class Connection(sqlite3.Connection):
+    """A connection that knows its database's writer lock (see :func:`write_transaction`)."""
+
+    writer: FairLock | None = None
+    busy_seconds: float | None = None  # read once, at the first write (the web app sets its own)
+
+
+#: Commits by one process's writers between the WAL checkpoints they run after leaving the lock.
+#: Each takes a few pages, so this stays under SQLite's own trigger (1,000 pages), which would
+#: otherwise run the checkpoint (and its fsyncs) inside a commit, with every other writer waiting.
+CHECKPOINT_EVERY = 100
+
+
+@contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on any exception), queued behind this
+    process's other writers to the same file.
+
+    SQLite itself makes a blocked writer sleep and retry (1, 2, 5 … 100 ms), so under a burst
+    of concurrent requests writes waited far longer than they took, and out of order. Threads
+    of one process now wait in line on a :class:`FairLock` and are woken the moment the writer
+    before them commits; SQLite's busy timeout is left to order this process against others
+    (a send, an import). A wait past the busy timeout is SQLite's own "database is locked"."""
+    writer = getattr(conn, "writer", None)
+    if writer is None:
+        yield from _transaction(conn)
+        return
+    if conn.busy_seconds is None:
+        conn.busy_seconds = conn.execute("PRAGMA busy_timeout").fetchone()[0] / 1000
+    _quick_switching(True)  # from the wait on: a writer handed the line picks it up at once
+    if not writer.acquire(timeout=conn.busy_seconds):
+        _quick_switching(False)
+        raise sqlite3.OperationalError("database is locked (waiting for this process's writers)")
+    try:
+        yield from _transaction(conn)
+        writer.commits += 1
+        checkpoint = writer.commits >= CHECKPOINT_EVERY
+        if checkpoint:
+            writer.commits = 0
+    finally:
+        _quick_switching(False)
+        writer.release()
+    if checkpoint:  # outside the lock: a passive checkpoint lets writers go on meanwhile
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.OperationalError:
+            pass  # the write is committed; SQLite's own checkpoint, or the next of ours, catches up
+
+
+#: The GIL switch interval while a writer holds or waits for the database. Each SQLite call lets
+#: the GIL go, and so does the wait in line; a thread busy with Python code then keeps it for up to
+#: the switch interval (5 ms by default) before the writer gets it back, with every other writer
+#: waiting in line meanwhile. A short interval while the line moves gives it back within this much.
+WRITER_SWITCH_INTERVAL = 0.0001
+_switching = threading.Lock()
+_holders = 0
+_interval = 0.0
+
+
+def _quick_switching(on: bool) -> None:
+    """Shorten the switch interval while any writer holds or waits for a database; restore it after the last."""
+    global _holders, _interval
+    with _switching:
+        if on:
+            _holders += 1
+            if _holders == 1:
+                _interval = sys.getswitchinterval()
+                sys.setswitchinterval(min(_interval, WRITER_SWITCH_INTERVAL))
+        else:
+            _holders -= 1
+            if _holders == 0:
+                sys.setswitchinterval(_interval)
+
+
+def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
 def connect(path: Path | str) -> sqlite3.Connection:
     """Open the database in WAL mode with foreign keys on.
 
@@ -36,7 +186,8 @@ def connect(path: Path | str) -> sqlite3.Connection:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
-                               check_same_thread=False)
+                               check_same_thread=False, factory=Connection)
+        conn.writer = writer_lock(path)
     except (OSError, sqlite3.Error) as exc:
         raise ConfigError(f"cannot open database: {exc}", path=path) from None
     conn.row_factory = sqlite3.Row

@@ -44,7 +44,7 @@ Rules worth knowing:
 * ``daily_cap`` counts every message handed to the transport per UTC day and transport;
   reaching it defers the delivery until the next UTC midnight.
 * Unsubscribes the web app spooled while the database was locked are applied before
-  the list is frozen and at every resume (:mod:`newsletter.unsubscribe_spool`).
+  the list is frozen, before every claim and at every resume (:mod:`newsletter.unsubscribe_spool`).
 * A ``done`` delivery sends nobody again; ``retry_failed`` alone reopens the readers
   whose retry window ran out.
 """
@@ -453,8 +453,11 @@ class _Run:
 
     # ---- claim → send → record -----------------------------------------------------------
     def _claim(self) -> "_Job | float | str | None":
-        """Claim the next batch (committed as 'sending' before the transport sees it)."""
+        """Claim the next batch (committed as 'sending' before the transport sees it). Unsubscribes
+        spooled meanwhile are applied first: the web app spools while the database is locked, most
+        often by this very send, and the claim skips readers who are no longer active."""
         with self.db:
+            apply_spool(self.store, self.prepared.secret_key, now=self.now())
             if self._guard_holds():
                 return _PAUSE
             while True:

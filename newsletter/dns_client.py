@@ -121,7 +121,8 @@ class Lookup:
         except dns.exception.Timeout:
             raise DnsUnavailable(f"no answer from the DNS resolver {self._servers()} within "
                                  f"{self.resolver.lifetime:g}s") from None
-        except (dns.name.EmptyLabel, dns.name.LabelTooLong, dns.name.NameTooLong, dns.name.BadEscape) as exc:
+        except (dns.name.EmptyLabel, dns.name.LabelTooLong, dns.name.NameTooLong, dns.name.BadEscape,
+                dns.name.IDNAException, UnicodeError) as exc:  # a name read from a record is outside input
             raise DnsLookupFailed(f"{name[:100]!r} is not a valid DNS name ({exc})") from None
         except OSError as exc:
             raise DnsUnavailable(f"the DNS resolver {self._servers()} cannot be reached ({exc.strerror or exc})") \

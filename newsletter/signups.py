@@ -60,12 +60,14 @@ CREATE UNIQUE INDEX signup_outbox_one ON signup_outbox(subscriber_id, kind)""",
 
 #: One request, for any address: a new one becomes pending; a pending or unsubscribed one gets a fresh
 #: request (and nonce; an unsubscribed reader stays so until confirmed); an active, bounced or
-#: complained one is written back unchanged. With ``:go`` false (a limit held the request back) it
+#: complained one is written back unchanged (status=status too: the counts trigger fires as for a new
+#: address, see newsletter.store v6). With ``:go`` false (a limit held the request back) it
 #: writes nothing, and an open link keeps working.
 _REQUEST_SQL = """INSERT INTO subscribers(email, name, status, created_at, changed_at, source, consent,
   signup_requested_at, signup_ip, signup_nonce)
 SELECT :email, :name, 'pending', :at, :at, :source, :consent, :at, :ip, :nonce WHERE :go
 ON CONFLICT(email) DO UPDATE SET
+  status=status,
   signup_requested_at=CASE WHEN status IN ('pending','unsubscribed') THEN excluded.signup_requested_at
                            ELSE signup_requested_at END,
   signup_ip=CASE WHEN status IN ('pending','unsubscribed') THEN excluded.signup_ip ELSE signup_ip END,

@@ -251,3 +251,68 @@ def test_no_link_made_before_a_restore_confirms_a_restored_request(original, tmp
             for link in (make_token(secret, sub.id, sub.email, "confirm"),
                          make_confirm_token(secret, sub.id, sub.email, old_nonce)):
                 assert restored.get_by_token(secret, link, "confirm") is None
+
+
+# ---- a careless edit or another tool's export never loses who must not be mailed (review) ---------
+@pytest.mark.parametrize("cell", ["07/12/2026 05:54", "2026-12-07 05:54:03", "yesterday"])
+def test_a_suppressed_row_with_a_bad_date_keeps_its_suppression(store_path, cell):
+    """A spreadsheet rewrote a date: the row's other cells are not worth the reader's wish."""
+    store = SubscriberStore.open(store_path / "s.db")
+    path = store_path / "edited.csv"
+    path.write_text(f"email,status,status_reason,changed_at,consent_ip\nbob@example.org,unsubscribed,cli,{cell},\n"
+                    f"zed@example.org,complained,ARF,,999.1.1.1\n", encoding="utf-8")
+    report = import_csv(store, path)
+    assert store.get_by_email("bob@example.org").status == "unsubscribed"
+    assert store.get_by_email("zed@example.org").status == "complained"
+    assert any(":2: changed_at" in w and "unsubscribed" in w for w in report.warnings), report.warnings
+    assert any(":3: consent_ip" in w for w in report.warnings), report.warnings
+    plain = store_path / "plain.csv"
+    plain.write_text("email\nbob@example.org\nzed@example.org\n", encoding="utf-8")
+    import_csv(store, plain)
+    assert {store.get_by_email(e).status for e in ("bob@example.org", "zed@example.org")} == {"unsubscribed",
+                                                                                             "complained"}
+    store.close()
+
+
+@pytest.mark.parametrize("header, value", [
+    ("Subscription Status", "unsubscribed"),  # Mailchimp-like
+    ("unsubscribed_at", "2025-01-01"),
+    ("UNSUB_TIME", "2025-01-01 10:00:00"),  # Mailchimp's unsubscribed export
+    ("subscribed_to_emails", "false"),  # Ghost's members export
+    ("active_subscription", "false"),  # Substack's export
+    ("email_disabled", "true"),
+    ("Bounced", "yes"),
+    ("opted out", "yes"),
+    ("Subscriber Type", "unsubscribed"),  # Buttondown-like
+    ("Email State", "unsubscribed"),
+    ("Member Status", "cleaned"),
+])
+def test_a_plain_list_with_a_column_that_may_say_who_left_is_refused(store_path, publication_root, header, value):
+    """A column this import does not read may hold the only record that a reader left: importing the
+    file as a plain list would make them active. Refused, naming the column; nothing imported."""
+    path = store_path / "other-tool.csv"
+    path.write_text(f"email,{header}\nbob@example.org,{value}\n", encoding="utf-8")
+    store = SubscriberStore.open(store_path / "o.db")
+    with pytest.raises(InputError, match=f"{header!r}") as err:
+        import_csv(store, path)
+    assert err.value.line == 1 and store.count() == 0
+    store.close()
+    result = run(publication_root, store_path / "o.db", "subscribers", "import", str(path))
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("header", ["Subscribed At", "date subscribed", "created_at", "notes (optional)", "Company", "OPTIN_TIME",
+                                    "CONFIRM_IP", "Subscriber ID", "State", "State/Province", "Type"])
+def test_a_plain_list_with_harmless_extra_columns_still_imports(store_path, header):
+    path = store_path / "extra.csv"
+    path.write_text(f"email,{header}\nann@example.org,2025-01-01\n", encoding="utf-8")
+    store = SubscriberStore.open(store_path / "h.db")
+    assert import_csv(store, path).added == 1
+    store.close()
+
+
+def test_the_import_command_shows_the_reports_warnings(publication_root, tmp_path):
+    path = tmp_path / "cp.csv"
+    path.write_bytes(b"email,name\nz@example.org,Zo\xeb\n")
+    result = run(publication_root, tmp_path / "w.db", "subscribers", "import", str(path))
+    assert result.exit_code == 0 and "read as Windows-1252" in result.output

@@ -248,3 +248,20 @@ class _FakeLookup(Lookup):
 
     def cname(self, name: str) -> str | None:
         return None
+
+
+@pytest.mark.parametrize("term", ["include:\u2603.example", "a:\u00e4\u200d.example", "mx:\u0300x.example",
+                                  "redirect=\u0661\u0031.example"])
+def test_spf_names_that_idna_refuses_are_findings_not_tracebacks(publication_root, key_file, term):
+    """A name in a DNS record is outside input: one IDNA can not encode is a finding, like an empty label."""
+    zone = "\n".join([
+        f'idna.example. 300 IN TXT "v=spf1 {term} ip4:192.0.2.42 -all"',
+        "relay.idna.example. 300 IN A 192.0.2.42",
+        "42.2.0.192.in-addr.arpa. 300 IN PTR relay.idna.example.",
+    ]) + "\n"
+    with LoopbackDNS(zone) as server:
+        env = smtp_env("idna.example", server.address, key_file)
+        result = CliRunner().invoke(cli, ["--root", str(publication_root), "doctor"], env=env)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code in (0, 6) and "Traceback" not in result.output
+    assert "not a valid DNS name" in result.output

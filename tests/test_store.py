@@ -218,7 +218,7 @@ def test_migrations_idempotent_on_reopen(tmp_path):
     SubscriberStore(s2.conn)
     assert s2.get(sid).name == "A"
     version = s2.conn.execute("SELECT version FROM schema_migrations WHERE component='subscribers'").fetchone()[0]
-    assert version == len(MIGRATIONS) == 6
+    assert version == len(MIGRATIONS) == 7
     s2.close()
 
 

@@ -114,3 +114,20 @@ def test_a_spool_left_taken_by_a_killed_process_is_applied(db):
 
     assert subscriber_status(db, emails[0]) == "unsubscribed" and not orphan.exists()
     assert sorted(sink.counts()) == [emails[1]] and live.exists()  # a live process's file is its own
+
+
+def test_an_unsubscribe_spooled_while_the_send_runs_is_honoured_by_the_next_batch(db):
+    """The web app spools when the database is locked, which is most often while a send writes:
+    the running send applies the spool before each claim, so that reader is not mailed (review)."""
+    emails = add_subscribers(db, 30)
+    gone = emails[25]
+    token = token_of(db, gone)
+
+    def during_first_batch(messages, key):
+        if messages[0].to_email == emails[0]:
+            spool_unsubscribe(db, token, "one-click (RFC 8058)", AT)
+
+    report, sink = send(db, transport=Recorder(before=during_first_batch), batch_size=10)
+    assert report.state == "done" and gone not in sink.counts()
+    assert ledger_states(db, 1)[gone] == "skipped" and subscriber_status(db, gone) == "unsubscribed"
+    assert not spool_path(db).exists()

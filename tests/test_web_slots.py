@@ -203,3 +203,20 @@ def test_a_trusted_proxy_is_not_capped_per_address(tmp_path, proxies, peer, capp
 def test_header_deadline_defaults_to_no_more_than_the_request_timeout(tmp_path):
     limits = ServerLimits.from_settings(load_settings(tmp_path, environ={"NEWSLETTER_SERVE_TIMEOUT": "3"}))
     assert limits.header_timeout == 3 and limits.timeout == 3 and limits.per_client == 20
+
+
+def test_accepted_connections_keep_waitress_socket_options():
+    """The slot policy's own accept must still set TCP_NODELAY, or every keep-alive answer
+    waits on Nagle and the client's delayed ACK (~40 ms a request; fails before the fix)."""
+    from newsletter.web.server import create_server
+
+    server = create_server(lambda environ, start: [], "127.0.0.1", 0, ServerLimits())
+    try:
+        client = socket.create_connection(("127.0.0.1", server.effective_port), timeout=5)
+        with client:
+            server.handle_accept()
+            (channel,) = server.active_channels.values()
+            assert channel.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+            channel.handle_close()
+    finally:
+        server.close()

@@ -52,6 +52,8 @@ def subscribers_import(ctx: click.Context, file: Path, resubscribe: bool, source
     progress, update = _import_progress(file)
     with progress:
         report = import_csv(_store(ctx), file, source=source, progress=update)
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
     for line, reason in report.errors:
         click.echo(f"{file}:{line}: {reason}", err=True)
     for line, email, reason in report.skipped:

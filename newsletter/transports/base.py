@@ -86,11 +86,46 @@ class SendResult:
 UNBUILDABLE = (InputError, UnicodeError)
 
 
+#: What the error of a reader whose own message cannot be built starts with (never the sender's).
+UNBUILDABLE_PREFIX = "not sent (this reader's message cannot be built): "
+
+
 def unbuildable(msg: "OutgoingMessage", exc: Exception) -> SendResult:
     """The result for a reader whose message cannot be built: refused for good, alone, so
     it neither stops the rest of the call nor is retried for the whole retry window."""
     reason = exc.message if isinstance(exc, InputError) else "the address is not ASCII"
-    return SendResult(msg.to_email, Status.FAILED_PERMANENT, error=f"not sent: {reason}")
+    return SendResult(msg.to_email, Status.FAILED_PERMANENT, error=f"{UNBUILDABLE_PREFIX}{reason}")
+
+
+class SameAnswerRun:
+    """The same permanent answer (the reader's address and ids stripped) for
+    :data:`~newsletter.smtp_status.SAME_ANSWER_RUN` readers in a row is about the sender, whatever
+    its code says (a policy refusal, an issue over the provider's size limit, a From the provider
+    does not accept): those results are relabelled ``about_sender``, charged to nobody, and the
+    engine holds the delivery. Every transport keeps one across its calls."""
+
+    def __init__(self) -> None:
+        self.gist, self.count = "", 0
+
+    def note(self, results: list[SendResult], index: int = -1) -> None:
+        """Weigh ``results[index]`` (by default the newest), relabelling the run it completes."""
+        from newsletter.smtp_status import SAME_ANSWER_RUN, reply_gist
+
+        i = index % len(results)
+        last = results[i]
+        if (last.status is not Status.FAILED_PERMANENT or last.bounce or not last.error
+                or last.error.startswith(UNBUILDABLE_PREFIX)):
+            self.gist, self.count = "", 0
+            return
+        gist = reply_gist(last.error)
+        self.count = self.count + 1 if gist == self.gist else 1
+        self.gist = gist
+        if self.count < SAME_ANSWER_RUN:
+            return
+        why = f"the same permanent answer for {self.count} readers in a row: {last.error}"
+        for j in range(i, max(-1, i - self.count), -1):  # those of this call; earlier calls' are recorded
+            if results[j].status is Status.FAILED_PERMANENT and not results[j].bounce:
+                results[j] = SendResult(results[j].recipient, Status.FAILED_TEMPORARY, about_sender=True, error=why)
 
 
 class Transport(ABC):

@@ -64,7 +64,8 @@ from newsletter.errors import ConfigError, HeaderInjectionError, InputError, Tra
 from newsletter.errors import scrub as scrub_text
 from newsletter.message import MAX_NAME
 from newsletter.patterns import compiled, has_control_chars
-from newsletter.transports.base import UNBUILDABLE, SendResult, Status, Transport, check_credential, unbuildable
+from newsletter.transports.base import (UNBUILDABLE, SameAnswerRun, SendResult, Status, Transport, check_credential,
+                                        unbuildable)
 from newsletter.transports.merge import ByIdentity, merge_runs
 from newsletter.transports.ratelimit import RETRIES, RateLimiter, shared_limiter
 
@@ -336,6 +337,7 @@ class HTTPTransport(Transport):
             raise ConfigError(f"{self.name.upper()}_CONCURRENCY must be between 1 and 64")
         self.concurrency = int(concurrency)
         self._opened = False
+        self._same_answer = SameAnswerRun()
         # Per message, for the length of one send (the batch's messages are not kept alive after):
         # its size, measured once by the screen and the plan; its bodies, encoded once for both.
         self._sizes: ByIdentity["OutgoingMessage", tuple[int, int]] = ByIdentity(self.sizes)
@@ -530,7 +532,10 @@ class HTTPTransport(Transport):
             refused = {i: r for i, m in enumerate(messages) if (r := self.refusal(m)) is not None}
             sendable = [m for i, m in enumerate(messages) if i not in refused]
             sent = iter(self._send(sendable, idempotency_key) if sendable else ())
-            return [refused[i] if i in refused else next(sent) for i in range(len(messages))]
+            results = [refused[i] if i in refused else next(sent) for i in range(len(messages))]
+            for i in range(len(results)):  # one answer for every reader is the sender's (issue too big, From refused)
+                self._same_answer.note(results, i)
+            return results
         finally:  # the batch's messages are not kept alive while the engine builds the next one
             self._sizes.clear()
             self._json_bodies.clear()

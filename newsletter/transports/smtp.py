@@ -65,8 +65,9 @@ from newsletter.clock import Clock
 from newsletter.errors import ConfigError, TransportError, TransportUnavailableError, scrub
 from newsletter.hosts import is_loopback
 from newsletter.patterns import CONTROL_CHARS, compiled
-from newsletter.smtp_status import SAME_ANSWER_RUN, ReplyKind, enhanced_code, is_hard_bounce, reply_gist, reply_kind
-from newsletter.transports.base import UNBUILDABLE, SendResult, Status, Transport, check_credential, unbuildable
+from newsletter.smtp_status import ReplyKind, enhanced_code, is_hard_bounce, reply_kind
+from newsletter.transports.base import (UNBUILDABLE, SameAnswerRun, SendResult, Status, Transport, check_credential,
+                                        unbuildable)
 from newsletter.transports.ratelimit import RETRIES, RateLimiter, shared_limiter
 
 if TYPE_CHECKING:
@@ -195,7 +196,7 @@ class SMTPTransport(Transport):
         self._dirty = False  # a transaction was left half-done: RSET before the next one
         self._refusals = 0   # refusals on this connection (the server's error count)
         self._careful = False  # after a refusal on this connection: DATA only after an accepted RCPT
-        self._run: tuple[str, int] = ("", 0)  # the last permanent answer's gist, and how many in a row
+        self._run = SameAnswerRun()  # the last permanent answer's gist, and how many in a row
         self._opened = False
         #: Connections opened so far (for summaries and tests).
         self.connections = 0
@@ -290,22 +291,8 @@ class SMTPTransport(Transport):
         return settled
 
     def _note_run(self, results: list[SendResult]) -> None:
-        """The same permanent answer for :data:`SAME_ANSWER_RUN` readers in a row is about the
-        sender: those of this call are relabelled ``about_sender`` (charged to nobody)."""
-        last = results[-1]
-        if last.status is not Status.FAILED_PERMANENT or last.bounce or not last.error:
-            self._run = ("", 0)
-            return
-        gist = reply_gist(last.error)
-        count = self._run[1] + 1 if gist == self._run[0] else 1
-        self._run = (gist, count)
-        if count < SAME_ANSWER_RUN:
-            return
-        why = f"the same permanent answer for {count} readers in a row: {last.error}"
-        for j in range(len(results) - 1, max(-1, len(results) - 1 - count), -1):
-            if results[j].status is Status.FAILED_PERMANENT and not results[j].bounce:
-                results[j] = SendResult(results[j].recipient, Status.FAILED_TEMPORARY, about_sender=True, error=why)
-        self._run = ("", 0)
+        """The same permanent answer for readers in a row is about the sender (:class:`SameAnswerRun`)."""
+        self._run.note(results)
 
     def _send_one(self, msg: "OutgoingMessage") -> SendResult:
         rcpt = msg.to_email

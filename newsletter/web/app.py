@@ -115,12 +115,9 @@ class WebApp:
         """Apply unsubscribes spooled while the database was locked, before a handler reads
         subscriber state (cheap when there are none). Still locked: the spool waits for the
         next request, and the handler goes on (a POST that cannot write spools again)."""
-        from newsletter.unsubscribe_spool import apply_spool, spool_path
+        from newsletter.unsubscribe_spool import apply_spool
 
-        spool = self.extensions.get("spool path")
-        if spool is None:
-            spool = self.extensions["spool path"] = spool_path(self.store_path)
-        if not os.path.exists(spool):  # the usual case, one stat (a crashed applier's leftovers: at start)
+        if not self.spool_waiting():
             return
         try:
             apply_spool(self.store(), str(self.settings.secret_key), now=self.clock.now(), db_path=self.store_path)
@@ -128,6 +125,16 @@ class WebApp:
             if not is_locked(exc):
                 raise
             log.warning("database locked; spooled unsubscribes wait for the next request")
+
+    def spool_waiting(self) -> bool:
+        """Whether unsubscribes wait in the spool: one stat, the usual answer no (a crashed
+        applier's leftovers are recovered at start)."""
+        from newsletter.unsubscribe_spool import spool_path
+
+        spool = self.extensions.get("spool path")
+        if spool is None:
+            spool = self.extensions["spool path"] = spool_path(self.store_path)
+        return os.path.exists(spool)
 
     def client_ip(self, request: Request) -> str:
         return client_ip(request.environ, self.trusted_proxies)

@@ -103,11 +103,12 @@ class GuardedServer(TcpWSGIServer):
     def handle_accept(self) -> None:
         try:
             accepted = self.accept()
+            if accepted is None:
+                return
+            conn, addr = accepted
+            self.set_socket_options(conn)  # waitress's TCP_NODELAY: without it every keep-alive answer waits ~40 ms on Nagle
         except OSError:
             return
-        if accepted is None:
-            return
-        conn, addr = accepted
         addr = self.fix_addr(addr)
         if not self._room_for(addr[0]):
             log.warning("connection slots full and all busy: refused a new connection from %s", addr[0])

@@ -110,8 +110,12 @@ def _index_html(app: WSGIApp, site_dir: Path) -> WSGIApp:
 
 
 def security_headers(app: WSGIApp, *, hsts: bool) -> WSGIApp:
-    """Headers every response gets; routes may set a stricter CSP of their own."""
-    extra = [("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer"),
+    """Headers every response gets; routes may set a stricter CSP of their own.
+
+    ``Referrer-Policy: same-origin``, not ``no-referrer``: no other site ever sees a page's URL
+    (a token in it), but under ``no-referrer`` a browser sends ``Origin: null`` with a form's POST,
+    and the signup form (on /subscribe and on archive pages) failed its own origin check."""
+    extra = [("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "same-origin"),
              ("Content-Security-Policy", SITE_CSP), ("X-Frame-Options", "SAMEORIGIN"),
              ("Cross-Origin-Opener-Policy", "same-origin"),
              ("Permissions-Policy", "camera=(), microphone=(), geolocation=(), interest-cohort=()")]

@@ -32,6 +32,13 @@ from newsletter.errors import ConfigError
 LINGER = 2.0
 
 
+#: How long a thread may hold the GIL while another waits for it (Python's default: 5 ms). A request
+#: thread waking from a SQLite call or the waiting writer lock, or waitress's I/O thread with a socket
+#: ready, otherwise waits up to 5 ms behind a thread busy with Python code; while a writer holds the
+#: database the interval is shorter still (newsletter.db.WRITER_SWITCH_INTERVAL).
+SWITCH_INTERVAL = 0.001
+
+
 @dataclass(frozen=True)
 class ServerLimits:
     threads: int = 4                 # NEWSLETTER_SERVE_THREADS: bounded worker threads
@@ -122,6 +129,7 @@ def serve(app: Callable, host: str = "127.0.0.1", port: int = 8080, limits: Serv
     """Serve until interrupted. Keep ``host`` on loopback behind a TLS-terminating proxy."""
     from newsletter.web import logsummary
 
+    sys.setswitchinterval(SWITCH_INTERVAL)
     server = create_server(app, host, port, limits or ServerLimits())
     summary = logsummary.install()
     if threading.current_thread() is threading.main_thread():  # a service stop ends like Ctrl-C: counts written

@@ -18,7 +18,6 @@ import logging
 import re
 import sqlite3
 from typing import Callable
-from urllib.parse import urlsplit
 
 from werkzeug.wrappers import Request, Response
 
@@ -115,9 +114,7 @@ def _origin_allowed(app: WebApp, request: Request) -> bool:
     origin = request.headers.get("Origin")
     if origin is None:
         return True  # not a browser cross-site post (or a very old browser)
-    own = urlsplit(app.settings.publication.base_url)
-    allowed = {f"{own.scheme}://{own.netloc}".lower(), *app.settings.form_origins}
-    return origin.strip().rstrip("/").lower() in allowed
+    return origin.strip().rstrip("/").lower() in app.settings.signup_origins
 
 
 def subscribe(app: WebApp, request: Request) -> Response:

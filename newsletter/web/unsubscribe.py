@@ -83,7 +83,8 @@ def _post(app: WebApp, token: str, reason: str, request: Request) -> Response:
     stored: list[str] = []
 
     def apply(store: SubscriberStore) -> str | None:
-        drain_spool(app, store)
+        if app.spool_waiting():
+            drain_spool(app, store)
         sub = subscriber_for(app, store, token)
         if sub is None:
             return None

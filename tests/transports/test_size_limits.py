@@ -112,3 +112,14 @@ def test_the_size_counted_is_never_less_than_the_bytes_sent(provider, make_setti
     assert sizes[0] <= counted[0]
     if transport.per_request > 1:
         assert sizes[1] <= shared[0] + sum(c - s for c, s in zip(counted, shared))
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_an_issue_over_the_limit_for_every_reader_is_the_senders_not_the_readers(provider, make_settings):
+    """The same refusal for readers in a row (here: the issue itself is over the provider's limit) is
+    about the sender: nobody is charged, and the engine holds the delivery (exit 9) for a smaller issue."""
+    batch = readers(issue(5_000), 6)
+    results, sizes, api = send(provider, batch, make_settings, max_message_bytes=2_000)
+    assert all(r.status is Status.FAILED_TEMPORARY and r.about_sender for r in results), results
+    assert "over" in results[-1].error and "readers in a row" in results[-1].error
+    assert not api.delivered and not sizes

@@ -739,3 +739,16 @@ def test_default_helo_name_is_this_hosts_fully_qualified_name(tmp_path):
     with SMTPTestServer() as server, transport(server, tmp_path, SMTP_SECURITY="none") as t:
         t.send(messages("a@example.com"))
         assert t._smtp.local_hostname == socket.getfqdn()
+
+
+def test_readers_whose_own_messages_cannot_be_built_start_no_run(tmp_path):
+    """Three stored addresses that cannot be sent (non-ASCII local parts from an old import), in a row,
+    say nothing about the sender: each fails alone and the rest of the list is sent, not held."""
+    from newsletter.smtp_status import SAME_ANSWER_RUN
+
+    bad = [f"z\u00f6e{i}@example.com" for i in range(SAME_ANSWER_RUN + 1)]
+    emails = bad + addresses(2)
+    with SMTPTestServer() as server, transport(server, tmp_path, SMTP_SECURITY="none") as t:
+        results = t.send(messages(*emails))
+    assert [r.status for r in results] == [Status.FAILED_PERMANENT] * len(bad) + [Status.SENT] * 2
+    assert not any(r.about_sender for r in results)

@@ -1,0 +1,240 @@
+"""Run every benchmark several times, as separate processes, and print the table of docs/benchmarks.md.
+
+    benchmarks/run_all [--runs N] [--only bench_x,bench_y] [--write docs/benchmarks.md]
+
+Each figure is the median over the runs (each run a fresh ``python benchmarks/bench_*.py``,
+whose own figure is already a median of interleaved pairs), with the lowest and highest run
+beside it. A target is "met" when every run meets it, "not reliably" when the median does and
+some run does not, and "no" when the median misses. The header gives the date, the commit and
+the load average before and after, since other work on the machine moves every figure.
+``--write`` replaces the table between the ``run_all`` markers of the given file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+BEGIN, END = "<!-- run_all:begin -->", "<!-- run_all:end -->"
+NUM = r"([\d,]+(?:\.\d+)?)"
+
+
+class Row(NamedTuple):
+    bench: str          # the script, e.g. bench_build.py
+    label: str          # what is compared, for the table
+    ours: str           # regexes with one group each ("" when the row has no such column)
+    reference: str
+    figure: str         # the ratio (or value) the target is about
+    unit: str           # of ours/reference
+    op: str             # "<=", ">=" or "" (no target: informational)
+    target: float
+    note: str = ""      # printed after the target
+
+
+ROWS: tuple[Row, ...] = (
+    Row("bench_build.py", "whole `newsletter build 6` process vs the mjml 5 CLI compiling the same MJML",
+        r"Whole process `newsletter build 6`:\s+" + NUM + " s", r"Whole process `mjml` CLI \(compile only\): " + NUM + " s",
+        r"ratio newsletter/mjml \(median of pairs\): " + NUM + "x", "s", "<=", 0.6),
+    Row("bench_build.py", "warm rebuild (the live preview) vs mjml 4 + juice in a warm node, 7 interleaved pairs",
+        r"Warm rebuild, Python [^:]*: " + NUM + " ms", r"Warm rebuild, node [^:]*: " + NUM + " ms",
+        r"ratio python/node [^:]*:\s+" + NUM + "x", "ms", "<=", 0.5),
+    Row("bench_message.py", "personalised messages vs `EmailMessage` per recipient",
+        r"prepared substitution\s*:\s*" + NUM + " msg/s", r"EmailMessage per recipient\s*:\s*" + NUM + " msg/s",
+        r"ratio \(median of pairs\)\s*:\s*" + NUM + "x", "msg/s", ">=", 20),
+    Row("bench_smtp.py", "whole `newsletter send 6` over SMTP, 6,000 readers, vs raw `smtplib.sendmail` of pre-built bytes",
+        r"\(b\) whole [^:]*:\s*" + NUM + " msg/s", r"\(a\) raw [^:]*:\s*" + NUM + " msg/s",
+        r"ratio \(b\)/\(a\): " + NUM + "x", "msg/s", ">=", 1.5),
+    Row("bench_postmark.py", "Postmark `/email/batch`, 2,000 readers, `PostmarkTransport.send` vs pre-built JSON over `http.client`",
+        r"\(b\) PostmarkTransport[^:]*:\s*" + NUM + " msg/s", r"\(a\) pre-built [^:]*:\s*" + NUM + " msg/s",
+        r"ratio \(b\)/\(a\): " + NUM + "x", "msg/s", ">=", 0.6),
+    Row("bench_import.py", "`subscribers import`, 100k rows, vs csv + email-validator + one `executemany`",
+        r"\(b\) newsletter.csvio.import_csv:\s*" + NUM + " rows/s", r"\(a\) reference loop [^:]*:\s*" + NUM + " rows/s",
+        r"ratio \(b\)/\(a\): " + NUM + "x", "rows/s", ">=", 2),
+    Row("bench_import.py", "import peak RSS, 100k vs 10k rows",
+        r"rows: " + NUM + r" / [\d.]+ MB", r"rows: [\d.]+ / " + NUM + " MB", r"MB = " + NUM + "x", "MB", "<=", 1.2),
+    Row("bench_dryrun.py", "`send --dry-run` peak RSS, 100k vs 10k readers",
+        r"medians\): " + NUM + r" / [\d.]+ MB", r"medians\): [\d.]+ / " + NUM + " MB", r"MB = " + NUM + "x",
+        "MB", "<=", 1.05),
+    Row("bench_startup.py", "whole `newsletter status` process vs `python -c \"import sqlite3\"`",
+        r"newsletter status\s+" + NUM + " ms wall", r"python -c 'import sqlite3'\s+" + NUM + " ms wall",
+        r"newsletter status\s+[\d.]+ ms wall\s+[\d.]+ ms CPU\s+" + NUM + "x wall", "ms", "<=", 2,
+        "`python -c \"import click, sqlite3\"` alone is ~1.9x: the floor of any click CLI"),
+    Row("bench_counts.py", "`newsletter status`, 1M vs 10k readers",
+        r"newsletter status\s+[\d.]+ ms at [\d,]+\s+" + NUM + " ms", r"newsletter status\s+" + NUM + " ms at",
+        r"newsletter status\s+[^\n]*\s" + NUM + r"x \(target", "ms", "<=", 1.5),
+    Row("bench_counts.py", "`newsletter subscribers count`, 1M vs 10k readers",
+        r"newsletter subscribers count\s+[\d.]+ ms at [\d,]+\s+" + NUM + " ms", r"newsletter subscribers count\s+" + NUM + " ms at",
+        r"newsletter subscribers count\s+[^\n]*\s" + NUM + r"x \(target", "ms", "<=", 1.5),
+    Row("bench_delivery.py", "send with the durable ledger vs without (null transport), 10k readers",
+        r"^\s*10,000\s+[\d,]+ \|\s+[\d,]+\s+" + NUM, r"^\s*10,000\s+[\d,]+ \|\s+" + NUM,
+        r"^\s*10,000\s+[\d,]+ \|\s+[\d,]+\s+[\d,]+\s+" + NUM, "msg/s", ">=", 0.8),
+    Row("bench_delivery.py", "send with the durable ledger vs without (null transport), 100k readers",
+        r"^\s*100,000\s+[\d,]+ \|\s+[\d,]+\s+" + NUM, r"^\s*100,000\s+[\d,]+ \|\s+" + NUM,
+        r"^\s*100,000\s+[\d,]+ \|\s+[\d,]+\s+[\d,]+\s+" + NUM, "msg/s", ">=", 0.8),
+    Row("bench_delivery.py", "durable send peak RSS, 100k vs 10k readers", "", "",
+        r"ledger peak RSS [\d,]+ vs [\d,]+: " + NUM + "x", "", "<=", 1.2),
+    Row("bench_tokens.py", "opaque reader token vs the old `<id>.<HMAC>` token, per token",
+        r"new " + NUM + " us", r"old " + NUM + " us", r"new/old " + NUM + "x", "µs", "", 0,
+        "no target: the price of tokens that carry no readable id"),
+    Row("bench_serve.py", "one-click POST through `serve`: throughput at 8 clients vs at 1",
+        r"\| POST one-click \| [^|]*\| " + NUM + " req/s", r"\| POST one-click \| " + NUM + " req/s",
+        r"POST one-click: throughput at 8 clients / at 1: " + NUM + "x", "req/s", ">=", 1),
+    Row("bench_serve.py", "one-click POST through `serve`: throughput at 32 clients vs at 1",
+        r"\| POST one-click \| [^|]*\| [^|]*\| " + NUM + " req/s", r"\| POST one-click \| " + NUM + " req/s",
+        r"POST one-click: throughput at 32 clients / at 1: " + NUM + "x", "req/s", ">=", 1),
+    Row("bench_serve.py", "one-click POST through `serve`: p99 at 8 clients (ms; reference: hello-world's p99)",
+        r"POST one-click: p99 at 8 clients " + NUM + " ms", r"\| hello \| [^|]*\| [^|]*p99 " + NUM + " ms",
+        r"POST one-click: p99 at 8 clients " + NUM + " ms", "ms", "<=", 20),
+    Row("bench_serve.py", "Postmark webhook through `serve`: throughput at 8 clients vs at 1",
+        r"\| Postmark webhook \| [^|]*\| " + NUM + " req/s", r"\| Postmark webhook \| " + NUM + " req/s",
+        r"Postmark webhook: throughput at 8 clients / at 1: " + NUM + "x", "req/s", ">=", 1),
+    Row("bench_serve.py", "Postmark webhook through `serve`: throughput at 32 clients vs at 1",
+        r"\| Postmark webhook \| [^|]*\| [^|]*\| " + NUM + " req/s", r"\| Postmark webhook \| " + NUM + " req/s",
+        r"Postmark webhook: throughput at 32 clients / at 1: " + NUM + "x", "req/s", ">=", 1),
+    Row("bench_serve.py", "Postmark webhook through `serve`: p99 at 8 clients (ms; reference: hello-world's p99)",
+        r"Postmark webhook: p99 at 8 clients " + NUM + " ms", r"\| hello \| [^|]*\| [^|]*p99 " + NUM + " ms",
+        r"Postmark webhook: p99 at 8 clients " + NUM + " ms", "ms", "<=", 20),
+    Row("bench_serve.py", "one-click POST through `serve` vs hello-world on the same server (lowest of 1/8/32 clients)",
+        "", "", r"\| POST one-click \|[^\n]*\| " + NUM + "–", "", "", 0, "no target: the price of the app itself"),
+)
+
+#: Benchmarks on simulated time (no noise): one run is the figure.
+SIMULATED = {"bench_providers.py"}
+
+
+def number(pattern: str, text: str) -> float | None:
+    if not pattern:
+        return None
+    m = re.search(pattern, text, re.M)
+    return float(m.group(1).replace(",", "")) if m else None
+
+
+def run_bench(bench: str, log_dir: Path, i: int) -> str:
+    print(f"  {bench} run {i} ...", file=sys.stderr, flush=True)
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(HERE / bench)], capture_output=True, text=True, cwd=REPO,
+                          timeout=3600)
+    (log_dir / f"{bench}.{i}.txt").write_text(proc.stdout + "\n--- stderr\n" + proc.stderr, encoding="utf-8")
+    print(f"    {time.perf_counter() - t:.0f} s, exit {proc.returncode}", file=sys.stderr, flush=True)
+    return proc.stdout
+
+
+def meets(op: str, value: float, target: float) -> bool:
+    return value <= target if op == "<=" else value >= target
+
+
+def fmt(v: float, unit: str) -> str:
+    if unit in ("msg/s", "rows/s", "req/s") or v >= 100:
+        return f"{v:,.0f}"
+    return f"{v:.3g}" if unit != "s" else f"{v:.2f}"
+
+
+def cell(values: list[float], unit: str) -> str:
+    if not values:
+        return "—"
+    med = statistics.median(values)
+    spread = f" ({fmt(min(values), unit)}–{fmt(max(values), unit)})" if len(values) > 1 else ""
+    return f"{fmt(med, unit)} {unit}{spread}".strip()
+
+
+def table(outputs: dict[str, list[str]]) -> list[str]:
+    lines = ["| benchmark | ours | reference | ratio: median (lowest–highest run) | target | met |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for row in ROWS:
+        runs = outputs.get(row.bench)
+        if not runs:
+            continue
+        figs = [v for v in (number(row.figure, out) for out in runs) if v is not None]
+        ours = [v for v in (number(row.ours, out) for out in runs) if v is not None]
+        refs = [v for v in (number(row.reference, out) for out in runs) if v is not None]
+        if not figs:
+            lines.append(f"| {row.label} | — | — | not measured (see the run's log) | | **no** |")
+            continue
+        med = statistics.median(figs)
+        unit = "ms" if row.figure == row.ours else "×"
+        ratio = f"{med:.2f}{unit} ({min(figs):.2f}–{max(figs):.2f}, {len(figs)} runs)"
+        if not row.op:
+            target, met = "—", row.note or "—"
+        else:
+            target = f"{row.op} {row.target:g}{unit}" + (f"; {row.note}" if row.note else "")
+            good = sum(meets(row.op, v, row.target) for v in figs)
+            met = ("yes" if good == len(figs) else
+                   f"**not reliably** ({good} of {len(figs)} runs)" if meets(row.op, med, row.target) else
+                   f"**no** ({good} of {len(figs)} runs)")
+        lines.append(f"| {row.label} | {cell(ours, row.unit)} | {cell(refs, row.unit)} | {ratio} | {target} | {met} |")
+    return lines
+
+
+def providers_table(outputs: dict[str, list[str]]) -> list[str]:
+    runs = outputs.get("bench_providers.py")
+    if not runs:
+        return []
+    lines = ["", "Each HTTP provider, 10,000 readers, an emulator allowing 10 requests/s, **simulated time** "
+                 "(one run: no noise):", "",
+             "| provider | requests | ideal s | simulated s | ratio (target <= 1.3×) | 429s |", "| --- | --- | --- | --- | --- | --- |"]
+    for m in re.finditer(r"^(\w+)\s+([\d,]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)", runs[0], re.M):
+        lines.append("| " + " | ".join(m.groups()) + " |")
+    return lines
+
+
+def header(started: dict[str, object], ended: dict[str, object], runs: int) -> list[str]:
+    return [f"Measured {started['date']} (UTC), commit `{started['commit']}`, {runs} separate runs of each "
+            f"benchmark; load average (1/5/15 min) {started['load']} before and {ended['load']} after, on "
+            f"{os.cpu_count()} cores. Load slows both sides of a pair, but not always alike: the spread is part "
+            "of the figure.", ""]
+
+
+def snapshot() -> dict[str, object]:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                           cwd=REPO).stdout.strip()
+    return {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+            "commit": commit + ("+changes" if dirty else ""),
+            "load": " / ".join(f"{x:.1f}" for x in os.getloadavg())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--only", default="", help="comma-separated benchmark scripts (default: all)")
+    parser.add_argument("--write", type=Path, help="replace the table between the run_all markers of this file")
+    args = parser.parse_args(argv)
+    benches = sorted({r.bench for r in ROWS} | SIMULATED)
+    if args.only:
+        wanted = {b if b.endswith(".py") else b + ".py" for b in args.only.split(",")}
+        benches = [b for b in benches if b in wanted]
+    log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"nl-run-all-{os.getpid()}"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    print(f"logs of every run: {log_dir}", file=sys.stderr)
+    started = snapshot()
+    outputs: dict[str, list[str]] = {b: [] for b in benches}
+    for i in range(1, max(1, args.runs) + 1):  # round-robin: a busy spell spreads over the benchmarks
+        for bench in benches:
+            if bench in SIMULATED and i > 1:
+                continue
+            outputs[bench].append(run_bench(bench, log_dir, i))
+    lines = header(started, snapshot(), args.runs) + table(outputs) + providers_table(outputs)
+    text = "\n".join(lines)
+    print(text)
+    if args.write:
+        doc = args.write.read_text(encoding="utf-8")
+        if BEGIN not in doc or END not in doc:
+            sys.exit(f"{args.write} has no {BEGIN} … {END} markers")
+        head, _, rest = doc.partition(BEGIN)
+        _, _, tail = rest.partition(END)
+        args.write.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
