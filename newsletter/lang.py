@@ -12,6 +12,7 @@ from functools import lru_cache
 from typing import Iterable, Mapping
 
 from newsletter.errors import InputError
+from newsletter.grammar import is_language_tag
 from newsletter.patterns import compiled
 
 #: BCP 47 as people write it: a language, then script, region or variant subtags.
@@ -27,7 +28,7 @@ def normalise_tag(text: str, what: str = "language") -> str:
 
     Raises :class:`InputError` for anything that is not tag-shaped."""
     tag = (text or "").strip().replace("_", "-")
-    if len(tag) > MAX_TAG or not compiled(TAG + r"\Z").match(tag):
+    if len(tag) > MAX_TAG or not compiled(TAG + r"\Z").match(tag) or not is_language_tag(tag):  # grammar's one BCP 47 rule
         raise InputError(f"{what} {text!r} is not a language tag like en, zh-Hans or pt-BR")
     parts = tag.split("-")
     out = [parts[0].lower()]

@@ -113,3 +113,14 @@ def test_reply_to_is_kept_in_the_one_normalised_address_form(tmp_path):
 def test_blank_optional_fields_are_empty_and_an_explicit_null_word_is_text(tmp_path):
     issue = parse_issue(write(tmp_path, HEAD + "series:\nsubtitle: null\nlang:\nsend_at:\ncredits:\n"))
     assert (issue.series, issue.subtitle, issue.lang, issue.send_at, issue.credits) == ("", "null", None, None, ())
+
+
+@pytest.mark.parametrize("tag", ["en-a", "de-1", "zh-Hans-Hans-CN"])
+def test_a_readers_language_follows_the_one_bcp47_grammar(tag):
+    """Tag-shaped but ill-formed: refused for readers (subscribers add --lang, CSV, signup)
+    as for front matter, since lang.normalise_tag checks grammar.is_language_tag."""
+    from newsletter.errors import InputError
+    from newsletter.lang import optional_tag
+
+    with pytest.raises(InputError):
+        optional_tag(tag)
