@@ -54,3 +54,40 @@ def seed_lines() -> list[str]:
     else:  # CI keeps a copy of shared/ beside the clone; fall back to the issue's own text
         pytest.skip("seed file not available")
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------------------------------
+# PostgreSQL: one throwaway cluster per session (tests/pg_cluster.py), one database per test
+# ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A loopback PostgreSQL cluster in a temporary folder, stopped and removed at the end.
+
+    Missing PostgreSQL skips the test on a developer's machine but fails it under CI."""
+    import os
+
+    from tests.pg_cluster import ClusterUnavailable, start_cluster
+
+    try:
+        cluster = start_cluster()
+    except ClusterUnavailable as exc:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI must test the PostgreSQL backend: {exc}", pytrace=False)
+        pytest.skip(f"PostgreSQL not available: {exc}")
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster, request) -> str:
+    """A new empty database on the session's cluster, as a ``postgresql://`` URL (dropped after)."""
+    import secrets
+
+    import psycopg
+
+    name = "t_" + secrets.token_hex(6)
+    with psycopg.connect(pg_cluster.url(), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield pg_cluster.url(name)
+    with psycopg.connect(pg_cluster.url(), autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
