@@ -55,7 +55,8 @@ from newsletter.addresses import check_header, clean_text
 from newsletter.bulk_addresses import AddressValidator
 from newsletter.errors import InputError
 from newsletter.store import (ACTIVE, COMPLAINED, PENDING, REACTIVATE_SQL, STATUS_RANK, STATUS_RECORD, STATUSES,
-                              SUPPRESSED, SubscriberStore, _SQL_PARAM_CHUNK, reactivation, stamp, utcnow)
+                              SUPPRESSED, SubscriberStore, _SQL_PARAM_CHUNK, reactivation, stamp)
+from newsletter.timestamps import utcnow_text
 
 
 # ---- the record: what export writes and import restores -------------------------------
@@ -557,7 +558,7 @@ def _apply(conn: sqlite3.Connection, report: ImportReport) -> None:
     """Inside the write transaction: new addresses inserted in one statement; known ones
     (skipped, renamed, given the file's stronger status, or a pending signup activated by a
     plain list) decided row by row, in bounded batches."""
-    now = utcnow()
+    now = utcnow_text()
     writes = _Writes(now)
     known = conn.execute(
         f"SELECT r.line, r.email, s.id, s.name, s.status, {', '.join('r.' + n for n in _FIELD_NAMES)}"

@@ -14,7 +14,7 @@ Row states::
 
     pending ──claim──▶ sending ──answer──▶ sent | failed-permanent (bounce → store) | uncertain
                                       └──▶ retry ──(backoff, or Retry-After)──▶ sending …
-                                               └──▶ failed-temporary  (only after the retry window)
+                                               └──▶ gave-up  (only after the retry window)
     pending ──no longer active──▶ skipped
     sending ──found after a crash──▶ retry (same batch, same key) | uncertain (--no-resend-uncertain)
 
@@ -505,7 +505,7 @@ class _Run:
 
     def _progress_values(self) -> tuple[int, int, int, int]:
         c = self.counts
-        return self.total - ledger.open_rows(c), self.total, c["sent"], c["failed-permanent"] + c["failed-temporary"]
+        return self.total - ledger.open_rows(c), self.total, c["sent"], c["failed-permanent"] + c["gave-up"]
 
     def _finish(self, elapsed: float) -> DeliveryReport:
         with self.db, transaction(self.conn) as conn:

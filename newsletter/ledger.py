@@ -11,11 +11,10 @@ dataclass costs a millisecond or two at import, and ``status`` imports this modu
 NamedTuple compiles every string annotation it is given; real ones cost nothing.
 """
 
-import math
 import os
 import sqlite3
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple, Sequence
 
@@ -23,7 +22,8 @@ from newsletter.db import connect, migrate
 from newsletter.errors import ContentChangedError, DeliveryLockedError, InputError, scrub
 from newsletter.message_ids import issue_slug
 from newsletter.processes import pid_alive
-from newsletter.store import TIMESTAMP
+from newsletter.states import OPEN_DELIVERY_STATES, OPEN_ROW_STATES, FAILED_ROW_STATES, RowState, sql_list
+from newsletter.timestamps import TIMESTAMP, from_epoch, parse_timestamp, timestamp, utc_day, utcnow  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:  # only for types: `status` and the scheduler load neither the builder nor transports
     from newsletter.message import PreparedIssue
@@ -114,65 +114,31 @@ def _v2_deferred(conn: sqlite3.Connection) -> None:
 
 MIGRATIONS.append(_v2_deferred)
 
-#: Deliveries not finished: a worker, `resume` or `send` may still act on them.
-OPEN_STATES = ("scheduled", "running", "paused", "held", "deferred")
-_OPEN_SQL = "(" + ",".join(f"'{s}'" for s in OPEN_STATES) + ")"
-LEDGER_STATES = ("pending", "sending", "sent", "retry", "failed-temporary", "failed-permanent", "skipped",
-                 "uncertain")
-#: Rows still to be sent: a delivery is done only when none is left in these.
-OPEN_ROW_STATES = ("pending", "retry", "sending")
+
+def _v3_gave_up(conn: sqlite3.Connection) -> None:
+    """v3: the final row state after the retry window is ``gave-up`` (it was ``failed-temporary``,
+    which now means only a transport's "try again later"). The CHECK is edited in place as in v2."""
+    sql = conn.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name='ledger'").fetchone()[0]
+    if "'failed-temporary'" in sql:
+        version = conn.execute("PRAGMA schema_version").fetchone()[0]
+        conn.execute("PRAGMA writable_schema=ON")
+        conn.execute("UPDATE sqlite_master SET sql=? WHERE type='table' AND name='ledger'",
+                     (sql.replace("'failed-temporary'", "'gave-up'"),))
+        conn.execute(f"PRAGMA schema_version={int(version) + 1}")
+        conn.execute("PRAGMA writable_schema=OFF")
+    conn.execute("UPDATE ledger SET state='gave-up' WHERE state='failed-temporary'")
+
+
+MIGRATIONS.append(_v3_gave_up)
+
+OPEN_STATES = OPEN_DELIVERY_STATES
+_OPEN_SQL = sql_list(OPEN_STATES)
+LEDGER_STATES: tuple[RowState, ...] = tuple(RowState)
 LOCK_STALE_AFTER = timedelta(minutes=10)
 HEARTBEAT_EVERY = timedelta(seconds=30)
-#: Times the ledger stores: four-digit years only, so stored text always sorts and parses.
-_MIN_YEAR, _MAX_YEAR = 2000, 9000
 
 TransportFactory = Callable[[], "Transport"]
 Progress = Callable[[int, int, int, int], None]
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def timestamp(dt: datetime) -> str:
-    """The stored form of a time; refuses times without a zone or outside 2000–9000."""
-    if dt.tzinfo is None or dt.utcoffset() is None:
-        raise InputError(f"time {dt.isoformat()} has no time zone; give one (e.g. +00:00)")
-    try:
-        utc = dt.astimezone(timezone.utc)
-    except OverflowError:
-        utc = None
-    if utc is None or not _MIN_YEAR <= utc.year <= _MAX_YEAR:
-        raise InputError(f"time {dt.isoformat()} is out of range (years {_MIN_YEAR}–{_MAX_YEAR})")
-    return utc.strftime(TIMESTAMP)  # the subscriber store's format: sorts as text
-
-
-def parse_timestamp(text: str | None) -> datetime | None:
-    """A stored time, or None when missing *or unreadable*: one bad row must not break every command."""
-    if not text:
-        return None
-    # Exactly timestamp()'s shape, read by fromisoformat: _strptime (and its regexes) cost start-up time.
-    if not isinstance(text, str) or len(text) != 27 or text[10] != "T" or text[-1] != "Z":
-        return None
-    try:
-        return datetime.fromisoformat(text[:-1]).replace(tzinfo=timezone.utc)
-    except ValueError:
-        return None
-
-
-def from_epoch(seconds: float | None) -> datetime | None:
-    """A wall-clock retry time (seconds since the epoch) as an aware UTC datetime."""
-    if seconds is None or not math.isfinite(seconds):
-        return None
-    try:
-        return datetime.fromtimestamp(seconds, timezone.utc)
-    except (OverflowError, OSError, ValueError):
-        return None
-
-
-def utc_day(dt: datetime) -> str:
-    """The UTC calendar day, the unit of the daily cap."""
-    return dt.astimezone(timezone.utc).date().isoformat()
 
 
 _VALUES_CHUNK = 300  # rows per UPDATE … FROM (VALUES …); far below SQLite's parameter limit
@@ -354,7 +320,7 @@ def make_report(conn: sqlite3.Connection, delivery_id: int, note: str = "", **ru
     c = ledger_counts(conn, d.id)
     next_retry, reasons = _next_retry(conn, d, c)
     return DeliveryReport(d.id, d.slug, d.state, total=sum(c.values()), sent=c["sent"],
-                          failed_permanent=c["failed-permanent"], failed_temporary=c["failed-temporary"],
+                          failed_permanent=c["failed-permanent"], failed_temporary=c[RowState.GAVE_UP],
                           skipped=c["skipped"], pending=open_rows(c), deferred=c["retry"], uncertain=c["uncertain"],
                           next_retry=next_retry, reasons=tuple(reasons), note=note or d.reason or "",
                           **run)  # type: ignore[arg-type]
@@ -530,7 +496,7 @@ def begin_run(conn: sqlite3.Connection, d: Delivery, *, transport: str, resend_i
                      "WHERE delivery_id=? AND state='sending'", (stamp, d.id))
     if retry_failed:
         conn.execute("UPDATE ledger SET state='pending', attempts=0, first_failure_at=NULL, next_attempt_at=NULL, "
-                     "updated_at=? WHERE delivery_id=? AND state='failed-temporary'", (stamp, d.id))
+                     "updated_at=? WHERE delivery_id=? AND state='gave-up'", (stamp, d.id))
     counts = ledger_counts(conn, d.id)
     if open_rows(counts) or d.state != "done":
         conn.execute("UPDATE deliveries SET state='running', transport=?, reason=NULL, resume_at=NULL, "
@@ -811,7 +777,7 @@ def delivery_status(conn: sqlite3.Connection, slug: str | None = None, *, limit:
             eta = remaining / rate
         sender = f"pid {d.lock_pid} on {d.lock_host}" if lock_is_live(d) else None
         next_retry, reasons = _next_retry(conn, d, c)
-        out.append(DeliveryStatus(d, c, sum(c.values()), c["sent"], c["failed-permanent"] + c["failed-temporary"],
+        out.append(DeliveryStatus(d, c, sum(c.values()), c["sent"], c[RowState.FAILED_PERMANENT] + c[RowState.GAVE_UP],
                                   remaining, rate, eta, sender, next_retry, tuple(reasons)))
     return out
 
@@ -819,8 +785,8 @@ def delivery_status(conn: sqlite3.Connection, slug: str | None = None, *, limit:
 def failed_recipients(conn: sqlite3.Connection, delivery_id: int) -> list[tuple[str, str, str | None]]:
     """(email, state, last error) of everyone who needs attention: failed-* and uncertain."""
     return [(r[0], r[1], scrub(r[2]) if r[2] is not None else None) for r in conn.execute(
-        "SELECT email, state, last_error FROM ledger WHERE delivery_id=? AND state IN "
-        "('failed-permanent','failed-temporary','uncertain') ORDER BY subscriber_id", (int(delivery_id),))]
+        f"SELECT email, state, last_error FROM ledger WHERE delivery_id=? AND state IN "
+        f"{sql_list(FAILED_ROW_STATES)} ORDER BY subscriber_id", (int(delivery_id),))]
 
 
 def delivery_for_event(conn: sqlite3.Connection, subscriber_id: int, *, provider_id: str | None = None,

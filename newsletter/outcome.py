@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Sequence
 
 from newsletter.pacing import BACKOFF_CAP, backoff_delay
+from newsletter.states import RowState
 from newsletter.transports.base import SendResult, Status
 
 #: How many times an uncertain answer is sent again (with ``resend_uncertain``) before it is reported.
@@ -140,7 +141,7 @@ def decide(row: Row, answer: Answer, *, now: float, policy: Policy, error: str |
     text = error or ("no answer (the connection dropped)" if answer is Answer.NO_ANSWER else "temporary failure")
     if now - first >= policy.retry_window:
         hours = (now - first) / 3600
-        return final("failed-temporary", f"gave up after {attempts} attempts over {hours:.1f} h "
+        return final(RowState.GAVE_UP, f"gave up after {attempts} attempts over {hours:.1f} h "
                                          f"(NEWSLETTER_RETRY_WINDOW): {text}")
     delay = backoff_delay(attempts, retry_after, jitter=jitter, since_first_failure=now - first)
     return retry(text, now + delay, since=first)

@@ -23,7 +23,7 @@ annotations.
 import sqlite3
 import threading
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
@@ -31,6 +31,8 @@ from newsletter.addresses import clean_text, normalise_email
 from newsletter.db import connect, migrate
 from newsletter.errors import InputError
 from newsletter.patterns import CONTROL_CHARS, compiled
+from newsletter.states import SUPPRESSED, SubscriberStatus
+from newsletter.timestamps import TIMESTAMP, stamp, utcnow_text  # noqa: F401 (TIMESTAMP, stamp re-exported)
 
 COMPONENT = "subscribers"
 
@@ -122,7 +124,8 @@ def _v3_ascii_domains(conn: sqlite3.Connection) -> None:
 
 #: Which of two statuses one reader keeps when two records meet (a merge, an import): any suppression
 #: beats active, and the stronger suppression wins.
-STATUS_RANK = {"pending": 0, "active": 1, "unsubscribed": 2, "bounced": 3, "complained": 4}
+STATUS_RANK = {SubscriberStatus.PENDING: 0, SubscriberStatus.ACTIVE: 1, SubscriberStatus.UNSUBSCRIBED: 2,
+               SubscriberStatus.BOUNCED: 3, SubscriberStatus.COMPLAINED: 4}
 #: What comes with the status that wins a merge or an import: why the reader has it (consent, signup, reason).
 STATUS_RECORD = ("status", "status_reason", "changed_at", "source", "consent", "consent_requested_at",
                  "consent_confirmed_at", "consent_ip", "signup_requested_at", "signup_ip")
@@ -165,13 +168,11 @@ MIGRATIONS.append(_FORMER_ADDRESSES)  # v4: for databases v3 converted before it
 MIGRATIONS.append("ALTER TABLE subscribers ADD COLUMN signup_nonce TEXT NOT NULL DEFAULT ''")
 
 
-ACTIVE = "active"
-UNSUBSCRIBED = "unsubscribed"
-BOUNCED = "bounced"
-COMPLAINED = "complained"
-PENDING = "pending"  # signed up, not yet confirmed: never sent to; purged when the link expires
-STATUSES: tuple[str, ...] = (ACTIVE, UNSUBSCRIBED, BOUNCED, COMPLAINED, PENDING)
-SUPPRESSED: frozenset[str] = frozenset({UNSUBSCRIBED, BOUNCED, COMPLAINED})
+# The statuses by their short names, for the callers that import them from here.
+ACTIVE, UNSUBSCRIBED, BOUNCED, COMPLAINED, PENDING = (
+    SubscriberStatus.ACTIVE, SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.BOUNCED, SubscriberStatus.COMPLAINED,
+    SubscriberStatus.PENDING)
+STATUSES: tuple[SubscriberStatus, ...] = tuple(SubscriberStatus)
 
 _COLUMNS = "id, email, name, status, created_at, changed_at, source, consent"
 _SQL_PARAM_CHUNK = 500  # well under SQLite's host-parameter limit on every build
@@ -188,19 +189,6 @@ REACTIVATE_SQL = (f"UPDATE subscribers SET status='{ACTIVE}', status_reason='', 
 def reactivation(now: str, name: str, source: str, consent: str, sid: int) -> tuple:
     """The parameters of :data:`REACTIVATE_SQL`."""
     return (now, name, name, source, source, consent, consent, sid)
-
-
-TIMESTAMP = "%Y-%m-%dT%H:%M:%S.%fZ"  # ISO 8601 UTC with microseconds: sorts as text
-
-
-def stamp(dt: datetime) -> str:
-    """``dt`` in the store's timestamp format (:data:`TIMESTAMP`), e.g. ``2025-03-01T09:30:00.123456Z``."""
-    return dt.astimezone(timezone.utc).strftime(TIMESTAMP)
-
-
-def utcnow() -> str:
-    """The current time as ISO 8601 UTC, e.g. ``2025-03-01T09:30:00.123456Z``."""
-    return stamp(datetime.now(timezone.utc))
 
 
 class Subscriber(NamedTuple):
@@ -430,7 +418,7 @@ class SubscriberStore:
         consent = clean_text(consent, "consent")
         with self.transaction() as conn:
             row = conn.execute(f"SELECT {_COLUMNS} FROM subscribers WHERE email=?", (email,)).fetchone()
-            now = utcnow()
+            now = utcnow_text()
             if row is None:
                 cur = conn.execute(
                     "INSERT INTO subscribers(email, name, status, created_at, changed_at, source, consent)"
@@ -491,7 +479,7 @@ class SubscriberStore:
                 raise InputError(f"{sub.email} is {sub.status}; it is not reactivated unless you "
                                  "resubscribe it explicitly (resubscribe=True / --resubscribe)")
             self.conn.execute("UPDATE subscribers SET status=?, status_reason=?, changed_at=? WHERE id=?",
-                              (status, reason, utcnow(), sub.id))
+                              (status, reason, utcnow_text(), sub.id))
             if status in SUPPRESSED:
                 self._retire_signup(sub.id)
             new = self.get(sub.id)

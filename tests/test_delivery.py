@@ -410,7 +410,7 @@ def test_temporary_failures_are_retried_over_the_window_then_final(db):
     report, sink = send(db, transport=Recorder(behave=behave), ft=ft, retry_window=3600, max_wait=10**6)
     assert sink.counts() == collections.Counter([emails[0], emails[2]])
     assert report.state == "done" and report.failed_temporary == 1 and report.sent == 2
-    assert ledger_states(db, report.delivery_id)[never] == "failed-temporary"
+    assert ledger_states(db, report.delivery_id)[never] == "gave-up"
     conn = open_ledger(db)
     attempts, err = conn.execute("SELECT attempts, last_error FROM ledger WHERE email=?", (never,)).fetchone()
     # Final only once the window had passed since the first failure, however many tries that took.

@@ -130,7 +130,7 @@ def _dry_run_all(settings: "Settings", rendered: "RenderedEmail") -> None:
 def _report(report: Any) -> None:
     click.echo(
         f"Delivery {report.delivery_id} ({report.state}): {report.sent} sent, {report.failed_permanent} failed "
-        f"permanently, {report.failed_temporary} failed temporarily, {report.skipped} skipped, "
+        f"permanently, {report.failed_temporary} gave up after retrying, {report.skipped} skipped, "
         f"{report.pending} pending ({report.deferred} deferred); {report.sent_this_run} sent in this run in "
         f"{report.elapsed:.1f}s ({report.rate:.0f} msg/s)."
     )
