@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
 from newsletter.addresses import clean_text, normalise_email
-from newsletter.db import connect, migrate
+from newsletter.db import backend, connect, migrate, table_columns
 from newsletter.errors import InputError
 from newsletter.patterns import CONTROL_CHARS, compiled
 from newsletter.states import SUPPRESSED, SubscriberStatus
@@ -175,6 +175,8 @@ ACTIVE, UNSUBSCRIBED, BOUNCED, COMPLAINED, PENDING = (
 STATUSES: tuple[SubscriberStatus, ...] = tuple(SubscriberStatus)
 
 _COLUMNS = "id, email, name, status, created_at, changed_at, source, consent"
+#: An address with a character outside printable ASCII, per backend.
+_NOT_ASCII = {"sqlite": "email GLOB '*[^ -~]*'", "postgresql": "email ~ '[^ -~]'"}
 _SQL_PARAM_CHUNK = 500  # well under SQLite's host-parameter limit on every build
 
 
@@ -346,7 +348,7 @@ class SubscriberStore:
                      batch: int = 1000) -> Iterator[tuple]:
         """The named columns of every reader (or those of one status), in id order: the whole
         record, for an export. Paged and lock-free like :meth:`iter_subscribers`."""
-        known = {r[1] for r in self.conn.execute("PRAGMA table_info(subscribers)")}
+        known = set(table_columns(self.conn, "subscribers"))
         unknown = [c for c in columns if c not in known]
         if unknown:
             raise ValueError(f"no such subscriber column: {', '.join(unknown)}")
@@ -381,7 +383,7 @@ class SubscriberStore:
         before such addresses were refused: v3 could not convert it), and one of them: sends fail
         each such reader, so the editor is told before."""
         n, example = self.conn.execute("SELECT COUNT(*), min(email) FROM subscribers "
-                                       "WHERE status='active' AND email GLOB '*[^ -~]*'").fetchone()
+                                       f"WHERE status='active' AND {_NOT_ASCII[backend(self.conn)]}").fetchone()
         return n, example
 
     def is_active(self, id: int) -> bool:
@@ -420,10 +422,10 @@ class SubscriberStore:
             row = conn.execute(f"SELECT {_COLUMNS} FROM subscribers WHERE email=?", (email,)).fetchone()
             now = utcnow_text()
             if row is None:
-                cur = conn.execute(
+                sid = conn.execute(
                     "INSERT INTO subscribers(email, name, status, created_at, changed_at, source, consent)"
-                    " VALUES(?, ?, 'active', ?, ?, ?, ?)", (email, name, now, now, source, consent))
-                sid = cur.lastrowid
+                    " VALUES(?, ?, 'active', ?, ?, ?, ?) RETURNING id", (email, name, now, now, source, consent)
+                ).fetchone()[0]
             else:
                 existing = Subscriber.from_row(row)
                 sid = existing.id
