@@ -103,7 +103,10 @@ def apply_spool(store: SubscriberStore, secret: str, *, now: datetime, db_path: 
 def open_store(settings: "Settings", *, now: datetime | None = None) -> SubscriberStore:
     """The subscriber store with every spooled unsubscribe applied: what a reader of subscriber
     state opens. A database locked past the busy timeout is a one-line
-    :class:`DatabaseLockedError` (try again), never a list that still shows those readers."""
+    :class:`DatabaseLockedError` (try again), never a list that still shows those readers.
+    On PostgreSQL nothing is spooled (an unsubscribe never waits for a writer there)."""
+    if not isinstance(target := settings.db_target, Path):
+        return SubscriberStore.open(target)
     store = SubscriberStore.open(settings.db_path)
     try:
         apply_spool(store, str(settings.secret_key), now=now or datetime.now(timezone.utc), db_path=settings.db_path)

@@ -1,0 +1,32 @@
+"""The db group: where the database is and what it holds."""
+
+from __future__ import annotations
+
+import click
+
+from newsletter.cli import cli, settings_of
+
+
+@cli.group("db")
+def db() -> None:
+    """The database: SQLite (NEWSLETTER_DB=path, the default newsletter.db) or PostgreSQL
+    (NEWSLETTER_DB=postgresql://user@host:port/dbname; password from the URL, PGPASSWORD or ~/.pgpass)."""
+
+
+@db.command("status")
+@click.pass_context
+def db_status_command(ctx: click.Context) -> None:
+    """Show the backend, each component's schema version and the rows in every table."""
+    from newsletter.dbstatus import db_status
+
+    report = db_status(settings_of(ctx).db_target)
+    click.echo(f"Backend: {report.backend} ({report.where})")
+    for c in report.components:
+        if c.known is None:
+            schema = "not available on this backend yet"
+        elif c.version == 0:
+            schema = f"not created yet (this tool: v{c.known})"
+        else:
+            schema = f"v{c.version}" + ("" if c.version == c.known else f" (this tool: v{c.known})")
+        rows = ", ".join(f"{table} {n:,}" for table, n in c.rows.items()) or "no tables"
+        click.echo(f"  {c.name:<15} {schema:<24} {rows}")
