@@ -18,7 +18,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple, Sequence
 
-from newsletter.db import connect, migrate
+from newsletter.db import backend, connect, migrate
+from newsletter.patterns import compiled
 from newsletter.errors import ContentChangedError, DeliveryLockedError, InputError, scrub
 from newsletter.message_ids import issue_slug
 from newsletter.processes import pid_alive
@@ -152,6 +153,9 @@ def update_each(conn: sqlite3.Connection, delivery_id: int, sets: str, rows: Seq
     ``v.column2``, ``v.column3``, …; ``set_args`` bind the ``?`` in ``sets``. Three times
     cheaper than executemany, which pays a statement reset per row.
     """
+    if backend(conn) != "sqlite":
+        _update_each_row(conn, delivery_id, sets, rows, set_args)
+        return
     for start in range(0, len(rows), _VALUES_CHUNK):
         chunk = rows[start:start + _VALUES_CHUNK]
         width = len(chunk[0])
@@ -159,6 +163,25 @@ def update_each(conn: sqlite3.Connection, delivery_id: int, sets: str, rows: Seq
         conn.execute(f"UPDATE ledger SET {sets} FROM (VALUES {marks}) AS v "
                      "WHERE ledger.delivery_id=? AND ledger.subscriber_id=v.column1",
                      (*set_args, *(x for row in chunk for x in row), delivery_id))
+
+
+def _update_each_row(conn: sqlite3.Connection, delivery_id: int, sets: str, rows: Sequence[tuple],
+                     set_args: tuple) -> None:
+    """:func:`update_each` on PostgreSQL: one prepared UPDATE per row, sent in one pipeline
+    (a VALUES list there would need a type for every column whose first value is NULL)."""
+    if not rows:
+        return
+    args = iter(range(len(set_args)))
+    named = compiled(r"\?").sub(lambda _: f":a{next(args)}", sets)
+    named = compiled(r"\bv\.column(\d+)\b").sub(r":c\1", named)
+    fixed = {f"a{i}": value for i, value in enumerate(set_args)}
+    conn.executemany(f"UPDATE ledger SET {named} WHERE delivery_id=:did AND subscriber_id=:c1",
+                     [{**fixed, "did": delivery_id, **{f"c{k}": v for k, v in enumerate(row, 1)}} for row in rows])
+
+
+def _retry_index(conn: sqlite3.Connection) -> str:
+    """SQLite's hint to read retry rows through the small partial index (PostgreSQL's planner needs none)."""
+    return "INDEXED BY ledger_retry " if backend(conn) == "sqlite" else ""
 
 
 @contextmanager
@@ -261,7 +284,7 @@ def open_rows(counts: dict[str, int]) -> int:
 
 def _next_due(conn: sqlite3.Connection, delivery_id: int) -> float | None:
     """Wall seconds the next deferred reader is due (through the small partial index)."""
-    return conn.execute("SELECT MIN(next_attempt_at) FROM ledger INDEXED BY ledger_retry WHERE delivery_id=? "
+    return conn.execute(f"SELECT MIN(next_attempt_at) FROM ledger {_retry_index(conn)}WHERE delivery_id=? "
                         "AND state='retry'", (delivery_id,)).fetchone()[0]
 
 
@@ -381,12 +404,11 @@ def start_or_resume(conn: sqlite3.Connection, prepared: "PreparedIssue", *, sche
                 conn.execute("UPDATE deliveries SET content_hash=?, subject=? WHERE id=?",
                              (r.content_hash, r.subject, d["id"]))
             return d["id"]
-        cur = conn.execute(
+        return int(conn.execute(
             "INSERT INTO deliveries(slug, issue_number, content_hash, subject, state, created_at, send_at, test, "
-            "nonce) VALUES(?, ?, ?, ?, ?, ?, ?, 0, ?)",
+            "nonce) VALUES(?, ?, ?, ?, ?, ?, ?, 0, ?) RETURNING id",
             (r.slug, r.number, r.content_hash, r.subject, "scheduled" if send_at else "running", stamp, send_at,
-             os.urandom(8).hex()))  # secrets.token_hex, without importing random & co at start-up
-        return int(cur.lastrowid)  # type: ignore[arg-type]
+             os.urandom(8).hex())).fetchone()[0])  # secrets.token_hex, without importing random & co at start-up
 
 
 # ---------------------------------------------------------------------------------------
@@ -532,7 +554,7 @@ _ROW_COLUMNS = ("l.subscriber_id, l.email, l.name, l.state, l.next_attempt_at, l
 
 
 def _select(conn: sqlite3.Connection, delivery_id: int, where: str, params: tuple, retry: bool = False) -> list:
-    hint = "INDEXED BY ledger_retry " if retry else ""  # retry rows through the small partial index
+    hint = _retry_index(conn) if retry else ""
     return conn.execute(f"SELECT {_ROW_COLUMNS} FROM ledger l {hint}LEFT JOIN subscribers s ON s.id = l.subscriber_id "
                         f"WHERE l.delivery_id=? AND {where}", (delivery_id, *params)).fetchall()
 
@@ -563,7 +585,7 @@ def claim_batch(conn: sqlite3.Connection, d: Delivery, owner: str, *, limit: int
     stamp = timestamp(now)
     rows: list = []
     batch_no: int | None = None
-    head = conn.execute("SELECT retry_batch, next_attempt_at FROM ledger INDEXED BY ledger_retry WHERE "
+    head = conn.execute(f"SELECT retry_batch, next_attempt_at FROM ledger {_retry_index(conn)}WHERE "
                         "delivery_id=? AND state='retry' ORDER BY next_attempt_at LIMIT 1", (d.id,)).fetchone()
     if head is not None and head[1] <= now_ts:
         if head[0] is not None:
@@ -607,7 +629,7 @@ def claim_batch(conn: sqlite3.Connection, d: Delivery, owner: str, *, limit: int
         update_each(conn, d.id, "state='sending', batch_no=?, updated_at=?", [(r[0],) for r in live],
                     claim.batch_no, stamp)
     conn.execute("INSERT INTO daily_counts(day, transport, count) VALUES(?, ?, ?) ON CONFLICT(day, transport) "
-                 "DO UPDATE SET count=count+excluded.count", (day, transport, len(live)))
+                 "DO UPDATE SET count=daily_counts.count+excluded.count", (day, transport, len(live)))
     return claim
 
 
@@ -616,8 +638,8 @@ def unclaim(conn: sqlite3.Connection, delivery_id: int, rows: Sequence[ClaimedRo
     """Undo a claim whose batch never reached anyone: rows back as they were, the daily count refunded."""
     conn.executemany("UPDATE ledger SET state=?, next_attempt_at=? WHERE delivery_id=? AND subscriber_id=? "
                      "AND state='sending'", [(r.state, r.next_attempt_at, delivery_id, r.sid) for r in rows])
-    conn.execute("UPDATE daily_counts SET count=MAX(0, count-?) WHERE day=? AND transport=?",
-                 (len(rows), day, transport))
+    conn.execute("UPDATE daily_counts SET count=CASE WHEN count > ? THEN count - ? ELSE 0 END "
+                 "WHERE day=? AND transport=?", (len(rows), len(rows), day, transport))
 
 
 def record_transitions(conn: sqlite3.Connection, delivery_id: int, batch_no: int,
@@ -816,7 +838,7 @@ def sent_issue(conn: sqlite3.Connection, *, slug: str = "", subject: str = "") -
         row = conn.execute("SELECT id, slug FROM deliveries WHERE slug=? AND test=0 ORDER BY id DESC LIMIT 1",
                            (slug,)).fetchone()
     elif subject:
-        row = conn.execute("SELECT id, slug FROM deliveries WHERE test=0 AND subject=? COLLATE NOCASE "
+        row = conn.execute("SELECT id, slug FROM deliveries WHERE test=0 AND lower(subject)=lower(?) "
                            "ORDER BY id DESC LIMIT 1", (subject,)).fetchone()
     else:
         row = None
@@ -835,8 +857,9 @@ def issue_freezes(conn: sqlite3.Connection, slug: str) -> list[tuple[int, str | 
 def issue_addresses(conn: sqlite3.Connection, slug: str, subscriber_id: int) -> list[str]:
     """The addresses a reader had in the real deliveries of an issue, newest first (usually one)."""
     return [row[0] for row in conn.execute(
-        "SELECT DISTINCT l.email FROM ledger l JOIN deliveries d ON d.id = l.delivery_id "
-        "WHERE l.subscriber_id=? AND d.slug=? AND d.test=0 ORDER BY l.delivery_id DESC", (subscriber_id, slug))]
+        "SELECT l.email FROM ledger l JOIN deliveries d ON d.id = l.delivery_id "
+        "WHERE l.subscriber_id=? AND d.slug=? AND d.test=0 GROUP BY l.email ORDER BY MAX(l.delivery_id) DESC",
+        (subscriber_id, slug))]
 
 
 def latest_sent_slug(conn: sqlite3.Connection, subscriber_id: int) -> str | None:

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from newsletter.db import is_locked
+from newsletter.db import backend, is_locked
 from newsletter.errors import DatabaseLockedError
 from newsletter.processes import pid_alive
 from newsletter.store import SubscriberStore
@@ -69,7 +69,9 @@ def apply_spool(store: SubscriberStore, secret: str, *, now: datetime, db_path: 
     """Apply spooled unsubscribes in one transaction of their own; returns how many verified.
 
     ``db_path`` defaults to the store's own file. Must not run inside a transaction the
-    caller may still roll back: the spool file is gone once this returns."""
+    caller may still roll back: the spool file is gone once this returns. PostgreSQL has no spool."""
+    if backend(store.conn) != "sqlite":
+        return 0
     path_of_db = Path(db_path) if db_path is not None else db_file(store.conn)
     if path_of_db is None:
         return 0

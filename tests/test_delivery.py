@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 
 import pytest
 
+from newsletter.db import connect
 from newsletter.config import Publication
 from newsletter.delivery import DeliveryOptions, run_delivery
 from newsletter.ledger import delivery_status, failed_recipients, get_delivery, open_ledger, start_or_resume
@@ -155,7 +156,7 @@ class Recorder(Transport):
 
 
 def ledger_states(db: Path, delivery_id: int) -> dict[str, str]:
-    conn = sqlite3.connect(db)
+    conn = connect(db)
     try:
         return dict(conn.execute("SELECT email, state FROM ledger WHERE delivery_id=?", (delivery_id,)))
     finally:
@@ -163,15 +164,21 @@ def ledger_states(db: Path, delivery_id: int) -> dict[str, str]:
 
 
 def subscriber_status(db: Path, email: str) -> str:
-    conn = sqlite3.connect(db)
+    conn = connect(db)
     try:
         return conn.execute("SELECT status FROM subscribers WHERE email=?", (email,)).fetchone()[0]
     finally:
         conn.close()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request, tmp_path) -> Path | str:
+    """The database of one test: a SQLite file, or a fresh PostgreSQL database (its URL)."""
+    return tmp_path / "news.db" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+
+
 @pytest.fixture
-def db(tmp_path) -> Path:
+def sqlite_db(tmp_path) -> Path:
     return tmp_path / "news.db"
 
 
@@ -227,7 +234,7 @@ def test_batch_is_committed_as_sending_before_the_transport_sees_it(db):
 
     def before(messages, key):
         # Another connection (as a crash would leave it) sees this batch as 'sending', none 'sent' yet.
-        other = sqlite3.connect(db)
+        other = connect(db)
         states = dict(other.execute("SELECT email, state FROM ledger"))
         other.close()
         assert {states[m.to_email] for m in messages} == {"sending"}
@@ -684,7 +691,8 @@ def test_stale_locks_are_recovered_live_ones_are_not(db):
 # ---------------------------------------------------------------------------------------
 # Pacing, concurrency, the daily cap
 # ---------------------------------------------------------------------------------------
-def test_rate_pacing_sleeps_exactly_what_the_rate_requires(db):
+def test_rate_pacing_sleeps_exactly_what_the_rate_requires(sqlite_db):  # pacing: the same on any backend
+    db = sqlite_db
     add_subscribers(db, 20)
     ft = FakeTime()
     report, _ = send(db, ft=ft, rate=10, batch_size=5)
@@ -857,9 +865,8 @@ def test_a_sender_whose_lock_was_taken_over_stops_without_touching_the_new_owner
 
     def before(messages, key):
         if messages[0].to_email == "user00010@example.org":  # second batch: someone took over meanwhile
-            other = sqlite3.connect(db)
+            other = connect(db)  # autocommits
             other.execute("UPDATE deliveries SET lock_owner='thief', lock_pid=1, lock_host='elsewhere'")
-            other.commit()
             other.close()
 
     with pytest.raises(DeliveryLockedError, match="took over"):
