@@ -69,6 +69,7 @@ from newsletter.unsubscribe_spool import apply_spool
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
+    from newsletter.guard import Guard, Tally
 
 #: How long a run keeps waiting for due retries, from the last reader finished, before it defers.
 DEFAULT_MAX_WAIT = 300.0
@@ -88,6 +89,8 @@ class DeliveryOptions:
     max_wait: float = DEFAULT_MAX_WAIT  # seconds a run waits in the foreground for retries before deferring
     resend_uncertain: bool = True      # resend (once) readers that may or may not have got it, or report them
     retry_failed: bool = False         # give readers whose retry window ran out a fresh one
+    guard: Guard | None = None         # hold the send when complaints or hard bounces pass a threshold
+    despite_guard: bool = False        # the editor resumes a guard hold deliberately: count from now on
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.concurrency < 1:
@@ -126,8 +129,15 @@ class DeliveryOptions:
             daily_cap=int(cap) if cap else None,
             retry_window=(settings.number("NEWSLETTER_RETRY_WINDOW", DEFAULT_RETRY_WINDOW / 3600) or 0.0) * 3600,
             max_wait=settings.number("NEWSLETTER_FOREGROUND_WAIT", DEFAULT_MAX_WAIT) or 0.0,
+            guard=_guard(settings),
             **overrides,
         )
+
+
+def _guard(settings: "Settings") -> Guard:
+    from newsletter.guard import Guard
+
+    return Guard.from_settings(settings)
 
 
 def retired_settings(settings: "Settings") -> list[str]:
@@ -177,9 +187,11 @@ class _Run:
         self.counts: dict[str, int] = {}
         self.total = 0
         self.pause_note: str | None = None
+        self.hold_note: str | None = None  # the server refused the sender: held for the editor
         self.deferred = False
         self.last_progress = clock()
         self.errors: list[BaseException] = []
+        self.guard_base: Tally | None = None  # what had come back when the editor resumed a guard hold
         self.stats = dict(interrupted_resent=0, uncertain_resent=0, uncertain_reported=0, sent_this_run=0)
         self.last_heartbeat = self.wall0
         self.transport_name = "transport"
@@ -232,6 +244,14 @@ class _Run:
         d = get_delivery(self.conn, self.id)
         if d.state == "cancelled":
             raise InputError(f"delivery #{d.id} of {d.slug} was cancelled; start a new one to send the issue")
+        from newsletter.guard import RESUME_FLAG, is_guard_hold
+
+        if is_guard_hold(d.state, d.reason) and not self.o.despite_guard:
+            from newsletter.errors import SendHeldError
+
+            raise SendHeldError(f"delivery #{d.id} of {d.slug} is {d.reason}; look at the complaints and bounces "
+                                f"(`newsletter status {d.slug}`), then resume it deliberately: "
+                                f"`newsletter resume {d.slug} {RESUME_FLAG}`")
         r = self.prepared.rendered
         if r.slug != d.slug:
             raise InputError(f"issue {r.slug} is not the issue of delivery #{d.id} ({d.slug})")
@@ -275,6 +295,30 @@ class _Run:
             self.stats["uncertain_reported"] = start.interrupted
         self.counts = start.counts
         self.total = sum(self.counts.values())
+        if self.o.guard is not None:
+            from newsletter.events import ensure_schema
+
+            with self.db:  # the guard reads feedback events: their table exists before the first claim
+                ensure_schema(self.conn)
+            if self.o.despite_guard:  # what came back before the editor's resume no longer holds it
+                self.guard_base = self._tally()
+
+    # ---- the reputation guard ------------------------------------------------------------
+    def _tally(self) -> Tally:
+        from newsletter.events import guard_counts
+        from newsletter.guard import Tally
+
+        return Tally(self.counts["sent"], self.counts["failed-permanent"], *guard_counts(self.conn, self.id))
+
+    def _guard_holds(self) -> bool:
+        """Before each claim: hold the delivery (``hold_note``, as a refused sender does) when what
+        came back so far crosses a threshold."""
+        if self.o.guard is None:
+            return False
+        tally = self._tally()
+        self.hold_note = self.hold_note or self.o.guard.verdict(tally.since(self.guard_base) if self.guard_base
+                                                                else tally)
+        return self.hold_note is not None
 
     # ---- lock heartbeat ------------------------------------------------------------------
     def _tick(self) -> None:
@@ -391,6 +435,8 @@ class _Run:
     def _claim(self) -> "_Job | float | str | None":
         """Claim the next batch (committed as 'sending' before the transport sees it)."""
         with self.db:
+            if self._guard_holds():
+                return _PAUSE
             while True:
                 now = self.now()
                 day, limit = utc_day(now), self.o.claim_size
@@ -518,6 +564,8 @@ class _Run:
                         "lost, or a crash interrupted them) and were not sent again; `newsletter status --failed` "
                         "lists them"
                         if c["uncertain"] else "")
+            elif self.hold_note is not None:  # the server refused the sender: the editor must act
+                state, note, resume_at = "held", self.hold_note, None
             elif self.pause_note is not None:  # the daily cap: deferred to the next UTC day
                 state, note = "deferred", self.pause_note
                 resume_at = datetime.combine(now.astimezone(timezone.utc).date() + timedelta(days=1),
@@ -529,7 +577,10 @@ class _Run:
             else:
                 state = "paused"
                 note = f"stopped with {left} readers left; run the send again to continue"
-            ledger.finish_run(conn, self.id, state=state, reason=note, resume_at=resume_at, now=now)
+            if state == "held":
+                ledger.hold(conn, self.id, note)
+            else:
+                ledger.finish_run(conn, self.id, state=state, reason=note, resume_at=resume_at, now=now)
             return ledger.make_report(conn, self.id, note, elapsed=elapsed,
                                       rate=self.stats["sent_this_run"] / elapsed if elapsed > 0 else 0.0,
                                       **self.stats)

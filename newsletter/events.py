@@ -168,3 +168,19 @@ def delivery_event_counts(conn: sqlite3.Connection, delivery_id: int) -> dict[st
             "SELECT kind, COUNT(*) FROM feedback_events WHERE delivery_id=? GROUP BY kind", (delivery_id,)):
         out[kind] = n
     return out
+
+
+def guard_counts(conn: sqlite3.Connection, delivery_id: int) -> tuple[int, int]:
+    """(readers who complained, readers whose hard bounce was reported later) about one delivery,
+    each reader once: what the reputation guard (:mod:`newsletter.guard`) weighs during a send.
+    A reader the server refused while sending (their ledger row failed-permanent) is counted by
+    the guard from the ledger, so a bounce event about them is not counted again here. Through
+    the (delivery_id, kind) index and the ledger's key: cheap enough to ask before every batch."""
+    out = dict.fromkeys((Kind.COMPLAINT.value, Kind.HARD_BOUNCE.value), 0)
+    for kind, n in conn.execute(
+            "SELECT e.kind, COUNT(DISTINCT e.subscriber_id) FROM feedback_events e WHERE e.delivery_id=? AND "
+            "(e.kind=? OR (e.kind=? AND NOT EXISTS (SELECT 1 FROM ledger l WHERE l.delivery_id=e.delivery_id "
+            "AND l.subscriber_id=e.subscriber_id AND l.state='failed-permanent'))) GROUP BY e.kind",
+            (delivery_id, Kind.COMPLAINT.value, Kind.HARD_BOUNCE.value)):
+        out[kind] = n
+    return out[Kind.COMPLAINT.value], out[Kind.HARD_BOUNCE.value]

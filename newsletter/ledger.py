@@ -665,6 +665,16 @@ def finish_run(conn: sqlite3.Connection, delivery_id: int, *, state: str, reason
                   timestamp(now) if state == "done" else None, delivery_id))
 
 
+def hold(conn: sqlite3.Connection, delivery_id: int, reason: str) -> None:
+    """Hold a delivery for the editor, with the reason ``status`` shows: nobody more is sent
+    until `newsletter resume` (a worker or cron dispatch never picks a held delivery up).
+    For what only the editor can fix: the server refused our sender (HELO name, login,
+    relay), a complaint or bounce rate past its limit. Readers keep their rows as they are.
+    Runs inside the caller's transaction."""
+    conn.execute("UPDATE deliveries SET state='held', reason=?, resume_at=NULL, finished_at=NULL WHERE id=?",
+                 (scrub(reason), delivery_id))
+
+
 def open_delivery_id(conn: sqlite3.Connection, slug: str) -> int | None:
     """The unfinished (scheduled, running, paused, deferred or held) delivery of an issue, if any."""
     row = conn.execute(f"SELECT id FROM deliveries WHERE slug=? AND test=0 AND state IN {_OPEN_SQL}",
@@ -689,6 +699,14 @@ def hold_for_editor(conn: sqlite3.Connection, delivery_id: int, reason: str) -> 
             return
         conn.execute("UPDATE deliveries SET state='paused', resume_at=NULL, reason=? WHERE id=? AND state='running'",
                      (scrub(reason), delivery_id))
+
+
+def recent_deliveries(conn: sqlite3.Connection, since: datetime) -> list[tuple[int, int]]:
+    """(id, readers sent) of every real delivery started since ``since``: what a complaint rate
+    over recent sends is measured against."""
+    return [(row[0], row[1]) for row in conn.execute(
+        "SELECT d.id, (SELECT COUNT(*) FROM ledger l WHERE l.delivery_id=d.id AND l.state='sent') FROM deliveries d "
+        "WHERE d.test=0 AND d.started_at>=?", (timestamp(since),))]
 
 
 def forget_subscriber(conn: sqlite3.Connection, subscriber_id: int) -> int:

@@ -12,9 +12,10 @@ from newsletter.db import connect, table_columns
 from newsletter.dburl import is_postgres, redact
 from newsletter.errors import ConfigError
 from newsletter.pg_schema import MIGRATIONS as PG_MIGRATIONS
+from newsletter.schema import COMPONENTS, migrations
 from newsletter.store import MIGRATIONS as SQLITE_SUBSCRIBERS, SubscriberStore
 
-SQLITE_MIGRATIONS = {"subscribers": SQLITE_SUBSCRIBERS}
+SQLITE_MIGRATIONS = {c.name: migrations(c) for c in COMPONENTS}
 
 
 @pytest.mark.parametrize("value, pg", [("postgresql://u@h:5432/db", True), ("postgres://h/db", True),

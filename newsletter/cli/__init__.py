@@ -72,14 +72,15 @@ def database_error(exc: sqlite3.Error, settings: "Settings | None") -> Newslette
     return ConfigError(f"database error: {exc}", path=where)
 
 
-AREAS = ("authoring", "sending", "subscribers", "public", "feedback", "database")
+AREAS = ("authoring", "sending", "subscribers", "public", "feedback", "doctor", "database")
 # Where each command lives, so that running one imports only its own area (start-up time).
 # A name missing here still works: it loads every area before click looks it up.
 COMMAND_AREAS = {
     "init": "authoring", "new": "authoring", "build": "authoring", "preview": "authoring", "check": "authoring",
     "archive": "authoring", "templates": "authoring", "send": "sending", "resume": "sending", "status": "sending", "schedule": "sending",
     "dispatch": "sending", "worker": "sending", "subscribers": "subscribers", "serve": "public",
-    "form-snippet": "public", "inbox": "feedback", "replies": "feedback", "db": "database",
+    "form-snippet": "public", "inbox": "feedback", "replies": "feedback", "doctor": "doctor",
+    "db": "database",
 }
 
 

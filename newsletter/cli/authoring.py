@@ -151,7 +151,8 @@ def preview(ctx: click.Context, issue: str, port: int, no_open: bool, screenshot
 @click.pass_context
 def check(ctx: click.Context, issue: str, online: bool, fmt: str) -> None:
     """Pre-flight checks for ISSUE: size and clipping, links, images, accessibility,
-    client support, deliverability headers and the plain text.
+    client support, deliverability headers, the plain text and, with a real transport,
+    the sender's DNS (as `newsletter doctor`); then bulk-sender readiness.
 
     One line per finding (error / warning / info) with file:line where it applies.
     Exits non-zero on any error; `send` and `schedule` run these first.
@@ -161,13 +162,22 @@ def check(ctx: click.Context, issue: str, online: bool, fmt: str) -> None:
     from newsletter.checks import run_checks
     from newsletter.errors import ChecksFailedError
 
+    from newsletter.checks.context import CheckContext
+    from newsletter.checks.findings import sort_findings
+    from newsletter.checks.sender import check_sender
+
     settings = settings_of(ctx)
-    findings = run_checks(settings, render_ref(settings, issue), online=online)
+    rendered = render_ref(settings, issue)
+    sender = check_sender(settings, CheckContext(settings, rendered).message)
+    findings = sort_findings(run_checks(settings, rendered, online=online) + sender.findings)
     if fmt == "json":
         click.echo(json.dumps([f.as_dict() for f in findings], indent=2, ensure_ascii=False))
     else:
         for f in findings:
             click.echo(f.format())
+        click.echo("Bulk-sender readiness (Gmail, Yahoo, Outlook.com):")
+        for r in sender.readiness:
+            click.echo(f"  {r.status:<7} {r.name}: {r.detail} [{r.source}]")
     errors = sum(f.level == "error" for f in findings)
     warnings = sum(f.level == "warning" for f in findings)
     if fmt == "text":

@@ -157,6 +157,15 @@ def _exit_for(report: Any, ref: str, stopped: bool) -> None:
     from newsletter.errors import SendDeferredError, SendInterruptedError
 
     ctx = click.get_current_context()
+    if report.state == "held":
+        from newsletter.errors import SendHeldError
+        from newsletter.guard import RESUME_FLAG, is_guard_hold
+
+        flag = f" {RESUME_FLAG}" if is_guard_hold(report.state, report.note) else ""  # complaints, bounces
+        click.echo(f"Held with {report.pending} readers pending, none of them charged for it; fix what the "
+                   f"reason above says (`newsletter status {ref}`), then `newsletter resume {ref}{flag}` continues.",
+                   err=True)
+        ctx.exit(SendHeldError.exit_code)
     if report.state == "deferred":
         click.echo(describe_deferral(report, ref), err=True)
         ctx.exit(SendDeferredError.exit_code)
@@ -189,7 +198,7 @@ def _graceful_stop() -> Iterator[threading.Event]:
 
 
 def _deliver(settings: "Settings", rendered: "RenderedEmail", *, yes: bool, resend_uncertain: bool,
-             force_new_content: bool, retry_failed: bool = False) -> None:
+             force_new_content: bool, retry_failed: bool = False, despite_guard: bool = False) -> None:
     from newsletter.delivery import DeliveryOptions, run_delivery
     from newsletter.errors import ConfigError, TransportError
     from newsletter.ledger import hold_for_editor, start_or_resume, wait_for_editor
@@ -198,7 +207,7 @@ def _deliver(settings: "Settings", rendered: "RenderedEmail", *, yes: bool, rese
     conn, active, factory = open_delivery(settings)
     with closing(conn):
         options = DeliveryOptions.from_settings(settings, resend_uncertain=resend_uncertain,
-                                                retry_failed=retry_failed)
+                                                retry_failed=retry_failed, despite_guard=despite_guard)
         _retired_notes(settings)
         _confirm_real_send(settings, active, f"“{rendered.subject}”", yes, dry_run=False)
         prepared = prepare_issue(settings, rendered)
@@ -270,12 +279,17 @@ def send(ctx: click.Context, issue: str, dry_run: bool, test_addresses: tuple[st
 @click.option("--no-resend-uncertain", is_flag=True, help="Report, rather than resend, recipients left mid-send.")
 @click.option("--force-new-content", is_flag=True, help="Resume even though the issue changed.")
 @click.option("--retry-failed", is_flag=True, help="Give recipients whose retry window ran out a fresh one.")
+@click.option("--despite-complaints", "--despite-bounces", "despite", is_flag=True,
+              help="Continue a delivery the reputation guard held (too many complaints or hard bounces); "
+                   "the guard then counts only what comes back from now on.")
 @click.pass_context
 def resume(ctx: click.Context, issue: str, yes: bool, no_resend_uncertain: bool, force_new_content: bool,
-           retry_failed: bool) -> None:
+           retry_failed: bool, despite: bool) -> None:
     """Continue the unfinished delivery of ISSUE after a crash, Ctrl-C, hold, deferral or daily cap.
 
-    Never starts a new one: use `newsletter send` for that.
+    Never starts a new one: use `newsletter send` for that. A delivery held because readers
+    complained or bounced (NEWSLETTER_COMPLAINT_PAUSE, NEWSLETTER_BOUNCE_PAUSE) continues only
+    with --despite-complaints: look at `newsletter status ISSUE` first.
     """
     from newsletter.ledger import open_delivery_id, open_ledger
 
@@ -286,7 +300,7 @@ def resume(ctx: click.Context, issue: str, yes: bool, no_resend_uncertain: bool,
     if unfinished is None:
         raise InputError(f"no unfinished delivery of {rendered.slug}; `newsletter send {issue}` starts one")
     _deliver(settings, rendered, yes=yes, resend_uncertain=not no_resend_uncertain,
-             force_new_content=force_new_content, retry_failed=retry_failed)
+             force_new_content=force_new_content, retry_failed=retry_failed, despite_guard=despite)
 
 
 @cli.command()
@@ -335,10 +349,31 @@ def status(ctx: click.Context, issue: str | None, failed: bool) -> None:
             when = local_time(s.next_retry) if s.next_retry else "when resumed"
             click.echo(f"#{s.id} {s.delivery.slug}: {s.deferred} readers deferred; next retry at {when}; "
                        f"commonest reasons: {reasons or '-'}")
+    _status_notes(settings, conn, rows, issue is not None)
     if failed:
         for s in rows:
             for email, state, error in failed_recipients(conn, s.id):
                 click.echo(f"{s.id}\t{email}\t{state}\t{error or ''}")
+
+
+def _status_notes(settings: "Settings", conn: Any, rows: list, rates: bool) -> None:
+    """Why a delivery is held or paused; with an issue named, its complaint and bounce rates
+    beside the guard's thresholds."""
+    from newsletter.guard import RESUME_FLAG, Guard, Tally, is_guard_hold
+
+    guard = Guard.from_settings(settings) if rates else None
+    for s in rows:
+        d = s.delivery
+        if d.state in ("held", "paused") and d.reason:
+            how = f"; `newsletter resume {d.slug} {RESUME_FLAG}` continues it" if is_guard_hold(d.state, d.reason) \
+                else ""
+            why = d.reason if d.reason.startswith(d.state) else f"{d.state}: {d.reason}"
+            click.echo(f"#{d.id} {d.slug}: {why}{how}")
+        if guard is not None:
+            from newsletter.events import guard_counts
+
+            tally = Tally(s.counts["sent"], s.counts["failed-permanent"], *guard_counts(conn, d.id))
+            click.echo(f"#{d.id} {d.slug}: {guard.describe(tally)}")
 
 
 def _signup_mail_status(conn: Any) -> None:

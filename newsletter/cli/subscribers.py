@@ -140,10 +140,22 @@ def subscribers_unsubscribe(ctx: click.Context, address_or_token: str) -> None:
 @click.pass_context
 def subscribers_list(ctx: click.Context, status: str | None) -> None:
     """List subscribers (email, name, status; for a signup whose mail has not gone out, what
-    happened to it: retrying, or given up after NEWSLETTER_RETRY_WINDOW)."""
-    from newsletter.signup_status import mail_problems
+    happened to it: retrying, or given up after NEWSLETTER_RETRY_WINDOW). With --status
+    unsubscribed, bounced or complained, also when and why each was suppressed: a review of
+    the suppression list."""
+    from newsletter.store import SUPPRESSED
 
     store = _store(ctx)
+    if status in SUPPRESSED:
+        from newsletter.errors import scrub
+
+        for email, name, state, changed_at, reason in store.iter_records(
+                ("email", "name", "status", "changed_at", "status_reason"), status):
+            # the reason may quote a bounce or a webhook: outside input, one scrubbed line
+            click.echo(f"{email}\t{name}\t{state}\t{changed_at}\t{scrub(reason, 300) or '-'}")
+        return
+    from newsletter.signup_status import mail_problems
+
     problems = mail_problems(store.conn)
     for sub in store.iter_subscribers(status=status):
         note = problems.get(sub.id)
