@@ -26,9 +26,9 @@ COMPONENTS: tuple[Component, ...] = (
     Component("delivery", "newsletter.ledger", ("deliveries", "ledger", "daily_counts")),
     Component("events", "newsletter.events", ("feedback_events",)),
     Component("signup", "newsletter.signups", ("signup_events", "signup_outbox")),
-    Component("replies", "newsletter.replies", ("replies",)),
+    Component("replies", "newsletter.replies", ("inbox_messages", "replies")),
     Component("webhook_nonces", "newsletter.webhooks.replay", ("webhook_nonces",)),
-    Component("inbox", "newsletter.inbox", ("inbox_messages", "inbox_state")),
+    Component("inbox", "newsletter.inbox", ("inbox_state",)),
 )
 
 

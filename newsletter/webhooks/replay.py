@@ -32,6 +32,6 @@ def claim(conn: sqlite3.Connection, nonce: str, now: datetime, *, keep: timedelt
     """Record ``nonce``; False when it was seen before. Call inside the request's transaction."""
     conn.execute("DELETE FROM webhook_nonces WHERE seen_at < ?",
                  (stamp(now - keep),))
-    cur = conn.execute("INSERT OR IGNORE INTO webhook_nonces(nonce, seen_at) VALUES(?, ?)",
+    cur = conn.execute("INSERT INTO webhook_nonces(nonce, seen_at) VALUES(?, ?) ON CONFLICT DO NOTHING",
                        (nonce, stamp(now)))
     return cur.rowcount == 1
