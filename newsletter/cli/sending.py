@@ -295,7 +295,7 @@ def resume(ctx: click.Context, issue: str, yes: bool, no_resend_uncertain: bool,
 
     settings = settings_of(ctx)
     rendered = render_ref(settings, issue)
-    with closing(open_ledger(settings.db_path)) as conn:
+    with closing(open_ledger(settings.db_target)) as conn:
         unfinished = open_delivery_id(conn, rendered.slug)
     if unfinished is None:
         raise InputError(f"no unfinished delivery of {rendered.slug}; `newsletter send {issue}` starts one")
@@ -312,7 +312,7 @@ def status(ctx: click.Context, issue: str | None, failed: bool) -> None:
     from newsletter.ledger import delivery_status, failed_recipients, open_ledger
 
     settings = settings_of(ctx)
-    conn = ctx.with_resource(closing(open_ledger(settings.db_path)))
+    conn = ctx.with_resource(closing(open_ledger(settings.db_target)))
     slug = None
     if issue:
         from newsletter.issue import parse_issue
@@ -434,7 +434,7 @@ def schedule_add(ctx: click.Context, issue: str, at: str | None, skip_checks: bo
     rendered = render_issue(parsed, settings)
     _run_checks(settings, rendered, skip_checks)
     prepared = prepare_issue(settings, rendered)
-    with closing(open_ledger(settings.db_path)) as conn:
+    with closing(open_ledger(settings.db_target)) as conn:
         delivery_id = schedule_delivery(conn, prepared, when)
     click.echo(f"Scheduled {path.name} for {when.isoformat()} (delivery {delivery_id}). "
                "A running `newsletter worker` or `newsletter dispatch` will send it.")
@@ -449,7 +449,7 @@ def schedule_list(ctx: click.Context) -> None:
     from newsletter.sendplan import send_zones
 
     settings = settings_of(ctx)
-    with closing(open_ledger(settings.db_path)) as conn:
+    with closing(open_ledger(settings.db_target)) as conn:
         rows = list_scheduled(conn)
     if not rows:
         click.echo("Nothing scheduled.")
@@ -475,7 +475,7 @@ def schedule_cancel(ctx: click.Context, issue: str) -> None:
         ref = parse_issue(issue_path(settings, issue)).slug
     except InputError:
         pass
-    with closing(open_ledger(settings.db_path)) as conn:
+    with closing(open_ledger(settings.db_target)) as conn:
         cancel(conn, ref)
     click.echo(f"Cancelled the scheduled send of {ref}.")
 
@@ -496,7 +496,7 @@ def dispatch(ctx: click.Context) -> None:
     settings = settings_of(ctx)
     args = scheduler_args(settings)
     _retired_notes(settings)
-    with _graceful_stop() as stop, closing(open_ledger(settings.db_path)) as conn:
+    with _graceful_stop() as stop, closing(open_ledger(settings.db_target)) as conn:
         reports = dispatch_once(conn, dt.datetime.now(dt.timezone.utc), stop=stop, **args)
     for report in reports:
         _report(report)
@@ -538,7 +538,7 @@ def worker(ctx: click.Context, poll: float) -> None:
                                       on_error=lambda e: click.echo(f"error: {e}", err=True))
         if minutes:
             click.echo(f"Reading the reply-to inbox every {minutes:g} minute(s).")
-        with closing(open_ledger(settings.db_path)) as conn:
+        with closing(open_ledger(settings.db_target)) as conn:
             run_worker(conn, poll_interval=poll, stop=stop, now=lambda: dt.datetime.now(dt.timezone.utc),
                        **scheduler_args(settings))
     click.echo("Worker stopped cleanly.")
