@@ -58,7 +58,7 @@ from newsletter import ledger
 from newsletter.config import is_development_key
 from newsletter.errors import (ConfigError, ContentChangedError, DeliveryLockedError, InputError, NewsletterError,
                                TransportError, scrub)
-from newsletter.ledger import (HEARTBEAT_EVERY, Claim, Delivery, DeliveryReport, Progress, TransportFactory,
+from newsletter.ledger import (DEFAULT_LEASE, heartbeat_every, Claim, Delivery, DeliveryReport, Progress, TransportFactory,
                                get_delivery, transaction, utc_day, utcnow)
 from newsletter.message import OutgoingMessage, PreparedIssue
 from newsletter.outcome import DEFAULT_RETRY_WINDOW, Answer, Policy, Row, classify, decide_batch
@@ -71,6 +71,9 @@ if TYPE_CHECKING:
     from newsletter.config import Settings
     from newsletter.guard import Guard, Tally
 
+#: Bounds of NEWSLETTER_LEASE_SECONDS: a heartbeat every third of it must fit between two database
+#: waits, and a dead sender's readers should not wait for hours.
+MIN_LEASE_SECONDS, MAX_LEASE_SECONDS = 15, 3600
 #: How long a run keeps waiting for due retries, from the last reader finished, before it defers.
 DEFAULT_MAX_WAIT = 300.0
 #: Called while a run waits for a retry: (seconds left, why).
@@ -91,6 +94,7 @@ class DeliveryOptions:
     retry_failed: bool = False         # give readers whose retry window ran out a fresh one
     guard: Guard | None = None         # hold the send when complaints or hard bounces pass a threshold
     despite_guard: bool = False        # the editor resumes a guard hold deliberately: count from now on
+    lease_seconds: float = DEFAULT_LEASE.total_seconds()  # a silent sender's delivery is taken over after this
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.concurrency < 1:
@@ -103,6 +107,12 @@ class DeliveryOptions:
             raise ConfigError("the retry window must be a finite number of hours, 0 or more")
         if not (self.max_wait >= 0 and math.isfinite(self.max_wait)):
             raise ConfigError("the foreground wait must be a finite number of seconds, 0 or more")
+        if not (MIN_LEASE_SECONDS <= self.lease_seconds <= MAX_LEASE_SECONDS):
+            raise ConfigError(f"NEWSLETTER_LEASE_SECONDS must be {MIN_LEASE_SECONDS}–{MAX_LEASE_SECONDS} seconds")
+
+    @property
+    def lease(self) -> timedelta:
+        return timedelta(seconds=self.lease_seconds)
 
     @property
     def claim_size(self) -> int:
@@ -130,6 +140,8 @@ class DeliveryOptions:
             retry_window=(settings.number("NEWSLETTER_RETRY_WINDOW", DEFAULT_RETRY_WINDOW / 3600) or 0.0) * 3600,
             max_wait=settings.number("NEWSLETTER_FOREGROUND_WAIT", DEFAULT_MAX_WAIT) or 0.0,
             guard=_guard(settings),
+            lease_seconds=settings.number("NEWSLETTER_LEASE_SECONDS", DEFAULT_LEASE.total_seconds(),
+                                          minimum=MIN_LEASE_SECONDS) or DEFAULT_LEASE.total_seconds(),
             **overrides,
         )
 
@@ -217,7 +229,7 @@ class _Run:
         try:
             transports = self._open_transports()
             self.transport_name = transports[0].name
-            ledger.acquire_lock(self.conn, self.id, self.owner, self.now())
+            ledger.acquire_lock(self.conn, self.id, self.owner, self.now(), self.o.lease)
             beat_done = threading.Event()
             beat = threading.Thread(target=self._heartbeat_thread, args=(beat_done,), daemon=True,
                                     name=f"delivery-{self.id}-heartbeat")
@@ -322,7 +334,7 @@ class _Run:
 
     # ---- lock heartbeat ------------------------------------------------------------------
     def _tick(self) -> None:
-        if self.now() - self.last_heartbeat >= HEARTBEAT_EVERY:
+        if self.now() - self.last_heartbeat >= heartbeat_every(self.o.lease):
             with self.db, transaction(self.conn):
                 ledger.refresh_lock(self.conn, self.id, self.owner, self.now())
                 self.last_heartbeat = self.now()
@@ -408,7 +420,7 @@ class _Run:
     def _wait(self, seconds: float, why: str = "") -> bool:
         """Sleep, refreshing the heartbeat; in 1 s steps when something may ask us to stop."""
         chunk = 1.0 if self.stop is not None or self.o.concurrency > 1 or self.waiting else \
-            HEARTBEAT_EVERY.total_seconds()
+            heartbeat_every(self.o.lease).total_seconds()
         end = self.clock() + seconds
 
         def tick() -> None:

@@ -135,8 +135,18 @@ MIGRATIONS.append(_v3_gave_up)
 OPEN_STATES = OPEN_DELIVERY_STATES
 _OPEN_SQL = sql_list(OPEN_STATES)
 LEDGER_STATES: tuple[RowState, ...] = tuple(RowState)
-LOCK_STALE_AFTER = timedelta(minutes=10)
-HEARTBEAT_EVERY = timedelta(seconds=30)
+#: A sender's lease on its delivery (NEWSLETTER_LEASE_SECONDS): a lock whose heartbeat is older
+#: than this is another host's to take over. Every host must use the same value.
+DEFAULT_LEASE = timedelta(seconds=60)
+LOCK_STALE_AFTER = DEFAULT_LEASE  # the name before leases were configurable
+
+
+def heartbeat_every(lease: timedelta) -> timedelta:
+    """How often a holder renews its lease: three chances before it runs out."""
+    return lease / 3
+
+
+HEARTBEAT_EVERY = heartbeat_every(DEFAULT_LEASE)
 
 TransportFactory = Callable[[], "Transport"]
 Progress = Callable[[int, int, int, int], None]
@@ -184,11 +194,21 @@ def _retry_index(conn: sqlite3.Connection) -> str:
     return "INDEXED BY ledger_retry " if backend(conn) == "sqlite" else ""
 
 
+_LEDGER_LOCK = "SELECT pg_advisory_xact_lock(7364928, 2)"  # pg_schema holds (7364928, 1) for migrations
+
+
 @contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE … COMMIT, rolled back on any exception (KeyboardInterrupt included)."""
+    """BEGIN IMMEDIATE … COMMIT, rolled back on any exception (KeyboardInterrupt included).
+
+    On PostgreSQL a plain BEGIN takes no lock, so the ledger's read-then-write steps (take the
+    delivery's lock, freeze the list, claim a batch) take one advisory lock for the transaction:
+    senders on every host serialise there as SQLite's writers do, while the web host's store
+    writes (unsubscribes, signups, webhooks) never take it and never wait for a sender."""
     conn.execute("BEGIN IMMEDIATE")
     try:
+        if backend(conn) != "sqlite":
+            conn.execute(_LEDGER_LOCK)
         yield conn
     except BaseException:
         if conn.in_transaction:
@@ -414,12 +434,13 @@ def start_or_resume(conn: sqlite3.Connection, prepared: "PreparedIssue", *, sche
 # ---------------------------------------------------------------------------------------
 # The lock
 # ---------------------------------------------------------------------------------------
-def lock_is_live(d: Delivery, now: datetime | None = None) -> bool:
-    """True if the delivery's lock belongs to a process that still looks alive."""
+def lock_is_live(d: Delivery, now: datetime | None = None, lease: timedelta = DEFAULT_LEASE) -> bool:
+    """True if the delivery's lock belongs to a process that still looks alive: its lease is
+    fresh, and (on this host, where we can look) its pid still runs."""
     if d.lock_pid is None and d.lock_heartbeat is None:
         return False
     now = now or utcnow()
-    if d.lock_heartbeat is None or now - d.lock_heartbeat > LOCK_STALE_AFTER:
+    if d.lock_heartbeat is None or now - d.lock_heartbeat > lease:
         return False
     if d.lock_host == _hostname() and not pid_alive(d.lock_pid):
         return False
@@ -432,16 +453,18 @@ def _hostname() -> str:
     return socket.gethostname()
 
 
-def acquire_lock(conn: sqlite3.Connection, delivery_id: int, owner: str, now: datetime) -> None:
+def acquire_lock(conn: sqlite3.Connection, delivery_id: int, owner: str, now: datetime,
+                 lease: timedelta = DEFAULT_LEASE) -> None:
     """Take the delivery's lock, or raise :class:`DeliveryLockedError` naming the live holder."""
     with transaction(conn):
         cur = get_delivery(conn, delivery_id)
-        if lock_is_live(cur, now):
+        if lock_is_live(cur, now, lease):
             age = (now - cur.lock_heartbeat).total_seconds() if cur.lock_heartbeat else 0
             raise DeliveryLockedError(
                 f"delivery #{cur.id} of {cur.slug} is already being sent by pid {cur.lock_pid} on "
                 f"{cur.lock_host} (last heartbeat {age:.0f}s ago); wait for it to finish or stop it. "
-                "The lock is taken over once that process is gone or silent for 10 minutes")
+                f"The lock is taken over once that process is gone or silent for {lease.total_seconds():.0f} s "
+                "(NEWSLETTER_LEASE_SECONDS)")
         conn.execute("UPDATE deliveries SET lock_owner=?, lock_pid=?, lock_host=?, lock_heartbeat=? WHERE id=?",
                      (owner, os.getpid(), _hostname(), timestamp(now), delivery_id))
 

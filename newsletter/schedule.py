@@ -29,7 +29,7 @@ from typing import Callable
 
 from newsletter import ledger
 from newsletter.delivery import DeliveryOptions, Waiting, offset_label, run_delivery
-from newsletter.ledger import (OPEN_STATES, Delivery, DeliveryReport, TransportFactory, get_delivery, lock_is_live,
+from newsletter.ledger import (DEFAULT_LEASE, OPEN_STATES, Delivery, DeliveryReport, TransportFactory, get_delivery, lock_is_live,
                                start_or_resume, transaction, utcnow)
 from newsletter.errors import DeliveryLockedError, InputError, NewsletterError
 from newsletter.message import PreparedIssue
@@ -91,12 +91,13 @@ def cancel(conn: sqlite3.Connection, slug_or_id: str | int, *, now: Callable[[],
     return get_delivery(conn, d.id)
 
 
-def due(conn: sqlite3.Connection, now: datetime) -> list[Delivery]:
+def due(conn: sqlite3.Connection, now: datetime, lease: timedelta = DEFAULT_LEASE) -> list[Delivery]:
     """What a worker should act on at ``now``: scheduled ones whose time has come, paused and
     deferred ones whose resume time has come (daily cap, a stop, the next retry), and running
     ones nobody is sending (the sender died). In order of their send time."""
     now = _aware(now, "now")
-    return [d for d in ledger.due_deliveries(conn, now) if not (d.state == "running" and lock_is_live(d, now))]
+    return [d for d in ledger.due_deliveries(conn, now)
+            if not (d.state == "running" and lock_is_live(d, now, lease))]
 
 
 def _hold(conn: sqlite3.Connection, d: Delivery, reason: str) -> DeliveryReport:
@@ -122,7 +123,7 @@ def dispatch_once(conn: sqlite3.Connection, now: datetime, prepare: Callable[[st
     offset = now - utcnow()
     engine_now = lambda: utcnow() + offset  # noqa: E731 - the injected time, running on
     reports: list[DeliveryReport] = []
-    for d in due(conn, now):
+    for d in due(conn, now, options.lease):
         if stop is not None and stop.is_set():
             break
         if d.state == "scheduled" and d.send_at is None:

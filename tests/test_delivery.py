@@ -677,8 +677,8 @@ def test_stale_locks_are_recovered_live_ones_are_not(db):
     _set_lock(db, did, 4242, "elsewhere.example", now)
     with pytest.raises(DeliveryLockedError, match="elsewhere.example"):
         send(db)
-    # Another host, heartbeat 11 minutes old: stale.
-    _set_lock(db, did, 4242, "elsewhere.example", now - timedelta(minutes=11))
+    # Another host, heartbeat older than the lease (60 s by default): stale.
+    _set_lock(db, did, 4242, "elsewhere.example", now - timedelta(seconds=61))
     stop = threading.Event()
     report, sink = send(db, batch_size=2, stop=stop, progress=lambda *a: stop.set())
     assert report.sent == 2

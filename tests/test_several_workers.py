@@ -1,0 +1,100 @@
+"""Several workers on one database (SQLite file, or PostgreSQL as on several hosts): a scheduled
+delivery starts once however many poll, and a silent sender's delivery is taken over after the
+lease (NEWSLETTER_LEASE_SECONDS) and not before."""
+
+from __future__ import annotations
+
+import collections
+import threading
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from newsletter.db import connect
+from newsletter.delivery import DeliveryOptions
+from newsletter.errors import ConfigError, DeliveryLockedError
+from newsletter.ledger import get_delivery, open_ledger, start_or_resume
+from newsletter.schedule import dispatch_once, schedule
+
+from test_delivery import FakeTime, Recorder, Sink, add_subscribers, db, ledger_states, make_prepared, send  # noqa: F401
+
+T = datetime(2031, 5, 6, 7, 0, tzinfo=timezone.utc)
+
+
+def test_a_scheduled_delivery_is_started_once_however_many_workers_poll(db):
+    emails = add_subscribers(db, 60)
+    conn = open_ledger(db)
+    schedule(conn, make_prepared(), T)
+    conn.close()
+    sink, barrier, results, errors = Sink(), threading.Barrier(3), [], []
+
+    def worker() -> None:
+        own = open_ledger(db)  # each worker its own connection, as on its own host
+        ft = FakeTime()
+        try:
+            barrier.wait()
+            results.append(dispatch_once(own, T + timedelta(seconds=30), lambda slug: make_prepared(slug),
+                                         lambda: Recorder(sink), DeliveryOptions(batch_size=7),
+                                         clock=ft.clock, sleep=ft.sleep))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            own.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    assert sink.counts() == collections.Counter(emails)  # every reader exactly once
+    reports = [r for rs in results for r in rs]
+    assert [r.state for r in reports] == ["done"]  # one worker sent it; the others found it taken or done
+    assert set(ledger_states(db, reports[0].delivery_id).values()) == {"sent"}
+
+
+def _silent_sender(db, did: int, heartbeat: datetime, *, in_flight: int) -> None:
+    """A sender on another host that claimed ``in_flight`` readers and went silent at ``heartbeat``."""
+    conn = connect(db)
+    try:
+        conn.execute("UPDATE deliveries SET lock_owner='gone', lock_pid=4242, lock_host='elsewhere.example', "
+                     "lock_heartbeat=?, frozen_at=?, total=(SELECT COUNT(*) FROM subscribers) WHERE id=?",
+                     (heartbeat.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), heartbeat.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), did))
+        conn.execute("INSERT INTO ledger(delivery_id, subscriber_id, email, name, state, batch_no) "
+                     "SELECT ?, id, email, name, CASE WHEN id <= ? THEN 'sending' ELSE 'pending' END, 1 "
+                     "FROM subscribers", (did, in_flight))
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("lease", [20, 60])
+def test_a_silent_senders_delivery_is_taken_over_after_the_lease_and_not_before(db, lease):
+    emails = add_subscribers(db, 12)
+    conn = open_ledger(db)
+    did = start_or_resume(conn, make_prepared())
+    conn.close()
+    now = datetime.now(timezone.utc)
+    _silent_sender(db, did, now - timedelta(seconds=lease - 5), in_flight=3)
+    with pytest.raises(DeliveryLockedError, match=f"silent for {lease} s"):
+        send(db, lease_seconds=lease)
+    conn = connect(db)
+    conn.execute("UPDATE deliveries SET lock_heartbeat=? WHERE id=?",
+                 ((now - timedelta(seconds=lease + 1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), did))
+    conn.close()
+    report, sink = send(db, lease_seconds=lease)
+    assert report.state == "done" and report.sent == 12
+    assert sink.counts() == collections.Counter(emails)  # the 3 in flight sent again (policy: resend)
+    assert report.interrupted_resent == 3
+    conn = open_ledger(db)
+    assert get_delivery(conn, did).lock_host is None  # released
+    conn.close()
+
+
+@pytest.mark.parametrize("value", ["5", "0", "99999", "nan", "soon"])
+def test_an_unusable_lease_setting_is_one_line(tmp_path, value):
+    from newsletter.config import load_settings
+
+    (tmp_path / "newsletter.toml").write_text('name = "N"\n')
+    settings = load_settings(tmp_path, environ={"NEWSLETTER_LEASE_SECONDS": value})
+    with pytest.raises(ConfigError, match="NEWSLETTER_LEASE_SECONDS"):
+        DeliveryOptions.from_settings(settings)
