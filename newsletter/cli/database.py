@@ -30,3 +30,19 @@ def db_status_command(ctx: click.Context) -> None:
             schema = f"v{c.version}" + ("" if c.version == c.known else f" (this tool: v{c.known})")
         rows = ", ".join(f"{table} {n:,}" for table, n in c.rows.items()) or "no tables"
         click.echo(f"  {c.name:<15} {schema:<24} {rows}")
+
+
+@db.command("copy")
+@click.option("--to", "target", required=True, metavar="URL",
+              help="An empty PostgreSQL database: postgresql://user@host:port/dbname.")
+@click.pass_context
+def db_copy_command(ctx: click.Context, target: str) -> None:
+    """Copy this publication's SQLite database (NEWSLETTER_DB) into an empty PostgreSQL database,
+    checking the rows of every table. Then set NEWSLETTER_DB to that URL."""
+    from newsletter.dbcopy import copy_database
+
+    report = copy_database(settings_of(ctx).db_path, target)
+    for table, n in report.counts.items():
+        click.echo(f"  {table:<28} {n:>10,}")
+    click.echo(f"Copied {sum(report.counts.values()):,} rows into {report.target}; every table's count matches. "
+               "Set NEWSLETTER_DB to that URL on every host.")
