@@ -91,3 +91,30 @@ def pg_url(pg_cluster, request) -> str:
     yield pg_cluster.url(name)
     with psycopg.connect(pg_cluster.url(), autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_web_url(pg_cluster, pg_url) -> str:
+    """A fresh database migrated by its owner, reached as the least-privilege web role
+    (:mod:`newsletter.pg_roles`): what a web host's `serve` runs as."""
+    import secrets
+    from urllib.parse import urlsplit
+
+    import psycopg
+
+    from newsletter.pg_roles import web_role_sql
+    from newsletter.schema import open_database
+
+    open_database(pg_url).close()
+    database = urlsplit(pg_url).path.lstrip("/")
+    role, password = "web_" + secrets.token_hex(4), secrets.token_urlsafe(12)
+    with psycopg.connect(pg_cluster.url(), autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'")
+    with psycopg.connect(pg_url, autocommit=True) as owner:
+        for statement in web_role_sql(role, database):
+            owner.execute(statement)
+    yield pg_cluster.url(database, user=role, password=password)
+    with psycopg.connect(pg_url, autocommit=True) as owner:
+        owner.execute(f'DROP OWNED BY "{role}"')
+    with psycopg.connect(pg_cluster.url(), autocommit=True) as admin:
+        admin.execute(f'DROP ROLE IF EXISTS "{role}"')

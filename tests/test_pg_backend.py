@@ -4,6 +4,7 @@ migrations that leave the same schema as SQLite's."""
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -122,3 +123,29 @@ def test_postgresql_errors_are_the_db_api_classes_callers_catch(pg_url):
         store.add("a@example.org")
         with pytest.raises(sqlite3.IntegrityError):
             store.conn.execute("INSERT INTO subscribers(email, created_at, changed_at) VALUES('A@EXAMPLE.ORG','x','x')")
+
+
+@pytest.mark.parametrize("statement", [
+    "SELECT last_error FROM ledger",
+    "SELECT * FROM ledger",
+    "SELECT lock_host, reason FROM deliveries",
+    "UPDATE deliveries SET state='running'",
+    "UPDATE ledger SET state='pending'",
+    "INSERT INTO deliveries(slug, content_hash, state, created_at) VALUES('x', 'h', 'running', 'x')",
+    "DELETE FROM ledger",
+    "SELECT * FROM daily_counts",
+    "CREATE TABLE mine(x INTEGER)",
+    "DROP TABLE subscribers",
+])
+def test_the_web_role_cannot_read_errors_or_run_a_delivery(pg_web_url, statement):
+    with closing(connect(pg_web_url)) as conn:
+        with pytest.raises(sqlite3.OperationalError, match="permission denied|must be owner"):
+            conn.execute(statement)
+
+
+def test_the_web_role_can_do_what_serve_needs(pg_web_url):
+    with SubscriberStore.open(pg_web_url) as store:  # the owner migrated: the web role only reads versions
+        sub = store.add("a@example.org")
+        store.unsubscribe(sub.id, "link")
+        assert store.get(sub.id).status == "unsubscribed"
+        assert store.conn.execute("SELECT delivery_id, provider_id FROM ledger").fetchall() == []

@@ -72,10 +72,10 @@ class World:
         return f"/confirm/{make_confirm_token(SECRET, sub.id, sub.email, nonce)}"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql-web-role"])
 def world(request, tmp_path, env, clock):
-    """The signup pages on a SQLite file, and on a fresh PostgreSQL database."""
-    w = World(tmp_path, env, clock, None if request.param == "sqlite" else request.getfixturevalue("pg_url"))
+    """The signup pages on a SQLite file, and on PostgreSQL as the least-privilege web role."""
+    w = World(tmp_path, env, clock, None if request.param == "sqlite" else request.getfixturevalue("pg_web_url"))
     yield w
     w.store.close()
 
