@@ -59,3 +59,15 @@ def test_import_send_status_and_resume_on_postgresql(publication_root, pg_url):
     assert "deliveries 1, ledger 5" in report, report
     assert urlsplit(pg_url).password not in sent.output + status.output + report
     assert not (publication_root / "newsletter.db").exists()
+
+
+def test_web_role_prints_the_grants_for_this_database(publication_root, pg_url):
+    result = run(publication_root, "db", "web-role", "newsletter_web", env={"NEWSLETTER_DB": pg_url})
+    assert result.exit_code == 0, result.output
+    database = urlsplit(pg_url).path.lstrip("/")
+    assert f'GRANT CONNECT ON DATABASE "{database}" TO "newsletter_web";' in result.output
+    assert 'ON "ledger" TO "newsletter_web"' in result.output and "last_error" not in result.output
+    bad = run(publication_root, "db", "web-role", "web; DROP TABLE x", env={"NEWSLETTER_DB": pg_url})
+    assert bad.exit_code != 0 and "DROP" not in bad.output.replace("web; DROP TABLE x", "")
+    sqlite = run(publication_root, "db", "web-role", "newsletter_web")
+    assert sqlite.exit_code != 0 and "PostgreSQL" in sqlite.output

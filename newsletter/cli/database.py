@@ -46,3 +46,24 @@ def db_copy_command(ctx: click.Context, target: str) -> None:
         click.echo(f"  {table:<28} {n:>10,}")
     click.echo(f"Copied {sum(report.counts.values()):,} rows into {report.target}; every table's count matches. "
                "Set NEWSLETTER_DB to that URL on every host.")
+
+
+@db.command("web-role")
+@click.argument("role")
+@click.pass_context
+def db_web_role_command(ctx: click.Context, role: str) -> None:
+    """Print the SQL that makes ROLE a web host's least-privilege role on this PostgreSQL database
+    (unsubscribe, signup, webhooks; no ledger error texts, no deliveries). Run it as the owner."""
+    from urllib.parse import urlsplit
+
+    from newsletter.errors import InputError
+    from newsletter.pg_roles import web_role_sql
+
+    target = settings_of(ctx).db_target
+    if not isinstance(target, str):
+        raise InputError("NEWSLETTER_DB is a SQLite file; a web role is for PostgreSQL (postgresql://…)")
+    try:
+        statements = web_role_sql(role, urlsplit(target).path.lstrip("/") or "postgres")
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    click.echo(";\n".join(statements) + ";")
