@@ -503,8 +503,9 @@ class _Run:
         when the connection dropped under the transport, why."""
         assert self.delivery is not None
         key = self.delivery.idempotency_key(job.claim.batch_no)
+        each = {"on_answer": lambda i, res: self._record_delivered(job, i, res)} if transport.answers_each else {}
         try:
-            results: list[SendResult | None] = list(transport.send(job.messages, idempotency_key=key))
+            results: list[SendResult | None] = list(transport.send(job.messages, idempotency_key=key, **each))
         except OSError as exc:  # a connection dropped under the transport: no answer about anyone
             return [None] * len(job.messages), scrub(f"{type(exc).__name__}: {exc}")
         except NewsletterError:
@@ -519,6 +520,16 @@ class _Run:
                                                            f"{len(job.messages)} messages")
             results = (results + [lost] * len(job.messages))[:len(job.messages)]
         return results, None
+
+    def _record_delivered(self, job: _Job, index: int, result: SendResult) -> None:
+        """The server accepted one reader of a batch still being sent: record it now, so a crash
+        before the batch ends resends only the message in flight. The batch's own record later
+        writes the same outcome (with the attempt counted)."""
+        if not result.status.delivered or not 0 <= index < len(job.claim.rows):
+            return
+        with self.db:  # one statement, atomic on its own: no BEGIN … COMMIT round trips per reader
+            ledger.record_delivered(self.conn, self.id, job.claim.rows[index].sid, result.provider_id,
+                                    now=self.now())
 
     def _record(self, job: _Job, results: Sequence[SendResult | None], dropped: str | None) -> None:
         """Store every reader's transition in one transaction, after the transport answered."""

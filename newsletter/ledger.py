@@ -680,6 +680,14 @@ def record_transitions(conn: sqlite3.Connection, delivery_id: int, batch_no: int
                 timestamp(now))
 
 
+def record_delivered(conn: sqlite3.Connection, delivery_id: int, subscriber_id: int, provider_id: str | None, *,
+                     now: datetime) -> None:
+    """One reader of a batch in flight was accepted: 'sent' at once (only from 'sending')."""
+    conn.execute("UPDATE ledger SET state='sent', provider_id=COALESCE(?, provider_id), last_error=NULL, "
+                 "updated_at=? WHERE delivery_id=? AND subscriber_id=? AND state='sending'",
+                 (provider_id, timestamp(now), delivery_id, subscriber_id))
+
+
 def finish_run(conn: sqlite3.Connection, delivery_id: int, *, state: str, reason: str | None,
                resume_at: datetime | None, now: datetime) -> None:
     """Set the delivery's state at the end of a run: done, paused or deferred (with its next time)."""

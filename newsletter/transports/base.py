@@ -102,6 +102,10 @@ class Transport(ABC):
     name: str = "transport"
     #: True if this transport talks to the network (a real send needs confirmation).
     real: bool = True
+    #: True if ``send`` takes ``on_answer(index, result)`` and calls it as each message's answer
+    #: arrives (SMTP: one message at a time on a connection). The engine then records a delivered
+    #: reader at once, so a crash mid-batch resends only the message in flight.
+    answers_each: bool = False
 
     @classmethod
     def from_settings(cls, settings: "Settings", **options: object) -> "Transport":

@@ -47,7 +47,7 @@ import smtplib
 import socket
 import ssl
 from functools import lru_cache
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from newsletter.clock import Clock
 from newsletter.errors import ConfigError, TransportError, scrub
@@ -235,7 +235,10 @@ class SMTPTransport(Transport):
         self._opened = True
 
     # ---- sending ---------------------------------------------------------------------
-    def send(self, messages: Sequence["OutgoingMessage"], idempotency_key: str | None = None) -> list[SendResult]:
+    answers_each = True
+
+    def send(self, messages: Sequence["OutgoingMessage"], idempotency_key: str | None = None,
+             on_answer: Callable[[int, SendResult], None] | None = None) -> list[SendResult]:
         if not self._opened:
             self.open()
         results: list[SendResult] = []
@@ -254,6 +257,8 @@ class SMTPTransport(Transport):
                                           attempted=False) for m in messages[i:])
                 break
             results.append(result)
+            if on_answer is not None:
+                on_answer(i, result)
             if result.rate_limited:  # still limited after the waits: the rest waits with the engine
                 results.extend(SendResult(m.to_email, Status.FAILED_TEMPORARY, rate_limited=True,
                                           retry_after=result.retry_after, attempted=False,
