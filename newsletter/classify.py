@@ -7,9 +7,10 @@ issue, which reader, is the token genuine) needs the database and happens in
 :mod:`newsletter.inbox`; this module only reads the message.
 
 Bounces: RFC 3464 ``message/delivery-status`` parts are read field by field
-(Final-Recipient, Action, Status: a failed 5.x.x is permanent, a failed 4.x.x
-temporary; a "delayed" notice is no bounce, or a slow server's hourly notices would
-add up to a suppression);
+(Final-Recipient, Action, Status: a failed status that says the address is bad is a
+hard bounce, by :func:`newsletter.smtp_status.is_hard_bounce`, the definition the SMTP
+transport uses too; any other failure — a full mailbox, a spam filter, a 4.x.x — is soft;
+a "delayed" notice is no bounce, or a slow server's hourly notices would add up to a suppression);
 bounces in older, non-standard formats from a mailer daemon are left to
 flufl.bounce's detectors, which know dozens of MTAs' formats.
 """
@@ -30,6 +31,7 @@ from email.parser import HeaderParser
 from email.utils import parseaddr, parsedate_to_datetime
 
 from newsletter.errors import scrub
+from newsletter.smtp_status import enhanced_code, is_hard_bounce
 from newsletter.excerpt import excerpt, html_to_text, printable
 from newsletter.tokens import token_from_request
 
@@ -214,7 +216,8 @@ def _dsn_failures(report: Message) -> list[Failure]:
         status = header(block, "Status").split(" ")[0]
         if not address or action != "failed":  # "delayed": the MTA is still trying; not a bounce yet
             continue
-        permanent = not status.startswith("4")
+        # No readable status (RFC 3464 requires one): the daemon said "failed", so hard, as before.
+        permanent = is_hard_bounce(status) if enhanced_code(status) else True
         out.append(Failure(address, permanent, status, header(block, "Diagnostic-Code")[:300]))
     return out
 

@@ -26,6 +26,13 @@ Rules worth knowing:
   next retry; ``newsletter worker``/``dispatch`` pick it up then, or ``resume``.
 * An attempt is counted only when the transport answered about that reader. A
   rate-limit answer, a dropped connection and a resend after a crash count none.
+* A refusal of the *sender* (the transport marks it ``about_sender``: our HELO name, login,
+  relay permission) is charged to nobody: the run stops and the delivery is ``held`` with the
+  reason (:func:`newsletter.ledger.hold`) until the editor fixes the configuration and resumes.
+* Losing the server mid-send (:class:`~newsletter.errors.TransportUnavailableError` once the
+  transport has worked in this run) is a temporary failure: the batch is retried on the backoff
+  schedule, in the foreground while the wait is short. Only a transport that never worked
+  raises (exit 4).
 * ``Transport.open()`` is called on every transport before the lock and the first
   claim: a configuration error leaves every reader untouched. A transport that raises
   (rather than answering) puts its batch back untouched; an ``OSError`` is "no answer".
@@ -57,11 +64,14 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from newsletter import ledger
 from newsletter.config import is_development_key
 from newsletter.errors import (ConfigError, ContentChangedError, DeliveryLockedError, InputError, NewsletterError,
-                               TransportError, scrub)
+                               TransportError, TransportUnavailableError, scrub)
 from newsletter.ledger import (DEFAULT_LEASE, heartbeat_every, Claim, Delivery, DeliveryReport, Progress, TransportFactory,
                                get_delivery, transaction, utc_day, utcnow)
+from newsletter.events import Event, Kind, apply_event
+from newsletter.events import ensure_schema as ensure_events
 from newsletter.message import OutgoingMessage, PreparedIssue
-from newsletter.outcome import DEFAULT_RETRY_WINDOW, Answer, Policy, Row, classify, decide_batch
+from newsletter import retry
+from newsletter.outcome import Answer, Policy, Row, Transition, classify, decide_batch
 from newsletter.pacing import Pacer, interruptible_sleep
 from newsletter.store import SubscriberStore
 from newsletter.transports.base import SendResult, Status, Transport
@@ -74,8 +84,8 @@ if TYPE_CHECKING:
 #: Bounds of NEWSLETTER_LEASE_SECONDS: a heartbeat every third of it must fit between two database
 #: waits, and a dead sender's readers should not wait for hours.
 MIN_LEASE_SECONDS, MAX_LEASE_SECONDS = 15, 3600
-#: How long a run keeps waiting for due retries, from the last reader finished, before it defers.
-DEFAULT_MAX_WAIT = 300.0
+#: How long a run keeps waiting for due retries (newsletter.retry's, named here too).
+DEFAULT_MAX_WAIT = retry.DEFAULT_MAX_WAIT
 #: Called while a run waits for a retry: (seconds left, why).
 Waiting = Callable[[float, str], None]
 
@@ -88,10 +98,11 @@ class DeliveryOptions:
     rate: float | None = None          # messages per second over all workers: an upper bound; None = unpaced
     concurrency: int = 1               # worker threads, each with its own transport instance
     daily_cap: int | None = None       # messages per UTC day per transport, counted in the database
-    retry_window: float = DEFAULT_RETRY_WINDOW  # seconds a reader's temporary failures are retried
+    retry_window: float = retry.DEFAULT_RETRY_WINDOW  # seconds a reader's temporary failures are retried
     max_wait: float = DEFAULT_MAX_WAIT  # seconds a run waits in the foreground for retries before deferring
     resend_uncertain: bool = True      # resend (once) readers that may or may not have got it, or report them
     retry_failed: bool = False         # give readers whose retry window ran out a fresh one
+    retry_now: bool = False            # the editor's `resume`: deferred readers are due at once
     guard: Guard | None = None         # hold the send when complaints or hard bounces pass a threshold
     despite_guard: bool = False        # the editor resumes a guard hold deliberately: count from now on
     lease_seconds: float = DEFAULT_LEASE.total_seconds()  # a silent sender's delivery is taken over after this
@@ -137,12 +148,9 @@ class DeliveryOptions:
             rate=rate or None,
             concurrency=settings.integer("NEWSLETTER_CONCURRENCY", 1, minimum=1),
             daily_cap=int(cap) if cap else None,
-            retry_window=(settings.number("NEWSLETTER_RETRY_WINDOW", DEFAULT_RETRY_WINDOW / 3600) or 0.0) * 3600,
-            max_wait=settings.number("NEWSLETTER_FOREGROUND_WAIT", DEFAULT_MAX_WAIT) or 0.0,
-            guard=_guard(settings),
             lease_seconds=settings.number("NEWSLETTER_LEASE_SECONDS", DEFAULT_LEASE.total_seconds(),
                                           minimum=MIN_LEASE_SECONDS) or DEFAULT_LEASE.total_seconds(),
-            **overrides,
+            **{"guard": _guard(settings), **retry.settings(settings), **overrides},
         )
 
 
@@ -173,6 +181,7 @@ def _close_all(transports: Sequence[Transport]) -> None:
 class _Job:
     claim: Claim
     messages: list[OutgoingMessage] = field(default_factory=list)
+    recorded: set[int] = field(default_factory=set)  # readers whose answer is already in the ledger
 
 
 _PAUSE = "pause"
@@ -200,6 +209,8 @@ class _Run:
         self.total = 0
         self.pause_note: str | None = None
         self.hold_note: str | None = None  # the server refused the sender: held for the editor
+        self.worked = False                # some reader was answered in this run
+        self.backoff_until: float | None = None  # a lost server's batch is due (wall seconds)
         self.deferred = False
         self.last_progress = clock()
         self.errors: list[BaseException] = []
@@ -294,12 +305,13 @@ class _Run:
 
     def _begin(self, d: Delivery) -> None:
         self.store = SubscriberStore(self.conn)
+        ensure_events(self.conn)  # bounces are recorded inside the record transaction, which cannot migrate
         with self.db:  # its own transaction: the spool file is gone once it commits
             apply_spool(self.store, self.prepared.secret_key, now=self.now())
         with self.db, transaction(self.conn):
             start = ledger.begin_run(self.conn, d, transport=self.transport_name,
                                      resend_interrupted=self.o.resend_uncertain, retry_failed=self.o.retry_failed,
-                                     now=self.now())
+                                     now=self.now(), retry_now=self.o.retry_now)
             self.delivery = get_delivery(self.conn, self.id)
         if self.o.resend_uncertain:
             self.stats["interrupted_resent"] = start.interrupted
@@ -384,6 +396,11 @@ class _Run:
     def _worker(self, transport: Transport) -> None:
         size = self.o.claim_size
         while not self._stopped():
+            if self.backoff_until is not None:  # the server went away: wait for its batch's retry first
+                wait, self.backoff_until = self.backoff_until - self.now_ts(), None
+                if wait > 0 and not self._wait_for_retry(wait):
+                    return
+                continue
             # Pace *before* claiming, so a batch is 'sending' (uncertain after a crash) only
             # while the transport really has it, never while we wait for our turn.
             booked = size if self.pacer.rate is not None and self._claimable() else 0
@@ -411,7 +428,9 @@ class _Run:
                 continue
             assert isinstance(job, _Job)
             if job.claim.rows:
-                self._record(job, *self._send(transport, job))
+                answered = self._send(transport, job)
+                if answered is not None:
+                    self._record(job, *answered)
 
     def _claimable(self) -> bool:
         with self.db:
@@ -488,26 +507,44 @@ class _Run:
         return job
 
     def _unclaim(self, job: _Job) -> None:
-        """Undo a claim whose batch never reached anyone."""
+        """Undo a claim whose batch (the readers not answered for yet) never reached anyone."""
+        rows = [r for i, r in enumerate(job.claim.rows) if i not in job.recorded]
         with self.db, transaction(self.conn) as conn:
-            ledger.unclaim(conn, self.id, job.claim.rows, day=utc_day(self.now()), transport=self.transport_name)
-            for r in job.claim.rows:
+            ledger.unclaim(conn, self.id, rows, day=utc_day(self.now()), transport=self.transport_name)
+            for r in rows:
                 self._move("sending", r.state)
             if job.claim.fresh:
                 self.cursor = min(self.cursor, job.claim.rows[0].sid - 1)
             self.inflight -= 1
             self.idle.notify_all()
 
-    def _send(self, transport: Transport, job: _Job) -> tuple[list[SendResult | None], str | None]:
+    def _send(self, transport: Transport, job: _Job) -> tuple[list[SendResult | None], str | None] | None:
         """Hand the batch over. Returns one result per message (None: no answer about it) and,
-        when the connection dropped under the transport, why."""
+        when the connection dropped under the transport, why; None when the batch was put back."""
         assert self.delivery is not None
         key = self.delivery.idempotency_key(job.claim.batch_no)
-        each = {"on_answer": lambda i, res: self._record_delivered(job, i, res)} if transport.answers_each else {}
+        if hasattr(transport, "on_result"):  # a transport that answers message by message (SMTP)
+            n = len(job.messages)
+            transport.on_result = lambda i, result: self._record(job, [None] * i + [result] + [None] * (n - i - 1),
+                                                                 None, only=[i])  # type: ignore[attr-defined]
         try:
-            results: list[SendResult | None] = list(transport.send(job.messages, idempotency_key=key, **each))
+            results: list[SendResult | None] = list(transport.send(job.messages, idempotency_key=key))
         except OSError as exc:  # a connection dropped under the transport: no answer about anyone
             return [None] * len(job.messages), scrub(f"{type(exc).__name__}: {exc}")
+        except TransportUnavailableError as exc:
+            if not self.worked:  # never reached: a setting (host, port) more likely than an outage
+                self._unclaim(job)
+                raise
+            return [None] * len(job.messages), exc.format_message()
+        except TransportError as exc:
+            self._unclaim(job)  # the transport could not be used at all: nothing of this batch left us
+            if not self.worked:
+                raise
+            # It worked, and now refuses us (a rotated password, a new certificate): the sender's to fix.
+            with self.db:
+                self.hold_note = self.hold_note or exc.format_message()
+                self.halt.set()
+            return None
         except NewsletterError:
             self._unclaim(job)  # the transport could not be used at all: nothing of this batch left us
             raise
@@ -521,51 +558,61 @@ class _Run:
             results = (results + [lost] * len(job.messages))[:len(job.messages)]
         return results, None
 
-    def _record_delivered(self, job: _Job, index: int, result: SendResult) -> None:
-        """The server accepted one reader of a batch still being sent: record it now, so a crash
-        before the batch ends resends only the message in flight. The batch's own record later
-        writes the same outcome (with the attempt counted)."""
-        if not result.status.delivered or not 0 <= index < len(job.claim.rows):
-            return
-        with self.db:  # one statement, atomic on its own: no BEGIN … COMMIT round trips per reader
-            ledger.record_delivered(self.conn, self.id, job.claim.rows[index].sid, result.provider_id,
-                                    now=self.now())
-
-    def _record(self, job: _Job, results: Sequence[SendResult | None], dropped: str | None) -> None:
-        """Store every reader's transition in one transaction, after the transport answered."""
-        answers = [(classify(res), scrub(res.error) if res is not None and res.error else dropped,
-                    res.retry_after if res is not None else None) for res in results]
+    def _record(self, job: _Job, results: Sequence[SendResult | None], dropped: str | None,
+                only: Sequence[int] | None = None) -> None:
+        """Store readers' transitions in one transaction, once the transport answered: at the end of
+        the batch, every reader not recorded yet; or (``only``) the readers a streaming transport has
+        just answered for, so `status` and a crash see each answer at once."""
+        idx = [i for i in (range(len(results)) if only is None else only) if i not in job.recorded]
+        rows = [job.claim.rows[i] for i in idx]
+        answers = [(classify(results[i]), scrub(results[i].error) if results[i] is not None and results[i].error
+                    else dropped, results[i].retry_after if results[i] is not None else None) for i in idx]
         transitions, whole = decide_batch(
-            [Row(r.attempts, r.first_failure_at, r.uncertain_resends) for r in job.claim.rows], answers,
-            now=self.now_ts(), policy=self.o.policy, jitters=[self.rng.random() for _ in results])
-        provider_ids = [res.provider_id if res is not None and a is Answer.DELIVERED else None
-                        for res, (a, _, _) in zip(results, answers)]
+            [Row(r.attempts, r.first_failure_at, r.uncertain_resends) for r in rows], answers,
+            now=self.now_ts(), policy=self.o.policy, jitters=[self.rng.random() for _ in idx])
+        whole = whole and only is None and not job.recorded  # a batch partly answered is no longer one
+        provider_ids = [results[i].provider_id if results[i] is not None and a is Answer.DELIVERED else None
+                        for i, (a, _, _) in zip(idx, answers)]
         with self.db, transaction(self.conn) as conn:
             now = self.now()
-            ledger.record_transitions(conn, self.id, job.claim.batch_no,
-                                      list(zip(job.claim.rows, transitions, provider_ids)), whole_batch=whole,
-                                      now=now)
+            ledger.record_transitions(conn, self.id, job.claim.batch_no, list(zip(rows, transitions, provider_ids)),
+                                      whole_batch=whole, now=now)
             assert self.store is not None
-            for row, t in zip(job.claim.rows, transitions):
-                if t.bounce:
-                    try:
-                        self.store.mark_bounced(row.sid, f"bounced: {t.error}")
-                    except InputError:  # erased meanwhile: nothing to mark
-                        pass
+            for row, t, i in zip(rows, transitions, idx):
+                if t.bounce:  # the one event path, so `status` counts it with the webhooks' and inbox's
+                    apply_event(self.store, Event(Kind.HARD_BOUNCE, self.transport_name,
+                                                  f"delivery:{self.id}:{row.sid}", email=row.email,
+                                                  subscriber_id=row.sid, message_id=job.messages[i].message_id,
+                                                  detail=t.error or ""), now=now)
             ledger.refresh_lock(conn, self.id, self.owner, now)
             self.last_heartbeat = now
-            for t, (answer, _, _) in zip(transitions, answers):
-                self._move("sending", t.state)
-                if answer is Answer.UNCERTAIN:
-                    self.stats["uncertain_resent" if t.state == "retry" else "uncertain_reported"] += 1
-            self.stats["sent_this_run"] += sum(t.state == "sent" for t in transitions)
-            if any(t.final for t in transitions):
-                self.last_progress = self.clock()
-            self.inflight -= 1
-            self.idle.notify_all()
+            job.recorded.update(idx)
+            self._note_outcomes(transitions, [a for a, _, _ in answers], dropped)
+            if only is None:
+                self.inflight -= 1
+                self.idle.notify_all()
             snapshot = self._progress_values()
         if self.progress is not None:
             self.progress(*snapshot)
+
+    def _note_outcomes(self, transitions: Sequence[Transition], answers: Sequence[Answer],
+                       dropped: str | None) -> None:
+        """The run's counts after recorded transitions, and what they mean for the run: a refused
+        sender holds it; a lost server makes it wait for the batch's retry before claiming more."""
+        for t, answer in zip(transitions, answers):
+            self._move("sending", t.state)
+            if answer is Answer.UNCERTAIN:
+                self.stats["uncertain_resent" if t.state == "retry" else "uncertain_reported"] += 1
+        self.stats["sent_this_run"] += sum(t.state == "sent" for t in transitions)
+        self.worked = self.worked or any(a is not Answer.NO_ANSWER for a in answers)
+        refused = next((t.error for t, a in zip(transitions, answers) if a is Answer.SENDER_REFUSED), None)
+        if refused is not None and self.hold_note is None:
+            self.hold_note = refused
+            self.halt.set()  # nobody else is claimed: every reader would be refused alike
+        elif dropped is not None and transitions and not any(t.final for t in transitions):
+            self.backoff_until = max(t.next_attempt_at or 0.0 for t in transitions)
+        if any(t.final for t in transitions):
+            self.last_progress = self.clock()
 
     # ---- bookkeeping ---------------------------------------------------------------------
     def _move(self, src: str, dst: str, n: int = 1) -> None:

@@ -15,8 +15,17 @@ from newsletter.errors import ConfigError, InputError
 if TYPE_CHECKING:
     from newsletter.config import Settings
 
-#: Signed headers: the ones a forwarder or list manager must not change unnoticed.
-DKIM_HEADERS = (b"From", b"Subject", b"Date", b"Message-ID", b"To", b"List-Unsubscribe", b"List-Unsubscribe-Post")
+#: Signed when present: RFC 6376 §5.4.1's recommended list, plus what list mail and its
+#: MIME structure rely on (RFC 2369/2919 list fields, RFC 8058 one-click, MIME-Version,
+#: Content-*): the fields a forwarder or list manager must not change unnoticed.
+DKIM_HEADERS = (b"From", b"Reply-To", b"Subject", b"Date", b"To", b"Cc", b"Message-ID", b"In-Reply-To",
+                b"References", b"List-Id", b"List-Help", b"List-Unsubscribe", b"List-Unsubscribe-Post",
+                b"List-Subscribe", b"List-Post", b"List-Owner", b"List-Archive", b"Feedback-ID", b"MIME-Version",
+                b"Content-Type", b"Content-Transfer-Encoding")
+#: Signed once more than they occur ("oversigned", RFC 6376 §5.4.2 and §8.15): a copy added
+#: in transit (a second From, Subject or unsubscribe link shown instead of ours) breaks the signature.
+OVERSIGNED = (b"From", b"Subject", b"List-Unsubscribe", b"List-Unsubscribe-Post")
+_FIELD_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.MULTILINE)
 
 Signer = Callable[[bytes], bytes]
 _DNS_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})")
@@ -42,10 +51,23 @@ def dkim_signer(selector: str, domain: str, private_key: bytes) -> Signer:
 
     def sign(data: bytes) -> bytes:
         sig = dkim.sign(data, selector.encode(), domain.encode(), private_key,
-                        include_headers=list(DKIM_HEADERS), canonicalize=(b"relaxed", b"relaxed"))
+                        include_headers=signed_fields(data), canonicalize=(b"relaxed", b"relaxed"))
         return sig.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + data
 
     return sign
+
+
+def signed_fields(data: bytes) -> list[bytes]:
+    """The ``h=`` list for one message: each field of :data:`DKIM_HEADERS` as often as it occurs,
+    and each of :data:`OVERSIGNED` once more (so it is listed even when absent)."""
+    head = data.split(b"\r\n\r\n", 1)[0]
+    present: dict[bytes, int] = {}
+    for name in _FIELD_NAME.findall(head):
+        present[name.lower()] = present.get(name.lower(), 0) + 1
+    fields: list[bytes] = []
+    for name in DKIM_HEADERS:
+        fields += [name] * (present.get(name.lower(), 0) + (name in OVERSIGNED))
+    return fields
 
 
 def signer_from_settings(settings: "Settings") -> Signer | None:

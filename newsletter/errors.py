@@ -119,6 +119,12 @@ class TransportError(NewsletterError):
     exit_code = 4
 
 
+class TransportUnavailableError(TransportError):
+    """The server could not be reached or dropped the connection (refused, timed out). Before
+    anyone was contacted it is exit 4 like any transport error; once the transport has worked
+    in a run, the delivery engine treats it as a temporary failure and retries on its schedule."""
+
+
 class DeliveryLockedError(NewsletterError):
     """Another live process already sends this delivery (exit 5)."""
 

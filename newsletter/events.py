@@ -161,11 +161,13 @@ def apply_event(store: SubscriberStore, event: Event, *, policy: SoftBouncePolic
 
 
 def delivery_event_counts(conn: sqlite3.Connection, delivery_id: int) -> dict[str, int]:
-    """Events per kind for one delivery (for ``status``); every kind present, zero when none."""
+    """Readers per event kind for one delivery (for ``status``); every kind present, zero when none.
+    A reader reported twice (the SMTP reply and a later DSN, or two webhooks) counts once."""
     ensure_schema(conn)
     out = {k.value: 0 for k in Kind}
     for kind, n in conn.execute(
-            "SELECT kind, COUNT(*) FROM feedback_events WHERE delivery_id=? GROUP BY kind", (delivery_id,)):
+            "SELECT kind, COUNT(DISTINCT COALESCE(subscriber_id, lower(email))) FROM feedback_events "
+            "WHERE delivery_id=? GROUP BY kind", (delivery_id,)):
         out[kind] = n
     return out
 

@@ -18,3 +18,18 @@ def is_loopback(host: str) -> bool:
         return False
     # Python 3.13 calls ::ffff:127.0.0.1 loopback, 3.11 does not: the same answer on both.
     return address.is_loopback and getattr(address, "ipv4_mapped", None) is None
+
+
+#: Last labels that name no public domain: a machine's own or a home network's.
+_PRIVATE_SUFFIXES = frozenset({"localhost", "localdomain", "local", "lan", "home", "internal", "intranet", "corp"})
+
+
+def is_fully_qualified(name: str) -> bool:
+    """Whether ``name`` can be an EHLO argument that receiving servers accept: an address literal
+    (``[192.0.2.1]``) or a domain name with a public-looking last label. Postfix's
+    ``reject_non_fqdn_helo_hostname`` refuses ``localhost`` or a bare ``vm`` with 504 5.5.2."""
+    name = name.strip().rstrip(".")
+    if name.startswith("[") and name.endswith("]"):
+        return True
+    labels = name.lower().split(".")
+    return len(labels) >= 2 and all(labels) and labels[-1].isalpha() and labels[-1] not in _PRIVATE_SUFFIXES

@@ -310,11 +310,20 @@ def _next_due(conn: sqlite3.Connection, delivery_id: int) -> float | None:
 
 def retry_summary(conn: sqlite3.Connection, delivery_id: int, top: int = 3) -> tuple[datetime | None,
                                                                                    list[tuple[str, int]]]:
-    """When the next deferred reader is due, and the commonest reasons readers are waiting."""
+    """When the next deferred reader is due, and the commonest reasons readers are waiting: replies
+    grouped by what they share once the reader's address and ids are taken out (each server reply
+    names its reader, so the exact texts never group), each shown that way."""
+    from newsletter.smtp_status import reply_gist
+
     head = _next_due(conn, delivery_id)
-    reasons = conn.execute("SELECT COALESCE(last_error, 'waiting'), COUNT(*) AS n FROM ledger WHERE delivery_id=? "
-                           "AND state='retry' GROUP BY 1 ORDER BY n DESC, 1 LIMIT ?", (delivery_id, top)).fetchall()
-    return from_epoch(head), [(scrub(r[0], 120), r[1]) for r in reasons]
+    groups: dict[str, list] = {}
+    for text, n in conn.execute("SELECT COALESCE(last_error, 'waiting'), COUNT(*) FROM ledger WHERE delivery_id=? "
+                                "AND state='retry' GROUP BY 1 ORDER BY 1", (delivery_id,)):
+        gist = reply_gist(text)
+        group = groups.setdefault(gist, [gist, 0])
+        group[1] += n
+    reasons = sorted(groups.values(), key=lambda g: (-g[1], g[0]))[:top]
+    return from_epoch(head), [(scrub(text, 120), n) for text, n in reasons]
 
 
 def _next_retry(conn: sqlite3.Connection, d: Delivery,
@@ -507,13 +516,14 @@ class RunStart(NamedTuple):
 
 
 def begin_run(conn: sqlite3.Connection, d: Delivery, *, transport: str, resend_interrupted: bool,
-              retry_failed: bool, now: datetime) -> RunStart:
+              retry_failed: bool, now: datetime, retry_now: bool = False) -> RunStart:
     """Freeze the list (first run only), settle rows a crash left in flight, and mark it running.
 
     Rows left ``sending`` were handed to the transport and never recorded: a crash or a kill.
     They are sent again under the same batch and key (no attempt counted: nobody answered),
     or with ``resend_interrupted=False`` set ``uncertain`` and reported. A ``done`` delivery
     is never reopened here, except ``retry_failed`` for those whose retry window ran out.
+    ``retry_now`` (the editor's `resume`) makes every deferred reader due at once.
     Runs inside the caller's transaction.
     """
     stamp = timestamp(now)
@@ -539,6 +549,8 @@ def begin_run(conn: sqlite3.Connection, d: Delivery, *, transport: str, resend_i
         conn.execute("UPDATE ledger SET state='uncertain', updated_at=?, last_error='interrupted while sending "
                      "(a crash or kill): may or may not have been delivered; not sent again' "
                      "WHERE delivery_id=? AND state='sending'", (stamp, d.id))
+    if retry_now:
+        conn.execute("UPDATE ledger SET next_attempt_at=0 WHERE delivery_id=? AND state='retry'", (d.id,))
     if retry_failed:
         conn.execute("UPDATE ledger SET state='pending', attempts=0, first_failure_at=NULL, next_attempt_at=NULL, "
                      "updated_at=? WHERE delivery_id=? AND state='gave-up'", (stamp, d.id))
@@ -680,20 +692,23 @@ def record_transitions(conn: sqlite3.Connection, delivery_id: int, batch_no: int
                 timestamp(now))
 
 
-def record_delivered(conn: sqlite3.Connection, delivery_id: int, subscriber_id: int, provider_id: str | None, *,
-                     now: datetime) -> None:
-    """One reader of a batch in flight was accepted: 'sent' at once (only from 'sending')."""
-    conn.execute("UPDATE ledger SET state='sent', provider_id=COALESCE(?, provider_id), last_error=NULL, "
-                 "updated_at=? WHERE delivery_id=? AND subscriber_id=? AND state='sending'",
-                 (provider_id, timestamp(now), delivery_id, subscriber_id))
-
-
 def finish_run(conn: sqlite3.Connection, delivery_id: int, *, state: str, reason: str | None,
                resume_at: datetime | None, now: datetime) -> None:
     """Set the delivery's state at the end of a run: done, paused or deferred (with its next time)."""
     conn.execute("UPDATE deliveries SET state=?, reason=?, resume_at=?, finished_at=? WHERE id=?",
                  (state, scrub(reason) if reason else None, timestamp(resume_at) if resume_at else None,
                   timestamp(now) if state == "done" else None, delivery_id))
+
+
+def readers_to_send(conn: sqlite3.Connection, slug: str, *, retry_failed: bool = False) -> int | None:
+    """How many readers the open delivery of ``slug`` still has to send (those whose retry window
+    ran out too, with ``retry_failed``); None when there is none whose list is frozen yet."""
+    row = conn.execute(f"SELECT id FROM deliveries WHERE slug=? AND test=0 AND state IN {_OPEN_SQL} "
+                       "AND frozen_at IS NOT NULL ORDER BY id DESC LIMIT 1", (slug,)).fetchone()
+    if row is None:
+        return None
+    counts = ledger_counts(conn, row[0])
+    return open_rows(counts) + (counts[RowState.GAVE_UP] if retry_failed else 0)
 
 
 def hold(conn: sqlite3.Connection, delivery_id: int, reason: str) -> None:

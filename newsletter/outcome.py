@@ -9,6 +9,8 @@ be checked in a table (tests/test_outcome.py).
 The rules, in a reader's words:
 
 * Delivered, refused for good, or bounced: final at once.
+The numbers (backoff curve, window, waits) are :mod:`newsletter.retry`'s; here is what they mean.
+
 * A temporary failure (SMTP 4xx, HTTP 5xx) is retried with growing, jittered waits.
   The reader fails for good only when ``retry_window`` has passed since their
   first temporary failure, however many tries that took.
@@ -19,6 +21,9 @@ The rules, in a reader's words:
 * An uncertain answer (the message may have gone out) is sent once more under the
   same idempotency key when the resend policy allows it, else reported; never more
   than :data:`UNCERTAIN_RESENDS` times.
+* A refusal of the sender (our HELO, login, relay permission; not this reader) is
+  charged to nobody: no attempt, no window; the reader waits, due at once, while the
+  engine holds the delivery for the editor to fix the configuration and resume.
 """
 
 from __future__ import annotations
@@ -27,16 +32,13 @@ import enum
 from dataclasses import dataclass, replace
 from typing import Sequence
 
-from newsletter.pacing import BACKOFF_CAP, backoff_delay
+from newsletter.retry import (DEFAULT_RETRY_WINDOW, RATE_LIMIT_WAIT, UNCERTAIN_RESENDS,  # noqa: F401 (re-exported)
+                              RetryPolicy, backoff_delay, rate_limit_wait)
 from newsletter.states import RowState
 from newsletter.transports.base import SendResult, Status
 
-#: How many times an uncertain answer is sent again (with ``resend_uncertain``) before it is reported.
-UNCERTAIN_RESENDS = 1
-#: The wait after a rate-limit answer without a Retry-After, before jitter.
-RATE_LIMIT_WAIT = 1.0
-#: Default retry window: how long a reader's temporary failures are retried (MTAs use 1–5 days).
-DEFAULT_RETRY_WINDOW = 24 * 3600.0
+#: The retry settings :func:`decide` reads (defined, with every number of the policy, in newsletter.retry).
+Policy = RetryPolicy
 
 
 class Answer(str, enum.Enum):
@@ -49,11 +51,12 @@ class Answer(str, enum.Enum):
     BOUNCED = "bounced"
     UNCERTAIN = "uncertain"
     NO_ANSWER = "no-answer"
+    SENDER_REFUSED = "sender-refused"
 
     @property
     def counts_attempt(self) -> bool:
         """Only a real answer about this reader uses up one of their attempts."""
-        return self not in (Answer.RATE_LIMITED, Answer.NO_ANSWER)
+        return self not in (Answer.RATE_LIMITED, Answer.NO_ANSWER, Answer.SENDER_REFUSED)
 
 
 def classify(result: SendResult | None) -> Answer:
@@ -66,6 +69,8 @@ def classify(result: SendResult | None) -> Answer:
         return Answer.UNCERTAIN
     if status.delivered:
         return Answer.DELIVERED
+    if result.about_sender:
+        return Answer.SENDER_REFUSED
     if status is Status.UNCERTAIN:
         return Answer.UNCERTAIN
     if status is Status.FAILED_TEMPORARY:
@@ -84,12 +89,6 @@ class Row:
     attempts: int = 0                     # answers received so far
     first_failure_at: float | None = None  # wall seconds of the first temporary failure
     uncertain_resends: int = 0            # uncertain answers already sent again
-
-
-@dataclass(frozen=True)
-class Policy:
-    retry_window: float = DEFAULT_RETRY_WINDOW  # seconds
-    resend_uncertain: bool = True
 
 
 @dataclass(frozen=True)
@@ -127,9 +126,10 @@ def decide(row: Row, answer: Answer, *, now: float, policy: Policy, error: str |
         return final("sent", None)
     if answer in (Answer.FAILED_PERMANENT, Answer.BOUNCED):
         return final("failed-permanent", error or answer.value, bounce=answer is Answer.BOUNCED)
+    if answer is Answer.SENDER_REFUSED:  # nobody's fault but the configuration's: due when resumed
+        return retry(f"held: {error or 'the server refused the sender'}", now)
     if answer is Answer.RATE_LIMITED:
-        wait = min(BACKOFF_CAP, retry_after) if retry_after and retry_after > 0 else RATE_LIMIT_WAIT * (1 + jitter)
-        return retry(f"rate limited: {error or 'slow down'}", now + wait)
+        return retry(f"rate limited: {error or 'slow down'}", now + rate_limit_wait(retry_after, jitter))
     if answer is Answer.UNCERTAIN:
         text = f"may or may not have been delivered: {error or 'the answer was lost'}"
         if not policy.resend_uncertain or row.uncertain_resends >= UNCERTAIN_RESENDS:

@@ -1,4 +1,5 @@
-"""Pacing and retry timing for the delivery engine, kept free of I/O so it is easy to test.
+"""Pacing for the delivery engine (a token bucket, interruptible sleeps), free of I/O so it is
+easy to test. When a reader is retried is :mod:`newsletter.retry`'s.
 
 Everything takes the clock and sleep as arguments: the tests drive a fake clock
 and assert on the sleeps asked for, never on wall time.
@@ -6,37 +7,11 @@ and assert on the sleeps asked for, never on wall time.
 
 from __future__ import annotations
 
-import random
 import threading
 from typing import Callable
 
-#: Backoff for temporary failures: base * factor**(attempt-1), capped, with jitter.
-BACKOFF_BASE = 1.0
-BACKOFF_FACTOR = 2.0
-BACKOFF_CAP = 300.0
-
-
-def backoff_delay(attempt: int, retry_after: float | None = None, *,
-                  rng: random.Random | None = None, jitter: float | None = None,
-                  since_first_failure: float = 0.0) -> float:
-    """Seconds to wait before retry number ``attempt`` (1 = the first retry).
-
-    Exponential (1 s, 2 s, 4 s, ... capped at 5 minutes) with "equal jitter": the
-    delay is drawn uniformly from [d/2, d], so retries from many rows spread out
-    but never come sooner than half the nominal delay. ``jitter`` (0..1) fixes the
-    draw, for pure callers. The nominal delay is also at least the time since the
-    reader's first failure, so a failure that counts no attempt (a dropped
-    connection) still backs off. A server's ``retry_after`` is a floor: we never come
-    back sooner than it asked (but cap it too, so a hostile or broken header cannot
-    park the delivery for a day).
-    """
-    nominal = min(BACKOFF_CAP, max(BACKOFF_BASE * BACKOFF_FACTOR ** max(0, attempt - 1), since_first_failure))
-    draw = (rng or random).random() if jitter is None else min(1.0, max(0.0, jitter))
-    delay = nominal / 2 + draw * nominal / 2
-    if retry_after is not None and retry_after > 0:
-        delay = max(delay, min(float(retry_after), BACKOFF_CAP))
-    return delay
-
+# The backoff curve is the retry policy's (newsletter.retry); these names stay importable here.
+from newsletter.retry import BACKOFF_BASE, BACKOFF_CAP, BACKOFF_FACTOR, backoff_delay  # noqa: E402,F401
 
 class Pacer:
     """A token bucket one batch deep: batch k may start no earlier than

@@ -451,3 +451,28 @@ def test_caniemail_trim_keeps_matchers_and_newest_support():
     assert set(data["features"]) == {"css-box-shadow", "html-del"}
     assert data["features"]["css-box-shadow"]["support"] == {"gmail": {"ios": "a"}}
     assert data["features"]["html-del"]["match"] == {"elements": ["del"]}
+
+
+# ---- the SMTP EHLO name (issue 22 #10) --------------------------------------------------------
+@pytest.mark.parametrize("name, warned", [
+    ("localhost", True), ("vm", True), ("mail.local", True), ("box.localdomain", True), ("host.lan", True),
+    ("mail.chinaffairs-plus.org", False), ("mx1.example.net.", False), ("[192.0.2.1]", False), ("a..b", True),
+])
+def test_check_warns_when_the_ehlo_name_is_not_fully_qualified(root, name, warned):
+    env = {**GOOD_ENV, "NEWSLETTER_TRANSPORT": "smtp", "SMTP_HOST": "127.0.0.1", "SMTP_HELO_NAME": name}
+    found = having(findings_for(load_settings(root, environ=env), clean_path(root)), "deliver.helo-name")
+    assert bool(found) is warned and all(f.level == "warning" for f in found)
+    if warned:
+        assert "504 5.5.2" in found[0].message and "SMTP_HELO_NAME" in found[0].message
+
+
+def test_check_judges_this_hosts_own_name_when_no_ehlo_name_is_set(root, monkeypatch):
+    import socket
+
+    env = {**GOOD_ENV, "NEWSLETTER_TRANSPORT": "smtp", "SMTP_HOST": "127.0.0.1"}
+    for fqdn, warned in (("vm", True), ("news.chinaffairs-plus.org", False)):
+        monkeypatch.setattr(socket, "getfqdn", lambda *a, fqdn=fqdn: fqdn)
+        found = having(findings_for(load_settings(root, environ=env), clean_path(root)), "deliver.helo-name")
+        assert bool(found) is warned and (not warned or "socket.getfqdn()" in found[0].message)
+    # Another transport sends no EHLO of ours: nothing to say.
+    assert having(findings_for(load_settings(root, environ=GOOD_ENV), clean_path(root)), "deliver.helo-name") == []

@@ -61,6 +61,19 @@ def test_dsn_soft_bounce():
     assert not c.failures[0].permanent
 
 
+@pytest.mark.parametrize("status, hard", [
+    ("5.1.1", True), ("5.1.10", True), ("5.2.1", True), ("5.1.2", True),
+    ("5.2.2", False), ("5.7.1", False), ("5.3.4", False), ("5.0.0", False), ("4.4.1", False),
+])
+def test_dsn_hard_bounce_is_the_smtp_definition(status, hard):
+    # Issue 19: the DSN path counted any non-4.x.x as hard while SMTP counted 5.1.x and 5.2.1 only.
+    from newsletter.transports.smtp import classify as smtp_classify
+
+    c = classify(m.dsn("x@reader.example", OURS, status=status))
+    assert c.failures[0].permanent is hard
+    assert smtp_classify("RCPT", 550 if status[0] == "5" else 450, f"{status} reply".encode())[1] is hard
+
+
 def test_dsn_delay_notice_is_not_a_bounce():
     c = classify(m.dsn("slow@reader.example", OURS, status="4.4.7", action="delayed"))
     assert c.category is Category.BOUNCE and c.failures == () and "still trying" in c.reason

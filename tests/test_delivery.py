@@ -476,7 +476,7 @@ def test_idempotency_key_is_stable_when_a_whole_batch_is_retried(db):
     assert sum(ft.sleeps) == pytest.approx(2.0)  # the batch came back exactly when retry_after allowed
 
 
-def test_transport_error_stops_the_run_and_leaves_it_resumable(db):
+def test_a_transport_error_after_it_worked_holds_the_run_resumable(db):
     emails = add_subscribers(db, 12)
     fail = {"on": True}
 
@@ -487,11 +487,13 @@ def test_transport_error_stops_the_run_and_leaves_it_resumable(db):
             return super().send(messages, idempotency_key)
 
     sink = Sink()
-    with pytest.raises(TransportError):
-        send(db, transport=Broken(sink), batch_size=5, daily_cap=100)
+    # Issue 22: it worked for the first batch, so the refusal is the sender's to fix: held (exit 9),
+    # not "the transport could not be used" (exit 4, which says nobody was contacted).
+    report, _ = send(db, transport=Broken(sink), batch_size=5, daily_cap=100)
+    assert report.state == "held"
     conn = open_ledger(db)
     d = conn.execute("SELECT id, state, lock_owner, reason FROM deliveries").fetchone()
-    assert d["state"] == "running" and d["lock_owner"] is None and "refused the login" in d["reason"]
+    assert d["state"] == "held" and d["lock_owner"] is None and "refused the login" in d["reason"]
     assert collections.Counter(ledger_states(db, d["id"]).values()) == {"sent": 5, "pending": 7}
     assert conn.execute("SELECT count FROM daily_counts").fetchone()[0] == 5  # the unsent batch was not counted
     conn.close()

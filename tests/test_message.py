@@ -166,6 +166,59 @@ def test_dkim_signature_verifies(rendered6):
     assert not dkim.verify(tampered, dnsfunc=dnsfunc)
 
 
+def _dkim_keys():
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    import base64
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                    serialization.NoEncryption())
+    public_der = key.public_key().public_bytes(serialization.Encoding.DER,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    return private_pem, lambda name, timeout=5: b"v=DKIM1; k=rsa; p=" + base64.b64encode(public_der)
+
+
+def _edit_header(data: bytes, name: bytes, new_value: bytes) -> bytes:
+    import re as _re
+
+    head, body = data.split(b"\r\n\r\n", 1)
+    edited, n = _re.subn(rb"(?m)^" + name + rb":[^\r]*(\r\n[ \t][^\r]*)*", name + b": " + new_value, head, count=1)
+    assert n == 1, name
+    return edited + b"\r\n\r\n" + body
+
+
+def _add_header(data: bytes, line: bytes) -> bytes:
+    # A copy added on top, where relays add fields: a verifier reads the bottom-most copy of
+    # each name first, so only a field signed once more than it occurs notices it.
+    return line + b"\r\n" + data
+
+
+def test_dkim_signs_list_and_mime_fields_and_oversigns_the_ones_readers_see(rendered6):
+    # Issue 22: List-Id, Reply-To, MIME-Version and Content-Type were unsigned, so an edited
+    # List-Id still verified; and a second From or List-Unsubscribe could be added unnoticed.
+    dkim = pytest.importorskip("dkim")
+    private_pem, dnsfunc = _dkim_keys()
+    rendered = replace(rendered6, reply_to="letters@chinaffairs.example")
+    data = prepared(rendered, signer=dkim_signer("news", "chinaffairs.example", private_pem)).personalise(
+        RECIPIENTS[0]).as_bytes()
+    assert dkim.verify(data, dnsfunc=dnsfunc)
+    signed = [h.strip().lower() for h in parse(data)["DKIM-Signature"].split("h=")[1].split(";")[0].split(":")]
+    for field in ("list-id", "reply-to", "mime-version", "content-type", "message-id", "date", "to"):
+        assert field in signed
+    for field in ("from", "subject", "list-unsubscribe", "list-unsubscribe-post"):
+        assert signed.count(field) == 2, field  # present once, signed twice: one more copy breaks it
+    edits = [(b"List-Id", b"Other list <other.example.net>"), (b"Reply-To", b"evil@example.net"),
+             (b"MIME-Version", b"1.1"), (b"Content-Type", b'multipart/mixed; boundary="x"')]
+    for name, value in edits:
+        assert not dkim.verify(_edit_header(data, name, value), dnsfunc=dnsfunc), name
+    for line in (b"From: Someone Else <ceo@example.net>", b"Subject: urgent",
+                 b"List-Unsubscribe: <https://evil.example.net/u>", b"List-Unsubscribe-Post: List-Unsubscribe=One-Click"):
+        assert not dkim.verify(_add_header(data, line), dnsfunc=dnsfunc), line
+    # A trace field a relay adds on top (Received) leaves it valid, as it must.
+    assert dkim.verify(b"Received: from x by y; Mon, 7 Dec 2026 04:00:00 +0000\r\n" + data, dnsfunc=dnsfunc)
+
+
 def test_internationalised_address_is_refused_not_mangled(rendered6):
     with pytest.raises(InputError, match="not an ASCII address"):
         prepared(rendered6).personalise(Recipient("zoë@exämple.org")).as_bytes()

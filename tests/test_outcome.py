@@ -26,7 +26,7 @@ def expected_state(answer: Answer, row: Row, policy: Policy) -> str:
         return "sent"
     if answer in (Answer.FAILED_PERMANENT, Answer.BOUNCED):
         return "failed-permanent"
-    if answer is Answer.RATE_LIMITED:
+    if answer in (Answer.RATE_LIMITED, Answer.SENDER_REFUSED):  # waits; a refused sender charges nobody
         return "retry"
     if answer is Answer.UNCERTAIN:
         resend = policy.resend_uncertain and row.uncertain_resends < UNCERTAIN_RESENDS
@@ -46,7 +46,7 @@ def test_every_combination(answer, attempts, first, resends, resend_policy, retr
 
     assert t.state == expected_state(answer, row, policy)
     # Attempts: only an answer about this reader counts one.
-    counted = answer not in (Answer.RATE_LIMITED, Answer.NO_ANSWER)
+    counted = answer not in (Answer.RATE_LIMITED, Answer.NO_ANSWER, Answer.SENDER_REFUSED)
     assert t.attempts == attempts + (1 if counted else 0)
     # The window opens at the first temporary failure (or lost connection), never on a rate limit.
     if answer in (Answer.FAILED_TEMPORARY, Answer.NO_ANSWER):
@@ -54,7 +54,9 @@ def test_every_combination(answer, attempts, first, resends, resend_policy, retr
     else:
         assert t.first_failure_at == first
     # Retry rows get a time in the future, never beyond the cap; final rows none.
-    if t.state == "retry":
+    if t.state == "retry" and answer is Answer.SENDER_REFUSED:  # due as soon as the editor resumes
+        assert t.next_attempt_at == NOW and not t.final
+    elif t.state == "retry":
         assert t.next_attempt_at is not None and NOW < t.next_attempt_at <= NOW + BACKOFF_CAP
         if retry_after:
             assert t.next_attempt_at >= NOW + retry_after  # the server's Retry-After is a floor
@@ -98,6 +100,10 @@ def test_classify_normalises_transport_results():
     assert classify(SendResult("a@x", Status.FAILED_PERMANENT, bounce=True)) is Answer.BOUNCED
     assert classify(SendResult("a@x", Status.REJECTED)) is Answer.FAILED_PERMANENT
     assert classify(SendResult("a@x", Status.UNCERTAIN)) is Answer.UNCERTAIN
+    # The server refused the sender, not this reader: charged nothing, whatever else is set.
+    assert classify(SendResult("a@x", Status.FAILED_TEMPORARY, about_sender=True)) is Answer.SENDER_REFUSED
+    assert classify(SendResult("a@x", Status.FAILED_TEMPORARY, about_sender=True,
+                               attempted=False)) is Answer.SENDER_REFUSED
 
 
 def test_a_batch_that_comes_back_whole_is_retried_together_when_the_last_is_due():

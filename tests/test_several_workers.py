@@ -49,7 +49,9 @@ def test_a_scheduled_delivery_is_started_once_however_many_workers_poll(db):
     assert errors == []
     assert sink.counts() == collections.Counter(emails)  # every reader exactly once
     reports = [r for rs in results for r in rs]
-    assert [r.state for r in reports] == ["done"]  # one worker sent it; the others found it taken or done
+    # One worker sent it; another may have found it taken (no report) or finished (sent nothing).
+    assert reports and all(r.state == "done" for r in reports)
+    assert sorted(r.sent_this_run for r in reports)[-1] == 60 and sum(r.sent_this_run for r in reports) == 60
     assert set(ledger_states(db, reports[0].delivery_id).values()) == {"sent"}
 
 

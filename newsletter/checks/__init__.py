@@ -40,6 +40,7 @@ CHECKS: tuple[Callable[[CheckContext], None], ...] = (
     deliverability.check_unsubscribe,
     deliverability.check_postal_address,
     deliverability.check_hidden_text_colour,
+    deliverability.check_helo_name,
     plaintext.check_plain_text,
     templates.check_template_copies,
 )

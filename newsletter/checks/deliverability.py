@@ -143,3 +143,22 @@ def _template_line(ctx: CheckContext, needle: str) -> tuple[object, int | None]:
             if needle in text:
                 return path, n
     return folder, None
+
+
+def check_helo_name(ctx: CheckContext) -> None:
+    """The name the SMTP transport gives in EHLO: SMTP_HELO_NAME, else this host's fully qualified
+    name. A bare or private name is refused by many servers (Postfix's reject_non_fqdn_helo_hostname:
+    "504 5.5.2 Helo command rejected"), and then every reader's message is: the send is held."""
+    if ctx.settings.transport_name != "smtp":
+        return
+    import socket
+
+    from newsletter.hosts import is_fully_qualified
+
+    name = ctx.settings.get("SMTP_HELO_NAME") or socket.getfqdn()
+    if not is_fully_qualified(name):
+        source = "SMTP_HELO_NAME" if ctx.settings.get("SMTP_HELO_NAME") else "this host's name (socket.getfqdn())"
+        ctx.add("warning", "deliver.helo-name",
+                f"the SMTP EHLO name {name[:80]!r}, from {source}, is not a fully qualified domain name; servers "
+                "that check it refuse every message (504 5.5.2 Helo command rejected). Set SMTP_HELO_NAME to this "
+                "machine's public name", path=".env")

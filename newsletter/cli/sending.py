@@ -154,7 +154,7 @@ def _issue_ref(rendered: "RenderedEmail") -> str:
 def _exit_for(report: Any, ref: str, stopped: bool) -> None:
     """The exit code tells the truth: 0 only when nobody is left waiting by this run."""
     from newsletter.delivery import describe_deferral
-    from newsletter.errors import SendDeferredError, SendInterruptedError
+    from newsletter.errors import SendDeferredError, SendHeldError, SendInterruptedError
 
     ctx = click.get_current_context()
     if report.state == "held":
@@ -198,18 +198,21 @@ def _graceful_stop() -> Iterator[threading.Event]:
 
 
 def _deliver(settings: "Settings", rendered: "RenderedEmail", *, yes: bool, resend_uncertain: bool,
-             force_new_content: bool, retry_failed: bool = False, despite_guard: bool = False) -> None:
+             force_new_content: bool, retry_failed: bool = False, retry_now: bool = False,
+             despite_guard: bool = False) -> None:
     from newsletter.delivery import DeliveryOptions, run_delivery
     from newsletter.errors import ConfigError, TransportError
-    from newsletter.ledger import hold_for_editor, start_or_resume, wait_for_editor
+    from newsletter.ledger import hold_for_editor, readers_to_send, start_or_resume, wait_for_editor
     from newsletter.sendplan import open_delivery, prepare_issue
 
     conn, active, factory = open_delivery(settings)
     with closing(conn):
         options = DeliveryOptions.from_settings(settings, resend_uncertain=resend_uncertain,
-                                                retry_failed=retry_failed, despite_guard=despite_guard)
+                                                retry_failed=retry_failed, retry_now=retry_now,
+                                                despite_guard=despite_guard)
         _retired_notes(settings)
-        _confirm_real_send(settings, active, f"“{rendered.subject}”", yes, dry_run=False)
+        left = readers_to_send(conn, rendered.slug, retry_failed=retry_failed)  # a delivery under way: its own
+        _confirm_real_send(settings, active if left is None else left, f"“{rendered.subject}”", yes, dry_run=False)
         prepared = prepare_issue(settings, rendered)
         delivery_id = start_or_resume(conn, prepared, force_new_content=force_new_content)
         progress, update, waiting = _progress(active, "Sending")
@@ -287,6 +290,7 @@ def resume(ctx: click.Context, issue: str, yes: bool, no_resend_uncertain: bool,
            retry_failed: bool, despite: bool) -> None:
     """Continue the unfinished delivery of ISSUE after a crash, Ctrl-C, hold, deferral or daily cap.
 
+    Readers waiting for a retry are tried at once, not at their next retry time.
     Never starts a new one: use `newsletter send` for that. A delivery held because readers
     complained or bounced (NEWSLETTER_COMPLAINT_PAUSE, NEWSLETTER_BOUNCE_PAUSE) continues only
     with --despite-complaints: look at `newsletter status ISSUE` first.
@@ -300,7 +304,8 @@ def resume(ctx: click.Context, issue: str, yes: bool, no_resend_uncertain: bool,
     if unfinished is None:
         raise InputError(f"no unfinished delivery of {rendered.slug}; `newsletter send {issue}` starts one")
     _deliver(settings, rendered, yes=yes, resend_uncertain=not no_resend_uncertain,
-             force_new_content=force_new_content, retry_failed=retry_failed, despite_guard=despite)
+             force_new_content=force_new_content, retry_failed=retry_failed, retry_now=True,
+             despite_guard=despite)
 
 
 @cli.command()

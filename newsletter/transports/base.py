@@ -66,7 +66,9 @@ class SendResult:
     SMTP 421/4.7.x "too many"): the ledger retries it after ``retry_after``
     without counting an attempt against the reader. ``attempted`` is False when the
     message never left because the transport stopped before it (an earlier failure in
-    the same call): not an attempt either.
+    the same call): not an attempt either. ``about_sender`` marks a refusal of the *sender*
+    (our HELO name, login, relay permission, reputation), not of this reader: nobody is
+    charged, and the delivery engine holds the delivery until the configuration is fixed.
     """
 
     recipient: str
@@ -77,6 +79,7 @@ class SendResult:
     bounce: bool = False
     rate_limited: bool = False
     attempted: bool = True
+    about_sender: bool = False
 
 
 #: What building one reader's message raises when their stored address cannot be sent (a line
@@ -102,10 +105,6 @@ class Transport(ABC):
     name: str = "transport"
     #: True if this transport talks to the network (a real send needs confirmation).
     real: bool = True
-    #: True if ``send`` takes ``on_answer(index, result)`` and calls it as each message's answer
-    #: arrives (SMTP: one message at a time on a connection). The engine then records a delivered
-    #: reader at once, so a crash mid-batch resends only the message in flight.
-    answers_each: bool = False
 
     @classmethod
     def from_settings(cls, settings: "Settings", **options: object) -> "Transport":

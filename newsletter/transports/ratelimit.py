@@ -20,14 +20,8 @@ import threading
 from collections import deque
 
 from newsletter.clock import SYSTEM, Clock
-
-#: The longest pause taken inside a send for one rate-limit answer; a longer
-#: ``Retry-After`` is handed to the delivery engine to defer the readers.
-MAX_PAUSE = 30.0
-#: The pause when a rate-limit answer gives no ``Retry-After``.
-DEFAULT_PAUSE = 1.0
-#: Rate-limit answers absorbed (wait, then the same request again) before one is reported.
-RETRIES = 4
+from newsletter.retry import DEFAULT_PAUSE, MAX_PAUSE
+from newsletter.retry import IN_SEND_RETRIES as RETRIES  # noqa: F401 (the transports' name for it)
 #: Window over which the accepted request rate is measured, in seconds.
 WINDOW = 5.0
 

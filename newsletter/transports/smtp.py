@@ -27,12 +27,24 @@ A dropped connection (or a 421 reply) is reopened and that one message is tried
 once more on the new connection, unless the whole message had gone out: a
 connection lost after the final "." is ``uncertain`` and never sent again here.
 
-A rate limit is a pacing signal, not a failure: a 4xx reply saying "too many",
-"rate", "throttled" or "slow down" (4.7.x alone is not enough: greylisting and TLS
-policy use it too, and waiting a second does not help them), or a 4xx greeting
+Replies are read by :mod:`newsletter.smtp_status` (one table of what Postfix, Exim,
+Microsoft and Gmail say). A rate limit is a pacing signal, not a failure: a 4xx reply
+that asks us to slow down ("450 4.7.1 Error: too much mail from …"), or a 4xx greeting
 ("421 too many connections"), pauses the shared :class:`~newsletter.transports.ratelimit.RateLimiter`,
 slows it down, and the same message is tried again, a few times; only a limit that
-persists reaches the delivery engine, as ``rate_limited``.
+persists reaches the delivery engine, as ``rate_limited``. Postfix's "421 … too many
+errors" is not one: the connection is renewed, at full speed.
+
+A permanent refusal of the *sender* (our HELO name, login, relay permission, envelope
+sender; or the same permanent answer for several readers in a row) is charged to nobody:
+that reader and the rest of the batch come back ``about_sender`` and the engine holds
+the delivery until the configuration is fixed.
+
+Refusals cost errors on the server's count (Postfix slows every reply after 10 and hangs up
+at 20): after a refused recipient, DATA is sent only once RCPT was accepted (RFC 2920 lets a
+client wait), and a connection that collected :data:`ERROR_BUDGET` refusals is renewed.
+TCP_NODELAY is set: the last small TLS record of each message must not wait for the
+server's delayed ACK (Nagle), ~40 ms a message.
 
 :meth:`SMTPTransport.open` checks what can be checked before anyone is claimed:
 ``SMTP_HELO_NAME`` (a host name or address literal), ``SMTP_CA_FILE`` (loads),
@@ -50,8 +62,9 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from newsletter.clock import Clock
-from newsletter.errors import ConfigError, TransportError, scrub
+from newsletter.errors import ConfigError, TransportError, TransportUnavailableError, scrub
 from newsletter.hosts import is_loopback
+from newsletter.smtp_status import SAME_ANSWER_RUN, ReplyKind, enhanced_code, is_hard_bounce, reply_gist, reply_kind
 from newsletter.transports.base import UNBUILDABLE, SendResult, Status, Transport, check_credential, unbuildable
 from newsletter.transports.ratelimit import RETRIES, RateLimiter, shared_limiter
 
@@ -63,13 +76,11 @@ SECURITY_MODES = ("starttls", "ssl", "none")
 DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
 DEFAULT_TIMEOUT = 30.0
 
-_ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
-# Basic codes that mean "this mailbox does not exist / is unavailable" at RCPT time.
-_BOUNCE_CODES = frozenset({550, 551, 553})
 _MAX_ERROR = 300
 _UNSAFE_ADDRESS = re.compile(r"[\x00-\x1f\x7f]")
-# A 4xx that says "slow down", in the words servers use for it.
-_RATE_WORDS = re.compile(r"too many|\brate\b|ratelimit|throttl|slow down", re.IGNORECASE)
+#: Refusals one connection may collect before it is renewed: below Postfix's
+#: smtpd_soft_error_limit (10), after which it delays every reply by a second.
+ERROR_BUDGET = 8
 # EHLO argument: a domain name, or an address literal (RFC 5321 4.1.3).
 _HELO = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?|\[(?:IPv6:)?[0-9A-Fa-f:.]{2,60}\]")
@@ -77,7 +88,7 @@ _HELO = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 
 def is_rate_limit(code: int, resp: bytes | str) -> bool:
     """A 4xx reply that asks us to slow down, rather than a failure of this message."""
-    return 400 <= code < 500 and bool(_RATE_WORDS.search(_text(resp)))
+    return 400 <= code < 500 and reply_kind(code, _text(resp)) is ReplyKind.RATE
 
 
 class _Busy(Exception):
@@ -86,14 +97,6 @@ class _Busy(Exception):
 
 class _LostAfterData(Exception):
     """The connection failed after the end of DATA was sent, before the server's reply."""
-
-
-class _SenderRefused(Exception):
-    """MAIL FROM got a 5xx: a problem with our sender, not with this recipient."""
-
-    def __init__(self, code: int, text: str):
-        super().__init__(f"{code} {text}")
-        self.code, self.text = code, text
 
 
 @lru_cache(maxsize=1)
@@ -112,10 +115,8 @@ def classify(phase: str, code: int, resp: bytes | str) -> tuple[Status, bool]:
     """Map one SMTP reply to (status, bounce).
 
     2xx is sent, 4xx temporary, 5xx permanent. A permanent failure is a *bounce*
-    (the address is bad, stop mailing it) when the enhanced status code is 5.1.x
-    (bad mailbox/domain/syntax) or 5.2.1 (mailbox disabled), or, when the server
-    gives no enhanced code, for 550/551/553 at RCPT. A 550 after DATA without such
-    a code is usually a content/policy refusal, which says nothing about the address.
+    (the address is bad, stop mailing it) as :func:`newsletter.smtp_status.is_hard_bounce`
+    defines it, the one definition the inbox's DSNs use too.
     """
     if 200 <= code < 300:
         return Status.SENT, False
@@ -124,11 +125,13 @@ def classify(phase: str, code: int, resp: bytes | str) -> tuple[Status, bool]:
         return Status.FAILED_TEMPORARY, False
     if not 500 <= code < 600:
         return Status.FAILED_TEMPORARY, False
-    m = _ENHANCED.match(_text(resp))
-    if m and m.group(1) == "5":
-        subject, detail = m.group(2), m.group(3)
-        return Status.FAILED_PERMANENT, subject == "1" or (subject, detail) == ("2", "1")
-    return Status.FAILED_PERMANENT, phase == "RCPT" and code in _BOUNCE_CODES
+    text = _text(resp)
+    enhanced = enhanced_code(text)
+    if enhanced is not None and enhanced[0] != 5:  # a 5xx with a 4.x.x code: no verdict on the address
+        return Status.FAILED_PERMANENT, False
+    if phase == "MAIL" or reply_kind(code, text, phase) is ReplyKind.SENDER:  # about us, not the address
+        return Status.FAILED_PERMANENT, False
+    return Status.FAILED_PERMANENT, is_hard_bounce(enhanced, basic=code, phase=phase)
 
 
 class SMTPTransport(Transport):
@@ -190,9 +193,15 @@ class SMTPTransport(Transport):
         self._smtp: smtplib.SMTP | None = None
         self._tls_context: ssl.SSLContext | None = None
         self._dirty = False  # a transaction was left half-done: RSET before the next one
+        self._refusals = 0   # refusals on this connection (the server's error count)
+        self._careful = False  # after a refusal on this connection: DATA only after an accepted RCPT
+        self._run: tuple[str, int] = ("", 0)  # the last permanent answer's gist, and how many in a row
         self._opened = False
         #: Connections opened so far (for summaries and tests).
         self.connections = 0
+        #: Told ``(index, result)`` as soon as a message's answer is final (the delivery engine records
+        #: it at once); a permanent refusal waits until no run of them can make it the sender's.
+        self.on_result: Callable[[int, SendResult], None] | None = None
 
     @classmethod
     def from_settings(cls, settings: "Settings", **options: object) -> "SMTPTransport":
@@ -235,37 +244,68 @@ class SMTPTransport(Transport):
         self._opened = True
 
     # ---- sending ---------------------------------------------------------------------
-    answers_each = True
-
-    def send(self, messages: Sequence["OutgoingMessage"], idempotency_key: str | None = None,
-             on_answer: Callable[[int, SendResult], None] | None = None) -> list[SendResult]:
+    def send(self, messages: Sequence["OutgoingMessage"], idempotency_key: str | None = None) -> list[SendResult]:
         if not self._opened:
             self.open()
         results: list[SendResult] = []
+        told = 0  # results already given to on_result
         for i, msg in enumerate(messages):
             try:
                 result = self._send_one(msg)
-            except (TransportError, _SenderRefused) as exc:
-                if isinstance(exc, _SenderRefused):
-                    exc = TransportError(f"SMTP server {self._where} refused the envelope sender "
-                                         f"{self.envelope_from}: {exc.code} {exc.text}")
+            except TransportError as exc:
                 if i == 0:
-                    raise exc from None
-                # Earlier messages of this batch are already with the server: report them,
-                # and leave the rest to be retried (the next send() will raise if it persists).
+                    raise
+                # Earlier messages of this batch are already with the server: report them, and leave
+                # the rest to be retried (the next send() will raise if it persists). A refusal that is
+                # not an outage (the login, the certificate) is the sender's: nobody is charged for it.
+                about = not isinstance(exc, TransportUnavailableError)
                 results.extend(SendResult(m.to_email, Status.FAILED_TEMPORARY, error=f"not sent: {exc.message}",
-                                          attempted=False) for m in messages[i:])
+                                          attempted=False, about_sender=about) for m in messages[i:])
                 break
             results.append(result)
-            if on_answer is not None:
-                on_answer(i, result)
+            self._note_run(results)
+            told = self._tell(results, told)
+            rest = messages[i + 1:]
+            if results[-1].about_sender:  # charged to nobody: the rest waits for a fixed configuration
+                results.extend(SendResult(m.to_email, Status.FAILED_TEMPORARY, about_sender=True, attempted=False,
+                                          error=f"not attempted: {results[-1].error}") for m in rest)
+                break
             if result.rate_limited:  # still limited after the waits: the rest waits with the engine
                 results.extend(SendResult(m.to_email, Status.FAILED_TEMPORARY, rate_limited=True,
                                           retry_after=result.retry_after, attempted=False,
                                           error=f"not attempted (rate limited): {result.error}")
-                               for m in messages[i + 1:])
+                               for m in rest)
                 break
         return results
+
+    def _tell(self, results: list[SendResult], told: int) -> int:
+        """Give ``on_result`` the answers that can no longer change; returns how many it has had."""
+        settled = len(results)
+        while settled > told and results[settled - 1].status is Status.FAILED_PERMANENT \
+                and not results[settled - 1].bounce:  # may yet be found the sender's (SAME_ANSWER_RUN)
+            settled -= 1
+        if self.on_result is not None:
+            for j in range(told, settled):
+                self.on_result(j, results[j])
+        return settled
+
+    def _note_run(self, results: list[SendResult]) -> None:
+        """The same permanent answer for :data:`SAME_ANSWER_RUN` readers in a row is about the
+        sender: those of this call are relabelled ``about_sender`` (charged to nobody)."""
+        last = results[-1]
+        if last.status is not Status.FAILED_PERMANENT or last.bounce or not last.error:
+            self._run = ("", 0)
+            return
+        gist = reply_gist(last.error)
+        count = self._run[1] + 1 if gist == self._run[0] else 1
+        self._run = (gist, count)
+        if count < SAME_ANSWER_RUN:
+            return
+        why = f"the same permanent answer for {count} readers in a row: {last.error}"
+        for j in range(len(results) - 1, max(-1, len(results) - 1 - count), -1):
+            if results[j].status is Status.FAILED_PERMANENT and not results[j].bounce:
+                results[j] = SendResult(results[j].recipient, Status.FAILED_TEMPORARY, about_sender=True, error=why)
+        self._run = ("", 0)
 
     def _send_one(self, msg: "OutgoingMessage") -> SendResult:
         rcpt = msg.to_email
@@ -298,6 +338,8 @@ class SMTPTransport(Transport):
                     continue
                 return SendResult(rcpt, Status.FAILED_TEMPORARY,
                                   error=f"connection to {self._where} lost twice: {self._describe(exc)}")
+            if not result.status.delivered:
+                self._refused()
             if not result.rate_limited:
                 if result.status.delivered:
                     self.limiter.accepted(granted)
@@ -308,10 +350,28 @@ class SMTPTransport(Transport):
                 return SendResult(rcpt, Status.FAILED_TEMPORARY, rate_limited=True, retry_after=pause,
                                   error=result.error)
 
+    def _refused(self) -> None:
+        """Count a refusal against this connection; renew it before the server starts slowing it."""
+        self._careful = True
+        self._refusals += 1
+        if self._refusals >= ERROR_BUDGET and self._smtp is not None:
+            smtp, self._smtp = self._smtp, None
+            try:
+                if smtp.sock is not None:
+                    if self._dirty:
+                        smtp.send(b"RSET\r\n")
+                        smtp.getreply()
+                    smtp.quit()
+            except (smtplib.SMTPException, OSError):
+                pass
+            finally:
+                self._close_quietly(smtp)
+
     def _transaction(self, smtp: smtplib.SMTP, msg: "OutgoingMessage", rcpt: str, data: bytes) -> SendResult:
         """One MAIL/RCPT/DATA transaction. With PIPELINING (RFC 2920) the three commands
         go out in one write and the replies are read together: two round trips per
-        message instead of four."""
+        message instead of four. After a refusal on this connection, DATA waits for an
+        accepted RCPT (a DATA into a refused transaction is one more error on the server's count)."""
         quoted = smtplib.quoteaddr(rcpt)
         if not quoted.isascii() or _UNSAFE_ADDRESS.search(quoted):
             return SendResult(rcpt, Status.FAILED_PERMANENT, error="RCPT: address cannot be sent over SMTP "
@@ -322,10 +382,16 @@ class SMTPTransport(Transport):
         reset, self._dirty = self._dirty, False
         rcpt_reply = data_reply = None
         if self.pipelining and "pipelining" in smtp.esmtp_features:
-            smtp.send((b"RSET\r\n" if reset else b"") + mail_cmd + rcpt_cmd + b"DATA\r\n")
+            careful = self._careful
+            smtp.send((b"RSET\r\n" if reset else b"") + mail_cmd + rcpt_cmd + (b"" if careful else b"DATA\r\n"))
             if reset:
                 self._check_closing(smtp, *smtp.getreply())
-            mail_reply, rcpt_reply, data_reply = smtp.getreply(), smtp.getreply(), smtp.getreply()
+            mail_reply, rcpt_reply = smtp.getreply(), smtp.getreply()
+            if not careful:
+                data_reply = smtp.getreply()
+            elif mail_reply[0] == 250 and rcpt_reply[0] in (250, 251):
+                smtp.send(b"DATA\r\n")
+                data_reply = smtp.getreply()
         else:
             if reset:
                 smtp.send(b"RSET\r\n")
@@ -345,8 +411,6 @@ class SMTPTransport(Transport):
         code, resp = mail_reply
         if code != 250:
             self._abandon(smtp, data_reply)
-            if 500 <= code < 600:
-                raise _SenderRefused(code, _text(resp))
             return self._result(rcpt, "MAIL", code, resp)
         assert rcpt_reply is not None
         code, resp = rcpt_reply
@@ -385,8 +449,9 @@ class SMTPTransport(Transport):
             raise _LostAfterData() from exc
 
     def _check_closing(self, smtp: smtplib.SMTP, code: int, resp: bytes) -> None:
-        # 421: the server is closing the channel; treat it like a dropped connection,
-        # or, when it says "too many", as a request to slow down.
+        # 421: the server is closing the channel; treat it like a dropped connection (Postfix's
+        # "too many errors" included: a new connection starts a new count), or, when it asks
+        # us to slow down ("too many connections"), as a rate limit.
         if code == 421 or code == -1:
             smtp.close()
             if is_rate_limit(code, resp):
@@ -394,9 +459,15 @@ class SMTPTransport(Transport):
             raise smtplib.SMTPServerDisconnected(f"{code} {_text(resp)}")
 
     def _result(self, rcpt: str, phase: str, code: int, resp: bytes) -> SendResult:
+        text = _text(resp)
+        error = f"{phase} {code} {self._scrub(text)}"
+        kind = reply_kind(code, text, phase)
+        if kind is ReplyKind.SENDER:  # our HELO, login, relay permission or sender: nobody's fault but ours
+            return SendResult(rcpt, Status.FAILED_TEMPORARY, about_sender=True,
+                              error=f"SMTP server {self._where} refused the sender: {error}")
         status, bounce = classify(phase, code, resp)
-        return SendResult(rcpt, status, error=f"{phase} {code} {self._scrub(_text(resp))}", bounce=bounce,
-                          rate_limited=status is Status.FAILED_TEMPORARY and is_rate_limit(code, resp))
+        return SendResult(rcpt, status, error=error, bounce=bounce,
+                          rate_limited=status is Status.FAILED_TEMPORARY and kind is ReplyKind.RATE)
 
     # ---- connection ------------------------------------------------------------------
     @property
@@ -415,7 +486,8 @@ class SMTPTransport(Transport):
     def _connection(self) -> smtplib.SMTP:
         if self._smtp is None or self._smtp.sock is None:
             self._smtp = self._open()
-            self._dirty = False
+            self._dirty = self._careful = False
+            self._refusals = 0
         return self._smtp
 
     def _discard(self) -> None:
@@ -435,6 +507,8 @@ class SMTPTransport(Transport):
                                         context=context)
             else:
                 smtp = smtplib.SMTP(self.host, self.port, local_hostname=helo, timeout=self.timeout)
+            # Before TLS wraps it (the option stays on the socket): no Nagle delay on small writes.
+            smtp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             smtp.ehlo_or_helo_if_needed()
             if self.security == "starttls":
                 if not smtp.has_extn("starttls"):
@@ -463,9 +537,9 @@ class SMTPTransport(Transport):
             if 400 <= exc.smtp_code < 500:  # "421 too many connections", "454 try again later"
                 raise _Busy(f"{exc.smtp_code} {self._scrub(_text(exc.smtp_error))}") from None
             raise TransportError(f"cannot use SMTP server {where}: {self._describe(exc)}") from None
-        except (smtplib.SMTPException, OSError) as exc:
+        except (smtplib.SMTPException, OSError) as exc:  # refused, timed out, dropped: maybe only for now
             self._close_quietly(smtp)
-            raise TransportError(f"cannot use SMTP server {where}: {self._describe(exc)}") from None
+            raise TransportUnavailableError(f"cannot use SMTP server {where}: {self._describe(exc)}") from None
         self.connections += 1
         return smtp
 
