@@ -158,7 +158,8 @@ class Recorder(Transport):
 def ledger_states(db: Path, delivery_id: int) -> dict[str, str]:
     conn = connect(db)
     try:
-        return dict(conn.execute("SELECT email, state FROM ledger WHERE delivery_id=?", (delivery_id,)))
+        return dict(conn.execute("SELECT email, state FROM ledger WHERE delivery_id=? ORDER BY subscriber_id",
+                                 (delivery_id,)))
     finally:
         conn.close()
 
