@@ -62,6 +62,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from newsletter import ledger
+from newsletter.db import backend
 from newsletter.config import is_development_key
 from newsletter.errors import (ConfigError, ContentChangedError, DeliveryLockedError, InputError, NewsletterError,
                                TransportError, TransportUnavailableError, scrub)
@@ -106,6 +107,7 @@ class DeliveryOptions:
     guard: Guard | None = None         # hold the send when complaints or hard bounces pass a threshold
     despite_guard: bool = False        # the editor resumes a guard hold deliberately: count from now on
     lease_seconds: float = DEFAULT_LEASE.total_seconds()  # a silent sender's delivery is taken over after this
+    join_running: bool = False         # PostgreSQL workers: help the lock holder send a running delivery
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.concurrency < 1:
@@ -215,6 +217,7 @@ class _Run:
         self.last_progress = clock()
         self.errors: list[BaseException] = []
         self.guard_base: Tally | None = None  # what had come back when the editor resumed a guard hold
+        self.helper = False  # helping another worker's run: no lock, no freezing, no finishing
         self.stats = dict(interrupted_resent=0, uncertain_resent=0, uncertain_reported=0, sent_this_run=0)
         self.last_heartbeat = self.wall0
         self.transport_name = "transport"
@@ -240,7 +243,12 @@ class _Run:
         try:
             transports = self._open_transports()
             self.transport_name = transports[0].name
-            ledger.acquire_lock(self.conn, self.id, self.owner, self.now(), self.o.lease)
+            try:
+                ledger.acquire_lock(self.conn, self.id, self.owner, self.now(), self.o.lease)
+            except DeliveryLockedError:
+                if not self._may_help():
+                    raise
+                return self._help(transports, started)
             beat_done = threading.Event()
             beat = threading.Thread(target=self._heartbeat_thread, args=(beat_done,), daemon=True,
                                     name=f"delivery-{self.id}-heartbeat")
@@ -262,6 +270,40 @@ class _Run:
                     ledger.release_lock(self.conn, self.id, self.owner)
         finally:
             _close_all(transports)
+
+    def _may_help(self) -> bool:
+        """Join a running delivery another worker holds: on PostgreSQL (whose claims skip each
+        other's rows), when asked, and once its list is frozen."""
+        if not self.o.join_running or backend(self.conn) == "sqlite":
+            return False
+        d = get_delivery(self.conn, self.id)
+        return d.state == "running" and d.frozen_at is not None
+
+    def _help(self, transports: Sequence[Transport], started: float) -> DeliveryReport:
+        """Send readers of a delivery another worker holds, until none is left to claim. The holder
+        freezes, finishes and settles crashes; a helper only claims, sends and records."""
+        self.helper = True
+        self.store = SubscriberStore(self.conn)
+        ensure_events(self.conn)
+        with self.db:
+            self.delivery = get_delivery(self.conn, self.id)
+            self.counts = ledger.ledger_counts(self.conn, self.id)
+        self.total = sum(self.counts.values())
+        self._work(transports)
+        if self.errors:
+            raise self.errors[0]
+        elapsed = self.clock() - started
+        with self.db:
+            return ledger.make_report(self.conn, self.id, "helped the worker sending it", elapsed=elapsed,
+                                      rate=self.stats["sent_this_run"] / elapsed if elapsed > 0 else 0.0,
+                                      **self.stats)
+
+    def _others_in_flight(self) -> bool:
+        """The lock holder, out of readers to claim: do helpers still have some in flight?"""
+        if self.helper or backend(self.conn) == "sqlite":
+            return False
+        with self.db, transaction(self.conn) as conn:
+            return ledger.in_flight_elsewhere(conn, self.id, self.now() - self.o.lease) > 0
 
     def _check_delivery(self) -> Delivery:
         d = get_delivery(self.conn, self.id)
@@ -346,6 +388,8 @@ class _Run:
 
     # ---- lock heartbeat ------------------------------------------------------------------
     def _tick(self) -> None:
+        if self.helper:  # the holder keeps the delivery's lease
+            return
         if self.now() - self.last_heartbeat >= heartbeat_every(self.o.lease):
             with self.db, transaction(self.conn):
                 ledger.refresh_lock(self.conn, self.id, self.owner, self.now())
@@ -417,7 +461,7 @@ class _Run:
                 return
             if job is None:
                 with self.idle:  # others may still have batches in flight that come back as retries
-                    if not self.inflight:
+                    if not self.inflight and not self._others_in_flight():
                         return
                     if not self._stopped():
                         self.idle.wait(0.5)
@@ -482,7 +526,7 @@ class _Run:
                     assert self.delivery is not None
                     claim = ledger.claim_batch(conn, self.delivery, self.owner, limit=limit, cursor=self.cursor,
                                                now=now, now_ts=self.now_ts() + _DUE_SLACK, day=day,
-                                               transport=self.transport_name)
+                                               transport=self.transport_name, helper=self.helper)
                 if isinstance(claim, float):
                     return claim + _DUE_SLACK  # the wait from now, not from the slack
                 if claim is None:
@@ -584,7 +628,8 @@ class _Run:
                                                   f"delivery:{self.id}:{row.sid}", email=row.email,
                                                   subscriber_id=row.sid, message_id=job.messages[i].message_id,
                                                   detail=t.error or ""), now=now)
-            ledger.refresh_lock(conn, self.id, self.owner, now)
+            if not self.helper:  # the holder's lease is the holder's to renew
+                ledger.refresh_lock(conn, self.id, self.owner, now)
             self.last_heartbeat = now
             job.recorded.update(idx)
             self._note_outcomes(transitions, [a for a, _, _ in answers], dropped)

@@ -609,7 +609,7 @@ def daily_used(conn: sqlite3.Connection, day: str, transport: str) -> int:
 
 
 def claim_batch(conn: sqlite3.Connection, d: Delivery, owner: str, *, limit: int, cursor: int, now: datetime,
-                now_ts: float, day: str, transport: str) -> "Claim | float | None":
+                now_ts: float, day: str, transport: str, helper: bool = False) -> "Claim | float | None":
     """Pick the next batch and mark it 'sending' (the caller commits before the transport sees it).
 
     Due retries come first: a batch that came back whole is claimed again as the same rows
@@ -637,8 +637,8 @@ def claim_batch(conn: sqlite3.Connection, d: Delivery, owner: str, *, limit: int
                            "ORDER BY l.next_attempt_at LIMIT ?", (now_ts, limit), retry=True)
     fresh = not rows
     if fresh:
-        rows = _select(conn, d.id, "l.subscriber_id>? AND l.state='pending' ORDER BY l.subscriber_id LIMIT ?",
-                       (cursor, limit))
+        rows = _select(conn, d.id, "l.subscriber_id>? AND l.state='pending' ORDER BY l.subscriber_id LIMIT ?"
+                       + _SKIP_LOCKED[backend(conn)], (cursor, limit))
     if not rows:
         return None if head is None else max(0.0, head[1] - now_ts)
     gone = [r for r in rows if r["status"] != "active"]
@@ -649,11 +649,12 @@ def claim_batch(conn: sqlite3.Connection, d: Delivery, owner: str, *, limit: int
         batch_no = None  # the batch is not the one the key named any more
     skipped = [r["state"] for r in gone]
     if not live:  # only skips: the caller counts them and claims again
-        refresh_lock(conn, d.id, owner, now)
+        if not helper:
+            refresh_lock(conn, d.id, owner, now)
         return Claim(0, [], fresh, skipped, last_id=rows[-1][0])
     if batch_no is None:
-        batch_no = refresh_lock(conn, d.id, owner, now, new_batch=True)
-    else:
+        batch_no = next_batch_no(conn, d.id) if helper else refresh_lock(conn, d.id, owner, now, new_batch=True)
+    elif not helper:
         refresh_lock(conn, d.id, owner, now)
     claim = Claim(batch_no, [ClaimedRow(*tuple(r)[:8]) for r in live], fresh, skipped, last_id=rows[-1][0])
     if fresh and not gone:  # a contiguous keyset range of pending rows: one statement
@@ -666,6 +667,28 @@ def claim_batch(conn: sqlite3.Connection, d: Delivery, owner: str, *, limit: int
     conn.execute("INSERT INTO daily_counts(day, transport, count) VALUES(?, ?, ?) ON CONFLICT(day, transport) "
                  "DO UPDATE SET count=daily_counts.count+excluded.count", (day, transport, len(live)))
     return claim
+
+
+#: PostgreSQL: rows another worker is claiming right now are passed over, not waited for.
+_SKIP_LOCKED = {"sqlite": "", "postgresql": " FOR UPDATE OF l SKIP LOCKED"}
+
+
+def next_batch_no(conn: sqlite3.Connection, delivery_id: int) -> int:
+    """A batch number for a worker helping the lock holder (each batch its own idempotency key)."""
+    return int(conn.execute("UPDATE deliveries SET last_batch_no=last_batch_no+1 WHERE id=? RETURNING last_batch_no",
+                            (delivery_id,)).fetchone()[0])
+
+
+def in_flight_elsewhere(conn: sqlite3.Connection, delivery_id: int, stale_before: datetime) -> int:
+    """Readers other workers hold 'sending' (the lock holder waits for them before it finishes).
+    Rows claimed before ``stale_before`` belong to a worker silent past its lease: they go back to
+    be sent again (a duplicate is possible), as after any crash. Runs inside a transaction."""
+    conn.execute("UPDATE ledger SET state='retry', retry_batch=NULL, next_attempt_at=0, updated_at=?, "
+                 "last_error='interrupted while sending (a worker went silent past its lease); sent again, "
+                 "a duplicate is possible' WHERE delivery_id=? AND state='sending' AND updated_at<?",
+                 (timestamp(stale_before), delivery_id, timestamp(stale_before)))
+    return conn.execute("SELECT COUNT(*) FROM ledger WHERE delivery_id=? AND state='sending'",
+                        (delivery_id,)).fetchone()[0]
 
 
 def unclaim(conn: sqlite3.Connection, delivery_id: int, rows: Sequence[ClaimedRow], *, day: str,

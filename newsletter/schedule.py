@@ -20,6 +20,7 @@ never allowed to crash every command.
 from __future__ import annotations
 
 import logging
+import dataclasses
 import math
 import sqlite3
 import threading
@@ -28,6 +29,7 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Callable
 
 from newsletter import ledger
+from newsletter.db import backend
 from newsletter.delivery import DeliveryOptions, Waiting, offset_label, run_delivery
 from newsletter.ledger import (DEFAULT_LEASE, OPEN_STATES, Delivery, DeliveryReport, TransportFactory, get_delivery, lock_is_live,
                                start_or_resume, transaction, utcnow)
@@ -96,8 +98,9 @@ def due(conn: sqlite3.Connection, now: datetime, lease: timedelta = DEFAULT_LEAS
     deferred ones whose resume time has come (daily cap, a stop, the next retry), and running
     ones nobody is sending (the sender died). In order of their send time."""
     now = _aware(now, "now")
+    joinable = backend(conn) != "sqlite"  # on PostgreSQL a worker helps the one sending (see _help)
     return [d for d in ledger.due_deliveries(conn, now)
-            if not (d.state == "running" and lock_is_live(d, now, lease))]
+            if not (d.state == "running" and lock_is_live(d, now, lease) and not (joinable and d.frozen_at))]
 
 
 def _hold(conn: sqlite3.Connection, d: Delivery, reason: str) -> DeliveryReport:
@@ -123,6 +126,8 @@ def dispatch_once(conn: sqlite3.Connection, now: datetime, prepare: Callable[[st
     offset = now - utcnow()
     engine_now = lambda: utcnow() + offset  # noqa: E731 - the injected time, running on
     reports: list[DeliveryReport] = []
+    if backend(conn) != "sqlite":
+        options = dataclasses.replace(options, join_running=True)
     for d in due(conn, now, options.lease):
         if stop is not None and stop.is_set():
             break
