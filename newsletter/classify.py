@@ -64,7 +64,7 @@ class Classified:
 
     category: Category
     reason: str
-    dedupe_key: str                        # the Message-ID, or a hash of the bytes when there is none
+    dedupe_key: str                        # a hash of the bytes read (and the full size): never a header
     sender: str = ""                       # From address, lower-cased
     sender_name: str = ""
     subject: str = ""
@@ -336,13 +336,20 @@ def strip_reply_prefixes(subject: str) -> str:
     return subject
 
 
-def _base(msg: Message, raw: bytes, notes: list[str]) -> dict:
-    ids = message_ids(header(msg, "Message-ID"))
-    if ids:
-        key = ids[0]
-    else:
-        key = "sha256:" + hashlib.sha256(raw).hexdigest()
+def content_key(raw: bytes, size: int | None = None) -> str:
+    """What identifies a message: its bytes (and its full size when only its start was read).
+    Never its Message-ID, which anyone can set: a second, different message reusing an id
+    would otherwise be dropped as already read."""
+    digest = hashlib.sha256(raw)
+    if size is not None:
+        digest.update(f"\0{size}".encode())
+    return "sha256:" + digest.hexdigest()
+
+
+def _base(msg: Message, raw: bytes, notes: list[str], size: int | None = None) -> dict:
+    if not message_ids(header(msg, "Message-ID")):
         notes.append("no Message-ID")
+    key = content_key(raw, size)
     name, addr = parseaddr(header(msg, "From"))
     return dict(dedupe_key=key, sender=addr.lower()[:320], sender_name=name[:100],
                 subject=header(msg, "Subject")[:300], date=_date(msg),
@@ -356,9 +363,9 @@ def classify(raw: bytes, *, truncated_from: int | None = None) -> Classified:
         notes.append(f"only the first {len(raw) // 1024} KB of {truncated_from // 1024} KB read")
     try:
         msg = parse(raw)
-        base = _base(msg, raw, notes)
+        base = _base(msg, raw, notes, truncated_from)
     except Exception as exc:  # the parser is lenient; this is a last resort, never a traceback
-        key = "sha256:" + hashlib.sha256(raw).hexdigest()
+        key = content_key(raw, truncated_from)
         return Classified(Category.OTHER, f"unreadable message ({type(exc).__name__})", key, notes=tuple(notes))
     try:
         found = _classify(msg, base, notes)

@@ -7,8 +7,10 @@ Every event carries a ``dedupe_key`` that is unique at its source (a provider's
 event id, an inbox message's Message-ID, or a hash of the body), so the same
 webhook delivered twice, or the same mailbox read twice, changes things once.
 
-Soft bounces are only counted: ``soft_bounce_limit`` of them within
-``soft_bounce_window`` suppress the reader as bounced. A complaint always wins
+Soft bounces are only counted: soft bounces on ``soft_bounce_limit`` distinct messages
+within ``soft_bounce_window`` suppress the reader as bounced. Providers report a temporary
+failure once per delivery attempt (Mailgun's ``attempt-no``, greylisting, SES and SendGrid
+deferrals), so attempts at one message count once (:func:`_soft_bounce_messages`). A complaint always wins
 (:meth:`SubscriberStore.mark_complained`), and nothing ever reactivates it.
 
 No ``from __future__ import annotations``: the records are NamedTuples (cheaper at import
@@ -40,6 +42,12 @@ MIGRATIONS: list[str] = [
 ) WITHOUT ROWID;
 CREATE INDEX feedback_events_subscriber ON feedback_events(subscriber_id, kind, occurred_at);
 CREATE INDEX feedback_events_delivery ON feedback_events(delivery_id, kind)""",
+    # Which message a soft bounce was about (the provider's id, else our Message-ID), so that
+    # several attempts at one message count as one soft bounce.
+    # Rows from before: their delivery when known, else their day (as _message_key would say).
+    """ALTER TABLE feedback_events ADD COLUMN message_key TEXT NOT NULL DEFAULT '';
+UPDATE feedback_events SET message_key = CASE WHEN delivery_id IS NOT NULL THEN 'delivery:' || delivery_id
+  ELSE 'day:' || substr(occurred_at, 1, 10) END""",
 ]
 
 
@@ -81,7 +89,7 @@ class Event(NamedTuple):
 
 
 class SoftBouncePolicy(NamedTuple):
-    """``limit`` soft bounces within ``window`` make a hard one."""
+    """Soft bounces on ``limit`` distinct messages within ``window`` make a hard one."""
 
     limit: int = 3
     window: timedelta = timedelta(days=30)
@@ -106,8 +114,27 @@ def _by_provider_id(store: SubscriberStore, provider_id: str) -> Subscriber | No
     return store.get(sid) if sid is not None else None
 
 
+def _message_key(event: Event, delivery_id: int | None, now: datetime) -> str:
+    """What identifies the message a soft bounce is about: our delivery (one message per reader
+    per delivery), else the provider's message id or our Message-ID, else the day it happened
+    (a report naming no message counts once a day)."""
+    if delivery_id is not None:
+        return f"delivery:{delivery_id}"
+    if event.provider_id or event.message_id:
+        return f"message:{event.provider_id or event.message_id}"[:400]
+    return f"day:{stamp(event.occurred_at or now)[:10]}"
+
+
+def _soft_bounce_messages(conn: sqlite3.Connection, sub_id: int, key: str, since: datetime) -> int:
+    """Distinct messages with a soft bounce for this reader since ``since``, this one included."""
+    rows = conn.execute(
+        "SELECT DISTINCT message_key FROM feedback_events WHERE subscriber_id=? AND kind=? AND occurred_at>=?",
+        (sub_id, Kind.SOFT_BOUNCE.value, stamp(since))).fetchall()
+    return len({r[0] for r in rows} | {key})
+
+
 def _apply_to_subscriber(store: SubscriberStore, sub_id: int, event: Event, policy: SoftBouncePolicy,
-                         now: datetime) -> Outcome:
+                         now: datetime, delivery_id: int | None) -> Outcome:
     """Change the subscriber as the event says; called inside the event's transaction."""
     before = store.get(sub_id)
     assert before is not None
@@ -119,13 +146,11 @@ def _apply_to_subscriber(store: SubscriberStore, sub_id: int, event: Event, poli
     elif event.kind is Kind.UNSUBSCRIBE:
         after = store.unsubscribe(sub_id, reason)
     else:
-        since = stamp(now - policy.window)
-        n = store.conn.execute(
-            "SELECT COUNT(*) FROM feedback_events WHERE subscriber_id=? AND kind=? AND occurred_at>=?",
-            (sub_id, Kind.SOFT_BOUNCE.value, since)).fetchone()[0]
-        if n + 1 < policy.limit:
+        count = _soft_bounce_messages(store.conn, sub_id, _message_key(event, delivery_id, now), now - policy.window)
+        if count < policy.limit:
             return Outcome.APPLIED
-        after = store.mark_bounced(sub_id, f"{n + 1} soft bounces within {policy.window.days} days; {reason}")
+        after = store.mark_bounced(sub_id, f"soft bounces on {count} messages within {policy.window.days} days; "
+                                           f"{reason}")
     return Outcome.APPLIED if after.status != before.status else Outcome.NO_CHANGE
 
 
@@ -151,12 +176,13 @@ def apply_event(store: SubscriberStore, event: Event, *, policy: SoftBouncePolic
             outcome, delivery_id = Outcome.UNKNOWN_READER, None
         else:
             delivery_id = _delivery_of(conn, sub.id, event)
-            outcome = _apply_to_subscriber(store, sub.id, event, policy, now)
+            outcome = _apply_to_subscriber(store, sub.id, event, policy, now, delivery_id)
         conn.execute(
             "INSERT INTO feedback_events(dedupe_key, kind, source, subscriber_id, delivery_id, email,"
-            " occurred_at, received_at, outcome, detail) VALUES(?,?,?,?,?,?,?,?,?,?)",
+            " occurred_at, received_at, outcome, detail, message_key) VALUES(?,?,?,?,?,?,?,?,?,?,?)",
             (event.dedupe_key, event.kind.value, event.source, sub.id if sub else None, delivery_id,
-             _one_line(event.email, 320), stamp(occurred), stamp(now), outcome.value, _one_line(event.detail, 500)))
+             _one_line(event.email, 320), stamp(occurred), stamp(now), outcome.value, _one_line(event.detail, 500),
+             _message_key(event, delivery_id, now)))
     return outcome
 
 

@@ -4,8 +4,9 @@ Bounces, complaints and mailed unsubscribes become :class:`newsletter.events.Eve
 so they change a reader exactly as a provider webhook would, once. Replies are
 matched to the issue they answer: by ``In-Reply-To``/``References`` against our
 Message-IDs (``<slug.hash@our-domain>``), else by a subscriber's address and a
-"Re:" subject equal to what we sent. Everything is recorded once per message,
-keyed by its Message-ID, so reading the mailbox twice changes nothing.
+"Re:" subject equal to what we sent. Everything is recorded once per message, keyed by
+its content (never its Message-ID, which anyone can reuse), so reading the mailbox twice
+changes nothing while a different message reusing an id is still read.
 """
 
 from __future__ import annotations

@@ -5,8 +5,10 @@ EXAMINE or SELECT, UID SEARCH, UID FETCH, UID MOVE) and adds no dependency.
 
 * **Once.** The last UID handled (with the folder's UIDVALIDITY) is kept in SQLite
   and advanced only *after* a message was handled, never on fetch; a crash in
-  between reads that message again, and the handler's Message-ID dedupe makes
-  that harmless. A changed UIDVALIDITY starts the folder over, equally harmless.
+  between reads that message again, and the handler's dedupe by content (a hash of the
+  bytes read, :func:`newsletter.classify.content_key`) makes that harmless. A changed
+  UIDVALIDITY starts the folder over, equally harmless. Never by Message-ID: anyone can
+  send a second, different message reusing one, and it must still be read.
 * **Read-only by default.** The folder is opened with EXAMINE and bodies fetched
   with ``BODY.PEEK``, so not even ``\\Seen`` changes. ``move_to`` files handled
   mail into another folder with UID MOVE (RFC 6851); nothing is ever deleted.

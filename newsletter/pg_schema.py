@@ -148,6 +148,10 @@ EVENTS: list[Step] = [
 );
 CREATE INDEX feedback_events_subscriber ON feedback_events(subscriber_id, kind, occurred_at);
 CREATE INDEX feedback_events_delivery ON feedback_events(delivery_id, kind)""",
+    # v2: which message a soft bounce was about, so several attempts at one message count once
+    """ALTER TABLE feedback_events ADD COLUMN message_key TEXT NOT NULL DEFAULT '';
+UPDATE feedback_events SET message_key = CASE WHEN delivery_id IS NOT NULL THEN 'delivery:' || delivery_id
+  ELSE 'day:' || substr(occurred_at, 1, 10) END""",
 ]
 
 SIGNUP: list[Step] = [
@@ -200,6 +204,8 @@ WEBHOOK_NONCES: list[Step] = [
   seen_at TEXT NOT NULL
 );
 CREATE INDEX webhook_nonces_seen ON webhook_nonces(seen_at)""",
+    # v2: the hash of the body a token came with (the same token with another body is a forgery)
+    "ALTER TABLE webhook_nonces ADD COLUMN body_sha256 TEXT NOT NULL DEFAULT ''",
 ]
 
 INBOX: list[Step] = [

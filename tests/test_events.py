@@ -65,10 +65,10 @@ def test_soft_bounces_suppress_only_past_the_limit_within_the_window(store):
     old = Event(Kind.SOFT_BOUNCE, "sendgrid", "s0", email="a@example.org", occurred_at=NOW - timedelta(days=30))
     apply_event(store, old, policy=policy, now=NOW)
     for i in (1, 2):
-        e = Event(Kind.SOFT_BOUNCE, "sendgrid", f"s{i}", email="a@example.org", occurred_at=NOW)
+        e = Event(Kind.SOFT_BOUNCE, "sendgrid", f"s{i}", email="a@example.org", occurred_at=NOW, provider_id=f"m{i}")
         assert apply_event(store, e, policy=policy, now=NOW) is Outcome.APPLIED
         assert store.get(sub.id).status == "active"
-    third = Event(Kind.SOFT_BOUNCE, "sendgrid", "s3", email="a@example.org", occurred_at=NOW)
+    third = Event(Kind.SOFT_BOUNCE, "sendgrid", "s3", email="a@example.org", occurred_at=NOW, provider_id="m3")
     assert apply_event(store, third, policy=policy, now=NOW) is Outcome.APPLIED
     assert store.get(sub.id).status == "bounced"
 
@@ -100,3 +100,57 @@ def test_an_unknown_address_is_found_by_provider_id_and_tied_to_its_delivery(sto
     e2 = Event(Kind.HARD_BOUNCE, "postmark", "pm-alias-2", email="alias@forwarder.example", provider_id="pm-msg-1")
     assert apply_event(store, e2, now=NOW) is Outcome.UNKNOWN_READER
     assert store.get(other.id).status == "active"
+
+
+@pytest.mark.parametrize("ids", [
+    {"provider_id": "mg-1"}, {"message_id": "<issue.abc@example.org>"}, {},  # {}: no message named: by day
+])
+def test_attempts_at_one_message_are_one_soft_bounce(store, ids):
+    """Mailgun reports each failed attempt (attempt-no 1, 2, 3…), greylisting retries for hours:
+    soft bounces count distinct messages, never attempts (issue 22)."""
+    sub = store.add("a@example.org")
+    policy = SoftBouncePolicy(limit=2, window=timedelta(days=30))
+    for attempt in range(6):
+        e = Event(Kind.SOFT_BOUNCE, "mailgun", f"attempt{attempt}", email="a@example.org",
+                  occurred_at=NOW + timedelta(minutes=10 * attempt), **ids)
+        assert apply_event(store, e, policy=policy, now=NOW) is Outcome.APPLIED
+    assert store.get(sub.id).status == "active"
+    other = {k: v + "-other" for k, v in ids.items()} if ids else {}
+    later = NOW + timedelta(days=1) if not ids else NOW
+    e = Event(Kind.SOFT_BOUNCE, "mailgun", "next", email="a@example.org", occurred_at=later, **other)
+    apply_event(store, e, policy=policy, now=later)
+    assert store.get(sub.id).status == "bounced"
+
+
+def test_soft_bounces_tied_to_one_delivery_count_once_whatever_ids_they_carry(store):
+    sub = store.add("a@example.org")
+    _delivery(store, "issue-six", sub.id, "a@example.org", provider_id="pm-abc")
+    policy = SoftBouncePolicy(limit=2, window=timedelta(days=30))
+    for i, ids in enumerate(({"provider_id": "pm-abc"}, {"message_id": "<issue-six.x@example.org>"},
+                             {"provider_id": "pm-abc"})):
+        apply_event(store, Event(Kind.SOFT_BOUNCE, "postmark", f"k{i}", email="a@example.org", occurred_at=NOW,
+                                 **ids), policy=policy, now=NOW)
+    assert store.get(sub.id).status == "active"
+
+
+def test_soft_bounces_recorded_before_the_message_key_keep_their_delivery(tmp_path):
+    """An upgraded database: rows from before carry their delivery (or day) as the message key, so
+    a soft bounce about the same delivery, applied after the upgrade, does not count twice."""
+    from newsletter.db import migrate
+    from newsletter.events import MIGRATIONS
+
+    store = SubscriberStore.open(tmp_path / "old.db")
+    ensure_ledger(store.conn)
+    sub = store.add("a@example.org")
+    delivery = _delivery(store, "issue-six", sub.id, "a@example.org", provider_id="pm-abc")
+    migrate(store.conn, "events", MIGRATIONS[:1])  # the schema as it was
+    with store.conn:
+        store.conn.execute("INSERT INTO feedback_events(dedupe_key, kind, source, subscriber_id, delivery_id, email, "
+                           "occurred_at, received_at, outcome) VALUES('old', 'soft-bounce', 'postmark', ?, ?, "
+                           "'a@example.org', '2026-03-01T10:00:00.000000Z', '2026-03-01T10:00:00.000000Z', 'applied')",
+                           (sub.id, delivery))
+    policy = SoftBouncePolicy(limit=2, window=timedelta(days=30))
+    apply_event(store, Event(Kind.SOFT_BOUNCE, "postmark", "new", email="a@example.org", occurred_at=NOW,
+                             provider_id="pm-abc"), policy=policy, now=NOW)
+    assert store.get(sub.id).status == "active"
+    store.close()

@@ -335,3 +335,21 @@ def test_a_large_backlog_is_searched_in_windows(tmp_path, imap, monkeypatch):
     assert [int(line.split()[0]) for line in first.output.splitlines()[:5]] == [1, 2, 3, 4, 5]
     imap.append(m.other(msgid="<o6@x.example>"))
     assert "Read 1 new message(s)" in inbox(tmp_path, imap).output
+
+
+def test_a_different_message_reusing_a_message_id_is_still_read(pub, imap, sent):
+    """Issue 16: the Message-ID is a header anyone can set; messages are told apart by their
+    content (and read once by UID with UIDVALIDITY), so a reused id drops nothing."""
+    reused = "<reused@mx.example>"
+    first = m.dsn(addr("gone"), sent[addr("gone")][0], msgid=reused)
+    second = m.dsn(addr("angry"), sent[addr("angry")][0], msgid=reused)
+    third = m.reply(addr("li"), sent[addr("li")][0], msgid=reused)
+    imap.append(first, second, third, first)  # the last: the very same bytes again (a copy)
+    result = inbox(pub, imap)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("hard-bounce applied") == 2 and result.output.count("already read") == 1
+    assert statuses(pub)[addr("gone")] == "bounced" and statuses(pub)[addr("angry")] == "bounced"
+    data = json.loads(run(pub, "replies", "6", "--format", "json").output)
+    assert len(data["replies"]) == 1
+    again = inbox(pub, imap)  # read by UID: nothing new
+    assert "Read 0 new" in again.output

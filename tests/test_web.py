@@ -415,3 +415,23 @@ def test_pending_reader_can_say_this_was_not_me(client, store):
     assert pending.status == "pending"
     assert client.post(f"/unsubscribe/{token_for(pending)}").status_code == 200
     assert store.get(pending.id).status == "unsubscribed"
+
+
+def _odd_paths() -> list[str]:
+    """Paths the file system cannot take: an over-long segment, an over-long whole path in bytes
+    (each é is two bytes), deep nesting, and bytes that are not UTF-8 or are surrogates."""
+    return ["/" + "a" * 300, "/%e9" * 254, "/" + "%C3%A9" * 200, "/" + "a/" * 1020, "/x/" + "b" * 256 + "/y",
+            "/" + "é" * 130, "/%ed%a0%80", "/%ff%fe/index.html", "/" + "a" * 255 + ".html", "/" + "a" * 2000 + "/"]
+
+
+@pytest.mark.parametrize("path", _odd_paths())
+def test_paths_the_file_system_refuses_are_404_not_500(settings, db, store, tmp_path, path, caplog):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<h1>Archive</h1>")
+    client = Client(make_app(settings, store_path=db, site_dir=site))
+    for method in ("GET", "HEAD"):
+        r = client.open(path, method=method)
+        assert r.status_code == 404, (path, r.status_code)
+    assert client.get("/").status_code == 200
+    assert not [rec for rec in caplog.records if rec.levelname == "ERROR"]

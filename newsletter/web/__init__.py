@@ -80,6 +80,7 @@ def make_app(settings: Settings, *, store_path: Path | str | None = None, site_d
     core.webhooks = WebhookContext(settings, with_store=core.write, clock=clock)  # type: ignore[attr-defined]
     core.route("/webhooks/<provider>", webhook, ("POST",), max_body=WEBHOOK_MAX_BODY + 1)
     if settings.publication.base_url:
+        settings.form_origins  # noqa: B018 - a bad NEWSLETTER_FORM_ORIGINS is refused at start, not at each POST
         welcome = settings.flag("NEWSLETTER_SIGNUP_WELCOME")
         limits = signup_limits(settings)
         signup.mount(core, limits, mail_sender or transport_sender(settings), welcome=welcome)

@@ -46,7 +46,12 @@ def with_site(app: WSGIApp, owns: Callable[[str], bool], site_dir: Path) -> WSGI
             response = text_response("Method not allowed\n", 405)
             response.headers["Allow"] = "GET, HEAD"
             return response(environ, start_response)
-        return static(environ, start_response)
+        try:
+            return static(environ, start_response)
+        except (OSError, ValueError):
+            # A path the file system cannot take (a segment over NAME_MAX, a whole path over
+            # PATH_MAX, bytes it cannot encode): no such file, whatever the errno says.
+            return not_found()(environ, start_response)
 
     return dispatch
 

@@ -1,76 +1,136 @@
 """``newsletter serve``: the app on waitress, a pure-Python production WSGI server.
 
 Waitress reads requests asynchronously and hands a worker thread only a *complete*
-request, so a slow client holds no worker. Its own timeout is for idle connections,
-though: a client trickling a byte a second is never idle. :class:`DeadlineChannel`
-therefore counts a request's receive time from its first byte, so headers or a body
-that take longer than ``timeout`` seconds get the connection closed.
+request, so a slow client holds no worker. It does hold a connection slot, though, and
+waitress stops accepting when its slots are full: 100 clients trickling a header byte a
+second once kept every other request waiting for the idle timeout. So this server:
+
+* bounds the time to receive a request's headers (``header_timeout``, counted from the
+  connection or the request's first byte, never from the last byte) and the whole request
+  (``timeout``), checked every second;
+* never stops accepting: when all slots are taken, a new connection takes the slot of the
+  client that has waited longest without sending a complete request (:func:`victim`), so a
+  health check or a reader gets in at once; only when every slot is busy being answered
+  is the newcomer closed;
+* caps connections per client address (``per_client``) the same way: a client's new
+  connection replaces its own longest-waiting one.
 """
 
 from __future__ import annotations
 
-import time
+import ipaddress
+import signal
+import sys
+import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Iterable, Protocol
 
 from newsletter.config import Settings
+from newsletter.errors import ConfigError
+
+#: Seconds a refused request's connection keeps reading (and dropping) what the client still sends.
+LINGER = 2.0
 
 
 @dataclass(frozen=True)
 class ServerLimits:
     threads: int = 4                 # NEWSLETTER_SERVE_THREADS: bounded worker threads
     timeout: int = 20                # NEWSLETTER_SERVE_TIMEOUT: seconds to receive one request, or idle
+    header_timeout: int = 10         # NEWSLETTER_SERVE_HEADER_TIMEOUT: seconds to receive a request's headers
     max_body: int = 1024 * 1024      # waitress's own cap; routes cap lower (16 KiB) with a 413
     max_header: int = 16 * 1024
     connections: int = 100           # NEWSLETTER_SERVE_CONNECTIONS
+    per_client: int = 20             # NEWSLETTER_SERVE_PER_CLIENT: connections from one address
+    trusted_proxies: Any = 0         # NEWSLETTER_TRUSTED_PROXIES: their connections are not capped per address
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ServerLimits":
+        timeout = settings.integer("NEWSLETTER_SERVE_TIMEOUT", cls.timeout, minimum=1)
         return cls(threads=settings.integer("NEWSLETTER_SERVE_THREADS", cls.threads, minimum=1),
-                   timeout=settings.integer("NEWSLETTER_SERVE_TIMEOUT", cls.timeout, minimum=1),
-                   connections=settings.integer("NEWSLETTER_SERVE_CONNECTIONS", cls.connections, minimum=1))
+                   timeout=timeout,
+                   header_timeout=settings.integer("NEWSLETTER_SERVE_HEADER_TIMEOUT", min(cls.header_timeout, timeout),
+                                                   minimum=1),
+                   connections=settings.integer("NEWSLETTER_SERVE_CONNECTIONS", cls.connections, minimum=2),
+                   per_client=settings.integer("NEWSLETTER_SERVE_PER_CLIENT", cls.per_client, minimum=1),
+                   trusted_proxies=settings.trusted_proxies)
+
+    def capped(self, peer: str) -> bool:
+        """Whether ``peer``'s connections count against ``per_client``: not a proxy of ours,
+        which carries many clients (with a count of proxies, any peer may be one)."""
+        if isinstance(self.trusted_proxies, int):
+            return self.trusted_proxies <= 0
+        try:
+            addr = ipaddress.ip_address(peer)
+        except ValueError:
+            return True
+        return not any(addr in net for net in self.trusted_proxies)
 
 
-def _deadline_channel():  # noqa: ANN202 - built lazily so importing this module needs no waitress
-    from waitress.channel import HTTPChannel
+class Waiting(Protocol):
+    """What the slot policy needs to know of a connection."""
 
-    class DeadlineChannel(HTTPChannel):
-        """While a request is only partly received, its age (not the last byte's) is what the
-        server's idle check sees, so a trickling client is cut off after ``channel_timeout``."""
+    def busy(self) -> bool: ...          # a complete request is queued or being answered, or output pending
+    def waiting_since(self) -> float: ... # when it began waiting for the request it has not finished sending
+    def in_headers(self) -> bool: ...     # still sending (or not yet begun) a request's headers
 
-        _started: float | None = None
 
-        def received(self, data: bytes) -> bool:
-            if self.request is None:
-                self._started = time.time()
-            result = super().received(data)
-            if self.request is not None and self._started is not None:
-                self.last_activity = self._started
-            return result
+def overdue(channel: Waiting, now: float, limits: ServerLimits) -> bool:
+    """Whether a connection has had longer than its limit to send what it owes."""
+    if channel.busy():
+        return False
+    allowed = limits.header_timeout if channel.in_headers() else limits.timeout
+    return now - channel.waiting_since() > allowed
 
-    return DeadlineChannel
+
+def victim(channels: Iterable[Waiting]) -> Waiting | None:
+    """The connection to close for a newcomer: the one waiting longest that is not busy."""
+    idle = [c for c in channels if not c.busy()]
+    return min(idle, key=lambda c: c.waiting_since()) if idle else None
 
 
 def create_server(app: Callable, host: str, port: int, limits: ServerLimits):  # noqa: ANN201
     """A started (listening) waitress server; call ``.run()`` to serve, ``.close()`` to stop."""
-    from waitress.server import create_server as waitress_server
+    from waitress.adjustments import Adjustments
+    from waitress.server import MultiSocketServer
+    from waitress.task import ThreadedTaskDispatcher
 
-    server = waitress_server(
-        app, host=host, port=port, threads=limits.threads, channel_timeout=limits.timeout,
-        cleanup_interval=max(1, min(30, limits.timeout // 2)), connection_limit=limits.connections,
-        max_request_body_size=limits.max_body, max_request_header_size=limits.max_header,
-        expose_tracebacks=False, ident="newsletter", clear_untrusted_proxy_headers=False)
-    server.channel_class = _deadline_channel()
-    return server
+    try:
+        adj = Adjustments(
+            host=host, port=port, threads=limits.threads, channel_timeout=limits.timeout, cleanup_interval=1,
+            connection_limit=limits.connections, max_request_body_size=limits.max_body,
+            max_request_header_size=limits.max_header, expose_tracebacks=False, ident="newsletter",
+            clear_untrusted_proxy_headers=False)
+    except ValueError:  # waitress resolves the host here: a name nobody knows, or an empty one
+        raise ConfigError(f"cannot listen on {host!r} port {port}: not an address or host name of this machine "
+                          "(use --host 127.0.0.1 behind a proxy)") from None
+    dispatcher = ThreadedTaskDispatcher()
+    dispatcher.set_thread_count(adj.threads)
+    socket_map: dict = {}
+    from newsletter.web.guarded import GuardedServer
+
+    servers = [GuardedServer(app, socket_map, dispatcher=dispatcher, adj=adj, sockinfo=info) for info in adj.listen]
+    for server in servers:
+        server.limits = limits
+    if len(servers) == 1:
+        return servers[0]
+    listen = [(s.effective_host, s.effective_port) for s in servers]
+    return MultiSocketServer(socket_map, adj, listen, dispatcher, servers[-1].log_info)
 
 
 def serve(app: Callable, host: str = "127.0.0.1", port: int = 8080, limits: ServerLimits | None = None,
           ready: Callable[[str], None] | None = None) -> None:
     """Serve until interrupted. Keep ``host`` on loopback behind a TLS-terminating proxy."""
+    from newsletter.web import logsummary
+
     server = create_server(app, host, port, limits or ServerLimits())
+    summary = logsummary.install()
+    if threading.current_thread() is threading.main_thread():  # a service stop ends like Ctrl-C: counts written
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if ready:
-        ready(f"Serving on http://{host}:{server.effective_port}/ (waitress, Ctrl-C to stop)")
+        address = server.effective_listen[0] if hasattr(server, "effective_listen") else (host, server.effective_port)
+        ready(f"Serving on http://{host}:{address[1]}/ (waitress, Ctrl-C to stop)")
     try:
         server.run()
     finally:
         server.close()
+        logsummary.uninstall(summary)

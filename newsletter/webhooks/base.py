@@ -4,13 +4,19 @@
 configured) → read the body, bounded (413) → parse it (400) → verify authenticity
 (401/403; SNS may also answer 503 when AWS's certificate cannot be fetched) → let the
 provider acknowledge (SNS subscription confirmation) → normalise to
-:class:`~newsletter.events.Event`s → apply them all in ONE transaction, together with
-the replay nonce, so a refused or failed request changes nothing. Event types we do not
-act on are ignored with a 200, so the provider does not retry them forever.
+:class:`~newsletter.events.Event`s (every one: a batch is never cut; more than
+:data:`MAX_EVENTS` is refused whole, so the provider retries) → check their times
+(:mod:`newsletter.webhooks.times`: outside 2000–2100 or a day ahead of us is a 400) →
+apply them all in ONE transaction, together with the replay nonce (the same token and
+body again is the provider retrying: a 200 that changes nothing), so a refused or failed
+request changes nothing. Event types we do not act on are ignored with a 200, so the
+provider does not retry them forever. An event without an address is applied to the
+reader the provider's message id was sent to.
 
 A provider module supplies only :meth:`Provider.verify` and :meth:`Provider.events`
-(and, for SNS, :meth:`Provider.acknowledge`). Secrets never appear in a response or in
-a refusal reason.
+(and, for SNS, :meth:`Provider.acknowledge`; Mailgun's legacy forms, :meth:`Provider.parse`).
+Secrets never appear in a response or in a refusal reason; refusals are logged (a fixed
+set of reasons), summarised when repeated (:mod:`newsletter.web.logsummary`).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import logging
 import sqlite3
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from email.utils import parseaddr
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, TypeVar
 
@@ -35,6 +41,11 @@ from newsletter.events import Event, Kind, Outcome, apply_event
 from newsletter.events import ensure_schema as ensure_event_schema
 from newsletter.ledger import ensure_schema as ensure_ledger_schema
 from newsletter.webhooks import replay
+from newsletter.webhooks.errors import Refused
+from newsletter.webhooks.fetching import FetchBudget, fetch_https
+from newsletter.webhooks.times import TOLERANCE, check_event_time, check_fresh, is_fresh, iso_time, unix_time
+
+__all__ = ["Refused", "TOLERANCE", "check_fresh", "fetch_https", "iso_time", "unix_time"]  # providers import these from here
 
 if TYPE_CHECKING:
     from newsletter.config import Secret, Settings
@@ -42,8 +53,6 @@ if TYPE_CHECKING:
 
 #: Largest body we read. SendGrid batches events, SES includes headers; 1 MiB is ample.
 MAX_BODY_BYTES = 1 << 20
-#: How far a signed timestamp may be from our clock (Standard Webhooks' and Svix's five minutes).
-TOLERANCE = timedelta(minutes=5)
 #: Events per request we apply; a bigger batch is refused rather than half-applied.
 MAX_EVENTS = 5000
 
@@ -53,37 +62,16 @@ WithStore = Callable[[Callable[["SubscriberStore"], T]], T]
 Fetcher = Callable[[str], bytes]
 
 
-class Refused(Exception):
-    """The request is not accepted: ``status`` (4xx, or 503 when we could not check) and a
-    one-line reason that never contains a secret."""
-
-    def __init__(self, status: int, reason: str):
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
 @dataclass(frozen=True)
 class Verified:
-    """What verification proved. ``nonce`` is a one-time value (Mailgun's token) claimed in
-    the same transaction as the events, so a replay changes nothing."""
+    """What verification proved. ``nonce`` is a one-time value (Mailgun's token) claimed in the
+    same transaction as the events, with ``digest`` (the body's hash): the same token with the
+    same body is the provider retrying (applied once, answered 200), with another body a replay.
+    ``signed_at`` is checked for freshness only when the nonce is new (:func:`_apply`)."""
 
     nonce: str | None = None
-
-
-def fetch_https(url: str) -> bytes:
-    """The production fetcher for SNS certificates and subscription confirmations:
-    HTTPS only, no redirects, bounded time and size. Providers check the host first."""
-    import requests
-
-    if not url.startswith("https://"):
-        raise ValueError("only https URLs are fetched")
-    with requests.get(url, timeout=(5, 10), stream=True, allow_redirects=False) as response:
-        response.raise_for_status()
-        data = response.raw.read(64 * 1024 + 1, decode_content=True)
-    if len(data) > 64 * 1024:
-        raise ValueError("response too large")
-    return data
+    digest: str = ""
+    signed_at: datetime | None = None
 
 
 @dataclass
@@ -96,6 +84,7 @@ class WebhookContext:
     with_store: WithStore
     clock: Clock = SYSTEM
     fetch: Fetcher = fetch_https
+    fetches: FetchBudget = field(default_factory=FetchBudget)
     cache: dict[str, Any] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -117,6 +106,8 @@ class Provider:
 
     name: ClassVar[str]
     secret_setting: ClassVar[str]
+    #: How old a signed timestamp may be: a provider that retries with the original signature needs its retry span.
+    tolerance: ClassVar[timedelta] = TOLERANCE
 
     def __init__(self, settings: "Settings"):
         self.settings = settings
@@ -128,7 +119,7 @@ class Provider:
     def enabled(self) -> bool:
         return self.secret is not None
 
-    def parse(self, body: bytes) -> Any:
+    def parse(self, body: bytes, request: Request) -> Any:
         return parse_json(body)
 
     def verify(self, request: Request, body: bytes, payload: Any, ctx: WebhookContext) -> Verified:
@@ -167,30 +158,6 @@ def address(value: Any) -> str:
     """The bare address of ``value`` ("Name <a@b>" or "a@b"), '' when there is none."""
     addr = parseaddr(text(value, 400))[1]
     return addr if "@" in addr else ""
-
-
-def unix_time(value: Any) -> datetime | None:
-    try:
-        return datetime.fromtimestamp(float(value), tz=timezone.utc)
-    except (TypeError, ValueError, OverflowError, OSError):
-        return None
-
-
-def iso_time(value: Any) -> datetime | None:
-    try:
-        dt = datetime.fromisoformat(text(value, 64).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
-
-
-def check_fresh(timestamp: Any, ctx: WebhookContext) -> None:
-    """Refuse a signed timestamp outside :data:`TOLERANCE` of our clock (stale or replayed)."""
-    when = unix_time(timestamp)
-    if when is None:
-        raise Refused(401, "missing or malformed signature timestamp")
-    if abs(ctx.clock.now() - when) > TOLERANCE:
-        raise Refused(403, "stale signature timestamp")
 
 
 class SharedSecretProvider(Provider):
@@ -241,15 +208,22 @@ def _read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def _apply(store: "SubscriberStore", events: list[Event], nonce: str | None, ctx: WebhookContext) -> dict[str, int]:
+def _apply(store: "SubscriberStore", events: list[Event], verified: Verified, provider: Provider,
+           ctx: WebhookContext) -> dict[str, int]:
     """Claim the nonce and apply every event in one transaction: all or nothing."""
     now, policy = ctx.clock.now(), ctx.settings.soft_bounce_policy
     for ensure_schema in (ensure_ledger_schema, ensure_event_schema, replay.ensure_schema):
         ensure_schema(store.conn)  # a webhook may come before the first send made the tables
     counts = {o.value: 0 for o in Outcome}
     with store.transaction() as conn:
-        if nonce is not None and not replay.claim(conn, nonce, now, keep=2 * TOLERANCE):
-            raise Refused(403, "replayed token")
+        if verified.nonce is not None:
+            seen = replay.claim(conn, verified.nonce, verified.digest, now, keep=provider.tolerance + 2 * TOLERANCE)
+            if seen is replay.Seen.OTHER_BODY:
+                raise Refused(403, "token reused with a different body")
+            stale = verified.signed_at is not None and not is_fresh(verified.signed_at, ctx.clock,
+                                                                     past=provider.tolerance)
+            if seen is replay.Seen.NEW and stale:
+                raise Refused(403, "stale signature timestamp")
         for e in events:
             counts[apply_event(store, e, policy=policy, now=now).value] += 1
     return counts
@@ -260,8 +234,10 @@ def process(provider: Provider, request: Request, ctx: WebhookContext) -> Respon
     if request.method != "POST":
         raise Refused(405, "POST only")
     body = _read_body(request)
-    payload = provider.parse(body)
+    payload = provider.parse(body, request)
     verified = provider.verify(request, body, payload, ctx)
+    if verified.nonce is not None and not verified.digest:
+        verified = Verified(verified.nonce, hashlib.sha256(body).hexdigest(), verified.signed_at)
     provider.acknowledge(payload, ctx)
     try:
         events = provider.events(payload, request)
@@ -269,7 +245,10 @@ def process(provider: Provider, request: Request, ctx: WebhookContext) -> Respon
         raise Refused(400, "payload has an unexpected shape") from None
     if len(events) > MAX_EVENTS:
         raise Refused(413, "too many events in one request")
-    counts = ctx.with_store(lambda store: _apply(store, events, verified.nonce, ctx))
+    now = ctx.clock.now()
+    for e in events:
+        check_event_time(e.occurred_at, now)
+    counts = ctx.with_store(lambda store: _apply(store, events, verified, provider, ctx))
     return Response(json.dumps({"events": len(events), **counts}) + "\n", mimetype="application/json")
 
 
@@ -284,7 +263,10 @@ def handle(name: str, request: Request, ctx: WebhookContext) -> Response:
     try:
         response = process(provider, request, ctx)
     except Refused as exc:
+        log.warning(f"webhook {provider.name} refused ({exc.status}): {exc.reason}")  # a fixed set; summarised
         response = Response(f"{exc.reason}\n", status=exc.status, mimetype="text/plain")
+        if exc.retry_after is not None:
+            response.headers["Retry-After"] = str(exc.retry_after)
     except (sqlite3.Error, NewsletterError):
         # Our side (a locked or broken database, a bad setting): ask the provider to retry.
         response = Response("temporarily unavailable\n", status=503, mimetype="text/plain")

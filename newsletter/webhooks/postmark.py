@@ -31,8 +31,14 @@ from newsletter.webhooks.base import (
     SharedSecretProvider, address, dedupe_key, event, iso_time, mapping, text,
 )
 
+#: Bounce ``Type`` names from "Bounce webhook" and the bounce types table of the Bounce API
+#: (https://postmarkapp.com/developer/api/bounce-api#bounce-types). ``Unsubscribe`` is a
+#: reader's unsubscribe request that reached Postmark as a bounce (a list-unsubscribe mail);
+#: ``SpamComplaint`` as a bounce type is a complaint. Types about the sender, not the reader
+#: (``Blocked``, ``DMARCPolicy``, ``SpamNotification``, ``SMTPApiError``, …) change no reader.
 HARD = frozenset({"HardBounce", "BadEmailAddress"})
 SOFT = frozenset({"SoftBounce", "Transient", "DnsError"})
+BOUNCE_AS = {"Unsubscribe": Kind.UNSUBSCRIBE, "SpamComplaint": Kind.COMPLAINT}
 SUPPRESSION = {"HardBounce": Kind.HARD_BOUNCE, "SpamComplaint": Kind.COMPLAINT,
                "ManualSuppression": Kind.UNSUBSCRIBE}
 
@@ -47,7 +53,7 @@ class PostmarkWebhook(SharedSecretProvider):
         if kind is None:
             return []
         email = address(p.get("Email") or p.get("Recipient"))
-        if not email:
+        if not email and not text(p.get("MessageID")):  # no address: found by the MessageID we stored
             return []
         ident = p.get("ID") if record != "SubscriptionChange" else text(p.get("ChangedAt"))
         when = iso_time(p.get("BouncedAt") or p.get("ChangedAt"))
@@ -59,6 +65,8 @@ class PostmarkWebhook(SharedSecretProvider):
     def _kind(record: str, p: dict) -> Kind | None:
         if record == "Bounce":
             kind = text(p.get("Type"))
+            if kind in BOUNCE_AS:
+                return BOUNCE_AS[kind]
             return Kind.HARD_BOUNCE if kind in HARD else Kind.SOFT_BOUNCE if kind in SOFT else None
         if record == "SpamComplaint":
             return Kind.COMPLAINT

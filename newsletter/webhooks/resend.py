@@ -18,7 +18,6 @@ A retried delivery keeps its ``svix-id``, so the dedupe key is that id plus the 
 from __future__ import annotations
 
 import hmac
-from datetime import datetime, timezone
 from typing import Any
 
 from standardwebhooks import Webhook
@@ -28,6 +27,7 @@ from newsletter.events import Event, Kind
 from newsletter.webhooks.base import (
     Provider, Refused, Verified, WebhookContext, address, check_fresh, dedupe_key, event, iso_time, mapping, text,
 )
+from newsletter.webhooks.times import signed_time
 
 
 def _header(request: Request, name: str) -> str:
@@ -40,16 +40,19 @@ class ResendWebhook(Provider):
 
     def verify(self, request: Request, body: bytes, payload: Any, ctx: WebhookContext) -> Verified:
         msg_id, stamp, given = _header(request, "id"), _header(request, "timestamp"), _header(request, "signature")
-        if not msg_id or not (stamp.isascii() and stamp.isdigit()) or len(stamp) > 12 or not given:
+        if not msg_id or not stamp or not given:
             raise Refused(401, "missing signature headers")
+        if not (stamp.isascii() and stamp.isdigit()):
+            raise Refused(400, "malformed signature timestamp")
+        when = signed_time(stamp)  # 400 for a time no clock can hold (year 33658), before any use of it
         try:
             signer = Webhook(str(self.secret))
         except Exception:  # the package raises bare errors for a malformed secret
             raise Refused(503, "RESEND_WEBHOOK_SECRET is not a usable whsec_ secret") from None
-        expected = signer.sign(msg_id, datetime.fromtimestamp(int(stamp), tz=timezone.utc), body.decode("utf-8"))
+        expected = signer.sign(msg_id, when, body.decode("utf-8", "replace"))
         if not any(hmac.compare_digest(expected.encode(), part.encode()) for part in given.split()[:10]):
             raise Refused(401, "bad signature")
-        check_fresh(stamp, ctx)
+        check_fresh(stamp, ctx.clock)
         return Verified()
 
     def events(self, payload: Any, request: Request) -> list[Event]:
@@ -65,8 +68,11 @@ class ResendWebhook(Provider):
         else:
             return []
         to = data.get("to")
-        emails = [a for a in (address(x) for x in (to if isinstance(to, list) else [to])) if a]
+        emails = list(dict.fromkeys(a for a in (address(x) for x in (to if isinstance(to, list) else [to])) if a))
         email_id = text(data.get("email_id"), 200) or None
-        return [event(kind, self.name, dedupe_key(self.name, _header(request, "id"), email), email,
-                      provider_id=email_id, occurred_at=iso_time(p.get("created_at")), detail=detail)
-                for email in emails[:100]]
+        if not emails and email_id:
+            emails = [""]  # no address: the reader is found by the email id our transport stored
+        when = iso_time(p.get("created_at"))
+        return [event(kind, self.name, dedupe_key(self.name, _header(request, "id"), email or email_id), email,
+                      provider_id=email_id, occurred_at=when, detail=detail)
+                for email in emails]  # every recipient; more than base.MAX_EVENTS is refused whole, never cut

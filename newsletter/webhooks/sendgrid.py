@@ -72,7 +72,7 @@ class SendGridWebhook(Provider):
             public_key.verify(raw, timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
         except (InvalidSignature, binascii.Error, ValueError):
             raise Refused(401, "bad signature") from None
-        check_fresh(timestamp, ctx)
+        check_fresh(timestamp, ctx.clock)
         return Verified()
 
     def events(self, payload: Any, request: Request) -> list[Event]:
@@ -80,9 +80,9 @@ class SendGridWebhook(Provider):
         for raw in items(payload):
             e = mapping(raw)
             kind, email = self._kind(e), address(e.get("email"))
-            if kind is None or not email:
-                continue
             provider_id = text(e.get("sg_message_id"), 300).partition(".filter")[0]
+            if kind is None or not (email or provider_id):  # no address: found by the message id we stored
+                continue
             ident = text(e.get("sg_event_id"), 200) or f"{e.get('event')}:{email}:{e.get('timestamp')}:{provider_id}"
             out.append(event(kind, self.name, dedupe_key(self.name, ident), email,
                              provider_id=provider_id or None, occurred_at=unix_time(e.get("timestamp")),

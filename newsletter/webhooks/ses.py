@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -39,11 +40,16 @@ from werkzeug.wrappers import Request
 
 from newsletter.events import Event, Kind
 from newsletter.webhooks.base import (
-    Provider, Refused, Verified, WebhookContext, address, dedupe_key, event, items, iso_time, mapping, parse_json,
-    text,
+    TOLERANCE, Provider, Refused, Verified, WebhookContext, address, dedupe_key, event, items, iso_time, mapping,
+    parse_json, text,
 )
+from newsletter.webhooks.times import is_fresh
 
-SNS_HOST = re.compile(r"sns\.[a-z]{2}(?:-[a-z]+)+-\d{1,2}\.amazonaws\.com")
+SNS_HOST = re.compile(r"sns\.([a-z]{2}(?:-[a-z]+)+-\d{1,2})\.amazonaws\.com(\.cn)?")
+CERT_PATH = re.compile(r"/SimpleNotificationService-[0-9A-Za-z]{1,64}\.pem")
+TOPIC_REGION = re.compile(r"arn:aws(?:-cn|-us-gov)?:sns:([a-z]{2}(?:-[a-z]+)+-\d{1,2}):\d{12}:[\w-]{1,256}")
+#: How old a signed Timestamp may be: SNS's longest retry span, plus clock skew.
+SNS_RETRY_SPAN = timedelta(seconds=3600) + TOLERANCE
 NOTIFICATION_FIELDS = ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type")
 CONFIRMATION_FIELDS = ("Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type")
 TYPES = {"Notification": NOTIFICATION_FIELDS, "SubscriptionConfirmation": CONFIRMATION_FIELDS,
@@ -51,9 +57,15 @@ TYPES = {"Notification": NOTIFICATION_FIELDS, "SubscriptionConfirmation": CONFIR
 HASHES = {"1": hashes.SHA1, "2": hashes.SHA256}
 
 
-def is_sns_url(url: str, *, pem: bool) -> bool:
+def topic_region(arn: str) -> str | None:
+    match = TOPIC_REGION.fullmatch(arn)
+    return match.group(1) if match else None
+
+
+def is_sns_url(url: str, *, pem: bool, region: str | None = None) -> bool:
     """True only for ``https://sns.<region>.amazonaws.com/…`` with nothing odd: no user
-    info, no port, no look-alike host; ``pem`` also requires a ``.pem`` path."""
+    info, no port, no look-alike host, and ``region`` when given; ``pem`` also requires
+    SNS's certificate path ``/SimpleNotificationService-<id>.pem``."""
     if not isinstance(url, str) or len(url) > 2000 or any(c in url for c in "\\@ \t\r\n"):
         return False
     try:
@@ -61,10 +73,11 @@ def is_sns_url(url: str, *, pem: bool) -> bool:
         port = parts.port
     except ValueError:
         return False
-    if parts.scheme != "https" or port is not None or not SNS_HOST.fullmatch(parts.netloc):
+    host = SNS_HOST.fullmatch(parts.netloc)
+    if parts.scheme != "https" or port is not None or not host or (region is not None and host.group(1) != region):
         return False
     if pem:
-        return parts.path.endswith(".pem") and not parts.query and not parts.fragment
+        return bool(CERT_PATH.fullmatch(parts.path)) and not parts.query and not parts.fragment
     return parse_qs(parts.query).get("Action") == ["ConfirmSubscription"]
 
 
@@ -81,12 +94,19 @@ class SesWebhook(Provider):
         m = mapping(payload)
         if text(m.get("Type")) not in TYPES:
             raise Refused(400, "not an SNS message")
-        if text(m.get("TopicArn")) not in self.settings.ses_topic_arns:
+        topic = text(m.get("TopicArn"))
+        if topic not in self.settings.ses_topic_arns:
             raise Refused(403, "unknown topic")
+        sent_at = iso_time(m.get("Timestamp"))  # 400 when malformed or out of range
+        if sent_at is None:
+            raise Refused(400, "SNS message without a Timestamp")
         digest = HASHES.get(text(m.get("SignatureVersion")))
         url = text(m.get("SigningCertURL"), 2000)
-        if digest is None or not is_sns_url(url, pem=True):
+        region = topic_region(topic) or "-"
+        if digest is None or not is_sns_url(url, pem=True, region=region):
             raise Refused(401, "unsupported signature version or certificate URL")
+        if not is_fresh(sent_at, ctx.clock, past=SNS_RETRY_SPAN):  # before any fetch: a replay costs nothing
+            raise Refused(403, "stale or future SNS Timestamp")
         key = self._public_key(url, ctx)
         try:
             signature = base64.b64decode(text(m.get("Signature"), 2000), validate=True)
@@ -97,6 +117,7 @@ class SesWebhook(Provider):
 
     def _public_key(self, url: str, ctx: WebhookContext) -> rsa.RSAPublicKey:
         def load() -> x509.Certificate:
+            ctx.fetches.spend(ctx.clock)  # 503 with Retry-After beyond the budget
             try:
                 return x509.load_pem_x509_certificate(ctx.fetch(url))
             except Exception:  # network, HTTP status or PEM errors alike: we could not check
@@ -115,8 +136,9 @@ class SesWebhook(Provider):
         if payload.get("Type") != "SubscriptionConfirmation":
             return
         url = text(payload.get("SubscribeURL"), 2000)
-        if not is_sns_url(url, pem=False):
+        if not is_sns_url(url, pem=False, region=topic_region(text(payload.get("TopicArn"))) or "-"):
             raise Refused(400, "SubscribeURL is not an SNS confirmation URL")
+        ctx.fetches.spend(ctx.clock)
         try:
             ctx.fetch(url)
         except Exception:
@@ -146,10 +168,10 @@ class SesWebhook(Provider):
             return []
         feedback = feedback or text(payload.get("MessageId"), 200)
         out = []
-        for r in items(people)[:100]:
+        for i, r in enumerate(items(people)):  # every recipient; more than base.MAX_EVENTS is refused whole, never cut
             r = mapping(r)
             email = address(r.get("emailAddress"))
-            if email:
-                out.append(event(kind, self.name, dedupe_key(self.name, feedback, email), email,
+            if email or common["provider_id"]:  # no address: found by the SES MessageId we stored
+                out.append(event(kind, self.name, dedupe_key(self.name, feedback, email or i), email,
                                  occurred_at=iso_time(when), detail=text(r.get("diagnosticCode")), **common))
         return out

@@ -99,11 +99,15 @@ def test_tampered_body_is_refused(site, keys, name):
 
 
 @pytest.mark.parametrize("name", TIMESTAMPED)
-@pytest.mark.parametrize("skew", [-301, 301])
-def test_stale_or_future_timestamp_is_refused(site, keys, name, skew):
+@pytest.mark.parametrize("late", [True, False])
+def test_stale_or_future_timestamp_is_refused(site, keys, name, late):
+    from newsletter.webhooks import PROVIDERS
+
     kit = KITS[name](keys)
     signed = kit.sign(kit.payload("hard", A, "st1"), at=NOW)
-    site.clock.advance(-skew)  # our clock moves; the signed timestamp stays
+    # our clock moves; the signed timestamp stays. Past: the provider's retry span (5 minutes,
+    # Mailgun's 8.5 hours as it may retry with the first signature); future: 5 minutes for all.
+    site.clock.advance(PROVIDERS[name].tolerance.total_seconds() + 1 if late else -301)
     assert site.post(name, signed.body, signed.headers).status_code == 403
     assert unchanged(site)
 
@@ -127,11 +131,13 @@ def test_mailgun_replayed_token_is_refused(site, keys):
 
 
 def test_mailgun_tokens_are_forgotten_once_stale(site, keys):
+    from newsletter.webhooks import PROVIDERS
+
     kit = KITS["mailgun"](keys)
     for i in range(3):
         signed = kit.sign(kit.payload("unknown", A, f"p{i}"), at=site.clock.now())
         assert site.post("mailgun", signed.body, signed.headers).status_code == 200
-        site.clock.advance(400)
+        site.clock.advance(PROVIDERS["mailgun"].tolerance.total_seconds() / 2 + 400)
     with closing(connect(site.db)) as conn:
         assert conn.execute("SELECT COUNT(*) FROM webhook_nonces").fetchone()[0] <= 2
 

@@ -92,7 +92,9 @@ def test_not_spam_feedback_and_delivery_notifications_are_ignored(site, keys, sn
 
 def test_certificate_outside_its_validity_is_refused(site, keys, sns):
     site.clock.advance(400 * 86400)  # the test certificate is valid for a year from NOW
-    signed = notification(keys, "expired")
+    kit = KITS["ses"](keys)
+    payload = {**kit.payload("hard", A, "expired"), "Timestamp": site.clock.now().isoformat()}
+    signed = kit.sign(payload, at=site.clock.now())
     assert site.post("ses", signed.body, signed.headers).status_code == 401
     assert site.status(A) == "active"
 
@@ -108,8 +110,9 @@ def test_unreachable_certificate_is_503_so_sns_retries(make_site, keys, sns):
 GOOD = [
     CERT_URL,
     "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem",
-    "https://sns.ap-southeast-2.amazonaws.com/x/y.pem",
+    "https://sns.ap-southeast-2.amazonaws.com/SimpleNotificationService-f3ecfb7224c7233fe7bb5f59f96de52f.pem",
     "https://sns.us-gov-west-1.amazonaws.com/SimpleNotificationService-abc.pem",
+    "https://sns.cn-north-1.amazonaws.com.cn/SimpleNotificationService-abc.pem",
 ]
 BAD = [
     "http://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem",          # not https
@@ -120,6 +123,9 @@ BAD = [
     "https://sns.us-east-1.amazonaws.com:8443/cert.pem",                                # port
     "https://sns.us-east-1.amazonaws.com/cert.pem?x=1",                                 # query
     "https://sns.us-east-1.amazonaws.com/cert.txt",                                     # not a .pem
+    "https://sns.ap-southeast-2.amazonaws.com/x/y.pem",                                 # not SNS's certificate path
+    "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-a/../b.pem",
+    "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-.pem",
     "https://s3.us-east-1.amazonaws.com/cert.pem",                                      # another service
     "https://sns.amazonaws.com/cert.pem",                                               # no region
     "https://sns.us-east-1.amazonaws.com\\@evil.example/cert.pem",                     # backslash trick
