@@ -7,6 +7,9 @@
   and Highwire Press ``citation_*`` metadata so Google Scholar and Zotero
   can cite it;
 * ``feed.xml`` (Atom, RFC 4287) and ``feed.json`` (JSON Feed 1.1), full content;
+* an issue's other editions (:mod:`newsletter.editions`) at ``issues/<slug>/<tag>/``, each page
+  linking its others (``hreflang`` alternates and a visible line), with an index
+  ``<tag>/index.html`` and feeds ``feed.<tag>.xml`` / ``feed.<tag>.json`` per language;
 * ``sitemap.xml`` when a base URL is set (the sitemap protocol allows only absolute URLs);
 * ``style.css``.
 
@@ -47,7 +50,9 @@ class Entry:
 
     issue: Issue
     blocks: tuple[Block, ...]
-    path: str  # "issues/<slug>/", relative to the site root
+    path: str  # "issues/<slug>/" (an edition: "issues/<slug>/<tag>/"), relative to the site root
+    edition: str = ""  # "" for the main edition, else its tag
+    lang: str = ""  # the page's language
 
     @property
     def body_html(self) -> str:
@@ -55,7 +60,9 @@ class Entry:
 
     @property
     def date_long(self) -> str:
-        return f"{self.issue.date.day} {self.issue.date:%B %Y}"
+        from newsletter.render import long_date
+
+        return long_date(self.issue.date, self.edition and self.lang, "")
 
     @property
     def published(self) -> str:
@@ -85,12 +92,14 @@ class Site:
     def absolute(self, path: str) -> str:
         return f"{self.base}/{path}" if self.base else path
 
-    def urls(self, page: str = "") -> dict[str, str]:
-        """Feed links as seen from ``page`` (a path relative to the root), plus canonical URLs."""
+    def urls(self, page: str = "", edition: str = "") -> dict[str, str]:
+        """Feed links as seen from ``page`` (a path relative to the root), plus canonical URLs;
+        an edition's pages link its language's feeds."""
         up = "../" * page.count("/")
+        atom, jsonf = (f"feed.{edition}.xml", f"feed.{edition}.json") if edition else ("feed.xml", "feed.json")
         return {
-            "atom": self.absolute("feed.xml") if self.base else up + "feed.xml",
-            "json": self.absolute("feed.json") if self.base else up + "feed.json",
+            "atom": self.absolute(atom) if self.base else up + atom,
+            "json": self.absolute(jsonf) if self.base else up + jsonf,
             "home": self.absolute("") if self.base else "",
             "page": self.absolute(page) if self.base and page else "",
         }
@@ -176,9 +185,19 @@ def load_entries(settings: Settings, today: dt.date | None = None, sent: set[str
         if issue.slug in by_slug:
             raise InputError(f"slug '{issue.slug}' is also used by {by_slug[issue.slug].name}", path=path)
         by_slug[issue.slug] = path
-        blocks = parse_body(issue.body, path=issue.path, first_line=issue.body_line, web=True).blocks
-        entries.append(Entry(issue, tuple(blocks), f"issues/{issue.slug}/"))
-    return sorted(entries, key=lambda e: (e.issue.date, e.issue.number), reverse=True)
+        for tag, edition in _published_editions(settings, issue):
+            blocks = parse_body(edition.body, path=edition.path, first_line=edition.body_line, web=True).blocks
+            entries.append(Entry(edition, tuple(blocks), f"issues/{issue.slug}/" + (f"{tag}/" if tag else ""),
+                                 tag, edition.lang or settings.publication.lang))
+    return sorted(entries, key=lambda e: (e.issue.date, e.issue.number, e.edition == ""), reverse=True)
+
+
+def _published_editions(settings: Settings, issue: Issue) -> list[tuple[str, Issue]]:
+    """A published issue's main edition and its ready editions (a draft edition waits)."""
+    from newsletter.editions import load_editions
+
+    editions = load_editions(issue.path, settings.publication.lang, main=issue)
+    return [(tag, e) for tag, e in editions if not tag or not e.is_draft]
 
 
 # ---- feeds --------------------------------------------------------------------------
@@ -189,18 +208,22 @@ def _sub(parent: etree._Element, tag: str, text: str | None = None, **attrs: str
     return element
 
 
-def atom_feed(settings: Settings, site: Site, entries: list[Entry]) -> bytes:
+def atom_feed(settings: Settings, site: Site, entries: list[Entry], edition: str = "") -> bytes:
+    """The Atom feed of one language: the main editions, or the ``edition`` ones."""
     pub = settings.publication
     a = lambda tag: f"{{{ATOM_NS}}}{tag}"  # noqa: E731 - ElementTree's namespaced tag names
-    feed = etree.Element(a("feed"), {"{http://www.w3.org/XML/1998/namespace}lang": pub.lang}, nsmap={None: ATOM_NS})
-    _sub(feed, a("id"), site.absolute("") if site.base else f"tag:{pub.sender_domain},2000:newsletter")
+    feed = etree.Element(a("feed"), {"{http://www.w3.org/XML/1998/namespace}lang": edition or pub.lang},
+                         nsmap={None: ATOM_NS})
+    home, name = (f"{edition}/", f"feed.{edition}.xml") if edition else ("", "feed.xml")
+    _sub(feed, a("id"), site.absolute(home) if site.base else f"tag:{pub.sender_domain},2000:newsletter"
+                                                              + (f":{edition}" if edition else ""))
     _sub(feed, a("title"), pub.name)
     if pub.tagline:
         _sub(feed, a("subtitle"), pub.tagline)
     _sub(feed, a("updated"), entries[0].published if entries else "1970-01-01T00:00:00Z")
-    _sub(feed, a("link"), rel="alternate", type="text/html", href=site.absolute("") or "./")
+    _sub(feed, a("link"), rel="alternate", type="text/html", href=site.absolute(home) or (home or "./"))
     if site.base:
-        _sub(feed, a("link"), rel="self", type="application/atom+xml", href=site.absolute("feed.xml"))
+        _sub(feed, a("link"), rel="self", type="application/atom+xml", href=site.absolute(name))
     _sub(_sub(feed, a("author")), a("name"), pub.name)
     for entry in entries:
         issue = entry.issue
@@ -218,14 +241,16 @@ def atom_feed(settings: Settings, site: Site, entries: list[Entry]) -> bytes:
     return etree.tostring(feed, encoding="utf-8", xml_declaration=True) + b"\n"
 
 
-def json_feed(settings: Settings, site: Site, entries: list[Entry]) -> str:
+def json_feed(settings: Settings, site: Site, entries: list[Entry], edition: str = "") -> str:
+    """The JSON Feed of one language: the main editions, or the ``edition`` ones."""
     pub = settings.publication
     feed: dict[str, Any] = {"version": JSON_FEED_VERSION, "title": pub.name}
     if site.base:
-        feed.update(home_page_url=site.absolute(""), feed_url=site.absolute("feed.json"))
+        feed.update(home_page_url=site.absolute(f"{edition}/" if edition else ""),
+                    feed_url=site.absolute(f"feed.{edition}.json" if edition else "feed.json"))
     if pub.description or pub.tagline:
         feed["description"] = pub.description or pub.tagline
-    feed.update(language=pub.lang, authors=[{"name": pub.name}], items=[])
+    feed.update(language=edition or pub.lang, authors=[{"name": pub.name}], items=[])
     for entry in entries:
         issue = entry.issue
         item: dict[str, Any] = {"id": site.entry_id(entry, pub.sender_domain), "title": issue.display_title,
@@ -279,20 +304,51 @@ def build_archive(settings: Settings, out_dir: Path, *, today: dt.date | None = 
 
     def render(name: str, **context: Any) -> str:
         # The email renderer's template lookup: publication templates first, then the shipped
-        # ones, and a template mistake reported as one line naming the file.
-        return renderer.render_template(name, {"pub": pub, **context})
+        # ones, and a template mistake reported as one line naming the file; _() in the page's language.
+        from newsletter.i18n import translations
+
+        renderer.env.install_gettext_translations(  # type: ignore[attr-defined]
+            translations(context.get("lang") or pub.lang, settings.root), newstyle=True)
+        return renderer.render_template(name, {"pub": pub, "alternates": [], **context})
 
     write("style.css", render("web.css.j2"))
-    index_entries = [{"issue": e.issue, "href": e.path, "date_long": e.date_long} for e in entries]
-    write("index.html", render("archive-index.html.j2", lang=pub.lang, root="", urls=site.urls(), entries=index_entries))
+    languages = sorted({e.edition for e in entries} | {""})
+    for edition in languages:
+        group = [e for e in entries if e.edition == edition]
+        home = f"{edition}/" if edition else ""
+        index_entries = [{"issue": e.issue, "href": ("../" if edition else "") + e.path, "date_long": e.date_long}
+                         for e in group]
+        write(home + "index.html", render(
+            "archive-index.html.j2", lang=edition or pub.lang, root="../" if edition else "",
+            urls=site.urls(home, edition), entries=index_entries,
+            alternates=_alternates(site, [(t, f"{t}/" if t else "") for t in languages], home, pub.lang)))
+        write(f"feed.{edition}.xml" if edition else "feed.xml", atom_feed(settings, site, group, edition))
+        write(f"feed.{edition}.json" if edition else "feed.json", json_feed(settings, site, group, edition))
     for entry in entries:
         issue = entry.issue
+        siblings = [(e.edition, e.path) for e in entries if e.issue.slug == issue.slug]
         write(entry.path + "index.html", render(
-            "web.html.j2", lang=issue.lang or pub.lang, root="../../", urls=site.urls(entry.path), issue=issue,
+            "web.html.j2", lang=entry.lang or pub.lang, root="../" * entry.path.count("/"),
+            urls=site.urls(entry.path, entry.edition), issue=issue,
             blocks=_page_blocks(entry), credits=issue.credits, date_long=entry.date_long,
-            reply_to=issue.reply_to or pub.reply_to_address))
-    write("feed.xml", atom_feed(settings, site, entries))
-    write("feed.json", json_feed(settings, site, entries))
+            reply_to=issue.reply_to or pub.reply_to_address,
+            alternates=_alternates(site, siblings, entry.path, pub.lang)))
     if site.base:
         write("sitemap.xml", sitemap(site, entries))
     return written
+
+
+def _alternates(site: Site, pages: list[tuple[str, str]], here: str, main_lang: str) -> list[dict[str, Any]]:
+    """The language versions of a page ((edition, path) each, this one included), for ``hreflang``
+    links and the visible "read in" line: absolute URLs under a base URL, else relative to ``here``."""
+    from newsletter.lang import display_name
+
+    if len(pages) < 2:
+        return []
+    up = "../" * here.count("/")
+    out = []
+    for edition, path in pages:
+        lang = edition or main_lang
+        out.append({"lang": lang, "name": display_name(lang), "current": path == here,
+                    "href": site.absolute(path) if site.base else (up + path or "./")})
+    return out

@@ -89,20 +89,46 @@ def parse(raw: bytes) -> Message:
 
 
 def header(msg: Message, name: str) -> str:
-    """A header, RFC 2047-decoded (raw 8-bit read as UTF-8), on one line; '' when absent."""
+    """An unstructured header (Subject), RFC 2047-decoded (raw 8-bit read as UTF-8), on one line,
+    control characters removed after decoding; '' when absent."""
+    text = raw_header(msg, name)
+    try:
+        text = str(email.header.make_header(email.header.decode_header(text)))
+    except Exception:  # noqa: BLE001 - broken encoded-words or unknown charsets: keep the raw text
+        pass
+    return _one_line(text)
+
+
+def raw_header(msg: Message, name: str) -> str:
+    """A structured header (addresses, Message-IDs, DSN fields) as written: no RFC 2047 decoding,
+    which the RFC allows only in text and display names, and which would let an encoded word
+    supply an address, an id or a line break of its own."""
     value = msg.get(name)
     if value is None:
         return ""
     if isinstance(value, email.header.Header):  # compat32's wrapper for raw 8-bit header bytes
-        text = "".join(part.decode("utf-8", "replace") if isinstance(part, bytes) else part
-                       for part, _ in email.header.decode_header(value))
-    else:
-        try:
-            text = str(email.header.make_header(email.header.decode_header(str(value))))
-        except Exception:  # broken encoded-words or unknown charsets: keep the raw text
-            text = str(value)
+        value = "".join(part.decode("utf-8", "replace") if isinstance(part, bytes) else part
+                        for part, _ in email.header.decode_header(value))
+    return _one_line(str(value))
+
+
+def _one_line(text: str) -> str:
     text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     return " ".join(printable(text).split())[:2000]
+
+
+def mailbox(msg: Message, name: str) -> tuple[str, str]:
+    """(display name, address) of an address header, parsed BEFORE RFC 2047 decoding.
+
+    Decoding first let an encoded display name (``=?utf-8?q?Evil=0D=0ABcc=3A_x=40y?=``) add
+    structure, a line break and an address of its own, that the parser then took for the sender.
+    Only the display name is decoded, as untrusted text: control characters removed."""
+    display, address = parseaddr(raw_header(msg, name))
+    try:
+        display = str(email.header.make_header(email.header.decode_header(display)))
+    except Exception:  # noqa: BLE001 - broken encoded-words or unknown charsets: keep the raw text
+        pass
+    return _one_line(display), address
 
 
 def message_ids(text: str) -> tuple[str, ...]:
@@ -110,7 +136,7 @@ def message_ids(text: str) -> tuple[str, ...]:
 
 
 def _date(msg: Message) -> datetime | None:
-    value = header(msg, "Date")
+    value = raw_header(msg, "Date")
     try:
         return parsedate_to_datetime(value) if value else None
     except (TypeError, ValueError, IndexError, OverflowError):
@@ -195,7 +221,7 @@ def _original_id(parts: list[Message]) -> str:
     bounce formats paste the message as text) from a ``Message-ID:`` line in a text part."""
     original = _original_headers(parts)
     if original is not None:
-        return (message_ids(header(original, "Message-ID")) or ("",))[0]
+        return (message_ids(raw_header(original, "Message-ID")) or ("",))[0]
     for p in parts:  # bodies only: the report's own Message-ID header is not searched
         if p.get_content_maintype() == "text" and (m := _QUOTED_ID.search(decode_part(p, []))):
             return m.group(1)
@@ -211,9 +237,9 @@ def _address(field_value: str) -> str:
 def _dsn_failures(report: Message) -> list[Failure]:
     out = []
     for block in _fields(report)[1:]:  # the first block is per-message
-        address = _address(header(block, "Final-Recipient") or header(block, "Original-Recipient"))
-        action = header(block, "Action").lower()
-        status = header(block, "Status").split(" ")[0]
+        address = _address(raw_header(block, "Final-Recipient") or raw_header(block, "Original-Recipient"))
+        action = raw_header(block, "Action").lower()
+        status = raw_header(block, "Status").split(" ")[0]
         if not address or action != "failed":  # "delayed": the MTA is still trying; not a bounce yet
             continue
         # No readable status (RFC 3464 requires one): the daemon said "failed", so hard, as before.
@@ -270,11 +296,11 @@ def _complaint(msg: Message, parts: list[Message], base: dict) -> Classified | N
         return None
     blocks = _fields(report)
     fields_ = blocks[0] if blocks else Message()
-    ftype = header(fields_, "Feedback-Type").lower() or "unknown"
+    ftype = raw_header(fields_, "Feedback-Type").lower() or "unknown"
     original = _original_headers(parts)
-    rcpt = _address(header(fields_, "Original-Rcpt-To"))
+    rcpt = _address(raw_header(fields_, "Original-Rcpt-To"))
     if not rcpt and original is not None:
-        rcpt = parseaddr(header(original, "To"))[1].lower()
+        rcpt = mailbox(original, "To")[1].lower()
     orig_id = _original_id(parts)
     if ftype not in ("abuse", "fraud", "virus", "other"):
         return Classified(Category.OTHER, f"an RFC 5965 feedback report of type {ftype!r}, not a complaint",
@@ -347,13 +373,13 @@ def content_key(raw: bytes, size: int | None = None) -> str:
 
 
 def _base(msg: Message, raw: bytes, notes: list[str], size: int | None = None) -> dict:
-    if not message_ids(header(msg, "Message-ID")):
+    if not message_ids(raw_header(msg, "Message-ID")):
         notes.append("no Message-ID")
     key = content_key(raw, size)
-    name, addr = parseaddr(header(msg, "From"))
+    name, addr = mailbox(msg, "From")
     return dict(dedupe_key=key, sender=addr.lower()[:320], sender_name=name[:100],
                 subject=header(msg, "Subject")[:300], date=_date(msg),
-                references=message_ids(header(msg, "In-Reply-To") + " " + header(msg, "References")))
+                references=message_ids(raw_header(msg, "In-Reply-To") + " " + raw_header(msg, "References")))
 
 
 def classify(raw: bytes, *, truncated_from: int | None = None) -> Classified:

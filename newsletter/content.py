@@ -24,6 +24,7 @@ from mdit_py_plugins.attrs import attrs_plugin
 from mdit_py_plugins.footnote import footnote_plugin
 
 from newsletter.errors import InputError
+from newsletter.markdown_rules import check_markdown
 
 
 # markdown-it drops, without a word, whatever nests past its maxNesting (20 token levels in the
@@ -66,6 +67,7 @@ def parser(web: bool = False) -> MarkdownIt:
         .use(anchors_plugin, min_level=2, max_level=4)
         .use(attrs_plugin, after=("image",), allowed=("width",))
     )
+    md.validateLink = lambda url: True  # type: ignore[method-assign]  # every destination reaches check_markdown
     md.add_render_rule("table_open", _table_open)
     md.add_render_rule("table_close", lambda *a, **k: "</table></div>\n")
     md.add_render_rule("image", _image)
@@ -188,6 +190,8 @@ def parse_body(body: str, *, path: object = None, first_line: int = 1, web: bool
     lines = body.split("\n")
     _check_raw_html(tokens, path, first_line, lines)
     _check_images(tokens, path, first_line, lines)
+    check_markdown(tokens, env, path, lambda block, needle: _line_of(block, needle, first_line, lines), lines,
+                   first_line)
 
     blocks: list[Block] = []
     start = 0

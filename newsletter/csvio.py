@@ -3,7 +3,8 @@
 Import is forgiving about the file and strict about each row:
 
 * the header decides the columns: ``email`` (also ``e-mail``, ``Email Address``),
-  optional ``name``, ``consent`` and ``source``; other columns are ignored;
+  optional ``name``, ``consent``, ``source`` and ``lang`` (the reader's language, a tag such as
+  ``zh-Hans``: which edition of an issue they get); other columns are ignored;
 * UTF-8 (with or without a BOM) is expected; a file with no UTF-8 text in it at all is read
   as Windows-1252, with a warning in the report, since that is what Excel writes; a file
   that mixes the two (UTF-8 lines and a line that is not) is refused, naming that line, and
@@ -55,6 +56,7 @@ from newsletter.addresses import check_header, clean_text
 from newsletter.bulk_addresses import AddressValidator
 from newsletter.db import backend
 from newsletter.errors import InputError
+from newsletter.lang import optional_tag
 from newsletter.store import (ACTIVE, COMPLAINED, PENDING, REACTIVATE_SQL, STATUS_RANK, STATUS_RECORD, STATUSES,
                               SUPPRESSED, SubscriberStore, _SQL_PARAM_CHUNK, reactivation, stamp)
 from newsletter.timestamps import utcnow_text
@@ -87,6 +89,11 @@ def _time(value: str) -> str:
     if when is None or when.tzinfo is None or not 1900 <= when.year <= 9998:
         raise InputError(f"{value[:40]!r} is not a time (ISO 8601 with a zone, e.g. 2025-03-01T09:30:00Z)")
     return stamp(when)
+
+
+def _lang(value: str) -> str:
+    """A reader's language as a canonical tag (``zh_cn`` → ``zh-CN``), "" for none."""
+    return optional_tag(value, "lang")
 
 
 def _ip(value: str) -> str:
@@ -126,6 +133,7 @@ RECORD: tuple[Column, ...] = (
     Column("consent_ip", _ip),
     Column("signup_requested_at", _time),
     Column("signup_ip", _ip),
+    Column("lang", _lang, plain=True, aliases=("language", "locale")),  # which edition they get
 )
 EXPORT_COLUMNS = tuple(c.name for c in RECORD)
 _FIELDS = RECORD[1:]  # what is staged beside the address
@@ -572,6 +580,9 @@ def _apply(conn: sqlite3.Connection, report: ImportReport) -> None:
         if len(writes) >= _ROW_CHUNK:
             report.updated += writes.flush(conn)
     report.updated += writes.flush(conn)
+    # A language in the file is the reader's (an empty cell keeps the stored one); not counted as an update.
+    conn.execute("UPDATE subscribers SET lang=(SELECT r.lang FROM import_rows r WHERE r.email=subscribers.email) "
+                 "WHERE email IN (SELECT email FROM import_rows WHERE lang<>'') AND status<>?", (COMPLAINED,))
     cur = conn.execute(
         f"INSERT INTO subscribers(email, {', '.join(_FIELD_NAMES)}, signup_nonce)"
         f" SELECT r.email, {', '.join(_NEW_VALUE.get(n, 'r.' + n) for n in _FIELD_NAMES)}, "

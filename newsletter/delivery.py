@@ -74,6 +74,7 @@ from newsletter.message import OutgoingMessage, PreparedIssue
 from newsletter import retry
 from newsletter.outcome import Answer, Policy, Row, Transition, classify, decide_batch
 from newsletter.pacing import Pacer, interruptible_sleep
+from newsletter.prepared_editions import PreparedEditions, as_editions
 from newsletter.store import SubscriberStore
 from newsletter.transports.base import SendResult, Status, Transport
 from newsletter.unsubscribe_spool import apply_spool
@@ -191,11 +192,11 @@ _DUE_SLACK = 0.001  # a retry due within a millisecond is due: no sub-millisecon
 
 
 class _Run:
-    def __init__(self, conn: sqlite3.Connection, delivery_id: int, prepared: PreparedIssue,
+    def __init__(self, conn: sqlite3.Connection, delivery_id: int, prepared: PreparedIssue | PreparedEditions,
                  factory: TransportFactory, options: DeliveryOptions, stop: threading.Event | None,
                  progress: Progress | None, waiting: Waiting | None, clock: Callable[[], float],
                  sleep: Callable[[float], None], now: Callable[[], datetime]):
-        self.conn, self.id, self.prepared, self.factory = conn, int(delivery_id), prepared, factory
+        self.conn, self.id, self.prepared, self.factory = conn, int(delivery_id), as_editions(prepared), factory
         self.o, self.stop, self.progress, self.waiting = options, stop, progress, waiting
         self.clock, self.sleep_fn = clock, sleep
         self.wall0, self.mono0 = now(), clock()
@@ -353,7 +354,8 @@ class _Run:
         with self.db, transaction(self.conn):
             start = ledger.begin_run(self.conn, d, transport=self.transport_name,
                                      resend_interrupted=self.o.resend_uncertain, retry_failed=self.o.retry_failed,
-                                     now=self.now(), retry_now=self.o.retry_now)
+                                     now=self.now(), retry_now=self.o.retry_now,
+                                     edition_for=self.prepared.edition_for)
             self.delivery = get_delivery(self.conn, self.id)
         if self.o.resend_uncertain:
             self.stats["interrupted_resent"] = start.interrupted
@@ -544,7 +546,7 @@ class _Run:
                     break
         job = _Job(claim)
         try:
-            job.messages = [self.prepared.for_subscriber(r.sid, r.email, r.name) for r in claim.rows]
+            job.messages = [self.prepared.for_subscriber(r.sid, r.email, r.name, r.edition) for r in claim.rows]
         except BaseException:
             self._unclaim(job)
             raise
@@ -711,7 +713,7 @@ class _Run:
             pass
 
 
-def run_delivery(conn: sqlite3.Connection, delivery_id: int, prepared: PreparedIssue,
+def run_delivery(conn: sqlite3.Connection, delivery_id: int, prepared: PreparedIssue | PreparedEditions,
                  transport_factory: TransportFactory, *, options: DeliveryOptions,
                  stop: threading.Event | None = None, progress: Progress | None = None,
                  waiting: Waiting | None = None,

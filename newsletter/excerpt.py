@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from html.parser import HTMLParser
 
+from newsletter.patterns import UNSHOWABLE_CHARS, compiled
+
 MAX_LINES = 8
 MAX_CHARS = 600
 
@@ -28,13 +30,12 @@ _HISTORY = re.compile(
 _SIGNATURE = re.compile(r"^(?:-- ?|—\s*|Sent from my .{0,40}|Get Outlook for .{0,40}|发自我的.{0,20})$",
                         re.IGNORECASE)
 _BLANKS = re.compile(r"\n{3,}")
-_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]")
 
 
 def printable(text: str) -> str:
     """Text without control, bidi-override or zero-width characters: a reader's words end
     up on an editor's terminal, where an escape sequence could rewrite what is shown."""
-    return _CONTROL.sub(" ", text)
+    return compiled(UNSHOWABLE_CHARS).sub(" ", text)
 
 
 class _Text(HTMLParser):

@@ -15,8 +15,9 @@ from typing import Any, Iterable, Iterator
 
 import yaml
 
-from newsletter.addresses import ENCODED_WORD
-from newsletter.patterns import compiled
+from newsletter.addresses import ENCODED_WORD, validate_address
+from newsletter.grammar import SLUG, calendar_date, is_language_tag, is_slug
+from newsletter.patterns import TEXT_CONTROL_CHARS, compiled
 from newsletter.errors import InputError
 
 REQUIRED = ("number", "title", "date")
@@ -26,8 +27,7 @@ OPTIONAL = ("series", "subtitle", "preheader", "slug", "reply_to", "send_at", "c
 #: without the field predates it and was published as it stood, so it counts as ready.
 STATUSES = ("draft", "ready")
 FILENAME_RE = re.compile(r"^(?P<number>\d{3,})-(?P<slug>[a-z0-9]+(?:-[a-z0-9]+)*)\.md$")
-SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
-ADDRESS_SHAPE = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[^@\s<>(),;:\"\[\]\\.]+(?:\.[^@\s<>(),;:\"\[\]\\.]+)+$")
+SLUG_RE = re.compile(rf"^{SLUG}$")
 
 # Documented limits (README, "The issue file"). A Subject over ~80 characters is cut in
 # every inbox; a 2,000-character title is a paste accident, not a title.
@@ -37,19 +37,23 @@ MAX_LENGTH = {"title": 200, "series": 80, "subtitle": 300, "preheader": 300, "cr
 MAX_FILE_BYTES = 128 * 1024
 # Fields that end up in the Subject header, where mail clients decode =?charset?q?…?= words.
 HEADER_FIELDS = ("title", "series")
-# C0 controls except TAB and LF (CRLF is normalised first), DEL and C1 controls.
-CONTROL_CHAR = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Controls a text may not hold (TAB and LF may; CRLF is normalised first): patterns.TEXT_CONTROL_CHARS.
+CONTROL_CHAR = re.compile(TEXT_CONTROL_CHARS)
 CREDIT_KEYS = ("role", "people")
 PERSON_KEYS = ("name", "affiliation")
 
 
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """SafeLoader (libyaml's when present) that leaves dates as text, so a bad
-    date gets our message, not a crash."""
+    """SafeLoader (libyaml's when present) that keeps every plain scalar as the text written.
+
+    YAML 1.1 reads ``12:30`` as 750, ``007`` as 7, ``1.10`` as 1.1 and ``no`` as False; a title or a
+    name must never change like that, and no front-matter field is a float or a boolean. So only
+    merge keys (``<<``) are resolved implicitly; ``number``, ``date`` and ``send_at`` are parsed from
+    their text by their own grammars (a bad date gets our message, not a crash)."""
 
 
 _Loader.yaml_implicit_resolvers = {
-    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    ch: [(tag, rx) for tag, rx in resolvers if tag == "tag:yaml.org,2002:merge"]
     for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 
@@ -201,9 +205,11 @@ def _text(path: Path, data: dict[str, Any], key: str, line: int | None) -> str:
     value = data.get(key, "")
     if value is None:
         return ""
-    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+    if isinstance(value, (int, float, dt.date)):  # only an explicit tag (!!int 0x10) makes one now
+        raise _fail(path, f'write "{value}" in quotes: \'{key}\' is text', line)
+    if not isinstance(value, str):
         raise _fail(path, f"'{key}' must be text, not {type(value).__name__}", line)
-    value = str(value).strip()
+    value = value.strip()
     if len(value.splitlines()) > 1:
         raise _fail(path, f"'{key}' must be a single line", line)
     control = CONTROL_CHAR.search(value)  # a YAML escape ("\e", "\x00") gets past the scan of the file
@@ -220,16 +226,17 @@ def _text(path: Path, data: dict[str, Any], key: str, line: int | None) -> str:
 
 
 def _date(path: Path, value: Any, line: int | None) -> dt.date:
-    if isinstance(value, dt.datetime):
-        return value.date()
-    if isinstance(value, dt.date):
-        return value
-    if isinstance(value, str):
-        try:
-            return dt.date.fromisoformat(value.strip())
-        except ValueError:
-            pass
-    raise _fail(path, f"'date' must be a date like 2025-03-10, not {value!r}", line)
+    date = calendar_date(value.strip()) if isinstance(value, str) else None
+    if date is None:
+        raise _fail(path, f"'date' must be a date like 2025-03-10, not {value!r}"[:200], line)
+    return date
+
+
+def _number(path: Path, value: Any, line: int | None) -> int:
+    """The issue number as written in decimal (YAML 1.1 read ``010`` as 8 and ``1_0`` as 10)."""
+    if not isinstance(value, str) or not value.isascii() or not value.isdigit() or len(value) > 6:
+        raise _fail(path, f"'number' must be a whole number like 7, not {value!r}"[:200], line)
+    return int(value)
 
 
 def _send_at(path: Path, value: Any, line: int | None) -> dt.datetime | None:
@@ -244,6 +251,10 @@ def _send_at(path: Path, value: Any, line: int | None) -> dt.datetime | None:
         raise _fail(path, f"'send_at' must be a date-time with a timezone, not {value!r}", line)
     if value.tzinfo is None:
         raise _fail(path, "'send_at' needs a timezone, e.g. 2025-03-10T09:00+08:00", line)
+    try:
+        value.astimezone(dt.timezone.utc)  # 9999-12-31T23:59-23:59 is past the last UTC instant
+    except OverflowError:
+        raise _fail(path, f"'send_at' {value.isoformat()} is out of range", line) from None
     return value
 
 
@@ -262,7 +273,7 @@ def _refuse_unknown(path: Path, node: yaml.Node, known: tuple[str, ...], what: s
 
 def _person(path: Path, value: Any, node: yaml.Node) -> Person:
     """A person: a plain name, or {name, affiliation}."""
-    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+    if isinstance(value, str):
         value = {"name": value}
     elif not isinstance(value, dict):
         raise _fail(path, f"a credits person must be a name or {{name, affiliation}}, not {value!r}"[:200], _line(node))
@@ -316,6 +327,16 @@ def _read_text(path: Path) -> str:
     return text
 
 
+def _reply_to(path: Path, value: str, line: int | None) -> str | None:
+    """The address in its one normalised form (:func:`newsletter.addresses.validate_address`)."""
+    if not value:
+        return None
+    try:
+        return validate_address(value, "reply_to")
+    except InputError as exc:
+        raise _fail(path, f"'reply_to' is not a valid address ({exc.message})", line) from None
+
+
 def _front_matter(path: Path, front: str) -> tuple[dict[str, Any], yaml.Node | None]:
     """The front matter as data, with its node tree for line numbers; duplicate keys refused."""
     try:
@@ -340,12 +361,23 @@ def _front_matter(path: Path, front: str) -> tuple[dict[str, Any], yaml.Node | N
     return data, node
 
 
-def parse_issue(path: Path) -> Issue:
-    """Read and validate one issue file."""
+def _as_written(value: Any) -> Any:
+    """An inherited value in the form the file would hold it (the loader keeps scalars as text)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return value.isoformat()
+    return value
+
+
+def parse_issue(path: Path, inherit: dict[str, Any] | None = None) -> Issue:
+    """Read and validate one issue file. ``inherit``: values for fields the file leaves out
+    (an edition takes its date, send time and status from the main edition; see editions.py)."""
     path = Path(path)
     text = _read_text(path)
     front, body, body_line = _split_front_matter(path, text)
     data, node = _front_matter(path, front)
+    data = {**{k: _as_written(v) for k, v in (inherit or {}).items()}, **data}
     lines = _field_lines(node)
 
     unknown = [k for k in data if k not in REQUIRED + OPTIONAL]
@@ -355,20 +387,17 @@ def parse_issue(path: Path) -> Issue:
         if data.get(key) in (None, ""):
             raise _fail(path, f"missing required field '{key}'", 1)
 
-    number = data["number"]
-    if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number < 1_000_000:
-        raise _fail(path, f"'number' must be a whole number, not {number!r}", lines.get("number"))
+    number = _number(path, data["number"], lines.get("number"))
 
     m = FILENAME_RE.match(path.name)
     slug = _text(path, data, "slug", lines.get("slug")) or (m.group("slug") if m else path.stem)
-    if not SLUG_RE.match(slug):
+    if not is_slug(slug):
         raise _fail(path, f"slug {slug!r} must be lower-case words joined by hyphens", lines.get("slug"))
 
-    reply_to = _text(path, data, "reply_to", lines.get("reply_to")) or None
-    if reply_to and not ADDRESS_SHAPE.match(reply_to):
-        # The shape only: email-validator's full check (40 ms to import) runs when a
-        # message is prepared, so `build` and the live preview stay quick.
-        raise _fail(path, f"'reply_to' is not a valid address: {reply_to!r}", lines.get("reply_to"))
+    reply_to = _reply_to(path, _text(path, data, "reply_to", lines.get("reply_to")), lines.get("reply_to"))
+    lang = _text(path, data, "lang", lines.get("lang")) or None
+    if lang is not None and not is_language_tag(lang):
+        raise _fail(path, f"'lang' {lang!r} is not a BCP 47 language tag like en, en-GB or zh-Hans", lines.get("lang"))
 
     subtitle = _text(path, data, "subtitle", lines.get("subtitle"))
     status = (_text(path, data, "status", lines.get("status")) or "ready").lower()
@@ -391,7 +420,7 @@ def parse_issue(path: Path) -> Issue:
         send_at=_send_at(path, data.get("send_at"), lines.get("send_at")),
         credits=_credits(path, data.get("credits"), _value_node(node, "credits"), lines.get("credits")),
         credits_title=_text(path, data, "credits_title", lines.get("credits_title")),
-        lang=_text(path, data, "lang", lines.get("lang")) or None,
+        lang=lang,
         status=status,
         source_text=text,
         field_lines=lines,
@@ -474,17 +503,8 @@ def _could_have_slug(path: Path, slug: str) -> bool:
             raw = fh.read(MAX_FILE_BYTES + 1)
     except OSError:
         return False  # unreadable: it has no slug, and its own build says why
-    # YAML spells one number many ways (0x10, 020, 1_6, 1:00, .Inf and 0.00001 are 16, 16, 16, 60,
-    # inf and 1e-05): a slug that is a number's text may hide behind any of them: look for the key only.
-    return b"\\" in raw or (b"slug" in raw and (_is_number(slug) or slug.encode() in raw))
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+    # A plain scalar is kept as written (see _Loader); only a quoted one's escapes can spell it otherwise.
+    return b"\\" in raw or (b"slug" in raw and slug.encode() in raw)
 
 
 def _shared_slug(issue: Issue, other: Path) -> InputError:

@@ -114,10 +114,12 @@ def _v2_deferred(conn: sqlite3.Connection) -> None:
 
 
 MIGRATIONS.append(_v2_deferred)
+# v3: the edition (language tag, "" for the main one) each reader is sent, fixed when the list is frozen.
+MIGRATIONS.append("ALTER TABLE ledger ADD COLUMN edition TEXT NOT NULL DEFAULT ''")
 
 
 def _v3_gave_up(conn: sqlite3.Connection) -> None:
-    """v3: the final row state after the retry window is ``gave-up`` (it was ``failed-temporary``,
+    """v4: the final row state after the retry window is ``gave-up`` (it was ``failed-temporary``,
     which now means only a transport's "try again later"). The CHECK is edited in place as in v2."""
     sql = conn.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name='ledger'").fetchone()[0]
     if "'failed-temporary'" in sql:
@@ -516,7 +518,8 @@ class RunStart(NamedTuple):
 
 
 def begin_run(conn: sqlite3.Connection, d: Delivery, *, transport: str, resend_interrupted: bool,
-              retry_failed: bool, now: datetime, retry_now: bool = False) -> RunStart:
+              retry_failed: bool, now: datetime, retry_now: bool = False,
+              edition_for: Callable[[str], str] | None = None) -> RunStart:
     """Freeze the list (first run only), settle rows a crash left in flight, and mark it running.
 
     Rows left ``sending`` were handed to the transport and never recorded: a crash or a kill.
@@ -524,21 +527,30 @@ def begin_run(conn: sqlite3.Connection, d: Delivery, *, transport: str, resend_i
     or with ``resend_interrupted=False`` set ``uncertain`` and reported. A ``done`` delivery
     is never reopened here, except ``retry_failed`` for those whose retry window ran out.
     ``retry_now`` (the editor's `resume`) makes every deferred reader due at once.
-    Runs inside the caller's transaction.
+    ``edition_for`` gives the edition (tag, "" for the main one) a reader of a language gets; it is
+    recorded in each row at the freeze. Runs inside the caller's transaction.
     """
     stamp = timestamp(now)
     if d.frozen_at is None and get_delivery(conn, d.id).frozen_at is None:  # re-read under the lock
         # Readers who already got this issue (or may have: 'sending'/'uncertain') from an
         # earlier, cancelled delivery are left out.
+        pairs = edition_pairs(conn, edition_for)
+        edition, edition_params = edition_case(pairs[:_CASE_LIMIT])
         conn.execute(
-            "INSERT INTO ledger(delivery_id, subscriber_id, email, name, state, updated_at) "
-            "SELECT ?, s.id, s.email, s.name, 'pending', ? FROM subscribers s WHERE s.status='active' "
+            "INSERT INTO ledger(delivery_id, subscriber_id, email, name, state, updated_at, edition) "
+            f"SELECT ?, s.id, s.email, s.name, 'pending', ?, {edition} FROM subscribers s WHERE s.status='active' "
             "AND NOT EXISTS (SELECT 1 FROM ledger p WHERE p.subscriber_id=s.id "
             "AND p.state IN ('sent','sending','uncertain') AND p.delivery_id IN "
             "(SELECT id FROM deliveries WHERE slug=? AND test=0 AND id<>?)) ORDER BY s.id",
-            (d.id, stamp, d.slug, d.id))
+            (d.id, stamp, *edition_params, d.slug, d.id))
         total = conn.execute("SELECT COUNT(*) FROM ledger WHERE delivery_id=?", (d.id,)).fetchone()[0]
         conn.execute("UPDATE deliveries SET frozen_at=?, total=? WHERE id=?", (stamp, total, d.id))
+        for start in range(_CASE_LIMIT, len(pairs), _CASE_LIMIT):  # a list of very many languages
+            case, params = edition_case(pairs[start:start + _CASE_LIMIT])
+            conn.execute(f"UPDATE ledger SET edition={case.replace('s.lang', 'v.lang')} FROM (SELECT id, lang FROM "
+                         "subscribers) AS v WHERE ledger.delivery_id=? AND ledger.subscriber_id=v.id AND "
+                         f"v.lang IN ({','.join('?' * (len(params) // 2))})",
+                         (*params, d.id, *params[0::2]))
     interrupted = conn.execute("SELECT COUNT(*) FROM ledger WHERE delivery_id=? AND state='sending'",
                                (d.id,)).fetchone()[0]
     if resend_interrupted:
@@ -561,6 +573,37 @@ def begin_run(conn: sqlite3.Connection, d: Delivery, *, transport: str, resend_i
     return RunStart(counts, interrupted)
 
 
+#: Languages matched to an edition in one freeze's SQL; past this (a list of many languages) the
+#: CASE would pass SQLite's parameter limit, and the rows are given their edition in chunks after.
+_CASE_LIMIT = 200
+
+
+def edition_pairs(conn: sqlite3.Connection, edition_for: Callable[[str], str] | None) -> list[tuple[str, str]]:
+    """(language, edition) for each distinct language of the active readers that gets another
+    edition than the main one: one match per language, not per reader."""
+    if edition_for is None:
+        return []
+    langs = conn.execute("SELECT DISTINCT lang FROM subscribers WHERE status='active' AND lang<>''").fetchall()
+    return [(lang, tag) for (lang,) in langs if (tag := edition_for(lang))]
+
+
+def edition_case(pairs: Sequence[tuple[str, str]]) -> tuple[str, list[str]]:
+    """The SQL giving a reader (``s``) their edition: ``CASE s.lang WHEN 'zh' THEN 'zh-Hans' … ELSE '' END``
+    (``''``: the main one), and its parameters."""
+    if not pairs:
+        return "''", []
+    return "CASE s.lang " + "WHEN ? THEN ? " * len(pairs) + "ELSE '' END", [x for pair in pairs for x in pair]
+
+
+def edition_counts(conn: sqlite3.Connection, delivery_id: int) -> dict[str, dict[str, int]]:
+    """Readers per edition ("" the main one) and state, for ``status``."""
+    out: dict[str, dict[str, int]] = {}
+    for edition, state, n in conn.execute("SELECT edition, state, COUNT(*) FROM ledger WHERE delivery_id=? "
+                                          "GROUP BY edition, state ORDER BY edition", (int(delivery_id),)):
+        out.setdefault(edition, dict.fromkeys(LEDGER_STATES, 0))[state] = n
+    return out
+
+
 class ClaimedRow(NamedTuple):
     """One reader of a claimed batch, as it stood before the claim."""
 
@@ -572,6 +615,7 @@ class ClaimedRow(NamedTuple):
     attempts: int
     first_failure_at: float | None
     uncertain_resends: int
+    edition: str = ""          # the edition this reader is sent ("" the main one)
 
 
 class Claim(NamedTuple):
@@ -585,7 +629,7 @@ class Claim(NamedTuple):
 
 
 _ROW_COLUMNS = ("l.subscriber_id, l.email, l.name, l.state, l.next_attempt_at, l.attempts, l.first_failure_at, "
-                "l.uncertain_resends, s.status")
+                "l.uncertain_resends, s.status, l.edition")
 
 
 def _select(conn: sqlite3.Connection, delivery_id: int, where: str, params: tuple, retry: bool = False) -> list:
@@ -656,7 +700,8 @@ def claim_batch(conn: sqlite3.Connection, d: Delivery, owner: str, *, limit: int
         batch_no = next_batch_no(conn, d.id) if helper else refresh_lock(conn, d.id, owner, now, new_batch=True)
     elif not helper:
         refresh_lock(conn, d.id, owner, now)
-    claim = Claim(batch_no, [ClaimedRow(*tuple(r)[:8]) for r in live], fresh, skipped, last_id=rows[-1][0])
+    claim = Claim(batch_no, [ClaimedRow(*tuple(r)[:8], r["edition"]) for r in live], fresh, skipped,
+                  last_id=rows[-1][0])
     if fresh and not gone:  # a contiguous keyset range of pending rows: one statement
         conn.execute("UPDATE ledger SET state='sending', batch_no=?, updated_at=? WHERE delivery_id=? AND "
                      "subscriber_id BETWEEN ? AND ? AND state='pending'",

@@ -34,7 +34,7 @@ from newsletter.errors import InputError
 from newsletter.message_ids import make_message_id, real_send_salt
 from newsletter.mime import (EOL, add_segments, dot_stuff, fold, fold_list_unsubscribe, json_parts, json_segments,
                              segments, stuff_lines, substitute)
-from newsletter.tokens import make_token
+from newsletter.tokens import LANGUAGE, make_token
 
 if TYPE_CHECKING:
     from newsletter.render import RenderedEmail
@@ -145,7 +145,19 @@ class PreparedIssue:
             "unsubscribe_url": self.unsubscribe_url(recipient.token),
             "email": recipient.email,
             "name": recipient.name,
+            "language_url": self.language_url(recipient),
         }
+
+    @cached_property
+    def _links_editions(self) -> bool:
+        return "%%LANGUAGE_URL%%" in self.rendered.text or "%%LANGUAGE_URL%%" in self.rendered.html
+
+    def language_url(self, recipient: Recipient) -> str:
+        """The reader's link to choose an edition for future issues (``/language/<token>``, a token
+        for that purpose only), when this issue links to other editions."""
+        if not (self._links_editions and self.base_url and recipient.subscriber_id is not None):
+            return ""
+        return f"{self.base_url}/language/{make_token(self.secret_key, recipient.subscriber_id, recipient.email, LANGUAGE)}"
 
     def personalise(self, recipient: Recipient) -> "OutgoingMessage":
         return OutgoingMessage(self, recipient)

@@ -20,6 +20,7 @@ PLACEHOLDERS = {
     "unsubscribe_url": "%%UNSUBSCRIBE_URL%%",
     "email": "%%EMAIL%%",
     "name": "%%NAME%%",
+    "language_url": "%%LANGUAGE_URL%%",  # the reader's signed link to switch editions (+ "/<tag>")
 }
 _PLACEHOLDER_RE = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS.values()))
 _KEY_BY_MARKER = {marker: key for key, marker in PLACEHOLDERS.items()}

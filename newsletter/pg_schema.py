@@ -60,6 +60,8 @@ CREATE TRIGGER subscriber_former_addresses_go AFTER DELETE ON subscribers
     NOTHING,
     # v5: the nonce of a reader's open signup request
     "ALTER TABLE subscribers ADD COLUMN signup_nonce TEXT NOT NULL DEFAULT ''",
+    # v6: the reader's language, which picks their edition
+    "ALTER TABLE subscribers ADD COLUMN lang TEXT NOT NULL DEFAULT ''",
 ]
 
 DELIVERY: list[Step] = [
@@ -126,7 +128,9 @@ ALTER TABLE deliveries ADD COLUMN nonce TEXT;
 ALTER TABLE ledger ADD COLUMN first_failure_at DOUBLE PRECISION;
 ALTER TABLE ledger ADD COLUMN uncertain_resends INTEGER NOT NULL DEFAULT 0;
 UPDATE ledger SET next_attempt_at=0 WHERE state='retry'""",
-    # v3: the final row state after the retry window is 'gave-up'
+    # v3: which edition (language) each reader is sent
+    "ALTER TABLE ledger ADD COLUMN edition TEXT NOT NULL DEFAULT ''",
+    # v4: the final row state after the retry window is 'gave-up'
     """ALTER TABLE ledger DROP CONSTRAINT ledger_state_check;
 UPDATE ledger SET state='gave-up' WHERE state='failed-temporary';
 ALTER TABLE ledger ADD CONSTRAINT ledger_state_check CHECK (state IN ('pending','sending','sent','retry',

@@ -13,6 +13,8 @@ from typing import Sequence
 from markdown_it.token import Token
 from markdown_it.tree import SyntaxTreeNode
 
+from newsletter.textwidth import fill, width as display_width
+
 WIDTH = 72
 _UNDERLINE = {"h1": "=", "h2": "=", "h3": "-"}
 
@@ -64,17 +66,14 @@ class _Writer:
         return paragraphs
 
     def wrap(self, text: str, width: int) -> str:
-        return "\n".join(
-            textwrap.fill(line, width=max(width, 20), break_long_words=False, break_on_hyphens=False) or ""
-            for line in text.split("\n")
-        )
+        return fill(text, max(width, 20))  # by display width: a CJK character is two columns
 
     def block(self, node: SyntaxTreeNode, width: int) -> str | None:
         t = node.type
         if t == "heading":
             text = self.inline(node.children[0])
             mark = _UNDERLINE.get(node.tag)
-            return f"{text}\n{mark * min(len(text), width)}" if mark else f"### {text}"
+            return f"{text}\n{mark * min(display_width(text), width)}" if mark else f"### {text}"
         if t == "paragraph":
             return self.wrap(self.inline(node.children[0]), width)
         if t in ("bullet_list", "ordered_list"):
@@ -112,12 +111,13 @@ class _Writer:
         return "\n".join(rows)
 
 
-def to_plain_text(tokens: Sequence[Token], width: int = WIDTH) -> str:
-    """Plain text of the body, with a numbered link list at the end when there are links."""
+def to_plain_text(tokens: Sequence[Token], width: int = WIDTH, links_label: str = "Links:") -> str:
+    """Plain text of the body, with a numbered link list (under ``links_label``, in the issue's
+    language) at the end when there are links."""
     writer = _Writer(width)
     tree = SyntaxTreeNode(list(tokens))
     text = "\n\n".join(writer.blocks(tree.children, width))
     if writer.links:
         refs = "\n".join(f"[{i}] {href}" for i, href in enumerate(writer.links, start=1))
-        text += "\n\nLinks:\n" + refs
+        text += f"\n\n{links_label}\n" + refs
     return text

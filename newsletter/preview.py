@@ -19,9 +19,10 @@ from typing import Any, Callable, Iterable
 from newsletter.config import Settings
 from newsletter.errors import NewsletterError
 from newsletter.mime import fill
-from newsletter.render import Renderer, RenderedEmail, render_issue
+from newsletter.render import Renderer, RenderedEmail
 
-SAMPLE_VALUES = {"unsubscribe_url": "#unsubscribe-preview", "email": "reader@example.org", "name": "Reader"}
+SAMPLE_VALUES = {"unsubscribe_url": "#unsubscribe-preview", "email": "reader@example.org", "name": "Reader",
+                 "language_url": "#language-preview"}
 
 
 def fill_sample(text: str) -> str:
@@ -114,15 +115,21 @@ class PreviewServer:
 
     def watched(self) -> list[Path]:
         templates = sorted(self.settings.templates_dir.glob("*")) if self.settings.templates_dir.is_dir() else []
-        return [self.issue_path, self.settings.root / "newsletter.toml", *templates]
+        from newsletter.editions import resolve
+
+        main = resolve(self.issue_path)[0]  # an edition inherits from its main edition
+        return list(dict.fromkeys([self.issue_path, main, self.settings.root / "newsletter.toml", *templates]))
 
     def rebuild(self) -> None:
         try:
-            rendered = render_issue(self.issue_path, self.settings, self.renderer)
+            rendered = self._render()
             self.state.last_good, self.state.error = rendered, ""
             self.log(f"rebuilt {self.issue_path.name} ({len(rendered.html.encode()) // 1024} KB)")
         except NewsletterError as exc:
             self.state.error = exc.format_message()
+            self.log(f"error: {self.state.error}")
+        except Exception as exc:  # noqa: BLE001 - a bug must not stop the watcher: the next save rebuilds
+            self.state.error = f"{type(exc).__name__}: {exc}"[:500]
             self.log(f"error: {self.state.error}")
         if self.state.last_good is not None:
             pub = self.settings.publication
@@ -132,6 +139,15 @@ class PreviewServer:
             self.state.page = f"<!doctype html><title>Render error</title><pre>{html.escape(self.state.error)}</pre>" \
                               "<script>setTimeout(()=>location.reload(),500)</script>"
         self.state.version += 1
+
+    def _render(self) -> RenderedEmail:
+        """The previewed issue, or edition (its file's path names it), as it is sent: with its editions' links."""
+        from newsletter.editions import load_editions, render_editions, resolve
+
+        main, tag = resolve(self.issue_path)
+        editions = load_editions(main, self.settings.publication.lang)
+        key = editions.tag_of(tag or "")
+        return render_editions(editions, self.settings, self.renderer, only=key)[key]
 
     def watch(self, interval: float = 0.2) -> None:
         seen = _mtimes(self.watched())

@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 
-from newsletter.errors import InputError
+from newsletter.errors import InputError, NewsletterError
 from newsletter.mime import PLACEHOLDERS
 from newsletter.template_files import default_templates_dir
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
+    from newsletter.editions import Editions
     from newsletter.issue import Issue
 
 
@@ -41,6 +42,7 @@ class RenderedEmail:
     reply_to: str | None
     content_hash: str
     source: Path | None = None
+    edition: str = ""  # "" for the main edition, else its language tag (see newsletter.editions)
     timings: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -63,7 +65,7 @@ def template_environment(templates_dir: Path, cache_dir: Path | None = None) -> 
     if templates_dir.is_dir():
         loaders.append(jinja2.FileSystemLoader(templates_dir))
     loaders.append(jinja2.FileSystemLoader(default_templates_dir()))
-    return jinja2.Environment(
+    return _with_gettext(jinja2.Environment(
         loader=jinja2.ChoiceLoader(loaders),
         autoescape=lambda name: not (name or "").endswith(".txt.j2"),
         undefined=jinja2.StrictUndefined,
@@ -72,7 +74,18 @@ def template_environment(templates_dir: Path, cache_dir: Path | None = None) -> 
         keep_trailing_newline=True,
         auto_reload=True,
         bytecode_cache=_bytecode_cache(cache_dir),
-    )
+        extensions=["jinja2.ext.i18n"],
+    ))
+
+
+def _with_gettext(env: jinja2.Environment) -> jinja2.Environment:
+    """``_()`` works in every template: English until a render installs a language's catalog."""
+    from newsletter.textwidth import fill, width
+
+    env.install_null_translations(newstyle=True)  # type: ignore[attr-defined]
+    env.filters["display_width"] = width  # columns: a CJK character takes two
+    env.filters["fill_width"] = fill  # wrap by display width, CJK line-breaking rules kept
+    return env
 
 
 def _bytecode_cache(cache_dir: Path | None) -> jinja2.BytecodeCache | None:
@@ -86,15 +99,38 @@ def _bytecode_cache(cache_dir: Path | None) -> jinja2.BytecodeCache | None:
 
 
 def _template_error(exc: Exception, env: jinja2.Environment, name: str) -> InputError:
+    """One line naming the template and line: the template is the editor's code, and whatever it
+    raises (``{{ 1/0 }}``, an include of itself, a macro that calls itself) is theirs to fix."""
     if isinstance(exc, jinja2.TemplateSyntaxError):
         return InputError(f"template error: {exc.message}", path=exc.filename or exc.name or name, line=exc.lineno)
-    where = name
-    try:
-        source, filename, _ = env.loader.get_source(env, name)  # type: ignore[union-attr]
-        where = filename or name
-    except Exception:  # pragma: no cover - best effort only
-        pass
-    return InputError(f"template error: {exc}", path=where)
+    where, line = _template_frame(exc)
+    if where is None:
+        where = name
+        try:
+            _, filename, _ = env.loader.get_source(env, name)  # type: ignore[union-attr]
+            where = filename or name
+        except Exception:  # noqa: BLE001 - best effort only
+            pass
+    if isinstance(exc, RecursionError):
+        message = "it includes itself, or a macro calls itself, without end"
+    elif isinstance(exc, jinja2.TemplateError):
+        message = str(exc)
+    else:
+        message = f"{type(exc).__name__}: {exc}"
+    return InputError(f"template error: {message}"[:500], path=where, line=line)
+
+
+def _template_frame(exc: BaseException) -> tuple[str | None, int | None]:
+    """The file and line of the innermost template frame (Jinja maps its frames to template lines)."""
+    import traceback
+    from collections import Counter
+
+    frames = [(f.filename, f.lineno) for f in traceback.extract_tb(exc.__traceback__) if f.filename.endswith(".j2")]
+    if not frames:
+        return None, None
+    if isinstance(exc, RecursionError):  # the include or call that recurses repeats on every level
+        return Counter(frames).most_common(1)[0][0]
+    return frames[-1]
 
 
 class Renderer:
@@ -107,11 +143,15 @@ class Renderer:
     def render_template(self, name: str, context: dict[str, Any]) -> str:
         try:
             return self.env.get_template(name).render(context)
-        except (jinja2.TemplateError, TypeError, ValueError, AttributeError) as exc:
+        except NewsletterError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any error of the template's own code (see _template_error)
             raise _template_error(exc, self.env, name) from None
 
-    def render(self, issue: "Issue", *, test: bool = False) -> RenderedEmail:
-        """``test`` renders a [TEST] copy, whose footer does not claim its recipient subscribed."""
+    def render(self, issue: "Issue", *, test: bool = False, editions: "Editions | None" = None,
+               edition: str = "") -> RenderedEmail:
+        """``test`` renders a [TEST] copy, whose footer does not claim its recipient subscribed.
+        With ``editions``, ``issue`` is its ``edition`` and links to the others."""
         from newsletter.content import parse_body
         from newsletter.inline import inline_css
         from newsletter.plaintext import to_plain_text
@@ -129,6 +169,8 @@ class Renderer:
         parsed = parse_body(issue.body, path=issue.path, first_line=issue.body_line)
         lap("markdown")
         web_url = f"{pub.base_url}/issues/{issue.slug}/" if pub.base_url else ""
+        if edition:
+            web_url += f"{edition}/" if web_url else ""
         context = {
             "pub": pub,
             "issue": issue,
@@ -138,8 +180,9 @@ class Renderer:
             "reply_to": issue.reply_to or pub.reply_to_address,
             "placeholder": PLACEHOLDERS,
             "lang": issue.lang or pub.lang,
-            "date_long": f"{issue.date.day} {issue.date:%B %Y}",
+            "date_long": long_date(issue.date, issue.lang, pub.lang),
             "test_copy": test,
+            **edition_context(self, issue, editions, edition),
         }
         mjml_source = self.render_template("email.mjml.j2", context)
         css = self.render_template("email.css.j2", context)
@@ -148,7 +191,11 @@ class Renderer:
         lap("mjml")
         html = inline_css(html, css, self.settings.build_dir / ".cache" / "inline")
         lap("inline")
-        text = self.render_template("email.txt.j2", {**context, "body_text": to_plain_text(parsed.tokens)})
+        from newsletter.i18n import translations
+
+        links_label = translations(context["lang"], self.settings.root).gettext("Links:")
+        text = self.render_template("email.txt.j2", {**context, "body_text": to_plain_text(parsed.tokens,
+                                                                                          links_label=links_label)})
         # No trailing spaces, except in the conventional "-- " signature separator.
         text = "\n".join(line.rstrip() for line in text.splitlines()).strip().replace("\n--\n", "\n-- \n") + "\n"
         lap("text")
@@ -164,8 +211,36 @@ class Renderer:
             reply_to=issue.reply_to,
             content_hash=content_hash(issue.subject, issue.preheader, html, text),
             source=issue.path,
+            edition=edition,
             timings=timings,
         )
+
+
+def edition_context(renderer: Renderer, issue: "Issue", editions: "Editions | None", edition: str) -> dict[str, Any]:
+    """What the templates need for languages: gettext ``_`` in the issue's language, whether it is
+    set in CJK (no italics, taller lines), and the links to the other editions."""
+    from newsletter.editions import links_for
+    from newsletter.i18n import translations
+    from newsletter.lang import is_cjk
+
+    settings = renderer.settings
+    lang = issue.lang or settings.publication.lang
+    renderer.env.install_gettext_translations(translations(lang, settings.root), newstyle=True)  # type: ignore[attr-defined]
+    links = links_for(editions, edition, settings.publication.base_url, settings.root) if editions else []
+    return {"cjk": is_cjk(lang), "edition_links": links, "edition": edition}
+
+
+def long_date(date: Any, lang: str | None, main_lang: str) -> str:
+    """"2 May 2025" in the publication's own language; in an edition's, as that language writes
+    it (CLDR's long form through Babel: "2025年5月2日")."""
+    if not lang or lang == main_lang or lang.startswith("en"):
+        return f"{date.day} {date:%B %Y}"
+    try:
+        from babel.dates import format_date
+
+        return format_date(date, "long", locale=lang.replace("-", "_"))
+    except (ValueError, LookupError):  # a language CLDR does not know
+        return f"{date.day} {date:%B %Y}"
 
 
 def _markup_block(block: Any) -> Any:
@@ -201,7 +276,7 @@ def render_issue(issue_or_path: "Issue | Path", settings: "Settings", renderer: 
 
 def write_build(rendered: RenderedEmail, out_dir: Path, preview_html: str | None = None) -> Path:
     """Write ``email.html``, ``email.txt`` (and ``preview.html``) into ``out_dir/<slug>/``."""
-    target = out_dir / rendered.slug
+    target = out_dir / rendered.slug / rendered.edition if rendered.edition else out_dir / rendered.slug
     target.mkdir(parents=True, exist_ok=True)
     (target / "email.html").write_text(rendered.html, encoding="utf-8")
     (target / "email.txt").write_text(rendered.text, encoding="utf-8")

@@ -17,7 +17,9 @@ from newsletter.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
+    from newsletter.editions import Editions
     from newsletter.message import PreparedIssue
+    from newsletter.prepared_editions import PreparedEditions
     from newsletter.render import RenderedEmail
     from newsletter.transports.base import SendResult, Transport
 
@@ -32,6 +34,21 @@ def prepare_issue(settings: "Settings", rendered: "RenderedEmail", *, test: bool
 
     return PreparedIssue(rendered=rendered, publication=settings.publication, secret_key=str(settings.secret_key),
                          test=test, signer=signer_from_settings(settings))
+
+
+def prepare_editions(settings: "Settings", editions: "Editions", rendered: dict[str, "RenderedEmail"]) -> "PreparedEditions":
+    """Every edition in ``rendered`` (tag → rendered once) prepared, and each reader's edition
+    decided by ``editions`` among those: a draft edition left out sends its readers the main one."""
+    from newsletter.prepared_editions import PreparedEditions
+
+    sent = {tag: r for tag, r in rendered.items() if tag}
+    prepared = {tag: prepare_issue(settings, r) for tag, r in sent.items()}
+
+    def edition_for(lang: str | None) -> str:
+        tag = editions.tag_for(lang)
+        return tag if tag in prepared else ""
+
+    return PreparedEditions(prepare_issue(settings, rendered[""]), prepared, edition_for)
 
 
 def checked_test_recipients(settings: "Settings", addresses: Sequence[str]) -> list[str]:
@@ -85,9 +102,11 @@ class DryRunSummary:
     size: int = 0  # bytes written
     failed: int = 0  # could not be built (e.g. an address that cannot be sent)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (address, why), the first ones
+    editions: dict[str, int] = field(default_factory=dict)  # messages written per edition ("" the main one)
 
 
-def dry_run_all(settings: "Settings", rendered: "RenderedEmail", progress: Progress | None = None) -> DryRunSummary:
+def dry_run_all(settings: "Settings", rendered: "RenderedEmail", progress: Progress | None = None, *,
+                prepared: "PreparedEditions | None" = None) -> DryRunSummary:
     """Personalise for every active subscriber into the outbox, without touching the ledger.
 
     A message that cannot be built fails alone (the transport says so); it is
@@ -97,8 +116,10 @@ def dry_run_all(settings: "Settings", rendered: "RenderedEmail", progress: Progr
 
     store = _scanning_store(settings)
     total = store.count("active")
-    prepared = prepare_issue(settings, rendered)
-    messages = (prepared.for_subscriber(s.id, s.email, s.name) for s in store.iter_subscribers(status="active"))
+    from newsletter.prepared_editions import as_editions
+
+    editions = prepared or as_editions(prepare_issue(settings, rendered))
+    messages = (editions.for_reader(s.id, s.email, s.name, s.lang) for s in store.iter_subscribers(status="active"))
     summary = DryRunSummary()
     done = 0
     with store, DryRunTransport.from_settings(settings) as transport:
@@ -106,6 +127,8 @@ def dry_run_all(settings: "Settings", rendered: "RenderedEmail", progress: Progr
             for msg, result in zip(batch, transport.send(batch)):
                 if result.status.delivered:
                     summary.messages += 1
+                    tag = msg.prepared.rendered.edition
+                    summary.editions[tag] = summary.editions.get(tag, 0) + 1
                     summary.size += len(msg.as_bytes())  # built by the transport: cached
                 else:
                     summary.failed += 1
@@ -139,16 +162,20 @@ def scheduler_args(settings: "Settings") -> dict[str, Any]:
     """The keyword arguments :func:`newsletter.schedule.dispatch_once` and ``run_worker`` need."""
     from newsletter.delivery import DeliveryOptions
     from newsletter.issue import list_issues, parse_issue
-    from newsletter.render import Renderer, render_issue
+    from newsletter.render import Renderer
     from newsletter.transports import transport_factory
 
     renderer = Renderer(settings)
 
-    def prepare(slug: str) -> "PreparedIssue":
+    def prepare(slug: str) -> "PreparedEditions":
+        from newsletter.editions import load_editions, render_editions
+
         for path in list_issues(settings.issues_dir):
             if (parsed := parse_issue(path)).slug == slug:
                 parsed.require_ready("send")  # set back to draft after it was scheduled: held, not sent
-                return prepare_issue(settings, render_issue(parsed, settings, renderer))
+                editions = load_editions(path, settings.publication.lang, main=parsed)
+                return prepare_editions(settings, editions, render_editions(editions, settings, renderer,
+                                                                            include_drafts=False))
         raise InputError(f"the scheduled issue {slug!r} is no longer in {settings.issues_dir}")
 
     hours = settings.number("NEWSLETTER_MAX_LATENESS", 6.0)

@@ -143,7 +143,8 @@ class Signups:
         migrate(store.conn, COMPONENT, MIGRATIONS)
 
     # ---- requests ------------------------------------------------------------------
-    def request(self, email: str, name: str = "", *, ip: str, source: str, consent: str) -> SignupDecision:
+    def request(self, email: str, name: str = "", *, ip: str, source: str, consent: str,
+                lang: str = "") -> SignupDecision:
         """Record a signup request; decide whether a confirmation email goes out.
 
         Raises :class:`~newsletter.errors.InputError` for an invalid address or name (the
@@ -171,6 +172,9 @@ class Signups:
             mail = status in (PENDING, UNSUBSCRIBED)
             conn.execute("INSERT INTO signup_events(scope, key, at) SELECT 'global', '', ? WHERE ?", (t, mail))
             conn.execute(_QUEUE_SQL, (sid, t, mail))
+            # The language chosen on the form, for a reader not yet confirmed only (run always, like the rest).
+            conn.execute("UPDATE subscribers SET lang=? WHERE id=? AND status=? AND ?<>'' AND ?",
+                         (lang, sid, PENDING, lang, not limit))
         sub = self.store.get(sid)
         return SignupDecision(sub if mail else None, limit or ("new" if before is None else f"address is {before[0]}"))
 

@@ -52,7 +52,7 @@ class RowState(StrEnum):
     """Where one reader of one delivery stands (a ledger row).
 
     ``retry`` waits for its next attempt; ``gave-up`` is final: temporary failures went on past
-    the retry window. (It was stored as ``failed-temporary`` before ledger v3; that word now
+    the retry window. (It was stored as ``failed-temporary`` before ledger v4; that word now
     means only a transport's "try again later" answer.)"""
 
     PENDING = "pending"

@@ -166,6 +166,8 @@ MIGRATIONS.append(_FORMER_ADDRESSES)  # v4: for databases v3 converted before it
 # v5: the nonce of a reader's open signup request. A confirmation link carries it, so a link works
 # only for the request that made it: a new request, or an unsubscribe, retires every older link.
 MIGRATIONS.append("ALTER TABLE subscribers ADD COLUMN signup_nonce TEXT NOT NULL DEFAULT ''")
+# v6: a reader's language (a BCP 47 tag, "" for none): which edition of an issue they get.
+MIGRATIONS.append("ALTER TABLE subscribers ADD COLUMN lang TEXT NOT NULL DEFAULT ''")
 
 
 # The statuses by their short names, for the callers that import them from here.
@@ -174,7 +176,7 @@ ACTIVE, UNSUBSCRIBED, BOUNCED, COMPLAINED, PENDING = (
     SubscriberStatus.PENDING)
 STATUSES: tuple[SubscriberStatus, ...] = tuple(SubscriberStatus)
 
-_COLUMNS = "id, email, name, status, created_at, changed_at, source, consent"
+_COLUMNS = "id, email, name, status, created_at, changed_at, source, consent, lang"
 #: An address with a character outside printable ASCII, per backend.
 _NOT_ASCII = {"sqlite": "email GLOB '*[^ -~]*'", "postgresql": "email ~ '[^ -~]'"}
 _SQL_PARAM_CHUNK = 500  # well under SQLite's host-parameter limit on every build
@@ -204,6 +206,7 @@ class Subscriber(NamedTuple):
     changed_at: str
     source: str
     consent: str
+    lang: str = ""  # the language they read (a BCP 47 tag), "" for none: the main edition
 
     @property
     def is_active(self) -> bool:
@@ -211,7 +214,7 @@ class Subscriber(NamedTuple):
 
     @classmethod
     def from_row(cls, row: sqlite3.Row | tuple) -> "Subscriber":
-        return cls(*tuple(row)[:8])
+        return cls(*tuple(row)[:9])
 
 
 class SubscriberStore:
@@ -404,7 +407,7 @@ class SubscriberStore:
 
     # ---- writes --------------------------------------------------------------------
     def add(self, email: str, name: str = "", *, source: str = "", consent: str = "",
-            resubscribe: bool = False) -> Subscriber:
+            resubscribe: bool = False, lang: str | None = None) -> Subscriber:
         """Add a reader, or return the existing one.
 
         * new address → inserted as ``active``;
@@ -413,7 +416,31 @@ class SubscriberStore:
         * existing pending (an unconfirmed web signup) → activated: the editor vouches for consent;
         * existing unsubscribed/bounced/complained → :class:`InputError`, unless
           ``resubscribe=True`` (only when the person asked to come back), which reactivates it.
+
+        ``lang`` (a language tag; "" clears it) sets the reader's language, for a new or known reader.
         """
+        from newsletter.lang import optional_tag
+
+        tag = optional_tag(lang) if lang is not None else None
+        sub = self._add(email, name, source=source, consent=consent, resubscribe=resubscribe)
+        if tag is not None and tag != sub.lang:
+            return self.set_lang(sub.id, tag)
+        return sub
+
+    def set_lang(self, id_or_email: int | str, lang: str) -> Subscriber:
+        """Set the language a reader reads (a tag, or "" for none); later deliveries follow it."""
+        from newsletter.lang import optional_tag
+
+        tag = optional_tag(lang)
+        with self.transaction():
+            sub = self._resolve(id_or_email)
+            self.conn.execute("UPDATE subscribers SET lang=?, changed_at=? WHERE id=?", (tag, utcnow_text(), sub.id))
+        new = self.get(sub.id)
+        assert new is not None
+        return new
+
+    def _add(self, email: str, name: str = "", *, source: str = "", consent: str = "",
+             resubscribe: bool = False) -> Subscriber:
         email = normalise_email(email)
         name = clean_text(name, "name")
         source = clean_text(source, "source")

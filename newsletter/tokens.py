@@ -45,6 +45,7 @@ _ROUNDS = 4
 
 UNSUBSCRIBE = "unsubscribe"
 CONFIRM = "confirm"
+LANGUAGE = "language"  # a reader's link to choose the edition of future issues
 
 
 @lru_cache(maxsize=16)

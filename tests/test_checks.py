@@ -118,7 +118,6 @@ SOURCE_CASES = [
     ("click-here", "[report on AI governance]", "[click here]", "a11y.link-text", "warning", 22),
     ("here", "[report on AI governance]", "[here]", "a11y.link-text", "warning", 22),
     ("read-more", "[report on AI governance]", "[Read more]", "a11y.link-text", "warning", 22),
-    ("empty-link-text", "[report on AI governance]", "[]", "a11y.link-text", "warning", 22),
     ("image-no-width", "The end.", "![A chart of the summits](https://example.org/chart.png)", "content.img-width",
      "warning", 38),
     ("webp-image", "The end.", "![A chart of the summits](https://example.org/chart.webp)", "support.image-webp",

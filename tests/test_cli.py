@@ -215,10 +215,12 @@ def test_reply_to_gets_the_full_address_check_before_anything_is_sent(publicatio
     path = publication_root / "issues" / "006-global-governance-of-ai.md"
     path.write_text(path.read_text(encoding="utf-8").replace("reply_to: sunchenghao@tsinghua.edu.cn",
                                                              "reply_to: editors@-bad-.org"), encoding="utf-8")
-    assert run(publication_root, "build", "6").exit_code == 0  # the shape is fine; build stays quick
+    # One address policy: the front matter's reply_to gets the full check at parse time, so even
+    # `build` refuses it with its line (a plain address still needs no email-validator import).
+    assert run(publication_root, "build", "6").exit_code == 2
     result = run(publication_root, "send", "6", "--test", "editor@example.org", "--skip-checks")
-    assert result.exit_code == 2 and "invalid Reply-To address" in result.output
-    assert "006-global-governance-of-ai.md" in result.output
+    assert result.exit_code == 2 and "'reply_to' is not a valid address" in result.output
+    assert "006-global-governance-of-ai.md:" in result.output
     assert not (publication_root / "outbox").exists()
 
 

@@ -217,7 +217,7 @@ def test_schema_has_the_agreed_columns(sqlite_store):
                         "status_reason"]  # v1 first, unchanged; v2 adds the consent record after them
     assert cols[9:14] == ["signup_requested_at", "signup_ip", "consent_requested_at", "consent_confirmed_at",
                           "consent_ip"]
-    assert cols[14:] == ["signup_nonce"]  # v5: confirmation links are bound to one request
+    assert cols[14:] == ["signup_nonce", "lang"]  # v5: confirmation links are bound to one request; v6: editions
     indexes = {r[1] for r in store.conn.execute("PRAGMA index_list(subscribers)")}
     assert "subscribers_status" in indexes
 
@@ -231,7 +231,7 @@ def test_migrations_idempotent_on_reopen(tmp_path):
     SubscriberStore(s2.conn)
     assert s2.get(sid).name == "A"
     version = s2.conn.execute("SELECT version FROM schema_migrations WHERE component='subscribers'").fetchone()[0]
-    assert version == len(MIGRATIONS) == 5
+    assert version == len(MIGRATIONS) == 6
     s2.close()
 
 

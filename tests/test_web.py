@@ -64,7 +64,9 @@ def test_get_shows_confirmation_and_changes_nothing(client, store, sub):
     assert "The Tsinghua Letter" in page
     assert "s***@tsinghua.edu.cn" in page
     assert "sam.lee" not in page  # never the full address
-    assert '<form method="post"' in page and ">Unsubscribe</button>" in page
+    assert '<form method="post"' in page and ">退订</button>" in page  # the publication's language (zh-Hans)
+    english = client.get(f"/unsubscribe/{token_for(sub)}", headers={"Accept-Language": "en-GB,en;q=0.8"})
+    assert ">Unsubscribe</button>" in english.get_data(as_text=True)  # the visitor's
     assert store.get(sub.id) == before  # GET unsubscribes nobody (status and changed_at unchanged)
     r = client.head(f"/unsubscribe/{token_for(sub)}")
     assert r.status_code == 200 and store.get(sub.id) == before
@@ -74,7 +76,7 @@ def test_post_form_button_unsubscribes(client, store, sub):
     r = client.post(f"/unsubscribe/{token_for(sub)}", data={"confirm": "yes"})
     assert r.status_code == 200
     page = r.get_data(as_text=True)
-    assert "You are unsubscribed" in page and "sam.lee" not in page
+    assert "您已退订" in page and "sam.lee" not in page
     assert store.get(sub.id).status == "unsubscribed"
     assert store.status_reason(sub.id) == "unsubscribe page"
 
@@ -93,11 +95,11 @@ def test_post_twice_is_fine(client, store, sub):
                        content_type="application/x-www-form-urlencoded").status_code == 200
     first = store.get(sub.id)
     r = client.post(url, data={"confirm": "yes"})
-    assert r.status_code == 200 and "You are unsubscribed" in r.get_data(as_text=True)
+    assert r.status_code == 200 and "您已退订" in r.get_data(as_text=True)
     assert store.get(sub.id) == first
     # And the page now says so instead of offering the button again.
     page = client.get(url).get_data(as_text=True)
-    assert "You are unsubscribed" in page and "<form" not in page
+    assert "您已退订" in page and "<form" not in page
 
 
 def test_bounced_reader_stays_bounced(client, store, sub):
@@ -280,7 +282,7 @@ def test_real_server_on_loopback(settings, db, store, sub):
         # What a mail client sends for RFC 8058 one-click.
         r = http.post(url, data="List-Unsubscribe=One-Click", timeout=5,
                       headers={"Content-Type": "application/x-www-form-urlencoded"})
-        assert r.status_code == 200 and "You are unsubscribed" in r.text
+        assert r.status_code == 200 and "您已退订" in r.text
         assert r.headers["Cache-Control"] == "no-store"
         assert store.get(sub.id).status == "unsubscribed"
         bad = http.post(f"{base}/unsubscribe/1.forged", timeout=5)
@@ -345,7 +347,7 @@ def test_locked_database_is_retried_then_spooled_and_applied(settings, db, store
     try:
         r = client.post(f"/unsubscribe/{token_for(sub)}", data="List-Unsubscribe=One-Click",
                         content_type="application/x-www-form-urlencoded")
-        assert r.status_code == 200 and "You are unsubscribed" in r.get_data(as_text=True)
+        assert r.status_code == 200 and "您已退订" in r.get_data(as_text=True)
         assert len(clock.sleeps) == 3  # bounded retries inside the request, on the injected clock
         spool = spool_path(wsgi.web_app.store_path)
         assert spool.exists()

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from newsletter.checks import (accessibility, content, deliverability, frontmatter, links, plaintext, size, support,
-                               templates)
+from newsletter.checks import (accessibility, content, deliverability, editions, frontmatter, links, plaintext, size,
+                               support, templates)
 from newsletter.checks.context import CheckContext
 from newsletter.checks.findings import Finding, sort_findings
 from newsletter.config import Settings
@@ -43,6 +43,7 @@ CHECKS: tuple[Callable[[CheckContext], None], ...] = (
     deliverability.check_helo_name,
     plaintext.check_plain_text,
     templates.check_template_copies,
+    editions.check_editions,
 )
 
 

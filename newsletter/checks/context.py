@@ -17,7 +17,8 @@ from markdown_it.token import Token
 from newsletter.checks.findings import Finding
 from newsletter.config import Settings
 from newsletter.errors import NewsletterError
-from newsletter.issue import Issue, parse_issue
+from newsletter.editions import parse_any
+from newsletter.issue import Issue
 from newsletter.render import RenderedEmail
 
 
@@ -76,7 +77,7 @@ class CheckContext:
         self.issue: Issue | None = None
         if rendered.source is not None:
             try:
-                self.issue = parse_issue(rendered.source)
+                self.issue = parse_any(rendered.source, settings.publication.lang)  # an edition inherits
             except NewsletterError as exc:
                 self.add("error", "issue.invalid", exc.message, line=exc.line)
 

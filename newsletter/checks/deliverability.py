@@ -57,10 +57,13 @@ def check_subject(ctx: CheckContext) -> None:
 
 
 def check_preheader(ctx: CheckContext) -> None:
-    n = len(ctx.rendered.preheader)
+    from newsletter.textwidth import width
+
+    n = width(ctx.rendered.preheader)  # an inbox fits half as many CJK characters: each counts two
     if n < PREHEADER_MIN or n > PREHEADER_MAX:
+        size = f"{n} characters" if n == len(ctx.rendered.preheader) else f"{n} columns wide (a CJK character is two)"
         ctx.add("warning", "deliver.preheader-length",
-                f"the preheader is {n} characters; inboxes show {PREHEADER_MIN}-{PREHEADER_MAX} "
+                f"the preheader is {size}; inboxes show {PREHEADER_MIN}-{PREHEADER_MAX} "
                 "(set 'preheader' or 'subtitle' in the front matter)")
 
 

@@ -14,8 +14,11 @@ MAX_DAYS_AHEAD = 365
 
 
 def _others(ctx: CheckContext, issue: Issue) -> list[Issue]:
-    """The other issue files that parse; a broken one is its own check's business."""
-    mine = issue.path.resolve()
+    """The other issue files that parse; a broken one is its own check's business. An edition's
+    main edition is the same issue, not another one."""
+    from newsletter.editions import resolve
+
+    mine = resolve(issue.path)[0].resolve()
     return list(parsed_issues(p for p in list_issues(ctx.settings.issues_dir) if p.resolve() != mine))
 
 

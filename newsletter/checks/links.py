@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from newsletter.checks.context import CheckContext
+from newsletter.markdown_rules import LINK_SCHEMES
 from newsletter.render import PLACEHOLDERS
 
-SCHEMES = ("http", "https", "mailto", "tel")
+SCHEMES = LINK_SCHEMES
 WORKERS = 8
 TIMEOUT = 10.0  # seconds per connect or read
 DEADLINE = 20.0  # seconds per link in all, however slowly the server answers
@@ -27,7 +28,7 @@ SOFT_STATUSES = {401, 403, 429}  # often bot protection: the link may work in a 
 
 def url_problem(url: str) -> str | None:
     """Why ``url`` cannot work in an email, or None. Fragments and named placeholders pass."""
-    if not url or url.startswith("#") or url in PLACEHOLDERS.values():
+    if not url or url.startswith("#") or url.startswith(tuple(PLACEHOLDERS.values())):
         return None
     if any(c.isspace() for c in url):
         return "contains a space"
@@ -63,13 +64,17 @@ def _host_problem(host: str, port: int | None) -> str | None:
 
 
 def _mailto_problem(address: str) -> str | None:
-    from email_validator import EmailNotValidError, validate_email
+    """The first address of a mailto: link that the one address policy refuses."""
+    from urllib.parse import unquote
 
-    for one in filter(None, address.split(",")):
+    from newsletter.addresses import validate_address
+    from newsletter.errors import InputError
+
+    for one in filter(None, unquote(address).split(",")):
         try:
-            validate_email(one.strip(), check_deliverability=False)
-        except EmailNotValidError as exc:
-            return f"is not a valid address ({exc})"
+            validate_address(one.strip(), "mailto address")
+        except InputError as exc:
+            return f"is not a valid address ({exc.message})"
     return None
 
 

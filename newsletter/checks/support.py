@@ -28,7 +28,7 @@ from newsletter.checks.css import Declaration, declarations, parse_stylesheet
 
 _HEX = re.compile(r"#[0-9a-fA-F]{3,8}\b")
 _LIST_KEYS = ("properties", "functions", "keywords", "elements", "attributes", "extensions")
-_UNIT = re.compile(r"(?<![\w.-])-?(?:\d+\.?\d*|\.\d+)(%|[a-z]+\b)")
+_UNIT = re.compile(r"(?<![\w.-])-?(?:\d+(?:\.\d*)?|\.\d+)(%|[a-z]+\b)")  # one way to split the digits
 
 
 @dataclass(frozen=True)

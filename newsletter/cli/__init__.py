@@ -134,10 +134,15 @@ def issue_path(settings: "Settings", ref: str) -> Path:
     return find_issue(settings.issues_dir, ref)
 
 
-def render_ref(settings: "Settings", ref: str) -> "RenderedEmail":
-    from newsletter.render import render_issue
+def render_ref(settings: "Settings", ref: str, lang: str | None = None) -> "RenderedEmail":
+    """The issue ``ref`` names rendered: its main edition, or the edition ``lang`` (or an edition's
+    file) names."""
+    from newsletter.editions import load_editions, render_editions, resolve
 
-    return render_issue(issue_path(settings, ref), settings)
+    path, named = resolve(issue_path(settings, ref))
+    editions = load_editions(path, settings.publication.lang)
+    tag = editions.tag_of(lang or named or "")
+    return render_editions(editions, settings, only=tag)[tag]
 
 
 @click.group("newsletter", cls=NewsletterGroup,

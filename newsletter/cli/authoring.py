@@ -72,12 +72,21 @@ def templates_diff(ctx: click.Context, name: str) -> None:
 
 @cli.command()
 @click.argument("title")
+@click.option("--lang", metavar="TAG",
+              help="Start the TAG edition (e.g. zh-Hans) of issue TITLE (a number or slug) instead.")
 @click.pass_context
-def new(ctx: click.Context, title: str) -> None:
-    """Scaffold the next numbered issue file with TITLE."""
+def new(ctx: click.Context, title: str, lang: str | None) -> None:
+    """Scaffold the next numbered issue file with TITLE (or, with --lang, an edition of an issue)."""
+    settings = settings_of(ctx)
+    if lang is not None:
+        from newsletter.editions import new_edition, resolve
+
+        path = new_edition(resolve(issue_path(settings, title))[0], lang, settings.publication.lang)
+        click.echo(f"Created {path} (a draft: translate it, then set 'status: ready')")
+        return
     from newsletter.scaffold import new_issue
 
-    path = new_issue(settings_of(ctx).issues_dir, title)
+    path = new_issue(settings.issues_dir, title)
     click.echo(f"Created {path}")
 
 
@@ -85,16 +94,19 @@ def new(ctx: click.Context, title: str) -> None:
 @click.argument("issues", nargs=-1)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Write to DIR/<slug>/ instead of build/<slug>/.")
+@click.option("--lang", metavar="TAG", help="Build only the TAG edition (default: every edition).")
 @click.pass_context
-def build(ctx: click.Context, issues: tuple[str, ...], out: Path | None) -> None:
-    """Render ISSUES (default: all) to email.html, email.txt and preview.html.
+def build(ctx: click.Context, issues: tuple[str, ...], out: Path | None, lang: str | None) -> None:
+    """Render ISSUES (default: all), every edition, to email.html, email.txt and preview.html.
 
     Markdown → Jinja2 → MJML → mjml-python → premailer, and a plain-text part
-    from the same source. Output goes to build/<slug>/ (or --out DIR/<slug>/).
+    from the same source. Output goes to build/<slug>/ (or --out DIR/<slug>/), and an
+    edition's to build/<slug>/<tag>/.
     """
+    from newsletter.editions import load_editions, render_editions, resolve
     from newsletter.issue import list_issues, refuse_shared_slug
     from newsletter.preview import preview_page
-    from newsletter.render import Renderer, render_issue, write_build
+    from newsletter.render import Renderer, write_build
 
     settings = settings_of(ctx)
     if not issues:
@@ -105,11 +117,14 @@ def build(ctx: click.Context, issues: tuple[str, ...], out: Path | None) -> None
     renderer = Renderer(settings)
     pub = settings.publication
     for path in paths:
-        rendered = render_issue(path, settings, renderer)
-        target = write_build(rendered, out or settings.build_dir,
-                             preview_page(rendered, pub.from_name or pub.name))
-        size = len(rendered.html.encode("utf-8"))
-        click.echo(f"Built {path.name} → {target}/ (HTML {size / 1024:.1f} KB, text {len(rendered.text) / 1024:.1f} KB)")
+        editions = load_editions(resolve(path)[0], pub.lang)
+        only = None if lang is None else editions.tag_of(lang)
+        for tag, rendered in render_editions(editions, settings, renderer, only=only).items():
+            target = write_build(rendered, out or settings.build_dir,
+                                 preview_page(rendered, pub.from_name or pub.name))
+            size = len(rendered.html.encode("utf-8"))
+            name = rendered.source.name if rendered.source else path.name
+            click.echo(f"Built {name} → {target}/ (HTML {size / 1024:.1f} KB, text {len(rendered.text) / 1024:.1f} KB)")
 
 
 @cli.command()
@@ -119,8 +134,10 @@ def build(ctx: click.Context, issues: tuple[str, ...], out: Path | None) -> None
 @click.option("--no-open", is_flag=True, help="Do not open a browser.")
 @click.option("--screenshot", "screenshot_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Instead of serving, write PNGs at 375 and 800 px, light and dark, to DIR.")
+@click.option("--lang", metavar="TAG", help="Preview the TAG edition (default: the main one).")
 @click.pass_context
-def preview(ctx: click.Context, issue: str, port: int, no_open: bool, screenshot_dir: Path | None) -> None:
+def preview(ctx: click.Context, issue: str, port: int, no_open: bool, screenshot_dir: Path | None,
+            lang: str | None) -> None:
     """Live preview of ISSUE at desktop and phone widths, with the plain text beside them.
 
     Serves on 127.0.0.1 only, rebuilds within a second when the issue or a
@@ -128,11 +145,16 @@ def preview(ctx: click.Context, issue: str, port: int, no_open: bool, screenshot
     """
     settings = settings_of(ctx)
     path = issue_path(settings, issue)
+    if lang is not None:
+        from newsletter.editions import MAIN, edition_path, load_editions, resolve
+
+        editions = load_editions(resolve(path)[0], settings.publication.lang)
+        tag = editions.tag_of(lang)
+        path = editions.main.path if tag == MAIN else edition_path(editions.main.path, tag)
     if screenshot_dir is not None:
-        from newsletter.render import render_issue
         from newsletter.screenshots import take_screenshots
 
-        for png in take_screenshots(render_issue(path, settings), screenshot_dir):
+        for png in take_screenshots(render_ref(settings, str(path)), screenshot_dir):
             click.echo(f"Wrote {png}")
         return
     from newsletter.preview import PreviewServer
@@ -148,8 +170,9 @@ def preview(ctx: click.Context, issue: str, port: int, no_open: bool, screenshot
 @click.argument("issue")
 @click.option("--online", is_flag=True, help="Also fetch every external link (HEAD/GET) and report broken ones.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--lang", metavar="TAG", help="Check the TAG edition (default: the main one, compared with the others).")
 @click.pass_context
-def check(ctx: click.Context, issue: str, online: bool, fmt: str) -> None:
+def check(ctx: click.Context, issue: str, online: bool, fmt: str, lang: str | None) -> None:
     """Pre-flight checks for ISSUE: size and clipping, links, images, accessibility,
     client support, deliverability headers, the plain text and, with a real transport,
     the sender's DNS (as `newsletter doctor`); then bulk-sender readiness.
@@ -167,7 +190,7 @@ def check(ctx: click.Context, issue: str, online: bool, fmt: str) -> None:
     from newsletter.checks.sender import check_sender
 
     settings = settings_of(ctx)
-    rendered = render_ref(settings, issue)
+    rendered = render_ref(settings, issue, lang)
     sender = check_sender(settings, CheckContext(settings, rendered).message)
     findings = sort_findings(run_checks(settings, rendered, online=online) + sender.findings)
     if fmt == "json":

@@ -104,7 +104,7 @@ def _send_test(settings: "Settings", rendered: "RenderedEmail", addresses: tuple
         click.get_current_context().exit(1)
 
 
-def _dry_run_all(settings: "Settings", rendered: "RenderedEmail") -> None:
+def _dry_run_all(settings: "Settings", rendered: "RenderedEmail", prepared: Any = None) -> None:
     import time
 
     from newsletter.sendplan import active_subscribers, dry_run_all
@@ -113,9 +113,12 @@ def _dry_run_all(settings: "Settings", rendered: "RenderedEmail") -> None:
     progress, update, _ = _progress(total, "Dry run")
     start = time.monotonic()
     with progress:
-        summary = dry_run_all(settings, rendered, update)
+        summary = dry_run_all(settings, rendered, update, prepared=prepared)
     click.echo(f"Dry run: {summary.messages} message(s) for {total} active subscriber(s), {summary.size / 1024:.0f} KB, "
                f"written to {settings.outbox / rendered.slug}/ in {time.monotonic() - start:.1f}s. Nothing was sent.")
+    if len(summary.editions) > 1 or any(summary.editions):
+        main = settings.publication.lang if rendered.lang is None else rendered.lang
+        click.echo("Editions: " + ", ".join(f"{tag or main} {n}" for tag, n in sorted(summary.editions.items())) + ".")
     if total == 0:
         click.echo("No active subscribers yet: add some with `newsletter subscribers import FILE.csv`.")
     if summary.failed:
@@ -199,7 +202,7 @@ def _graceful_stop() -> Iterator[threading.Event]:
 
 def _deliver(settings: "Settings", rendered: "RenderedEmail", *, yes: bool, resend_uncertain: bool,
              force_new_content: bool, retry_failed: bool = False, retry_now: bool = False,
-             despite_guard: bool = False) -> None:
+             despite_guard: bool = False, prepared: Any = None) -> None:
     from newsletter.delivery import DeliveryOptions, run_delivery
     from newsletter.errors import ConfigError, TransportError
     from newsletter.ledger import hold_for_editor, readers_to_send, start_or_resume, wait_for_editor
@@ -213,7 +216,7 @@ def _deliver(settings: "Settings", rendered: "RenderedEmail", *, yes: bool, rese
         _retired_notes(settings)
         left = readers_to_send(conn, rendered.slug, retry_failed=retry_failed)  # a delivery under way: its own
         _confirm_real_send(settings, active if left is None else left, f"“{rendered.subject}”", yes, dry_run=False)
-        prepared = prepare_issue(settings, rendered)
+        prepared = prepared or prepare_issue(settings, rendered)
         delivery_id = start_or_resume(conn, prepared, force_new_content=force_new_content)
         progress, update, waiting = _progress(active, "Sending")
         with progress, _graceful_stop() as stop:
@@ -244,9 +247,11 @@ def _deliver(settings: "Settings", rendered: "RenderedEmail", *, yes: bool, rese
               help="Resume a delivery even though the issue changed since it started.")
 @click.option("--retry-failed", is_flag=True,
               help="On resume, give recipients whose retry window ran out a fresh one.")
+@click.option("--lang", metavar="TAG", help="With --test: send the TAG edition's copy (default: the main one).")
 @click.pass_context
 def send(ctx: click.Context, issue: str, dry_run: bool, test_addresses: tuple[str, ...], yes: bool,
-         skip_checks: bool, no_resend_uncertain: bool, force_new_content: bool, retry_failed: bool) -> None:
+         skip_checks: bool, no_resend_uncertain: bool, force_new_content: bool, retry_failed: bool,
+         lang: str | None) -> None:
     """Send ISSUE to every active subscriber, or a test copy, or a dry run.
 
     A real send keeps a per-recipient ledger in the database: run the same
@@ -254,26 +259,55 @@ def send(ctx: click.Context, issue: str, dry_run: bool, test_addresses: tuple[st
     continues where it stopped, never sending twice to anyone marked sent.
     The transport is NEWSLETTER_TRANSPORT (default: dryrun).
     """
-    from newsletter.issue import parse_issue
-    from newsletter.render import render_issue
+    from newsletter.editions import render_editions
 
     settings = settings_of(ctx)
-    parsed = parse_issue(issue_path(settings, issue))
+    editions, named = _editions(settings, issue)
     if not (test_addresses or dry_run or settings.transport_name == "dryrun"):
-        parsed.require_ready("send")
-    rendered = render_issue(parsed, settings, test=bool(test_addresses))
-    _run_checks(settings, rendered, skip_checks)
+        editions.main.require_ready("send")
     if test_addresses:
+        tag = editions.tag_of(lang or named or "")
+        rendered = render_editions(editions, settings, test=True, only=tag)[tag]
+        _run_checks(settings, rendered, skip_checks)
         _send_test(settings, rendered, test_addresses, dry_run, yes)
-    elif dry_run or settings.transport_name == "dryrun":
+        return
+    rendered, prepared = _prepare_all(settings, editions, skip_checks)
+    if dry_run or settings.transport_name == "dryrun":
         from newsletter.render import write_build
 
-        target = write_build(rendered, settings.build_dir)
-        click.echo(f"Built {rendered.source.name if rendered.source else rendered.slug} → {target}/")
-        _dry_run_all(settings, rendered)
+        for edition in prepared.tags:
+            built = prepared.prepared(edition).rendered
+            target = write_build(built, settings.build_dir)
+            click.echo(f"Built {built.source.name if built.source else built.slug} → {target}/")
+        _dry_run_all(settings, rendered, prepared)
     else:
         _deliver(settings, rendered, yes=yes, resend_uncertain=not no_resend_uncertain,
-                 force_new_content=force_new_content, retry_failed=retry_failed)
+                 force_new_content=force_new_content, retry_failed=retry_failed, prepared=prepared)
+
+
+def _editions(settings: "Settings", ref: str) -> tuple[Any, str | None]:
+    """The issue ``ref`` names with its editions, and the edition tag when ``ref`` is an edition's file."""
+    from newsletter.editions import load_editions, resolve
+
+    path, named = resolve(issue_path(settings, ref))
+    return load_editions(path, settings.publication.lang), named
+
+
+def _prepare_all(settings: "Settings", editions: Any, skip_checks: bool, *,
+                 check: bool = True) -> tuple["RenderedEmail", Any]:
+    """Each edition to be sent rendered once and checked; a draft edition is named (its readers
+    get the main edition) before anything is confirmed."""
+    from newsletter.editions import MAIN, render_editions
+    from newsletter.sendplan import prepare_editions
+
+    rendered = render_editions(editions, settings, include_drafts=False)
+    for i, r in enumerate(rendered.values() if check else ()):
+        if not (skip_checks and i):  # --skip-checks: said once
+            _run_checks(settings, r, skip_checks)
+    for tag in editions.drafts:
+        click.echo(f"note: the {tag} edition is a draft: its readers get the main edition ({editions.main_lang}) "
+                   "this time; set 'status: ready' in it to send it", err=True)
+    return rendered[MAIN], prepare_editions(settings, editions, rendered)
 
 
 @cli.command()
@@ -298,14 +332,15 @@ def resume(ctx: click.Context, issue: str, yes: bool, no_resend_uncertain: bool,
     from newsletter.ledger import open_delivery_id, open_ledger
 
     settings = settings_of(ctx)
-    rendered = render_ref(settings, issue)
+    editions, _ = _editions(settings, issue)
     with closing(open_ledger(settings.db_target)) as conn:
-        unfinished = open_delivery_id(conn, rendered.slug)
+        unfinished = open_delivery_id(conn, editions.main.slug)
     if unfinished is None:
-        raise InputError(f"no unfinished delivery of {rendered.slug}; `newsletter send {issue}` starts one")
+        raise InputError(f"no unfinished delivery of {editions.main.slug}; `newsletter send {issue}` starts one")
+    rendered, prepared = _prepare_all(settings, editions, skip_checks=False, check=False)
     _deliver(settings, rendered, yes=yes, resend_uncertain=not no_resend_uncertain,
              force_new_content=force_new_content, retry_failed=retry_failed, retry_now=True,
-             despite_guard=despite)
+             despite_guard=despite, prepared=prepared)
 
 
 @cli.command()
@@ -346,6 +381,7 @@ def status(ctx: click.Context, issue: str | None, failed: bool) -> None:
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     for row in cells:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    _edition_lines(conn, rows, settings.publication.lang)
     for s in rows:
         if s.deferred:
             from newsletter.delivery import local_time  # only then: the engine is a heavy import
@@ -359,6 +395,23 @@ def status(ctx: click.Context, issue: str | None, failed: bool) -> None:
         for s in rows:
             for email, state, error in failed_recipients(conn, s.id):
                 click.echo(f"{s.id}\t{email}\t{state}\t{error or ''}")
+
+
+def _edition_lines(conn: Any, rows: list[Any], main_lang: str) -> None:
+    """Per delivery with more than one edition, each edition's readers: "en 4 (4 sent), zh-Hans 2 (1 sent, 1 pending)"."""
+    from newsletter.ledger import edition_counts, open_rows
+
+    for s in rows:
+        per = edition_counts(conn, s.id)
+        if set(per) <= {""}:
+            continue
+        parts = []
+        for tag, counts in per.items():
+            detail = [f"{counts['sent']} sent"] + ([f"{open_rows(counts)} pending"] if open_rows(counts) else [])
+            failed = counts["failed-permanent"] + counts["failed-temporary"]
+            detail += [f"{failed} failed"] if failed else []
+            parts.append(f"{tag or main_lang} {sum(counts.values())} ({', '.join(detail)})")
+        click.echo(f"#{s.id} {s.delivery.slug} editions: " + "; ".join(parts))
 
 
 def _status_notes(settings: "Settings", conn: Any, rows: list, rates: bool) -> None:
@@ -414,9 +467,7 @@ def schedule_add(ctx: click.Context, issue: str, at: str | None, skip_checks: bo
 
     from newsletter.issue import parse_issue
     from newsletter.ledger import open_ledger
-    from newsletter.render import render_issue
     from newsletter.schedule import schedule as schedule_delivery
-    from newsletter.sendplan import prepare_issue
 
     settings = settings_of(ctx)
     path = issue_path(settings, issue)
@@ -436,10 +487,10 @@ def schedule_add(ctx: click.Context, issue: str, at: str | None, skip_checks: bo
     from newsletter.schedule import check_send_time
 
     check_send_time(when, dt.datetime.now(dt.timezone.utc))  # before the (slow) build and checks
-    rendered = render_issue(parsed, settings)
-    _run_checks(settings, rendered, skip_checks)
-    prepared = prepare_issue(settings, rendered)
-    with closing(open_ledger(settings.db_target)) as conn:
+    from newsletter.editions import load_editions
+
+    _, prepared = _prepare_all(settings, load_editions(path, settings.publication.lang, main=parsed), skip_checks)
+    with closing(open_ledger(settings.db_target)) as conn:  # every edition: the worker sends each its readers
         delivery_id = schedule_delivery(conn, prepared, when)
     click.echo(f"Scheduled {path.name} for {when.isoformat()} (delivery {delivery_id}). "
                "A running `newsletter worker` or `newsletter dispatch` will send it.")

@@ -89,11 +89,14 @@ def _import_progress(file: Path) -> tuple[Any, Any]:
 @click.option("--name", default="", help="Display name.")
 @click.option("--consent", default="", help="How and when they agreed to receive the newsletter.")
 @click.option("--resubscribe", is_flag=True, help="Reactivate an address that had unsubscribed.")
+@click.option("--lang", default=None, metavar="TAG",
+              help="The language they read (e.g. zh-Hans): they get that edition of each issue.")
 @click.pass_context
-def subscribers_add(ctx: click.Context, email: str, name: str, consent: str, resubscribe: bool) -> None:
-    """Add one subscriber."""
-    sub = _store(ctx).add(email, name, source="cli", consent=consent, resubscribe=resubscribe)
-    click.echo(f"{sub.email}: {sub.status}")
+def subscribers_add(ctx: click.Context, email: str, name: str, consent: str, resubscribe: bool,
+                    lang: str | None) -> None:
+    """Add one subscriber (or set a known one's name or --lang)."""
+    sub = _store(ctx).add(email, name, source="cli", consent=consent, resubscribe=resubscribe, lang=lang)
+    click.echo(f"{sub.email}: {sub.status}" + (f" ({sub.lang})" if sub.lang else ""))
 
 
 @subscribers.command("remove")

@@ -9,18 +9,17 @@ to know which provider it talks to (after django-anymail).
 from __future__ import annotations
 
 import enum
-import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 from newsletter.errors import ConfigError, InputError
+from newsletter.patterns import CONTROL_CHARS, compiled
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
     from newsletter.message import OutgoingMessage
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def check_credential(setting: str, value: str) -> None:
@@ -33,7 +32,7 @@ def check_credential(setting: str, value: str) -> None:
     if value != value.strip():
         raise ConfigError(f"{setting} starts or ends with a space or line break (a CRLF .env?); "
                           "remove it and try again")
-    if _CONTROL.search(value):
+    if compiled(CONTROL_CHARS).search(value):
         raise ConfigError(f"{setting} contains a control character or line break; remove it and try again")
     try:
         value.encode("latin-1")

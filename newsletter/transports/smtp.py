@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from newsletter.clock import Clock
 from newsletter.errors import ConfigError, TransportError, TransportUnavailableError, scrub
 from newsletter.hosts import is_loopback
+from newsletter.patterns import CONTROL_CHARS, compiled
 from newsletter.smtp_status import SAME_ANSWER_RUN, ReplyKind, enhanced_code, is_hard_bounce, reply_gist, reply_kind
 from newsletter.transports.base import UNBUILDABLE, SendResult, Status, Transport, check_credential, unbuildable
 from newsletter.transports.ratelimit import RETRIES, RateLimiter, shared_limiter
@@ -77,7 +78,6 @@ DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
 DEFAULT_TIMEOUT = 30.0
 
 _MAX_ERROR = 300
-_UNSAFE_ADDRESS = re.compile(r"[\x00-\x1f\x7f]")
 #: Refusals one connection may collect before it is renewed: below Postfix's
 #: smtpd_soft_error_limit (10), after which it delays every reply by a second.
 ERROR_BUDGET = 8
@@ -170,7 +170,7 @@ class SMTPTransport(Transport):
                               "allowed only for 127.0.0.1, ::1 or localhost (use starttls or ssl, or set "
                               "SMTP_ALLOW_PLAINTEXT=1 if the network in between is yours)")
         quoted_from = smtplib.quoteaddr(envelope_from or "")
-        if "@" not in quoted_from or not quoted_from.isascii() or _UNSAFE_ADDRESS.search(quoted_from):
+        if "@" not in quoted_from or not quoted_from.isascii() or compiled(CONTROL_CHARS).search(quoted_from):
             raise ConfigError(f"envelope sender {envelope_from!r} is not an address (set SMTP_ENVELOPE_FROM)")
         self.host = host
         self.port = int(port or DEFAULT_PORTS[security])
@@ -373,7 +373,7 @@ class SMTPTransport(Transport):
         message instead of four. After a refusal on this connection, DATA waits for an
         accepted RCPT (a DATA into a refused transaction is one more error on the server's count)."""
         quoted = smtplib.quoteaddr(rcpt)
-        if not quoted.isascii() or _UNSAFE_ADDRESS.search(quoted):
+        if not quoted.isascii() or compiled(CONTROL_CHARS).search(quoted):
             return SendResult(rcpt, Status.FAILED_PERMANENT, error="RCPT: address cannot be sent over SMTP "
                               "(control or non-ASCII characters)")
         size = f" SIZE={len(data)}" if "size" in smtp.esmtp_features else ""

@@ -7,6 +7,8 @@ Routes (see the modules for each):
 * ``/subscribe``, ``/confirm/<token>`` — signup with double opt-in (when ``base_url`` is set);
   :mod:`newsletter.web.signup`.
 * ``POST /webhooks/<provider>`` — provider bounce/complaint webhooks (:mod:`newsletter.webhooks`).
+* ``/language/<token>/<tag>`` — GET a button, POST sets the reader's language (which edition
+  of future issues they get); :mod:`newsletter.web.language`.
 * ``/healthz`` — ``ok``.
 * anything else — files from the built web archive, when one is served.
 
@@ -28,6 +30,7 @@ from newsletter.clock import SYSTEM, Clock
 from newsletter.config import Settings, load_settings
 from newsletter.errors import ConfigError
 from newsletter.web.app import MAX_BODY_BYTES, NOT_FOUND_BODY, WebApp
+from newsletter.web.language import choose_language
 from newsletter.web.middleware import clean_paths, security_headers, with_site
 from newsletter.web.server import serve
 from newsletter.web.unsubscribe import drain_spool, mask_email, unsubscribe
@@ -76,6 +79,7 @@ def make_app(settings: Settings, *, store_path: Path | str | None = None, site_d
 
     core = WebApp(settings, store_path if store_path is not None else settings.db_target, clock=clock)
     core.route("/unsubscribe/<token>", unsubscribe, ("GET", "POST"))
+    core.route("/language/<token>/<tag>", choose_language, ("GET", "POST"))
     core.route("/healthz", healthz, reads_subscribers=False)
     core.webhooks = WebhookContext(settings, with_store=core.write, clock=clock)  # type: ignore[attr-defined]
     core.route("/webhooks/<provider>", webhook, ("POST",), max_body=WEBHOOK_MAX_BODY + 1)
@@ -93,7 +97,7 @@ def make_app(settings: Settings, *, store_path: Path | str | None = None, site_d
         site = Path(site_dir)
         if not site.is_dir():
             raise ConfigError("site directory does not exist", path=site)
-        app = with_site(core, core.owns, site)
+        app = with_site(core, core.owns, site, settings.publication.lang)
     wrapped = security_headers(clean_paths(app), hsts=settings.publication.base_url.startswith("https://"))
     wrapped.web_app = core  # type: ignore[attr-defined]  # for tests and the server
     return wrapped

@@ -34,10 +34,12 @@ def clean_paths(app: WSGIApp) -> WSGIApp:
     return middleware
 
 
-def with_site(app: WSGIApp, owns: Callable[[str], bool], site_dir: Path) -> WSGIApp:
-    """Serve the built web archive under ``/``; the app's own routes win over its files."""
+def with_site(app: WSGIApp, owns: Callable[[str], bool], site_dir: Path, lang: str = "en") -> WSGIApp:
+    """Serve the built web archive under ``/``; the app's own routes win over its files. ``/``
+    sends a visitor whose Accept-Language another language's index matches to it (``/zh-Hans/``)."""
     static = _index_html(SharedDataMiddleware(lambda e, s: not_found()(e, s),
                                               {"/": str(site_dir)}, cache_timeout=300), site_dir)
+    static = _language_index(static, site_dir, lang)
 
     def dispatch(environ: dict, start_response: Callable) -> Iterable[bytes]:
         if owns(environ.get("PATH_INFO", "")):
@@ -54,6 +56,37 @@ def with_site(app: WSGIApp, owns: Callable[[str], bool], site_dir: Path) -> WSGI
             return not_found()(environ, start_response)
 
     return dispatch
+
+
+def _language_index(app: WSGIApp, site_dir: Path, main_lang: str) -> WSGIApp:
+    """``/`` in the visitor's language: a 302 to ``/<tag>/`` when Accept-Language prefers a language
+    the archive has an index for (``newsletter.archive`` writes one per edition language)."""
+    from newsletter.lang import accepted, negotiate, normalise_tag
+
+    def languages() -> list[str]:
+        found = [main_lang]
+        for index in site_dir.glob("*/index.html"):
+            try:
+                found.append(normalise_tag(index.parent.name))
+            except Exception:  # a folder that is not a language: not an index of one
+                continue
+        return found
+
+    def middleware(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") not in ("/", "/index.html"):
+            return app(environ, start_response)
+        chosen = negotiate(accepted(environ.get("HTTP_ACCEPT_LANGUAGE")), languages())
+        if chosen and chosen != main_lang and (site_dir / chosen / "index.html").is_file():
+            headers = {"Location": f"/{chosen}/", "Vary": "Accept-Language", "Cache-Control": "no-cache"}
+            return Response("", status=302, headers=headers)(environ, start_response)
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info=None):  # noqa: ANN001
+            headers = list(headers) + [("Vary", "Accept-Language")]
+            return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
+
+        return app(environ, start)
+
+    return middleware
 
 
 def _index_html(app: WSGIApp, site_dir: Path) -> WSGIApp:
@@ -89,7 +122,7 @@ def security_headers(app: WSGIApp, *, hsts: bool) -> WSGIApp:
         def start(status: str, headers: list[tuple[str, str]], exc_info=None):  # noqa: ANN001
             present = {k.lower() for k, _ in headers}
             headers = list(headers) + [(k, v) for k, v in extra if k.lower() not in present]
-            if environ.get("PATH_INFO", "").startswith(("/unsubscribe/", "/confirm/", "/subscribe")):
+            if environ.get("PATH_INFO", "").startswith(("/unsubscribe/", "/confirm/", "/subscribe", "/language/")):
                 headers = [(k, v) for k, v in headers if k.lower() not in ("cache-control", "x-frame-options")]
                 headers += [("Cache-Control", "no-store"), ("X-Frame-Options", "DENY")]
             return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)

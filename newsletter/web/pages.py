@@ -10,6 +10,7 @@ import base64
 import hashlib
 import html
 import re
+from typing import Callable
 
 import jinja2
 
@@ -37,9 +38,9 @@ def signup_style(pub: Publication) -> str:
             .replace("#fff;", c["paper_color"] + ";", 1).replace("#9b1c1c", c["accent_color"])
             .replace("#57606a", c["muted_color"])
             + "label{display:block;font-weight:600;margin-bottom:.25rem}\n"
-            "input{font:inherit;width:100%;box-sizing:border-box;padding:.55rem .6rem;"
+            "input,select{font:inherit;width:100%;box-sizing:border-box;padding:.55rem .6rem;"
             f"border:1px solid {c['muted_color']};border-radius:.35rem;background:#fff;color:#1f2328}}\n"
-            f"input:focus-visible{{outline:3px solid {c['accent_color']};outline-offset:2px}}\n"
+            f"input:focus-visible,select:focus-visible{{outline:3px solid {c['accent_color']};outline-offset:2px}}\n"
             ".nl-optional{font-weight:400}\n.nl-hp{display:none}\n"
             ".nl-error{border-left:4px solid #9b1c1c;padding-left:.75rem}\n"
             f".nl-consent{{font-size:.9375rem;color:{c['muted_color']}}}\n")
@@ -67,6 +68,12 @@ def simple_page(lang: str, title: str, body_html: str) -> str:
         f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n"
         f"<body>\n<main>\n{body_html}\n</main>\n</body>\n</html>\n"
     )
+
+
+def in_html(_: Callable[..., str], message: str, values: dict[str, str]) -> str:
+    """The catalog's text for ``message`` (``_`` is :func:`newsletter.i18n.translator`'s), escaped,
+    with ``values`` (already HTML) put in its ``%(name)s`` places."""
+    return html.escape(_(message)) % values
 
 
 def signup_page(env: jinja2.Environment, pub: Publication, page: str, **context: object) -> str:

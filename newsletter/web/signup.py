@@ -30,7 +30,9 @@ from newsletter.store import Subscriber, SubscriberStore
 from newsletter.tokens import CONFIRM, derive_key
 from newsletter.web.app import WebApp, not_found, text_response
 from newsletter.web.pages import consent_line, signup_page
-from newsletter.web.unsubscribe import mask_email, page_response, subscriber_for
+from newsletter.i18n import offered_languages, translator
+from newsletter.lang import negotiate, optional_tag
+from newsletter.web.unsubscribe import mask_email, page_response, reader_language, subscriber_for
 
 log = logging.getLogger("newsletter.signup")
 _STAMP_RE = re.compile(r"[0-9]{1,12}\.[0-9a-f]{32}\Z")
@@ -84,13 +86,18 @@ def _stamp_age(app: WebApp, stamp: str) -> float | None:
 
 
 # ---- handlers ----------------------------------------------------------------------------
-def _form_page(app: WebApp, status: int = 200, **context: object) -> Response:
-    page = signup_page(_env(app), app.settings.publication, "form", form_token=form_stamp(app), **context)
-    return page_response(page, status)
+def _form_page(app: WebApp, status: int = 200, *, lang: str, **context: object) -> Response:
+    """The form, with a choice of language (the page's, the visitor's Accept-Language, preselected)."""
+    languages = offered_languages(app.settings.publication.lang, app.settings.issues_dir)
+    return _page(app, "form", status, lang=lang, form_token=form_stamp(app), languages=languages,
+                 selected_lang=negotiate([lang], [t for t, _ in languages]) or app.settings.publication.lang,
+                 **context)
 
 
-def _page(app: WebApp, name: str, status: int = 200, **context: object) -> Response:
-    return page_response(signup_page(_env(app), app.settings.publication, name, **context), status)
+def _page(app: WebApp, name: str, status: int = 200, *, lang: str, **context: object) -> Response:
+    """A signup page in ``lang`` (its strings through the catalogs: ``_`` in the template)."""
+    _ = translator(lang, app.settings.root)
+    return page_response(signup_page(_env(app), app.settings.publication, name, lang=lang, _=_, **context), status)
 
 
 def _env(app: WebApp):  # noqa: ANN202
@@ -114,38 +121,47 @@ def _origin_allowed(app: WebApp, request: Request) -> bool:
 
 
 def subscribe(app: WebApp, request: Request) -> Response:
+    lang = reader_language(app, request)
     if request.method != "POST":
-        return _form_page(app)
+        return _form_page(app, lang=lang)
     if not _origin_allowed(app, request):
         return text_response("Forbidden: this site may not post the signup form\n", 403)
     form = request.form
-    fields = {k: form.get(k, "") for k in ("email", "name", "website", "form")}
+    fields = {k: form.get(k, "") for k in ("email", "name", "website", "form", "lang")}
     if any(len(v) > MAX_FIELD for v in fields.values()) or len(form) > 10:
         return text_response("400 Bad Request: a field is too long\n", 400)
     values = {"email": fields["email"].strip(), "name": fields["name"].strip()}
     age = _stamp_age(app, fields["form"])
     if fields["website"]:
         log.info("signup ignored: honeypot filled")
-        return _page(app, "check-inbox")
+        return _page(app, "check-inbox", lang=lang)
+    try:  # the language they read (the form's choice); one that is not a tag is ignored
+        chosen = optional_tag(fields["lang"])
+    except InputError:
+        chosen = ""
     if age is None:  # the embedded snippet, or a stale page: one more press on our own form
-        return _form_page(app, values=values, notice="One more step: check your address and press Subscribe.")
+        _ = translator(lang, app.settings.root)
+        return _form_page(app, lang=lang, values=values,
+                          notice=_("One more step: check your address and press Subscribe."))
     if age < _ext(app)["limits"].min_fill_seconds:
         log.info("signup ignored: form filled too fast")
-        return _page(app, "check-inbox")
+        return _page(app, "check-inbox", lang=lang)
     consent = consent_line(app.settings.publication)
     try:
         decision = app.write(lambda store: _signups(app, store).request(
-            values["email"], values["name"], ip=app.client_ip(request), source=SOURCE, consent=consent))
+            values["email"], values["name"], ip=app.client_ip(request), source=SOURCE, consent=consent,
+            lang=chosen))
     except InputError as exc:
-        message = "That name cannot be used." if "name" in str(exc).split(" ")[0] else \
-            "Please enter a valid email address."
-        return _form_page(app, 400, values=values, error=message)
+        _ = translator(lang, app.settings.root)
+        message = _("That name cannot be used.") if "name" in str(exc).split(" ")[0] else \
+            _("Please enter a valid email address.")
+        return _form_page(app, 400, lang=lang, values=values, error=message)
     log.info("signup request: %s", decision.why)
     try:
         app.write(lambda store: _signups(app, store).purge_expired())
     except sqlite3.Error as exc:  # housekeeping only: the visitor's request is already recorded
         log.warning("could not purge expired signups: %s", exc)
-    response = _page(app, "check-inbox")
+    response = _page(app, "check-inbox", lang=lang)
     # The sender wakes once the answer has gone, whatever the decision: building and sending a mail
     # beside the request would make it slower for a new address than for one already on the list.
     response.call_on_close(_ext(app)["mail"].wake)
@@ -155,10 +171,10 @@ def subscribe(app: WebApp, request: Request) -> Response:
 _STATE_PAGES = {"done": ("subscribed", 200), "expired": ("expired", 410)}
 
 
-def _state_page(app: WebApp, state: str, masked: str, open_page: str) -> Response:
+def _state_page(app: WebApp, state: str, masked: str, open_page: str, lang: str) -> Response:
     """The page for a link's state: ``open_page`` while it is live, else done, expired or 404."""
     page, status = (open_page, 200) if state == "open" else _STATE_PAGES.get(state, ("", 404))
-    return _page(app, page, status, masked=masked) if page else not_found()
+    return _page(app, page, status, masked=masked, lang=lang) if page else not_found()
 
 
 def confirm(app: WebApp, request: Request, token: str) -> Response:
@@ -168,8 +184,10 @@ def confirm(app: WebApp, request: Request, token: str) -> Response:
     if sub is None:
         return not_found()
     masked = mask_email(sub.email)
+    lang = reader_language(app, request, sub.lang)
     if request.method != "POST":
-        return _state_page(app, _signups(app).confirmable(sub.id), masked, "confirm")
+        return _state_page(app, _signups(app).confirmable(sub.id), masked, "confirm", lang)
+
     def apply(store: SubscriberStore) -> str:
         with store.transaction():  # the link checked again inside: a request made meanwhile retired it
             if subscriber_for(app, store, token, CONFIRM) is None:
@@ -181,4 +199,4 @@ def confirm(app: WebApp, request: Request, token: str) -> Response:
         log.info("signup confirmed")
         if _ext(app)["welcome"]:
             _ext(app)["mail"].wake()
-    return _state_page(app, state, masked, "confirmed")
+    return _state_page(app, state, masked, "confirmed", lang)

@@ -23,7 +23,8 @@ from newsletter.addresses import mask_email
 from newsletter.db import is_locked
 from newsletter.store import ACTIVE, PENDING, SubscriberStore
 from newsletter.web.app import WebApp, not_found, text_response
-from newsletter.web.pages import csp_for, simple_page
+from newsletter.i18n import page_language, translator
+from newsletter.web.pages import csp_for, in_html, simple_page
 
 
 def subscriber_for(app: WebApp, store: SubscriberStore, token: str, purpose: str = "unsubscribe"):  # noqa: ANN201
@@ -37,44 +38,57 @@ def page_response(page: str, status: int = 200) -> Response:
     return response
 
 
-def _unsubscribed_page(app: WebApp, email: str, *, just_now: bool) -> Response:
+def _unsubscribed_page(app: WebApp, email: str, *, just_now: bool, lang: str) -> Response:
     pub = app.settings.publication
-    name, masked = html.escape(pub.name), html.escape(mask_email(email) if email else "Your address")
-    tail = " Sorry to see you go." if just_now else ""
-    verb = "will no longer receive" if just_now else "no longer receives"
-    body = f"<h1>You are unsubscribed</h1>\n<p><strong>{masked}</strong> {verb} {name}.{tail}</p>"
-    return page_response(simple_page(pub.lang, f"Unsubscribed — {pub.name}", body))
+    _ = translator(lang, app.settings.root)
+    values = {"name": html.escape(pub.name),
+              "email": f"<strong>{html.escape(mask_email(email) if email else _('Your address'))}</strong>"}
+    said = ("%(email)s will no longer receive %(name)s. Sorry to see you go." if just_now
+            else "%(email)s no longer receives %(name)s.")
+    body = f"<h1>{html.escape(_('You are unsubscribed'))}</h1>\n<p>{in_html(_, said, values)}</p>"
+    return page_response(simple_page(lang, f"{_('Unsubscribed')} — {pub.name}", body))
+
+
+def reader_language(app: WebApp, request: Request, stored: str | None = None) -> str:
+    """A public page's language: the reader's stored one, else Accept-Language, else the publication's."""
+    return page_language(stored, request.headers.get("Accept-Language"), app.settings.publication.lang,
+                         app.settings.root)
 
 
 def unsubscribe(app: WebApp, request: Request, token: str) -> Response:
     if request.method == "POST":
         form = request.form  # read the whole (bounded) body before touching the database
         reason = "one-click (RFC 8058)" if form.get("List-Unsubscribe") == "One-Click" else "unsubscribe page"
-        return _post(app, token, reason)
+        return _post(app, token, reason, request)
     sub = subscriber_for(app, app.store(), token)
     if sub is None:
         return not_found()
+    lang = reader_language(app, request, sub.lang)
     if sub.status not in (ACTIVE, PENDING):
-        return _unsubscribed_page(app, sub.email, just_now=False)
+        return _unsubscribed_page(app, sub.email, just_now=False, lang=lang)
     pub = app.settings.publication
-    name, masked = html.escape(pub.name), html.escape(mask_email(sub.email))
+    _ = translator(lang, app.settings.root)
+    values = {"name": html.escape(pub.name), "email": f"<strong>{html.escape(mask_email(sub.email))}</strong>"}
     body = (
-        f"<h1>Unsubscribe from {name}?</h1>\n"
-        f"<p>You will no longer receive {name} at <strong>{masked}</strong>.</p>\n"
+        f"<h1>{html.escape(_('Unsubscribe from %(name)s?', name=pub.name))}</h1>\n"
+        f"<p>{in_html(_, 'You will no longer receive %(name)s at %(email)s.', values)}</p>\n"
         '<form method="post">\n'
-        '<button type="submit" name="confirm" value="yes">Unsubscribe</button>\n</form>\n'
-        '<p class="muted">If you did not mean to come here, just close this page; nothing has changed.</p>'
+        f'<button type="submit" name="confirm" value="yes">{html.escape(_("Unsubscribe"))}</button>\n</form>\n'
+        f'<p class="muted">{html.escape(_("If you did not mean to come here, just close this page; nothing has changed."))}</p>'
     )
-    return page_response(simple_page(pub.lang, f"Unsubscribe — {pub.name}", body))
+    return page_response(simple_page(lang, f"{_('Unsubscribe')} — {pub.name}", body))
 
 
-def _post(app: WebApp, token: str, reason: str) -> Response:
+def _post(app: WebApp, token: str, reason: str, request: Request) -> Response:
+    stored: list[str] = []
+
     def apply(store: SubscriberStore) -> str | None:
         drain_spool(app, store)
         sub = subscriber_for(app, store, token)
         if sub is None:
             return None
         store.unsubscribe(sub.id, reason)
+        stored[:] = [sub.lang]
         return sub.email
 
     try:
@@ -88,7 +102,7 @@ def _post(app: WebApp, token: str, reason: str) -> Response:
         email = _spool(app, token, reason)
     if email is None:
         return not_found()
-    return _unsubscribed_page(app, email, just_now=True)
+    return _unsubscribed_page(app, email, just_now=True, lang=reader_language(app, request, *stored[:1]))
 
 
 # ---- the durable spool (newsletter.unsubscribe_spool) --------------------------------------

@@ -1,0 +1,109 @@
+"""Interface strings in the reader's language: gettext message catalogs, read with Babel.
+
+Catalogs are ``.po`` files, ``data/locale/<locale>/LC_MESSAGES/newsletter.po`` shipped with the
+tool (English and Simplified Chinese) and ``locale/<locale>/LC_MESSAGES/newsletter.po`` in the
+publication, which win. They are compiled in memory when first used, so a third language is
+one more ``.po`` file and no build step. A string a catalog lacks stays English.
+"""
+
+from __future__ import annotations
+
+import io
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable
+
+from newsletter.lang import match, normalise_tag
+
+DOMAIN = "newsletter"
+SHIPPED = Path(__file__).resolve().parent / "data" / "locale"
+
+
+def catalog_dirs(root: Path | None = None) -> tuple[Path, ...]:
+    """Where catalogs are looked for, the publication's first."""
+    return ((root / "locale",) if root is not None else ()) + (SHIPPED,)
+
+
+def languages(dirs: Iterable[Path] = (SHIPPED,)) -> list[str]:
+    """The tags there is a catalog for (``zh_Hans`` folders read as ``zh-Hans``), sorted."""
+    found: set[str] = set()
+    for base in dirs:
+        if base.is_dir():
+            for po in base.glob(f"*/LC_MESSAGES/{DOMAIN}.po"):
+                try:
+                    found.add(normalise_tag(po.parent.parent.name))
+                except Exception:  # a folder that is not a tag: not a catalog
+                    continue
+    return sorted(found)
+
+
+@lru_cache(maxsize=32)
+def _translations(tag: str, dirs: tuple[Path, ...]):  # noqa: ANN202 - babel.support.Translations
+    from babel.messages.mofile import write_mo
+    from babel.messages.pofile import read_po
+    from babel.support import NullTranslations, Translations
+
+    result: NullTranslations = NullTranslations()
+    for base in reversed(dirs):  # shipped first, then the publication's on top
+        po = base / tag.replace("-", "_") / "LC_MESSAGES" / f"{DOMAIN}.po"
+        if not po.is_file():
+            continue
+        with po.open("rb") as fh:
+            catalog = read_po(fh, locale=tag.replace("-", "_"), domain=DOMAIN)
+        buf = io.BytesIO()
+        write_mo(buf, catalog)
+        buf.seek(0)
+        layer = Translations(buf, domain=DOMAIN)
+        layer.add_fallback(result)
+        result = layer
+    return result
+
+
+def translations(tag: str | None, root: Path | None = None):  # noqa: ANN201
+    """gettext translations for the catalog ``tag`` matches (CLDR likely subtags), else English."""
+    dirs = catalog_dirs(root)
+    found = match(tag, languages(dirs)) if tag else None
+    return _translations(found or "en", dirs)
+
+
+def gettext(tag: str | None, message: str, root: Path | None = None, **values: object) -> str:
+    """``message`` in ``tag``'s language, with ``%(name)s`` values filled in."""
+    text = translations(tag, root).gettext(message)
+    return text % values if values else text
+
+
+def page_language(stored: str | None, accept_language: str | None, default: str, root: Path | None = None,
+                  *, first: str | None = None) -> str:
+    """The language a public page is shown in: ``first`` (a choice the reader is making), the
+    reader's stored language, else the request's ``Accept-Language``, else the publication's
+    — each only when there is a catalog for it (English always is)."""
+    from newsletter.lang import accepted, negotiate
+
+    available = languages(catalog_dirs(root))
+    found = negotiate([first, stored, *accepted(accept_language)], available)
+    return found or default or "en"
+
+
+def translator(tag: str | None, root: Path | None = None):  # noqa: ANN201 - Callable[..., str]
+    """``_(message, **values)`` in ``tag``'s language, for templates and pages that escape what they
+    are given (the result is plain text: autoescaping escapes the values and the words alike)."""
+    trans = translations(tag, root)
+
+    def _(message: str, **values: object) -> str:
+        text = trans.gettext(message)
+        return text % values if values else text
+
+    return _
+
+
+def offered_languages(main_lang: str, issues_dir: Path) -> list[tuple[str, str]]:
+    """(tag, its own name) of the languages a reader may choose: the publication's and those its
+    issues have editions in (none to choose from for a publication in one language)."""
+    from newsletter.editions import edition_languages
+    from newsletter.lang import display_name, match, optional_tag
+
+    tags = [optional_tag(main_lang) or "en"]
+    for tag in sorted(edition_languages(issues_dir)):
+        if match(tag, tags) is None:
+            tags.append(tag)
+    return [(tag, display_name(tag)) for tag in tags] if len(tags) > 1 else []
