@@ -408,7 +408,7 @@ def _edition_lines(conn: Any, rows: list[Any], main_lang: str) -> None:
         parts = []
         for tag, counts in per.items():
             detail = [f"{counts['sent']} sent"] + ([f"{open_rows(counts)} pending"] if open_rows(counts) else [])
-            failed = counts["failed-permanent"] + counts["failed-temporary"]
+            failed = counts["failed-permanent"] + counts["gave-up"]
             detail += [f"{failed} failed"] if failed else []
             parts.append(f"{tag or main_lang} {sum(counts.values())} ({', '.join(detail)})")
         click.echo(f"#{s.id} {s.delivery.slug} editions: " + "; ".join(parts))
