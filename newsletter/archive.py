@@ -136,7 +136,10 @@ def sent_slugs(settings: Settings) -> set[str]:
     """Slugs with a real delivery under way or done; read-only, and nothing when there is no database."""
     from newsletter import ledger
 
-    path = settings.db_path
+    target = settings.db_target
+    if not isinstance(target, Path):
+        return _sent_slugs_postgres(target)
+    path = target
     if not path.is_file():
         return set()
     try:
@@ -149,6 +152,22 @@ def sent_slugs(settings: Settings) -> set[str]:
         if isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc):
             return set()  # nothing was ever sent from this database
         raise ConfigError(f"cannot read the database: {exc}", path=path) from None
+    finally:
+        conn.close()
+
+
+def _sent_slugs_postgres(url: str) -> set[str]:
+    """:func:`sent_slugs` on PostgreSQL: nothing when the ledger's tables were never made there."""
+    from newsletter import ledger
+    from newsletter.db import connect
+
+    conn = connect(url)
+    try:
+        return ledger.sent_slugs(conn)
+    except sqlite3.OperationalError as exc:  # the PostgreSQL connection raises sqlite3's DB-API classes
+        if "does not exist" in str(exc):
+            return set()
+        raise ConfigError(f"cannot read the database: {exc}") from None
     finally:
         conn.close()
 

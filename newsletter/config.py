@@ -128,8 +128,23 @@ class Settings(NamedTuple):
         return self.path("NEWSLETTER_OUTBOX", "outbox")
 
     @property
+    def db_target(self) -> "Path | str":
+        """The database: a ``postgresql://`` URL as given (its password stays in it: never print
+        it, see :func:`newsletter.dburl.redact`), else the SQLite file as :attr:`db_path` checks it."""
+        from newsletter.dburl import is_postgres
+
+        value = self.get("NEWSLETTER_DB", "newsletter.db")
+        return value.strip() if is_postgres(value) else self.db_path
+
+    @property
     def db_path(self) -> Path:
-        """The SQLite file. Its folder must exist: a typo must not create folders and an empty list."""
+        """The SQLite file. Its folder must exist: a typo must not create folders and an empty list.
+        A command that runs on SQLite only says so when NEWSLETTER_DB is a PostgreSQL URL."""
+        from newsletter.dburl import is_postgres, redact
+
+        if is_postgres(self.get("NEWSLETTER_DB")):
+            raise ConfigError(f"NEWSLETTER_DB={redact(self.get('NEWSLETTER_DB'))!r} is PostgreSQL; this command "
+                              "runs on SQLite only so far (see `newsletter db status` for what does)")
         path = self.path("NEWSLETTER_DB", "newsletter.db")
         if not path.parent.is_dir():
             raise ConfigError(f"NEWSLETTER_DB={self.get('NEWSLETTER_DB', 'newsletter.db')!r}: the folder "

@@ -58,10 +58,12 @@ from typing import BinaryIO, Callable, Iterator, NamedTuple, Sequence, TextIO
 
 from newsletter.addresses import check_header, clean_text
 from newsletter.bulk_addresses import AddressValidator
+from newsletter.db import backend
 from newsletter.errors import InputError
 from newsletter.lang import optional_tag
 from newsletter.store import (ACTIVE, COMPLAINED, PENDING, REACTIVATE_SQL, STATUS_RANK, STATUS_RECORD, STATUSES,
-                              SUPPRESSED, SubscriberStore, _SQL_PARAM_CHUNK, reactivation, stamp, utcnow)
+                              SUPPRESSED, SubscriberStore, _SQL_PARAM_CHUNK, reactivation, stamp)
+from newsletter.timestamps import utcnow_text
 
 
 # ---- the record: what export writes and import restores -------------------------------
@@ -548,22 +550,22 @@ def import_csv(store: SubscriberStore, path: Path | str, *, source: str | None =
     conn = store.conn
     fields = "".join(f", {name} TEXT NOT NULL" for name in _FIELD_NAMES)
     conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS import_rows(key TEXT PRIMARY KEY, line INTEGER NOT NULL,"
-                 f" email TEXT NOT NULL{fields})")
+                 f" email {_SQL[backend(conn)]['address']} NOT NULL{fields})")
     try:
-        conn.execute("DELETE FROM temp.import_rows")
+        conn.execute("DELETE FROM import_rows")
         with path.open("r", encoding=encoding, newline="") as fh:
             _stage(conn, fh, path, report, default_source, progress)
         with store.transaction():
             _apply(conn, report)
     finally:
-        conn.execute("DROP TABLE IF EXISTS temp.import_rows")
+        conn.execute("DROP TABLE IF EXISTS import_rows")
     report.skipped.sort(key=lambda s: s[0])
     return report
 
 
 def _stage(conn: sqlite3.Connection, fh: TextIO, path: Path, report: ImportReport, default_source: str,
            progress: Progress | None) -> None:
-    """Check every row and stage the good ones in ``temp.import_rows``, chunk by chunk;
+    """Check every row and stage the good ones in ``import_rows``, chunk by chunk;
     a repeated address is reported with the line it repeats."""
     addresses = AddressValidator()
     size = path.stat().st_size
@@ -587,7 +589,7 @@ def _stage(conn: sqlite3.Connection, fh: TextIO, path: Path, report: ImportRepor
 
 def _stage_chunk(conn: sqlite3.Connection, rows: list[_Row], report: ImportReport) -> None:
     keys = [r.email.lower() for r in rows]
-    first = dict(_select_in(conn, "SELECT key, line FROM temp.import_rows WHERE key IN ({marks})", keys))
+    first = dict(_select_in(conn, "SELECT key, line FROM import_rows WHERE key IN ({marks})", keys))
     staged = []
     for r, key in zip(rows, keys):
         if key in first:
@@ -596,7 +598,7 @@ def _stage_chunk(conn: sqlite3.Connection, rows: list[_Row], report: ImportRepor
         first[key] = r.line
         staged.append((key, r.line, r.email, *r.fields))
     marks = ", ".join("?" * (3 + len(_FIELD_NAMES)))
-    conn.executemany(f"INSERT INTO temp.import_rows(key, line, email, {', '.join(_FIELD_NAMES)}) VALUES({marks})",
+    conn.executemany(f"INSERT INTO import_rows(key, line, email, {', '.join(_FIELD_NAMES)}) VALUES({marks})",
                      staged)
 
 
@@ -611,11 +613,11 @@ def _apply(conn: sqlite3.Connection, report: ImportReport) -> None:
     """Inside the write transaction: new addresses inserted in one statement; known ones
     (skipped, renamed, given the file's stronger status, or a pending signup activated by a
     plain list) decided row by row, in bounded batches."""
-    now = utcnow()
+    now = utcnow_text()
     writes = _Writes(now)
     known = conn.execute(
         f"SELECT r.line, r.email, s.id, s.name, s.status, {', '.join('r.' + n for n in _FIELD_NAMES)}"
-        " FROM temp.import_rows r JOIN subscribers s ON s.email = r.email ORDER BY r.line")
+        " FROM import_rows r JOIN subscribers s ON s.email = r.email ORDER BY r.line")
     for line, email, sid, old_name, status, *cells in known:
         record = dict(zip(_FIELD_NAMES, cells))
         reason = _decide(writes, sid, old_name, status, record)
@@ -625,12 +627,13 @@ def _apply(conn: sqlite3.Connection, report: ImportReport) -> None:
             report.updated += writes.flush(conn)
     report.updated += writes.flush(conn)
     # A language in the file is the reader's (an empty cell keeps the stored one); not counted as an update.
-    conn.execute("UPDATE subscribers SET lang=(SELECT r.lang FROM temp.import_rows r WHERE r.email=subscribers.email) "
-                 "WHERE email IN (SELECT email FROM temp.import_rows WHERE lang<>'') AND status<>?", (COMPLAINED,))
+    conn.execute("UPDATE subscribers SET lang=(SELECT r.lang FROM import_rows r WHERE r.email=subscribers.email) "
+                 "WHERE email IN (SELECT email FROM import_rows WHERE lang<>'') AND status<>?", (COMPLAINED,))
     cur = conn.execute(
         f"INSERT INTO subscribers(email, {', '.join(_FIELD_NAMES)}, signup_nonce)"
-        f" SELECT r.email, {', '.join(_NEW_VALUE.get(n, 'r.' + n) for n in _FIELD_NAMES)}, {_FRESH_NONCE}"
-        " FROM temp.import_rows r"
+        f" SELECT r.email, {', '.join(_NEW_VALUE.get(n, 'r.' + n) for n in _FIELD_NAMES)}, "
+        f"{_fresh_nonce(conn, 'r.signup_requested_at')}"
+        " FROM import_rows r"
         " WHERE NOT EXISTS (SELECT 1 FROM subscribers s WHERE s.email = r.email) ORDER BY r.line", {"now": now})
     report.added += cur.rowcount
 
@@ -645,7 +648,13 @@ _NEW_VALUE = {
 
 #: A restored open signup request gets a nonce no link was ever made with: links mailed for this
 #: reader before (from this or another database) never confirm it; the reader asks again.
-_FRESH_NONCE = "CASE WHEN r.signup_requested_at<>'' THEN lower(hex(randomblob(16))) ELSE '' END"
+def _fresh_nonce(conn: sqlite3.Connection, requested: str) -> str:
+    """SQL for that nonce, where ``requested`` is the SQL of the request's time ('' when none)."""
+    return f"CASE WHEN {requested}<>'' THEN {_SQL[backend(conn)]['random_hex']} ELSE '' END"
+#: What differs per backend: the staged address compares as the store's does (case-insensitively),
+#: and 128 random bits as hex.
+_SQL = {"sqlite": {"address": "TEXT", "random_hex": "lower(hex(randomblob(16)))"},
+        "postgresql": {"address": "CITEXT", "random_hex": "replace(gen_random_uuid()::text, '-', '')"}}
 
 
 def _decide(writes: "_Writes", sid: int, old_name: str, status: str, record: dict[str, str]) -> str:
@@ -700,7 +709,7 @@ class _Writes:
         conn.executemany(REACTIVATE_SQL, self.reactivations)
         assignments = ", ".join(f"{n}=?" for n in STATUS_RECORD)
         conn.executemany(f"UPDATE subscribers SET {assignments}, name=CASE WHEN ?<>'' THEN ? ELSE name END,"
-                         f" signup_nonce={_FRESH_NONCE.replace('r.signup_requested_at', '?')} WHERE id=?",
+                         f" signup_nonce={_fresh_nonce(conn, '?')} WHERE id=?",
                          self.records)
         done = len(self)
         self.names.clear()

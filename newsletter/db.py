@@ -17,12 +17,27 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, Union
 
+from newsletter.dburl import is_postgres
 from newsletter.errors import ConfigError
 
 BUSY_TIMEOUT_MS = 10_000
 
 #: A migration step: SQL statements separated by ";\n", or a function for what SQL alone cannot do.
 Step = Union[str, Callable[[sqlite3.Connection], None]]
+
+
+def backend(conn: object) -> str:
+    """``sqlite`` or ``postgresql``: the one question SQL that differs between them asks."""
+    return getattr(conn, "backend", "sqlite")
+
+
+def table_columns(conn: object, table: str) -> list[str]:
+    """The columns of ``table`` in their order, on either backend."""
+    if backend(conn) == "sqlite":
+        return [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]  # type: ignore[attr-defined]
+    return [r[0] for r in conn.execute(  # type: ignore[attr-defined]
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+        "AND table_name = ? ORDER BY ordinal_position", (table,))]
 
 
 def is_locked(exc: BaseException) -> bool:
@@ -177,11 +192,16 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 
 def connect(path: Path | str) -> sqlite3.Connection:
-    """Open the database in WAL mode with foreign keys on.
+    """Open the database in WAL mode with foreign keys on; a ``postgresql://`` URL opens
+    PostgreSQL instead (:mod:`newsletter.pg`, driven with the same calls).
 
     ``isolation_level=None`` puts transactions in our hands (``BEGIN IMMEDIATE``
     where we write), so a crash never leaves a half-applied batch.
     """
+    if is_postgres(path):
+        from newsletter import pg
+
+        return pg.connect(str(path))  # type: ignore[return-value]  # the same calls, see newsletter.pg
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -229,7 +249,13 @@ def migrate(conn: sqlite3.Connection, component: str, steps: Sequence[Step]) -> 
     outside a transaction, and commits only if ``foreign_key_check`` finds nothing. An
     up-to-date schema (the usual case) is seen by a plain read first, so opening the
     database never waits for another process's write lock (a long import, a send).
+    On PostgreSQL the component's steps for that backend run instead (:mod:`newsletter.pg_schema`).
     """
+    if backend(conn) != "sqlite":
+        from newsletter import pg_schema
+
+        pg_schema.migrate(conn, component, steps)
+        return
     while True:
         row = conn.execute("SELECT version FROM schema_migrations WHERE component=?", (component,)).fetchone()
         peek = row[0] if row else 0

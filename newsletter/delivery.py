@@ -14,7 +14,7 @@ Row states::
 
     pending ──claim──▶ sending ──answer──▶ sent | failed-permanent (bounce → store) | uncertain
                                       └──▶ retry ──(backoff, or Retry-After)──▶ sending …
-                                               └──▶ failed-temporary  (only after the retry window)
+                                               └──▶ gave-up  (only after the retry window)
     pending ──no longer active──▶ skipped
     sending ──found after a crash──▶ retry (same batch, same key) | uncertain (--no-resend-uncertain)
 
@@ -63,9 +63,10 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from newsletter import ledger
 from newsletter.clock import SYSTEM, Clock
 from newsletter.config import is_development_key
+from newsletter.db import backend
 from newsletter.errors import (ConfigError, ContentChangedError, DeliveryLockedError, InputError, NewsletterError,
                                TransportError, TransportUnavailableError, scrub)
-from newsletter.ledger import (HEARTBEAT_EVERY, Claim, Delivery, DeliveryReport, Progress, TransportFactory,
+from newsletter.ledger import (DEFAULT_LEASE, heartbeat_every, Claim, Delivery, DeliveryReport, Progress, TransportFactory,
                                get_delivery, transaction, utc_day)
 from newsletter.events import Event, Kind, apply_event
 from newsletter.events import ensure_schema as ensure_events
@@ -82,6 +83,9 @@ if TYPE_CHECKING:
     from newsletter.config import Settings
     from newsletter.guard import Guard, Tally
 
+#: Bounds of NEWSLETTER_LEASE_SECONDS: a heartbeat every third of it must fit between two database
+#: waits, and a dead sender's readers should not wait for hours.
+MIN_LEASE_SECONDS, MAX_LEASE_SECONDS = 15, 3600
 #: How long a run keeps waiting for due retries (newsletter.retry's, named here too).
 DEFAULT_MAX_WAIT = retry.DEFAULT_MAX_WAIT
 #: Called while a run waits for a retry: (seconds left, why).
@@ -103,6 +107,8 @@ class DeliveryOptions:
     retry_now: bool = False            # the editor's `resume`: deferred readers are due at once
     guard: Guard | None = None         # hold the send when complaints or hard bounces pass a threshold
     despite_guard: bool = False        # the editor resumes a guard hold deliberately: count from now on
+    lease_seconds: float = DEFAULT_LEASE.total_seconds()  # a silent sender's delivery is taken over after this
+    join_running: bool = False         # PostgreSQL workers: help the lock holder send a running delivery
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.concurrency < 1:
@@ -115,6 +121,12 @@ class DeliveryOptions:
             raise ConfigError("the retry window must be a finite number of hours, 0 or more")
         if not (self.max_wait >= 0 and math.isfinite(self.max_wait)):
             raise ConfigError("the foreground wait must be a finite number of seconds, 0 or more")
+        if not (MIN_LEASE_SECONDS <= self.lease_seconds <= MAX_LEASE_SECONDS):
+            raise ConfigError(f"NEWSLETTER_LEASE_SECONDS must be {MIN_LEASE_SECONDS}–{MAX_LEASE_SECONDS} seconds")
+
+    @property
+    def lease(self) -> timedelta:
+        return timedelta(seconds=self.lease_seconds)
 
     @property
     def claim_size(self) -> int:
@@ -139,6 +151,8 @@ class DeliveryOptions:
             rate=rate or None,
             concurrency=settings.integer("NEWSLETTER_CONCURRENCY", 1, minimum=1),
             daily_cap=int(cap) if cap else None,
+            lease_seconds=settings.number("NEWSLETTER_LEASE_SECONDS", DEFAULT_LEASE.total_seconds(),
+                                          minimum=MIN_LEASE_SECONDS) or DEFAULT_LEASE.total_seconds(),
             **{"guard": _guard(settings), **retry.settings(settings), **overrides},
         )
 
@@ -203,6 +217,7 @@ class _Run:
         self.last_progress = self.clock()
         self.errors: list[BaseException] = []
         self.guard_base: Tally | None = None  # what had come back when the editor resumed a guard hold
+        self.helper = False  # helping another worker's run: no lock, no freezing, no finishing
         self.stats = dict(interrupted_resent=0, uncertain_resent=0, uncertain_reported=0, sent_this_run=0)
         self.last_heartbeat = self.wall0
         self.transport_name = "transport"
@@ -228,7 +243,12 @@ class _Run:
         try:
             transports = self._open_transports()
             self.transport_name = transports[0].name
-            ledger.acquire_lock(self.conn, self.id, self.owner, self.now())
+            try:
+                ledger.acquire_lock(self.conn, self.id, self.owner, self.now(), self.o.lease)
+            except DeliveryLockedError:
+                if not self._may_help():
+                    raise
+                return self._help(transports, started)
             beat_done = threading.Event()
             beat = threading.Thread(target=self._heartbeat_thread, args=(beat_done,), daemon=True,
                                     name=f"delivery-{self.id}-heartbeat")
@@ -250,6 +270,40 @@ class _Run:
                     ledger.release_lock(self.conn, self.id, self.owner)
         finally:
             _close_all(transports)
+
+    def _may_help(self) -> bool:
+        """Join a running delivery another worker holds: on PostgreSQL (whose claims skip each
+        other's rows), when asked, and once its list is frozen."""
+        if not self.o.join_running or backend(self.conn) == "sqlite":
+            return False
+        d = get_delivery(self.conn, self.id)
+        return d.state == "running" and d.frozen_at is not None
+
+    def _help(self, transports: Sequence[Transport], started: float) -> DeliveryReport:
+        """Send readers of a delivery another worker holds, until none is left to claim. The holder
+        freezes, finishes and settles crashes; a helper only claims, sends and records."""
+        self.helper = True
+        self.store = SubscriberStore(self.conn)
+        ensure_events(self.conn)
+        with self.db:
+            self.delivery = get_delivery(self.conn, self.id)
+            self.counts = ledger.ledger_counts(self.conn, self.id)
+        self.total = sum(self.counts.values())
+        self._work(transports)
+        if self.errors:
+            raise self.errors[0]
+        elapsed = self.clock() - started
+        with self.db:
+            return ledger.make_report(self.conn, self.id, "helped the worker sending it", elapsed=elapsed,
+                                      rate=self.stats["sent_this_run"] / elapsed if elapsed > 0 else 0.0,
+                                      **self.stats)
+
+    def _others_in_flight(self) -> bool:
+        """The lock holder, out of readers to claim: do helpers still have some in flight?"""
+        if self.helper or backend(self.conn) == "sqlite":
+            return False
+        with self.db, transaction(self.conn) as conn:
+            return ledger.in_flight_elsewhere(conn, self.id, self.now() - self.o.lease) > 0
 
     def _check_delivery(self) -> Delivery:
         d = get_delivery(self.conn, self.id)
@@ -335,7 +389,9 @@ class _Run:
 
     # ---- lock heartbeat ------------------------------------------------------------------
     def _tick(self) -> None:
-        if self.now() - self.last_heartbeat >= HEARTBEAT_EVERY:
+        if self.helper:  # the holder keeps the delivery's lease
+            return
+        if self.now() - self.last_heartbeat >= heartbeat_every(self.o.lease):
             with self.db, transaction(self.conn):
                 ledger.refresh_lock(self.conn, self.id, self.owner, self.now())
                 self.last_heartbeat = self.now()
@@ -406,7 +462,7 @@ class _Run:
                 return
             if job is None:
                 with self.idle:  # others may still have batches in flight that come back as retries
-                    if not self.inflight:
+                    if not self.inflight and not self._others_in_flight():
                         return
                     if not self._stopped():
                         self.idle.wait(0.5)
@@ -428,7 +484,7 @@ class _Run:
     def _wait(self, seconds: float, why: str = "") -> bool:
         """Sleep, refreshing the heartbeat; in 1 s steps when something may ask us to stop."""
         chunk = 1.0 if self.stop is not None or self.o.concurrency > 1 or self.waiting else \
-            HEARTBEAT_EVERY.total_seconds()
+            heartbeat_every(self.o.lease).total_seconds()
         end = self.clock() + seconds
 
         def tick() -> None:
@@ -474,7 +530,7 @@ class _Run:
                     assert self.delivery is not None
                     claim = ledger.claim_batch(conn, self.delivery, self.owner, limit=limit, cursor=self.cursor,
                                                now=now, now_ts=self.now_ts() + _DUE_SLACK, day=day,
-                                               transport=self.transport_name)
+                                               transport=self.transport_name, helper=self.helper)
                 if isinstance(claim, float):
                     return claim + _DUE_SLACK  # the wait from now, not from the slack
                 if claim is None:
@@ -576,7 +632,8 @@ class _Run:
                                                   f"delivery:{self.id}:{row.sid}", email=row.email,
                                                   subscriber_id=row.sid, message_id=job.messages[i].message_id,
                                                   detail=t.error or ""), now=now)
-            ledger.refresh_lock(conn, self.id, self.owner, now)
+            if not self.helper:  # the holder's lease is the holder's to renew
+                ledger.refresh_lock(conn, self.id, self.owner, now)
             self.last_heartbeat = now
             job.recorded.update(idx)
             self._note_outcomes(transitions, [a for a, _, _ in answers], dropped)
@@ -613,7 +670,7 @@ class _Run:
 
     def _progress_values(self) -> tuple[int, int, int, int]:
         c = self.counts
-        return self.total - ledger.open_rows(c), self.total, c["sent"], c["failed-permanent"] + c["failed-temporary"]
+        return self.total - ledger.open_rows(c), self.total, c["sent"], c["failed-permanent"] + c["gave-up"]
 
     def _finish(self, elapsed: float) -> DeliveryReport:
         with self.db, transaction(self.conn) as conn:

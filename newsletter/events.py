@@ -192,7 +192,7 @@ def delivery_event_counts(conn: sqlite3.Connection, delivery_id: int) -> dict[st
     ensure_schema(conn)
     out = {k.value: 0 for k in Kind}
     for kind, n in conn.execute(
-            "SELECT kind, COUNT(DISTINCT COALESCE(subscriber_id, lower(email))) FROM feedback_events "
+            "SELECT kind, COUNT(DISTINCT COALESCE(CAST(subscriber_id AS TEXT), lower(email))) FROM feedback_events "
             "WHERE delivery_id=? GROUP BY kind", (delivery_id,)):
         out[kind] = n
     return out

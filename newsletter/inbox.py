@@ -274,7 +274,10 @@ def check_inbox(settings: Settings, *, move_to: str | None = None, on_result: Ca
             return read_inbox(cfg, store.conn, handler(applier), move_to=move_to, on_result=on_result, stop=stop)
     except sqlite3.Error as exc:  # e.g. locked past the busy timeout: the checkpoint stayed before this message
         error = DatabaseLockedError if is_locked(exc) else NewsletterError
-        raise error(f"database {settings.db_path}: {exc}; messages not handled yet are read next time") from None
+        from newsletter.dburl import redact
+
+        raise error(f"database {redact(str(settings.db_target))}: {exc}; messages not handled yet are read "
+                    "next time") from None
 
 
 def poll_inbox(settings: Settings, stop: threading.Event, interval: float,

@@ -11,18 +11,20 @@ dataclass costs a millisecond or two at import, and ``status`` imports this modu
 NamedTuple compiles every string annotation it is given; real ones cost nothing.
 """
 
-import math
 import os
 import sqlite3
-from datetime import datetime, timedelta, timezone
+from contextlib import contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple, Sequence
 
-from newsletter.db import connect, migrate, write_transaction
+from newsletter.db import backend, connect, migrate, write_transaction
+from newsletter.patterns import compiled
 from newsletter.errors import ContentChangedError, DeliveryLockedError, InputError, scrub
 from newsletter.message_ids import issue_slug
 from newsletter.processes import pid_alive
-from newsletter.store import TIMESTAMP
+from newsletter.states import OPEN_DELIVERY_STATES, OPEN_ROW_STATES, FAILED_ROW_STATES, RowState, sql_list
+from newsletter.timestamps import TIMESTAMP, from_epoch, parse_timestamp, timestamp, utc_day, utcnow  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:  # only for types: `status` and the scheduler load neither the builder nor transports
     from newsletter.message import PreparedIssue
@@ -120,20 +122,29 @@ def _state_list(states: Sequence[str]) -> str:
     return "(" + ",".join(f"'{s}'" for s in states) + ")"
 
 
-#: Rows still to be sent: a delivery is done only when none is left in these.
-OPEN_ROW_STATES = ("pending", "retry", "sending")
-LEDGER_STATES = ("pending", "sending", "sent", "retry", "failed-temporary", "failed-permanent", "skipped",
-                 "uncertain")
+def _state_rows(states: Sequence[str]) -> str:
+    return "(VALUES " + ",".join(f"('{s}')" for s in states) + ")"
 
+
+#: The row states when v4 was written (a migration is history: later states are added by later ones).
+_V4_ROW_STATES = ("pending", "sending", "sent", "retry", "failed-temporary", "failed-permanent", "skipped",
+                  "uncertain")
 _LATEST = (f"CASE WHEN new.state NOT IN {_state_list(OPEN_ROW_STATES)} AND typeof(new.updated_at)='text' "
            "AND new.updated_at > coalesce(latest, '') THEN new.updated_at ELSE latest END")
-_STATE_ROWS = "(VALUES " + ",".join(f"('{s}')" for s in LEDGER_STATES) + ")"
-#: v3: readers per (delivery, state), kept current by triggers in the same transaction as the row,
+
+
+def _new_delivery_trigger(states: Sequence[str]) -> str:
+    """Each new delivery starts with a zero count for every row state."""
+    return ("CREATE TRIGGER delivery_counts_new AFTER INSERT ON deliveries BEGIN INSERT OR IGNORE INTO "
+            f"delivery_counts(delivery_id, state) SELECT new.id, column1 FROM {_state_rows(states)}; END")
+
+
+#: v4: readers per (delivery, state), kept current by triggers in the same transaction as the row,
 #: so `status` and a send's report read eight rows instead of a delivery's whole ledger (a million
 #: rows at a million readers). ``latest`` is the newest time a reader reached a finished state there
 #: (text only: a row with an unreadable time counts as no time). A rebuild of ``ledger`` or
 #: ``deliveries`` must recreate these triggers. (Statements end in ";\n", so trigger bodies keep
-#: theirs on one line: see newsletter.db.migrate.)
+#: theirs on one line: see newsletter.db.migrate.) PostgreSQL's are in newsletter.pg_schema.
 _DELIVERY_COUNTS = f"""CREATE TABLE delivery_counts (
   delivery_id INTEGER NOT NULL REFERENCES deliveries(id) ON DELETE CASCADE,
   state TEXT NOT NULL,
@@ -141,8 +152,7 @@ _DELIVERY_COUNTS = f"""CREATE TABLE delivery_counts (
   latest TEXT,
   PRIMARY KEY (delivery_id, state)
 ) WITHOUT ROWID;
-CREATE TRIGGER delivery_counts_new AFTER INSERT ON deliveries BEGIN
-  INSERT OR IGNORE INTO delivery_counts(delivery_id, state) SELECT new.id, column1 FROM {_STATE_ROWS}; END;
+{_new_delivery_trigger(_V4_ROW_STATES)};
 CREATE TRIGGER delivery_counts_add AFTER INSERT ON ledger BEGIN
   UPDATE delivery_counts SET n=n+1, latest={_LATEST} WHERE delivery_id=new.delivery_id AND state=new.state; END;
 CREATE TRIGGER delivery_counts_drop AFTER DELETE ON ledger BEGIN
@@ -150,68 +160,53 @@ CREATE TRIGGER delivery_counts_drop AFTER DELETE ON ledger BEGIN
 CREATE TRIGGER delivery_counts_move AFTER UPDATE OF state, updated_at, delivery_id ON ledger BEGIN
   UPDATE delivery_counts SET n=n-1 WHERE delivery_id=old.delivery_id AND state=old.state; """ \
   f"""UPDATE delivery_counts SET n=n+1, latest={_LATEST} WHERE delivery_id=new.delivery_id AND state=new.state; END;
-INSERT INTO delivery_counts(delivery_id, state) SELECT d.id, s.column1 FROM deliveries d, {_STATE_ROWS} s;
+INSERT INTO delivery_counts(delivery_id, state) SELECT d.id, s.column1 FROM deliveries d, {_state_rows(_V4_ROW_STATES)} s;
 UPDATE delivery_counts SET n=g.n, latest=g.latest FROM (SELECT delivery_id, state, COUNT(*) AS n,
   MAX(CASE WHEN typeof(updated_at)='text' AND state NOT IN {_state_list(OPEN_ROW_STATES)} THEN updated_at END)
   AS latest FROM ledger GROUP BY delivery_id, state) AS g
   WHERE delivery_counts.delivery_id=g.delivery_id AND delivery_counts.state=g.state"""
 MIGRATIONS.append(_DELIVERY_COUNTS)
 
-#: Deliveries not finished: a worker, `resume` or `send` may still act on them.
-OPEN_STATES = ("scheduled", "running", "paused", "held", "deferred")
-_OPEN_SQL = "(" + ",".join(f"'{s}'" for s in OPEN_STATES) + ")"
-LOCK_STALE_AFTER = timedelta(minutes=10)
-HEARTBEAT_EVERY = timedelta(seconds=30)
-#: Times the ledger stores: four-digit years only, so stored text always sorts and parses.
-_MIN_YEAR, _MAX_YEAR = 2000, 9000
+
+def _v5_gave_up(conn: sqlite3.Connection) -> None:
+    """v5: the final row state after the retry window is ``gave-up`` (it was ``failed-temporary``,
+    which now means only a transport's "try again later"). The CHECK is edited in place as in v2;
+    the counts move with the rows (v4's trigger), into a ``gave-up`` count every delivery gets."""
+    sql = conn.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name='ledger'").fetchone()[0]
+    if "'failed-temporary'" in sql:
+        version = conn.execute("PRAGMA schema_version").fetchone()[0]
+        conn.execute("PRAGMA writable_schema=ON")
+        conn.execute("UPDATE sqlite_master SET sql=? WHERE type='table' AND name='ledger'",
+                     (sql.replace("'failed-temporary'", "'gave-up'"),))
+        conn.execute(f"PRAGMA schema_version={int(version) + 1}")
+        conn.execute("PRAGMA writable_schema=OFF")
+    conn.execute("DROP TRIGGER delivery_counts_new")
+    conn.execute(_new_delivery_trigger(tuple(RowState)))
+    conn.execute("INSERT OR IGNORE INTO delivery_counts(delivery_id, state) SELECT id, 'gave-up' FROM deliveries")
+    conn.execute("UPDATE ledger SET state='gave-up' WHERE state='failed-temporary'")
+    conn.execute("DELETE FROM delivery_counts WHERE state='failed-temporary'")
+
+
+MIGRATIONS.append(_v5_gave_up)
+
+OPEN_STATES = OPEN_DELIVERY_STATES
+_OPEN_SQL = sql_list(OPEN_STATES)
+LEDGER_STATES: tuple[RowState, ...] = tuple(RowState)
+#: A sender's lease on its delivery (NEWSLETTER_LEASE_SECONDS): a lock whose heartbeat is older
+#: than this is another host's to take over. Every host must use the same value.
+DEFAULT_LEASE = timedelta(seconds=60)
+LOCK_STALE_AFTER = DEFAULT_LEASE  # the name before leases were configurable
+
+
+def heartbeat_every(lease: timedelta) -> timedelta:
+    """How often a holder renews its lease: three chances before it runs out."""
+    return lease / 3
+
+
+HEARTBEAT_EVERY = heartbeat_every(DEFAULT_LEASE)
 
 TransportFactory = Callable[[], "Transport"]
 Progress = Callable[[int, int, int, int], None]
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def timestamp(dt: datetime) -> str:
-    """The stored form of a time; refuses times without a zone or outside 2000–9000."""
-    if dt.tzinfo is None or dt.utcoffset() is None:
-        raise InputError(f"time {dt.isoformat()} has no time zone; give one (e.g. +00:00)")
-    try:
-        utc = dt.astimezone(timezone.utc)
-    except OverflowError:
-        utc = None
-    if utc is None or not _MIN_YEAR <= utc.year <= _MAX_YEAR:
-        raise InputError(f"time {dt.isoformat()} is out of range (years {_MIN_YEAR}–{_MAX_YEAR})")
-    return utc.strftime(TIMESTAMP)  # the subscriber store's format: sorts as text
-
-
-def parse_timestamp(text: str | None) -> datetime | None:
-    """A stored time, or None when missing *or unreadable*: one bad row must not break every command."""
-    if not text:
-        return None
-    # Exactly timestamp()'s shape, read by fromisoformat: _strptime (and its regexes) cost start-up time.
-    if not isinstance(text, str) or len(text) != 27 or text[10] != "T" or text[-1] != "Z":
-        return None
-    try:
-        return datetime.fromisoformat(text[:-1]).replace(tzinfo=timezone.utc)
-    except ValueError:
-        return None
-
-
-def from_epoch(seconds: float | None) -> datetime | None:
-    """A wall-clock retry time (seconds since the epoch) as an aware UTC datetime."""
-    if seconds is None or not math.isfinite(seconds):
-        return None
-    try:
-        return datetime.fromtimestamp(seconds, timezone.utc)
-    except (OverflowError, OSError, ValueError):
-        return None
-
-
-def utc_day(dt: datetime) -> str:
-    """The UTC calendar day, the unit of the daily cap."""
-    return dt.astimezone(timezone.utc).date().isoformat()
 
 
 _VALUES_CHUNK = 300  # rows per UPDATE … FROM (VALUES …); far below SQLite's parameter limit
@@ -225,6 +220,9 @@ def update_each(conn: sqlite3.Connection, delivery_id: int, sets: str, rows: Seq
     ``v.column2``, ``v.column3``, …; ``set_args`` bind the ``?`` in ``sets``. Three times
     cheaper than executemany, which pays a statement reset per row.
     """
+    if backend(conn) != "sqlite":
+        _update_each_row(conn, delivery_id, sets, rows, set_args)
+        return
     for start in range(0, len(rows), _VALUES_CHUNK):
         chunk = rows[start:start + _VALUES_CHUNK]
         width = len(chunk[0])
@@ -234,9 +232,41 @@ def update_each(conn: sqlite3.Connection, delivery_id: int, sets: str, rows: Seq
                      (*set_args, *(x for row in chunk for x in row), delivery_id))
 
 
-#: BEGIN IMMEDIATE … COMMIT, rolled back on any exception (KeyboardInterrupt included), queued
-#: behind this process's other writers (see :func:`newsletter.db.write_transaction`).
-transaction = write_transaction
+def _update_each_row(conn: sqlite3.Connection, delivery_id: int, sets: str, rows: Sequence[tuple],
+                     set_args: tuple) -> None:
+    """:func:`update_each` on PostgreSQL: one prepared UPDATE per row, sent in one pipeline
+    (a VALUES list there would need a type for every column whose first value is NULL)."""
+    if not rows:
+        return
+    args = iter(range(len(set_args)))
+    named = compiled(r"\?").sub(lambda _: f":a{next(args)}", sets)
+    named = compiled(r"\bv\.column(\d+)\b").sub(r":c\1", named)
+    fixed = {f"a{i}": value for i, value in enumerate(set_args)}
+    conn.executemany(f"UPDATE ledger SET {named} WHERE delivery_id=:did AND subscriber_id=:c1",
+                     [{**fixed, "did": delivery_id, **{f"c{k}": v for k, v in enumerate(row, 1)}} for row in rows])
+
+
+def _retry_index(conn: sqlite3.Connection) -> str:
+    """SQLite's hint to read retry rows through the small partial index (PostgreSQL's planner needs none)."""
+    return "INDEXED BY ledger_retry " if backend(conn) == "sqlite" else ""
+
+
+_LEDGER_LOCK = "SELECT pg_advisory_xact_lock(7364928, 2)"  # pg_schema holds (7364928, 1) for migrations
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE … COMMIT, rolled back on any exception (KeyboardInterrupt included), queued
+    behind this process's other writers (see :func:`newsletter.db.write_transaction`).
+
+    On PostgreSQL a plain BEGIN takes no lock, so the ledger's read-then-write steps (take the
+    delivery's lock, freeze the list, claim a batch) take one advisory lock for the transaction:
+    senders on every host serialise there as SQLite's writers do, while the web host's store
+    writes (unsubscribes, signups, webhooks) never take it and never wait for a sender."""
+    with write_transaction(conn):
+        if backend(conn) != "sqlite":
+            conn.execute(_LEDGER_LOCK)
+        yield conn
 
 
 # ---------------------------------------------------------------------------------------
@@ -327,7 +357,7 @@ def open_rows(counts: dict[str, int]) -> int:
 
 def _next_due(conn: sqlite3.Connection, delivery_id: int) -> float | None:
     """Wall seconds the next deferred reader is due (through the small partial index)."""
-    return conn.execute("SELECT MIN(next_attempt_at) FROM ledger INDEXED BY ledger_retry WHERE delivery_id=? "
+    return conn.execute(f"SELECT MIN(next_attempt_at) FROM ledger {_retry_index(conn)}WHERE delivery_id=? "
                         "AND state='retry'", (delivery_id,)).fetchone()[0]
 
 
@@ -395,7 +425,7 @@ def make_report(conn: sqlite3.Connection, delivery_id: int, note: str = "", **ru
     c = ledger_counts(conn, d.id)
     next_retry, reasons = _next_retry(conn, d, c)
     return DeliveryReport(d.id, d.slug, d.state, total=sum(c.values()), sent=c["sent"],
-                          failed_permanent=c["failed-permanent"], failed_temporary=c["failed-temporary"],
+                          failed_permanent=c["failed-permanent"], failed_temporary=c[RowState.GAVE_UP],
                           skipped=c["skipped"], pending=open_rows(c), deferred=c["retry"], uncertain=c["uncertain"],
                           next_retry=next_retry, reasons=tuple(reasons), note=note or d.reason or "",
                           **run)  # type: ignore[arg-type]
@@ -456,23 +486,23 @@ def start_or_resume(conn: sqlite3.Connection, prepared: "PreparedIssue", *, sche
                 conn.execute("UPDATE deliveries SET content_hash=?, subject=? WHERE id=?",
                              (r.content_hash, r.subject, d["id"]))
             return d["id"]
-        cur = conn.execute(
+        return int(conn.execute(
             "INSERT INTO deliveries(slug, issue_number, content_hash, subject, state, created_at, send_at, test, "
-            "nonce) VALUES(?, ?, ?, ?, ?, ?, ?, 0, ?)",
+            "nonce) VALUES(?, ?, ?, ?, ?, ?, ?, 0, ?) RETURNING id",
             (r.slug, r.number, r.content_hash, r.subject, "scheduled" if send_at else "running", stamp, send_at,
-             os.urandom(8).hex()))  # secrets.token_hex, without importing random & co at start-up
-        return int(cur.lastrowid)  # type: ignore[arg-type]
+             os.urandom(8).hex())).fetchone()[0])  # secrets.token_hex, without importing random & co at start-up
 
 
 # ---------------------------------------------------------------------------------------
 # The lock
 # ---------------------------------------------------------------------------------------
-def lock_is_live(d: Delivery, now: datetime | None = None) -> bool:
-    """True if the delivery's lock belongs to a process that still looks alive."""
+def lock_is_live(d: Delivery, now: datetime | None = None, lease: timedelta = DEFAULT_LEASE) -> bool:
+    """True if the delivery's lock belongs to a process that still looks alive: its lease is
+    fresh, and (on this host, where we can look) its pid still runs."""
     if d.lock_pid is None and d.lock_heartbeat is None:
         return False
     now = now or utcnow()
-    if d.lock_heartbeat is None or now - d.lock_heartbeat > LOCK_STALE_AFTER:
+    if d.lock_heartbeat is None or now - d.lock_heartbeat > lease:
         return False
     if d.lock_host == _hostname() and not pid_alive(d.lock_pid):
         return False
@@ -485,16 +515,18 @@ def _hostname() -> str:
     return socket.gethostname()
 
 
-def acquire_lock(conn: sqlite3.Connection, delivery_id: int, owner: str, now: datetime) -> None:
+def acquire_lock(conn: sqlite3.Connection, delivery_id: int, owner: str, now: datetime,
+                 lease: timedelta = DEFAULT_LEASE) -> None:
     """Take the delivery's lock, or raise :class:`DeliveryLockedError` naming the live holder."""
     with transaction(conn):
         cur = get_delivery(conn, delivery_id)
-        if lock_is_live(cur, now):
+        if lock_is_live(cur, now, lease):
             age = (now - cur.lock_heartbeat).total_seconds() if cur.lock_heartbeat else 0
             raise DeliveryLockedError(
                 f"delivery #{cur.id} of {cur.slug} is already being sent by pid {cur.lock_pid} on "
                 f"{cur.lock_host} (last heartbeat {age:.0f}s ago); wait for it to finish or stop it. "
-                "The lock is taken over once that process is gone or silent for 10 minutes")
+                f"The lock is taken over once that process is gone or silent for {lease.total_seconds():.0f} s "
+                "(NEWSLETTER_LEASE_SECONDS)")
         conn.execute("UPDATE deliveries SET lock_owner=?, lock_pid=?, lock_host=?, lock_heartbeat=? WHERE id=?",
                      (owner, os.getpid(), _hostname(), timestamp(now), delivery_id))
 
@@ -584,7 +616,7 @@ def begin_run(conn: sqlite3.Connection, d: Delivery, *, transport: str, resend_i
         conn.execute("UPDATE ledger SET next_attempt_at=0 WHERE delivery_id=? AND state='retry'", (d.id,))
     if retry_failed:
         conn.execute("UPDATE ledger SET state='pending', attempts=0, first_failure_at=NULL, next_attempt_at=NULL, "
-                     "updated_at=? WHERE delivery_id=? AND state='failed-temporary'", (stamp, d.id))
+                     "updated_at=? WHERE delivery_id=? AND state='gave-up'", (stamp, d.id))
     counts = ledger_counts(conn, d.id)
     if open_rows(counts) or d.state != "done":
         conn.execute("UPDATE deliveries SET state='running', transport=?, reason=NULL, resume_at=NULL, "
@@ -652,7 +684,7 @@ _ROW_COLUMNS = ("l.subscriber_id, l.email, l.name, l.state, l.next_attempt_at, l
 
 
 def _select(conn: sqlite3.Connection, delivery_id: int, where: str, params: tuple, retry: bool = False) -> list:
-    hint = "INDEXED BY ledger_retry " if retry else ""  # retry rows through the small partial index
+    hint = _retry_index(conn) if retry else ""
     return conn.execute(f"SELECT {_ROW_COLUMNS} FROM ledger l {hint}LEFT JOIN subscribers s ON s.id = l.subscriber_id "
                         f"WHERE l.delivery_id=? AND {where}", (delivery_id, *params)).fetchall()
 
@@ -672,7 +704,7 @@ def daily_used(conn: sqlite3.Connection, day: str, transport: str) -> int:
 
 
 def claim_batch(conn: sqlite3.Connection, d: Delivery, owner: str, *, limit: int, cursor: int, now: datetime,
-                now_ts: float, day: str, transport: str) -> "Claim | float | None":
+                now_ts: float, day: str, transport: str, helper: bool = False) -> "Claim | float | None":
     """Pick the next batch and mark it 'sending' (the caller commits before the transport sees it).
 
     Due retries come first: a batch that came back whole is claimed again as the same rows
@@ -683,7 +715,7 @@ def claim_batch(conn: sqlite3.Connection, d: Delivery, owner: str, *, limit: int
     stamp = timestamp(now)
     rows: list = []
     batch_no: int | None = None
-    head = conn.execute("SELECT retry_batch, next_attempt_at FROM ledger INDEXED BY ledger_retry WHERE "
+    head = conn.execute(f"SELECT retry_batch, next_attempt_at FROM ledger {_retry_index(conn)}WHERE "
                         "delivery_id=? AND state='retry' ORDER BY next_attempt_at LIMIT 1", (d.id,)).fetchone()
     if head is not None and head[1] <= now_ts:
         if head[0] is not None:
@@ -700,8 +732,8 @@ def claim_batch(conn: sqlite3.Connection, d: Delivery, owner: str, *, limit: int
                            "ORDER BY l.next_attempt_at LIMIT ?", (now_ts, limit), retry=True)
     fresh = not rows
     if fresh:
-        rows = _select(conn, d.id, "l.subscriber_id>? AND l.state='pending' ORDER BY l.subscriber_id LIMIT ?",
-                       (cursor, limit))
+        rows = _select(conn, d.id, "l.subscriber_id>? AND l.state='pending' ORDER BY l.subscriber_id LIMIT ?"
+                       + _SKIP_LOCKED[backend(conn)], (cursor, limit))
     if not rows:
         return None if head is None else max(0.0, head[1] - now_ts)
     gone = [r for r in rows if r["status"] != "active"]
@@ -712,11 +744,12 @@ def claim_batch(conn: sqlite3.Connection, d: Delivery, owner: str, *, limit: int
         batch_no = None  # the batch is not the one the key named any more
     skipped = [r["state"] for r in gone]
     if not live:  # only skips: the caller counts them and claims again
-        refresh_lock(conn, d.id, owner, now)
+        if not helper:
+            refresh_lock(conn, d.id, owner, now)
         return Claim(0, [], fresh, skipped, last_id=rows[-1][0])
     if batch_no is None:
-        batch_no = refresh_lock(conn, d.id, owner, now, new_batch=True)
-    else:
+        batch_no = next_batch_no(conn, d.id) if helper else refresh_lock(conn, d.id, owner, now, new_batch=True)
+    elif not helper:
         refresh_lock(conn, d.id, owner, now)
     claim = Claim(batch_no, [ClaimedRow(*tuple(r)[:8], r["edition"]) for r in live], fresh, skipped,
                   last_id=rows[-1][0])
@@ -728,8 +761,30 @@ def claim_batch(conn: sqlite3.Connection, d: Delivery, owner: str, *, limit: int
         update_each(conn, d.id, "state='sending', batch_no=?, updated_at=?", [(r[0],) for r in live],
                     claim.batch_no, stamp)
     conn.execute("INSERT INTO daily_counts(day, transport, count) VALUES(?, ?, ?) ON CONFLICT(day, transport) "
-                 "DO UPDATE SET count=count+excluded.count", (day, transport, len(live)))
+                 "DO UPDATE SET count=daily_counts.count+excluded.count", (day, transport, len(live)))
     return claim
+
+
+#: PostgreSQL: rows another worker is claiming right now are passed over, not waited for.
+_SKIP_LOCKED = {"sqlite": "", "postgresql": " FOR UPDATE OF l SKIP LOCKED"}
+
+
+def next_batch_no(conn: sqlite3.Connection, delivery_id: int) -> int:
+    """A batch number for a worker helping the lock holder (each batch its own idempotency key)."""
+    return int(conn.execute("UPDATE deliveries SET last_batch_no=last_batch_no+1 WHERE id=? RETURNING last_batch_no",
+                            (delivery_id,)).fetchone()[0])
+
+
+def in_flight_elsewhere(conn: sqlite3.Connection, delivery_id: int, stale_before: datetime) -> int:
+    """Readers other workers hold 'sending' (the lock holder waits for them before it finishes).
+    Rows claimed before ``stale_before`` belong to a worker silent past its lease: they go back to
+    be sent again (a duplicate is possible), as after any crash. Runs inside a transaction."""
+    conn.execute("UPDATE ledger SET state='retry', retry_batch=NULL, next_attempt_at=0, updated_at=?, "
+                 "last_error='interrupted while sending (a worker went silent past its lease); sent again, "
+                 "a duplicate is possible' WHERE delivery_id=? AND state='sending' AND updated_at<?",
+                 (timestamp(stale_before), delivery_id, timestamp(stale_before)))
+    return conn.execute("SELECT COUNT(*) FROM ledger WHERE delivery_id=? AND state='sending'",
+                        (delivery_id,)).fetchone()[0]
 
 
 def unclaim(conn: sqlite3.Connection, delivery_id: int, rows: Sequence[ClaimedRow], *, day: str,
@@ -737,8 +792,8 @@ def unclaim(conn: sqlite3.Connection, delivery_id: int, rows: Sequence[ClaimedRo
     """Undo a claim whose batch never reached anyone: rows back as they were, the daily count refunded."""
     conn.executemany("UPDATE ledger SET state=?, next_attempt_at=? WHERE delivery_id=? AND subscriber_id=? "
                      "AND state='sending'", [(r.state, r.next_attempt_at, delivery_id, r.sid) for r in rows])
-    conn.execute("UPDATE daily_counts SET count=MAX(0, count-?) WHERE day=? AND transport=?",
-                 (len(rows), day, transport))
+    conn.execute("UPDATE daily_counts SET count=CASE WHEN count > ? THEN count - ? ELSE 0 END "
+                 "WHERE day=? AND transport=?", (len(rows), len(rows), day, transport))
 
 
 def record_transitions(conn: sqlite3.Connection, delivery_id: int, batch_no: int,
@@ -772,7 +827,7 @@ def readers_to_send(conn: sqlite3.Connection, slug: str, *, retry_failed: bool =
     if row is None:
         return None
     counts = ledger_counts(conn, row[0])
-    return open_rows(counts) + (counts["failed-temporary"] if retry_failed else 0)
+    return open_rows(counts) + (counts[RowState.GAVE_UP] if retry_failed else 0)
 
 
 def hold(conn: sqlite3.Connection, delivery_id: int, reason: str) -> None:
@@ -927,7 +982,7 @@ def delivery_status(conn: sqlite3.Connection, slug: str | None = None, *, limit:
             eta = remaining / rate
         sender = f"pid {d.lock_pid} on {d.lock_host}" if lock_is_live(d) else None
         next_retry, reasons = _next_retry(conn, d, c)
-        out.append(DeliveryStatus(d, c, sum(c.values()), c["sent"], c["failed-permanent"] + c["failed-temporary"],
+        out.append(DeliveryStatus(d, c, sum(c.values()), c["sent"], c[RowState.FAILED_PERMANENT] + c[RowState.GAVE_UP],
                                   remaining, rate, eta, sender, next_retry, tuple(reasons)))
     return out
 
@@ -935,8 +990,8 @@ def delivery_status(conn: sqlite3.Connection, slug: str | None = None, *, limit:
 def failed_recipients(conn: sqlite3.Connection, delivery_id: int) -> list[tuple[str, str, str | None]]:
     """(email, state, last error) of everyone who needs attention: failed-* and uncertain."""
     return [(r[0], r[1], scrub(r[2]) if r[2] is not None else None) for r in conn.execute(
-        "SELECT email, state, last_error FROM ledger WHERE delivery_id=? AND state IN "
-        "('failed-permanent','failed-temporary','uncertain') ORDER BY subscriber_id", (int(delivery_id),))]
+        f"SELECT email, state, last_error FROM ledger WHERE delivery_id=? AND state IN "
+        f"{sql_list(FAILED_ROW_STATES)} ORDER BY subscriber_id", (int(delivery_id),))]
 
 
 def last_error(conn: sqlite3.Connection, delivery_id: int) -> str | None:
@@ -973,7 +1028,7 @@ def sent_issue(conn: sqlite3.Connection, *, slug: str = "", subject: str = "") -
         row = conn.execute("SELECT id, slug FROM deliveries WHERE slug=? AND test=0 ORDER BY id DESC LIMIT 1",
                            (slug,)).fetchone()
     elif subject:
-        row = conn.execute("SELECT id, slug FROM deliveries WHERE test=0 AND subject=? COLLATE NOCASE "
+        row = conn.execute("SELECT id, slug FROM deliveries WHERE test=0 AND lower(subject)=lower(?) "
                            "ORDER BY id DESC LIMIT 1", (subject,)).fetchone()
     else:
         row = None
@@ -992,8 +1047,9 @@ def issue_freezes(conn: sqlite3.Connection, slug: str) -> list[tuple[int, str | 
 def issue_addresses(conn: sqlite3.Connection, slug: str, subscriber_id: int) -> list[str]:
     """The addresses a reader had in the real deliveries of an issue, newest first (usually one)."""
     return [row[0] for row in conn.execute(
-        "SELECT DISTINCT l.email FROM ledger l JOIN deliveries d ON d.id = l.delivery_id "
-        "WHERE l.subscriber_id=? AND d.slug=? AND d.test=0 ORDER BY l.delivery_id DESC", (subscriber_id, slug))]
+        "SELECT l.email FROM ledger l JOIN deliveries d ON d.id = l.delivery_id "
+        "WHERE l.subscriber_id=? AND d.slug=? AND d.test=0 GROUP BY l.email ORDER BY MAX(l.delivery_id) DESC",
+        (subscriber_id, slug))]
 
 
 def latest_sent_slug(conn: sqlite3.Connection, subscriber_id: int) -> str | None:

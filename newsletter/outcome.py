@@ -34,6 +34,7 @@ from typing import Sequence
 
 from newsletter.retry import (DEFAULT_RETRY_WINDOW, RATE_LIMIT_WAIT, UNCERTAIN_RESENDS,  # noqa: F401 (re-exported)
                               RetryPolicy, backoff_delay, rate_limit_wait)
+from newsletter.states import RowState
 from newsletter.transports.base import SendResult, Status
 
 #: The retry settings :func:`decide` reads (defined, with every number of the policy, in newsletter.retry).
@@ -140,7 +141,7 @@ def decide(row: Row, answer: Answer, *, now: float, policy: Policy, error: str |
     text = error or ("no answer (the connection dropped)" if answer is Answer.NO_ANSWER else "temporary failure")
     if now - first >= policy.retry_window:
         hours = (now - first) / 3600
-        return final("failed-temporary", f"gave up after {attempts} attempts over {hours:.1f} h "
+        return final(RowState.GAVE_UP, f"gave up after {attempts} attempts over {hours:.1f} h "
                                          f"(NEWSLETTER_RETRY_WINDOW): {text}")
     delay = backoff_delay(attempts, retry_after, jitter=jitter, since_first_failure=now - first)
     return retry(text, now + delay, since=first)

@@ -62,8 +62,8 @@ def record(conn: sqlite3.Connection, dedupe_key: str, category: str, slug: str |
            reply: Reply | None = None) -> bool:
     """Record one message (and its reply, if any) once; False when it was recorded before."""
     with transaction(conn):
-        cur = conn.execute("INSERT OR IGNORE INTO inbox_messages(dedupe_key, category, slug, received_at) "
-                           "VALUES(?,?,?,?)", (dedupe_key, category, slug, stamp(now)))
+        cur = conn.execute("INSERT INTO inbox_messages(dedupe_key, category, slug, received_at) "
+                           "VALUES(?,?,?,?) ON CONFLICT DO NOTHING", (dedupe_key, category, slug, stamp(now)))
         new = cur.rowcount == 1
         if new and reply is not None and slug:
             conn.execute("INSERT INTO replies(dedupe_key, slug, name, masked_email, sent_at, excerpt, matched_by)"

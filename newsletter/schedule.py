@@ -20,6 +20,7 @@ never allowed to crash every command.
 from __future__ import annotations
 
 import logging
+import dataclasses
 import math
 import sqlite3
 import threading
@@ -28,8 +29,9 @@ from typing import Callable
 
 from newsletter import ledger
 from newsletter.clock import SYSTEM, Clock, ShiftedClock
+from newsletter.db import backend
 from newsletter.delivery import DeliveryOptions, Waiting, run_delivery
-from newsletter.ledger import (OPEN_STATES, Delivery, DeliveryReport, TransportFactory, get_delivery, lock_is_live,
+from newsletter.ledger import (DEFAULT_LEASE, OPEN_STATES, Delivery, DeliveryReport, TransportFactory, get_delivery, lock_is_live,
                                start_or_resume, transaction, utcnow)
 from newsletter.errors import DeliveryLockedError, InputError, NewsletterError
 from newsletter.message import PreparedIssue
@@ -91,12 +93,14 @@ def cancel(conn: sqlite3.Connection, slug_or_id: str | int, *, now: Callable[[],
     return get_delivery(conn, d.id)
 
 
-def due(conn: sqlite3.Connection, now: datetime) -> list[Delivery]:
+def due(conn: sqlite3.Connection, now: datetime, lease: timedelta = DEFAULT_LEASE) -> list[Delivery]:
     """What a worker should act on at ``now``: scheduled ones whose time has come, paused and
     deferred ones whose resume time has come (daily cap, a stop, the next retry), and running
     ones nobody is sending (the sender died). In order of their send time."""
     now = _aware(now, "now")
-    return [d for d in ledger.due_deliveries(conn, now) if not (d.state == "running" and lock_is_live(d, now))]
+    joinable = backend(conn) != "sqlite"  # on PostgreSQL a worker helps the one sending (see _help)
+    return [d for d in ledger.due_deliveries(conn, now)
+            if not (d.state == "running" and lock_is_live(d, now, lease) and not (joinable and d.frozen_at))]
 
 
 def _hold(conn: sqlite3.Connection, d: Delivery, reason: str) -> DeliveryReport:
@@ -122,7 +126,9 @@ def dispatch_once(conn: sqlite3.Connection, now: datetime, prepare: Callable[[st
     now = _aware(now, "now")
     engine_clock = ShiftedClock(clock, now)
     reports: list[DeliveryReport] = []
-    for d in due(conn, now):
+    if backend(conn) != "sqlite":
+        options = dataclasses.replace(options, join_running=True)
+    for d in due(conn, now, options.lease):
         if stop is not None and stop.is_set():
             break
         if d.state == "scheduled" and d.send_at is None:

@@ -80,8 +80,11 @@ def _scanning_store(settings: "Settings") -> Any:
     the web app spooled are applied first: a dry run shows exactly who a send would mail."""
     from newsletter.unsubscribe_spool import open_store
 
+    from newsletter.db import backend
+
     store = open_store(settings)
-    store.conn.execute("PRAGMA cache_size=-64")
+    if backend(store.conn) == "sqlite":
+        store.conn.execute("PRAGMA cache_size=-64")
     return store
 
 
@@ -147,7 +150,7 @@ def open_delivery(settings: "Settings") -> tuple[sqlite3.Connection, int, Callab
     if settings.transport_name != "dryrun" and not settings.has_secret_key:
         raise ConfigError("NEWSLETTER_SECRET_KEY is not set; it signs unsubscribe links (see .env.example)")
     open_store(settings).close()  # spooled unsubscribes first: the count asked about is the list that is sent
-    conn = open_ledger(settings.db_path)
+    conn = open_ledger(settings.db_target)
     try:
         return conn, SubscriberStore(conn).count("active"), transport_factory(settings, ledger=True)
     except BaseException:  # e.g. a transport setting refused: the caller never gets the connection to close

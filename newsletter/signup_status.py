@@ -36,6 +36,7 @@ def mail_counts(conn: sqlite3.Connection) -> tuple[int, int]:
     if not _readable(conn):
         return 0, 0
     retrying, gave_up = conn.execute(
-        "SELECT coalesce(sum(attempts>0 AND gave_up_at=0), 0), coalesce(sum(gave_up_at>0), 0)"
+        "SELECT coalesce(sum(CASE WHEN attempts>0 AND gave_up_at=0 THEN 1 ELSE 0 END), 0), "
+        "coalesce(sum(CASE WHEN gave_up_at>0 THEN 1 ELSE 0 END), 0)"
         " FROM signup_outbox").fetchone()
     return retrying, gave_up

@@ -63,22 +63,23 @@ CREATE UNIQUE INDEX signup_outbox_one ON signup_outbox(subscriber_id, kind)""",
 #: complained one is written back unchanged (status=status too: the counts trigger fires as for a new
 #: address, see newsletter.store v6). With ``:go`` false (a limit held the request back) it
 #: writes nothing, and an open link keeps working.
-_REQUEST_SQL = """INSERT INTO subscribers(email, name, status, created_at, changed_at, source, consent,
+_REQUEST_SQL = """INSERT INTO subscribers AS s(email, name, status, created_at, changed_at, source, consent,
   signup_requested_at, signup_ip, signup_nonce)
 SELECT :email, :name, 'pending', :at, :at, :source, :consent, :at, :ip, :nonce WHERE :go
 ON CONFLICT(email) DO UPDATE SET
-  status=status,
-  signup_requested_at=CASE WHEN status IN ('pending','unsubscribed') THEN excluded.signup_requested_at
-                           ELSE signup_requested_at END,
-  signup_ip=CASE WHEN status IN ('pending','unsubscribed') THEN excluded.signup_ip ELSE signup_ip END,
-  signup_nonce=CASE WHEN status IN ('pending','unsubscribed') THEN excluded.signup_nonce ELSE signup_nonce END,
-  name=CASE WHEN status='pending' AND excluded.name<>'' THEN excluded.name ELSE name END
+  status=s.status,
+  signup_requested_at=CASE WHEN s.status IN ('pending','unsubscribed') THEN excluded.signup_requested_at
+                           ELSE s.signup_requested_at END,
+  signup_ip=CASE WHEN s.status IN ('pending','unsubscribed') THEN excluded.signup_ip ELSE s.signup_ip END,
+  signup_nonce=CASE WHEN s.status IN ('pending','unsubscribed') THEN excluded.signup_nonce ELSE s.signup_nonce END,
+  name=CASE WHEN s.status='pending' AND excluded.name<>'' THEN excluded.name ELSE s.name END
 RETURNING id, status"""
 
 #: Queue (or re-arm: due now, failures forgotten) the confirmation mail when the last parameter is
 #: true; a lease another process holds is kept. Parameters: subscriber id, due, whether to queue.
 _QUEUE_SQL = """INSERT INTO signup_outbox(subscriber_id, kind, due_at) SELECT ?, 'confirm', ? WHERE ?
-ON CONFLICT(subscriber_id, kind) DO UPDATE SET due_at=min(due_at, excluded.due_at), attempts=0,
+ON CONFLICT(subscriber_id, kind) DO UPDATE SET
+  due_at=CASE WHEN excluded.due_at < signup_outbox.due_at THEN excluded.due_at ELSE signup_outbox.due_at END, attempts=0,
   first_failed_at=0, last_error='', gave_up_at=0"""
 
 #: Outbox rows that no longer apply: the reader is gone, a confirmation's request is closed

@@ -23,14 +23,16 @@ annotations.
 import sqlite3
 import threading
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
 from newsletter.addresses import clean_text, normalise_email
-from newsletter.db import connect, migrate, write_transaction
+from newsletter.db import backend, connect, migrate, table_columns, write_transaction
 from newsletter.errors import InputError
 from newsletter.patterns import CONTROL_CHARS, compiled
+from newsletter.states import SUPPRESSED, SubscriberStatus
+from newsletter.timestamps import TIMESTAMP, stamp, utcnow_text  # noqa: F401 (TIMESTAMP, stamp re-exported)
 
 COMPONENT = "subscribers"
 
@@ -122,7 +124,8 @@ def _v3_ascii_domains(conn: sqlite3.Connection) -> None:
 
 #: Which of two statuses one reader keeps when two records meet (a merge, an import): any suppression
 #: beats active, and the stronger suppression wins.
-STATUS_RANK = {"pending": 0, "active": 1, "unsubscribed": 2, "bounced": 3, "complained": 4}
+STATUS_RANK = {SubscriberStatus.PENDING: 0, SubscriberStatus.ACTIVE: 1, SubscriberStatus.UNSUBSCRIBED: 2,
+               SubscriberStatus.BOUNCED: 3, SubscriberStatus.COMPLAINED: 4}
 #: What comes with the status that wins a merge or an import: why the reader has it (consent, signup, reason).
 STATUS_RECORD = ("status", "status_reason", "changed_at", "source", "consent", "consent_requested_at",
                  "consent_confirmed_at", "consent_ip", "signup_requested_at", "signup_ip")
@@ -172,7 +175,7 @@ MIGRATIONS.append("ALTER TABLE subscribers ADD COLUMN lang TEXT NOT NULL DEFAULT
 #: for a new address (the insert) as for a known one (the upsert sets status=status), so timing does
 #: not tell them apart (tests/test_signup_guarantees.py). A rebuild of ``subscribers`` (see
 #: newsletter.db.REBUILD_MARKER) must recreate these.
-UNSENDABLE = "email GLOB '*[^ -~]*'"
+UNSENDABLE = "email GLOB '*[^ -~]*'"  # PostgreSQL's index (newsletter.pg_schema) names _NOT_ASCII's
 MIGRATIONS.append(f"""CREATE TABLE subscriber_counts (status TEXT PRIMARY KEY, n INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
 INSERT INTO subscriber_counts(status, n) SELECT column1, 0 FROM (VALUES ('active'),('unsubscribed'),('bounced'),
   ('complained'),('pending'));
@@ -187,15 +190,16 @@ CREATE TRIGGER subscriber_counts_move AFTER UPDATE OF status ON subscribers BEGI
 CREATE INDEX subscribers_unsendable ON subscribers(status, email) WHERE {UNSENDABLE}""")
 
 
-ACTIVE = "active"
-UNSUBSCRIBED = "unsubscribed"
-BOUNCED = "bounced"
-COMPLAINED = "complained"
-PENDING = "pending"  # signed up, not yet confirmed: never sent to; purged when the link expires
-STATUSES: tuple[str, ...] = (ACTIVE, UNSUBSCRIBED, BOUNCED, COMPLAINED, PENDING)
-SUPPRESSED: frozenset[str] = frozenset({UNSUBSCRIBED, BOUNCED, COMPLAINED})
+# The statuses by their short names, for the callers that import them from here.
+ACTIVE, UNSUBSCRIBED, BOUNCED, COMPLAINED, PENDING = (
+    SubscriberStatus.ACTIVE, SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.BOUNCED, SubscriberStatus.COMPLAINED,
+    SubscriberStatus.PENDING)
+STATUSES: tuple[SubscriberStatus, ...] = tuple(SubscriberStatus)
 
 _COLUMNS = "id, email, name, status, created_at, changed_at, source, consent, lang"
+#: An address with a character outside printable ASCII, per backend.
+#: The condition word for word as each backend's partial index subscribers_unsendable names it.
+_NOT_ASCII = {"sqlite": UNSENDABLE, "postgresql": "email ~ '[^ -~]'"}
 _SQL_PARAM_CHUNK = 500  # well under SQLite's host-parameter limit on every build
 
 
@@ -210,19 +214,6 @@ REACTIVATE_SQL = (f"UPDATE subscribers SET status='{ACTIVE}', status_reason='', 
 def reactivation(now: str, name: str, source: str, consent: str, sid: int) -> tuple:
     """The parameters of :data:`REACTIVATE_SQL`."""
     return (now, name, name, source, source, consent, consent, sid)
-
-
-TIMESTAMP = "%Y-%m-%dT%H:%M:%S.%fZ"  # ISO 8601 UTC with microseconds: sorts as text
-
-
-def stamp(dt: datetime) -> str:
-    """``dt`` in the store's timestamp format (:data:`TIMESTAMP`), e.g. ``2025-03-01T09:30:00.123456Z``."""
-    return dt.astimezone(timezone.utc).strftime(TIMESTAMP)
-
-
-def utcnow() -> str:
-    """The current time as ISO 8601 UTC, e.g. ``2025-03-01T09:30:00.123456Z``."""
-    return stamp(datetime.now(timezone.utc))
 
 
 class Subscriber(NamedTuple):
@@ -378,7 +369,7 @@ class SubscriberStore:
                      batch: int = 1000) -> Iterator[tuple]:
         """The named columns of every reader (or those of one status), in id order: the whole
         record, for an export. Paged and lock-free like :meth:`iter_subscribers`."""
-        known = {r[1] for r in self.conn.execute("PRAGMA table_info(subscribers)")}
+        known = set(table_columns(self.conn, "subscribers"))
         unknown = [c for c in columns if c not in known]
         if unknown:
             raise ValueError(f"no such subscriber column: {', '.join(unknown)}")
@@ -414,8 +405,10 @@ class SubscriberStore:
         """Active readers whose address is not ASCII (a Unicode local part, kept as it was imported
         before such addresses were refused: v3 could not convert it), and one of them: sends fail
         each such reader, so the editor is told before."""
-        n, example = self.conn.execute("SELECT COUNT(*), min(email) FROM subscribers INDEXED BY subscribers_unsendable"
-                                       f" WHERE status='active' AND {UNSENDABLE}").fetchone()
+        kind = backend(self.conn)
+        hint = "INDEXED BY subscribers_unsendable " if kind == "sqlite" else ""  # PostgreSQL's planner needs none
+        n, example = self.conn.execute(f"SELECT COUNT(*), min(email) FROM subscribers {hint}"
+                                       f"WHERE status='active' AND {_NOT_ASCII[kind]}").fetchone()
         return n, example
 
     def is_active(self, id: int) -> bool:
@@ -463,7 +456,7 @@ class SubscriberStore:
         tag = optional_tag(lang)
         with self.transaction():
             sub = self._resolve(id_or_email)
-            self.conn.execute("UPDATE subscribers SET lang=?, changed_at=? WHERE id=?", (tag, utcnow(), sub.id))
+            self.conn.execute("UPDATE subscribers SET lang=?, changed_at=? WHERE id=?", (tag, utcnow_text(), sub.id))
         new = self.get(sub.id)
         assert new is not None
         return new
@@ -476,12 +469,12 @@ class SubscriberStore:
         consent = clean_text(consent, "consent")
         with self.transaction() as conn:
             row = conn.execute(f"SELECT {_COLUMNS} FROM subscribers WHERE email=?", (email,)).fetchone()
-            now = utcnow()
+            now = utcnow_text()
             if row is None:
-                cur = conn.execute(
+                sid = conn.execute(
                     "INSERT INTO subscribers(email, name, status, created_at, changed_at, source, consent)"
-                    " VALUES(?, ?, 'active', ?, ?, ?, ?)", (email, name, now, now, source, consent))
-                sid = cur.lastrowid
+                    " VALUES(?, ?, 'active', ?, ?, ?, ?) RETURNING id", (email, name, now, now, source, consent)
+                ).fetchone()[0]
             else:
                 existing = Subscriber.from_row(row)
                 sid = existing.id
@@ -547,7 +540,7 @@ class SubscriberStore:
             "UPDATE subscribers SET status=?, status_reason=?, changed_at=?,"
             " signup_requested_at=CASE WHEN ? THEN '' ELSE signup_requested_at END,"
             f" signup_nonce=CASE WHEN ? THEN '' ELSE signup_nonce END WHERE id=? RETURNING {_COLUMNS}",
-            (status, _one_line(reason), utcnow(), retire, retire, sid)).fetchone()
+            (status, _one_line(reason), utcnow_text(), retire, retire, sid)).fetchone()
         return Subscriber.from_row(row)
 
     def unsubscribe(self, id_or_email: int | str, reason: str = "") -> Subscriber:

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from newsletter.db import is_locked
+from newsletter.db import backend, is_locked
 from newsletter.errors import DatabaseLockedError
 from newsletter.processes import pid_alive
 from newsletter.store import SubscriberStore
@@ -69,7 +69,9 @@ def apply_spool(store: SubscriberStore, secret: str, *, now: datetime, db_path: 
     """Apply spooled unsubscribes in one transaction of their own; returns how many verified.
 
     ``db_path`` defaults to the store's own file. Must not run inside a transaction the
-    caller may still roll back: the spool file is gone once this returns."""
+    caller may still roll back: the spool file is gone once this returns. PostgreSQL has no spool."""
+    if backend(store.conn) != "sqlite":
+        return 0
     path_of_db = Path(db_path) if db_path is not None else db_file(store.conn)
     if path_of_db is None:
         return 0
@@ -103,7 +105,10 @@ def apply_spool(store: SubscriberStore, secret: str, *, now: datetime, db_path: 
 def open_store(settings: "Settings", *, now: datetime | None = None) -> SubscriberStore:
     """The subscriber store with every spooled unsubscribe applied: what a reader of subscriber
     state opens. A database locked past the busy timeout is a one-line
-    :class:`DatabaseLockedError` (try again), never a list that still shows those readers."""
+    :class:`DatabaseLockedError` (try again), never a list that still shows those readers.
+    On PostgreSQL nothing is spooled (an unsubscribe never waits for a writer there)."""
+    if not isinstance(target := settings.db_target, Path):
+        return SubscriberStore.open(target)
     store = SubscriberStore.open(settings.db_path)
     try:
         apply_spool(store, str(settings.secret_key), now=now or datetime.now(timezone.utc), db_path=settings.db_path)

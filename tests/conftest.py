@@ -56,7 +56,72 @@ def seed_lines() -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+# ---------------------------------------------------------------------------------------
+# PostgreSQL: one throwaway cluster per session (tests/pg_cluster.py), one database per test
+# ---------------------------------------------------------------------------------------
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
-    """A database path in tmp (created by the first module that opens it)."""
+    """A database path in tmp (created by the first module that opens it); suites that run on
+    both backends override this with a parametrised one."""
     return tmp_path / "news.db"
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A loopback PostgreSQL cluster in a temporary folder, stopped and removed at the end.
+
+    Missing PostgreSQL skips the test on a developer's machine but fails it under CI."""
+    import os
+
+    from tests.pg_cluster import ClusterUnavailable, start_cluster
+
+    try:
+        cluster = start_cluster()
+    except ClusterUnavailable as exc:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI must test the PostgreSQL backend: {exc}", pytrace=False)
+        pytest.skip(f"PostgreSQL not available: {exc}")
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster, request) -> str:
+    """A new empty database on the session's cluster, as a ``postgresql://`` URL (dropped after)."""
+    import secrets
+
+    import psycopg
+
+    name = "t_" + secrets.token_hex(6)
+    with psycopg.connect(pg_cluster.url(), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield pg_cluster.url(name)
+    with psycopg.connect(pg_cluster.url(), autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_web_url(pg_cluster, pg_url) -> str:
+    """A fresh database migrated by its owner, reached as the least-privilege web role
+    (:mod:`newsletter.pg_roles`): what a web host's `serve` runs as."""
+    import secrets
+    from urllib.parse import urlsplit
+
+    import psycopg
+
+    from newsletter.pg_roles import web_role_sql
+    from newsletter.schema import open_database
+
+    open_database(pg_url).close()
+    database = urlsplit(pg_url).path.lstrip("/")
+    role, password = "web_" + secrets.token_hex(4), secrets.token_urlsafe(12)
+    with psycopg.connect(pg_cluster.url(), autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'")
+    with psycopg.connect(pg_url, autocommit=True) as owner:
+        for statement in web_role_sql(role, database):
+            owner.execute(statement)
+    yield pg_cluster.url(database, user=role, password=password)
+    with psycopg.connect(pg_url, autocommit=True) as owner:
+        owner.execute(f'DROP OWNED BY "{role}"')
+    with psycopg.connect(pg_cluster.url(), autocommit=True) as admin:
+        admin.execute(f'DROP ROLE IF EXISTS "{role}"')

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from newsletter.cli import cli
 from newsletter.clock import ShiftedClock
+from newsletter.db import connect
 from newsletter.config import Publication
 from newsletter.delivery import DeliveryOptions, run_delivery
 from newsletter.ledger import open_ledger, start_or_resume
@@ -153,15 +154,16 @@ class Recorder(MockTransport):
 
 
 def ledger_states(db: Path, delivery_id: int) -> dict[str, str]:
-    conn = sqlite3.connect(db)
+    conn = connect(db)  # either backend: a SQLite path or a PostgreSQL URL
     try:
-        return dict(conn.execute("SELECT email, state FROM ledger WHERE delivery_id=?", (delivery_id,)))
+        return dict(conn.execute("SELECT email, state FROM ledger WHERE delivery_id=? ORDER BY subscriber_id",
+                                 (delivery_id,)))
     finally:
         conn.close()
 
 
 def subscriber_status(db: Path, email: str) -> str:
-    conn = sqlite3.connect(db)
+    conn = connect(db)
     try:
         return conn.execute("SELECT status FROM subscribers WHERE email=?", (email,)).fetchone()[0]
     finally:

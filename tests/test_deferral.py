@@ -286,3 +286,21 @@ def test_scrub_is_bounded_and_removes_secrets_and_control_characters():
     assert scrub("key ' pw-0123456789\r' invalid") == "key ' *** ' invalid"  # a CRLF .env's stray CR
     assert len(scrub("A" * 10_000_000)) == 500
     assert scrub("a\x1b[2Jb\u2028c\x00d") == "a [2Jb c d"
+
+
+def test_v3_renames_the_final_row_state_so_failed_temporary_means_only_retry_later(db):
+    conn = connect(db)
+    SubscriberStore(conn)
+    migrate(conn, "delivery", MIGRATIONS[:2])
+    conn.executemany("INSERT INTO subscribers(email, created_at, changed_at) VALUES(?, 'x', 'x')",
+                     [(f"r{i}@example.org",) for i in range(3)])
+    conn.execute("INSERT INTO deliveries(slug, content_hash, state, created_at) VALUES('x', 'h', 'done', 'x')")
+    conn.executemany("INSERT INTO ledger(delivery_id, subscriber_id, email, state) VALUES(1, ?, 'e', ?)",
+                     [(1, "failed-temporary"), (2, "retry"), (3, "sent")])
+    conn.close()
+    conn = open_ledger(db)
+    assert dict(conn.execute("SELECT subscriber_id, state FROM ledger")) == {1: "gave-up", 2: "retry", 3: "sent"}
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute("UPDATE ledger SET state='failed-temporary' WHERE subscriber_id=2")
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert failed_recipients(conn, 1) == [("e", "gave-up", None)]

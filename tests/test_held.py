@@ -3,10 +3,9 @@ server mid-send is a temporary failure retried on the backoff schedule, never ex
 
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
 
+from newsletter.db import connect
 from newsletter.errors import TransportError, TransportUnavailableError
 from newsletter.ledger import get_delivery, open_ledger
 from newsletter.transports.base import SendResult, Status
@@ -16,7 +15,7 @@ HELO = "SMTP server mx:25 refused the sender: RCPT 504 5.5.2 <localhost>: Helo c
 
 
 def rows(db, did: int = 1) -> list[tuple[str, str, int, str | None]]:
-    conn = sqlite3.connect(db)
+    conn = connect(db)
     try:
         return conn.execute("SELECT email, state, attempts, last_error FROM ledger WHERE delivery_id=? "
                             "ORDER BY subscriber_id", (did,)).fetchall()

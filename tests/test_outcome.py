@@ -32,7 +32,7 @@ def expected_state(answer: Answer, row: Row, policy: Policy) -> str:
         resend = policy.resend_uncertain and row.uncertain_resends < UNCERTAIN_RESENDS
         return "retry" if resend else "uncertain"
     first = NOW if row.first_failure_at is None else row.first_failure_at
-    return "failed-temporary" if NOW - first >= policy.retry_window else "retry"
+    return "gave-up" if NOW - first >= policy.retry_window else "retry"
 
 
 CASES = list(itertools.product(list(Answer), ATTEMPTS, FIRST_FAILURES, [0, 1], [True, False], [None, 30.0]))
@@ -70,7 +70,7 @@ def test_every_combination(answer, attempts, first, resends, resend_policy, retr
     # Only a bounce suppresses the reader; every non-sent row says why.
     assert t.bounce == (answer is Answer.BOUNCED)
     assert (t.error is None) == (t.state == "sent")
-    if t.state == "failed-temporary":
+    if t.state == "gave-up":
         assert f"gave up after {t.attempts} attempts" in t.error and "NEWSLETTER_RETRY_WINDOW" in t.error
 
 

@@ -36,10 +36,10 @@ def clock():
 
 
 class World:
-    def __init__(self, tmp_path, env, clock):
+    def __init__(self, tmp_path, env, clock, db=None):
         (tmp_path / "newsletter.toml").write_text('name = "The Letter"\nfrom_email = "news@example.org"\n')
         self.settings = load_settings(tmp_path, environ=env)
-        self.db = tmp_path / "subs.db"
+        self.db = db or tmp_path / "subs.db"
         self.clock = clock
         self.sent = []
         self.wsgi = make_app(self.settings, store_path=self.db, clock=clock, mail_sender=self.sent.append)
@@ -72,9 +72,10 @@ class World:
         return f"/confirm/{make_confirm_token(SECRET, sub.id, sub.email, nonce)}"
 
 
-@pytest.fixture
-def world(tmp_path, env, clock):
-    w = World(tmp_path, env, clock)
+@pytest.fixture(params=["sqlite", "postgresql-web-role"])
+def world(request, tmp_path, env, clock):
+    """The signup pages on a SQLite file, and on PostgreSQL as the least-privilege web role."""
+    w = World(tmp_path, env, clock, None if request.param == "sqlite" else request.getfixturevalue("pg_web_url"))
     yield w
     w.store.close()
 
@@ -196,7 +197,7 @@ def test_per_ip_limit_and_global_cap(world):
 def test_limits_survive_a_restart(world, tmp_path, env):
     world.signup("persist@example.org")
     assert len(world.mails()) == 1
-    again = World(tmp_path, env, world.clock)  # a new app on the same database
+    again = World(tmp_path, env, world.clock, world.db)  # a new app on the same database
     again.signup("persist@example.org")
     assert again.mails() == []
     again.store.close()

@@ -80,7 +80,10 @@ def _smtp_send(db: Path, server: SMTPTestServer, progress=None, **opts):
     from newsletter.transports import get_transport
     from tests.helpers import Sink, make_prepared
 
-    settings = load_settings(db.parent, environ={"NEWSLETTER_FROM": "news@example.org",
+    import tempfile
+
+    root = db.parent if isinstance(db, Path) else Path(tempfile.mkdtemp())  # PostgreSQL: any empty folder
+    settings = load_settings(root, environ={"NEWSLETTER_FROM": "news@example.org",
                                                  **server.env(SMTP_SECURITY="none")})
     return send(db, make_prepared(), transport=get_transport(settings), sink=Sink(), progress=progress, **opts)
 

@@ -1,4 +1,5 @@
-"""The subscriber store, on real SQLite files."""
+"""The subscriber store, on real SQLite files and on PostgreSQL (``store`` runs each test on both;
+``sqlite_store`` tests what only SQLite has: WAL, PRAGMAs, old files to migrate)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,16 @@ from newsletter.store import MIGRATIONS, STATUSES, Subscriber, SubscriberStore
 
 
 @pytest.fixture
-def store(tmp_path):
+def sqlite_store(tmp_path):
     s = SubscriberStore.open(tmp_path / "news.db")
+    yield s
+    s.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    target = tmp_path / "news.db" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    s = SubscriberStore.open(target)
     yield s
     s.close()
 
@@ -136,7 +145,8 @@ def test_remove_forgets(store):
     assert store.add("a@example.org").status == "active"
 
 
-def test_streaming_iteration_in_batches(store):
+def test_streaming_iteration_in_batches(sqlite_store):
+    store = sqlite_store
     store.conn.execute("BEGIN")
     store.conn.executemany(
         "INSERT INTO subscribers(email, created_at, changed_at, status) VALUES(?, 'x', 'x', ?)",
@@ -184,7 +194,8 @@ def test_counts_and_statuses(store):
         store.count("paused")
 
 
-def test_statuses_handles_more_ids_than_sql_parameters(store):
+def test_statuses_handles_more_ids_than_sql_parameters(sqlite_store):
+    store = sqlite_store
     store.conn.execute("BEGIN")
     store.conn.executemany("INSERT INTO subscribers(id, email, created_at, changed_at) VALUES(?, ?, 'x', 'x')",
                            [(i, f"u{i}@example.org") for i in range(1, 1201)])
@@ -193,12 +204,14 @@ def test_statuses_handles_more_ids_than_sql_parameters(store):
     assert len(got) == 1200 and set(got.values()) == {"active"}
 
 
-def test_wal_and_foreign_keys(store):
+def test_wal_and_foreign_keys(sqlite_store):
+    store = sqlite_store
     assert store.conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
     assert store.conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
 
 
-def test_schema_has_the_agreed_columns(store):
+def test_schema_has_the_agreed_columns(sqlite_store):
+    store = sqlite_store
     cols = [r[1] for r in store.conn.execute("PRAGMA table_info(subscribers)")]
     assert cols[:9] == ["id", "email", "name", "status", "created_at", "changed_at", "source", "consent",
                         "status_reason"]  # v1 first, unchanged; v2 adds the consent record after them

@@ -9,11 +9,19 @@ import os
 import threading
 from datetime import datetime, timezone
 
+import pytest
+
 from newsletter.store import SubscriberStore
 from newsletter.tokens import make_token
 from newsletter.unsubscribe_spool import apply_spool, spool_path, spool_unsubscribe
 
 from tests.helpers import SECRET, Recorder, Sink, add_subscribers, ledger_states, send, subscriber_status
+
+
+@pytest.fixture
+def db(tmp_path):
+    """The spool exists for SQLite only (on PostgreSQL an unsubscribe never waits for a writer)."""
+    return tmp_path / "news.db"
 
 AT = datetime(2031, 3, 4, 9, 0, tzinfo=timezone.utc)
 

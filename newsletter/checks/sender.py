@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
+from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from newsletter.checks.findings import Finding
@@ -134,8 +135,8 @@ def _one_click(message: EmailMessage) -> Requirement:
 def _complaint_rate(settings: "Settings", now: datetime) -> Requirement:
     name = f"Complaint rate below {COMPLAINT_CEILING:g}%"
     source = "feedback events of deliveries in the last 30 days"
-    path = settings.db_path
-    if not path.exists():
+    path = settings.db_target
+    if isinstance(path, Path) and not path.exists():
         return Requirement(name, "unknown", source, "no deliveries yet")
     from contextlib import closing
 

@@ -19,6 +19,7 @@ import click
 
 from newsletter import __version__
 from newsletter.db import is_locked
+from newsletter.dburl import redact
 from newsletter.errors import ConfigError, DatabaseLockedError, NewsletterError
 
 if TYPE_CHECKING:
@@ -63,7 +64,8 @@ def database_error(exc: sqlite3.Error, settings: "Settings | None") -> Newslette
     """A locked database (another send, `serve` or the worker held it past the busy timeout)
     is worth retrying (exit 75); any other SQLite failure (read-only file, disk full or
     broken) is the set-up's (exit 3)."""
-    where = settings.db_path if settings is not None else None
+    where = settings.db_target if settings is not None else None
+    where = redact(where) if isinstance(where, str) else where
     if is_locked(exc):
         return DatabaseLockedError("the database is locked by another process (a send, `newsletter serve` "
                                    "or the worker); try again in a moment", path=where)
@@ -93,6 +95,7 @@ LAZY_COMMANDS = {
     "inbox": "newsletter.cli.feedback:inbox",
     "replies": "newsletter.cli.feedback:replies",
     "doctor": "newsletter.cli.doctor:doctor",
+    "db": "newsletter.cli.database:db",
 }
 
 

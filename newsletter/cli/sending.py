@@ -156,7 +156,7 @@ def _started(delivery: Any) -> None:
 def _report(report: Any) -> None:
     click.echo(
         f"Delivery {report.delivery_id} of {report.slug} ({report.state}): {report.sent} sent, {report.failed_permanent} failed "
-        f"permanently, {report.failed_temporary} failed temporarily, {report.skipped} skipped, "
+        f"permanently, {report.failed_temporary} gave up after retrying, {report.skipped} skipped, "
         f"{report.pending} pending ({report.deferred} deferred); {report.sent_this_run} sent in this run in "
         f"{report.elapsed:.1f}s ({report.rate:.0f} msg/s)."
     )
@@ -366,7 +366,7 @@ def resume(ctx: click.Context, issue: str, yes: bool, no_resend_uncertain: bool,
 
     settings = settings_of(ctx)
     editions, _ = _editions(settings, issue)
-    with closing(open_ledger(settings.db_path)) as conn:
+    with closing(open_ledger(settings.db_target)) as conn:
         unfinished = open_delivery_id(conn, editions.main.slug)
     if unfinished is None:
         raise InputError(f"no unfinished delivery of {editions.main.slug}; `newsletter send {issue}` starts one")
@@ -385,7 +385,7 @@ def status(ctx: click.Context, issue: str | None, failed: bool) -> None:
     from newsletter.ledger import delivery_status, failed_recipients, open_ledger
 
     settings = settings_of(ctx)
-    conn = ctx.with_resource(closing(open_ledger(settings.db_path)))
+    conn = ctx.with_resource(closing(open_ledger(settings.db_target)))
     slug = None
     if issue:
         from newsletter.issue import parse_issue
@@ -441,7 +441,7 @@ def _edition_lines(conn: Any, rows: list[Any], main_lang: str) -> None:
         parts = []
         for tag, counts in per.items():
             detail = [f"{counts['sent']} sent"] + ([f"{open_rows(counts)} pending"] if open_rows(counts) else [])
-            failed = counts["failed-permanent"] + counts["failed-temporary"]
+            failed = counts["failed-permanent"] + counts["gave-up"]
             detail += [f"{failed} failed"] if failed else []
             parts.append(f"{tag or main_lang} {sum(counts.values())} ({', '.join(detail)})")
         click.echo(f"#{s.id} {s.delivery.slug} editions: " + "; ".join(parts))
@@ -529,7 +529,7 @@ def schedule_add(ctx: click.Context, issue: str, at: str | None, skip_checks: bo
     from newsletter.editions import load_editions
 
     _, prepared = _prepare_all(settings, load_editions(path, settings.publication.lang, main=parsed), skip_checks)
-    with closing(open_ledger(settings.db_path)) as conn:  # every edition: the worker sends each its readers
+    with closing(open_ledger(settings.db_target)) as conn:  # every edition: the worker sends each its readers
         delivery_id = schedule_delivery(conn, prepared, when)
     click.echo(f"Scheduled {path.name} for {when.isoformat()} (delivery {delivery_id}). "
                "A running `newsletter worker` or `newsletter dispatch` will send it.")
@@ -545,7 +545,7 @@ def schedule_list(ctx: click.Context) -> None:
     from newsletter.sendplan import send_zones
 
     settings = settings_of(ctx)
-    with closing(open_ledger(settings.db_path)) as conn:
+    with closing(open_ledger(settings.db_target)) as conn:
         rows = list_scheduled(conn)
     if not rows:
         click.echo("Nothing scheduled.")
@@ -571,7 +571,7 @@ def schedule_cancel(ctx: click.Context, issue: str) -> None:
         ref = parse_issue(issue_path(settings, issue)).slug
     except InputError:
         pass
-    with closing(open_ledger(settings.db_path)) as conn:
+    with closing(open_ledger(settings.db_target)) as conn:
         cancel(conn, ref)
     click.echo(f"Cancelled the scheduled send of {ref}.")
 
@@ -591,7 +591,7 @@ def dispatch(ctx: click.Context) -> None:
     settings = settings_of(ctx)
     args = scheduler_args(settings)
     _retired_notes(settings)
-    with _graceful_stop() as stop, closing(open_ledger(settings.db_path)) as conn:
+    with _graceful_stop() as stop, closing(open_ledger(settings.db_target)) as conn:
         reports = dispatch_once(conn, dt.datetime.now(dt.timezone.utc), stop=stop, on_start=_started, **args)
     for report in reports:
         _outcome(report)
@@ -653,7 +653,7 @@ def worker(ctx: click.Context, poll: float, quiet: bool, verbose: bool) -> None:
         minutes = start_inbox_polling(settings, stop, on_result=inbox_result, on_error=error)
         if minutes:
             say(f"Reading the reply-to inbox every {minutes:g} minute(s).")
-        with closing(open_ledger(settings.db_path)) as conn:
+        with closing(open_ledger(settings.db_target)) as conn:
             run_worker(conn, poll_interval=poll, stop=stop, on_poll=polled, on_report=outcome, on_error=error,
                        on_start=None if quiet else _started, **scheduler_args(settings))
     say("Worker stopped cleanly.")

@@ -112,7 +112,7 @@ def subscribers_remove(ctx: click.Context, email: str, forget_deliveries: bool) 
     if forget_deliveries and (sub := store.get_by_email(email)) is not None:
         from newsletter.ledger import forget_subscriber, open_ledger
 
-        with closing(open_ledger(settings_of(ctx).db_path)) as conn:
+        with closing(open_ledger(settings_of(ctx).db_target)) as conn:
             forget_subscriber(conn, sub.id)
     if not store.remove(email):
         raise InputError(f"no subscriber {email}")

@@ -71,13 +71,13 @@ def signup_limits(settings: Settings) -> "SignupLimits":
 
 def make_app(settings: Settings, *, store_path: Path | str | None = None, site_dir: Path | str | None = None,
              clock: Clock = SYSTEM, mail_sender: Callable | None = None) -> Callable:
-    """The WSGI app. ``store_path`` defaults to ``settings.db_path``; ``site_dir`` is a built web
+    """The WSGI app. ``store_path`` (a SQLite file or a PostgreSQL URL) defaults to NEWSLETTER_DB; ``site_dir`` is a built web
     archive to serve under ``/``; ``mail_sender(message)`` replaces the configured transport (tests)."""
     from newsletter.signup_mail import transport_sender
     from newsletter.signups import Signups
     from newsletter.web import signup
 
-    core = WebApp(settings, Path(store_path) if store_path is not None else settings.db_path, clock=clock)
+    core = WebApp(settings, store_path if store_path is not None else settings.db_target, clock=clock)
     core.route("/unsubscribe/<token>", unsubscribe, ("GET", "POST"))
     core.route("/language/<token>/<tag>", choose_language, ("GET", "POST"))
     core.route("/healthz", healthz, reads_subscribers=False)

@@ -26,7 +26,8 @@ from werkzeug.wrappers import Request, Response
 
 from newsletter.clock import SYSTEM, Clock
 from newsletter.config import Settings
-from newsletter.db import connect, is_locked
+from newsletter.db import backend, connect, is_locked
+from newsletter.dburl import is_postgres
 from newsletter.store import SubscriberStore
 from newsletter.web.proxies import client_ip
 
@@ -61,7 +62,9 @@ class WebApp:
     """The WSGI callable. Construct with :func:`newsletter.web.make_app`."""
 
     def __init__(self, settings: Settings, store_path: Path, *, clock: Clock = SYSTEM):
-        self.settings, self.store_path, self.clock = settings, Path(store_path), clock
+        self.settings, self.clock = settings, clock
+        #: The SQLite file, or a PostgreSQL URL (no spool there: a write never waits for a sender).
+        self.store_path: Path | str = store_path if is_postgres(store_path) else Path(store_path)
         self.trusted_proxies = settings.trusted_proxies
         self.routes: dict[str, Route] = {}
         self.url_map = Map(strict_slashes=False, merge_slashes=False)
@@ -94,7 +97,8 @@ class WebApp:
         local = self._local
         if getattr(local, "store", None) is None or local.pid != os.getpid():
             conn = connect(self.store_path)
-            conn.execute(f"PRAGMA busy_timeout={DB_BUSY_MS}")
+            if backend(conn) == "sqlite":
+                conn.execute(f"PRAGMA busy_timeout={DB_BUSY_MS}")
             local.store, local.pid = SubscriberStore(conn), os.getpid()
         return local.store
 
@@ -131,6 +135,8 @@ class WebApp:
         applier's leftovers are recovered at start)."""
         from newsletter.unsubscribe_spool import spool_path
 
+        if not isinstance(self.store_path, Path):  # PostgreSQL: nothing is ever spooled
+            return False
         spool = self.extensions.get("spool path")
         if spool is None:
             spool = self.extensions["spool path"] = spool_path(self.store_path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 import threading
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,6 +26,7 @@ from werkzeug.serving import make_server
 
 from newsletter.clock import FakeClock
 from newsletter.config import load_settings
+from newsletter.db import connect
 from newsletter.ledger import ensure_schema as ensure_ledger
 from newsletter.store import SubscriberStore
 from newsletter.web import make_app
@@ -95,9 +97,10 @@ def sns(sns_server, keys):
 
 
 # ---- the store, and the app over real HTTP ---------------------------------------------
-@pytest.fixture
-def db(tmp_path):
-    path = tmp_path / "n.db"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request, tmp_path):
+    """The readers in a SQLite file, or in a fresh PostgreSQL database (its URL)."""
+    path = tmp_path / "n.db" if request.param == "sqlite" else request.getfixturevalue("pg_url")
     store = SubscriberStore.open(path)
     ensure_ledger(store.conn)
     for email in READERS:
@@ -118,15 +121,15 @@ class Site:
         return HTTP.post(url, data=body, headers=headers or {}, timeout=10, **kwargs)
 
     def status(self, email: str) -> str:
-        with sqlite3.connect(self.db) as conn:
+        with closing(connect(self.db)) as conn:
             return conn.execute("SELECT status FROM subscribers WHERE email=?", (email,)).fetchone()[0]
 
     def statuses(self) -> dict[str, str]:
-        with sqlite3.connect(self.db) as conn:
+        with closing(connect(self.db)) as conn:
             return dict(conn.execute("SELECT email, status FROM subscribers"))
 
     def event_rows(self) -> int:
-        with sqlite3.connect(self.db) as conn:
+        with closing(connect(self.db)) as conn:
             try:
                 return conn.execute("SELECT COUNT(*) FROM feedback_events").fetchone()[0]
             except sqlite3.OperationalError:

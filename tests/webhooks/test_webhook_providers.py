@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from contextlib import closing
 from datetime import timedelta
 
 import pytest
 
+from newsletter.db import connect
 from newsletter.events import delivery_event_counts
 from newsletter.web.app import DB_ATTEMPTS
 from newsletter.webhooks import MAX_BODY_BYTES
@@ -136,7 +138,7 @@ def test_mailgun_tokens_are_forgotten_once_stale(site, keys):
         signed = kit.sign(kit.payload("unknown", A, f"p{i}"), at=site.clock.now())
         assert site.post("mailgun", signed.body, signed.headers).status_code == 200
         site.clock.advance(PROVIDERS["mailgun"].tolerance.total_seconds() / 2 + 400)
-    with sqlite3.connect(site.db) as conn:
+    with closing(connect(site.db)) as conn:
         assert conn.execute("SELECT COUNT(*) FROM webhook_nonces").fetchone()[0] <= 2
 
 
@@ -185,15 +187,14 @@ def test_wrong_shapes_from_an_authentic_sender_change_nothing(site, keys, payloa
 
 
 def test_events_are_tied_to_the_delivery_by_provider_id(site, kit):
-    with sqlite3.connect(site.db) as conn:
-        cur = conn.execute("INSERT INTO deliveries(slug, content_hash, state, created_at) "
-                           "VALUES('global-governance-of-ai', 'h', 'done', 'x')")
-        delivery = cur.lastrowid
+    with closing(connect(site.db)) as conn:  # autocommits
+        delivery = conn.execute("INSERT INTO deliveries(slug, content_hash, state, created_at) "
+                                "VALUES('global-governance-of-ai', 'h', 'done', 'x') RETURNING id").fetchone()[0]
         conn.execute("INSERT INTO ledger(delivery_id, subscriber_id, email, state, provider_id) "
                      "SELECT ?, id, email, 'sent', ? FROM subscribers WHERE email=?",
                      (delivery, kit.provider_id("d1"), A))
     assert send(site, kit, "hard", A, "d1").status_code == 200
-    with sqlite3.connect(site.db) as conn:
+    with closing(connect(site.db)) as conn:
         assert delivery_event_counts(conn, delivery)["hard-bounce"] == 1
 
 
@@ -253,11 +254,12 @@ def test_a_bug_is_one_line_500_and_changes_nothing(site, keys, monkeypatch):
 
 
 def test_a_bounce_for_an_unknown_address_finds_the_reader_by_provider_id(site, kit):
-    with sqlite3.connect(site.db) as conn:
-        cur = conn.execute("INSERT INTO deliveries(slug, content_hash, state, created_at) VALUES('s', 'h', 'done', 'x')")
+    with closing(connect(site.db)) as conn:  # autocommits
+        did = conn.execute("INSERT INTO deliveries(slug, content_hash, state, created_at) "
+                           "VALUES('s', 'h', 'done', 'x') RETURNING id").fetchone()[0]
         conn.execute("INSERT INTO ledger(delivery_id, subscriber_id, email, state, provider_id) "
                      "SELECT ?, id, email, 'sent', ? FROM subscribers WHERE email=?",
-                     (cur.lastrowid, kit.provider_id("alias"), B))
+                     (did, kit.provider_id("alias"), B))
     assert send(site, kit, "hard", "forwarded-alias@example.net", "alias").status_code == 200
     assert site.statuses() == {A: "active", B: "bounced", C: "active"}
 

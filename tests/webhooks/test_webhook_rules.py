@@ -6,12 +6,13 @@ and the provider message id when the address is missing."""
 from __future__ import annotations
 
 import json
-import sqlite3
+from contextlib import closing
 from datetime import timedelta
 from urllib.parse import urlencode
 
 import pytest
 
+from newsletter.db import connect
 from newsletter.webhooks import MAX_BODY_BYTES
 from newsletter.webhooks.base import MAX_EVENTS
 from tests.webhooks.kits import CERT_URL, KITS, NOW, READERS, TOPIC, hmac_hex, sign_sns
@@ -34,7 +35,7 @@ def add_readers(db, n: int) -> list[str]:
 
 
 def count_status(db, status: str) -> int:
-    with sqlite3.connect(db) as conn:
+    with closing(connect(db)) as conn:
         return conn.execute("SELECT COUNT(*) FROM subscribers WHERE status=? AND email LIKE '%@many.example'",
                             (status,)).fetchone()[0]
 
@@ -304,11 +305,12 @@ def _without_address(name: str, payload):
 @pytest.mark.parametrize("name", sorted(KITS))
 def test_without_an_address_the_reader_is_found_by_the_provider_message_id(site, keys, name):
     kit = KITS[name](keys)
-    with sqlite3.connect(site.db) as conn:
-        cur = conn.execute("INSERT INTO deliveries(slug, content_hash, state, created_at) VALUES('s', 'h', 'done', 'x')")
+    with closing(connect(site.db)) as conn:  # autocommits, on either backend
+        did = conn.execute("INSERT INTO deliveries(slug, content_hash, state, created_at) "
+                           "VALUES('s', 'h', 'done', 'x') RETURNING id").fetchone()[0]
         conn.execute("INSERT INTO ledger(delivery_id, subscriber_id, email, state, provider_id) "
                      "SELECT ?, id, email, 'sent', ? FROM subscribers WHERE email=?",
-                     (cur.lastrowid, kit.provider_id("noaddr"), B))
+                     (did, kit.provider_id("noaddr"), B))
     signed = kit.sign(_without_address(name, kit.payload("hard", A, "noaddr")), at=NOW)
     r = site.post(name, signed.body, signed.headers)
     assert r.status_code == 200, r.text
@@ -317,11 +319,12 @@ def test_without_an_address_the_reader_is_found_by_the_provider_message_id(site,
 
 def test_postmark_unsubscribe_bounce_without_email_finds_the_reader_by_message_id(site, keys):
     kit = KITS["postmark"](keys)
-    with sqlite3.connect(site.db) as conn:
-        cur = conn.execute("INSERT INTO deliveries(slug, content_hash, state, created_at) VALUES('s', 'h', 'done', 'x')")
+    with closing(connect(site.db)) as conn:  # autocommits, on either backend
+        did = conn.execute("INSERT INTO deliveries(slug, content_hash, state, created_at) "
+                           "VALUES('s', 'h', 'done', 'x') RETURNING id").fetchone()[0]
         conn.execute("INSERT INTO ledger(delivery_id, subscriber_id, email, state, provider_id) "
                      "SELECT ?, id, email, 'sent', ? FROM subscribers WHERE email=?",
-                     (cur.lastrowid, kit.provider_id("u1"), C))
+                     (did, kit.provider_id("u1"), C))
     payload = {k: v for k, v in kit.payload("hard", A, "u1").items() if k != "Email"}
     payload.update(Type="Unsubscribe", TypeCode=16, Details="Unsubscribe request", Description="Unsubscribe")
     signed = kit.sign(payload, at=NOW)
