@@ -66,6 +66,13 @@ def db(tmp_path: Path) -> Path:
     return tmp_path / "news.db"
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_db(request, tmp_path: Path) -> "Path | str":
+    """A SQLite path, then a fresh PostgreSQL database's URL: a suite that runs on both backends
+    overrides ``db`` with it (tests/test_held.py and others)."""
+    return tmp_path / "news.db" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+
+
 @pytest.fixture(scope="session")
 def pg_cluster():
     """A loopback PostgreSQL cluster in a temporary folder, stopped and removed at the end.

@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from contextlib import closing
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -31,12 +32,14 @@ HERE = Path(__file__).resolve().parent
 
 
 @pytest.fixture
-def db(tmp_path) -> Path:
-    return tmp_path / "news.db"
+def db(any_db) -> Path | str:
+    """Each engine test on SQLite and on PostgreSQL (tests/conftest.py); the schema tests below
+    keep SQLite's own files."""
+    return any_db
 
 
 def attempts(db: Path) -> dict[str, int]:
-    conn = sqlite3.connect(db)
+    conn = connect(db)
     try:
         return dict(conn.execute("SELECT email, attempts FROM ledger"))
     finally:
@@ -195,7 +198,8 @@ def test_secrets_and_control_characters_never_reach_the_ledger(db):
     [(email, state, error)] = failed_recipients(open_ledger(db), report.delivery_id)
     assert email == emails[0] and state == "failed-permanent"
     assert "key-ABCDEFGH12345" not in error and "\r" not in error and "\n" not in error and "\x07" not in error
-    raw = sqlite3.connect(db).execute("SELECT last_error FROM ledger WHERE email=?", (emails[0],)).fetchone()[0]
+    with closing(connect(db)) as conn:
+        raw = conn.execute("SELECT last_error FROM ledger WHERE email=?", (emails[0],)).fetchone()[0]
     assert "key-ABCDEFGH12345" not in raw and "***" in raw
 
 
@@ -238,8 +242,8 @@ def test_two_processes_migrating_a_fresh_database_both_succeed(tmp_path):
             .fetchone()[0], "delivery": len(MIGRATIONS)}
 
 
-def test_an_old_database_keeps_its_rows_and_learns_deferred(db):
-    conn = connect(db)
+def test_an_old_database_keeps_its_rows_and_learns_deferred(tmp_path):
+    conn = connect(tmp_path / "news.db")  # SQLite's own migration steps
     SubscriberStore(conn)
     migrate(conn, "delivery", MIGRATIONS[:1])
     conn.execute("INSERT INTO subscribers(email, name, status, created_at, changed_at) VALUES"
@@ -288,8 +292,8 @@ def test_scrub_is_bounded_and_removes_secrets_and_control_characters():
     assert scrub("a\x1b[2Jb\u2028c\x00d") == "a [2Jb c d"
 
 
-def test_v3_renames_the_final_row_state_so_failed_temporary_means_only_retry_later(db):
-    conn = connect(db)
+def test_v3_renames_the_final_row_state_so_failed_temporary_means_only_retry_later(tmp_path):
+    conn = connect(tmp_path / "news.db")  # SQLite's own migration steps
     SubscriberStore(conn)
     migrate(conn, "delivery", MIGRATIONS[:2])
     conn.executemany("INSERT INTO subscribers(email, created_at, changed_at) VALUES(?, 'x', 'x')",

@@ -1,4 +1,4 @@
-"""Feedback events: applied once each, to the right reader and delivery, on a real SQLite file."""
+"""Feedback events: applied once each, to the right reader and delivery, on a real SQLite file and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = SubscriberStore.open(tmp_path / "n.db")
+def store(any_db):
+    s = SubscriberStore.open(any_db)  # on SQLite and on PostgreSQL (tests/conftest.py)
     ensure_ledger(s.conn)
     yield s
     s.close()
@@ -23,11 +23,12 @@ def store(tmp_path):
 
 def _delivery(store: SubscriberStore, slug: str, sub_id: int, email: str, provider_id: str | None = None) -> int:
     conn = store.conn
-    cur = conn.execute("INSERT INTO deliveries(slug, content_hash, state, created_at) VALUES(?, 'h', 'done', 'x')",
+    cur = conn.execute("INSERT INTO deliveries(slug, content_hash, state, created_at) VALUES(?, 'h', 'done', 'x') RETURNING id",
                        (slug,))
+    delivery_id = cur.fetchone()[0]
     conn.execute("INSERT INTO ledger(delivery_id, subscriber_id, email, state, provider_id) VALUES(?,?,?,'sent',?)",
-                 (cur.lastrowid, sub_id, email, provider_id))
-    return cur.lastrowid
+                 (delivery_id, sub_id, email, provider_id))
+    return delivery_id
 
 
 @pytest.mark.parametrize("kind,status", [(Kind.HARD_BOUNCE, "bounced"), (Kind.COMPLAINT, "complained"),

@@ -1,4 +1,4 @@
-"""Applying classified inbox messages to a real SQLite file: who a report is about is proved
+"""Applying classified inbox messages to a real SQLite file and to PostgreSQL: who a report is about is proved
 by the Message-ID it quotes; forged reports change nobody; each message counts once."""
 
 from __future__ import annotations
@@ -28,15 +28,15 @@ def our_id(email: str, slug: str = SLUG) -> str:
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = SubscriberStore.open(tmp_path / "n.db")
+def store(any_db):
+    s = SubscriberStore.open(any_db)  # on SQLite and on PostgreSQL (tests/conftest.py)
     ensure_ledger(s.conn)
     cur = s.conn.execute("INSERT INTO deliveries(slug, content_hash, subject, state, created_at) "
-                         "VALUES(?, 'h', ?, 'done', 'x')", (SLUG, SUBJECT))
+                         "VALUES(?, 'h', ?, 'done', 'x') RETURNING id", (SLUG, SUBJECT)).fetchone()
     for who in ("a", "b", "c"):
         sub = s.add(f"{who}@reader.example", f"Reader {who.upper()}")
         s.conn.execute("INSERT INTO ledger(delivery_id, subscriber_id, email, state) VALUES(?,?,?,'sent')",
-                       (cur.lastrowid, sub.id, sub.email))
+                       (cur[0], sub.id, sub.email))
     yield s
     s.close()
 
@@ -89,11 +89,11 @@ def test_bounce_naming_another_address_goes_to_the_reader_the_id_was_made_for(ap
 
 def _delivery(store, slug: str, state: str, readers: list[str]) -> None:
     cur = store.conn.execute("INSERT INTO deliveries(slug, content_hash, subject, state, created_at) "
-                             "VALUES(?, 'h', ?, ?, 'x')", (slug, f"About {slug}", state))
+                             "VALUES(?, 'h', ?, ?, 'x') RETURNING id", (slug, f"About {slug}", state)).fetchone()
     for who in readers:
         sub = store.get_by_email(f"{who}@reader.example") or store.add(f"{who}@reader.example")
         store.conn.execute("INSERT INTO ledger(delivery_id, subscriber_id, email, state) VALUES(?,?,?,'sent')",
-                           (cur.lastrowid, sub.id, sub.email))
+                           (cur[0], sub.id, sub.email))
 
 
 def test_forwarded_bounce_about_any_delivery_of_an_older_issue_finds_its_reader(applier, store):
@@ -141,7 +141,7 @@ def test_a_delivery_frozen_during_the_run_is_seen_by_later_reports(applier, stor
     after that (a send beside the inbox in `worker`) must not make their bounces 'not ours': the
     message would be recorded as read and never looked at again."""
     later = store.conn.execute("INSERT INTO deliveries(slug, content_hash, subject, state, created_at) "
-                               "VALUES(?, 'h', 's', 'scheduled', 'x')", (SLUG,)).lastrowid  # no readers yet
+                               "VALUES(?, 'h', 's', 'scheduled', 'x') RETURNING id", (SLUG,)).fetchone()[0]  # no readers yet
     forged = applier.apply(classify(m.dsn("x@elsewhere.example", f"<{SLUG}.{'2' * 24}@{DOMAIN}>",
                                           msgid="<forged@mx.example>")))
     assert "is not one we sent" in forged.outcome

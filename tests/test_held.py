@@ -14,6 +14,12 @@ from tests.helpers import FakeTime, Recorder, add_subscribers, ledger_states, se
 HELO = "SMTP server mx:25 refused the sender: RCPT 504 5.5.2 <localhost>: Helo command rejected"
 
 
+@pytest.fixture
+def db(any_db):
+    """Each test on SQLite and on PostgreSQL (tests/conftest.py)."""
+    return any_db
+
+
 def rows(db, did: int = 1) -> list[tuple[str, str, int, str | None]]:
     conn = connect(db)
     try:

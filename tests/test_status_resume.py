@@ -6,6 +6,8 @@ from __future__ import annotations
 import collections
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import run
 
 from newsletter.ledger import open_ledger, retry_summary
@@ -14,6 +16,12 @@ from tests.smtp_server import SMTPTestServer
 from tests.helpers import FakeTime, Recorder, add_subscribers, send  # noqa: F401
 
 BASE = {"NEWSLETTER_BASE_URL": "https://chinaffairs.example"}
+
+
+@pytest.fixture
+def db(any_db):
+    """Each test on SQLite and on PostgreSQL (tests/conftest.py)."""
+    return any_db
 
 
 def _subscribe(root: Path, n: int) -> list[str]:
