@@ -243,7 +243,8 @@ def test_two_processes_migrating_a_fresh_database_both_succeed(tmp_path):
 
 
 def test_an_old_database_keeps_its_rows_and_learns_deferred(tmp_path):
-    conn = connect(tmp_path / "news.db")  # SQLite's own migration steps
+    db = tmp_path / "news.db"  # SQLite's own migration steps
+    conn = connect(db)
     SubscriberStore(conn)
     migrate(conn, "delivery", MIGRATIONS[:1])
     conn.execute("INSERT INTO subscribers(email, name, status, created_at, changed_at) VALUES"
@@ -293,7 +294,8 @@ def test_scrub_is_bounded_and_removes_secrets_and_control_characters():
 
 
 def test_v3_renames_the_final_row_state_so_failed_temporary_means_only_retry_later(tmp_path):
-    conn = connect(tmp_path / "news.db")  # SQLite's own migration steps
+    db = tmp_path / "news.db"  # SQLite's own migration steps
+    conn = connect(db)
     SubscriberStore(conn)
     migrate(conn, "delivery", MIGRATIONS[:2])
     conn.executemany("INSERT INTO subscribers(email, created_at, changed_at) VALUES(?, 'x', 'x')",
