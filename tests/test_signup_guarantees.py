@@ -1,4 +1,4 @@
-"""Signup guarantees from issue 16, on a FakeClock and real SQLite: a confirmation mail is deferred,
+"""Signup guarantees from issue 16, on a FakeClock and real SQLite (and PostgreSQL as the web role): a confirmation mail is deferred,
 never dropped; a link works once, for the request that made it; the stranger's form text never
 reaches the unverified address; and the request does the same work whoever the address belongs to."""
 
@@ -15,6 +15,19 @@ from newsletter.signups import Signups
 from newsletter.tokens import make_token
 
 from test_signup import SECRET, World, clock, env, world  # noqa: F401 (fixtures)
+
+
+@pytest.fixture(params=["sqlite", "postgresql-web-role"])
+def web_db(request):
+    """None (the World's own SQLite file), or PostgreSQL reached as the least-privilege web role."""
+    if request.param == "sqlite":
+        return None
+    web = request.getfixturevalue("pg_web_url")
+    OWNER[web] = request.getfixturevalue("pg_url")  # the editor's CLI runs as the owner, not as serve's role
+    return web
+
+
+OWNER: dict[str, str] = {}
 
 
 def outbox(w: World) -> list[tuple]:
@@ -36,12 +49,12 @@ def failing_until(w: World, end: float, attempts: list):
 
 def cli_run(w: World, *args: str):
     return CliRunner().invoke(cli, ["--root", str(w.settings.root), *args],
-                              env={"NEWSLETTER_DB": str(w.db), "NEWSLETTER_SECRET_KEY": SECRET})
+                              env={"NEWSLETTER_DB": OWNER.get(str(w.db), str(w.db)), "NEWSLETTER_SECRET_KEY": SECRET})
 
 
 # ---- deferred, never dropped -------------------------------------------------------------------
-def test_a_thirty_minute_smtp_outage_delays_the_confirmation_but_does_not_lose_it(tmp_path, env, clock):
-    w = World(tmp_path, env, clock)
+def test_a_thirty_minute_smtp_outage_delays_the_confirmation_but_does_not_lose_it(tmp_path, env, clock, web_db):
+    w = World(tmp_path, env, clock, web_db)
     attempts: list[float] = []
     failing_until(w, 30 * 60, attempts)
     w.signup("outage@example.org")
@@ -60,8 +73,8 @@ def test_a_thirty_minute_smtp_outage_delays_the_confirmation_but_does_not_lose_i
     w.store.close()
 
 
-def test_a_mail_given_up_is_kept_shown_and_queued_again_by_a_new_signup(tmp_path, env, clock):
-    w = World(tmp_path, {**env, "NEWSLETTER_RETRY_WINDOW": "0.5"}, clock)  # hours
+def test_a_mail_given_up_is_kept_shown_and_queued_again_by_a_new_signup(tmp_path, env, clock, web_db):
+    w = World(tmp_path, {**env, "NEWSLETTER_RETRY_WINDOW": "0.5"}, clock, web_db)  # hours
     attempts: list[float] = []
     failing_until(w, 10**9, attempts)
     w.signup("lost@example.org", "Lost")
@@ -172,8 +185,8 @@ def test_the_form_name_never_reaches_the_unverified_address(world):
     assert world.store.get_by_email("victim@example.org").name == name  # kept, for after confirmation
 
 
-def test_the_welcome_mail_shows_a_name_holding_a_placeholder_literally(tmp_path, env, clock):
-    w = World(tmp_path, {**env, "NEWSLETTER_SIGNUP_WELCOME": "1"}, clock)
+def test_the_welcome_mail_shows_a_name_holding_a_placeholder_literally(tmp_path, env, clock, web_db):
+    w = World(tmp_path, {**env, "NEWSLETTER_SIGNUP_WELCOME": "1"}, clock, web_db)
     w.signup("pat@example.org", "Pat %%UNSUBSCRIBE_URL%% <b>")
     w.mails()
     assert w.client.post(w.link_for("pat@example.org")).status_code == 200
@@ -248,8 +261,8 @@ def test_a_request_made_while_a_link_is_being_confirmed_wins(world, monkeypatch)
     assert world.store.get_by_email("race@example.org").status == "pending"
 
 
-def test_a_given_up_mail_goes_with_its_expired_request(tmp_path, env, clock):
-    w = World(tmp_path, {**env, "NEWSLETTER_RETRY_WINDOW": "0.1"}, clock)
+def test_a_given_up_mail_goes_with_its_expired_request(tmp_path, env, clock, web_db):
+    w = World(tmp_path, {**env, "NEWSLETTER_RETRY_WINDOW": "0.1"}, clock, web_db)
     failing_until(w, 10**9, [])
     w.signup("never@example.org")
     for _ in range(20):

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 from click.testing import CliRunner
 
 from newsletter.cli import main
 from newsletter.config import load_settings
+from newsletter.db import connect
 from newsletter.events import delivery_event_counts
 from newsletter.web import make_app
 from tests.transports.conftest import FakeAPI
@@ -52,7 +53,7 @@ def postmark_api(api: FakeAPI) -> list[str]:
     return sent
 
 
-def test_webhooks_suppress_readers_before_the_next_send(publication_root, keys):
+def test_webhooks_suppress_readers_before_the_next_send(publication_root, keys, any_db):
     shutil.copy(FIXTURE_7, publication_root / "issues" / FIXTURE_7.name)
     api = FakeAPI().start()
     try:
@@ -60,7 +61,7 @@ def test_webhooks_suppress_readers_before_the_next_send(publication_root, keys):
         env = {**keys.env(), "NEWSLETTER_TRANSPORT": "postmark", "POSTMARK_SERVER_TOKEN": "pm-token",
                "POSTMARK_API_URL": api.url, "NEWSLETTER_SECRET_KEY": "e2e-secret",
                "NEWSLETTER_BASE_URL": "https://chinaffairs.example", "NEWSLETTER_SOFT_BOUNCE_LIMIT": "3",
-               "NO_PROXY": "127.0.0.1"}
+               "NO_PROXY": "127.0.0.1", "NEWSLETTER_DB": str(any_db)}  # on SQLite and on PostgreSQL
         for email in READERS:
             cli(publication_root, env, "subscribers", "add", email)
         cli(publication_root, env, "send", "6", "--yes", "--skip-checks")
@@ -71,7 +72,7 @@ def test_webhooks_suppress_readers_before_the_next_send(publication_root, keys):
         assert sorted(sent) == ["reader0@example.org", "reader4@example.org"]
     finally:
         api.stop()
-    with sqlite3.connect(publication_root / "newsletter.db") as conn:
+    with closing(connect(any_db)) as conn:
         six = conn.execute("SELECT id FROM deliveries WHERE slug='global-governance-of-ai'").fetchone()[0]
         assert delivery_event_counts(conn, six) == {"hard-bounce": 1, "soft-bounce": 1, "complaint": 1,
                                                     "unsubscribe": 1}
