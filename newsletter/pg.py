@@ -153,15 +153,58 @@ class PgConnection:
         self.close()
 
 
+#: How every connection is opened, pooled or not: autocommit (the components say BEGIN), rows by name.
+_CONNECT_KWARGS: dict[str, Any] = {"autocommit": True, "row_factory": _row_factory, "connect_timeout": CONNECT_TIMEOUT_S}
+
+
+def _configure(raw: psycopg.Connection) -> None:
+    raw.execute("SET TIME ZONE 'UTC'")
+
+
 def connect(url: str) -> PgConnection:
     """Open ``url`` (``postgresql://user@host:port/db``). The password comes from the URL,
     ``PGPASSWORD`` or ``~/.pgpass`` (libpq reads the last two); an error names the database
     with the password hidden."""
     try:
-        raw = psycopg.connect(url, autocommit=True, row_factory=_row_factory, connect_timeout=CONNECT_TIMEOUT_S)
+        raw = psycopg.connect(url, **_CONNECT_KWARGS)
     except psycopg.Error as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"cannot open database {redact(url)}: {redact(reason)}") from None
-    conn = PgConnection(raw, url)
-    conn.execute("SET TIME ZONE 'UTC'")
-    return conn
+    _configure(raw)
+    return PgConnection(raw, url)
+
+
+class Pool:
+    """`serve`'s connections on PostgreSQL (psycopg-pool): a request borrows one for its length.
+
+    Unlike one connection per thread kept for ever, a connection the server closed (a restart,
+    a failover, an idle timeout) is checked and replaced when borrowed, so a request never
+    inherits a dead one; and the count is bounded however many threads ask. A borrow that
+    finds none free within ``wait`` seconds is SQLite's "database is busy", which the web app
+    answers with 503 and Retry-After."""
+
+    def __init__(self, url: str, size: int, *, wait: float) -> None:
+        from psycopg_pool import ConnectionPool
+
+        self.url, self.wait = url, wait
+        self._pool = ConnectionPool(url, kwargs=_CONNECT_KWARGS, configure=_configure,
+                                    check=ConnectionPool.check_connection, min_size=1, max_size=size,
+                                    timeout=wait, name="newsletter-serve", open=True)
+
+    def borrow(self) -> psycopg.Connection:
+        from psycopg_pool import PoolTimeout
+
+        try:
+            return self._pool.getconn()
+        except PoolTimeout:
+            raise sqlite3.OperationalError(f"database is busy: no connection to {redact(self.url)} "
+                                           f"within {self.wait:g} s") from None
+
+    def give_back(self, raw: psycopg.Connection) -> None:
+        self._pool.putconn(raw)  # rolled back first if a transaction was left open; dropped if broken
+
+    def wrap(self, raw: psycopg.Connection) -> PgConnection:
+        return PgConnection(raw, self.url)
+
+    def close(self) -> None:
+        self._pool.close()

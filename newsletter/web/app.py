@@ -5,9 +5,10 @@ limit (413), method check (405), security headers and error handling (a plain 4x
 or a plain 500 that is logged, never a traceback). Another component adds its
 endpoints with one line, e.g. ``app.route("/webhooks/<provider>", handler, ["POST"])``.
 
-There is no global lock. Each thread has its own SQLite connection, opened lazily
+There is no global lock. On SQLite each thread has its own connection, opened lazily
 (and again after a fork), so a slow client reading or sending a body holds nothing
-that other requests need; SQLite's own locking orders the writes.
+that other requests need; SQLite's own locking orders the writes. On PostgreSQL each
+request borrows a connection from a pool (:class:`newsletter.pg.Pool`) for its length.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import logging
 import os
 import sqlite3
 import threading
+import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.routing import Map, Rule
@@ -37,6 +40,7 @@ MAX_BODY_BYTES = 16 * 1024
 NOT_FOUND_BODY = "Not found\n"
 DB_BUSY_MS = 2_000  # per attempt; a request retries a locked database a few times (see WebApp.write)
 DB_ATTEMPTS = 4
+POOL_WAIT_S = 5.0  # PostgreSQL: a request that finds no pooled connection free this long is answered 503
 
 Handler = Callable[..., Response]
 
@@ -70,6 +74,9 @@ class WebApp:
         self.url_map = Map(strict_slashes=False, merge_slashes=False)
         self._local = threading.local()
         self.extensions: dict[str, Any] = {}  # per-feature state (signup limits, mail queue, ...)
+        self._pool: Any = None  # PostgreSQL: newsletter.pg.Pool, opened at the first request
+        self._pool_pid = 0
+        self._pooled_stores: "weakref.WeakKeyDictionary[Any, SubscriberStore]" = weakref.WeakKeyDictionary()
 
     # ---- routes ----------------------------------------------------------------------
     def route(self, rule: str, handler: Handler, methods: Iterable[str] = ("GET",), *,
@@ -93,7 +100,9 @@ class WebApp:
 
     # ---- the store -----------------------------------------------------------------
     def store(self) -> SubscriberStore:
-        """This thread's store (one SQLite connection per thread and process)."""
+        """This thread's store: on SQLite one connection per thread and process; on PostgreSQL
+        the connection this request borrowed (see :meth:`scope`), or outside a request (start-up,
+        the signup mail thread) one of the thread's own."""
         local = self._local
         if getattr(local, "store", None) is None or local.pid != os.getpid():
             conn = connect(self.store_path)
@@ -101,6 +110,53 @@ class WebApp:
                 conn.execute(f"PRAGMA busy_timeout={DB_BUSY_MS}")
             local.store, local.pid = SubscriberStore(conn), os.getpid()
         return local.store
+
+    @contextmanager
+    def scope(self) -> Iterator[None]:
+        """One request's hold on the database. On PostgreSQL it borrows a pooled connection and
+        gives it back at the end (rolled back if a transaction was left open); the store made
+        on it is kept with it, so the schema check runs once per connection, not per request."""
+        local = self._local
+        if isinstance(self.store_path, Path) or getattr(local, "store", None) is not None:
+            yield  # SQLite, or a thread that holds a connection of its own already
+            return
+        pool = self._postgres_pool()
+        raw = pool.borrow()
+        try:
+            store = self._pooled_stores.get(raw)
+            if store is None:
+                store = self._pooled_stores[raw] = SubscriberStore(pool.wrap(raw))
+            local.store, local.pid = store, os.getpid()
+            yield
+        finally:
+            local.store = None
+            pool.give_back(raw)
+
+    def _postgres_pool(self) -> Any:
+        """The pool, made at the first request (and again in a forked child): as many
+        connections as serve has request threads, and one for the signup mail."""
+        if self._pool is None or self._pool_pid != os.getpid():
+            from newsletter import pg
+            from newsletter.web.server import ServerLimits
+
+            size = ServerLimits.from_settings(self.settings).threads + 1
+            self._pool, self._pool_pid = pg.Pool(str(self.store_path), size, wait=POOL_WAIT_S), os.getpid()
+            weakref.finalize(self, self._pool.close)  # an app dropped unclosed (tests) leaves no pool behind
+        return self._pool
+
+    def release_own(self) -> None:
+        """On PostgreSQL, close this thread's own connection (start-up's): from here on the
+        thread borrows from the pool like any request. On SQLite the connection is kept."""
+        local = self._local
+        if not isinstance(self.store_path, Path) and getattr(local, "store", None) is not None:
+            local.store.close()
+            local.store = None
+
+    def close(self) -> None:
+        """Close the pool (PostgreSQL); the server calls this when it stops."""
+        if self._pool is not None and self._pool_pid == os.getpid():
+            self._pool.close()
+            self._pool = None
 
     def write(self, fn: Callable[[SubscriberStore], Any]) -> Any:
         """Run ``fn`` with the store, retrying a locked database a bounded number of times.
@@ -166,7 +222,8 @@ class WebApp:
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         request = Request(environ)
         try:
-            response = self.dispatch(request)
+            with self.scope():
+                response = self.dispatch(request)
         except HTTPException as exc:  # 413 for an oversized body, 400 for a malformed one
             response = text_response(f"{exc.code} {exc.name}\n", exc.code or 400)
         except Exception as exc:  # noqa: BLE001 - answered plainly, never shown

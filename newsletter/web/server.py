@@ -141,4 +141,7 @@ def serve(app: Callable, host: str = "127.0.0.1", port: int = 8080, limits: Serv
         server.run()
     finally:
         server.close()
+        core = getattr(app, "web_app", None)
+        if core is not None:
+            core.close()  # PostgreSQL: the pool's connections
         logsummary.uninstall(summary)
