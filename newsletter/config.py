@@ -261,7 +261,10 @@ class Settings(NamedTuple):
 
     def secret_values(self) -> list[str]:
         """Every configured secret (API keys, tokens, passwords): for :func:`newsletter.errors.scrub`."""
-        return [v for k, v in self.env.items() if v and compiled(_SECRET_NAME).search(k.upper())]
+        from newsletter.dburl import url_passwords
+
+        named = [v for k, v in self.env.items() if v and compiled(_SECRET_NAME).search(k.upper())]
+        return named + url_passwords(self.get("NEWSLETTER_DB"))  # NEWSLETTER_DB=postgresql://user:SECRET@…
 
     # ---- what comes back (webhooks, inbox) ------------------------------------------
     @property

@@ -23,3 +23,15 @@ def redact(text: str) -> str:
     """``text`` with any password in a URL (``user:secret@``, ``password=secret``) replaced by ``***``."""
     text = re.sub(_PASSWORD_IN_URL, r"\1***\2", text)
     return re.sub(_PASSWORD_PARAM, r"\1***", text)
+
+
+def url_passwords(target: str) -> list[str]:
+    """The password a ``postgresql://`` URL carries, as written and decoded (for
+    :func:`newsletter.errors.register_secrets`, so a scrubbed text hides it even outside a URL)."""
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    if not is_postgres(target):
+        return []
+    parts = urlsplit(target.strip())
+    found = [parts.password or ""] + parse_qs(parts.query).get("password", [])
+    return [v for p in found if p for v in {p, unquote(p)}]

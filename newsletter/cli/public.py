@@ -23,6 +23,7 @@ def serve(ctx: click.Context, host: str, port: int, site: Path | None) -> None:
 
     Or run `newsletter.web:create_app()` under another WSGI server.
     """
+    from newsletter.dburl import redact
     from newsletter.errors import ConfigError
     from newsletter.web import make_app
     from newsletter.web.server import ServerLimits, serve as run
@@ -32,8 +33,10 @@ def serve(ctx: click.Context, host: str, port: int, site: Path | None) -> None:
         raise ConfigError("NEWSLETTER_SECRET_KEY is not set: no unsubscribe link from a real send would verify")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = make_app(settings, site_dir=site)
+    where = redact(str(settings.db_target))  # which database this replica writes to, its password hidden
     try:
-        run(app, host=host, port=port, limits=ServerLimits.from_settings(settings), ready=click.echo)
+        run(app, host=host, port=port, limits=ServerLimits.from_settings(settings),
+            ready=lambda line: click.echo(f"{line}; database {where}"))
     except OSError as exc:  # the port is taken, or the address cannot be bound
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
