@@ -5,13 +5,15 @@ connection. One home, so no test module imports another."""
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import subprocess
 import sys
 import time
 from datetime import datetime, timedelta, timezone
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from click.testing import CliRunner
 
@@ -188,3 +190,26 @@ def send(db: Path, prepared=None, *, transport=None, sink=None, ft: FakeTime | N
     return report, sink
 
 
+
+
+@contextmanager
+def serve_process(root: Path, env: dict[str, str]) -> Iterator[tuple[str, str]]:
+    """A real `newsletter serve` on a free loopback port with ``env`` over this process's:
+    (its URL, its start line); stopped (SIGTERM, then SIGKILL) at the end."""
+    proc = subprocess.Popen([sys.executable, "-m", "newsletter", "--root", str(root), "serve", "--port", "0"],
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **env}, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+        assert match, line + (proc.stderr.read(2000) if proc.poll() is not None else "")
+        yield f"http://127.0.0.1:{match.group(1)}", line
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            stream.close()

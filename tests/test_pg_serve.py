@@ -10,13 +10,9 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import time
-from contextlib import closing, contextmanager
-from typing import Iterator
+from contextlib import closing
 from urllib.parse import urlsplit
 
 import psycopg
@@ -26,7 +22,7 @@ import requests
 from newsletter.db import connect
 from newsletter.ledger import transaction
 from newsletter.tokens import make_token
-from tests.helpers import REPO, add_subscribers, run, send
+from tests.helpers import add_subscribers, run, send, serve_process
 from tests.smtp_server import SMTPTestServer
 from tests.webhooks.kits import KITS, Keys
 
@@ -36,32 +32,11 @@ HTTP = requests.Session()
 HTTP.trust_env = False  # loopback only, whatever proxy the environment names
 
 
-def _env(db: str, keys: Keys, **extra: str) -> dict[str, str]:
-    return {**os.environ, **keys.env(), "NEWSLETTER_DB": db, "NEWSLETTER_SECRET_KEY": SECRET,
-            "NEWSLETTER_BASE_URL": "https://news.example", "NEWSLETTER_TRANSPORT": "dryrun",
-            "NEWSLETTER_SIGNUP_MIN_SECONDS": "0", "NEWSLETTER_SERVE_THREADS": "3", "PYTHONUNBUFFERED": "1", **extra}
-
-
-@contextmanager
-def serving(root, db: str, keys: Keys, **extra: str) -> Iterator[tuple[str, str]]:
-    """A real `newsletter serve` on a free loopback port: (its URL, its start line)."""
-    proc = subprocess.Popen([sys.executable, "-m", "newsletter", "--root", str(root), "serve", "--port", "0"],
-                            env=_env(db, keys, **extra), cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
-        assert match, line + (proc.stderr.read(2000) if proc.poll() is not None else "")
-        yield f"http://127.0.0.1:{match.group(1)}", line
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        for stream in (proc.stdout, proc.stderr):
-            stream.close()
+def serving(root, db: str, keys: Keys, **extra: str):
+    """A real `newsletter serve` on ``db`` with webhook keys and signup on: (its URL, its start line)."""
+    return serve_process(root, {**keys.env(), "NEWSLETTER_DB": db, "NEWSLETTER_SECRET_KEY": SECRET,
+                                "NEWSLETTER_BASE_URL": "https://news.example", "NEWSLETTER_TRANSPORT": "dryrun",
+                                "NEWSLETTER_SIGNUP_MIN_SECONDS": "0", "NEWSLETTER_SERVE_THREADS": "3", **extra})
 
 
 def _reader(db: str, email: str) -> int:
