@@ -1,4 +1,4 @@
-"""CSV import/export on real files and a real SQLite database."""
+"""CSV import/export on real files and a real SQLite database, or PostgreSQL (the ``store`` fixture)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from newsletter.store import SubscriberStore
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = SubscriberStore.open(tmp_path / "news.db")
+def store(any_db):
+    s = SubscriberStore.open(any_db)
     yield s
     s.close()
 
@@ -239,7 +239,8 @@ def test_export_round_trip(store, tmp_path):
     other.close()
 
 
-def test_import_of_many_rows_is_one_transaction(store, tmp_path):
+def test_import_of_many_rows_is_one_transaction(tmp_path):
+    store = SubscriberStore.open(tmp_path / "news.db")  # the statement trace is SQLite's
     path = tmp_path / "big.csv"
     with path.open("w", encoding="utf-8", newline="") as fh:
         fh.write("email,name\r\n")
@@ -380,9 +381,12 @@ def test_cli_import_shows_progress_for_big_files_and_counts_unlisted_rows(tmp_pa
     assert "5 more bad or skipped row(s) not listed" in result.output
 
 
-def test_rows_are_checked_without_holding_the_write_lock(store, tmp_path):
-    """A send or the web app may write while a big file is read; only the final apply locks."""
+def test_rows_are_checked_without_holding_the_write_lock(tmp_path):
+    """A send or the web app may write while a big file is read; only the final apply locks
+    (SQLite's database-wide lock: PostgreSQL has none)."""
     import sqlite3
+
+    store = SubscriberStore.open(tmp_path / "news.db")
 
     path = tmp_path / "big.csv"
     path.write_text("email\n" + "".join(f"u{i}@example.org\n" for i in range(1200)), encoding="utf-8")
