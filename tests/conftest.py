@@ -93,18 +93,32 @@ def pg_cluster():
 
 
 @pytest.fixture
-def pg_url(pg_cluster, request) -> str:
-    """A new empty database on the session's cluster, as a ``postgresql://`` URL (dropped after)."""
+def pg_database(pg_cluster):
+    """Make another empty database on the session's cluster: ``pg_database()`` is its URL
+    (each dropped after the test). For a test that needs two, e.g. an export and its restore."""
     import secrets
 
     import psycopg
 
-    name = "t_" + secrets.token_hex(6)
+    made: list[str] = []
+
+    def make() -> str:
+        name = "t_" + secrets.token_hex(6)
+        with psycopg.connect(pg_cluster.url(), autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        made.append(name)
+        return pg_cluster.url(name)
+
+    yield make
     with psycopg.connect(pg_cluster.url(), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield pg_cluster.url(name)
-    with psycopg.connect(pg_cluster.url(), autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for name in made:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url(pg_database) -> str:
+    """A new empty database on the session's cluster, as a ``postgresql://`` URL (dropped after)."""
+    return pg_database()
 
 
 @pytest.fixture

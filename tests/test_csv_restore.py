@@ -52,23 +52,33 @@ def populate(store: SubscriberStore) -> None:
     store.unsubscribe("web0@example.org", "unsubscribe page")  # confirmed, then left: consent kept
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def databases(request, tmp_path) -> tuple:
+    """Two empty databases of one backend: the list's, and the one it is restored into."""
+    if request.param == "sqlite":
+        return tmp_path / "a.db", tmp_path / "b.db"
+    make = request.getfixturevalue("pg_database")
+    return make(), make()
+
+
 @pytest.fixture
-def original(tmp_path):
-    store = SubscriberStore.open(tmp_path / "a.db")
+def original(databases):
+    store = SubscriberStore.open(databases[0])
     populate(store)
     yield store
     store.close()
 
 
-def test_export_then_import_into_an_empty_database_restores_every_reader(original, publication_root, tmp_path):
+def test_export_then_import_into_an_empty_database_restores_every_reader(original, databases, publication_root,
+                                                                          tmp_path):
     before_counts = original.counts()
     assert all(before_counts[s] for s in STATUSES)  # every status is in the test
     out = tmp_path / "export.csv"
-    exported = run(publication_root, tmp_path / "a.db", "subscribers", "export", "--out", str(out))
+    exported = run(publication_root, databases[0], "subscribers", "export", "--out", str(out))
     assert exported.exit_code == 0, exported.output
-    imported = run(publication_root, tmp_path / "b.db", "subscribers", "import", str(out))
+    imported = run(publication_root, databases[1], "subscribers", "import", str(out))
     assert imported.exit_code == 0, imported.output
-    with SubscriberStore.open(tmp_path / "b.db") as restored:
+    with SubscriberStore.open(databases[1]) as restored:
         assert restored.counts() == before_counts
         assert records(restored) == records(original)  # consent records, IPs, signup fields, dates
         web = Signups(restored).consent(restored.get_by_email("web1@example.org").id)
@@ -97,8 +107,8 @@ def test_a_restored_list_stays_suppressed_against_this_file_and_any_plain_list(o
     assert original.get_by_email("left0@example.org").status == "unsubscribed"
 
 
-def test_a_stronger_status_in_the_file_wins_over_a_weaker_one_in_the_database(tmp_path):
-    store = SubscriberStore.open(tmp_path / "n.db")
+def test_a_stronger_status_in_the_file_wins_over_a_weaker_one_in_the_database(any_db, tmp_path):
+    store = SubscriberStore.open(any_db)
     store.add("x@example.org", "X")
     store.add("y@example.org")
     path = tmp_path / "f.csv"
