@@ -20,8 +20,9 @@ from tests.editions_fixtures import MAIN, SECRET, bilingual_publication, bilingu
 
 
 @pytest.fixture
-def settings(tmp_path: Path):
-    return bilingual_settings(bilingual_publication(tmp_path / "pub"))
+def settings(tmp_path: Path, any_db):
+    """The bilingual publication, its readers on SQLite or on PostgreSQL."""
+    return bilingual_settings(bilingual_publication(tmp_path / "pub"), NEWSLETTER_DB=str(any_db))
 
 
 @pytest.fixture
@@ -41,7 +42,7 @@ def _message(settings, address: str) -> email.message.EmailMessage:
 
 
 def test_the_switch_link_changes_the_language_of_the_readers_next_issue(settings, client):
-    with SubscriberStore.open(settings.db_path) as store:
+    with SubscriberStore.open(settings.db_target) as store:
         store.add("reader@example.org", lang="en")
     _dry_run(settings)
     text = _message(settings, "reader@example.org").get_body(("plain",)).get_content()
@@ -53,18 +54,18 @@ def test_the_switch_link_changes_the_language_of_the_readers_next_issue(settings
     page = client.get(path)
     assert page.status_code == 200 and "<form method=\"post\"" in page.get_data(as_text=True)
     assert '<html lang="zh-Hans">' in page.get_data(as_text=True)  # in the language being chosen
-    with SubscriberStore.open(settings.db_path) as store:
+    with SubscriberStore.open(settings.db_target) as store:
         assert store.get_by_email("reader@example.org").lang == "en"  # a GET changes nothing
     done = client.post(path, data={"lang": "zh-Hans"})
     assert done.status_code == 200 and "语言已更改" in done.get_data(as_text=True)
-    with SubscriberStore.open(settings.db_path) as store:
+    with SubscriberStore.open(settings.db_target) as store:
         assert store.get_by_email("reader@example.org").lang == "zh-Hans"
     _dry_run(settings)
     assert str(_message(settings, "reader@example.org")["Subject"]) == "#8 测试笔记: 双语测试期"
 
 
 def test_the_chinese_email_links_back_to_english(settings):
-    with SubscriberStore.open(settings.db_path) as store:
+    with SubscriberStore.open(settings.db_target) as store:
         store.add("zh@example.org", lang="zh-CN")
     _dry_run(settings)
     msg = _message(settings, "zh@example.org")
@@ -85,17 +86,17 @@ def test_the_chinese_email_links_back_to_english(settings):
     lambda sid, email: "/language/short/zh-Hans",
 ])
 def test_every_bad_link_is_the_same_404_and_changes_nothing(settings, client, make_path):
-    with SubscriberStore.open(settings.db_path) as store:
+    with SubscriberStore.open(settings.db_target) as store:
         sub = store.add("reader@example.org", lang="en")
     for method in ("get", "post"):
         r = getattr(client, method)(make_path(sub.id, sub.email))
         assert r.status_code == 404
-    with SubscriberStore.open(settings.db_path) as store:
+    with SubscriberStore.open(settings.db_target) as store:
         assert store.get(sub.id).lang == "en"
 
 
 def test_an_unsubscribed_reader_cannot_switch(settings, client):
-    with SubscriberStore.open(settings.db_path) as store:
+    with SubscriberStore.open(settings.db_target) as store:
         sub = store.add("reader@example.org")
         store.unsubscribe(sub.id)
     path = f"/language/{make_token(SECRET, sub.id, sub.email, 'language')}/zh-Hans"
@@ -114,7 +115,7 @@ def test_an_unsubscribed_reader_cannot_switch(settings, client):
     ("", "x" * 5000, "en"),                    # junk
 ])
 def test_public_pages_follow_the_readers_language(settings, client, stored, header, expected):
-    with SubscriberStore.open(settings.db_path) as store:
+    with SubscriberStore.open(settings.db_target) as store:
         sub = store.add("reader@example.org", lang=stored)
     headers = {"Accept-Language": header} if header is not None else {}
     page = client.get(f"/unsubscribe/{make_token(SECRET, sub.id, sub.email)}", headers=headers).get_data(as_text=True)
@@ -195,7 +196,7 @@ def test_the_archive_index_follows_accept_language(tmp_path, settings, header, l
 
 
 def test_language_pages_are_never_cached_or_framed(settings, client):
-    with SubscriberStore.open(settings.db_path) as store:
+    with SubscriberStore.open(settings.db_target) as store:
         sub = store.add("reader@example.org")
     r = client.get(f"/language/{make_token(SECRET, sub.id, sub.email, 'language')}/zh-Hans")
     assert r.status_code == 200
