@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Callable
+from contextlib import nullcontext
+from typing import Callable, ContextManager
 
 import jinja2
 
@@ -78,8 +79,9 @@ class SignupMailer:
 
     def __init__(self, signups: Callable[[], Signups], build: Callable[[str, Subscriber, str], OutgoingMessage],
                  send: Callable[[OutgoingMessage], None], *, poll: float = 30.0, lease: float = 300.0,
-                 settle: float = 0.5):
+                 settle: float = 0.5, scope: Callable[[], ContextManager[None]] = nullcontext):
         self._signups, self._build, self._send = signups, build, send
+        self._scope = scope  # each pass's hold on the database (serve on PostgreSQL: a pooled connection)
         self.poll, self.lease, self.settle = poll, lease, settle
         self._wake = threading.Event()
         self._now = threading.Event()
@@ -105,7 +107,8 @@ class SignupMailer:
         while True:
             self._wake.clear()
             try:
-                handled = self.run_once()
+                with self._scope():  # a connection the server dropped is replaced by the next pass
+                    handled = self.run_once()
             except Exception as exc:  # noqa: BLE001 - a locked database now is not a dead sender later
                 log.warning("signup outbox: %s", type(exc).__name__)
                 handled = 0

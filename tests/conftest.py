@@ -110,6 +110,9 @@ def pg_database(pg_cluster):
         return pg_cluster.url(name)
 
     yield make
+    import gc
+
+    gc.collect()  # apps the test dropped close their serve pools now, before their database goes
     with psycopg.connect(pg_cluster.url(), autocommit=True) as admin:
         for name in made:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -134,7 +134,7 @@ class WebApp:
 
     def _postgres_pool(self) -> Any:
         """The pool, made at the first request (and again in a forked child): as many
-        connections as serve has request threads, and one for the signup mail."""
+        connections as serve has request threads, and one for the signup mail's thread."""
         if self._pool is None or self._pool_pid != os.getpid():
             from newsletter import pg
             from newsletter.web.server import ServerLimits

@@ -47,7 +47,7 @@ def mount(app: WebApp, limits: SignupLimits, send: Callable[[OutgoingMessage], N
         return confirmation_message(app.settings, sub, ttl_hours=round(limits.confirm_ttl / 3600), nonce=nonce,
                                     clock=app.clock, env=_env(app))
 
-    mailer = SignupMailer(lambda: Signups(app.store(), limits, app.clock), build, send)
+    mailer = SignupMailer(lambda: Signups(app.store(), limits, app.clock), build, send, scope=app.scope)
     app.extensions["signup"] = {"limits": limits, "mail": mailer, "welcome": welcome}
     app.route("/subscribe", subscribe, ("GET", "POST"))
     app.route("/confirm/<token>", confirm, ("GET", "POST"))
