@@ -1,4 +1,5 @@
-"""`newsletter serve` as a real process on 127.0.0.1 (waitress), real SQLite, aiosmtpd for the mail.
+"""`newsletter serve` as a real process on 127.0.0.1 (waitress), real SQLite and then PostgreSQL
+(the whole module once per backend), aiosmtpd for the mail.
 
 Attacks from issue 9, each as a client would make them: hostile tokens, slow clients,
 a slow body next to a one-click unsubscribe, and signup end to end including limits.
@@ -33,7 +34,8 @@ TIMEOUT = 10  # seconds, per request: the bound every answer must come within
 
 
 @pytest.fixture(scope="module")
-def smtp():
+def smtp(database):
+    """One mail server per backend's run: each counts only its own mail."""
     with SMTPTestServer() as server:
         yield server
 
@@ -49,10 +51,30 @@ def root(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def database(request, root):
+    """The module's database: the publication's SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield root / "newsletter.db"
+        return
+    import secrets
+
+    import psycopg
+
+    cluster = request.getfixturevalue("pg_cluster")
+    name = "ws_" + secrets.token_hex(6)
+    with psycopg.connect(cluster.url(), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield cluster.url(name)
+    with psycopg.connect(cluster.url(), autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture(scope="module")
-def env(smtp, root):
+def env(smtp, root, database):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NEWSLETTER_", "SMTP_"))}
     env.update(smtp.env())
+    env["NEWSLETTER_DB"] = str(database)
     env.update({"NEWSLETTER_SECRET_KEY": SECRET, "NEWSLETTER_SIGNUP_MIN_SECONDS": "0",
                 "NEWSLETTER_SERVE_TIMEOUT": "2", "NEWSLETTER_SERVE_THREADS": "4",
                 "NEWSLETTER_TRUSTED_PROXIES": "1", "NEWSLETTER_SIGNUP_PER_IP_HOURLY": "10",
@@ -89,8 +111,8 @@ def http():
 
 
 @pytest.fixture(scope="module")
-def store(root, server):
-    s = SubscriberStore.open(root / "newsletter.db")
+def store(database, server):
+    s = SubscriberStore.open(database)
     yield s
     s.close()
 
