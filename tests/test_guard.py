@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from newsletter.cli import cli
 from newsletter.clock import FakeClock
 from newsletter.config import load_settings
+from newsletter.db import connect
 from newsletter.delivery import DeliveryOptions, run_delivery
 from newsletter.errors import ConfigError, SendHeldError
 from newsletter.guard import Guard, Tally
@@ -71,8 +72,8 @@ class Send:
             self.complained.append(email)
 
     def run(self, *, despite: bool = False, complaints_at: tuple[int, int] | None = None):
-        conn = open_ledger(self.settings.db_path)
-        watcher = sqlite3.connect(self.settings.db_path)
+        conn = open_ledger(self.settings.db_target)
+        watcher = connect(self.settings.db_target)  # webhooks arrive while the send runs, on either backend
 
         def progress(done: int, total: int, sent: int, failed: int) -> None:
             if complaints_at and sent >= complaints_at[0] and not self.complained:
@@ -93,9 +94,9 @@ class Send:
 
 
 @pytest.fixture
-def send(publication_root):
-    s = Send(publication_root, {})
-    add_readers(s.settings.db_path, READERS)
+def send(publication_root, any_db):
+    s = Send(publication_root, {"NEWSLETTER_DB": str(any_db)})
+    add_readers(s.settings.db_target, READERS)
     yield s
     s.close()
 
@@ -110,7 +111,7 @@ def test_complaints_past_the_threshold_hold_the_send_and_a_deliberate_resume_fin
     assert "4 complaint(s) in 1,000 messages delivered (0.40%)" in report.note
     first = delivered(send.api)
     assert len(first) == len(set(first)) == 1000  # held as soon as the sample was reached
-    conn = open_ledger(send.settings.db_path)
+    conn = open_ledger(send.settings.db_target)
     counts = ledger_counts(conn, report.delivery_id)
     assert counts["sent"] == 1000 and counts["pending"] == READERS - 1000 and counts["sending"] == 0
     assert tuple(conn.execute("SELECT state, resume_at FROM deliveries").fetchone()) == ("held", None)
@@ -131,9 +132,9 @@ def test_the_guard_waits_for_its_sample(send):
     assert report.state == "done" and report.sent == READERS
 
 
-def test_resumed_guard_counts_only_what_comes_back_after(publication_root):
-    s = Send(publication_root, {"NEWSLETTER_PAUSE_MIN_DELIVERED": "500"})
-    add_readers(s.settings.db_path, READERS)
+def test_resumed_guard_counts_only_what_comes_back_after(publication_root, any_db):
+    s = Send(publication_root, {"NEWSLETTER_PAUSE_MIN_DELIVERED": "500", "NEWSLETTER_DB": str(any_db)})
+    add_readers(s.settings.db_target, READERS)
     try:
         assert s.run(complaints_at=(200, 3)).state == "held"  # 3 in 500
         report = s.run(despite=True, complaints_at=None)
@@ -187,7 +188,7 @@ def test_suppression_review_says_when_and_why(send):
     send.run(complaints_at=(600, 4))
     from newsletter.store import SubscriberStore
 
-    with SubscriberStore.open(send.settings.db_path) as store:
+    with SubscriberStore.open(send.settings.db_target) as store:
         store.mark_bounced(store.get_by_email("reader1999@example.org").id, "bounced: 550 \x1b[31mno such user")
     runner = CliRunner()
     complained = runner.invoke(cli, ["--root", str(send.root), "subscribers", "list", "--status", "complained"],
@@ -204,10 +205,10 @@ def test_suppression_review_says_when_and_why(send):
     assert active.splitlines()[0] == "reader0004@example.org\t\tactive"
 
 
-def test_hard_bounce_reports_hold_too(publication_root):
-    s = Send(publication_root, {"NEWSLETTER_PAUSE_MIN_DELIVERED": "500"})
+def test_hard_bounce_reports_hold_too(publication_root, any_db):
+    s = Send(publication_root, {"NEWSLETTER_PAUSE_MIN_DELIVERED": "500", "NEWSLETTER_DB": str(any_db)})
     s.kind = "hard"
-    add_readers(s.settings.db_path, READERS)
+    add_readers(s.settings.db_target, READERS)
     try:
         report = s.run(complaints_at=(200, 30))  # 30 hard bounces in the first 500: 6% > 5%
         assert report.state == "held" and "30 hard bounce(s) in 500 messages sent (6.00%)" in report.note
