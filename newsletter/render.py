@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 
 from newsletter.errors import InputError, NewsletterError
-from newsletter.mime import PLACEHOLDERS
+from newsletter.placeholders import PLACEHOLDERS
 from newsletter.template_files import default_templates_dir
 
 if TYPE_CHECKING:
