@@ -49,8 +49,9 @@ class Memos:
         from lxml import etree
 
         css = package_version("cssutils")
-        self.rules = DiskMemo(folder, "rules", f"premailer {premailer.__version__} {css}", limit=64)
-        self.declarations = DiskMemo(folder, "declarations", css)
+        both = f"premailer {premailer.__version__} {css}"  # premailer formats what cssutils parses
+        self.rules = DiskMemo(folder, "rules", both, limit=64)
+        self.declarations = DiskMemo(folder, "declarations", both)
         self.floats = DiskMemo(folder, "floats", css)
         self.selectors = DiskMemo(folder, "selectors", f"{package_version('cssselect')} lxml {etree.__version__}")
         self._pairs: dict[str, list[tuple[str, str]]] = {}
