@@ -39,9 +39,10 @@ class DiskMemo:
                     pass  # missing or damaged: computed again
         return self._table
 
-    def get(self, key: str) -> Any:
-        """The stored value, or None."""
-        return self._entries().get(key)
+    def get(self, key: str, shape: type | tuple[type, ...] = object) -> Any:
+        """The stored value, or None (also when it is not of ``shape``: the file was edited by hand)."""
+        value = self._entries().get(key)
+        return value if isinstance(value, shape) else None
 
     def put(self, key: str, value: Any) -> None:
         table = self._entries()
@@ -55,7 +56,11 @@ class DiskMemo:
         if not self._dirty or self.path is None:
             return
         self._dirty = False
-        _write_atomically(self.path, json.dumps(self._entries(), ensure_ascii=False).encode("utf-8"))
+        try:
+            data = json.dumps(self._entries(), ensure_ascii=False).encode("utf-8")
+        except ValueError:  # a value JSON cannot hold (a lone surrogate): not kept
+            return
+        _write_atomically(self.path, data)
 
 
 def read_blob(folder: Path | None, name: str) -> bytes | None:

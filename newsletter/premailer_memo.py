@@ -4,10 +4,9 @@ A fresh `newsletter build` spent most of its inlining time loading and running c
 cssselect on the same CSS every time: the template's style sheet, the same few dozen
 ``style`` attributes MJML writes, the same selectors. Each of those answers depends only on
 its text and the library versions, so it is kept in a :class:`~newsletter.disk_memo.DiskMemo`
-(build/.cache/inline/) and computed by premailer's own code on a miss. cssutils is imported
-only on a miss, and cssselect too, so a build whose CSS has
-been seen before loads neither. premailer's private functions replaced here are held by
-tests/test_inline_premailer.py.
+(build/.cache/inline/) and computed by premailer's own code on a miss. cssutils and cssselect
+are imported only on a miss, so a build whose CSS has been seen before loads neither.
+premailer's private functions replaced here are held by tests/test_inline_premailer.py.
 """
 
 from __future__ import annotations
@@ -74,8 +73,8 @@ class Memos:
         """premailer's ``csstext_to_pairs(csstext, validate=False)``: a ``style`` value as (name, value)."""
         hit = self._pairs.get(csstext)
         if hit is None:
-            stored = self.declarations.get(csstext)
-            if stored is None:
+            stored = self.declarations.get(csstext, list)
+            if stored is None or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in stored):
                 _loaded_cssutils()
                 stored = _ORIGINAL["csstext_to_pairs"](csstext, validate=False)
                 self.declarations.put(csstext, stored)
@@ -84,7 +83,7 @@ class Memos:
 
     def xpath(self, selector: str) -> str:
         """The XPath lxml's ``CSSSelector`` compiles ``selector`` to."""
-        path = self.selectors.get(selector)
+        path = self.selectors.get(selector, str)
         if path is None:
             path = _css_selector_class()(selector).path
             self.selectors.put(selector, path)
@@ -94,7 +93,7 @@ class Memos:
         """premailer's ``align_floating_images`` step: ``align`` from an image's CSS ``float``."""
         for item in page.xpath("//img[@style]"):
             style = item.attrib["style"]
-            side = self.floats.get(style)
+            side = self.floats.get(style, str)
             if side is None:
                 side = str(_loaded_cssutils().parseStyle(style).float)  # as premailer calls it
                 self.floats.put(style, side)
@@ -173,8 +172,8 @@ def _caching_subclass(base: type) -> type:
             key = hashlib.sha256(json.dumps([css_body, ruleset_index, self.exclude_pseudoclasses,
                                              self.include_star_selectors, self.strip_important])
                                  .encode()).hexdigest()
-            hit = memos.rules.get(key)
-            if hit is None:
+            hit = memos.rules.get(key, dict)
+            if hit is None or not _rules_shaped(hit):
                 _loaded_cssutils()
                 rules, leftover = super()._parse_style_rules(css_body, ruleset_index)
                 css = super()._css_rules_to_string(leftover) if leftover else ""
@@ -187,6 +186,13 @@ def _caching_subclass(base: type) -> type:
             return rules.css if isinstance(rules, _Leftover) else super()._css_rules_to_string(rules)
 
     return CachingPremailer
+
+
+def _rules_shaped(hit: dict) -> bool:
+    """Whether a stored rules entry has the shape :meth:`_parse_style_rules` returns."""
+    rules = hit.get("rules")
+    return (isinstance(rules, list) and isinstance(hit.get("leftover"), int) and isinstance(hit.get("css"), str)
+            and all(isinstance(r, (list, tuple)) and len(r) == 3 and isinstance(r[0], (list, tuple)) for r in rules))
 
 
 class _Leftover(list):  # type: ignore[type-arg]

@@ -98,6 +98,11 @@ def test_inlining_with_cold_warm_and_damaged_memos_equals_premailer_as_shipped(t
     fresh_memos()
     assert inline_css(html, css, cache) == expected  # warm: every answer read from disk
     for memo in cache.glob("*.json"):
+        entries = json.loads(memo.read_text(encoding="utf-8"))
+        memo.write_text(json.dumps({key: 5 for key in entries}), encoding="utf-8")
+    fresh_memos()
+    assert inline_css(html, css, cache) == expected  # edited by hand: every entry computed again
+    for memo in cache.glob("*.json"):
         memo.write_text("{not json", encoding="utf-8")
     fresh_memos()
     assert inline_css(html, css, cache) == expected  # damaged: computed again
