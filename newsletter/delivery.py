@@ -653,19 +653,25 @@ class _Run:
             yield status == "active"
             return
         fence = self._fence_session()
-        fence.execute("BEGIN")
         try:
+            fence.execute("BEGIN")
             found = fence.execute("SELECT status FROM subscribers WHERE id=? FOR SHARE", (row.sid,)).fetchone()
-            status = found[0] if found else ""
-            if status != "active":
-                fence.execute("ROLLBACK")
-                self._skip(job, i, status)
-                yield False
-                return
+        except sqlite3.Error:
+            self._drop_fence()  # the next message opens a fresh session
+            raise
+        status = found[0] if found else ""
+        if status != "active":
+            fence.execute("ROLLBACK")
+            self._skip(job, i, status)
+            yield False
+            return
+        try:
             yield True
         finally:
-            if fence.in_transaction:
+            try:
                 fence.execute("COMMIT")  # after the server's answer: the unsubscribe may go on
+            except sqlite3.Error:  # the session was ended (a hang past FENCE_IDLE_TIMEOUT): the answer stands
+                self._drop_fence()
 
     def _fence_session(self) -> Any:
         """This thread's own session for :meth:`_fence` (opened on first use, closed with the run)."""
@@ -675,6 +681,11 @@ class _Run:
             session.execute(f"SET idle_in_transaction_session_timeout = '{FENCE_IDLE_TIMEOUT}'")
             self.fences[key] = session
         return self.fences[key]
+
+    def _drop_fence(self) -> None:
+        session = self.fences.pop(threading.get_ident(), None)
+        if session is not None:
+            _close_all([session])
 
     def _skip(self, job: _Job, i: int, status: str) -> None:
         """Record a claimed reader found no longer active right before their message: skipped."""
