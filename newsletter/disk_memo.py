@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +28,22 @@ class DiskMemo:
         self.limit = limit  # past this many entries the table starts afresh: it cannot grow without end
         self._table: dict[str, Any] | None = None
         self._dirty = False
+        self._lock = threading.RLock()  # the live preview may rebuild in several threads
 
     def _entries(self) -> dict[str, Any]:
-        if self._table is None:
-            self._table = {}
-            if self.path is not None:
-                try:
-                    loaded = json.loads(self.path.read_text(encoding="utf-8"))
-                    self._table = loaded if isinstance(loaded, dict) else {}
-                except (OSError, ValueError):
-                    pass  # missing or damaged: computed again
-        return self._table
+        with self._lock:
+            if self._table is None:
+                self._table = self._load()
+            return self._table
+
+    def _load(self) -> dict[str, Any]:
+        if self.path is None:
+            return {}
+        try:
+            loaded = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}  # missing or damaged: computed again
+        return loaded if isinstance(loaded, dict) else {}
 
     def get(self, key: str, shape: type | tuple[type, ...] = object) -> Any:
         """The stored value, or None (also when it is not of ``shape``: the file was edited by hand)."""
@@ -45,21 +51,23 @@ class DiskMemo:
         return value if isinstance(value, shape) else None
 
     def put(self, key: str, value: Any) -> None:
-        table = self._entries()
-        if len(table) >= self.limit:
-            table.clear()
-        table[key] = value
-        self._dirty = True
+        with self._lock:
+            table = self._entries()
+            if len(table) >= self.limit:
+                table.clear()
+            table[key] = value
+            self._dirty = True
 
     def save(self) -> None:
         """Write the table if it changed."""
         if not self._dirty or self.path is None:
             return
-        self._dirty = False
-        try:
-            data = json.dumps(self._entries(), ensure_ascii=False).encode("utf-8")
-        except ValueError:  # a value JSON cannot hold (a lone surrogate): not kept
-            return
+        with self._lock:
+            self._dirty = False
+            try:
+                data = json.dumps(self._entries(), ensure_ascii=False).encode("utf-8")
+            except ValueError:  # a value JSON cannot hold (a lone surrogate): not kept
+                return
         _write_atomically(self.path, data)
 
 
