@@ -88,6 +88,7 @@ class SignupMailer:
         self._thread: threading.Thread | None = None
         self._pid: int | None = None
         self._lock = threading.Lock()
+        self._stopped = False
 
     def wake(self, *, now: bool = False) -> None:
         """Start the sender thread if this process has none, and have it look at the outbox: after
@@ -103,13 +104,21 @@ class SignupMailer:
             self._now.set()
         self._wake.set()
 
+    def stop(self) -> None:
+        """End the sender thread after its current pass (the app is closing: its pool goes)."""
+        self._stopped = True
+        self._wake.set()
+        self._now.set()
+
     def _run(self) -> None:
-        while True:
+        while not self._stopped:
             self._wake.clear()
             try:
                 with self._scope():  # a connection the server dropped is replaced by the next pass
                     handled = self.run_once()
             except Exception as exc:  # noqa: BLE001 - a locked database now is not a dead sender later
+                if self._stopped:  # the app closed its pool under this pass: nothing to report
+                    return
                 log.warning("signup outbox: %s", type(exc).__name__)
                 handled = 0
             if not handled:

@@ -78,6 +78,7 @@ def world(request, tmp_path, env, clock):
     w = World(tmp_path, env, clock, None if request.param == "sqlite" else request.getfixturevalue("pg_web_url"))
     yield w
     w.store.close()
+    w.app.close()  # its mail thread, and on PostgreSQL its pool, before the database goes
 
 
 def test_form_page_has_labels_and_a_stamp(world):

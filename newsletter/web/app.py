@@ -54,6 +54,14 @@ class Route:
     reads_subscribers: bool = True  # spooled unsubscribes are applied before the handler runs
 
 
+def _shut(pool: Any, mailer: Any) -> None:
+    """The mail thread first (it may borrow from the pool), then the pool."""
+    if mailer is not None:
+        mailer.stop()
+    if pool is not None:
+        pool.close()
+
+
 def text_response(body: str, status: int) -> Response:
     return Response(body, status=status, mimetype="text/plain")
 
@@ -141,7 +149,8 @@ class WebApp:
 
             size = ServerLimits.from_settings(self.settings).threads + 1
             self._pool, self._pool_pid = pg.Pool(str(self.store_path), size, wait=POOL_WAIT_S), os.getpid()
-            weakref.finalize(self, self._pool.close)  # an app dropped unclosed (tests) leaves no pool behind
+            # An app dropped unclosed (tests), or still open at exit, leaves no pool or mail thread behind.
+            weakref.finalize(self, _shut, self._pool, self.extensions.get("signup", {}).get("mail"))
         return self._pool
 
     def release_own(self) -> None:
@@ -153,10 +162,10 @@ class WebApp:
             local.store = None
 
     def close(self) -> None:
-        """Close the pool (PostgreSQL); the server calls this when it stops."""
-        if self._pool is not None and self._pool_pid == os.getpid():
-            self._pool.close()
-            self._pool = None
+        """Stop the signup mail thread and close the pool (PostgreSQL); the server calls this when it stops."""
+        own_pool = self._pool if self._pool_pid == os.getpid() else None
+        _shut(own_pool, self.extensions.get("signup", {}).get("mail"))
+        self._pool = None
 
     def write(self, fn: Callable[[SubscriberStore], Any]) -> Any:
         """Run ``fn`` with the store, retrying a locked database a bounded number of times.
