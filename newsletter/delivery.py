@@ -4,7 +4,7 @@ A *delivery* is one issue going to the subscriber list. Its recipients are froze
 into the ledger when sending first starts, one row per reader. Each worker then
 loops:
 
-1. **claim** (:func:`newsletter.ledger.claim_batch`): the next due batch, marked
+1. **claim** (:func:`newsletter.ledger.engine.claim_batch`): the next due batch, marked
    ``sending`` and committed *before* the transport sees it;
 2. **send**: the transport answers one :class:`SendResult` per message;
 3. **record**: :func:`newsletter.outcome.decide` turns each answer into the row's
@@ -28,7 +28,7 @@ Rules worth knowing:
   rate-limit answer, a dropped connection and a resend after a crash count none.
 * A refusal of the *sender* (the transport marks it ``about_sender``: our HELO name, login,
   relay permission) is charged to nobody: the run stops and the delivery is ``held`` with the
-  reason (:func:`newsletter.ledger.hold`) until the editor fixes the configuration and resumes.
+  reason (:func:`newsletter.ledger.deliveries.hold`) until the editor fixes the configuration and resumes.
 * Losing the server mid-send (:class:`~newsletter.errors.TransportUnavailableError` once the
   transport has worked in this run) is a temporary failure: the batch is retried on the backoff
   schedule, in the foreground while the wait is short. Only a transport that never worked
@@ -60,14 +60,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from newsletter import ledger
+from newsletter.ledger import deliveries, engine, reports
 from newsletter.clock import SYSTEM, Clock
 from newsletter.config import is_development_key
 from newsletter.db import backend
 from newsletter.errors import (ConfigError, ContentChangedError, DeliveryLockedError, InputError, NewsletterError,
                                TransportError, TransportUnavailableError, scrub)
-from newsletter.ledger import (DEFAULT_LEASE, heartbeat_every, Claim, Delivery, DeliveryReport, Progress, TransportFactory,
-                               get_delivery, transaction, utc_day)
+from newsletter.ledger.engine import Claim
+from newsletter.ledger.records import DEFAULT_LEASE, Delivery, Progress, TransportFactory, get_delivery, heartbeat_every
+from newsletter.ledger.reports import DeliveryReport
+from newsletter.ledger.schema import transaction
+from newsletter.timestamps import utc_day
 from newsletter.events import Event, Kind, apply_event
 from newsletter.events import ensure_schema as ensure_events
 from newsletter.message import OutgoingMessage, PreparedIssue
@@ -237,14 +240,14 @@ class _Run:
     def run(self) -> DeliveryReport:
         d = self._check_delivery()
         if d.state == "done" and not self.o.retry_failed:
-            return ledger.make_report(self.conn, d.id, "finished earlier; a done delivery sends nobody again")
+            return reports.make_report(self.conn, d.id, "finished earlier; a done delivery sends nobody again")
         started = self.clock()
         transports: list[Transport] = []
         try:
             transports = self._open_transports()
             self.transport_name = transports[0].name
             try:
-                ledger.acquire_lock(self.conn, self.id, self.owner, self.now(), self.o.lease)
+                engine.acquire_lock(self.conn, self.id, self.owner, self.now(), self.o.lease)
             except DeliveryLockedError:
                 if not self._may_help():
                     raise
@@ -267,7 +270,7 @@ class _Run:
                 if beat.is_alive():
                     beat.join()
                 with self.db:
-                    ledger.release_lock(self.conn, self.id, self.owner)
+                    engine.release_lock(self.conn, self.id, self.owner)
         finally:
             _close_all(transports)
 
@@ -287,14 +290,14 @@ class _Run:
         ensure_events(self.conn)
         with self.db:
             self.delivery = get_delivery(self.conn, self.id)
-            self.counts = ledger.ledger_counts(self.conn, self.id)
+            self.counts = reports.ledger_counts(self.conn, self.id)
         self.total = sum(self.counts.values())
         self._work(transports)
         if self.errors:
             raise self.errors[0]
         elapsed = self.clock() - started
         with self.db:
-            return ledger.make_report(self.conn, self.id, "helped the worker sending it", elapsed=elapsed,
+            return reports.make_report(self.conn, self.id, "helped the worker sending it", elapsed=elapsed,
                                       rate=self.stats["sent_this_run"] / elapsed if elapsed > 0 else 0.0,
                                       **self.stats)
 
@@ -303,7 +306,7 @@ class _Run:
         if self.helper or backend(self.conn) == "sqlite":
             return False
         with self.db, transaction(self.conn) as conn:
-            return ledger.in_flight_elsewhere(conn, self.id, self.now() - self.o.lease) > 0
+            return engine.in_flight_elsewhere(conn, self.id, self.now() - self.o.lease) > 0
 
     def _check_delivery(self) -> Delivery:
         d = get_delivery(self.conn, self.id)
@@ -351,7 +354,7 @@ class _Run:
         with self.db:  # its own transaction: the spool file is gone once it commits
             apply_spool(self.store, self.prepared.secret_key, now=self.now())
         with self.db, transaction(self.conn):
-            start = ledger.begin_run(self.conn, d, transport=self.transport_name,
+            start = engine.begin_run(self.conn, d, transport=self.transport_name,
                                      resend_interrupted=self.o.resend_uncertain, retry_failed=self.o.retry_failed,
                                      now=self.now(), retry_now=self.o.retry_now,
                                      edition_for=self.prepared.edition_for)
@@ -393,7 +396,7 @@ class _Run:
             return
         if self.now() - self.last_heartbeat >= heartbeat_every(self.o.lease):
             with self.db, transaction(self.conn):
-                ledger.refresh_lock(self.conn, self.id, self.owner, self.now())
+                engine.refresh_lock(self.conn, self.id, self.owner, self.now())
                 self.last_heartbeat = self.now()
 
     def _heartbeat_thread(self, done: threading.Event) -> None:
@@ -479,7 +482,7 @@ class _Run:
 
     def _claimable(self) -> bool:
         with self.db:
-            return ledger.claimable(self.conn, self.id, self.cursor, self.now_ts() + _DUE_SLACK)
+            return engine.claimable(self.conn, self.id, self.cursor, self.now_ts() + _DUE_SLACK)
 
     def _wait(self, seconds: float, why: str = "") -> bool:
         """Sleep, refreshing the heartbeat; in 1 s steps when something may ask us to stop."""
@@ -504,7 +507,7 @@ class _Run:
                 self.idle.notify_all()
             return False
         with self.db:
-            _, reasons = ledger.retry_summary(self.conn, self.id, top=1)
+            _, reasons = reports.retry_summary(self.conn, self.id, top=1)
         return self._wait(seconds, reasons[0][0] if reasons else "waiting for a retry")
 
     # ---- claim → send → record -----------------------------------------------------------
@@ -521,14 +524,14 @@ class _Run:
                 day, limit = utc_day(now), self.o.claim_size
                 with transaction(self.conn) as conn:
                     if self.o.daily_cap is not None:
-                        used = ledger.daily_used(conn, day, self.transport_name)
+                        used = engine.daily_used(conn, day, self.transport_name)
                         if used >= self.o.daily_cap:
                             self.pause_note = (f"daily cap of {self.o.daily_cap} messages reached for "
                                                f"{self.transport_name} on {day} UTC")
                             return _PAUSE
                         limit = min(limit, self.o.daily_cap - used)
                     assert self.delivery is not None
-                    claim = ledger.claim_batch(conn, self.delivery, self.owner, limit=limit, cursor=self.cursor,
+                    claim = engine.claim_batch(conn, self.delivery, self.owner, limit=limit, cursor=self.cursor,
                                                now=now, now_ts=self.now_ts() + _DUE_SLACK, day=day,
                                                transport=self.transport_name, helper=self.helper)
                 if isinstance(claim, float):
@@ -558,7 +561,7 @@ class _Run:
         """Undo a claim whose batch (the readers not answered for yet) never reached anyone."""
         rows = [r for i, r in enumerate(job.claim.rows) if i not in job.recorded]
         with self.db, transaction(self.conn) as conn:
-            ledger.unclaim(conn, self.id, rows, day=utc_day(self.now()), transport=self.transport_name)
+            engine.unclaim(conn, self.id, rows, day=utc_day(self.now()), transport=self.transport_name)
             for r in rows:
                 self._move("sending", r.state)
             if job.claim.fresh:
@@ -623,7 +626,7 @@ class _Run:
                         for i, (a, _, _) in zip(idx, answers)]
         with self.db, transaction(self.conn) as conn:
             now = self.now()
-            ledger.record_transitions(conn, self.id, job.claim.batch_no, list(zip(rows, transitions, provider_ids)),
+            engine.record_transitions(conn, self.id, job.claim.batch_no, list(zip(rows, transitions, provider_ids)),
                                       whole_batch=whole, now=now)
             assert self.store is not None
             for row, t, i in zip(rows, transitions, idx):
@@ -633,7 +636,7 @@ class _Run:
                                                   subscriber_id=row.sid, message_id=job.messages[i].message_id,
                                                   detail=t.error or ""), now=now)
             if not self.helper:  # the holder's lease is the holder's to renew
-                ledger.refresh_lock(conn, self.id, self.owner, now)
+                engine.refresh_lock(conn, self.id, self.owner, now)
             self.last_heartbeat = now
             job.recorded.update(idx)
             self._note_outcomes(transitions, [a for a, _, _ in answers], dropped)
@@ -670,12 +673,12 @@ class _Run:
 
     def _progress_values(self) -> tuple[int, int, int, int]:
         c = self.counts
-        return self.total - ledger.open_rows(c), self.total, c["sent"], c["failed-permanent"] + c["gave-up"]
+        return self.total - reports.open_rows(c), self.total, c["sent"], c["failed-permanent"] + c["gave-up"]
 
     def _finish(self, elapsed: float) -> DeliveryReport:
         with self.db, transaction(self.conn) as conn:
-            c = ledger.ledger_counts(conn, self.id)
-            left, now = ledger.open_rows(c), self.now()
+            c = reports.ledger_counts(conn, self.id)
+            left, now = reports.open_rows(c), self.now()
             resume_at: datetime | None = now
             if left == 0:
                 state, resume_at = "done", None
@@ -690,17 +693,17 @@ class _Run:
                 resume_at = datetime.combine(now.astimezone(timezone.utc).date() + timedelta(days=1),
                                              datetime.min.time(), timezone.utc)
             elif self.deferred and not (self.stop is not None and self.stop.is_set()):
-                next_retry, reasons = ledger.retry_summary(conn, self.id, top=1)
+                next_retry, reasons = reports.retry_summary(conn, self.id, top=1)
                 state, resume_at = "deferred", next_retry or now
                 note = reasons[0][0] if reasons else "waiting for a retry"
             else:
                 state = "paused"
                 note = f"stopped with {left} readers left; run the send again to continue"
             if state == "held":
-                ledger.hold(conn, self.id, note)
+                deliveries.hold(conn, self.id, note)
             else:
-                ledger.finish_run(conn, self.id, state=state, reason=note, resume_at=resume_at, now=now)
-            return ledger.make_report(conn, self.id, note, elapsed=elapsed,
+                engine.finish_run(conn, self.id, state=state, reason=note, resume_at=resume_at, now=now)
+            return reports.make_report(conn, self.id, note, elapsed=elapsed,
                                       rate=self.stats["sent_this_run"] / elapsed if elapsed > 0 else 0.0,
                                       **self.stats)
 
@@ -710,7 +713,7 @@ class _Run:
             return
         try:
             with self.db:
-                ledger.note_reason(self.conn, self.id, self.owner, f"interrupted: {exc or type(exc).__name__}")
+                engine.note_reason(self.conn, self.id, self.owner, f"interrupted: {exc or type(exc).__name__}")
         except sqlite3.Error:
             pass
 

@@ -101,14 +101,14 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
 
 def _delivery_of(conn: sqlite3.Connection, subscriber_id: int, event: Event) -> int | None:
     """The delivery the event is about: by provider id, else by the slug in our Message-ID."""
-    from newsletter.ledger import delivery_for_event
+    from newsletter.ledger.lookups import delivery_for_event
 
     return delivery_for_event(conn, subscriber_id, provider_id=event.provider_id, message_id=event.message_id)
 
 
 def _by_provider_id(store: SubscriberStore, provider_id: str) -> Subscriber | None:
     """The reader the provider's message id was sent to, when the address matches nobody."""
-    from newsletter.ledger import subscriber_for_provider_id
+    from newsletter.ledger.lookups import subscriber_for_provider_id
 
     sid = subscriber_for_provider_id(store.conn, provider_id)
     return store.get(sid) if sid is not None else None

@@ -23,8 +23,8 @@ from newsletter.classify import Category, Classified, strip_reply_prefixes
 from newsletter.errors import scrub
 from newsletter.events import Event, Kind, Outcome, SoftBouncePolicy, apply_event
 from newsletter.excerpt import printable
-from newsletter.ledger import (ensure_schema as ensure_ledger, issue_addresses, issue_freezes, iter_recipients,
-                               latest_sent_slug, sent_issue)
+from newsletter.ledger.lookups import issue_addresses, issue_freezes, iter_recipients, latest_sent_slug, sent_issue
+from newsletter.ledger.schema import ensure_schema as ensure_ledger
 from newsletter.message_ids import HASH_CHARS, hash_of, make_message_id, real_send_salt, slug_of, verify_message_id
 from newsletter.store import SubscriberStore
 

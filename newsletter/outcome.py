@@ -106,7 +106,7 @@ class Transition:
     @property
     def final(self) -> bool:
         """Every state :func:`decide` gives is final but ``retry`` (the ledger's list of states is
-        :data:`newsletter.ledger.LEDGER_STATES`; no second copy here)."""
+        :data:`newsletter.ledger.records.LEDGER_STATES`; no second copy here)."""
         return self.state != "retry"
 
 

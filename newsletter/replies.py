@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 
 from newsletter.classify import Category
 from newsletter.db import migrate
-from newsletter.ledger import transaction
+from newsletter.ledger.schema import transaction
 from newsletter.store import stamp
 
 COMPONENT = "replies"

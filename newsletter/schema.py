@@ -23,7 +23,7 @@ class Component(NamedTuple):
 
 COMPONENTS: tuple[Component, ...] = (
     Component("subscribers", "newsletter.store", ("subscribers", "subscriber_former_addresses")),
-    Component("delivery", "newsletter.ledger", ("deliveries", "ledger", "daily_counts")),
+    Component("delivery", "newsletter.ledger.schema", ("deliveries", "ledger", "daily_counts")),
     Component("events", "newsletter.events", ("feedback_events",)),
     Component("signup", "newsletter.signups", ("signup_events", "signup_outbox")),
     Component("replies", "newsletter.replies", ("inbox_messages", "replies")),

@@ -142,7 +142,7 @@ def dry_run_all(settings: "Settings", rendered: "RenderedEmail", progress: Progr
 
 def open_delivery(settings: "Settings") -> tuple[sqlite3.Connection, int, Callable[[], "Transport"]]:
     """The ledger, the number of active subscribers, and a checked transport factory for a real send."""
-    from newsletter.ledger import open_ledger
+    from newsletter.ledger.schema import open_ledger
     from newsletter.store import SubscriberStore
     from newsletter.transports import transport_factory
     from newsletter.unsubscribe_spool import open_store

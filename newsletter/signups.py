@@ -24,7 +24,7 @@ from newsletter import signup_status
 from newsletter.clock import SYSTEM, Clock
 from newsletter.db import migrate
 from newsletter.errors import scrub
-from newsletter.ledger import parse_timestamp
+from newsletter.timestamps import parse_timestamp
 from newsletter.store import (ACTIVE, BOUNCED, COMPLAINED, PENDING, UNSUBSCRIBED, Subscriber, SubscriberStore,
                               clean_text, normalise_email, stamp)
 

@@ -141,7 +141,8 @@ def _complaint_rate(settings: "Settings", now: datetime) -> Requirement:
     from contextlib import closing
 
     from newsletter.events import ensure_schema, guard_counts
-    from newsletter.ledger import open_ledger, recent_deliveries
+    from newsletter.ledger.lookups import recent_deliveries
+    from newsletter.ledger.schema import open_ledger
 
     with closing(open_ledger(path)) as conn:
         ensure_schema(conn)

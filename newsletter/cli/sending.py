@@ -238,7 +238,8 @@ def _deliver(settings: "Settings", rendered: "RenderedEmail", *, yes: bool, rese
              despite_guard: bool = False, prepared: Any = None) -> None:
     from newsletter.delivery import DeliveryOptions, run_delivery
     from newsletter.errors import ConfigError, TransportError
-    from newsletter.ledger import hold_for_editor, readers_to_send, start_or_resume, wait_for_editor
+    from newsletter.ledger.deliveries import hold_for_editor, readers_to_send, wait_for_editor
+    from newsletter.ledger.engine import start_or_resume
     from newsletter.sendplan import open_delivery, prepare_issue
 
     conn, active, factory = open_delivery(settings)
@@ -362,7 +363,8 @@ def resume(ctx: click.Context, issue: str, yes: bool, no_resend_uncertain: bool,
     complained or bounced (NEWSLETTER_COMPLAINT_PAUSE, NEWSLETTER_BOUNCE_PAUSE) continues only
     with --despite-complaints: look at `newsletter status ISSUE` first.
     """
-    from newsletter.ledger import open_delivery_id, open_ledger
+    from newsletter.ledger.deliveries import open_delivery_id
+    from newsletter.ledger.schema import open_ledger
 
     settings = settings_of(ctx)
     editions, _ = _editions(settings, issue)
@@ -382,7 +384,8 @@ def resume(ctx: click.Context, issue: str, yes: bool, no_resend_uncertain: bool,
 @click.pass_context
 def status(ctx: click.Context, issue: str | None, failed: bool) -> None:
     """Show deliveries: counts per state, rate, ETA and failures."""
-    from newsletter.ledger import delivery_status, failed_recipients, open_ledger
+    from newsletter.ledger.reports import delivery_status, failed_recipients
+    from newsletter.ledger.schema import open_ledger
 
     settings = settings_of(ctx)
     conn = ctx.with_resource(closing(open_ledger(settings.db_target)))
@@ -432,7 +435,7 @@ def status(ctx: click.Context, issue: str | None, failed: bool) -> None:
 
 def _edition_lines(conn: Any, rows: list[Any], main_lang: str) -> None:
     """Per delivery with more than one edition, each edition's readers: "en 4 (4 sent), zh-Hans 2 (1 sent, 1 pending)"."""
-    from newsletter.ledger import edition_counts, open_rows
+    from newsletter.ledger.reports import edition_counts, open_rows
 
     for s in rows:
         per = edition_counts(conn, s.id)
@@ -452,7 +455,7 @@ def _status_notes(settings: "Settings", conn: Any, rows: list, rates: bool) -> N
     beside the guard's thresholds."""
     from newsletter.errors import scrub
     from newsletter.guard import RESUME_FLAG, Guard, Tally, is_guard_hold
-    from newsletter.ledger import last_error
+    from newsletter.ledger.reports import last_error
 
     guard = Guard.from_settings(settings) if rates else None
     for s in rows:
@@ -505,7 +508,7 @@ def schedule_add(ctx: click.Context, issue: str, at: str | None, skip_checks: bo
     import datetime as dt
 
     from newsletter.issue import parse_issue
-    from newsletter.ledger import open_ledger
+    from newsletter.ledger.schema import open_ledger
     from newsletter.schedule import schedule as schedule_delivery
 
     settings = settings_of(ctx)
@@ -539,7 +542,7 @@ def schedule_add(ctx: click.Context, issue: str, at: str | None, skip_checks: bo
 @click.pass_context
 def schedule_list(ctx: click.Context) -> None:
     """List scheduled deliveries."""
-    from newsletter.ledger import open_ledger
+    from newsletter.ledger.schema import open_ledger
     from newsletter.cli.formatting import display_time
     from newsletter.schedule import list_scheduled
     from newsletter.sendplan import send_zones
@@ -560,7 +563,7 @@ def schedule_list(ctx: click.Context) -> None:
 @click.pass_context
 def schedule_cancel(ctx: click.Context, issue: str) -> None:
     """Cancel the scheduled send of ISSUE (slug, number or delivery id)."""
-    from newsletter.ledger import open_ledger
+    from newsletter.ledger.schema import open_ledger
     from newsletter.schedule import cancel
 
     settings = settings_of(ctx)
@@ -582,7 +585,7 @@ def dispatch(ctx: click.Context) -> None:
     """Send every due scheduled delivery once, then exit (for cron or a systemd timer)."""
     import datetime as dt
 
-    from newsletter.ledger import open_ledger
+    from newsletter.ledger.schema import open_ledger
     from newsletter.schedule import dispatch_once
     from newsletter.sendplan import scheduler_args
 
@@ -621,7 +624,7 @@ def worker(ctx: click.Context, poll: float, quiet: bool, verbose: bool) -> None:
     SIGTERM or Ctrl-C finishes the current batch, leaves nothing mid-send, and exits.
     """
     from newsletter.inbox import start_inbox_polling
-    from newsletter.ledger import open_ledger
+    from newsletter.ledger.schema import open_ledger
     from newsletter.schedule import check_poll_interval, run_worker
     from newsletter.sendplan import scheduler_args
 

@@ -110,7 +110,8 @@ def subscribers_remove(ctx: click.Context, email: str, forget_deliveries: bool) 
     them suppressed). With --forget-deliveries their rows in past deliveries go too."""
     store = _store(ctx)
     if forget_deliveries and (sub := store.get_by_email(email)) is not None:
-        from newsletter.ledger import forget_subscriber, open_ledger
+        from newsletter.ledger.deliveries import forget_subscriber
+        from newsletter.ledger.schema import open_ledger
 
         with closing(open_ledger(settings_of(ctx).db_target)) as conn:
             forget_subscriber(conn, sub.id)

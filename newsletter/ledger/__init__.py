@@ -1,0 +1,25 @@
+"""The delivery ledger: deliveries, one row per recipient, locks and status, split by who uses it.
+
+* :mod:`~newsletter.ledger.schema`: the delivery tables' migrations and the write transaction;
+* :mod:`~newsletter.ledger.records`: a delivery as stored, the open states, the lease;
+* :mod:`~newsletter.ledger.engine`: a send's SQL (create or resume, lock, freeze, claim, record, finish);
+* :mod:`~newsletter.ledger.deliveries`: whole deliveries for the editor and the scheduler;
+* :mod:`~newsletter.ledger.reports`: read models for ``status`` and a run's report;
+* :mod:`~newsletter.ledger.lookups`: what events, feedback and the archive ask about mail sent.
+
+Code imports from those modules. ``from newsletter.ledger import X`` still finds ``X`` in whichever
+holds it, loading them only then, so that ``status`` (which imports only ``reports``) stays light.
+"""
+
+import importlib
+from typing import Any
+
+_PARTS = ("schema", "records", "reports", "engine", "deliveries", "lookups")
+
+
+def __getattr__(name: str) -> Any:
+    for part in _PARTS:
+        module = importlib.import_module(f"{__name__}.{part}")
+        if name in vars(module):
+            return vars(module)[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
