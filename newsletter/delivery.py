@@ -72,7 +72,6 @@ from newsletter.ledger.reports import DeliveryReport
 from newsletter.ledger.schema import transaction
 from newsletter.timestamps import utc_day
 from newsletter.events import Event, Kind, apply_event
-from newsletter.events import ensure_schema as ensure_events
 from newsletter.message import OutgoingMessage, PreparedIssue
 from newsletter import retry
 from newsletter.outcome import Answer, Policy, Row, Transition, classify, decide_batch
@@ -287,7 +286,6 @@ class _Run:
         freezes, finishes and settles crashes; a helper only claims, sends and records."""
         self.helper = True
         self.store = SubscriberStore(self.conn)
-        ensure_events(self.conn)
         with self.db:
             self.delivery = get_delivery(self.conn, self.id)
             self.counts = reports.ledger_counts(self.conn, self.id)
@@ -350,7 +348,6 @@ class _Run:
 
     def _begin(self, d: Delivery) -> None:
         self.store = SubscriberStore(self.conn)
-        ensure_events(self.conn)  # bounces are recorded inside the record transaction, which cannot migrate
         with self.db:  # its own transaction: the spool file is gone once it commits
             apply_spool(self.store, self.prepared.secret_key, now=self.now())
         with self.db, transaction(self.conn):
@@ -365,13 +362,8 @@ class _Run:
             self.stats["uncertain_reported"] = start.interrupted
         self.counts = start.counts
         self.total = sum(self.counts.values())
-        if self.o.guard is not None:
-            from newsletter.events import ensure_schema
-
-            with self.db:  # the guard reads feedback events: their table exists before the first claim
-                ensure_schema(self.conn)
-            if self.o.despite_guard:  # what came back before the editor's resume no longer holds it
-                self.guard_base = self._tally()
+        if self.o.guard is not None and self.o.despite_guard:  # what came back before the resume no longer holds it
+            self.guard_base = self._tally()
 
     # ---- the reputation guard ------------------------------------------------------------
     def _tally(self) -> Tally:

@@ -22,7 +22,6 @@ import sqlite3
 from datetime import datetime, timedelta, timezone
 from typing import NamedTuple
 
-from newsletter.db import migrate
 from newsletter.store import Subscriber, SubscriberStore, _one_line, stamp
 
 COMPONENT = "events"
@@ -95,10 +94,6 @@ class SoftBouncePolicy(NamedTuple):
     window: timedelta = timedelta(days=30)
 
 
-def ensure_schema(conn: sqlite3.Connection) -> None:
-    migrate(conn, COMPONENT, MIGRATIONS)
-
-
 def _delivery_of(conn: sqlite3.Connection, subscriber_id: int, event: Event) -> int | None:
     """The delivery the event is about: by provider id, else by the slug in our Message-ID."""
     from newsletter.ledger.lookups import delivery_for_event
@@ -158,12 +153,10 @@ def apply_event(store: SubscriberStore, event: Event, *, policy: SoftBouncePolic
                 now: datetime | None = None) -> Outcome:
     """Record ``event`` once and apply it to its subscriber. Idempotent by ``dedupe_key``.
 
-    May run inside a transaction the caller opened (to apply a batch all or nothing);
-    the caller then calls :func:`ensure_schema` first, since migrations begin their own."""
+    May run inside a transaction the caller opened (to apply a batch all or nothing). The
+    connection comes from :func:`newsletter.schema.open_database`, which made every table."""
     now = now or datetime.now(timezone.utc)
     occurred = event.occurred_at or now
-    if not store.conn.in_transaction:  # a caller applying a batch atomically ensured it before BEGIN
-        ensure_schema(store.conn)
     with store.transaction() as conn:
         if conn.execute("SELECT 1 FROM feedback_events WHERE dedupe_key=?", (event.dedupe_key,)).fetchone():
             return Outcome.DUPLICATE
@@ -189,7 +182,6 @@ def apply_event(store: SubscriberStore, event: Event, *, policy: SoftBouncePolic
 def delivery_event_counts(conn: sqlite3.Connection, delivery_id: int) -> dict[str, int]:
     """Readers per event kind for one delivery (for ``status``); every kind present, zero when none.
     A reader reported twice (the SMTP reply and a later DSN, or two webhooks) counts once."""
-    ensure_schema(conn)
     out = {k.value: 0 for k in Kind}
     for kind, n in conn.execute(
             "SELECT kind, COUNT(DISTINCT COALESCE(CAST(subscriber_id AS TEXT), lower(email))) FROM feedback_events "

@@ -30,19 +30,11 @@ from typing import Callable, Iterator
 
 from newsletter.classify import classify
 from newsletter.config import Settings
-from newsletter.db import is_locked, migrate
+from newsletter.db import is_locked
 from newsletter.errors import ConfigError, DatabaseLockedError, NewsletterError, TransportError, scrub
 from newsletter.feedback import Applier, Handled
 from newsletter.hosts import is_loopback
 
-COMPONENT = "inbox"
-MIGRATIONS: list[str] = [
-    """CREATE TABLE inbox_state (
-  account TEXT PRIMARY KEY,
-  uidvalidity INTEGER NOT NULL,
-  last_uid INTEGER NOT NULL
-) WITHOUT ROWID""",
-]
 MAX_FETCH = 256 * 1024
 SEARCH_WINDOW = 20_000  # UIDs per UID SEARCH: at most ~140 KB of answer
 SECURITIES = ("tls", "starttls", "none")
@@ -147,7 +139,6 @@ def connect(cfg: ImapConfig) -> Iterator[imaplib.IMAP4]:
 # ---- the checkpoint -------------------------------------------------------------------------
 def _checkpoint(conn: sqlite3.Connection, account: str, uidvalidity: int) -> int:
     """The last UID handled in this folder, 0 when the folder is new or its UIDVALIDITY changed."""
-    migrate(conn, COMPONENT, MIGRATIONS)
     row = conn.execute("SELECT uidvalidity, last_uid FROM inbox_state WHERE account=?", (account,)).fetchone()
     return row[1] if row and row[0] == uidvalidity else 0
 

@@ -142,7 +142,7 @@ def dry_run_all(settings: "Settings", rendered: "RenderedEmail", progress: Progr
 
 def open_delivery(settings: "Settings") -> tuple[sqlite3.Connection, int, Callable[[], "Transport"]]:
     """The ledger, the number of active subscribers, and a checked transport factory for a real send."""
-    from newsletter.ledger.schema import open_ledger
+    from newsletter.schema import open_database
     from newsletter.store import SubscriberStore
     from newsletter.transports import transport_factory
     from newsletter.unsubscribe_spool import open_store
@@ -150,7 +150,7 @@ def open_delivery(settings: "Settings") -> tuple[sqlite3.Connection, int, Callab
     if settings.transport_name != "dryrun" and not settings.has_secret_key:
         raise ConfigError("NEWSLETTER_SECRET_KEY is not set; it signs unsubscribe links (see .env.example)")
     open_store(settings).close()  # spooled unsubscribes first: the count asked about is the list that is sent
-    conn = open_ledger(settings.db_target)
+    conn = open_database(settings.db_target)
     try:
         return conn, SubscriberStore(conn).count("active"), transport_factory(settings, ledger=True)
     except BaseException:  # e.g. a transport setting refused: the caller never gets the connection to close

@@ -22,41 +22,11 @@ from typing import NamedTuple
 
 from newsletter import signup_status
 from newsletter.clock import SYSTEM, Clock
-from newsletter.db import migrate
 from newsletter.errors import scrub
 from newsletter.timestamps import parse_timestamp
 from newsletter.store import (ACTIVE, BOUNCED, COMPLAINED, PENDING, UNSUBSCRIBED, Subscriber, SubscriberStore,
                               clean_text, normalise_email, stamp)
 
-COMPONENT = "signup"
-MIGRATIONS: list[str] = [
-    # v1: one row per counted event; ``key`` is an IP or a hashed address ('' for the global cap).
-    """CREATE TABLE signup_events (
-  scope TEXT NOT NULL CHECK (scope IN ('ip','address','global')),
-  key TEXT NOT NULL,
-  at REAL NOT NULL
-);
-CREATE INDEX signup_events_lookup ON signup_events(scope, key, at);
-CREATE INDEX signup_events_age ON signup_events(at)""",
-    # v2: the durable outbox of confirmation and welcome emails, written in the request's own
-    # transaction, so a crash between "recorded" and "sent" delays an email but never drops it.
-    """CREATE TABLE signup_outbox (
-  id INTEGER PRIMARY KEY,
-  subscriber_id INTEGER NOT NULL,
-  kind TEXT NOT NULL CHECK (kind IN ('confirm','welcome')),
-  due_at REAL NOT NULL,
-  lease_until REAL NOT NULL DEFAULT 0,
-  attempts INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX signup_outbox_due ON signup_outbox(due_at)""",
-    # v3: deferred, never dropped. A failing mail keeps its row (first failure, last error, and when it
-    # was given up after the retry window), one row per reader and kind, which a new request re-arms.
-    """ALTER TABLE signup_outbox ADD COLUMN first_failed_at REAL NOT NULL DEFAULT 0;
-ALTER TABLE signup_outbox ADD COLUMN last_error TEXT NOT NULL DEFAULT '';
-ALTER TABLE signup_outbox ADD COLUMN gave_up_at REAL NOT NULL DEFAULT 0;
-DELETE FROM signup_outbox WHERE id NOT IN (SELECT min(id) FROM signup_outbox GROUP BY subscriber_id, kind);
-CREATE UNIQUE INDEX signup_outbox_one ON signup_outbox(subscriber_id, kind)""",
-]
 
 #: One request, for any address: a new one becomes pending; a pending or unsubscribed one gets a fresh
 #: request (and nonce; an unsubscribed reader stays so until confirmed); an active, bounced or
@@ -142,7 +112,6 @@ class Signups:
 
     def __init__(self, store: SubscriberStore, limits: SignupLimits | None = None, clock: Clock = SYSTEM):
         self.store, self.limits, self.clock = store, limits or SignupLimits(), clock
-        migrate(store.conn, COMPONENT, MIGRATIONS)
 
     # ---- requests ------------------------------------------------------------------
     def request(self, email: str, name: str = "", *, ip: str, source: str, consent: str,

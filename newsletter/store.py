@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
 from newsletter.addresses import clean_text, normalise_email
-from newsletter.db import backend, connect, migrate, table_columns, write_transaction
+from newsletter.db import backend, table_columns, write_transaction
 from newsletter.errors import InputError
 from newsletter.patterns import CONTROL_CHARS, compiled
+from newsletter.schema import open_database
 from newsletter.states import SUPPRESSED, SubscriberStatus
 from newsletter.timestamps import TIMESTAMP, stamp, utcnow_text  # noqa: F401 (TIMESTAMP, stamp re-exported)
 
@@ -245,14 +246,14 @@ class SubscriberStore:
     """
 
     def __init__(self, conn: sqlite3.Connection):
+        """``conn`` comes from :func:`newsletter.schema.open_database`, which made every table."""
         self.conn = conn
         self._tx_lock = threading.RLock()
         self._tx_depth = 0
-        migrate(conn, COMPONENT, MIGRATIONS)
 
     @classmethod
     def open(cls, path: Path | str) -> "SubscriberStore":
-        return cls(connect(path))
+        return cls(open_database(path))
 
     def close(self) -> None:
         self.conn.close()

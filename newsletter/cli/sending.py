@@ -364,11 +364,11 @@ def resume(ctx: click.Context, issue: str, yes: bool, no_resend_uncertain: bool,
     with --despite-complaints: look at `newsletter status ISSUE` first.
     """
     from newsletter.ledger.deliveries import open_delivery_id
-    from newsletter.ledger.schema import open_ledger
+    from newsletter.schema import open_database
 
     settings = settings_of(ctx)
     editions, _ = _editions(settings, issue)
-    with closing(open_ledger(settings.db_target)) as conn:
+    with closing(open_database(settings.db_target)) as conn:
         unfinished = open_delivery_id(conn, editions.main.slug)
     if unfinished is None:
         raise InputError(f"no unfinished delivery of {editions.main.slug}; `newsletter send {issue}` starts one")
@@ -385,10 +385,10 @@ def resume(ctx: click.Context, issue: str, yes: bool, no_resend_uncertain: bool,
 def status(ctx: click.Context, issue: str | None, failed: bool) -> None:
     """Show deliveries: counts per state, rate, ETA and failures."""
     from newsletter.ledger.reports import delivery_status, failed_recipients
-    from newsletter.ledger.schema import open_ledger
+    from newsletter.schema import open_database
 
     settings = settings_of(ctx)
-    conn = ctx.with_resource(closing(open_ledger(settings.db_target)))
+    conn = ctx.with_resource(closing(open_database(settings.db_target)))
     slug = None
     if issue:
         from newsletter.issue import parse_issue
@@ -508,7 +508,7 @@ def schedule_add(ctx: click.Context, issue: str, at: str | None, skip_checks: bo
     import datetime as dt
 
     from newsletter.issue import parse_issue
-    from newsletter.ledger.schema import open_ledger
+    from newsletter.schema import open_database
     from newsletter.schedule import schedule as schedule_delivery
 
     settings = settings_of(ctx)
@@ -532,7 +532,7 @@ def schedule_add(ctx: click.Context, issue: str, at: str | None, skip_checks: bo
     from newsletter.editions import load_editions
 
     _, prepared = _prepare_all(settings, load_editions(path, settings.publication.lang, main=parsed), skip_checks)
-    with closing(open_ledger(settings.db_target)) as conn:  # every edition: the worker sends each its readers
+    with closing(open_database(settings.db_target)) as conn:  # every edition: the worker sends each its readers
         delivery_id = schedule_delivery(conn, prepared, when)
     click.echo(f"Scheduled {path.name} for {when.isoformat()} (delivery {delivery_id}). "
                "A running `newsletter worker` or `newsletter dispatch` will send it.")
@@ -542,13 +542,13 @@ def schedule_add(ctx: click.Context, issue: str, at: str | None, skip_checks: bo
 @click.pass_context
 def schedule_list(ctx: click.Context) -> None:
     """List scheduled deliveries."""
-    from newsletter.ledger.schema import open_ledger
+    from newsletter.schema import open_database
     from newsletter.cli.formatting import display_time
     from newsletter.schedule import list_scheduled
     from newsletter.sendplan import send_zones
 
     settings = settings_of(ctx)
-    with closing(open_ledger(settings.db_target)) as conn:
+    with closing(open_database(settings.db_target)) as conn:
         rows = list_scheduled(conn)
     if not rows:
         click.echo("Nothing scheduled.")
@@ -563,7 +563,7 @@ def schedule_list(ctx: click.Context) -> None:
 @click.pass_context
 def schedule_cancel(ctx: click.Context, issue: str) -> None:
     """Cancel the scheduled send of ISSUE (slug, number or delivery id)."""
-    from newsletter.ledger.schema import open_ledger
+    from newsletter.schema import open_database
     from newsletter.schedule import cancel
 
     settings = settings_of(ctx)
@@ -574,7 +574,7 @@ def schedule_cancel(ctx: click.Context, issue: str) -> None:
         ref = parse_issue(issue_path(settings, issue)).slug
     except InputError:
         pass
-    with closing(open_ledger(settings.db_target)) as conn:
+    with closing(open_database(settings.db_target)) as conn:
         cancel(conn, ref)
     click.echo(f"Cancelled the scheduled send of {ref}.")
 
@@ -585,7 +585,7 @@ def dispatch(ctx: click.Context) -> None:
     """Send every due scheduled delivery once, then exit (for cron or a systemd timer)."""
     import datetime as dt
 
-    from newsletter.ledger.schema import open_ledger
+    from newsletter.schema import open_database
     from newsletter.schedule import dispatch_once
     from newsletter.sendplan import scheduler_args
 
@@ -594,7 +594,7 @@ def dispatch(ctx: click.Context) -> None:
     settings = settings_of(ctx)
     args = scheduler_args(settings)
     _retired_notes(settings)
-    with _graceful_stop() as stop, closing(open_ledger(settings.db_target)) as conn:
+    with _graceful_stop() as stop, closing(open_database(settings.db_target)) as conn:
         reports = dispatch_once(conn, dt.datetime.now(dt.timezone.utc), stop=stop, on_start=_started, **args)
     for report in reports:
         _outcome(report)
@@ -624,7 +624,7 @@ def worker(ctx: click.Context, poll: float, quiet: bool, verbose: bool) -> None:
     SIGTERM or Ctrl-C finishes the current batch, leaves nothing mid-send, and exits.
     """
     from newsletter.inbox import start_inbox_polling
-    from newsletter.ledger.schema import open_ledger
+    from newsletter.schema import open_database
     from newsletter.schedule import check_poll_interval, run_worker
     from newsletter.sendplan import scheduler_args
 
@@ -656,7 +656,7 @@ def worker(ctx: click.Context, poll: float, quiet: bool, verbose: bool) -> None:
         minutes = start_inbox_polling(settings, stop, on_result=inbox_result, on_error=error)
         if minutes:
             say(f"Reading the reply-to inbox every {minutes:g} minute(s).")
-        with closing(open_ledger(settings.db_target)) as conn:
+        with closing(open_database(settings.db_target)) as conn:
             run_worker(conn, poll_interval=poll, stop=stop, on_poll=polled, on_report=outcome, on_error=error,
                        on_start=None if quiet else _started, **scheduler_args(settings))
     say("Worker stopped cleanly.")

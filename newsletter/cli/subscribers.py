@@ -111,9 +111,9 @@ def subscribers_remove(ctx: click.Context, email: str, forget_deliveries: bool) 
     store = _store(ctx)
     if forget_deliveries and (sub := store.get_by_email(email)) is not None:
         from newsletter.ledger.deliveries import forget_subscriber
-        from newsletter.ledger.schema import open_ledger
+        from newsletter.schema import open_database
 
-        with closing(open_ledger(settings_of(ctx).db_target)) as conn:
+        with closing(open_database(settings_of(ctx).db_target)) as conn:
             forget_subscriber(conn, sub.id)
     if not store.remove(email):
         raise InputError(f"no subscriber {email}")

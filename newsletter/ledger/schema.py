@@ -1,5 +1,5 @@
-"""The delivery component's tables: their migrations, the ledger's write transaction, and the
-opener of the delivery tables (the subscriber store's first, which they reference).
+"""The delivery component's tables: their migrations (run in order with every other component's by
+:func:`newsletter.schema.open_database`), and the ledger's write transaction.
 
 Every statement that shapes ``deliveries``, ``ledger``, ``daily_counts`` and ``delivery_counts``
 on SQLite is here (PostgreSQL's are in :mod:`newsletter.pg_schema`); migrations are history,
@@ -8,10 +8,9 @@ so their state words stay as they were written.
 
 import sqlite3
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Iterator, Sequence
 
-from newsletter.db import backend, connect, migrate, write_transaction
+from newsletter.db import backend, write_transaction
 from newsletter.states import OPEN_ROW_STATES, RowState
 
 
@@ -195,18 +194,3 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         if backend(conn) != "sqlite":
             conn.execute(_LEDGER_LOCK)
         yield conn
-
-
-def ensure_schema(conn: sqlite3.Connection) -> None:
-    """Migrate the subscriber store's tables and then the delivery tables."""
-    from newsletter.store import SubscriberStore
-
-    SubscriberStore(conn)
-    migrate(conn, COMPONENT, MIGRATIONS)
-
-
-def open_ledger(path: Path | str) -> sqlite3.Connection:
-    """Open (creating if needed) the database with the subscriber and delivery tables."""
-    conn = connect(path)
-    ensure_schema(conn)
-    return conn
