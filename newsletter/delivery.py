@@ -79,6 +79,7 @@ from newsletter.pacing import Pacer, interruptible_sleep
 from newsletter.prepared_editions import PreparedEditions, as_editions
 from newsletter.store import SubscriberStore
 from newsletter.transports.base import SendResult, Status, Transport
+from newsletter.states import DeliveryState, RowState
 from newsletter.unsubscribe_spool import apply_spool
 
 if TYPE_CHECKING:
@@ -238,7 +239,7 @@ class _Run:
     # ---- entry -------------------------------------------------------------------------
     def run(self) -> DeliveryReport:
         d = self._check_delivery()
-        if d.state == "done" and not self.o.retry_failed:
+        if d.state == DeliveryState.DONE and not self.o.retry_failed:
             return reports.make_report(self.conn, d.id, "finished earlier; a done delivery sends nobody again")
         started = self.clock()
         transports: list[Transport] = []
@@ -279,7 +280,7 @@ class _Run:
         if not self.o.join_running or backend(self.conn) == "sqlite":
             return False
         d = get_delivery(self.conn, self.id)
-        return d.state == "running" and d.frozen_at is not None
+        return d.state == DeliveryState.RUNNING and d.frozen_at is not None
 
     def _help(self, transports: Sequence[Transport], started: float) -> DeliveryReport:
         """Send readers of a delivery another worker holds, until none is left to claim. The holder
@@ -308,7 +309,7 @@ class _Run:
 
     def _check_delivery(self) -> Delivery:
         d = get_delivery(self.conn, self.id)
-        if d.state == "cancelled":
+        if d.state == DeliveryState.CANCELLED:
             raise InputError(f"delivery #{d.id} of {d.slug} was cancelled; start a new one to send the issue")
         from newsletter.guard import RESUME_FLAG, is_guard_hold
 
@@ -370,7 +371,8 @@ class _Run:
         from newsletter.events import guard_counts
         from newsletter.guard import Tally
 
-        return Tally(self.counts["sent"], self.counts["failed-permanent"], *guard_counts(self.conn, self.id))
+        c = self.counts
+        return Tally(c[RowState.SENT], c[RowState.FAILED_PERMANENT], *guard_counts(self.conn, self.id))
 
     def _guard_holds(self) -> bool:
         """Before each claim: hold the delivery (``hold_note``, as a refused sender does) when what
@@ -533,12 +535,12 @@ class _Run:
                 if claim.fresh:
                     self.cursor = max(self.cursor, claim.last_id)
                 for state in claim.skipped:
-                    self._move(state, "skipped")
+                    self._move(state, RowState.SKIPPED)
                 if claim.skipped:
                     self.last_progress = self.clock()
                 if claim.rows:
                     for r in claim.rows:
-                        self._move(r.state, "sending")
+                        self._move(r.state, RowState.SENDING)
                     self.inflight += 1
                     break
         job = _Job(claim)
@@ -555,7 +557,7 @@ class _Run:
         with self.db, transaction(self.conn) as conn:
             engine.unclaim(conn, self.id, rows, day=utc_day(self.now()), transport=self.transport_name)
             for r in rows:
-                self._move("sending", r.state)
+                self._move(RowState.SENDING, r.state)
             if job.claim.fresh:
                 self.cursor = min(self.cursor, job.claim.rows[0].sid - 1)
             self.inflight -= 1
@@ -644,10 +646,10 @@ class _Run:
         """The run's counts after recorded transitions, and what they mean for the run: a refused
         sender holds it; a lost server makes it wait for the batch's retry before claiming more."""
         for t, answer in zip(transitions, answers):
-            self._move("sending", t.state)
+            self._move(RowState.SENDING, t.state)
             if answer is Answer.UNCERTAIN:
-                self.stats["uncertain_resent" if t.state == "retry" else "uncertain_reported"] += 1
-        self.stats["sent_this_run"] += sum(t.state == "sent" for t in transitions)
+                self.stats["uncertain_resent" if t.state == RowState.RETRY else "uncertain_reported"] += 1
+        self.stats["sent_this_run"] += sum(t.state == RowState.SENT for t in transitions)
         self.worked = self.worked or any(a is not Answer.NO_ANSWER for a in answers)
         refused = next((t.error for t, a in zip(transitions, answers) if a is Answer.SENDER_REFUSED), None)
         if refused is not None and self.hold_note is None:
@@ -665,7 +667,8 @@ class _Run:
 
     def _progress_values(self) -> tuple[int, int, int, int]:
         c = self.counts
-        return self.total - reports.open_rows(c), self.total, c["sent"], c["failed-permanent"] + c["gave-up"]
+        failed = c[RowState.FAILED_PERMANENT] + c[RowState.GAVE_UP]
+        return self.total - reports.open_rows(c), self.total, c[RowState.SENT], failed
 
     def _finish(self, elapsed: float) -> DeliveryReport:
         with self.db, transaction(self.conn) as conn:
@@ -673,25 +676,25 @@ class _Run:
             left, now = reports.open_rows(c), self.now()
             resume_at: datetime | None = now
             if left == 0:
-                state, resume_at = "done", None
+                state, resume_at = DeliveryState.DONE, None
                 note = (f"{c['uncertain']} readers are uncertain: they may or may not have got it (the answer was "
                         "lost, or a crash interrupted them) and were not sent again; `newsletter status --failed` "
                         "lists them"
-                        if c["uncertain"] else "")
+                        if c[RowState.UNCERTAIN] else "")
             elif self.hold_note is not None:  # the server refused the sender: the editor must act
-                state, note, resume_at = "held", self.hold_note, None
+                state, note, resume_at = DeliveryState.HELD, self.hold_note, None
             elif self.pause_note is not None:  # the daily cap: deferred to the next UTC day
-                state, note = "deferred", self.pause_note
+                state, note = DeliveryState.DEFERRED, self.pause_note
                 resume_at = datetime.combine(now.astimezone(timezone.utc).date() + timedelta(days=1),
                                              datetime.min.time(), timezone.utc)
             elif self.deferred and not (self.stop is not None and self.stop.is_set()):
                 next_retry, reasons = reports.retry_summary(conn, self.id, top=1)
-                state, resume_at = "deferred", next_retry or now
+                state, resume_at = DeliveryState.DEFERRED, next_retry or now
                 note = reasons[0][0] if reasons else "waiting for a retry"
             else:
-                state = "paused"
+                state = DeliveryState.PAUSED
                 note = f"stopped with {left} readers left; run the send again to continue"
-            if state == "held":
+            if state == DeliveryState.HELD:
                 deliveries.hold(conn, self.id, note)
             else:
                 engine.finish_run(conn, self.id, state=state, reason=note, resume_at=resume_at, now=now)

@@ -35,6 +35,7 @@ from newsletter.ledger.engine import start_or_resume
 from newsletter.ledger.records import DEFAULT_LEASE, OPEN_STATES, Delivery, TransportFactory, get_delivery, lock_is_live
 from newsletter.ledger.reports import DeliveryReport, make_report
 from newsletter.ledger.schema import transaction
+from newsletter.states import DeliveryState
 from newsletter.timestamps import utcnow
 from newsletter.errors import DeliveryLockedError, InputError, NewsletterError
 from newsletter.message import PreparedIssue
@@ -92,7 +93,7 @@ def cancel(conn: sqlite3.Connection, slug_or_id: str | int, *, now: Callable[[],
         if lock_is_live(d, now()):
             raise InputError(f"delivery #{d.id} of {d.slug} is being sent by pid {d.lock_pid} on {d.lock_host}; "
                              "stop that process first (Ctrl-C or SIGTERM finishes the current batch)")
-        deliveries.set_state(conn, d, "cancelled", f"cancelled (was {d.state})", now=now())
+        deliveries.set_state(conn, d, DeliveryState.CANCELLED, f"cancelled (was {d.state})", now=now())
     return get_delivery(conn, d.id)
 
 
@@ -103,12 +104,13 @@ def due(conn: sqlite3.Connection, now: datetime, lease: timedelta = DEFAULT_LEAS
     now = _aware(now, "now")
     joinable = backend(conn) != "sqlite"  # on PostgreSQL a worker helps the one sending (see _help)
     return [d for d in deliveries.due_deliveries(conn, now)
-            if not (d.state == "running" and lock_is_live(d, now, lease) and not (joinable and d.frozen_at))]
+            if not (d.state == DeliveryState.RUNNING and lock_is_live(d, now, lease)
+                    and not (joinable and d.frozen_at))]
 
 
 def _hold(conn: sqlite3.Connection, d: Delivery, reason: str) -> DeliveryReport:
     with transaction(conn):
-        deliveries.set_state(conn, d, "held", reason)
+        deliveries.set_state(conn, d, DeliveryState.HELD, reason)
     log.warning("delivery #%s of %s held: %s", d.id, d.slug, reason)
     return make_report(conn, d.id, reason)
 
@@ -134,12 +136,12 @@ def dispatch_once(conn: sqlite3.Connection, now: datetime, prepare: Callable[[st
     for d in due(conn, now, options.lease):
         if stop is not None and stop.is_set():
             break
-        if d.state == "scheduled" and d.send_at is None:
+        if d.state == DeliveryState.SCHEDULED and d.send_at is None:
             reports.append(_hold(conn, d, (
                 f"its stored send time {d.send_at_text!r} cannot be read; schedule it again with "
                 f"`newsletter schedule {d.slug} --at …`")))
             continue
-        if d.state == "scheduled" and d.send_at is not None and now - d.send_at > max_lateness:
+        if d.state == DeliveryState.SCHEDULED and d.send_at is not None and now - d.send_at > max_lateness:
             reports.append(_hold(conn, d, (
                 f"missed its send time {d.send_at:%Y-%m-%d %H:%M} UTC by {_human(now - d.send_at)} (more than "
                 f"{_human(max_lateness)}); not sent late automatically. Send it with `newsletter send {d.slug}` "

@@ -31,7 +31,8 @@ def hold(conn: sqlite3.Connection, delivery_id: int, reason: str) -> None:
     For what only the editor can fix: the server refused our sender (HELO name, login,
     relay), a complaint or bounce rate past its limit. Readers keep their rows as they are.
     Runs inside the caller's transaction."""
-    conn.execute("UPDATE deliveries SET state='held', reason=?, resume_at=NULL, finished_at=NULL WHERE id=?",
+    conn.execute(f"UPDATE deliveries SET state='{DeliveryState.HELD}', reason=?, resume_at=NULL, finished_at=NULL "
+                 "WHERE id=?",
                  (scrub(reason), delivery_id))
 
 
@@ -46,7 +47,8 @@ def wait_for_editor(conn: sqlite3.Connection, delivery_id: int) -> None:
     """A send the editor stopped by hand stays stopped: no worker or cron dispatch picks
     it up again; only `newsletter send` or `resume` continues it."""
     with transaction(conn):
-        conn.execute("UPDATE deliveries SET resume_at=NULL WHERE id=? AND state='paused'", (delivery_id,))
+        conn.execute("UPDATE deliveries SET resume_at=NULL WHERE id=? AND "
+                     f"state='{DeliveryState.PAUSED}'", (delivery_id,))
 
 
 def hold_for_editor(conn: sqlite3.Connection, delivery_id: int, reason: str) -> None:
@@ -57,7 +59,8 @@ def hold_for_editor(conn: sqlite3.Connection, delivery_id: int, reason: str) -> 
     with transaction(conn):
         if lock_is_live(get_delivery(conn, delivery_id)):  # another process is sending it right now
             return
-        conn.execute("UPDATE deliveries SET state='paused', resume_at=NULL, reason=? WHERE id=? AND state='running'",
+        conn.execute(f"UPDATE deliveries SET state='{DeliveryState.PAUSED}', resume_at=NULL, reason=? WHERE id=? AND "
+                     f"state='{DeliveryState.RUNNING}'",
                      (scrub(reason), delivery_id))
 
 
@@ -98,7 +101,9 @@ def due_deliveries(conn: sqlite3.Connection, now: datetime) -> list[Delivery]:
     deferred ones whose resume time has come, and running ones (whose sender may have died)."""
     stamp = timestamp(now)
     rows = conn.execute(
-        "SELECT * FROM deliveries WHERE test=0 AND ((state='scheduled' AND (send_at<=? OR length(send_at)<>27)) OR "
-        "(state IN ('paused','deferred') AND resume_at IS NOT NULL AND resume_at<=?) OR state='running') "
+        f"SELECT * FROM deliveries WHERE test=0 AND ((state='{DeliveryState.SCHEDULED}' AND (send_at<=? OR "
+        "length(send_at)<>27)) OR "
+        f"(state IN ('{DeliveryState.PAUSED}','{DeliveryState.DEFERRED}') AND resume_at IS NOT NULL AND resume_at<=?) "
+        f"OR state='{DeliveryState.RUNNING}') "
         "ORDER BY COALESCE(send_at, created_at), id", (stamp, stamp)).fetchall()
     return [Delivery.from_row(r) for r in rows]

@@ -18,7 +18,7 @@ from newsletter.ledger.records import DEFAULT_LEASE, OPEN_SQL, Delivery, get_del
 from newsletter.ledger.reports import ledger_counts, next_due, open_rows
 from newsletter.ledger.schema import retry_index, transaction
 from newsletter.patterns import compiled
-from newsletter.states import DeliveryState, RowState, SubscriberStatus
+from newsletter.states import REACHED_ROW_STATES, DeliveryState, RowState, SubscriberStatus, sql_list
 from newsletter.timestamps import timestamp, utcnow
 
 if TYPE_CHECKING:  # only for types: the scheduler loads neither the builder nor transports
@@ -64,7 +64,7 @@ def _update_each_row(conn: sqlite3.Connection, delivery_id: int, sets: str, rows
 
 
 def _changed(d: sqlite3.Row, new_hash: str) -> ContentChangedError:
-    verb = "was sent" if d["state"] == "done" else "started sending"
+    verb = "was sent" if d["state"] == DeliveryState.DONE else "started sending"
     return ContentChangedError(
         f"issue {d['slug']} changed since delivery #{d['id']} {verb} (content {d['content_hash'][:12]}, "
         f"now {new_hash[:12]}); continuing would mail some readers one version and the rest another. "
@@ -95,17 +95,18 @@ def start_or_resume(conn: sqlite3.Connection, prepared: "PreparedIssue", *, sche
         d = conn.execute(f"SELECT * FROM deliveries WHERE slug=? AND test=0 AND state IN {OPEN_SQL} "
                          "ORDER BY id DESC LIMIT 1", (r.slug,)).fetchone()
         if d is None:
-            d = conn.execute("SELECT * FROM deliveries WHERE slug=? AND test=0 AND state='done' "
+            d = conn.execute(f"SELECT * FROM deliveries WHERE slug=? AND test=0 AND state='{DeliveryState.DONE}' "
                              "ORDER BY id DESC LIMIT 1", (r.slug,)).fetchone()
             if d is not None and scheduled_for is not None:
                 raise InputError(f"issue {r.slug} was already sent (delivery #{d['id']}, finished "
                                  f"{d['finished_at']}); it is not scheduled again")
         if d is not None and scheduled_for is not None:
-            if d["frozen_at"] is not None or d["state"] not in ("scheduled", "held"):
+            if d["frozen_at"] is not None or d["state"] not in (DeliveryState.SCHEDULED, DeliveryState.HELD):
                 raise InputError(f"issue {r.slug} is already being sent (delivery #{d['id']}, {d['state']}); "
                                  "it cannot be scheduled again")
             conn.execute("UPDATE deliveries SET send_at=?, content_hash=?, subject=?, issue_number=?, "
-                         "state='scheduled', reason=NULL WHERE id=?", (send_at, r.content_hash, r.subject,
+                         f"state='{DeliveryState.SCHEDULED}', reason=NULL WHERE "
+                         "id=?", (send_at, r.content_hash, r.subject,
                                                                        r.number, d["id"]))
             return d["id"]
         if d is not None:
@@ -118,7 +119,8 @@ def start_or_resume(conn: sqlite3.Connection, prepared: "PreparedIssue", *, sche
         return int(conn.execute(
             "INSERT INTO deliveries(slug, issue_number, content_hash, subject, state, created_at, send_at, test, "
             "nonce) VALUES(?, ?, ?, ?, ?, ?, ?, 0, ?) RETURNING id",
-            (r.slug, r.number, r.content_hash, r.subject, "scheduled" if send_at else "running", stamp, send_at,
+            (r.slug, r.number, r.content_hash, r.subject, DeliveryState.SCHEDULED if send_at else DeliveryState.RUNNING,
+             stamp, send_at,
              os.urandom(8).hex())).fetchone()[0])  # secrets.token_hex, without importing random & co at start-up
 
 
@@ -193,9 +195,10 @@ def begin_run(conn: sqlite3.Connection, d: Delivery, *, transport: str, resend_i
         edition, edition_params = edition_case(pairs[:_CASE_LIMIT])
         conn.execute(
             "INSERT INTO ledger(delivery_id, subscriber_id, email, name, state, updated_at, edition) "
-            f"SELECT ?, s.id, s.email, s.name, 'pending', ?, {edition} FROM subscribers s WHERE s.status='active' "
+            f"SELECT ?, s.id, s.email, s.name, '{RowState.PENDING}', ?, {edition} FROM subscribers s WHERE "
+            f"s.status='{SubscriberStatus.ACTIVE}' "
             "AND NOT EXISTS (SELECT 1 FROM ledger p WHERE p.subscriber_id=s.id "
-            "AND p.state IN ('sent','sending','uncertain') AND p.delivery_id IN "
+            f"AND p.state IN {sql_list(REACHED_ROW_STATES)} AND p.delivery_id IN "
             "(SELECT id FROM deliveries WHERE slug=? AND test=0 AND id<>?)) ORDER BY s.id",
             (d.id, stamp, *edition_params, d.slug, d.id))
         total = conn.execute("SELECT COUNT(*) FROM ledger WHERE delivery_id=?", (d.id,)).fetchone()[0]
@@ -206,24 +209,28 @@ def begin_run(conn: sqlite3.Connection, d: Delivery, *, transport: str, resend_i
                          "subscribers) AS v WHERE ledger.delivery_id=? AND ledger.subscriber_id=v.id AND "
                          f"v.lang IN ({','.join('?' * (len(params) // 2))})",
                          (*params, d.id, *params[0::2]))
-    interrupted = conn.execute("SELECT COUNT(*) FROM ledger WHERE delivery_id=? AND state='sending'",
+    interrupted = conn.execute(f"SELECT COUNT(*) FROM ledger WHERE delivery_id=? AND state='{RowState.SENDING}'",
                                (d.id,)).fetchone()[0]
     if resend_interrupted:
-        conn.execute("UPDATE ledger SET state='retry', retry_batch=batch_no, next_attempt_at=0, updated_at=?, "
+        conn.execute(f"UPDATE ledger SET state='{RowState.RETRY}', retry_batch=batch_no, next_attempt_at=0, "
+                     "updated_at=?, "
                      "last_error='interrupted while sending (a crash or kill); sent again, a duplicate is possible' "
-                     "WHERE delivery_id=? AND state='sending'", (stamp, d.id))
+                     f"WHERE delivery_id=? AND state='{RowState.SENDING}'", (stamp, d.id))
     else:
-        conn.execute("UPDATE ledger SET state='uncertain', updated_at=?, last_error='interrupted while sending "
+        conn.execute(f"UPDATE ledger SET state='{RowState.UNCERTAIN}', updated_at=?, last_error='interrupted while "
+                     "sending "
                      "(a crash or kill): may or may not have been delivered; not sent again' "
-                     "WHERE delivery_id=? AND state='sending'", (stamp, d.id))
+                     f"WHERE delivery_id=? AND state='{RowState.SENDING}'", (stamp, d.id))
     if retry_now:
-        conn.execute("UPDATE ledger SET next_attempt_at=0 WHERE delivery_id=? AND state='retry'", (d.id,))
+        conn.execute(f"UPDATE ledger SET next_attempt_at=0 WHERE delivery_id=? AND state='{RowState.RETRY}'", (d.id,))
     if retry_failed:
-        conn.execute("UPDATE ledger SET state='pending', attempts=0, first_failure_at=NULL, next_attempt_at=NULL, "
-                     "updated_at=? WHERE delivery_id=? AND state='gave-up'", (stamp, d.id))
+        conn.execute(f"UPDATE ledger SET state='{RowState.PENDING}', attempts=0, first_failure_at=NULL, "
+                     "next_attempt_at=NULL, "
+                     f"updated_at=? WHERE delivery_id=? AND state='{RowState.GAVE_UP}'", (stamp, d.id))
     counts = ledger_counts(conn, d.id)
-    if open_rows(counts) or d.state != "done":
-        conn.execute("UPDATE deliveries SET state='running', transport=?, reason=NULL, resume_at=NULL, "
+    if open_rows(counts) or d.state != DeliveryState.DONE:
+        conn.execute(f"UPDATE deliveries SET state='{DeliveryState.RUNNING}', transport=?, reason=NULL, "
+                     "resume_at=NULL, "
                      "finished_at=NULL, started_at=COALESCE(started_at, ?) WHERE id=?", (transport, stamp, d.id))
     return RunStart(counts, interrupted)
 
@@ -238,7 +245,8 @@ def edition_pairs(conn: sqlite3.Connection, edition_for: Callable[[str], str] | 
     edition than the main one: one match per language, not per reader."""
     if edition_for is None:
         return []
-    langs = conn.execute("SELECT DISTINCT lang FROM subscribers WHERE status='active' AND lang<>''").fetchall()
+    langs = conn.execute(f"SELECT DISTINCT lang FROM subscribers WHERE status='{SubscriberStatus.ACTIVE}' AND "
+                         "lang<>''").fetchall()
     return [(lang, tag) for (lang,) in langs if (tag := edition_for(lang))]
 
 
@@ -286,7 +294,8 @@ def _select(conn: sqlite3.Connection, delivery_id: int, where: str, params: tupl
 
 def claimable(conn: sqlite3.Connection, delivery_id: int, cursor: int, now_ts: float) -> bool:
     """Is a batch due right now? (A cheap look, so the end of a run costs no pacing wait.)"""
-    if conn.execute("SELECT 1 FROM ledger WHERE delivery_id=? AND subscriber_id>? AND state='pending' LIMIT 1",
+    if conn.execute(f"SELECT 1 FROM ledger WHERE delivery_id=? AND subscriber_id>? AND state='{RowState.PENDING}' "
+                    "LIMIT 1",
                     (delivery_id, cursor)).fetchone():
         return True
     head = next_due(conn, delivery_id)
@@ -311,30 +320,33 @@ def claim_batch(conn: sqlite3.Connection, d: Delivery, owner: str, *, limit: int
     rows: list = []
     batch_no: int | None = None
     head = conn.execute(f"SELECT retry_batch, next_attempt_at FROM ledger {retry_index(conn)}WHERE "
-                        "delivery_id=? AND state='retry' ORDER BY next_attempt_at LIMIT 1", (d.id,)).fetchone()
+                        f"delivery_id=? AND state='{RowState.RETRY}' ORDER BY next_attempt_at LIMIT "
+                        "1", (d.id,)).fetchone()
     if head is not None and head[1] <= now_ts:
         if head[0] is not None:
-            rows = _select(conn, d.id, "l.state='retry' AND l.retry_batch=? ORDER BY l.subscriber_id", (head[0],),
+            rows = _select(conn, d.id, f"l.state='{RowState.RETRY}' AND l.retry_batch=? ORDER BY "
+                                       "l.subscriber_id", (head[0],),
                            retry=True)
             if len(rows) <= limit:
                 batch_no = head[0]
             else:  # split by the daily cap: the key no longer names one batch, so none reuses it
-                conn.execute("UPDATE ledger SET retry_batch=NULL WHERE delivery_id=? AND state='retry' "
+                conn.execute(f"UPDATE ledger SET retry_batch=NULL WHERE delivery_id=? AND state='{RowState.RETRY}' "
                              "AND retry_batch=?", (d.id, head[0]))
                 rows = rows[:limit]
         else:
-            rows = _select(conn, d.id, "l.state='retry' AND l.retry_batch IS NULL AND l.next_attempt_at<=? "
+            rows = _select(conn, d.id, f"l.state='{RowState.RETRY}' AND l.retry_batch IS NULL AND l.next_attempt_at<=? "
                            "ORDER BY l.next_attempt_at LIMIT ?", (now_ts, limit), retry=True)
     fresh = not rows
     if fresh:
-        rows = _select(conn, d.id, "l.subscriber_id>? AND l.state='pending' ORDER BY l.subscriber_id LIMIT ?"
+        rows = _select(conn, d.id, f"l.subscriber_id>? AND l.state='{RowState.PENDING}' ORDER BY l.subscriber_id "
+                                   "LIMIT ?"
                        + _SKIP_LOCKED[backend(conn)], (cursor, limit))
     if not rows:
         return None if head is None else max(0.0, head[1] - now_ts)
-    gone = [r for r in rows if r["status"] != "active"]
-    live = [r for r in rows if r["status"] == "active"]
+    gone = [r for r in rows if r["status"] != SubscriberStatus.ACTIVE]
+    live = [r for r in rows if r["status"] == SubscriberStatus.ACTIVE]
     if gone:
-        update_each(conn, d.id, "state='skipped', last_error=v.column2, updated_at=?",
+        update_each(conn, d.id, f"state='{RowState.SKIPPED}', last_error=v.column2, updated_at=?",
                     [(r[0], f"no longer active ({r['status'] or 'removed'})") for r in gone], stamp)
         batch_no = None  # the batch is not the one the key named any more
     skipped = [r["state"] for r in gone]
@@ -349,11 +361,11 @@ def claim_batch(conn: sqlite3.Connection, d: Delivery, owner: str, *, limit: int
     claim = Claim(batch_no, [ClaimedRow(*tuple(r)[:8], r["edition"]) for r in live], fresh, skipped,
                   last_id=rows[-1][0])
     if fresh and not gone:  # a contiguous keyset range of pending rows: one statement
-        conn.execute("UPDATE ledger SET state='sending', batch_no=?, updated_at=? WHERE delivery_id=? AND "
-                     "subscriber_id BETWEEN ? AND ? AND state='pending'",
+        conn.execute(f"UPDATE ledger SET state='{RowState.SENDING}', batch_no=?, updated_at=? WHERE delivery_id=? AND "
+                     f"subscriber_id BETWEEN ? AND ? AND state='{RowState.PENDING}'",
                      (claim.batch_no, stamp, d.id, live[0][0], live[-1][0]))
     else:
-        update_each(conn, d.id, "state='sending', batch_no=?, updated_at=?", [(r[0],) for r in live],
+        update_each(conn, d.id, f"state='{RowState.SENDING}', batch_no=?, updated_at=?", [(r[0],) for r in live],
                     claim.batch_no, stamp)
     conn.execute("INSERT INTO daily_counts(day, transport, count) VALUES(?, ?, ?) ON CONFLICT(day, transport) "
                  "DO UPDATE SET count=daily_counts.count+excluded.count", (day, transport, len(live)))
@@ -374,11 +386,11 @@ def in_flight_elsewhere(conn: sqlite3.Connection, delivery_id: int, stale_before
     """Readers other workers hold 'sending' (the lock holder waits for them before it finishes).
     Rows claimed before ``stale_before`` belong to a worker silent past its lease: they go back to
     be sent again (a duplicate is possible), as after any crash. Runs inside a transaction."""
-    conn.execute("UPDATE ledger SET state='retry', retry_batch=NULL, next_attempt_at=0, updated_at=?, "
+    conn.execute(f"UPDATE ledger SET state='{RowState.RETRY}', retry_batch=NULL, next_attempt_at=0, updated_at=?, "
                  "last_error='interrupted while sending (a worker went silent past its lease); sent again, "
-                 "a duplicate is possible' WHERE delivery_id=? AND state='sending' AND updated_at<?",
+                 f"a duplicate is possible' WHERE delivery_id=? AND state='{RowState.SENDING}' AND updated_at<?",
                  (timestamp(stale_before), delivery_id, timestamp(stale_before)))
-    return conn.execute("SELECT COUNT(*) FROM ledger WHERE delivery_id=? AND state='sending'",
+    return conn.execute(f"SELECT COUNT(*) FROM ledger WHERE delivery_id=? AND state='{RowState.SENDING}'",
                         (delivery_id,)).fetchone()[0]
 
 
@@ -386,7 +398,8 @@ def unclaim(conn: sqlite3.Connection, delivery_id: int, rows: Sequence[ClaimedRo
             transport: str) -> None:
     """Undo a claim whose batch never reached anyone: rows back as they were, the daily count refunded."""
     conn.executemany("UPDATE ledger SET state=?, next_attempt_at=? WHERE delivery_id=? AND subscriber_id=? "
-                     "AND state='sending'", [(r.state, r.next_attempt_at, delivery_id, r.sid) for r in rows])
+                     f"AND state='{RowState.SENDING}'",
+                     [(r.state, r.next_attempt_at, delivery_id, r.sid) for r in rows])
     conn.execute("UPDATE daily_counts SET count=CASE WHEN count > ? THEN count - ? ELSE 0 END "
                  "WHERE day=? AND transport=?", (len(rows), len(rows), day, transport))
 
@@ -411,4 +424,4 @@ def finish_run(conn: sqlite3.Connection, delivery_id: int, *, state: str, reason
     """Set the delivery's state at the end of a run: done, paused or deferred (with its next time)."""
     conn.execute("UPDATE deliveries SET state=?, reason=?, resume_at=?, finished_at=? WHERE id=?",
                  (state, scrub(reason) if reason else None, timestamp(resume_at) if resume_at else None,
-                  timestamp(now) if state == "done" else None, delivery_id))
+                  timestamp(now) if state == DeliveryState.DONE else None, delivery_id))

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Iterator
 
 from newsletter.message_ids import issue_slug
-from newsletter.states import RowState
+from newsletter.states import REACHED_ROW_STATES, RowState, sql_list
 from newsletter.timestamps import timestamp
 
 
@@ -16,7 +16,8 @@ def recent_deliveries(conn: sqlite3.Connection, since: datetime) -> list[tuple[i
     """(id, readers sent) of every real delivery started since ``since``: what a complaint rate
     over recent sends is measured against."""
     return [(row[0], row[1]) for row in conn.execute(
-        "SELECT d.id, (SELECT COUNT(*) FROM ledger l WHERE l.delivery_id=d.id AND l.state='sent') FROM deliveries d "
+        f"SELECT d.id, (SELECT COUNT(*) FROM ledger l WHERE l.delivery_id=d.id AND l.state='{RowState.SENT}') FROM "
+        "deliveries d "
         "WHERE d.test=0 AND d.started_at>=?", (timestamp(since),))]
 
 
@@ -74,7 +75,7 @@ def issue_addresses(conn: sqlite3.Connection, slug: str, subscriber_id: int) -> 
 def latest_sent_slug(conn: sqlite3.Connection, subscriber_id: int) -> str | None:
     """The slug of the last issue this reader was sent (what a mailed unsubscribe answers)."""
     row = conn.execute("SELECT d.slug FROM ledger l JOIN deliveries d ON d.id = l.delivery_id WHERE l.subscriber_id=? "
-                       "AND l.state='sent' AND d.test=0 ORDER BY l.delivery_id DESC LIMIT 1",
+                       f"AND l.state='{RowState.SENT}' AND d.test=0 ORDER BY l.delivery_id DESC LIMIT 1",
                        (subscriber_id,)).fetchone()
     return row[0] if row else None
 
@@ -100,5 +101,5 @@ def sent_slugs(conn: sqlite3.Connection) -> set[str]:
     so every "read in your browser" link works."""
     rows = conn.execute("SELECT DISTINCT d.slug FROM deliveries d WHERE d.test = 0 AND EXISTS ("
                         "SELECT 1 FROM ledger l WHERE l.delivery_id = d.id"
-                        " AND l.state IN ('sent', 'sending', 'uncertain'))").fetchall()
+                        f" AND l.state IN {sql_list(REACHED_ROW_STATES)})").fetchall()
     return {row[0] for row in rows}

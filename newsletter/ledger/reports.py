@@ -41,7 +41,7 @@ def open_rows(counts: dict[str, int]) -> int:
 def next_due(conn: sqlite3.Connection, delivery_id: int) -> float | None:
     """Wall seconds the next deferred reader is due (through the small partial index)."""
     return conn.execute(f"SELECT MIN(next_attempt_at) FROM ledger {retry_index(conn)}WHERE delivery_id=? "
-                        "AND state='retry'", (delivery_id,)).fetchone()[0]
+                        f"AND state='{RowState.RETRY}'", (delivery_id,)).fetchone()[0]
 
 
 def retry_summary(conn: sqlite3.Connection, delivery_id: int, top: int = 3) -> tuple[datetime | None,
@@ -54,7 +54,7 @@ def retry_summary(conn: sqlite3.Connection, delivery_id: int, top: int = 3) -> t
     head = next_due(conn, delivery_id)
     groups: dict[str, list] = {}
     for text, n in conn.execute("SELECT COALESCE(last_error, 'waiting'), COUNT(*) FROM ledger WHERE delivery_id=? "
-                                "AND state='retry' GROUP BY 1 ORDER BY 1", (delivery_id,)):
+                                f"AND state='{RowState.RETRY}' GROUP BY 1 ORDER BY 1", (delivery_id,)):
         gist = reply_gist(text)
         group = groups.setdefault(gist, [gist, 0])
         group[1] += n
@@ -66,8 +66,8 @@ def _next_retry(conn: sqlite3.Connection, d: Delivery,
                 counts: dict[str, int]) -> tuple[datetime | None, list[tuple[str, int]]]:
     """When the delivery goes on, and why readers wait: a deferred delivery's resume time
     (the daily cap defers past the next retry) wins over the next retry's."""
-    next_retry, reasons = retry_summary(conn, d.id) if counts["retry"] else (None, [])
-    if d.state == "deferred" and d.resume_at is not None:
+    next_retry, reasons = retry_summary(conn, d.id) if counts[RowState.RETRY] else (None, [])
+    if d.state == DeliveryState.DEFERRED and d.resume_at is not None:
         next_retry = d.resume_at
     return next_retry, reasons
 
@@ -107,9 +107,10 @@ def make_report(conn: sqlite3.Connection, delivery_id: int, note: str = "", **ru
     d = get_delivery(conn, delivery_id)
     c = ledger_counts(conn, d.id)
     next_retry, reasons = _next_retry(conn, d, c)
-    return DeliveryReport(d.id, d.slug, d.state, total=sum(c.values()), sent=c["sent"],
-                          failed_permanent=c["failed-permanent"], failed_temporary=c[RowState.GAVE_UP],
-                          skipped=c["skipped"], pending=open_rows(c), deferred=c["retry"], uncertain=c["uncertain"],
+    return DeliveryReport(d.id, d.slug, d.state, total=sum(c.values()), sent=c[RowState.SENT],
+                          failed_permanent=c[RowState.FAILED_PERMANENT], failed_temporary=c[RowState.GAVE_UP],
+                          skipped=c[RowState.SKIPPED], pending=open_rows(c), deferred=c[RowState.RETRY],
+                          uncertain=c[RowState.UNCERTAIN],
                           next_retry=next_retry, reasons=tuple(reasons), note=note or d.reason or "",
                           **run)  # type: ignore[arg-type]
 
@@ -144,11 +145,11 @@ class DeliveryStatus(NamedTuple):
 
     @property
     def skipped(self) -> int:
-        return self.counts["skipped"]
+        return self.counts[RowState.SKIPPED]
 
     @property
     def deferred(self) -> int:
-        return self.counts["retry"]
+        return self.counts[RowState.RETRY]
 
     def as_row(self) -> tuple[str, ...]:
         """id, issue, state, total, sent, pending, failed, skipped, rate, ETA: for a table."""
@@ -178,12 +179,13 @@ def delivery_status(conn: sqlite3.Connection, slug: str | None = None, *, limit:
         if d.started_at and last_at and finished:
             span = (last_at - d.started_at).total_seconds()
             rate = finished / span if span > 0 else None
-        if d.state == "running" and rate:
+        if d.state == DeliveryState.RUNNING and rate:
             eta = remaining / rate
         sender = f"pid {d.lock_pid} on {d.lock_host}" if lock_is_live(d) else None
         next_retry, reasons = _next_retry(conn, d, c)
-        out.append(DeliveryStatus(d, c, sum(c.values()), c["sent"], c[RowState.FAILED_PERMANENT] + c[RowState.GAVE_UP],
-                                  remaining, rate, eta, sender, next_retry, tuple(reasons)))
+        failed = c[RowState.FAILED_PERMANENT] + c[RowState.GAVE_UP]
+        out.append(DeliveryStatus(d, c, sum(c.values()), c[RowState.SENT], failed, remaining, rate, eta, sender,
+                                  next_retry, tuple(reasons)))
     return out
 
 
