@@ -22,6 +22,7 @@ import sqlite3
 from datetime import datetime, timedelta, timezone
 from typing import NamedTuple
 
+from newsletter.states import RowState
 from newsletter.store import Subscriber, SubscriberStore, _one_line, stamp
 
 COMPONENT = "events"
@@ -200,7 +201,7 @@ def guard_counts(conn: sqlite3.Connection, delivery_id: int) -> tuple[int, int]:
     for kind, n in conn.execute(
             "SELECT e.kind, COUNT(DISTINCT e.subscriber_id) FROM feedback_events e WHERE e.delivery_id=? AND "
             "(e.kind=? OR (e.kind=? AND NOT EXISTS (SELECT 1 FROM ledger l WHERE l.delivery_id=e.delivery_id "
-            "AND l.subscriber_id=e.subscriber_id AND l.state='failed-permanent'))) GROUP BY e.kind",
+            f"AND l.subscriber_id=e.subscriber_id AND l.state='{RowState.FAILED_PERMANENT}'))) GROUP BY e.kind",
             (delivery_id, Kind.COMPLAINT.value, Kind.HARD_BOUNCE.value)):
         out[kind] = n
     return out[Kind.COMPLAINT.value], out[Kind.HARD_BOUNCE.value]

@@ -33,16 +33,16 @@ from newsletter.store import (ACTIVE, BOUNCED, COMPLAINED, PENDING, UNSUBSCRIBED
 #: complained one is written back unchanged (status=status too: the counts trigger fires as for a new
 #: address, see newsletter.store v6). With ``:go`` false (a limit held the request back) it
 #: writes nothing, and an open link keeps working.
-_REQUEST_SQL = """INSERT INTO subscribers AS s(email, name, status, created_at, changed_at, source, consent,
+_REQUEST_SQL = f"""INSERT INTO subscribers AS s(email, name, status, created_at, changed_at, source, consent,
   signup_requested_at, signup_ip, signup_nonce)
-SELECT :email, :name, 'pending', :at, :at, :source, :consent, :at, :ip, :nonce WHERE :go
+SELECT :email, :name, '{PENDING}', :at, :at, :source, :consent, :at, :ip, :nonce WHERE :go
 ON CONFLICT(email) DO UPDATE SET
   status=s.status,
-  signup_requested_at=CASE WHEN s.status IN ('pending','unsubscribed') THEN excluded.signup_requested_at
+  signup_requested_at=CASE WHEN s.status IN ('{PENDING}','{UNSUBSCRIBED}') THEN excluded.signup_requested_at
                            ELSE s.signup_requested_at END,
-  signup_ip=CASE WHEN s.status IN ('pending','unsubscribed') THEN excluded.signup_ip ELSE s.signup_ip END,
-  signup_nonce=CASE WHEN s.status IN ('pending','unsubscribed') THEN excluded.signup_nonce ELSE s.signup_nonce END,
-  name=CASE WHEN s.status='pending' AND excluded.name<>'' THEN excluded.name ELSE s.name END
+  signup_ip=CASE WHEN s.status IN ('{PENDING}','{UNSUBSCRIBED}') THEN excluded.signup_ip ELSE s.signup_ip END,
+  signup_nonce=CASE WHEN s.status IN ('{PENDING}','{UNSUBSCRIBED}') THEN excluded.signup_nonce ELSE s.signup_nonce END,
+  name=CASE WHEN s.status='{PENDING}' AND excluded.name<>'' THEN excluded.name ELSE s.name END
 RETURNING id, status"""
 
 #: Queue (or re-arm: due now, failures forgotten) the confirmation mail when the last parameter is
@@ -54,9 +54,9 @@ ON CONFLICT(subscriber_id, kind) DO UPDATE SET
 
 #: Outbox rows that no longer apply: the reader is gone, a confirmation's request is closed
 #: (confirmed, expired, unsubscribed), a welcome's reader is no longer active.
-_MOOT_MAIL_SQL = """DELETE FROM signup_outbox WHERE NOT EXISTS (SELECT 1 FROM subscribers s
+_MOOT_MAIL_SQL = f"""DELETE FROM signup_outbox WHERE NOT EXISTS (SELECT 1 FROM subscribers s
   WHERE s.id = signup_outbox.subscriber_id AND CASE signup_outbox.kind
-    WHEN 'confirm' THEN s.signup_requested_at<>'' ELSE s.status='active' END)"""
+    WHEN 'confirm' THEN s.signup_requested_at<>'' ELSE s.status='{ACTIVE}' END)"""
 
 HOUR = 3600.0
 DAY = 24 * HOUR
@@ -177,7 +177,7 @@ class Signups:
             state = self.confirmable(sid)  # read inside the transaction: a racing confirm sees "done"
             if state == "open":
                 conn.execute(
-                    "UPDATE subscribers SET status='active', status_reason='', changed_at=?,"
+                    f"UPDATE subscribers SET status='{ACTIVE}', status_reason='', changed_at=?,"
                     " consent_requested_at=signup_requested_at, consent_confirmed_at=?, consent_ip=?,"
                     " signup_requested_at='' WHERE id=?", (stamp(now), stamp(now), ip, sid))
                 if welcome:
@@ -267,9 +267,10 @@ class Signups:
         an issue), and close expired requests of unsubscribed ones. Returns rows deleted."""
         cutoff = stamp(self.clock.now() - timedelta(seconds=self.limits.confirm_ttl))
         with self.store.transaction() as conn:
-            deleted = conn.execute("DELETE FROM subscribers WHERE status='pending' AND signup_requested_at<>''"
+            deleted = conn.execute(f"DELETE FROM subscribers WHERE status='{PENDING}' AND "
+                                   "signup_requested_at<>''"
                                    " AND signup_requested_at<?", (cutoff,)).rowcount
-            conn.execute("UPDATE subscribers SET signup_requested_at='' WHERE status<>'pending'"
+            conn.execute(f"UPDATE subscribers SET signup_requested_at='' WHERE status<>'{PENDING}'"
                          " AND signup_requested_at<>'' AND signup_requested_at<?", (cutoff,))
             conn.execute(_MOOT_MAIL_SQL)
         return deleted

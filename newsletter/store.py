@@ -409,7 +409,7 @@ class SubscriberStore:
         kind = backend(self.conn)
         hint = "INDEXED BY subscribers_unsendable " if kind == "sqlite" else ""  # PostgreSQL's planner needs none
         n, example = self.conn.execute(f"SELECT COUNT(*), min(email) FROM subscribers {hint}"
-                                       f"WHERE status='active' AND {_NOT_ASCII[kind]}").fetchone()
+                                       f"WHERE status='{SubscriberStatus.ACTIVE}' AND {_NOT_ASCII[kind]}").fetchone()
         return n, example
 
     def is_active(self, id: int) -> bool:
@@ -474,7 +474,8 @@ class SubscriberStore:
             if row is None:
                 sid = conn.execute(
                     "INSERT INTO subscribers(email, name, status, created_at, changed_at, source, consent)"
-                    " VALUES(?, ?, 'active', ?, ?, ?, ?) RETURNING id", (email, name, now, now, source, consent)
+                    f" VALUES(?, ?, '{SubscriberStatus.ACTIVE}', ?, ?, ?, ?) RETURNING "
+                    "id", (email, name, now, now, source, consent)
                 ).fetchone()[0]
             else:
                 existing = Subscriber.from_row(row)

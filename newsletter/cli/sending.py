@@ -15,6 +15,7 @@ import click
 
 from newsletter.cli import console, issue_path, settings_of
 from newsletter.errors import InputError
+from newsletter.states import DeliveryState, RowState
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
@@ -161,7 +162,7 @@ def _report(report: Any) -> None:
         f"{report.elapsed:.1f}s ({report.rate:.0f} msg/s)."
     )
     # A deferral gets its own line (describe_deferral), a stop the command's own instruction.
-    if report.note and report.state not in ("deferred", "paused"):
+    if report.note and report.state not in (DeliveryState.DEFERRED, DeliveryState.PAUSED):
         click.echo(report.note)
     if report.interrupted_resent:
         click.echo(f"{report.interrupted_resent} reader(s) left mid-send by an earlier crash or kill were sent "
@@ -179,7 +180,7 @@ def _outcome(report: Any) -> None:
     from newsletter.cli.formatting import describe_deferral
 
     _report(report)
-    if report.state == "deferred":
+    if report.state == DeliveryState.DEFERRED:
         click.echo(describe_deferral(report, report.slug), err=True)
 
 
@@ -193,7 +194,7 @@ def _exit_for(report: Any, ref: str, stopped: bool) -> None:
     from newsletter.errors import SendDeferredError, SendInterruptedError
 
     ctx = click.get_current_context()
-    if report.state == "held":
+    if report.state == DeliveryState.HELD:
         from newsletter.errors import SendHeldError
         from newsletter.guard import RESUME_FLAG, is_guard_hold
 
@@ -202,7 +203,7 @@ def _exit_for(report: Any, ref: str, stopped: bool) -> None:
                    f"reason above says (`newsletter status {ref}`), then `newsletter resume {ref}{flag}` continues.",
                    err=True)
         ctx.exit(SendHeldError.exit_code)
-    if report.state == "deferred":
+    if report.state == DeliveryState.DEFERRED:
         click.echo(describe_deferral(report, ref), err=True)
         ctx.exit(SendDeferredError.exit_code)
     if stopped and report.pending:
@@ -444,7 +445,7 @@ def _edition_lines(conn: Any, rows: list[Any], main_lang: str) -> None:
         parts = []
         for tag, counts in per.items():
             detail = [f"{counts['sent']} sent"] + ([f"{open_rows(counts)} pending"] if open_rows(counts) else [])
-            failed = counts["failed-permanent"] + counts["gave-up"]
+            failed = counts[RowState.FAILED_PERMANENT] + counts[RowState.GAVE_UP]
             detail += [f"{failed} failed"] if failed else []
             parts.append(f"{tag or main_lang} {sum(counts.values())} ({', '.join(detail)})")
         click.echo(f"#{s.id} {s.delivery.slug} editions: " + "; ".join(parts))
@@ -460,8 +461,8 @@ def _status_notes(settings: "Settings", conn: Any, rows: list, rates: bool) -> N
     guard = Guard.from_settings(settings) if rates else None
     for s in rows:
         d = s.delivery
-        error = last_error(conn, d.id) if d.state in ("held", "paused") else None
-        if d.state in ("held", "paused") and (d.reason or error):
+        error = last_error(conn, d.id) if d.state in (DeliveryState.HELD, DeliveryState.PAUSED) else None
+        if d.state in (DeliveryState.HELD, DeliveryState.PAUSED) and (d.reason or error):
             reason = d.reason or ""
             how = f"; `newsletter resume {d.slug} {RESUME_FLAG}` continues it" if is_guard_hold(d.state, reason) \
                 else ""
@@ -472,7 +473,7 @@ def _status_notes(settings: "Settings", conn: Any, rows: list, rates: bool) -> N
         if guard is not None:
             from newsletter.events import guard_counts
 
-            tally = Tally(s.counts["sent"], s.counts["failed-permanent"], *guard_counts(conn, d.id))
+            tally = Tally(s.counts[RowState.SENT], s.counts[RowState.FAILED_PERMANENT], *guard_counts(conn, d.id))
             click.echo(f"#{d.id} {d.slug}: {guard.describe(tally)}")
 
 
@@ -605,9 +606,9 @@ def dispatch(ctx: click.Context) -> None:
         click.echo(f"Stopped with {pending} readers pending; the next `newsletter dispatch` (or `resume`) "
                    "will continue.", err=True)
         ctx.exit(SendInterruptedError.exit_code)
-    if any(r.state == "held" for r in reports):  # nobody mailed, and nothing will be until the editor acts
+    if any(r.state == DeliveryState.HELD for r in reports):  # nobody mailed, and nothing will be until the editor acts
         ctx.exit(SendHeldError.exit_code)
-    if any(r.state == "deferred" for r in reports):
+    if any(r.state == DeliveryState.DEFERRED for r in reports):
         ctx.exit(SendDeferredError.exit_code)
 
 
@@ -639,9 +640,9 @@ def worker(ctx: click.Context, poll: float, quiet: bool, verbose: bool) -> None:
         click.echo(f"error: {exc.format_message() if hasattr(exc, 'format_message') else exc}", err=True)
 
     def outcome(report: Any) -> None:
-        if not quiet or report.state == "held":
+        if not quiet or report.state == DeliveryState.HELD:
             _outcome(report)
-        if report.state == "paused" and not quiet:
+        if report.state == DeliveryState.PAUSED and not quiet:
             click.echo(f"Delivery {report.delivery_id} of {report.slug} stopped with {report.pending} readers "
                        "left; the next `newsletter worker` or `dispatch` continues it.")
 
