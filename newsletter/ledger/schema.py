@@ -171,6 +171,9 @@ def _v5_gave_up(conn: sqlite3.Connection) -> None:
 
 
 MIGRATIONS.append(_v5_gave_up)
+# v6: which run claimed a row 'sending' (claim_batch), so a takeover settles only the dead holder's
+# readers and never those a live helper has in flight (see begin_run).
+MIGRATIONS.append("ALTER TABLE ledger ADD COLUMN claimed_by TEXT")
 
 
 def retry_index(conn: sqlite3.Connection) -> str:
