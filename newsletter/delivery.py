@@ -78,7 +78,7 @@ from newsletter import retry
 from newsletter.outcome import Answer, Policy, Row, Transition, classify, decide_batch
 from newsletter.pacing import Pacer, interruptible_sleep
 from newsletter.prepared_editions import PreparedEditions, as_editions
-from newsletter.store import SubscriberStore
+from newsletter.store import SubscriberStore, reader_status
 from newsletter.transports.base import SendResult, Status, Transport
 from newsletter.states import DeliveryState, RowState, SubscriberStatus
 from newsletter.unsubscribe_spool import apply_spool
@@ -643,8 +643,7 @@ class _Run:
         row = job.claim.rows[i]
         if backend(self.conn) == "sqlite":
             with self.db:
-                found = self.conn.execute("SELECT status FROM subscribers WHERE id=?", (row.sid,)).fetchone()
-            status = found[0] if found else ""
+                status = reader_status(self.conn, row.sid)
             if status != SubscriberStatus.ACTIVE:
                 self._skip(job, i, status)
             yield status == SubscriberStatus.ACTIVE
@@ -652,11 +651,10 @@ class _Run:
         fence = self._fence_session()
         try:
             fence.execute("BEGIN")
-            found = fence.execute("SELECT status FROM subscribers WHERE id=? FOR SHARE", (row.sid,)).fetchone()
+            status = reader_status(fence, row.sid, hold=True)
         except sqlite3.Error:
             self._drop_fence()  # the next message opens a fresh session
             raise
-        status = found[0] if found else ""
         if status != SubscriberStatus.ACTIVE:
             fence.execute("ROLLBACK")
             self._skip(job, i, status)

@@ -239,6 +239,15 @@ class Subscriber(NamedTuple):
         return cls(*tuple(row)[:9])
 
 
+def reader_status(conn: sqlite3.Connection, subscriber_id: int, *, hold: bool = False) -> str:
+    """A reader's status ("" when the reader is gone), looked at right before their message goes out.
+    ``hold`` (PostgreSQL, inside the caller's transaction) keeps the row locked FOR SHARE until that
+    transaction ends, so an unsubscribe committed meanwhile waits for that one message."""
+    found = conn.execute("SELECT status FROM subscribers WHERE id=?" + (" FOR SHARE" if hold else ""),
+                         (subscriber_id,)).fetchone()
+    return found[0] if found else ""
+
+
 class SubscriberStore:
     """Subscribers in SQLite. Construct with an open connection, or use :meth:`open`.
 
