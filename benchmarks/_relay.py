@@ -17,6 +17,7 @@ import time
 from bench_smtp import Sink
 
 ACCEPTED: list[float] = []
+SPANS: list[list[float]] = []  # each connection's first and last accepted message, since the last ``stats``
 
 
 class SlowRelay(Sink):
@@ -26,6 +27,7 @@ class SlowRelay(Sink):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.queue: asyncio.Queue[tuple[bytes, bool]] = asyncio.Queue()
+        self.span: list[float] | None = None
         self.writer = asyncio.get_running_loop().create_task(self._write())
         super().connection_made(transport)
 
@@ -38,6 +40,10 @@ class SlowRelay(Sink):
             if b"250 2.0.0" in replies:  # a message's final answer: the relay's time per message
                 await asyncio.sleep(self.DELAY * replies.count(b"250 2.0.0"))
                 ACCEPTED.append(time.time())
+                if self.span is None:
+                    self.span = [ACCEPTED[-1], ACCEPTED[-1]]
+                    SPANS.append(self.span)
+                self.span[1] = ACCEPTED[-1]
             if self.transport.is_closing():
                 return
             self.transport.write(replies)
@@ -52,9 +58,14 @@ class SlowRelay(Sink):
 def _commands() -> None:
     for line in sys.stdin:
         if line.strip() == "stats":
-            got = list(ACCEPTED)
-            del ACCEPTED[:len(got)]
-            print(f"{len(got)} {got[0] if got else 0:.6f} {got[-1] if got else 0:.6f}", flush=True)
+            got, spans = list(ACCEPTED), [list(s) for s in SPANS]
+            del ACCEPTED[:len(got)], SPANS[:len(spans)]
+            # the window in which every connection was sending: from the last one's first message
+            # to the first one's last; the messages accepted within it
+            start, end = max((s[0] for s in spans), default=0.0), min((s[1] for s in spans), default=0.0)
+            within = sum(start <= t <= end for t in got)
+            print(f"{len(got)} {got[0] if got else 0:.6f} {got[-1] if got else 0:.6f} {start:.6f} {end:.6f} "
+                  f"{within}", flush=True)
 
 
 def serve(delay: float) -> None:
@@ -85,13 +96,17 @@ class Relay:
             self.proc.kill()
             raise SystemExit("the SMTP relay did not start")
         self.port = int(line)
+        self.together = (0.0, 0.0, 0)
 
     def stats(self) -> tuple[int, float, float]:
-        """Messages accepted since the last call, and the first and last acceptance times."""
+        """Messages accepted since the last call, and the first and last acceptance times.
+        :attr:`together` is then (start, end, messages) of the window in which every connection
+        was sending: from the last connection's first message to the first connection's last."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write("stats\n")
         self.proc.stdin.flush()
-        n, first, last = self.proc.stdout.readline().split()
+        n, first, last, start, end, within = self.proc.stdout.readline().split()
+        self.together = (float(start), float(end), int(within))
         return int(n), float(first), float(last)
 
     def stop(self) -> None:
