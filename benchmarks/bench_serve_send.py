@@ -5,8 +5,9 @@
 Needs ``wrk`` (as bench_serve, whose load script and server start-up this reuses). For each
 backend, a publication made by ``newsletter init`` with N generated readers (SQLite: its
 file; PostgreSQL: a database on a throwaway loopback cluster, tests/pg_cluster.py) is served
-by a real ``newsletter serve``. wrk (one thread, C keep-alive connections) posts one-click
-unsubscribes (``POST /unsubscribe/<token>``), each for a reader no earlier request named:
+by a real ``newsletter serve``. After one unmeasured second (the server's first connections),
+wrk (one thread, C keep-alive connections) posts one-click unsubscribes
+(``POST /unsubscribe/<token>``), each for a reader no earlier request named:
 
 * idle    with nothing else running (the reference, same server, same run);
 * sending while ``newsletter send 1`` sends to the same readers through a loopback relay
@@ -75,9 +76,12 @@ def measure(backend: str, db: str, root: Path, tmp: Path, relay: Relay, args: ar
     serve, port = _start([NEWSLETTER, "--root", str(root), "serve", "--port", "0"], env, tmp / f"serve-{backend}.log")
     script = tmp / "bench.lua"
     script.write_text(_LUA)
-    per_run = args.readers // 4
+    per_run = args.readers // 5
     out: dict = {}
     try:
+        warm = tmp / f"tokens-{backend}-warm.txt"  # the server's first requests (connections, caches) go unmeasured
+        _tokens(warm, args.readers - 3 * per_run + 1, per_run)
+        wrk(f"http://127.0.0.1:{port}/", args.clients, 1, dict(env, BENCH_TOKENS=str(warm), BENCH_MODE="post"), script)
         for i, phase in enumerate(("idle", "sending")):
             tokens = tmp / f"tokens-{backend}-{phase}.txt"
             first = args.readers - (i + 1) * per_run + 1  # the list's far end: the send reaches it last
