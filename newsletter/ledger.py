@@ -188,6 +188,11 @@ def _v5_gave_up(conn: sqlite3.Connection) -> None:
 
 
 MIGRATIONS.append(_v5_gave_up)
+# v6: `status` reads the newest error and the other editions' readers through small partial indexes,
+# not by scanning a delivery's every row (a million readers made it 2-6x slower than ten thousand)
+MIGRATIONS.append("""CREATE INDEX ledger_errors ON ledger(delivery_id, updated_at)
+  WHERE last_error IS NOT NULL;
+CREATE INDEX ledger_editions ON ledger(delivery_id, edition, state) WHERE edition <> ''""")
 
 OPEN_STATES = OPEN_DELIVERY_STATES
 _OPEN_SQL = sql_list(OPEN_STATES)
@@ -647,12 +652,19 @@ def edition_case(pairs: Sequence[tuple[str, str]]) -> tuple[str, list[str]]:
 
 
 def edition_counts(conn: sqlite3.Connection, delivery_id: int) -> dict[str, dict[str, int]]:
-    """Readers per edition ("" the main one) and state, for ``status``."""
-    out: dict[str, dict[str, int]] = {}
+    """Readers per edition ("" the main one) and state, for ``status``: the other editions' rows
+    through their partial index, the main edition's as the delivery's counts less theirs, so the
+    main edition's readers (often all of them) are never scanned."""
+    others: dict[str, dict[str, int]] = {}
     for edition, state, n in conn.execute("SELECT edition, state, COUNT(*) FROM ledger WHERE delivery_id=? "
-                                          "GROUP BY edition, state ORDER BY edition", (int(delivery_id),)):
-        out.setdefault(edition, dict.fromkeys(LEDGER_STATES, 0))[state] = n
-    return out
+                                          "AND edition<>'' GROUP BY edition, state ORDER BY edition",
+                                          (int(delivery_id),)):
+        others.setdefault(edition, dict.fromkeys(LEDGER_STATES, 0))[state] = n
+    main = ledger_counts(conn, delivery_id)
+    for counts in others.values():
+        for state, n in counts.items():
+            main[state] -= n
+    return {"": main, **others} if any(main.values()) else others
 
 
 class ClaimedRow(NamedTuple):
