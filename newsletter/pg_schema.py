@@ -185,7 +185,10 @@ UPDATE ledger SET state='gave-up' WHERE state='failed-temporary';
 DELETE FROM delivery_counts WHERE state='failed-temporary';
 ALTER TABLE ledger ADD CONSTRAINT ledger_state_check CHECK (state IN ('pending','sending','sent','retry',
   'gave-up','failed-permanent','skipped','uncertain'))""",
-    # v6: the newest error and the other editions' readers, for `status`, without scanning every row
+    # v6: which run claimed a row 'sending' (newsletter.ledger.claim_batch), so a takeover settles
+    # only the dead holder's readers and never those a live helper has in flight
+    "ALTER TABLE ledger ADD COLUMN claimed_by TEXT",
+    # v7: the newest error and the other editions' readers, for `status`, without scanning every row
     """CREATE INDEX ledger_errors ON ledger(delivery_id, updated_at) WHERE last_error IS NOT NULL;
 CREATE INDEX ledger_editions ON ledger(delivery_id, edition, state) WHERE edition <> ''""",
 ]
@@ -319,9 +322,7 @@ def migrate(conn, component: str, sqlite_steps: Sequence[object]) -> None:
 
 
 def _apply(conn, step: Step) -> None:
-    if callable(step):
-        step(conn)
-        return
-    for statement in step.split(";\n"):
-        if statement.strip():
-            conn.execute(statement)
+    """One step, as SQLite's migrations run theirs (statements separated by ";\n")."""
+    from newsletter.db import _apply as apply_step
+
+    apply_step(conn, step)

@@ -1,5 +1,5 @@
 """`status` at any size: the newest error and the per-edition counts come through partial indexes
-(delivery v6), not by scanning a delivery's every row, and say what a full GROUP BY says."""
+(delivery v7), not by scanning a delivery's every row, and say what a full GROUP BY says."""
 
 from __future__ import annotations
 
