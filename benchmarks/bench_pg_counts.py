@@ -5,8 +5,9 @@
 For each backend, two databases: one with 10,000 readers and one with 1,000,000 (every 50th
 unsubscribed), each with one delivery to every active reader, half of them sent, so the ledger
 has as many rows. The rows are made in SQL (``generate_series`` on PostgreSQL, a recursive CTE
-on SQLite), not through the engine; PostgreSQL's are then vacuumed and analysed. PostgreSQL runs
-on a throwaway loopback cluster (tests/pg_cluster.py), selected by ``NEWSLETTER_DB=postgresql://…``.
+on SQLite), not through the engine; PostgreSQL's are then vacuumed, analysed and checkpointed.
+PostgreSQL runs on a throwaway loopback cluster (tests/pg_cluster.py), selected by
+``NEWSLETTER_DB=postgresql://…``.
 Each command runs as a fresh process, all eight (2 commands x 2 sizes x 2 backends) interleaved.
 Printed per backend and command: medians, and the median of the pairs' ratios (large / small);
 target <= 1.5x on PostgreSQL (SQLite's printed beside it for comparison, bench_counts holds its target).
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
                 seed_subscribers(db, n, unsubscribe_every=50)
                 add_delivery(db)
             sql(url, "VACUUM ANALYZE")
+        sql(c.url(), "CHECKPOINT")  # the seeding's dirty pages are written now, not while a command is timed
             targets[("postgresql", label)], targets[("sqlite", label)] = url, path
         contestants = {}
         for (backend, label), db in targets.items():
