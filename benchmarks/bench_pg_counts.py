@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
                 seed_subscribers(db, n, unsubscribe_every=50)
                 add_delivery(db)
             sql(url, "VACUUM ANALYZE")
-        sql(c.url(), "CHECKPOINT")  # the seeding's dirty pages are written now, not while a command is timed
             targets[("postgresql", label)], targets[("sqlite", label)] = url, path
+        sql(c.url(), "CHECKPOINT")  # the seeding's dirty pages are written now, not while a command is timed
         contestants = {}
         for (backend, label), db in targets.items():
             env = process_env({"NEWSLETTER_TRANSPORT": "dryrun", "NEWSLETTER_DB": db})
