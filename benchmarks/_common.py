@@ -60,9 +60,9 @@ def seed_subscribers(db: Path | str, n: int, *, unsubscribe_every: int = 0) -> N
     ``postgresql://`` URL (the same rows, from ``generate_series``).
     """
     from newsletter.db import backend
-    from newsletter.ledger import open_ledger
+    from newsletter.schema import open_database
 
-    conn = open_ledger(db)
+    conn = open_database(db)
     sqlite = backend(conn) == "sqlite"
     numbers = ("WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < ?) " if sqlite else
                "WITH c(i) AS (SELECT generate_series(1, ?::bigint)) ")

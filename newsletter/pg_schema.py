@@ -185,7 +185,7 @@ UPDATE ledger SET state='gave-up' WHERE state='failed-temporary';
 DELETE FROM delivery_counts WHERE state='failed-temporary';
 ALTER TABLE ledger ADD CONSTRAINT ledger_state_check CHECK (state IN ('pending','sending','sent','retry',
   'gave-up','failed-permanent','skipped','uncertain'))""",
-    # v6: which run claimed a row 'sending' (newsletter.ledger.claim_batch), so a takeover settles
+    # v6: which run claimed a row 'sending' (newsletter.ledger.engine.claim_batch), so a takeover settles
     # only the dead holder's readers and never those a live helper has in flight
     "ALTER TABLE ledger ADD COLUMN claimed_by TEXT",
     # v7: the newest error and the other editions' readers, for `status`, without scanning every row

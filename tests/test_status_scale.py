@@ -9,7 +9,8 @@ from contextlib import closing
 import pytest
 
 from newsletter.db import backend
-from newsletter.ledger import LEDGER_STATES, edition_counts, last_error, open_ledger
+from newsletter.ledger import LEDGER_STATES, edition_counts, last_error
+from newsletter.schema import open_database
 
 from test_delivery import db  # noqa: F401
 
@@ -36,7 +37,7 @@ def _delivery(conn, rows: list[tuple[str, str, str | None, str]]) -> int:
 def test_edition_counts_say_what_a_group_by_says(db, editions):  # noqa: F811
     rows = [(editions[i % len(editions)], STATES[i % len(STATES)], None, "2030-01-01T00:00:00.000000Z")
             for i in range(37)]
-    with closing(open_ledger(db)) as conn:
+    with closing(open_database(db)) as conn:
         did = _delivery(conn, rows)
         truth: dict[str, dict[str, int]] = {}
         for (edition, state), n in collections.Counter((e, s) for e, s, _, _ in rows).items():
@@ -50,7 +51,7 @@ def test_last_error_is_the_newest_and_both_status_queries_can_use_their_index(db
     rows[7] = ("", "gave-up", "451 later", "2030-01-01T00:00:07.000000Z")
     rows[21] = ("zh-Hans", "retry", "421 busy", "2030-01-01T00:00:21.000000Z")
     rows[25] = ("", "sent", None, "2030-01-01T00:00:59.000000Z")
-    with closing(open_ledger(db)) as conn:
+    with closing(open_database(db)) as conn:
         did = _delivery(conn, rows)
         assert last_error(conn, did) == "421 busy"
         plans = []

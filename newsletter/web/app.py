@@ -26,8 +26,9 @@ from werkzeug.wrappers import Request, Response
 
 from newsletter.clock import SYSTEM, Clock
 from newsletter.config import Settings
-from newsletter.db import backend, connect, is_locked
+from newsletter.db import backend, is_locked
 from newsletter.dburl import is_postgres
+from newsletter.schema import open_database
 from newsletter.store import SubscriberStore
 from newsletter.web.proxies import client_ip
 
@@ -96,7 +97,7 @@ class WebApp:
         """This thread's store (one SQLite connection per thread and process)."""
         local = self._local
         if getattr(local, "store", None) is None or local.pid != os.getpid():
-            conn = connect(self.store_path)
+            conn = open_database(self.store_path)
             if backend(conn) == "sqlite":
                 conn.execute(f"PRAGMA busy_timeout={DB_BUSY_MS}")
             local.store, local.pid = SubscriberStore(conn), os.getpid()
