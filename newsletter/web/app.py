@@ -29,8 +29,9 @@ from werkzeug.wrappers import Request, Response
 
 from newsletter.clock import SYSTEM, Clock
 from newsletter.config import Settings
-from newsletter.db import backend, connect, is_locked
+from newsletter.db import backend, is_locked
 from newsletter.dburl import is_postgres
+from newsletter.schema import open_database
 from newsletter.store import SubscriberStore
 from newsletter.web.proxies import client_ip
 
@@ -113,7 +114,7 @@ class WebApp:
         the signup mail thread) one of the thread's own."""
         local = self._local
         if getattr(local, "store", None) is None or local.pid != os.getpid():
-            conn = connect(self.store_path)
+            conn = open_database(self.store_path)
             if backend(conn) == "sqlite":
                 conn.execute(f"PRAGMA busy_timeout={DB_BUSY_MS}")
             local.store, local.pid = SubscriberStore(conn), os.getpid()
