@@ -111,6 +111,9 @@ class Connection(sqlite3.Connection):
 
     writer: FairLock | None = None
     busy_seconds: float | None = None  # read once, at the first write (the web app sets its own)
+    #: (component, version) pairs :func:`migrate` found current on this connection: versions only
+    #: grow, so a web request that ensures four schemas asks the database once per connection, not each time.
+    current: set[tuple[str, int]] | None = None
 
 
 #: Commits by one process's writers between the WAL checkpoints they run after leaving the lock.
@@ -120,9 +123,14 @@ CHECKPOINT_EVERY = 100
 
 
 @contextmanager
-def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+def write_transaction(conn: sqlite3.Connection, *, one_statement: bool = False) -> Iterator[sqlite3.Connection]:
     """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on any exception), queued behind this
     process's other writers to the same file.
+
+    ``one_statement``: the block runs a single statement, which SQLite's autocommit makes a
+    transaction of its own (its triggers included), so the writer skips the BEGIN and COMMIT
+    calls while the line waits for it; each call lets the GIL go to another thread. Only on
+    a connection in autocommit mode (``isolation_level=None``, as :func:`connect` opens them).
 
     SQLite itself makes a blocked writer sleep and retry (1, 2, 5 … 100 ms), so under a burst
     of concurrent requests writes waited far longer than they took, and out of order. Threads
@@ -133,6 +141,7 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     if writer is None:
         yield from _transaction(conn)
         return
+    begin = not (one_statement and conn.isolation_level is None)
     if conn.busy_seconds is None:
         conn.busy_seconds = conn.execute("PRAGMA busy_timeout").fetchone()[0] / 1000
     _quick_switching(True)  # from the wait on: a writer handed the line picks it up at once
@@ -140,7 +149,10 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         _quick_switching(False)
         raise sqlite3.OperationalError("database is locked (waiting for this process's writers)")
     try:
-        yield from _transaction(conn)
+        if begin:
+            yield from _transaction(conn)
+        else:
+            yield conn
         writer.commits += 1
         checkpoint = writer.commits >= CHECKPOINT_EVERY
         if checkpoint:
@@ -208,6 +220,7 @@ def connect(path: Path | str) -> sqlite3.Connection:
         conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
                                check_same_thread=False, factory=Connection)
         conn.writer = writer_lock(path)
+        conn.current = set()
     except (OSError, sqlite3.Error) as exc:
         raise ConfigError(f"cannot open database: {exc}", path=path) from None
     conn.row_factory = sqlite3.Row
@@ -256,10 +269,15 @@ def migrate(conn: sqlite3.Connection, component: str, steps: Sequence[Step]) -> 
 
         pg_schema.migrate(conn, component, steps)
         return
+    current = getattr(conn, "current", None)
+    if current is not None and (component, len(steps)) in current:
+        return
     while True:
         row = conn.execute("SELECT version FROM schema_migrations WHERE component=?", (component,)).fetchone()
         peek = row[0] if row else 0
         if peek == len(steps):  # up to date (versions only grow): no write lock needed to read the database
+            if current is not None:
+                current.add((component, len(steps)))
             return
         rebuild = peek < len(steps) and _is_rebuild(steps[peek])
         if rebuild:

@@ -68,6 +68,10 @@ class WebApp:
         self.trusted_proxies = settings.trusted_proxies
         self.routes: dict[str, Route] = {}
         self.url_map = Map(strict_slashes=False, merge_slashes=False)
+        # Bound once, to a fixed server name: the Host header is the client's to choose, and no URL
+        # we build depends on it (links use base_url). Matching takes the path as an argument and
+        # changes nothing in the adapter, so every thread shares it.
+        self._adapter = self.url_map.bind("localhost", url_scheme="http")
         self._local = threading.local()
         self.extensions: dict[str, Any] = {}  # per-feature state (signup limits, mail queue, ...)
 
@@ -84,7 +88,7 @@ class WebApp:
     def owns(self, path: str) -> bool:
         """Whether ``path`` belongs to a route (it then wins over files of the web archive)."""
         try:
-            self.url_map.bind("localhost").match(path, method="GET")
+            self._adapter.match(path, method="GET")
         except NotFound:
             return False
         except HTTPException:
@@ -147,11 +151,8 @@ class WebApp:
 
     # ---- WSGI ----------------------------------------------------------------------
     def dispatch(self, request: Request) -> Response:
-        # Bind to a fixed server name: the Host header is the client's to choose, and no URL
-        # we build depends on it (links use base_url).
-        adapter = self.url_map.bind("localhost", path_info=request.path, url_scheme="http")
         try:
-            endpoint, args = adapter.match(method=request.method if request.method != "HEAD" else "GET")
+            endpoint, args = self._adapter.match(request.path, method=request.method if request.method != "HEAD" else "GET")
         except NotFound:
             return not_found()
         except HTTPException as exc:  # 405 with Allow; redirects are never produced (no strict slashes)
