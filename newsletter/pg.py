@@ -165,3 +165,30 @@ def connect(url: str) -> PgConnection:
     conn = PgConnection(raw, url)
     conn.execute("SET TIME ZONE 'UTC'")
     return conn
+
+
+class _PooledConnection(psycopg.Connection):
+    """A pool's connection, which keeps what the web app built on it (its store, whose schema
+    checks are done) for as long as the pool keeps the connection."""
+
+    newsletter_store: Any = None
+
+
+def web_pool(url: str, size: int) -> Any:  # psycopg_pool.ConnectionPool
+    """The web app's connections to ``url``: at most ``size``, opened as :func:`connect` opens
+    them (autocommit, UTC), each checked before it is lent, so a restarted server costs a
+    reconnect instead of a failed request on every thread."""
+    from psycopg_pool import ConnectionPool
+
+    def configure(raw: psycopg.Connection) -> None:
+        raw.execute("SET TIME ZONE 'UTC'")
+
+    return ConnectionPool(url, connection_class=_PooledConnection, min_size=0, max_size=size, open=True,
+                          kwargs={"autocommit": True, "row_factory": _row_factory, "connect_timeout": CONNECT_TIMEOUT_S},
+                          configure=configure, check=ConnectionPool.check_connection, timeout=CONNECT_TIMEOUT_S,
+                          name="newsletter-web")
+
+
+def pooled(raw: Any, url: str) -> PgConnection:
+    """A pool's connection driven like :func:`connect`'s."""
+    return PgConnection(raw, url)

@@ -215,3 +215,55 @@ def test_an_8_client_write_burst_is_all_applied_and_leaves_a_short_log(tmp_path)
     assert queued, log  # the burst did queue (else this test shows nothing)
     assert len(log) <= 6, "\n".join(log)
     print("\n".join(log))
+
+
+# ---- PostgreSQL: the web app's connections come from a pool --------------------------------------
+def test_postgresql_web_app_lends_pooled_connections_and_survives_a_lost_one(tmp_path, pg_cluster, pg_web_url):
+    """Requests on several threads share at most ``pool_size`` connections, each given back when
+    its request is answered; a connection the server dropped costs a reconnect, not a 500."""
+    from urllib.parse import urlsplit
+
+    import psycopg
+    from werkzeug.test import Client
+
+    from newsletter.config import load_settings
+    from newsletter.web import make_app
+
+    (tmp_path / "newsletter.toml").write_text('name = "Pooled"\nfrom_email = "news@example.org"\n')
+    settings = load_settings(tmp_path, environ={"NEWSLETTER_SECRET_KEY": SECRET})
+    store = SubscriberStore.open(pg_web_url)
+    readers = [store.add(f"reader{i}@example.org") for i in range(24)]
+    store.close()
+    wsgi = make_app(settings, store_path=pg_web_url)
+    core = wsgi.web_app
+    role = urlsplit(pg_web_url).username
+
+    def backends() -> int:
+        with psycopg.connect(pg_cluster.url(), autocommit=True) as admin:
+            return admin.execute("SELECT count(*) FROM pg_stat_activity WHERE usename=%s", (role,)).fetchone()[0]
+
+    answers: list[int] = []
+
+    def post(batch: list) -> None:
+        client = Client(wsgi)
+        for r in batch:
+            answers.append(client.post(f"/unsubscribe/{make_token(SECRET, r.id, r.email)}",
+                                       data={"List-Unsubscribe": "One-Click"}).status_code)
+
+    threads = [threading.Thread(target=post, args=(readers[i:20:8],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert answers == [200] * 20
+    assert 1 <= backends() <= core.pool_size
+    assert getattr(core._local, "lent", None) is None  # this thread holds nothing between requests
+    with psycopg.connect(pg_cluster.url(), autocommit=True) as admin:  # the server drops them all
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename=%s", (role,))
+    client = Client(wsgi)
+    for r in readers[20:]:
+        assert client.post(f"/unsubscribe/{make_token(SECRET, r.id, r.email)}",
+                           data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    check = SubscriberStore.open(pg_web_url)
+    assert check.counts().get("unsubscribed") == 24
+    check.close()

@@ -92,6 +92,7 @@ def make_app(settings: Settings, *, store_path: Path | str | None = None, site_d
     else:
         log.warning("base_url is not set: the signup form is off (confirmation links need it)")
     drain_spool(core, core.store())  # unsubscribes kept while the database was locked
+    core.release()  # PostgreSQL: the start-up's connection goes back to the pool
     app: Callable = core
     if site_dir is not None:
         site = Path(site_dir)

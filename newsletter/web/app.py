@@ -26,7 +26,7 @@ from werkzeug.wrappers import Request, Response
 
 from newsletter.clock import SYSTEM, Clock
 from newsletter.config import Settings
-from newsletter.db import backend, connect, is_locked
+from newsletter.db import connect, is_locked
 from newsletter.dburl import is_postgres
 from newsletter.store import SubscriberStore
 from newsletter.web.proxies import client_ip
@@ -73,6 +73,10 @@ class WebApp:
         # changes nothing in the adapter, so every thread shares it.
         self._adapter = self.url_map.bind("localhost", url_scheme="http")
         self._local = threading.local()
+        self._pool: tuple[int, Any] | None = None  # (pid, psycopg_pool.ConnectionPool) on PostgreSQL
+        self._pool_lock = threading.Lock()
+        #: Connections the pool may lend at once: serve's threads, the signup mail thread and one spare.
+        self.pool_size = settings.integer("NEWSLETTER_SERVE_THREADS", 4, minimum=1) + 2
         self.extensions: dict[str, Any] = {}  # per-feature state (signup limits, mail queue, ...)
 
     # ---- routes ----------------------------------------------------------------------
@@ -97,14 +101,42 @@ class WebApp:
 
     # ---- the store -----------------------------------------------------------------
     def store(self) -> SubscriberStore:
-        """This thread's store (one SQLite connection per thread and process)."""
+        """This thread's store: on SQLite its own connection (one per thread and process); on
+        PostgreSQL a connection the pool lends until :meth:`release` (each request's end)."""
         local = self._local
         if getattr(local, "store", None) is None or local.pid != os.getpid():
-            conn = connect(self.store_path)
-            if backend(conn) == "sqlite":
+            if isinstance(self.store_path, Path):
+                conn = connect(self.store_path)
                 conn.execute(f"PRAGMA busy_timeout={DB_BUSY_MS}")
-            local.store, local.pid = SubscriberStore(conn), os.getpid()
+                local.store = SubscriberStore(conn)
+            else:
+                local.store = self._lend()
+            local.pid = os.getpid()
         return local.store
+
+    def _lend(self) -> SubscriberStore:
+        """A store on a connection from this process's pool (PostgreSQL), made once per connection."""
+        from newsletter import pg
+
+        with self._pool_lock:
+            if self._pool is None or self._pool[0] != os.getpid():
+                self._pool = (os.getpid(), pg.web_pool(str(self.store_path), self.pool_size))
+            pool = self._pool[1]
+        try:
+            raw = pool.getconn()
+        except Exception as exc:  # noqa: BLE001 - psycopg_pool.PoolTimeout, or the server is gone
+            raise sqlite3.OperationalError(f"database busy: no connection to lend ({type(exc).__name__})") from None
+        self._local.lent = (pool, raw)
+        if raw.newsletter_store is None:
+            raw.newsletter_store = SubscriberStore(pg.pooled(raw, str(self.store_path)))
+        return raw.newsletter_store
+
+    def release(self) -> None:
+        """Give back the connection this thread was lent (PostgreSQL; nothing on SQLite)."""
+        lent = getattr(self._local, "lent", None)
+        if lent is not None:
+            self._local.lent = self._local.store = None
+            lent[0].putconn(lent[1])
 
     def write(self, fn: Callable[[SubscriberStore], Any]) -> Any:
         """Run ``fn`` with the store, retrying a locked database a bounded number of times.
@@ -167,7 +199,10 @@ class WebApp:
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         request = Request(environ)
         try:
-            response = self.dispatch(request)
+            try:
+                response = self.dispatch(request)
+            finally:
+                self.release()
         except HTTPException as exc:  # 413 for an oversized body, 400 for a malformed one
             response = text_response(f"{exc.code} {exc.name}\n", exc.code or 400)
         except Exception as exc:  # noqa: BLE001 - answered plainly, never shown
