@@ -134,6 +134,7 @@ def _applied(db: Path) -> dict[str, int]:
     return out
 
 
+LOST = [0]  # answered writes the database did not show applied, over the whole run
 MODES = {"hello": "hello", "GET unsubscribe page": "get", "POST one-click": "post", "Postmark webhook": "hook"}
 Cells = dict[tuple[str, int], list[Result]]  # (endpoint, clients) -> one Result per round
 
@@ -196,6 +197,7 @@ def _cell(name: str, c: int, seconds: float, per_run: int, next_id: list[int], d
         applied = _applied(db).get(status, 0) - before.get(status, 0)
         answered = r.requests - r.non2xx
         ok = answered <= applied <= r.requests + c and r.non2xx == 0
+        LOST[0] += max(0, answered - applied)
         print(f"  check {name} at {c}: {answered} answered 2xx, {applied} applied, {r.non2xx} non-2xx,"
               f" {r.errors} socket errors: {'OK' if ok else 'FAIL'}", flush=True)
     return r
@@ -230,6 +232,8 @@ def report(results: Cells, clients: tuple[int, ...]) -> bool:
                  f"p99 {_median([r.p99_ms for r in results[(name, c)]]):.1f} ms" for c in clients]
         ratios = [_median([r.rate / h.rate for r, h in zip(results[(name, c)], results[("hello", c)])]) for c in clients]
         print(f"| {name} | " + " | ".join(cells) + f" | {min(ratios):.2f}–{max(ratios):.2f}× |")
+    print(f"writes answered but not applied: {LOST[0]} (target 0): {'OK' if LOST[0] == 0 else 'FAIL'}")
+    ok &= LOST[0] == 0
     for name in WRITES:
         first = results[(name, clients[0])]
         for c in clients[1:]:

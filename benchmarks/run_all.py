@@ -39,6 +39,7 @@ class Row(NamedTuple):
     op: str             # "<=", ">=" or "" (no target: informational)
     target: float
     note: str = ""      # printed after the target
+    figure_unit: str = ""  # of the figure when it is a count, not a ratio (printed as a whole number)
 
 
 ROWS: tuple[Row, ...] = (
@@ -104,6 +105,8 @@ ROWS: tuple[Row, ...] = (
     Row("bench_serve.py", "Postmark webhook through `serve`: p99 at 8 clients (ms; reference: hello-world's p99)",
         r"Postmark webhook: p99 at 8 clients " + NUM + " ms", r"\| hello \| [^|]*\| [^|]*p99 " + NUM + " ms",
         r"Postmark webhook: p99 at 8 clients " + NUM + " ms", "ms", "<=", 20),
+    Row("bench_serve.py", "answered one-click POSTs and webhooks not found applied afterwards, over every round",
+        "", "", r"writes answered but not applied: " + NUM, "", "<=", 0, "", " lost"),
     Row("bench_serve.py", "one-click POST through `serve` vs hello-world on the same server (lowest of 1/8/32 clients)",
         "", "", r"\| POST one-click \|[^\n]*\| " + NUM + "–", "", "", 0, "no target: the price of the app itself"),
 )
@@ -161,8 +164,9 @@ def table(outputs: dict[str, list[str]]) -> list[str]:
             lines.append(f"| {row.label} | — | — | not measured (see the run's log) | | **no** |")
             continue
         med = statistics.median(figs)
-        unit = "ms" if row.figure == row.ours else "×"
-        ratio = f"{med:.2f}{unit} ({min(figs):.2f}–{max(figs):.2f}, {len(figs)} runs)"
+        unit = row.figure_unit or ("ms" if row.figure == row.ours else "×")
+        digits = 0 if row.figure_unit else 2
+        ratio = f"{med:.{digits}f}{unit} ({min(figs):.{digits}f}–{max(figs):.{digits}f}, {len(figs)} runs)"
         if not row.op:
             target, met = "—", row.note or "—"
         else:
