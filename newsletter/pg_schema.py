@@ -316,9 +316,7 @@ def migrate(conn, component: str, sqlite_steps: Sequence[object]) -> None:
 
 
 def _apply(conn, step: Step) -> None:
-    if callable(step):
-        step(conn)
-        return
-    for statement in step.split(";\n"):
-        if statement.strip():
-            conn.execute(statement)
+    """One step, as SQLite's migrations run theirs (statements separated by ";\n")."""
+    from newsletter.db import _apply as apply_step
+
+    apply_step(conn, step)

@@ -19,7 +19,7 @@ def test_db_status_on_sqlite_reads_without_creating_then_shows_versions_and_rows
     assert run(publication_root, "subscribers", "add", "a@example.org").exit_code == 0
     assert run(publication_root, "subscribers", "add", "b@example.org").exit_code == 0
     out = run(publication_root, "db", "status").output
-    assert "subscribers     v6" in out and "subscribers 2, subscriber_former_addresses 0" in out
+    assert "subscribers     v7" in out and "subscribers 2, subscriber_former_addresses 0" in out
 
 
 def test_subscriber_commands_and_db_status_on_postgresql(publication_root, pg_url):
@@ -33,7 +33,7 @@ def test_subscriber_commands_and_db_status_on_postgresql(publication_root, pg_ur
     status = run(publication_root, "db", "status", env=env)
     assert status.exit_code == 0, status.output
     assert "Backend: postgresql (postgresql://newsletter:***@127.0.0.1" in status.output
-    assert "subscribers     v6" in status.output and "subscribers 2," in status.output
+    assert "subscribers     v7" in status.output and "subscribers 2," in status.output
     assert "events          not created yet (this tool: v" in status.output  # read, not migrated
     assert secret not in status.output
     assert not (publication_root / "newsletter.db").exists()  # nothing fell back to SQLite

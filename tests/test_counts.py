@@ -178,3 +178,60 @@ def test_status_reads_do_not_grow_with_the_delivery(tmp_path: Path):
         assert rows[0].sent == n // 2 and rows[0].total == n
         conn.close()
     assert costs[1] <= costs[0] + 1, costs
+
+
+# ---------------------------------------------------------------------------------------
+# PostgreSQL keeps the same counts with statement triggers over transition tables
+# ---------------------------------------------------------------------------------------
+def test_subscriber_counts_follow_every_kind_of_write_on_postgresql(pg_url):
+    store = SubscriberStore.open(pg_url)
+    rng = random.Random(11)
+    emails = [f"u{i}@example.org" for i in range(25)]
+    for step in range(120):
+        email, op = rng.choice(emails), rng.choice(["add", "resub", "unsub", "bounce", "remove", "bulk", "sql-delete"])
+        try:
+            if op == "add":
+                store.add(email, f"N{step}")
+            elif op == "resub":
+                store.add(email, resubscribe=True)
+            elif op == "unsub":
+                store.unsubscribe(email)
+            elif op == "bounce" and (s := store.get_by_email(email)):
+                store.mark_bounced(s.id, "550")
+            elif op == "remove":
+                store.remove(email)
+            elif op == "bulk":  # one statement moving many rows between several statuses at once
+                store.conn.execute("UPDATE subscribers SET status=CASE WHEN id % 2 = 0 THEN 'active' "
+                                   "ELSE 'unsubscribed' END WHERE id % 3 = ?", (step % 3,))
+            elif op == "sql-delete":
+                store.conn.execute("DELETE FROM subscribers WHERE email=?", (email,))
+        except Exception as exc:  # a refused step changes nothing
+            assert "reactivated" in str(exc) or "no subscriber" in str(exc), exc
+        assert store.counts() == _truth(store.conn), (step, op)
+    store.close()
+
+
+def test_delivery_counts_follow_row_changes_on_postgresql(pg_url):
+    conn = open_ledger(pg_url)
+    conn.execute("INSERT INTO subscribers(email, created_at, changed_at) "
+                 "SELECT 'r' || i || '@example.org', 'x', 'x' FROM generate_series(1, 120) AS i")
+    for did, n in ((1, 120), (2, 40)):
+        _freeze(conn, did, n)
+    rng = random.Random(5)
+    last_finished: dict[int, str | None] = {1: None, 2: None}
+    for step in range(120):
+        did, low = rng.choice((1, 2)), rng.randint(1, 120)
+        state = rng.choice(LEDGER_STATES)
+        stamp = f"2025-01-01T00:{step // 60:02d}:{step % 60:02d}.000000Z"
+        if step % 29 == 0:
+            conn.execute("DELETE FROM ledger WHERE delivery_id=? AND subscriber_id=?", (did, low))
+        else:  # several rows in one statement, as a claimed batch moves
+            hit = conn.execute("UPDATE ledger SET state=?, updated_at=? WHERE delivery_id=? AND subscriber_id "
+                               "BETWEEN ? AND ?", (state, stamp, did, low, low + 4)).rowcount
+            if hit and state not in ("pending", "retry", "sending"):
+                last_finished[did] = stamp
+        for d in (1, 2):
+            assert _ledger_summary(conn, d) == (_ledger_truth(conn, d), last_finished[d]), (step, d)
+    conn.execute("DELETE FROM deliveries WHERE id=2")
+    assert conn.execute("SELECT COUNT(*) FROM delivery_counts WHERE delivery_id=2").fetchone()[0] == 0
+    conn.close()

@@ -304,3 +304,8 @@ def test_v3_renames_the_final_row_state_so_failed_temporary_means_only_retry_lat
         conn.execute("UPDATE ledger SET state='failed-temporary' WHERE subscriber_id=2")
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert failed_recipients(conn, 1) == [("e", "gave-up", None)]
+    # The counts `status` reads (v4's triggers) moved with the rows, and a new delivery counts gave-up too.
+    counts = dict(conn.execute("SELECT state, n FROM delivery_counts WHERE delivery_id=1"))
+    assert counts["gave-up"] == 1 and counts["retry"] == 1 and counts["sent"] == 1 and "failed-temporary" not in counts
+    conn.execute("INSERT INTO deliveries(slug, content_hash, state, created_at) VALUES('y', 'h', 'done', 'x')")
+    assert "gave-up" in dict(conn.execute("SELECT state, n FROM delivery_counts WHERE delivery_id=2"))

@@ -69,7 +69,7 @@ def test_runnable_commands_in_the_docs_run_as_written(doc, tmp_path):
 
 def test_the_readme_fits_on_a_few_screens_and_gives_exit_codes_once():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    assert len(readme.splitlines()) <= 130
+    assert len(readme.splitlines()) <= 150
     assert readme.count("| 130 |") == 1 and "## Exit codes" in readme
     assert all("| 130 |" not in p.read_text(encoding="utf-8") for p in DOCS[1:])
 
