@@ -4,8 +4,8 @@
 
 Needs ``wrk`` (Debian: ``apt-get install wrk``). A publication made by ``newsletter init``
 with generated readers is served by a real ``newsletter serve`` process on 127.0.0.1; a
-hello-world WSGI app runs on the same waitress set-up (:func:`newsletter.web.server.create_server`,
-the same limits) in its own process. Each round drives, for each client count in turn, with wrk
+hello-world WSGI app runs on the same waitress set-up (:func:`newsletter.web.server.serve`: the same
+limits and GIL switch interval) in its own process. Each round drives, for each client count in turn, with wrk
 (one thread, keep-alive connections): the hello-world app, ``GET /unsubscribe/<token>``, the
 one-click ``POST /unsubscribe/<token>`` and a Postmark bounce webhook, each write naming a reader
 no earlier request named. The rounds interleave the client counts, so a busy spell of the machine
@@ -73,14 +73,12 @@ end
 _HELLO = """
 import sys
 sys.path.insert(0, sys.argv[2])
-from newsletter.web.server import ServerLimits, create_server
+from newsletter.web.server import ServerLimits, serve
 PER_CLIENT = int(sys.argv[3])
 def app(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "13")])
     return [b"Hello, world\\n"]
-server = create_server(app, "127.0.0.1", int(sys.argv[1]), ServerLimits(per_client=PER_CLIENT))
-print(server.effective_port, flush=True)
-server.run()
+serve(app, "127.0.0.1", int(sys.argv[1]), ServerLimits(per_client=PER_CLIENT), ready=lambda line: print(line, flush=True))
 """
 
 
@@ -234,6 +232,11 @@ def report(results: Cells, clients: tuple[int, ...]) -> bool:
         print(f"| {name} | " + " | ".join(cells) + f" | {min(ratios):.2f}–{max(ratios):.2f}× |")
     print(f"writes answered but not applied: {LOST[0]} (target 0): {'OK' if LOST[0] == 0 else 'FAIL'}")
     ok &= LOST[0] == 0
+    hello_one = results[("hello", clients[0])]
+    for c in clients[1:]:
+        each = [r.rate / one.rate for r, one in zip(results[("hello", c)], hello_one)]
+        print(f"hello: throughput at {c} clients / at {clients[0]}: {_median(each):.2f}x "
+              f"(rounds {min(each):.2f}–{max(each):.2f}; the server and the machine, no app)")
     for name in WRITES:
         first = results[(name, clients[0])]
         for c in clients[1:]:
