@@ -20,6 +20,7 @@ DOMAIN = "newsletter"
 SHIPPED = Path(__file__).resolve().parent / "data" / "locale"
 
 
+@lru_cache(maxsize=64)  # asked twice by every public page, with the same root
 def catalog_dirs(root: Path | None = None) -> tuple[Path, ...]:
     """Where catalogs are looked for, the publication's first."""
     return ((root / "locale",) if root is not None else ()) + (SHIPPED,)
