@@ -39,7 +39,6 @@ class Row(NamedTuple):
     op: str             # "<=", ">=" or "" (no target: informational)
     target: float
     note: str = ""      # printed after the target
-    figure_unit: str = ""  # of the figure when it is a count, not a ratio (printed as a whole number)
 
 
 ROWS: tuple[Row, ...] = (
@@ -106,9 +105,22 @@ ROWS: tuple[Row, ...] = (
         r"Postmark webhook: p99 at 8 clients " + NUM + " ms", r"\| hello \| [^|]*\| [^|]*p99 " + NUM + " ms",
         r"Postmark webhook: p99 at 8 clients " + NUM + " ms", "ms", "<=", 20),
     Row("bench_serve.py", "answered one-click POSTs and webhooks not found applied afterwards, over every round",
-        "", "", r"writes answered but not applied: " + NUM, "", "<=", 0, "", " lost"),
+        "", "", r"writes answered but not applied: " + NUM, "writes", "<=", 0),
     Row("bench_serve.py", "one-click POST through `serve` vs hello-world on the same server (lowest of 1/8/32 clients)",
         "", "", r"\| POST one-click \|[^\n]*\| " + NUM + "–", "", "", 0, "no target: the price of the app itself"),
+    Row("bench_soak.py", "multi-process soak on PostgreSQL, 3 runs in a row: readers lost",
+        "", "", r"soak readers lost \(\d+ runs\): " + NUM, "readers", "<=", 0),
+    Row("bench_soak.py", "multi-process soak on PostgreSQL, 3 runs in a row: readers mailed after their unsubscribe was answered",
+        "", "", r"soak readers mailed after their unsubscribe was answered \(\d+ runs\): " + NUM, "readers", "<=", 0),
+    Row("bench_soak.py", "duplicates per SIGKILL over SMTP, PostgreSQL (soak and crash runs), vs connections in flight",
+        r"duplicates per SIGKILL, postgresql: max " + NUM, r"duplicates per SIGKILL, postgresql: max \d+ vs " + NUM,
+        r"duplicates per SIGKILL, postgresql: [^\n]*ratio " + NUM + "x", "copies", "<=", 1),
+    Row("bench_soak.py", "duplicates per SIGKILL over SMTP, SQLite (crash runs), vs connections in flight",
+        r"duplicates per SIGKILL, sqlite: max " + NUM, r"duplicates per SIGKILL, sqlite: max \d+ vs " + NUM,
+        r"duplicates per SIGKILL, sqlite: [^\n]*ratio " + NUM + "x", "copies", "<=", 1),
+    Row("bench_soak.py", "takeover of a dead worker's readers (soak, worst of 30 kills), vs lease + 10 s",
+        r"takeover of a dead worker's readers: worst " + NUM + " s", r"takeover [^\n]*vs lease \+ 10 = " + NUM + " s",
+        r"takeover [^\n]*ratio " + NUM + "x", "s", "<=", 1),
 )
 
 #: Benchmarks on simulated time (no noise): one run is the figure.
@@ -164,9 +176,8 @@ def table(outputs: dict[str, list[str]]) -> list[str]:
             lines.append(f"| {row.label} | — | — | not measured (see the run's log) | | **no** |")
             continue
         med = statistics.median(figs)
-        unit = row.figure_unit or ("ms" if row.figure == row.ours else "×")
-        digits = 0 if row.figure_unit else 2
-        ratio = f"{med:.{digits}f}{unit} ({min(figs):.{digits}f}–{max(figs):.{digits}f}, {len(figs)} runs)"
+        unit = "ms" if row.figure == row.ours else (f" {row.unit}" if row.unit and not row.ours else "×")
+        ratio = f"{med:.2f}{unit} ({min(figs):.2f}–{max(figs):.2f}, {len(figs)} runs)"
         if not row.op:
             target, met = "—", row.note or "—"
         else:

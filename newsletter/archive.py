@@ -326,7 +326,7 @@ def build_archive(settings: Settings, out_dir: Path, *, today: dt.date | None = 
         from newsletter.i18n import translations
 
         renderer.env.install_gettext_translations(  # type: ignore[attr-defined]
-            translations(context.get("lang") or pub.lang, settings.root), newstyle=True)
+            translations(context.get("lang") or pub.lang, settings.root, renderer.cache_dir / "i18n"), newstyle=True)
         return renderer.render_template(name, {"pub": pub, "alternates": [], "subscribe": subscribe, **context})
 
     write("style.css", render("web.css.j2"))

@@ -56,9 +56,10 @@ import random
 import sqlite3
 import threading
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from newsletter import ledger
 from newsletter.clock import SYSTEM, Clock
@@ -86,6 +87,13 @@ if TYPE_CHECKING:
 #: Bounds of NEWSLETTER_LEASE_SECONDS: a heartbeat every third of it must fit between two database
 #: waits, and a dead sender's readers should not wait for hours.
 MIN_LEASE_SECONDS, MAX_LEASE_SECONDS = 15, 3600
+#: How often (seconds) a worker on PostgreSQL looks for readers another worker claimed longer than
+#: the lease ago (a worker killed mid-batch) and puts them back to be sent: the takeover's delay
+#: is at most the lease plus this.
+RECLAIM_EVERY = 5.0
+#: A per-message fence (PostgreSQL) is held while the server answers that one message; should a
+#: worker hang there, the database ends its session after this, so no unsubscribe waits longer.
+FENCE_IDLE_TIMEOUT = "120s"
 #: How long a run keeps waiting for due retries (newsletter.retry's, named here too).
 DEFAULT_MAX_WAIT = retry.DEFAULT_MAX_WAIT
 #: Called while a run waits for a retry: (seconds left, why).
@@ -223,6 +231,9 @@ class _Run:
         self.transport_name = "transport"
         self.delivery: Delivery | None = None
         self.store: SubscriberStore | None = None
+        self.taken_from: str | None = None  # the dead or silent holder whose lock this run took over
+        self.last_reclaim = self.clock()
+        self.fences: dict[int, Any] = {}    # PostgreSQL: a session per sending thread (see _fence)
 
     # ---- time: one wall clock that runs on the injected monotonic clock -------------------
     def now(self) -> datetime:
@@ -244,7 +255,7 @@ class _Run:
             transports = self._open_transports()
             self.transport_name = transports[0].name
             try:
-                ledger.acquire_lock(self.conn, self.id, self.owner, self.now(), self.o.lease)
+                self.taken_from = ledger.acquire_lock(self.conn, self.id, self.owner, self.now(), self.o.lease)
             except DeliveryLockedError:
                 if not self._may_help():
                     raise
@@ -270,6 +281,7 @@ class _Run:
                     ledger.release_lock(self.conn, self.id, self.owner)
         finally:
             _close_all(transports)
+            _close_all(list(self.fences.values()))
 
     def _may_help(self) -> bool:
         """Join a running delivery another worker holds: on PostgreSQL (whose claims skip each
@@ -289,7 +301,13 @@ class _Run:
             self.delivery = get_delivery(self.conn, self.id)
             self.counts = ledger.ledger_counts(self.conn, self.id)
         self.total = sum(self.counts.values())
-        self._work(transports)
+        try:
+            self._work(transports)
+        finally:  # what this helper left 'sending' (an exception mid-batch) is nobody's now
+            with self.db:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                ledger.orphan_claims(self.conn, self.id, self.owner)
         if self.errors:
             raise self.errors[0]
         elapsed = self.clock() - started
@@ -354,7 +372,8 @@ class _Run:
             start = ledger.begin_run(self.conn, d, transport=self.transport_name,
                                      resend_interrupted=self.o.resend_uncertain, retry_failed=self.o.retry_failed,
                                      now=self.now(), retry_now=self.o.retry_now,
-                                     edition_for=self.prepared.edition_for)
+                                     edition_for=self.prepared.edition_for, taken_from=self.taken_from,
+                                     lease=self.o.lease)
             self.delivery = get_delivery(self.conn, self.id)
         if self.o.resend_uncertain:
             self.stats["interrupted_resent"] = start.interrupted
@@ -520,6 +539,7 @@ class _Run:
                 now = self.now()
                 day, limit = utc_day(now), self.o.claim_size
                 with transaction(self.conn) as conn:
+                    self._reclaim(conn)
                     if self.o.daily_cap is not None:
                         used = ledger.daily_used(conn, day, self.transport_name)
                         if used >= self.o.daily_cap:
@@ -554,6 +574,14 @@ class _Run:
             raise
         return job
 
+    def _reclaim(self, conn: sqlite3.Connection) -> None:
+        """PostgreSQL, every :data:`RECLAIM_EVERY` s: readers claimed longer than the lease ago by a
+        worker that died (or went silent) go back to be sent, without waiting for the run's end."""
+        if backend(conn) == "sqlite" or self.clock() - self.last_reclaim < RECLAIM_EVERY:
+            return
+        self.last_reclaim = self.clock()
+        ledger.in_flight_elsewhere(conn, self.id, self.now() - self.o.lease)
+
     def _unclaim(self, job: _Job) -> None:
         """Undo a claim whose batch (the readers not answered for yet) never reached anyone."""
         rows = [r for i, r in enumerate(job.claim.rows) if i not in job.recorded]
@@ -571,6 +599,8 @@ class _Run:
         when the connection dropped under the transport, why; None when the batch was put back."""
         assert self.delivery is not None
         key = self.delivery.idempotency_key(job.claim.batch_no)
+        if hasattr(transport, "fence"):  # one that can be stopped before each message (SMTP)
+            transport.fence = lambda i: self._fence(job, i)  # type: ignore[attr-defined]
         if hasattr(transport, "on_result"):  # a transport that answers message by message (SMTP)
             n = len(job.messages)
             transport.on_result = lambda i, result: self._record(job, [None] * i + [result] + [None] * (n - i - 1),
@@ -606,12 +636,76 @@ class _Run:
             results = (results + [lost] * len(job.messages))[:len(job.messages)]
         return results, None
 
+    @contextmanager
+    def _fence(self, job: _Job, i: int) -> Iterator[bool]:
+        """Right before reader ``i``'s message goes out: is the reader still active? If not, their
+        row is skipped and nothing is sent. On PostgreSQL the reader's row stays locked (FOR SHARE)
+        in a session of this thread's own until the server has answered, so an unsubscribe
+        committed meanwhile waits for that one message: once `serve` has answered an unsubscribe,
+        no message to that reader starts. (SQLite: a look just before, without the lock.)"""
+        row = job.claim.rows[i]
+        if backend(self.conn) == "sqlite":
+            with self.db:
+                found = self.conn.execute("SELECT status FROM subscribers WHERE id=?", (row.sid,)).fetchone()
+            status = found[0] if found else ""
+            if status != "active":
+                self._skip(job, i, status)
+            yield status == "active"
+            return
+        fence = self._fence_session()
+        try:
+            fence.execute("BEGIN")
+            found = fence.execute("SELECT status FROM subscribers WHERE id=? FOR SHARE", (row.sid,)).fetchone()
+        except sqlite3.Error:
+            self._drop_fence()  # the next message opens a fresh session
+            raise
+        status = found[0] if found else ""
+        if status != "active":
+            fence.execute("ROLLBACK")
+            self._skip(job, i, status)
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            try:
+                fence.execute("COMMIT")  # after the server's answer: the unsubscribe may go on
+            except sqlite3.Error:  # the session was ended (a hang past FENCE_IDLE_TIMEOUT): the answer stands
+                self._drop_fence()
+
+    def _fence_session(self) -> Any:
+        """This thread's own session for :meth:`_fence` (opened on first use, closed with the run)."""
+        key = threading.get_ident()
+        if key not in self.fences:
+            session = self.conn.sibling()
+            session.execute(f"SET idle_in_transaction_session_timeout = '{FENCE_IDLE_TIMEOUT}'")
+            self.fences[key] = session
+        return self.fences[key]
+
+    def _drop_fence(self) -> None:
+        session = self.fences.pop(threading.get_ident(), None)
+        if session is not None:
+            _close_all([session])
+
+    def _skip(self, job: _Job, i: int, status: str) -> None:
+        """Record a claimed reader found no longer active right before their message: skipped."""
+        row = job.claim.rows[i]
+        with self.db, transaction(self.conn) as conn:
+            now = self.now()
+            ledger.skip_claimed(conn, self.id, row.sid, status, now=now, day=utc_day(now),
+                                transport=self.transport_name)
+            job.recorded.add(i)
+            self._move("sending", "skipped")
+            self.last_progress = self.clock()
+
     def _record(self, job: _Job, results: Sequence[SendResult | None], dropped: str | None,
                 only: Sequence[int] | None = None) -> None:
         """Store readers' transitions in one transaction, once the transport answered: at the end of
         the batch, every reader not recorded yet; or (``only``) the readers a streaming transport has
         just answered for, so `status` and a crash see each answer at once."""
         idx = [i for i in (range(len(results)) if only is None else only) if i not in job.recorded]
+        if not idx and only is not None:  # a reader already recorded (skipped right before sending)
+            return
         rows = [job.claim.rows[i] for i in idx]
         answers = [(classify(results[i]), scrub(results[i].error) if results[i] is not None and results[i].error
                     else dropped, results[i].retry_after if results[i] is not None else None) for i in idx]

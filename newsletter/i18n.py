@@ -1,19 +1,23 @@
-"""Interface strings in the reader's language: gettext message catalogs, read with Babel.
+"""Interface strings in the reader's language: gettext message catalogs, compiled with Babel.
 
 Catalogs are ``.po`` files, ``data/locale/<locale>/LC_MESSAGES/newsletter.po`` shipped with the
 tool (English and Simplified Chinese) and ``locale/<locale>/LC_MESSAGES/newsletter.po`` in the
 publication, which win. They are compiled in memory when first used, so a third language is
-one more ``.po`` file and no build step. A string a catalog lacks stays English.
+one more ``.po`` file and no build step (a build keeps the compiled form in build/.cache/i18n/).
+A string a catalog lacks stays English.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import time
 from functools import lru_cache
+from gettext import GNUTranslations, NullTranslations
 from pathlib import Path
 from typing import Callable, Iterable
 
+from newsletter.disk_memo import package_version, read_blob, write_blob
 from newsletter.lang import match, normalise_tag
 
 DOMAIN = "newsletter"
@@ -57,32 +61,40 @@ def _scan(dirs: tuple[Path, ...]) -> list[str]:
 
 
 @lru_cache(maxsize=32)
-def _translations(tag: str, dirs: tuple[Path, ...]):  # noqa: ANN202 - babel.support.Translations
-    from babel.messages.mofile import write_mo
-    from babel.messages.pofile import read_po
-    from babel.support import NullTranslations, Translations
-
-    result: NullTranslations = NullTranslations()
+def _translations(tag: str, dirs: tuple[Path, ...], cache_dir: Path | None = None) -> NullTranslations:
+    result = NullTranslations()
     for base in reversed(dirs):  # shipped first, then the publication's on top
         po = base / tag.replace("-", "_") / "LC_MESSAGES" / f"{DOMAIN}.po"
         if not po.is_file():
             continue
-        with po.open("rb") as fh:
-            catalog = read_po(fh, locale=tag.replace("-", "_"), domain=DOMAIN)
-        buf = io.BytesIO()
-        write_mo(buf, catalog)
-        buf.seek(0)
-        layer = Translations(buf, domain=DOMAIN)
+        layer = GNUTranslations(io.BytesIO(_compiled(po.read_bytes(), tag.replace("-", "_"), cache_dir)))
         layer.add_fallback(result)
         result = layer
     return result
 
 
-def translations(tag: str | None, root: Path | None = None):  # noqa: ANN201
-    """gettext translations for the catalog ``tag`` matches (CLDR likely subtags), else English."""
+def _compiled(po: bytes, locale: str, cache_dir: Path | None) -> bytes:
+    """The .mo form of a .po catalog, compiled by Babel; with ``cache_dir``, kept there by content
+    (and Babel's version), so a fresh `newsletter build` neither loads Babel nor parses the .po."""
+    name = hashlib.sha256(b"\0".join([package_version("babel").encode(), locale.encode(), po])).hexdigest()
+    blob = read_blob(cache_dir, f"catalog-{name[:32]}.mo")
+    if blob is None:
+        from babel.messages.mofile import write_mo
+        from babel.messages.pofile import read_po
+
+        buf = io.BytesIO()
+        write_mo(buf, read_po(io.BytesIO(po), locale=locale, domain=DOMAIN))
+        blob = buf.getvalue()
+        write_blob(cache_dir, f"catalog-{name[:32]}.mo", blob)
+    return blob
+
+
+def translations(tag: str | None, root: Path | None = None, cache_dir: Path | None = None) -> NullTranslations:
+    """gettext translations for the catalog ``tag`` matches (CLDR likely subtags), else English.
+    ``cache_dir`` keeps compiled catalogs between processes (see :func:`_compiled`)."""
     dirs = catalog_dirs(root)
     found = match(tag, languages(dirs)) if tag else None
-    return _translations(found or "en", dirs)
+    return _translations(found or "en", dirs, cache_dir)
 
 
 def gettext(tag: str | None, message: str, root: Path | None = None, **values: object) -> str:

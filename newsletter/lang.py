@@ -47,6 +47,11 @@ def optional_tag(text: str | None, what: str = "language") -> str:
     return normalise_tag(text, what) if text and text.strip() else ""
 
 
+def primary_language(tag: str) -> str:
+    """The language subtag of a canonical tag (``zh`` of ``zh-Hans-CN``): what :func:`maximize` keeps."""
+    return tag.split("-", 1)[0]
+
+
 @lru_cache(maxsize=256)
 def maximize(tag: str) -> tuple[str, str, str]:
     """(language, script, region) of ``tag`` filled out by CLDR's likely subtags.
@@ -75,25 +80,37 @@ def match(reader: str | None, candidates: Iterable[str]) -> str | None:
     """The candidate tag a reader's language matches, or None.
 
     Language and script must agree once filled out; of several, one whose region agrees too
-    wins, then the first given."""
+    wins, then the first given. Filling out keeps the language subtag, so a candidate in
+    another language, or the reader's own tag, is decided without CLDR's table (and without
+    loading Babel: a build in one language never needs it)."""
     if not reader:
         return None
     try:
-        want = maximize(reader)
+        own = normalise_tag(reader)
     except InputError:
         return None
     best: tuple[int, str] | None = None
     for tag in candidates:
         try:
-            have = maximize(tag)
+            score = _match_score(own, reader, normalise_tag(tag), tag)
         except InputError:
             continue
-        if have[:2] != want[:2]:
-            continue
-        score = 1 if have[2] == want[2] else 0
-        if best is None or score > best[0]:
+        if score is not None and (best is None or score > best[0]):
             best = (score, tag)
     return best[1] if best else None
+
+
+def _match_score(own: str, reader: str, other: str, tag: str) -> int | None:
+    """None when ``tag`` does not match ``reader`` (``own``, ``other``: their canonical forms);
+    else 1 when the filled-out regions agree too, 0 when they do not."""
+    if primary_language(other) != primary_language(own):
+        return None  # maximize never changes the language subtag
+    if other == own:
+        return 1  # the same tag fills out the same way
+    want, have = maximize(reader), maximize(tag)
+    if have[:2] != want[:2]:
+        return None
+    return 1 if have[2] == want[2] else 0
 
 
 def accepted(header: str | None) -> list[str]:
@@ -144,6 +161,6 @@ def is_cjk(tag: str | None) -> bool:
     if not tag:
         return False
     try:
-        return maximize(tag)[0] in ("zh", "ja", "ko", "yue", "wuu", "hak", "nan")
+        return primary_language(normalise_tag(tag)) in ("zh", "ja", "ko", "yue", "wuu", "hak", "nan")
     except InputError:
         return False

@@ -188,6 +188,9 @@ def _v5_gave_up(conn: sqlite3.Connection) -> None:
 
 
 MIGRATIONS.append(_v5_gave_up)
+# v6: which run claimed a row 'sending' (claim_batch), so a takeover settles only the dead holder's
+# readers and never those a live helper has in flight (see begin_run).
+MIGRATIONS.append("ALTER TABLE ledger ADD COLUMN claimed_by TEXT")
 
 OPEN_STATES = OPEN_DELIVERY_STATES
 _OPEN_SQL = sql_list(OPEN_STATES)
@@ -516,10 +519,12 @@ def _hostname() -> str:
 
 
 def acquire_lock(conn: sqlite3.Connection, delivery_id: int, owner: str, now: datetime,
-                 lease: timedelta = DEFAULT_LEASE) -> None:
-    """Take the delivery's lock, or raise :class:`DeliveryLockedError` naming the live holder."""
+                 lease: timedelta = DEFAULT_LEASE) -> str | None:
+    """Take the delivery's lock, or raise :class:`DeliveryLockedError` naming the live holder.
+    Returns the owner whose lock was taken over (a dead or silent holder), None when it was free."""
     with transaction(conn):
         cur = get_delivery(conn, delivery_id)
+        previous = conn.execute("SELECT lock_owner FROM deliveries WHERE id=?", (delivery_id,)).fetchone()[0]
         if lock_is_live(cur, now, lease):
             age = (now - cur.lock_heartbeat).total_seconds() if cur.lock_heartbeat else 0
             raise DeliveryLockedError(
@@ -529,13 +534,22 @@ def acquire_lock(conn: sqlite3.Connection, delivery_id: int, owner: str, now: da
                 "(NEWSLETTER_LEASE_SECONDS)")
         conn.execute("UPDATE deliveries SET lock_owner=?, lock_pid=?, lock_host=?, lock_heartbeat=? WHERE id=?",
                      (owner, os.getpid(), _hostname(), timestamp(now), delivery_id))
+        return previous
 
 
 def release_lock(conn: sqlite3.Connection, delivery_id: int, owner: str) -> None:
     if conn.in_transaction:
         conn.execute("ROLLBACK")
+    orphan_claims(conn, delivery_id, owner)
     conn.execute("UPDATE deliveries SET lock_owner=NULL, lock_pid=NULL, lock_host=NULL, lock_heartbeat=NULL "
                  "WHERE id=? AND lock_owner=?", (delivery_id, owner))
+
+
+def orphan_claims(conn: sqlite3.Connection, delivery_id: int, owner: str) -> None:
+    """A run that ends (its threads joined) sends nothing more: the readers it left 'sending' (an
+    exception mid-batch) are nobody's now, for the next holder to settle at once (:func:`begin_run`)."""
+    conn.execute("UPDATE ledger SET claimed_by=NULL WHERE delivery_id=? AND state='sending' AND claimed_by=?",
+                 (delivery_id, owner))
 
 
 def refresh_lock(conn: sqlite3.Connection, delivery_id: int, owner: str, now: datetime,
@@ -570,13 +584,17 @@ class RunStart(NamedTuple):
 
 def begin_run(conn: sqlite3.Connection, d: Delivery, *, transport: str, resend_interrupted: bool,
               retry_failed: bool, now: datetime, retry_now: bool = False,
-              edition_for: Callable[[str], str] | None = None) -> RunStart:
+              edition_for: Callable[[str], str] | None = None, taken_from: str | None = None,
+              lease: timedelta = DEFAULT_LEASE) -> RunStart:
     """Freeze the list (first run only), settle rows a crash left in flight, and mark it running.
 
     Rows left ``sending`` were handed to the transport and never recorded: a crash or a kill.
     They are sent again under the same batch and key (no attempt counted: nobody answered),
     or with ``resend_interrupted=False`` set ``uncertain`` and reported. A ``done`` delivery
     is never reopened here, except ``retry_failed`` for those whose retry window ran out.
+    Only rows nobody can still be sending are settled: those the holder whose lock was taken over
+    (``taken_from``) claimed, those a run that ended left (no claimer), and those claimed longer than
+    the ``lease`` ago. A live helper's readers in flight (PostgreSQL) are its own to record.
     ``retry_now`` (the editor's `resume`) makes every deferred reader due at once.
     ``edition_for`` gives the edition (tag, "" for the main one) a reader of a language gets; it is
     recorded in each row at the freeze. Runs inside the caller's transaction.
@@ -602,16 +620,18 @@ def begin_run(conn: sqlite3.Connection, d: Delivery, *, transport: str, resend_i
                          "subscribers) AS v WHERE ledger.delivery_id=? AND ledger.subscriber_id=v.id AND "
                          f"v.lang IN ({','.join('?' * (len(params) // 2))})",
                          (*params, d.id, *params[0::2]))
-    interrupted = conn.execute("SELECT COUNT(*) FROM ledger WHERE delivery_id=? AND state='sending'",
-                               (d.id,)).fetchone()[0]
+    orphaned = ("state='sending' AND (claimed_by IS NULL OR claimed_by=? OR updated_at IS NULL OR updated_at<?)",
+                (taken_from or "", timestamp(now - lease)))
+    interrupted = conn.execute(f"SELECT COUNT(*) FROM ledger WHERE delivery_id=? AND {orphaned[0]}",
+                               (d.id, *orphaned[1])).fetchone()[0]
     if resend_interrupted:
         conn.execute("UPDATE ledger SET state='retry', retry_batch=batch_no, next_attempt_at=0, updated_at=?, "
                      "last_error='interrupted while sending (a crash or kill); sent again, a duplicate is possible' "
-                     "WHERE delivery_id=? AND state='sending'", (stamp, d.id))
+                     f"WHERE delivery_id=? AND {orphaned[0]}", (stamp, d.id, *orphaned[1]))
     else:
         conn.execute("UPDATE ledger SET state='uncertain', updated_at=?, last_error='interrupted while sending "
                      "(a crash or kill): may or may not have been delivered; not sent again' "
-                     "WHERE delivery_id=? AND state='sending'", (stamp, d.id))
+                     f"WHERE delivery_id=? AND {orphaned[0]}", (stamp, d.id, *orphaned[1]))
     if retry_now:
         conn.execute("UPDATE ledger SET next_attempt_at=0 WHERE delivery_id=? AND state='retry'", (d.id,))
     if retry_failed:
@@ -754,12 +774,12 @@ def claim_batch(conn: sqlite3.Connection, d: Delivery, owner: str, *, limit: int
     claim = Claim(batch_no, [ClaimedRow(*tuple(r)[:8], r["edition"]) for r in live], fresh, skipped,
                   last_id=rows[-1][0])
     if fresh and not gone:  # a contiguous keyset range of pending rows: one statement
-        conn.execute("UPDATE ledger SET state='sending', batch_no=?, updated_at=? WHERE delivery_id=? AND "
-                     "subscriber_id BETWEEN ? AND ? AND state='pending'",
-                     (claim.batch_no, stamp, d.id, live[0][0], live[-1][0]))
+        conn.execute("UPDATE ledger SET state='sending', batch_no=?, updated_at=?, claimed_by=? WHERE delivery_id=? "
+                     "AND subscriber_id BETWEEN ? AND ? AND state='pending'",
+                     (claim.batch_no, stamp, owner, d.id, live[0][0], live[-1][0]))
     else:
-        update_each(conn, d.id, "state='sending', batch_no=?, updated_at=?", [(r[0],) for r in live],
-                    claim.batch_no, stamp)
+        update_each(conn, d.id, "state='sending', batch_no=?, updated_at=?, claimed_by=?", [(r[0],) for r in live],
+                    claim.batch_no, stamp, owner)
     conn.execute("INSERT INTO daily_counts(day, transport, count) VALUES(?, ?, ?) ON CONFLICT(day, transport) "
                  "DO UPDATE SET count=daily_counts.count+excluded.count", (day, transport, len(live)))
     return claim
@@ -785,6 +805,17 @@ def in_flight_elsewhere(conn: sqlite3.Connection, delivery_id: int, stale_before
                  (timestamp(stale_before), delivery_id, timestamp(stale_before)))
     return conn.execute("SELECT COUNT(*) FROM ledger WHERE delivery_id=? AND state='sending'",
                         (delivery_id,)).fetchone()[0]
+
+
+def skip_claimed(conn: sqlite3.Connection, delivery_id: int, subscriber_id: int, status: str, *, now: datetime,
+                 day: str, transport: str) -> None:
+    """A claimed reader found no longer active right before their message would go out: skipped, as
+    at the claim, and taken off the day's count (nothing was handed to the transport)."""
+    conn.execute("UPDATE ledger SET state='skipped', last_error=?, updated_at=? WHERE delivery_id=? AND "
+                 "subscriber_id=? AND state='sending'",
+                 (f"no longer active ({status or 'removed'})", timestamp(now), delivery_id, subscriber_id))
+    conn.execute("UPDATE daily_counts SET count=CASE WHEN count > 0 THEN count - 1 ELSE 0 END "
+                 "WHERE day=? AND transport=?", (day, transport))
 
 
 def unclaim(conn: sqlite3.Connection, delivery_id: int, rows: Sequence[ClaimedRow], *, day: str,

@@ -10,20 +10,11 @@ from __future__ import annotations
 
 import html as htmllib
 import json
-import re
 from email import policy, quoprimime
 from typing import Any, Callable
 
-#: Named per-recipient placeholders left in the rendered output; the message
-#: builder substitutes them cheaply (HTML-escaped in the HTML part).
-PLACEHOLDERS = {
-    "unsubscribe_url": "%%UNSUBSCRIBE_URL%%",
-    "email": "%%EMAIL%%",
-    "name": "%%NAME%%",
-    "language_url": "%%LANGUAGE_URL%%",  # the reader's signed link to switch editions (+ "/<tag>")
-}
-_PLACEHOLDER_RE = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS.values()))
-_KEY_BY_MARKER = {marker: key for key, marker in PLACEHOLDERS.items()}
+from newsletter.placeholders import KEY_BY_MARKER, PLACEHOLDER_RE, PLACEHOLDERS, fill  # noqa: F401 - re-exported
+
 EOL = "\r\n"
 _SMTP = policy.SMTP.clone(max_line_length=78)
 
@@ -39,9 +30,9 @@ def _split(body: str, encode: Callable[[str], Any]) -> list[Any]:
     and the key of each placeholder between them (odd indexes)."""
     out: list[Any] = []
     pos = 0
-    for m in _PLACEHOLDER_RE.finditer(body):
+    for m in PLACEHOLDER_RE.finditer(body):
         out.append(encode(body[pos:m.start()]))
-        out.append(_KEY_BY_MARKER[m.group()])
+        out.append(KEY_BY_MARKER[m.group()])
         pos = m.end()
     out.append(encode(body[pos:]))
     return out
@@ -154,9 +145,3 @@ def substitute(body: str, values: dict[str, str], *, escape: bool) -> str:
     """The body with each placeholder replaced by its value (HTML-escaped when ``escape``)."""
     return fill(body, lambda key: htmllib.escape(values[key]) if escape else values[key])
 
-
-def fill(body: str, value_of: Callable[[str], str]) -> str:
-    """The body with each placeholder replaced by ``value_of(its key)``, in ONE pass: every
-    substitution goes through here (or :func:`segments`), so a value that holds a placeholder
-    (a reader named ``%%UNSUBSCRIBE_URL%%``) stays literal, never scanned again."""
-    return _PLACEHOLDER_RE.sub(lambda m: value_of(_KEY_BY_MARKER[m.group()]), body)

@@ -121,6 +121,11 @@ class PgConnection:
     def __init__(self, raw: psycopg.Connection, url: str) -> None:
         self.raw = raw
         self.where = redact(url)
+        self._url = url  # for sibling(); never shown (messages use ``where``)
+
+    def sibling(self) -> "PgConnection":
+        """Another session on the same database, as the same role (a transaction of its own)."""
+        return connect(self._url)
 
     @property
     def in_transaction(self) -> bool:

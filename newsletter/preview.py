@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 
 from newsletter.config import Settings
 from newsletter.errors import NewsletterError
-from newsletter.mime import fill
+from newsletter.placeholders import fill
 from newsletter.render import Renderer, RenderedEmail
 
 SAMPLE_VALUES = {"unsubscribe_url": "#unsubscribe-preview", "email": "reader@example.org", "name": "Reader",

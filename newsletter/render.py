@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 
 from newsletter.errors import InputError, NewsletterError
-from newsletter.mime import PLACEHOLDERS
+from newsletter.placeholders import PLACEHOLDERS
 from newsletter.template_files import default_templates_dir
 
 if TYPE_CHECKING:
@@ -138,7 +138,8 @@ class Renderer:
 
     def __init__(self, settings: "Settings"):
         self.settings = settings
-        self.env = template_environment(settings.templates_dir, settings.build_dir / ".cache" / "jinja")
+        self.cache_dir = settings.build_dir / ".cache"  # derived data kept between runs (see newsletter.disk_memo)
+        self.env = template_environment(settings.templates_dir, self.cache_dir / "jinja")
 
     def render_template(self, name: str, context: dict[str, Any]) -> str:
         try:
@@ -190,11 +191,11 @@ class Renderer:
         lap("jinja")
         html = compile_mjml(mjml_source)
         lap("mjml")
-        html = inline_css(html, css, self.settings.build_dir / ".cache" / "inline")
+        html = inline_css(html, css, self.cache_dir / "inline")
         lap("inline")
         from newsletter.i18n import translations
 
-        links_label = translations(context["lang"], self.settings.root).gettext("Links:")
+        links_label = translations(context["lang"], self.settings.root, self.cache_dir / "i18n").gettext("Links:")
         text = self.render_template("email.txt.j2", {**context, "body_text": to_plain_text(parsed.tokens,
                                                                                           links_label=links_label)})
         # No trailing spaces, except in the conventional "-- " signature separator.
@@ -226,7 +227,8 @@ def edition_context(renderer: Renderer, issue: "Issue", editions: "Editions | No
 
     settings = renderer.settings
     lang = issue.lang or settings.publication.lang
-    renderer.env.install_gettext_translations(translations(lang, settings.root), newstyle=True)  # type: ignore[attr-defined]
+    renderer.env.install_gettext_translations(translations(lang, settings.root, renderer.cache_dir / "i18n"),  # type: ignore[attr-defined]
+                                              newstyle=True)
     links = links_for(editions, edition, settings.publication.base_url, settings.root) if editions else []
     return {"cjk": is_cjk(lang), "edition_links": links, "edition": edition}
 

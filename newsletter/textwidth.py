@@ -91,7 +91,7 @@ def _glue(units: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
 
 def wrap(line: str, limit: int) -> list[str]:
     """``line`` cut into lines of at most ``limit`` columns (one unit longer than that stands alone)."""
-    if all(not _is_wide(ch) for ch in line):
+    if line.isascii() or not any(_is_wide(ch) for ch in set(line)):  # each distinct character once
         return textwrap.wrap(line, width=limit, break_long_words=False, break_on_hyphens=False) or [""]
     lines: list[str] = []
     current, used = "", 0

@@ -32,6 +32,8 @@ Features:
   after DATA" case: delivered, but the sender cannot know).
 * ``pipelining=True``  advertise PIPELINING (RFC 2920) in the EHLO reply.
 * ``messages``  every accepted message, in order, as :class:`ReceivedMessage`;
+  ``arrivals``  ``(recipient, time.time())`` of every accepted message, also when ``keep_data=False``
+  (a soak compares them with the times other events were answered);
   ``connections``  how many SMTP connections were opened; ``commands`` every command
   verb seen, as ``(connection, VERB)``; ``auth_attempts`` the logins tried.
 
@@ -46,6 +48,7 @@ import email.policy
 import ipaddress
 import ssl
 import threading
+import time
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from functools import lru_cache
@@ -229,6 +232,7 @@ class SMTPTestServer:
         self.commands: list[tuple[int, str]] = []
         self.auth_attempts: list[tuple[str, bool]] = []
         self.count = 0  # accepted messages, also when keep_data=False
+        self.arrivals: list[tuple[str, float]] = []  # (first recipient, wall time accepted)
         self._connections = 0
         self._attempts: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
@@ -408,6 +412,7 @@ class _Handler:
         login = auth_data.login.decode("utf-8", "replace") if isinstance(auth_data, LoginPassword) else None
         with self.o._lock:
             self.o.count += 1
+            self.o.arrivals.append((first, time.time()))
             if self.o.keep_data:
                 self.o.messages.append(ReceivedMessage(
                     mail_from=envelope.mail_from, rcpt_tos=list(envelope.rcpt_tos),

@@ -1,9 +1,11 @@
-"""premailer is pinned to the minor version whose private API newsletter/inline.py patches.
+"""premailer is pinned to the minor version whose private API newsletter/premailer_memo.py patches.
 
-inline.py overrides ``Premailer._parse_style_rules`` and ``_css_rules_to_string`` (a cache of
-parsed style sheets) and replaces ``merge_style.csstext_to_pairs`` (to skip validation of
-MJML's own style attributes). An upgrade that changes any of them must fail here, so that
-someone re-reads inline.py before it silently inlines differently."""
+premailer_memo.py overrides ``Premailer._parse_style_rules`` and ``_css_rules_to_string`` (a memo
+of parsed style sheets), replaces ``csstext_to_pairs`` in both premailer modules (unvalidated and
+memoised) and ``_create_cssselector`` (memoised XPath), and newsletter/inline.py hands
+``Premailer.transform`` a parsed tree and aligns floating images itself (premailer's own step
+loads cssutils). An upgrade that changes any of them must fail here, so that someone re-reads
+both files before they silently inline differently."""
 
 from __future__ import annotations
 
@@ -16,13 +18,16 @@ from pathlib import Path
 import premailer
 
 REPO = Path(__file__).resolve().parent.parent
-#: sha256 (first 16 hex digits) of the source of each private function inline.py depends on,
+#: sha256 (first 16 hex digits) of the source of each private function we depend on,
 #: in premailer 3.10.0.
 PATCHED = {
     ("premailer/premailer.py", "Premailer._parse_style_rules"): "09c022001e899668",
     ("premailer/premailer.py", "Premailer._css_rules_to_string"): "f2fc8767b3cc17dc",
     ("premailer/merge_style.py", "csstext_to_pairs"): "cbb3cb70d94e1708",
     ("premailer/merge_style.py", "merge_styles"): "7846572f54c9620c",
+    ("premailer/premailer.py", "Premailer.transform"): "b854342028a9daa3",
+    ("premailer/premailer.py", "_create_cssselector"): "3f4fe4b9f46e5cd2",
+    ("premailer/premailer.py", "get_or_create_head"): "0f2521ea30a20acf",
 }
 
 

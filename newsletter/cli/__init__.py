@@ -10,7 +10,7 @@ this one place, and click's standalone mode prints it and exits.
 from __future__ import annotations
 
 import errno
-import sqlite3
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Iterator, NoReturn
@@ -18,11 +18,12 @@ from typing import IO, TYPE_CHECKING, Any, Iterator, NoReturn
 import click
 
 from newsletter import __version__
-from newsletter.db import is_locked
 from newsletter.dburl import redact
 from newsletter.errors import ConfigError, DatabaseLockedError, NewsletterError
 
 if TYPE_CHECKING:
+    import sqlite3
+
     from newsletter.config import Settings
     from newsletter.render import RenderedEmail
 
@@ -46,7 +47,7 @@ def _click_errors(ctx: click.Context) -> Iterator[None]:
         yield
     except NewsletterError as exc:
         raise CommandError(exc.format_message(), exc.exit_code) from exc
-    except sqlite3.Error as exc:  # raised from deep inside any command: name the file, keep one line
+    except _sqlite_errors() as exc:  # raised from deep inside any command: name the file, keep one line
         err = database_error(exc, (ctx.obj or {}).get("settings"))
         raise CommandError(err.format_message(), err.exit_code) from exc
     except click.exceptions.Abort:
@@ -60,12 +61,21 @@ def _click_errors(ctx: click.Context) -> Iterator[None]:
         raise CommandError(f"{where}{exc.strerror or exc}", 2) from exc
 
 
-def database_error(exc: sqlite3.Error, settings: "Settings | None") -> NewsletterError:
+def _sqlite_errors() -> tuple[type[BaseException], ...]:
+    """``sqlite3.Error`` once sqlite3 is loaded; before that, nothing (no SQLite error can have
+    been raised). A command that never opens a database (`build`) does not load sqlite3."""
+    sqlite3 = sys.modules.get("sqlite3")
+    return (sqlite3.Error,) if sqlite3 is not None else ()
+
+
+def database_error(exc: "sqlite3.Error", settings: "Settings | None") -> NewsletterError:
     """A locked database (another send, `serve` or the worker held it past the busy timeout)
     is worth retrying (exit 75); any other SQLite failure (read-only file, disk full or
     broken) is the set-up's (exit 3)."""
     where = settings.db_target if settings is not None else None
     where = redact(where) if isinstance(where, str) else where
+    from newsletter.db import is_locked
+
     if is_locked(exc):
         return DatabaseLockedError("the database is locked by another process (a send, `newsletter serve` "
                                    "or the worker); try again in a moment", path=where)

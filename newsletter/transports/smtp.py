@@ -58,8 +58,9 @@ import re
 import smtplib
 import socket
 import ssl
+from contextlib import nullcontext
 from functools import lru_cache
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, ContextManager, Sequence
 
 from newsletter.clock import Clock
 from newsletter.errors import ConfigError, TransportError, TransportUnavailableError, scrub
@@ -203,6 +204,9 @@ class SMTPTransport(Transport):
         #: Told ``(index, result)`` as soon as a message's answer is final (the delivery engine records
         #: it at once); a permanent refusal waits until no run of them can make it the sender's.
         self.on_result: Callable[[int, SendResult], None] | None = None
+        # The engine's check right before message i goes out (False: the reader is no longer active
+        # and the engine has recorded it); the context is held until the server has answered.
+        self.fence: Callable[[int], ContextManager[bool]] | None = None
 
     @classmethod
     def from_settings(cls, settings: "Settings", **options: object) -> "SMTPTransport":
@@ -252,7 +256,10 @@ class SMTPTransport(Transport):
         told = 0  # results already given to on_result
         for i, msg in enumerate(messages):
             try:
-                result = self._send_one(msg)
+                with self.fence(i) if self.fence is not None else nullcontext(True) as allowed:
+                    result = self._send_one(msg) if allowed else SendResult(
+                        msg.to_email, Status.FAILED_TEMPORARY, attempted=False,
+                        error="not sent: the reader is no longer active")
             except TransportError as exc:
                 if i == 0:
                     raise
