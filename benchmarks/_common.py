@@ -58,9 +58,9 @@ def seed_subscribers(db: Path | str, n: int, *, unsubscribe_every: int = 0) -> N
 
     With ``unsubscribe_every`` k, every k-th reader is unsubscribed.
     """
-    from newsletter.ledger import open_ledger
+    from newsletter.schema import open_database
 
-    conn = open_ledger(db)
+    conn = open_database(db)
     conn.execute("BEGIN")
     conn.execute(
         "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < ?) "

@@ -21,9 +21,9 @@ TARGET = 1.5
 
 def add_delivery(db: Path) -> None:
     """One delivery to every active reader, half of them sent, so `status` has a big row to count."""
-    from newsletter.ledger import open_ledger
+    from newsletter.schema import open_database
 
-    conn = open_ledger(db)
+    conn = open_database(db)
     conn.execute("BEGIN")
     conn.execute("INSERT INTO deliveries(id, slug, issue_number, content_hash, subject, state, created_at, started_at,"
                  " total) VALUES(1, 'hello-world', 1, 'x', 'Hello', 'paused', '2025-01-01T00:00:00.000000Z',"

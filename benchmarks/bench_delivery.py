@@ -104,9 +104,10 @@ def child(mode: str, db: str) -> None:
             sent += sum(r.status.delivered for r in transport.send(batch))
     else:
         from newsletter.delivery import DeliveryOptions, run_delivery
-        from newsletter.ledger import open_ledger, start_or_resume
+        from newsletter.ledger.engine import start_or_resume
+        from newsletter.schema import open_database
 
-        conn = open_ledger(db)
+        conn = open_database(db)
         did = start_or_resume(conn, prepared)
         report = run_delivery(conn, did, prepared, NullTransport,
                               options=DeliveryOptions(batch_size=BATCH))

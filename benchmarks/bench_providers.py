@@ -52,7 +52,8 @@ def run(provider: str, readers: int, prepared) -> dict:
     from newsletter.clock import FakeClock
     from newsletter.config import Publication, Settings
     from newsletter.delivery import DeliveryOptions, run_delivery
-    from newsletter.ledger import open_ledger, start_or_resume
+    from newsletter.ledger.engine import start_or_resume
+    from newsletter.schema import open_database
     from newsletter.transports import get_transport
     from tests.provider_emulator import ProviderEmulator, env
 
@@ -62,7 +63,7 @@ def run(provider: str, readers: int, prepared) -> dict:
         seed_subscribers(db, readers)
         settings = Settings(root=Path(tmp), publication=Publication(),
                             env={**env(provider, api.url), "BREVO_CONCURRENCY": "1"})
-        conn = open_ledger(db)
+        conn = open_database(db)
         wall = time.perf_counter()
         try:
             did = start_or_resume(conn, prepared, now=clock.now)

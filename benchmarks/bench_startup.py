@@ -22,9 +22,9 @@ from _common import NEWSLETTER, initialised_publication, interleaved, median, me
 
 def add_delivery(db: Path) -> None:
     """One finished delivery to all readers, so `status` has a row to show."""
-    from newsletter.ledger import open_ledger
+    from newsletter.schema import open_database
 
-    conn = open_ledger(db)
+    conn = open_database(db)
     conn.execute("BEGIN")
     conn.execute("INSERT INTO deliveries(id, slug, issue_number, content_hash, subject, state, created_at, started_at,"
                  " finished_at, total) VALUES(1, 'hello-world', 1, 'x', 'Hello', 'done', '2025-01-01T00:00:00.000000Z',"

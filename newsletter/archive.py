@@ -134,7 +134,7 @@ def publishing(issue: Issue, today: dt.date, sent: bool) -> Publishing:
 
 def sent_slugs(settings: Settings) -> set[str]:
     """Slugs with a real delivery under way or done; read-only, and nothing when there is no database."""
-    from newsletter import ledger
+    from newsletter.ledger.lookups import sent_slugs
 
     target = settings.db_target
     if not isinstance(target, Path):
@@ -147,7 +147,7 @@ def sent_slugs(settings: Settings) -> set[str]:
     except sqlite3.Error as exc:
         raise ConfigError(f"cannot read the database: {exc}", path=path) from None
     try:
-        return ledger.sent_slugs(conn)
+        return sent_slugs(conn)
     except sqlite3.Error as exc:
         if isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc):
             return set()  # nothing was ever sent from this database
@@ -158,12 +158,12 @@ def sent_slugs(settings: Settings) -> set[str]:
 
 def _sent_slugs_postgres(url: str) -> set[str]:
     """:func:`sent_slugs` on PostgreSQL: nothing when the ledger's tables were never made there."""
-    from newsletter import ledger
+    from newsletter.ledger.lookups import sent_slugs
     from newsletter.db import connect
 
     conn = connect(url)
     try:
-        return ledger.sent_slugs(conn)
+        return sent_slugs(conn)
     except sqlite3.OperationalError as exc:  # the PostgreSQL connection raises sqlite3's DB-API classes
         if "does not exist" in str(exc):
             return set()

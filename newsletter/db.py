@@ -111,9 +111,6 @@ class Connection(sqlite3.Connection):
 
     writer: FairLock | None = None
     busy_seconds: float | None = None  # read once, at the first write (the web app sets its own)
-    #: (component, version) pairs :func:`migrate` found current on this connection: versions only
-    #: grow, so a web request that ensures four schemas asks the database once per connection, not each time.
-    current: set[tuple[str, int]] | None = None
 
 
 #: Commits by one process's writers between the WAL checkpoints they run after leaving the lock.
@@ -220,7 +217,6 @@ def connect(path: Path | str) -> sqlite3.Connection:
         conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
                                check_same_thread=False, factory=Connection)
         conn.writer = writer_lock(path)
-        conn.current = set()
     except (OSError, sqlite3.Error) as exc:
         raise ConfigError(f"cannot open database: {exc}", path=path) from None
     conn.row_factory = sqlite3.Row
@@ -269,15 +265,10 @@ def migrate(conn: sqlite3.Connection, component: str, steps: Sequence[Step]) -> 
 
         pg_schema.migrate(conn, component, steps)
         return
-    current = getattr(conn, "current", None)
-    if current is not None and (component, len(steps)) in current:
-        return
     while True:
         row = conn.execute("SELECT version FROM schema_migrations WHERE component=?", (component,)).fetchone()
         peek = row[0] if row else 0
         if peek == len(steps):  # up to date (versions only grow): no write lock needed to read the database
-            if current is not None:
-                current.add((component, len(steps)))
             return
         rebuild = peek < len(steps) and _is_rebuild(steps[peek])
         if rebuild:

@@ -4,7 +4,7 @@ A *delivery* is one issue going to the subscriber list. Its recipients are froze
 into the ledger when sending first starts, one row per reader. Each worker then
 loops:
 
-1. **claim** (:func:`newsletter.ledger.claim_batch`): the next due batch, marked
+1. **claim** (:func:`newsletter.ledger.engine.claim_batch`): the next due batch, marked
    ``sending`` and committed *before* the transport sees it;
 2. **send**: the transport answers one :class:`SendResult` per message;
 3. **record**: :func:`newsletter.outcome.decide` turns each answer into the row's
@@ -28,7 +28,7 @@ Rules worth knowing:
   rate-limit answer, a dropped connection and a resend after a crash count none.
 * A refusal of the *sender* (the transport marks it ``about_sender``: our HELO name, login,
   relay permission) is charged to nobody: the run stops and the delivery is ``held`` with the
-  reason (:func:`newsletter.ledger.hold`) until the editor fixes the configuration and resumes.
+  reason (:func:`newsletter.ledger.deliveries.hold`) until the editor fixes the configuration and resumes.
 * Losing the server mid-send (:class:`~newsletter.errors.TransportUnavailableError` once the
   transport has worked in this run) is a temporary failure: the batch is retried on the backoff
   schedule, in the foreground while the wait is short. Only a transport that never worked
@@ -61,23 +61,26 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from newsletter import ledger
+from newsletter.ledger import deliveries, engine, reports
 from newsletter.clock import SYSTEM, Clock
 from newsletter.config import is_development_key
 from newsletter.db import backend
 from newsletter.errors import (ConfigError, ContentChangedError, DeliveryLockedError, InputError, NewsletterError,
                                TransportError, TransportUnavailableError, scrub)
-from newsletter.ledger import (DEFAULT_LEASE, heartbeat_every, Claim, Delivery, DeliveryReport, Progress, TransportFactory,
-                               get_delivery, transaction, utc_day)
+from newsletter.ledger.engine import Claim
+from newsletter.ledger.records import DEFAULT_LEASE, Delivery, Progress, TransportFactory, get_delivery, heartbeat_every
+from newsletter.ledger.reports import DeliveryReport
+from newsletter.ledger.schema import transaction
+from newsletter.timestamps import utc_day
 from newsletter.events import Event, Kind, apply_event
-from newsletter.events import ensure_schema as ensure_events
 from newsletter.message import OutgoingMessage, PreparedIssue
 from newsletter import retry
 from newsletter.outcome import Answer, Policy, Row, Transition, classify, decide_batch
 from newsletter.pacing import Pacer, interruptible_sleep
 from newsletter.prepared_editions import PreparedEditions, as_editions
-from newsletter.store import SubscriberStore
+from newsletter.store import SubscriberStore, reader_status
 from newsletter.transports.base import SendResult, Status, Transport
+from newsletter.states import DeliveryState, RowState, SubscriberStatus
 from newsletter.unsubscribe_spool import apply_spool
 
 if TYPE_CHECKING:
@@ -247,15 +250,15 @@ class _Run:
     # ---- entry -------------------------------------------------------------------------
     def run(self) -> DeliveryReport:
         d = self._check_delivery()
-        if d.state == "done" and not self.o.retry_failed:
-            return ledger.make_report(self.conn, d.id, "finished earlier; a done delivery sends nobody again")
+        if d.state == DeliveryState.DONE and not self.o.retry_failed:
+            return reports.make_report(self.conn, d.id, "finished earlier; a done delivery sends nobody again")
         started = self.clock()
         transports: list[Transport] = []
         try:
             transports = self._open_transports()
             self.transport_name = transports[0].name
             try:
-                self.taken_from = ledger.acquire_lock(self.conn, self.id, self.owner, self.now(), self.o.lease)
+                self.taken_from = engine.acquire_lock(self.conn, self.id, self.owner, self.now(), self.o.lease)
             except DeliveryLockedError:
                 if not self._may_help():
                     raise
@@ -278,7 +281,7 @@ class _Run:
                 if beat.is_alive():
                     beat.join()
                 with self.db:
-                    ledger.release_lock(self.conn, self.id, self.owner)
+                    engine.release_lock(self.conn, self.id, self.owner)
         finally:
             _close_all(transports)
             _close_all(list(self.fences.values()))
@@ -289,17 +292,16 @@ class _Run:
         if not self.o.join_running or backend(self.conn) == "sqlite":
             return False
         d = get_delivery(self.conn, self.id)
-        return d.state == "running" and d.frozen_at is not None
+        return d.state == DeliveryState.RUNNING and d.frozen_at is not None
 
     def _help(self, transports: Sequence[Transport], started: float) -> DeliveryReport:
         """Send readers of a delivery another worker holds, until none is left to claim. The holder
         freezes, finishes and settles crashes; a helper only claims, sends and records."""
         self.helper = True
         self.store = SubscriberStore(self.conn)
-        ensure_events(self.conn)
         with self.db:
             self.delivery = get_delivery(self.conn, self.id)
-            self.counts = ledger.ledger_counts(self.conn, self.id)
+            self.counts = reports.ledger_counts(self.conn, self.id)
         self.total = sum(self.counts.values())
         try:
             self._work(transports)
@@ -307,12 +309,12 @@ class _Run:
             with self.db:
                 if self.conn.in_transaction:
                     self.conn.execute("ROLLBACK")
-                ledger.orphan_claims(self.conn, self.id, self.owner)
+                engine.orphan_claims(self.conn, self.id, self.owner)
         if self.errors:
             raise self.errors[0]
         elapsed = self.clock() - started
         with self.db:
-            return ledger.make_report(self.conn, self.id, "helped the worker sending it", elapsed=elapsed,
+            return reports.make_report(self.conn, self.id, "helped the worker sending it", elapsed=elapsed,
                                       rate=self.stats["sent_this_run"] / elapsed if elapsed > 0 else 0.0,
                                       **self.stats)
 
@@ -321,11 +323,11 @@ class _Run:
         if self.helper or backend(self.conn) == "sqlite":
             return False
         with self.db, transaction(self.conn) as conn:
-            return ledger.in_flight_elsewhere(conn, self.id, self.now() - self.o.lease) > 0
+            return engine.in_flight_elsewhere(conn, self.id, self.now() - self.o.lease) > 0
 
     def _check_delivery(self) -> Delivery:
         d = get_delivery(self.conn, self.id)
-        if d.state == "cancelled":
+        if d.state == DeliveryState.CANCELLED:
             raise InputError(f"delivery #{d.id} of {d.slug} was cancelled; start a new one to send the issue")
         from newsletter.guard import RESUME_FLAG, is_guard_hold
 
@@ -365,11 +367,10 @@ class _Run:
 
     def _begin(self, d: Delivery) -> None:
         self.store = SubscriberStore(self.conn)
-        ensure_events(self.conn)  # bounces are recorded inside the record transaction, which cannot migrate
         with self.db:  # its own transaction: the spool file is gone once it commits
             apply_spool(self.store, self.prepared.secret_key, now=self.now())
         with self.db, transaction(self.conn):
-            start = ledger.begin_run(self.conn, d, transport=self.transport_name,
+            start = engine.begin_run(self.conn, d, transport=self.transport_name,
                                      resend_interrupted=self.o.resend_uncertain, retry_failed=self.o.retry_failed,
                                      now=self.now(), retry_now=self.o.retry_now,
                                      edition_for=self.prepared.edition_for, taken_from=self.taken_from,
@@ -381,20 +382,16 @@ class _Run:
             self.stats["uncertain_reported"] = start.interrupted
         self.counts = start.counts
         self.total = sum(self.counts.values())
-        if self.o.guard is not None:
-            from newsletter.events import ensure_schema
-
-            with self.db:  # the guard reads feedback events: their table exists before the first claim
-                ensure_schema(self.conn)
-            if self.o.despite_guard:  # what came back before the editor's resume no longer holds it
-                self.guard_base = self._tally()
+        if self.o.guard is not None and self.o.despite_guard:  # what came back before the resume no longer holds it
+            self.guard_base = self._tally()
 
     # ---- the reputation guard ------------------------------------------------------------
     def _tally(self) -> Tally:
         from newsletter.events import guard_counts
         from newsletter.guard import Tally
 
-        return Tally(self.counts["sent"], self.counts["failed-permanent"], *guard_counts(self.conn, self.id))
+        c = self.counts
+        return Tally(c[RowState.SENT], c[RowState.FAILED_PERMANENT], *guard_counts(self.conn, self.id))
 
     def _guard_holds(self) -> bool:
         """Before each claim: hold the delivery (``hold_note``, as a refused sender does) when what
@@ -412,7 +409,7 @@ class _Run:
             return
         if self.now() - self.last_heartbeat >= heartbeat_every(self.o.lease):
             with self.db, transaction(self.conn):
-                ledger.refresh_lock(self.conn, self.id, self.owner, self.now())
+                engine.refresh_lock(self.conn, self.id, self.owner, self.now())
                 self.last_heartbeat = self.now()
 
     def _heartbeat_thread(self, done: threading.Event) -> None:
@@ -498,7 +495,7 @@ class _Run:
 
     def _claimable(self) -> bool:
         with self.db:
-            return ledger.claimable(self.conn, self.id, self.cursor, self.now_ts() + _DUE_SLACK)
+            return engine.claimable(self.conn, self.id, self.cursor, self.now_ts() + _DUE_SLACK)
 
     def _wait(self, seconds: float, why: str = "") -> bool:
         """Sleep, refreshing the heartbeat; in 1 s steps when something may ask us to stop."""
@@ -523,7 +520,7 @@ class _Run:
                 self.idle.notify_all()
             return False
         with self.db:
-            _, reasons = ledger.retry_summary(self.conn, self.id, top=1)
+            _, reasons = reports.retry_summary(self.conn, self.id, top=1)
         return self._wait(seconds, reasons[0][0] if reasons else "waiting for a retry")
 
     # ---- claim → send → record -----------------------------------------------------------
@@ -541,14 +538,14 @@ class _Run:
                 with transaction(self.conn) as conn:
                     self._reclaim(conn)
                     if self.o.daily_cap is not None:
-                        used = ledger.daily_used(conn, day, self.transport_name)
+                        used = engine.daily_used(conn, day, self.transport_name)
                         if used >= self.o.daily_cap:
                             self.pause_note = (f"daily cap of {self.o.daily_cap} messages reached for "
                                                f"{self.transport_name} on {day} UTC")
                             return _PAUSE
                         limit = min(limit, self.o.daily_cap - used)
                     assert self.delivery is not None
-                    claim = ledger.claim_batch(conn, self.delivery, self.owner, limit=limit, cursor=self.cursor,
+                    claim = engine.claim_batch(conn, self.delivery, self.owner, limit=limit, cursor=self.cursor,
                                                now=now, now_ts=self.now_ts() + _DUE_SLACK, day=day,
                                                transport=self.transport_name, helper=self.helper)
                 if isinstance(claim, float):
@@ -558,12 +555,12 @@ class _Run:
                 if claim.fresh:
                     self.cursor = max(self.cursor, claim.last_id)
                 for state in claim.skipped:
-                    self._move(state, "skipped")
+                    self._move(state, RowState.SKIPPED)
                 if claim.skipped:
                     self.last_progress = self.clock()
                 if claim.rows:
                     for r in claim.rows:
-                        self._move(r.state, "sending")
+                        self._move(r.state, RowState.SENDING)
                     self.inflight += 1
                     break
         job = _Job(claim)
@@ -580,15 +577,15 @@ class _Run:
         if backend(conn) == "sqlite" or self.clock() - self.last_reclaim < RECLAIM_EVERY:
             return
         self.last_reclaim = self.clock()
-        ledger.in_flight_elsewhere(conn, self.id, self.now() - self.o.lease)
+        engine.in_flight_elsewhere(conn, self.id, self.now() - self.o.lease)
 
     def _unclaim(self, job: _Job) -> None:
         """Undo a claim whose batch (the readers not answered for yet) never reached anyone."""
         rows = [r for i, r in enumerate(job.claim.rows) if i not in job.recorded]
         with self.db, transaction(self.conn) as conn:
-            ledger.unclaim(conn, self.id, rows, day=utc_day(self.now()), transport=self.transport_name)
+            engine.unclaim(conn, self.id, rows, day=utc_day(self.now()), transport=self.transport_name)
             for r in rows:
-                self._move("sending", r.state)
+                self._move(RowState.SENDING, r.state)
             if job.claim.fresh:
                 self.cursor = min(self.cursor, job.claim.rows[0].sid - 1)
             self.inflight -= 1
@@ -646,21 +643,19 @@ class _Run:
         row = job.claim.rows[i]
         if backend(self.conn) == "sqlite":
             with self.db:
-                found = self.conn.execute("SELECT status FROM subscribers WHERE id=?", (row.sid,)).fetchone()
-            status = found[0] if found else ""
-            if status != "active":
+                status = reader_status(self.conn, row.sid)
+            if status != SubscriberStatus.ACTIVE:
                 self._skip(job, i, status)
-            yield status == "active"
+            yield status == SubscriberStatus.ACTIVE
             return
         fence = self._fence_session()
         try:
             fence.execute("BEGIN")
-            found = fence.execute("SELECT status FROM subscribers WHERE id=? FOR SHARE", (row.sid,)).fetchone()
+            status = reader_status(fence, row.sid, hold=True)
         except sqlite3.Error:
             self._drop_fence()  # the next message opens a fresh session
             raise
-        status = found[0] if found else ""
-        if status != "active":
+        if status != SubscriberStatus.ACTIVE:
             fence.execute("ROLLBACK")
             self._skip(job, i, status)
             yield False
@@ -692,10 +687,10 @@ class _Run:
         row = job.claim.rows[i]
         with self.db, transaction(self.conn) as conn:
             now = self.now()
-            ledger.skip_claimed(conn, self.id, row.sid, status, now=now, day=utc_day(now),
+            engine.skip_claimed(conn, self.id, row.sid, status, now=now, day=utc_day(now),
                                 transport=self.transport_name)
             job.recorded.add(i)
-            self._move("sending", "skipped")
+            self._move(RowState.SENDING, RowState.SKIPPED)
             self.last_progress = self.clock()
 
     def _record(self, job: _Job, results: Sequence[SendResult | None], dropped: str | None,
@@ -717,7 +712,7 @@ class _Run:
                         for i, (a, _, _) in zip(idx, answers)]
         with self.db, transaction(self.conn) as conn:
             now = self.now()
-            ledger.record_transitions(conn, self.id, job.claim.batch_no, list(zip(rows, transitions, provider_ids)),
+            engine.record_transitions(conn, self.id, job.claim.batch_no, list(zip(rows, transitions, provider_ids)),
                                       whole_batch=whole, now=now)
             assert self.store is not None
             for row, t, i in zip(rows, transitions, idx):
@@ -727,7 +722,7 @@ class _Run:
                                                   subscriber_id=row.sid, message_id=job.messages[i].message_id,
                                                   detail=t.error or ""), now=now)
             if not self.helper:  # the holder's lease is the holder's to renew
-                ledger.refresh_lock(conn, self.id, self.owner, now)
+                engine.refresh_lock(conn, self.id, self.owner, now)
             self.last_heartbeat = now
             job.recorded.update(idx)
             self._note_outcomes(transitions, [a for a, _, _ in answers], dropped)
@@ -743,10 +738,10 @@ class _Run:
         """The run's counts after recorded transitions, and what they mean for the run: a refused
         sender holds it; a lost server makes it wait for the batch's retry before claiming more."""
         for t, answer in zip(transitions, answers):
-            self._move("sending", t.state)
+            self._move(RowState.SENDING, t.state)
             if answer is Answer.UNCERTAIN:
-                self.stats["uncertain_resent" if t.state == "retry" else "uncertain_reported"] += 1
-        self.stats["sent_this_run"] += sum(t.state == "sent" for t in transitions)
+                self.stats["uncertain_resent" if t.state == RowState.RETRY else "uncertain_reported"] += 1
+        self.stats["sent_this_run"] += sum(t.state == RowState.SENT for t in transitions)
         self.worked = self.worked or any(a is not Answer.NO_ANSWER for a in answers)
         refused = next((t.error for t, a in zip(transitions, answers) if a is Answer.SENDER_REFUSED), None)
         if refused is not None and self.hold_note is None:
@@ -764,37 +759,38 @@ class _Run:
 
     def _progress_values(self) -> tuple[int, int, int, int]:
         c = self.counts
-        return self.total - ledger.open_rows(c), self.total, c["sent"], c["failed-permanent"] + c["gave-up"]
+        failed = c[RowState.FAILED_PERMANENT] + c[RowState.GAVE_UP]
+        return self.total - reports.open_rows(c), self.total, c[RowState.SENT], failed
 
     def _finish(self, elapsed: float) -> DeliveryReport:
         with self.db, transaction(self.conn) as conn:
-            c = ledger.ledger_counts(conn, self.id)
-            left, now = ledger.open_rows(c), self.now()
+            c = reports.ledger_counts(conn, self.id)
+            left, now = reports.open_rows(c), self.now()
             resume_at: datetime | None = now
             if left == 0:
-                state, resume_at = "done", None
+                state, resume_at = DeliveryState.DONE, None
                 note = (f"{c['uncertain']} readers are uncertain: they may or may not have got it (the answer was "
                         "lost, or a crash interrupted them) and were not sent again; `newsletter status --failed` "
                         "lists them"
-                        if c["uncertain"] else "")
+                        if c[RowState.UNCERTAIN] else "")
             elif self.hold_note is not None:  # the server refused the sender: the editor must act
-                state, note, resume_at = "held", self.hold_note, None
+                state, note, resume_at = DeliveryState.HELD, self.hold_note, None
             elif self.pause_note is not None:  # the daily cap: deferred to the next UTC day
-                state, note = "deferred", self.pause_note
+                state, note = DeliveryState.DEFERRED, self.pause_note
                 resume_at = datetime.combine(now.astimezone(timezone.utc).date() + timedelta(days=1),
                                              datetime.min.time(), timezone.utc)
             elif self.deferred and not (self.stop is not None and self.stop.is_set()):
-                next_retry, reasons = ledger.retry_summary(conn, self.id, top=1)
-                state, resume_at = "deferred", next_retry or now
+                next_retry, reasons = reports.retry_summary(conn, self.id, top=1)
+                state, resume_at = DeliveryState.DEFERRED, next_retry or now
                 note = reasons[0][0] if reasons else "waiting for a retry"
             else:
-                state = "paused"
+                state = DeliveryState.PAUSED
                 note = f"stopped with {left} readers left; run the send again to continue"
-            if state == "held":
-                ledger.hold(conn, self.id, note)
+            if state == DeliveryState.HELD:
+                deliveries.hold(conn, self.id, note)
             else:
-                ledger.finish_run(conn, self.id, state=state, reason=note, resume_at=resume_at, now=now)
-            return ledger.make_report(conn, self.id, note, elapsed=elapsed,
+                engine.finish_run(conn, self.id, state=state, reason=note, resume_at=resume_at, now=now)
+            return reports.make_report(conn, self.id, note, elapsed=elapsed,
                                       rate=self.stats["sent_this_run"] / elapsed if elapsed > 0 else 0.0,
                                       **self.stats)
 
@@ -804,7 +800,7 @@ class _Run:
             return
         try:
             with self.db:
-                ledger.note_reason(self.conn, self.id, self.owner, f"interrupted: {exc or type(exc).__name__}")
+                engine.note_reason(self.conn, self.id, self.owner, f"interrupted: {exc or type(exc).__name__}")
         except sqlite3.Error:
             pass
 

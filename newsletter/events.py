@@ -22,7 +22,7 @@ import sqlite3
 from datetime import datetime, timedelta, timezone
 from typing import NamedTuple
 
-from newsletter.db import migrate
+from newsletter.states import RowState
 from newsletter.store import Subscriber, SubscriberStore, _one_line, stamp
 
 COMPONENT = "events"
@@ -95,20 +95,16 @@ class SoftBouncePolicy(NamedTuple):
     window: timedelta = timedelta(days=30)
 
 
-def ensure_schema(conn: sqlite3.Connection) -> None:
-    migrate(conn, COMPONENT, MIGRATIONS)
-
-
 def _delivery_of(conn: sqlite3.Connection, subscriber_id: int, event: Event) -> int | None:
     """The delivery the event is about: by provider id, else by the slug in our Message-ID."""
-    from newsletter.ledger import delivery_for_event
+    from newsletter.ledger.lookups import delivery_for_event
 
     return delivery_for_event(conn, subscriber_id, provider_id=event.provider_id, message_id=event.message_id)
 
 
 def _by_provider_id(store: SubscriberStore, provider_id: str) -> Subscriber | None:
     """The reader the provider's message id was sent to, when the address matches nobody."""
-    from newsletter.ledger import subscriber_for_provider_id
+    from newsletter.ledger.lookups import subscriber_for_provider_id
 
     sid = subscriber_for_provider_id(store.conn, provider_id)
     return store.get(sid) if sid is not None else None
@@ -158,12 +154,10 @@ def apply_event(store: SubscriberStore, event: Event, *, policy: SoftBouncePolic
                 now: datetime | None = None) -> Outcome:
     """Record ``event`` once and apply it to its subscriber. Idempotent by ``dedupe_key``.
 
-    May run inside a transaction the caller opened (to apply a batch all or nothing);
-    the caller then calls :func:`ensure_schema` first, since migrations begin their own."""
+    May run inside a transaction the caller opened (to apply a batch all or nothing). The
+    connection comes from :func:`newsletter.schema.open_database`, which made every table."""
     now = now or datetime.now(timezone.utc)
     occurred = event.occurred_at or now
-    if not store.conn.in_transaction:  # a caller applying a batch atomically ensured it before BEGIN
-        ensure_schema(store.conn)
     with store.transaction() as conn:
         if conn.execute("SELECT 1 FROM feedback_events WHERE dedupe_key=?", (event.dedupe_key,)).fetchone():
             return Outcome.DUPLICATE
@@ -189,7 +183,6 @@ def apply_event(store: SubscriberStore, event: Event, *, policy: SoftBouncePolic
 def delivery_event_counts(conn: sqlite3.Connection, delivery_id: int) -> dict[str, int]:
     """Readers per event kind for one delivery (for ``status``); every kind present, zero when none.
     A reader reported twice (the SMTP reply and a later DSN, or two webhooks) counts once."""
-    ensure_schema(conn)
     out = {k.value: 0 for k in Kind}
     for kind, n in conn.execute(
             "SELECT kind, COUNT(DISTINCT COALESCE(CAST(subscriber_id AS TEXT), lower(email))) FROM feedback_events "
@@ -208,7 +201,7 @@ def guard_counts(conn: sqlite3.Connection, delivery_id: int) -> tuple[int, int]:
     for kind, n in conn.execute(
             "SELECT e.kind, COUNT(DISTINCT e.subscriber_id) FROM feedback_events e WHERE e.delivery_id=? AND "
             "(e.kind=? OR (e.kind=? AND NOT EXISTS (SELECT 1 FROM ledger l WHERE l.delivery_id=e.delivery_id "
-            "AND l.subscriber_id=e.subscriber_id AND l.state='failed-permanent'))) GROUP BY e.kind",
+            f"AND l.subscriber_id=e.subscriber_id AND l.state='{RowState.FAILED_PERMANENT}'))) GROUP BY e.kind",
             (delivery_id, Kind.COMPLAINT.value, Kind.HARD_BOUNCE.value)):
         out[kind] = n
     return out[Kind.COMPLAINT.value], out[Kind.HARD_BOUNCE.value]

@@ -23,8 +23,7 @@ from newsletter.classify import Category, Classified, strip_reply_prefixes
 from newsletter.errors import scrub
 from newsletter.events import Event, Kind, Outcome, SoftBouncePolicy, apply_event
 from newsletter.excerpt import printable
-from newsletter.ledger import (ensure_schema as ensure_ledger, issue_addresses, issue_freezes, iter_recipients,
-                               latest_sent_slug, sent_issue)
+from newsletter.ledger.lookups import issue_addresses, issue_freezes, iter_recipients, latest_sent_slug, sent_issue
 from newsletter.message_ids import HASH_CHARS, hash_of, make_message_id, real_send_salt, slug_of, verify_message_id
 from newsletter.store import SubscriberStore
 
@@ -79,8 +78,6 @@ class Applier:
         self.secret_key, self.domain, self.policy = secret_key, sender_domain, policy
         self.now = now
         self._ids_by_slug: dict[str, _IssueIds] = {}
-        ensure_ledger(self.conn)
-        replies.ensure_schema(self.conn)
 
     def _now(self) -> datetime:
         return self.now or datetime.now(timezone.utc)

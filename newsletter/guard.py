@@ -16,6 +16,7 @@ still stops a send that keeps getting worse.
 from typing import TYPE_CHECKING, NamedTuple
 
 from newsletter.errors import ConfigError
+from newsletter.states import DeliveryState
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
@@ -103,4 +104,4 @@ def rate(part: int, whole: int) -> str:
 
 
 def is_guard_hold(state: str, reason: str | None) -> bool:
-    return state == "held" and bool(reason) and str(reason).startswith(HOLD_PREFIX)
+    return state == DeliveryState.HELD and bool(reason) and str(reason).startswith(HOLD_PREFIX)

@@ -30,19 +30,12 @@ from typing import Callable, Iterator
 
 from newsletter.classify import classify
 from newsletter.config import Settings
-from newsletter.db import is_locked, migrate
+from newsletter.db import is_locked
 from newsletter.errors import ConfigError, DatabaseLockedError, NewsletterError, TransportError, scrub
 from newsletter.feedback import Applier, Handled
+from newsletter import inbox_state
 from newsletter.hosts import is_loopback
 
-COMPONENT = "inbox"
-MIGRATIONS: list[str] = [
-    """CREATE TABLE inbox_state (
-  account TEXT PRIMARY KEY,
-  uidvalidity INTEGER NOT NULL,
-  last_uid INTEGER NOT NULL
-) WITHOUT ROWID""",
-]
 MAX_FETCH = 256 * 1024
 SEARCH_WINDOW = 20_000  # UIDs per UID SEARCH: at most ~140 KB of answer
 SECURITIES = ("tls", "starttls", "none")
@@ -144,20 +137,6 @@ def connect(cfg: ImapConfig) -> Iterator[imaplib.IMAP4]:
             pass  # logout() closes the socket whatever the server says
 
 
-# ---- the checkpoint -------------------------------------------------------------------------
-def _checkpoint(conn: sqlite3.Connection, account: str, uidvalidity: int) -> int:
-    """The last UID handled in this folder, 0 when the folder is new or its UIDVALIDITY changed."""
-    migrate(conn, COMPONENT, MIGRATIONS)
-    row = conn.execute("SELECT uidvalidity, last_uid FROM inbox_state WHERE account=?", (account,)).fetchone()
-    return row[1] if row and row[0] == uidvalidity else 0
-
-
-def _advance(conn: sqlite3.Connection, account: str, uidvalidity: int, uid: int) -> None:
-    conn.execute("INSERT INTO inbox_state(account, uidvalidity, last_uid) VALUES(?,?,?) ON CONFLICT(account) "
-                 "DO UPDATE SET uidvalidity=excluded.uidvalidity, last_uid=excluded.last_uid",
-                 (account, uidvalidity, uid))
-
-
 # ---- reading ----------------------------------------------------------------------------------
 def _open_folder(imap: imaplib.IMAP4, cfg: ImapConfig, writable: bool) -> tuple[int, int | None]:
     """EXAMINE (or SELECT) the folder; its UIDVALIDITY and UIDNEXT (None if not told)."""
@@ -231,7 +210,7 @@ def read_inbox(cfg: ImapConfig, conn: sqlite3.Connection, handle: Callable[[byte
         if move_to is not None and b"MOVE" not in b" ".join(_check(*imap.capability(), "CAPABILITY")).upper():
             raise TransportError(f"IMAP server {cfg.host} has no MOVE (RFC 6851); --move-processed needs it")
         uidvalidity, uidnext = _open_folder(imap, cfg, writable=move_to is not None)
-        last = _checkpoint(conn, cfg.account, uidvalidity)
+        last = inbox_state.checkpoint(conn, cfg.account, uidvalidity)
         try:
             for uid in _new_uids(imap, last, uidnext):
                 if stop is not None and stop.is_set():
@@ -244,7 +223,7 @@ def read_inbox(cfg: ImapConfig, conn: sqlite3.Connection, handle: Callable[[byte
                     on_result(result)
                 if move_to is not None and fetched is not None:
                     _move(imap, uid, move_to)
-                _advance(conn, cfg.account, uidvalidity, uid)
+                inbox_state.advance(conn, cfg.account, uidvalidity, uid)
         except (OSError, imaplib.IMAP4.error) as exc:
             raise TransportError(f"IMAP {cfg.host}: connection lost after {len(results)} message(s): "
                                  f"{scrub(exc, 200)}") from None

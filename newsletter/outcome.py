@@ -106,8 +106,8 @@ class Transition:
     @property
     def final(self) -> bool:
         """Every state :func:`decide` gives is final but ``retry`` (the ledger's list of states is
-        :data:`newsletter.ledger.LEDGER_STATES`; no second copy here)."""
-        return self.state != "retry"
+        :data:`newsletter.ledger.records.LEDGER_STATES`; no second copy here)."""
+        return self.state != RowState.RETRY
 
 
 def decide(row: Row, answer: Answer, *, now: float, policy: Policy, error: str | None = None,
@@ -120,12 +120,12 @@ def decide(row: Row, answer: Answer, *, now: float, policy: Policy, error: str |
         return Transition(state, attempts, first, None, row.uncertain_resends, text, bounce)
 
     def retry(text: str, at: float, resends: int = row.uncertain_resends, since: float | None = first) -> Transition:
-        return Transition("retry", attempts, since, at, resends, text)
+        return Transition(RowState.RETRY, attempts, since, at, resends, text)
 
     if answer is Answer.DELIVERED:
-        return final("sent", None)
+        return final(RowState.SENT, None)
     if answer in (Answer.FAILED_PERMANENT, Answer.BOUNCED):
-        return final("failed-permanent", error or answer.value, bounce=answer is Answer.BOUNCED)
+        return final(RowState.FAILED_PERMANENT, error or answer.value, bounce=answer is Answer.BOUNCED)
     if answer is Answer.SENDER_REFUSED:  # nobody's fault but the configuration's: due when resumed
         return retry(f"held: {error or 'the server refused the sender'}", now)
     if answer is Answer.RATE_LIMITED:
@@ -133,7 +133,7 @@ def decide(row: Row, answer: Answer, *, now: float, policy: Policy, error: str |
     if answer is Answer.UNCERTAIN:
         text = f"may or may not have been delivered: {error or 'the answer was lost'}"
         if not policy.resend_uncertain or row.uncertain_resends >= UNCERTAIN_RESENDS:
-            return final("uncertain", text + "; not sent again")
+            return final(RowState.UNCERTAIN, text + "; not sent again")
         return retry(text + "; sent once more", now + backoff_delay(attempts, retry_after, jitter=jitter),
                      resends=row.uncertain_resends + 1)
     # A temporary failure, or no answer: retried within the window that the first one opened.
@@ -157,7 +157,7 @@ def decide_batch(rows: Sequence[Row], answers: Sequence[tuple[Answer, str | None
     """
     out = [decide(row, answer, now=now, policy=policy, error=error, retry_after=retry_after, jitter=jitter)
            for row, (answer, error, retry_after), jitter in zip(rows, answers, jitters)]
-    whole = bool(out) and all(t.state == "retry" for t in out)
+    whole = bool(out) and all(t.state == RowState.RETRY for t in out)
     if whole:
         latest = max(t.next_attempt_at or now for t in out)
         out = [replace(t, next_attempt_at=latest) for t in out]

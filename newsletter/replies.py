@@ -14,35 +14,10 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 
 from newsletter.classify import Category
-from newsletter.db import migrate
-from newsletter.ledger import transaction
+from newsletter.ledger.schema import transaction
 from newsletter.store import stamp
 
-COMPONENT = "replies"
 
-MIGRATIONS: list[str] = [
-    """CREATE TABLE inbox_messages (
-  dedupe_key TEXT PRIMARY KEY,
-  category TEXT NOT NULL,
-  slug TEXT,
-  received_at TEXT NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX inbox_messages_slug ON inbox_messages(slug, category);
-CREATE TABLE replies (
-  dedupe_key TEXT PRIMARY KEY REFERENCES inbox_messages(dedupe_key) ON DELETE CASCADE,
-  slug TEXT NOT NULL,
-  name TEXT NOT NULL DEFAULT '',
-  masked_email TEXT NOT NULL DEFAULT '',
-  sent_at TEXT NOT NULL,
-  excerpt TEXT NOT NULL DEFAULT '',
-  matched_by TEXT NOT NULL DEFAULT ''
-) WITHOUT ROWID;
-CREATE INDEX replies_slug ON replies(slug, sent_at)""",
-]
-
-
-def ensure_schema(conn: sqlite3.Connection) -> None:
-    migrate(conn, COMPONENT, MIGRATIONS)
 
 
 @dataclass(frozen=True)
@@ -82,7 +57,6 @@ class Digest:
 
 def digest(conn: sqlite3.Connection, slug: str, title: str = "") -> Digest:
     """The replies to one issue, oldest first, and how many messages of each class concern it."""
-    ensure_schema(conn)
     counts = {c.value: 0 for c in Category}
     for category, n in conn.execute("SELECT category, COUNT(*) FROM inbox_messages WHERE slug=? GROUP BY category",
                                     (slug,)):
@@ -97,7 +71,6 @@ def forget(conn: sqlite3.Connection, older_than: timedelta, now: datetime | None
 
     Forgotten messages are not read again: the inbox checkpoint is by UID, not by this table.
     """
-    ensure_schema(conn)
     cutoff = stamp((now or datetime.now(timezone.utc)) - older_than)
     with transaction(conn):
         conn.execute("DELETE FROM replies WHERE dedupe_key IN "

@@ -27,12 +27,16 @@ import threading
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
-from newsletter import ledger
+from newsletter.ledger import deliveries
 from newsletter.clock import SYSTEM, Clock, ShiftedClock
 from newsletter.db import backend
 from newsletter.delivery import DeliveryOptions, Waiting, run_delivery
-from newsletter.ledger import (DEFAULT_LEASE, OPEN_STATES, Delivery, DeliveryReport, TransportFactory, get_delivery, lock_is_live,
-                               start_or_resume, transaction, utcnow)
+from newsletter.ledger.engine import start_or_resume
+from newsletter.ledger.records import DEFAULT_LEASE, OPEN_STATES, Delivery, TransportFactory, get_delivery, lock_is_live
+from newsletter.ledger.reports import DeliveryReport, make_report
+from newsletter.ledger.schema import transaction
+from newsletter.states import DeliveryState
+from newsletter.timestamps import utcnow
 from newsletter.errors import DeliveryLockedError, InputError, NewsletterError
 from newsletter.message import PreparedIssue
 
@@ -74,13 +78,13 @@ def schedule(conn: sqlite3.Connection, prepared: PreparedIssue, send_at: datetim
 
 def list_scheduled(conn: sqlite3.Connection) -> list[Delivery]:
     """Every delivery not finished: scheduled, held, paused, deferred, running; soonest first."""
-    return ledger.list_open(conn)
+    return deliveries.list_open(conn)
 
 
 def cancel(conn: sqlite3.Connection, slug_or_id: str | int, *, now: Callable[[], datetime] = utcnow) -> Delivery:
     """Cancel a delivery that is not being sent right now. Whoever already got it keeps it,
     and a later delivery of the same issue leaves them out."""
-    d = ledger.find_delivery(conn, slug_or_id)
+    d = deliveries.find_delivery(conn, slug_or_id)
     with transaction(conn):
         d = get_delivery(conn, d.id)
         if d.state not in OPEN_STATES:
@@ -89,7 +93,7 @@ def cancel(conn: sqlite3.Connection, slug_or_id: str | int, *, now: Callable[[],
         if lock_is_live(d, now()):
             raise InputError(f"delivery #{d.id} of {d.slug} is being sent by pid {d.lock_pid} on {d.lock_host}; "
                              "stop that process first (Ctrl-C or SIGTERM finishes the current batch)")
-        ledger.set_state(conn, d, "cancelled", f"cancelled (was {d.state})", now=now())
+        deliveries.set_state(conn, d, DeliveryState.CANCELLED, f"cancelled (was {d.state})", now=now())
     return get_delivery(conn, d.id)
 
 
@@ -99,15 +103,16 @@ def due(conn: sqlite3.Connection, now: datetime, lease: timedelta = DEFAULT_LEAS
     ones nobody is sending (the sender died). In order of their send time."""
     now = _aware(now, "now")
     joinable = backend(conn) != "sqlite"  # on PostgreSQL a worker helps the one sending (see _help)
-    return [d for d in ledger.due_deliveries(conn, now)
-            if not (d.state == "running" and lock_is_live(d, now, lease) and not (joinable and d.frozen_at))]
+    return [d for d in deliveries.due_deliveries(conn, now)
+            if not (d.state == DeliveryState.RUNNING and lock_is_live(d, now, lease)
+                    and not (joinable and d.frozen_at))]
 
 
 def _hold(conn: sqlite3.Connection, d: Delivery, reason: str) -> DeliveryReport:
     with transaction(conn):
-        ledger.set_state(conn, d, "held", reason)
+        deliveries.set_state(conn, d, DeliveryState.HELD, reason)
     log.warning("delivery #%s of %s held: %s", d.id, d.slug, reason)
-    return ledger.make_report(conn, d.id, reason)
+    return make_report(conn, d.id, reason)
 
 
 def dispatch_once(conn: sqlite3.Connection, now: datetime, prepare: Callable[[str], PreparedIssue],
@@ -131,12 +136,12 @@ def dispatch_once(conn: sqlite3.Connection, now: datetime, prepare: Callable[[st
     for d in due(conn, now, options.lease):
         if stop is not None and stop.is_set():
             break
-        if d.state == "scheduled" and d.send_at is None:
+        if d.state == DeliveryState.SCHEDULED and d.send_at is None:
             reports.append(_hold(conn, d, (
                 f"its stored send time {d.send_at_text!r} cannot be read; schedule it again with "
                 f"`newsletter schedule {d.slug} --at …`")))
             continue
-        if d.state == "scheduled" and d.send_at is not None and now - d.send_at > max_lateness:
+        if d.state == DeliveryState.SCHEDULED and d.send_at is not None and now - d.send_at > max_lateness:
             reports.append(_hold(conn, d, (
                 f"missed its send time {d.send_at:%Y-%m-%d %H:%M} UTC by {_human(now - d.send_at)} (more than "
                 f"{_human(max_lateness)}); not sent late automatically. Send it with `newsletter send {d.slug}` "

@@ -2,8 +2,10 @@
 ``db status`` and ``db copy`` know every table from here.
 
 Order matters: a later component's tables reference an earlier one's (the ledger points
-at subscribers). Each component keeps its migrations beside the code that uses them; this
-module only names them, and imports a component's module only when asked.
+at subscribers). Each component's migrations live in a module light to import (most beside the
+code that uses them; the inbound side's in :mod:`newsletter.intake_schema`), since every command
+opens the database here, ``status`` included; this module only names them. A component's
+migrations write only its own tables.
 """
 
 from __future__ import annotations
@@ -17,23 +19,24 @@ from newsletter.db import backend, connect, migrate
 
 class Component(NamedTuple):
     name: str             # as ``schema_migrations`` records it
-    module: str           # where its ``MIGRATIONS`` list lives
+    steps: str            # where its migrations list lives: ``module:NAME``
     tables: tuple[str, ...]
 
 
 COMPONENTS: tuple[Component, ...] = (
-    Component("subscribers", "newsletter.store", ("subscribers", "subscriber_former_addresses")),
-    Component("delivery", "newsletter.ledger", ("deliveries", "ledger", "daily_counts")),
-    Component("events", "newsletter.events", ("feedback_events",)),
-    Component("signup", "newsletter.signups", ("signup_events", "signup_outbox")),
-    Component("replies", "newsletter.replies", ("inbox_messages", "replies")),
-    Component("webhook_nonces", "newsletter.webhooks.replay", ("webhook_nonces",)),
-    Component("inbox", "newsletter.inbox", ("inbox_state",)),
+    Component("subscribers", "newsletter.store:MIGRATIONS", ("subscribers", "subscriber_former_addresses")),
+    Component("delivery", "newsletter.ledger.schema:MIGRATIONS", ("deliveries", "ledger", "daily_counts")),
+    Component("events", "newsletter.events:MIGRATIONS", ("feedback_events",)),
+    Component("signup", "newsletter.intake_schema:SIGNUP", ("signup_events", "signup_outbox")),
+    Component("replies", "newsletter.intake_schema:REPLIES", ("inbox_messages", "replies")),
+    Component("webhook_nonces", "newsletter.intake_schema:WEBHOOK_NONCES", ("webhook_nonces",)),
+    Component("inbox", "newsletter.intake_schema:INBOX", ("inbox_state",)),
 )
 
 
 def migrations(component: Component) -> list[Any]:
-    return importlib.import_module(component.module).MIGRATIONS
+    module, name = component.steps.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def available(conn: Any) -> tuple[Component, ...]:

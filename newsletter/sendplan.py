@@ -14,6 +14,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from newsletter.errors import ConfigError, InputError
+from newsletter.states import SubscriberStatus
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
@@ -58,7 +59,8 @@ def checked_test_recipients(settings: "Settings", addresses: Sequence[str]) -> l
 
     recipients = [validate_address(a, "--test address") for a in addresses]
     with open_store(settings) as store:
-        suppressed = [a for a in recipients if (s := store.get_by_email(a)) is not None and s.status != "active"]
+        suppressed = [a for a in recipients
+                      if (s := store.get_by_email(a)) is not None and s.status != SubscriberStatus.ACTIVE]
     if suppressed:
         raise InputError(f"{', '.join(suppressed)} unsubscribed or bounced; test sends respect the suppression list")
     return recipients
@@ -90,7 +92,7 @@ def _scanning_store(settings: "Settings") -> Any:
 
 def active_subscribers(settings: "Settings") -> int:
     with _scanning_store(settings) as store:
-        return store.count("active")
+        return store.count(SubscriberStatus.ACTIVE)
 
 
 FAILURE_DETAILS = 20  # failed recipients named in a dry run's summary; the rest are counted
@@ -115,11 +117,12 @@ def dry_run_all(settings: "Settings", rendered: "RenderedEmail", progress: Progr
     from newsletter.transports.dryrun import DryRunTransport
 
     store = _scanning_store(settings)
-    total = store.count("active")
+    total = store.count(SubscriberStatus.ACTIVE)
     from newsletter.prepared_editions import as_editions
 
     editions = prepared or as_editions(prepare_issue(settings, rendered))
-    messages = (editions.for_reader(s.id, s.email, s.name, s.lang) for s in store.iter_subscribers(status="active"))
+    messages = (editions.for_reader(s.id, s.email, s.name, s.lang)
+                for s in store.iter_subscribers(status=SubscriberStatus.ACTIVE))
     summary = DryRunSummary()
     done = 0
     with store, DryRunTransport.from_settings(settings) as transport:
@@ -142,7 +145,7 @@ def dry_run_all(settings: "Settings", rendered: "RenderedEmail", progress: Progr
 
 def open_delivery(settings: "Settings") -> tuple[sqlite3.Connection, int, Callable[[], "Transport"]]:
     """The ledger, the number of active subscribers, and a checked transport factory for a real send."""
-    from newsletter.ledger import open_ledger
+    from newsletter.schema import open_database
     from newsletter.store import SubscriberStore
     from newsletter.transports import transport_factory
     from newsletter.unsubscribe_spool import open_store
@@ -150,9 +153,9 @@ def open_delivery(settings: "Settings") -> tuple[sqlite3.Connection, int, Callab
     if settings.transport_name != "dryrun" and not settings.has_secret_key:
         raise ConfigError("NEWSLETTER_SECRET_KEY is not set; it signs unsubscribe links (see .env.example)")
     open_store(settings).close()  # spooled unsubscribes first: the count asked about is the list that is sent
-    conn = open_ledger(settings.db_target)
+    conn = open_database(settings.db_target)
     try:
-        return conn, SubscriberStore(conn).count("active"), transport_factory(settings, ledger=True)
+        return conn, SubscriberStore(conn).count(SubscriberStatus.ACTIVE), transport_factory(settings, ledger=True)
     except BaseException:  # e.g. a transport setting refused: the caller never gets the connection to close
         conn.close()
         raise

@@ -22,57 +22,27 @@ from typing import NamedTuple
 
 from newsletter import signup_status
 from newsletter.clock import SYSTEM, Clock
-from newsletter.db import migrate
 from newsletter.errors import scrub
-from newsletter.ledger import parse_timestamp
+from newsletter.timestamps import parse_timestamp
 from newsletter.store import (ACTIVE, BOUNCED, COMPLAINED, PENDING, UNSUBSCRIBED, Subscriber, SubscriberStore,
                               clean_text, normalise_email, stamp)
 
-COMPONENT = "signup"
-MIGRATIONS: list[str] = [
-    # v1: one row per counted event; ``key`` is an IP or a hashed address ('' for the global cap).
-    """CREATE TABLE signup_events (
-  scope TEXT NOT NULL CHECK (scope IN ('ip','address','global')),
-  key TEXT NOT NULL,
-  at REAL NOT NULL
-);
-CREATE INDEX signup_events_lookup ON signup_events(scope, key, at);
-CREATE INDEX signup_events_age ON signup_events(at)""",
-    # v2: the durable outbox of confirmation and welcome emails, written in the request's own
-    # transaction, so a crash between "recorded" and "sent" delays an email but never drops it.
-    """CREATE TABLE signup_outbox (
-  id INTEGER PRIMARY KEY,
-  subscriber_id INTEGER NOT NULL,
-  kind TEXT NOT NULL CHECK (kind IN ('confirm','welcome')),
-  due_at REAL NOT NULL,
-  lease_until REAL NOT NULL DEFAULT 0,
-  attempts INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX signup_outbox_due ON signup_outbox(due_at)""",
-    # v3: deferred, never dropped. A failing mail keeps its row (first failure, last error, and when it
-    # was given up after the retry window), one row per reader and kind, which a new request re-arms.
-    """ALTER TABLE signup_outbox ADD COLUMN first_failed_at REAL NOT NULL DEFAULT 0;
-ALTER TABLE signup_outbox ADD COLUMN last_error TEXT NOT NULL DEFAULT '';
-ALTER TABLE signup_outbox ADD COLUMN gave_up_at REAL NOT NULL DEFAULT 0;
-DELETE FROM signup_outbox WHERE id NOT IN (SELECT min(id) FROM signup_outbox GROUP BY subscriber_id, kind);
-CREATE UNIQUE INDEX signup_outbox_one ON signup_outbox(subscriber_id, kind)""",
-]
 
 #: One request, for any address: a new one becomes pending; a pending or unsubscribed one gets a fresh
 #: request (and nonce; an unsubscribed reader stays so until confirmed); an active, bounced or
 #: complained one is written back unchanged (status=status too: the counts trigger fires as for a new
 #: address, see newsletter.store v6). With ``:go`` false (a limit held the request back) it
 #: writes nothing, and an open link keeps working.
-_REQUEST_SQL = """INSERT INTO subscribers AS s(email, name, status, created_at, changed_at, source, consent,
+_REQUEST_SQL = f"""INSERT INTO subscribers AS s(email, name, status, created_at, changed_at, source, consent,
   signup_requested_at, signup_ip, signup_nonce)
-SELECT :email, :name, 'pending', :at, :at, :source, :consent, :at, :ip, :nonce WHERE :go
+SELECT :email, :name, '{PENDING}', :at, :at, :source, :consent, :at, :ip, :nonce WHERE :go
 ON CONFLICT(email) DO UPDATE SET
   status=s.status,
-  signup_requested_at=CASE WHEN s.status IN ('pending','unsubscribed') THEN excluded.signup_requested_at
+  signup_requested_at=CASE WHEN s.status IN ('{PENDING}','{UNSUBSCRIBED}') THEN excluded.signup_requested_at
                            ELSE s.signup_requested_at END,
-  signup_ip=CASE WHEN s.status IN ('pending','unsubscribed') THEN excluded.signup_ip ELSE s.signup_ip END,
-  signup_nonce=CASE WHEN s.status IN ('pending','unsubscribed') THEN excluded.signup_nonce ELSE s.signup_nonce END,
-  name=CASE WHEN s.status='pending' AND excluded.name<>'' THEN excluded.name ELSE s.name END
+  signup_ip=CASE WHEN s.status IN ('{PENDING}','{UNSUBSCRIBED}') THEN excluded.signup_ip ELSE s.signup_ip END,
+  signup_nonce=CASE WHEN s.status IN ('{PENDING}','{UNSUBSCRIBED}') THEN excluded.signup_nonce ELSE s.signup_nonce END,
+  name=CASE WHEN s.status='{PENDING}' AND excluded.name<>'' THEN excluded.name ELSE s.name END
 RETURNING id, status"""
 
 #: Queue (or re-arm: due now, failures forgotten) the confirmation mail when the last parameter is
@@ -84,9 +54,9 @@ ON CONFLICT(subscriber_id, kind) DO UPDATE SET
 
 #: Outbox rows that no longer apply: the reader is gone, a confirmation's request is closed
 #: (confirmed, expired, unsubscribed), a welcome's reader is no longer active.
-_MOOT_MAIL_SQL = """DELETE FROM signup_outbox WHERE NOT EXISTS (SELECT 1 FROM subscribers s
+_MOOT_MAIL_SQL = f"""DELETE FROM signup_outbox WHERE NOT EXISTS (SELECT 1 FROM subscribers s
   WHERE s.id = signup_outbox.subscriber_id AND CASE signup_outbox.kind
-    WHEN 'confirm' THEN s.signup_requested_at<>'' ELSE s.status='active' END)"""
+    WHEN 'confirm' THEN s.signup_requested_at<>'' ELSE s.status='{ACTIVE}' END)"""
 
 HOUR = 3600.0
 DAY = 24 * HOUR
@@ -142,7 +112,6 @@ class Signups:
 
     def __init__(self, store: SubscriberStore, limits: SignupLimits | None = None, clock: Clock = SYSTEM):
         self.store, self.limits, self.clock = store, limits or SignupLimits(), clock
-        migrate(store.conn, COMPONENT, MIGRATIONS)
 
     # ---- requests ------------------------------------------------------------------
     def request(self, email: str, name: str = "", *, ip: str, source: str, consent: str,
@@ -208,7 +177,7 @@ class Signups:
             state = self.confirmable(sid)  # read inside the transaction: a racing confirm sees "done"
             if state == "open":
                 conn.execute(
-                    "UPDATE subscribers SET status='active', status_reason='', changed_at=?,"
+                    f"UPDATE subscribers SET status='{ACTIVE}', status_reason='', changed_at=?,"
                     " consent_requested_at=signup_requested_at, consent_confirmed_at=?, consent_ip=?,"
                     " signup_requested_at='' WHERE id=?", (stamp(now), stamp(now), ip, sid))
                 if welcome:
@@ -298,9 +267,10 @@ class Signups:
         an issue), and close expired requests of unsubscribed ones. Returns rows deleted."""
         cutoff = stamp(self.clock.now() - timedelta(seconds=self.limits.confirm_ttl))
         with self.store.transaction() as conn:
-            deleted = conn.execute("DELETE FROM subscribers WHERE status='pending' AND signup_requested_at<>''"
+            deleted = conn.execute(f"DELETE FROM subscribers WHERE status='{PENDING}' AND "
+                                   "signup_requested_at<>''"
                                    " AND signup_requested_at<?", (cutoff,)).rowcount
-            conn.execute("UPDATE subscribers SET signup_requested_at='' WHERE status<>'pending'"
+            conn.execute(f"UPDATE subscribers SET signup_requested_at='' WHERE status<>'{PENDING}'"
                          " AND signup_requested_at<>'' AND signup_requested_at<?", (cutoff,))
             conn.execute(_MOOT_MAIL_SQL)
         return deleted

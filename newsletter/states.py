@@ -67,6 +67,9 @@ class RowState(StrEnum):
 
 #: Rows still to be sent: a delivery is done only when none is left in these.
 OPEN_ROW_STATES: tuple[RowState, ...] = (RowState.PENDING, RowState.RETRY, RowState.SENDING)
+#: Rows whose message may have reached the reader: a later delivery of the issue leaves them out,
+#: and an issue with one is public in the archive (its "read in your browser" link must work).
+REACHED_ROW_STATES: tuple[RowState, ...] = (RowState.SENT, RowState.SENDING, RowState.UNCERTAIN)
 #: Final rows that need the editor's attention (``status --failed``).
 FAILED_ROW_STATES: tuple[RowState, ...] = (RowState.FAILED_PERMANENT, RowState.GAVE_UP, RowState.UNCERTAIN)
 

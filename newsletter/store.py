@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
 from newsletter.addresses import clean_text, normalise_email
-from newsletter.db import backend, connect, migrate, table_columns, write_transaction
+from newsletter.db import backend, table_columns, write_transaction
 from newsletter.errors import InputError
 from newsletter.patterns import CONTROL_CHARS, compiled
+from newsletter.schema import open_database
 from newsletter.states import SUPPRESSED, SubscriberStatus
 from newsletter.timestamps import TIMESTAMP, stamp, utcnow_text  # noqa: F401 (TIMESTAMP, stamp re-exported)
 
@@ -238,6 +239,15 @@ class Subscriber(NamedTuple):
         return cls(*tuple(row)[:9])
 
 
+def reader_status(conn: sqlite3.Connection, subscriber_id: int, *, hold: bool = False) -> str:
+    """A reader's status ("" when the reader is gone), looked at right before their message goes out.
+    ``hold`` (PostgreSQL, inside the caller's transaction) keeps the row locked FOR SHARE until that
+    transaction ends, so an unsubscribe committed meanwhile waits for that one message."""
+    found = conn.execute("SELECT status FROM subscribers WHERE id=?" + (" FOR SHARE" if hold else ""),
+                         (subscriber_id,)).fetchone()
+    return found[0] if found else ""
+
+
 class SubscriberStore:
     """Subscribers in SQLite. Construct with an open connection, or use :meth:`open`.
 
@@ -245,14 +255,14 @@ class SubscriberStore:
     """
 
     def __init__(self, conn: sqlite3.Connection):
+        """``conn`` comes from :func:`newsletter.schema.open_database`, which made every table."""
         self.conn = conn
         self._tx_lock = threading.RLock()
         self._tx_depth = 0
-        migrate(conn, COMPONENT, MIGRATIONS)
 
     @classmethod
     def open(cls, path: Path | str) -> "SubscriberStore":
-        return cls(connect(path))
+        return cls(open_database(path))
 
     def close(self) -> None:
         self.conn.close()
@@ -419,7 +429,7 @@ class SubscriberStore:
         kind = backend(self.conn)
         hint = "INDEXED BY subscribers_unsendable " if kind == "sqlite" else ""  # PostgreSQL's planner needs none
         n, example = self.conn.execute(f"SELECT COUNT(*), min(email) FROM subscribers {hint}"
-                                       f"WHERE status='active' AND {_NOT_ASCII[kind]}").fetchone()
+                                       f"WHERE status='{SubscriberStatus.ACTIVE}' AND {_NOT_ASCII[kind]}").fetchone()
         return n, example
 
     def is_active(self, id: int) -> bool:
@@ -484,7 +494,8 @@ class SubscriberStore:
             if row is None:
                 sid = conn.execute(
                     "INSERT INTO subscribers(email, name, status, created_at, changed_at, source, consent)"
-                    " VALUES(?, ?, 'active', ?, ?, ?, ?) RETURNING id", (email, name, now, now, source, consent)
+                    f" VALUES(?, ?, '{SubscriberStatus.ACTIVE}', ?, ?, ?, ?) RETURNING "
+                    "id", (email, name, now, now, source, consent)
                 ).fetchone()[0]
             else:
                 existing = Subscriber.from_row(row)

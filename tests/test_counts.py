@@ -96,6 +96,7 @@ def test_an_older_database_gets_its_counts_when_migrated(tmp_path: Path):
     _seed(conn, 300)
     _seed(conn, 20, start=300, status="unsubscribed")
     conn.execute("UPDATE subscribers SET email='ü' || email WHERE id % 50 = 0")  # imported before refusal
+    migrate(conn, COMPONENT, MIGRATIONS)  # what the opener does
     store = SubscriberStore(conn)
     assert store.counts() == _truth(conn) and store.counts()["unsubscribed"] == 20
     n, example = store.unsendable()

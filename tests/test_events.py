@@ -136,19 +136,24 @@ def test_soft_bounces_tied_to_one_delivery_count_once_whatever_ids_they_carry(st
 def test_soft_bounces_recorded_before_the_message_key_keep_their_delivery(tmp_path):
     """An upgraded database: rows from before carry their delivery (or day) as the message key, so
     a soft bounce about the same delivery, applied after the upgrade, does not count twice."""
-    from newsletter.db import migrate
+    from newsletter.db import connect, migrate
     from newsletter.events import MIGRATIONS
+    from newsletter.schema import COMPONENTS, migrations
 
-    store = SubscriberStore.open(tmp_path / "old.db")
-    ensure_ledger(store.conn)
+    conn = connect(tmp_path / "old.db")
+    for component in COMPONENTS[:2]:  # subscribers and delivery as they are now
+        migrate(conn, component.name, migrations(component))
+    migrate(conn, "events", MIGRATIONS[:1])  # the events schema as it was
+    store = SubscriberStore(conn)
     sub = store.add("a@example.org")
     delivery = _delivery(store, "issue-six", sub.id, "a@example.org", provider_id="pm-abc")
-    migrate(store.conn, "events", MIGRATIONS[:1])  # the schema as it was
     with store.conn:
         store.conn.execute("INSERT INTO feedback_events(dedupe_key, kind, source, subscriber_id, delivery_id, email, "
                            "occurred_at, received_at, outcome) VALUES('old', 'soft-bounce', 'postmark', ?, ?, "
                            "'a@example.org', '2026-03-01T10:00:00.000000Z', '2026-03-01T10:00:00.000000Z', 'applied')",
                            (sub.id, delivery))
+    store.close()
+    store = SubscriberStore.open(tmp_path / "old.db")  # the opener brings events up to date
     policy = SoftBouncePolicy(limit=2, window=timedelta(days=30))
     apply_event(store, Event(Kind.SOFT_BOUNCE, "postmark", "new", email="a@example.org", occurred_at=NOW,
                              provider_id="pm-abc"), policy=policy, now=NOW)

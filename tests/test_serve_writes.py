@@ -2,7 +2,7 @@
 
 The store side: a one-click unsubscribe or a bounce by id is one statement in the writer's
 line (no read, no BEGIN or COMMIT while other writers wait), with the same outcome as the
-general path for every status; a web request reads its reader and its schema versions once.
+general path for every status; a web request reads its reader once.
 The server side: an 8-client burst of one-click POSTs and webhooks through a real
 ``newsletter serve`` on 127.0.0.1 has every answered write applied and leaves the log a few
 lines long (waitress's "Task queue depth" warnings summarised, not one per request).
@@ -26,13 +26,10 @@ import pytest
 import requests
 
 from newsletter import i18n
-from newsletter.db import connect
-from newsletter.events import ensure_schema as ensure_event_schema
-from newsletter.ledger import ensure_schema as ensure_ledger_schema
+from newsletter.schema import open_database
 from newsletter.store import SubscriberStore
 from newsletter.tokens import make_token
 from newsletter.webhooks.base import address
-from newsletter.webhooks.replay import ensure_schema as ensure_replay_schema
 
 SECRET = "serve-writes-secret-0123456789abcdef"
 HOOK_SECRET = "serve-writes-hook-secret"
@@ -50,7 +47,7 @@ def traced(store: SubscriberStore) -> Iterator[list[str]]:
 
 
 def test_a_one_click_by_id_is_one_statement_in_the_writers_line(tmp_path):
-    store = SubscriberStore(connect(tmp_path / "n.db"))
+    store = SubscriberStore(open_database(tmp_path / "n.db"))
     sub = store.add("reader@example.org")
     with traced(store) as sql:
         after = store.unsubscribe(sub.id, "one-click (RFC 8058)")
@@ -70,7 +67,7 @@ def test_a_one_click_by_id_is_one_statement_in_the_writers_line(tmp_path):
 def test_the_one_statement_path_decides_as_the_general_one(tmp_path, start, action, expected):
     """Each status against each suppression, as before the one-statement path: the complaint
     stays the strongest signal, and an unsubscribe never overwrites a bounce."""
-    store = SubscriberStore(connect(tmp_path / "n.db"))
+    store = SubscriberStore(open_database(tmp_path / "n.db"))
     sub = store.add("reader@example.org")
     store.conn.execute("UPDATE subscribers SET status=?, status_reason='before', signup_nonce='n1', "
                        "signup_requested_at='2026-01-01T00:00:00.000000Z' WHERE id=?", (start, sub.id))
@@ -86,7 +83,7 @@ def test_the_one_statement_path_decides_as_the_general_one(tmp_path, start, acti
 def test_a_missing_reader_is_still_an_input_error(tmp_path):
     from newsletter.errors import InputError
 
-    store = SubscriberStore(connect(tmp_path / "n.db"))
+    store = SubscriberStore(open_database(tmp_path / "n.db"))
     with pytest.raises(InputError):
         store.unsubscribe(12345, "x")
     with pytest.raises(InputError):
@@ -94,7 +91,7 @@ def test_a_missing_reader_is_still_an_input_error(tmp_path):
 
 
 def test_a_token_reads_its_reader_once(tmp_path):
-    store = SubscriberStore(connect(tmp_path / "n.db"))
+    store = SubscriberStore(open_database(tmp_path / "n.db"))
     sub = store.add("reader@example.org")
     token = make_token(SECRET, sub.id, sub.email)
     with traced(store) as sql:
@@ -105,23 +102,6 @@ def test_a_token_reads_its_reader_once(tmp_path):
     with traced(store) as sql:
         store.get_by_token(SECRET, token)
     assert len(sql) == 1, sql
-
-
-def test_schema_versions_are_read_once_per_connection(tmp_path):
-    """A webhook ensures four components' schemas on every request: asked once, then known."""
-    conn = connect(tmp_path / "n.db")
-    store = SubscriberStore(conn)
-    for ensure in (ensure_ledger_schema, ensure_event_schema, ensure_replay_schema):
-        ensure(conn)
-    with traced(store) as sql:
-        for ensure in (ensure_ledger_schema, ensure_event_schema, ensure_replay_schema):
-            ensure(conn)
-    assert sql == []
-    other = connect(tmp_path / "n.db")  # another connection asks for itself
-    seen: list[str] = []
-    other.set_trace_callback(seen.append)
-    ensure_event_schema(other)
-    assert any("schema_migrations" in s for s in seen)
 
 
 def test_the_catalog_scan_is_reused_for_a_while_then_redone(tmp_path):
@@ -192,7 +172,7 @@ def _client(port: int, jobs: list[tuple[str, str]], answers: list[int]) -> None:
 
 def test_an_8_client_write_burst_is_all_applied_and_leaves_a_short_log(tmp_path):
     (tmp_path / "newsletter.toml").write_text('name = "Burst"\nfrom_email = "news@example.org"\n')
-    store = SubscriberStore(connect(tmp_path / "newsletter.db"))
+    store = SubscriberStore(open_database(tmp_path / "newsletter.db"))
     readers = [store.add(f"reader{i:04d}@example.org") for i in range(480)]
     store.close()
     jobs = [("post", make_token(SECRET, r.id, r.email)) if r.id % 2 else
@@ -207,7 +187,7 @@ def test_an_8_client_write_burst_is_all_applied_and_leaves_a_short_log(tmp_path)
         for t in clients:
             t.join(timeout=120)
     assert answers == [200] * len(jobs)
-    conn = connect(tmp_path / "newsletter.db")
+    conn = open_database(tmp_path / "newsletter.db")
     statuses = dict(conn.execute("SELECT status, COUNT(*) FROM subscribers GROUP BY status").fetchall())
     assert statuses == {"unsubscribed": 240, "bounced": 240}
     # 480 requests from 8 clients on 4 threads queue up: waitress warns of nearly every one.

@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from newsletter.db import connect
+from newsletter.db import connect, migrate
 from newsletter.errors import HeaderInjectionError, InputError
 from newsletter.store import MIGRATIONS, STATUSES, Subscriber, SubscriberStore
 
@@ -237,6 +237,7 @@ def test_migrations_idempotent_on_reopen(tmp_path):
 
 def test_store_shares_a_connection_with_other_components(tmp_path):
     conn = connect(tmp_path / "news.db")
+    migrate(conn, "subscribers", MIGRATIONS)
     store = SubscriberStore(conn)
     conn.execute("CREATE TABLE ledger(subscriber_id INTEGER NOT NULL REFERENCES subscribers(id))")
     sub = store.add("a@example.org")

@@ -140,11 +140,11 @@ def _complaint_rate(settings: "Settings", now: datetime) -> Requirement:
         return Requirement(name, "unknown", source, "no deliveries yet")
     from contextlib import closing
 
-    from newsletter.events import ensure_schema, guard_counts
-    from newsletter.ledger import open_ledger, recent_deliveries
+    from newsletter.events import guard_counts
+    from newsletter.ledger.lookups import recent_deliveries
+    from newsletter.schema import open_database
 
-    with closing(open_ledger(path)) as conn:
-        ensure_schema(conn)
+    with closing(open_database(path)) as conn:
         recent = recent_deliveries(conn, now - RECENT)
         sent = sum(n for _, n in recent)
         complaints = sum(guard_counts(conn, did)[0] for did, _ in recent)

@@ -43,12 +43,12 @@ def replies(ctx: click.Context, issue: str | None, fmt: str, days: int | None) -
     from contextlib import closing
 
     from newsletter import replies as digest
-    from newsletter.db import connect
+    from newsletter.schema import open_database
 
     settings = settings_of(ctx)
     if issue is None and days is None:
         raise InputError("give an ISSUE, or --forget-older-than DAYS, or both")
-    conn = ctx.with_resource(closing(connect(settings.db_target)))  # closed when the command ends
+    conn = ctx.with_resource(closing(open_database(settings.db_target)))  # closed when the command ends
     if days is not None:
         n = digest.forget(conn, dt.timedelta(days=days))
         click.echo(f"Forgot {n} message record(s) older than {days} day(s).", err=True)

@@ -15,6 +15,7 @@ import click
 
 from newsletter.cli import console, issue_path, settings_of
 from newsletter.errors import InputError
+from newsletter.states import DeliveryState, RowState
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
@@ -161,7 +162,7 @@ def _report(report: Any) -> None:
         f"{report.elapsed:.1f}s ({report.rate:.0f} msg/s)."
     )
     # A deferral gets its own line (describe_deferral), a stop the command's own instruction.
-    if report.note and report.state not in ("deferred", "paused"):
+    if report.note and report.state not in (DeliveryState.DEFERRED, DeliveryState.PAUSED):
         click.echo(report.note)
     if report.interrupted_resent:
         click.echo(f"{report.interrupted_resent} reader(s) left mid-send by an earlier crash or kill were sent "
@@ -179,7 +180,7 @@ def _outcome(report: Any) -> None:
     from newsletter.cli.formatting import describe_deferral
 
     _report(report)
-    if report.state == "deferred":
+    if report.state == DeliveryState.DEFERRED:
         click.echo(describe_deferral(report, report.slug), err=True)
 
 
@@ -193,7 +194,7 @@ def _exit_for(report: Any, ref: str, stopped: bool) -> None:
     from newsletter.errors import SendDeferredError, SendInterruptedError
 
     ctx = click.get_current_context()
-    if report.state == "held":
+    if report.state == DeliveryState.HELD:
         from newsletter.errors import SendHeldError
         from newsletter.guard import RESUME_FLAG, is_guard_hold
 
@@ -202,7 +203,7 @@ def _exit_for(report: Any, ref: str, stopped: bool) -> None:
                    f"reason above says (`newsletter status {ref}`), then `newsletter resume {ref}{flag}` continues.",
                    err=True)
         ctx.exit(SendHeldError.exit_code)
-    if report.state == "deferred":
+    if report.state == DeliveryState.DEFERRED:
         click.echo(describe_deferral(report, ref), err=True)
         ctx.exit(SendDeferredError.exit_code)
     if stopped and report.pending:
@@ -238,7 +239,8 @@ def _deliver(settings: "Settings", rendered: "RenderedEmail", *, yes: bool, rese
              despite_guard: bool = False, prepared: Any = None) -> None:
     from newsletter.delivery import DeliveryOptions, run_delivery
     from newsletter.errors import ConfigError, TransportError
-    from newsletter.ledger import hold_for_editor, readers_to_send, start_or_resume, wait_for_editor
+    from newsletter.ledger.deliveries import hold_for_editor, readers_to_send, wait_for_editor
+    from newsletter.ledger.engine import start_or_resume
     from newsletter.sendplan import open_delivery, prepare_issue
 
     conn, active, factory = open_delivery(settings)
@@ -362,11 +364,12 @@ def resume(ctx: click.Context, issue: str, yes: bool, no_resend_uncertain: bool,
     complained or bounced (NEWSLETTER_COMPLAINT_PAUSE, NEWSLETTER_BOUNCE_PAUSE) continues only
     with --despite-complaints: look at `newsletter status ISSUE` first.
     """
-    from newsletter.ledger import open_delivery_id, open_ledger
+    from newsletter.ledger.deliveries import open_delivery_id
+    from newsletter.schema import open_database
 
     settings = settings_of(ctx)
     editions, _ = _editions(settings, issue)
-    with closing(open_ledger(settings.db_target)) as conn:
+    with closing(open_database(settings.db_target)) as conn:
         unfinished = open_delivery_id(conn, editions.main.slug)
     if unfinished is None:
         raise InputError(f"no unfinished delivery of {editions.main.slug}; `newsletter send {issue}` starts one")
@@ -382,10 +385,11 @@ def resume(ctx: click.Context, issue: str, yes: bool, no_resend_uncertain: bool,
 @click.pass_context
 def status(ctx: click.Context, issue: str | None, failed: bool) -> None:
     """Show deliveries: counts per state, rate, ETA and failures."""
-    from newsletter.ledger import delivery_status, failed_recipients, open_ledger
+    from newsletter.ledger.reports import delivery_status, failed_recipients
+    from newsletter.schema import open_database
 
     settings = settings_of(ctx)
-    conn = ctx.with_resource(closing(open_ledger(settings.db_target)))
+    conn = ctx.with_resource(closing(open_database(settings.db_target)))
     slug = None
     if issue:
         from newsletter.issue import parse_issue
@@ -432,7 +436,7 @@ def status(ctx: click.Context, issue: str | None, failed: bool) -> None:
 
 def _edition_lines(conn: Any, rows: list[Any], main_lang: str) -> None:
     """Per delivery with more than one edition, each edition's readers: "en 4 (4 sent), zh-Hans 2 (1 sent, 1 pending)"."""
-    from newsletter.ledger import edition_counts, open_rows
+    from newsletter.ledger.reports import edition_counts, open_rows
 
     for s in rows:
         per = edition_counts(conn, s.id)
@@ -441,7 +445,7 @@ def _edition_lines(conn: Any, rows: list[Any], main_lang: str) -> None:
         parts = []
         for tag, counts in per.items():
             detail = [f"{counts['sent']} sent"] + ([f"{open_rows(counts)} pending"] if open_rows(counts) else [])
-            failed = counts["failed-permanent"] + counts["gave-up"]
+            failed = counts[RowState.FAILED_PERMANENT] + counts[RowState.GAVE_UP]
             detail += [f"{failed} failed"] if failed else []
             parts.append(f"{tag or main_lang} {sum(counts.values())} ({', '.join(detail)})")
         click.echo(f"#{s.id} {s.delivery.slug} editions: " + "; ".join(parts))
@@ -452,13 +456,13 @@ def _status_notes(settings: "Settings", conn: Any, rows: list, rates: bool) -> N
     beside the guard's thresholds."""
     from newsletter.errors import scrub
     from newsletter.guard import RESUME_FLAG, Guard, Tally, is_guard_hold
-    from newsletter.ledger import last_error
+    from newsletter.ledger.reports import last_error
 
     guard = Guard.from_settings(settings) if rates else None
     for s in rows:
         d = s.delivery
-        error = last_error(conn, d.id) if d.state in ("held", "paused") else None
-        if d.state in ("held", "paused") and (d.reason or error):
+        error = last_error(conn, d.id) if d.state in (DeliveryState.HELD, DeliveryState.PAUSED) else None
+        if d.state in (DeliveryState.HELD, DeliveryState.PAUSED) and (d.reason or error):
             reason = d.reason or ""
             how = f"; `newsletter resume {d.slug} {RESUME_FLAG}` continues it" if is_guard_hold(d.state, reason) \
                 else ""
@@ -469,7 +473,7 @@ def _status_notes(settings: "Settings", conn: Any, rows: list, rates: bool) -> N
         if guard is not None:
             from newsletter.events import guard_counts
 
-            tally = Tally(s.counts["sent"], s.counts["failed-permanent"], *guard_counts(conn, d.id))
+            tally = Tally(s.counts[RowState.SENT], s.counts[RowState.FAILED_PERMANENT], *guard_counts(conn, d.id))
             click.echo(f"#{d.id} {d.slug}: {guard.describe(tally)}")
 
 
@@ -505,7 +509,7 @@ def schedule_add(ctx: click.Context, issue: str, at: str | None, skip_checks: bo
     import datetime as dt
 
     from newsletter.issue import parse_issue
-    from newsletter.ledger import open_ledger
+    from newsletter.schema import open_database
     from newsletter.schedule import schedule as schedule_delivery
 
     settings = settings_of(ctx)
@@ -529,7 +533,7 @@ def schedule_add(ctx: click.Context, issue: str, at: str | None, skip_checks: bo
     from newsletter.editions import load_editions
 
     _, prepared = _prepare_all(settings, load_editions(path, settings.publication.lang, main=parsed), skip_checks)
-    with closing(open_ledger(settings.db_target)) as conn:  # every edition: the worker sends each its readers
+    with closing(open_database(settings.db_target)) as conn:  # every edition: the worker sends each its readers
         delivery_id = schedule_delivery(conn, prepared, when)
     click.echo(f"Scheduled {path.name} for {when.isoformat()} (delivery {delivery_id}). "
                "A running `newsletter worker` or `newsletter dispatch` will send it.")
@@ -539,13 +543,13 @@ def schedule_add(ctx: click.Context, issue: str, at: str | None, skip_checks: bo
 @click.pass_context
 def schedule_list(ctx: click.Context) -> None:
     """List scheduled deliveries."""
-    from newsletter.ledger import open_ledger
+    from newsletter.schema import open_database
     from newsletter.cli.formatting import display_time
     from newsletter.schedule import list_scheduled
     from newsletter.sendplan import send_zones
 
     settings = settings_of(ctx)
-    with closing(open_ledger(settings.db_target)) as conn:
+    with closing(open_database(settings.db_target)) as conn:
         rows = list_scheduled(conn)
     if not rows:
         click.echo("Nothing scheduled.")
@@ -560,7 +564,7 @@ def schedule_list(ctx: click.Context) -> None:
 @click.pass_context
 def schedule_cancel(ctx: click.Context, issue: str) -> None:
     """Cancel the scheduled send of ISSUE (slug, number or delivery id)."""
-    from newsletter.ledger import open_ledger
+    from newsletter.schema import open_database
     from newsletter.schedule import cancel
 
     settings = settings_of(ctx)
@@ -571,7 +575,7 @@ def schedule_cancel(ctx: click.Context, issue: str) -> None:
         ref = parse_issue(issue_path(settings, issue)).slug
     except InputError:
         pass
-    with closing(open_ledger(settings.db_target)) as conn:
+    with closing(open_database(settings.db_target)) as conn:
         cancel(conn, ref)
     click.echo(f"Cancelled the scheduled send of {ref}.")
 
@@ -582,7 +586,7 @@ def dispatch(ctx: click.Context) -> None:
     """Send every due scheduled delivery once, then exit (for cron or a systemd timer)."""
     import datetime as dt
 
-    from newsletter.ledger import open_ledger
+    from newsletter.schema import open_database
     from newsletter.schedule import dispatch_once
     from newsletter.sendplan import scheduler_args
 
@@ -591,7 +595,7 @@ def dispatch(ctx: click.Context) -> None:
     settings = settings_of(ctx)
     args = scheduler_args(settings)
     _retired_notes(settings)
-    with _graceful_stop() as stop, closing(open_ledger(settings.db_target)) as conn:
+    with _graceful_stop() as stop, closing(open_database(settings.db_target)) as conn:
         reports = dispatch_once(conn, dt.datetime.now(dt.timezone.utc), stop=stop, on_start=_started, **args)
     for report in reports:
         _outcome(report)
@@ -602,9 +606,9 @@ def dispatch(ctx: click.Context) -> None:
         click.echo(f"Stopped with {pending} readers pending; the next `newsletter dispatch` (or `resume`) "
                    "will continue.", err=True)
         ctx.exit(SendInterruptedError.exit_code)
-    if any(r.state == "held" for r in reports):  # nobody mailed, and nothing will be until the editor acts
+    if any(r.state == DeliveryState.HELD for r in reports):  # nobody mailed, and nothing will be until the editor acts
         ctx.exit(SendHeldError.exit_code)
-    if any(r.state == "deferred" for r in reports):
+    if any(r.state == DeliveryState.DEFERRED for r in reports):
         ctx.exit(SendDeferredError.exit_code)
 
 
@@ -621,7 +625,7 @@ def worker(ctx: click.Context, poll: float, quiet: bool, verbose: bool) -> None:
     SIGTERM or Ctrl-C finishes the current batch, leaves nothing mid-send, and exits.
     """
     from newsletter.inbox import start_inbox_polling
-    from newsletter.ledger import open_ledger
+    from newsletter.schema import open_database
     from newsletter.schedule import check_poll_interval, run_worker
     from newsletter.sendplan import scheduler_args
 
@@ -636,9 +640,9 @@ def worker(ctx: click.Context, poll: float, quiet: bool, verbose: bool) -> None:
         click.echo(f"error: {exc.format_message() if hasattr(exc, 'format_message') else exc}", err=True)
 
     def outcome(report: Any) -> None:
-        if not quiet or report.state == "held":
+        if not quiet or report.state == DeliveryState.HELD:
             _outcome(report)
-        if report.state == "paused" and not quiet:
+        if report.state == DeliveryState.PAUSED and not quiet:
             click.echo(f"Delivery {report.delivery_id} of {report.slug} stopped with {report.pending} readers "
                        "left; the next `newsletter worker` or `dispatch` continues it.")
 
@@ -653,7 +657,7 @@ def worker(ctx: click.Context, poll: float, quiet: bool, verbose: bool) -> None:
         minutes = start_inbox_polling(settings, stop, on_result=inbox_result, on_error=error)
         if minutes:
             say(f"Reading the reply-to inbox every {minutes:g} minute(s).")
-        with closing(open_ledger(settings.db_target)) as conn:
+        with closing(open_database(settings.db_target)) as conn:
             run_worker(conn, poll_interval=poll, stop=stop, on_poll=polled, on_report=outcome, on_error=error,
                        on_start=None if quiet else _started, **scheduler_args(settings))
     say("Worker stopped cleanly.")

@@ -11,6 +11,7 @@ import click
 
 from newsletter.cli import settings_of
 from newsletter.errors import InputError
+from newsletter.states import SubscriberStatus
 
 
 @click.group()
@@ -110,9 +111,10 @@ def subscribers_remove(ctx: click.Context, email: str, forget_deliveries: bool) 
     them suppressed). With --forget-deliveries their rows in past deliveries go too."""
     store = _store(ctx)
     if forget_deliveries and (sub := store.get_by_email(email)) is not None:
-        from newsletter.ledger import forget_subscriber, open_ledger
+        from newsletter.ledger.deliveries import forget_subscriber
+        from newsletter.schema import open_database
 
-        with closing(open_ledger(settings_of(ctx).db_target)) as conn:
+        with closing(open_database(settings_of(ctx).db_target)) as conn:
             forget_subscriber(conn, sub.id)
     if not store.remove(email):
         raise InputError(f"no subscriber {email}")
@@ -137,7 +139,7 @@ def subscribers_unsubscribe(ctx: click.Context, address_or_token: str) -> None:
             raise InputError(f"{address_or_token[:80]!r} is neither an address nor a valid unsubscribe token")
         target = sub.id
     sub = store.unsubscribe(target, reason="cli")
-    if sub.status == "unsubscribed":
+    if sub.status == SubscriberStatus.UNSUBSCRIBED:
         click.echo(f"Unsubscribed {sub.email}.")
     else:  # bounced or complained: already never mailed, and that stronger record is kept
         click.echo(f"{sub.email} stays {sub.status}: it is already never mailed, and that record is kept "
@@ -145,7 +147,7 @@ def subscribers_unsubscribe(ctx: click.Context, address_or_token: str) -> None:
 
 
 @subscribers.command("list")
-@click.option("--status", type=click.Choice(["active", "unsubscribed", "bounced", "complained", "pending"]))
+@click.option("--status", type=click.Choice([s.value for s in SubscriberStatus]))
 @click.pass_context
 def subscribers_list(ctx: click.Context, status: str | None) -> None:
     """List subscribers (email, name, status; for a signup whose mail has not gone out, what
@@ -186,7 +188,7 @@ def subscribers_count(ctx: click.Context) -> None:
 
 @subscribers.command("export")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE instead of stdout.")
-@click.option("--status", type=click.Choice(["active", "unsubscribed", "bounced", "complained", "pending"]))
+@click.option("--status", type=click.Choice([s.value for s in SubscriberStatus]))
 @click.pass_context
 def subscribers_export(ctx: click.Context, out: Path | None, status: str | None) -> None:
     """Export subscribers as CSV: each reader's whole record (status and why, dates, source, consent

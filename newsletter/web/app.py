@@ -26,8 +26,9 @@ from werkzeug.wrappers import Request, Response
 
 from newsletter.clock import SYSTEM, Clock
 from newsletter.config import Settings
-from newsletter.db import connect, is_locked
+from newsletter.db import is_locked
 from newsletter.dburl import is_postgres
+from newsletter.schema import migrate_all, open_database
 from newsletter.store import SubscriberStore
 from newsletter.web.proxies import client_ip
 
@@ -106,7 +107,7 @@ class WebApp:
         local = self._local
         if getattr(local, "store", None) is None or local.pid != os.getpid():
             if isinstance(self.store_path, Path):
-                conn = connect(self.store_path)
+                conn = open_database(self.store_path)
                 conn.execute(f"PRAGMA busy_timeout={DB_BUSY_MS}")
                 local.store = SubscriberStore(conn)
             else:
@@ -127,8 +128,10 @@ class WebApp:
         except Exception as exc:  # noqa: BLE001 - psycopg_pool.PoolTimeout, or the server is gone
             raise sqlite3.OperationalError(f"database busy: no connection to lend ({type(exc).__name__})") from None
         self._local.lent = (pool, raw)
-        if raw.newsletter_store is None:
-            raw.newsletter_store = SubscriberStore(pg.pooled(raw, str(self.store_path)))
+        if raw.newsletter_store is None:  # as open_database would: migrated (or checked) once per connection
+            conn = pg.pooled(raw, str(self.store_path))
+            migrate_all(conn)
+            raw.newsletter_store = SubscriberStore(conn)
         return raw.newsletter_store
 
     def release(self) -> None:

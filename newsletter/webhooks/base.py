@@ -39,8 +39,6 @@ from werkzeug.wrappers import Request, Response
 from newsletter.clock import SYSTEM, Clock
 from newsletter.errors import NewsletterError
 from newsletter.events import Event, Kind, Outcome, apply_event
-from newsletter.events import ensure_schema as ensure_event_schema
-from newsletter.ledger import ensure_schema as ensure_ledger_schema
 from newsletter.webhooks import replay
 from newsletter.webhooks.errors import Refused
 from newsletter.webhooks.fetching import FetchBudget, fetch_https
@@ -222,8 +220,6 @@ def _apply(store: "SubscriberStore", events: list[Event], verified: Verified, pr
            ctx: WebhookContext) -> dict[str, int]:
     """Claim the nonce and apply every event in one transaction: all or nothing."""
     now, policy = ctx.clock.now(), ctx.settings.soft_bounce_policy
-    for ensure_schema in (ensure_ledger_schema, ensure_event_schema, replay.ensure_schema):
-        ensure_schema(store.conn)  # a webhook may come before the first send made the tables
     counts = {o.value: 0 for o in Outcome}
     with store.transaction() as conn:
         if verified.nonce is not None:

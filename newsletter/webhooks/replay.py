@@ -13,19 +13,8 @@ import enum
 import sqlite3
 from datetime import datetime, timedelta
 
-from newsletter.db import migrate
 from newsletter.store import stamp
 
-COMPONENT = "webhook_nonces"
-
-MIGRATIONS: list[str] = [
-    """CREATE TABLE webhook_nonces (
-  nonce TEXT PRIMARY KEY,
-  seen_at TEXT NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX webhook_nonces_seen ON webhook_nonces(seen_at)""",
-    "ALTER TABLE webhook_nonces ADD COLUMN body_sha256 TEXT NOT NULL DEFAULT ''",
-]
 
 
 class Seen(enum.Enum):
@@ -33,9 +22,6 @@ class Seen(enum.Enum):
     SAME_BODY = "same-body"      # seen with this very body: the provider retrying
     OTHER_BODY = "other-body"    # seen with another body: a replay
 
-
-def ensure_schema(conn: sqlite3.Connection) -> None:
-    migrate(conn, COMPONENT, MIGRATIONS)
 
 
 def claim(conn: sqlite3.Connection, nonce: str, digest: str, now: datetime, *, keep: timedelta) -> Seen:
