@@ -56,16 +56,22 @@ def start_sink(script: str, what: str) -> tuple[subprocess.Popen, int]:
 def seed_subscribers(db: Path | str, n: int, *, unsubscribe_every: int = 0) -> None:
     """A database of n generated readers (reader0000001@example.org …), filled in SQL, no Python list.
 
-    With ``unsubscribe_every`` k, every k-th reader is unsubscribed.
+    With ``unsubscribe_every`` k, every k-th reader is unsubscribed. ``db`` is a SQLite path or a
+    ``postgresql://`` URL (the same rows, from ``generate_series``).
     """
+    from newsletter.db import backend
     from newsletter.schema import open_database
 
     conn = open_database(db)
+    sqlite = backend(conn) == "sqlite"
+    numbers = ("WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < ?) " if sqlite else
+               "WITH c(i) AS (SELECT generate_series(1, ?::bigint)) ")
+    fmt = "printf('reader%07d@example.org', i), printf('Reader %d', i)" if sqlite else \
+        "'reader' || lpad(i::text, 7, '0') || '@example.org', 'Reader ' || i"
     conn.execute("BEGIN")
     conn.execute(
-        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < ?) "
-        "INSERT INTO subscribers(email, name, status, created_at, changed_at) "
-        "SELECT printf('reader%07d@example.org', i), printf('Reader %d', i), "
+        numbers + "INSERT INTO subscribers(email, name, status, created_at, changed_at) "
+        f"SELECT {fmt}, "
         "CASE WHEN ? > 0 AND i % ? = 0 THEN 'unsubscribed' ELSE 'active' END, "
         "'2025-01-01T00:00:00.000000Z', '2025-01-01T00:00:00.000000Z' FROM c",
         (n, unsubscribe_every, unsubscribe_every or 1))

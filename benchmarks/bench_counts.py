@@ -19,8 +19,9 @@ from _common import NEWSLETTER, initialised_publication, interleaved, median, me
 TARGET = 1.5
 
 
-def add_delivery(db: Path) -> None:
-    """One delivery to every active reader, half of them sent, so `status` has a big row to count."""
+def add_delivery(db: Path | str) -> None:
+    """One delivery to every active reader, half of them sent, so `status` has a big row to count.
+    ``db`` is a SQLite path or a ``postgresql://`` URL: the SQL means the same on both."""
     from newsletter.schema import open_database
 
     conn = open_database(db)
@@ -29,7 +30,7 @@ def add_delivery(db: Path) -> None:
                  " total) VALUES(1, 'hello-world', 1, 'x', 'Hello', 'paused', '2025-01-01T00:00:00.000000Z',"
                  " '2025-01-01T00:00:00.000000Z', (SELECT COUNT(*) FROM subscribers WHERE status='active'))")
     conn.execute("INSERT INTO ledger(delivery_id, subscriber_id, email, name, state, attempts, batch_no, updated_at)"
-                 " SELECT 1, id, email, name, CASE WHEN id % 2 THEN 'sent' ELSE 'pending' END, 1, id / 100,"
+                 " SELECT 1, id, email, name, CASE WHEN id % 2 = 1 THEN 'sent' ELSE 'pending' END, 1, id / 100,"
                  " '2025-01-01T00:05:00.000000Z' FROM subscribers WHERE status='active'")
     conn.execute("COMMIT")
     conn.close()

@@ -71,13 +71,18 @@ class Sink(asyncio.Protocol):
                 replies.append(b"354 End data with <CR><LF>.<CR><LF>\r\n")
                 self.buffer, self.in_data = b"\r\n" + self.buffer, True  # so an empty message ends too
             elif verb == b"QUIT":
-                self.transport.write(b"".join(replies) + b"221 Bye\r\n")
-                self.transport.close()
+                self.answer(b"".join(replies) + b"221 Bye\r\n", close=True)
                 return
             else:
                 replies.append(b"250 Ok\r\n")
         if replies:
-            self.transport.write(b"".join(replies))
+            self.answer(b"".join(replies))
+
+    def answer(self, replies: bytes, close: bool = False) -> None:
+        """Write replies at once (a slower server overrides this)."""
+        self.transport.write(replies)
+        if close:
+            self.transport.close()
 
 
 def serve() -> None:

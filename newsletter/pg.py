@@ -136,7 +136,8 @@ class PgConnection:
         if statement.upper() == "BEGIN IMMEDIATE":
             statement = "BEGIN"
         try:
-            cur = self.raw.execute(translate(statement), params or None, prepare=False)
+            # Always with params (empty ones too): psycopg reads ``%%`` as ``%`` only when it formats.
+            cur = self.raw.execute(translate(statement), params, prepare=False)
         except psycopg.Error as exc:
             raise _db_api_error(exc) from None
         return _Cursor(cur)

@@ -184,9 +184,13 @@ INSERT INTO delivery_counts(delivery_id, state) SELECT id, 'gave-up' FROM delive
 UPDATE ledger SET state='gave-up' WHERE state='failed-temporary';
 DELETE FROM delivery_counts WHERE state='failed-temporary';
 ALTER TABLE ledger ADD CONSTRAINT ledger_state_check CHECK (state IN ('pending','sending','sent','retry',
-  'gave-up','failed-permanent','skipped','uncertain'))""",    # v6: which run claimed a row 'sending' (newsletter.ledger.engine.claim_batch), so a takeover settles
+  'gave-up','failed-permanent','skipped','uncertain'))""",
+    # v6: which run claimed a row 'sending' (newsletter.ledger.engine.claim_batch), so a takeover settles
     # only the dead holder's readers and never those a live helper has in flight
     "ALTER TABLE ledger ADD COLUMN claimed_by TEXT",
+    # v7: the newest error and the other editions' readers, for `status`, without scanning every row
+    """CREATE INDEX ledger_errors ON ledger(delivery_id, updated_at) WHERE last_error IS NOT NULL;
+CREATE INDEX ledger_editions ON ledger(delivery_id, edition, state) WHERE edition <> ''""",
 ]
 
 EVENTS: list[Step] = [

@@ -77,6 +77,15 @@ def test_placeholders_are_translated_outside_literals(sql, expected):
     assert translate(sql) == expected
 
 
+def test_a_percent_sign_means_itself_in_a_statement_without_parameters(pg_url):
+    conn = connect(pg_url)
+    try:
+        assert conn.execute("SELECT 7 % 2, 'a%' LIKE 'a%'").fetchone() == (1, True)
+        assert conn.execute("SELECT 7 % ?", (4,)).fetchone() == (3,)
+    finally:
+        conn.close()
+
+
 @pytest.mark.parametrize("component", sorted(PG_MIGRATIONS))
 def test_each_component_has_as_many_versions_on_both_backends(component):
     assert len(PG_MIGRATIONS[component]) == len(SQLITE_MIGRATIONS[component])

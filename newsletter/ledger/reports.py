@@ -116,12 +116,19 @@ def make_report(conn: sqlite3.Connection, delivery_id: int, note: str = "", **ru
 
 
 def edition_counts(conn: sqlite3.Connection, delivery_id: int) -> dict[str, dict[str, int]]:
-    """Readers per edition ("" the main one) and state, for ``status``."""
-    out: dict[str, dict[str, int]] = {}
+    """Readers per edition ("" the main one) and state, for ``status``: the other editions' rows
+    through their partial index, the main edition's as the delivery's counts less theirs, so the
+    main edition's readers (often all of them) are never scanned."""
+    others: dict[str, dict[str, int]] = {}
     for edition, state, n in conn.execute("SELECT edition, state, COUNT(*) FROM ledger WHERE delivery_id=? "
-                                          "GROUP BY edition, state ORDER BY edition", (int(delivery_id),)):
-        out.setdefault(edition, dict.fromkeys(LEDGER_STATES, 0))[state] = n
-    return out
+                                          "AND edition<>'' GROUP BY edition, state ORDER BY edition",
+                                          (int(delivery_id),)):
+        others.setdefault(edition, dict.fromkeys(LEDGER_STATES, 0))[state] = n
+    main = ledger_counts(conn, delivery_id)
+    for counts in others.values():
+        for state, n in counts.items():
+            main[state] -= n
+    return {"": main, **others} if any(main.values()) else others
 
 
 class DeliveryStatus(NamedTuple):
