@@ -104,6 +104,8 @@ ROWS: tuple[Row, ...] = (
     Row("bench_serve.py", "Postmark webhook through `serve`: p99 at 8 clients (ms; reference: hello-world's p99)",
         r"Postmark webhook: p99 at 8 clients " + NUM + " ms", r"\| hello \| [^|]*\| [^|]*p99 " + NUM + " ms",
         r"Postmark webhook: p99 at 8 clients " + NUM + " ms", "ms", "<=", 20),
+    Row("bench_serve.py", "answered one-click POSTs and webhooks not found applied afterwards, over every round",
+        "", "", r"writes answered but not applied: " + NUM, "writes", "<=", 0),
     Row("bench_serve.py", "one-click POST through `serve` vs hello-world on the same server (lowest of 1/8/32 clients)",
         "", "", r"\| POST one-click \|[^\n]*\| " + NUM + "–", "", "", 0, "no target: the price of the app itself"),
     Row("bench_soak.py", "multi-process soak on PostgreSQL, 3 runs in a row: readers lost",

@@ -120,9 +120,14 @@ CHECKPOINT_EVERY = 100
 
 
 @contextmanager
-def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+def write_transaction(conn: sqlite3.Connection, *, one_statement: bool = False) -> Iterator[sqlite3.Connection]:
     """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on any exception), queued behind this
     process's other writers to the same file.
+
+    ``one_statement``: the block runs a single statement, which SQLite's autocommit makes a
+    transaction of its own (its triggers included), so the writer skips the BEGIN and COMMIT
+    calls while the line waits for it; each call lets the GIL go to another thread. Only on
+    a connection in autocommit mode (``isolation_level=None``, as :func:`connect` opens them).
 
     SQLite itself makes a blocked writer sleep and retry (1, 2, 5 … 100 ms), so under a burst
     of concurrent requests writes waited far longer than they took, and out of order. Threads
@@ -133,6 +138,7 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     if writer is None:
         yield from _transaction(conn)
         return
+    begin = not (one_statement and conn.isolation_level is None)
     if conn.busy_seconds is None:
         conn.busy_seconds = conn.execute("PRAGMA busy_timeout").fetchone()[0] / 1000
     _quick_switching(True)  # from the wait on: a writer handed the line picks it up at once
@@ -140,7 +146,10 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         _quick_switching(False)
         raise sqlite3.OperationalError("database is locked (waiting for this process's writers)")
     try:
-        yield from _transaction(conn)
+        if begin:
+            yield from _transaction(conn)
+        else:
+            yield conn
         writer.commits += 1
         checkpoint = writer.commits >= CHECKPOINT_EVERY
         if checkpoint:

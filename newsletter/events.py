@@ -129,11 +129,11 @@ def _soft_bounce_messages(conn: sqlite3.Connection, sub_id: int, key: str, since
     return len({r[0] for r in rows} | {key})
 
 
-def _apply_to_subscriber(store: SubscriberStore, sub_id: int, event: Event, policy: SoftBouncePolicy,
+def _apply_to_subscriber(store: SubscriberStore, before: Subscriber, event: Event, policy: SoftBouncePolicy,
                          now: datetime, delivery_id: int | None) -> Outcome:
-    """Change the subscriber as the event says; called inside the event's transaction."""
-    before = store.get(sub_id)
-    assert before is not None
+    """Change the subscriber as the event says; called inside the event's transaction, in which
+    ``before`` was read (so it is the row as it stands)."""
+    sub_id = before.id
     reason = f"{event.source}: {event.kind.value}" + (f": {event.detail}" if event.detail else "")
     if event.kind is Kind.COMPLAINT:
         after = store.mark_complained(sub_id, reason)
@@ -170,7 +170,7 @@ def apply_event(store: SubscriberStore, event: Event, *, policy: SoftBouncePolic
             outcome, delivery_id = Outcome.UNKNOWN_READER, None
         else:
             delivery_id = _delivery_of(conn, sub.id, event)
-            outcome = _apply_to_subscriber(store, sub.id, event, policy, now, delivery_id)
+            outcome = _apply_to_subscriber(store, sub, event, policy, now, delivery_id)
         conn.execute(
             "INSERT INTO feedback_events(dedupe_key, kind, source, subscriber_id, delivery_id, email,"
             " occurred_at, received_at, outcome, detail, message_key) VALUES(?,?,?,?,?,?,?,?,?,?,?)",

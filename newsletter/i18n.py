@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 from functools import lru_cache
 from gettext import GNUTranslations, NullTranslations
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from newsletter.disk_memo import package_version, read_blob, write_blob
 from newsletter.lang import match, normalise_tag
@@ -23,13 +24,31 @@ DOMAIN = "newsletter"
 SHIPPED = Path(__file__).resolve().parent / "data" / "locale"
 
 
+@lru_cache(maxsize=64)  # asked twice by every public page, with the same root
 def catalog_dirs(root: Path | None = None) -> tuple[Path, ...]:
     """Where catalogs are looked for, the publication's first."""
     return ((root / "locale",) if root is not None else ()) + (SHIPPED,)
 
 
-def languages(dirs: Iterable[Path] = (SHIPPED,)) -> list[str]:
+#: Seconds a scan of the catalog folders is reused: every public page asks (twice), and a scan
+#: is a dozen stats; a catalog added to a running server is found within this long.
+RESCAN_SECONDS = 10.0
+_scans: dict[tuple[Path, ...], tuple[float, list[str]]] = {}
+
+
+def languages(dirs: Iterable[Path] = (SHIPPED,), *, clock: Callable[[], float] = time.monotonic) -> list[str]:
     """The tags there is a catalog for (``zh_Hans`` folders read as ``zh-Hans``), sorted."""
+    key = tuple(dirs)
+    now = clock()
+    scan = _scans.get(key)
+    if scan is None or not 0 <= now - scan[0] < RESCAN_SECONDS:
+        if len(_scans) > 64:  # one entry per publication root a process serves: bounded anyway
+            _scans.clear()
+        scan = _scans[key] = (now, _scan(key))
+    return list(scan[1])
+
+
+def _scan(dirs: tuple[Path, ...]) -> list[str]:
     found: set[str] = set()
     for base in dirs:
         if base.is_dir():

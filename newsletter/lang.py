@@ -115,8 +115,10 @@ def _match_score(own: str, reader: str, other: str, tag: str) -> int | None:
 
 def accepted(header: str | None) -> list[str]:
     """The tags of an ``Accept-Language`` header, most wanted first (q=0 and junk left out)."""
+    if not header:
+        return []
     items: list[tuple[float, int, str]] = []
-    for i, part in enumerate((header or "")[:MAX_ACCEPT].split(",")[:MAX_ACCEPT_ITEMS]):
+    for i, part in enumerate(header[:MAX_ACCEPT].split(",")[:MAX_ACCEPT_ITEMS]):
         tag, _, params = part.strip().partition(";")
         q = 1.0
         if params.strip().startswith("q="):

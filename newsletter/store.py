@@ -275,9 +275,9 @@ class SubscriberStore:
 
     # ---- transactions --------------------------------------------------------------
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, *, one_statement: bool = False) -> Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` … ``COMMIT`` (or ``ROLLBACK`` on any exception), queued behind this
-        process's other writers (:func:`newsletter.db.write_transaction`).
+        process's other writers (:func:`newsletter.db.write_transaction`; ``one_statement`` as there).
 
         Nests: an inner block, or a transaction the caller already opened on this
         connection (e.g. the delivery ledger sharing it), is joined, not committed.
@@ -290,7 +290,7 @@ class SubscriberStore:
                 finally:
                     self._tx_depth -= 1
                 return
-            with write_transaction(self.conn):
+            with write_transaction(self.conn, one_statement=one_statement):
                 self._tx_depth = 1
                 try:
                     yield self.conn
@@ -318,11 +318,22 @@ class SubscriberStore:
 
         if purpose == CONFIRM:  # bound to the open request's nonce: see verified_confirm_id
             sid = verified_confirm_id(secret, token, self._confirm_key, now=now)
-        else:
-            sid = verified_subscriber_id(secret, token, lambda i: (s.email if (s := self.get(i)) else None),
-                                         purpose, now=now)
-        if sid is None:  # a link sent before v3 changed this reader's address (or merged the row away)
-            sid = self._former_reader(secret, token, purpose, now)
+            return self.get(sid) if sid is not None else self._former(secret, token, purpose, now)
+        looked_up: list[Subscriber] = []  # the row the token was checked against: no second read
+
+        def email_of(i: int) -> str | None:
+            sub = self.get(i)
+            looked_up[:] = [sub] if sub is not None else []
+            return sub.email if sub is not None else None
+
+        sid = verified_subscriber_id(secret, token, email_of, purpose, now=now)
+        if sid is not None and looked_up and looked_up[0].id == sid:
+            return looked_up[0]
+        return self.get(sid) if sid is not None else self._former(secret, token, purpose, now)
+
+    def _former(self, secret: str, token: str, purpose: str, now: datetime | None) -> Subscriber | None:
+        """A link sent before v3 changed this reader's address (or merged the row away)."""
+        sid = self._former_reader(secret, token, purpose, now)
         return self.get(sid) if sid is not None else None
 
     def _confirm_key(self, sid: int) -> tuple[str, str] | None:
@@ -546,18 +557,39 @@ class SubscriberStore:
         """The status change itself, in one statement (a suppression retires any open signup
         request with it): a writer holds the database for as few calls as it can, since each
         lets another thread take the interpreter (see newsletter.db.write_transaction)."""
+        row = self._set_from(sid, status, reason)
+        assert row is not None, "the caller resolved the reader in this transaction"
+        return row
+
+    def _set_from(self, sid: int, status: str, reason: str, only_from: tuple[str, ...] = ()) -> Subscriber | None:
+        """:meth:`_set` if the reader's status is one of ``only_from`` now (any, when empty); None when
+        it is not (or there is no such reader), with nothing changed: the check and the change are one statement."""
         retire = status in SUPPRESSED
+        where = f" AND status IN ({','.join('?' * len(only_from))})" if only_from else ""
         row = self.conn.execute(
             "UPDATE subscribers SET status=?, status_reason=?, changed_at=?,"
             " signup_requested_at=CASE WHEN ? THEN '' ELSE signup_requested_at END,"
-            f" signup_nonce=CASE WHEN ? THEN '' ELSE signup_nonce END WHERE id=? RETURNING {_COLUMNS}",
-            (status, _one_line(reason), utcnow_text(), retire, retire, sid)).fetchone()
-        return Subscriber.from_row(row)
+            f" signup_nonce=CASE WHEN ? THEN '' ELSE signup_nonce END WHERE id=?{where} RETURNING {_COLUMNS}",
+            (status, _one_line(reason), utcnow_text(), retire, retire, sid, *only_from)).fetchone()
+        return Subscriber.from_row(row) if row else None
+
+    def _suppress_at_once(self, id_or_email: int | str, status: str, reason: str,
+                          only_from: tuple[str, ...]) -> Subscriber | None:
+        """The usual case of a web request suppressing a reader by id, as one statement (no read,
+        no BEGIN or COMMIT while other writers wait); None when the reader is not in ``only_from``
+        (or is named by address): the caller then takes the general path, which decides."""
+        if type(id_or_email) is not int:
+            return None
+        with self.transaction(one_statement=True):
+            return self._set_from(id_or_email, status, reason, only_from)
 
     def unsubscribe(self, id_or_email: int | str, reason: str = "") -> Subscriber:
         """Stop mailing a reader. Idempotent: an already suppressed reader is left as it is
         (a complaint or bounce stays recorded as such). A pending signup is unsubscribed too
         ("this was not me"), and any open signup request is cancelled with it."""
+        done = self._suppress_at_once(id_or_email, UNSUBSCRIBED, reason, (ACTIVE, PENDING))
+        if done is not None:
+            return done
         with self.transaction():
             sub = self._resolve(id_or_email)
             if sub.status not in (ACTIVE, PENDING):
@@ -573,6 +605,9 @@ class SubscriberStore:
 
     def mark_bounced(self, id: int, reason: str) -> Subscriber:
         """Record a hard bounce. A recorded complaint is kept (it is the stronger signal)."""
+        done = self._suppress_at_once(int(id), BOUNCED, reason, (ACTIVE, PENDING, UNSUBSCRIBED))
+        if done is not None:
+            return done
         with self.transaction():
             sub = self._resolve(int(id))
             if sub.status in (BOUNCED, COMPLAINED):

@@ -41,7 +41,9 @@ MAX_BODY_BYTES = 16 * 1024
 NOT_FOUND_BODY = "Not found\n"
 DB_BUSY_MS = 2_000  # per attempt; a request retries a locked database a few times (see WebApp.write)
 DB_ATTEMPTS = 4
-POOL_WAIT_S = 5.0  # PostgreSQL: a request that finds no pooled connection free this long is answered 503
+POOL_WAIT_S = 10.0  # PostgreSQL: a request that finds no pooled connection free this long is answered 503
+# (a connection the server dropped costs about a second to find broken when borrowed: after a restart,
+# a request may meet every one of a full pool)
 
 Handler = Callable[..., Response]
 
@@ -81,10 +83,15 @@ class WebApp:
         self.trusted_proxies = settings.trusted_proxies
         self.routes: dict[str, Route] = {}
         self.url_map = Map(strict_slashes=False, merge_slashes=False)
+        # Bound once, to a fixed server name: the Host header is the client's to choose, and no URL
+        # we build depends on it (links use base_url). Matching takes the path as an argument and
+        # changes nothing in the adapter, so every thread shares it.
+        self._adapter = self.url_map.bind("localhost", url_scheme="http")
         self._local = threading.local()
         self.extensions: dict[str, Any] = {}  # per-feature state (signup limits, mail queue, ...)
         self._pool: Any = None  # PostgreSQL: newsletter.pg.Pool, opened at the first request
         self._pool_pid = 0
+        self._pool_lock = threading.Lock()
         self._pooled_stores: "weakref.WeakKeyDictionary[Any, SubscriberStore]" = weakref.WeakKeyDictionary()
 
     # ---- routes ----------------------------------------------------------------------
@@ -100,7 +107,7 @@ class WebApp:
     def owns(self, path: str) -> bool:
         """Whether ``path`` belongs to a route (it then wins over files of the web archive)."""
         try:
-            self.url_map.bind("localhost").match(path, method="GET")
+            self._adapter.match(path, method="GET")
         except NotFound:
             return False
         except HTTPException:
@@ -143,15 +150,20 @@ class WebApp:
 
     def _postgres_pool(self) -> Any:
         """The pool, made at the first request (and again in a forked child): as many
-        connections as serve has request threads, and one for the signup mail's thread."""
-        if self._pool is None or self._pool_pid != os.getpid():
-            from newsletter import pg
-            from newsletter.web.server import ServerLimits
+        connections as serve has request threads, and one for the signup mail's thread. Made
+        under a lock: the first requests arrive on several threads at once, and each making its
+        own pool would multiply the connections the bound promises."""
+        if self._pool is not None and self._pool_pid == os.getpid():
+            return self._pool
+        with self._pool_lock:
+            if self._pool is None or self._pool_pid != os.getpid():
+                from newsletter import pg
+                from newsletter.web.server import ServerLimits
 
-            size = ServerLimits.from_settings(self.settings).threads + 1
-            self._pool, self._pool_pid = pg.Pool(str(self.store_path), size, wait=POOL_WAIT_S), os.getpid()
-            # An app dropped unclosed (tests), or still open at exit, leaves no pool or mail thread behind.
-            weakref.finalize(self, _shut, self._pool, self.extensions.get("signup", {}).get("mail"))
+                size = ServerLimits.from_settings(self.settings).threads + 1
+                self._pool, self._pool_pid = pg.Pool(str(self.store_path), size, wait=POOL_WAIT_S), os.getpid()
+                # An app dropped unclosed (tests), or still open at exit, leaves no pool or mail thread behind.
+                weakref.finalize(self, _shut, self._pool, self.extensions.get("signup", {}).get("mail"))
         return self._pool
 
     def release_own(self) -> None:
@@ -213,11 +225,8 @@ class WebApp:
 
     # ---- WSGI ----------------------------------------------------------------------
     def dispatch(self, request: Request) -> Response:
-        # Bind to a fixed server name: the Host header is the client's to choose, and no URL
-        # we build depends on it (links use base_url).
-        adapter = self.url_map.bind("localhost", path_info=request.path, url_scheme="http")
         try:
-            endpoint, args = adapter.match(method=request.method if request.method != "HEAD" else "GET")
+            endpoint, args = self._adapter.match(request.path, method=request.method if request.method != "HEAD" else "GET")
         except NotFound:
             return not_found()
         except HTTPException as exc:  # 405 with Allow; redirects are never produced (no strict slashes)

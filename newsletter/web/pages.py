@@ -10,6 +10,7 @@ import base64
 import hashlib
 import html
 import re
+from functools import lru_cache
 from typing import Callable
 
 import jinja2
@@ -46,14 +47,18 @@ def signup_style(pub: Publication) -> str:
             f".nl-consent{{font-size:.9375rem;color:{c['muted_color']}}}\n")
 
 
+@lru_cache(maxsize=64)  # a handful of style blocks, the same on every page
+def _style_hash(style: str) -> str:
+    return f"'sha256-{base64.b64encode(hashlib.sha256(style.encode()).digest()).decode()}'"
+
+
 def _css_color(value: str, default: str) -> str:
     return value if re.fullmatch(r"#[0-9A-Fa-f]{3,8}|[a-z]{3,20}", value or "") else default
 
 
 def csp_for(page: str) -> str:
     """A CSP allowing exactly the inline ``<style>`` blocks in ``page`` and nothing else."""
-    hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'"
-                      for s in _STYLE_BLOCK.findall(page)) or "'none'"
+    hashes = " ".join(_style_hash(s) for s in _STYLE_BLOCK.findall(page)) or "'none'"
     return (f"default-src 'none'; style-src {hashes}; img-src 'self' https: data:; form-action 'self'; "
             "base-uri 'none'; frame-ancestors 'none'")
 
