@@ -81,10 +81,15 @@ class Row(tuple):
         return list(self._names)
 
 
+@lru_cache(maxsize=256)
+def _row_class(names: tuple[str, ...]) -> type[Row]:
+    """One class per column list, made once: a class made per statement is a reference cycle
+    that only the garbage collector frees, and its collections are pauses a busy server feels."""
+    return type("Row", (Row,), {"_names": names, "__slots__": ()})
+
+
 def _row_factory(cursor: psycopg.Cursor) -> Any:
-    names = tuple(c.name for c in cursor.description or ())
-    cls = type("Row", (Row,), {"_names": names, "__slots__": ()})
-    return lambda values: cls(values)
+    return _row_class(tuple(c.name for c in cursor.description or ()))
 
 
 class _Cursor:
