@@ -71,3 +71,44 @@ def test_a_connection_the_server_closed_is_replaced_when_borrowed(pg_url, pg_clu
         pool.give_back(lent)
     finally:
         pool.close()
+
+
+def test_a_one_click_unsubscribe_is_two_round_trips(publication_root, pg_url, monkeypatch):
+    """The reader's row (to check the link) and one conditional UPDATE in autocommit: no pool
+    check, no BEGIN or COMMIT. Counted at psycopg's door, which every statement passes."""
+    from werkzeug.test import Client
+
+    from newsletter.config import load_settings
+    from newsletter.schema import open_database
+    from newsletter.store import SubscriberStore
+    from newsletter.tokens import make_token
+    from newsletter.web import make_app
+
+    secret = "pool-secret-0123456789abcdef"
+    with SubscriberStore(open_database(pg_url)) as store:
+        readers = [store.add(f"reader{i}@example.org") for i in range(3)]
+    env = {"NEWSLETTER_DB": pg_url, "NEWSLETTER_SECRET_KEY": secret, "NEWSLETTER_BASE_URL": "https://news.example"}
+    app = make_app(load_settings(publication_root, environ=env), store_path=pg_url)
+    client = Client(app)
+    sent: list[str] = []
+    real = psycopg.Connection.execute
+
+    def counted(self, query, *args, **kwargs):
+        sent.append(str(query))
+        return real(self, query, *args, **kwargs)
+
+    def one_click(sub) -> int:
+        return client.post(f"/unsubscribe/{make_token(secret, sub.id, sub.email)}",
+                           data={"List-Unsubscribe": "One-Click"}).status_code
+
+    try:
+        assert one_click(readers[0]) == 200  # the pool's first connection: opened and checked
+        monkeypatch.setattr(psycopg.Connection, "execute", counted)
+        assert [one_click(r) for r in readers[1:]] == [200, 200]
+    finally:
+        monkeypatch.undo()
+        app.web_app.close()
+    assert len(sent) == 4, sent
+    assert [q.split()[0] for q in sent] == ["SELECT", "UPDATE"] * 2, sent
+    with SubscriberStore(open_database(pg_url)) as store:
+        assert [store.get(r.id).status for r in readers] == ["unsubscribed"] * 3
