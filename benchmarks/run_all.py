@@ -275,8 +275,9 @@ def providers_table(outputs: dict[str, list[str]]) -> list[str]:
 
 
 def header(runs: int) -> list[str]:
-    return [f"Each row: the median of {runs} separate runs of its benchmark, the lowest and highest run beside it, "
-            f"and when it was measured (UTC), at which commit, with the load average (1 min) before and after, on "
+    return ["Each row: the median of separate runs of its benchmark (how many: the ratio column), the lowest and "
+            "highest run beside it, "
+            "and when it was measured (UTC), at which commit, with the load average (1 min) before and after, on "
             f"{os.cpu_count()} cores. Load slows both sides of a pair, but not always alike: the spread is part "
             "of the figure.", ""]
 
