@@ -7,7 +7,9 @@ whose own figure is already a median of interleaved pairs), with the lowest and 
 beside it. A target is "met" when every run meets it, "not reliably" when the median does and
 some run does not, and "no" when the median misses. The header gives the date, the commit and
 the load average before and after, since other work on the machine moves every figure.
-``--write`` replaces the table between the ``run_all`` markers of the given file.
+``--write`` puts the table between the ``run_all`` markers of the given file; with ``--only`` it
+replaces just the rows of the benchmarks that ran and keeps the others. Every row says when, at
+which commit and at what load it was measured, so a table assembled over several runs stays honest.
 """
 
 from __future__ import annotations
@@ -209,9 +211,13 @@ def cell(values: list[float], unit: str) -> str:
     return f"{fmt(med, unit)} {unit}{spread}".strip()
 
 
-def table(outputs: dict[str, list[str]]) -> list[str]:
-    lines = ["| benchmark | ours | reference | ratio: median (lowest–highest run) | target | met |",
-             "| --- | --- | --- | --- | --- | --- |"]
+TABLE_HEAD = ["| benchmark | ours | reference | ratio: median (lowest–highest run) | target | met | measured |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+
+
+def table(outputs: dict[str, list[str]], stamp: str) -> list[str]:
+    """The rows of the benchmarks in ``outputs``, each ending with ``stamp`` (when, commit, load)."""
+    lines = []
     for row in ROWS:
         runs = outputs.get(row.bench)
         if not runs:
@@ -220,7 +226,7 @@ def table(outputs: dict[str, list[str]]) -> list[str]:
         ours = [v for v in (number(row.ours, out) for out in runs) if v is not None]
         refs = [v for v in (number(row.reference, out) for out in runs) if v is not None]
         if not figs:
-            lines.append(f"| {row.label} | — | — | not measured (see the run's log) | | **no** |")
+            lines.append(f"| {row.label} | — | — | not measured (see the run's log) | | **no** | {stamp} |")
             continue
         med = statistics.median(figs)
         unit = "ms" if row.figure == row.ours else (f" {row.unit}" if row.unit and not row.ours else "×")
@@ -233,8 +239,22 @@ def table(outputs: dict[str, list[str]]) -> list[str]:
             met = ("yes" if good == len(figs) else
                    f"**not reliably** ({good} of {len(figs)} runs)" if meets(row.op, med, row.target) else
                    f"**no** ({good} of {len(figs)} runs)")
-        lines.append(f"| {row.label} | {cell(ours, row.unit)} | {cell(refs, row.unit)} | {ratio} | {target} | {met} |")
+        lines.append(f"| {row.label} | {cell(ours, row.unit)} | {cell(refs, row.unit)} | {ratio} | {target} | {met} | {stamp} |")
     return lines
+
+
+def merged(new_rows: list[str], old_text: str) -> list[str]:
+    """The table's rows in ROWS order: the new ones, and the old ones of benchmarks not run this time."""
+    def by_label(lines: list[str]) -> dict[str, str]:
+        return {line.split(" | ")[0][2:]: line for line in lines if line.startswith("| ") and " | " in line}
+
+    new, old = by_label(new_rows), by_label(old_text.splitlines())
+    m = re.search(r"Measured ([\d-]+ [\d:]+) \(UTC\), commit `(\w+)`.*?\(1/5/15 min\) ([\d.]+) .*? and ([\d.]+) ",
+                  old_text, re.S)
+    legacy = f"{m.group(1)}, `{m.group(2)}`, load {m.group(3)}→{m.group(4)}" if m else "earlier"
+    old = {k: v if v.count(" | ") >= 6 else f"{v} {legacy} |" for k, v in old.items()}  # rows from before the stamp column
+    out = [new.get(r.label) or old.get(r.label) for r in ROWS]
+    return list(dict.fromkeys(line for line in out if line))
 
 
 def providers_table(outputs: dict[str, list[str]]) -> list[str]:
@@ -249,11 +269,15 @@ def providers_table(outputs: dict[str, list[str]]) -> list[str]:
     return lines
 
 
-def header(started: dict[str, object], ended: dict[str, object], runs: int) -> list[str]:
-    return [f"Measured {started['date']} (UTC), commit `{started['commit']}`, {runs} separate runs of each "
-            f"benchmark; load average (1/5/15 min) {started['load']} before and {ended['load']} after, on "
+def header(runs: int) -> list[str]:
+    return [f"Each row: the median of {runs} separate runs of its benchmark, the lowest and highest run beside it, "
+            f"and when it was measured (UTC), at which commit, with the load average (1 min) before and after, on "
             f"{os.cpu_count()} cores. Load slows both sides of a pair, but not always alike: the spread is part "
             "of the figure.", ""]
+
+
+def stamp_of(started: dict[str, object], ended: dict[str, object]) -> str:
+    return f"{started['date']}, `{started['commit']}`, load {started['load1']}→{ended['load1']}"
 
 
 def snapshot() -> dict[str, object]:
@@ -262,7 +286,7 @@ def snapshot() -> dict[str, object]:
                            cwd=REPO).stdout.strip()
     return {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
             "commit": commit + ("+changes" if dirty else ""),
-            "load": " / ".join(f"{x:.1f}" for x in os.getloadavg())}
+            "load": " / ".join(f"{x:.1f}" for x in os.getloadavg()), "load1": f"{os.getloadavg()[0]:.1f}"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -285,15 +309,20 @@ def main(argv: list[str] | None = None) -> int:
             if bench in SIMULATED and i > 1:
                 continue
             outputs[bench].append(run_bench(bench, log_dir, i))
-    lines = header(started, snapshot(), args.runs) + table(outputs) + providers_table(outputs)
-    text = "\n".join(lines)
-    print(text)
+    rows = table(outputs, stamp_of(started, snapshot()))
+    providers = providers_table(outputs)
+    print("\n".join(header(args.runs) + TABLE_HEAD + rows + providers))
     if args.write:
         doc = args.write.read_text(encoding="utf-8")
         if BEGIN not in doc or END not in doc:
             sys.exit(f"{args.write} has no {BEGIN} … {END} markers")
         head, _, rest = doc.partition(BEGIN)
-        _, _, tail = rest.partition(END)
+        old, _, tail = rest.partition(END)
+        if args.only:
+            rows = merged(rows, old)
+            if not providers and "| provider |" in old:  # the simulated table, kept as it was
+                providers = [""] + old[old.index("Each HTTP provider"):].strip().splitlines()
+        text = "\n".join(header(args.runs) + TABLE_HEAD + rows + providers)
         args.write.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}", encoding="utf-8")
     return 0
 

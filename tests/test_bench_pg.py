@@ -63,3 +63,15 @@ def test_the_relay_answers_each_message_after_its_delay_in_order():
         assert relay.stats()[0] == 0  # counted once
     finally:
         relay.stop()
+
+
+def test_run_all_write_with_only_replaces_just_the_rows_that_ran(tmp_path):
+    """A partial run keeps the other rows, each with the stamp of when it was measured."""
+    first, second = run_all.ROWS[0], run_all.ROWS[1]
+    old = ("Measured 2026-01-02 03:04 (UTC), commit `abc1234`, 3 separate runs; load average (1/5/15 min) "
+           "1.5 / 1 / 1 before and 2.5 / 1 / 1 after\n\n" + "\n".join(run_all.TABLE_HEAD[:1]) + "\n"
+           f"| {first.label} | 1 s | 2 s | 0.50× | <= 0.6× | yes |\n| {second.label} | 3 | 4 | 0.75× | x | no |\n")
+    new = [f"| {second.label} | 9 | 9 | 1.00× | x | yes | 2026-02-03 04:05, `def5678`, load 0.1→0.2 |"]
+    rows = run_all.merged(new, old)
+    assert rows[0] == f"| {first.label} | 1 s | 2 s | 0.50× | <= 0.6× | yes | 2026-01-02 03:04, `abc1234`, load 1.5→2.5 |"
+    assert rows[1] == new[0] and len(rows) == 2
