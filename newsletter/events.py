@@ -23,7 +23,8 @@ from datetime import datetime, timedelta, timezone
 from typing import NamedTuple
 
 from newsletter.states import RowState
-from newsletter.store import ACTIVE, BOUNCED, COMPLAINED, PENDING, UNSUBSCRIBED, Subscriber, SubscriberStore, _one_line, stamp
+from newsletter.store import (ACTIVE, BOUNCED, COMPLAINED, PENDING, UNSUBSCRIBED, Subscriber, SubscriberStore, _one_line,
+                              stamp)
 
 COMPONENT = "events"
 
