@@ -13,6 +13,10 @@ wrk (one thread, C keep-alive connections) posts one-click unsubscribes
 * sending while ``newsletter send 1`` sends to the same readers through a loopback relay
           that takes 20 ms per message (benchmarks/_relay.py), recording each answer.
 
+Right after each, with the send still running in the sending phase, wrk drives a hello-world
+WSGI app on the same server set-up (bench_serve's) for as long: what any app shows on this
+machine at that moment, the part of the p99 that is not the store's.
+
 Printed: requests/s and p99 for each, the relay's messages during the sending run (the send
 must be under way), every answered unsubscribe applied, and on PostgreSQL that nothing was
 spooled (the spool is SQLite's). Target: p99 during a send <= 100 ms on PostgreSQL.
@@ -32,7 +36,7 @@ from pathlib import Path
 from _common import NEWSLETTER, initialised_publication, process_env, seed_subscribers
 from _pg import cluster, create_database, sql
 from _relay import Relay
-from bench_serve import _LUA, _start, wrk
+from bench_serve import _HELLO, _LUA, PER_CLIENT, _start, wrk
 
 SECRET = "bench-secret-key-0123456789abcdef"
 P99_TARGET_MS = 100.0
@@ -67,7 +71,8 @@ def _sending(root: Path, env: dict[str, str], tmp: Path) -> subprocess.Popen:
     return proc
 
 
-def measure(backend: str, db: str, root: Path, tmp: Path, relay: Relay, args: argparse.Namespace) -> dict:
+def measure(backend: str, db: str, root: Path, tmp: Path, relay: Relay, hello_port: int,
+            args: argparse.Namespace) -> dict:
     """The idle and the sending run on one backend."""
     env = process_env({"NEWSLETTER_DB": db, "NEWSLETTER_SECRET_KEY": SECRET, "NEWSLETTER_BASE_URL": "https://news.example",
                        "NEWSLETTER_TRANSPORT": "smtp", "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(relay.port),
@@ -96,6 +101,7 @@ def measure(backend: str, db: str, root: Path, tmp: Path, relay: Relay, args: ar
             r = wrk(f"http://127.0.0.1:{port}/", args.clients, args.seconds, run_env, script)
             time.sleep(0.3)  # what wrk left in flight at its deadline
             applied = _unsubscribed(db) - before
+            out[f"{phase} hello"] = wrk(f"http://127.0.0.1:{hello_port}/", args.clients, args.seconds, run_env, script)
             if send is not None:
                 mailed, _, _ = relay.stats()
                 running = send.poll() is None
@@ -130,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     issue = "001-hello-world.md"
     results: dict[str, dict] = {}
     relay = Relay(0.02)
+    hello, hello_port = _start([sys.executable, "-c", _HELLO, "0", str(Path(__file__).resolve().parent.parent),
+                                str(PER_CLIENT)], process_env(), Path("/dev/null"))
     try:
         with cluster() as c:
             for backend in ("sqlite", "postgresql"):
@@ -138,9 +146,11 @@ def main(argv: list[str] | None = None) -> int:
                     path.write_text(path.read_text(encoding="utf-8").replace("status: draft", "status: ready"),
                                     encoding="utf-8")
                     db = str(root / "newsletter.db") if backend == "sqlite" else create_database(c, "serve")
-                    results[backend] = measure(backend, db, root, tmp, relay, args)
+                    results[backend] = measure(backend, db, root, tmp, relay, hello_port, args)
     finally:
         relay.stop()
+        hello.send_signal(signal.SIGINT)
+        hello.wait(timeout=10)
     return report(results, args)
 
 
@@ -157,6 +167,9 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> int:
             print(f"  {backend:<10} {phase:<8} {r.rate:7,.0f} req/s  p50 {r.p50_ms:6.1f} ms  p99 {r.p99_ms:6.1f} ms  "
                   f"({answered} answered, {out[f'{phase} applied']} applied, {r.non2xx} non-2xx, {r.errors} socket "
                   f"errors: {'OK' if good else 'FAIL'})")
+            h = out[f"{phase} hello"]
+            print(f"  {backend:<10} {phase:<8} hello-world right after: {h.rate:7,.0f} req/s  p50 {h.p50_ms:6.1f} ms  "
+                  f"p99 {h.p99_ms:6.1f} ms")
         under_way = out["mailed"] > 0 and out["running"]
         ok &= under_way
         print(f"  {backend:<10} the send mailed {out['mailed']} readers meanwhile"
@@ -168,6 +181,8 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> int:
     print(f"serve during a send: postgresql p99 {p99:.1f} ms (idle {pg['idle'].p99_ms:.1f} ms; sqlite "
           f"{results['sqlite']['sending'].p99_ms:.1f} ms), spool files {pg['spooled']} (target <= "
           f"{P99_TARGET_MS:.0f} ms, none): {'OK' if met else 'FAIL'}")
+    print(f"serve during a send: hello-world's own p99 on this machine meanwhile {pg['sending hello'].p99_ms:.1f} ms "
+          f"(idle {pg['idle hello'].p99_ms:.1f} ms): the part of the p99 no store can remove")
     for backend, out in results.items():
         print(f"serve during a send: {backend} {out['sending'].rate:.0f} req/s vs idle {out['idle'].rate:.0f} req/s: "
               f"{out['sending'].rate / out['idle'].rate:.2f}x")

@@ -159,6 +159,11 @@ ROWS: tuple[Row, ...] = (
         r"postgresql p99 [\d.]+ ms \(idle " + NUM + " ms",
         r"serve during a send: postgresql p99 " + NUM + r" ms \(idle [^)]*\), spool files 0 ", "ms", "<=", 100,
         "and no spool file"),
+    Row("bench_serve_send.py", "hello-world on the same server right after, p99 at 8 clients (ms; reference: the same "
+        "with no send): what the machine alone shows",
+        r"hello-world's own p99 on this machine meanwhile " + NUM + " ms",
+        r"hello-world's own p99 on this machine meanwhile [\d.]+ ms \(idle " + NUM + " ms",
+        r"hello-world's own p99 on this machine meanwhile " + NUM + " ms", "ms", "", 0, "the machine's share"),
     Row("bench_serve_send.py", "SQLite: one-click POST through `serve` during a send, p99 at 8 clients (ms)",
         r"sqlite\s+sending\s+[\d,]+ req/s\s+p50\s+[\d.]+ ms\s+p99\s+" + NUM + " ms",
         r"sqlite\s+idle\s+[\d,]+ req/s\s+p50\s+[\d.]+ ms\s+p99\s+" + NUM + " ms",

@@ -17,9 +17,12 @@ psycopg is imported here only: SQLite users never load it.
 
 from __future__ import annotations
 
+import select
 import sqlite3
+import time
+import weakref
 from functools import lru_cache
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import psycopg
 from psycopg import pq
@@ -78,10 +81,15 @@ class Row(tuple):
         return list(self._names)
 
 
+@lru_cache(maxsize=256)
+def _row_class(names: tuple[str, ...]) -> type[Row]:
+    """One class per column list, made once: a class made per statement is a reference cycle
+    that only the garbage collector frees, and its collections are pauses a busy server feels."""
+    return type("Row", (Row,), {"_names": names, "__slots__": ()})
+
+
 def _row_factory(cursor: psycopg.Cursor) -> Any:
-    names = tuple(c.name for c in cursor.description or ())
-    cls = type("Row", (Row,), {"_names": names, "__slots__": ()})
-    return lambda values: cls(values)
+    return _row_class(tuple(c.name for c in cursor.description or ()))
 
 
 class _Cursor:
@@ -180,22 +188,51 @@ def connect(url: str) -> PgConnection:
     return PgConnection(raw, url)
 
 
+#: A pooled connection idle longer than this is checked with a round trip when borrowed; one used
+#: more recently is checked only by looking at its socket (see :func:`_looks_alive`).
+IDLE_CHECK_S = 10.0
+
+
+def _server_spoke(raw: psycopg.Connection) -> bool:
+    """Whether an idle connection's socket has something to read: on an idle session that is
+    the server's goodbye (a terminated backend's FATAL, a restart's closed socket). One poll, no round trip."""
+    try:
+        fd = raw.pgconn.socket
+    except psycopg.Error:
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
+    return bool(poller.poll(0))
+
+
 class Pool:
     """`serve`'s connections on PostgreSQL (psycopg-pool): a request borrows one for its length.
 
     Unlike one connection per thread kept for ever, a connection the server closed (a restart,
-    a failover, an idle timeout) is checked and replaced when borrowed, so a request never
-    inherits a dead one; and the count is bounded however many threads ask. A borrow that
-    finds none free within ``wait`` seconds is SQLite's "database is busy", which the web app
-    answers with 503 and Retry-After."""
+    a failover, an idle timeout) is found and replaced when borrowed, so a request never
+    inherits a dead one; and the count is bounded however many threads ask. The check costs a
+    round trip only for a connection idle longer than ``idle_check`` seconds (a firewall may
+    have dropped it silently) or whose socket shows the server spoke; a connection given back
+    moments ago is checked by one poll of its socket, so a busy server's borrow costs no round
+    trip. A borrow that finds none free within ``wait`` seconds is SQLite's "database is busy",
+    which the web app answers with 503 and Retry-After."""
 
-    def __init__(self, url: str, size: int, *, wait: float) -> None:
+    def __init__(self, url: str, size: int, *, wait: float, idle_check: float = IDLE_CHECK_S,
+                 now: Callable[[], float] = time.monotonic) -> None:
         from psycopg_pool import ConnectionPool
 
-        self.url, self.wait = url, wait
-        self._pool = ConnectionPool(url, kwargs=_CONNECT_KWARGS, configure=_configure,
-                                    check=ConnectionPool.check_connection, min_size=1, max_size=size,
-                                    timeout=wait, name="newsletter-serve", open=True)
+        self.url, self.wait, self.idle_check, self._now = url, wait, idle_check, now
+        self._returned: "weakref.WeakKeyDictionary[psycopg.Connection, float]" = weakref.WeakKeyDictionary()
+        self._pool = ConnectionPool(url, kwargs=_CONNECT_KWARGS, configure=_configure, check=self._check,
+                                    min_size=1, max_size=size, timeout=wait, name="newsletter-serve", open=True)
+
+    def _check(self, raw: psycopg.Connection) -> None:
+        """psycopg-pool's check on borrow: raises for a connection that is gone (the pool then replaces it)."""
+        from psycopg_pool import ConnectionPool
+
+        returned = self._returned.get(raw)
+        if returned is None or self._now() - returned > self.idle_check or _server_spoke(raw):
+            ConnectionPool.check_connection(raw)
 
     def borrow(self) -> psycopg.Connection:
         from psycopg_pool import PoolTimeout
@@ -207,6 +244,7 @@ class Pool:
                                            f"within {self.wait:g} s") from None
 
     def give_back(self, raw: psycopg.Connection) -> None:
+        self._returned[raw] = self._now()
         self._pool.putconn(raw)  # rolled back first if a transaction was left open; dropped if broken
 
     def wrap(self, raw: psycopg.Connection) -> PgConnection:
