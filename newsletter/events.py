@@ -23,7 +23,8 @@ from datetime import datetime, timedelta, timezone
 from typing import NamedTuple
 
 from newsletter.states import RowState
-from newsletter.store import Subscriber, SubscriberStore, _one_line, stamp
+from newsletter.store import (ACTIVE, BOUNCED, COMPLAINED, PENDING, UNSUBSCRIBED, Subscriber, SubscriberStore, _one_line,
+                              stamp)
 
 COMPONENT = "events"
 
@@ -129,12 +130,16 @@ def _soft_bounce_messages(conn: sqlite3.Connection, sub_id: int, key: str, since
     return len({r[0] for r in rows} | {key})
 
 
+def _reason(event: Event) -> str:
+    return f"{event.source}: {event.kind.value}" + (f": {event.detail}" if event.detail else "")
+
+
 def _apply_to_subscriber(store: SubscriberStore, before: Subscriber, event: Event, policy: SoftBouncePolicy,
                          now: datetime, delivery_id: int | None) -> Outcome:
     """Change the subscriber as the event says; called inside the event's transaction, in which
     ``before`` was read (so it is the row as it stands)."""
     sub_id = before.id
-    reason = f"{event.source}: {event.kind.value}" + (f": {event.detail}" if event.detail else "")
+    reason = _reason(event)
     if event.kind is Kind.COMPLAINT:
         after = store.mark_complained(sub_id, reason)
     elif event.kind is Kind.HARD_BOUNCE:
@@ -150,33 +155,93 @@ def _apply_to_subscriber(store: SubscriberStore, before: Subscriber, event: Even
     return Outcome.APPLIED if after.status != before.status else Outcome.NO_CHANGE
 
 
+def _reader_of(store: SubscriberStore, event: Event) -> Subscriber | None:
+    """The reader an event names: by proven id, else by address, else by the provider's message id."""
+    sub = store.get(event.subscriber_id) if event.subscriber_id is not None else None
+    if sub is None and event.email:
+        sub = store.get_by_email(event.email)
+    if sub is None and event.provider_id:  # an address we never sent to (a forwarder's, an alias)
+        sub = _by_provider_id(store, event.provider_id)
+    return sub
+
+
+def _record(conn: sqlite3.Connection, event: Event, sub: Subscriber | None, delivery_id: int | None,
+            outcome: Outcome, now: datetime, *, or_skip: bool = False) -> bool:
+    """The event's row; with ``or_skip`` an event already recorded is left alone (False), as one statement."""
+    skip = " ON CONFLICT(dedupe_key) DO NOTHING RETURNING 1" if or_skip else ""
+    cur = conn.execute(
+        "INSERT INTO feedback_events(dedupe_key, kind, source, subscriber_id, delivery_id, email,"
+        f" occurred_at, received_at, outcome, detail, message_key) VALUES(?,?,?,?,?,?,?,?,?,?,?){skip}",
+        (event.dedupe_key, event.kind.value, event.source, sub.id if sub else None, delivery_id,
+         _one_line(event.email, 320), stamp(event.occurred_at or now), stamp(now), outcome.value,
+         _one_line(event.detail, 500), _message_key(event, delivery_id, now)))
+    return not or_skip or cur.fetchone() is not None
+
+
+#: The status each kind sets, and the statuses it changes (from any other it changes nothing).
+_TARGETS = {Kind.HARD_BOUNCE: (BOUNCED, (ACTIVE, PENDING, UNSUBSCRIBED)),
+            Kind.UNSUBSCRIBE: (UNSUBSCRIBED, (ACTIVE, PENDING)),
+            Kind.COMPLAINT: (COMPLAINED, (ACTIVE, PENDING, UNSUBSCRIBED, BOUNCED))}
+
+
+class Ready(NamedTuple):
+    """What :func:`prepare` read before the writer line: the reader and the delivery."""
+
+    sub: Subscriber
+    delivery_id: int | None
+
+
+class Stale(Exception):
+    """The reader changed between :func:`prepare` and the writer line: roll back, apply the slow way."""
+
+
+def prepare(store: SubscriberStore, event: Event) -> Ready | None:
+    """The reads of the usual event (new, about a known reader whose status it changes), done
+    outside the writer line: inside, a writer holds every other for as few SQLite calls as it
+    can, since each lets the GIL go (see newsletter.db.write_transaction). None: the slow path
+    decides (a duplicate, an unknown reader, a soft bounce, nothing to change)."""
+    target = _TARGETS.get(event.kind)
+    if target is None or store.conn.execute("SELECT 1 FROM feedback_events WHERE dedupe_key=?",
+                                            (event.dedupe_key,)).fetchone():
+        return None
+    sub = _reader_of(store, event)
+    if sub is None or sub.status not in target[1]:
+        return None
+    return Ready(sub, _delivery_of(store.conn, sub.id, event))
+
+
+def _apply_ready(store: SubscriberStore, event: Event, ready: Ready, now: datetime) -> Outcome:
+    """Inside the transaction, two statements: claim the event's key (a duplicate that came
+    meanwhile stops here), then the status change, conditional on the status :func:`prepare` read."""
+    if not _record(store.conn, event, ready.sub, ready.delivery_id, Outcome.APPLIED, now, or_skip=True):
+        return Outcome.DUPLICATE
+    status, only_from = _TARGETS[event.kind]
+    if store.change_status_if(ready.sub.id, status, _reason(event), only_from) is None:
+        raise Stale(event.dedupe_key)
+    return Outcome.APPLIED
+
+
 def apply_event(store: SubscriberStore, event: Event, *, policy: SoftBouncePolicy = SoftBouncePolicy(),
-                now: datetime | None = None) -> Outcome:
+                now: datetime | None = None, ready: Ready | None = None) -> Outcome:
     """Record ``event`` once and apply it to its subscriber. Idempotent by ``dedupe_key``.
 
-    May run inside a transaction the caller opened (to apply a batch all or nothing). The
+    May run inside a transaction the caller opened (to apply a batch all or nothing). ``ready``
+    (from :func:`prepare`) skips the reads; it raises :class:`Stale` when they no longer hold, and
+    the caller, who opened the transaction, rolls back and applies again without. The
     connection comes from :func:`newsletter.schema.open_database`, which made every table."""
     now = now or datetime.now(timezone.utc)
-    occurred = event.occurred_at or now
     with store.transaction() as conn:
+        if ready is not None:
+            return _apply_ready(store, event, ready, now)
         if conn.execute("SELECT 1 FROM feedback_events WHERE dedupe_key=?", (event.dedupe_key,)).fetchone():
             return Outcome.DUPLICATE
-        sub = store.get(event.subscriber_id) if event.subscriber_id is not None else None
-        if sub is None and event.email:
-            sub = store.get_by_email(event.email)
-        if sub is None and event.provider_id:  # an address we never sent to (a forwarder's, an alias)
-            sub = _by_provider_id(store, event.provider_id)
+        sub = _reader_of(store, event)
         if sub is None:
             outcome, delivery_id = Outcome.UNKNOWN_READER, None
         else:
             delivery_id = _delivery_of(conn, sub.id, event)
             outcome = _apply_to_subscriber(store, sub, event, policy, now, delivery_id)
-        conn.execute(
-            "INSERT INTO feedback_events(dedupe_key, kind, source, subscriber_id, delivery_id, email,"
-            " occurred_at, received_at, outcome, detail, message_key) VALUES(?,?,?,?,?,?,?,?,?,?,?)",
-            (event.dedupe_key, event.kind.value, event.source, sub.id if sub else None, delivery_id,
-             _one_line(event.email, 320), stamp(occurred), stamp(now), outcome.value, _one_line(event.detail, 500),
-             _message_key(event, delivery_id, now)))
+        _record(conn, event, sub, delivery_id, outcome, now)
     return outcome
 
 

@@ -573,6 +573,12 @@ class SubscriberStore:
             (status, _one_line(reason), utcnow_text(), retire, retire, sid, *only_from)).fetchone()
         return Subscriber.from_row(row) if row else None
 
+    def change_status_if(self, sid: int, status: str, reason: str, only_from: tuple[str, ...]) -> Subscriber | None:
+        """Set reader ``sid``'s status if it is one of ``only_from`` now, in one statement; None (nothing
+        changed) when it is not or there is no such reader. The caller decides what that means."""
+        with self.transaction(one_statement=True):
+            return self._set_from(sid, status, reason, only_from)
+
     def _suppress_at_once(self, id_or_email: int | str, status: str, reason: str,
                           only_from: tuple[str, ...]) -> Subscriber | None:
         """The usual case of a web request suppressing a reader by id, as one statement (no read,

@@ -6,7 +6,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from newsletter.events import Event, Kind, Outcome, SoftBouncePolicy, apply_event, delivery_event_counts
+from newsletter.events import (Event, Kind, Outcome, SoftBouncePolicy, Stale, apply_event, delivery_event_counts,
+                               prepare)
 from newsletter.ledger import ensure_schema as ensure_ledger
 from newsletter.store import SubscriberStore
 
@@ -160,3 +161,74 @@ def test_soft_bounces_recorded_before_the_message_key_keep_their_delivery(tmp_pa
                              provider_id="pm-abc"), policy=policy, now=NOW)
     assert store.get(sub.id).status == "active"
     store.close()
+
+
+# ---- the usual event: its reads before the writer line (newsletter.events.prepare) ----------
+@pytest.mark.parametrize("kind,status", [(Kind.HARD_BOUNCE, "bounced"), (Kind.COMPLAINT, "complained"),
+                                         (Kind.UNSUBSCRIBE, "unsubscribed")])
+def test_a_prepared_event_is_applied_and_recorded_as_the_slow_path_would(store, kind, status):
+    sub = store.add("a@example.org")
+    delivery_id = _delivery(store, "006-x", sub.id, "a@example.org", provider_id="pm-7")
+    e = Event(kind, "postmark", "pm-1", email="A@example.org", provider_id="pm-7", detail="550")
+    ready = prepare(store, e)
+    assert ready is not None and ready.sub.id == sub.id and ready.delivery_id == delivery_id
+    assert apply_event(store, e, now=NOW, ready=ready) is Outcome.APPLIED
+    assert store.get(sub.id).status == status and "postmark" in store.status_reason(sub.id)
+    row = store.conn.execute("SELECT subscriber_id, delivery_id, outcome FROM feedback_events WHERE dedupe_key='pm-1'"
+                             ).fetchone()
+    assert tuple(row) == (sub.id, delivery_id, "applied")
+    assert prepare(store, e) is None  # recorded: the slow path says duplicate
+    assert apply_event(store, e, now=NOW) is Outcome.DUPLICATE
+
+
+def test_events_the_slow_path_decides_are_not_prepared(store):
+    store.add("a@example.org")
+    gone = store.add("b@example.org")
+    apply_event(store, Event(Kind.COMPLAINT, "ses", "c1", email="b@example.org"), now=NOW)
+    assert prepare(store, Event(Kind.SOFT_BOUNCE, "ses", "s1", email="a@example.org")) is None
+    assert prepare(store, Event(Kind.HARD_BOUNCE, "ses", "h1", email="nobody@example.org")) is None
+    assert prepare(store, Event(Kind.HARD_BOUNCE, "ses", "h2", email="b@example.org")) is None  # nothing to change
+    assert store.get(gone.id).status == "complained"
+
+
+def test_a_duplicate_that_came_meanwhile_stops_at_the_claim(store):
+    sub = store.add("a@example.org")
+    e = Event(Kind.HARD_BOUNCE, "postmark", "pm-1", email="a@example.org")
+    ready = prepare(store, e)
+    assert apply_event(store, e, now=NOW) is Outcome.APPLIED  # another thread, between the reads and the line
+    assert apply_event(store, e, now=NOW, ready=ready) is Outcome.DUPLICATE
+    assert store.conn.execute("SELECT COUNT(*) FROM feedback_events").fetchone()[0] == 1
+    assert store.get(sub.id).status == "bounced"
+
+
+def test_a_reader_changed_meanwhile_makes_the_prepared_event_stale_and_rolls_back(store):
+    sub = store.add("a@example.org")
+    e = Event(Kind.HARD_BOUNCE, "postmark", "pm-1", email="a@example.org")
+    ready = prepare(store, e)
+    apply_event(store, Event(Kind.COMPLAINT, "ses", "c1", email="a@example.org"), now=NOW)  # meanwhile
+    with pytest.raises(Stale):
+        apply_event(store, e, now=NOW, ready=ready)
+    assert not store.conn.in_transaction
+    assert store.conn.execute("SELECT COUNT(*) FROM feedback_events WHERE dedupe_key='pm-1'").fetchone()[0] == 0
+    assert apply_event(store, e, now=NOW) is Outcome.NO_CHANGE  # the slow way decides
+    assert store.get(sub.id).status == "complained"
+
+
+def test_inside_the_writer_line_a_prepared_event_is_two_statements(tmp_path, monkeypatch):
+    with SubscriberStore.open(tmp_path / "n.db") as store:
+        ensure_ledger(store.conn)
+        store.add("a@example.org")
+        e = Event(Kind.HARD_BOUNCE, "postmark", "pm-1", email="a@example.org", provider_id="pm-7")
+        ready = prepare(store, e)
+        said: list[str] = []
+        execute = store.conn.execute
+
+        def recording(sql, *args):
+            said.append(sql.split()[0])
+            return execute(sql, *args)
+
+        monkeypatch.setattr(store.conn, "execute", recording)  # each call lets the GIL go
+        with store.transaction():
+            apply_event(store, e, now=NOW, ready=ready)
+        assert said == ["BEGIN", "INSERT", "UPDATE", "COMMIT"]
+        assert store.get(1).status == "bounced"

@@ -38,7 +38,7 @@ from werkzeug.wrappers import Request, Response
 
 from newsletter.clock import SYSTEM, Clock
 from newsletter.errors import NewsletterError
-from newsletter.events import Event, Kind, Outcome, apply_event
+from newsletter.events import Event, Kind, Outcome, Ready, Stale, apply_event, prepare
 from newsletter.webhooks import replay
 from newsletter.webhooks.errors import Refused
 from newsletter.webhooks.fetching import FetchBudget, fetch_https
@@ -218,7 +218,19 @@ def _read_body(request: Request) -> bytes:
 
 def _apply(store: "SubscriberStore", events: list[Event], verified: Verified, provider: Provider,
            ctx: WebhookContext) -> dict[str, int]:
-    """Claim the nonce and apply every event in one transaction: all or nothing."""
+    """Claim the nonce and apply every event in one transaction: all or nothing. The usual
+    event's reads are done first, outside the writer line (:func:`newsletter.events.prepare`);
+    should a reader change meanwhile, the transaction is rolled back and done the slow way."""
+    if not store.conn.in_transaction:  # ours to roll back and do again
+        try:
+            return _apply_all(store, events, verified, provider, ctx, [prepare(store, e) for e in events])
+        except Stale:
+            pass
+    return _apply_all(store, events, verified, provider, ctx, [None] * len(events))
+
+
+def _apply_all(store: "SubscriberStore", events: list[Event], verified: Verified, provider: Provider,
+               ctx: WebhookContext, ready: list[Ready | None]) -> dict[str, int]:
     now, policy = ctx.clock.now(), ctx.settings.soft_bounce_policy
     counts = {o.value: 0 for o in Outcome}
     with store.transaction() as conn:
@@ -230,8 +242,8 @@ def _apply(store: "SubscriberStore", events: list[Event], verified: Verified, pr
                                                                      past=provider.tolerance)
             if seen is replay.Seen.NEW and stale:
                 raise Refused(403, "stale signature timestamp")
-        for e in events:
-            counts[apply_event(store, e, policy=policy, now=now).value] += 1
+        for e, r in zip(events, ready):
+            counts[apply_event(store, e, policy=policy, now=now, ready=r).value] += 1
     return counts
 
 

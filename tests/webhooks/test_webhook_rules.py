@@ -378,3 +378,26 @@ def _another_report(name: str, payload, n: int):
     note = json.loads(payload["Message"])
     note["bounce"]["feedbackId"] += f"-{n}"
     return {**payload, "Message": json.dumps(note), "MessageId": payload["MessageId"] + f"-{n}"}
+
+
+# ---- the usual event's reads come before the writer line ----------------------------------------
+def test_a_reader_changed_between_the_reads_and_the_write_is_applied_the_slow_way(site, keys, monkeypatch):
+    from newsletter.webhooks import base
+
+    prepared, real = [], base.prepare
+
+    def prepare_then_complain(store, event):
+        ready = real(store, event)
+        prepared.append(ready)
+        with closing(connect(site.db)) as conn:  # another writer, meanwhile
+            conn.execute("UPDATE subscribers SET status='complained' WHERE email=?", (A,))
+        return ready
+
+    monkeypatch.setattr(base, "prepare", prepare_then_complain)
+    kit = KITS["postmark"](keys)
+    signed = kit.sign(kit.payload("hard", A, "stale-1"), at=NOW)
+    r = site.post("postmark", signed.body, signed.headers)
+    assert r.status_code == 200, r.text
+    assert prepared and prepared[0] is not None  # the fast path was taken, and found stale
+    assert r.json()["no-change"] == 1 and r.json()["applied"] == 0
+    assert site.status(A) == "complained" and site.event_rows() == 1
