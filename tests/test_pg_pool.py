@@ -74,8 +74,8 @@ def test_a_connection_the_server_closed_is_replaced_when_borrowed(pg_url, pg_clu
 
 
 def test_a_one_click_unsubscribe_is_two_round_trips(publication_root, pg_url, monkeypatch):
-    """The reader's row (to check the link) and one conditional UPDATE in autocommit: no pool
-    check, no BEGIN or COMMIT. Counted at psycopg's door, which every statement passes."""
+    """The reader's row (to check the link) and one conditional UPDATE in autocommit: no BEGIN
+    or COMMIT. Counted at psycopg's door, which every statement passes."""
     from werkzeug.test import Client
 
     from newsletter.config import load_settings
@@ -108,7 +108,10 @@ def test_a_one_click_unsubscribe_is_two_round_trips(publication_root, pg_url, mo
     finally:
         monkeypatch.undo()
         app.web_app.close()
-    assert len(sent) == 4, sent
-    assert [q.split()[0] for q in sent] == ["SELECT", "UPDATE"] * 2, sent
+    # The pool may lend a connection it opened meanwhile, checked once with an empty query (which
+    # test_a_connection_given_back_moments_ago_is_lent_without_a_round_trip holds); the request's own:
+    ours = [q for q in sent if q.strip()]
+    assert len(ours) == 4 and len(sent) - len(ours) <= 1, sent
+    assert [q.split()[0] for q in ours] == ["SELECT", "UPDATE"] * 2, sent
     with SubscriberStore(open_database(pg_url)) as store:
         assert [store.get(r.id).status for r in readers] == ["unsubscribed"] * 3
