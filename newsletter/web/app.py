@@ -160,7 +160,7 @@ class WebApp:
                 from newsletter import pg
                 from newsletter.web.server import ServerLimits
 
-                size = ServerLimits.from_settings(self.settings).threads + 1
+                size = max(1, ServerLimits.from_settings(self.settings).threads) + 1  # 0: the loop thread answers
                 self._pool, self._pool_pid = pg.Pool(str(self.store_path), size, wait=POOL_WAIT_S), os.getpid()
                 # An app dropped unclosed (tests), or still open at exit, leaves no pool or mail thread behind.
                 weakref.finalize(self, _shut, self._pool, self.extensions.get("signup", {}).get("mail"))

@@ -10,8 +10,9 @@ import time
 from typing import Any, Iterable
 
 from waitress.channel import HTTPChannel
-from waitress.server import TcpWSGIServer
+from waitress.server import MultiSocketServer, TcpWSGIServer
 
+from newsletter.web.inline import InlineDispatcher
 from newsletter.web.server import LINGER, ServerLimits, overdue, victim
 
 log = logging.getLogger("newsletter.web.server")
@@ -67,6 +68,12 @@ class GuardedChannel(HTTPChannel):
             super().handle_close()
         return None
 
+    def _flush_outbufs_below_high_watermark(self) -> None:
+        # Answering on the loop's own thread, nobody else would flush while we waited: the
+        # output beyond the watermark stays buffered (waitress spills it to a temporary file).
+        if not isinstance(self.server.task_dispatcher, InlineDispatcher):
+            super()._flush_outbufs_below_high_watermark()
+
     def busy(self) -> bool:
         return bool(self.requests or self.total_outbufs_len or self.will_close or self.close_when_flushed)
 
@@ -85,6 +92,22 @@ class GuardedServer(TcpWSGIServer):
 
     channel_class = GuardedChannel
     limits: ServerLimits = ServerLimits()
+
+    def run(self) -> None:
+        dispatcher = self.task_dispatcher
+        if not isinstance(dispatcher, InlineDispatcher):
+            return super().run()
+        try:
+            dispatcher.loop(self._map, self.adj.asyncore_loop_timeout, self.adj.asyncore_use_poll)
+        except (SystemExit, KeyboardInterrupt):
+            dispatcher.shutdown()
+        return None
+
+    def pull_trigger(self) -> None:
+        # A request answered on the loop's thread wakes nobody: the loop polls again next.
+        dispatcher = self.task_dispatcher
+        if not (isinstance(dispatcher, InlineDispatcher) and dispatcher.on_loop_thread()):
+            super().pull_trigger()
 
     def readable(self) -> bool:
         now = time.time()
@@ -136,3 +159,18 @@ class GuardedServer(TcpWSGIServer):
                     chosen.addr[0])  # summarised when repeated (newsletter.web.logsummary)
         chosen.handle_close()  # at once: the newcomer needs its slot now, not at the next loop pass
         return True
+
+
+class GuardedMultiSocketServer(MultiSocketServer):
+    """Waitress's server for several listening addresses (a host name with IPv4 and IPv6), whose
+    loop answers requests on its own thread when its dispatcher is inline."""
+
+    def run(self) -> None:
+        dispatcher = self.task_dispatcher
+        if not isinstance(dispatcher, InlineDispatcher):
+            return super().run()
+        try:
+            dispatcher.loop(self.map, self.adj.asyncore_loop_timeout, self.adj.asyncore_use_poll)
+        except (SystemExit, KeyboardInterrupt):
+            self.close()
+        return None

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol
 
 from newsletter.config import Settings
+from newsletter.dburl import is_postgres
 from newsletter.errors import ConfigError
 
 #: Seconds a refused request's connection keeps reading (and dropping) what the client still sends.
@@ -40,9 +41,13 @@ LINGER = 2.0
 SWITCH_INTERVAL = 0.001
 
 
+#: Worker threads of ``serve`` on PostgreSQL by default (on SQLite: none, see :mod:`newsletter.web.inline`).
+PG_THREADS = 4
+
+
 @dataclass(frozen=True)
 class ServerLimits:
-    threads: int = 4                 # NEWSLETTER_SERVE_THREADS: bounded worker threads
+    threads: int = 0                 # NEWSLETTER_SERVE_THREADS: worker threads; 0 answers on the loop's thread
     timeout: int = 20                # NEWSLETTER_SERVE_TIMEOUT: seconds to receive one request, or idle
     header_timeout: int = 10         # NEWSLETTER_SERVE_HEADER_TIMEOUT: seconds to receive a request's headers
     max_body: int = 1024 * 1024      # waitress's own cap; routes cap lower (16 KiB) with a 413
@@ -54,7 +59,9 @@ class ServerLimits:
     @classmethod
     def from_settings(cls, settings: Settings) -> "ServerLimits":
         timeout = settings.integer("NEWSLETTER_SERVE_TIMEOUT", cls.timeout, minimum=1)
-        return cls(threads=settings.integer("NEWSLETTER_SERVE_THREADS", cls.threads, minimum=1),
+        # PostgreSQL: each query waits on the network, so threads overlap the waits (newsletter.web.inline).
+        threads = PG_THREADS if is_postgres(settings.get("NEWSLETTER_DB")) else cls.threads
+        return cls(threads=settings.integer("NEWSLETTER_SERVE_THREADS", threads, minimum=0),
                    timeout=timeout,
                    header_timeout=settings.integer("NEWSLETTER_SERVE_HEADER_TIMEOUT", min(cls.header_timeout, timeout),
                                                    minimum=1),
@@ -99,22 +106,23 @@ def victim(channels: Iterable[Waiting]) -> Waiting | None:
 def create_server(app: Callable, host: str, port: int, limits: ServerLimits):  # noqa: ANN201
     """A started (listening) waitress server; call ``.run()`` to serve, ``.close()`` to stop."""
     from waitress.adjustments import Adjustments
-    from waitress.server import MultiSocketServer
     from waitress.task import ThreadedTaskDispatcher
+
+    from newsletter.web.inline import InlineDispatcher
 
     try:
         adj = Adjustments(
-            host=host, port=port, threads=limits.threads, channel_timeout=limits.timeout, cleanup_interval=1,
+            host=host, port=port, threads=max(1, limits.threads), channel_timeout=limits.timeout, cleanup_interval=1,
             connection_limit=limits.connections, max_request_body_size=limits.max_body,
             max_request_header_size=limits.max_header, expose_tracebacks=False, ident="newsletter",
             clear_untrusted_proxy_headers=False)
     except ValueError:  # waitress resolves the host here: a name nobody knows, or an empty one
         raise ConfigError(f"cannot listen on {host!r} port {port}: not an address or host name of this machine "
                           "(use --host 127.0.0.1 behind a proxy)") from None
-    dispatcher = ThreadedTaskDispatcher()
-    dispatcher.set_thread_count(adj.threads)
+    dispatcher: Any = InlineDispatcher() if limits.threads == 0 else ThreadedTaskDispatcher()
+    dispatcher.set_thread_count(limits.threads)
     socket_map: dict = {}
-    from newsletter.web.guarded import GuardedServer
+    from newsletter.web.guarded import GuardedMultiSocketServer, GuardedServer
 
     servers = [GuardedServer(app, socket_map, dispatcher=dispatcher, adj=adj, sockinfo=info) for info in adj.listen]
     for server in servers:
@@ -122,7 +130,7 @@ def create_server(app: Callable, host: str, port: int, limits: ServerLimits):  #
     if len(servers) == 1:
         return servers[0]
     listen = [(s.effective_host, s.effective_port) for s in servers]
-    return MultiSocketServer(socket_map, adj, listen, dispatcher, servers[-1].log_info)
+    return GuardedMultiSocketServer(socket_map, adj, listen, dispatcher, servers[-1].log_info)
 
 
 def serve(app: Callable, host: str = "127.0.0.1", port: int = 8080, limits: ServerLimits | None = None,

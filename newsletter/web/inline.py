@@ -1,0 +1,67 @@
+"""Answering requests on the server's own thread: waitress's event loop, without its thread pool.
+
+Waitress reads each request on its I/O thread and hands it, complete, to one of its worker
+threads. For an app whose requests are short and CPU-bound (a token check, a template, one
+SQLite write queued behind this process's other writers) the threads buy nothing: Python runs
+one at a time, and every hand-over between the I/O thread and a worker costs a wake-up, a GIL
+switch and a trigger pipe write. Measured with wrk on 2 cores (``benchmarks/bench_serve.py``),
+a hello-world app on the threaded set-up served fewer requests at 32 clients than at 1, while
+answered on the loop's own thread it serves about twice as many.
+
+So with ``NEWSLETTER_SERVE_THREADS=0`` (the default on SQLite) the loop collects the requests
+that became complete in one pass and answers them in order before it polls again. Slow
+clients still cost nothing: reading and writing stay asynchronous, and the slot policy of
+:mod:`newsletter.web.server` is unchanged. The price is that a request that blocks (a
+database another process keeps locked) holds up the others for as long; the web app bounds
+that wait (``newsletter.web.app.DB_BUSY_MS``), and PostgreSQL, whose every query is a network
+round trip, keeps the pool of threads by default.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from typing import Any
+
+from waitress import wasyncore
+
+log = logging.getLogger("waitress")
+
+
+class InlineDispatcher:
+    """Waitress's task dispatcher interface, with no threads: ``add_task`` only queues the
+    channel (waitress calls it while holding the channel's request lock), and :meth:`loop`
+    answers what is queued between polls."""
+
+    def __init__(self) -> None:
+        self.pending: deque[Any] = deque()
+        self.loop_thread: int | None = None
+
+    def add_task(self, channel: Any) -> None:
+        self.pending.append(channel)
+
+    def set_thread_count(self, count: int) -> None:
+        """No threads to start (waitress's interface)."""
+
+    def shutdown(self, cancel_pending: bool = True, timeout: float = 5) -> bool:
+        while cancel_pending and self.pending:
+            self.pending.popleft().cancel()
+        return True
+
+    def on_loop_thread(self) -> bool:
+        return self.loop_thread == threading.get_ident()
+
+    def loop(self, socket_map: dict, timeout: float, use_poll: bool) -> None:
+        """Poll the sockets and answer the requests that became complete, until no socket is left."""
+        poll = wasyncore.poll2 if use_poll else wasyncore.poll
+        self.loop_thread = threading.get_ident()
+        pending = self.pending
+        while socket_map:
+            poll(0.0 if pending else timeout, socket_map)
+            while pending:
+                channel = pending.popleft()
+                try:
+                    channel.service()  # a pipelined next request queues itself again
+                except Exception:  # noqa: BLE001 - as waitress's worker threads do: logged, the loop goes on
+                    log.exception("Exception when servicing %r", channel)
