@@ -171,7 +171,7 @@ def test_answering_on_the_loops_thread_pulls_no_trigger(monkeypatch):
         start_response("200 OK", [("Content-Length", "2")])
         return [b"ok"]
 
-    for threads, expect_pulls in ((0, False), (2, True)):
+    for threads, threaded in ((0, False), (2, True)):
         pulls.clear()
         gen = _running(app, ServerLimits(threads=threads))
         port, _ = next(gen)
@@ -181,4 +181,5 @@ def test_answering_on_the_loops_thread_pulls_no_trigger(monkeypatch):
                 assert _answers(sock, 1) == [(200, b"ok")]
         served_pulls = len(pulls)
         next(gen, None)
-        assert (served_pulls >= 50) == expect_pulls, (threads, served_pulls)
+        # A worker thread wakes the loop about once per answer (not when the loop is awake already).
+        assert (served_pulls >= 25 if threaded else served_pulls == 0), (threads, served_pulls)

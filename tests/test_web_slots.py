@@ -32,7 +32,8 @@ PARTIAL = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: a"
 def serving(tmp_path, log: list[str] | None = None, **settings: str):
     (tmp_path / "newsletter.toml").write_text('name = "Slots"\nfrom_email = "news@example.org"\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NEWSLETTER_", "SMTP_"))}
-    env.update({"NEWSLETTER_SECRET_KEY": SECRET, "PYTHONUNBUFFERED": "1", **settings})
+    # The slot policy of one process (several share the caps: tests/test_web_prefork.py).
+    env.update({"NEWSLETTER_SECRET_KEY": SECRET, "PYTHONUNBUFFERED": "1", "NEWSLETTER_SERVE_PROCESSES": "1", **settings})
     proc = subprocess.Popen([sys.executable, "-m", "newsletter", "--root", str(tmp_path), "serve", "--port", "0"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

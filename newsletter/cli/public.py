@@ -26,6 +26,7 @@ def serve(ctx: click.Context, host: str, port: int, site: Path | None) -> None:
     from newsletter.dburl import redact
     from newsletter.errors import ConfigError
     from newsletter.web import make_app
+    from newsletter.web.prefork import child_command
     from newsletter.web.server import ServerLimits, serve as run
 
     settings = settings_of(ctx)
@@ -36,7 +37,7 @@ def serve(ctx: click.Context, host: str, port: int, site: Path | None) -> None:
     where = redact(str(settings.db_target))  # which database this replica writes to, its password hidden
     try:
         run(app, host=host, port=port, limits=ServerLimits.from_settings(settings),
-            ready=lambda line: click.echo(f"{line}; database {where}"))
+            ready=lambda line: click.echo(f"{line}; database {where}"), spawn=child_command(settings.root, site))
     except OSError as exc:  # the port is taken, or the address cannot be bound
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 

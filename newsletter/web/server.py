@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import gc
 import ipaddress
+import os
 import signal
 import sys
 import threading
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Protocol
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from newsletter.config import Settings
 from newsletter.dburl import is_postgres
@@ -41,6 +42,26 @@ LINGER = 2.0
 SWITCH_INTERVAL = 0.001
 
 
+#: ``serve``'s processes at most (each holds a SQLite connection, or a PostgreSQL pool, of its own).
+MAX_PROCESSES = 16
+
+
+def default_processes() -> int:
+    """One ``serve`` process per core this process may run on, on SQLite (see :mod:`newsletter.web.prefork`)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_PROCESSES))
+
+
+def _processes(settings: Settings, default: int) -> int:
+    count = settings.integer("NEWSLETTER_SERVE_PROCESSES", default, minimum=1)
+    if count > MAX_PROCESSES:
+        raise ConfigError(f"NEWSLETTER_SERVE_PROCESSES must be at most {MAX_PROCESSES}")
+    return count
+
+
 #: Worker threads of ``serve`` on PostgreSQL by default (on SQLite: none, see :mod:`newsletter.web.inline`).
 PG_THREADS = 4
 
@@ -48,6 +69,7 @@ PG_THREADS = 4
 @dataclass(frozen=True)
 class ServerLimits:
     threads: int = 0                 # NEWSLETTER_SERVE_THREADS: worker threads; 0 answers on the loop's thread
+    processes: int = 1               # NEWSLETTER_SERVE_PROCESSES: processes on one socket (newsletter.web.prefork)
     timeout: int = 20                # NEWSLETTER_SERVE_TIMEOUT: seconds to receive one request, or idle
     header_timeout: int = 10         # NEWSLETTER_SERVE_HEADER_TIMEOUT: seconds to receive a request's headers
     max_body: int = 1024 * 1024      # waitress's own cap; routes cap lower (16 KiB) with a 413
@@ -61,13 +83,24 @@ class ServerLimits:
         timeout = settings.integer("NEWSLETTER_SERVE_TIMEOUT", cls.timeout, minimum=1)
         # PostgreSQL: each query waits on the network, so threads overlap the waits (newsletter.web.inline).
         threads = PG_THREADS if is_postgres(settings.get("NEWSLETTER_DB")) else cls.threads
+        processes = 1 if is_postgres(settings.get("NEWSLETTER_DB")) else default_processes()
         return cls(threads=settings.integer("NEWSLETTER_SERVE_THREADS", threads, minimum=0),
+                   processes=_processes(settings, processes),
                    timeout=timeout,
                    header_timeout=settings.integer("NEWSLETTER_SERVE_HEADER_TIMEOUT", min(cls.header_timeout, timeout),
                                                    minimum=1),
                    connections=settings.integer("NEWSLETTER_SERVE_CONNECTIONS", cls.connections, minimum=2),
                    per_client=settings.integer("NEWSLETTER_SERVE_PER_CLIENT", cls.per_client, minimum=1),
                    trusted_proxies=settings.trusted_proxies)
+
+    def per_process(self) -> "ServerLimits":
+        """Each of ``processes`` processes' share of ``connections``, so that together they keep the
+        bound set (each process sees only its own). ``per_client`` stays whole in each: the kernel
+        does not spread one client's connections evenly, and a share of it would cut a browser's
+        few keep-alive connections; one address still holds at most ``per_client`` of each share."""
+        if self.processes <= 1:
+            return self
+        return replace(self, connections=max(2, self.connections // self.processes))
 
     def capped(self, peer: str) -> bool:
         """Whether ``peer``'s connections count against ``per_client``: not a proxy of ours,
@@ -103,16 +136,20 @@ def victim(channels: Iterable[Waiting]) -> Waiting | None:
     return min(idle, key=lambda c: c.waiting_since()) if idle else None
 
 
-def create_server(app: Callable, host: str, port: int, limits: ServerLimits):  # noqa: ANN201
-    """A started (listening) waitress server; call ``.run()`` to serve, ``.close()`` to stop."""
+def create_server(app: Callable, host: str, port: int, limits: ServerLimits,  # noqa: ANN201
+                  sockets: list[Any] | None = None):
+    """A started (listening) waitress server; call ``.run()`` to serve, ``.close()`` to stop.
+    ``sockets``: listening sockets to serve instead of binding ``host``:``port`` (a child of
+    :mod:`newsletter.web.prefork`)."""
     from waitress.adjustments import Adjustments
     from waitress.task import ThreadedTaskDispatcher
 
     from newsletter.web.inline import InlineDispatcher
 
     try:
+        where: dict[str, Any] = {"sockets": sockets} if sockets else {"host": host, "port": port}
         adj = Adjustments(
-            host=host, port=port, threads=max(1, limits.threads), channel_timeout=limits.timeout, cleanup_interval=1,
+            **where, threads=max(1, limits.threads), channel_timeout=limits.timeout, cleanup_interval=1,
             connection_limit=limits.connections, max_request_body_size=limits.max_body,
             max_request_header_size=limits.max_header, expose_tracebacks=False, ident="newsletter",
             clear_untrusted_proxy_headers=False)
@@ -121,36 +158,62 @@ def create_server(app: Callable, host: str, port: int, limits: ServerLimits):  #
                           "(use --host 127.0.0.1 behind a proxy)") from None
     dispatcher: Any = InlineDispatcher() if limits.threads == 0 else ThreadedTaskDispatcher()
     dispatcher.set_thread_count(limits.threads)
+    if limits.threads == 0:
+        # Nobody else flushes while a request is answered on the loop's thread, so its headers and a
+        # small body go out in one send when the loop next polls (waitress's default: a send per write).
+        adj.send_bytes = InlineDispatcher.send_bytes
     socket_map: dict = {}
     from newsletter.web.guarded import GuardedMultiSocketServer, GuardedServer
 
-    servers = [GuardedServer(app, socket_map, dispatcher=dispatcher, adj=adj, sockinfo=info) for info in adj.listen]
+    if sockets:
+        servers = [GuardedServer(app, socket_map, _sock=sock, dispatcher=dispatcher, adj=adj, bind_socket=False,
+                                 sockinfo=(sock.family, sock.type, sock.proto, sock.getsockname())) for sock in sockets]
+    else:
+        servers = [GuardedServer(app, socket_map, dispatcher=dispatcher, adj=adj, sockinfo=info) for info in adj.listen]
     for server in servers:
         server.limits = limits
     if len(servers) == 1:
-        return servers[0]
-    listen = [(s.effective_host, s.effective_port) for s in servers]
-    return GuardedMultiSocketServer(socket_map, adj, listen, dispatcher, servers[-1].log_info)
+        server = servers[0]
+    else:
+        listen = [(s.effective_host, s.effective_port) for s in servers]
+        server = GuardedMultiSocketServer(socket_map, adj, listen, dispatcher, servers[-1].log_info)
+    server.listening = [s.socket for s in servers]  # what a child of newsletter.web.prefork inherits
+    return server
 
 
 def serve(app: Callable, host: str = "127.0.0.1", port: int = 8080, limits: ServerLimits | None = None,
-          ready: Callable[[str], None] | None = None) -> None:
-    """Serve until interrupted. Keep ``host`` on loopback behind a TLS-terminating proxy."""
-    from newsletter.web import logsummary
+          ready: Callable[[str], None] | None = None, spawn: Sequence[str] | None = None) -> None:
+    """Serve until interrupted. Keep ``host`` on loopback behind a TLS-terminating proxy.
+    ``spawn``: the command that starts one more process of this server on its socket
+    (:mod:`newsletter.web.prefork`), run ``limits.processes - 1`` times."""
+    from newsletter.web import logsummary, prefork
 
+    limits = limits or ServerLimits()
+    share = limits.per_process()
     sys.setswitchinterval(SWITCH_INTERVAL)
-    server = create_server(app, host, port, limits or ServerLimits())
+    inherited = prefork.inherited_sockets()
+    if inherited:
+        prefork.die_with_parent()
+    server = create_server(app, host, port, share, inherited)
     summary = logsummary.install()
     if threading.current_thread() is threading.main_thread():  # a service stop ends like Ctrl-C: counts written
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    if ready:
+    children = None
+    if not inherited and spawn and limits.processes > 1:
+        children = prefork.Children(spawn, server.listening, limits.processes - 1)
+    if ready and not inherited:
         address = server.effective_listen[0] if hasattr(server, "effective_listen") else (host, server.effective_port)
-        ready(f"Serving on http://{host}:{address[1]}/ (waitress, Ctrl-C to stop)")
+        how = f"{limits.processes} processes" if children else "1 process"
+        ready(f"Serving on http://{host}:{address[1]}/ (waitress, {how}, Ctrl-C to stop)")
     gc.freeze()  # what start-up made (modules, templates, settings) lives as long as the server: a full
     # collection no longer walks it, so the rare one a request meets is a shorter pause
+    if children:
+        children.start()
     try:
         server.run()
     finally:
+        if children:
+            children.stop()
         server.close()
         core = getattr(app, "web_app", None)
         if core is not None:
