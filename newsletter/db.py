@@ -7,6 +7,7 @@ been applied, so components evolve independently in one database file.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import sys
@@ -51,6 +52,9 @@ class FairLock:
 
     A plain lock wakes an arbitrary waiter (or lets the releaser take it straight back); this
     one hands ownership to the oldest waiter, so no request starves behind newer ones."""
+
+    path = ""                  # the database file (writer_lock's)
+    line_fd: int | None = None  # the line shared with other processes (share_writer_line), once opened
 
     def __init__(self) -> None:
         self._mutex = threading.Lock()
@@ -103,7 +107,35 @@ def writer_lock(path: Path | str) -> FairLock:
         lock = _WRITERS.get(key)
         if lock is None:
             lock = _WRITERS[key] = FairLock()
+            lock.path = key[1]
         return lock
+
+
+#: Whether this process's writers also queue with other processes' (see :func:`share_writer_line`).
+_SHARED_LINE = False
+
+
+def share_writer_line() -> None:
+    """Make this process's writers wait in one line with the other processes that call this (the
+    processes of ``serve``, :mod:`newsletter.web.prefork`): the holder of the process's writer
+    lock also holds an ``flock`` on ``<database>-writers``, which the kernel hands to the next
+    waiter the moment it is let go. Without it, a writer that meets another process's write is
+    put to sleep by SQLite for 1, 2, 5 … ms, far longer than the write it waits for. Only
+    processes that share the line wait in it; SQLite's own lock still orders them against the
+    rest (a send, an import)."""
+    global _SHARED_LINE
+    _SHARED_LINE = True
+
+
+def _line_file(writer: FairLock) -> int | None:
+    """The descriptor of ``writer``'s line file, opened once per process; None when it cannot be
+    (a read-only folder): SQLite's own lock then orders the processes."""
+    if writer.line_fd is None and writer.path:
+        try:
+            writer.line_fd = os.open(f"{writer.path}-writers", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:
+            writer.path = ""
+    return writer.line_fd
 
 
 class Connection(sqlite3.Connection):
@@ -151,6 +183,9 @@ def write_transaction(conn: sqlite3.Connection, *, one_statement: bool = False) 
     if not writer.acquire(timeout=conn.busy_seconds):
         _quick_switching(False)
         raise sqlite3.OperationalError("database is locked (waiting for this process's writers)")
+    line = _line_file(writer) if _SHARED_LINE else None
+    if line is not None:
+        fcntl.flock(line, fcntl.LOCK_EX)  # the GIL is let go while the other processes' writer finishes
     try:
         if begin:
             yield from _transaction(conn)
@@ -161,6 +196,8 @@ def write_transaction(conn: sqlite3.Connection, *, one_statement: bool = False) 
         if checkpoint:
             writer.commits = 0
     finally:
+        if line is not None:
+            fcntl.flock(line, fcntl.LOCK_UN)
         _quick_switching(False)
         writer.release()
     if checkpoint:  # outside the lock: a passive checkpoint lets writers go on meanwhile

@@ -34,10 +34,6 @@ class InlineDispatcher:
     channel (waitress calls it while holding the channel's request lock), and :meth:`loop`
     answers what is queued between polls."""
 
-    #: Output a request may leave unsent when its answer is complete: the loop sends it in one go
-    #: (waitress's own default sends every write at once: the headers and the body in two packets).
-    send_bytes = 64 * 1024
-
     def __init__(self) -> None:
         self.pending: deque[Any] = deque()
         self.loop_thread: int | None = None

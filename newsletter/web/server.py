@@ -158,10 +158,6 @@ def create_server(app: Callable, host: str, port: int, limits: ServerLimits,  # 
                           "(use --host 127.0.0.1 behind a proxy)") from None
     dispatcher: Any = InlineDispatcher() if limits.threads == 0 else ThreadedTaskDispatcher()
     dispatcher.set_thread_count(limits.threads)
-    if limits.threads == 0:
-        # Nobody else flushes while a request is answered on the loop's thread, so its headers and a
-        # small body go out in one send when the loop next polls (waitress's default: a send per write).
-        adj.send_bytes = InlineDispatcher.send_bytes
     socket_map: dict = {}
     from newsletter.web.guarded import GuardedMultiSocketServer, GuardedServer
 
@@ -190,6 +186,10 @@ def serve(app: Callable, host: str = "127.0.0.1", port: int = 8080, limits: Serv
 
     limits = limits or ServerLimits()
     share = limits.per_process()
+    if limits.processes > 1:
+        from newsletter.db import share_writer_line
+
+        share_writer_line()  # the processes' writes to one SQLite file queue, not sleep
     sys.setswitchinterval(SWITCH_INTERVAL)
     inherited = prefork.inherited_sockets()
     if inherited:
