@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/bench_serve.py [--seconds S] [--rounds R] [--clients 1,8,32]
 
 Needs ``wrk`` (Debian: ``apt-get install wrk``). A publication made by ``newsletter init``
-with generated readers is served by a real ``newsletter serve`` process on 127.0.0.1; a
-hello-world WSGI app runs on the same waitress set-up (:func:`newsletter.web.server.serve`: the same
-limits and GIL switch interval) in its own process. Each round drives, for each client count in turn, with wrk
+with generated readers is served by a real ``newsletter serve`` on 127.0.0.1, as it runs by
+default (one process per core, each answering on its loop's own thread); a hello-world WSGI app
+runs on the same set-up (:func:`newsletter.web.server.serve`: as many processes, the same limits
+and GIL switch interval). Each round drives, for each client count in turn, with wrk
 (one thread, keep-alive connections): the hello-world app, ``GET /unsubscribe/<token>``, the
 one-click ``POST /unsubscribe/<token>`` and a Postmark bounce webhook, each write naming a reader
 no earlier request named. The rounds interleave the client counts, so a busy spell of the machine
@@ -73,12 +74,14 @@ end
 _HELLO = """
 import sys
 sys.path.insert(0, sys.argv[2])
-from newsletter.web.server import ServerLimits, serve
+from newsletter.web.server import ServerLimits, default_processes, serve
 PER_CLIENT = int(sys.argv[3])
 def app(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "13")])
     return [b"Hello, world\\n"]
-serve(app, "127.0.0.1", int(sys.argv[1]), ServerLimits(per_client=PER_CLIENT), ready=lambda line: print(line, flush=True))
+# As many processes as `newsletter serve` runs here, each started the same way (newsletter.web.prefork).
+serve(app, "127.0.0.1", int(sys.argv[1]), ServerLimits(per_client=PER_CLIENT, processes=default_processes()),
+      ready=lambda line: print(line, flush=True), spawn=[sys.executable, *sys.argv])
 """
 
 
@@ -149,7 +152,8 @@ def measure(seconds: float, clients: tuple[int, ...], readers: int, rounds: int)
                            "NEWSLETTER_TRANSPORT": "dryrun", "NEWSLETTER_BASE_URL": "https://news.example",
                            "NEWSLETTER_SERVE_PER_CLIENT": str(PER_CLIENT)})
         serve, port = _start([NEWSLETTER, "--root", str(root), "serve", "--port", "0"], env, tmp / "serve.log")
-        hello, hello_port = _start([sys.executable, "-c", _HELLO, "0", str(Path(__file__).resolve().parent.parent),
+        (tmp / "hello.py").write_text(_HELLO)
+        hello, hello_port = _start([sys.executable, str(tmp / "hello.py"), "0", str(Path(__file__).resolve().parent.parent),
                                     str(PER_CLIENT)], env, tmp / "hello.log")
         script = tmp / "bench.lua"
         script.write_text(_LUA)
@@ -259,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=2, help="per wrk run (whole seconds)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each cell is their median")
     parser.add_argument("--clients", default="1,8,32")
-    parser.add_argument("--readers", type=int, default=120_000)
+    parser.add_argument("--readers", type=int, default=400_000,
+                        help="seeded; each write names a new one (about 4,000 writes a second per cell)")
     args = parser.parse_args(argv)
     clients = tuple(int(c) for c in args.clients.split(","))
     results = measure(args.seconds, clients, args.readers, args.rounds)

@@ -213,3 +213,19 @@ def _closed(sock: socket.socket) -> bool:
         return False
     except OSError:
         return True
+
+
+def test_a_child_stopped_on_purpose_is_not_restarted(tmp_path):
+    """A child that ends cleanly (SIGTERM: a service stop reaching every process) stays stopped."""
+    proc, port = _start(tmp_path, 3)
+    try:
+        children = _children(proc.pid)
+        one = min(children)
+        os.kill(one, signal.SIGTERM)
+        assert _wait(lambda: not _alive(one))
+        time.sleep(1.0)  # a replacement would have been started by now
+        assert _children(proc.pid) == children - {one}
+        assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+    finally:
+        err = _stop(proc)
+    assert "starting another" not in err, err

@@ -8,9 +8,10 @@ the kernel gives each new connection to one of them. The children are fresh inte
 (``python -m newsletter … serve``), not forks: the parent already runs the signup mail's
 thread, and a fork copies the locks other threads hold.
 
-The parent watches its children: one that dies is started again (not one that dies at once,
-three times in a row: that is a configuration the parent has already checked, or a bug, and
-the parent serves on alone). When the parent ends, it stops its children; if it is killed,
+The parent watches its children. One that dies is started again, but not one that stopped
+when asked (SIGTERM or SIGINT: a service stop or Ctrl-C reaches the parent too), nor one that dies at
+once three times in a row (a configuration the parent has already checked, or a bug: the
+parent serves on without it). When the parent ends, it stops its children; if it is killed,
 the kernel ends them (``PR_SET_PDEATHSIG``).
 
 Writes from the processes to one SQLite file wait in one line across them, see
@@ -39,6 +40,8 @@ PARENT = "NEWSLETTER_SERVE_PARENT"
 #: A child that dies within this many seconds of its start counts as failing at start.
 QUICK_DEATH_S = 5.0
 QUICK_DEATHS = 3
+#: How a child that was asked to stop ends: cleanly, or by the signal itself when it came during start-up.
+ASKED_TO_STOP = (0, -signal.SIGTERM, -signal.SIGINT)
 
 
 def inherited_sockets() -> list[socket.socket] | None:
@@ -103,8 +106,8 @@ class Children:
             code = proc.wait()
             with self._lock:
                 self.procs.remove(proc)
-            if self._stopping.is_set():
-                return
+            if self._stopping.is_set() or code in ASKED_TO_STOP:
+                return  # a service stop or Ctrl-C reaches every process, the parent too
             quick = quick + 1 if time.monotonic() - started < QUICK_DEATH_S else 0
             if quick >= QUICK_DEATHS:
                 log.error("serve process %d exited at start %d times in a row (exit %s); not started again",
