@@ -375,7 +375,9 @@ def test_cli_import_shows_progress_for_big_files_and_counts_unlisted_rows(tmp_pa
         fh.write("".join(f"bad{j}\n" for j in range(DETAIL_LIMIT + 5)))
     env = {"NEWSLETTER_DB": str(tmp_path / "news.db")}
     result = CliRunner().invoke(cli, ["--root", str(tmp_path), "subscribers", "import", str(path)], env=env)
-    assert result.exit_code == 0, result.output
+    # The good rows landed, and the exit code says the file was not all good (the last line, why).
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1].startswith(f"error: {path}: {DETAIL_LIMIT + 5} bad row(s) not imported")
     assert "Importing" in result.output and f"{i + DETAIL_LIMIT + 5:,} rows" in result.output
     assert f"Imported {i} new, updated 0, skipped 0, {DETAIL_LIMIT + 5} bad row(s)" in result.output
     assert "5 more bad or skipped row(s) not listed" in result.output

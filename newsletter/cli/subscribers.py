@@ -39,7 +39,8 @@ PROGRESS_FROM_BYTES = 1 << 20  # a file this big takes long enough to show a pro
 @click.option("--source", default=None, help="Where these subscribers came from (kept with each).")
 @click.pass_context
 def subscribers_import(ctx: click.Context, file: Path, resubscribe: bool, source: str | None) -> None:
-    """Import a CSV with a header row (email, name, …). Good rows land even if some are bad.
+    """Import a CSV with a header row (email, name, …). Good rows land even if some are bad;
+    then each bad row is listed by line, and the exit code is 2.
 
     A file from `subscribers export` (it has a status column) restores each reader's status
     and consent record. No import ever reactivates an unsubscribed, bounced or complained address."""
@@ -64,6 +65,9 @@ def subscribers_import(ctx: click.Context, file: Path, resubscribe: bool, source
         click.echo(f"{file}: {unlisted} more bad or skipped row(s) not listed", err=True)
     click.echo(f"Imported {report.added} new, updated {report.updated}, skipped {report.skipped_count}, "
                f"{report.error_count} bad row(s) ({report.encoding}).")
+    if report.error_count:  # the good rows landed; the exit code still says the file was not all good
+        raise InputError(f"{report.error_count} bad row(s) not imported (listed above); fix them and import "
+                         "the file again: rows already in are updated, not doubled", path=file)
 
 
 def _import_progress(file: Path) -> tuple[Any, Any]:
