@@ -90,3 +90,25 @@ def test_pipelined_requests_to_a_client_that_reads_nothing_buffer_a_bounded_amou
             assert count * big <= received <= count * (big + head)
     finally:
         next(gen, None)
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_clients_that_stop_reading_their_answers_do_not_keep_the_slots(threads):
+    """Three clients ask for 16 MB each and read none of it, against a cap of three connections.
+    Pending output counted as "busy being answered" for ever, so each newcomer was refused, for
+    as long as those clients stayed (waitress itself closes them after its channel timeout)."""
+    gen = _running(_sized_app(16 * 1024 * 1024),
+                   ServerLimits(threads=threads, connections=3, per_client=3, timeout=1, header_timeout=1))
+    port, _ = next(gen)
+    stuck = [_slow_reader(port) for _ in range(3)]
+    try:
+        for sock in stuck:
+            sock.sendall(REQUEST)
+        time.sleep(2.5)  # past the 1 s timeout, with none of the answers read
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(100).startswith(b"HTTP/1.1 200 OK")
+    finally:
+        for sock in stuck:
+            sock.close()
+        next(gen, None)
