@@ -75,6 +75,8 @@ class GuardedChannel(HTTPChannel):
             super()._flush_outbufs_below_high_watermark()
 
     def busy(self) -> bool:
+        if self.total_outbufs_len and time.time() - self.last_activity > self.server.limits.timeout:
+            return False  # its client has taken none of our answer for that long: it waits on itself
         return bool(self.requests or self.total_outbufs_len or self.will_close or self.close_when_flushed)
 
     def waiting_since(self) -> float:

@@ -36,6 +36,7 @@ class InlineDispatcher:
 
     def __init__(self) -> None:
         self.pending: deque[Any] = deque()
+        self.parked: list[Any] = []  # queued, but their clients have not read the answers before
         self.loop_thread: int | None = None
 
     def add_task(self, channel: Any) -> None:
@@ -47,20 +48,38 @@ class InlineDispatcher:
     def shutdown(self, cancel_pending: bool = True, timeout: float = 5) -> bool:
         while cancel_pending and self.pending:
             self.pending.popleft().cancel()
+        while cancel_pending and self.parked:
+            self.parked.pop().cancel()
         return True
+
+    def _unpark(self) -> None:
+        """Queue again the parked connections whose clients have read (or that have closed)."""
+        for channel in list(self.parked):
+            if not channel.connected or channel.total_outbufs_len <= channel.adj.outbuf_high_watermark:
+                self.parked.remove(channel)
+                self.pending.append(channel)
 
     def on_loop_thread(self) -> bool:
         return self.loop_thread == threading.get_ident()
 
     def loop(self, socket_map: dict, timeout: float, use_poll: bool) -> None:
-        """Poll the sockets and answer the requests that became complete, until no socket is left."""
+        """Poll the sockets and answer the requests that became complete, until no socket is left.
+
+        A connection whose unsent output is past waitress's high watermark waits (parked) until its
+        client has read it down: pipelined requests to a client that reads nothing would otherwise
+        each add their whole answer (hundreds from one 8 KB read), where waitress's worker waits."""
         poll = wasyncore.poll2 if use_poll else wasyncore.poll
         self.loop_thread = threading.get_ident()
-        pending = self.pending
+        pending, parked = self.pending, self.parked
         while socket_map:
             poll(0.0 if pending else timeout, socket_map)
+            if parked:
+                self._unpark()
             while pending:
                 channel = pending.popleft()
+                if channel.connected and channel.total_outbufs_len > channel.adj.outbuf_high_watermark:
+                    parked.append(channel)
+                    continue
                 try:
                     channel.service()  # a pipelined next request queues itself again
                 except Exception:  # noqa: BLE001 - as waitress's worker threads do: logged, the loop goes on
