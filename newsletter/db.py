@@ -184,9 +184,11 @@ def write_transaction(conn: sqlite3.Connection, *, one_statement: bool = False) 
         _quick_switching(False)
         raise sqlite3.OperationalError("database is locked (waiting for this process's writers)")
     line = _line_file(writer) if _SHARED_LINE else None
-    if line is not None:
-        fcntl.flock(line, fcntl.LOCK_EX)  # the GIL is let go while the other processes' writer finishes
+    locked = False
     try:
+        if line is not None:
+            fcntl.flock(line, fcntl.LOCK_EX)  # the GIL is let go while the other processes' writer finishes
+            locked = True
         if begin:
             yield from _transaction(conn)
         else:
@@ -196,7 +198,7 @@ def write_transaction(conn: sqlite3.Connection, *, one_statement: bool = False) 
         if checkpoint:
             writer.commits = 0
     finally:
-        if line is not None:
+        if locked:
             fcntl.flock(line, fcntl.LOCK_UN)
         _quick_switching(False)
         writer.release()

@@ -11,6 +11,7 @@ database (``newsletter.db.unsubscribe-spool``), JSON lines; tokens are verified 
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import json
 import logging
@@ -85,7 +86,7 @@ def apply_spool(store: SubscriberStore, secret: str, *, now: datetime, db_path: 
             os.replace(path, taken)
         except FileNotFoundError:
             return 0
-    text = taken.read_text(encoding="utf-8", errors="replace")
+    text = _read_taken(taken).decode("utf-8", errors="replace")
     done = 0
     try:
         with store.transaction():
@@ -132,7 +133,7 @@ def _recover_orphans(path: Path) -> None:
         if not pid.isdigit() or pid_alive(int(pid)):
             continue
         try:
-            data = orphan.read_bytes()
+            data = _read_taken(orphan)
         except FileNotFoundError:  # another process recovered it first
             continue
         _append(path, data)
@@ -150,11 +151,42 @@ def _entries(text: str) -> list[tuple[str, str]]:
     return out
 
 
+#: Times an append re-opens a spool that an applier took away meanwhile (each take is a rename).
+APPEND_ATTEMPTS = 50
+
+
 def _append(path: Path, data: bytes) -> None:
+    """Append ``data`` durably. Several processes append (``serve``'s processes, a send's
+    catch-up) while one may take the file away to apply it (a rename, then a read under the
+    same ``flock``): an append that opened the file just before the rename would write into
+    the taken copy after it was read, and be lost. So the append holds the ``flock`` while it
+    checks that its file is still the spool, and opens the new one when it is not."""
     with _lock:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        for _ in range(APPEND_ATTEMPTS):
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    current = os.stat(path).st_ino == os.fstat(fd).st_ino
+                except FileNotFoundError:
+                    current = False
+                if current:
+                    os.write(fd, data)
+                    os.fsync(fd)
+                    return
+            finally:
+                os.close(fd)  # and the flock with it
+        raise OSError(f"{path}: taken away {APPEND_ATTEMPTS} times while appending")
+
+
+def _read_taken(path: Path) -> bytes:
+    """A taken spool's whole content, read once every append that still had it open is done."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

@@ -139,3 +139,31 @@ def test_an_unsubscribe_spooled_while_the_send_runs_is_honoured_by_the_next_batc
     assert report.state == "done" and gone not in sink.counts()
     assert ledger_states(db, 1)[gone] == "skipped" and subscriber_status(db, gone) == "unsubscribed"
     assert not spool_path(db).exists()
+
+
+def test_an_append_that_races_an_applier_taking_the_spool_is_not_lost(db, monkeypatch):
+    """Another process (serve runs several) takes the spool away, reads and deletes it, between
+    this append opening the file and writing to it: the append must land in the new spool, not in
+    the taken copy that was already read."""
+    from newsletter import unsubscribe_spool
+
+    emails = add_subscribers(db, 3)
+    first, second = token_of(db, emails[0]), token_of(db, emails[1])
+    spool_unsubscribe(db, first, "first", AT)
+    spool = spool_path(db)
+    real_flock, raced = unsubscribe_spool.fcntl.flock, []
+
+    def flock(fd: int, op: int) -> None:
+        if not raced and spool.exists() and os.fstat(fd).st_ino == spool.stat().st_ino:
+            # The appender has opened the spool: another process's applier takes it now (as
+            # apply_spool does: a rename, then a read under the flock), then deletes it.
+            taken = spool.with_name("taken-by-another-process")
+            os.replace(spool, taken)
+            raced.append(unsubscribe_spool._read_taken(taken).decode())
+            taken.unlink()
+        real_flock(fd, op)
+
+    monkeypatch.setattr(unsubscribe_spool.fcntl, "flock", flock)
+    spool_unsubscribe(db, second, "second", AT)
+    assert [json.loads(line)["reason"] for line in raced[0].splitlines()] == ["first"]
+    assert [json.loads(line)["reason"] for line in spool.read_text().splitlines()] == ["second"]

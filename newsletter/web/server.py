@@ -207,9 +207,9 @@ def serve(app: Callable, host: str = "127.0.0.1", port: int = 8080, limits: Serv
         ready(f"Serving on http://{host}:{address[1]}/ (waitress, {how}, Ctrl-C to stop)")
     gc.freeze()  # what start-up made (modules, templates, settings) lives as long as the server: a full
     # collection no longer walks it, so the rare one a request meets is a shorter pause
-    if children:
-        children.start()
     try:
+        if children:
+            children.start()
         server.run()
     finally:
         if children:
