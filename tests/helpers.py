@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -213,3 +214,24 @@ def serve_process(root: Path, env: dict[str, str]) -> Iterator[tuple[str, str]]:
             proc.wait()
         for stream in (proc.stdout, proc.stderr):
             stream.close()
+
+
+def wait_until(predicate: Callable[[], bool], limit: float = 15.0) -> bool:
+    """Bounded polling: the assertion is on what shows up, never on how fast."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def is_closed(sock: "socket.socket") -> bool:
+    """Whether the server has closed ``sock`` (without reading what it may still send)."""
+    sock.settimeout(0)
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True

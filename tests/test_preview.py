@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 
 import pytest
+
+from tests.helpers import wait_until
 import requests
 
 from newsletter.issue import find_issue
@@ -32,14 +33,6 @@ def preview(settings):
     httpd.shutdown()
 
 
-def wait_until(predicate, limit: float = 15.0) -> bool:
-    """Bounded polling: the assertion is on what shows up, never on how fast."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
 
 
 def test_preview_binds_loopback_and_shows_both_widths_and_text(preview):

@@ -13,6 +13,8 @@ import pytest
 
 from newsletter.web.server import ServerLimits, create_server
 
+from tests.helpers import wait_until
+
 REQUEST = b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n"
 
 #: Closing waitress's threaded server from the test's thread can race its loop's select() on a
@@ -52,13 +54,6 @@ def _buffered(server) -> int:
     return sum(c.total_outbufs_len for c in list(server.active_channels.values()))
 
 
-def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def _read_all(sock: socket.socket, size: int, deadline: float = 30.0) -> int:
@@ -86,7 +81,7 @@ def test_pipelined_requests_to_a_client_that_reads_nothing_buffer_a_bounded_amou
     try:
         with _slow_reader(port) as sock:
             sock.sendall(REQUEST * count)
-            assert _wait(lambda: _buffered(server) > watermark, timeout=10)
+            assert wait_until(lambda: _buffered(server) > watermark, limit=10)
             time.sleep(0.5)  # what the server would go on to buffer, it buffers by now
             assert _buffered(server) <= watermark + 2 * big, _buffered(server)
             head = 512  # status line and headers, at most (each is about 125 bytes; reads stop past count * big)

@@ -9,9 +9,10 @@ it stayed at version 1 with no error shown.
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
+
+from tests.helpers import wait_until
 import requests
 from click.testing import CliRunner
 
@@ -32,14 +33,6 @@ BROKEN = [
 ]
 
 
-def wait_until(predicate, limit: float = 15.0) -> bool:
-    """Bounded polling: the assertion is on what shows up, never on how fast."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 @pytest.mark.parametrize("addition, line, needle", BROKEN)

@@ -24,6 +24,8 @@ from newsletter.tokens import make_token
 from newsletter.web import prefork
 from newsletter.web.server import MAX_PROCESSES, ServerLimits, default_processes
 
+from tests.helpers import is_closed, wait_until
+
 SECRET = "prefork-secret-0123456789abcdef"
 ENV = {k: v for k, v in os.environ.items() if not k.startswith(("NEWSLETTER_", "SMTP_"))}
 
@@ -62,13 +64,6 @@ def _cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # utime + stime
 
 
-def _wait(predicate, timeout: float = 15.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def _start(root: Path, processes: int) -> tuple[subprocess.Popen, int]:
@@ -80,7 +75,7 @@ def _start(root: Path, processes: int) -> tuple[subprocess.Popen, int]:
     line = proc.stdout.readline()
     match = re.search(r"http://127\.0\.0\.1:(\d+)/ \(waitress, (\d+) process", line)
     assert match and int(match.group(2)) == processes, line + (proc.stderr.read() if proc.poll() is not None else "")
-    assert _wait(lambda: len(_children(proc.pid)) == processes - 1), _children(proc.pid)
+    assert wait_until(lambda: len(_children(proc.pid)) == processes - 1), _children(proc.pid)
     return proc, int(match.group(1))
 
 
@@ -141,7 +136,7 @@ def test_a_child_that_dies_is_replaced(tmp_path, readers):
     try:
         (child,) = _children(proc.pid)
         os.kill(child, signal.SIGKILL)
-        assert _wait(lambda: len(_children(proc.pid) - {child}) == 1)
+        assert wait_until(lambda: len(_children(proc.pid) - {child}) == 1)
         for _ in range(20):  # whichever process takes each connection answers it
             assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
     finally:
@@ -155,7 +150,7 @@ def test_no_child_outlives_the_parent(tmp_path, how):
     children = _children(proc.pid)
     proc.send_signal(how)
     proc.wait(timeout=15)
-    assert _wait(lambda: not any(_alive(pid) for pid in children)), children
+    assert wait_until(lambda: not any(_alive(pid) for pid in children)), children
     _stop(proc)
 
 
@@ -164,7 +159,7 @@ def test_a_child_that_fails_at_start_is_not_restarted_for_ever(caplog):
     with listener:
         children = prefork.Children([sys.executable, "-c", "raise SystemExit(3)"], [listener], 1)
         children.start()
-        assert _wait(lambda: any("not started again" in r.getMessage() for r in caplog.records), timeout=30)
+        assert wait_until(lambda: any("not started again" in r.getMessage() for r in caplog.records), limit=30)
         children.stop()
     messages = [r.getMessage() for r in caplog.records]
     assert sum("starting another" in m for m in messages) == prefork.QUICK_DEATHS - 1, messages
@@ -188,16 +183,16 @@ def test_the_processes_hold_at_most_the_connection_cap_together(tmp_path):
     socks: list[socket.socket] = []
     try:
         port = int(re.search(r":(\d+)/", proc.stdout.readline()).group(1))
-        assert _wait(lambda: len(_children(proc.pid)) == 1)
+        assert wait_until(lambda: len(_children(proc.pid)) == 1)
         time.sleep(0.5)  # the child is listening too
         for _ in range(16):
             socks.append(socket.create_connection(("127.0.0.1", port), timeout=5))
             time.sleep(0.02)
 
         def still_open() -> int:
-            return sum(not _closed(s) for s in socks)
+            return sum(not is_closed(s) for s in socks)
 
-        assert _wait(lambda: still_open() <= 6, timeout=5), still_open()
+        assert wait_until(lambda: still_open() <= 6, limit=5), still_open()
         assert still_open() >= 3  # a process's share is kept, not emptied
     finally:
         for s in socks:
@@ -205,14 +200,6 @@ def test_the_processes_hold_at_most_the_connection_cap_together(tmp_path):
         _stop(proc)
 
 
-def _closed(sock: socket.socket) -> bool:
-    sock.settimeout(0)
-    try:
-        return sock.recv(1, socket.MSG_PEEK) == b""
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
 
 
 def test_a_child_stopped_on_purpose_is_not_restarted(tmp_path):
@@ -222,7 +209,7 @@ def test_a_child_stopped_on_purpose_is_not_restarted(tmp_path):
         children = _children(proc.pid)
         one = min(children)
         os.kill(one, signal.SIGTERM)
-        assert _wait(lambda: not _alive(one))
+        assert wait_until(lambda: not _alive(one))
         time.sleep(1.0)  # a replacement would have been started by now
         assert _children(proc.pid) == children - {one}
         assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200

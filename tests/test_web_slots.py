@@ -24,6 +24,8 @@ from newsletter.errors import ConfigError
 from newsletter.web.logsummary import Summarise
 from newsletter.web.server import ServerLimits, overdue, victim
 
+from tests.helpers import is_closed
+
 SECRET = "slots-test-secret-0123456789"
 PARTIAL = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: a"
 
@@ -105,14 +107,6 @@ def test_one_address_holds_at_most_per_client_connections(tmp_path):
         assert closed == [True] * 4 + [False] * 4
 
 
-def is_closed(sock: socket.socket) -> bool:
-    sock.settimeout(0)
-    try:
-        return sock.recv(1, socket.MSG_PEEK) == b""
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
 
 
 def test_a_trickle_is_cut_off_at_the_header_deadline_not_the_idle_timeout(tmp_path):

@@ -96,14 +96,9 @@ class GuardedServer(TcpWSGIServer):
     limits: ServerLimits = ServerLimits()
 
     def run(self) -> None:
-        dispatcher = self.task_dispatcher
-        if not isinstance(dispatcher, InlineDispatcher):
+        if not isinstance(self.task_dispatcher, InlineDispatcher):
             return super().run()
-        try:
-            dispatcher.loop(self._map, self.adj.asyncore_loop_timeout, self.adj.asyncore_use_poll)
-        except (SystemExit, KeyboardInterrupt):
-            dispatcher.shutdown()
-        return None
+        return self.task_dispatcher.serve(self._map, self.adj)
 
     def pull_trigger(self) -> None:
         # A request answered on the loop's thread wakes nobody: the loop polls again next.
@@ -168,11 +163,6 @@ class GuardedMultiSocketServer(MultiSocketServer):
     loop answers requests on its own thread when its dispatcher is inline."""
 
     def run(self) -> None:
-        dispatcher = self.task_dispatcher
-        if not isinstance(dispatcher, InlineDispatcher):
+        if not isinstance(self.task_dispatcher, InlineDispatcher):
             return super().run()
-        try:
-            dispatcher.loop(self.map, self.adj.asyncore_loop_timeout, self.adj.asyncore_use_poll)
-        except (SystemExit, KeyboardInterrupt):
-            self.close()
-        return None
+        return self.task_dispatcher.serve(self.map, self.adj)  # serve() closes the sockets when it ends

@@ -62,6 +62,13 @@ class InlineDispatcher:
     def on_loop_thread(self) -> bool:
         return self.loop_thread == threading.get_ident()
 
+    def serve(self, socket_map: dict, adj: Any) -> None:
+        """Run :meth:`loop` with waitress's settings until Ctrl-C or SIGTERM, then cancel what is queued."""
+        try:
+            self.loop(socket_map, adj.asyncore_loop_timeout, adj.asyncore_use_poll)
+        except (SystemExit, KeyboardInterrupt):
+            self.shutdown()
+
     def loop(self, socket_map: dict, timeout: float, use_poll: bool) -> None:
         """Poll the sockets and answer the requests that became complete, until no socket is left.
 

@@ -81,9 +81,10 @@ class ServerLimits:
     @classmethod
     def from_settings(cls, settings: Settings) -> "ServerLimits":
         timeout = settings.integer("NEWSLETTER_SERVE_TIMEOUT", cls.timeout, minimum=1)
-        # PostgreSQL: each query waits on the network, so threads overlap the waits (newsletter.web.inline).
-        threads = PG_THREADS if is_postgres(settings.get("NEWSLETTER_DB")) else cls.threads
-        processes = 1 if is_postgres(settings.get("NEWSLETTER_DB")) else default_processes()
+        # PostgreSQL: each query waits on the network, so threads overlap the waits (newsletter.web.inline);
+        # SQLite: one process per core, each answering on its loop's thread (newsletter.web.prefork).
+        postgres = is_postgres(settings.get("NEWSLETTER_DB"))
+        threads, processes = (PG_THREADS, 1) if postgres else (cls.threads, default_processes())
         return cls(threads=settings.integer("NEWSLETTER_SERVE_THREADS", threads, minimum=0),
                    processes=_processes(settings, processes),
                    timeout=timeout,
